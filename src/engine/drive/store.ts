@@ -1,0 +1,31 @@
+/**
+ * A raw drive as the target sees it: bytes addressed from 0 to size_bytes. Implementations: a
+ * memory store (tests, simulator), a file/block-device store (real runtime). Every implementation
+ * passes tests/engine/drive-store-conformance.test.ts.
+ *
+ * Durability contract (the NBD promise rests on it): after `flush()` resolves, every write that
+ * resolved before flush() was called is durable. A write with `fua` resolves only once durable.
+ */
+export interface DriveStore {
+  readonly size_bytes: number;
+  /** Human description of what backs it ("file /srv/d1.img", "memory"). */
+  readonly describe: string;
+  /** Reads exactly dst.length bytes at offset into dst. Rejects on I/O error. */
+  read(offset: number, dst: Uint8Array): Promise<void>;
+  write(offset: number, src: Uint8Array, fua: boolean): Promise<void>;
+  flush(): Promise<void>;
+  /** Makes the range read as zeroes (punching holes where the backend can). */
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
+  /** Discards the range: contents afterwards are unspecified but reads must still succeed. */
+  trim(offset: number, length: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class DriveIoError extends Error {
+  constructor(
+    message: string,
+    readonly code: "EIO" | "ERANGE" | "ECLOSED",
+  ) {
+    super(message);
+  }
+}

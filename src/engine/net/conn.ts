@@ -1,0 +1,43 @@
+/**
+ * Byte-stream connections as protocol code sees them. Real: TCP or unix sockets through Bun.
+ * Simulated: links with per-direction faults. Framing is the protocol's job, not the transport's.
+ */
+
+/** "host:port" for TCP, "unix:/path" for a unix socket. */
+export type Address = string;
+
+export interface Conn {
+  readonly remote: string;
+  /**
+   * Queues bytes for sending. The transport may keep a reference to `bytes` until it is written,
+   * so callers must not reuse the buffer after passing it. Returns false once the conn is closed.
+   */
+  send(bytes: Uint8Array): boolean;
+  /** Closes the connection; pending queued bytes are flushed first where possible. */
+  close(): void;
+  /** Called with each chunk received. The chunk is only valid during the call (copy to keep). */
+  onData: ((chunk: Uint8Array) => void) | null;
+  onClose: ((reason: string) => void) | null;
+}
+
+export interface Listener {
+  readonly address: Address;
+  close(): void;
+}
+
+export interface Network {
+  connect(address: Address): Promise<Conn>;
+  listen(address: Address, onConn: (conn: Conn) => void): Promise<Listener>;
+}
+
+export function parseAddress(address: Address): { unix: string } | { host: string; port: number } {
+  if (address.startsWith("unix:")) return { unix: address.slice(5) };
+  const i = address.lastIndexOf(":");
+  if (i <= 0) throw new Error(`invalid address '${address}': expected HOST:PORT or unix:/path`);
+  const host = address.slice(0, i).replace(/^\[(.*)\]$/, "$1");
+  const port = Number(address.slice(i + 1));
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`invalid port in address '${address}'`);
+  }
+  return { host, port };
+}

@@ -1,0 +1,157 @@
+/**
+ * Network over Bun's TCP and unix sockets. Bun's socket.write may accept only part of a buffer;
+ * the rest is queued here and written on drain, so protocol code can treat send() as reliable.
+ */
+import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
+import { unlinkSync } from "node:fs";
+import { type Address, type Conn, type Listener, type Network, parseAddress } from "../net/conn.ts";
+
+/** Bytes queued beyond this on one connection are a bug or a stuck peer: close it. */
+const MAX_QUEUED_BYTES = 256 * 1024 * 1024;
+
+class BunConn implements Conn {
+  onData: ((chunk: Uint8Array) => void) | null = null;
+  onClose: ((reason: string) => void) | null = null;
+  private queue: Uint8Array[] = [];
+  private queued = 0;
+  private closed = false;
+  private closing = false;
+
+  constructor(
+    private readonly sock: Socket<BunConn | undefined>,
+    readonly remote: string,
+  ) {}
+
+  send(bytes: Uint8Array): boolean {
+    if (this.closed || this.closing) return false;
+    if (this.queue.length === 0) {
+      const n = this.sock.write(bytes);
+      if (n === bytes.length) return true;
+      if (n < 0) {
+        this.closeNow("write failed");
+        return false;
+      }
+      bytes = bytes.subarray(Math.max(0, n));
+    }
+    this.queue.push(bytes);
+    this.queued += bytes.length;
+    if (this.queued > MAX_QUEUED_BYTES) {
+      this.closeNow("send queue over limit");
+      return false;
+    }
+    return true;
+  }
+
+  drain(): void {
+    while (this.queue.length > 0) {
+      const head = this.queue[0]!;
+      const n = this.sock.write(head);
+      if (n < 0) return this.closeNow("write failed");
+      this.queued -= Math.max(0, n);
+      if (n < head.length) {
+        this.queue[0] = head.subarray(Math.max(0, n));
+        return;
+      }
+      this.queue.shift();
+    }
+    if (this.closing) this.sock.end();
+  }
+
+  close(): void {
+    if (this.closed || this.closing) return;
+    this.closing = true;
+    if (this.queue.length === 0) this.sock.end();
+  }
+
+  private closeNow(reason: string): void {
+    if (this.closed) return;
+    this.sock.terminate();
+    this.closedBy(reason);
+  }
+
+  closedBy(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue = [];
+    this.queued = 0;
+    const cb = this.onClose;
+    this.onClose = null;
+    this.onData = null;
+    cb?.(reason);
+  }
+}
+
+function handlers(onOpen: (c: BunConn) => void) {
+  return {
+    open(sock: Socket<BunConn | undefined>) {
+      const remote = sock.remoteAddress ? `${sock.remoteAddress}` : "unix";
+      const c = new BunConn(sock, remote);
+      sock.data = c;
+      onOpen(c);
+    },
+    data(sock: Socket<BunConn | undefined>, chunk: Uint8Array) {
+      sock.data?.onData?.(chunk);
+    },
+    drain(sock: Socket<BunConn | undefined>) {
+      sock.data?.drain();
+    },
+    close(sock: Socket<BunConn | undefined>, err?: Error) {
+      sock.data?.closedBy(err ? `closed: ${err.message}` : "closed by peer");
+    },
+    error(sock: Socket<BunConn | undefined>, err: Error) {
+      sock.data?.closedBy(`socket error: ${err.message}`);
+    },
+    end(sock: Socket<BunConn | undefined>) {
+      sock.end();
+    },
+  };
+}
+
+export class BunNetwork implements Network {
+  async connect(address: Address): Promise<Conn> {
+    const a = parseAddress(address);
+    return await new Promise<Conn>((resolve, reject) => {
+      let opened = false;
+      const h = handlers((c) => {
+        opened = true;
+        resolve(c);
+      });
+      const opts = {
+        socket: {
+          ...h,
+          connectError(_s: unknown, err: Error) {
+            if (!opened) reject(new Error(`cannot connect to ${address}: ${err.message}`));
+          },
+        },
+        data: undefined,
+      };
+      const p =
+        "unix" in a
+          ? Bun.connect<BunConn | undefined>({ unix: a.unix, ...opts })
+          : Bun.connect<BunConn | undefined>({ hostname: a.host, port: a.port, ...opts });
+      p.then(
+        (sock) => sock.setNoDelay?.(true),
+        (err: Error) => reject(new Error(`cannot connect to ${address}: ${err.message}`)),
+      );
+    });
+  }
+
+  async listen(address: Address, onConn: (conn: Conn) => void): Promise<Listener> {
+    const a = parseAddress(address);
+    const socket = handlers(onConn);
+    let l: TCPSocketListener<BunConn | undefined> | UnixSocketListener<BunConn | undefined>;
+    if ("unix" in a) {
+      try {
+        unlinkSync(a.unix); // a stale socket file from a crashed run would make bind fail
+      } catch {}
+      l = Bun.listen<BunConn | undefined>({ unix: a.unix, socket, data: undefined });
+    } else {
+      l = Bun.listen<BunConn | undefined>({ hostname: a.host, port: a.port, socket, data: undefined });
+    }
+    const bound = "unix" in a ? address : `${a.host}:${(l as TCPSocketListener<BunConn | undefined>).port}`;
+    return {
+      address: bound,
+      close: () => l.stop(true),
+    };
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * CBOR bodies of the data path's control frames (HELLO, LIST_DRIVES, META_*, CLAIM), each defined
+ * once with its valibot schema beside it. Decoding happens at the edge: bytes → CBOR → schema; a
+ * body that fails is answered with Status.INVALID and changes nothing.
+ */
+import { decode, encode } from "cbor-x";
+import * as v from "valibot";
+
+const Uuid = v.pipe(v.string(), v.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/));
+const Count = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
+
+export const HelloRequest = v.object({
+  version: v.literal(1),
+  role: v.picklist(["client", "toma", "admin"]),
+  name: v.pipe(v.string(), v.maxLength(256)),
+});
+export type HelloRequest = v.InferOutput<typeof HelloRequest>;
+
+export const DriveInfo = v.object({
+  drive_uuid: Uuid,
+  /** NIL uuid while the drive belongs to no cluster yet. */
+  cluster_uuid: Uuid,
+  /** Where this target found it (informational: a drive is known by its uuid, not its path). */
+  path: v.string(),
+  size_bytes: Count,
+  data_offset_bytes: Count,
+  extent_size_bytes: Count,
+  extent_count: Count,
+  format_version: Count,
+  /** "ok": serving I/O. "error": found but unusable (corrupt superblock, I/O error): see error. */
+  state: v.picklist(["ok", "error"]),
+  error: v.optional(v.string()),
+});
+export type DriveInfo = v.InferOutput<typeof DriveInfo>;
+
+export const TargetInfo = v.object({
+  target_name: v.string(),
+  version: v.string(),
+  drives: v.array(DriveInfo),
+});
+export type TargetInfo = v.InferOutput<typeof TargetInfo>;
+
+export const MetaSlot = v.object({
+  /** 0 with payload null when the drive has never had metadata written. */
+  generation: Count,
+  payload: v.nullable(v.instance(Uint8Array)),
+});
+export type MetaSlot = v.InferOutput<typeof MetaSlot>;
+
+export const ClaimRequest = v.object({ cluster_uuid: Uuid });
+export type ClaimRequest = v.InferOutput<typeof ClaimRequest>;
+
+/** Body of any response whose status is not OK. */
+export const ErrorBody = v.object({ error: v.string() });
+export type ErrorBody = v.InferOutput<typeof ErrorBody>;
+
+export function encodeBody(value: unknown): Uint8Array {
+  return encode(value);
+}
+
+/** Decodes and validates; returns the value or a message saying why not. Never throws. */
+export function decodeBody<S extends v.GenericSchema>(
+  schema: S,
+  bytes: Uint8Array,
+): v.InferOutput<S> | { invalid: string } {
+  let raw: unknown;
+  try {
+    raw = decode(bytes);
+  } catch (e) {
+    return { invalid: `bad CBOR: ${(e as Error).message}` };
+  }
+  const r = v.safeParse(schema, raw);
+  if (!r.success) return { invalid: r.issues.map((i) => i.message).join("; ") };
+  return r.output;
+}
+
+export function isInvalid(x: unknown): x is { invalid: string } {
+  return typeof x === "object" && x !== null && "invalid" in x && Object.keys(x).length === 1;
+}

@@ -1,0 +1,249 @@
+/**
+ * The data-path frame header: fixed 64 bytes, little-endian, followed by `payload_len` bytes.
+ * Every header type of the data path is defined here, once, with the checks that decide whether
+ * a frame may be trusted (TigerBeetle's invalid_header()). See docs/protocol.md for the table.
+ *
+ *  off size field
+ *   0   4   magic           "NVM1" (0x314d564e)
+ *   4   1   version         1
+ *   5   1   opcode          Op
+ *   6   2   flags           Flag bits
+ *   8   4   request_id      chosen by the requester, echoed in the response
+ *  12   4   length          I/O length in bytes (READ/WRITE/TRIM/WRITE_ZEROES)
+ *  16   8   offset          byte offset into the drive's data area
+ *  24  16   drive_uuid      the drive addressed (all-zero for target-wide ops)
+ *  40   8   client_id       requester's id (fencing, from the mirroring issue on)
+ *  48   8   generation      requester's topology generation (fencing)
+ *  56   4   status          Status, responses only (0 in requests)
+ *  60   4   payload_len     bytes that follow the header
+ */
+export const HEADER_BYTES = 64;
+export const MAGIC = 0x314d564e; // "NVM1" little-endian
+export const VERSION = 1;
+/** Largest I/O one frame may carry; larger NBD requests are split by the client. */
+export const MAX_IO_BYTES = 4 * 1024 * 1024;
+/** Largest control (CBOR) payload: metadata slots and drive lists. */
+export const MAX_CONTROL_BYTES = 1024 * 1024;
+export const MAX_PAYLOAD_BYTES = Math.max(MAX_IO_BYTES, MAX_CONTROL_BYTES);
+
+export enum Op {
+  /** CBOR {role, name, proof?} → CBOR target info. Must be the first frame on a connection. */
+  HELLO = 1,
+  READ = 2,
+  WRITE = 3,
+  FLUSH = 4,
+  TRIM = 5,
+  WRITE_ZEROES = 6,
+  /** → CBOR list of drives served. */
+  LIST_DRIVES = 16,
+  /** Reads the newest valid metadata slot of a drive → CBOR {generation, payload}. */
+  META_READ = 17,
+  /** Writes a metadata slot: CBOR {generation, payload}; generation must exceed the stored one. */
+  META_WRITE = 18,
+  /** Assigns an unclaimed drive to a cluster: CBOR {cluster_uuid}. Refused if already claimed. */
+  CLAIM = 19,
+}
+
+export const Flag = {
+  FUA: 1 << 0,
+  RESPONSE: 1 << 15,
+} as const;
+const KNOWN_FLAGS = Flag.FUA | Flag.RESPONSE;
+
+export enum Status {
+  OK = 0,
+  /** The drive is not served here (moved, unplugged, unknown UUID). */
+  NO_SUCH_DRIVE = 1,
+  /** offset/length outside the drive's data area, or misaligned. */
+  OUT_OF_RANGE = 2,
+  /** The drive returned an I/O error. */
+  IO_ERROR = 3,
+  /** The request is malformed for its opcode (bad CBOR, wrong payload length). */
+  INVALID = 4,
+  /** Refused by policy: stale generation, unregistered client, drive claimed by another cluster. */
+  REFUSED = 5,
+  /** The connection has not completed HELLO, or failed authentication. */
+  NOT_AUTHENTICATED = 6,
+  /** META_WRITE generation not newer than the stored one. */
+  STALE = 7,
+  /** Target is shutting down or overloaded; retry elsewhere or later. */
+  BUSY = 8,
+}
+
+export interface Header {
+  opcode: Op;
+  flags: number;
+  request_id: number;
+  length: number;
+  offset: number;
+  drive_uuid: Uint8Array; // 16 bytes
+  client_id: number;
+  generation: number;
+  status: Status;
+  payload_len: number;
+}
+
+const ZERO_UUID = new Uint8Array(16);
+
+export function emptyHeader(): Header {
+  return {
+    opcode: Op.HELLO,
+    flags: 0,
+    request_id: 0,
+    length: 0,
+    offset: 0,
+    drive_uuid: ZERO_UUID,
+    client_id: 0,
+    generation: 0,
+    status: Status.OK,
+    payload_len: 0,
+  };
+}
+
+function setU64(dv: DataView, off: number, v: number): void {
+  dv.setUint32(off, v >>> 0, true);
+  dv.setUint32(off + 4, Math.floor(v / 0x1_0000_0000), true);
+}
+
+function getU64(dv: DataView, off: number): number {
+  const hi = dv.getUint32(off + 4, true);
+  // Values above 2^53 cannot be represented exactly; they are rejected by validation.
+  return hi * 0x1_0000_0000 + dv.getUint32(off, true);
+}
+
+/** Writes h into dst[at .. at+64). */
+export function encodeHeader(h: Header, dst: Uint8Array, at = 0): void {
+  const dv = new DataView(dst.buffer, dst.byteOffset + at, HEADER_BYTES);
+  dv.setUint32(0, MAGIC, true);
+  dv.setUint8(4, VERSION);
+  dv.setUint8(5, h.opcode);
+  dv.setUint16(6, h.flags, true);
+  dv.setUint32(8, h.request_id >>> 0, true);
+  dv.setUint32(12, h.length >>> 0, true);
+  setU64(dv, 16, h.offset);
+  dst.set(h.drive_uuid.length === 16 ? h.drive_uuid : ZERO_UUID, at + 24);
+  setU64(dv, 40, h.client_id);
+  setU64(dv, 48, h.generation);
+  dv.setUint32(56, h.status >>> 0, true);
+  dv.setUint32(60, h.payload_len >>> 0, true);
+}
+
+/** A frame: header plus payload in one buffer, ready to send. */
+export function encodeFrame(h: Header, payload?: Uint8Array): Uint8Array {
+  const n = payload?.length ?? 0;
+  const out = new Uint8Array(HEADER_BYTES + n);
+  encodeHeader({ ...h, payload_len: n }, out, 0);
+  if (payload && n) out.set(payload, HEADER_BYTES);
+  return out;
+}
+
+/**
+ * Decodes and validates a header. Returns the header, or a string that says why it cannot be
+ * trusted; the caller closes the connection on a string (the stream cannot be resynchronised).
+ */
+export function decodeHeader(src: Uint8Array, at = 0): Header | string {
+  if (src.length - at < HEADER_BYTES) return "short header";
+  const dv = new DataView(src.buffer, src.byteOffset + at, HEADER_BYTES);
+  if (dv.getUint32(0, true) !== MAGIC) return "bad magic";
+  const version = dv.getUint8(4);
+  if (version !== VERSION) return `unsupported version ${version}`;
+  const opcode = dv.getUint8(5);
+  if (!(opcode in Op)) return `unknown opcode ${opcode}`;
+  const flags = dv.getUint16(6, true);
+  if (flags & ~KNOWN_FLAGS) return `unknown flags 0x${flags.toString(16)}`;
+  if (dv.getUint32(20, true) > 0x1fffff) return "offset above 2^53";
+  if (dv.getUint32(44, true) > 0x1fffff) return "client_id above 2^53";
+  if (dv.getUint32(52, true) > 0x1fffff) return "generation above 2^53";
+  const payload_len = dv.getUint32(60, true);
+  if (payload_len > MAX_PAYLOAD_BYTES) return `payload_len ${payload_len} above limit`;
+  const length = dv.getUint32(12, true);
+  const status = dv.getUint32(56, true);
+  if (!(status in Status)) return `unknown status ${status}`;
+  const isResponse = (flags & Flag.RESPONSE) !== 0;
+  if (!isResponse && status !== Status.OK) return "status set in a request";
+  const writesData = opcode === Op.WRITE && !isResponse;
+  const readsData = opcode === Op.READ && isResponse && status === Status.OK;
+  if ((writesData || readsData) && payload_len !== length) {
+    return `payload_len ${payload_len} does not match length ${length}`;
+  }
+  if ((opcode === Op.READ || opcode === Op.WRITE) && length > MAX_IO_BYTES) {
+    return `length ${length} above the ${MAX_IO_BYTES}-byte I/O limit`;
+  }
+  return {
+    opcode,
+    flags,
+    request_id: dv.getUint32(8, true),
+    length,
+    offset: getU64(dv, 16),
+    drive_uuid: src.slice(at + 24, at + 40),
+    client_id: getU64(dv, 40),
+    generation: getU64(dv, 48),
+    status,
+    payload_len,
+  };
+}
+
+/**
+ * Splits a byte stream into frames. Bytes arrive in arbitrary chunks; complete frames are handed
+ * to onFrame with a payload view that is valid only during the call. A header that fails
+ * validation calls onError once and stops the decoder (the connection must be closed).
+ */
+export class FrameDecoder {
+  private buf = new Uint8Array(64 * 1024);
+  private len = 0;
+  private failed = false;
+
+  constructor(
+    private readonly onFrame: (h: Header, payload: Uint8Array) => void,
+    private readonly onError: (why: string) => void,
+  ) {}
+
+  push(chunk: Uint8Array): void {
+    if (this.failed) return;
+    // Fast path: nothing buffered, consume frames straight out of the chunk.
+    let src = chunk;
+    let pos = 0;
+    if (this.len > 0) {
+      this.append(chunk);
+      src = this.buf;
+    }
+    const end = this.len > 0 ? this.len : chunk.length;
+    while (end - pos >= HEADER_BYTES) {
+      const h = decodeHeader(src, pos);
+      if (typeof h === "string") {
+        this.failed = true;
+        this.len = 0;
+        this.onError(h);
+        return;
+      }
+      const total = HEADER_BYTES + h.payload_len;
+      if (end - pos < total) break;
+      this.onFrame(h, src.subarray(pos + HEADER_BYTES, pos + total));
+      if (this.failed) return;
+      pos += total;
+    }
+    if (src === this.buf) {
+      this.buf.copyWithin(0, pos, this.len);
+      this.len -= pos;
+    } else if (pos < chunk.length) {
+      this.append(chunk.subarray(pos));
+    }
+  }
+
+  /** Stops decoding (used when the owner closes the connection). */
+  stop(): void {
+    this.failed = true;
+  }
+
+  private append(bytes: Uint8Array): void {
+    if (this.len + bytes.length > this.buf.length) {
+      let cap = this.buf.length;
+      while (cap < this.len + bytes.length) cap *= 2;
+      const next = new Uint8Array(cap);
+      next.set(this.buf.subarray(0, this.len));
+      this.buf = next;
+    }
+    this.buf.set(bytes, this.len);
+    this.len += bytes.length;
+  }
+}
