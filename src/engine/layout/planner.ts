@@ -1,0 +1,136 @@
+/**
+ * Turns a byte range of a volume into the drive I/Os that serve it. Pure: the same function runs
+ * in the client, the simulator and the tests. Segments never cross an extent (extents of one column
+ * need not be contiguous on the drive) nor, for RAID0, a stripe unit.
+ */
+import type { VolumeLayout } from "./types.ts";
+
+export interface Segment {
+  column: number;
+  drive_uuid: string;
+  /** Offset in the drive's data area. */
+  drive_offset: number;
+  length: number;
+  /** Offset of this segment within the volume request. */
+  request_offset: number;
+}
+
+export function columnBytes(layout: VolumeLayout, column: number): number {
+  return layout.columns[column]!.extents.length * layout.extent_size_bytes;
+}
+
+/** Checks the invariants a layout must hold before any I/O is planned with it. */
+export function layoutProblem(layout: VolumeLayout): string | null {
+  const E = layout.extent_size_bytes;
+  if (!Number.isInteger(E) || E <= 0) return "extent size must be a positive integer";
+  if (layout.columns.length === 0) return "layout has no columns";
+  const total = layout.columns.reduce((s, _c, i) => s + columnBytes(layout, i), 0);
+  if (layout.raid_level === "0") {
+    const S = layout.stripe_size_bytes;
+    if (!Number.isInteger(S) || S <= 0 || E % S !== 0) {
+      return `stripe size ${S} must divide the extent size ${E}`;
+    }
+    const per = Math.min(...layout.columns.map((_c, i) => columnBytes(layout, i)));
+    const W = layout.columns.length;
+    if (Math.ceil(layout.capacity_bytes / (S * W)) * S > per) return "columns too small for capacity";
+  } else if (total < layout.capacity_bytes) {
+    return "columns too small for capacity";
+  }
+  return null;
+}
+
+/** Maps [offset, offset+length) of column `column` onto extent-bounded drive segments. */
+function mapColumn(
+  layout: VolumeLayout,
+  column: number,
+  col_offset: number,
+  length: number,
+  request_offset: number,
+  out: Segment[],
+): void {
+  const E = layout.extent_size_bytes;
+  const col = layout.columns[column]!;
+  while (length > 0) {
+    const idx = Math.floor(col_offset / E);
+    const within = col_offset - idx * E;
+    const extent = col.extents[idx];
+    if (extent === undefined) throw new Error(`column ${column} offset ${col_offset} beyond its extents`);
+    const n = Math.min(length, E - within);
+    const last = out[out.length - 1];
+    const drive_offset = extent * E + within;
+    // Adjacent extents that are also adjacent on the drive become one I/O.
+    if (
+      last &&
+      last.column === column &&
+      last.drive_offset + last.length === drive_offset &&
+      last.request_offset + last.length === request_offset
+    ) {
+      last.length += n;
+    } else {
+      out.push({ column, drive_uuid: col.drive_uuid, drive_offset, length: n, request_offset });
+    }
+    col_offset += n;
+    request_offset += n;
+    length -= n;
+  }
+}
+
+/**
+ * Plans volume bytes [offset, offset+length). The caller has already checked the range against
+ * capacity_bytes. Segments are in request order.
+ */
+export function plan(layout: VolumeLayout, offset: number, length: number): Segment[] {
+  const out: Segment[] = [];
+  if (layout.raid_level === "0") {
+    const S = layout.stripe_size_bytes;
+    const W = layout.columns.length;
+    let done = 0;
+    while (done < length) {
+      const o = offset + done;
+      const stripe = Math.floor(o / S);
+      const within = o - stripe * S;
+      const column = stripe % W;
+      const row = Math.floor(stripe / W);
+      const n = Math.min(length - done, S - within);
+      mapColumn(layout, column, row * S + within, n, done, out);
+      done += n;
+    }
+    return out;
+  }
+  let col_start = 0;
+  let done = 0;
+  for (let c = 0; c < layout.columns.length && done < length; c++) {
+    const size = columnBytes(layout, c);
+    const o = offset + done;
+    if (o < col_start + size) {
+      const n = Math.min(length - done, col_start + size - o);
+      mapColumn(layout, c, o - col_start, n, done, out);
+      done += n;
+    }
+    col_start += size;
+  }
+  if (done < length) throw new Error(`range ${offset}+${length} beyond the layout`);
+  return out;
+}
+
+/** Splits segments so that none exceeds max_bytes (the wire's per-frame I/O limit). */
+export function limitSegments(segments: Segment[], max_bytes: number): Segment[] {
+  if (segments.every((s) => s.length <= max_bytes)) return segments;
+  const out: Segment[] = [];
+  for (const s of segments) {
+    for (let at = 0; at < s.length; at += max_bytes) {
+      out.push({
+        ...s,
+        drive_offset: s.drive_offset + at,
+        request_offset: s.request_offset + at,
+        length: Math.min(max_bytes, s.length - at),
+      });
+    }
+  }
+  return out;
+}
+
+/** The distinct drives a volume uses, in column order. */
+export function volumeDrives(layout: VolumeLayout): string[] {
+  return [...new Set(layout.columns.map((c) => c.drive_uuid))];
+}

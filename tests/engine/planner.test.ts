@@ -1,0 +1,95 @@
+import { describe, expect, test } from "bun:test";
+import { layoutProblem, limitSegments, plan } from "../../src/engine/layout/planner.ts";
+import type { VolumeLayout } from "../../src/engine/layout/types.ts";
+
+const E = 64; // tiny extents make every boundary reachable in a brute-force check
+
+function layout(raid_level: "concatenated" | "0", columns: number[][], capacity: number, stripe = 16): VolumeLayout {
+  return {
+    volume_uuid: "v",
+    name: "v",
+    capacity_bytes: capacity,
+    raid_level,
+    columns: columns.map((extents, i) => ({ drive_uuid: `d${i}`, extents })),
+    stripe_size_bytes: stripe,
+    extent_size_bytes: E,
+    block_size: 512,
+  };
+}
+
+/** The reference: where volume byte `o` lives, computed the slow, obvious way. */
+function whereIs(l: VolumeLayout, o: number): [string, number] {
+  let column: number;
+  let col_off: number;
+  if (l.raid_level === "0") {
+    const unit = Math.floor(o / l.stripe_size_bytes);
+    column = unit % l.columns.length;
+    col_off = Math.floor(unit / l.columns.length) * l.stripe_size_bytes + (o % l.stripe_size_bytes);
+  } else {
+    column = 0;
+    col_off = o;
+    while (col_off >= l.columns[column]!.extents.length * E) {
+      col_off -= l.columns[column]!.extents.length * E;
+      column++;
+    }
+  }
+  const c = l.columns[column]!;
+  return [c.drive_uuid, c.extents[Math.floor(col_off / E)]! * E + (col_off % E)];
+}
+
+function checkAgainstReference(l: VolumeLayout, offset: number, length: number): void {
+  const segs = plan(l, offset, length);
+  let expectAt = 0;
+  for (const s of segs) {
+    expect(s.request_offset).toBe(expectAt);
+    for (let i = 0; i < s.length; i++) {
+      expect([s.drive_uuid, s.drive_offset + i]).toEqual(whereIs(l, offset + s.request_offset + i));
+    }
+    expectAt += s.length;
+  }
+  expect(expectAt).toBe(length);
+}
+
+describe("planner", () => {
+  const cases: [string, VolumeLayout][] = [
+    ["concatenated over three drives, scattered extents", layout("concatenated", [[3, 1], [0], [5, 6, 2]], 6 * E)],
+    ["raid0 width 3, stripe 16", layout("0", [[0, 1], [4, 2], [7, 3]], 6 * E)],
+    ["raid0 width 2, stripe = extent", layout("0", [[2, 0, 1], [1, 2, 0]], 6 * E, E)],
+    ["raid0 width 1", layout("0", [[4, 0]], 2 * E, 32)],
+  ];
+  for (const [name, l] of cases) {
+    test(`${name}: every range maps like the reference`, () => {
+      expect(layoutProblem(l)).toBeNull();
+      for (let off = 0; off < l.capacity_bytes; off += 7) {
+        for (const len of [1, 5, 16, 17, 63, 64, 65, 130]) {
+          if (off + len <= l.capacity_bytes) checkAgainstReference(l, off, len);
+        }
+      }
+      checkAgainstReference(l, 0, l.capacity_bytes);
+    });
+  }
+
+  test("contiguous extents on a drive merge into one segment", () => {
+    const l = layout("concatenated", [[4, 5, 6]], 3 * E);
+    expect(plan(l, 10, 3 * E - 20)).toEqual([
+      { column: 0, drive_uuid: "d0", drive_offset: 4 * E + 10, length: 3 * E - 20, request_offset: 0 },
+    ]);
+  });
+
+  test("a range beyond the layout is refused", () => {
+    expect(() => plan(layout("concatenated", [[0]], E), 0, E + 1)).toThrow(/beyond/);
+  });
+
+  test("layoutProblem catches a stripe that does not divide the extent", () => {
+    expect(layoutProblem(layout("0", [[0], [1]], E, 48))).toMatch(/divide/);
+    expect(layoutProblem(layout("concatenated", [[0]], 2 * E))).toMatch(/too small/);
+  });
+
+  test("limitSegments splits long segments and keeps offsets", () => {
+    const l = layout("concatenated", [[0, 1, 2, 3]], 4 * E);
+    const segs = limitSegments(plan(l, 0, 4 * E), 100);
+    expect(segs.map((s) => s.length)).toEqual([100, 100, 56]);
+    expect(segs.map((s) => s.request_offset)).toEqual([0, 100, 200]);
+    expect(segs.map((s) => s.drive_offset)).toEqual([0, 100, 200]);
+  });
+});
