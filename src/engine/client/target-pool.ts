@@ -1,0 +1,77 @@
+/**
+ * The client's connections to targets, shared by every attached volume. A drive is found by its
+ * UUID through the locations the TOMA last gave us; when a target goes away or no longer serves a
+ * drive, the volume asks for fresh locations (`refresh`) and reconnects.
+ */
+import type { Env } from "../env.ts";
+import type { HelloRequest } from "../wire/control.ts";
+import type { TargetSession } from "../wire/session-api.ts";
+import { uuidFromString } from "../uuid.ts";
+
+export type OpenSession = (env: Env, address: string, hello: HelloRequest) => Promise<TargetSession>;
+
+export class NoRouteError extends Error {}
+
+export class TargetPool {
+  private readonly location = new Map<string, string | null>();
+  private readonly sessions = new Map<string, TargetSession>();
+  private readonly connecting = new Map<string, Promise<TargetSession>>();
+  /** Drive UUIDs in wire form, computed once per drive rather than once per I/O. */
+  private readonly driveBytes = new Map<string, Uint8Array>();
+
+  constructor(
+    private readonly env: Env,
+    private readonly open: OpenSession,
+    private readonly client_name: string,
+  ) {}
+
+  /** Records where drives are served (from the TOMA's attach info). */
+  setLocations(locations: { drive_uuid: string; target: string | null }[]): void {
+    for (const l of locations) this.location.set(l.drive_uuid, l.target);
+  }
+
+  driveId(drive_uuid: string): Uint8Array {
+    let b = this.driveBytes.get(drive_uuid);
+    if (!b) {
+      b = uuidFromString(drive_uuid);
+      this.driveBytes.set(drive_uuid, b);
+    }
+    return b;
+  }
+
+  /** The open session serving `drive_uuid`, if there is one right now (the fast path). */
+  cached(drive_uuid: string): TargetSession | undefined {
+    const addr = this.location.get(drive_uuid);
+    if (!addr) return undefined;
+    const s = this.sessions.get(addr);
+    return s && !s.closed ? s : undefined;
+  }
+
+  async sessionFor(drive_uuid: string): Promise<TargetSession> {
+    const fast = this.cached(drive_uuid);
+    if (fast) return fast;
+    const addr = this.location.get(drive_uuid);
+    if (!addr) throw new NoRouteError(`no target currently serves drive ${drive_uuid}`);
+    let p = this.connecting.get(addr);
+    if (!p) {
+      p = this.open(this.env, addr, { version: 1, role: "client", name: this.client_name }).then(
+        (s) => {
+          this.sessions.set(addr, s);
+          s.onClose = (why) => {
+            if (this.sessions.get(addr) === s) this.sessions.delete(addr);
+            this.env.log.warn("lost target connection", { target: addr, why });
+          };
+          return s;
+        },
+      );
+      this.connecting.set(addr, p);
+      p.finally(() => this.connecting.delete(addr)).catch(() => {});
+    }
+    return await p;
+  }
+
+  close(): void {
+    for (const s of this.sessions.values()) s.close();
+    this.sessions.clear();
+  }
+}

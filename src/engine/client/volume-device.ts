@@ -1,0 +1,173 @@
+/**
+ * A volume as a block device on the client: volume I/O planned onto drive segments and sent
+ * straight to the targets, in parallel. It is a DriveStore like any drive, so the NBD export (and
+ * the conformance suite) treat it the same way.
+ *
+ * Failure policy: a lost target connection, or a drive that moved, is retried against fresh
+ * locations from the TOMA until io_timeout_ms has passed (like multipath's queue_if_no_path with a
+ * bound); then the I/O fails with EIO. Block writes are idempotent, so a retried write is safe.
+ * Errors the target reports about the request itself (out of range, drive I/O error) fail at once.
+ */
+import type { Env } from "../env.ts";
+import { limitSegments, plan, type Segment, volumeDrives } from "../layout/planner.ts";
+import type { AttachInfo, VolumeLayout } from "../layout/types.ts";
+import { DriveIoError, type DriveStore } from "../drive/store.ts";
+import { MAX_IO_BYTES, Status } from "../wire/header.ts";
+import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import { NoRouteError, type TargetPool } from "./target-pool.ts";
+
+export interface VolumeDeviceOptions {
+  /** Asks the TOMA where the volume's drives are now. */
+  refresh: () => Promise<AttachInfo>;
+  io_timeout_ms: number;
+}
+
+type DriveOp = (s: TargetSession, drive: Uint8Array, seg: Segment) => Promise<void>;
+
+function retryable(e: unknown): boolean {
+  if (e instanceof TargetError) return e.status === Status.NO_SUCH_DRIVE || e.status === Status.BUSY;
+  // Connection lost, no route, connect refused: the target may come back or move.
+  return !(e instanceof DriveIoError);
+}
+
+export class VolumeDevice implements DriveStore {
+  readonly describe: string;
+  readonly size_bytes: number;
+  private layout: VolumeLayout;
+  private generation: number;
+  private refreshing: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly env: Env,
+    private readonly pool: TargetPool,
+    info: AttachInfo,
+    private readonly opts: VolumeDeviceOptions,
+  ) {
+    this.layout = info.layout;
+    this.generation = info.generation;
+    this.size_bytes = info.layout.capacity_bytes;
+    this.describe = `nvmesh volume ${info.layout.name} (${info.layout.raid_level === "0" ? "RAID0" : "concatenated"})`;
+    pool.setLocations(info.drives);
+  }
+
+  get name(): string {
+    return this.layout.name;
+  }
+
+  private check(offset: number, length: number): void {
+    if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0) {
+      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
+    }
+    if (offset + length > this.size_bytes) {
+      throw new DriveIoError(`range ${offset}+${length} beyond volume size ${this.size_bytes}`, "ERANGE");
+    }
+  }
+
+  /** One refresh at a time, shared by every I/O that needs it. */
+  private refresh(): Promise<void> {
+    if (!this.refreshing) {
+      this.refreshing = this.opts
+        .refresh()
+        .then((info) => {
+          this.pool.setLocations(info.drives);
+          this.generation = info.generation;
+        })
+        .catch((e) => this.env.log.warn("cannot refresh volume locations", { volume: this.name, error: String(e) }))
+        .finally(() => {
+          this.refreshing = null;
+        });
+    }
+    return this.refreshing;
+  }
+
+  private async withRetry(drive_uuid: string, seg: Segment, op: DriveOp): Promise<void> {
+    const drive = this.pool.driveId(drive_uuid);
+    const fast = this.pool.cached(drive_uuid);
+    if (fast) {
+      try {
+        return await op(fast, drive, seg);
+      } catch (e) {
+        if (!retryable(e)) throw this.ioError(e);
+      }
+    }
+    const deadline = this.env.clock.now_ms() + this.opts.io_timeout_ms;
+    let backoff_ms = 20;
+    for (;;) {
+      if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+      try {
+        return await op(await this.pool.sessionFor(drive_uuid), drive, seg);
+      } catch (e) {
+        if (!retryable(e)) throw this.ioError(e);
+        if (this.env.clock.now_ms() >= deadline) {
+          throw new DriveIoError(`drive ${drive_uuid} unreachable for ${this.opts.io_timeout_ms} ms: ${String(e)}`, "EIO");
+        }
+        if (!(e instanceof NoRouteError)) this.env.log.debug("retrying drive I/O", { drive: drive_uuid, error: String(e) });
+      }
+      await new Promise<void>((r) => this.env.timers.after(backoff_ms, r));
+      backoff_ms = Math.min(backoff_ms * 2, 1000);
+      await this.refresh();
+    }
+  }
+
+  private ioError(e: unknown): Error {
+    if (e instanceof DriveIoError) return e;
+    if (e instanceof TargetError && e.status === Status.OUT_OF_RANGE) {
+      // The layout pointed outside a drive: a bug or a corrupt layout, never the user's range.
+      return new DriveIoError(`target refused range: ${e.message}`, "EIO");
+    }
+    return new DriveIoError(e instanceof Error ? e.message : String(e), "EIO");
+  }
+
+  private async each(offset: number, length: number, op: DriveOp): Promise<void> {
+    const segs = limitSegments(plan(this.layout, offset, length), MAX_IO_BYTES);
+    if (segs.length === 1) return await this.withRetry(segs[0]!.drive_uuid, segs[0]!, op);
+    await Promise.all(segs.map((s) => this.withRetry(s.drive_uuid, s, op)));
+  }
+
+  async read(offset: number, dst: Uint8Array): Promise<void> {
+    this.check(offset, dst.length);
+    if (dst.length === 0) return;
+    await this.each(offset, dst.length, (s, d, g) =>
+      s.read(d, g.drive_offset, dst.subarray(g.request_offset, g.request_offset + g.length)),
+    );
+  }
+
+  async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    this.check(offset, src.length);
+    if (src.length === 0) return;
+    await this.each(offset, src.length, (s, d, g) =>
+      s.write(d, g.drive_offset, src.subarray(g.request_offset, g.request_offset + g.length), fua),
+    );
+  }
+
+  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    this.check(offset, length);
+    if (length === 0) return;
+    await this.each(offset, length, (s, d, g) => s.writeZeroes(d, g.drive_offset, g.length, fua));
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    this.check(offset, length);
+    if (length === 0) return;
+    await this.each(offset, length, (s, d, g) => s.trim(d, g.drive_offset, g.length));
+  }
+
+  /** Flushes every drive of the volume: what makes NBD multi-conn safe. */
+  async flush(): Promise<void> {
+    if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+    const none: Segment = { column: 0, drive_uuid: "", drive_offset: 0, length: 0, request_offset: 0 };
+    await Promise.all(
+      volumeDrives(this.layout).map((u) => this.withRetry(u, { ...none, drive_uuid: u }, (s, d) => s.flush(d))),
+    );
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  get topologyGeneration(): number {
+    return this.generation;
+  }
+}
