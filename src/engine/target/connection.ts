@@ -1,0 +1,138 @@
+/**
+ * One requester's connection to the target: the HELLO gate, then pipelined requests that complete
+ * out of order, at most `max_inflight` at a time. Frames decoded beyond that wait in a bounded
+ * queue; Conn has no way to pause the socket, so a peer that overruns the queue's hard cap is
+ * misbehaving (a session never has more in flight than the target allows) and is disconnected.
+ *
+ * Nothing a peer sends can throw out of here: a malformed frame closes this connection only.
+ */
+import type { Conn } from "../net/conn.ts";
+import { HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
+import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
+import { SendBatcher } from "../wire/send-batcher.ts";
+import { type TargetContext, execute } from "./execute.ts";
+import { cborResponse, errorResponse } from "./reply.ts";
+
+export interface ConnectionLimits {
+  max_inflight: number;
+  /** Decoded frames waiting for an in-flight slot, beyond which the peer is disconnected. */
+  max_queued_frames: number;
+  max_queued_bytes: number;
+}
+
+interface Queued {
+  h: Header;
+  payload: Uint8Array;
+}
+
+export class TargetConnection {
+  private readonly decoder: FrameDecoder;
+  private readonly out: SendBatcher;
+  private authenticated = false;
+  private closed = false;
+  private inflight = 0;
+  private queue: Queued[] = [];
+  private queueHead = 0;
+  private queuedBytes = 0;
+  /** Bound once: no closure is allocated per request. */
+  private readonly onDone = (frame: Uint8Array) => this.complete(frame);
+  private readonly onBug = (e: unknown) => this.fail(`internal error: ${String(e)}`);
+
+  constructor(
+    private readonly ctx: TargetContext,
+    private readonly conn: Conn,
+    private readonly limits: ConnectionLimits,
+    private readonly onEnd: (c: TargetConnection) => void,
+  ) {
+    this.out = new SendBatcher(conn);
+    this.decoder = new FrameDecoder(
+      (h, payload) => this.onFrame(h, payload),
+      (why) => this.fail(`malformed frame: ${why}`),
+    );
+    conn.onData = (chunk) => this.decoder.push(chunk);
+    conn.onClose = (reason) => this.ended(reason);
+  }
+
+  get remote(): string {
+    return this.conn.remote;
+  }
+
+  /** Closes the connection; responses already computed are flushed first. */
+  close(): void {
+    if (this.closed) return;
+    this.out.flush();
+    this.conn.close();
+    this.ended("closed by the target");
+  }
+
+  private onFrame(h: Header, payload: Uint8Array): void {
+    if (this.closed) return;
+    if (!this.authenticated) return this.hello(h, payload);
+    if (this.inflight < this.limits.max_inflight) return this.start(h, payload, false);
+    // payload points into the decoder's buffer: keep a copy.
+    this.queue.push({ h, payload: payload.slice() });
+    this.queuedBytes += payload.length;
+    const waiting = this.queue.length - this.queueHead;
+    if (waiting > this.limits.max_queued_frames || this.queuedBytes > this.limits.max_queued_bytes) {
+      this.fail(`peer exceeded the request queue (${waiting} frames, ${this.queuedBytes} bytes waiting)`);
+    }
+  }
+
+  private hello(h: Header, payload: Uint8Array): void {
+    if (h.opcode !== Op.HELLO || (h.flags & Flag.RESPONSE) !== 0) {
+      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, "the first frame must be HELLO"));
+      return this.fail(`first frame was ${Op[h.opcode]}, not HELLO`, "warn");
+    }
+    const req = decodeBody(HelloRequest, payload);
+    if (isInvalid(req)) {
+      this.out.push(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
+      return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
+    }
+    this.authenticated = true;
+    this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name });
+    this.out.push(cborResponse(h, this.ctx.info()));
+  }
+
+  private start(h: Header, payload: Uint8Array, owned: boolean): void {
+    this.inflight++;
+    execute(this.ctx, h, payload, owned).then(this.onDone, this.onBug);
+  }
+
+  private complete(frame: Uint8Array): void {
+    this.inflight--;
+    if (this.closed) return;
+    this.out.push(frame);
+    while (this.inflight < this.limits.max_inflight && this.queueHead < this.queue.length) {
+      const q = this.queue[this.queueHead]!;
+      this.queue[this.queueHead++] = undefined as unknown as Queued;
+      this.queuedBytes -= q.payload.length;
+      this.start(q.h, q.payload, true);
+    }
+    if (this.queueHead === this.queue.length) {
+      this.queue.length = 0;
+      this.queueHead = 0;
+    } else if (this.queueHead >= 1024) {
+      // Under sustained saturation the queue never empties: drop the consumed prefix.
+      this.queue = this.queue.slice(this.queueHead);
+      this.queueHead = 0;
+    }
+  }
+
+  /** Logs why, then closes this connection (never the process). */
+  private fail(why: string, level: "warn" | "error" = "error"): void {
+    if (this.closed) return;
+    this.ctx.log[level]("closing connection", { peer: this.conn.remote, reason: why });
+    this.close();
+  }
+
+  private ended(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.decoder.stop();
+    this.queue = [];
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+    this.ctx.log.debug("connection ended", { peer: this.conn.remote, reason });
+    this.onEnd(this);
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * The drives one target serves, looked up by the 16-byte uuid of each request. Drives come and go
+ * at run time (hot-plug); a request that finds no entry is answered NO_SUCH_DRIVE, while requests
+ * already running on a removed drive finish against the drive object they started with.
+ */
+import type { FormattedDrive } from "../drive/formatted-api.ts";
+import { uuidFromString } from "../uuid.ts";
+import type { DriveInfo } from "../wire/control.ts";
+
+export interface ServedDrive {
+  readonly drive: FormattedDrive;
+  /** Bytes a request may address: extent_count * extent_size_bytes. */
+  readonly data_bytes: number;
+  /**
+   * Metadata writes and claims of this drive run one at a time, so two connections racing on
+   * the same slot can never both see the old generation and both "win".
+   */
+  metaChain: Promise<unknown>;
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+/** 32 hex chars; cheap enough to compute per request. */
+export function uuidKey(b: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < 16; i++) s += HEX[b[i]!];
+  return s;
+}
+
+export class DriveTable {
+  private readonly byKey = new Map<string, ServedDrive>();
+
+  add(drive: FormattedDrive): void {
+    const key = uuidKey(uuidFromString(drive.info.drive_uuid));
+    if (this.byKey.has(key)) throw new Error(`drive ${drive.info.drive_uuid} is already served`);
+    const data_bytes = Math.min(
+      drive.info.extent_count * drive.info.extent_size_bytes,
+      drive.data.size_bytes,
+    );
+    this.byKey.set(key, { drive, data_bytes, metaChain: Promise.resolve() });
+  }
+
+  /** Returns the drive that was removed, or undefined if it was not served. */
+  remove(drive_uuid: string): FormattedDrive | undefined {
+    const key = uuidKey(uuidFromString(drive_uuid));
+    const entry = this.byKey.get(key);
+    this.byKey.delete(key);
+    return entry?.drive;
+  }
+
+  get(uuid: Uint8Array): ServedDrive | undefined {
+    return uuid.length === 16 ? this.byKey.get(uuidKey(uuid)) : undefined;
+  }
+
+  infos(): DriveInfo[] {
+    return Array.from(this.byKey.values(), (e) => e.drive.info);
+  }
+}

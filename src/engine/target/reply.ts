@@ -1,0 +1,58 @@
+/**
+ * Response frames. A response echoes the request's header (opcode, request_id, drive, offset,
+ * length, fencing fields) with the RESPONSE flag and a status, so a capture of one frame says
+ * what it answers.
+ */
+import { encodeBody } from "../wire/control.ts";
+import { Flag, HEADER_BYTES, type Header, Status, encodeHeader } from "../wire/header.ts";
+
+/** Error messages are for people; cap them so an error can never make a frame large. */
+const MAX_ERROR_CHARS = 1024;
+
+/** A failure that maps to one wire status; thrown inside an op, answered in one place. */
+export class RequestError extends Error {
+  constructor(
+    readonly status: Status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Encodes the response header for `req` into dst[0..64). Mutates req (it is ours, per frame). */
+function encodeResponseHeader(req: Header, status: Status, payload_len: number, dst: Uint8Array): void {
+  req.flags = req.flags | Flag.RESPONSE;
+  req.status = status;
+  req.payload_len = payload_len;
+  encodeHeader(req, dst, 0);
+}
+
+export function okResponse(req: Header, payload?: Uint8Array): Uint8Array {
+  const n = payload?.length ?? 0;
+  const out = new Uint8Array(HEADER_BYTES + n);
+  encodeResponseHeader(req, Status.OK, n, out);
+  if (payload && n > 0) out.set(payload, HEADER_BYTES);
+  return out;
+}
+
+export function cborResponse(req: Header, value: unknown): Uint8Array {
+  return okResponse(req, encodeBody(value));
+}
+
+/**
+ * A READ response with its payload still to fill: the drive reads straight into
+ * out.subarray(HEADER_BYTES), so the data is never copied on the target.
+ */
+export function readResponse(req: Header): Uint8Array {
+  const out = new Uint8Array(HEADER_BYTES + req.length);
+  encodeResponseHeader(req, Status.OK, req.length, out);
+  return out;
+}
+
+export function errorResponse(req: Header, status: Status, message: string): Uint8Array {
+  const body = encodeBody({ error: message.slice(0, MAX_ERROR_CHARS) });
+  const out = new Uint8Array(HEADER_BYTES + body.length);
+  encodeResponseHeader(req, status, body.length, out);
+  out.set(body, HEADER_BYTES);
+  return out;
+}

@@ -1,0 +1,87 @@
+/**
+ * The target: serves the extents of its local drives to whoever completes HELLO. Blind to volumes.
+ * Sans-I/O: it is handed connections (real sockets or simulated links) through handle() and
+ * reaches the world only through Env and the drives it is given. The CLI wires
+ * env.net.listen(address, (c) => service.handle(c)).
+ */
+import type { FormattedDrive } from "../drive/formatted-api.ts";
+import type { Env } from "../env.ts";
+import type { Conn } from "../net/conn.ts";
+import type { TargetInfo } from "../wire/control.ts";
+import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
+import { type ConnectionLimits, TargetConnection } from "./connection.ts";
+import { DriveTable } from "./drive-table.ts";
+import type { TargetContext } from "./execute.ts";
+
+/** Reported in HELLO so a requester can tell which implementation it talks to. */
+export const TARGET_VERSION = "nvmesh-target/1";
+
+export const DEFAULT_MAX_INFLIGHT_PER_CONN = 256;
+
+export interface TargetServiceOptions {
+  name: string;
+  drives: FormattedDrive[];
+  /** Requests executing at once per connection; more are queued up to a hard cap. */
+  max_inflight_per_conn?: number;
+}
+
+export class TargetService {
+  private readonly drives = new DriveTable();
+  private readonly conns = new Set<TargetConnection>();
+  private readonly ctx: TargetContext;
+  private readonly limits: ConnectionLimits;
+
+  constructor(
+    private readonly env: Env,
+    private readonly opts: TargetServiceOptions,
+  ) {
+    for (const d of opts.drives) this.drives.add(d);
+    const max_inflight = opts.max_inflight_per_conn ?? DEFAULT_MAX_INFLIGHT_PER_CONN;
+    if (!Number.isInteger(max_inflight) || max_inflight < 1) {
+      throw new Error(`max_inflight_per_conn must be a positive integer, got ${max_inflight}`);
+    }
+    this.limits = {
+      max_inflight,
+      // A well-behaved requester never queues here; these caps only stop a flooding peer.
+      max_queued_frames: Math.max(4096, max_inflight * 16),
+      max_queued_bytes: Math.max(128 * 1024 * 1024, 4 * MAX_PAYLOAD_BYTES),
+    };
+    this.ctx = { drives: this.drives, log: env.log, info: () => this.info() };
+  }
+
+  /** Takes ownership of a freshly accepted connection. */
+  handle(conn: Conn): void {
+    const c = new TargetConnection(this.ctx, conn, this.limits, (ended) => this.conns.delete(ended));
+    this.conns.add(c);
+  }
+
+  /** Hot-plug: serves a drive from now on. Throws if a drive with its uuid is already served. */
+  addDrive(drive: FormattedDrive): void {
+    this.drives.add(drive);
+    this.env.log.info("drive added", { drive: drive.info.drive_uuid, path: drive.info.path });
+  }
+
+  /**
+   * Hot-unplug: new requests for the drive get NO_SUCH_DRIVE; requests already running finish.
+   * Returns the drive (the caller closes it) or undefined if it was not served.
+   */
+  removeDrive(drive_uuid: string): FormattedDrive | undefined {
+    const d = this.drives.remove(drive_uuid);
+    if (d) this.env.log.info("drive removed", { drive: drive_uuid });
+    return d;
+  }
+
+  info(): TargetInfo {
+    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos() };
+  }
+
+  /** Connections currently open (for status output and tests). */
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+
+  /** Closes every connection (shutdown). Drives are the caller's to close. */
+  closeAll(): void {
+    for (const c of [...this.conns]) c.close();
+  }
+}

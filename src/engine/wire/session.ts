@@ -1,0 +1,357 @@
+/**
+ * The requester side of one target connection (TargetSession): HELLO, then pipelined requests
+ * matched to responses by request id, completing in whatever order the target answers.
+ *
+ * No request timeout: deciding that a target is dead is the TOMA's job (local timeouts only decide
+ * when to suspect). What this guarantees instead is that a lost connection fails every request at
+ * once with SessionClosedError, so nothing ever hangs on a dead socket.
+ *
+ * In flight is bounded by count and bytes; requests beyond either wait in FIFO order, unsent.
+ */
+import type { Env } from "../env.ts";
+import type { Conn } from "../net/conn.ts";
+import {
+  DriveInfo,
+  ErrorBody,
+  HelloRequest,
+  MetaSlot,
+  TargetInfo,
+  decodeBody,
+  encodeBody,
+  isInvalid,
+} from "./control.ts";
+import {
+  Flag,
+  FrameDecoder,
+  HEADER_BYTES,
+  type Header,
+  MAX_CONTROL_BYTES,
+  MAX_IO_BYTES,
+  Op,
+  Status,
+  emptyHeader,
+  encodeHeader,
+} from "./header.ts";
+import { SendBatcher } from "./send-batcher.ts";
+import { SessionClosedError, TargetError, type TargetSession } from "./session-api.ts";
+import * as v from "valibot";
+
+export interface SessionOptions {
+  /** Requests on the wire at once (keep ≤ the target's max_inflight_per_conn, 256 by default). */
+  max_inflight?: number;
+  /** Payload bytes on the wire at once; one request larger than this still goes alone. */
+  max_inflight_bytes?: number;
+  /** Fencing fields carried by every request (DESIGN.md §3); not enforced by targets yet. */
+  client_id?: number;
+  generation?: number;
+  /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
+  batch_sends?: boolean;
+}
+
+export const DEFAULT_SESSION_MAX_INFLIGHT = 256;
+
+function parseWith<S extends v.GenericSchema>(schema: S): (body: Uint8Array) => unknown {
+  return (body) => decodeBody(schema, body);
+}
+export const DEFAULT_SESSION_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+
+interface Request {
+  op: Op;
+  flags: number;
+  drive: Uint8Array;
+  offset: number;
+  length: number;
+  /** Sent after the header; the caller keeps it unchanged until the promise settles. */
+  payload: Uint8Array | null;
+  /** READ: where the response payload lands. */
+  dst: Uint8Array | null;
+  /** Decodes an OK response's CBOR body; null when the response has no body. */
+  parse: ((body: Uint8Array) => unknown) | null;
+  /** Counted against max_inflight_bytes. */
+  bytes: number;
+  resolve: (value: unknown) => void;
+  reject: (e: Error) => void;
+}
+
+const NO_DRIVE = new Uint8Array(16);
+const parseTargetInfo = parseWith(TargetInfo);
+const parseDriveList = parseWith(v.array(DriveInfo));
+const parseMetaSlot = parseWith(MetaSlot);
+const MAX_U32 = 0xffff_ffff;
+
+/** Connects, does HELLO, and returns a ready session. Rejects (and closes) if HELLO fails. */
+export async function openSession(
+  env: Env,
+  address: string,
+  hello: HelloRequest,
+  opts: SessionOptions = {},
+): Promise<Session> {
+  const conn = await env.net.connect(address);
+  const s = new Session(conn, address, opts);
+  try {
+    await s.hello(hello);
+  } catch (e) {
+    s.close();
+    throw e;
+  }
+  return s;
+}
+
+export class Session implements TargetSession {
+  info: TargetInfo = { target_name: "", version: "", drives: [] };
+  onClose: ((reason: string) => void) | null = null;
+  client_id: number;
+  generation: number;
+
+  private isClosed = false;
+  private readonly decoder: FrameDecoder;
+  private readonly out: SendBatcher | null;
+  private readonly pending = new Map<number, Request>();
+  private readonly waiting: Request[] = [];
+  private waitingHead = 0;
+  private nextId = 1;
+  private inflightBytes = 0;
+  private readonly max_inflight: number;
+  private readonly max_inflight_bytes: number;
+  /** Reused for every request header (encodeHeader copies it into the frame). */
+  private readonly hdr: Header = emptyHeader();
+
+  constructor(
+    private readonly conn: Conn,
+    readonly address: string,
+    opts: SessionOptions,
+  ) {
+    this.max_inflight = opts.max_inflight ?? DEFAULT_SESSION_MAX_INFLIGHT;
+    this.max_inflight_bytes = opts.max_inflight_bytes ?? DEFAULT_SESSION_MAX_INFLIGHT_BYTES;
+    this.client_id = opts.client_id ?? 0;
+    this.generation = opts.generation ?? 0;
+    this.out = opts.batch_sends === false ? null : new SendBatcher(conn);
+    this.decoder = new FrameDecoder(
+      (h, payload) => this.onFrame(h, payload),
+      (why) => this.fail(`malformed frame from target: ${why}`),
+    );
+    conn.onData = (chunk) => this.decoder.push(chunk);
+    conn.onClose = (reason) => this.fail(reason);
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** Requests issued from now on carry these fencing fields. */
+  setFence(client_id: number, generation: number): void {
+    this.client_id = client_id;
+    this.generation = generation;
+  }
+
+  async hello(req: HelloRequest): Promise<TargetInfo> {
+    const body = encodeBody(req);
+    const info = await this.submit(Op.HELLO, 0, NO_DRIVE, 0, 0, body, null, parseTargetInfo);
+    this.info = info as TargetInfo;
+    return this.info;
+  }
+
+  read(drive: Uint8Array, offset: number, dst: Uint8Array): Promise<void> {
+    const bad = checkIo(drive, offset, dst.length, MAX_IO_BYTES);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.READ, 0, drive, offset, dst.length, null, dst, null) as Promise<void>;
+  }
+
+  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    const bad = checkIo(drive, offset, src.length, MAX_IO_BYTES);
+    if (bad) return Promise.reject(bad);
+    const flags = fua ? Flag.FUA : 0;
+    return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null) as Promise<void>;
+  }
+
+  flush(drive: Uint8Array): Promise<void> {
+    const bad = checkIo(drive, 0, 0, 0);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.FLUSH, 0, drive, 0, 0, null, null, null) as Promise<void>;
+  }
+
+  trim(drive: Uint8Array, offset: number, length: number): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.TRIM, 0, drive, offset, length, null, null, null) as Promise<void>;
+  }
+
+  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    const flags = fua ? Flag.FUA : 0;
+    return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null) as Promise<void>;
+  }
+
+  listDrives(): Promise<DriveInfo[]> {
+    return this.submit(Op.LIST_DRIVES, 0, NO_DRIVE, 0, 0, null, null, parseDriveList) as Promise<DriveInfo[]>;
+  }
+
+  metaRead(drive: Uint8Array): Promise<MetaSlot> {
+    const bad = checkIo(drive, 0, 0, 0);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.META_READ, 0, drive, 0, 0, null, null, parseMetaSlot) as Promise<MetaSlot>;
+  }
+
+  metaWrite(drive: Uint8Array, generation: number, payload: Uint8Array): Promise<void> {
+    const bad = checkIo(drive, 0, 0, 0);
+    if (bad) return Promise.reject(bad);
+    const body = encodeBody({ generation, payload });
+    if (body.length > MAX_CONTROL_BYTES) {
+      return Promise.reject(new RangeError(`metadata of ${payload.length} bytes is above the control limit`));
+    }
+    return this.submit(Op.META_WRITE, 0, drive, 0, 0, body, null, null) as Promise<void>;
+  }
+
+  claim(drive: Uint8Array, cluster_uuid: string): Promise<void> {
+    const bad = checkIo(drive, 0, 0, 0);
+    if (bad) return Promise.reject(bad);
+    const body = encodeBody({ cluster_uuid });
+    return this.submit(Op.CLAIM, 0, drive, 0, 0, body, null, null) as Promise<void>;
+  }
+
+  close(): void {
+    this.fail("closed by the requester");
+  }
+
+  /** Requests on the wire now (tests and status output). */
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  private submit(
+    op: Op,
+    flags: number,
+    drive: Uint8Array,
+    offset: number,
+    length: number,
+    payload: Uint8Array | null,
+    dst: Uint8Array | null,
+    parse: Request["parse"],
+  ): Promise<unknown> {
+    if (this.isClosed) return Promise.reject(new SessionClosedError(`session to ${this.address} is closed`));
+    return new Promise((resolve, reject) => {
+      const bytes = (payload?.length ?? 0) + (dst?.length ?? 0);
+      const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, resolve, reject };
+      if (this.waitingHead === this.waiting.length && this.hasRoom(bytes)) this.send(r);
+      else this.waiting.push(r);
+    });
+  }
+
+  private hasRoom(bytes: number): boolean {
+    if (this.pending.size >= this.max_inflight) return false;
+    return this.pending.size === 0 || this.inflightBytes + bytes <= this.max_inflight_bytes;
+  }
+
+  private send(r: Request): void {
+    let id = this.nextId;
+    while (this.pending.has(id)) id = id === MAX_U32 ? 1 : id + 1;
+    this.nextId = id === MAX_U32 ? 1 : id + 1;
+    this.pending.set(id, r);
+    this.inflightBytes += r.bytes;
+
+    const h = this.hdr;
+    h.opcode = r.op;
+    h.flags = r.flags;
+    h.request_id = id;
+    h.length = r.length;
+    h.offset = r.offset;
+    h.drive_uuid = r.drive;
+    h.client_id = this.client_id;
+    h.generation = this.generation;
+    h.status = Status.OK;
+    h.payload_len = r.payload?.length ?? 0;
+    const head = new Uint8Array(HEADER_BYTES);
+    encodeHeader(h, head, 0);
+    this.emit(head);
+    if (r.payload && r.payload.length > 0) this.emit(r.payload);
+  }
+
+  private emit(bytes: Uint8Array): void {
+    if (this.out) this.out.push(bytes);
+    else this.conn.send(bytes);
+  }
+
+  private onFrame(h: Header, payload: Uint8Array): void {
+    if (this.isClosed) return;
+    if ((h.flags & Flag.RESPONSE) === 0) return this.fail(`target sent a request (${Op[h.opcode]})`);
+    const r = this.pending.get(h.request_id);
+    if (!r) return this.fail(`target answered unknown request id ${h.request_id}`);
+    if (r.op !== h.opcode) return this.fail(`target answered ${Op[r.op]} request ${h.request_id} as ${Op[h.opcode]}`);
+    this.pending.delete(h.request_id);
+    this.inflightBytes -= r.bytes;
+    this.settle(r, h, payload);
+    this.pump();
+  }
+
+  /** Resolves or rejects one request from its response. payload is only valid during the call. */
+  private settle(r: Request, h: Header, payload: Uint8Array): void {
+    if (h.status !== Status.OK) {
+      const body = decodeBody(ErrorBody, payload);
+      const msg = isInvalid(body) ? `${Status[h.status] ?? h.status} (no error body)` : body.error;
+      return r.reject(new TargetError(h.status, msg));
+    }
+    if (r.dst) {
+      if (payload.length !== r.dst.length) {
+        return r.reject(new TargetError(Status.INVALID, `READ returned ${payload.length} bytes, expected ${r.dst.length}`));
+      }
+      r.dst.set(payload);
+      return r.resolve(undefined);
+    }
+    if (r.parse) {
+      const value = r.parse(payload);
+      if (isInvalid(value)) {
+        return r.reject(new TargetError(Status.INVALID, `target sent an invalid ${Op[r.op]} body: ${value.invalid}`));
+      }
+      return r.resolve(value);
+    }
+    r.resolve(undefined);
+  }
+
+  private pump(): void {
+    while (this.waitingHead < this.waiting.length) {
+      const next = this.waiting[this.waitingHead]!;
+      if (!this.hasRoom(next.bytes)) {
+        if (this.waitingHead >= 1024) {
+          this.waiting.splice(0, this.waitingHead);
+          this.waitingHead = 0;
+        }
+        return;
+      }
+      this.waiting[this.waitingHead++] = undefined as unknown as Request;
+      this.send(next);
+    }
+    this.waiting.length = 0;
+    this.waitingHead = 0;
+  }
+
+  /** Ends the session once: every request in flight or waiting fails now with SessionClosedError. */
+  private fail(reason: string): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.decoder.stop();
+    this.out?.flush();
+    this.conn.close();
+    const err = new SessionClosedError(`session to ${this.address} closed: ${reason}`);
+    const victims = [...this.pending.values(), ...this.waiting.slice(this.waitingHead)];
+    this.pending.clear();
+    this.waiting.length = 0;
+    this.waitingHead = 0;
+    this.inflightBytes = 0;
+    for (const r of victims) r.reject(err);
+    const cb = this.onClose;
+    this.onClose = null;
+    cb?.(reason);
+  }
+}
+
+
+/** Catches what the target would reject as a malformed frame (which would close the session). */
+function checkIo(drive: Uint8Array, offset: number, length: number, maxLength: number): Error | null {
+  if (!(drive instanceof Uint8Array) || drive.length !== 16) return new TypeError("drive uuid must be 16 bytes");
+  if (!Number.isSafeInteger(offset) || offset < 0) return new RangeError(`bad offset ${offset}`);
+  if (!Number.isInteger(length) || length < 0 || length > maxLength) {
+    return new RangeError(`length ${length} outside 0..${maxLength}`);
+  }
+  return null;
+}
