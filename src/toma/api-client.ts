@@ -1,0 +1,77 @@
+/**
+ * A small typed client of the management API, for the admin commands and the client daemon.
+ * Error responses become a thrown TomaApiError carrying the server's message and status.
+ */
+import type { AttachInfo } from "../engine/layout/types.ts";
+import type { ClusterJson, CreateVolumeBody, DriveJson, TargetJson, VolumeJson } from "./api-types.ts";
+
+export class TomaApiError extends Error {
+  constructor(
+    /** HTTP status; 0 when the TOMA could not be reached at all. */
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface TomaClient {
+  readonly base: string;
+  cluster(): Promise<ClusterJson>;
+  targets(): Promise<TargetJson[]>;
+  drives(): Promise<DriveJson[]>;
+  volumes(): Promise<VolumeJson[]>;
+  volume(name: string): Promise<VolumeJson>;
+  createVolume(req: CreateVolumeBody): Promise<VolumeJson>;
+  deleteVolume(name: string): Promise<void>;
+  attach(name: string): Promise<AttachInfo>;
+}
+
+/** `base` is "http://HOST:PORT"; a bare "HOST:PORT" is accepted too. */
+export function tomaClient(base: string, opts: { timeout_ms?: number } = {}): TomaClient {
+  const root = (/^https?:\/\//.test(base) ? base : `http://${base}`).replace(/\/+$/, "");
+  const timeout_ms = opts.timeout_ms ?? 30_000;
+
+  async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(`${root}${path}`, {
+        method,
+        headers: body === undefined ? undefined : { "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(timeout_ms),
+      });
+    } catch (e) {
+      throw new TomaApiError(0, `cannot reach the TOMA at ${root}: ${(e as Error).message}`);
+    }
+    const text = await res.text();
+    let json: unknown;
+    try {
+      json = text.length > 0 ? JSON.parse(text) : null;
+    } catch {
+      throw new TomaApiError(res.status, `TOMA at ${root} answered ${res.status} with a non-JSON body`);
+    }
+    if (!res.ok) {
+      const msg = typeof json === "object" && json !== null && typeof (json as { error?: unknown }).error === "string"
+        ? (json as { error: string }).error
+        : `HTTP ${res.status}`;
+      throw new TomaApiError(res.status, msg);
+    }
+    return json as T;
+  }
+
+  const vol = (name: string) => `/v1/volumes/${encodeURIComponent(name)}`;
+  return {
+    base: root,
+    cluster: () => call("GET", "/v1/cluster"),
+    targets: () => call("GET", "/v1/targets"),
+    drives: () => call("GET", "/v1/drives"),
+    volumes: () => call("GET", "/v1/volumes"),
+    volume: (name) => call("GET", vol(name)),
+    createVolume: (req) => call("POST", "/v1/volumes", req),
+    deleteVolume: async (name) => {
+      await call("DELETE", vol(name));
+    },
+    attach: (name) => call("GET", `${vol(name)}/attach`),
+  };
+}

@@ -1,0 +1,269 @@
+/**
+ * The persisted cluster state and the commands that change it. The state only changes through
+ * `apply(state, cmd)`, a pure function, so that the multi-TOMA issue can replicate the command log
+ * unchanged. Anything non-deterministic (a new volume's uuid, where its extents go) is decided by
+ * the proposer and carried *inside* the command; apply() only re-checks that it is admissible.
+ *
+ * The state is stored as CBOR in the metadata slot of every data drive. A slot's bytes are never
+ * trusted: decodeState() validates every field and every cross-field invariant.
+ */
+import { decode, encode } from "cbor-x";
+import * as v from "valibot";
+import type { Column, RaidLevel } from "../engine/layout/types.ts";
+
+export const STATE_FORMAT = 1;
+export const VOLUME_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
+
+const Uuid = v.pipe(v.string(), v.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/));
+const Count = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
+const Positive = v.pipe(Count, v.minValue(1));
+
+export const DriveRecordSchema = v.strictObject({
+  drive_uuid: Uuid,
+  extent_size_bytes: Positive,
+  extent_count: Count,
+});
+export type DriveRecord = v.InferOutput<typeof DriveRecordSchema>;
+
+const ColumnSchema = v.strictObject({
+  drive_uuid: Uuid,
+  extents: v.array(Count),
+});
+
+export const VolumeRecordSchema = v.strictObject({
+  uuid: Uuid,
+  name: v.pipe(v.string(), v.regex(VOLUME_NAME_RE)),
+  capacity_bytes: Positive,
+  raid_level: v.picklist(["concatenated", "0"]),
+  /** Number of columns; for "concatenated" simply how many drives it spans. */
+  stripe_width: Positive,
+  /** RAID0 chunk size; 0 for "concatenated". */
+  stripe_size_bytes: Count,
+  extent_size_bytes: Positive,
+  columns: v.array(ColumnSchema),
+  /** Generation of the command that created it: the volume's topology generation for now. */
+  created_seq: Positive,
+});
+export type VolumeRecord = v.InferOutput<typeof VolumeRecordSchema>;
+
+export const ClusterStateSchema = v.strictObject({
+  format: v.literal(STATE_FORMAT),
+  cluster_uuid: Uuid,
+  /** Bumped by every applied command and by every rewrite; equals the metadata slot generation. */
+  generation: Count,
+  drives: v.array(DriveRecordSchema),
+  volumes: v.array(VolumeRecordSchema),
+});
+export type ClusterState = v.InferOutput<typeof ClusterStateSchema>;
+
+export type Command =
+  | { kind: "add_drive"; drive: DriveRecord }
+  | {
+      kind: "create_volume";
+      uuid: string;
+      name: string;
+      capacity_bytes: number;
+      raid_level: RaidLevel;
+      stripe_width: number;
+      stripe_size_bytes: number;
+      extent_size_bytes: number;
+      columns: Column[];
+    }
+  | { kind: "delete_volume"; name: string };
+
+/** Why a command was refused; the API maps each code to an HTTP status. */
+export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space";
+export type ApplyResult = { ok: true; state: ClusterState } | { ok: false; code: RefusalCode; error: string };
+
+export function emptyState(cluster_uuid: string): ClusterState {
+  return { format: STATE_FORMAT, cluster_uuid, generation: 0, drives: [], volumes: [] };
+}
+
+function refuse(code: RefusalCode, error: string): ApplyResult {
+  return { ok: false, code, error };
+}
+
+/** Applies one command; never mutates `state`. On refusal nothing changes. */
+export function apply(state: ClusterState, cmd: Command): ApplyResult {
+  const generation = state.generation + 1;
+  switch (cmd.kind) {
+    case "add_drive": {
+      const bad = v.safeParse(DriveRecordSchema, cmd.drive);
+      if (!bad.success) return refuse("invalid", `bad drive record: ${bad.issues[0]!.message}`);
+      if (state.drives.some((d) => d.drive_uuid === cmd.drive.drive_uuid)) {
+        return refuse("invalid", `drive ${cmd.drive.drive_uuid} is already part of the cluster`);
+      }
+      return { ok: true, state: { ...state, generation, drives: [...state.drives, { ...cmd.drive }] } };
+    }
+    case "delete_volume": {
+      if (!state.volumes.some((vol) => vol.name === cmd.name)) {
+        return refuse("not_found", `no volume named '${cmd.name}'`);
+      }
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((vol) => vol.name !== cmd.name) } };
+    }
+    case "create_volume": {
+      const vol: VolumeRecord = {
+        uuid: cmd.uuid,
+        name: cmd.name,
+        capacity_bytes: cmd.capacity_bytes,
+        raid_level: cmd.raid_level,
+        stripe_width: cmd.stripe_width,
+        stripe_size_bytes: cmd.stripe_size_bytes,
+        extent_size_bytes: cmd.extent_size_bytes,
+        columns: cmd.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+        created_seq: generation,
+      };
+      if (!VOLUME_NAME_RE.test(cmd.name)) {
+        return refuse("invalid", `bad volume name '${cmd.name}': use 1 to 64 of [A-Za-z0-9._-]`);
+      }
+      if (state.volumes.some((x) => x.name === cmd.name)) {
+        return refuse("name_taken", `a volume named '${cmd.name}' already exists`);
+      }
+      if (state.volumes.some((x) => x.uuid === cmd.uuid)) {
+        return refuse("invalid", `volume uuid ${cmd.uuid} already in use`);
+      }
+      const why = volumeProblem(state, vol);
+      if (why) return refuse(why.code, why.error);
+      return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
+    }
+  }
+}
+
+/** The extents in use on each drive, computed from the volumes (never stored twice). */
+export function usedExtents(state: ClusterState): Map<string, Set<number>> {
+  const used = new Map<string, Set<number>>();
+  for (const d of state.drives) used.set(d.drive_uuid, new Set());
+  for (const vol of state.volumes) {
+    for (const c of vol.columns) {
+      let s = used.get(c.drive_uuid);
+      if (!s) used.set(c.drive_uuid, (s = new Set()));
+      for (const e of c.extents) s.add(e);
+    }
+  }
+  return used;
+}
+
+/**
+ * Checks a volume against the rest of the state: its columns name known drives of its extent
+ * size, extents in range and free, and enough of them for its capacity. Used by apply() for a new
+ * volume and by decodeState() for every volume of a decoded state.
+ */
+function volumeProblem(
+  state: ClusterState,
+  vol: VolumeRecord,
+  used: Map<string, Set<number>> = usedExtents(state),
+): { code: RefusalCode; error: string } | null {
+  const invalid = (error: string) => ({ code: "invalid" as const, error: `volume '${vol.name}': ${error}` });
+  if (!Number.isSafeInteger(vol.capacity_bytes) || vol.capacity_bytes <= 0 || vol.capacity_bytes % 512 !== 0) {
+    return invalid(`capacity ${vol.capacity_bytes} is not a positive multiple of 512`);
+  }
+  if (vol.columns.length === 0 || vol.columns.length !== vol.stripe_width) {
+    return invalid(`has ${vol.columns.length} columns for stripe_width ${vol.stripe_width}`);
+  }
+  const drives = new Map(state.drives.map((d) => [d.drive_uuid, d]));
+  const seen = new Set<string>();
+  let total_bytes = 0;
+  for (const c of vol.columns) {
+    const d = drives.get(c.drive_uuid);
+    if (!d) return invalid(`column on unknown drive ${c.drive_uuid}`);
+    if (d.extent_size_bytes !== vol.extent_size_bytes) {
+      return invalid(`drive ${c.drive_uuid} has extent size ${d.extent_size_bytes}, not ${vol.extent_size_bytes}`);
+    }
+    if (seen.has(c.drive_uuid)) return invalid(`two columns on drive ${c.drive_uuid}`);
+    seen.add(c.drive_uuid);
+    if (c.extents.length === 0) return invalid(`empty column on drive ${c.drive_uuid}`);
+    const mine = new Set<number>();
+    for (const e of c.extents) {
+      if (!Number.isInteger(e) || e < 0 || e >= d.extent_count) return invalid(`extent ${e} outside drive ${c.drive_uuid}`);
+      if (mine.has(e) || used.get(c.drive_uuid)?.has(e)) {
+        return { code: "no_space", error: `volume '${vol.name}': extent ${e} of drive ${c.drive_uuid} is already in use` };
+      }
+      mine.add(e);
+    }
+    total_bytes += c.extents.length * vol.extent_size_bytes;
+  }
+  if (vol.raid_level === "concatenated") {
+    if (vol.stripe_size_bytes !== 0) return invalid("stripe_size_bytes must be 0 for a concatenated volume");
+    if (total_bytes < vol.capacity_bytes) return invalid(`columns hold ${total_bytes} bytes, less than its capacity`);
+  } else {
+    const s = vol.stripe_size_bytes;
+    if (!isValidStripeSize(s)) return invalid(`stripe size ${s} is not a power of two multiple of 4096`);
+    const column_bytes = Math.ceil(vol.capacity_bytes / vol.stripe_width / s) * s;
+    if (vol.columns.some((c) => c.extents.length * vol.extent_size_bytes < column_bytes)) {
+      return invalid(`a column is smaller than the ${column_bytes} bytes RAID0 needs`);
+    }
+  }
+  return null;
+}
+
+export function isValidStripeSize(s: number): boolean {
+  return Number.isSafeInteger(s) && s >= 4096 && (s & (s - 1)) === 0 && s <= 2 ** 30;
+}
+
+/** Canonical CBOR of a state: keys in schema order, so equal states give equal bytes. */
+export function encodeState(state: ClusterState): Uint8Array {
+  const canonical: ClusterState = {
+    format: STATE_FORMAT,
+    cluster_uuid: state.cluster_uuid,
+    generation: state.generation,
+    drives: state.drives.map((d) => ({
+      drive_uuid: d.drive_uuid,
+      extent_size_bytes: d.extent_size_bytes,
+      extent_count: d.extent_count,
+    })),
+    volumes: state.volumes.map((x) => ({
+      uuid: x.uuid,
+      name: x.name,
+      capacity_bytes: x.capacity_bytes,
+      raid_level: x.raid_level,
+      stripe_width: x.stripe_width,
+      stripe_size_bytes: x.stripe_size_bytes,
+      extent_size_bytes: x.extent_size_bytes,
+      columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+      created_seq: x.created_seq,
+    })),
+  };
+  return encode(canonical);
+}
+
+export class CorruptStateError extends Error {}
+
+/** Decodes and fully validates a slot payload. Throws CorruptStateError saying why. */
+export function decodeState(bytes: Uint8Array): ClusterState {
+  let raw: unknown;
+  try {
+    raw = decode(bytes);
+  } catch (e) {
+    throw new CorruptStateError(`cluster state is not valid CBOR: ${(e as Error).message}`);
+  }
+  const r = v.safeParse(ClusterStateSchema, raw);
+  if (!r.success) {
+    const i = r.issues[0]!;
+    const where = i.path?.map((p) => String(p.key)).join(".") ?? "";
+    throw new CorruptStateError(`cluster state fails validation at '${where}': ${i.message}`);
+  }
+  const state = r.output;
+  const drive_ids = new Set<string>();
+  for (const d of state.drives) {
+    if (drive_ids.has(d.drive_uuid)) throw new CorruptStateError(`drive ${d.drive_uuid} listed twice`);
+    drive_ids.add(d.drive_uuid);
+  }
+  // Re-admit volumes one by one: catches overlapping extents, unknown drives and bad geometry.
+  const names = new Set<string>();
+  let acc: ClusterState = { ...state, volumes: [] };
+  for (const vol of state.volumes) {
+    if (names.has(vol.name)) throw new CorruptStateError(`volume name '${vol.name}' used twice`);
+    names.add(vol.name);
+    if (vol.created_seq > state.generation) {
+      throw new CorruptStateError(`volume '${vol.name}' created after the state's generation`);
+    }
+    const why = volumeProblem(acc, vol);
+    if (why) throw new CorruptStateError(why.error);
+    acc = { ...acc, volumes: [...acc.volumes, vol] };
+  }
+  return state;
+}
+
+export function majority(n: number): number {
+  return Math.floor(n / 2) + 1;
+}

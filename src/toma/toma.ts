@@ -1,0 +1,601 @@
+/**
+ * One TOMA managing several targets (first slice: no peers, no election). Sans-I/O: the world is
+ * reached only through Env and the TargetSessions it opens.
+ *
+ * The cluster state lives only in the data drives' metadata slots. Recovery and commit rules, and
+ * why they never lose a committed change, are in docs/toma.md ("Safety argument"). In short:
+ * - start: read every reachable drive's slot; adopt the highest-generation valid state of our
+ *   cluster once a majority of the drives *that state lists* has answered (any committed state was
+ *   written to a majority, so one of them shows it);
+ * - commit: write the next state to every reachable drive; success only when a majority of both
+ *   the old and the new drive lists acknowledged; otherwise the change is refused (503), the
+ *   in-memory state is kept and re-written under a higher generation to retract the partial write.
+ * Every mutation and every maintenance step runs one at a time (`exclusive`).
+ */
+import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
+import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
+import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
+import type { DriveInfo } from "../engine/wire/control.ts";
+import { Status } from "../engine/wire/header.ts";
+import { openSession } from "../engine/wire/session.ts";
+import { TargetError } from "../engine/wire/session-api.ts";
+import { allocate, type Topology, type VolumeRequest } from "./allocator.ts";
+import {
+  apply,
+  type ClusterState,
+  type Command,
+  decodeState,
+  emptyState,
+  encodeState,
+  majority,
+  type RefusalCode,
+  type VolumeRecord,
+} from "./cluster-state.ts";
+import { type DriveSeen, heard, knownGeneration } from "./drive-slots.ts";
+import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
+
+export interface TomaTimings extends LinkTimings {
+  /** How often the TOMA re-checks drives: write-back, claims, retries of a retraction. */
+  sync_ms: number;
+}
+
+export const DEFAULT_TOMA_TIMINGS: TomaTimings = { ...DEFAULT_LINK_TIMINGS, sync_ms: 1000 };
+
+export interface TomaOptions {
+  /** This TOMA's name, sent in HELLO. */
+  name: string;
+  /** Target addresses ("host:port") to manage. */
+  targets: string[];
+  /**
+   * The cluster to manage. When absent: the one found on the drives; a new one is created only
+   * when every configured target answered and no drive belongs to any cluster.
+   */
+  cluster_uuid?: string;
+  /** Opens a session to a target; defaults to the real wire session. */
+  connect?: Connect;
+  timings?: Partial<TomaTimings>;
+}
+
+export type Refusal = { ok: false; code: RefusalCode | "unavailable"; error: string };
+export type Outcome<T> = { ok: true; value: T } | Refusal;
+
+export type VolumeState = "online" | "degraded" | "offline";
+export type DriveState = "ok" | "missing" | "foreign" | "error";
+
+export interface DriveView {
+  uuid: string;
+  target: string | null;
+  path: string | null;
+  size_bytes: number | null;
+  /** Member of our cluster's state (false: unclaimed or not yet added, or foreign). */
+  member: boolean;
+  cluster_uuid: string | null;
+  extent_size_bytes: number | null;
+  extents_total: number;
+  extents_used: number;
+  extents_free: number;
+  metadata_generation: number | null;
+  state: DriveState;
+  error: string | null;
+}
+
+export interface TargetView {
+  address: string;
+  state: "up" | "down";
+  target_name: string | null;
+  version: string | null;
+  drives: number;
+  /** Local milliseconds since the last up/down transition (never a wall-clock time). */
+  for_ms: number;
+  last_error: string | null;
+}
+
+const unavailable = (error: string): Refusal => ({ ok: false, code: "unavailable", error });
+
+export class Toma {
+  readonly links: TargetLink[];
+  cluster_uuid: string | null = null;
+  state: ClusterState | null = null;
+  /** True once the state was recovered from a majority (or bootstrapped): mutations allowed. */
+  ready = false;
+
+  private readonly seen = new Map<string, DriveSeen>();
+  private readonly timings: TomaTimings;
+  /** The next write must use at least this generation (some drive may hold anything below). */
+  private floor_generation = 1;
+  /** A write reached some drives but not a quorum: re-write the current state to retract it. */
+  private retract_needed = false;
+  private queue: Promise<unknown> = Promise.resolve();
+  private reconcile_queued = false;
+  private sync: TimerHandle | null = null;
+  private stopped = false;
+  private warned_clusters = "";
+
+  constructor(
+    private readonly env: Env,
+    private readonly opts: TomaOptions,
+  ) {
+    this.timings = { ...DEFAULT_TOMA_TIMINGS, ...opts.timings };
+    const hello = { version: 1 as const, role: "toma" as const, name: opts.name };
+    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello));
+    this.links = opts.targets.map((a) => new TargetLink(env, a, connect, this.timings));
+    if (opts.cluster_uuid) this.cluster_uuid = opts.cluster_uuid.toLowerCase();
+  }
+
+  start(): void {
+    for (const l of this.links) {
+      l.onChange = () => this.kick();
+      l.start();
+    }
+    this.sync = this.env.timers.every(this.timings.sync_ms, () => this.kick());
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.sync?.cancel();
+    for (const l of this.links) l.stop();
+    await this.queue.catch(() => {});
+  }
+
+  /** Resolves once mutations are allowed, or rejects after timeout_ms. For tests and startup. */
+  async whenReady(timeout_ms: number): Promise<void> {
+    const deadline = this.env.clock.now_ms() + timeout_ms;
+    while (!this.ready) {
+      if (this.env.clock.now_ms() > deadline) throw new Error(`TOMA not ready after ${timeout_ms} ms: ${this.readiness()}`);
+      await new Promise<void>((r) => this.env.timers.after(20, r));
+    }
+  }
+
+  /** Runs a maintenance pass now (coalesced). */
+  kick(): void {
+    if (this.reconcile_queued || this.stopped) return;
+    this.reconcile_queued = true;
+    void this.exclusive(async () => {
+      this.reconcile_queued = false;
+      if (!this.stopped) await this.reconcile();
+    }).catch((e) => this.env.log.error("toma: maintenance failed", { error: (e as Error).message }));
+  }
+
+  // ---- mutations -------------------------------------------------------------------------------
+
+  createVolume(req: VolumeRequest): Promise<Outcome<VolumeRecord>> {
+    return this.exclusive(async () => {
+      const state = this.readyState();
+      if (!state.ok) return state;
+      const alloc = allocate(state.value, req, this.topology());
+      if (!alloc.ok) return alloc;
+      const cmd: Command = {
+        kind: "create_volume",
+        uuid: uuidToString(randomUuid(this.env)),
+        name: req.name,
+        capacity_bytes: req.capacity_bytes,
+        raid_level: req.raid_level,
+        ...alloc.alloc,
+      };
+      const r = await this.propose(cmd);
+      if (!r.ok) return r;
+      return { ok: true, value: r.value.volumes.find((x) => x.name === req.name)! };
+    });
+  }
+
+  deleteVolume(name: string): Promise<Outcome<null>> {
+    return this.exclusive(async () => {
+      const r = await this.propose({ kind: "delete_volume", name });
+      return r.ok ? { ok: true, value: null } : r;
+    });
+  }
+
+  // ---- views (synchronous snapshots) -----------------------------------------------------------
+
+  /** Why mutations are not allowed yet, for error messages. */
+  readiness(): string {
+    if (this.ready) return "ready";
+    if (!this.cluster_uuid) return "no cluster found yet on the reachable drives";
+    if (!this.candidate()) return "no drive with a valid cluster state answered yet";
+    const c = this.candidate()!.state;
+    const n = c.drives.filter((d) => this.isHeard(d.drive_uuid)).length;
+    return `heard from ${n} of the cluster's ${c.drives.length} drives, need ${majority(c.drives.length)}`;
+  }
+
+  targetViews(): TargetView[] {
+    const now = this.env.clock.now_ms();
+    return this.links.map((l) => ({
+      address: l.address,
+      state: l.up ? "up" : "down",
+      target_name: l.target_name,
+      version: l.version,
+      drives: l.drives.length,
+      for_ms: Math.max(0, Math.round(now - l.since_ms)),
+      last_error: l.last_error,
+    }));
+  }
+
+  driveViews(): DriveView[] {
+    const loc = this.locate();
+    const used = new Map<string, number>();
+    for (const vol of this.state?.volumes ?? []) {
+      for (const c of vol.columns) used.set(c.drive_uuid, (used.get(c.drive_uuid) ?? 0) + c.extents.length);
+    }
+    const members = new Map((this.state?.drives ?? []).map((d) => [d.drive_uuid, d]));
+    const uuids = new Set([...members.keys(), ...loc.keys(), ...this.seen.keys()]);
+    const out: DriveView[] = [];
+    for (const uuid of [...uuids].sort()) {
+      const rec = members.get(uuid);
+      const at = loc.get(uuid);
+      const seen = this.seen.get(uuid);
+      const info = at?.info ?? seen?.info ?? null;
+      const total = rec?.extent_count ?? info?.extent_count ?? 0;
+      const u = used.get(uuid) ?? 0;
+      let state: DriveState = "ok";
+      let error: string | null = null;
+      const cluster = info?.cluster_uuid ?? null;
+      if (!at) state = "missing";
+      else if (info!.state === "error") [state, error] = ["error", info!.error ?? "drive reports an error"];
+      else if (this.cluster_uuid && cluster !== NIL_UUID && cluster !== this.cluster_uuid) {
+        [state, error] = ["foreign", `claimed by cluster ${cluster}`];
+      } else if (seen?.slot.kind === "corrupt") [state, error] = ["error", `metadata slot: ${seen.slot.error}`];
+      if (!error && seen?.error) error = seen.error;
+      out.push({
+        uuid,
+        target: at?.address ?? null,
+        path: info?.path ?? null,
+        size_bytes: info?.size_bytes ?? null,
+        member: rec !== undefined,
+        cluster_uuid: cluster,
+        extent_size_bytes: rec?.extent_size_bytes ?? info?.extent_size_bytes ?? null,
+        extents_total: total,
+        extents_used: u,
+        extents_free: rec ? total - u : 0,
+        metadata_generation: seen ? knownGeneration(seen.slot) ?? (seen.slot.kind === "corrupt" ? seen.slot.generation : null) : null,
+        state,
+        error,
+      });
+    }
+    return out;
+  }
+
+  volumeState(vol: VolumeRecord): VolumeState {
+    const loc = this.locate();
+    // Concatenated and RAID0 hold one copy: any unreachable column makes data unreachable.
+    const all = vol.columns.every((c) => loc.get(c.drive_uuid)?.info.state === "ok");
+    return all ? "online" : "offline";
+  }
+
+  attachInfo(vol: VolumeRecord): AttachInfo {
+    const loc = this.locate();
+    const drives: DriveLocation[] = vol.columns.map((c) => ({
+      drive_uuid: c.drive_uuid,
+      target: loc.get(c.drive_uuid)?.address ?? null,
+    }));
+    return {
+      layout: {
+        volume_uuid: vol.uuid,
+        name: vol.name,
+        capacity_bytes: vol.capacity_bytes,
+        raid_level: vol.raid_level,
+        columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+        stripe_size_bytes: vol.stripe_size_bytes,
+        extent_size_bytes: vol.extent_size_bytes,
+        block_size: 512,
+      },
+      drives,
+      generation: vol.created_seq,
+    };
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Where each drive is served right now: the up target that lists it (last one wins). */
+  private locate(): Map<string, { address: string; link: TargetLink; info: DriveInfo }> {
+    const m = new Map<string, { address: string; link: TargetLink; info: DriveInfo }>();
+    for (const link of this.links) {
+      if (!link.up) continue;
+      for (const info of link.drives) m.set(info.drive_uuid, { address: link.address, link, info });
+    }
+    return m;
+  }
+
+  private topology(): Topology {
+    const loc = this.locate();
+    const usable = new Set<string>();
+    const target_of = new Map<string, string>();
+    for (const [uuid, at] of loc) {
+      target_of.set(uuid, at.address);
+      const s = this.seen.get(uuid);
+      if (at.info.state === "ok" && at.info.cluster_uuid === this.cluster_uuid && s?.slot.kind !== "corrupt") {
+        usable.add(uuid);
+      }
+    }
+    return { usable, target_of };
+  }
+
+  private readyState(): Outcome<ClusterState> {
+    if (!this.ready || !this.state) return unavailable(`TOMA not ready: ${this.readiness()}`);
+    return { ok: true, value: this.state };
+  }
+
+  private isHeard(uuid: string): boolean {
+    const s = this.seen.get(uuid);
+    return s !== undefined && s.info.cluster_uuid === this.cluster_uuid && heard(s.slot);
+  }
+
+  /** The valid state with the highest generation among our cluster's drives. */
+  private candidate(): { state: ClusterState; generation: number } | null {
+    let best: { state: ClusterState; generation: number } | null = null;
+    for (const s of this.seen.values()) {
+      if (s.slot.kind !== "valid" || s.info.cluster_uuid !== this.cluster_uuid) continue;
+      if (!best || s.slot.generation > best.generation) best = { state: s.slot.state, generation: s.slot.generation };
+    }
+    return best;
+  }
+
+  private async propose(cmd: Command): Promise<Outcome<ClusterState>> {
+    const state = this.readyState();
+    if (!state.ok) return state;
+    // Generations skipped by a failed write are skipped for good: lift the base first.
+    const generation = Math.max(state.value.generation + 1, this.floor_generation);
+    const r = apply({ ...state.value, generation: generation - 1 }, cmd);
+    if (!r.ok) return r;
+    return this.commit(r.state);
+  }
+
+  /** Writes `next` (its generation already chosen) to the drives; adopts it on a quorum. */
+  private async commit(next: ClusterState): Promise<Outcome<ClusterState>> {
+    const prev = this.state!;
+    const loc = this.locate();
+    const oldList = prev.drives.map((d) => d.drive_uuid);
+    const newList = next.drives.map((d) => d.drive_uuid);
+    const writable = [...new Set([...oldList, ...newList])].filter((u) => {
+      const s = this.seen.get(u);
+      return loc.has(u) && s !== undefined && s.slot.kind !== "corrupt";
+    });
+    const shortOf = (list: string[], acks: Set<string>) =>
+      list.length > 0 && list.filter((u) => acks.has(u)).length < majority(list.length);
+    const reach = new Set(writable);
+    for (const list of [oldList, newList]) {
+      if (shortOf(list, reach)) {
+        const n = list.filter((u) => reach.has(u)).length;
+        return unavailable(
+          `only ${n} of the cluster's ${list.length} drives are reachable; ${majority(list.length)} must acknowledge a change`,
+        );
+      }
+    }
+    // From here on some drive may hold `next.generation`: never reuse it.
+    this.floor_generation = Math.max(this.floor_generation, next.generation + 1);
+    const payload = encodeState(next);
+    const results = await Promise.all(writable.map((u) => this.writeSlot(u, next.generation, payload)));
+    const acks = new Set(writable.filter((_, i) => results[i]));
+    for (const list of [oldList, newList]) {
+      if (shortOf(list, acks)) {
+        this.retract_needed = true;
+        const n = list.filter((u) => acks.has(u)).length;
+        this.env.log.warn("toma: change not committed", { generation: next.generation, acks: n, of: list.length });
+        return unavailable(
+          `only ${n} of the cluster's ${list.length} drives acknowledged the change; ${majority(list.length)} needed; nothing changed`,
+        );
+      }
+    }
+    this.state = next;
+    this.retract_needed = false;
+    this.env.log.info("toma: committed", { generation: next.generation, acks: acks.size });
+    return { ok: true, value: next };
+  }
+
+  private async writeSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
+    const s = this.seen.get(uuid)!;
+    const at = this.locate().get(uuid);
+    const session = at?.link.session;
+    if (!at || !session) return false;
+    try {
+      await withTimeout(
+        this.env,
+        session.metaWrite(uuidFromString(uuid), generation, payload),
+        this.timings.request_timeout_ms,
+        `write metadata of drive ${uuid}`,
+      );
+      s.slot = { kind: "written", generation };
+      s.error = null;
+      return true;
+    } catch (e) {
+      s.error = `metadata write failed: ${(e as Error).message}`;
+      // STALE: the drive holds something at least as new; read it again before trusting anything.
+      if (e instanceof TargetError && e.status === Status.STALE) s.slot = { kind: "unread" };
+      if (e instanceof TimeoutError) at.link.suspect(e.message);
+      return false;
+    }
+  }
+
+  private async readSlot(s: DriveSeen): Promise<void> {
+    const at = this.locate().get(s.info.drive_uuid);
+    const session = at?.link.session;
+    if (!at || !session) return;
+    try {
+      const slot = await withTimeout(
+        this.env,
+        session.metaRead(uuidFromString(s.info.drive_uuid)),
+        this.timings.request_timeout_ms,
+        `read metadata of drive ${s.info.drive_uuid}`,
+      );
+      s.error = null;
+      if (slot.payload === null) {
+        s.slot = slot.generation === 0 ? { kind: "empty" } : { kind: "corrupt", generation: slot.generation, error: "generation without payload" };
+        return;
+      }
+      try {
+        const state = decodeState(slot.payload);
+        if (state.generation !== slot.generation) {
+          throw new Error(`state generation ${state.generation} differs from slot generation ${slot.generation}`);
+        }
+        if (state.cluster_uuid !== s.info.cluster_uuid) {
+          throw new Error(`state of cluster ${state.cluster_uuid} on a drive of cluster ${s.info.cluster_uuid}`);
+        }
+        s.slot = { kind: "valid", generation: slot.generation, state };
+      } catch (e) {
+        s.slot = { kind: "corrupt", generation: slot.generation, error: (e as Error).message };
+        this.env.log.error("toma: ignoring corrupt metadata slot", { drive: s.info.drive_uuid, error: (e as Error).message });
+      }
+    } catch (e) {
+      s.error = `metadata read failed: ${(e as Error).message}`;
+      if (e instanceof TimeoutError) at.link.suspect(e.message);
+    }
+  }
+
+  /** One maintenance pass: track drives, recover, claim, add, write back, retract. */
+  private async reconcile(): Promise<void> {
+    const loc = this.locate();
+    for (const [uuid, at] of loc) {
+      const s = this.seen.get(uuid);
+      if (!s) this.seen.set(uuid, { info: at.info, target: at.address, slot: { kind: "unread" }, error: null });
+      else {
+        // Reappeared, or moved to another target: its slot is re-read, never assumed.
+        if (s.target !== at.address) s.slot = { kind: "unread" };
+        s.target = at.address;
+        s.info = at.info;
+      }
+    }
+    for (const [uuid, s] of this.seen) if (!loc.has(uuid)) s.target = null;
+
+    const toRead = [...this.seen.values()].filter(
+      (s) => s.target !== null && s.slot.kind === "unread" && s.info.state === "ok" && s.info.cluster_uuid !== NIL_UUID,
+    );
+    await Promise.all(toRead.map((s) => this.readSlot(s)));
+
+    if (!this.cluster_uuid) this.chooseCluster();
+    if (!this.cluster_uuid) return;
+    if (!this.ready) this.recover();
+    if (this.ready) await this.maintain();
+  }
+
+  private chooseCluster(): void {
+    const clusters = new Set<string>();
+    for (const s of this.seen.values()) if (s.info.cluster_uuid !== NIL_UUID) clusters.add(s.info.cluster_uuid);
+    if (clusters.size === 1) {
+      this.cluster_uuid = [...clusters][0]!;
+      this.env.log.info("toma: managing cluster found on the drives", { cluster: this.cluster_uuid });
+    } else if (clusters.size > 1) {
+      const list = [...clusters].sort().join(", ");
+      if (list !== this.warned_clusters) {
+        this.warned_clusters = list;
+        this.env.log.error("toma: drives of several clusters found; pass the cluster uuid to choose", { clusters: list });
+      }
+    } else if (this.links.every((l) => l.ever_up)) {
+      // Every configured target answered and no drive belongs to any cluster: a new cluster.
+      this.cluster_uuid = uuidToString(randomUuid(this.env));
+      this.state = emptyState(this.cluster_uuid);
+      this.ready = true;
+      this.env.log.info("toma: created a new cluster", { cluster: this.cluster_uuid });
+    }
+  }
+
+  private recover(): void {
+    const best = this.candidate();
+    if (!best) {
+      // Drives of our cluster exist but none holds a state (crash between claim and first commit).
+      const ours = [...this.seen.values()].filter((s) => s.info.cluster_uuid === this.cluster_uuid);
+      const allEmpty = ours.every((s) => s.slot.kind === "empty");
+      if (ours.length > 0 && allEmpty && this.links.every((l) => l.ever_up)) {
+        this.state = emptyState(this.cluster_uuid!);
+        this.ready = true;
+        this.env.log.warn("toma: cluster drives hold no state yet; starting from an empty state", { cluster: this.cluster_uuid });
+      }
+      return;
+    }
+    const list = best.state.drives.map((d) => d.drive_uuid);
+    const n = list.filter((u) => this.isHeard(u)).length;
+    if (n < majority(list.length)) return;
+    this.state = best.state;
+    this.ready = true;
+    for (const s of this.seen.values()) {
+      const g = knownGeneration(s.slot);
+      if (g !== null) this.floor_generation = Math.max(this.floor_generation, g + 1);
+    }
+    this.env.log.info("toma: recovered cluster state", { generation: best.generation, heard: n, of: list.length });
+  }
+
+  private async maintain(): Promise<void> {
+    const state = this.state!;
+    const mine = [...this.seen.values()].filter((s) => s.info.cluster_uuid === this.cluster_uuid);
+    const ourBytes = encodeState(state);
+    for (const s of mine) {
+      if (s.slot.kind !== "valid") continue;
+      if (s.slot.generation > state.generation) {
+        // Someone else committed past us (a second TOMA?): stop mutating and recover again.
+        this.env.log.error("toma: drive holds a newer state than ours; recovering again", {
+          drive: s.info.drive_uuid,
+          generation: s.slot.generation,
+          ours: state.generation,
+        });
+        this.ready = false;
+        for (const x of mine) x.slot = { kind: "unread" };
+        return;
+      }
+      // Same generation, different content: an uncommitted leftover; supersede it.
+      if (s.slot.generation === state.generation && !bytesEqual(encodeState(s.slot.state), ourBytes)) {
+        this.retract_needed = true;
+      }
+    }
+
+    await this.claimUnclaimed();
+    for (const s of mine) {
+      const known = state.drives.some((d) => d.drive_uuid === s.info.drive_uuid);
+      if (known || s.target === null || s.info.state !== "ok" || !heard(s.slot)) continue;
+      const r = await this.propose({
+        kind: "add_drive",
+        drive: { drive_uuid: s.info.drive_uuid, extent_size_bytes: s.info.extent_size_bytes, extent_count: s.info.extent_count },
+      });
+      if (r.ok) this.env.log.info("toma: drive added", { drive: s.info.drive_uuid, target: s.target });
+      else return;
+    }
+
+    if (this.retract_needed) {
+      const r = await this.commit({ ...this.state!, generation: Math.max(this.state!.generation + 1, this.floor_generation) });
+      if (!r.ok) return;
+    }
+
+    // Bring every reachable member drive that is behind up to the current state.
+    const cur = this.state!;
+    const payload = encodeState(cur);
+    const behind = cur.drives
+      .map((d) => this.seen.get(d.drive_uuid))
+      .filter((s): s is DriveSeen => {
+        if (!s || s.target === null) return false;
+        const g = knownGeneration(s.slot);
+        return g !== null && g < cur.generation;
+      });
+    await Promise.all(behind.map((s) => this.writeSlot(s.info.drive_uuid, cur.generation, payload)));
+  }
+
+  private async claimUnclaimed(): Promise<void> {
+    const loc = this.locate();
+    for (const [uuid, at] of loc) {
+      if (at.info.state !== "ok" || at.info.cluster_uuid !== NIL_UUID || !at.link.session) continue;
+      const s = this.seen.get(uuid)!;
+      try {
+        await withTimeout(
+          this.env,
+          at.link.session.claim(uuidFromString(uuid), this.cluster_uuid!),
+          this.timings.request_timeout_ms,
+          `claim drive ${uuid}`,
+        );
+        s.info = { ...at.info, cluster_uuid: this.cluster_uuid! };
+        at.link.patchDrive(s.info);
+        s.slot = { kind: "unread" };
+        s.error = null;
+        this.env.log.info("toma: claimed drive", { drive: uuid, target: at.address });
+        await this.readSlot(s);
+      } catch (e) {
+        s.error = `claim failed: ${(e as Error).message}`;
+      }
+    }
+  }
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
