@@ -1,0 +1,232 @@
+/**
+ * A DriveStore over a regular file or a block device: the real runtime's drive.
+ *
+ * I/O path (measured by bench/drive-io.ts, reasoning in docs/on-drive-format.md "I/O path"):
+ * buffered I/O through Bun's async fs threadpool. Sync calls are 10x faster on a page-cache hit,
+ * but a miss blocks the event loop, and with it every connection of the target, for a full device
+ * round trip, and they serialise a queue depth of 32 into 1. O_DIRECT needs aligned bounce
+ * buffers and gave no gain worth them.
+ *
+ * Durability: FUA = write then fdatasync; flush = fdatasync. The fd is locked with flock(LOCK_EX)
+ * so two processes of this host never serve the same drive.
+ */
+import fs from "node:fs";
+import {
+  EOPNOTSUPP,
+  EWOULDBLOCK,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  libc,
+  LOCK_EX,
+  LOCK_NB,
+} from "../../ffi/libc.ts";
+import type { Logger } from "../env.ts";
+import { DriveIoError, type DriveStore } from "./store.ts";
+
+/** Largest zero buffer written at once when the range cannot be punched. */
+const ZERO_CHUNK_BYTES = 1 << 20;
+let zeroChunk: Uint8Array | null = null;
+
+export interface FileStoreOptions {
+  /** Create a regular file of this size if the path does not exist (tests, file-backed drives). */
+  create_size_bytes?: number;
+  /** Skip flock (only for tests that open the same file twice on purpose). */
+  no_lock?: boolean;
+  log?: Logger;
+}
+
+/** How writeZeroes/trim reach the backend; chosen on first use, logged once. */
+type ZeroPath = "punch" | "zero-range" | "write";
+
+export class FileStore implements DriveStore {
+  private closed = false;
+  /** Ops handed to the threadpool and not yet back: close() waits for them, so the fd number is
+   * never reused by another open while a read or write of ours could still land on it. */
+  private inflight = 0;
+  private drained: (() => void) | null = null;
+  private zeroPath: ZeroPath | null = null;
+  private trimSupported = true;
+
+  private constructor(
+    private readonly fd: number,
+    readonly size_bytes: number,
+    readonly describe: string,
+    private readonly log: Logger | undefined,
+  ) {}
+
+  /** Opens (or with create_size_bytes, creates) the file or block device at path. */
+  static async open(path: string, opts: FileStoreOptions = {}): Promise<FileStore> {
+    let fd: number;
+    try {
+      if (opts.create_size_bytes !== undefined && !fs.existsSync(path)) {
+        fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+        fs.ftruncateSync(fd, opts.create_size_bytes);
+      } else {
+        fd = fs.openSync(path, fs.constants.O_RDWR);
+      }
+    } catch (e) {
+      throw new DriveIoError(`cannot open ${path}: ${(e as Error).message}`, "EIO");
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      let size: number;
+      let kind: string;
+      if (st.isBlockDevice()) {
+        const c = libc();
+        if (c === null) throw new DriveIoError(`${path}: block device size needs libc`, "EIO");
+        size = c.sizeBySeek(fd);
+        kind = "block device";
+      } else if (st.isFile()) {
+        size = st.size;
+        kind = "file";
+      } else {
+        throw new DriveIoError(`${path} is neither a regular file nor a block device`, "EIO");
+      }
+      if (!opts.no_lock) lockExclusive(fd, path);
+      return new FileStore(fd, size, `${kind} ${path}`, opts.log);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e instanceof DriveIoError ? e : new DriveIoError(`${path}: ${(e as Error).message}`, "EIO");
+    }
+  }
+
+  private check(offset: number, length: number): void {
+    if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
+    }
+    if (offset + length > this.size_bytes) {
+      throw new DriveIoError(`range ${offset}+${length} beyond size ${this.size_bytes}`, "ERANGE");
+    }
+  }
+
+  private async tracked<T>(op: string, offset: number, fn: () => Promise<T>): Promise<T> {
+    this.inflight++;
+    try {
+      return await fn();
+    } catch (e) {
+      throw this.ioError(op, offset, e);
+    } finally {
+      if (--this.inflight === 0 && this.drained) this.drained();
+    }
+  }
+
+  private ioError(op: string, offset: number, e: unknown): DriveIoError {
+    if (e instanceof DriveIoError) return e;
+    return new DriveIoError(`${this.describe}: ${op} at ${offset}: ${(e as Error).message}`, "EIO");
+  }
+
+  async read(offset: number, dst: Uint8Array): Promise<void> {
+    this.check(offset, dst.length);
+    await this.tracked("read", offset, async () => {
+      for (let done = 0; done < dst.length; ) {
+        const n = await preadAsync(this.fd, dst.subarray(done), offset + done);
+        // A read of 0 inside our bounds means the file shrank under us.
+        if (n === 0) throw new DriveIoError(`${this.describe}: unexpected end of file at ${offset + done}`, "EIO");
+        done += n;
+      }
+    });
+  }
+
+  async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    this.check(offset, src.length);
+    await this.tracked("write", offset, async () => {
+      for (let done = 0; done < src.length; ) done += await pwriteAsync(this.fd, src.subarray(done), offset + done);
+      if (fua) await fdatasyncAsync(this.fd);
+    });
+  }
+
+  async flush(): Promise<void> {
+    if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
+    await this.tracked("flush", 0, () => fdatasyncAsync(this.fd));
+  }
+
+  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    this.check(offset, length);
+    if (length === 0) return;
+    await this.tracked("writeZeroes", offset, async () => {
+      if (!this.fallocateZero(offset, length)) await this.writeZeroBuffers(offset, length);
+      if (fua) await fdatasyncAsync(this.fd);
+    });
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    this.check(offset, length);
+    // Contents after a trim are unspecified, so where nothing can be punched, doing nothing is
+    // a correct trim.
+    if (length === 0 || !this.trimSupported) return;
+    const c = libc();
+    const err = c === null ? EOPNOTSUPP : c.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    if (err === 0) return;
+    this.trimSupported = false;
+    this.log?.debug("drive trim: punch hole unsupported, trim is a no-op", { drive: this.describe, errno: err });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.inflight > 0) await new Promise<void>((res) => (this.drained = res));
+    fs.closeSync(this.fd);
+  }
+
+  /**
+   * Tries the fallocate paths in order of preference; false when the range must be written.
+   * EOPNOTSUPP rules a path out for good (the fs or device cannot); any other errno (EINVAL for a
+   * block device range not aligned to its sector) falls back to writing for this call only.
+   */
+  private fallocateZero(offset: number, length: number): boolean {
+    const c = libc();
+    const order: ZeroPath[] = this.zeroPath === null ? ["punch", "zero-range", "write"] : [this.zeroPath];
+    for (const path of order) {
+      if (path === "write" || c === null) break;
+      const mode = path === "punch" ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+      const err = c.fallocate(this.fd, mode, offset, length);
+      if (err === 0) {
+        this.choose(path);
+        return true;
+      }
+      if (err !== EOPNOTSUPP) {
+        this.log?.debug("drive writeZeroes: fallocate failed, writing zeroes", { drive: this.describe, path, errno: err });
+        return false;
+      }
+      this.zeroPath = null;
+    }
+    this.choose("write");
+    return false;
+  }
+
+  private choose(path: ZeroPath): void {
+    if (this.zeroPath === path) return;
+    this.zeroPath = path;
+    this.log?.debug("drive writeZeroes path", { drive: this.describe, path });
+  }
+
+  private async writeZeroBuffers(offset: number, length: number): Promise<void> {
+    zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
+    for (let done = 0; done < length; ) {
+      const n = Math.min(ZERO_CHUNK_BYTES, length - done);
+      done += await pwriteAsync(this.fd, zeroChunk.subarray(0, n), offset + done);
+    }
+  }
+}
+
+function lockExclusive(fd: number, path: string): void {
+  const c = libc();
+  if (c === null) return;
+  const err = c.flock(fd, LOCK_EX | LOCK_NB);
+  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
+  if (err !== 0) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
+}
+
+function preadAsync(fd: number, dst: Uint8Array, position: number): Promise<number> {
+  return new Promise((res, rej) => fs.read(fd, dst, 0, dst.length, position, (e, n) => (e ? rej(e) : res(n))));
+}
+
+function pwriteAsync(fd: number, src: Uint8Array, position: number): Promise<number> {
+  return new Promise((res, rej) => fs.write(fd, src, 0, src.length, position, (e, n) => (e ? rej(e) : res(n))));
+}
+
+function fdatasyncAsync(fd: number): Promise<void> {
+  return new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+}

@@ -1,0 +1,96 @@
+/**
+ * The narrow libc facade: the few syscalls node:fs does not expose (fallocate, lseek, flock,
+ * posix_fadvise) and 4096-aligned buffers for O_DIRECT. Pointers never leave this file; callers
+ * get numbers, errno values and Uint8Array views.
+ *
+ * Loading is lazy and may fail (no libc.so.6, e.g. musl): `libc()` then returns null and callers
+ * take their documented fallback path.
+ */
+import { dlopen, FFIType, ptr, read } from "bun:ffi";
+
+/** From <linux/falloc.h>. */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+/** From <sys/file.h>. */
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+/** From <fcntl.h>. */
+export const POSIX_FADV_DONTNEED = 4;
+const SEEK_END = 2;
+
+/** errno values we branch on (asm-generic/errno-base.h, errno.h on Linux). */
+export const EAGAIN = 11;
+export const EWOULDBLOCK = EAGAIN;
+export const EINVAL = 22;
+export const ENODEV = 19;
+export const EOPNOTSUPP = 95;
+
+const SYMBOLS = {
+  fallocate: { args: [FFIType.i32, FFIType.i32, FFIType.i64, FFIType.i64], returns: FFIType.i32 },
+  lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
+  flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+  posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
+  __errno_location: { args: [], returns: FFIType.ptr },
+} as const;
+
+type Lib = ReturnType<typeof dlopen<typeof SYMBOLS>>;
+let lib: Lib | null | undefined;
+
+function load(): Lib | null {
+  if (lib !== undefined) return lib;
+  try {
+    lib = dlopen("libc.so.6", SYMBOLS);
+  } catch {
+    lib = null;
+  }
+  return lib;
+}
+
+/** errno of the last failed call on this thread; read right after the call that failed. */
+function errno(l: Lib): number {
+  const p = l.symbols.__errno_location();
+  return p === null ? 0 : read.i32(p, 0);
+}
+
+/** Result of a syscall: 0 on success, otherwise the positive errno. */
+export type Errno = number;
+
+export interface Libc {
+  /** fallocate(2). Returns 0 or errno (EOPNOTSUPP where the fs/device cannot). */
+  fallocate(fd: number, mode: number, offset: number, length: number): Errno;
+  /** Size of a file or block device by seeking to its end; throws with errno on failure. */
+  sizeBySeek(fd: number): number;
+  /** flock(2). Returns 0 or errno (EWOULDBLOCK when LOCK_NB and someone else holds it). */
+  flock(fd: number, op: number): Errno;
+  /** posix_fadvise(2): returns the error number directly, as the call does. */
+  fadvise(fd: number, offset: number, length: number, advice: number): Errno;
+}
+
+/** The facade, or null where libc cannot be loaded. */
+export function libc(): Libc | null {
+  const l = load();
+  if (l === null) return null;
+  return {
+    fallocate: (fd, mode, offset, length) =>
+      l.symbols.fallocate(fd, mode, offset, length) === 0 ? 0 : errno(l),
+    sizeBySeek(fd) {
+      const r = Number(l.symbols.lseek(fd, 0, SEEK_END));
+      if (r < 0) throw new Error(`lseek(SEEK_END) failed: errno ${errno(l)}`);
+      return r;
+    },
+    flock: (fd, op) => (l.symbols.flock(fd, op) === 0 ? 0 : errno(l)),
+    fadvise: (fd, offset, length, advice) => l.symbols.posix_fadvise(fd, offset, length, advice),
+  };
+}
+
+/**
+ * A view of `size` bytes whose address is a multiple of `align` (O_DIRECT needs it). Allocated once
+ * and reused by the caller: JSC does not move ArrayBuffer storage, so the alignment holds for the
+ * buffer's life.
+ */
+export function alignedBuffer(size: number, align = 4096): Uint8Array {
+  const raw = new Uint8Array(size + align);
+  const skew = ptr(raw) % align;
+  return raw.subarray(skew === 0 ? 0 : align - skew, (skew === 0 ? 0 : align - skew) + size);
+}
