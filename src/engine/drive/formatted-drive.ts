@@ -1,0 +1,148 @@
+/**
+ * An opened nvmesh drive: the FormattedDrive of formatted-api.ts over any DriveStore. Opening
+ * validates everything before trusting it and never writes; metadata and claim writes are
+ * serialised, so two concurrent metaWrite calls cannot pick the same slot.
+ */
+import type { Logger } from "../env.ts";
+import { isNilUuid, NIL_UUID, uuidFromString } from "../uuid.ts";
+import type { DriveInfo, MetaSlot } from "../wire/control.ts";
+import { AlreadyClaimedError, DriveFormatError, type FormattedDrive, StaleGenerationError } from "./formatted-api.ts";
+import { locateSuperblock } from "./locate-superblock.ts";
+import {
+  checkMetaSlot,
+  chooseMetaSlot,
+  encodeMetaSlot,
+  maxMetaPayloadBytes,
+  type MetaSlotContent,
+  metaSlotReadBytes,
+  type SlotContext,
+} from "./meta-slot.ts";
+import { OffsetStore } from "./offset-store.ts";
+import type { DriveStore } from "./store.ts";
+import {
+  backupSuperblockOffset,
+  BLOCK_BYTES,
+  encodeSuperblock,
+  type Invalid,
+  metaSlotOffset,
+  type Superblock,
+} from "./superblock.ts";
+
+export interface OpenOptions {
+  log?: Logger;
+}
+
+/** Opens the nvmesh drive held by store; path is recorded in DriveInfo for people to read. */
+export async function openDrive(store: DriveStore, path: string, opts: OpenOptions = {}): Promise<FormattedDrive> {
+  const found = await locateSuperblock(store);
+  if (found.kind !== "found") throw new DriveFormatError(`${store.describe}: ${found.reason}`);
+  for (const w of found.warnings) opts.log?.warn(`drive ${found.sb.drive_uuid}: ${w}`, { drive: store.describe });
+  return new Drive(store, path, found.sb);
+}
+
+class Drive implements FormattedDrive {
+  readonly data: DriveStore;
+  private sb: Superblock;
+  /** Tail of the chain that serialises metaWrite and claim. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly store: DriveStore,
+    private readonly path: string,
+    sb: Superblock,
+  ) {
+    this.sb = sb;
+    this.data = new OffsetStore(store, sb.data_offset, sb.extent_count * sb.extent_size_bytes, "data area");
+  }
+
+  get info(): DriveInfo {
+    const sb = this.sb;
+    return {
+      drive_uuid: sb.drive_uuid,
+      cluster_uuid: sb.cluster_uuid,
+      path: this.path,
+      size_bytes: sb.size_bytes,
+      data_offset_bytes: sb.data_offset,
+      extent_size_bytes: sb.extent_size_bytes,
+      extent_count: sb.extent_count,
+      format_version: sb.format_version,
+      state: "ok",
+    };
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private ctx(slot_index: 0 | 1): SlotContext {
+    return { slot_index, drive_uuid: this.sb.drive_uuid, meta_slot_bytes: this.sb.meta_slot_bytes };
+  }
+
+  private async readSlot(slot_index: 0 | 1): Promise<MetaSlotContent | Invalid> {
+    const off = metaSlotOffset(this.sb, slot_index);
+    const ctx = this.ctx(slot_index);
+    try {
+      const head = new Uint8Array(BLOCK_BYTES);
+      await this.store.read(off, head);
+      const need = metaSlotReadBytes(head, ctx);
+      if (need === head.length) return checkMetaSlot(head, ctx);
+      const all = new Uint8Array(need);
+      all.set(head);
+      await this.store.read(off + head.length, all.subarray(head.length));
+      return checkMetaSlot(all, ctx);
+    } catch (e) {
+      // A latent sector error in one slot is what the other slot is for.
+      return { invalid: `unreadable: ${(e as Error).message}` };
+    }
+  }
+
+  private async readSlots(): Promise<ReturnType<typeof chooseMetaSlot>> {
+    const slots = [await this.readSlot(0), await this.readSlot(1)] as [MetaSlotContent | Invalid, MetaSlotContent | Invalid];
+    return chooseMetaSlot(slots, this.sb.drive_uuid);
+  }
+
+  async metaRead(): Promise<MetaSlot> {
+    const { current } = await this.readSlots();
+    return { generation: current.generation, payload: current.payload };
+  }
+
+  metaWrite(generation: number, payload: Uint8Array): Promise<void> {
+    return this.serial(async () => {
+      if (!Number.isSafeInteger(generation) || generation < 1) throw new RangeError(`metadata generation must be a positive integer, got ${generation}`);
+      const max = maxMetaPayloadBytes(this.sb.meta_slot_bytes);
+      if (payload.length > max) throw new RangeError(`metadata payload of ${payload.length} bytes exceeds the slot's ${max}`);
+      // Re-read both slots rather than trust a cache: the choice must rest on what is on the
+      // drive, and a slot that both decoded as corrupt stops us here instead of being overwritten.
+      const { current, next_slot } = await this.readSlots();
+      if (generation <= current.generation) {
+        throw new StaleGenerationError(`drive ${this.sb.drive_uuid}: metadata generation ${generation} is not newer than ${current.generation}`);
+      }
+      const bytes = encodeMetaSlot({ generation, payload }, this.ctx(next_slot));
+      await this.store.write(metaSlotOffset(this.sb, next_slot), bytes, true);
+    });
+  }
+
+  claim(cluster_uuid: string): Promise<void> {
+    return this.serial(async () => {
+      const raw = uuidFromString(cluster_uuid);
+      if (isNilUuid(raw)) throw new RangeError("cannot claim a drive for the nil cluster uuid");
+      if (this.sb.cluster_uuid !== NIL_UUID) {
+        throw new AlreadyClaimedError(`drive ${this.sb.drive_uuid} already belongs to cluster ${this.sb.cluster_uuid}`);
+      }
+      const next: Superblock = { ...this.sb, cluster_uuid: cluster_uuid.toLowerCase() };
+      const bytes = encodeSuperblock(next);
+      // Primary first: a crash between the two leaves the newer primary, which open prefers.
+      await this.store.write(0, bytes, true);
+      await this.store.write(backupSuperblockOffset(next.size_bytes), bytes, true);
+      this.sb = next;
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.queue;
+    await this.data.close();
+    await this.store.close();
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * A window [base_offset, base_offset + size_bytes) of another store, itself a DriveStore: the data
+ * area of a formatted drive. Offsets are checked against the window, so no request addressed to
+ * the data area can reach the superblock, the metadata slots or the bitmap.
+ */
+import { DriveIoError, type DriveStore } from "./store.ts";
+
+export class OffsetStore implements DriveStore {
+  private closed = false;
+  readonly describe: string;
+
+  constructor(
+    private readonly base: DriveStore,
+    private readonly base_offset: number,
+    readonly size_bytes: number,
+    what: string,
+  ) {
+    if (base_offset < 0 || base_offset + size_bytes > base.size_bytes) {
+      throw new Error(`window ${base_offset}+${size_bytes} outside ${base.describe}`);
+    }
+    this.describe = `${base.describe} ${what}`;
+  }
+
+  private check(offset: number, length: number): void {
+    if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
+    }
+    if (offset + length > this.size_bytes) {
+      throw new DriveIoError(`range ${offset}+${length} beyond size ${this.size_bytes}`, "ERANGE");
+    }
+  }
+
+  async read(offset: number, dst: Uint8Array): Promise<void> {
+    this.check(offset, dst.length);
+    await this.base.read(this.base_offset + offset, dst);
+  }
+
+  async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    this.check(offset, src.length);
+    await this.base.write(this.base_offset + offset, src, fua);
+  }
+
+  async flush(): Promise<void> {
+    if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
+    await this.base.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    this.check(offset, length);
+    await this.base.writeZeroes(this.base_offset + offset, length, fua);
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    this.check(offset, length);
+    await this.base.trim(this.base_offset + offset, length);
+  }
+
+  /** Closes the window only; the drive that owns the base store closes it. */
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
