@@ -1,0 +1,82 @@
+/**
+ * The NBD server: serves the exports of an ExportRegistry to any number of connections.
+ * Sans-I/O: the caller owns the listener and hands each accepted Conn to handle():
+ *
+ *   const server = new NbdServer(env, exports);
+ *   const listener = await env.net.listen("unix:/run/nvmesh/vol1.sock", (c) => server.handle(c));
+ */
+import type { Env } from "../env.ts";
+import type { Conn } from "../net/conn.ts";
+import { MAX_PAYLOAD_BYTES } from "./constants.ts";
+import type { ExportRegistry, NbdExport } from "./exports.ts";
+import { NbdSession, type SessionLimits } from "./session.ts";
+
+export type NbdServerOptions = Partial<SessionLimits>;
+
+export const DEFAULT_NBD_LIMITS: SessionLimits = {
+  handshake_timeout_ms: 30_000,
+  max_option_bytes: 64 * 1024,
+  max_options: 1024,
+  max_inflight_requests: 128,
+  max_inflight_bytes: 4 * MAX_PAYLOAD_BYTES,
+  max_backlog_bytes: 8 * MAX_PAYLOAD_BYTES,
+};
+
+export class NbdServer {
+  private readonly sessions = new Set<NbdSession>();
+  private readonly limits: SessionLimits;
+  private readonly unsubscribe: () => void;
+  private closing = false;
+
+  constructor(
+    private readonly env: Env,
+    private readonly exports: ExportRegistry,
+    options: NbdServerOptions = {},
+  ) {
+    this.limits = { ...DEFAULT_NBD_LIMITS, ...options };
+    if (this.limits.max_inflight_requests < 1 || this.limits.max_inflight_bytes < 1) {
+      throw new Error("NBD in-flight limits must be at least 1");
+    }
+    // Whoever removes an export (detach() or the registry's owner directly), its connections drain.
+    this.unsubscribe = exports.onRemove((name, exp) => {
+      for (const s of this.sessions) if (s.exp === exp) s.stop(`export '${name}' removed`);
+    });
+  }
+
+  /** Serves one accepted connection until it closes. Never throws. */
+  handle(conn: Conn): void {
+    if (this.closing) {
+      conn.close();
+      return;
+    }
+    const session = new NbdSession(this.env, conn, this.exports, this.limits);
+    this.sessions.add(session);
+    void session.finished.then(() => this.sessions.delete(session));
+    session.start();
+  }
+
+  /** Live connections, in handshake or transmission. */
+  get connection_count(): number {
+    return this.sessions.size;
+  }
+
+  /**
+   * Removes an export and resolves once every connection that served it has answered its requests
+   * in flight and closed, so the caller may then close the store. Undefined if no such export.
+   */
+  async detach(name: string): Promise<NbdExport | undefined> {
+    const exp = this.exports.remove(name);
+    if (!exp) return undefined;
+    await Promise.all([...this.sessions].filter((s) => s.exp === exp).map((s) => s.finished));
+    return exp;
+  }
+
+  /** Stops serving: every connection drains its requests in flight and closes. */
+  async close(): Promise<void> {
+    this.closing = true;
+    this.unsubscribe();
+    const all = [...this.sessions];
+    for (const s of all) s.stop("server shutting down");
+    await Promise.all(all.map((s) => s.finished));
+  }
+}
