@@ -1,0 +1,114 @@
+import { describe, expect, test } from "bun:test";
+import { encode } from "cbor-x";
+import {
+  apply,
+  type ClusterState,
+  type Command,
+  CorruptStateError,
+  decodeState,
+  emptyState,
+  encodeState,
+} from "../../src/toma/cluster-state.ts";
+
+const MiB = 1024 * 1024;
+const uuid = (n: number) => `00000000-0000-4000-8000-${n.toString(16).padStart(12, "0")}`;
+const D1 = uuid(1);
+const D2 = uuid(2);
+
+function base(): ClusterState {
+  let s = emptyState(uuid(0xc1));
+  for (const d of [D1, D2]) {
+    const r = apply(s, { kind: "add_drive", drive: { drive_uuid: d, extent_size_bytes: MiB, extent_count: 4 } });
+    if (!r.ok) throw new Error(r.error);
+    s = r.state;
+  }
+  return s;
+}
+
+const vol = (name: string, columns: { drive_uuid: string; extents: number[] }[], extra: Partial<Extract<Command, { kind: "create_volume" }>> = {}): Command => ({
+  kind: "create_volume",
+  uuid: uuid(100 + name.charCodeAt(0) * 100 + name.length),
+  name,
+  capacity_bytes: columns.reduce((n, c) => n + c.extents.length, 0) * MiB,
+  raid_level: "concatenated",
+  stripe_width: columns.length,
+  stripe_size_bytes: 0,
+  extent_size_bytes: MiB,
+  columns,
+  ...extra,
+});
+
+describe("apply()", () => {
+  const s0 = base();
+  const withA = apply(s0, vol("a", [{ drive_uuid: D1, extents: [0, 1] }]));
+  if (!withA.ok) throw new Error(withA.error);
+  const s1 = withA.state;
+
+  const refusals: [string, ClusterState, Command, string][] = [
+    ["add a drive twice", s0, { kind: "add_drive", drive: { drive_uuid: D1, extent_size_bytes: MiB, extent_count: 4 } }, "invalid"],
+    ["delete unknown volume", s0, { kind: "delete_volume", name: "nope" }, "not_found"],
+    ["create with a taken name", s1, vol("a", [{ drive_uuid: D2, extents: [0] }]), "name_taken"],
+    ["create on used extents", s1, vol("b", [{ drive_uuid: D1, extents: [1, 2] }]), "no_space"],
+    ["create on unknown drive", s0, vol("b", [{ drive_uuid: uuid(9), extents: [0] }]), "invalid"],
+    ["create beyond drive end", s0, vol("b", [{ drive_uuid: D1, extents: [4] }]), "invalid"],
+    ["two columns on one drive", s0, vol("b", [{ drive_uuid: D1, extents: [0] }, { drive_uuid: D1, extents: [1] }]), "invalid"],
+    ["capacity larger than columns", s0, vol("b", [{ drive_uuid: D1, extents: [0] }], { capacity_bytes: 2 * MiB }), "invalid"],
+    ["bad name", s0, vol("b/c", [{ drive_uuid: D1, extents: [0] }]), "invalid"],
+    ["raid0 with bad stripe", s0, vol("b", [{ drive_uuid: D1, extents: [0] }], { raid_level: "0", stripe_size_bytes: 5000 }), "invalid"],
+  ];
+  for (const [title, s, cmd, code] of refusals) {
+    test(`refuses: ${title}, leaving the state as it was`, () => {
+      const before = JSON.stringify(s);
+      const r = apply(s, cmd);
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(r.code).toBe(code as typeof r.code);
+      expect(JSON.stringify(s)).toBe(before);
+    });
+  }
+
+  test("each command bumps the generation; created_seq is the creating generation", () => {
+    expect(s0.generation).toBe(2);
+    expect(s1.generation).toBe(3);
+    expect(s1.volumes[0]!.created_seq).toBe(3);
+    const d = apply(s1, { kind: "delete_volume", name: "a" });
+    expect(d.ok && d.state.generation).toBe(4);
+    expect(d.ok && d.state.volumes).toEqual([]);
+  });
+
+  test("apply is pure: the input state is not mutated", () => {
+    const before = JSON.stringify(s0);
+    apply(s0, vol("z", [{ drive_uuid: D2, extents: [3] }]));
+    expect(JSON.stringify(s0)).toBe(before);
+  });
+});
+
+describe("encode/decode", () => {
+  const r = apply(base(), vol("a", [{ drive_uuid: D1, extents: [0, 1] }]));
+  if (!r.ok) throw new Error(r.error);
+  const s = r.state;
+
+  test("round trip, canonical bytes", () => {
+    const bytes = encodeState(s);
+    expect(decodeState(bytes)).toEqual(s);
+    expect(encodeState(decodeState(bytes))).toEqual(bytes);
+  });
+
+  const corrupt: [string, Uint8Array, RegExp][] = [
+    ["not CBOR", new Uint8Array([0xff, 0xff, 0x00]), /not valid CBOR|fails validation/],
+    ["a number", encode(42), /fails validation/],
+    ["unknown format", encode({ ...s, format: 2 }), /fails validation at 'format'/],
+    ["bad uuid", encode({ ...s, cluster_uuid: "x" }), /cluster_uuid/],
+    ["extra field", encode({ ...s, evil: 1 }), /fails validation/],
+    ["negative generation", encode({ ...s, generation: -1 }), /generation/],
+    ["volume on unknown drive", encode({ ...s, drives: s.drives.slice(1) }), /unknown drive/],
+    ["overlapping volumes", encode({ ...s, volumes: [s.volumes[0], { ...s.volumes[0], name: "b", uuid: uuid(77) }] }), /already in use/],
+    ["duplicate drive", encode({ ...s, drives: [s.drives[0], s.drives[0]] }), /listed twice/],
+    ["created after generation", encode({ ...s, generation: 1 }), /created after/],
+  ];
+  for (const [title, bytes, msg] of corrupt) {
+    test(`rejects a corrupt state: ${title}`, () => {
+      expect(() => decodeState(bytes)).toThrow(CorruptStateError);
+      expect(() => decodeState(bytes)).toThrow(msg);
+    });
+  }
+});

@@ -1,0 +1,88 @@
+/**
+ * Real targets for TOMA tests: TargetService instances on 127.0.0.1:0 over MemoryStore-backed,
+ * really formatted drives, and TOMAs with short timings. Faults: stop a whole target (sockets
+ * closed, port gone), hot-unplug a drive, move a drive to another target.
+ */
+import { formatDrive } from "../../src/engine/drive/format.ts";
+import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
+import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
+import type { Env, Logger } from "../../src/engine/env.ts";
+import type { Listener } from "../../src/engine/net/conn.ts";
+import { realEnv } from "../../src/engine/runtime/real-env.ts";
+import { TargetService } from "../../src/engine/target/service.ts";
+import { uuidToString } from "../../src/engine/uuid.ts";
+import { type ApiHandler, makeApiHandler } from "../../src/toma/api.ts";
+import { Toma } from "../../src/toma/toma.ts";
+
+export const MiB = 1024 * 1024;
+
+export const quietLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+export const testEnv = (): Env => realEnv("toma-test", quietLogger);
+
+export async function memoryDrive(name: string, size_bytes = 24 * MiB): Promise<FormattedDrive> {
+  const store = new MemoryStore(size_bytes);
+  await formatDrive(store, { drive_uuid: uuidToString(crypto.getRandomValues(new Uint8Array(16))), extent_size_bytes: MiB });
+  return openDrive(store, `mem:${name}`);
+}
+
+export class TestTarget {
+  service: TargetService;
+  listener: Listener | null = null;
+  address = "";
+
+  constructor(
+    readonly env: Env,
+    readonly name: string,
+    readonly drives: FormattedDrive[],
+  ) {
+    this.service = new TargetService(env, { name, drives });
+  }
+
+  async start(port = 0): Promise<void> {
+    this.listener = await this.env.net.listen(`127.0.0.1:${port}`, (c) => this.service.handle(c));
+    this.address = this.listener.address;
+  }
+
+  /** The whole server dies: connections and listener closed. */
+  kill(): void {
+    this.service.closeAll();
+    this.listener?.close();
+    this.listener = null;
+  }
+
+  /** Comes back on the same port with the same drives (a reboot). */
+  async revive(): Promise<void> {
+    this.service = new TargetService(this.env, { name: this.name, drives: this.drives });
+    await this.start(Number(this.address.split(":").pop()));
+  }
+}
+
+export async function startTargets(env: Env, drivesPerTarget: number[]): Promise<TestTarget[]> {
+  const out: TestTarget[] = [];
+  for (const [i, n] of drivesPerTarget.entries()) {
+    const drives = await Promise.all(Array.from({ length: n }, (_, j) => memoryDrive(`t${i}d${j}`)));
+    const t = new TestTarget(env, `t${i}`, drives);
+    await t.start();
+    out.push(t);
+  }
+  return out;
+}
+
+export const FAST = { poll_ms: 30, sync_ms: 30, request_timeout_ms: 1000, backoff_min_ms: 20, backoff_max_ms: 100 };
+
+export function startToma(env: Env, targets: TestTarget[], opts: { cluster_uuid?: string } = {}): { toma: Toma; api: ApiHandler } {
+  const toma = new Toma(env, { name: "toma-test", targets: targets.map((t) => t.address), timings: FAST, ...opts });
+  toma.start();
+  return { toma, api: makeApiHandler(toma) };
+}
+
+/** Polls `cond` every 10 ms until true, or throws with `what` after timeout_ms. */
+export async function until(what: string, cond: () => boolean | Promise<boolean>, timeout_ms = 5000): Promise<void> {
+  const end = performance.now() + timeout_ms;
+  while (!(await cond())) {
+    if (performance.now() > end) throw new Error(`timed out waiting for: ${what}`);
+    await Bun.sleep(10);
+  }
+}
