@@ -10,7 +10,7 @@ import { encodeBody } from "../../src/engine/wire/control.ts";
 import { Flag, Op, Status, emptyHeader, encodeFrame } from "../../src/engine/wire/header.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import { SessionClosedError, TargetError } from "../../src/engine/wire/session-api.ts";
-import { type TargetHarness, memoryDrive, pattern, recordingLogger, startTarget, uuidBytes } from "./target-fixture.ts";
+import { type TargetHarness, dataBytes, memoryDrive, pattern, recordingLogger, startTarget, uuidBytes } from "./target-fixture.ts";
 
 let h: TargetHarness | null = null;
 let fake: Listener | null = null;
@@ -22,8 +22,8 @@ afterEach(() => {
 });
 
 /** A drive whose reads wait until release() is called; counts reads started. */
-function gatedDrive(): { drive: FormattedDrive; release: () => void; started: () => number } {
-  const d = memoryDrive();
+async function gatedDrive(): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
+  const d = await memoryDrive();
   let gate = Promise.withResolvers<void>();
   let started = 0;
   const data = Object.create(d.data) as typeof d.data;
@@ -64,7 +64,7 @@ async function fakeTarget(behave: (conn: Conn, frame: Uint8Array) => void): Prom
 
 describe("target session", () => {
   test("connection loss fails every in-flight and queued request at once", async () => {
-    const g = gatedDrive();
+    const g = await gatedDrive();
     h = await startTarget([g.drive]);
     const s = await h.session({ max_inflight: 4 });
     const u = uuidBytes(g.drive);
@@ -85,7 +85,7 @@ describe("target session", () => {
   });
 
   test("close() by the requester fails in-flight requests without waiting for the target", async () => {
-    const g = gatedDrive();
+    const g = await gatedDrive();
     h = await startTarget([g.drive]);
     const s = await h.session();
     const p = s.read(uuidBytes(g.drive), 0, new Uint8Array(512));
@@ -95,7 +95,7 @@ describe("target session", () => {
   });
 
   test("in flight never exceeds max_inflight; the rest wait and complete in turn", async () => {
-    const g = gatedDrive();
+    const g = await gatedDrive();
     h = await startTarget([g.drive]);
     const s = await h.session({ max_inflight: 3 });
     const u = uuidBytes(g.drive);
@@ -116,7 +116,7 @@ describe("target session", () => {
   });
 
   test("the byte bound admits one oversized request alone rather than deadlocking", async () => {
-    const d = memoryDrive(1024 * 1024, 4);
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session({ max_inflight_bytes: 64 * 1024 });
     const u = uuidBytes(d);
@@ -128,7 +128,7 @@ describe("target session", () => {
   });
 
   test("arguments the target would treat as malformed are rejected locally; session stays open", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session();
     await expect(s.read(new Uint8Array(3), 0, new Uint8Array(1))).rejects.toThrow("16 bytes");
@@ -140,16 +140,17 @@ describe("target session", () => {
   });
 
   test("TargetError carries the status and the target's message", async () => {
-    const d = memoryDrive(4096, 1);
+    const d = await memoryDrive();
+    const n = dataBytes(d);
     h = await startTarget([d]);
     const s = await h.session();
     try {
-      await s.read(uuidBytes(d), 4096, new Uint8Array(1));
+      await s.read(uuidBytes(d), n, new Uint8Array(1));
       throw new Error("expected a TargetError");
     } catch (e) {
       expect(e).toBeInstanceOf(TargetError);
       expect((e as TargetError).status).toBe(Status.OUT_OF_RANGE);
-      expect((e as TargetError).message).toBe("range 4096+1 is beyond the data area (4096 bytes)");
+      expect((e as TargetError).message).toBe(`range ${n}+1 is beyond the data area (${n} bytes)`);
     }
   });
 

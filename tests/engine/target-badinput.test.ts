@@ -48,7 +48,7 @@ const HELLO = encodeFrame({ ...emptyHeader(), opcode: Op.HELLO, request_id: 1 },
 
 /** Writes known data, lets `attack` run, then checks a fresh session still reads it back. */
 async function survives(attack: () => Promise<void>): Promise<void> {
-  const d = memoryDrive();
+  const d = await memoryDrive();
   h = await startTarget([d]);
   const before = await h.session();
   const u = uuidBytes(d);
@@ -183,7 +183,7 @@ describe("target under bad input", () => {
   });
 
   test("a peer that floods far beyond the in-flight limit is disconnected, others unaffected", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     // A drive that never completes flushes: every FLUSH stays in flight.
     const data = Object.create(d.data) as typeof d.data;
     data.flush = () => new Promise<void>(() => {});

@@ -2,15 +2,16 @@
  * Shared set-up for the target and session tests: drives, a target listening on 127.0.0.1:0 over
  * real Bun sockets, and a logger that records what the target said (tests assert on it).
  */
+import { FileStore } from "../../src/engine/drive/file-store.ts";
+import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
-import { AlreadyClaimedError, StaleGenerationError } from "../../src/engine/drive/formatted-api.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import type { Env, Logger } from "../../src/engine/env.ts";
 import type { Listener } from "../../src/engine/net/conn.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
-import { NIL_UUID, uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
-import type { DriveInfo, MetaSlot } from "../../src/engine/wire/control.ts";
+import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
 
 export interface LogLine {
@@ -31,43 +32,25 @@ export function randomUuidString(): string {
 }
 
 /**
- * A FormattedDrive over a MemoryStore, standing in for formatDrive() until it lands: the data
- * area is the whole store; metadata slots and the claim live in RAM with the interface's errors.
+ * A real formatted drive (formatDrive + openDrive) over a MemoryStore. With 1 MiB extents an
+ * 8 MiB store has a 3 MiB data area; use dataBytes() rather than assuming a size.
  */
-export function memoryDrive(extent_size_bytes = 64 * 1024, extent_count = 16): FormattedDrive {
-  const data = new MemoryStore(extent_size_bytes * extent_count);
-  const info: DriveInfo = {
-    drive_uuid: randomUuidString(),
-    cluster_uuid: NIL_UUID,
-    path: "memory",
-    size_bytes: data.size_bytes + 1024 * 1024,
-    data_offset_bytes: 1024 * 1024,
-    extent_size_bytes,
-    extent_count,
-    format_version: 1,
-    state: "ok",
-  };
-  let slot: MetaSlot = { generation: 0, payload: null };
-  return {
-    info,
-    data,
-    async metaRead() {
-      return { generation: slot.generation, payload: slot.payload?.slice() ?? null };
-    },
-    async metaWrite(generation, payload) {
-      if (generation <= slot.generation) {
-        throw new StaleGenerationError(`generation ${generation} is not newer than ${slot.generation}`);
-      }
-      slot = { generation, payload: payload.slice() };
-    },
-    async claim(cluster_uuid) {
-      if (info.cluster_uuid !== NIL_UUID) throw new AlreadyClaimedError(`claimed by ${info.cluster_uuid}`);
-      info.cluster_uuid = cluster_uuid;
-    },
-    async close() {
-      await data.close();
-    },
-  };
+export async function memoryDrive(size_mib = 8): Promise<FormattedDrive> {
+  const store = new MemoryStore(size_mib * 1024 * 1024);
+  await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
+  return await openDrive(store, "memory");
+}
+
+/** A real formatted drive in a file (FileStore), created in dir. */
+export async function fileDrive(path: string, size_mib = 8): Promise<FormattedDrive> {
+  const store = await FileStore.open(path, { create_size_bytes: size_mib * 1024 * 1024 });
+  await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
+  return await openDrive(store, path);
+}
+
+/** Bytes a request may address on d. */
+export function dataBytes(d: FormattedDrive): number {
+  return d.info.extent_count * d.info.extent_size_bytes;
 }
 
 export interface TargetHarness {

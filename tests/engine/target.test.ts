@@ -3,13 +3,20 @@
  * completion, and the error statuses a requester must be able to tell apart.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { FileStore } from "../../src/engine/drive/file-store.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import type { DriveStore } from "../../src/engine/drive/store.ts";
 import { NIL_UUID, uuidFromString } from "../../src/engine/uuid.ts";
 import { Status } from "../../src/engine/wire/header.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import {
   type TargetHarness,
+  dataBytes,
+  fileDrive,
   memoryDrive,
   pattern,
   randomUuidString,
@@ -34,8 +41,33 @@ async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
 }
 
 describe("target service over loopback", () => {
+  test("a FileStore drive: data written through the target is there after reopening the file", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "nvmesh-target-"));
+    try {
+      const path = join(dir, "d1.img");
+      const d = await fileDrive(path);
+      h = await startTarget([d]);
+      const s = await h.session();
+      const u = uuidBytes(d);
+      await s.write(u, 1024 * 1024 - 512, pattern(11, 8192), true);
+      await s.metaWrite(u, 1, new Uint8Array([5, 5]));
+      await s.flush(u);
+      h.stop();
+      h = null;
+      await d.close();
+      const again = await openDrive(await FileStore.open(path), path);
+      const got = new Uint8Array(8192);
+      await again.data.read(1024 * 1024 - 512, got);
+      expect(got).toEqual(pattern(11, 8192));
+      expect((await again.metaRead()).generation).toBe(1);
+      await again.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("HELLO returns the target info with its drives", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session();
     expect(s.info.target_name).toBe("t1");
@@ -44,7 +76,7 @@ describe("target service over loopback", () => {
   });
 
   test("every data op round-trips: write, FUA write, read, flush, trim, write zeroes", async () => {
-    const d = memoryDrive(64 * 1024, 4);
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session();
     const u = uuidBytes(d);
@@ -69,9 +101,9 @@ describe("target service over loopback", () => {
     await s.trim(u, 100_000, 4096);
     await s.read(u, 100_000, got2); // contents unspecified after trim; the read must succeed
     // The very last byte of the data area is addressable; zero-length ops are accepted.
-    await s.write(u, 4 * 64 * 1024 - 1, new Uint8Array([7]), false);
+    await s.write(u, dataBytes(d) - 1, new Uint8Array([7]), false);
     const last = new Uint8Array(1);
-    await s.read(u, 4 * 64 * 1024 - 1, last);
+    await s.read(u, dataBytes(d) - 1, last);
     expect(last[0]).toBe(7);
     await s.read(u, 0, new Uint8Array(0));
   });
@@ -79,7 +111,7 @@ describe("target service over loopback", () => {
   test("1000 pipelined random writes, then pipelined reads, all verify", async () => {
     const block = 4096;
     const blocks = 256;
-    const d = memoryDrive(block * blocks, 1);
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session();
     const u = uuidBytes(d);
@@ -108,7 +140,7 @@ describe("target service over loopback", () => {
   });
 
   test("responses complete out of order: a slow read does not hold back a fast one", async () => {
-    const base = memoryDrive();
+    const base = await memoryDrive();
     const gate = Promise.withResolvers<void>();
     const slowData: DriveStore = {
       ...base.data,
@@ -139,23 +171,23 @@ describe("target service over loopback", () => {
   });
 
   test("out of range → OUT_OF_RANGE with a message, and the connection stays usable", async () => {
-    const d = memoryDrive(4096, 4); // data area 16 KiB
+    const d = await memoryDrive();
+    const n = dataBytes(d);
     h = await startTarget([d]);
     const s = await h.session();
     const u = uuidBytes(d);
     const cases: Promise<unknown>[] = [
-      s.read(u, 16384, new Uint8Array(1)),
-      s.read(u, 16000, new Uint8Array(512)),
+      s.read(u, n, new Uint8Array(1)),
+      s.read(u, n - 100, new Uint8Array(512)),
       s.write(u, 2 ** 52, new Uint8Array(512), false),
-      s.trim(u, 0, 16385),
-      s.writeZeroes(u, 16383, 2, false),
+      s.write(u, Number.MAX_SAFE_INTEGER, new Uint8Array(512), false),
+      s.trim(u, 0, n + 1),
+      s.writeZeroes(u, n - 1, 2, false),
     ];
     for (const c of cases) expect(await statusOf(c)).toBe(Status.OUT_OF_RANGE);
-    try {
-      await s.read(u, 16384, new Uint8Array(1));
-    } catch (e) {
-      expect((e as Error).message).toContain("beyond the data area");
-    }
+    await expect(s.read(u, n, new Uint8Array(1))).rejects.toThrow(
+      `range ${n}+1 is beyond the data area (${n} bytes)`,
+    );
     expect(s.closed).toBe(false);
     await s.write(u, 0, pattern(9, 512), false);
     const got = new Uint8Array(512);
@@ -164,7 +196,7 @@ describe("target service over loopback", () => {
   });
 
   test("unknown drive → NO_SUCH_DRIVE for data and metadata ops", async () => {
-    h = await startTarget([memoryDrive()]);
+    h = await startTarget([await memoryDrive()]);
     const s = await h.session();
     const other = uuidFromString(randomUuidString());
     expect(await statusOf(s.read(other, 0, new Uint8Array(512)))).toBe(Status.NO_SUCH_DRIVE);
@@ -176,7 +208,7 @@ describe("target service over loopback", () => {
   });
 
   test("META_READ / META_WRITE: empty first, newer generations win, older or equal are STALE", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session();
     const u = uuidBytes(d);
@@ -192,7 +224,7 @@ describe("target service over loopback", () => {
   });
 
   test("racing META_WRITEs of the same generation from two connections: exactly one wins", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const [s1, s2] = [await h.session(), await h.session()];
     const u = uuidBytes(d);
@@ -204,7 +236,7 @@ describe("target service over loopback", () => {
   });
 
   test("CLAIM: first claim wins, same cluster again is a no-op, another cluster is REFUSED", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     h = await startTarget([d]);
     const s = await h.session();
     const u = uuidBytes(d);
@@ -217,8 +249,8 @@ describe("target service over loopback", () => {
   });
 
   test("hot-plug: a removed drive answers NO_SUCH_DRIVE, an added one is served at once", async () => {
-    const d1 = memoryDrive();
-    const d2 = memoryDrive();
+    const d1 = await memoryDrive();
+    const d2 = await memoryDrive();
     h = await startTarget([d1]);
     const s = await h.session();
     expect(await statusOf(s.flush(uuidBytes(d2)))).toBe(Status.NO_SUCH_DRIVE);
@@ -231,7 +263,7 @@ describe("target service over loopback", () => {
   });
 
   test("a target with max_inflight_per_conn 2 still completes 200 pipelined requests", async () => {
-    const d = memoryDrive();
+    const d = await memoryDrive();
     h = await startTarget([d], { max_inflight_per_conn: 2 });
     const s = await h.session();
     const u = uuidBytes(d);
