@@ -129,7 +129,9 @@ export function chooseMetaSlot(
   if (a.generation === b.generation && !(a.generation === 0 || sameBytes(a.payload, b.payload))) {
     throw new DriveFormatError(`drive ${drive_uuid}: both metadata slots claim generation ${a.generation} with different contents`);
   }
-  return b.generation > a.generation ? { current: b, next_slot: 0 } : { current: a, next_slot: 1 };
+  if (b.generation > a.generation) return { current: b, next_slot: 0 };
+  // On a tie (only the two empty slots format writes) the first write goes to slot 0.
+  return { current: a, next_slot: a.generation > b.generation ? 1 : 0 };
 }
 
 function sameBytes(x: Uint8Array | null, y: Uint8Array | null): boolean {

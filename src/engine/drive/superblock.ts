@@ -42,6 +42,11 @@ export interface Geometry {
   extent_count: number;
 }
 
+const GEOMETRY_FIELDS: readonly (keyof Geometry)[] = [
+  "size_bytes", "block_bytes", "extent_size_bytes", "meta_offset", "meta_slot_bytes",
+  "bitmap_offset", "bitmap_bytes", "bitmap_region_bytes", "data_offset", "extent_count",
+];
+
 export interface Superblock extends Geometry {
   format_version: number;
   flags: number;
@@ -76,6 +81,7 @@ export function minDriveBytes(extent_size_bytes: number): number {
   // Found by the same arithmetic as computeGeometry, walking up until one extent fits.
   let size = 3 * REGION_ALIGN_BYTES + extent_size_bytes;
   while (isInvalid(computeGeometry(size, extent_size_bytes))) size += REGION_ALIGN_BYTES;
+  while (!isInvalid(computeGeometry(size - BLOCK_BYTES, extent_size_bytes))) size -= BLOCK_BYTES;
   return size;
 }
 
@@ -115,8 +121,10 @@ export function computeGeometry(size_bytes: number, extent_size_bytes: number): 
  * everything inside the drive. Returns null when sane, else the first reason.
  */
 export function checkGeometry(g: Geometry): string | null {
-  const fields = Object.entries(g) as [keyof Geometry, number][];
-  for (const [k, v] of fields) if (!Number.isSafeInteger(v) || v < 0) return `${k} ${v} is not a safe integer`;
+  for (const k of GEOMETRY_FIELDS) {
+    const v = g[k];
+    if (!Number.isSafeInteger(v) || v < 0) return `${k} ${v} is not a safe integer`;
+  }
   if (g.block_bytes !== BLOCK_BYTES) return `block size ${g.block_bytes}, expected ${BLOCK_BYTES}`;
   if (!isPow2(g.extent_size_bytes) || g.extent_size_bytes < MIN_EXTENT_SIZE_BYTES || g.extent_size_bytes > MAX_EXTENT_SIZE_BYTES) {
     return `extent size ${g.extent_size_bytes} is not a power of two between 1 MiB and 1 GiB`;

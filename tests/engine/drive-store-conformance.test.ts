@@ -1,0 +1,141 @@
+/**
+ * The one suite every DriveStore passes (STYLE practice 9): memory, file, and the data-area
+ * window of a formatted drive. A new backend adds one line to BACKENDS.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { FileStore } from "../../src/engine/drive/file-store.ts";
+import { formatDrive } from "../../src/engine/drive/format.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
+import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
+import { DriveIoError, type DriveStore } from "../../src/engine/drive/store.ts";
+
+const SIZE = 8 << 20;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nvmesh-drive-conf-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+let n = 0;
+
+const BACKENDS: [string, () => Promise<DriveStore>][] = [
+  ["MemoryStore", async () => new MemoryStore(SIZE)],
+  ["FileStore", () => FileStore.open(path.join(tmp, `f${n++}.img`), { create_size_bytes: SIZE })],
+  [
+    "data area of a formatted FileStore",
+    async () => {
+      const store = await FileStore.open(path.join(tmp, `d${n++}.img`), { create_size_bytes: 16 << 20 });
+      await formatDrive(store, { drive_uuid: crypto.randomUUID(), extent_size_bytes: 1 << 20 });
+      return (await openDrive(store, "test")).data;
+    },
+  ],
+];
+
+function pattern(length: number, seed: number): Uint8Array {
+  const b = new Uint8Array(length);
+  for (let i = 0; i < length; i++) b[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
+  return b;
+}
+
+async function expectCode(p: Promise<unknown>, code: DriveIoError["code"]): Promise<void> {
+  const e = await p.then(() => null, (x: unknown) => x);
+  expect(e).toBeInstanceOf(DriveIoError);
+  expect((e as DriveIoError).code).toBe(code);
+}
+
+for (const [name, make] of BACKENDS) {
+  describe(`DriveStore conformance: ${name}`, () => {
+    test("read after write returns the written bytes, neighbours untouched", async () => {
+      const s = await make();
+      const a = pattern(4096, 1);
+      await s.write(8192, a, false);
+      const got = new Uint8Array(4096 * 3);
+      await s.read(4096, got);
+      expect(got.subarray(4096, 8192)).toEqual(a);
+      await s.close();
+    });
+
+    test("large and unaligned I/O round-trips", async () => {
+      const s = await make();
+      const big = pattern(3 * 1024 * 1024 + 123, 2);
+      await s.write(777, big, false);
+      const got = new Uint8Array(big.length);
+      await s.read(777, got);
+      expect(got).toEqual(big);
+      const tiny = new Uint8Array([9, 8, 7]);
+      await s.write(s.size_bytes - 3, tiny, true);
+      const last = new Uint8Array(3);
+      await s.read(s.size_bytes - 3, last);
+      expect(last).toEqual(tiny);
+      await s.close();
+    });
+
+    test("out-of-bounds and malformed ranges fail with ERANGE", async () => {
+      const s = await make();
+      await expectCode(s.read(s.size_bytes - 1, new Uint8Array(2)), "ERANGE");
+      await expectCode(s.write(s.size_bytes, new Uint8Array(1), false), "ERANGE");
+      await expectCode(s.read(-1, new Uint8Array(1)), "ERANGE");
+      await expectCode(s.read(0.5, new Uint8Array(1)), "ERANGE");
+      await expectCode(s.writeZeroes(0, s.size_bytes + 1, false), "ERANGE");
+      await expectCode(s.trim(s.size_bytes, 1), "ERANGE");
+      await s.close();
+    });
+
+    test("writeZeroes reads back zeroes, aligned or not, and leaves neighbours", async () => {
+      const s = await make();
+      const a = pattern(64 * 1024, 3);
+      await s.write(0, a, false);
+      await s.writeZeroes(4096, 8192, false);
+      await s.writeZeroes(20000, 333, true);
+      const got = new Uint8Array(a.length);
+      await s.read(0, got);
+      const want = a.slice();
+      want.fill(0, 4096, 4096 + 8192);
+      want.fill(0, 20000, 20333);
+      expect(got).toEqual(want);
+      await s.close();
+    });
+
+    test("trim succeeds and the range stays readable", async () => {
+      const s = await make();
+      await s.write(0, pattern(16384, 4), false);
+      await s.trim(4096, 8192);
+      await s.trim(100, 5);
+      await s.read(0, new Uint8Array(16384));
+      await s.close();
+    });
+
+    test("flush succeeds; zero-length operations are accepted", async () => {
+      const s = await make();
+      await s.write(0, pattern(4096, 5), false);
+      await s.flush();
+      await s.write(10, new Uint8Array(0), false);
+      await s.read(s.size_bytes, new Uint8Array(0));
+      await s.writeZeroes(0, 0, false);
+      await s.close();
+    });
+
+    test("concurrent writes to distinct blocks all land", async () => {
+      const s = await make();
+      const blocks = Array.from({ length: 64 }, (_, i) => pattern(4096, 100 + i));
+      await Promise.all(blocks.map((b, i) => s.write(i * 4096, b, false)));
+      await s.flush();
+      const got = new Uint8Array(4096);
+      for (let i = 0; i < blocks.length; i++) {
+        await s.read(i * 4096, got);
+        expect(got).toEqual(blocks[i]!);
+      }
+      await s.close();
+    });
+
+    test("after close every operation fails with ECLOSED", async () => {
+      const s = await make();
+      await s.close();
+      await expectCode(s.read(0, new Uint8Array(1)), "ECLOSED");
+      await expectCode(s.write(0, new Uint8Array(1), false), "ECLOSED");
+      await expectCode(s.flush(), "ECLOSED");
+      await expectCode(s.writeZeroes(0, 1, false), "ECLOSED");
+      await expectCode(s.trim(0, 1), "ECLOSED");
+      await s.close();
+    });
+  });
+}
