@@ -187,3 +187,26 @@ test("a drive claimed by another cluster is foreign and never touched", async ()
   expect((await a.api("POST", "/v1/volumes", post("v", MiB))).status).toBe(201);
   expect((await foreign.metaRead()).generation).toBe(0);
 });
+
+test("a TOMA that has not heard from a majority of the state's drives refuses mutations", async () => {
+  const targets = await cluster([1, 1, 1]);
+  const a = toma(targets);
+  await settled(a.toma, 3);
+  expect((await a.api("POST", "/v1/volumes", post("v", MiB))).status).toBe(201);
+  await a.toma.stop();
+
+  targets[1]!.kill();
+  targets[2]!.kill();
+  const b = toma(targets);
+  await until("one drive read", () => b.toma.cluster_uuid !== null);
+  await Bun.sleep(100);
+  const r = await b.api("POST", "/v1/volumes", post("w", MiB));
+  expect(r.status).toBe(503);
+  expect((r.body as { error: string }).error).toMatch(/heard from 1 of the cluster's 3 drives, need 2/);
+  expect(((await b.api("GET", "/v1/cluster", undefined)).body as ClusterJson).ready).toBe(false);
+
+  await targets[1]!.revive();
+  await b.toma.whenReady(5000);
+  expect(b.toma.state!.volumes.map((v) => v.name)).toEqual(["v"]);
+  expect((await b.api("POST", "/v1/volumes", post("w", MiB))).status).toBe(201);
+});

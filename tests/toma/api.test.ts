@@ -1,0 +1,108 @@
+/**
+ * The management API: bad input is refused with a clear message and changes nothing; the HTTP
+ * glue and the typed client carry statuses and messages through unchanged.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { TomaApiError, tomaClient } from "../../src/toma/api-client.ts";
+import type { ApiHandler } from "../../src/toma/api.ts";
+import { serveTomaApi, type TomaHttpServer } from "../../src/toma/runtime/http-server.ts";
+import type { Toma } from "../../src/toma/toma.ts";
+import { MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
+
+const env = testEnv();
+let targets: TestTarget[];
+let toma: Toma;
+let api: ApiHandler;
+let http: TomaHttpServer;
+
+beforeAll(async () => {
+  targets = await startTargets(env, [1, 1]);
+  ({ toma, api } = startToma(env, targets));
+  await toma.whenReady(5000);
+  await until("2 member drives", () => toma.state?.drives.length === 2);
+  expect((await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" })).status).toBe(201);
+  http = serveTomaApi(api);
+});
+
+afterAll(async () => {
+  await http.stop();
+  await toma.stop();
+  for (const t of targets) t.kill();
+});
+
+describe("bad input is refused and changes nothing", () => {
+  const cases: [string, string, string, unknown, number, RegExp][] = [
+    ["no body", "POST", "/v1/volumes", undefined, 400, /invalid volume request/],
+    ["body not an object", "POST", "/v1/volumes", [1, 2], 400, /invalid volume request/],
+    ["missing capacity", "POST", "/v1/volumes", { name: "a", raid_level: "0" }, 400, /capacity_bytes/],
+    ["capacity a string", "POST", "/v1/volumes", { name: "a", capacity_bytes: "1G", raid_level: "0" }, 400, /capacity_bytes must be a number/],
+    ["capacity fractional", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1.5, raid_level: "0" }, 400, /integer/],
+    ["capacity 0", "POST", "/v1/volumes", { name: "a", capacity_bytes: 0, raid_level: "concatenated" }, 400, /multiple of 512/],
+    ["capacity 1000", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1000, raid_level: "concatenated" }, 400, /multiple of 512/],
+    ["unknown raid level", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "5" }, 400, /raid_level must be/],
+    ["unknown field", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", capacity: 1 }, 400, /invalid volume request/],
+    ["bad name", "POST", "/v1/volumes", { name: "a b", capacity_bytes: MiB, raid_level: "0" }, 400, /bad volume name/],
+    ["bad stripe size", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_size_bytes: 3000 }, 400, /power of two/],
+    ["name taken", "POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }, 409, /already exists/],
+    ["too large", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1024 * MiB, raid_level: "concatenated" }, 507, /not enough free space/],
+    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /exceeds the 2 usable drives/],
+    ["unknown volume", "GET", "/v1/volumes/nope", undefined, 404, /no volume named 'nope'/],
+    ["delete unknown volume", "DELETE", "/v1/volumes/nope", undefined, 404, /no volume named/],
+    ["attach unknown volume", "GET", "/v1/volumes/nope/attach", undefined, 404, /no volume named/],
+    ["bad name in path", "GET", "/v1/volumes/a%20b", undefined, 400, /bad volume name/],
+    ["unknown route", "GET", "/v1/nothing", undefined, 404, /no such route/],
+    ["wrong method", "PUT", "/v1/volumes", undefined, 405, /not allowed/],
+  ];
+  for (const [title, method, path, body, status, msg] of cases) {
+    test(title, async () => {
+      const gen = toma.state!.generation;
+      const r = await api(method, path, body);
+      expect(r.status).toBe(status);
+      expect((r.body as { error: string }).error).toMatch(msg);
+      expect(toma.state!.generation).toBe(gen);
+      expect(toma.state!.volumes.map((v) => v.name)).toEqual(["existing"]);
+    });
+  }
+});
+
+describe("over HTTP with the typed client", () => {
+  test("create, list, attach and delete", async () => {
+    const c = tomaClient(http.url);
+    const v = await c.createVolume({ name: "web", capacity_bytes: 2 * MiB, raid_level: "0", stripe_width: 2 });
+    expect(v.columns.length).toBe(2);
+    expect((await c.volumes()).map((x) => x.name).sort()).toEqual(["existing", "web"]);
+    expect((await c.volume("web")).state).toBe("online");
+    const a = await c.attach("web");
+    expect(a.layout.raid_level).toBe("0");
+    expect(a.layout.block_size).toBe(512);
+    expect(a.drives.every((d) => d.target !== null)).toBe(true);
+    const cl = await c.cluster();
+    expect(cl.ready).toBe(true);
+    expect(cl.capacity.used_bytes).toBe(3 * MiB);
+    expect((await c.targets()).every((t) => t.state === "up")).toBe(true);
+    expect((await c.drives()).length).toBe(2);
+    await c.deleteVolume("web");
+    expect((await c.volumes()).map((x) => x.name)).toEqual(["existing"]);
+  });
+
+  test("errors carry the server's status and message", async () => {
+    const c = tomaClient(http.url.replace("http://", ""));
+    const e = await c.createVolume({ name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }).catch((x) => x);
+    expect(e).toBeInstanceOf(TomaApiError);
+    expect(e.status).toBe(409);
+    expect(e.message).toMatch(/already exists/);
+  });
+
+  test("a body that is not JSON is a 400", async () => {
+    const r = await fetch(`${http.url}/v1/volumes`, { method: "POST", body: "{nope" });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: string }).error).toMatch(/not valid JSON/);
+  });
+
+  test("an unreachable TOMA is a clear error", async () => {
+    const e = await tomaClient("http://127.0.0.1:1").cluster().catch((x) => x);
+    expect(e).toBeInstanceOf(TomaApiError);
+    expect(e.status).toBe(0);
+    expect(e.message).toMatch(/cannot reach the TOMA/);
+  });
+});
