@@ -30,7 +30,7 @@ const BACKENDS: [string, () => Promise<DriveStore>][] = [
   ],
 ];
 
-function pattern(length: number, seed: number): Uint8Array {
+function pattern(length: number, seed: number): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(length);
   for (let i = 0; i < length; i++) b[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
   return b;
