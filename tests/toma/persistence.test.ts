@@ -3,12 +3,13 @@
  * majority of drives, and a corrupt slot is outvoted. Real targets over real loopback sockets.
  */
 import { afterEach, expect, test } from "bun:test";
-import { uuidFromString } from "../../src/engine/uuid.ts";
+import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import type { ClusterJson, DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
 import { decodeState } from "../../src/toma/cluster-state.ts";
-import type { Toma } from "../../src/toma/toma.ts";
-import { MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
+import { makeApiHandler } from "../../src/toma/api.ts";
+import { Toma } from "../../src/toma/toma.ts";
+import { FAST, MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
 let cleanup: (() => Promise<void> | void)[] = [];
@@ -209,4 +210,44 @@ test("a TOMA that has not heard from a majority of the state's drives refuses mu
   await b.toma.whenReady(5000);
   expect(b.toma.state!.volumes.map((v) => v.name)).toEqual(["v"]);
   expect((await b.api("POST", "/v1/volumes", post("w", MiB))).status).toBe(201);
+});
+
+test("a write that reaches only a minority is refused (503) and retracted once drives answer again", async () => {
+  const targets = await cluster([1, 1, 1]);
+  const failing = new Set<string>();
+  // Sessions whose metaWrite fails for the drives in `failing`: the drives die mid-commit.
+  const connect = async (address: string) => {
+    const s = await openSession(env, address, { version: 1, role: "toma", name: "flaky" });
+    const write = s.metaWrite.bind(s);
+    s.metaWrite = (drive, generation, payload) => {
+      const id = targets.flatMap((t) => t.drives).find((d) => d.info.drive_uuid === uuidToString(drive))!;
+      return failing.has(id.info.drive_uuid) ? Promise.reject(new Error("injected I/O error")) : write(drive, generation, payload);
+    };
+    return s;
+  };
+  const t = new Toma(env, { name: "flaky", targets: targets.map((x) => x.address), timings: FAST, connect });
+  t.start();
+  cleanup.push(() => t.stop());
+  const api = makeApiHandler(t);
+  await settled(t, 3);
+  expect((await api("POST", "/v1/volumes", post("keep", MiB))).status).toBe(201);
+
+  for (const x of targets.slice(1)) failing.add(x.drives[0]!.info.drive_uuid);
+  const r = await api("POST", "/v1/volumes", post("lost", MiB));
+  expect(r.status).toBe(503);
+  expect((r.body as { error: string }).error).toMatch(/only 1 of the cluster's 3 drives acknowledged/);
+  expect(t.state!.volumes.map((v) => v.name)).toEqual(["keep"]);
+  // The one drive that took the refused state holds it until the retraction.
+  const partial = decodeState((await targets[0]!.drives[0]!.metaRead()).payload!);
+  expect(partial.volumes.map((v) => v.name)).toEqual(["keep", "lost"]);
+
+  failing.clear();
+  await until("refused state retracted on every drive", async () => {
+    const slots = await Promise.all(targets.map((x) => x.drives[0]!.metaRead()));
+    return slots.every((s) => s.generation > partial.generation && decodeState(s.payload!).volumes.length === 1);
+  });
+  await t.stop();
+  const b = toma(targets);
+  await b.toma.whenReady(5000);
+  expect(b.toma.state!.volumes.map((v) => v.name)).toEqual(["keep"]);
 });
