@@ -4,8 +4,8 @@ import { consola } from "consola";
 export type OutputFormat = "table" | "json";
 
 export const outputArg = {
-  output: { type: "string", alias: ["o"], description: "output format: table or json", default: "table" },
-} as const;
+  output: { type: "string" as const, alias: ["o"], description: "output format: table or json", default: "table" },
+};
 
 export function outputFormat(v: string | undefined): OutputFormat {
   if (v === undefined || v === "table") return "table";

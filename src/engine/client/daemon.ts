@@ -3,26 +3,20 @@
  * every drive, export it over NBD), detach it, list what is attached. Sans-I/O: the TOMA is
  * reached through the injected `fetchAttach`, sockets through env.net.
  */
-import type { DriveStore } from "../drive/store.ts";
 import type { Env } from "../env.ts";
 import { layoutProblem, volumeDrives } from "../layout/planner.ts";
 import type { AttachInfo } from "../layout/types.ts";
-import type { Conn, Listener } from "../net/conn.ts";
+import type { Listener } from "../net/conn.ts";
+import type { ExportRegistry } from "../nbd/exports.ts";
+import type { NbdServer } from "../nbd/server.ts";
 import { type OpenSession, TargetPool } from "./target-pool.ts";
 import { VolumeDevice } from "./volume-device.ts";
-
-/** What the daemon needs of an NBD server: named exports that come and go, and connections. */
-export interface ExportHost {
-  addExport(name: string, store: DriveStore, description: string): void;
-  /** Removes the export and closes the connections using it. */
-  removeExport(name: string): void;
-  handle(conn: Conn): void;
-}
 
 export interface ClientDaemonDeps {
   fetchAttach: (volume: string) => Promise<AttachInfo>;
   openSession: OpenSession;
-  nbd: ExportHost;
+  nbd: NbdServer;
+  exports: ExportRegistry;
   /** Directory for per-volume NBD unix sockets. */
   socket_dir: string;
   client_name: string;
@@ -100,12 +94,12 @@ export class ClientDaemon {
         throw new AttachError(`volume ${volume} is not reachable: ${(e as Error).message}`, "unavailable");
       }
       const address = req.nbd_tcp ?? `unix:${this.deps.socket_dir}/${volume}.sock`;
-      this.deps.nbd.addExport(volume, device, device.describe);
+      this.deps.exports.add(volume, { store: device, description: device.describe });
       let listener: Listener;
       try {
         listener = await this.env.net.listen(address, (conn) => this.deps.nbd.handle(conn));
       } catch (e) {
-        this.deps.nbd.removeExport(volume);
+        this.deps.exports.remove(volume);
         throw new AttachError(`cannot export ${volume} on ${address}: ${(e as Error).message}`, "unavailable");
       }
       const uri = listener.address.startsWith("unix:")
@@ -132,7 +126,8 @@ export class ClientDaemon {
     if (!a) throw new AttachError(`volume ${volume} is not attached here`, "not_found");
     this.attached.delete(volume);
     a.listener.close();
-    this.deps.nbd.removeExport(volume);
+    // Requests in flight are answered before the connections close; then nothing new arrives.
+    await this.deps.nbd.detach(volume);
     // Everything acknowledged so far must be durable before the volume goes away.
     await a.device.flush().catch((e) => this.env.log.warn("flush on detach failed", { volume, error: String(e) }));
     await a.device.close();

@@ -1,0 +1,133 @@
+/** `nvmesh client serve|attach|detach|show`: the per-host client daemon and its control. */
+import { mkdirSync } from "node:fs";
+import { hostname } from "node:os";
+import { consola } from "consola";
+import { ClientDaemon } from "../engine/client/daemon.ts";
+import { ExportRegistry } from "../engine/nbd/exports.ts";
+import { NbdServer } from "../engine/nbd/server.ts";
+import { realEnv } from "../engine/runtime/real-env.ts";
+import { openSession } from "../engine/wire/session.ts";
+import { tomaClient } from "../toma/api-client.ts";
+import { formatBytes, listenAddress, managementAddress, UsageError } from "./args.ts";
+import { bindKernelNbd, kernelNbdProblem, unbindKernelNbd } from "./kernel-nbd.ts";
+import { type Attachment, control, runDir, serveControl } from "./client-control.ts";
+import { command, untilSignal } from "./command.ts";
+import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
+import { management } from "./volume.ts";
+
+const runDirArg = {
+  "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
+};
+
+/** "30s", "500ms", "2m" → milliseconds. */
+function parseDuration(text: string, what: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(text);
+  if (!m) throw new Error(`invalid ${what} '${text}': use e.g. 30s, 500ms or 2m`);
+  return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "m" ? 60_000 : 1000);
+}
+
+const serve = command({
+  meta: { name: "serve", description: "run the client daemon of this host" },
+  args: {
+    ...management,
+    ...runDirArg,
+    "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
+    name: { type: "string", description: "client name (default: host name)" },
+  },
+  async run({ args }) {
+    const mgmt = managementAddress(args.management);
+    const dir = runDir(args["run-dir"]);
+    const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
+    mkdirSync(dir, { recursive: true });
+    const env = realEnv("client");
+    const exports = new ExportRegistry();
+    const nbd = new NbdServer(env, exports);
+    const toma = tomaClient(mgmt);
+    const daemon = new ClientDaemon(env, {
+      fetchAttach: (volume) => toma.attach(volume),
+      openSession,
+      nbd,
+      exports,
+      socket_dir: dir,
+      client_name: args.name ?? hostname(),
+      io_timeout_ms,
+    });
+    const ctl = serveControl(dir, daemon);
+    consola.success(`client ready: control socket ${ctl.path}, TOMA ${mgmt}`);
+    const sig = await untilSignal();
+    consola.info(`${sig}: detaching volumes`);
+    ctl.stop();
+    await daemon.close();
+    await nbd.close();
+    process.exit(0);
+  },
+});
+
+const attach = command({
+  meta: { name: "attach", description: "attach a volume; prints its NBD URI once I/O is enabled" },
+  args: {
+    volume: { type: "string", description: "volume name", required: true },
+    "nbd-tcp": { type: "string", description: "export on TCP HOST:PORT instead of a unix socket" },
+    "nbd-device": { type: "string", description: "bind to a kernel /dev/nbdN (where the kernel has nbd)" },
+    ...runDirArg,
+    ...outputArg,
+  },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const device = args["nbd-device"];
+    if (device !== undefined) {
+      const problem = kernelNbdProblem(device);
+      if (problem) throw new Error(`cannot bind ${device}: ${problem}`);
+      if (args["nbd-tcp"] !== undefined) throw new UsageError("--nbd-device uses the unix socket export; drop --nbd-tcp");
+    }
+    const nbd_tcp = args["nbd-tcp"] === undefined ? undefined : listenAddress(args["nbd-tcp"], "--nbd-tcp");
+    const a = await control<Attachment>(runDir(args["run-dir"]), "POST", "/v1/attach", {
+      volume: args.volume,
+      ...(nbd_tcp ? { nbd_tcp } : {}),
+    });
+    if (device !== undefined) {
+      await bindKernelNbd(device, socketOfUri(a.uri), a.volume);
+      consola.success(`volume ${a.volume} bound to ${device}`);
+    }
+    if (fmt === "json") return printJson(a);
+    consola.success(`volume ${a.volume} attached (${formatBytes(a.capacity_bytes)})`);
+    process.stdout.write(`${a.uri}\n`);
+  },
+});
+
+function socketOfUri(uri: string): string {
+  const m = /^nbd\+unix:\/\/\/[^?]*\?socket=(.+)$/.exec(uri);
+  if (!m) throw new Error(`kernel nbd needs a unix socket export, got ${uri}`);
+  return m[1]!;
+}
+
+const detach = command({
+  meta: { name: "detach", description: "detach a volume: flushes, then closes its export" },
+  args: {
+    volume: { type: "string", description: "volume name", required: true },
+    "nbd-device": { type: "string", description: "disconnect this /dev/nbdN first" },
+    ...runDirArg,
+  },
+  async run({ args }) {
+    if (args["nbd-device"] !== undefined) await unbindKernelNbd(args["nbd-device"]);
+    await control(runDir(args["run-dir"]), "POST", "/v1/detach", { volume: args.volume });
+    consola.success(`volume ${args.volume} detached`);
+  },
+});
+
+const show = command({
+  meta: { name: "show", description: "volumes attached on this host" },
+  args: { ...runDirArg, ...outputArg },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const list = await control<Attachment[]>(runDir(args["run-dir"]), "GET", "/v1/attachments");
+    if (fmt === "json") return printJson(list);
+    printTable(list.map((a) => ({ volume: a.volume, capacity: formatBytes(a.capacity_bytes), raid: a.raid_level, drives: a.drives, uri: a.uri })));
+  },
+});
+
+export const clientCommand = command({
+  meta: { name: "client", description: "the client daemon: volumes as NBD exports on this host" },
+  subCommands: { serve, attach, detach, show },
+});
+

@@ -1,0 +1,37 @@
+/** `nvmesh cluster status`. */
+import { formatBytes } from "./args.ts";
+import { command } from "./command.ts";
+import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
+import { toma } from "./volume.ts";
+
+const status = command({
+  meta: { name: "status", description: "the cluster at a glance" },
+  args: {
+    management: { type: "string", alias: ["m"], description: "any TOMA, HOST:PORT" },
+    ...outputArg,
+  },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const t = toma(args.management);
+    const [cluster, targets, volumes] = await Promise.all([t.cluster(), t.targets(), t.volumes()]);
+    if (fmt === "json") return printJson({ cluster, targets, volumes });
+    printKeyValues({
+      cluster: cluster.cluster_uuid ?? "(none yet)",
+      state: cluster.ready ? "ready" : `not ready: ${cluster.readiness}`,
+      generation: cluster.generation ?? "-",
+      targets: `${cluster.targets.up} up, ${cluster.targets.down} down`,
+      drives: `${cluster.drives.ok} ok, ${cluster.drives.missing} missing, ${cluster.drives.foreign} foreign, ${cluster.drives.error} error`,
+      capacity: `${formatBytes(cluster.capacity.used_bytes)} used of ${formatBytes(cluster.capacity.total_bytes)}`,
+      volumes: cluster.volumes,
+    });
+    process.stdout.write("\n");
+    printTable(targets.map((x) => ({ target: x.address, name: x.target_name, state: x.state, drives: x.drives, error: x.last_error })));
+    process.stdout.write("\n");
+    printTable(volumes.map((v) => ({ volume: v.name, state: v.state, capacity: formatBytes(v.capacity_bytes), generation: v.created_seq })));
+  },
+});
+
+export const clusterCommand = command({
+  meta: { name: "cluster", description: "cluster-wide status" },
+  subCommands: { status },
+});

@@ -1,0 +1,74 @@
+/** `nvmesh drive format|show`. */
+import { consola } from "consola";
+import { FileStore } from "../engine/drive/file-store.ts";
+import { formatDrive } from "../engine/drive/format.ts";
+import { realEnv } from "../engine/runtime/real-env.ts";
+import { uuidToString } from "../engine/uuid.ts";
+import { randomUuid } from "../engine/env.ts";
+import { formatBytes, parseSize, UsageError } from "./args.ts";
+import { command } from "./command.ts";
+import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
+import { management, toma } from "./volume.ts";
+
+const format = command({
+  meta: { name: "format", description: "format a drive file or block device for nvmesh" },
+  args: {
+    path: { type: "positional", description: "drive file or block device", required: true },
+    force: { type: "boolean", description: "overwrite an existing nvmesh drive, filesystem or damaged metadata" },
+    "extent-size": { type: "string", description: "allocation unit, power of two from 1M to 1G", default: "16M" },
+    ...outputArg,
+  },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const extent_size_bytes = parseSize(args["extent-size"], "--extent-size");
+    if ((extent_size_bytes & (extent_size_bytes - 1)) !== 0) {
+      throw new UsageError(`--extent-size must be a power of two, got ${args["extent-size"]}`);
+    }
+    const env = realEnv("drive");
+    let store: FileStore;
+    try {
+      store = await FileStore.open(args.path, { log: env.log });
+    } catch (e) {
+      throw new Error(`cannot open ${args.path}: ${(e as Error).message}`);
+    }
+    try {
+      const sb = await formatDrive(store, {
+        drive_uuid: uuidToString(randomUuid(env)),
+        extent_size_bytes,
+        force: args.force === true,
+      });
+      if (fmt === "json") return printJson(sb);
+      consola.success(
+        `formatted ${args.path}: drive ${sb.drive_uuid}, ${sb.extent_count} extents of ${formatBytes(sb.extent_size_bytes)}`,
+      );
+    } finally {
+      await store.close();
+    }
+  },
+});
+
+const show = command({
+  meta: { name: "show", description: "list the drives of the cluster" },
+  args: { ...management, ...outputArg },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const drives = await toma(args.management).drives();
+    if (fmt === "json") return printJson(drives);
+    printTable(
+      drives.map((d) => ({
+        drive: d.uuid,
+        state: d.state,
+        target: d.target,
+        path: d.path,
+        size: d.size_bytes === null ? null : formatBytes(d.size_bytes),
+        extents: `${d.extents_used}/${d.extents_total} used`,
+        error: d.error,
+      })),
+    );
+  },
+});
+
+export const driveCommand = command({
+  meta: { name: "drive", description: "format and list drives" },
+  subCommands: { format, show },
+});
