@@ -127,7 +127,7 @@ export class TargetLink {
     s.onClose = (reason) => {
       if (this.session === s) this.lost(reason);
     };
-    this.env.log.info("toma: target up", { target: this.address, drives: this.drives.length });
+    this.env.log.info("target up", { target: this.address, drives: this.drives.length });
     this.poll = this.env.timers.every(this.timings.poll_ms, () => void this.pollDrives(s));
     this.onChange?.();
   }
@@ -156,7 +156,7 @@ export class TargetLink {
     this.poll = null;
     this.last_error = reason;
     this.since_ms = this.env.clock.now_ms();
-    this.env.log.warn("toma: target down", { target: this.address, reason });
+    this.env.log.warn("target down", { target: this.address, reason });
     this.onChange?.();
     this.scheduleRetry();
   }

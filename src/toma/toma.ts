@@ -98,6 +98,8 @@ export class Toma {
   state: ClusterState | null = null;
   /** True once the state was recovered from a majority (or bootstrapped): mutations allowed. */
   ready = false;
+  /** A maintenance pass has completed since start: claimed drives are members. */
+  private settled = false;
 
   private readonly seen = new Map<string, DriveSeen>();
   private readonly timings: TomaTimings;
@@ -140,7 +142,8 @@ export class Toma {
   /** Resolves once mutations are allowed, or rejects after timeout_ms. For tests and startup. */
   async whenReady(timeout_ms: number): Promise<void> {
     const deadline = this.env.clock.now_ms() + timeout_ms;
-    while (!this.ready) {
+    // Ready and one full maintenance pass done: the drives found at start are in the state.
+    while (!this.ready || !this.settled) {
       if (this.env.clock.now_ms() > deadline) throw new Error(`TOMA not ready after ${timeout_ms} ms: ${this.readiness()}`);
       await new Promise<void>((r) => this.env.timers.after(20, r));
     }
@@ -153,7 +156,7 @@ export class Toma {
     void this.exclusive(async () => {
       this.reconcile_queued = false;
       if (!this.stopped) await this.reconcile();
-    }).catch((e) => this.env.log.error("toma: maintenance failed", { error: (e as Error).message }));
+    }).catch((e) => this.env.log.error("maintenance failed", { error: (e as Error).message }));
   }
 
   // ---- mutations -------------------------------------------------------------------------------
@@ -375,7 +378,7 @@ export class Toma {
       if (shortOf(list, acks)) {
         this.retract_needed = true;
         const n = list.filter((u) => acks.has(u)).length;
-        this.env.log.warn("toma: change not committed", { generation: next.generation, acks: n, of: list.length });
+        this.env.log.warn("change not committed", { generation: next.generation, acks: n, of: list.length });
         return unavailable(
           `only ${n} of the cluster's ${list.length} drives acknowledged the change; ${majority(list.length)} needed; nothing changed`,
         );
@@ -383,7 +386,7 @@ export class Toma {
     }
     this.state = next;
     this.retract_needed = false;
-    this.env.log.info("toma: committed", { generation: next.generation, acks: acks.size });
+    this.env.log.info("committed", { generation: next.generation, acks: acks.size });
     return { ok: true, value: next };
   }
 
@@ -438,7 +441,7 @@ export class Toma {
         s.slot = { kind: "valid", generation: slot.generation, state };
       } catch (e) {
         s.slot = { kind: "corrupt", generation: slot.generation, error: (e as Error).message };
-        this.env.log.error("toma: ignoring corrupt metadata slot", { drive: s.info.drive_uuid, error: (e as Error).message });
+        this.env.log.error("ignoring corrupt metadata slot", { drive: s.info.drive_uuid, error: (e as Error).message });
       }
     } catch (e) {
       s.error = `metadata read failed: ${(e as Error).message}`;
@@ -477,19 +480,19 @@ export class Toma {
     for (const s of this.seen.values()) if (s.info.cluster_uuid !== NIL_UUID) clusters.add(s.info.cluster_uuid);
     if (clusters.size === 1) {
       this.cluster_uuid = [...clusters][0]!;
-      this.env.log.info("toma: managing cluster found on the drives", { cluster: this.cluster_uuid });
+      this.env.log.info("managing cluster found on the drives", { cluster: this.cluster_uuid });
     } else if (clusters.size > 1) {
       const list = [...clusters].sort().join(", ");
       if (list !== this.warned_clusters) {
         this.warned_clusters = list;
-        this.env.log.error("toma: drives of several clusters found; pass the cluster uuid to choose", { clusters: list });
+        this.env.log.error("drives of several clusters found; pass the cluster uuid to choose", { clusters: list });
       }
     } else if (this.links.every((l) => l.ever_up)) {
       // Every configured target answered and no drive belongs to any cluster: a new cluster.
       this.cluster_uuid = uuidToString(randomUuid(this.env));
       this.state = emptyState(this.cluster_uuid);
       this.ready = true;
-      this.env.log.info("toma: created a new cluster", { cluster: this.cluster_uuid });
+      this.env.log.info("created a new cluster", { cluster: this.cluster_uuid });
     }
   }
 
@@ -502,7 +505,7 @@ export class Toma {
       if (ours.length > 0 && allEmpty && this.links.every((l) => l.ever_up)) {
         this.state = emptyState(this.cluster_uuid!);
         this.ready = true;
-        this.env.log.warn("toma: cluster drives hold no state yet; starting from an empty state", { cluster: this.cluster_uuid });
+        this.env.log.warn("cluster drives hold no state yet; starting from an empty state", { cluster: this.cluster_uuid });
       }
       return;
     }
@@ -515,7 +518,7 @@ export class Toma {
       const g = knownGeneration(s.slot);
       if (g !== null) this.floor_generation = Math.max(this.floor_generation, g + 1);
     }
-    this.env.log.info("toma: recovered cluster state", { generation: best.generation, heard: n, of: list.length });
+    this.env.log.info("recovered cluster state", { generation: best.generation, heard: n, of: list.length });
   }
 
   private async maintain(): Promise<void> {
@@ -526,7 +529,7 @@ export class Toma {
       if (s.slot.kind !== "valid") continue;
       if (s.slot.generation > state.generation) {
         // Someone else committed past us (a second TOMA?): stop mutating and recover again.
-        this.env.log.error("toma: drive holds a newer state than ours; recovering again", {
+        this.env.log.error("drive holds a newer state than ours; recovering again", {
           drive: s.info.drive_uuid,
           generation: s.slot.generation,
           ours: state.generation,
@@ -542,14 +545,16 @@ export class Toma {
     }
 
     await this.claimUnclaimed();
-    for (const s of mine) {
+    // Drives claimed just now are members too: add them in this same pass, not a second later.
+    const members = [...this.seen.values()].filter((s) => s.info.cluster_uuid === this.cluster_uuid);
+    for (const s of members) {
       const known = state.drives.some((d) => d.drive_uuid === s.info.drive_uuid);
       if (known || s.target === null || s.info.state !== "ok" || !heard(s.slot)) continue;
       const r = await this.propose({
         kind: "add_drive",
         drive: { drive_uuid: s.info.drive_uuid, extent_size_bytes: s.info.extent_size_bytes, extent_count: s.info.extent_count },
       });
-      if (r.ok) this.env.log.info("toma: drive added", { drive: s.info.drive_uuid, target: s.target });
+      if (r.ok) this.env.log.info("drive added", { drive: s.info.drive_uuid, target: s.target });
       else return;
     }
 
@@ -569,6 +574,7 @@ export class Toma {
         return g !== null && g < cur.generation;
       });
     await Promise.all(behind.map((s) => this.writeSlot(s.info.drive_uuid, cur.generation, payload)));
+    this.settled = true;
   }
 
   private async claimUnclaimed(): Promise<void> {
@@ -587,7 +593,7 @@ export class Toma {
         at.link.patchDrive(s.info);
         s.slot = { kind: "unread" };
         s.error = null;
-        this.env.log.info("toma: claimed drive", { drive: uuid, target: at.address });
+        this.env.log.info("claimed drive", { drive: uuid, target: at.address });
         await this.readSlot(s);
       } catch (e) {
         s.error = `claim failed: ${(e as Error).message}`;

@@ -1,0 +1,30 @@
+#!/usr/bin/env bun
+/**
+ * nvmesh: one executable, every role. `nvmesh target serve`, `nvmesh toma run`,
+ * `nvmesh client attach`, the admin commands, and `nvmesh demo`.
+ */
+import { runMain } from "citty";
+import { clientCommand } from "./client.ts";
+import { clusterCommand } from "./cluster.ts";
+import { command } from "./command.ts";
+import { demoCommand } from "./demo.ts";
+import { driveCommand } from "./drive.ts";
+import { targetCommand } from "./target.ts";
+import { tomaCommand } from "./toma.ts";
+import { volumeCommand } from "./volume.ts";
+import { VERSION } from "./version.ts";
+
+const main = command({
+  meta: { name: "nvmesh", description: `software-defined distributed NVMe block storage (v${VERSION})` },
+  subCommands: {
+    drive: driveCommand,
+    target: targetCommand,
+    toma: tomaCommand,
+    volume: volumeCommand,
+    cluster: clusterCommand,
+    client: clientCommand,
+    demo: demoCommand,
+  },
+});
+
+await runMain(main);
