@@ -1,0 +1,132 @@
+/**
+ * Bad input against live daemons of the compiled binary: random bytes and truncated frames on the
+ * target, TOMA and NBD ports, out-of-range NBD requests, wrong CLI values. Each gets a clear error
+ * and changes nothing; every daemon stays alive and the data stays intact.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { connectNbd } from "../../src/engine/nbd/client.ts";
+import { realEnv } from "../../src/engine/runtime/real-env.ts";
+import { encodeFrame, emptyHeader, Op } from "../../src/engine/wire/header.ts";
+import { Cluster, socketOf } from "../support/cluster.ts";
+import { ok, requireTool } from "../support/proc.ts";
+
+let c: Cluster;
+let uri = "";
+let checksum = "";
+
+async function volumeChecksum(): Promise<string> {
+  await ok(["nbdcopy", uri, `${c.dir}/snap.raw`]);
+  return Bun.hash(readFileSync(`${c.dir}/snap.raw`)).toString();
+}
+
+/** Sends bytes to a TCP or unix address, waits a little for the peer's reaction, closes. */
+async function blast(addr: { hostname: string; port: number } | { unix: string }, bytes: Uint8Array): Promise<void> {
+  const sock = await Bun.connect({ ...addr, socket: { data() {}, error() {} } } as Parameters<typeof Bun.connect>[0]);
+  sock.write(bytes);
+  await Bun.sleep(100);
+  sock.end();
+}
+
+function randomBytes(n: number): Uint8Array {
+  const b = new Uint8Array(n);
+  crypto.getRandomValues(b);
+  return b;
+}
+
+function hostPort(a: string) {
+  const i = a.lastIndexOf(":");
+  return { hostname: a.slice(0, i), port: Number(a.slice(i + 1)) };
+}
+
+beforeAll(async () => {
+  for (const t of ["nbdcopy", "qemu-io"]) requireTool(t);
+  c = await new Cluster({ targets: 3, drive_size: "256M" }).start();
+  await c.cli("volume", "create", "--name", "v", "--capacity", "64M", "--raid-level", "0");
+  uri = await c.attach("v");
+  await ok(["qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 64M", uri]);
+  checksum = await volumeChecksum();
+}, 120_000);
+
+afterAll(async () => {
+  await c?.destroy();
+});
+
+describe("bad input changes nothing and kills no daemon", () => {
+  test("random bytes and truncated frames on every target port", async () => {
+    for (const a of c.target_addrs) {
+      await blast(hostPort(a), randomBytes(4096));
+      // A valid header announcing a payload that never comes, then the connection drops.
+      const h = encodeFrame({ ...emptyHeader(), opcode: Op.HELLO }, new Uint8Array(100)).subarray(0, 80);
+      await blast(hostPort(a), h);
+      // A WRITE before HELLO: refused, never executed.
+      const w = encodeFrame({ ...emptyHeader(), opcode: Op.WRITE, length: 4096 }, new Uint8Array(4096));
+      await blast(hostPort(a), w);
+    }
+    for (const t of c.targets) expect(t!.output).toMatch(/error|closing|malformed|refus|bad/i);
+  });
+
+  test("random bytes and malformed requests on the TOMA's management port", async () => {
+    await blast(hostPort(c.toma_addr), randomBytes(2048));
+    for (const body of ["{", "[]", '{"name":"x"}', '{"name":"../x","capacity_bytes":512,"raid_level":"0"}', '{"name":"y","capacity_bytes":-1,"raid_level":"0"}']) {
+      const r = await fetch(`http://${c.toma_addr}/v1/volumes`, { method: "POST", body, headers: { "content-type": "application/json" } });
+      expect(r.status).toBe(400);
+      expect(((await r.json()) as { error: string }).error.length).toBeGreaterThan(0);
+    }
+    const vols = await c.cliJson<unknown[]>("volume", "show");
+    expect(vols.length).toBe(1);
+  });
+
+  test("random bytes on the NBD socket and the client control socket", async () => {
+    await blast({ unix: socketOf(uri) }, randomBytes(4096));
+    await blast({ unix: `${c.runDir}/client.sock` }, randomBytes(1024));
+  });
+
+  test("out-of-range NBD requests are refused and the connection stays usable", async () => {
+    const nbd = await connectNbd(realEnv("test"), `unix:${socketOf(uri)}`, "v");
+    try {
+      expect(nbd.size_bytes).toBe(64 * 2 ** 20);
+      await expect(nbd.read(64 * 2 ** 20 - 512, 1024)).rejects.toThrow(/EINVAL|ENOSPC/);
+      await expect(nbd.write(64 * 2 ** 20, new Uint8Array(512))).rejects.toThrow(/ENOSPC|EINVAL/);
+      const got = await nbd.read(0, 512);
+      expect(got.every((b) => b === 0x3c)).toBe(true);
+    } finally {
+      await nbd.close();
+    }
+    await expect(connectNbd(realEnv("test"), `unix:${socketOf(uri)}`, "no-such-volume")).rejects.toThrow(/UNKNOWN|no-such/);
+  });
+
+  const cliCases: [string, string[], RegExp][] = [
+    ["capacity with an unknown suffix", ["volume", "create", "--name", "a", "--capacity", "3Q"], /invalid capacity/],
+    ["capacity not a multiple of 512", ["volume", "create", "--name", "a", "--capacity", "1000"], /multiple of 512/],
+    ["unsupported raid level", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "5"], /raid-level/],
+    ["stripe width above the drive count", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "0", "--stripe-width", "9"], /stripe|drive/i],
+    ["stripe size not a power of two", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "0", "--stripe-size", "48"], /stripe/i],
+    ["name already taken", ["volume", "create", "--name", "v", "--capacity", "1M"], /exists|taken/],
+    ["invalid name", ["volume", "create", "--name", "a b/c", "--capacity", "1M"], /name/],
+    ["too large for the pool", ["volume", "create", "--name", "a", "--capacity", "9T"], /space/],
+    ["unknown flag", ["volume", "show", "--colour"], /unknown option/],
+    ["unknown volume", ["volume", "show", "nope"], /nope/],
+    ["delete an unknown volume", ["volume", "delete", "nope", "-y"], /nope/],
+    ["attach an unknown volume", ["client", "attach", "--volume", "nope"], /nope/],
+    ["bad output format", ["cluster", "status", "-o", "yaml"], /output format/],
+    ["bad management address", ["cluster", "status", "-m", "nohostport"], /management address/],
+    ["kernel nbd where there is none", ["client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0"], /nbd/],
+    ["format a drive already in a cluster", ["drive", "format", "__DRIVE__"], /already|cluster/],
+  ];
+  for (const [name, args, re] of cliCases) {
+    test(`CLI: ${name} → non-zero exit and a clear message`, async () => {
+      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a));
+      const r = await c.cliRaw(...real);
+      expect(r.code).not.toBe(0);
+      expect(r.stdout + r.stderr).toMatch(re);
+    });
+  }
+
+  test("afterwards: every daemon is alive, the volume set is unchanged and the data intact", async () => {
+    for (const d of c.daemons()) expect(d.alive).toBe(true);
+    const vols = await c.cliJson<{ name: string }[]>("volume", "show");
+    expect(vols.map((v) => v.name)).toEqual(["v"]);
+    expect(await volumeChecksum()).toBe(checksum);
+  });
+});
