@@ -44,7 +44,8 @@ function tool(name: string): string {
 
 async function run(argv: string[], timeout_ms = 60_000): Promise<{ code: number; out: string; err: string }> {
   const [name, ...args] = argv;
-  const p = Bun.spawn([tool(name!), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  // cwd: tools drop state files where they run (fio's verify state on failure).
+  const p = Bun.spawn([tool(name!), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore", cwd: dir });
   const timer = setTimeout(() => p.kill(9), timeout_ms);
   const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
   const code = await p.exited;
@@ -267,6 +268,7 @@ function fioArgs(name: string): string[] {
     "--runtime=3",
     "--verify=crc32c",
     "--verify_fatal=1",
+    "--verify_state_save=0",
     "--output-format=json",
   ];
 }
