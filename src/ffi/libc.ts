@@ -31,8 +31,12 @@ const SYMBOLS = {
   lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
   flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
+  preadv2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
   __errno_location: { args: [], returns: FFIType.ptr },
 } as const;
+
+/** From <linux/fs.h>: fail with EAGAIN instead of waiting for the device. */
+const RWF_NOWAIT = 0x08;
 
 type Lib = ReturnType<typeof dlopen<typeof SYMBOLS>>;
 let lib: Lib | null | undefined;
@@ -65,7 +69,16 @@ export interface Libc {
   flock(fd: number, op: number): Errno;
   /** posix_fadvise(2): returns the error number directly, as the call does. */
   fadvise(fd: number, offset: number, length: number, advice: number): Errno;
+  /**
+   * preadv2(2) with RWF_NOWAIT: reads only what is already in the page cache, without blocking.
+   * Returns the bytes read (possibly fewer than asked, 0 at end of file) or -errno (-EAGAIN when
+   * nothing is cached, -EOPNOTSUPP where the kernel or file system cannot).
+   */
+  readCached(fd: number, dst: Uint8Array, offset: number): number;
 }
+
+/** One iovec {base, len}, reused: the call is synchronous, so nothing else can be using it. */
+const iovec = new BigUint64Array(2);
 
 /** The facade, or null where libc cannot be loaded. */
 export function libc(): Libc | null {
@@ -81,6 +94,13 @@ export function libc(): Libc | null {
     },
     flock: (fd, op) => (l.symbols.flock(fd, op) === 0 ? 0 : errno(l)),
     fadvise: (fd, offset, length, advice) => l.symbols.posix_fadvise(fd, offset, length, advice),
+    readCached(fd, dst, offset) {
+      if (dst.length === 0) return 0;
+      iovec[0] = BigInt(ptr(dst));
+      iovec[1] = BigInt(dst.length);
+      const n = Number(l.symbols.preadv2(fd, ptr(iovec), 1, offset, RWF_NOWAIT));
+      return n >= 0 ? n : -errno(l);
+    },
   };
 }
 
