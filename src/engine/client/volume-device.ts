@@ -11,7 +11,7 @@
 import type { Env } from "../env.ts";
 import { limitSegments, plan, type Segment, volumeDrives } from "../layout/planner.ts";
 import type { AttachInfo, VolumeLayout } from "../layout/types.ts";
-import { DriveIoError, type DriveStore } from "../drive/store.ts";
+import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
 import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
@@ -56,13 +56,7 @@ export class VolumeDevice implements DriveStore {
   }
 
   private check(offset: number, length: number): void {
-    if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
-    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0) {
-      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
-    }
-    if (offset + length > this.size_bytes) {
-      throw new DriveIoError(`range ${offset}+${length} beyond volume size ${this.size_bytes}`, "ERANGE");
-    }
+    checkRange(this, this.closed, offset, length);
   }
 
   /** One refresh at a time, shared by every I/O that needs it. */

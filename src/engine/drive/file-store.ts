@@ -23,7 +23,7 @@ import {
   LOCK_NB,
 } from "../../ffi/libc.ts";
 import type { Logger } from "../env.ts";
-import { DriveIoError, type DriveStore } from "./store.ts";
+import { checkRange, DriveIoError, type DriveStore } from "./store.ts";
 
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
@@ -95,13 +95,7 @@ export class FileStore implements DriveStore {
   }
 
   private check(offset: number, length: number): void {
-    if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
-    }
-    if (offset + length > this.size_bytes) {
-      throw new DriveIoError(`range ${offset}+${length} beyond size ${this.size_bytes}`, "ERANGE");
-    }
+    checkRange(this, this.closed, offset, length);
   }
 
   private async tracked<T>(op: string, offset: number, fn: () => Promise<T>): Promise<T> {

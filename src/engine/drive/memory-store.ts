@@ -1,5 +1,5 @@
 /** A drive in RAM: for tests and the simulator. Holds the same contract as the file store. */
-import { DriveIoError, type DriveStore } from "./store.ts";
+import { checkRange, DriveIoError, type DriveStore } from "./store.ts";
 
 export class MemoryStore implements DriveStore {
   readonly describe = "memory";
@@ -11,13 +11,7 @@ export class MemoryStore implements DriveStore {
   }
 
   private check(offset: number, length: number): void {
-    if (this.closed) throw new DriveIoError("store closed", "ECLOSED");
-    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0) {
-      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
-    }
-    if (offset + length > this.size_bytes) {
-      throw new DriveIoError(`range ${offset}+${length} beyond size ${this.size_bytes}`, "ERANGE");
-    }
+    checkRange(this, this.closed, offset, length);
   }
 
   async read(offset: number, dst: Uint8Array): Promise<void> {

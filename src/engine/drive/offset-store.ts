@@ -3,7 +3,7 @@
  * area of a formatted drive. Offsets are checked against the window, so no request addressed to
  * the data area can reach the superblock, the metadata slots or the bitmap.
  */
-import { DriveIoError, type DriveStore } from "./store.ts";
+import { DriveIoError, type DriveStore, checkRange } from "./store.ts";
 
 export class OffsetStore implements DriveStore {
   private closed = false;
@@ -22,13 +22,7 @@ export class OffsetStore implements DriveStore {
   }
 
   private check(offset: number, length: number): void {
-    if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
-    }
-    if (offset + length > this.size_bytes) {
-      throw new DriveIoError(`range ${offset}+${length} beyond size ${this.size_bytes}`, "ERANGE");
-    }
+    checkRange(this, this.closed, offset, length);
   }
 
   async read(offset: number, dst: Uint8Array): Promise<void> {

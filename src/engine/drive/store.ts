@@ -29,3 +29,14 @@ export class DriveIoError extends Error {
     super(message);
   }
 }
+
+/** The checks every DriveStore makes before touching its backend: open, and a range inside it. */
+export function checkRange(store: DriveStore, closed: boolean, offset: number, length: number): void {
+  if (closed) throw new DriveIoError(`${store.describe}: closed`, "ECLOSED");
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new DriveIoError(`bad range ${offset}+${length}`, "ERANGE");
+  }
+  if (offset + length > store.size_bytes) {
+    throw new DriveIoError(`range ${offset}+${length} beyond ${store.describe} size ${store.size_bytes}`, "ERANGE");
+  }
+}
