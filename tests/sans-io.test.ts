@@ -17,7 +17,7 @@ const FORBIDDEN = [
   /\bfetch\(/,
 ];
 
-const ALLOWED = /\/runtime\/|\/ffi\/|src\/engine\/drive\/file-store\.ts$|\/api-client\.ts$/;
+const ALLOWED = /\/runtime\/|\/ffi\/|\/api-client\.ts$/;
 
 test("protocol modules in src/engine and src/toma use no direct I/O, clocks or randomness", async () => {
   const offenders: string[] = [];

@@ -1,6 +1,6 @@
 /** `nvmesh drive format|show`. */
 import { consola } from "consola";
-import { FileStore } from "../engine/drive/file-store.ts";
+import { FileStore } from "../engine/runtime/file-store.ts";
 import { formatDrive } from "../engine/drive/format.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { uuidToString } from "../engine/uuid.ts";

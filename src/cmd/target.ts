@@ -1,7 +1,7 @@
 /** `nvmesh target serve|show`: serve this server's drives; list the cluster's targets. */
 import { hostname } from "node:os";
 import { consola } from "consola";
-import { FileStore } from "../engine/drive/file-store.ts";
+import { FileStore } from "../engine/runtime/file-store.ts";
 import type { FormattedDrive } from "../engine/drive/formatted-api.ts";
 import { openDrive } from "../engine/drive/formatted-drive.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";

@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { FileStore } from "../../src/engine/drive/file-store.ts";
+import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import { libc, POSIX_FADV_DONTNEED } from "../../src/ffi/libc.ts";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { FileStore } from "../../src/engine/drive/file-store.ts";
+import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";

@@ -2,7 +2,7 @@
  * Shared set-up for the target and session tests: drives, a target listening on 127.0.0.1:0 over
  * real Bun sockets, and a logger that records what the target said (tests assert on it).
  */
-import { FileStore } from "../../src/engine/drive/file-store.ts";
+import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";

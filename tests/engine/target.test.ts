@@ -6,7 +6,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileStore } from "../../src/engine/drive/file-store.ts";
+import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import type { DriveStore } from "../../src/engine/drive/store.ts";

@@ -23,7 +23,7 @@ import {
   LOCK_NB,
 } from "../../ffi/libc.ts";
 import type { Logger } from "../env.ts";
-import { checkRange, DriveIoError, type DriveStore } from "./store.ts";
+import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
 
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
