@@ -1,3 +1,4 @@
+import type { VolumeRecord } from "./cluster-state.ts";
 /**
  * JSON shapes of the management API, shared by the server (./api.ts) and the client
  * (./api-client.ts). Requests are defined with their valibot schema beside them.
@@ -35,18 +36,8 @@ export interface ClusterJson {
 export type TargetJson = TargetView;
 export type DriveJson = DriveView;
 
-export interface VolumeJson {
-  uuid: string;
-  name: string;
-  capacity_bytes: number;
-  raid_level: RaidLevel;
-  stripe_width: number;
-  stripe_size_bytes: number;
-  extent_size_bytes: number;
-  state: VolumeState;
-  created_seq: number;
-  columns: Column[];
-}
+/** A volume as the API shows it: the persisted record plus its state, derived at read time. */
+export type VolumeJson = VolumeRecord & { state: VolumeState };
 
 export interface ErrorJson {
   error: string;
