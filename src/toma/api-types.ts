@@ -4,7 +4,6 @@ import type { VolumeRecord } from "./cluster-state.ts";
  * (./api-client.ts). Requests are defined with their valibot schema beside them.
  */
 import * as v from "valibot";
-import type { Column, RaidLevel } from "../engine/layout/types.ts";
 import type { DriveView, TargetView, VolumeState } from "./toma.ts";
 
 export const CreateVolumeBody = v.strictObject({
