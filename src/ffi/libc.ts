@@ -77,13 +77,25 @@ export interface Libc {
   readCached(fd: number, dst: Uint8Array, offset: number): number;
 }
 
-/** One iovec {base, len}, reused: the call is synchronous, so nothing else can be using it. */
-const iovec = new BigUint64Array(2);
+/**
+ * One iovec {base, len}, reused: the call is synchronous, so nothing else can be using it. Filled
+ * as 32-bit halves (little-endian, as every Linux target Bun runs on) so no BigInt is made per call.
+ */
+const iovec = new Uint32Array(new ArrayBuffer(16));
 
-/** The facade, or null where libc cannot be loaded. */
+let facade: Libc | null | undefined;
+
+/** The facade (built once), or null where libc cannot be loaded. */
 export function libc(): Libc | null {
+  if (facade !== undefined) return facade;
   const l = load();
-  if (l === null) return null;
+  facade = l === null ? null : makeFacade(l);
+  return facade;
+}
+
+function makeFacade(l: Lib): Libc {
+  const preadv2 = l.symbols.preadv2;
+  const iovecPtr = ptr(iovec);
   return {
     fallocate: (fd, mode, offset, length) =>
       l.symbols.fallocate(fd, mode, offset, length) === 0 ? 0 : errno(l),
@@ -96,9 +108,12 @@ export function libc(): Libc | null {
     fadvise: (fd, offset, length, advice) => l.symbols.posix_fadvise(fd, offset, length, advice),
     readCached(fd, dst, offset) {
       if (dst.length === 0) return 0;
-      iovec[0] = BigInt(ptr(dst));
-      iovec[1] = BigInt(dst.length);
-      const n = Number(l.symbols.preadv2(fd, ptr(iovec), 1, offset, RWF_NOWAIT));
+      const p = ptr(dst);
+      iovec[0] = p >>> 0;
+      iovec[1] = Math.floor(p / 0x1_0000_0000);
+      iovec[2] = dst.length;
+      iovec[3] = 0;
+      const n = Number(preadv2(fd, iovecPtr, 1, offset, RWF_NOWAIT));
       return n >= 0 ? n : -errno(l);
     },
   };

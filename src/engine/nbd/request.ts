@@ -2,7 +2,7 @@
  * Transmission-phase wire codec: the 28-byte request header and the 16-byte simple reply.
  * Structured replies and extended headers are not negotiated, so these are the only two shapes.
  */
-import { NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, REQUEST_HEADER_BYTES, SIMPLE_REPLY_BYTES } from "./constants.ts";
+import { NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC, REQUEST_HEADER_BYTES } from "./constants.ts";
 
 export interface NbdRequest {
   flags: number;
@@ -21,26 +21,36 @@ export interface NbdRequest {
  */
 export function decodeRequestHeader(src: Uint8Array, at: number): NbdRequest | string {
   if (src.length - at < REQUEST_HEADER_BYTES) return "short request header";
-  const v = new DataView(src.buffer, src.byteOffset + at, REQUEST_HEADER_BYTES);
-  const magic = v.getUint32(0);
+  // Big-endian fields read straight off the bytes: a DataView per request costs more than the rest.
+  const magic = be32(src, at);
   if (magic !== NBD_REQUEST_MAGIC) return `bad request magic 0x${magic.toString(16)}`;
   return {
-    flags: v.getUint16(4),
-    type: v.getUint16(6),
-    cookie_hi: v.getUint32(8),
-    cookie_lo: v.getUint32(12),
-    offset: v.getUint32(16) * 0x100000000 + v.getUint32(20),
-    length: v.getUint32(24),
+    flags: (src[at + 4]! << 8) | src[at + 5]!,
+    type: (src[at + 6]! << 8) | src[at + 7]!,
+    cookie_hi: be32(src, at + 8),
+    cookie_lo: be32(src, at + 12),
+    offset: be32(src, at + 16) * 0x100000000 + be32(src, at + 20),
+    length: be32(src, at + 24),
   };
+}
+
+function be32(b: Uint8Array, at: number): number {
+  return b[at]! * 0x100_0000 + ((b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!);
+}
+
+function setBe32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = v >>> 16;
+  b[at + 2] = v >>> 8;
+  b[at + 3] = v;
 }
 
 /** Writes a simple reply header into dst[0..16]. */
 export function encodeSimpleReply(dst: Uint8Array, error: number, req: NbdRequest): void {
-  const v = new DataView(dst.buffer, dst.byteOffset, SIMPLE_REPLY_BYTES);
-  v.setUint32(0, NBD_SIMPLE_REPLY_MAGIC);
-  v.setUint32(4, error);
-  v.setUint32(8, req.cookie_hi);
-  v.setUint32(12, req.cookie_lo);
+  setBe32(dst, 0, NBD_SIMPLE_REPLY_MAGIC);
+  setBe32(dst, 4, error);
+  setBe32(dst, 8, req.cookie_hi);
+  setBe32(dst, 12, req.cookie_lo);
 }
 
 /** Encodes a request (used by tests and any in-process client). */

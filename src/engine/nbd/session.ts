@@ -7,6 +7,7 @@ import type { Conn } from "../net/conn.ts";
 import type { ExportRegistry, NbdExport } from "./exports.ts";
 import { Handshake, type HandshakeLimits } from "./handshake.ts";
 import { Transmission, type TransmissionLimits } from "./transmission.ts";
+import { SendBatcher } from "../wire/send-batcher.ts";
 
 export interface SessionLimits extends HandshakeLimits, TransmissionLimits {
   /** A client that has not entered transmission by then is closed. */
@@ -29,6 +30,8 @@ export class NbdSession {
   private phase: Phase = "handshake";
   private readonly handshake: Handshake;
   private transmission: Transmission | null = null;
+  /** Replies of one tick leave in one send (transmission phase only). */
+  private out: SendBatcher | null = null;
   private handshakeTimer: TimerHandle | null = null;
   private backlog: Uint8Array[] = [];
   private backlogBytes = 0;
@@ -140,10 +143,12 @@ export class NbdSession {
     this.export_name = name;
     this.storeIdle = false;
     this.env.log.debug("nbd client entered transmission", { remote: this.conn.remote, export: name });
+    const out = new SendBatcher(this.conn);
+    this.out = out;
     this.transmission = new Transmission(
       exp,
       {
-        send: (b) => this.conn.send(b),
+        send: (b) => out.push(b),
         resume: () => this.guarded(() => this.pump()),
         close: (reason, misbehaved) => this.closeConn(reason, misbehaved),
         idle: () => {
@@ -161,6 +166,7 @@ export class NbdSession {
     const fields = { remote: this.conn.remote, export: this.export_name, reason };
     if (misbehaved) this.env.log.warn("nbd connection closed: client broke the protocol", fields);
     else this.env.log.debug("nbd connection closed", fields);
+    this.out?.flush(); // replies already computed leave before the connection ends
     this.enterClosed();
     this.conn.close();
     this.maybeFinished();

@@ -29,6 +29,7 @@ import {
 import type { NbdExport } from "./exports.ts";
 import { Gather } from "./gather.ts";
 import { decodeRequestHeader, encodeSimpleReply, type NbdRequest } from "./request.ts";
+import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
 
 export interface TransmissionLimits {
   /** Requests executing at once on one connection; decoding pauses at this bound. */
@@ -38,6 +39,7 @@ export interface TransmissionLimits {
 }
 
 export interface TransmissionHooks {
+  /** Queues bytes; those below COPY_LIMIT_BYTES are copied before it returns (SendBatcher.push). */
   send(bytes: Uint8Array): void;
   /** In-flight work dropped below the bounds: feed() will consume again. */
   resume(): void;
@@ -65,6 +67,8 @@ export class Transmission {
   private stopping = false;
   private stopReason = "";
   private closed = false;
+  /** Reply buffers for READs the send hook copies (below COPY_LIMIT_BYTES), reused. */
+  private readonly replyPool: Uint8Array[] = [];
 
   constructor(
     private readonly exp: NbdExport,
@@ -212,10 +216,21 @@ export class Transmission {
       switch (req.type) {
         case NBD_CMD_READ: {
           // Header and data in one buffer: the store reads straight into the bytes we send.
-          const out = new Uint8Array(SIMPLE_REPLY_BYTES + req.length);
-          if (req.length > 0) await store.read(req.offset, out.subarray(SIMPLE_REPLY_BYTES));
-          encodeSimpleReply(out, NBD_OK, req);
-          if (!this.closed) this.hooks.send(out);
+          const n = SIMPLE_REPLY_BYTES + req.length;
+          if (n >= COPY_LIMIT_BYTES) {
+            const out = new Uint8Array(n);
+            if (req.length > 0) await store.read(req.offset, out.subarray(SIMPLE_REPLY_BYTES));
+            encodeSimpleReply(out, NBD_OK, req);
+            if (!this.closed) this.hooks.send(out);
+            return;
+          }
+          // Small: a pooled buffer, copied by send(). It goes back to the pool only after a read
+          // that succeeded: a failed multi-segment read may still have parts landing in it.
+          const buf = this.replyPool.pop() ?? new Uint8Array(COPY_LIMIT_BYTES);
+          if (req.length > 0) await store.read(req.offset, buf.subarray(SIMPLE_REPLY_BYTES, n));
+          encodeSimpleReply(buf, NBD_OK, req);
+          if (!this.closed) this.hooks.send(buf.subarray(0, n));
+          if (this.replyPool.length < 64) this.replyPool.push(buf);
           return;
         }
         case NBD_CMD_WRITE:

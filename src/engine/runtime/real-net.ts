@@ -85,6 +85,8 @@ function handlers(onOpen: (c: BunConn) => void) {
   return {
     open(sock: Socket<BunConn | undefined>) {
       const remote = sock.remoteAddress ? `${sock.remoteAddress}` : "unix";
+      // Frames are batched per tick already; Nagle would only hold the last one back.
+      if (sock.remoteAddress) sock.setNoDelay?.(true);
       const c = new BunConn(sock, remote);
       sock.data = c;
       onOpen(c);

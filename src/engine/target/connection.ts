@@ -11,7 +11,7 @@ import { HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
 import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
 import { SendBatcher } from "../wire/send-batcher.ts";
 import { type TargetContext, execute } from "./execute.ts";
-import { cborResponse, errorResponse } from "./reply.ts";
+import { cborResponse, errorResponse, recycleFrame } from "./reply.ts";
 
 export interface ConnectionLimits {
   max_inflight: number;
@@ -102,6 +102,7 @@ export class TargetConnection {
     this.inflight--;
     if (this.closed) return;
     this.out.push(frame);
+    recycleFrame(frame); // push() copied it if it came from the pool
     while (this.inflight < this.limits.max_inflight && this.queueHead < this.queue.length) {
       const q = this.queue[this.queueHead]!;
       this.queue[this.queueHead++] = undefined as unknown as Queued;

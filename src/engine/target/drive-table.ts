@@ -27,10 +27,19 @@ export function uuidKey(b: Uint8Array): string {
   return s;
 }
 
+function sameUuid(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 0; i < 16; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export class DriveTable {
   private readonly byKey = new Map<string, ServedDrive>();
+  /** The last drive found, by its bytes: a connection addresses one drive for long runs. */
+  private lastUuid: Uint8Array | null = null;
+  private lastEntry: ServedDrive | undefined = undefined;
 
   add(drive: FormattedDrive): void {
+    this.lastUuid = null;
     const key = uuidKey(uuidFromString(drive.info.drive_uuid));
     if (this.byKey.has(key)) throw new Error(`drive ${drive.info.drive_uuid} is already served`);
     const data_bytes = Math.min(
@@ -42,6 +51,7 @@ export class DriveTable {
 
   /** Returns the drive that was removed, or undefined if it was not served. */
   remove(drive_uuid: string): FormattedDrive | undefined {
+    this.lastUuid = null;
     const key = uuidKey(uuidFromString(drive_uuid));
     const entry = this.byKey.get(key);
     this.byKey.delete(key);
@@ -49,7 +59,15 @@ export class DriveTable {
   }
 
   get(uuid: Uint8Array): ServedDrive | undefined {
-    return uuid.length === 16 ? this.byKey.get(uuidKey(uuid)) : undefined;
+    if (uuid.length !== 16) return undefined;
+    const last = this.lastUuid;
+    if (last !== null && sameUuid(last, uuid)) return this.lastEntry;
+    const entry = this.byKey.get(uuidKey(uuid));
+    if (entry) {
+      this.lastUuid = uuid.slice();
+      this.lastEntry = entry;
+    }
+    return entry;
   }
 
   infos(): DriveInfo[] {

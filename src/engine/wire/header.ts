@@ -100,32 +100,45 @@ export function emptyHeader(): Header {
   };
 }
 
-function setU64(dv: DataView, off: number, v: number): void {
-  dv.setUint32(off, v >>> 0, true);
-  dv.setUint32(off + 4, Math.floor(v / 0x1_0000_0000), true);
+// Little-endian field access straight on the bytes: a DataView per header would force JSC to
+// materialise the typed array's ArrayBuffer (`.buffer`), which the profile showed as a top cost.
+function setU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v;
+  b[at + 1] = v >>> 8;
+  b[at + 2] = v >>> 16;
+  b[at + 3] = v >>> 24;
 }
 
-function getU64(dv: DataView, off: number): number {
-  const hi = dv.getUint32(off + 4, true);
+function getU32(b: Uint8Array, at: number): number {
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16)) + b[at + 3]! * 0x100_0000;
+}
+
+function setU64(b: Uint8Array, at: number, v: number): void {
+  setU32(b, at, v >>> 0);
+  setU32(b, at + 4, Math.floor(v / 0x1_0000_0000));
+}
+
+function getU64(b: Uint8Array, at: number): number {
   // Values above 2^53 cannot be represented exactly; they are rejected by validation.
-  return hi * 0x1_0000_0000 + dv.getUint32(off, true);
+  return getU32(b, at + 4) * 0x1_0000_0000 + getU32(b, at);
 }
 
 /** Writes h into dst[at .. at+64). */
 export function encodeHeader(h: Header, dst: Uint8Array, at = 0): void {
-  const dv = new DataView(dst.buffer, dst.byteOffset + at, HEADER_BYTES);
-  dv.setUint32(0, MAGIC, true);
-  dv.setUint8(4, VERSION);
-  dv.setUint8(5, h.opcode);
-  dv.setUint16(6, h.flags, true);
-  dv.setUint32(8, h.request_id >>> 0, true);
-  dv.setUint32(12, h.length >>> 0, true);
-  setU64(dv, 16, h.offset);
-  dst.set(h.drive_uuid.length === 16 ? h.drive_uuid : ZERO_UUID, at + 24);
-  setU64(dv, 40, h.client_id);
-  setU64(dv, 48, h.generation);
-  dv.setUint32(56, h.status >>> 0, true);
-  dv.setUint32(60, h.payload_len >>> 0, true);
+  setU32(dst, at, MAGIC);
+  dst[at + 4] = VERSION;
+  dst[at + 5] = h.opcode;
+  dst[at + 6] = h.flags;
+  dst[at + 7] = h.flags >>> 8;
+  setU32(dst, at + 8, h.request_id >>> 0);
+  setU32(dst, at + 12, h.length >>> 0);
+  setU64(dst, at + 16, h.offset);
+  const u = h.drive_uuid.length === 16 ? h.drive_uuid : ZERO_UUID;
+  for (let i = 0; i < 16; i++) dst[at + 24 + i] = u[i]!;
+  setU64(dst, at + 40, h.client_id);
+  setU64(dst, at + 48, h.generation);
+  setU32(dst, at + 56, h.status >>> 0);
+  setU32(dst, at + 60, h.payload_len >>> 0);
 }
 
 /** A frame: header plus payload in one buffer, ready to send. */
@@ -143,21 +156,20 @@ export function encodeFrame(h: Header, payload?: Uint8Array): Uint8Array {
  */
 export function decodeHeader(src: Uint8Array, at = 0): Header | string {
   if (src.length - at < HEADER_BYTES) return "short header";
-  const dv = new DataView(src.buffer, src.byteOffset + at, HEADER_BYTES);
-  if (dv.getUint32(0, true) !== MAGIC) return "bad magic";
-  const version = dv.getUint8(4);
+  if (getU32(src, at) !== MAGIC) return "bad magic";
+  const version = src[at + 4]!;
   if (version !== VERSION) return `unsupported version ${version}`;
-  const opcode = dv.getUint8(5);
+  const opcode = src[at + 5]!;
   if (!(opcode in Op)) return `unknown opcode ${opcode}`;
-  const flags = dv.getUint16(6, true);
+  const flags = src[at + 6]! | (src[at + 7]! << 8);
   if (flags & ~KNOWN_FLAGS) return `unknown flags 0x${flags.toString(16)}`;
-  if (dv.getUint32(20, true) > 0x1fffff) return "offset above 2^53";
-  if (dv.getUint32(44, true) > 0x1fffff) return "client_id above 2^53";
-  if (dv.getUint32(52, true) > 0x1fffff) return "generation above 2^53";
-  const payload_len = dv.getUint32(60, true);
+  if (getU32(src, at + 20) > 0x1fffff) return "offset above 2^53";
+  if (getU32(src, at + 44) > 0x1fffff) return "client_id above 2^53";
+  if (getU32(src, at + 52) > 0x1fffff) return "generation above 2^53";
+  const payload_len = getU32(src, at + 60);
   if (payload_len > MAX_PAYLOAD_BYTES) return `payload_len ${payload_len} above limit`;
-  const length = dv.getUint32(12, true);
-  const status = dv.getUint32(56, true);
+  const length = getU32(src, at + 12);
+  const status = getU32(src, at + 56);
   if (!(status in Status)) return `unknown status ${status}`;
   const isResponse = (flags & Flag.RESPONSE) !== 0;
   if (!isResponse && status !== Status.OK) return "status set in a request";
@@ -172,12 +184,12 @@ export function decodeHeader(src: Uint8Array, at = 0): Header | string {
   return {
     opcode,
     flags,
-    request_id: dv.getUint32(8, true),
+    request_id: getU32(src, at + 8),
     length,
-    offset: getU64(dv, 16),
+    offset: getU64(src, at + 16),
     drive_uuid: src.slice(at + 24, at + 40),
-    client_id: getU64(dv, 40),
-    generation: getU64(dv, 48),
+    client_id: getU64(src, at + 40),
+    generation: getU64(src, at + 48),
     status,
     payload_len,
   };

@@ -1,66 +1,96 @@
 /**
  * Coalesces the frames queued on one connection during a tick into as few conn.send() calls as
- * possible: each send is a syscall on the real runtime, and a pipelined requester issues dozens of
- * small frames per tick. Small parts are copied into one buffer; large parts (data payloads) are
- * sent as they are, because copying megabytes costs more than the syscall saved.
+ * possible: each send is a syscall on the real runtime, and a pipelined peer issues dozens of
+ * small frames per tick. Small parts are copied at once into a staging buffer kept by the batcher
+ * (so the caller may reuse them as soon as push() returns, and frame headers can be encoded
+ * straight into it with reserve()); large parts (data payloads) are sent as they are, because
+ * copying megabytes costs more than the syscall saved.
  *
  * The flush runs on a microtask, not a timer: it adds no latency and stays deterministic under
  * the simulator.
  */
 import type { Conn } from "../net/conn.ts";
 
-/** Parts at least this big are sent without copying. */
-const COPY_LIMIT_BYTES = 16 * 1024;
+/** Parts at least this big are sent without copying (and kept by reference until sent). */
+export const COPY_LIMIT_BYTES = 16 * 1024;
+/** Staged bytes beyond this are cut into a part of their own rather than growing the buffer. */
+const MAX_STAGING_BYTES = 1024 * 1024;
 
 export class SendBatcher {
+  /** Parts ready to send, in order: cut staging runs and large parts. */
   private parts: Uint8Array[] = [];
+  private staging = new Uint8Array(64 * 1024);
+  private staged = 0;
   private scheduled = false;
   private readonly flushBound = () => this.flush();
 
   constructor(private readonly conn: Conn) {}
 
-  /** Queues bytes; the caller must not modify them afterwards (Conn.send's contract). */
+  /**
+   * Queues bytes. Parts below COPY_LIMIT_BYTES are copied now; larger ones are kept by reference,
+   * and the caller must not modify them afterwards (Conn.send's contract).
+   */
   push(bytes: Uint8Array): void {
-    this.parts.push(bytes);
+    if (bytes.length < COPY_LIMIT_BYTES) {
+      const at = this.reserve(bytes.length);
+      this.staging.set(bytes, at);
+    } else {
+      this.cut();
+      this.parts.push(bytes);
+      this.schedule();
+    }
+  }
+
+  /**
+   * Makes room for n (< COPY_LIMIT_BYTES) bytes at the end of the queue and returns their offset
+   * in `buffer`, which the caller fills before yielding (e.g. encodeHeader(h, b.buffer, at)).
+   */
+  reserve(n: number): number {
+    if (this.staged + n > this.staging.length) this.grow(n);
+    const at = this.staged;
+    this.staged += n;
+    this.schedule();
+    return at;
+  }
+
+  /** The staging buffer reserve() offsets point into; valid until the next push/reserve/flush. */
+  get buffer(): Uint8Array {
+    return this.staging;
+  }
+
+  /** Sends everything queued now. Safe to call at any time (e.g. before close). */
+  flush(): void {
+    this.scheduled = false;
+    this.cut();
+    const parts = this.parts;
+    if (parts.length === 0) return;
+    this.parts = [];
+    for (let i = 0; i < parts.length; i++) this.conn.send(parts[i]!);
+  }
+
+  private schedule(): void {
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(this.flushBound);
     }
   }
 
-  /** Sends everything queued now. Safe to call at any time (e.g. before close). */
-  flush(): void {
-    this.scheduled = false;
-    const parts = this.parts;
-    if (parts.length === 0) return;
-    this.parts = [];
-    let runStart = 0;
-    let runBytes = 0;
-    for (let i = 0; i <= parts.length; i++) {
-      const p = i < parts.length ? parts[i]! : null;
-      if (p !== null && p.length < COPY_LIMIT_BYTES) {
-        runBytes += p.length;
-        continue;
-      }
-      this.sendRun(parts, runStart, i, runBytes);
-      if (p !== null) this.conn.send(p);
-      runStart = i + 1;
-      runBytes = 0;
-    }
+  /** Moves the staged bytes into a part of their own (a copy: Conn may keep what it is given). */
+  private cut(): void {
+    if (this.staged === 0) return;
+    this.parts.push(this.staging.slice(0, this.staged));
+    this.staged = 0;
   }
 
-  private sendRun(parts: Uint8Array[], from: number, to: number, bytes: number): void {
-    if (to - from === 0) return;
-    if (to - from === 1) {
-      this.conn.send(parts[from]!);
-      return;
+  private grow(n: number): void {
+    if (this.staged > 0 && this.staged + n > MAX_STAGING_BYTES) {
+      this.cut();
+      if (n <= this.staging.length) return;
     }
-    const out = new Uint8Array(bytes);
-    let at = 0;
-    for (let i = from; i < to; i++) {
-      out.set(parts[i]!, at);
-      at += parts[i]!.length;
-    }
-    this.conn.send(out);
+    let cap = this.staging.length;
+    while (cap < this.staged + n) cap *= 2;
+    const next = new Uint8Array(cap);
+    next.set(this.staging.subarray(0, this.staged));
+    this.staging = next;
   }
 }

@@ -261,15 +261,18 @@ export class Session implements TargetSession {
     h.generation = this.generation;
     h.status = Status.OK;
     h.payload_len = r.payload?.length ?? 0;
+    const out = this.out;
+    if (out) {
+      // Encoded straight into the batcher's staging buffer: no allocation per request.
+      const at = out.reserve(HEADER_BYTES);
+      encodeHeader(h, out.buffer, at);
+      if (r.payload && r.payload.length > 0) out.push(r.payload);
+      return;
+    }
     const head = new Uint8Array(HEADER_BYTES);
     encodeHeader(h, head, 0);
-    this.emit(head);
-    if (r.payload && r.payload.length > 0) this.emit(r.payload);
-  }
-
-  private emit(bytes: Uint8Array): void {
-    if (this.out) this.out.push(bytes);
-    else this.conn.send(bytes);
+    this.conn.send(head);
+    if (r.payload && r.payload.length > 0) this.conn.send(r.payload);
   }
 
   private onFrame(h: Header, payload: Uint8Array): void {

@@ -1,0 +1,76 @@
+/**
+ * CPU profile of the data path: a one-target cluster whose target and client daemons run from
+ * source under `bun --cpu-prof-md`, one fio job against the volume, then a graceful stop so both
+ * write their profile. Usage:
+ *   bun bench/profile.ts [--rw randread] [--bs 4k] [--qd 32] [--seconds 10] [--out /tmp/prof]
+ * Writes <out>/target.md and <out>/client.md (Bun's markdown profile: hot functions first).
+ */
+import { mkdirSync, readdirSync, renameSync } from "node:fs";
+import { Cluster } from "../tests/support/cluster.ts";
+import { Daemon, ROOT, ok, requireTool } from "../tests/support/proc.ts";
+
+const argv = process.argv.slice(2);
+const flag = (name: string, dflt: string) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
+};
+const RW = flag("rw", "randread");
+const BS = flag("bs", "4k");
+const QD = flag("qd", "32");
+const SECONDS = flag("seconds", "10");
+const OUT = flag("out", "/tmp/nvmesh-prof");
+const INTERVAL = flag("interval", "200");
+
+const BUN = process.execPath;
+const MAIN = `${ROOT}/src/cmd/main.ts`;
+
+function profiled(name: string): string[] {
+  return [BUN, "--cpu-prof-md", `--cpu-prof-dir=${OUT}/${name}`, `--cpu-prof-interval=${INTERVAL}`, MAIN];
+}
+
+class ProfiledCluster extends Cluster {
+  override async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
+    const args = [...profiled("target"), "target", "serve", "--listen", listen, "--name", `t${t}`];
+    for (const p of this.drives[t]!) args.push("--drive", p);
+    const d = new Daemon(`target t${t}`, args);
+    const m = await d.waitFor(/target ready on (\S+)/);
+    this.targets[t] = d;
+    this.target_addrs[t] = m[1]!;
+    return m[1]!;
+  }
+
+  override async startClient(): Promise<void> {
+    this.client = new Daemon("client", [...profiled("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr]);
+    await this.client.waitFor(/client ready/);
+  }
+}
+
+requireTool("fio");
+mkdirSync(OUT, { recursive: true });
+const cluster = new ProfiledCluster({ targets: 1, drive_size: "2G" });
+try {
+  await cluster.start();
+  await cluster.cli("volume", "create", "--name", "prof", "--capacity", "512M", "--raid-level", "concatenated");
+  const uri = await cluster.attach("prof");
+  await ok(["fio", "--name=fill", "--ioengine=nbd", `--uri=${uri}`, "--rw=write", "--bs=1M", "--iodepth=8"], {
+    timeout_ms: 600_000,
+  });
+  const out = await ok(
+    [
+      "fio", "--name=prof", "--ioengine=nbd", `--uri=${uri}`, `--rw=${RW}`, `--bs=${BS}`, `--iodepth=${QD}`,
+      `--runtime=${SECONDS}`, "--time_based", "--output-format=terse", "--terse-version=3",
+    ],
+    { timeout_ms: (Number(SECONDS) + 60) * 1000 },
+  );
+  const f = out.trim().split(";");
+  const read = RW.includes("read");
+  console.log(`${RW} ${BS} QD${QD}: ${read ? f[7] : f[48]} IOPS`);
+  await cluster.stopAll("SIGTERM");
+} finally {
+  await cluster.destroy();
+}
+for (const name of ["target", "client"]) {
+  const files = readdirSync(`${OUT}/${name}`).filter((f) => f.endsWith(".md")).sort();
+  if (files.length > 0) renameSync(`${OUT}/${name}/${files.at(-1)}`, `${OUT}/${name}.md`);
+  console.log(`${OUT}/${name}.md`);
+}
