@@ -5,11 +5,17 @@
 import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
 import { unlinkSync } from "node:fs";
 import { type Address, type Conn, type Listener, type Network, parseAddress } from "../net/conn.ts";
+import type { CopyingConn } from "../wire/send-batcher.ts";
 
 /** Bytes queued beyond this on one connection are a bug or a stuck peer: close it. */
 const MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 
-class BunConn implements Conn {
+/**
+ * send() never keeps the caller's bytes: what the kernel does not take at once is copied into the
+ * queue, so callers that know this (CopyingConn) reuse their buffers.
+ */
+class BunConn implements CopyingConn {
+  readonly send_copies = true as const;
   onData: ((chunk: Uint8Array) => void) | null = null;
   onClose: ((reason: string) => void) | null = null;
   private queue: Uint8Array[] = [];
@@ -33,6 +39,7 @@ class BunConn implements Conn {
       }
       bytes = bytes.subarray(Math.max(0, n));
     }
+    bytes = bytes.slice(); // the caller may reuse its buffer as soon as we return
     this.queue.push(bytes);
     this.queued += bytes.length;
     if (this.queued > MAX_QUEUED_BYTES) {

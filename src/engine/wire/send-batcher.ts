@@ -11,20 +11,33 @@
  */
 import type { Conn } from "../net/conn.ts";
 
+/**
+ * A Conn whose send() is done with the bytes when it returns (written out or copied), so the
+ * caller may reuse its buffer at once. The real runtime's connections are; Conn's contract does
+ * not promise it (the simulator's links keep references), so the batcher checks for the marker.
+ */
+export interface CopyingConn extends Conn {
+  readonly send_copies: true;
+}
+
 /** Parts at least this big are sent without copying (and kept by reference until sent). */
 export const COPY_LIMIT_BYTES = 16 * 1024;
 /** Staged bytes beyond this are cut into a part of their own rather than growing the buffer. */
 const MAX_STAGING_BYTES = 1024 * 1024;
 
 export class SendBatcher {
-  /** Parts ready to send, in order: cut staging runs and large parts. */
+  /** Parts ready to send, in order: cut staging runs and large parts (copying mode only). */
   private parts: Uint8Array[] = [];
   private staging = new Uint8Array(64 * 1024);
   private staged = 0;
   private scheduled = false;
   private readonly flushBound = () => this.flush();
+  /** The Conn copies: the staging buffer is sent as a view and reused, no allocation per flush. */
+  private readonly reuse: boolean;
 
-  constructor(private readonly conn: Conn) {}
+  constructor(private readonly conn: Conn) {
+    this.reuse = (conn as Partial<CopyingConn>).send_copies === true;
+  }
 
   /**
    * Queues bytes. Parts below COPY_LIMIT_BYTES are copied now; larger ones are kept by reference,
@@ -34,6 +47,9 @@ export class SendBatcher {
     if (bytes.length < COPY_LIMIT_BYTES) {
       const at = this.reserve(bytes.length);
       this.staging.set(bytes, at);
+    } else if (this.reuse) {
+      this.sendStaged(); // what was queued before goes first
+      this.conn.send(bytes);
     } else {
       this.cut();
       this.parts.push(bytes);
@@ -61,6 +77,7 @@ export class SendBatcher {
   /** Sends everything queued now. Safe to call at any time (e.g. before close). */
   flush(): void {
     this.scheduled = false;
+    if (this.reuse) return this.sendStaged();
     this.cut();
     const parts = this.parts;
     if (parts.length === 0) return;
@@ -75,10 +92,19 @@ export class SendBatcher {
     }
   }
 
-  /** Moves the staged bytes into a part of their own (a copy: Conn may keep what it is given). */
+  /** Copying mode: sends the staged bytes now; the staging buffer is free again afterwards. */
+  private sendStaged(): void {
+    if (this.staged === 0) return;
+    const n = this.staged;
+    this.staged = 0;
+    this.conn.send(this.staging.subarray(0, n));
+  }
+
+  /** Moves the staged bytes out of the staging buffer, in order with the parts. */
   private cut(): void {
     if (this.staged === 0) return;
-    this.parts.push(this.staging.slice(0, this.staged));
+    if (this.reuse) return this.sendStaged();
+    this.parts.push(this.staging.slice(0, this.staged)); // a copy: Conn may keep what it is given
     this.staged = 0;
   }
 
