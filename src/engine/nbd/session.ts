@@ -149,6 +149,7 @@ export class NbdSession {
       exp,
       {
         send: (b) => out.push(b),
+        sendCopies: out.copies,
         resume: () => this.guarded(() => this.pump()),
         close: (reason, misbehaved) => this.closeConn(reason, misbehaved),
         idle: () => {

@@ -30,6 +30,7 @@ import type { NbdExport } from "./exports.ts";
 import { Gather } from "./gather.ts";
 import { decodeRequestHeader, encodeSimpleReply, type NbdRequest } from "./request.ts";
 import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
+import { BufferPool } from "../wire/buffer-pool.ts";
 
 export interface TransmissionLimits {
   /** Requests executing at once on one connection; decoding pauses at this bound. */
@@ -41,6 +42,8 @@ export interface TransmissionLimits {
 export interface TransmissionHooks {
   /** Queues bytes; those below COPY_LIMIT_BYTES are copied before it returns (SendBatcher.push). */
   send(bytes: Uint8Array): void;
+  /** True when send() is done with bytes of any size when it returns (SendBatcher.copies). */
+  readonly sendCopies: boolean;
   /** In-flight work dropped below the bounds: feed() will consume again. */
   resume(): void;
   /**
@@ -67,8 +70,8 @@ export class Transmission {
   private stopping = false;
   private stopReason = "";
   private closed = false;
-  /** Reply buffers for READs the send hook copies (below COPY_LIMIT_BYTES), reused. */
-  private readonly replyPool: Uint8Array[] = [];
+  /** READ reply and WRITE payload buffers, reused once nothing references them any more. */
+  private readonly pool = new BufferPool(8 * 1024 * 1024);
 
   constructor(
     private readonly exp: NbdExport,
@@ -147,7 +150,7 @@ export class Transmission {
         }
         this.pendingWrite = decoded;
         // The one copy of a write's data: socket chunk → this buffer, then handed to the store.
-        this.payload.start(new Uint8Array(decoded.length));
+        this.payload.start(this.pool.take(decoded.length));
         continue;
       }
       this.dispatch(decoded, null);
@@ -215,26 +218,26 @@ export class Transmission {
     try {
       switch (req.type) {
         case NBD_CMD_READ: {
-          // Header and data in one buffer: the store reads straight into the bytes we send.
+          // Header and data in one buffer: the store reads straight into the bytes we send. The
+          // buffer goes back to the pool once send() has copied it (always when small, and for
+          // any size on a copying socket), and only after a read that succeeded: a failed
+          // multi-segment read may still have parts landing in it.
           const n = SIMPLE_REPLY_BYTES + req.length;
-          if (n >= COPY_LIMIT_BYTES) {
-            const out = new Uint8Array(n);
-            if (req.length > 0) await store.read(req.offset, out.subarray(SIMPLE_REPLY_BYTES));
-            encodeSimpleReply(out, NBD_OK, req);
-            if (!this.closed) this.hooks.send(out);
-            return;
-          }
-          // Small: a pooled buffer, copied by send(). It goes back to the pool only after a read
-          // that succeeded: a failed multi-segment read may still have parts landing in it.
-          const buf = this.replyPool.pop() ?? new Uint8Array(COPY_LIMIT_BYTES);
-          if (req.length > 0) await store.read(req.offset, buf.subarray(SIMPLE_REPLY_BYTES, n));
-          encodeSimpleReply(buf, NBD_OK, req);
-          if (!this.closed) this.hooks.send(buf.subarray(0, n));
-          if (this.replyPool.length < 64) this.replyPool.push(buf);
+          const out = this.pool.take(n);
+          if (req.length > 0) await store.read(req.offset, out.subarray(SIMPLE_REPLY_BYTES));
+          encodeSimpleReply(out, NBD_OK, req);
+          if (this.closed) return;
+          this.hooks.send(out);
+          if (n < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(out);
           return;
         }
         case NBD_CMD_WRITE:
-          if (payload) await store.write(req.offset, payload, fua);
+          if (payload) {
+            await store.write(req.offset, payload, fua);
+            // Written: every part of it was sent (or copied), so the buffer is free. After a
+            // failure, parts may still wait in a session queue, so it is left to the GC.
+            if (payload.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(payload);
+          }
           break;
         case NBD_CMD_FLUSH:
           await store.flush();

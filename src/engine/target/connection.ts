@@ -9,9 +9,9 @@
 import type { Conn } from "../net/conn.ts";
 import { HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
 import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
-import { SendBatcher } from "../wire/send-batcher.ts";
+import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
 import { type TargetContext, execute } from "./execute.ts";
-import { cborResponse, errorResponse, recycleFrame } from "./reply.ts";
+import { cborResponse, errorResponse, recycleFrame, takeBuffer } from "./reply.ts";
 
 export interface ConnectionLimits {
   max_inflight: number;
@@ -46,8 +46,11 @@ export class TargetConnection {
   ) {
     this.out = new SendBatcher(conn);
     this.decoder = new FrameDecoder(
-      (h, payload) => this.onFrame(h, payload),
+      (h, payload, owned) => this.onFrame(h, payload, owned),
       (why) => this.fail(`malformed frame: ${why}`),
+      // A large WRITE's data is collected straight into a buffer of its own, which the drive
+      // write then uses as is: one copy instead of two, and the decoder's buffer stays small.
+      (h) => (h.opcode === Op.WRITE && (h.flags & Flag.RESPONSE) === 0 && !this.closed ? takeBuffer(h.payload_len) : null),
     );
     conn.onData = (chunk) => this.decoder.push(chunk);
     conn.onClose = (reason) => this.ended(reason);
@@ -65,12 +68,12 @@ export class TargetConnection {
     this.ended("closed by the target");
   }
 
-  private onFrame(h: Header, payload: Uint8Array): void {
+  private onFrame(h: Header, payload: Uint8Array, owned: boolean): void {
     if (this.closed) return;
     if (!this.authenticated) return this.hello(h, payload);
-    if (this.inflight < this.limits.max_inflight) return this.start(h, payload, false);
-    // payload points into the decoder's buffer: keep a copy.
-    this.queue.push({ h, payload: payload.slice() });
+    if (this.inflight < this.limits.max_inflight) return this.start(h, payload, owned);
+    // Unless owned, payload points into the decoder's buffer: keep a copy.
+    this.queue.push({ h, payload: owned ? payload : payload.slice() });
     this.queuedBytes += payload.length;
     const waiting = this.queue.length - this.queueHead;
     if (waiting > this.limits.max_queued_frames || this.queuedBytes > this.limits.max_queued_bytes) {
@@ -102,7 +105,8 @@ export class TargetConnection {
     this.inflight--;
     if (this.closed) return;
     this.out.push(frame);
-    recycleFrame(frame); // push() copied it if it came from the pool
+    // Small frames are copied by push(); large ones too when the socket copies what it is given.
+    if (frame.length < COPY_LIMIT_BYTES || this.out.copies) recycleFrame(frame);
     while (this.inflight < this.limits.max_inflight && this.queueHead < this.queue.length) {
       const q = this.queue[this.queueHead]!;
       this.queue[this.queueHead++] = undefined as unknown as Queued;

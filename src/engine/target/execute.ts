@@ -13,7 +13,7 @@ import { ClaimRequest, MetaSlot, type TargetInfo, decodeBody, isInvalid } from "
 import { Flag, HEADER_BYTES, type Header, MAX_CONTROL_BYTES, Op, Status } from "../wire/header.ts";
 import type { DriveTable, ServedDrive } from "./drive-table.ts";
 import { fenceCheck } from "./fence.ts";
-import { RequestError, cborResponse, errorResponse, okResponse, readResponse } from "./reply.ts";
+import { RequestError, cborResponse, errorResponse, giveBuffer, okResponse, readResponse, takeBuffer } from "./reply.ts";
 
 export interface TargetContext {
   readonly drives: DriveTable;
@@ -45,7 +45,7 @@ function dispatch(ctx: TargetContext, h: Header, payload: Uint8Array, owned: boo
       return doRead(dataDrive(ctx, h, payload), h);
     case Op.WRITE: {
       const d = dataDrive(ctx, h, null);
-      return doWrite(d, h, owned ? payload : payload.slice());
+      return doWrite(d, h, owned ? payload : copyOf(payload));
     }
     case Op.FLUSH:
       noPayload(h, payload);
@@ -113,7 +113,14 @@ async function doRead(d: ServedDrive, h: Header): Promise<Uint8Array> {
 
 async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
   if (data.length > 0) await d.drive.data.write(h.offset, data, (h.flags & Flag.FUA) !== 0);
+  giveBuffer(data); // written: the drive holds no reference any more (after a failure: the GC's)
   return okResponse(h);
+}
+
+function copyOf(payload: Uint8Array): Uint8Array {
+  const b = takeBuffer(payload.length);
+  b.set(payload);
+  return b;
 }
 
 async function doFlush(d: ServedDrive, h: Header): Promise<Uint8Array> {

@@ -5,7 +5,7 @@
  */
 import { encodeBody } from "../wire/control.ts";
 import { Flag, HEADER_BYTES, type Header, Status, encodeHeader } from "../wire/header.ts";
-import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
+import { BufferPool } from "../wire/buffer-pool.ts";
 
 /** Error messages are for people; cap them so an error can never make a frame large. */
 const MAX_ERROR_CHARS = 1024;
@@ -43,30 +43,29 @@ export function cborResponse(req: Header, value: unknown): Uint8Array {
 /**
  * A READ response with its payload still to fill: the drive reads straight into
  * out.subarray(HEADER_BYTES), so the data is never copied on the target before it is sent.
- *
- * Responses the send batcher copies (below COPY_LIMIT_BYTES) come from a pool and go back to it
- * through recycleFrame() once queued: allocating a 4 KiB buffer per read was a top cost in the
- * target's CPU profile.
+ * The buffer comes from a pool; the connection gives it back (recycleFrame) once it is queued
+ * and copied.
  */
 export function readResponse(req: Header): Uint8Array {
-  const n = HEADER_BYTES + req.length;
-  const out = n < COPY_LIMIT_BYTES ? (pool.pop() ?? new Uint8Array(COPY_LIMIT_BYTES)).subarray(0, n) : new Uint8Array(n);
+  const out = pool.take(HEADER_BYTES + req.length);
   encodeResponseHeader(req, Status.OK, req.length, out);
   return out;
 }
 
-const pool: Uint8Array[] = [];
-const MAX_POOLED = 256;
+const pool = new BufferPool();
 
-/**
- * Gives a frame from readResponse() back to the pool. Only for frames the send batcher has
- * copied (below COPY_LIMIT_BYTES); any other frame is ignored.
- */
+/** Gives a frame back to the pool: only once nothing references it any more (sent or copied). */
 export function recycleFrame(frame: Uint8Array): void {
-  if (frame.length <= HEADER_BYTES || frame.length >= COPY_LIMIT_BYTES || frame.byteOffset !== 0) return;
-  const buf = frame.buffer;
-  if (buf.byteLength === COPY_LIMIT_BYTES && pool.length < MAX_POOLED) pool.push(new Uint8Array(buf));
+  pool.give(frame);
 }
+
+/** A buffer for WRITE data, from the same pool; unspecified contents. */
+export function takeBuffer(length: number): Uint8Array {
+  return pool.take(length);
+}
+
+/** Gives back a buffer nothing references any more. */
+export const giveBuffer = recycleFrame;
 
 export function errorResponse(req: Header, status: Status, message: string): Uint8Array {
   const body = encodeBody({ error: message.slice(0, MAX_ERROR_CHARS) });

@@ -199,19 +199,37 @@ export function decodeHeader(src: Uint8Array, at = 0): Header | string {
  * Splits a byte stream into frames. Bytes arrive in arbitrary chunks; complete frames are handed
  * to onFrame with a payload view that is valid only during the call. A header that fails
  * validation calls onError once and stops the decoder (the connection must be closed).
+ *
+ * Large payloads that span chunks can skip the decoder's buffer: for a frame whose payload is at
+ * least DIRECT_MIN_BYTES and not yet complete, `sink(h)` may return the buffer the payload should
+ * land in (exactly payload_len bytes); the decoder then copies each chunk straight into it and
+ * hands it to onFrame with `owned` true. Returning null keeps the buffered path.
  */
+export const DIRECT_MIN_BYTES = 16 * 1024;
+const EMPTY = new Uint8Array(0);
+
 export class FrameDecoder {
   private buf = new Uint8Array(64 * 1024);
   private len = 0;
   private failed = false;
+  /** The frame whose payload is being copied into a sink buffer, if any. */
+  private direct: Header | null = null;
+  private directDst: Uint8Array = EMPTY;
+  private directFilled = 0;
 
   constructor(
-    private readonly onFrame: (h: Header, payload: Uint8Array) => void,
+    private readonly onFrame: (h: Header, payload: Uint8Array, owned: boolean) => void,
     private readonly onError: (why: string) => void,
+    private readonly sink: ((h: Header) => Uint8Array | null) | null = null,
   ) {}
 
   push(chunk: Uint8Array): void {
     if (this.failed) return;
+    if (this.direct !== null) {
+      const used = this.fillDirect(chunk);
+      if (this.direct !== null || this.failed || used === chunk.length) return;
+      chunk = chunk.subarray(used);
+    }
     // Fast path: nothing buffered, consume frames straight out of the chunk.
     let src = chunk;
     let pos = 0;
@@ -229,8 +247,20 @@ export class FrameDecoder {
         return;
       }
       const total = HEADER_BYTES + h.payload_len;
-      if (end - pos < total) break;
-      this.onFrame(h, src.subarray(pos + HEADER_BYTES, pos + total));
+      if (end - pos < total) {
+        if (h.payload_len >= DIRECT_MIN_BYTES && this.sink !== null) {
+          const dst = this.sink(h);
+          if (dst !== null && dst.length === h.payload_len) {
+            dst.set(src.subarray(pos + HEADER_BYTES, end), 0);
+            this.direct = h;
+            this.directDst = dst;
+            this.directFilled = end - pos - HEADER_BYTES;
+            pos = end;
+          }
+        }
+        break;
+      }
+      this.onFrame(h, src.subarray(pos + HEADER_BYTES, pos + total), false);
       if (this.failed) return;
       pos += total;
     }
@@ -245,6 +275,23 @@ export class FrameDecoder {
   /** Stops decoding (used when the owner closes the connection). */
   stop(): void {
     this.failed = true;
+    this.direct = null;
+    this.directDst = EMPTY;
+  }
+
+  /** Copies what the sink frame still needs from chunk; delivers it when complete. */
+  private fillDirect(chunk: Uint8Array): number {
+    const dst = this.directDst;
+    const n = Math.min(dst.length - this.directFilled, chunk.length);
+    dst.set(n === chunk.length ? chunk : chunk.subarray(0, n), this.directFilled);
+    this.directFilled += n;
+    if (this.directFilled === dst.length) {
+      const h = this.direct!;
+      this.direct = null;
+      this.directDst = EMPTY;
+      this.onFrame(h, dst, true);
+    }
+    return n;
   }
 
   private append(bytes: Uint8Array): void {

@@ -69,6 +69,14 @@ export class SendBatcher {
     return at;
   }
 
+  /**
+   * True when every push() is done with its bytes when it returns (the Conn copies), so the
+   * caller may reuse even large parts at once; small parts are always copied.
+   */
+  get copies(): boolean {
+    return this.reuse;
+  }
+
   /** The staging buffer reserve() offsets point into; valid until the next push/reserve/flush. */
   get buffer(): Uint8Array {
     return this.staging;

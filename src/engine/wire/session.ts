@@ -129,6 +129,7 @@ export class Session implements TargetSession {
     this.decoder = new FrameDecoder(
       (h, payload) => this.onFrame(h, payload),
       (why) => this.fail(`malformed frame from target: ${why}`),
+      (h) => this.readDestination(h),
     );
     conn.onData = (chunk) => this.decoder.push(chunk);
     conn.onClose = (reason) => this.fail(reason);
@@ -275,6 +276,13 @@ export class Session implements TargetSession {
     if (r.payload && r.payload.length > 0) this.conn.send(r.payload);
   }
 
+  /** A large READ response lands straight in the caller's buffer (see FrameDecoder's sink). */
+  private readDestination(h: Header): Uint8Array | null {
+    if (this.isClosed || h.opcode !== Op.READ || h.status !== Status.OK || (h.flags & Flag.RESPONSE) === 0) return null;
+    const r = this.pending.get(h.request_id);
+    return r !== undefined && r.op === Op.READ && r.dst !== null ? r.dst : null;
+  }
+
   private onFrame(h: Header, payload: Uint8Array): void {
     if (this.isClosed) return;
     if ((h.flags & Flag.RESPONSE) === 0) return this.fail(`target sent a request (${Op[h.opcode]})`);
@@ -298,7 +306,7 @@ export class Session implements TargetSession {
       if (payload.length !== r.dst.length) {
         return r.reject(new TargetError(Status.INVALID, `READ returned ${payload.length} bytes, expected ${r.dst.length}`));
       }
-      r.dst.set(payload);
+      if (payload !== r.dst) r.dst.set(payload);
       return r.resolve(undefined);
     }
     if (r.parse) {
