@@ -6,11 +6,17 @@
  *   (a) w was invoked before the read completed, and
  *   (b) w was not definitely superseded before the read began: no acknowledged write w2 to the
  *       sector was invoked after w's effect window closed, completed before ri, and is certain to
- *       have survived every power loss of the sector's drive between its completion and ri.
- * A write survives a power loss when it was durable before it: FUA-acknowledged, or acknowledged
- * before a FLUSH was invoked that completed before the loss. This is the NBD/NVMe contract:
- * nothing acknowledged is lost after a FLUSH or a FUA; unflushed writes may be lost or torn per
- * sector by a power loss, but never mixed within a sector or moved to another sector.
+ *       be there at ri.
+ * An acknowledged write is certain to be there unless its drive lost power after the write was
+ * invoked and the write had not been made durable before that loss. It is made durable by a FUA
+ * acknowledgement, or by a FLUSH *from the same client* invoked after the write completed (NBD:
+ * a flush covers the writes completed on that client before it; another machine's flush promises
+ * nothing about them). A FLUSH that succeeds vouches for every write it covers, even one whose
+ * drive lost power before the flush: if that data was lost, the flush had to fail. A failed FLUSH
+ * makes the writes it covered doubtful: they may be gone, and they never supersede anything again.
+ * This is the NBD/NVMe contract: nothing acknowledged is lost after a FLUSH or a FUA; unflushed
+ * writes may be lost or torn per sector by a power loss, but never mixed within a sector or moved
+ * to another sector.
  *
  * A write's effect window is [invoked, completed] when it completed; a write that failed, or was
  * in flight when its client crashed, is indeterminate: it may or may not have landed, up to
@@ -22,7 +28,7 @@
  */
 import { decodeSector, SECTOR } from "./sector-value.ts";
 
-export type Outcome = "pending" | "ok" | "failed" | "unknown";
+export type Outcome = "pending" | "ok" | "failed" | "unknown" | "doubtful";
 
 export interface WriteRecord {
   readonly id: number;
@@ -58,6 +64,7 @@ export interface CheckerClock {
 }
 
 export interface FlushToken {
+  readonly client: string;
   readonly volume: number;
   readonly inv: number;
 }
@@ -67,8 +74,8 @@ export class Checker {
   private readonly writes = new Map<number, WriteRecord>();
   /** volume → sector → writes covering it, in invocation order. */
   private readonly bySector: Map<number, WriteRecord[]>[] = [];
-  /** volume → acknowledged writes not yet durable. */
-  private readonly volatile: Set<WriteRecord>[] = [];
+  /** client:volume → its acknowledged writes not yet durable. */
+  private readonly volatile = new Map<string, Set<WriteRecord>>();
   private readonly pendingByClient = new Map<string, Set<WriteRecord>>();
   /** drive → times of its power losses. */
   private readonly powerLosses = new Map<string, number[]>();
@@ -129,7 +136,7 @@ export class Checker {
       w.outcome = "ok";
       w.cmp = this.world.now;
       if (w.fua) w.durableAt = w.cmp;
-      else (this.volatile[w.volume] ??= new Set()).add(w);
+      else this.volatileOf(w.client, w.volume).add(w);
     } else {
       this.stats.write_errors++;
       w.outcome = "failed";
@@ -137,20 +144,28 @@ export class Checker {
     }
   }
 
-  flushStart(volume: number): FlushToken {
-    return { volume, inv: this.world.now };
+  private volatileOf(client: string, volume: number): Set<WriteRecord> {
+    const key = `${client}:${volume}`;
+    let set = this.volatile.get(key);
+    if (!set) {
+      set = new Set();
+      this.volatile.set(key, set);
+    }
+    return set;
+  }
+
+  flushStart(client: string, volume: number): FlushToken {
+    return { client, volume, inv: this.world.now };
   }
 
   flushEnd(t: FlushToken, ok: boolean): void {
     this.stats.flushes++;
-    if (!ok) return;
-    const set = this.volatile[t.volume];
-    if (!set) return;
+    const set = this.volatileOf(t.client, t.volume);
     for (const w of set) {
-      if (w.cmp < t.inv) {
-        w.durableAt = this.world.now;
-        set.delete(w);
-      }
+      if (w.cmp >= t.inv) continue;
+      if (ok) w.durableAt = this.world.now;
+      else w.outcome = "doubtful";
+      set.delete(w);
     }
   }
 
@@ -175,11 +190,12 @@ export class Checker {
     l.push(this.world.now);
   }
 
-  /** Survives every power loss of `drive` in (w.cmp, before)? */
-  private persisted(w: WriteRecord, drive: string, before: number): boolean {
+  /** Certain to be there at `at`: vouched for by a FUA or FLUSH, or no power loss since invoked. */
+  private persisted(w: WriteRecord, drive: string, at: number): boolean {
+    if (w.durableAt < at) return true;
     const losses = this.powerLosses.get(drive);
     if (!losses) return true;
-    for (const tc of losses) if (tc >= w.cmp && tc < before && w.durableAt > tc) return false;
+    for (const tc of losses) if (tc >= w.inv && tc < at) return false;
     return true;
   }
 
@@ -239,7 +255,7 @@ export class Checker {
         const what = w === INITIAL ? "the initial zeroes" : `write #${w.id} by ${w.client} (${w.outcome})`;
         return (
           `returned ${what}, but write #${w2.id} by ${w2.client} was acknowledged at ${w2.cmp.toFixed(3)}` +
-          `${w2.durableAt < Infinity ? ` and durable at ${w2.durableAt.toFixed(3)}` : ""}, before the read began: lost or stale data`
+          `${w2.durableAt < Infinity ? ` and durable at ${w2.durableAt.toFixed(3)}` : ""}, before the read began: lost or stale data (drive ${drive})`
         );
       }
     }

@@ -104,8 +104,10 @@ export class Workload {
     const w = this.checker.writeStart(this.client, this.volume, first, n, fua);
     const buf = new Uint8Array(n * SECTOR);
     encodeSectors(buf, w.id, this.volume, first);
+    this.env.log.debug(`write #${w.id} v${this.volume} ${first}+${n}${fua ? " fua" : ""}`);
     try {
       await this.dev.write(first * SECTOR, buf, fua);
+      this.env.log.debug(`write #${w.id} ok`);
       this.checker.writeEnd(w, true);
     } catch (e) {
       this.checker.writeEnd(w, false);
@@ -128,9 +130,11 @@ export class Workload {
 
   async flush(): Promise<void> {
     const inv = this.checker.now;
-    const t = this.checker.flushStart(this.volume);
+    const t = this.checker.flushStart(this.client, this.volume);
+    this.env.log.debug(`flush v${this.volume}`);
     try {
       await this.dev.flush();
+      this.env.log.debug(`flush v${this.volume} ok`);
       this.checker.flushEnd(t, true);
     } catch (e) {
       this.checker.flushEnd(t, false);

@@ -182,6 +182,9 @@ export class World {
 
   /** Lets virtual time pass by `ms` (running everything due meanwhile). */
   async advance(ms: number): Promise<void> {
-    await this.run(() => false, this.now + ms);
+    const until = this.now + ms;
+    const r = await this.run(() => false, until);
+    // Nothing left to do still lets the time pass (timeouts are "nothing happened for a while").
+    if (r === "idle") this.now = Math.max(this.now, until);
   }
 }

@@ -85,13 +85,44 @@ describe("checker", () => {
     at(1);
     checker.writeEnd(w1, true);
     at(1.5);
-    const f = checker.flushStart(0);
+    const f = checker.flushStart("a", 0);
     at(2);
     checker.flushEnd(f, true);
     at(3);
     checker.powerLoss("d1");
     at(4);
     expect(checker.readEnd("a", 0, 0, data(0), 4)).toContain("durable at 2.000");
+  });
+
+  test("a successful flush vouches for writes whose drive lost power before it; a failed one makes them doubtful", () => {
+    const { checker, at, data } = setup();
+    const w1 = checker.writeStart("a", 0, 0, 1, false);
+    at(1);
+    checker.powerLoss("d1"); // while w1 was in flight: its data may be gone
+    at(2);
+    checker.writeEnd(w1, true);
+    at(3);
+    expect(checker.readEnd("a", 0, 0, data(0), 3)).toBeNull();
+    const f = checker.flushStart("a", 0);
+    at(4);
+    checker.flushEnd(f, true); // ...but this flush says it is there
+    at(5);
+    expect(checker.readEnd("a", 0, 0, data(0), 5)).toContain("lost or stale");
+    // Another client's flush promises nothing about a's writes; a failed flush of a's makes them doubtful.
+    const w2 = checker.writeStart("a", 0, 1, 1, false);
+    at(6);
+    checker.writeEnd(w2, true);
+    at(7);
+    checker.flushEnd(checker.flushStart("b", 0), true);
+    at(8);
+    checker.powerLoss("d1");
+    at(9);
+    expect(checker.readEnd("a", 0, 1, data(0, 1), 9)).toBeNull();
+    const f2 = checker.flushStart("a", 0);
+    at(10);
+    checker.flushEnd(f2, false);
+    at(11);
+    expect(checker.readEnd("a", 0, 1, data(0, 1), 11)).toBeNull();
   });
 
   test("a write that failed may or may not have landed, but no later than its settle window", () => {

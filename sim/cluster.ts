@@ -1,0 +1,348 @@
+/**
+ * A whole simulated cluster running the real code: servers (a target each, and on the first one
+ * the TOMA), clients (the client daemon, its NBD export, and a workload through the real NBD
+ * client), simulated drives, network and clocks. Crash, restart, move and heal any part of it.
+ */
+import { openDrive } from "../src/engine/drive/formatted-drive.ts";
+import { formatDrive } from "../src/engine/drive/format.ts";
+import type { FormattedDrive } from "../src/engine/drive/formatted-api.ts";
+import { type Env, sleep } from "../src/engine/env.ts";
+import { ClientDaemon } from "../src/engine/client/daemon.ts";
+import { plan } from "../src/engine/layout/planner.ts";
+import type { AttachInfo, VolumeLayout } from "../src/engine/layout/types.ts";
+import { connectNbd, type NbdClient } from "../src/engine/nbd/client.ts";
+import { ExportRegistry } from "../src/engine/nbd/exports.ts";
+import { NbdServer } from "../src/engine/nbd/server.ts";
+import { TargetService } from "../src/engine/target/service.ts";
+import { uuidToString } from "../src/engine/uuid.ts";
+import { openSession } from "../src/engine/wire/session.ts";
+import type { VolumeRequest } from "../src/toma/allocator.ts";
+import { makeApiHandler } from "../src/toma/api.ts";
+import { Toma, type TomaTimings } from "../src/toma/toma.ts";
+import { Checker } from "./checker.ts";
+import { type DriveProfile, openSimDrive, quietDriveProfile, SimMedium } from "./drive.ts";
+import { callMgmt, serveMgmt } from "./mgmt-rpc.ts";
+import { type NetProfile, quietProfile, SimNetwork } from "./net.ts";
+import { type CrashKind, type Incarnation, SimNode } from "./node.ts";
+import type { Prng } from "./prng.ts";
+import { SECTOR } from "./sector-value.ts";
+import { DEFAULT_WORKLOAD, Workload, type WorkloadOptions } from "./workload.ts";
+import type { World } from "./world.ts";
+
+export const TARGET_PORT = 4420;
+export const MGMT_PORT = 4000;
+
+export interface ClusterSpec {
+  servers: number;
+  drives_per_server: number;
+  drive_bytes: number;
+  clients: number;
+  volumes: VolumeRequest[];
+  net: NetProfile;
+  drive: DriveProfile;
+  io_timeout_ms: number;
+  workload: WorkloadOptions;
+  toma_timings: Partial<TomaTimings>;
+  /** How long an abandoned write may still land (see checker.ts). */
+  settle_ms: number;
+  /** Per-node clock rate range (1 = exact). */
+  clock_rate: [number, number];
+}
+
+export function defaultSpec(): ClusterSpec {
+  return {
+    servers: 3,
+    drives_per_server: 2,
+    drive_bytes: 64 * 1024 * 1024,
+    clients: 2,
+    volumes: [
+      { name: "stripes", capacity_bytes: 6 * 1024 * 1024, raid_level: "0", stripe_width: 3, stripe_size_bytes: 4096 },
+      { name: "concat", capacity_bytes: 3 * 1024 * 1024, raid_level: "concatenated" },
+    ],
+    net: quietProfile(),
+    drive: quietDriveProfile(),
+    io_timeout_ms: 10_000,
+    workload: DEFAULT_WORKLOAD,
+    toma_timings: { poll_ms: 500, sync_ms: 500, request_timeout_ms: 2000, backoff_max_ms: 2000 },
+    settle_ms: 2000,
+    clock_rate: [0.9, 1.1],
+  };
+}
+
+export interface ServerSim {
+  name: string;
+  node: SimNode;
+  media: SimMedium[];
+  target: TargetService | null;
+  toma: Toma | null;
+  inc: Incarnation | null;
+}
+
+export interface ClientSim {
+  name: string;
+  node: SimNode;
+  daemon: ClientDaemon | null;
+  workloads: Workload[];
+  nbd: NbdClient[];
+  /** Checker identity of the current incarnation ("c1#2"). */
+  id: string;
+  ready: boolean;
+}
+
+export class SimCluster {
+  readonly net: SimNetwork;
+  readonly servers: ServerSim[] = [];
+  readonly clients: ClientSim[] = [];
+  readonly media: SimMedium[] = [];
+  /** A drive's uuid comes from formatting it, not from the medium. */
+  readonly uuidOf = new Map<SimMedium, string>();
+  readonly checker: Checker;
+  layouts: VolumeLayout[] = [];
+  private readonly prng: Prng;
+  workloadsRunning = true;
+  /** Every workload of every incarnation, for the liveness check. */
+  readonly allWorkloads: Workload[] = [];
+
+  constructor(
+    readonly world: World,
+    readonly spec: ClusterSpec,
+  ) {
+    this.prng = world.prng.fork("cluster");
+    this.net = new SimNetwork(world, spec.net);
+    const clockFor = (name: string) => {
+      const p = world.prng.fork(`clock:${name}`);
+      return { offset_ms: p.range(0, 1e9), rate: p.range(spec.clock_rate[0], spec.clock_rate[1]) };
+    };
+    for (let i = 1; i <= spec.servers; i++) {
+      const name = `s${i}`;
+      const s: ServerSim = { name, node: new SimNode(world, name, this.net, clockFor(name)), media: [], target: null, toma: null, inc: null };
+      for (let d = 0; d < spec.drives_per_server; d++) {
+        const m = new SimMedium(world, { name: `${name}-d${d + 1}`, size_bytes: spec.drive_bytes, profile: spec.drive });
+        s.media.push(m);
+        this.media.push(m);
+      }
+      this.servers.push(s);
+    }
+    for (let i = 1; i <= spec.clients; i++) {
+      const name = `c${i}`;
+      this.clients.push({ name, node: new SimNode(world, name, this.net, clockFor(name)), daemon: null, workloads: [], nbd: [], id: name, ready: false });
+    }
+    this.checker = new Checker(world, (v, s) => this.driveOf(v, s), spec.settle_ms);
+  }
+
+  get tomaServer(): ServerSim {
+    return this.servers[0]!;
+  }
+
+  get mgmtAddress(): string {
+    return `${this.tomaServer.name}:${MGMT_PORT}`;
+  }
+
+  private driveOf(volume: number, sector: number): string {
+    const layout = this.layouts[volume];
+    if (!layout) return "?";
+    return plan(layout, sector * SECTOR, SECTOR)[0]!.drive_uuid;
+  }
+
+  /** Formats every drive, boots servers, creates the volumes, boots clients and their workloads. */
+  async setup(): Promise<void> {
+    const installer = new SimNode(this.world, "install", this.net, { offset_ms: 0, rate: 1 });
+    const { inc } = installer.boot();
+    let formatted = 0;
+    for (const m of this.media) {
+      const uuid = new Uint8Array(16);
+      this.prng.fill(uuid);
+      uuid[6] = (uuid[6]! & 0x0f) | 0x40;
+      uuid[8] = (uuid[8]! & 0x3f) | 0x80;
+      this.uuidOf.set(m, uuidToString(uuid));
+      void formatDrive(openSimDrive(this.world, m, inc, this.prng.fork(`format:${m.name}`)), {
+        drive_uuid: uuidToString(uuid),
+        extent_size_bytes: 1024 * 1024,
+        existingCheck: false,
+      }).then(() => formatted++);
+    }
+    await this.runUntil(() => formatted === this.media.length, 60_000, "formatting drives");
+    installer.crash("process");
+    for (const s of this.servers) this.bootServer(s);
+    const toma = () => this.tomaServer.toma;
+    await this.runUntil(() => toma() !== null, 60_000, "TOMA started");
+    let ready = false;
+    toma()!.whenReady(60_000).then(
+      () => (ready = true),
+      (e) => this.world.fail(`TOMA not ready: ${(e as Error).message}`),
+    );
+    await this.runUntil(() => ready, 60_000, "TOMA ready");
+    for (const req of this.spec.volumes) {
+      let done = false;
+      void toma()!.createVolume(req).then((r) => {
+        if (!r.ok) this.world.fail(`cannot create volume ${req.name}: ${r.error}`);
+        done = true;
+      });
+      await this.runUntil(() => done, 60_000, `create volume ${req.name}`);
+    }
+    this.layouts = this.spec.volumes.map((req) => {
+      const vol = toma()!.state!.volumes.find((v) => v.name === req.name)!;
+      return toma()!.attachInfo(vol).layout;
+    });
+    for (const c of this.clients) this.bootClient(c);
+    await this.runUntil(() => this.clients.every((c) => c.ready), 60_000, "clients attached");
+  }
+
+  private readonly envs = new Map<Incarnation, Env>();
+
+  async runUntil(cond: () => boolean, within_ms: number, what: string): Promise<void> {
+    const r = await this.world.run(cond, this.world.now + within_ms);
+    if (r === "failed") throw new Error(this.world.failure!);
+    if (r !== "done") {
+      this.world.fail(`${what}: not done within ${within_ms} ms of virtual time (${r})`);
+      throw new Error(this.world.failure!);
+    }
+  }
+
+  // ---- servers ---------------------------------------------------------------------------------
+
+  bootServer(s: ServerSim): void {
+    const { env, inc } = s.node.boot();
+    s.inc = inc;
+    this.envs.set(inc, env);
+    s.target = null;
+    s.toma = null;
+    const prng = this.prng.fork(`${s.name}#${inc.number}`);
+    void (async () => {
+      const drives: FormattedDrive[] = [];
+      for (const m of s.media) {
+        if (!m.plugged) continue;
+        try {
+          drives.push(await openDrive(openSimDrive(this.world, m, inc, prng.fork(m.name)), m.name));
+        } catch (e) {
+          env.log.error("cannot open drive", { drive: m.name, error: (e as Error).message });
+        }
+      }
+      const target = new TargetService(env, { name: s.name, drives });
+      await env.net.listen(`${s.name}:${TARGET_PORT}`, (c) => target.handle(c));
+      s.target = target;
+      if (s === this.tomaServer) {
+        const toma = new Toma(env, {
+          name: `toma-${s.name}`,
+          targets: this.servers.map((x) => `${x.name}:${TARGET_PORT}`),
+          timings: this.spec.toma_timings,
+        });
+        toma.start();
+        s.toma = toma;
+        const api = makeApiHandler(toma);
+        await serveMgmt(env, `${s.name}:${MGMT_PORT}`, () => api);
+      }
+    })().catch((e) => this.world.fail(`server ${s.name} failed to boot: ${(e as Error).stack}`));
+  }
+
+  crashServer(s: ServerSim, kind: CrashKind): void {
+    if (!s.node.alive) return;
+    if (kind === "power") for (const m of s.media) if (m.plugged) this.checker.powerLoss(this.uuidOf.get(m)!);
+    s.node.crash(kind);
+    s.target = null;
+    s.toma = null;
+  }
+
+  /** Pulls a drive out of its server (a power loss for that drive). */
+  unplug(m: SimMedium): void {
+    const s = this.serverOf(m);
+    if (!m.plugged) return;
+    const uuid = this.uuidOf.get(m)!;
+    this.checker.powerLoss(uuid);
+    s?.target?.removeDrive(uuid);
+    m.unplug(this.prng);
+  }
+
+  /** Plugs a drive into `to` (any server, not necessarily the one it came from). */
+  plug(m: SimMedium, to: ServerSim): void {
+    const from = this.serverOf(m);
+    if (from) from.media.splice(from.media.indexOf(m), 1);
+    to.media.push(m);
+    m.replug();
+    this.world.log("sim", `drive ${m.name} plugged into ${to.name}`);
+    if (!to.node.alive || !to.inc) return; // opened at its next boot
+    const inc = to.inc;
+    const env = this.envs.get(inc)!;
+    void openDrive(openSimDrive(this.world, m, inc, this.prng.fork(`${m.name}@${to.name}`)), m.name)
+      .then((d) => {
+        if (inc.alive && to.target) to.target.addDrive(d);
+      })
+      .catch((e) => env.log.error("cannot open plugged drive", { drive: m.name, error: (e as Error).message }));
+  }
+
+  serverOf(m: SimMedium): ServerSim | undefined {
+    return this.servers.find((s) => s.media.includes(m));
+  }
+
+  // ---- clients ---------------------------------------------------------------------------------
+
+  bootClient(c: ClientSim): void {
+    const { env, inc } = c.node.boot();
+    this.envs.set(inc, env);
+    c.id = `${c.name}#${inc.number}`;
+    c.ready = false;
+    c.workloads = [];
+    c.nbd = [];
+    const exports = new ExportRegistry();
+    const nbd = new NbdServer(env, exports);
+    const daemon = new ClientDaemon(env, {
+      fetchAttach: (volume) => callMgmt<AttachInfo>(env, this.mgmtAddress, "GET", `/v1/volumes/${encodeURIComponent(volume)}/attach`, 3000),
+      openSession,
+      nbd,
+      exports,
+      socket_dir: "/run/nvmesh",
+      client_name: c.id,
+      io_timeout_ms: this.spec.io_timeout_ms,
+    });
+    c.daemon = daemon;
+    const prng = this.prng.fork(`workload:${c.id}`);
+    void (async () => {
+      for (const [i, req] of this.spec.volumes.entries()) {
+        let uri = "";
+        for (;;) {
+          try {
+            uri = (await daemon.attach({ volume: req.name })).uri;
+            break;
+          } catch (e) {
+            env.log.info("attach failed, retrying", { volume: req.name, error: (e as Error).message });
+            await sleep(env, 500);
+          }
+        }
+        const socket = uri.slice(uri.indexOf("socket=") + 7);
+        const client = await connectNbd(env, `unix:${socket}`, req.name);
+        c.nbd.push(client);
+        const w = new Workload(env, prng.fork(req.name), this.checker, c.id, i, {
+          read: (o, n) => client.read(o, n),
+          write: (o, d, fua) => client.write(o, d, fua),
+          flush: () => client.flush(),
+        }, this.spec.workload);
+        c.workloads.push(w);
+        this.allWorkloads.push(w);
+        if (this.workloadsRunning) w.start();
+      }
+      c.ready = true;
+    })().catch((e) => this.world.fail(`client ${c.name} failed to start: ${(e as Error).stack}`));
+  }
+
+  crashClient(c: ClientSim): void {
+    if (!c.node.alive) return;
+    this.checker.clientLost(c.id);
+    c.node.crash("process");
+    c.daemon = null;
+    c.ready = false;
+    c.workloads = [];
+  }
+
+  /** Stops every workload; resolves (in virtual time) when their operations in flight are done. */
+  async stopWorkloads(within_ms: number): Promise<void> {
+    this.workloadsRunning = false;
+    let stopped = 0;
+    const all = this.clients.flatMap((c) => c.workloads);
+    for (const w of all) void w.stop().then(() => stopped++);
+    await this.runUntil(() => stopped === all.length, within_ms, "workloads stop (every operation in flight completes)");
+  }
+
+  envOfNode(node: SimNode): Env | undefined {
+    return node.current ? this.envs.get(node.current) : undefined;
+  }
+}
