@@ -30,6 +30,11 @@ function retryable(e: unknown): boolean {
   return !(e instanceof DriveIoError);
 }
 
+/** The bytes of buf a segment covers; buf itself when it covers all of it (the common case). */
+function part(buf: Uint8Array, g: Segment): Uint8Array {
+  return g.request_offset === 0 && g.length === buf.length ? buf : buf.subarray(g.request_offset, g.request_offset + g.length);
+}
+
 export class VolumeDevice implements DriveStore {
   readonly describe: string;
   readonly size_bytes: number;
@@ -123,17 +128,13 @@ export class VolumeDevice implements DriveStore {
   async read(offset: number, dst: Uint8Array): Promise<void> {
     this.check(offset, dst.length);
     if (dst.length === 0) return;
-    await this.each(offset, dst.length, (s, d, g) =>
-      s.read(d, g.drive_offset, dst.subarray(g.request_offset, g.request_offset + g.length)),
-    );
+    await this.each(offset, dst.length, (s, d, g) => s.read(d, g.drive_offset, part(dst, g)));
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     this.check(offset, src.length);
     if (src.length === 0) return;
-    await this.each(offset, src.length, (s, d, g) =>
-      s.write(d, g.drive_offset, src.subarray(g.request_offset, g.request_offset + g.length), fua),
-    );
+    await this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), fua));
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {

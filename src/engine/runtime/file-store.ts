@@ -123,7 +123,7 @@ export class FileStore implements DriveStore {
     if (this.nowait) {
       const c = libc()!;
       while (cached < dst.length) {
-        const n = c.readCached(this.fd, dst.subarray(cached), offset + cached);
+        const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
         if (n <= 0) {
           if (n !== -EAGAIN && n !== 0) this.nowait = false; // unsupported here: stop trying
           break;

@@ -150,11 +150,18 @@ export function encodeFrame(h: Header, payload?: Uint8Array): Uint8Array {
   return out;
 }
 
+function sameBytes16(a: Uint8Array, b: Uint8Array, at: number): boolean {
+  for (let i = 0; i < 16; i++) if (a[i] !== b[at + i]) return false;
+  return true;
+}
+
 /**
  * Decodes and validates a header. Returns the header, or a string that says why it cannot be
  * trusted; the caller closes the connection on a string (the stream cannot be resynchronised).
+ * When the drive uuid equals lastUuid's bytes, that array is reused rather than copied: header
+ * drive_uuid arrays are shared and must be treated as read-only.
  */
-export function decodeHeader(src: Uint8Array, at = 0): Header | string {
+export function decodeHeader(src: Uint8Array, at = 0, lastUuid: Uint8Array | null = null): Header | string {
   if (src.length - at < HEADER_BYTES) return "short header";
   if (getU32(src, at) !== MAGIC) return "bad magic";
   const version = src[at + 4]!;
@@ -187,7 +194,7 @@ export function decodeHeader(src: Uint8Array, at = 0): Header | string {
     request_id: getU32(src, at + 8),
     length,
     offset: getU64(src, at + 16),
-    drive_uuid: src.slice(at + 24, at + 40),
+    drive_uuid: lastUuid !== null && sameBytes16(lastUuid, src, at + 24) ? lastUuid : src.slice(at + 24, at + 40),
     client_id: getU64(src, at + 40),
     generation: getU64(src, at + 48),
     status,
@@ -216,6 +223,8 @@ export class FrameDecoder {
   private direct: Header | null = null;
   private directDst: Uint8Array = EMPTY;
   private directFilled = 0;
+  /** The drive uuid of the last header, shared with the next header that names the same drive. */
+  private lastUuid: Uint8Array | null = null;
 
   constructor(
     private readonly onFrame: (h: Header, payload: Uint8Array, owned: boolean) => void,
@@ -239,13 +248,14 @@ export class FrameDecoder {
     }
     const end = this.len > 0 ? this.len : chunk.length;
     while (end - pos >= HEADER_BYTES) {
-      const h = decodeHeader(src, pos);
+      const h = decodeHeader(src, pos, this.lastUuid);
       if (typeof h === "string") {
         this.failed = true;
         this.len = 0;
         this.onError(h);
         return;
       }
+      this.lastUuid = h.drive_uuid;
       const total = HEADER_BYTES + h.payload_len;
       if (end - pos < total) {
         if (h.payload_len >= DIRECT_MIN_BYTES && this.sink !== null) {
@@ -260,7 +270,7 @@ export class FrameDecoder {
         }
         break;
       }
-      this.onFrame(h, src.subarray(pos + HEADER_BYTES, pos + total), false);
+      this.onFrame(h, h.payload_len === 0 ? EMPTY : src.subarray(pos + HEADER_BYTES, pos + total), false);
       if (this.failed) return;
       pos += total;
     }
