@@ -14,6 +14,7 @@ import { connectNbd, type NbdClient } from "../src/engine/nbd/client.ts";
 import { ExportRegistry } from "../src/engine/nbd/exports.ts";
 import { NbdServer } from "../src/engine/nbd/server.ts";
 import { TargetService } from "../src/engine/target/service.ts";
+import { computeGeometry, isInvalid } from "../src/engine/drive/superblock.ts";
 import { uuidToString } from "../src/engine/uuid.ts";
 import { openSession } from "../src/engine/wire/session.ts";
 import type { VolumeRequest } from "../src/toma/allocator.ts";
@@ -43,7 +44,7 @@ export interface ClusterSpec {
   io_timeout_ms: number;
   workload: WorkloadOptions;
   toma_timings: Partial<TomaTimings>;
-  /** How long an abandoned write may still land (see checker.ts). */
+  /** How long an abandoned write may still land (see checker.ts); at least the network's MSL. */
   settle_ms: number;
   /** Per-node clock rate range (1 = exact). */
   clock_rate: [number, number];
@@ -127,7 +128,10 @@ export class SimCluster {
       const name = `c${i}`;
       this.clients.push({ name, node: new SimNode(world, name, this.net, clockFor(name)), daemon: null, workloads: [], nbd: [], id: name, ready: false });
     }
-    this.checker = new Checker(world, (v, s) => this.driveOf(v, s), spec.settle_ms);
+    // Without fencing (the mirroring issue adds it), an abandoned write may still land for as long
+    // as the network can hold its frames: a dead client's queued segments, a clogged link.
+    const settle_ms = Math.max(spec.settle_ms, spec.net.msl_ms + 1000);
+    this.checker = new Checker(world, (v, s) => this.driveOf(v, s), settle_ms);
   }
 
   get tomaServer(): ServerSim {
@@ -268,6 +272,15 @@ export class SimCluster {
         if (inc.alive && to.target) to.target.addDrive(d);
       })
       .catch((e) => env.log.error("cannot open plugged drive", { drive: m.name, error: (e as Error).message }));
+  }
+
+  /** Where `sector` of `volume` lives: its medium and the byte offset on it. */
+  locate(volume: number, sector: number): { medium: SimMedium; byte: number } {
+    const seg = plan(this.layouts[volume]!, sector * SECTOR, SECTOR)[0]!;
+    const medium = [...this.uuidOf].find(([, u]) => u === seg.drive_uuid)![0];
+    const g = computeGeometry(medium.size_bytes, 1024 * 1024);
+    if (isInvalid(g)) throw new Error(g.invalid);
+    return { medium, byte: g.data_offset + seg.drive_offset };
   }
 
   serverOf(m: SimMedium): ServerSim | undefined {

@@ -288,7 +288,8 @@ class Pipe {
       const oldest = this.unacked[0];
       // A dead sender's kernel socket (if any) is unobservable: nobody left to tell.
       if (!s || !s.inc.alive || !oldest) return;
-      if (world.now - oldest.sentAt >= this.net.profile.user_timeout_ms) {
+      // Same expression as the deadline above: `now - sentAt >= ut` can round below it and re-arm forever.
+      if (world.now >= oldest.sentAt + this.net.profile.user_timeout_ms) {
         this.stopRetransmitting();
         s.timedOut();
       } else {

@@ -21,6 +21,8 @@ export interface RunOptions {
   full_trace?: boolean;
   /** Changes the drawn cluster (scenarios and planted-bug tests). */
   tweak?: (spec: ClusterSpec, prng: Prng) => void;
+  /** A scenario's own faults, scheduled when the fault phase begins (see tests/sim/scenarios). */
+  script?: (cluster: SimCluster) => void;
 }
 
 export function defaultRunOptions(): RunOptions {
@@ -44,6 +46,8 @@ export interface RunResult {
   injected: Record<string, number>;
   last_trace: string[];
   full_trace: string[];
+  /** Failed operations per workload, with invocation times (scenarios assert on them). */
+  errors: number[];
 }
 
 export function drawSpec(prng: Prng): ClusterSpec {
@@ -85,6 +89,7 @@ export async function runSeed(seed: number, opts: RunOptions = defaultRunOptions
     await cluster.setup();
     world.log("sim", "setup done: workload starts, faults start");
     faults.start();
+    opts.script?.(cluster);
     await world.advance(opts.fault_ms);
     faults.stop();
     faults.healAll();
@@ -115,6 +120,7 @@ export async function runSeed(seed: number, opts: RunOptions = defaultRunOptions
     injected: faults.injected,
     last_trace: world.lastTrace(40),
     full_trace: world.fullTrace(),
+    errors: cluster.allWorkloads.flatMap((w) => w.errors),
   };
 }
 

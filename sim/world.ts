@@ -106,6 +106,8 @@ export class World {
   /** The first failure (a checker violation, an invariant, an exception escaping a node). */
   failure: string | null = null;
   events = 0;
+  /** A run that needs more events than this is an event storm (a busy loop in virtual time). */
+  max_events = 1_000_000;
 
   constructor(
     readonly seed: number,
@@ -170,7 +172,10 @@ export class World {
       this.queue.pop();
       if (next.cancelled) continue;
       this.now = next.at;
-      this.events++;
+      if (++this.events > this.max_events) {
+        this.fail(`event storm: more than ${this.max_events} events by virtual time ${this.now.toFixed(3)} ms`);
+        return "failed";
+      }
       try {
         next.fn();
       } catch (e) {
