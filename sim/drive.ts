@@ -123,6 +123,8 @@ export class SimMedium {
   private plugged_ = true;
   /** Bumped by each unplug: a handle from an older epoch belongs to a drive that was pulled. */
   private epoch_ = 0;
+  /** Bumped by each loss of power (a power loss of its server, or an unplug): the cache epoch. */
+  private powerCycles_ = 0;
   /** Node the drive sits in (last opened from), for the trace. */
   private holder = "drive";
 
@@ -142,6 +144,11 @@ export class SimMedium {
 
   get epoch(): number {
     return this.epoch_;
+  }
+
+  /** What DriveStore.cache_epoch reports: changes whenever the volatile cache was lost. */
+  get cacheEpoch(): number {
+    return this.powerCycles_ + 1;
   }
 
   /** Sectors holding data in either layer: what the drive costs in memory. */
@@ -312,6 +319,7 @@ export class SimMedium {
   }
 
   private cutPower(prng: Prng, why: string, silence: boolean): void {
+    this.powerCycles_++;
     // In-flight writes may have reached the drive's cache; from there they share its fate.
     for (const w of this.takeInflight(silence)) this.apply(w, "volatile", null, " (in flight)");
     const outcomes = this.volatile.map((cw) => {
@@ -433,6 +441,8 @@ function summary(outcomes: Outcome[]): string {
 export class SimDriveStore implements DriveStore {
   readonly size_bytes: number;
   readonly describe: string;
+  /** Fixed for the handle's life: a power loss or an unplug kills the handle too. */
+  readonly cache_epoch: number;
   private closed = false;
   private silenced = false;
   /** The plug-in epoch this handle was opened in. */
@@ -446,6 +456,7 @@ export class SimDriveStore implements DriveStore {
   ) {
     this.size_bytes = medium.size_bytes;
     this.describe = `sim drive ${medium.name} on ${inc.node.name}#${inc.number}`;
+    this.cache_epoch = medium.cacheEpoch;
     this.epoch = medium.attach(this, inc.node.name);
   }
 

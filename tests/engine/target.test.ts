@@ -119,8 +119,8 @@ describe("target service over loopback", () => {
     // keep "last" well-defined under out-of-order completion, writes to one block are serialized
     // by awaiting the previous one to that block.
     const expected = new Map<number, number>();
-    const lastWrite = new Map<number, Promise<void>>();
-    const all: Promise<void>[] = [];
+    const lastWrite = new Map<number, Promise<unknown>>();
+    const all: Promise<unknown>[] = [];
     for (let i = 0; i < 1000; i++) {
       const blk = crypto.getRandomValues(new Uint32Array(1))[0]! % blocks;
       const seed = i + 1;

@@ -14,6 +14,7 @@ import type { AttachInfo, VolumeLayout } from "../layout/types.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
 import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import { CacheWatch } from "./cache-watch.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
 export interface VolumeDeviceOptions {
@@ -22,7 +23,7 @@ export interface VolumeDeviceOptions {
   io_timeout_ms: number;
 }
 
-type DriveOp = (s: TargetSession, drive: Uint8Array, seg: Segment) => Promise<void>;
+type DriveOp = (s: TargetSession, drive: Uint8Array, seg: Segment) => Promise<unknown>;
 
 function retryable(e: unknown): boolean {
   if (e instanceof TargetError) return e.status === Status.NO_SUCH_DRIVE || e.status === Status.BUSY;
@@ -42,6 +43,8 @@ export class VolumeDevice implements DriveStore {
   private generation: number;
   private refreshing: Promise<void> | null = null;
   private closed = false;
+  /** Per drive: acknowledged writes whose durability a later flush must vouch for. */
+  private readonly watches = new Map<string, CacheWatch>();
 
   constructor(
     private readonly env: Env,
@@ -81,32 +84,52 @@ export class VolumeDevice implements DriveStore {
     return this.refreshing;
   }
 
+  private watch(drive_uuid: string): CacheWatch {
+    let w = this.watches.get(drive_uuid);
+    if (!w) {
+      w = new CacheWatch();
+      this.watches.set(drive_uuid, w);
+    }
+    return w;
+  }
+
   private async withRetry(drive_uuid: string, seg: Segment, op: DriveOp): Promise<void> {
     const drive = this.pool.driveId(drive_uuid);
     const fast = this.pool.cached(drive_uuid);
     if (fast) {
       try {
-        return await op(fast, drive, seg);
+        await op(fast, drive, seg);
+        return;
       } catch (e) {
         if (!retryable(e)) throw this.ioError(e);
       }
     }
-    const deadline = this.env.clock.now_ms() + this.opts.io_timeout_ms;
-    let backoff_ms = 20;
-    for (;;) {
-      if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
-      try {
-        return await op(await this.pool.sessionFor(drive_uuid), drive, seg);
-      } catch (e) {
-        if (!retryable(e)) throw this.ioError(e);
-        if (this.env.clock.now_ms() >= deadline) {
-          throw new DriveIoError(`drive ${drive_uuid} unreachable for ${this.opts.io_timeout_ms} ms: ${String(e)}`, "EIO");
+    // Elapsed time is measured by a timer, never by comparing clock readings: a clock that jumps
+    // forward must not fail I/O early, nor one that jumps back make it wait for an hour.
+    let expired = false;
+    const timer = this.env.timers.after(this.opts.io_timeout_ms, () => {
+      expired = true;
+    });
+    try {
+      let backoff_ms = 20;
+      for (;;) {
+        if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+        try {
+          await op(await this.pool.sessionFor(drive_uuid), drive, seg);
+          return;
+        } catch (e) {
+          if (!retryable(e)) throw this.ioError(e);
+          if (expired) {
+            throw new DriveIoError(`drive ${drive_uuid} unreachable for ${this.opts.io_timeout_ms} ms: ${String(e)}`, "EIO");
+          }
+          if (!(e instanceof NoRouteError)) this.env.log.debug("retrying drive I/O", { drive: drive_uuid, error: String(e) });
         }
-        if (!(e instanceof NoRouteError)) this.env.log.debug("retrying drive I/O", { drive: drive_uuid, error: String(e) });
+        await new Promise<void>((r) => this.env.timers.after(backoff_ms, r));
+        backoff_ms = Math.min(backoff_ms * 2, 1000);
+        await this.refresh();
       }
-      await new Promise<void>((r) => this.env.timers.after(backoff_ms, r));
-      backoff_ms = Math.min(backoff_ms * 2, 1000);
-      await this.refresh();
+    } finally {
+      timer.cancel();
     }
   }
 
@@ -134,13 +157,20 @@ export class VolumeDevice implements DriveStore {
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     this.check(offset, src.length);
     if (src.length === 0) return;
-    await this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), fua));
+    if (fua) await this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), true));
+    else {
+      await this.each(offset, src.length, (s, d, g) =>
+        s.write(d, g.drive_offset, part(src, g), false).then((epoch) => this.watch(g.drive_uuid).acked(epoch)),
+      );
+    }
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     this.check(offset, length);
     if (length === 0) return;
-    await this.each(offset, length, (s, d, g) => s.writeZeroes(d, g.drive_offset, g.length, fua));
+    await this.each(offset, length, (s, d, g) =>
+      s.writeZeroes(d, g.drive_offset, g.length, fua).then((epoch) => fua || this.watch(g.drive_uuid).acked(epoch)),
+    );
   }
 
   async trim(offset: number, length: number): Promise<void> {
@@ -149,13 +179,28 @@ export class VolumeDevice implements DriveStore {
     await this.each(offset, length, (s, d, g) => s.trim(d, g.drive_offset, g.length));
   }
 
-  /** Flushes every drive of the volume: what makes NBD multi-conn safe. */
+  /**
+   * Flushes every drive of the volume: what makes NBD multi-conn safe. Fails with EIO when a drive
+   * may have lost writes it had acknowledged (see cache-watch.ts), once for those writes.
+   */
   async flush(): Promise<void> {
     if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
     const none: Segment = { column: 0, drive_uuid: "", drive_offset: 0, length: 0, request_offset: 0 };
+    const lost: string[] = [];
     await Promise.all(
-      volumeDrives(this.layout).map((u) => this.withRetry(u, { ...none, drive_uuid: u }, (s, d) => s.flush(d))),
+      volumeDrives(this.layout).map((u) => {
+        const w = this.watch(u);
+        return this.withRetry(u, { ...none, drive_uuid: u }, async (s, d) => {
+          const mark = w.mark();
+          const why = w.flushed(mark, await s.flush(d));
+          if (why) lost.push(`drive ${u}: ${why}`);
+        });
+      }),
     );
+    if (lost.length > 0) {
+      this.env.log.error("acknowledged writes may have been lost", { volume: this.name, drives: lost });
+      throw new DriveIoError(`flush of ${this.name}: ${lost.join("; ")}`, "EIO");
+    }
   }
 
   async close(): Promise<void> {

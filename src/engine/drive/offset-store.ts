@@ -8,6 +8,7 @@ import { DriveIoError, type DriveStore, checkRange } from "./store.ts";
 export class OffsetStore implements DriveStore {
   private closed = false;
   readonly describe: string;
+  readonly cache_epoch?: number;
 
   constructor(
     private readonly base: DriveStore,
@@ -18,6 +19,7 @@ export class OffsetStore implements DriveStore {
     if (base_offset < 0 || base_offset + size_bytes > base.size_bytes) {
       throw new Error(`window ${base_offset}+${size_bytes} outside ${base.describe}`);
     }
+    this.cache_epoch = base.cache_epoch;
     this.describe = `${base.describe} ${what}`;
   }
 

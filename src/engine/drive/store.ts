@@ -10,6 +10,13 @@ export interface DriveStore {
   readonly size_bytes: number;
   /** Human description of what backs it ("file /srv/d1.img", "memory"). */
   readonly describe: string;
+  /**
+   * Identifies the volatile cache holding this store's acknowledged, unflushed writes. It changes
+   * whenever such writes may have been lost without the writer being told (the machine lost
+   * power, the drive was pulled), and stays across a restart of the process alone (the kernel's
+   * page cache outlives it). Absent: nothing can be lost that way (memory). See client/cache-watch.ts.
+   */
+  readonly cache_epoch?: number;
   /** Reads exactly dst.length bytes at offset into dst. Rejects on I/O error. */
   read(offset: number, dst: Uint8Array): Promise<void>;
   write(offset: number, src: Uint8Array, fua: boolean): Promise<void>;

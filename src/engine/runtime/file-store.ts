@@ -10,6 +10,7 @@
  * Durability: FUA = write then fdatasync; flush = fdatasync. The fd is locked with flock(LOCK_EX)
  * so two processes of this host never serve the same drive.
  */
+import { crc32c } from "../crc32c.ts";
 import fs from "node:fs";
 import {
   EAGAIN,
@@ -37,6 +38,25 @@ export interface FileStoreOptions {
   log?: Logger;
 }
 
+let boot: number | null = null;
+
+/**
+ * A number for this boot of the kernel (from /proc/sys/kernel/random/boot_id), never 0. A target
+ * process that restarts keeps it, as the page cache keeps its dirty pages; a power loss changes it.
+ * Where the boot id cannot be read, a random number per process: a restart then looks like a
+ * possible loss, which is safe (the next flush reports EIO) but pessimistic.
+ */
+function bootEpoch(): number {
+  if (boot === null) {
+    try {
+      boot = crc32c(new TextEncoder().encode(fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim())) || 1;
+    } catch {
+      boot = (crypto.getRandomValues(new Uint32Array(1))[0]! | 1) >>> 0;
+    }
+  }
+  return boot;
+}
+
 /** How writeZeroes/trim reach the backend; chosen on first use, logged once. */
 type ZeroPath = "punch" | "zero-range" | "write";
 
@@ -50,6 +70,8 @@ export class FileStore implements DriveStore {
   /** preadv2(RWF_NOWAIT) works here; turned off at the first sign it does not. */
   private nowait = libc() !== null;
   private trimSupported = true;
+  /** The kernel's boot: its page cache (our volatile cache) dies with it, and only with it. */
+  readonly cache_epoch = bootEpoch();
 
   private constructor(
     private readonly fd: number,

@@ -114,6 +114,16 @@ async function doRead(d: ServedDrive, h: Header): Promise<Uint8Array> {
 async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
   if (data.length > 0) await d.drive.data.write(h.offset, data, (h.flags & Flag.FUA) !== 0);
   giveBuffer(data); // written: the drive holds no reference any more (after a failure: the GC's)
+  return durableResponse(d, h);
+}
+
+/**
+ * Responses to the ops that leave data in the drive's cache (and to FLUSH) carry the drive's
+ * cache epoch in `generation`, so the requester can tell when acknowledged, unflushed writes
+ * may have been lost (client/cache-watch.ts).
+ */
+function durableResponse(d: ServedDrive, h: Header): Uint8Array {
+  h.generation = d.drive.data.cache_epoch ?? 0;
   return okResponse(h);
 }
 
@@ -125,17 +135,17 @@ function copyOf(payload: Uint8Array): Uint8Array {
 
 async function doFlush(d: ServedDrive, h: Header): Promise<Uint8Array> {
   await d.drive.data.flush();
-  return okResponse(h);
+  return durableResponse(d, h);
 }
 
 async function doTrim(d: ServedDrive, h: Header): Promise<Uint8Array> {
   if (h.length > 0) await d.drive.data.trim(h.offset, h.length);
-  return okResponse(h);
+  return durableResponse(d, h);
 }
 
 async function doWriteZeroes(d: ServedDrive, h: Header): Promise<Uint8Array> {
   if (h.length > 0) await d.drive.data.writeZeroes(h.offset, h.length, (h.flags & Flag.FUA) !== 0);
-  return okResponse(h);
+  return durableResponse(d, h);
 }
 
 async function doMetaRead(d: ServedDrive, h: Header): Promise<Uint8Array> {

@@ -27,10 +27,11 @@ export interface TargetSession {
   onClose: ((reason: string) => void) | null;
 
   read(drive: Uint8Array, offset: number, dst: Uint8Array): Promise<void>;
-  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<void>;
-  flush(drive: Uint8Array): Promise<void>;
-  trim(drive: Uint8Array, offset: number, length: number): Promise<void>;
-  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<void>;
+  /** These four resolve with the drive's cache epoch (DriveStore.cache_epoch; 0 when it has none). */
+  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<number>;
+  flush(drive: Uint8Array): Promise<number>;
+  trim(drive: Uint8Array, offset: number, length: number): Promise<number>;
+  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<number>;
 
   listDrives(): Promise<DriveInfo[]>;
   metaRead(drive: Uint8Array): Promise<MetaSlot>;

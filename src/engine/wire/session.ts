@@ -158,30 +158,30 @@ export class Session implements TargetSession {
     return this.submit(Op.READ, 0, drive, offset, dst.length, null, dst, null) as Promise<void>;
   }
 
-  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<number> {
     const bad = checkIo(drive, offset, src.length, MAX_IO_BYTES);
     if (bad) return Promise.reject(bad);
     const flags = fua ? Flag.FUA : 0;
-    return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null) as Promise<void>;
+    return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null) as Promise<number>;
   }
 
-  flush(drive: Uint8Array): Promise<void> {
+  flush(drive: Uint8Array): Promise<number> {
     const bad = checkIo(drive, 0, 0, 0);
     if (bad) return Promise.reject(bad);
-    return this.submit(Op.FLUSH, 0, drive, 0, 0, null, null, null) as Promise<void>;
+    return this.submit(Op.FLUSH, 0, drive, 0, 0, null, null, null) as Promise<number>;
   }
 
-  trim(drive: Uint8Array, offset: number, length: number): Promise<void> {
+  trim(drive: Uint8Array, offset: number, length: number): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
-    return this.submit(Op.TRIM, 0, drive, offset, length, null, null, null) as Promise<void>;
+    return this.submit(Op.TRIM, 0, drive, offset, length, null, null, null) as Promise<number>;
   }
 
-  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<void> {
+  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
     const flags = fua ? Flag.FUA : 0;
-    return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null) as Promise<void>;
+    return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null) as Promise<number>;
   }
 
   listDrives(): Promise<DriveInfo[]> {
@@ -316,7 +316,8 @@ export class Session implements TargetSession {
       }
       return r.resolve(value);
     }
-    r.resolve(undefined);
+    // WRITE, WRITE_ZEROES, TRIM and FLUSH answers carry the drive's cache epoch here.
+    r.resolve(h.generation);
   }
 
   private pump(): void {
