@@ -4,8 +4,9 @@
  *   bun run sim --seeds K [--from S] run K seeds; each failing seed gets a replay line and trace
  *   --trace                          with --seed: print the whole trace
  *   --long                           nightly-style: 4x the virtual time under faults per seed
- *   --bug NAME                       plant a known bug (see src/engine/planted-bugs.ts)
+ *   --bug NAME                       plant a known bug (src/engine/planted-bugs.ts): the checker must bite
  */
+import { isPlantedBug, plantedBugs } from "../src/engine/planted-bugs.ts";
 import { defaultRunOptions, type RunResult, runSeed } from "./run.ts";
 
 const argv = process.argv.slice(2);
@@ -26,6 +27,13 @@ function int(name: string, v: string | undefined): number {
   return n;
 }
 
+const bug = flag("bug");
+if (bug !== undefined) {
+  if (!isPlantedBug(bug)) usage(`unknown bug '${bug}'; planted bugs: ${Object.keys(plantedBugs).join(", ")}`);
+  plantedBugs[bug] = true;
+  console.log(`sim: planted bug ${bug} is ON`);
+}
+
 const opts = defaultRunOptions();
 if (has("long")) opts.fault_ms *= 4;
 opts.full_trace = has("trace");
@@ -40,8 +48,7 @@ function summary(r: RunResult): string {
 }
 
 function replayLine(seed: number): string {
-  const extra = argv.filter((a, i) => a === "--long" || (argv[i - 1] === "--bug")).join(" ");
-  return `bun run sim --seed ${seed}${extra ? ` ${extra}` : ""}`;
+  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
 }
 
 if (flag("seed") !== undefined) {

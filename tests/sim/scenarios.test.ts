@@ -4,11 +4,14 @@
  * fault really happened and what the user would see: I/O pauses but does not fail when the fault
  * ends within the I/O timeout, and never returns wrong data.
  */
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import type { SimCluster } from "../../sim/cluster.ts";
 import { quietDriveProfile } from "../../sim/drive.ts";
 import { quietProfile } from "../../sim/net.ts";
 import { defaultRunOptions, type RunResult, runSeed } from "../../sim/run.ts";
+
+// A scenario is a few seconds of a 2-core machine's time: far above bun's 5 s default when busy.
+setDefaultTimeout(120_000);
 
 type Script = (c: SimCluster) => void;
 

@@ -15,41 +15,53 @@
  * Found by the simulator (a write acknowledged by one leg of a stripe, the server loses power before
  * the other legs finish, and the next flush used to succeed).
  */
+/** What a flush covers: the writes completed before it was invoked. */
 export interface FlushMark {
   readonly seq: number;
-  readonly epoch: number | null;
+}
+
+interface Run {
+  epoch: number;
+  /** The last write number of this run of writes acknowledged under `epoch`. */
+  last: number;
 }
 
 export class CacheWatch {
-  /** Epoch of the newest acknowledged, not yet flushed write. */
-  private epoch: number | null = null;
-  /** Acknowledged volatile writes so far (a counter, not a list: nothing per write is kept). */
+  /** Completed volatile writes so far (numbered; nothing per write is kept). */
   private seq = 0;
-  /** Writes numbered up to here may have been lost (the epoch changed after them). */
-  private doubtfulUpTo = 0;
   /** Writes numbered up to here were covered by a flush (successful or reported). */
   private flushedUpTo = 0;
+  /** Unflushed writes as runs of the same epoch: one entry until an epoch changes. */
+  private runs: Run[] = [];
 
-  /** A write (not FUA) was acknowledged under `epoch`. */
+  /** A write (not FUA) completed, with data acknowledged on this drive under `epoch`. */
   acked(epoch: number): void {
-    if (this.epoch !== null && epoch !== this.epoch && this.seq > this.flushedUpTo) this.doubtfulUpTo = this.seq;
     this.seq++;
-    this.epoch = epoch;
+    const tail = this.runs[this.runs.length - 1];
+    if (tail && tail.epoch === epoch) tail.last = this.seq;
+    else this.runs.push({ epoch, last: this.seq });
   }
 
-  /** Taken when a flush is sent: it covers the writes acknowledged so far. */
+  /** Taken when a flush is invoked: it covers the writes completed so far. */
   mark(): FlushMark {
-    return { seq: this.seq, epoch: this.epoch };
+    return { seq: this.seq };
   }
 
   /**
-   * The flush sent at `m` succeeded under `epoch`. Returns why the writes it covers may not be
+   * The flush invoked at `m` succeeded under `epoch`. Returns why the writes it covers may not be
    * durable after all, or null. Either way they count as reported from now on.
    */
   flushed(m: FlushMark, epoch: number): string | null {
     if (m.seq <= this.flushedUpTo) return null;
-    let lost = this.doubtfulUpTo > this.flushedUpTo;
-    if (m.epoch !== null && epoch !== m.epoch) lost = true;
+    // Run i holds writes (runs[i-1].last, runs[i].last]; every run has writes above flushedUpTo.
+    let lost = false;
+    let prev = this.flushedUpTo;
+    for (const r of this.runs) {
+      if (prev >= m.seq) break;
+      if (r.epoch !== epoch) lost = true;
+      prev = r.last;
+    }
+    this.runs = this.runs.filter((r) => r.last > m.seq);
     this.flushedUpTo = m.seq;
     return lost ? "the drive's cache was lost (power loss or unplug) after it acknowledged writes that were not yet flushed; they may be gone" : null;
   }

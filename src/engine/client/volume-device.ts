@@ -14,6 +14,7 @@ import type { AttachInfo, VolumeLayout } from "../layout/types.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
 import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import { plantedBugs } from "../planted-bugs.ts";
 import { CacheWatch } from "./cache-watch.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
@@ -102,6 +103,7 @@ export class VolumeDevice implements DriveStore {
         return;
       } catch (e) {
         if (!retryable(e)) throw this.ioError(e);
+        if (plantedBugs.ack_on_connection_loss && seg.length > 0) return;
       }
     }
     // Elapsed time is measured by a timer, never by comparing clock readings: a clock that jumps
@@ -142,8 +144,9 @@ export class VolumeDevice implements DriveStore {
     return new DriveIoError(e instanceof Error ? e.message : String(e), "EIO");
   }
 
-  private async each(offset: number, length: number, op: DriveOp): Promise<void> {
-    const segs = limitSegments(plan(this.layout, offset, length), MAX_IO_BYTES);
+  private async each(offset: number, length: number, op: DriveOp, writes = false): Promise<void> {
+    let segs = limitSegments(plan(this.layout, offset, length), MAX_IO_BYTES);
+    if (writes && plantedBugs.skip_segment && segs.length > 1) segs = segs.slice(0, 1);
     if (segs.length === 1) return await this.withRetry(segs[0]!.drive_uuid, segs[0]!, op);
     await Promise.all(segs.map((s) => this.withRetry(s.drive_uuid, s, op)));
   }
@@ -157,20 +160,28 @@ export class VolumeDevice implements DriveStore {
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     this.check(offset, src.length);
     if (src.length === 0) return;
-    if (fua) await this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), true));
+    if (fua) await this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), true), true);
     else {
-      await this.each(offset, src.length, (s, d, g) =>
-        s.write(d, g.drive_offset, part(src, g), false).then((epoch) => this.watch(g.drive_uuid).acked(epoch)),
+      // Counted when the whole write completes: a flush covers the writes completed before it.
+      const acks: [string, number][] = [];
+      await this.each(
+        offset,
+        src.length,
+        (s, d, g) => s.write(d, g.drive_offset, part(src, g), false).then((epoch) => acks.push([g.drive_uuid, epoch])),
+        true,
       );
+      for (const [drive, epoch] of acks) this.watch(drive).acked(epoch);
     }
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     this.check(offset, length);
     if (length === 0) return;
+    const acks: [string, number][] = [];
     await this.each(offset, length, (s, d, g) =>
-      s.writeZeroes(d, g.drive_offset, g.length, fua).then((epoch) => fua || this.watch(g.drive_uuid).acked(epoch)),
+      s.writeZeroes(d, g.drive_offset, g.length, fua).then((epoch) => fua || acks.push([g.drive_uuid, epoch])),
     );
+    for (const [drive, epoch] of acks) this.watch(drive).acked(epoch);
   }
 
   async trim(offset: number, length: number): Promise<void> {
@@ -190,10 +201,10 @@ export class VolumeDevice implements DriveStore {
     await Promise.all(
       volumeDrives(this.layout).map((u) => {
         const w = this.watch(u);
+        const mark = w.mark();
         return this.withRetry(u, { ...none, drive_uuid: u }, async (s, d) => {
-          const mark = w.mark();
           const why = w.flushed(mark, await s.flush(d));
-          if (why) lost.push(`drive ${u}: ${why}`);
+          if (why && !plantedBugs.ignore_cache_epoch) lost.push(`drive ${u}: ${why}`);
         });
       }),
     );
