@@ -6,9 +6,9 @@
  *   (a) w was invoked before the read completed, and
  *   (b) w was not definitely superseded before the read began: no acknowledged write w2 to the
  *       sector was invoked after w's effect window closed, completed before ri, and is certain to
- *       be there at ri.
+ *       be there throughout the read.
  * An acknowledged write is certain to be there unless its drive lost power after the write was
- * invoked and the write had not been made durable before that loss. It is made durable by a FUA
+ * invoked (up to the read's end) and the write had not been made durable before that loss. It is made durable by a FUA
  * acknowledgement, or by a FLUSH *from the same client* invoked after the write completed (NBD:
  * a flush covers the writes completed on that client before it; another machine's flush promises
  * nothing about them). A FLUSH that succeeds vouches for every write it covers, even one whose
@@ -190,12 +190,16 @@ export class Checker {
     l.push(this.world.now);
   }
 
-  /** Certain to be there at `at`: vouched for by a FUA or FLUSH, or no power loss since invoked. */
-  private persisted(w: WriteRecord, drive: string, at: number): boolean {
-    if (w.durableAt < at) return true;
+  /**
+   * Certain to be there throughout a read running from `ri` to `rc`: vouched for (FUA or FLUSH)
+   * before the read began, or no power loss of its drive from its invocation to the read's end
+   * that found it not yet durable (a loss during the read may take it from under the read).
+   */
+  private persisted(w: WriteRecord, drive: string, ri: number, rc: number): boolean {
+    if (w.durableAt < ri) return true;
     const losses = this.powerLosses.get(drive);
     if (!losses) return true;
-    for (const tc of losses) if (tc >= w.inv && tc < at) return false;
+    for (const tc of losses) if (tc >= w.inv && tc < rc && w.durableAt > tc) return false;
     return true;
   }
 
@@ -251,7 +255,7 @@ export class Checker {
     const drive = this.driveOf(volume, s);
     for (const w2 of this.sectorList(volume, s)) {
       if (w2 === w || w2.outcome !== "ok") continue;
-      if (w2.inv > w.cmp && w2.cmp < ri && this.persisted(w2, drive, ri)) {
+      if (w2.inv > w.cmp && w2.cmp < ri && this.persisted(w2, drive, ri, rc)) {
         const what = w === INITIAL ? "the initial zeroes" : `write #${w.id} by ${w.client} (${w.outcome})`;
         return (
           `returned ${what}, but write #${w2.id} by ${w2.client} was acknowledged at ${w2.cmp.toFixed(3)}` +

@@ -6,45 +6,52 @@ test("no epoch change: flushes succeed", () => {
   const w = new CacheWatch();
   w.acked(7);
   w.acked(7);
-  expect(w.flushed(w.mark(), 7)).toBeNull();
+  expect(w.flushed(w.mark(1), 7)).toBe(false);
   w.acked(7);
-  expect(w.flushed(w.mark(), 7)).toBeNull();
+  expect(w.flushed(w.mark(2), 7)).toBe(false);
 });
 
-test("writes acknowledged under an older epoch make the flush that covers them fail, once", () => {
+test("writes acknowledged under an older epoch fail the flush that covers them; once reported, later flushes pass", () => {
   const w = new CacheWatch();
   w.acked(1);
   w.acked(2); // the cache was lost between the two writes
-  const m = w.mark();
-  expect(w.flushed(m, 2)).toContain("may be gone");
+  expect(w.flushed(w.mark(1), 2)).toBe(true);
+  w.reported(1);
   w.acked(2);
-  expect(w.flushed(w.mark(), 2)).toBeNull();
+  expect(w.flushed(w.mark(2), 2)).toBe(false);
 });
 
 test("the flush itself landing in a new cache reports the writes before it", () => {
   const w = new CacheWatch();
   w.acked(1);
-  expect(w.flushed(w.mark(), 2)).toContain("may be gone");
+  expect(w.flushed(w.mark(1), 2)).toBe(true);
 });
 
 test("a flush covers only the writes completed before it was invoked", () => {
   const w = new CacheWatch();
   w.acked(1);
-  const m = w.mark();
+  const m = w.mark(1);
   w.acked(2); // completed after the flush was invoked: not this flush's business
-  expect(w.flushed(m, 1)).toBeNull();
-  // ...but the next flush, under epoch 3, covers the epoch-2 write.
-  expect(w.flushed(w.mark(), 3)).toContain("may be gone");
-  // Everything reported: a flush with nothing new to cover succeeds.
-  expect(w.flushed(w.mark(), 3)).toBeNull();
+  expect(w.flushed(m, 1)).toBe(false);
+  expect(w.flushed(w.mark(2), 3)).toBe(true); // the next flush, under epoch 3, covers the epoch-2 write
+  w.reported(2);
+  expect(w.flushed(w.mark(3), 3)).toBe(false);
 });
 
-test("a flush invoked before a loss and an older mark completing late changes nothing twice", () => {
+test("two flushes in flight over the same loss both fail; one invoked after the report passes", () => {
   const w = new CacheWatch();
   w.acked(1);
-  const early = w.mark();
+  const a = w.mark(1);
+  const b = w.mark(2);
+  expect(w.flushed(a, 2)).toBe(true);
+  expect(w.flushed(b, 2)).toBe(true); // invoked before a's failure reached the caller
+  w.reported(2);
+  expect(w.flushed(w.mark(3), 2)).toBe(false);
+});
+
+test("an unreported loss keeps failing flushes that cover it", () => {
+  const w = new CacheWatch();
   w.acked(1);
-  const late = w.mark();
-  expect(w.flushed(late, 1)).toBeNull();
-  expect(w.flushed(early, 9)).toBeNull(); // already covered by the later flush
+  expect(w.flushed(w.mark(1), 2)).toBe(true); // ...but that flush failed elsewhere, unreported
+  expect(w.flushed(w.mark(2), 2)).toBe(true);
 });

@@ -15,9 +15,10 @@
  * Found by the simulator (a write acknowledged by one leg of a stripe, the server loses power before
  * the other legs finish, and the next flush used to succeed).
  */
-/** What a flush covers: the writes completed before it was invoked. */
+/** What a flush covers: the writes completed before it was invoked (`no`: its invocation order). */
 export interface FlushMark {
   readonly seq: number;
+  readonly no: number;
 }
 
 interface Run {
@@ -26,13 +27,23 @@ interface Run {
   last: number;
 }
 
+interface Doubt {
+  /** Writes numbered in [from, upTo] may be gone. */
+  from: number;
+  upTo: number;
+  /** How many flushes had been invoked when a failed flush reported it; Infinity until then. */
+  reportedAt: number;
+}
+
 export class CacheWatch {
   /** Completed volatile writes so far (numbered; nothing per write is kept). */
   private seq = 0;
-  /** Writes numbered up to here were covered by a flush (successful or reported). */
+  /** Writes numbered up to here were covered by a flush that reached this drive. */
   private flushedUpTo = 0;
   /** Unflushed writes as runs of the same epoch: one entry until an epoch changes. */
   private runs: Run[] = [];
+  /** Losses found; each fails every flush covering it that was invoked before it was reported. */
+  private doubts: Doubt[] = [];
 
   /** A write (not FUA) completed, with data acknowledged on this drive under `epoch`. */
   acked(epoch: number): void {
@@ -42,27 +53,41 @@ export class CacheWatch {
     else this.runs.push({ epoch, last: this.seq });
   }
 
-  /** Taken when a flush is invoked: it covers the writes completed so far. */
-  mark(): FlushMark {
-    return { seq: this.seq };
+  /** Taken when flush number `no` of the volume is invoked: it covers the writes completed so far. */
+  mark(no: number): FlushMark {
+    return { seq: this.seq, no };
   }
 
   /**
-   * The flush invoked at `m` succeeded under `epoch`. Returns why the writes it covers may not be
-   * durable after all, or null. Either way they count as reported from now on.
+   * The flush marked `m` reached the drive and succeeded under `epoch`. Returns whether writes it
+   * covers may be gone: acknowledged under another epoch, and not yet reported to the caller by a
+   * failed flush that completed before this one was invoked (two flushes in flight both fail).
    */
-  flushed(m: FlushMark, epoch: number): string | null {
-    if (m.seq <= this.flushedUpTo) return null;
-    // Run i holds writes (runs[i-1].last, runs[i].last]; every run has writes above flushedUpTo.
-    let lost = false;
-    let prev = this.flushedUpTo;
-    for (const r of this.runs) {
-      if (prev >= m.seq) break;
-      if (r.epoch !== epoch) lost = true;
-      prev = r.last;
+  flushed(m: FlushMark, epoch: number): boolean {
+    if (m.seq > this.flushedUpTo) {
+      // Run i holds writes (runs[i-1].last, runs[i].last]; every run has writes above flushedUpTo.
+      let prev = this.flushedUpTo;
+      for (const r of this.runs) {
+        if (prev >= m.seq) break;
+        if (r.epoch !== epoch) {
+          this.doubts.push({ from: this.flushedUpTo + 1, upTo: m.seq, reportedAt: Infinity });
+          break;
+        }
+        prev = r.last;
+      }
+      this.runs = this.runs.filter((r) => r.last > m.seq);
+      this.flushedUpTo = m.seq;
     }
-    this.runs = this.runs.filter((r) => r.last > m.seq);
-    this.flushedUpTo = m.seq;
-    return lost ? "the drive's cache was lost (power loss or unplug) after it acknowledged writes that were not yet flushed; they may be gone" : null;
+    return this.doubts.some((d) => d.from <= m.seq && m.no <= d.reportedAt);
+  }
+
+  /** A failed flush returned to the caller when `invoked` flushes had been invoked: losses reported. */
+  reported(invoked: number): void {
+    for (const d of this.doubts) if (d.reportedAt === Infinity) d.reportedAt = invoked;
+    // A doubt reported before every flush still to come was invoked can fail none of them.
+    this.doubts = this.doubts.filter((d) => d.reportedAt === Infinity || d.reportedAt >= invoked);
   }
 }
+
+export const LOST_WRITES =
+  "the drive's cache was lost (power loss or unplug) after it acknowledged writes that were not yet flushed; they may be gone";

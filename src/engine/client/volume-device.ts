@@ -15,7 +15,7 @@ import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
 import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { plantedBugs } from "../planted-bugs.ts";
-import { CacheWatch } from "./cache-watch.ts";
+import { CacheWatch, LOST_WRITES } from "./cache-watch.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
 export interface VolumeDeviceOptions {
@@ -46,6 +46,8 @@ export class VolumeDevice implements DriveStore {
   private closed = false;
   /** Per drive: acknowledged writes whose durability a later flush must vouch for. */
   private readonly watches = new Map<string, CacheWatch>();
+  /** Flushes invoked so far: orders them against loss reports (cache-watch.ts). */
+  private flushesInvoked = 0;
 
   constructor(
     private readonly env: Env,
@@ -198,19 +200,20 @@ export class VolumeDevice implements DriveStore {
     if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
     const none: Segment = { column: 0, drive_uuid: "", drive_offset: 0, length: 0, request_offset: 0 };
     const lost: string[] = [];
+    const no = ++this.flushesInvoked;
     await Promise.all(
       volumeDrives(this.layout).map((u) => {
         const w = this.watch(u);
-        const mark = w.mark();
+        const mark = w.mark(no);
         return this.withRetry(u, { ...none, drive_uuid: u }, async (s, d) => {
-          const why = w.flushed(mark, await s.flush(d));
-          if (why && !plantedBugs.ignore_cache_epoch) lost.push(`drive ${u}: ${why}`);
+          if (w.flushed(mark, await s.flush(d)) && !plantedBugs.ignore_cache_epoch) lost.push(u);
         });
       }),
     );
     if (lost.length > 0) {
+      for (const u of lost) this.watch(u).reported(this.flushesInvoked);
       this.env.log.error("acknowledged writes may have been lost", { volume: this.name, drives: lost });
-      throw new DriveIoError(`flush of ${this.name}: ${lost.join("; ")}`, "EIO");
+      throw new DriveIoError(`flush of ${this.name}: drive ${lost.join(", ")}: ${LOST_WRITES}`, "EIO");
     }
   }
 
