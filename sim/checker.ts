@@ -79,7 +79,6 @@ export class Checker {
   private readonly pendingByClient = new Map<string, Set<WriteRecord>>();
   /** drive → times of its power losses. */
   private readonly powerLosses = new Map<string, number[]>();
-  private readonly failedReads: number[] = [];
   readonly stats = { writes: 0, reads: 0, flushes: 0, sectors_checked: 0, read_errors: 0, write_errors: 0 };
 
   constructor(
@@ -226,18 +225,10 @@ export class Checker {
   readFailed(): void {
     this.stats.reads++;
     this.stats.read_errors++;
-    this.failedReads.push(this.world.now);
   }
 
   get now(): number {
     return this.world.now;
-  }
-
-  /** Operations that failed at or after `t` (the liveness phase allows none). */
-  errorsSince(t: number): number {
-    let n = this.failedReads.filter((x) => x >= t).length;
-    for (const w of this.writes.values()) if (w.outcome === "failed" && w.cmp - this.settle_ms >= t) n++;
-    return n;
   }
 
   private checkSector(volume: number, s: number, bytes: Uint8Array, ri: number, rc: number): string | null {

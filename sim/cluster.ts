@@ -354,8 +354,4 @@ export class SimCluster {
     for (const w of all) void w.stop().then(() => stopped++);
     await this.runUntil(() => stopped === all.length, within_ms, "workloads stop (every operation in flight completes)");
   }
-
-  envOfNode(node: SimNode): Env | undefined {
-    return node.current ? this.envs.get(node.current) : undefined;
-  }
 }
