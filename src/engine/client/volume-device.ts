@@ -96,7 +96,7 @@ export class VolumeDevice implements DriveStore {
     return w;
   }
 
-  private async withRetry(drive_uuid: string, seg: Segment, op: DriveOp): Promise<void> {
+  private async withRetry(drive_uuid: string, seg: Segment, op: DriveOp, writes = false): Promise<void> {
     const drive = this.pool.driveId(drive_uuid);
     const fast = this.pool.cached(drive_uuid);
     if (fast) {
@@ -105,7 +105,7 @@ export class VolumeDevice implements DriveStore {
         return;
       } catch (e) {
         if (!retryable(e)) throw this.ioError(e);
-        if (plantedBugs.ack_on_connection_loss && seg.length > 0) return;
+        if (writes && plantedBugs.ack_on_connection_loss) return;
       }
     }
     // Elapsed time is measured by a timer, never by comparing clock readings: a clock that jumps
@@ -149,8 +149,8 @@ export class VolumeDevice implements DriveStore {
   private async each(offset: number, length: number, op: DriveOp, writes = false): Promise<void> {
     let segs = limitSegments(plan(this.layout, offset, length), MAX_IO_BYTES);
     if (writes && plantedBugs.skip_segment && segs.length > 1) segs = segs.slice(0, 1);
-    if (segs.length === 1) return await this.withRetry(segs[0]!.drive_uuid, segs[0]!, op);
-    await Promise.all(segs.map((s) => this.withRetry(s.drive_uuid, s, op)));
+    if (segs.length === 1) return await this.withRetry(segs[0]!.drive_uuid, segs[0]!, op, writes);
+    await Promise.all(segs.map((s) => this.withRetry(s.drive_uuid, s, op, writes)));
   }
 
   async read(offset: number, dst: Uint8Array): Promise<void> {
