@@ -63,6 +63,7 @@ describe("simulator scenarios", () => {
       });
     }, { expectErrors: true });
     expect(traced(r, /s3 +CRASH \(power\)/)).toBe(true);
+    expect(traced(r, /acknowledged writes may have been lost/)).toBe(true);
   });
 
   test("client crash in the middle of a write: the other client goes on, the restarted one attaches again", async () => {
@@ -149,7 +150,7 @@ describe("simulator scenarios", () => {
 
   test("latent read error: the read fails with EIO, never returns wrong data, and a rewrite heals it", async () => {
     let hit = "";
-    await scenario((c) => {
+    const r = await scenario((c) => {
       c.world.after(2000, () => {
         const { medium, byte } = c.locate(0, 40);
         hit = medium.name;
@@ -157,6 +158,7 @@ describe("simulator scenarios", () => {
       });
     }, { expectErrors: true });
     expect(hit).not.toBe("");
+    expect(traced(r, /workload read failed/)).toBe(true);
   });
 
   test("hazard: B cannot reach D2 and writes while A, which cannot reach D1, reads", async () => {
