@@ -77,6 +77,8 @@ export interface ServerSim {
   target: TargetService | null;
   toma: Toma | null;
   inc: Incarnation | null;
+  /** Drives plugged in while this incarnation was still booting: added once its target is up. */
+  plugged_while_booting: FormattedDrive[];
 }
 
 export interface ClientSim {
@@ -116,7 +118,7 @@ export class SimCluster {
     };
     for (let i = 1; i <= spec.servers; i++) {
       const name = `s${i}`;
-      const s: ServerSim = { name, node: new SimNode(world, name, this.net, clockFor(name)), media: [], target: null, toma: null, inc: null };
+      const s: ServerSim = { name, node: new SimNode(world, name, this.net, clockFor(name)), media: [], target: null, toma: null, inc: null, plugged_while_booting: [] };
       for (let d = 0; d < spec.drives_per_server; d++) {
         const m = new SimMedium(world, { name: `${name}-d${d + 1}`, size_bytes: spec.drive_bytes, profile: spec.drive });
         s.media.push(m);
@@ -211,13 +213,17 @@ export class SimCluster {
     this.envs.set(inc, env);
     s.target = null;
     s.toma = null;
+    s.plugged_while_booting = [];
     const prng = this.prng.fork(`${s.name}#${inc.number}`);
+    // The drives present at power-on; plug() takes care of any that arrive during the boot.
+    const present = s.media.filter((m) => m.plugged);
     void (async () => {
       const drives: FormattedDrive[] = [];
-      for (const m of s.media) {
-        if (!m.plugged) continue;
+      for (const m of present) {
+        const epoch = m.epoch;
         try {
-          drives.push(await openDrive(openSimDrive(this.world, m, inc, prng.fork(m.name)), m.name));
+          const d = await openDrive(openSimDrive(this.world, m, inc, prng.fork(m.name)), m.name);
+          if (this.stillIn(m, s, epoch)) drives.push(d);
         } catch (e) {
           env.log.error("cannot open drive", { drive: m.name, error: (e as Error).message });
         }
@@ -225,6 +231,7 @@ export class SimCluster {
       const target = new TargetService(env, { name: s.name, drives });
       await env.net.listen(`${s.name}:${TARGET_PORT}`, (c) => target.handle(c));
       s.target = target;
+      for (const d of s.plugged_while_booting.splice(0)) target.addDrive(d);
       if (s === this.tomaServer) {
         const toma = new Toma(env, {
           name: `toma-${s.name}`,
@@ -267,9 +274,13 @@ export class SimCluster {
     if (!to.node.alive || !to.inc) return; // opened at its next boot
     const inc = to.inc;
     const env = this.envs.get(inc)!;
+    const epoch = m.epoch;
     void openDrive(openSimDrive(this.world, m, inc, this.prng.fork(`${m.name}@${to.name}`)), m.name)
       .then((d) => {
-        if (inc.alive && to.target) to.target.addDrive(d);
+        // Pulled again (or moved on) while it was being opened: the handle is dead already.
+        if (!inc.alive || !this.stillIn(m, to, epoch)) return;
+        if (to.target) to.target.addDrive(d);
+        else to.plugged_while_booting.push(d);
       })
       .catch((e) => env.log.error("cannot open plugged drive", { drive: m.name, error: (e as Error).message }));
   }
@@ -281,6 +292,11 @@ export class SimCluster {
     const g = computeGeometry(medium.size_bytes, 1024 * 1024);
     if (isInvalid(g)) throw new Error(g.invalid);
     return { medium, byte: g.data_offset + seg.drive_offset };
+  }
+
+  /** The drive is still plugged into `s` since the plug that had `epoch`. */
+  private stillIn(m: SimMedium, s: ServerSim, epoch: number): boolean {
+    return m.plugged && m.epoch === epoch && this.serverOf(m) === s;
   }
 
   serverOf(m: SimMedium): ServerSim | undefined {

@@ -81,7 +81,7 @@ export async function startTarget(
     logs,
     drives,
     async session(sopts) {
-      const s = await openSession(env, listener.address, { version: 1, role: "client", name: "test" }, sopts);
+      const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, sopts);
       sessions.push(s);
       return s;
     },

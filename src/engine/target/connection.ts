@@ -13,6 +13,14 @@ import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
 import { type TargetContext, execute } from "./execute.ts";
 import { cborResponse, errorResponse, recycleFrame, takeBuffer } from "./reply.ts";
 
+/**
+ * A requester that says HELLO again under the same role and name supersedes its older connections:
+ * they are closed, and the new HELLO is answered only once everything they had started has
+ * finished. A frame of the old connection still travelling in the network then lands on a closed
+ * socket and is dropped, so a retried write can never be overtaken by its own first attempt.
+ */
+export type Supersede = (hello: HelloRequest, by: TargetConnection) => Promise<void> | null;
+
 export interface ConnectionLimits {
   max_inflight: number;
   /** Decoded frames waiting for an in-flight slot, beyond which the peer is disconnected. */
@@ -28,8 +36,10 @@ interface Queued {
 export class TargetConnection {
   private readonly decoder: FrameDecoder;
   private readonly out: SendBatcher;
-  private authenticated = false;
+  /** "new": HELLO expected. "waiting": superseded connections are draining. "ready": serving. */
+  private state: "new" | "waiting" | "ready" = "new";
   private closed = false;
+  private drainWaiters: (() => void)[] = [];
   private inflight = 0;
   private queue: Queued[] = [];
   private queueHead = 0;
@@ -43,6 +53,7 @@ export class TargetConnection {
     private readonly conn: Conn,
     private readonly limits: ConnectionLimits,
     private readonly onEnd: (c: TargetConnection) => void,
+    private readonly supersede: Supersede,
   ) {
     this.out = new SendBatcher(conn);
     this.decoder = new FrameDecoder(
@@ -60,6 +71,12 @@ export class TargetConnection {
     return this.conn.remote;
   }
 
+  /** Resolves once this connection is closed and none of its requests is executing any more. */
+  drained(): Promise<void> {
+    if (this.closed && this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
   /** Closes the connection; responses already computed are flushed first. */
   close(): void {
     if (this.closed) return;
@@ -70,8 +87,8 @@ export class TargetConnection {
 
   private onFrame(h: Header, payload: Uint8Array, owned: boolean): void {
     if (this.closed) return;
-    if (!this.authenticated) return this.hello(h, payload);
-    if (this.inflight < this.limits.max_inflight) return this.start(h, payload, owned);
+    if (this.state === "new") return this.hello(h, payload);
+    if (this.state === "ready" && this.inflight < this.limits.max_inflight) return this.start(h, payload, owned);
     // Unless owned, payload points into the decoder's buffer: keep a copy.
     this.queue.push({ h, payload: owned ? payload : payload.slice() });
     this.queuedBytes += payload.length;
@@ -91,9 +108,18 @@ export class TargetConnection {
       this.out.push(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
-    this.authenticated = true;
+    this.state = "waiting";
     this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name });
-    this.out.push(cborResponse(h, this.ctx.info()));
+    const ready = () => {
+      if (this.closed) return;
+      this.state = "ready";
+      this.out.push(cborResponse(h, this.ctx.info()));
+      this.pump();
+    };
+    const wait = this.supersede(req, this);
+    // Answered at once when there is nothing to wait for.
+    if (wait) wait.then(ready, this.onBug);
+    else ready();
   }
 
   private start(h: Header, payload: Uint8Array, owned: boolean): void {
@@ -103,10 +129,18 @@ export class TargetConnection {
 
   private complete(frame: Uint8Array): void {
     this.inflight--;
-    if (this.closed) return;
+    if (this.closed) {
+      if (this.inflight === 0) this.wakeDrainWaiters();
+      return;
+    }
     this.out.push(frame);
     // Small frames are copied by push(); large ones too when the socket copies what it is given.
     if (frame.length < COPY_LIMIT_BYTES || this.out.copies) recycleFrame(frame);
+    this.pump();
+  }
+
+  /** Starts queued requests while in-flight slots are free. */
+  private pump(): void {
     while (this.inflight < this.limits.max_inflight && this.queueHead < this.queue.length) {
       const q = this.queue[this.queueHead]!;
       this.queue[this.queueHead++] = undefined as unknown as Queued;
@@ -139,5 +173,12 @@ export class TargetConnection {
     this.queuedBytes = 0;
     this.ctx.log.debug("connection ended", { peer: this.conn.remote, reason });
     this.onEnd(this);
+    if (this.inflight === 0) this.wakeDrainWaiters();
+  }
+
+  private wakeDrainWaiters(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
   }
 }

@@ -9,6 +9,7 @@ import type { Env } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
 import type { TargetInfo } from "../wire/control.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
+import type { HelloRequest } from "../wire/control.ts";
 import { type ConnectionLimits, TargetConnection } from "./connection.ts";
 import { DriveTable } from "./drive-table.ts";
 import type { TargetContext } from "./execute.ts";
@@ -28,6 +29,8 @@ export interface TargetServiceOptions {
 export class TargetService {
   private readonly drives = new DriveTable();
   private readonly conns = new Set<TargetConnection>();
+  /** The live connection of each client and TOMA, by role and name (see Supersede). */
+  private readonly byRequester = new Map<string, { conn: TargetConnection; quiet: Promise<void> | null }>();
   private readonly ctx: TargetContext;
   private readonly limits: ConnectionLimits;
 
@@ -51,8 +54,41 @@ export class TargetService {
 
   /** Takes ownership of a freshly accepted connection. */
   handle(conn: Conn): void {
-    const c = new TargetConnection(this.ctx, conn, this.limits, (ended) => this.conns.delete(ended));
+    const c = new TargetConnection(
+      this.ctx,
+      conn,
+      this.limits,
+      (ended) => this.conns.delete(ended),
+      (hello, by) => this.supersede(hello, by),
+    );
     this.conns.add(c);
+  }
+
+  /**
+   * Clients and TOMAs have one live connection each here: a new HELLO closes the older one and
+   * waits for its requests to finish. Admin connections (CLI commands) never write data and may
+   * be many at once.
+   */
+  private supersede(hello: HelloRequest, by: TargetConnection): Promise<void> | null {
+    if (hello.role === "admin") return null;
+    const key = `${hello.role}:${hello.name}`;
+    const older = this.byRequester.get(key);
+    // Waits for the whole line of predecessors: the one just superseded may itself still be
+    // waiting for an older one.
+    const quiet = older ? Promise.all([older.quiet, older.conn.drained()]).then(() => {}) : null;
+    this.byRequester.set(key, { conn: by, quiet });
+    Promise.all([quiet, by.drained()]).then(() => {
+      if (this.byRequester.get(key)?.conn === by) this.byRequester.delete(key);
+    });
+    if (older) {
+      this.env.log.info("connection superseded by a new one of the same requester", {
+        requester: key,
+        old: older.conn.remote,
+        new: by.remote,
+      });
+      older.conn.close();
+    }
+    return quiet;
   }
 
   /** Hot-plug: serves a drive from now on. Throws if a drive with its uuid is already served. */
