@@ -1,7 +1,8 @@
 /**
  * A formatted nvmesh drive as the target serves it: the superblock's identity, the data area as
  * a DriveStore of its own (offset 0 = first data byte, so a request can never reach metadata),
- * and the two alternating metadata slots. Implemented in ./formatted-drive.ts.
+ * the two alternating metadata slots, and the write-intent bitmap. Implemented in
+ * ./formatted-drive.ts.
  */
 import type { DriveInfo, MetaSlot } from "../wire/control.ts";
 import type { DriveStore } from "./store.ts";
@@ -17,6 +18,22 @@ export interface FormattedDrive {
   metaWrite(generation: number, payload: Uint8Array): Promise<void>;
   /** Sets the cluster uuid of an unclaimed drive, durably. Throws AlreadyClaimedError otherwise. */
   claim(cluster_uuid: string): Promise<void>;
+  /**
+   * The write-intent (dirty) bitmap in RAM, read from the drive at open (all ones if it could not
+   * be read: every region is then treated as dirty). Bit i (byte i >> 3, bit i & 7, LSB first)
+   * covers data-area region i, bytes [i × bitmap_region_bytes, (i + 1) × bitmap_region_bytes).
+   * The owner (the target) changes bits here and makes them durable with persistBitmapBlock.
+   */
+  readonly bitmap: Uint8Array;
+  readonly bitmap_region_bytes: number;
+  /** False when the bitmap could not be read at open: the all-ones RAM copy is not on the drive. */
+  readonly bitmap_loaded: boolean;
+  /**
+   * Writes 4 KiB block `index` of the RAM bitmap (bits 32768 × index ..) to the drive's bitmap
+   * area with FUA; resolves once durable. The block's content is taken at the call. Writes of the
+   * same block must not overlap: the caller serialises them (target/dirty.ts).
+   */
+  persistBitmapBlock(index: number): Promise<void>;
   close(): Promise<void>;
 }
 

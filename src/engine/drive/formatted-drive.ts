@@ -37,22 +37,43 @@ export async function openDrive(store: DriveStore, path: string, opts: OpenOptio
   const found = await locateSuperblock(store);
   if (found.kind !== "found") throw new DriveFormatError(`${store.describe}: ${found.reason}`);
   for (const w of found.warnings) opts.log?.warn(`drive ${found.sb.drive_uuid}: ${w}`, { drive: store.describe });
-  return new Drive(store, path, found.sb);
+  const bitmap = new Uint8Array(found.sb.bitmap_bytes);
+  let loaded = true;
+  try {
+    await store.read(found.sb.bitmap_offset, bitmap);
+  } catch (e) {
+    loaded = false;
+    // An unreadable bitmap cannot say which regions are clean: treating every region as dirty
+    // costs a full resync of this drive's mirrors, never a missed one. The block is rewritten
+    // (and the sector remapped) the first time a bit of it is persisted.
+    bitmap.fill(0xff);
+    opts.log?.warn(`drive ${found.sb.drive_uuid}: write-intent bitmap unreadable, every region counts as dirty`, {
+      drive: store.describe,
+      error: (e as Error).message,
+    });
+  }
+  return new Drive(store, path, found.sb, bitmap, loaded);
 }
 
 class Drive implements FormattedDrive {
   readonly data: DriveStore;
+  readonly bitmap_region_bytes: number;
   private sb: Superblock;
   /** Tail of the chain that serialises metaWrite and claim. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Bitmap writes not finished yet: close() waits for them. */
+  private readonly bitmapWrites = new Set<Promise<unknown>>();
 
   constructor(
     private readonly store: DriveStore,
     private readonly path: string,
     sb: Superblock,
+    readonly bitmap: Uint8Array,
+    readonly bitmap_loaded: boolean,
   ) {
     this.sb = sb;
     this.data = new OffsetStore(store, sb.data_offset, sb.extent_count * sb.extent_size_bytes, "data area");
+    this.bitmap_region_bytes = sb.bitmap_region_bytes;
   }
 
   get info(): DriveInfo {
@@ -140,8 +161,22 @@ class Drive implements FormattedDrive {
     });
   }
 
+  persistBitmapBlock(index: number): Promise<void> {
+    const blocks = this.bitmap.length / BLOCK_BYTES;
+    if (!Number.isInteger(index) || index < 0 || index >= blocks) {
+      return Promise.reject(new RangeError(`bitmap block ${index} outside 0..${blocks - 1}`));
+    }
+    const bytes = this.bitmap.slice(index * BLOCK_BYTES, (index + 1) * BLOCK_BYTES);
+    const w = this.store.write(this.sb.bitmap_offset + index * BLOCK_BYTES, bytes, true);
+    const tracked = w.catch(() => {});
+    this.bitmapWrites.add(tracked);
+    tracked.then(() => this.bitmapWrites.delete(tracked));
+    return w;
+  }
+
   async close(): Promise<void> {
     await this.queue;
+    await Promise.all(this.bitmapWrites);
     await this.data.close();
     await this.store.close();
   }
