@@ -10,7 +10,7 @@ import type { Conn } from "../net/conn.ts";
 import { HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
 import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
 import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
-import { type TargetContext, execute } from "./execute.ts";
+import { type Requester, type TargetContext, execute } from "./execute.ts";
 import { cborResponse, errorResponse, recycleFrame, takeBuffer } from "./reply.ts";
 
 /**
@@ -23,6 +23,8 @@ export type Supersede = (hello: HelloRequest, by: TargetConnection) => Promise<v
 
 export interface ConnectionLimits {
   max_inflight: number;
+  /** LOCKs of one connection that may wait without holding an in-flight slot. */
+  max_parked_locks: number;
   /** Decoded frames waiting for an in-flight slot, beyond which the peer is disconnected. */
   max_queued_frames: number;
   max_queued_bytes: number;
@@ -40,7 +42,15 @@ export class TargetConnection {
   private state: "new" | "waiting" | "ready" = "new";
   private closed = false;
   private drainWaiters: (() => void)[] = [];
+  /** Raised when the connection ends: requests waiting inside the target (LOCK) give up. */
+  private readonly ending = new AbortController();
+  /** Set by HELLO: the role every request of this connection is judged by (fencing). */
+  private requester: Requester | null = null;
+  /** Requests executing, parked LOCKs included (drained() waits for all of them). */
   private inflight = 0;
+  /** LOCKs waiting for their units: they do not hold an in-flight slot (see Requester.park). */
+  private parked = 0;
+  private pumping = false;
   private queue: Queued[] = [];
   private queueHead = 0;
   private queuedBytes = 0;
@@ -88,7 +98,7 @@ export class TargetConnection {
   private onFrame(h: Header, payload: Uint8Array, owned: boolean): void {
     if (this.closed) return;
     if (this.state === "new") return this.hello(h, payload);
-    if (this.state === "ready" && this.inflight < this.limits.max_inflight) return this.start(h, payload, owned);
+    if (this.state === "ready" && this.inflight - this.parked < this.limits.max_inflight) return this.start(h, payload, owned);
     // Unless owned, payload points into the decoder's buffer: keep a copy.
     this.queue.push({ h, payload: owned ? payload : payload.slice() });
     this.queuedBytes += payload.length;
@@ -109,6 +119,19 @@ export class TargetConnection {
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
     this.state = "waiting";
+    this.requester = {
+      role: req.role,
+      ended: this.ending.signal,
+      park: () => {
+        if (this.parked >= this.limits.max_parked_locks) return false;
+        this.parked++;
+        this.pump();
+        return true;
+      },
+      unpark: () => {
+        this.parked--;
+      },
+    };
     this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name });
     const ready = () => {
       if (this.closed) return;
@@ -124,7 +147,7 @@ export class TargetConnection {
 
   private start(h: Header, payload: Uint8Array, owned: boolean): void {
     this.inflight++;
-    execute(this.ctx, h, payload, owned).then(this.onDone, this.onBug);
+    execute(this.ctx, this.requester!, h, payload, owned).then(this.onDone, this.onBug);
   }
 
   private complete(frame: Uint8Array): void {
@@ -139,14 +162,20 @@ export class TargetConnection {
     this.pump();
   }
 
-  /** Starts queued requests while in-flight slots are free. */
+  /**
+   * Starts queued requests while in-flight slots are free. A LOCK that parks while being started
+   * calls back in here: the loop already running sees the freed slot on its next turn.
+   */
   private pump(): void {
-    while (this.inflight < this.limits.max_inflight && this.queueHead < this.queue.length) {
+    if (this.closed || this.pumping) return;
+    this.pumping = true;
+    while (this.inflight - this.parked < this.limits.max_inflight && this.queueHead < this.queue.length) {
       const q = this.queue[this.queueHead]!;
       this.queue[this.queueHead++] = undefined as unknown as Queued;
       this.queuedBytes -= q.payload.length;
       this.start(q.h, q.payload, true);
     }
+    this.pumping = false;
     if (this.queueHead === this.queue.length) {
       this.queue.length = 0;
       this.queueHead = 0;
@@ -172,6 +201,7 @@ export class TargetConnection {
     this.queueHead = 0;
     this.queuedBytes = 0;
     this.ctx.log.debug("connection ended", { peer: this.conn.remote, reason });
+    this.ending.abort();
     this.onEnd(this);
     if (this.inflight === 0) this.wakeDrainWaiters();
   }

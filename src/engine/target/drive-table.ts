@@ -6,6 +6,10 @@
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import { uuidFromString } from "../uuid.ts";
 import type { DriveInfo } from "../wire/control.ts";
+import { Status } from "../wire/header.ts";
+import { DirtyBits } from "./dirty.ts";
+import { LockTable } from "./locks.ts";
+import { RequestError } from "./reply.ts";
 
 export interface ServedDrive {
   readonly drive: FormattedDrive;
@@ -16,6 +20,13 @@ export interface ServedDrive {
    * the same slot can never both see the old generation and both "win".
    */
   metaChain: Promise<unknown>;
+  /**
+   * Fencing: client id → min_generation, set by FENCE (fence.ts). RAM only, and per served
+   * instance: a drive plugged again starts with none.
+   */
+  registrations: Map<number, number>;
+  readonly locks: LockTable;
+  readonly dirty: DirtyBits;
 }
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
@@ -46,7 +57,14 @@ export class DriveTable {
       drive.info.extent_count * drive.info.extent_size_bytes,
       drive.data.size_bytes,
     );
-    this.byKey.set(key, { drive, data_bytes, metaChain: Promise.resolve() });
+    this.byKey.set(key, {
+      drive,
+      data_bytes,
+      metaChain: Promise.resolve(),
+      registrations: new Map(),
+      locks: new LockTable(),
+      dirty: new DirtyBits(drive, data_bytes),
+    });
   }
 
   /** Returns the drive that was removed, or undefined if it was not served. */
@@ -55,6 +73,7 @@ export class DriveTable {
     const key = uuidKey(uuidFromString(drive_uuid));
     const entry = this.byKey.get(key);
     this.byKey.delete(key);
+    entry?.locks.failAll(new RequestError(Status.NO_SUCH_DRIVE, `drive ${drive_uuid} was removed while waiting for a lock`));
     return entry?.drive;
   }
 

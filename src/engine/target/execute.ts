@@ -9,27 +9,63 @@ import { AlreadyClaimedError, StaleGenerationError } from "../drive/formatted-ap
 import { DriveIoError } from "../drive/store.ts";
 import type { Logger } from "../env.ts";
 import { NIL_UUID, uuidToString } from "../uuid.ts";
-import { ClaimRequest, MetaSlot, type TargetInfo, decodeBody, isInvalid } from "../wire/control.ts";
-import { Flag, HEADER_BYTES, type Header, MAX_CONTROL_BYTES, Op, Status } from "../wire/header.ts";
+import { ClaimRequest, FenceRequest, MetaSlot, type TargetInfo, decodeBody, isInvalid } from "../wire/control.ts";
+import {
+  Flag,
+  HEADER_BYTES,
+  type Header,
+  LOCK_UNIT_BYTES,
+  MAX_CONTROL_BYTES,
+  MAX_LOCK_BYTES,
+  Op,
+  Status,
+} from "../wire/header.ts";
 import type { DriveTable, ServedDrive } from "./drive-table.ts";
 import { plantedBugs } from "../planted-bugs.ts";
-import { fenceCheck } from "./fence.ts";
-import { RequestError, cborResponse, errorResponse, giveBuffer, okResponse, readResponse, takeBuffer } from "./reply.ts";
+import { type Role, applyFence, fenceCheck } from "./fence.ts";
+import {
+  RequestError,
+  cborResponse,
+  errorResponse,
+  giveBuffer,
+  okResponse,
+  readResponse,
+  recycleFrame,
+  takeBuffer,
+} from "./reply.ts";
 
 export interface TargetContext {
   readonly drives: DriveTable;
   readonly log: Logger;
+  /** Enforce client registrations and generations (fence.ts) on role "client" connections. */
+  readonly fencing: boolean;
   info(): TargetInfo;
+}
+
+/** Who sent a request: the connection's HELLO role, and a signal raised when it ends. */
+export interface Requester {
+  readonly role: Role;
+  /** Aborted when the connection ends: requests waiting inside the target (LOCK) give up. */
+  readonly ended: AbortSignal;
+  /**
+   * A LOCK about to wait gives its in-flight slot back (true), so that the UNLOCKs and writes
+   * that will free its units are not stuck behind waiting LOCKs of the same connection; false
+   * when the connection already has its maximum of waiting LOCKs (it then keeps the slot).
+   * unpark() when the wait is over.
+   */
+  park(): boolean;
+  unpark(): void;
 }
 
 export async function execute(
   ctx: TargetContext,
+  req: Requester,
   h: Header,
   payload: Uint8Array,
   payloadOwned: boolean,
 ): Promise<Uint8Array> {
   try {
-    return await dispatch(ctx, h, payload, payloadOwned);
+    return await dispatch(ctx, req, h, payload, payloadOwned);
   } catch (e) {
     const status = statusOf(e);
     if (status === Status.IO_ERROR) {
@@ -39,22 +75,27 @@ export async function execute(
   }
 }
 
-function dispatch(ctx: TargetContext, h: Header, payload: Uint8Array, owned: boolean): Promise<Uint8Array> {
+const LOCK_FLAGS = Flag.TEST_LOCK | Flag.DIRTY;
+
+function dispatch(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array, owned: boolean): Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
+  if (h.flags & LOCK_FLAGS) checkFlags(h);
   switch (h.opcode) {
-    case Op.READ:
-      return doRead(dataDrive(ctx, h, payload), h);
+    case Op.READ: {
+      const d = dataDrive(ctx, req, h, payload);
+      return (h.flags & Flag.TEST_LOCK) !== 0 ? doReadTestLock(d, h) : doRead(d, h);
+    }
     case Op.WRITE: {
-      const d = dataDrive(ctx, h, null);
+      const d = dataDrive(ctx, req, h, null);
       return doWrite(d, h, owned ? payload : copyOf(payload));
     }
     case Op.FLUSH:
       noPayload(h, payload);
-      return doFlush(lookup(ctx, h), h);
+      return doFlush(fencedDrive(ctx, req, h), h);
     case Op.TRIM:
-      return doTrim(dataDrive(ctx, h, payload), h);
+      return doTrim(dataDrive(ctx, req, h, payload), h);
     case Op.WRITE_ZEROES:
-      return doWriteZeroes(dataDrive(ctx, h, payload), h);
+      return doWriteZeroes(dataDrive(ctx, req, h, payload), h);
     case Op.LIST_DRIVES:
       return Promise.resolve(cborResponse(h, ctx.info().drives));
     case Op.META_READ:
@@ -64,10 +105,39 @@ function dispatch(ctx: TargetContext, h: Header, payload: Uint8Array, owned: boo
       return doMetaWrite(lookup(ctx, h), h, controlBody(h, payload));
     case Op.CLAIM:
       return doClaim(lookup(ctx, h), h, controlBody(h, payload));
+    case Op.FENCE:
+      tomaOnly(req, h);
+      return doFence(lookup(ctx, h), h, controlBody(h, payload));
+    case Op.LOCK:
+      return doLock(lockRange(ctx, req, h, payload), req, h);
+    case Op.UNLOCK:
+      return doUnlock(dataDrive(ctx, req, h, payload), h);
+    case Op.LOCK_LIST:
+      tomaOnly(req, h);
+      noPayload(h, payload);
+      return Promise.resolve(cborResponse(h, lookup(ctx, h).locks.list(LOCK_UNIT_BYTES)));
+    case Op.DIRTY_GET: {
+      const d = dataDrive(ctx, req, h, payload);
+      return Promise.resolve(cborResponse(h, d.dirty.list(h.offset, h.length)));
+    }
+    case Op.DIRTY_SET:
+      return doDirtySet(dataDrive(ctx, req, h, payload), h);
+    case Op.DIRTY_CLEAR:
+      return doDirtyClear(dataDrive(ctx, req, h, payload), h);
     case Op.HELLO:
       throw new RequestError(Status.INVALID, "HELLO was already done on this connection");
   }
   throw new RequestError(Status.INVALID, `opcode ${h.opcode} is not a request`);
+}
+
+/** TEST_LOCK only on READ; DIRTY only on the ops that change data. */
+function checkFlags(h: Header): void {
+  if ((h.flags & Flag.TEST_LOCK) !== 0 && h.opcode !== Op.READ) {
+    throw new RequestError(Status.INVALID, `the TEST_LOCK flag applies to READ only, not ${Op[h.opcode]}`);
+  }
+  if ((h.flags & Flag.DIRTY) !== 0 && h.opcode !== Op.WRITE && h.opcode !== Op.WRITE_ZEROES && h.opcode !== Op.TRIM) {
+    throw new RequestError(Status.INVALID, `the DIRTY flag applies to WRITE, WRITE_ZEROES and TRIM only, not ${Op[h.opcode]}`);
+  }
 }
 
 function lookup(ctx: TargetContext, h: Header): ServedDrive {
@@ -76,18 +146,40 @@ function lookup(ctx: TargetContext, h: Header): ServedDrive {
   return d;
 }
 
-/** A data-path drive: served, fenced, and the range inside its data area. */
-function dataDrive(ctx: TargetContext, h: Header, payload: Uint8Array | null): ServedDrive {
-  if (payload !== null) noPayload(h, payload);
+/** Ops that only the drive's TOMA may send (FENCE, LOCK_LIST). */
+function tomaOnly(req: Requester, h: Header): void {
+  if (req.role !== "toma") {
+    throw new RequestError(Status.REFUSED, `${Op[h.opcode]} is accepted from a TOMA connection only, not from role "${req.role}"`);
+  }
+}
+
+/** A served drive that this requester may send data-path requests for (fence.ts). */
+function fencedDrive(ctx: TargetContext, req: Requester, h: Header): ServedDrive {
   const d = lookup(ctx, h);
-  const refused = fenceCheck(d, h);
+  const refused = fenceCheck(d, h, req.role, ctx.fencing);
   if (refused !== null) throw new RequestError(Status.REFUSED, refused);
+  return d;
+}
+
+/** A data-path drive: served, fenced, and the range inside its data area. */
+function dataDrive(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array | null): ServedDrive {
+  if (payload !== null) noPayload(h, payload);
+  const d = fencedDrive(ctx, req, h);
   // Written so that offset + length never has to be computed beyond 2^53.
   if (h.offset > d.data_bytes || h.length > d.data_bytes - h.offset) {
     throw new RequestError(
       Status.OUT_OF_RANGE,
       `range ${h.offset}+${h.length} is beyond the data area (${d.data_bytes} bytes)`,
     );
+  }
+  return d;
+}
+
+/** A LOCK's drive: a data-path range of at most MAX_LOCK_BYTES. */
+function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array): ServedDrive {
+  const d = dataDrive(ctx, req, h, payload);
+  if (h.length > MAX_LOCK_BYTES) {
+    throw new RequestError(Status.INVALID, `LOCK of ${h.length} bytes, at most ${MAX_LOCK_BYTES} at once`);
   }
   return d;
 }
@@ -112,8 +204,39 @@ async function doRead(d: ServedDrive, h: Header): Promise<Uint8Array> {
   return out;
 }
 
+/**
+ * READ with TEST_LOCK ("test after read", DESIGN.md §3): refused while a unit of the range is
+ * locked; otherwise the data, unless a unit was locked at any time during the read, which the
+ * units' acquisition sequence numbers reveal even if the lock is already released again.
+ */
+async function doReadTestLock(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  if (h.length === 0) return readResponse(h);
+  const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
+  const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
+  if (d.locks.anyLocked(first, last)) throw locked(d, h, "is locked");
+  const before = d.locks.seqSum(first, last);
+  const out = readResponse(h);
+  await d.drive.data.read(h.offset, out.subarray(HEADER_BYTES));
+  if (d.locks.anyLocked(first, last) || d.locks.seqSum(first, last) !== before) {
+    recycleFrame(out); // never sent: nothing references it
+    throw locked(d, h, "was locked while being read");
+  }
+  return out;
+}
+
+function locked(d: ServedDrive, h: Header, what: string): RequestError {
+  return new RequestError(Status.LOCKED, `range ${h.offset}+${h.length} of drive ${d.drive.info.drive_uuid} ${what}: read again later`);
+}
+
+/** With DIRTY, the bits of the regions the range touches are durable before the data op runs. */
+function dirtyFirst(d: ServedDrive, h: Header): Promise<void> | null {
+  return (h.flags & Flag.DIRTY) !== 0 ? d.dirty.markForWrite(h.offset, h.length) : null;
+}
+
 async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
   const fua = (h.flags & Flag.FUA) !== 0 && !plantedBugs.ack_before_durable;
+  const bits = dirtyFirst(d, h);
+  if (bits !== null) await bits;
   if (data.length > 0) await d.drive.data.write(h.offset, data, fua);
   giveBuffer(data); // written: the drive holds no reference any more (after a failure: the GC's)
   return durableResponse(d, h);
@@ -141,11 +264,15 @@ async function doFlush(d: ServedDrive, h: Header): Promise<Uint8Array> {
 }
 
 async function doTrim(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  const bits = dirtyFirst(d, h);
+  if (bits !== null) await bits;
   if (h.length > 0) await d.drive.data.trim(h.offset, h.length);
   return durableResponse(d, h);
 }
 
 async function doWriteZeroes(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  const bits = dirtyFirst(d, h);
+  if (bits !== null) await bits;
   if (h.length > 0) await d.drive.data.writeZeroes(h.offset, h.length, (h.flags & Flag.FUA) !== 0);
   return durableResponse(d, h);
 }
@@ -174,6 +301,48 @@ async function doClaim(d: ServedDrive, h: Header, body: Uint8Array): Promise<Uin
     if (d.drive.info.cluster_uuid === req.cluster_uuid) return;
     await d.drive.claim(req.cluster_uuid);
   });
+  return okResponse(h);
+}
+
+async function doFence(d: ServedDrive, h: Header, body: Uint8Array): Promise<Uint8Array> {
+  const req = decodeBody(FenceRequest, body);
+  if (isInvalid(req)) throw new RequestError(Status.INVALID, `FENCE body: ${req.invalid}`);
+  const refused = applyFence(d, req);
+  if (refused !== null) throw new RequestError(Status.INVALID, `FENCE: ${refused}`);
+  return okResponse(h);
+}
+
+async function doLock(d: ServedDrive, req: Requester, h: Header): Promise<Uint8Array> {
+  if (h.length > 0) {
+    const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
+    const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
+    const wait = d.locks.lock(h.client_id, first, last, req.ended);
+    if (wait !== null) {
+      const parked = req.park();
+      try {
+        await wait;
+      } finally {
+        if (parked) req.unpark();
+      }
+    }
+  }
+  return okResponse(h);
+}
+
+async function doUnlock(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  if (h.length > 0) {
+    d.locks.unlock(h.client_id, Math.floor(h.offset / LOCK_UNIT_BYTES), Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES));
+  }
+  return okResponse(h);
+}
+
+async function doDirtySet(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  await d.dirty.set(h.offset, h.length);
+  return okResponse(h);
+}
+
+async function doDirtyClear(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  await d.dirty.clear(h.offset, h.length);
   return okResponse(h);
 }
 

@@ -18,12 +18,24 @@ import type { TargetContext } from "./execute.ts";
 export const TARGET_VERSION = "nvmesh-target/1";
 
 export const DEFAULT_MAX_INFLIGHT_PER_CONN = 256;
+/**
+ * LOCKs per connection that may wait for their units without holding an in-flight slot (a
+ * session sends at most this many LOCKs at once by default: DEFAULT_SESSION_MAX_INFLIGHT_LOCKS).
+ */
+export const MAX_PARKED_LOCKS_PER_CONN = 1024;
 
 export interface TargetServiceOptions {
   name: string;
   drives: FormattedDrive[];
   /** Requests executing at once per connection; more are queued up to a hard cap. */
   max_inflight_per_conn?: number;
+  /**
+   * Refuse data-path requests of role "client" connections whose client is not registered on
+   * the drive by FENCE, or whose generation is below its min_generation (target/fence.ts).
+   * Off by default for now: turned on when the TOMA registers clients (the TOMA and client side
+   * of mirroring is being built); this option then goes away and fencing is always on.
+   */
+  fencing?: boolean;
 }
 
 export class TargetService {
@@ -45,11 +57,12 @@ export class TargetService {
     }
     this.limits = {
       max_inflight,
+      max_parked_locks: MAX_PARKED_LOCKS_PER_CONN,
       // A well-behaved requester never queues here; these caps only stop a flooding peer.
       max_queued_frames: Math.max(4096, max_inflight * 16),
       max_queued_bytes: Math.max(128 * 1024 * 1024, 4 * MAX_PAYLOAD_BYTES),
     };
-    this.ctx = { drives: this.drives, log: env.log, info: () => this.info() };
+    this.ctx = { drives: this.drives, log: env.log, fencing: opts.fencing ?? false, info: () => this.info() };
   }
 
   /** Takes ownership of a freshly accepted connection. */

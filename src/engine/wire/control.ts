@@ -1,7 +1,8 @@
 /**
- * CBOR bodies of the data path's control frames (HELLO, LIST_DRIVES, META_*, CLAIM), each defined
- * once with its valibot schema beside it. Decoding happens at the edge: bytes → CBOR → schema; a
- * body that fails is answered with Status.INVALID and changes nothing.
+ * CBOR bodies of the data path's control frames (HELLO, LIST_DRIVES, META_*, CLAIM, FENCE,
+ * LOCK_LIST, DIRTY_GET), each defined once with its valibot schema beside it. Decoding happens at
+ * the edge: bytes → CBOR → schema; a body that fails is answered with Status.INVALID and changes
+ * nothing.
  */
 import { decode, encode } from "cbor-x";
 import * as v from "valibot";
@@ -49,6 +50,35 @@ export type MetaSlot = v.InferOutput<typeof MetaSlot>;
 
 export const ClaimRequest = v.object({ cluster_uuid: Uuid });
 export type ClaimRequest = v.InferOutput<typeof ClaimRequest>;
+
+/** Ids on the wire are u64 fields limited to 2^53 - 1 (JavaScript safe integers). */
+const Id = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
+
+/** Entries one FENCE may carry in `set` and in `remove` (each), and registrations one drive holds. */
+export const MAX_REGISTRATIONS = 65536;
+
+export const Registration = v.object({ client_id: Id, min_generation: Id });
+export type Registration = v.InferOutput<typeof Registration>;
+
+/**
+ * FENCE body (role "toma" only). `replace` first clears the drive's table; each `set` entry then
+ * registers its client or raises its min_generation (a lower value than the one held is ignored);
+ * `remove` unregisters. A client may not be both set and removed by one FENCE.
+ */
+export const FenceRequest = v.strictObject({
+  replace: v.boolean(),
+  set: v.pipe(v.array(Registration), v.maxLength(MAX_REGISTRATIONS)),
+  remove: v.pipe(v.array(Id), v.maxLength(MAX_REGISTRATIONS)),
+});
+export type FenceRequest = v.InferOutput<typeof FenceRequest>;
+
+/** One run of lock units held by one client (LOCK_LIST answer entries, sorted by offset). */
+export const LockEntry = v.object({ client_id: Id, offset: Count, length: Count });
+export type LockEntry = v.InferOutput<typeof LockEntry>;
+export const LockList = v.array(LockEntry);
+
+/** DIRTY_GET answer: indices of the dirty bitmap regions, ascending. */
+export const DirtyList = v.array(Count);
 
 /** Body of any response whose status is not OK. */
 export const ErrorBody = v.object({ error: v.string() });

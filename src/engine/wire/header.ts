@@ -9,7 +9,7 @@
  *   5   1   opcode          Op
  *   6   2   flags           Flag bits
  *   8   4   request_id      chosen by the requester, echoed in the response
- *  12   4   length          I/O length in bytes (READ/WRITE/TRIM/WRITE_ZEROES)
+ *  12   4   length          range length in bytes (READ/WRITE/TRIM/WRITE_ZEROES/LOCK/UNLOCK/DIRTY_*)
  *  16   8   offset          byte offset into the drive's data area
  *  24  16   drive_uuid      the drive addressed (all-zero for target-wide ops)
  *  40   8   client_id       requester's id (fencing, from the mirroring issue on)
@@ -25,6 +25,10 @@ export const MAX_IO_BYTES = 4 * 1024 * 1024;
 /** Largest control (CBOR) payload: metadata slots and drive lists. */
 export const MAX_CONTROL_BYTES = 1024 * 1024;
 export const MAX_PAYLOAD_BYTES = Math.max(MAX_IO_BYTES, MAX_CONTROL_BYTES);
+/** Locks are taken per unit of this many bytes of a drive's data area (unit i = [i*U, (i+1)*U)). */
+export const LOCK_UNIT_BYTES = 64 * 1024;
+/** Largest range one LOCK may name (1024 units); callers split larger ranges. */
+export const MAX_LOCK_BYTES = 64 * 1024 * 1024;
 
 export enum Op {
   /** CBOR {role, name, proof?} → CBOR target info. Must be the first frame on a connection. */
@@ -42,13 +46,36 @@ export enum Op {
   META_WRITE = 18,
   /** Assigns an unclaimed drive to a cluster: CBOR {cluster_uuid}. Refused if already claimed. */
   CLAIM = 19,
+  /**
+   * Sets the drive's client registration table (fencing): CBOR FenceRequest. Role "toma" only.
+   * Registrations live in the target's RAM: after a target restart every client is refused until
+   * the TOMA sends FENCE again.
+   */
+  FENCE = 20,
+  /** Locks every lock unit the range touches, all or nothing, for header client_id; waits while any is held. */
+  LOCK = 21,
+  /** Releases the units of the range that header client_id holds; always OK. */
+  UNLOCK = 22,
+  /** → CBOR list of the locks held on the drive, {client_id, offset, length}. Role "toma" only. */
+  LOCK_LIST = 23,
+  /** → CBOR list of the indices of the dirty bitmap regions the range touches. */
+  DIRTY_GET = 24,
+  /** Sets the dirty bit of every region the range touches; durable before OK. */
+  DIRTY_SET = 25,
+  /** Clears the dirty bit of every region the range touches; durable before OK. */
+  DIRTY_CLEAR = 26,
 }
 
 export const Flag = {
+  /** WRITE, WRITE_ZEROES: answered only once durable. */
   FUA: 1 << 0,
+  /** READ: answer LOCKED instead of data if any lock unit of the range is, or was while being read, locked. */
+  TEST_LOCK: 1 << 1,
+  /** WRITE, WRITE_ZEROES, TRIM: the dirty bits of the range are durable before the data op runs. */
+  DIRTY: 1 << 2,
   RESPONSE: 1 << 15,
 } as const;
-const KNOWN_FLAGS = Flag.FUA | Flag.RESPONSE;
+const KNOWN_FLAGS = Flag.FUA | Flag.TEST_LOCK | Flag.DIRTY | Flag.RESPONSE;
 
 export enum Status {
   OK = 0,
@@ -68,6 +95,8 @@ export enum Status {
   STALE = 7,
   /** Target is shutting down or overloaded; retry elsewhere or later. */
   BUSY = 8,
+  /** The range is locked, or was locked while being read (READ with TEST_LOCK): read again later. */
+  LOCKED = 9,
 }
 
 export interface Header {

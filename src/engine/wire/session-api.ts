@@ -4,7 +4,7 @@
  * order. Every method rejects with TargetError when the target answers a non-OK status, and with
  * SessionClosedError when the connection is gone (in-flight requests fail at once, never hang).
  */
-import type { DriveInfo, MetaSlot, TargetInfo } from "./control.ts";
+import type { DriveInfo, FenceRequest, LockEntry, MetaSlot, TargetInfo } from "./control.ts";
 import type { Status } from "./header.ts";
 
 export class TargetError extends Error {
@@ -18,6 +18,15 @@ export class TargetError extends Error {
 
 export class SessionClosedError extends Error {}
 
+/** Options of the ops that change data (WRITE, TRIM, WRITE_ZEROES). */
+export interface WriteOptions {
+  /**
+   * Set the dirty bits of the regions the range touches first: the target executes the op only
+   * once those bits are durable (a degraded mirror's writes, DESIGN.md §3).
+   */
+  dirty?: boolean;
+}
+
 export interface TargetSession {
   readonly address: string;
   /** From the HELLO exchange. */
@@ -27,11 +36,38 @@ export interface TargetSession {
   onClose: ((reason: string) => void) | null;
 
   read(drive: Uint8Array, offset: number, dst: Uint8Array): Promise<void>;
+  /**
+   * READ with TEST_LOCK: rejects with TargetError(Status.LOCKED), dst then unspecified, if a lock
+   * unit of the range is locked now or was locked at any time during the read; read again later.
+   */
+  readTestLock(drive: Uint8Array, offset: number, dst: Uint8Array): Promise<void>;
   /** These four resolve with the drive's cache epoch (DriveStore.cache_epoch; 0 when it has none). */
-  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<number>;
+  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean, opts?: WriteOptions): Promise<number>;
   flush(drive: Uint8Array): Promise<number>;
-  trim(drive: Uint8Array, offset: number, length: number): Promise<number>;
-  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<number>;
+  trim(drive: Uint8Array, offset: number, length: number, opts?: WriteOptions): Promise<number>;
+  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean, opts?: WriteOptions): Promise<number>;
+
+  /**
+   * Locks every 64 KiB lock unit (LOCK_UNIT_BYTES) of the range for this session's client_id, all
+   * or nothing; resolves once held, after waiting as long as any unit is held by anyone (this
+   * client included). At most MAX_LOCK_BYTES (64 MiB) per call. If the session closes before the
+   * answer, the lock may or may not be held: UNLOCK the range (idempotent) before locking again.
+   */
+  lock(drive: Uint8Array, offset: number, length: number): Promise<void>;
+  /** Releases the units of the range held by this session's client_id; others are left alone. */
+  unlock(drive: Uint8Array, offset: number, length: number): Promise<void>;
+  /** UNLOCK on behalf of client_id (a TOMA freeing a dead client's stale lock). */
+  unlockFor(drive: Uint8Array, offset: number, length: number, client_id: number): Promise<void>;
+  /** Held locks, as runs of units of one client sorted by offset (role "toma" only). */
+  lockList(drive: Uint8Array): Promise<LockEntry[]>;
+  /** Sets the drive's client registrations (role "toma" only); see FenceRequest. */
+  fence(drive: Uint8Array, body: FenceRequest): Promise<void>;
+  /** Indices of the dirty regions (bitmap_region_bytes, 1 MiB) the range touches, ascending. */
+  dirtyGet(drive: Uint8Array, offset: number, length: number): Promise<number[]>;
+  /** Marks every region the range touches dirty; resolves once durable. */
+  dirtySet(drive: Uint8Array, offset: number, length: number): Promise<void>;
+  /** Clears the dirty bit of every region the range touches; resolves once durable. */
+  dirtyClear(drive: Uint8Array, offset: number, length: number): Promise<void>;
 
   listDrives(): Promise<DriveInfo[]>;
   metaRead(drive: Uint8Array): Promise<MetaSlot>;

@@ -11,9 +11,13 @@
 import type { Env } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
 import {
+  DirtyList,
   DriveInfo,
   ErrorBody,
+  type FenceRequest,
   HelloRequest,
+  type LockEntry,
+  LockList,
   MetaSlot,
   TargetInfo,
   decodeBody,
@@ -27,13 +31,14 @@ import {
   type Header,
   MAX_CONTROL_BYTES,
   MAX_IO_BYTES,
+  MAX_LOCK_BYTES,
   Op,
   Status,
   emptyHeader,
   encodeHeader,
 } from "./header.ts";
 import { SendBatcher } from "./send-batcher.ts";
-import { SessionClosedError, TargetError, type TargetSession } from "./session-api.ts";
+import { SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "./session-api.ts";
 import * as v from "valibot";
 
 export interface SessionOptions {
@@ -41,7 +46,13 @@ export interface SessionOptions {
   max_inflight?: number;
   /** Payload bytes on the wire at once; one request larger than this still goes alone. */
   max_inflight_bytes?: number;
-  /** Fencing fields carried by every request (DESIGN.md §3); not enforced by targets yet. */
+  /**
+   * LOCKs on the wire at once, counted apart from max_inflight: a LOCK may wait inside the
+   * target for as long as its units are held, and must not keep the UNLOCKs that free them from
+   * being sent (keep ≤ the target's MAX_PARKED_LOCKS_PER_CONN, 1024).
+   */
+  max_inflight_locks?: number;
+  /** Fencing fields carried by every request (DESIGN.md §3); enforced by targets with fencing on. */
   client_id?: number;
   generation?: number;
   /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
@@ -49,6 +60,7 @@ export interface SessionOptions {
 }
 
 export const DEFAULT_SESSION_MAX_INFLIGHT = 256;
+export const DEFAULT_SESSION_MAX_INFLIGHT_LOCKS = 1024;
 
 function parseWith<S extends v.GenericSchema>(schema: S): (body: Uint8Array) => unknown {
   return (body) => decodeBody(schema, body);
@@ -69,6 +81,8 @@ interface Request {
   parse: ((body: Uint8Array) => unknown) | null;
   /** Counted against max_inflight_bytes. */
   bytes: number;
+  /** The header's client_id when not the session's own (UNLOCK on behalf of another client); else -1. */
+  client: number;
   resolve: (value: unknown) => void;
   reject: (e: Error) => void;
 }
@@ -77,6 +91,8 @@ const NO_DRIVE = new Uint8Array(16);
 const parseTargetInfo = parseWith(TargetInfo);
 const parseDriveList = parseWith(v.array(DriveInfo));
 const parseMetaSlot = parseWith(MetaSlot);
+const parseLockList = parseWith(LockList);
+const parseDirtyList = parseWith(DirtyList);
 const MAX_U32 = 0xffff_ffff;
 
 /** Connects, does HELLO, and returns a ready session. Rejects (and closes) if HELLO fails. */
@@ -109,6 +125,11 @@ export class Session implements TargetSession {
   private readonly pending = new Map<number, Request>();
   private readonly waiting: Request[] = [];
   private waitingHead = 0;
+  /** LOCKs have a budget and a queue of their own (see SessionOptions.max_inflight_locks). */
+  private readonly waitingLocks: Request[] = [];
+  private waitingLocksHead = 0;
+  private inflightLocks = 0;
+  private readonly max_inflight_locks: number;
   private nextId = 1;
   private inflightBytes = 0;
   private readonly max_inflight: number;
@@ -123,6 +144,7 @@ export class Session implements TargetSession {
   ) {
     this.max_inflight = opts.max_inflight ?? DEFAULT_SESSION_MAX_INFLIGHT;
     this.max_inflight_bytes = opts.max_inflight_bytes ?? DEFAULT_SESSION_MAX_INFLIGHT_BYTES;
+    this.max_inflight_locks = opts.max_inflight_locks ?? DEFAULT_SESSION_MAX_INFLIGHT_LOCKS;
     this.client_id = opts.client_id ?? 0;
     this.generation = opts.generation ?? 0;
     this.out = opts.batch_sends === false ? null : new SendBatcher(conn);
@@ -158,10 +180,16 @@ export class Session implements TargetSession {
     return this.submit(Op.READ, 0, drive, offset, dst.length, null, dst, null) as Promise<void>;
   }
 
-  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean): Promise<number> {
+  readTestLock(drive: Uint8Array, offset: number, dst: Uint8Array): Promise<void> {
+    const bad = checkIo(drive, offset, dst.length, MAX_IO_BYTES);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.READ, Flag.TEST_LOCK, drive, offset, dst.length, null, dst, null) as Promise<void>;
+  }
+
+  write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, src.length, MAX_IO_BYTES);
     if (bad) return Promise.reject(bad);
-    const flags = fua ? Flag.FUA : 0;
+    const flags = (fua ? Flag.FUA : 0) | (opts?.dirty ? Flag.DIRTY : 0);
     return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null) as Promise<number>;
   }
 
@@ -171,17 +199,69 @@ export class Session implements TargetSession {
     return this.submit(Op.FLUSH, 0, drive, 0, 0, null, null, null) as Promise<number>;
   }
 
-  trim(drive: Uint8Array, offset: number, length: number): Promise<number> {
+  trim(drive: Uint8Array, offset: number, length: number, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
-    return this.submit(Op.TRIM, 0, drive, offset, length, null, null, null) as Promise<number>;
+    const flags = opts?.dirty ? Flag.DIRTY : 0;
+    return this.submit(Op.TRIM, flags, drive, offset, length, null, null, null) as Promise<number>;
   }
 
-  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean): Promise<number> {
+  writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
-    const flags = fua ? Flag.FUA : 0;
+    const flags = (fua ? Flag.FUA : 0) | (opts?.dirty ? Flag.DIRTY : 0);
     return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null) as Promise<number>;
+  }
+
+  lock(drive: Uint8Array, offset: number, length: number): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_LOCK_BYTES);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.LOCK, 0, drive, offset, length, null, null, null).then(nothing);
+  }
+
+  unlock(drive: Uint8Array, offset: number, length: number): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.UNLOCK, 0, drive, offset, length, null, null, null).then(nothing);
+  }
+
+  unlockFor(drive: Uint8Array, offset: number, length: number, client_id: number): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    if (!Number.isSafeInteger(client_id) || client_id < 0) return Promise.reject(new RangeError(`bad client id ${client_id}`));
+    return this.submit(Op.UNLOCK, 0, drive, offset, length, null, null, null, client_id).then(nothing);
+  }
+
+  lockList(drive: Uint8Array): Promise<LockEntry[]> {
+    const bad = checkIo(drive, 0, 0, 0);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.LOCK_LIST, 0, drive, 0, 0, null, null, parseLockList) as Promise<LockEntry[]>;
+  }
+
+  fence(drive: Uint8Array, body: FenceRequest): Promise<void> {
+    const bad = checkIo(drive, 0, 0, 0);
+    if (bad) return Promise.reject(bad);
+    const bytes = encodeBody(body);
+    if (bytes.length > MAX_CONTROL_BYTES) return Promise.reject(new RangeError(`FENCE body of ${bytes.length} bytes is above the control limit`));
+    return this.submit(Op.FENCE, 0, drive, 0, 0, bytes, null, null).then(nothing);
+  }
+
+  dirtyGet(drive: Uint8Array, offset: number, length: number): Promise<number[]> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.DIRTY_GET, 0, drive, offset, length, null, null, parseDirtyList) as Promise<number[]>;
+  }
+
+  dirtySet(drive: Uint8Array, offset: number, length: number): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.DIRTY_SET, 0, drive, offset, length, null, null, null).then(nothing);
+  }
+
+  dirtyClear(drive: Uint8Array, offset: number, length: number): Promise<void> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.DIRTY_CLEAR, 0, drive, offset, length, null, null, null).then(nothing);
   }
 
   listDrives(): Promise<DriveInfo[]> {
@@ -229,19 +309,25 @@ export class Session implements TargetSession {
     payload: Uint8Array | null,
     dst: Uint8Array | null,
     parse: Request["parse"],
+    client = -1,
   ): Promise<unknown> {
     if (this.isClosed) return Promise.reject(new SessionClosedError(`session to ${this.address} is closed`));
     return new Promise((resolve, reject) => {
       const bytes = (payload?.length ?? 0) + (dst?.length ?? 0);
-      const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, resolve, reject };
-      if (this.waitingHead === this.waiting.length && this.hasRoom(bytes)) this.send(r);
+      const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, client, resolve, reject };
+      if (op === Op.LOCK) {
+        if (this.waitingLocksHead === this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks) this.send(r);
+        else this.waitingLocks.push(r);
+      } else if (this.waitingHead === this.waiting.length && this.hasRoom(bytes)) this.send(r);
       else this.waiting.push(r);
     });
   }
 
+  /** Room for one more request other than LOCK (LOCKs are counted apart). */
   private hasRoom(bytes: number): boolean {
-    if (this.pending.size >= this.max_inflight) return false;
-    return this.pending.size === 0 || this.inflightBytes + bytes <= this.max_inflight_bytes;
+    const others = this.pending.size - this.inflightLocks;
+    if (others >= this.max_inflight) return false;
+    return others === 0 || this.inflightBytes + bytes <= this.max_inflight_bytes;
   }
 
   private send(r: Request): void {
@@ -250,6 +336,7 @@ export class Session implements TargetSession {
     this.nextId = id === MAX_U32 ? 1 : id + 1;
     this.pending.set(id, r);
     this.inflightBytes += r.bytes;
+    if (r.op === Op.LOCK) this.inflightLocks++;
 
     const h = this.hdr;
     h.opcode = r.op;
@@ -258,7 +345,7 @@ export class Session implements TargetSession {
     h.length = r.length;
     h.offset = r.offset;
     h.drive_uuid = r.drive;
-    h.client_id = this.client_id;
+    h.client_id = r.client >= 0 ? r.client : this.client_id;
     h.generation = this.generation;
     h.status = Status.OK;
     h.payload_len = r.payload?.length ?? 0;
@@ -291,6 +378,7 @@ export class Session implements TargetSession {
     if (r.op !== h.opcode) return this.fail(`target answered ${Op[r.op]} request ${h.request_id} as ${Op[h.opcode]}`);
     this.pending.delete(h.request_id);
     this.inflightBytes -= r.bytes;
+    if (r.op === Op.LOCK) this.inflightLocks--;
     this.settle(r, h, payload);
     this.pump();
   }
@@ -321,6 +409,18 @@ export class Session implements TargetSession {
   }
 
   private pump(): void {
+    while (this.waitingLocksHead < this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks) {
+      const next = this.waitingLocks[this.waitingLocksHead]!;
+      this.waitingLocks[this.waitingLocksHead++] = undefined as unknown as Request;
+      this.send(next);
+    }
+    if (this.waitingLocksHead === this.waitingLocks.length) {
+      this.waitingLocks.length = 0;
+      this.waitingLocksHead = 0;
+    } else if (this.waitingLocksHead >= 1024) {
+      this.waitingLocks.splice(0, this.waitingLocksHead);
+      this.waitingLocksHead = 0;
+    }
     while (this.waitingHead < this.waiting.length) {
       const next = this.waiting[this.waitingHead]!;
       if (!this.hasRoom(next.bytes)) {
@@ -345,11 +445,18 @@ export class Session implements TargetSession {
     this.out?.flush();
     this.conn.close();
     const err = new SessionClosedError(`session to ${this.address} closed: ${reason}`);
-    const victims = [...this.pending.values(), ...this.waiting.slice(this.waitingHead)];
+    const victims = [
+      ...this.pending.values(),
+      ...this.waiting.slice(this.waitingHead),
+      ...this.waitingLocks.slice(this.waitingLocksHead),
+    ];
     this.pending.clear();
     this.waiting.length = 0;
     this.waitingHead = 0;
+    this.waitingLocks.length = 0;
+    this.waitingLocksHead = 0;
     this.inflightBytes = 0;
+    this.inflightLocks = 0;
     for (const r of victims) r.reject(err);
     const cb = this.onClose;
     this.onClose = null;
@@ -357,6 +464,8 @@ export class Session implements TargetSession {
   }
 }
 
+
+function nothing(): void {}
 
 /** Catches what the target would reject as a malformed frame (which would close the session). */
 function checkIo(drive: Uint8Array, offset: number, length: number, maxLength: number): Error | null {
