@@ -4,9 +4,11 @@
  *   bun run sim --seeds K [--from S] run K seeds; each failing seed gets a replay line and trace
  *   --trace                          with --seed: print the whole trace
  *   --long                           nightly-style: 4x the virtual time under faults per seed
+ *   --mirror                         adds a RAID1 volume to the workload (mirroring, in progress)
  *   --bug NAME                       plant a known bug (src/engine/planted-bugs.ts): the checker must bite
  */
 import { isPlantedBug, plantedBugs } from "../src/engine/planted-bugs.ts";
+import { MIRROR_VOLUME } from "./cluster.ts";
 import { defaultRunOptions, type RunResult, runSeed } from "./run.ts";
 
 const argv = process.argv.slice(2);
@@ -36,6 +38,7 @@ if (bug !== undefined) {
 
 const opts = defaultRunOptions();
 if (has("long")) opts.fault_ms *= 4;
+if (has("mirror")) opts.tweak = (spec) => spec.volumes.push(MIRROR_VOLUME);
 opts.full_trace = has("trace");
 
 function summary(r: RunResult): string {
@@ -48,7 +51,7 @@ function summary(r: RunResult): string {
 }
 
 function replayLine(seed: number): string {
-  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
+  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${has("mirror") ? " --mirror" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
 }
 
 if (flag("seed") !== undefined) {

@@ -51,8 +51,18 @@ export async function serveMgmt(env: Env, address: string, handler: () => ApiHan
   });
 }
 
+/** A refusal from the API, with its HTTP status. */
+export class MgmtError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** One call on a fresh connection, given up after timeout_ms of the caller's time. */
-export function callMgmt<T>(env: Env, address: string, method: string, path: string, timeout_ms: number): Promise<T> {
+export function callMgmt<T>(env: Env, address: string, method: string, path: string, timeout_ms: number, body: unknown = null): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     let conn: Conn | null = null;
     let done = false;
@@ -73,10 +83,10 @@ export function callMgmt<T>(env: Env, address: string, method: string, path: str
         readFrames(c, (res) => {
           const { status, body } = res as { status: number; body: unknown };
           if (status >= 200 && status < 300) finish(() => resolve(body as T));
-          else finish(() => reject(new Error(`management ${address}: ${status} ${(body as { error?: string })?.error ?? ""}`)));
+          else finish(() => reject(new MgmtError(status, `management ${address}: ${status} ${(body as { error?: string })?.error ?? ""}`)));
         });
         c.onClose = (why) => finish(() => reject(new Error(`management ${address}: ${why}`)));
-        c.send(frame({ method, path, body: null }));
+        c.send(frame({ method, path, body }));
       },
       (e) => finish(() => reject(e as Error)),
     );

@@ -2,6 +2,7 @@
 import { mkdirSync } from "node:fs";
 import { hostname } from "node:os";
 import { consola } from "consola";
+import { tomaLinkOver } from "../engine/client/toma-link.ts";
 import { ClientDaemon } from "../engine/client/daemon.ts";
 import { ExportRegistry } from "../engine/nbd/exports.ts";
 import { NbdServer } from "../engine/nbd/server.ts";
@@ -44,7 +45,7 @@ const serve = command({
     const nbd = new NbdServer(env, exports);
     const toma = tomaClient(mgmt);
     const daemon = new ClientDaemon(env, {
-      fetchAttach: (volume) => toma.attach(volume),
+      toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
       openSession,
       nbd,
       exports,

@@ -68,7 +68,19 @@ const show = command({
   },
 });
 
+const evict = command({
+  meta: { name: "evict", description: "take a drive out: its mirror legs are rebuilt on other drives" },
+  args: {
+    drive: { type: "positional", description: "drive uuid", required: true },
+    ...management,
+  },
+  async run({ args }) {
+    await toma(args.management).call("POST", `/v1/drives/${encodeURIComponent(args.drive)}/evict`, {});
+    consola.success(`drive ${args.drive} evicted: its mirror legs are being rebuilt elsewhere`);
+  },
+});
+
 export const driveCommand = command({
   meta: { name: "drive", description: "format and list drives" },
-  subCommands: { format, show },
+  subCommands: { format, show, evict },
 });

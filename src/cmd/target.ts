@@ -42,7 +42,7 @@ const serve = command({
       }
     }
     if (drives.length === 0) throw new Error("no usable drive: nothing to serve");
-    const service = new TargetService(env, { name: args.name ?? hostname(), drives });
+    const service = new TargetService(env, { name: args.name ?? hostname(), drives, fencing: true });
     const listener = await env.net.listen(listen, (conn) => service.handle(conn));
     for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents)`);
     consola.success(`target ready on ${listener.address}`);

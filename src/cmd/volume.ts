@@ -15,31 +15,39 @@ export function toma(flag: string | undefined): TomaClient {
 }
 
 function raidName(level: string): string {
-  return level === "0" ? "RAID0" : "concatenated";
+  return level === "concatenated" ? "concatenated" : `RAID${level}`;
 }
+
+const LEVELS = ["concatenated", "0", "1", "10"] as const;
 
 const create = command({
   meta: { name: "create", description: "create a volume from the pool" },
   args: {
     name: { type: "string", description: "volume name ([A-Za-z0-9._-], up to 64)", required: true },
     capacity: { type: "string", description: "size with K/M/G/T suffix, e.g. 2G", required: true },
-    "raid-level": { type: "string", description: "concatenated or 0 (striped)", default: "concatenated" },
-    "stripe-width": { type: "string", description: "RAID0: drives to stripe across (default: all)" },
-    "stripe-size": { type: "string", description: "RAID0: stripe unit in KiB (default 64)" },
+    "raid-level": { type: "string", description: "concatenated, 0 (striped), 1 (mirrored) or 10 (striped mirrors)", default: "concatenated" },
+    "stripe-width": { type: "string", description: "RAID0: drives to stripe across (default: all); RAID10: mirror sets (default 2)" },
+    "stripe-size": { type: "string", description: "RAID0/RAID10: stripe unit in KiB (default 64)" },
+    "number-of-mirrors": { type: "string", description: "RAID1/RAID10: copies of each block, 2 (default) or 3" },
+    "allow-same-server": { type: "boolean", description: "RAID1/RAID10: let two legs of a mirror share a server" },
     ...management,
     ...outputArg,
   },
   async run({ args }) {
     const fmt = outputFormat(args.output);
-    const level = args["raid-level"];
-    if (level !== "concatenated" && level !== "0") {
-      throw new UsageError(`unsupported --raid-level '${level}': use concatenated or 0 (mirroring comes later)`);
-    }
+    const level = LEVELS.find((l) => l === args["raid-level"]);
+    if (!level) throw new UsageError(`unsupported --raid-level '${args["raid-level"]}': use concatenated, 0, 1 or 10`);
     const width = parsePositiveInt(args["stripe-width"], "--stripe-width");
     const stripeKiB = parsePositiveInt(args["stripe-size"], "--stripe-size");
-    if (level === "concatenated" && (width !== undefined || stripeKiB !== undefined)) {
-      throw new UsageError("--stripe-width and --stripe-size apply to --raid-level 0 only");
+    const mirrors = parsePositiveInt(args["number-of-mirrors"], "--number-of-mirrors");
+    if ((level === "concatenated" || level === "1") && (width !== undefined || stripeKiB !== undefined)) {
+      throw new UsageError("--stripe-width and --stripe-size apply to --raid-level 0 and 10 only");
     }
+    const mirrored = level === "1" || level === "10";
+    if (!mirrored && (mirrors !== undefined || args["allow-same-server"])) {
+      throw new UsageError("--number-of-mirrors and --allow-same-server apply to --raid-level 1 and 10 only");
+    }
+    if (mirrors !== undefined && (mirrors < 2 || mirrors > 3)) throw new UsageError("--number-of-mirrors must be 2 or 3");
     const capacity_bytes = parseSize(args.capacity, "capacity");
     if (capacity_bytes % 512 !== 0) throw new UsageError("--capacity must be a multiple of 512 bytes");
     const vol = await toma(args.management).createVolume({
@@ -48,6 +56,8 @@ const create = command({
       raid_level: level,
       ...(width !== undefined ? { stripe_width: width } : {}),
       ...(stripeKiB !== undefined ? { stripe_size_bytes: stripeKiB * 1024 } : {}),
+      ...(mirrors !== undefined ? { mirrors } : {}),
+      ...(args["allow-same-server"] ? { allow_same_server: true } : {}),
     });
     if (fmt === "json") return printJson(vol);
     consola.success(`volume ${vol.name} created: ${formatBytes(vol.capacity_bytes)} ${raidName(vol.raid_level)} over ${vol.columns.length} drive(s)`);
@@ -60,8 +70,10 @@ function row(v: VolumeJson) {
     state: v.state[0]!.toUpperCase() + v.state.slice(1),
     capacity: formatBytes(v.capacity_bytes),
     raid: raidName(v.raid_level),
-    width: v.raid_level === "0" ? v.stripe_width : "-",
-    stripe: v.raid_level === "0" ? `${v.stripe_size_bytes / 1024}K` : "-",
+    width: v.raid_level === "0" || v.raid_level === "10" ? v.stripe_width : "-",
+    stripe: v.stripe_size_bytes > 0 ? `${v.stripe_size_bytes / 1024}K` : "-",
+    mirrors: v.mirrors > 1 ? v.mirrors : "-",
+    generation: v.topology_seq,
     drives: v.columns.length,
     uuid: v.uuid,
   };
@@ -83,7 +95,18 @@ const show = command({
       printKeyValues(row(v));
       process.stdout.write("\n");
       printTable(
-        v.columns.map((c, i) => ({ column: i, drive: c.drive_uuid, extents: c.extents.length, first_extent: c.extents[0] })),
+        v.columns.map((c, i) => {
+          const leg = v.leg_views[i];
+          const r = leg?.rebuild;
+          return {
+            column: i,
+            ...(leg ? { set: leg.set, leg: legLabel(leg.state), reachable: leg.reachable ? "yes" : "no" } : {}),
+            ...(leg ? { rebuild: r && r.total_bytes > 0 ? progressBar(r.done_bytes, r.total_bytes) : "-" } : {}),
+            drive: c.drive_uuid,
+            extents: c.extents.length,
+            first_extent: c.extents[0],
+          };
+        }),
       );
       return;
     }
@@ -92,6 +115,17 @@ const show = command({
     printTable(vols.map(row));
   },
 });
+
+function legLabel(state: string): string {
+  return { ok: "Normal", dead: "Dead", syncing: "Rebuilding", synced: "Rebuilt (dual lock)" }[state] ?? state;
+}
+
+/** `[#####.....] 52%` */
+function progressBar(done: number, total: number): string {
+  const f = Math.min(1, done / total);
+  const n = Math.round(f * 20);
+  return `[${"#".repeat(n)}${".".repeat(20 - n)}] ${Math.floor(f * 100)}%`;
+}
 
 const remove = command({
   meta: { name: "delete", description: "delete a volume and free its extents" },

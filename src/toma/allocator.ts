@@ -23,10 +23,15 @@ export interface VolumeRequest {
   stripe_width?: number;
   /** RAID0: chunk size; defaults to 64 KiB. */
   stripe_size_bytes?: number;
+  /** RAID1/RAID10: copies of each block, 2 (default) or 3. */
+  mirrors?: number;
+  /** Let two legs of a mirror set share a server (never a drive). Off by default. */
+  allow_same_server?: boolean;
 }
 
 export interface Allocation {
   stripe_width: number;
+  mirrors: number;
   stripe_size_bytes: number;
   extent_size_bytes: number;
   columns: Column[];
@@ -92,6 +97,12 @@ export function allocate(state: ClusterState, req: VolumeRequest, topo: Topology
     (a, b) => freeBytes(b[1]) - freeBytes(a[1]) || a[0] - b[0],
   );
 
+  const mirrored = req.raid_level === "1" || req.raid_level === "10";
+  if (!mirrored && req.mirrors !== undefined && req.mirrors !== 1) {
+    return refuse("invalid", "number of mirrors applies to raid levels 1 and 10 only");
+  }
+  if (mirrored) return allocateMirrored(cap, req, ordered);
+
   if (req.raid_level === "concatenated") {
     if (req.stripe_width !== undefined && req.stripe_width !== 1) {
       return refuse("invalid", "stripe_width applies to raid_level \"0\" only");
@@ -127,6 +138,7 @@ export function allocate(state: ClusterState, req: VolumeRequest, topo: Topology
         ok: true,
         alloc: {
           stripe_width: width,
+          mirrors: 1,
           stripe_size_bytes: stripe,
           extent_size_bytes: extent_size,
           columns: chosen.map((c) => ({ drive_uuid: c.drive.drive_uuid, extents: c.free.slice(0, need) })),
@@ -160,7 +172,7 @@ function concatenated(cap: number, extent_size: number, group: Candidate[]): All
     remaining -= take;
   }
   if (remaining > 0) return null;
-  return { stripe_width: columns.length, stripe_size_bytes: 0, extent_size_bytes: extent_size, columns };
+  return { stripe_width: columns.length, mirrors: 1, stripe_size_bytes: 0, extent_size_bytes: extent_size, columns };
 }
 
 /**
@@ -184,4 +196,97 @@ function spreadAcrossTargets(eligible: Candidate[], width: number): Candidate[] 
     }
   }
   return chosen;
+}
+
+/**
+ * RAID1 (one mirror set) and RAID10 (stripe_width sets): every leg is a column of its own drive;
+ * the legs of one set sit on distinct servers unless allow_same_server, and never share a drive.
+ */
+function allocateMirrored(cap: number, req: VolumeRequest, ordered: [number, Candidate[]][]): AllocResult {
+  const mirrors = req.mirrors ?? 2;
+  if (!Number.isSafeInteger(mirrors) || mirrors < 2 || mirrors > 3) {
+    return refuse("invalid", `number of mirrors must be 2 or 3, got ${req.mirrors}`);
+  }
+  const raid1 = req.raid_level === "1";
+  if (raid1 && req.stripe_width !== undefined && req.stripe_width !== 1) {
+    return refuse("invalid", "a RAID1 volume has one mirror set: use --raid-level 10 to stripe");
+  }
+  if (raid1 && req.stripe_size_bytes !== undefined) return refuse("invalid", "stripe_size_bytes applies to raid levels 0 and 10");
+  const width = raid1 ? 1 : (req.stripe_width ?? 2);
+  if (!Number.isSafeInteger(width) || width < 1) return refuse("invalid", `stripe_width must be a positive integer, got ${req.stripe_width}`);
+  const stripe = raid1 ? 0 : (req.stripe_size_bytes ?? DEFAULT_STRIPE_SIZE_BYTES);
+  if (!raid1 && !isValidStripeSize(stripe)) {
+    return refuse("invalid", `stripe_size_bytes must be a power of two multiple of 4096 (at most 1 GiB), got ${stripe}`);
+  }
+  const leg_bytes = raid1 ? cap : Math.ceil(cap / width / stripe) * stripe;
+  let why = `${width * mirrors} drives with ${leg_bytes} free bytes each are needed`;
+  for (const [extent_size, group] of ordered) {
+    const need = Math.ceil(leg_bytes / extent_size);
+    const eligible = group.filter((c) => c.free.length >= need);
+    const sets = placeSets(eligible, width, mirrors, req.allow_same_server ?? false);
+    if (typeof sets === "string") {
+      why = sets;
+      continue;
+    }
+    return {
+      ok: true,
+      alloc: {
+        stripe_width: width,
+        mirrors,
+        stripe_size_bytes: stripe,
+        extent_size_bytes: extent_size,
+        columns: sets.flat().map((c) => ({ drive_uuid: c.drive.drive_uuid, extents: c.free.slice(0, need) })),
+      },
+    };
+  }
+  return refuse("no_space", `cannot place ${mirrors} copies of ${width} set(s): ${why}`);
+}
+
+/** Chooses the legs of each set: each set's legs from distinct servers, roomiest first. */
+function placeSets(eligible: Candidate[], width: number, mirrors: number, sameServer: boolean): Candidate[][] | string {
+  const left = [...eligible].sort(byFreeDesc);
+  const sets: Candidate[][] = [];
+  for (let s = 0; s < width; s++) {
+    const legs: Candidate[] = [];
+    for (const c of left) {
+      if (legs.length === mirrors) break;
+      if (!sameServer && legs.some((l) => l.target === c.target)) continue;
+      legs.push(c);
+    }
+    if (legs.length < mirrors) {
+      const servers = new Set(left.map((c) => c.target)).size;
+      return sameServer
+        ? `only ${left.length} drives with enough free space are left for set ${s}`
+        : `set ${s} needs ${mirrors} servers with a free drive, only ${servers} have one (allow_same_server places legs on one server)`;
+    }
+    for (const l of legs) left.splice(left.indexOf(l), 1);
+    sets.push(legs);
+  }
+  return sets;
+}
+
+/**
+ * A blank replacement for leg `column` of a mirrored volume: a usable drive the volume does not
+ * use yet, with as many free extents as the leg, on a server none of the set's other legs is on
+ * when there is one. Null when no drive qualifies.
+ */
+export function allocateLeg(
+  state: ClusterState,
+  vol: { columns: Column[]; mirrors: number; extent_size_bytes: number },
+  column: number,
+  topo: Topology,
+  exclude: ReadonlySet<string>,
+): Column | null {
+  const need = vol.columns[column]!.extents.length;
+  const set = Math.floor(column / vol.mirrors);
+  const siblings = vol.columns.slice(set * vol.mirrors, (set + 1) * vol.mirrors).filter((_, i) => i !== column % vol.mirrors);
+  const busyServers = new Set(siblings.map((c) => topo.target_of.get(c.drive_uuid)).filter((t) => t !== undefined));
+  const inUse = new Set(vol.columns.map((c) => c.drive_uuid));
+  const free = freeExtents(state);
+  const fits = state.drives
+    .filter((d) => topo.usable.has(d.drive_uuid) && !exclude.has(d.drive_uuid) && !inUse.has(d.drive_uuid))
+    .filter((d) => d.extent_size_bytes === vol.extent_size_bytes && free.get(d.drive_uuid)!.length >= need)
+    .sort((a, b) => free.get(b.drive_uuid)!.length - free.get(a.drive_uuid)!.length || (a.drive_uuid < b.drive_uuid ? -1 : 1));
+  const best = fits.find((d) => !busyServers.has(topo.target_of.get(d.drive_uuid)!)) ?? fits[0];
+  return best ? { drive_uuid: best.drive_uuid, extents: free.get(best.drive_uuid)!.slice(0, need) } : null;
 }

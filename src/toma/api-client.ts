@@ -25,6 +25,8 @@ export interface TomaClient {
   createVolume(req: CreateVolumeBody): Promise<VolumeJson>;
   deleteVolume(name: string): Promise<void>;
   attach(name: string): Promise<AttachInfo>;
+  /** Any route (the client daemon's routes go through this). */
+  call(method: string, path: string, body?: unknown): Promise<unknown>;
 }
 
 /** `base` is "http://HOST:PORT"; a bare "HOST:PORT" is accepted too. */
@@ -73,5 +75,6 @@ export function tomaClient(base: string, opts: { timeout_ms?: number } = {}): To
       await call("DELETE", vol(name));
     },
     attach: (name) => call("GET", `${vol(name)}/attach`),
+    call: (method, path, body) => call(method, path, body),
   };
 }

@@ -12,7 +12,9 @@ export const CreateVolumeBody = v.strictObject({
     v.number("capacity_bytes must be a number"),
     v.safeInteger("capacity_bytes must be an integer"),
   ),
-  raid_level: v.picklist(["concatenated", "0"], 'raid_level must be "concatenated" or "0"'),
+  raid_level: v.picklist(["concatenated", "0", "1", "10"], 'raid_level must be "concatenated", "0", "1" or "10"'),
+  mirrors: v.optional(v.pipe(v.number("mirrors must be a number"), v.safeInteger("mirrors must be an integer"))),
+  allow_same_server: v.optional(v.boolean("allow_same_server must be true or false")),
   stripe_width: v.optional(v.pipe(v.number("stripe_width must be a number"), v.safeInteger("stripe_width must be an integer"))),
   stripe_size_bytes: v.optional(
     v.pipe(v.number("stripe_size_bytes must be a number"), v.safeInteger("stripe_size_bytes must be an integer")),
@@ -36,7 +38,35 @@ export type TargetJson = TargetView;
 export type DriveJson = DriveView;
 
 /** A volume as the API shows it: the persisted record plus its state, derived at read time. */
-export type VolumeJson = VolumeRecord & { state: VolumeState };
+export type VolumeJson = VolumeRecord & {
+  state: VolumeState;
+  /** Mirrored volumes: per leg, where it is and how its rebuild goes. */
+  leg_views: LegView[];
+};
+
+export interface LegView {
+  column: number;
+  set: number;
+  drive_uuid: string;
+  state: VolumeRecord["legs"][number];
+  reachable: boolean;
+  rebuild: { done_bytes: number; total_bytes: number } | null;
+}
+
+export const ClientRegisterBody = v.strictObject({ name: v.pipe(v.string(), v.maxLength(256)) });
+export const ClientAckBody = v.strictObject({ generation: v.pipe(v.number(), v.safeInteger(), v.minValue(0)) });
+export const ClientReportBody = v.strictObject({
+  volume: v.string(),
+  column: v.pipe(v.number(), v.safeInteger(), v.minValue(0)),
+  error: v.pipe(v.string(), v.maxLength(4096)),
+});
+
+/** What a client's watch returns: the generation, how far every client switched, its volumes. */
+export interface WatchJson {
+  generation: number;
+  stable_generation: number;
+  volumes: import("../engine/layout/types.ts").AttachInfo[];
+}
 
 export interface ErrorJson {
   error: string;

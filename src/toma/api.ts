@@ -5,7 +5,17 @@
  */
 import * as v from "valibot";
 import type { AttachInfo } from "../engine/layout/types.ts";
-import { type ClusterJson, CreateVolumeBody, type DriveJson, type TargetJson, type VolumeJson } from "./api-types.ts";
+import {
+  ClientAckBody,
+  ClientRegisterBody,
+  ClientReportBody,
+  type ClusterJson,
+  CreateVolumeBody,
+  type DriveJson,
+  type TargetJson,
+  type VolumeJson,
+  type WatchJson,
+} from "./api-types.ts";
 import { type RefusalCode, type VolumeRecord, VOLUME_NAME_RE } from "./cluster-state.ts";
 import type { Refusal, Toma } from "./toma.ts";
 
@@ -40,6 +50,11 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     state: toma.volumeState(vol),
     created_seq: vol.created_seq,
     columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+    mirrors: vol.mirrors,
+    legs: [...vol.legs],
+    rebuild_blank: [...vol.rebuild_blank],
+    topology_seq: vol.topology_seq,
+    leg_views: vol.mirrors > 1 ? toma.legViews(vol) : [],
   });
 
   const cluster = (): ClusterJson => {
@@ -116,6 +131,12 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       }
       return err(405, `${m} not allowed on ${path}; use GET or DELETE`);
     }
+    if (route[0] === "clients") return clients(m, path, route.slice(1), body);
+    if (route.length === 3 && route[0] === "drives" && route[2] === "evict") {
+      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const out = toma.evictDrive(route[1]!.toLowerCase());
+      return out.ok ? ok({ evicted: route[1] }) : refused(out);
+    }
     if (route.length === 3 && route[0] === "volumes" && route[2] === "attach") {
       return only("GET", () => {
         const vol = findVolume(route[1]!);
@@ -124,4 +145,69 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     }
     return err(404, `no such route: ${method} ${path}`);
   };
+
+  /**
+   * The client daemons' routes: register (one id per daemon incarnation), attach (registers it on
+   * the volume's drives first), watch (long poll for new generations), ack, report a failing leg.
+   * An unknown or expired client id is answered 410: the daemon registers again.
+   */
+  async function clients(m: string, path: string, route: string[], body: unknown): Promise<ApiResponse> {
+    const mc = toma.mirror;
+    if (route.length === 0) {
+      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const r = v.safeParse(ClientRegisterBody, body);
+      if (!r.success) return err(400, `invalid client registration: ${r.issues.map((i) => i.message).join("; ")}`);
+      if (!toma.state || !toma.ready) return err(503, `TOMA not ready: ${toma.readiness()}`);
+      const c = mc.register(r.output.name);
+      return ok({ client_id: c.id, generation: c.acked }, 201);
+    }
+    const id = Number(route[0]);
+    const c = Number.isSafeInteger(id) ? mc.clients.live(id) : undefined;
+    if (!c) return err(410, `client ${route[0]} is not registered (expired or TOMA restarted): register again`);
+    mc.clients.heard(c);
+    if (route.length === 3 && route[1] === "attach") {
+      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const vol = findVolume(route[2]!);
+      if ("status" in vol) return vol;
+      await mc.attach(c, vol.name);
+      return ok(toma.attachInfo(vol) satisfies AttachInfo);
+    }
+    if (route.length === 2 && route[1] === "watch") {
+      if (m !== "GET") return err(405, `${m} not allowed on ${path}; use GET`);
+      const q = new URLSearchParams(path.split("?")[1] ?? "");
+      const known = Number(q.get("known") ?? "-1");
+      const known_stable = Number(q.get("stable") ?? "-1");
+      // Held until something the client does not know yet happens (or a heartbeat's time).
+      if ((toma.state?.generation ?? 0) <= known && mc.stable() <= known_stable) await mc.clients.changed();
+      mc.clients.heard(c);
+      const state = toma.state;
+      const vols = state ? [...c.volumes].map((n) => state.volumes.find((x) => x.name === n)).filter((x) => x !== undefined) : [];
+      return ok({
+        generation: state?.generation ?? 0,
+        stable_generation: mc.stable(),
+        volumes: vols.map((x) => toma.attachInfo(x)),
+      } satisfies WatchJson);
+    }
+    if (route.length === 2 && route[1] === "ack") {
+      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const r = v.safeParse(ClientAckBody, body);
+      if (!r.success) return err(400, `invalid ack: ${r.issues.map((i) => i.message).join("; ")}`);
+      if (r.output.generation > (toma.state?.generation ?? 0)) return err(400, `generation ${r.output.generation} does not exist yet`);
+      mc.clients.ack(c, r.output.generation);
+      toma.kick();
+      return ok({ acked: c.acked });
+    }
+    if (route.length === 2 && route[1] === "report") {
+      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const r = v.safeParse(ClientReportBody, body);
+      if (!r.success) return err(400, `invalid report: ${r.issues.map((i) => i.message).join("; ")}`);
+      const vol = findVolume(r.output.volume);
+      if ("status" in vol) return vol;
+      if (r.output.column >= vol.columns.length) return err(400, `volume ${vol.name} has ${vol.columns.length} legs`);
+      mc.reportFailure(vol, r.output.column, `client ${c.id}: ${r.output.error}`);
+      toma.kick();
+      return ok({ reported: true });
+    }
+    return err(404, `no such route: ${m} ${path}`);
+  }
 }

@@ -30,17 +30,36 @@ const ColumnSchema = v.strictObject({
   extents: v.array(Count),
 });
 
+/**
+ * The persisted state of one mirror leg (one column of a mirrored volume); the roles clients use
+ * are derived from it (topology.ts).
+ *   ok: in sync (R/W/L).  dead: out of the mirror (its regions written meanwhile are dirty on the
+ *   others).  syncing: being rebuilt, written but not read (W).  synced: rebuilt, written and
+ *   locked but not yet read (W/L, the dual-lock step).  Unmirrored volumes: every column "ok".
+ */
+export const LegStateSchema = v.picklist(["ok", "dead", "syncing", "synced"]);
+export type LegState = v.InferOutput<typeof LegStateSchema>;
+
 export const VolumeRecordSchema = v.strictObject({
   uuid: Uuid,
   name: v.pipe(v.string(), v.regex(VOLUME_NAME_RE)),
   capacity_bytes: Positive,
-  raid_level: v.picklist(["concatenated", "0"]),
-  /** Number of columns; for "concatenated" simply how many drives it spans. */
+  raid_level: v.picklist(["concatenated", "0", "1", "10"]),
+  /** Number of columns (RAID10: of mirror sets); for "concatenated" how many drives it spans. */
   stripe_width: Positive,
-  /** RAID0 chunk size; 0 for "concatenated". */
+  /** RAID0/RAID10 chunk size; 0 for "concatenated" and RAID1. */
   stripe_size_bytes: Count,
   extent_size_bytes: Positive,
+  /** Mirrored: stripe_width * mirrors columns, each set's legs consecutive. */
   columns: v.array(ColumnSchema),
+  /** Copies of each block (1 unmirrored, 2 or 3 for RAID1/RAID10). */
+  mirrors: v.optional(Positive, 1),
+  /** One per column. */
+  legs: v.optional(v.array(LegStateSchema), []),
+  /** A syncing leg on a blank drive must be copied whole (its dirty bits were all set). */
+  rebuild_blank: v.optional(v.array(v.boolean()), []),
+  /** Generation of the last change of its topology (creation, leg states, a replaced leg). */
+  topology_seq: v.optional(Count, 0),
   /** Generation of the command that created it: the volume's topology generation for now. */
   created_seq: Positive,
 });
@@ -68,8 +87,13 @@ export type Command =
       stripe_size_bytes: number;
       extent_size_bytes: number;
       columns: Column[];
+      mirrors: number;
     }
-  | { kind: "delete_volume"; name: string };
+  | { kind: "delete_volume"; name: string }
+  /** A topology step of a mirrored volume: new leg states (topology.ts checks adjacency). */
+  | { kind: "set_legs"; name: string; legs: LegState[] }
+  /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
+  | { kind: "replace_leg"; name: string; column: number; with: Column };
 
 /** Why a command was refused; the API maps each code to an HTTP status. */
 export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space";
@@ -111,6 +135,10 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
         stripe_size_bytes: cmd.stripe_size_bytes,
         extent_size_bytes: cmd.extent_size_bytes,
         columns: cmd.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+        mirrors: cmd.mirrors,
+        legs: cmd.columns.map(() => "ok" as const),
+        rebuild_blank: cmd.columns.map(() => false),
+        topology_seq: generation,
         created_seq: generation,
       };
       if (!VOLUME_NAME_RE.test(cmd.name)) {
@@ -126,7 +154,58 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
     }
+    case "set_legs": {
+      const i = state.volumes.findIndex((x) => x.name === cmd.name);
+      if (i < 0) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const vol = state.volumes[i]!;
+      if (vol.mirrors < 2) return refuse("invalid", `volume '${cmd.name}' is not mirrored`);
+      if (cmd.legs.length !== vol.columns.length) return refuse("invalid", `volume '${cmd.name}' has ${vol.columns.length} legs`);
+      const step = legStepProblem(vol, cmd.legs);
+      if (step) return refuse("invalid", `volume '${cmd.name}': ${step}`);
+      const rebuild_blank = vol.rebuild_blank.map((b, c) => b && cmd.legs[c] === "syncing");
+      const next = { ...vol, legs: [...cmd.legs], rebuild_blank, topology_seq: generation };
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next) } };
+    }
+    case "replace_leg": {
+      const i = state.volumes.findIndex((x) => x.name === cmd.name);
+      if (i < 0) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const vol = state.volumes[i]!;
+      if (vol.legs[cmd.column] !== "dead") return refuse("invalid", `leg ${cmd.column} of '${cmd.name}' is not dead`);
+      const columns = vol.columns.with(cmd.column, { drive_uuid: cmd.with.drive_uuid, extents: [...cmd.with.extents] });
+      const next: VolumeRecord = {
+        ...vol,
+        columns,
+        legs: vol.legs.with(cmd.column, "syncing"),
+        rebuild_blank: vol.rebuild_blank.with(cmd.column, true),
+        topology_seq: generation,
+      };
+      const others = { ...state, volumes: state.volumes.filter((_, j) => j !== i) };
+      const why = volumeProblem(others, next);
+      if (why) return refuse(why.code, why.error);
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next) } };
+    }
   }
+}
+
+/**
+ * Leg-state changes of one step must keep every mirror set readable and move legs only along
+ * ok → dead → syncing → synced → ok (and syncing/synced → dead when the leg fails again).
+ */
+function legStepProblem(vol: VolumeRecord, legs: LegState[]): string | null {
+  const allowed: Record<LegState, LegState[]> = {
+    ok: ["ok", "dead"],
+    dead: ["dead", "syncing"],
+    syncing: ["syncing", "synced", "dead"],
+    synced: ["synced", "ok", "dead"],
+  };
+  for (let c = 0; c < legs.length; c++) {
+    if (!allowed[vol.legs[c]!].includes(legs[c]!)) return `leg ${c} cannot go from ${vol.legs[c]} to ${legs[c]}`;
+  }
+  for (let set = 0; set < vol.stripe_width; set++) {
+    const mine = legs.slice(set * vol.mirrors, (set + 1) * vol.mirrors);
+    if (!mine.includes("ok")) return `mirror set ${set} would have no leg in sync`;
+  }
+  return null;
 }
 
 /** The extents in use on each drive, computed from the volumes (never stored twice). */
@@ -157,8 +236,22 @@ function volumeProblem(
   if (!Number.isSafeInteger(vol.capacity_bytes) || vol.capacity_bytes <= 0 || vol.capacity_bytes % 512 !== 0) {
     return invalid(`capacity ${vol.capacity_bytes} is not a positive multiple of 512`);
   }
-  if (vol.columns.length === 0 || vol.columns.length !== vol.stripe_width) {
-    return invalid(`has ${vol.columns.length} columns for stripe_width ${vol.stripe_width}`);
+  const mirrored = vol.raid_level === "1" || vol.raid_level === "10";
+  if (mirrored ? vol.mirrors < 2 || vol.mirrors > 3 : vol.mirrors !== 1) {
+    return invalid(`${vol.mirrors} mirrors for raid level ${vol.raid_level}`);
+  }
+  if (vol.raid_level === "1" && vol.stripe_width !== 1) return invalid("a RAID1 volume has one mirror set");
+  if (vol.columns.length === 0 || vol.columns.length !== vol.stripe_width * vol.mirrors) {
+    return invalid(`has ${vol.columns.length} columns for stripe_width ${vol.stripe_width} and ${vol.mirrors} mirrors`);
+  }
+  if (vol.legs.length !== vol.columns.length || vol.rebuild_blank.length !== vol.columns.length) {
+    return invalid("needs one leg state per column");
+  }
+  if (!mirrored && vol.legs.some((l) => l !== "ok")) return invalid("an unmirrored column is never out of sync");
+  for (let set = 0; mirrored && set < vol.stripe_width; set++) {
+    if (!vol.legs.slice(set * vol.mirrors, (set + 1) * vol.mirrors).includes("ok")) {
+      return invalid(`mirror set ${set} has no leg in sync`);
+    }
   }
   const drives = new Map(state.drives.map((d) => [d.drive_uuid, d]));
   const seen = new Set<string>();
@@ -185,6 +278,11 @@ function volumeProblem(
   if (vol.raid_level === "concatenated") {
     if (vol.stripe_size_bytes !== 0) return invalid("stripe_size_bytes must be 0 for a concatenated volume");
     if (total_bytes < vol.capacity_bytes) return invalid(`columns hold ${total_bytes} bytes, less than its capacity`);
+  } else if (vol.raid_level === "1") {
+    if (vol.stripe_size_bytes !== 0) return invalid("stripe_size_bytes must be 0 for a RAID1 volume");
+    if (vol.columns.some((c) => c.extents.length * vol.extent_size_bytes < vol.capacity_bytes)) {
+      return invalid("a leg is smaller than the capacity");
+    }
   } else {
     const s = vol.stripe_size_bytes;
     if (!isValidStripeSize(s)) return invalid(`stripe size ${s} is not a power of two multiple of 4096`);
@@ -220,6 +318,10 @@ export function encodeState(state: ClusterState): Uint8Array {
       stripe_size_bytes: x.stripe_size_bytes,
       extent_size_bytes: x.extent_size_bytes,
       columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+      mirrors: x.mirrors,
+      legs: [...x.legs],
+      rebuild_blank: [...x.rebuild_blank],
+      topology_seq: x.topology_seq,
       created_seq: x.created_seq,
     })),
   };

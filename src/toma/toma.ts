@@ -19,7 +19,7 @@ import type { DriveInfo } from "../engine/wire/control.ts";
 import { Status } from "../engine/wire/header.ts";
 import { openSession } from "../engine/wire/session.ts";
 import { TargetError } from "../engine/wire/session-api.ts";
-import { allocate, type Topology, type VolumeRequest } from "./allocator.ts";
+import { allocate, allocateLeg, type Topology, type VolumeRequest } from "./allocator.ts";
 import {
   apply,
   type ClusterState,
@@ -31,7 +31,11 @@ import {
   type RefusalCode,
   type VolumeRecord,
 } from "./cluster-state.ts";
+import type { LegView } from "./api-types.ts";
 import { type DriveSeen, heard, knownGeneration } from "./drive-slots.ts";
+import { BITMAP_REGION_BYTES } from "../engine/drive/superblock.ts";
+import { type MirrorTimings, MirrorControl } from "./mirror-control.ts";
+import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 
 export interface TomaTimings extends LinkTimings {
@@ -54,12 +58,13 @@ export interface TomaOptions {
   /** Opens a session to a target; defaults to the real wire session. */
   connect?: Connect;
   timings?: Partial<TomaTimings>;
+  mirror_timings?: Partial<MirrorTimings>;
 }
 
 export type Refusal = { ok: false; code: RefusalCode | "unavailable"; error: string };
 export type Outcome<T> = { ok: true; value: T } | Refusal;
 
-export type VolumeState = "online" | "degraded" | "offline";
+export type VolumeState = "online" | "degraded" | "rebuilding" | "offline";
 export type DriveState = "ok" | "missing" | "foreign" | "error";
 
 export interface DriveView {
@@ -94,6 +99,7 @@ const unavailable = (error: string): Refusal => ({ ok: false, code: "unavailable
 
 export class Toma {
   readonly links: TargetLink[];
+  readonly mirror: MirrorControl;
   cluster_uuid: string | null = null;
   state: ClusterState | null = null;
   /** True once the state was recovered from a majority (or bootstrapped): mutations allowed. */
@@ -122,6 +128,17 @@ export class Toma {
     const connect = opts.connect ?? ((address: string) => openSession(env, address, hello));
     this.links = opts.targets.map((a) => new TargetLink(env, a, connect, this.timings));
     if (opts.cluster_uuid) this.cluster_uuid = opts.cluster_uuid.toLowerCase();
+    this.mirror = new MirrorControl(
+      {
+        env,
+        state: () => (this.ready ? this.state : null),
+        propose: (cmd) => this.propose(cmd),
+        sessionOf: (d) => this.locate().get(d)?.link.session ?? null,
+        regionBytes: () => BITMAP_REGION_BYTES,
+        replacement: (vol, column) => allocateLeg(this.state!, vol, column, this.topology(), new Set()),
+      },
+      opts.mirror_timings,
+    );
   }
 
   start(): void {
@@ -259,9 +276,15 @@ export class Toma {
 
   volumeState(vol: VolumeRecord): VolumeState {
     const loc = this.locate();
+    const up = (c: number) => loc.get(vol.columns[c]!.drive_uuid)?.info.state === "ok";
     // Concatenated and RAID0 hold one copy: any unreachable column makes data unreachable.
-    const all = vol.columns.every((c) => loc.get(c.drive_uuid)?.info.state === "ok");
-    return all ? "online" : "offline";
+    if (!isMirrored(vol)) return vol.columns.every((_, c) => up(c)) ? "online" : "offline";
+    for (let set = 0; set < vol.stripe_width; set++) {
+      if (!setColumns(vol, set).some((c) => vol.legs[c] === "ok" && up(c))) return "offline";
+    }
+    const m = mirrorState(vol);
+    if (m === "degraded" || vol.columns.some((_, c) => !up(c))) return "degraded";
+    return m === "normal" ? "online" : "rebuilding";
   }
 
   attachInfo(vol: VolumeRecord): AttachInfo {
@@ -280,10 +303,38 @@ export class Toma {
         stripe_size_bytes: vol.stripe_size_bytes,
         extent_size_bytes: vol.extent_size_bytes,
         block_size: 512,
+        mirrors: vol.mirrors,
       },
       drives,
-      generation: vol.created_seq,
+      generation: this.state?.generation ?? vol.created_seq,
+      topology_generation: vol.topology_seq,
+      stable_generation: this.mirror.stable(),
+      topology: setTopologies(vol),
     };
+  }
+
+  legViews(vol: VolumeRecord): LegView[] {
+    const loc = this.locate();
+    return vol.columns.map((c, i) => ({
+      column: i,
+      set: Math.floor(i / vol.mirrors),
+      drive_uuid: c.drive_uuid,
+      state: vol.legs[i]!,
+      reachable: loc.get(c.drive_uuid)?.info.state === "ok",
+      rebuild: vol.legs[i] === "syncing" ? this.mirror.progress(vol, i) : null,
+    }));
+  }
+
+  /** Takes a drive out: its mirror legs go dead and are replaced by blank ones elsewhere. */
+  evictDrive(uuid: string): Outcome<null> {
+    if (!this.state?.drives.some((d) => d.drive_uuid === uuid)) return { ok: false, code: "not_found", error: `no drive ${uuid} in the cluster` };
+    const single = this.state.volumes.filter((v) => !isMirrored(v) && v.columns.some((c) => c.drive_uuid === uuid));
+    if (single.length > 0) {
+      return { ok: false, code: "invalid", error: `drive holds unmirrored volume(s) ${single.map((v) => v.name).join(", ")}: delete them first` };
+    }
+    this.mirror.evict(uuid);
+    this.kick();
+    return { ok: true, value: null };
   }
 
   // ---- internals -------------------------------------------------------------------------------
@@ -473,6 +524,10 @@ export class Toma {
     if (!this.cluster_uuid) return;
     if (!this.ready) this.recover();
     if (this.ready) await this.maintain();
+    if (this.ready) {
+      const loc = this.locate();
+      await this.mirror.tick((d) => loc.get(d)?.info.state === "ok" && this.topology().usable.has(d));
+    }
   }
 
   private chooseCluster(): void {

@@ -14,6 +14,7 @@ function layout(raid_level: "concatenated" | "0", columns: number[][], capacity:
     stripe_size_bytes: stripe,
     extent_size_bytes: E,
     block_size: 512,
+    mirrors: 1,
   };
 }
 

@@ -35,8 +35,9 @@ const vol = (name: string, columns: { drive_uuid: string; extents: number[] }[],
   stripe_size_bytes: 0,
   extent_size_bytes: MiB,
   columns,
+  mirrors: 1,
   ...extra,
-});
+}) as Command;
 
 describe("apply()", () => {
   const s0 = base();

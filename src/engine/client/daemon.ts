@@ -12,8 +12,30 @@ import type { NbdServer } from "../nbd/server.ts";
 import { type OpenSession, TargetPool } from "./target-pool.ts";
 import { VolumeDevice } from "./volume-device.ts";
 
+/** The TOMA answered that our client id is unknown (it expired us, or restarted): register again. */
+export class UnknownClientError extends Error {}
+
+/** What the daemon needs of the TOMA's management API (real HTTP, or the simulator's links). */
+export interface TomaLink {
+  /** A new client id for this daemon incarnation, and the generation it starts at. */
+  register(name: string): Promise<{ client_id: number; generation: number }>;
+  /** Registers us on the volume's drives, then returns its layout and topology. */
+  attach(client_id: number, volume: string): Promise<AttachInfo>;
+  /** Long poll: returns once the generation or the stable generation moved past what we know. */
+  watch(client_id: number, known: number, known_stable: number): Promise<WatchInfo>;
+  /** No I/O of a topology older than `generation` is in flight here any more. */
+  ack(client_id: number, generation: number): Promise<void>;
+  report(client_id: number, volume: string, column: number, error: string): Promise<void>;
+}
+
+export interface WatchInfo {
+  generation: number;
+  stable_generation: number;
+  volumes: AttachInfo[];
+}
+
 export interface ClientDaemonDeps {
-  fetchAttach: (volume: string) => Promise<AttachInfo>;
+  toma: TomaLink;
   openSession: OpenSession;
   nbd: NbdServer;
   exports: ExportRegistry;
@@ -59,12 +81,95 @@ export class ClientDaemon {
   private readonly pool: TargetPool;
   private readonly attached = new Map<string, Attached>();
   private readonly pending = new Set<string>();
+  /** Our id at the TOMA; null until registered (again). */
+  private client_id: number | null = null;
+  private registering: Promise<number> | null = null;
+  private known = -1;
+  private known_stable = -1;
+  private acked = -1;
+  private closed = false;
+  private watching = false;
 
   constructor(
     private readonly env: Env,
     private readonly deps: ClientDaemonDeps,
   ) {
     this.pool = new TargetPool(env, deps.openSession, deps.client_name);
+  }
+
+  /** Our client id, registering first if needed (one registration at a time). */
+  private async id(): Promise<number> {
+    if (this.client_id !== null) return this.client_id;
+    if (!this.registering) {
+      this.registering = (async () => {
+        const r = await this.deps.toma.register(this.deps.client_name);
+        const id = r.client_id;
+        this.client_id = id;
+        this.known = this.known_stable = this.acked = -1;
+        this.pool.setIdentity(id, r.generation);
+        this.env.log.info("registered with the TOMA", { client: id });
+        return id;
+      })().finally(() => {
+        this.registering = null;
+      });
+    }
+    return await this.registering;
+  }
+
+  /** Fetches a volume's view, registering (again) when the TOMA no longer knows us. */
+  private async fetchAttach(volume: string): Promise<AttachInfo> {
+    for (let attempt = 0; ; attempt++) {
+      const id = await this.id();
+      try {
+        const info = await this.deps.toma.attach(id, volume);
+        if (id === this.client_id) this.pool.raiseGeneration(info.generation);
+        return info;
+      } catch (e) {
+        if (!(e instanceof UnknownClientError) || attempt > 0) throw e;
+        if (this.client_id === id) this.client_id = null;
+      }
+    }
+  }
+
+  /**
+   * The switch loop: learn each new generation, install it in every attached volume, wait until
+   * no I/O of an older topology is in flight, acknowledge. Runs while anything is attached.
+   */
+  private async watchLoop(): Promise<void> {
+    if (this.watching) return;
+    this.watching = true;
+    try {
+      while (!this.closed && this.attached.size > 0) {
+        try {
+          const id = await this.id();
+          const w = await this.deps.toma.watch(id, this.known, this.known_stable);
+          if (id !== this.client_id) continue;
+          this.pool.raiseGeneration(w.generation);
+          for (const info of w.volumes) this.attached.get(info.layout.name)?.device.install(info);
+          this.known = w.generation;
+          this.known_stable = w.stable_generation;
+          if (w.generation > this.acked) {
+            await Promise.all([...this.attached.values()].map((a) => a.device.drained()));
+            await this.deps.toma.ack(id, w.generation);
+            this.acked = w.generation;
+          }
+        } catch (e) {
+          if (e instanceof UnknownClientError) {
+            this.env.log.warn("the TOMA no longer knows this client: registering again", {});
+            this.client_id = null;
+            // Every volume is registered again under the new id (the fence admits the new id only).
+            for (const name of [...this.attached.keys()]) {
+              await this.fetchAttach(name).then((info) => this.attached.get(name)?.device.install(info)).catch(() => {});
+            }
+          } else {
+            this.env.log.debug("watch failed; retrying", { error: String(e) });
+            await new Promise<void>((r) => this.env.timers.after(500, r));
+          }
+        }
+      }
+    } finally {
+      this.watching = false;
+    }
   }
 
   list(): Attachment[] {
@@ -79,11 +184,15 @@ export class ClientDaemon {
     if (this.pending.has(volume)) throw new AttachError(`volume ${volume} is being attached`, "conflict");
     this.pending.add(volume);
     try {
-      const info = await this.deps.fetchAttach(volume);
+      const info = await this.fetchAttach(volume);
       const problem = layoutProblem(info.layout);
       if (problem) throw new AttachError(`volume ${volume} has an invalid layout: ${problem}`, "invalid");
       const device = new VolumeDevice(this.env, this.pool, info, {
-        refresh: () => this.deps.fetchAttach(volume),
+        refresh: () => this.fetchAttach(volume),
+        report: (column, error) => {
+          if (this.client_id === null) return;
+          this.deps.toma.report(this.client_id, volume, column, error).catch(() => {});
+        },
         io_timeout_ms: this.deps.io_timeout_ms,
       });
       // I/O is enabled only once every drive of the volume answers: fail attach, not the first read.
@@ -115,6 +224,7 @@ export class ClientDaemon {
       };
       this.attached.set(volume, { info: attachment, device, listener });
       this.env.log.info("volume attached", { volume, uri });
+      void this.watchLoop();
       return attachment;
     } finally {
       this.pending.delete(volume);
@@ -136,6 +246,7 @@ export class ClientDaemon {
 
   async close(): Promise<void> {
     for (const v of [...this.attached.keys()]) await this.detach(v);
+    this.closed = true;
     this.pool.close();
   }
 }

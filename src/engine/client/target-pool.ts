@@ -16,6 +16,8 @@ export class TargetPool {
   private readonly location = new Map<string, string | null>();
   private readonly sessions = new Map<string, TargetSession>();
   private readonly connecting = new Map<string, Promise<TargetSession>>();
+  private client_id = 0;
+  private generation = 0;
   /** Drive UUIDs in wire form, computed once per drive rather than once per I/O. */
   private readonly driveBytes = new Map<string, Uint8Array>();
 
@@ -28,6 +30,21 @@ export class TargetPool {
   /** Records where drives are served (from the TOMA's attach info). */
   setLocations(locations: { drive_uuid: string; target: string | null }[]): void {
     for (const l of locations) this.location.set(l.drive_uuid, l.target);
+  }
+
+  /** Our id from the TOMA and the generation we run: stamped on every request from now on. */
+  setIdentity(client_id: number, generation: number): void {
+    this.client_id = client_id;
+    this.generation = generation;
+    for (const s of this.sessions.values()) {
+      s.client_id = client_id;
+      s.generation = generation;
+    }
+  }
+
+  /** Stamps a newer generation (never an older one: the fence admits what we acknowledged). */
+  raiseGeneration(generation: number): void {
+    if (generation > this.generation) this.setIdentity(this.client_id, generation);
   }
 
   driveId(drive_uuid: string): Uint8Array {
@@ -56,6 +73,8 @@ export class TargetPool {
     if (!p) {
       p = this.open(this.env, addr, { version: 1, role: "client", name: this.client_name }).then(
         (s) => {
+          s.client_id = this.client_id;
+          s.generation = this.generation;
           this.sessions.set(addr, s);
           s.onClose = (why) => {
             if (this.sessions.get(addr) === s) this.sessions.delete(addr);

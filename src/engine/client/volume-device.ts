@@ -16,18 +16,30 @@ import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { plantedBugs } from "../planted-bugs.ts";
 import { CacheWatch, LOST_WRITES } from "./cache-watch.ts";
+import { MirrorIo } from "./mirror-io.ts";
+
+const RAID_NAME: Record<VolumeLayout["raid_level"], string> = {
+  concatenated: "concatenated",
+  "0": "RAID0",
+  "1": "RAID1",
+  "10": "RAID10",
+};
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
 export interface VolumeDeviceOptions {
-  /** Asks the TOMA where the volume's drives are now. */
+  /** Asks the TOMA where the volume's drives are now (and its topology). */
   refresh: () => Promise<AttachInfo>;
+  /** Mirrored volumes: tells the TOMA a leg failed for us. */
+  report: (column: number, error: string) => void;
   io_timeout_ms: number;
 }
 
 type DriveOp = (s: TargetSession, drive: Uint8Array, seg: Segment) => Promise<unknown>;
 
 function retryable(e: unknown): boolean {
-  if (e instanceof TargetError) return e.status === Status.NO_SUCH_DRIVE || e.status === Status.BUSY;
+  // REFUSED: fenced (not registered yet on a restarted target, or an older generation): the
+  // refresh registers us again.
+  if (e instanceof TargetError) return e.status === Status.NO_SUCH_DRIVE || e.status === Status.BUSY || e.status === Status.REFUSED;
   // Connection lost, no route, connect refused: the target may come back or move.
   return !(e instanceof DriveIoError);
 }
@@ -42,6 +54,8 @@ export class VolumeDevice implements DriveStore {
   readonly size_bytes: number;
   private layout: VolumeLayout;
   private generation: number;
+  /** Mirrored volumes only: the topology-aware data path. */
+  private readonly mirror: MirrorIo | null;
   private refreshing: Promise<void> | null = null;
   private closed = false;
   /** Per drive: acknowledged writes whose durability a later flush must vouch for. */
@@ -58,8 +72,30 @@ export class VolumeDevice implements DriveStore {
     this.layout = info.layout;
     this.generation = info.generation;
     this.size_bytes = info.layout.capacity_bytes;
-    this.describe = `nvmesh volume ${info.layout.name} (${info.layout.raid_level === "0" ? "RAID0" : "concatenated"})`;
+    this.describe = `nvmesh volume ${info.layout.name} (${RAID_NAME[info.layout.raid_level]})`;
     pool.setLocations(info.drives);
+    this.mirror =
+      info.layout.mirrors > 1
+        ? new MirrorIo(env, pool, info, {
+            refresh: () => this.refresh(),
+            report: opts.report,
+            acked: (drive, epoch) => this.watch(drive).acked(epoch),
+            io_timeout_ms: opts.io_timeout_ms,
+          })
+        : null;
+  }
+
+  /** A newer view from the TOMA: locations, generation, and for mirrors the topology. */
+  install(info: AttachInfo): void {
+    if (info.generation < this.generation) return;
+    this.pool.setLocations(info.drives);
+    this.generation = info.generation;
+    this.mirror?.install(info);
+  }
+
+  /** Resolves once no I/O planned with a topology older than the volume's current one is in flight. */
+  drained(): Promise<void> {
+    return this.mirror ? this.mirror.drained(this.mirror.topologyGeneration) : Promise.resolve();
   }
 
   get name(): string {
@@ -75,10 +111,7 @@ export class VolumeDevice implements DriveStore {
     if (!this.refreshing) {
       this.refreshing = this.opts
         .refresh()
-        .then((info) => {
-          this.pool.setLocations(info.drives);
-          this.generation = info.generation;
-        })
+        .then((info) => this.install(info))
         .catch((e) => this.env.log.warn("cannot refresh volume locations", { volume: this.name, error: String(e) }))
         .finally(() => {
           this.refreshing = null;
@@ -156,12 +189,14 @@ export class VolumeDevice implements DriveStore {
   async read(offset: number, dst: Uint8Array): Promise<void> {
     this.check(offset, dst.length);
     if (dst.length === 0) return;
+    if (this.mirror) return await this.mirror.read(offset, dst);
     await this.each(offset, dst.length, (s, d, g) => s.read(d, g.drive_offset, part(dst, g)));
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     this.check(offset, src.length);
     if (src.length === 0) return;
+    if (this.mirror) return await this.mirror.write(offset, src, fua);
     if (fua) await this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), true), true);
     else {
       // Counted when the whole write completes: a flush covers the writes completed before it.
@@ -179,6 +214,7 @@ export class VolumeDevice implements DriveStore {
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     this.check(offset, length);
     if (length === 0) return;
+    if (this.mirror) return await this.mirror.writeZeroes(offset, length, fua);
     const acks: [string, number][] = [];
     await this.each(offset, length, (s, d, g) =>
       s.writeZeroes(d, g.drive_offset, g.length, fua).then((epoch) => fua || acks.push([g.drive_uuid, epoch])),
@@ -189,6 +225,7 @@ export class VolumeDevice implements DriveStore {
   async trim(offset: number, length: number): Promise<void> {
     this.check(offset, length);
     if (length === 0) return;
+    if (this.mirror) return await this.mirror.trim(offset, length);
     await this.each(offset, length, (s, d, g) => s.trim(d, g.drive_offset, g.length));
   }
 
@@ -201,8 +238,9 @@ export class VolumeDevice implements DriveStore {
     const none: Segment = { column: 0, drive_uuid: "", drive_offset: 0, length: 0, request_offset: 0 };
     const lost: string[] = [];
     const no = ++this.flushesInvoked;
+    const drives = this.mirror ? this.mirror.flushDrives() : volumeDrives(this.layout);
     await Promise.all(
-      volumeDrives(this.layout).map((u) => {
+      drives.map((u) => {
         const w = this.watch(u);
         const mark = w.mark(no);
         return this.withRetry(u, { ...none, drive_uuid: u }, async (s, d) => {
@@ -219,6 +257,7 @@ export class VolumeDevice implements DriveStore {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.mirror?.close();
   }
 
   get topologyGeneration(): number {

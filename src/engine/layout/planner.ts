@@ -3,7 +3,7 @@
  * in the client, the simulator and the tests. Segments never cross an extent (extents of one column
  * need not be contiguous on the drive) nor, for RAID0, a stripe unit.
  */
-import type { VolumeLayout } from "./types.ts";
+import { LOCK_UNIT_BYTES, type VolumeLayout } from "./types.ts";
 
 export interface Segment {
   column: number;
@@ -24,6 +24,16 @@ export function layoutProblem(layout: VolumeLayout): string | null {
   const E = layout.extent_size_bytes;
   if (!Number.isInteger(E) || E <= 0) return "extent size must be a positive integer";
   if (layout.columns.length === 0) return "layout has no columns";
+  if (layout.raid_level === "1" || layout.raid_level === "10") {
+    const m = layout.mirrors;
+    if (!Number.isInteger(m) || m < 2 || layout.columns.length % m !== 0) return `bad mirror count ${m}`;
+    const sets = layout.columns.length / m;
+    const S = layout.stripe_size_bytes;
+    if (sets > 1 && (!Number.isInteger(S) || S <= 0 || E % S !== 0)) return `stripe size ${S} must divide the extent size ${E}`;
+    const per = Math.min(...layout.columns.map((_c, i) => columnBytes(layout, i)));
+    const need = sets > 1 ? Math.ceil(layout.capacity_bytes / (S * sets)) * S : layout.capacity_bytes;
+    return need > per ? "legs too small for capacity" : null;
+  }
   const total = layout.columns.reduce((s, _c, i) => s + columnBytes(layout, i), 0);
   if (layout.raid_level === "0") {
     const S = layout.stripe_size_bytes;
@@ -133,4 +143,50 @@ export function limitSegments(segments: Segment[], max_bytes: number): Segment[]
 /** The distinct drives a volume uses, in column order. */
 export function volumeDrives(layout: VolumeLayout): string[] {
   return [...new Set(layout.columns.map((c) => c.drive_uuid))];
+}
+
+/** One piece of a mirrored I/O: inside one stripe unit, one extent and one lock unit of one set. */
+export interface MirrorPiece {
+  set: number;
+  /** Offset within each leg of the set (all legs of a set have the same geometry). */
+  set_offset: number;
+  length: number;
+  request_offset: number;
+  /** Per leg of the set, in leg order: where the piece lives. */
+  legs: { drive_uuid: string; drive_offset: number }[];
+  /** Lock unit of the piece (set_offset / LOCK_UNIT_BYTES): it picks the read/lock leg. */
+  unit: number;
+}
+
+/** Plans [offset, offset+length) of a RAID1/RAID10 volume. */
+export function planMirror(layout: VolumeLayout, offset: number, length: number): MirrorPiece[] {
+  const m = layout.mirrors;
+  const sets = layout.columns.length / m;
+  const E = layout.extent_size_bytes;
+  const S = sets > 1 ? layout.stripe_size_bytes : Number.MAX_SAFE_INTEGER;
+  const out: MirrorPiece[] = [];
+  let done = 0;
+  while (done < length) {
+    const o = offset + done;
+    let set = 0;
+    let set_offset = o;
+    let room = length - done;
+    if (sets > 1) {
+      const stripe = Math.floor(o / S);
+      const within = o - stripe * S;
+      set = stripe % sets;
+      set_offset = Math.floor(stripe / sets) * S + within;
+      room = Math.min(room, S - within);
+    }
+    room = Math.min(room, E - (set_offset % E), LOCK_UNIT_BYTES - (set_offset % LOCK_UNIT_BYTES));
+    const idx = Math.floor(set_offset / E);
+    const legs = layout.columns.slice(set * m, set * m + m).map((c) => {
+      const extent = c.extents[idx];
+      if (extent === undefined) throw new Error(`set ${set} offset ${set_offset} beyond its extents`);
+      return { drive_uuid: c.drive_uuid, drive_offset: extent * E + (set_offset % E) };
+    });
+    out.push({ set, set_offset, length: room, request_offset: done, legs, unit: Math.floor(set_offset / LOCK_UNIT_BYTES) });
+    done += room;
+  }
+  return out;
 }

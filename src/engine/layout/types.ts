@@ -3,7 +3,26 @@
  * hands it to clients; the client's planner (./planner.ts) turns volume I/O into drive I/O with it.
  * Targets never see it.
  */
-export type RaidLevel = "concatenated" | "0";
+export type RaidLevel = "concatenated" | "0" | "1" | "10";
+
+/** Locks and the interleaving of the read/lock leg of a mirror are per unit of this many bytes. */
+export const LOCK_UNIT_BYTES = 64 * 1024;
+
+/**
+ * Role of one mirror leg in the current topology (DESIGN.md §3): R reads served here, W writes go
+ * here, L locks taken here; DEAD: nothing goes there.
+ */
+export type LegRole = "RWL" | "W" | "WL" | "DEAD";
+
+/** The topology of one mirror set, as the TOMA computed it for a generation. */
+export interface SetTopology {
+  /** One role per leg, in leg order. */
+  legs: LegRole[];
+  /** Normal: the read/lock leg alternates between the RWL legs by lock unit. */
+  interleaved: boolean;
+  /** Some leg is DEAD: every write marks its regions dirty on the legs it reaches. */
+  dirty: boolean;
+}
 
 /**
  * One column: a run of extents on one drive, addressed as one contiguous byte space of
@@ -20,10 +39,16 @@ export interface VolumeLayout {
   name: string;
   capacity_bytes: number;
   raid_level: RaidLevel;
-  /** concatenated: columns are laid end to end. "0": data striped across all columns. */
+  /**
+   * concatenated: columns are laid end to end. "0": data striped across all columns.
+   * "1"/"10": the columns are the legs, `mirrors` consecutive columns per mirror set; RAID1 has
+   * one set, RAID10 stripes over its sets as RAID0 does over columns.
+   */
   columns: Column[];
-  /** RAID0 only: bytes per stripe unit (chunk) on one column. */
+  /** RAID0/RAID10: bytes per stripe unit (chunk) on one column or set. */
   stripe_size_bytes: number;
+  /** Copies of each block: 1 unless mirrored (2 or 3). */
+  mirrors: number;
   extent_size_bytes: number;
   /** Logical block size the volume exposes (512). */
   block_size: number;
@@ -39,6 +64,15 @@ export interface DriveLocation {
 export interface AttachInfo {
   layout: VolumeLayout;
   drives: DriveLocation[];
-  /** Topology generation of the volume (fencing from the mirroring issue on). */
+  /** The cluster state generation this view was computed from. */
   generation: number;
+  /** Generation of the volume's current topology (its last topology change). */
+  topology_generation: number;
+  /**
+   * Every client has switched to this generation or later. I/O done under a topology newer than
+   * this completes only once it is stable (docs/mirroring.md: the B-writes / A-reads hazard).
+   */
+  stable_generation: number;
+  /** Mirrored volumes: the topology of each mirror set; empty otherwise. */
+  topology: SetTopology[];
 }

@@ -32,6 +32,9 @@ export interface TargetSession {
   /** From the HELLO exchange. */
   readonly info: TargetInfo;
   readonly closed: boolean;
+  /** Stamped in every request header: who we are and the topology generation we run (fencing). */
+  client_id: number;
+  generation: number;
   /** Called once when the connection ends for any reason. */
   onClose: ((reason: string) => void) | null;
 

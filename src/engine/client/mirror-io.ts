@@ -1,0 +1,346 @@
+/**
+ * I/O of a mirrored volume (RAID1, RAID10) in whatever topology the TOMA gave us (DESIGN.md §3):
+ *
+ * - write: take the lock on the lock leg(s) — in Normal the one leg the lock unit interleaves to,
+ *   otherwise every L leg in leg order — write every W leg in parallel (marking the region dirty on
+ *   the R legs when a leg is DEAD), unlock. Overlapping writes of this client are serialised per
+ *   lock unit here, so the target's lock is never asked twice by one owner.
+ * - read: on the read leg (= the lock leg), testing the lock after the read; a LOCKED answer is
+ *   read again shortly after.
+ * - a leg that fails (unreachable, drive error) is reported to the TOMA, and the piece is planned
+ *   again once a newer topology arrives; a REFUSED request (fenced) fetches the topology and retries.
+ * - an I/O done under a topology newer than the stable generation completes only once that
+ *   topology is stable: until every client has switched, someone may still read the old way.
+ *
+ * Every piece counts as in flight under the topology generation it was planned with, so the daemon
+ * can acknowledge a switch once nothing older is in flight (`drained`).
+ */
+import { DriveIoError } from "../drive/store.ts";
+import type { Env } from "../env.ts";
+import { type MirrorPiece, planMirror } from "../layout/planner.ts";
+import type { AttachInfo, SetTopology } from "../layout/types.ts";
+import { Status } from "../wire/header.ts";
+import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import { NoRouteError, type TargetPool } from "./target-pool.ts";
+
+export interface MirrorIoHooks {
+  /** Fetches the volume's current topology from the TOMA (the slow path). */
+  refresh: () => Promise<void>;
+  /** Tells the TOMA a leg failed for us. */
+  report: (column: number, error: string) => void;
+  /** Records a non-FUA write acknowledged by a drive under a cache epoch (cache-watch). */
+  acked: (drive_uuid: string, epoch: number) => void;
+  io_timeout_ms: number;
+}
+
+/** A leg could not do its part: the piece waits for a newer topology. */
+class LegFailed extends Error {
+  constructor(
+    readonly column: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+class Refused extends Error {}
+
+const LOCKED_RETRY_MS = 2;
+
+export class MirrorIo {
+  private info: AttachInfo;
+  private readonly inflight = new Map<number, number>();
+  private drainWaiters: (() => void)[] = [];
+  private topoWaiters: (() => void)[] = [];
+  private stableWaiters: (() => void)[] = [];
+  /** Tail of the chain of this client's writes per lock unit ("set:unit"). */
+  private readonly unitTail = new Map<string, Promise<void>>();
+  closed = false;
+
+  constructor(
+    private readonly env: Env,
+    private readonly pool: TargetPool,
+    info: AttachInfo,
+    private readonly hooks: MirrorIoHooks,
+  ) {
+    this.info = info;
+  }
+
+  /** Installs a newer view from the TOMA (topology and/or stable generation). */
+  install(info: AttachInfo): void {
+    if (info.generation < this.info.generation) return;
+    const newTopology = info.topology_generation !== this.info.topology_generation;
+    this.info = info;
+    if (newTopology) this.wake("topo");
+    this.wake("stable");
+  }
+
+  get topologyGeneration(): number {
+    return this.info.topology_generation;
+  }
+
+  /** Resolves once no piece planned with a topology older than `generation` is in flight. */
+  drained(generation: number): Promise<void> {
+    if (![...this.inflight.entries()].some(([g, n]) => g < generation && n > 0)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (![...this.inflight.entries()].some(([g, n]) => g < generation && n > 0)) resolve();
+        else this.drainWaiters.push(check);
+      };
+      this.drainWaiters.push(check);
+    });
+  }
+
+  // ---- the operations ---------------------------------------------------------------------------
+
+  async read(offset: number, dst: Uint8Array): Promise<void> {
+    await this.pieces(offset, dst.length, (p, t) => this.readPiece(p, t, dst));
+  }
+
+  async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    await this.pieces(offset, src.length, (p, t) =>
+      this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.write(d, o, part(src, p), fua, this.flags(t, p)), !fua)),
+    );
+  }
+
+  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    await this.pieces(offset, length, (p, t) =>
+      this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.writeZeroes(d, o, p.length, fua, this.flags(t, p)), !fua)),
+    );
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    await this.pieces(offset, length, (p, t) =>
+      this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.trim(d, o, p.length, this.flags(t, p)), false)),
+    );
+  }
+
+  /** Drives a flush must reach now: every leg that is written (not DEAD). */
+  flushDrives(): string[] {
+    const out = new Set<string>();
+    const m = this.info.layout.mirrors;
+    this.info.topology.forEach((t, set) =>
+      t.legs.forEach((role, i) => {
+        if (role !== "DEAD") out.add(this.info.layout.columns[set * m + i]!.drive_uuid);
+      }),
+    );
+    return [...out];
+  }
+
+  // ---- internals ---------------------------------------------------------------------------------
+
+  private flags(t: SetTopology, _p: MirrorPiece): { dirty: boolean } {
+    return { dirty: t.dirty };
+  }
+
+  /**
+   * Runs `fn` for each piece of the range, each planned (and re-planned after a failure) against
+   * the topology current at that moment, then holds completion until that topology is stable.
+   */
+  private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology) => Promise<void>): Promise<void> {
+    const run = async (p0: MirrorPiece) => {
+      let expired = false;
+      const timer = this.env.timers.after(this.hooks.io_timeout_ms, () => {
+        expired = true;
+        this.wake("topo");
+      });
+      try {
+        for (;;) {
+          if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+          const info = this.info;
+          const g = info.topology_generation;
+          // Planned again each time: the legs (even their drives) may have changed.
+          const p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
+          p.request_offset = p0.request_offset;
+          this.enter(g);
+          try {
+            await fn(p, info.topology[p.set]!);
+            this.leave(g);
+            await this.stableAt(g);
+            return;
+          } catch (e) {
+            this.leave(g);
+            if (e instanceof LegFailed) {
+              this.hooks.report(e.column, e.message);
+              if (expired) throw new DriveIoError(`mirror leg unreachable for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
+              await Promise.race([this.newTopology(g), this.hooks.refresh().then(() => sleep(this.env, 50))]);
+            } else if (e instanceof Refused) {
+              if (expired) throw new DriveIoError(`fenced for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
+              await this.hooks.refresh();
+              await sleep(this.env, 20);
+            } else throw e;
+          }
+        }
+      } finally {
+        timer.cancel();
+      }
+    };
+    // Pieces never cross a lock unit (64 KiB): far below the wire's frame limit.
+    const all = planMirror(this.info.layout, offset, length);
+    if (all.length === 1) return await run(all[0]!);
+    await Promise.all(all.map(run));
+  }
+
+  private async readPiece(p: MirrorPiece, t: SetTopology, dst: Uint8Array): Promise<void> {
+    const leg = readLeg(t, p.unit);
+    const { drive_uuid, drive_offset } = p.legs[leg]!;
+    const s = await this.session(p, leg);
+    for (;;) {
+      try {
+        await s.readTestLock(this.pool.driveId(drive_uuid), drive_offset, part(dst, p));
+        return;
+      } catch (e) {
+        if (e instanceof TargetError && e.status === Status.LOCKED) {
+          await sleep(this.env, LOCKED_RETRY_MS);
+          continue;
+        }
+        throw this.classify(e, p, leg);
+      }
+    }
+  }
+
+  private async writePiece(
+    p: MirrorPiece,
+    t: SetTopology,
+    op: (s: TargetSession, drive: Uint8Array, drive_offset: number) => Promise<number>,
+    watch: boolean,
+  ): Promise<void> {
+    const lockLegs = lockLegsOf(t, p.unit);
+    const locked: number[] = [];
+    try {
+      for (const leg of lockLegs) {
+        const s = await this.session(p, leg);
+        try {
+          await s.lock(this.pool.driveId(p.legs[leg]!.drive_uuid), p.legs[leg]!.drive_offset, p.length);
+        } catch (e) {
+          throw this.classify(e, p, leg);
+        }
+        locked.push(leg);
+      }
+      const writes: Promise<void>[] = [];
+      t.legs.forEach((role, leg) => {
+        if (role === "DEAD") return;
+        writes.push(
+          (async () => {
+            const s = await this.session(p, leg);
+            const { drive_uuid, drive_offset } = p.legs[leg]!;
+            try {
+              const epoch = await op(s, this.pool.driveId(drive_uuid), drive_offset);
+              if (watch) this.hooks.acked(drive_uuid, epoch);
+            } catch (e) {
+              throw this.classify(e, p, leg);
+            }
+          })(),
+        );
+      });
+      const results = await Promise.allSettled(writes);
+      const bad = results.find((r) => r.status === "rejected");
+      if (bad) throw (bad as PromiseRejectedResult).reason;
+    } finally {
+      // Unlocked whatever happened: a retry of this piece must not wait on our own lock.
+      await Promise.all(
+        locked.map(async (leg) => {
+          const s = this.pool.cached(p.legs[leg]!.drive_uuid);
+          await s?.unlock(this.pool.driveId(p.legs[leg]!.drive_uuid), p.legs[leg]!.drive_offset, p.length).catch(() => {});
+        }),
+      );
+    }
+  }
+
+  private async session(p: MirrorPiece, leg: number): Promise<TargetSession> {
+    const column = p.set * this.info.layout.mirrors + leg;
+    try {
+      return await this.pool.sessionFor(p.legs[leg]!.drive_uuid);
+    } catch (e) {
+      throw new LegFailed(column, `leg ${column} (drive ${p.legs[leg]!.drive_uuid}): ${String(e)}`);
+    }
+  }
+
+  /** What a failed request means for the piece. */
+  private classify(e: unknown, p: MirrorPiece, leg: number): Error {
+    const column = p.set * this.info.layout.mirrors + leg;
+    if (e instanceof TargetError) {
+      if (e.status === Status.REFUSED) return new Refused(e.message);
+      if (e.status === Status.OUT_OF_RANGE || e.status === Status.INVALID) {
+        return new DriveIoError(`target refused leg ${column}: ${e.message}`, "EIO");
+      }
+    }
+    if (e instanceof LegFailed || e instanceof Refused || e instanceof DriveIoError) return e;
+    if (e instanceof NoRouteError || e instanceof Error) return new LegFailed(column, `leg ${column}: ${e.message}`);
+    return new LegFailed(column, `leg ${column}: ${String(e)}`);
+  }
+
+  private serialised(p: MirrorPiece, fn: () => Promise<void>): Promise<void> {
+    const key = `${p.set}:${p.unit}`;
+    const prev = this.unitTail.get(key) ?? Promise.resolve();
+    const mine = prev.then(fn);
+    const tail = mine.catch(() => {});
+    this.unitTail.set(key, tail);
+    tail.then(() => {
+      if (this.unitTail.get(key) === tail) this.unitTail.delete(key);
+    });
+    return mine;
+  }
+
+  private enter(g: number): void {
+    this.inflight.set(g, (this.inflight.get(g) ?? 0) + 1);
+  }
+
+  private leave(g: number): void {
+    const n = (this.inflight.get(g) ?? 1) - 1;
+    if (n <= 0) this.inflight.delete(g);
+    else this.inflight.set(g, n);
+    const w = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const f of w) f();
+  }
+
+  private stableAt(g: number): Promise<void> {
+    if (this.info.stable_generation >= g || this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.info.stable_generation >= g || this.closed) resolve();
+        else this.stableWaiters.push(check);
+      };
+      this.stableWaiters.push(check);
+    });
+  }
+
+  private newTopology(g: number): Promise<void> {
+    if (this.info.topology_generation > g) return Promise.resolve();
+    return new Promise((resolve) => this.topoWaiters.push(resolve));
+  }
+
+  private wake(which: "topo" | "stable"): void {
+    const list = which === "topo" ? this.topoWaiters : this.stableWaiters;
+    if (which === "topo") this.topoWaiters = [];
+    else this.stableWaiters = [];
+    for (const f of list) f();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.wake("topo");
+    this.wake("stable");
+  }
+}
+
+function sleep(env: Env, ms: number): Promise<void> {
+  return new Promise((r) => env.timers.after(ms, r));
+}
+
+/** The read leg of a unit: in Normal it alternates between the RWL legs, else the first RWL leg. */
+function readLeg(t: SetTopology, unit: number): number {
+  const rwl = t.legs.flatMap((r, i) => (r === "RWL" ? [i] : []));
+  return t.interleaved ? rwl[unit % rwl.length]! : rwl[0]!;
+}
+
+/** The legs a write locks, in order: the read leg in Normal, else every L leg in leg order. */
+function lockLegsOf(t: SetTopology, unit: number): number[] {
+  if (t.interleaved) return [readLeg(t, unit)];
+  return t.legs.flatMap((r, i) => (r === "RWL" || r === "WL" ? [i] : []));
+}
+
+function part(buf: Uint8Array, p: MirrorPiece): Uint8Array {
+  return p.request_offset === 0 && p.length === buf.length ? buf : buf.subarray(p.request_offset, p.request_offset + p.length);
+}

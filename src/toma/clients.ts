@@ -1,0 +1,146 @@
+/**
+ * The clients the TOMA knows, and the switch rounds (DESIGN.md §3): after each commit every client
+ * must acknowledge the new generation (it has no I/O of an older topology in flight) before the
+ * next topology step may be computed. A client that stops talking to us is not trusted to have
+ * stopped I/O: it is *expired*, and counts as switched only once every drive of its volumes has
+ * dropped its registration (fencing), so it can no longer read or write anything.
+ *
+ * Liveness is judged by local timers only (the time since we last heard from the client on our own
+ * clock); nothing here compares clocks across machines. Sans-I/O: time comes from Env.
+ */
+import type { Env } from "../engine/env.ts";
+
+export interface ClientRecord {
+  readonly id: number;
+  readonly name: string;
+  /** Volumes attached by this client incarnation. */
+  readonly volumes: Set<string>;
+  /** Highest generation it acknowledged: no I/O of an older topology in flight. */
+  acked: number;
+  /** Local clock reading when we last heard from it. */
+  heard_ms: number;
+  /** Expired: no longer trusted; `unfenced` lists drives that may still accept its I/O. */
+  expired: boolean;
+  unfenced: Set<string>;
+}
+
+export interface ClientTimings {
+  /** Silence after which a client is expired and fenced out. */
+  client_timeout_ms: number;
+  /** Longest a watch (long poll) is held before it is answered anyway (a heartbeat). */
+  watch_hold_ms: number;
+}
+
+export const DEFAULT_CLIENT_TIMINGS: ClientTimings = { client_timeout_ms: 15_000, watch_hold_ms: 3_000 };
+
+/** Client ids: 48 random bits, so a restarted TOMA never hands out the id of a living lock owner. */
+export function randomClientId(env: Env): number {
+  const b = new Uint8Array(6);
+  env.random.fill(b);
+  let id = 0;
+  for (const x of b) id = id * 256 + x;
+  return id === 0 ? 1 : id;
+}
+
+export class ClientRegistry {
+  private readonly clients = new Map<number, ClientRecord>();
+  private waiters: (() => void)[] = [];
+
+  constructor(
+    private readonly env: Env,
+    readonly timings: ClientTimings,
+  ) {}
+
+  register(name: string, generation: number): ClientRecord {
+    let id = randomClientId(this.env);
+    while (this.clients.has(id)) id = randomClientId(this.env);
+    const c: ClientRecord = {
+      id,
+      name,
+      volumes: new Set(),
+      // A new client starts on the current generation: it has no older I/O at all.
+      acked: generation,
+      heard_ms: this.env.clock.now_ms(),
+      expired: false,
+      unfenced: new Set(),
+    };
+    this.clients.set(id, c);
+    this.env.log.info("client registered", { client: id, name });
+    return c;
+  }
+
+  /** A live client by id (expired ones must register again). */
+  live(id: number): ClientRecord | undefined {
+    const c = this.clients.get(id);
+    return c && !c.expired ? c : undefined;
+  }
+
+  all(): ClientRecord[] {
+    return [...this.clients.values()];
+  }
+
+  heard(c: ClientRecord): void {
+    c.heard_ms = this.env.clock.now_ms();
+  }
+
+  ack(c: ClientRecord, generation: number): void {
+    this.heard(c);
+    if (generation > c.acked) {
+      c.acked = generation;
+      this.notify();
+    }
+  }
+
+  /**
+   * Expires clients silent for longer than the timeout; `drivesOf` names the drives whose
+   * registration must be dropped before the client stops holding rounds back.
+   */
+  expireSilent(drivesOf: (c: ClientRecord) => string[]): ClientRecord[] {
+    const now = this.env.clock.now_ms();
+    const out: ClientRecord[] = [];
+    for (const c of this.clients.values()) {
+      if (c.expired || now - c.heard_ms <= this.timings.client_timeout_ms) continue;
+      c.expired = true;
+      for (const d of drivesOf(c)) c.unfenced.add(d);
+      this.env.log.warn("client expired: fencing it out", { client: c.id, name: c.name, drives: c.unfenced.size });
+      out.push(c);
+    }
+    return out;
+  }
+
+  /** A drive confirmed a registration table without expired client `c`. */
+  fenced(c: ClientRecord, drive_uuid: string): void {
+    c.unfenced.delete(drive_uuid);
+    if (c.expired && c.unfenced.size === 0 && this.clients.delete(c.id)) {
+      this.env.log.info("expired client fenced out everywhere", { client: c.id, name: c.name });
+      this.notify();
+    }
+  }
+
+  /**
+   * The highest generation every client has switched to: live clients by their acknowledgement,
+   * expired ones as if at their last acknowledgement until fenced out everywhere.
+   */
+  stable(current: number): number {
+    let s = current;
+    for (const c of this.clients.values()) s = Math.min(s, c.acked);
+    return s;
+  }
+
+  /** Resolves at the next change worth telling watchers about, or after `hold_ms`. */
+  changed(hold_ms = this.timings.watch_hold_ms): Promise<void> {
+    return new Promise((resolve) => {
+      const t = this.env.timers.after(hold_ms, () => resolve());
+      this.waiters.push(() => {
+        t.cancel();
+        resolve();
+      });
+    });
+  }
+
+  notify(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}

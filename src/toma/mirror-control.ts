@@ -1,0 +1,231 @@
+/**
+ * The TOMA's side of mirrored volumes: clients and their switch rounds, fences on the drives, one
+ * topology step at a time, rebuilds and stale-lock recovery. Toma calls `tick()` on every
+ * maintenance pass (and whenever a client reports something); everything it changes in the
+ * cluster state goes through `propose`, one command per step.
+ *
+ * The rule that keeps topologies adjacent: a step is computed only when the stable generation
+ * (every client switched, or fenced out) has reached the last topology change of every volume.
+ */
+import type { Env } from "../engine/env.ts";
+import { uuidFromString } from "../engine/uuid.ts";
+import type { TargetSession } from "../engine/wire/session-api.ts";
+import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
+import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
+import { FenceSync } from "./fencing.ts";
+import { copyLeg, LegUnavailable, type RebuildProgress, recoverLocks } from "./rebuild.ts";
+import { isMirrored, nextLegs, setColumns } from "./topology.ts";
+
+export interface MirrorTimings extends ClientTimings {
+  /** A leg a client reported failing stays out this long before it is tried again. */
+  leg_retry_ms: number;
+  /** Pause between rebuilt regions (throttle). */
+  rebuild_pause_ms: number;
+}
+
+export const DEFAULT_MIRROR_TIMINGS: MirrorTimings = {
+  ...DEFAULT_CLIENT_TIMINGS,
+  leg_retry_ms: 5000,
+  rebuild_pause_ms: 2,
+};
+
+export interface MirrorDeps {
+  env: Env;
+  state: () => ClusterState | null;
+  propose: (cmd: Command) => Promise<{ ok: boolean; error?: string }>;
+  sessionOf: (drive_uuid: string) => TargetSession | null;
+  regionBytes: (drive_uuid: string) => number;
+  /** Allocates a blank leg for a dead column of vol (another drive, another server if possible). */
+  replacement: (vol: VolumeRecord, column: number) => { drive_uuid: string; extents: number[] } | null;
+}
+
+interface Job {
+  progress: RebuildProgress;
+  generation: number;
+  done: boolean;
+  running: boolean;
+}
+
+export class MirrorControl {
+  readonly clients: ClientRegistry;
+  readonly fences: FenceSync;
+  readonly timings: MirrorTimings;
+  /** "volume/column" → local time until which the leg is kept out. */
+  private readonly failedUntil = new Map<string, number>();
+  private readonly evicted = new Set<string>();
+  /** "volume/column" → the rebuild of a syncing leg (for its topology generation). */
+  private readonly jobs = new Map<string, Job>();
+  private recovering = false;
+  private last_stable = -1;
+  /** The TOMA's own lock owner id. */
+  readonly owner_id: number;
+
+  constructor(
+    private readonly deps: MirrorDeps,
+    timings: Partial<MirrorTimings> = {},
+  ) {
+    this.timings = { ...DEFAULT_MIRROR_TIMINGS, ...timings };
+    this.clients = new ClientRegistry(deps.env, this.timings);
+    // The TOMA locks like a client but is not one that must switch: it acts only while stable.
+    this.owner_id = randomClientId(deps.env);
+    this.fences = new FenceSync({
+      clients: this.clients,
+      drivesOfVolume: (name) => this.deps.state()?.volumes.find((x) => x.name === name)?.columns.map((c) => c.drive_uuid) ?? [],
+      sessionOf: deps.sessionOf,
+      push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
+      onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
+    });
+  }
+
+  stable(): number {
+    const st = this.deps.state();
+    return st ? this.clients.stable(st.generation) : 0;
+  }
+
+  register(name: string): ClientRecord {
+    return this.clients.register(name, this.deps.state()?.generation ?? 0);
+  }
+
+  /** Registers the client on the volume's drives before it may do any I/O there. */
+  async attach(c: ClientRecord, volume: string): Promise<void> {
+    c.volumes.add(volume);
+    this.clients.heard(c);
+    await this.fences.sync();
+  }
+
+  reportFailure(vol: VolumeRecord, column: number, why: string): void {
+    const key = `${vol.name}/${column}`;
+    if (!this.failedUntil.has(key)) this.deps.env.log.warn("leg reported failing", { volume: vol.name, column, why });
+    this.failedUntil.set(key, this.deps.env.clock.now_ms() + this.timings.leg_retry_ms);
+  }
+
+  evict(drive_uuid: string): void {
+    this.evicted.add(drive_uuid);
+  }
+
+  progress(vol: VolumeRecord, column: number): RebuildProgress | null {
+    return this.jobs.get(`${vol.name}/${column}`)?.progress ?? null;
+  }
+
+  /** One pass: expire, fence, recover locks, and at most one topology step. */
+  async tick(reachable: (drive_uuid: string) => boolean): Promise<void> {
+    const state = this.deps.state();
+    if (!state) return;
+    this.clients.expireSilent((c) => [...c.volumes].flatMap((v) => state.volumes.find((x) => x.name === v)?.columns.map((k) => k.drive_uuid) ?? []));
+    await this.fences.sync();
+    const stable = this.stable();
+    if (stable !== this.last_stable) {
+      this.last_stable = stable;
+      this.clients.notify();
+    }
+    void this.recoverStaleLocks(state);
+    const last_change = Math.max(0, ...state.volumes.map((v) => v.topology_seq));
+    if (stable < last_change) return;
+    const now = this.deps.env.clock.now_ms();
+    for (const vol of state.volumes) {
+      if (!isMirrored(vol)) continue;
+      const drive = (c: number) => vol.columns[c]!.drive_uuid;
+      const legs = nextLegs(vol, {
+        reachable: (c) => reachable(drive(c)) && !this.evicted.has(drive(c)),
+        failed: (c) => (this.failedUntil.get(`${vol.name}/${c}`) ?? -Infinity) > now,
+        copied: (c) => {
+          const j = this.jobs.get(`${vol.name}/${c}`);
+          return j !== undefined && j.done && j.generation === vol.topology_seq;
+        },
+      });
+      if (legs) {
+        const r = await this.deps.propose({ kind: "set_legs", name: vol.name, legs });
+        if (r.ok) this.deps.env.log.info("topology step", { volume: vol.name, legs: legs.join(",") });
+        return;
+      }
+      // A dead leg on an evicted drive is replaced by a blank one.
+      for (let c = 0; c < vol.columns.length; c++) {
+        if (vol.legs[c] !== "dead" || !this.evicted.has(drive(c))) continue;
+        const w = this.deps.replacement(vol, c);
+        if (!w) continue;
+        const r = await this.deps.propose({ kind: "replace_leg", name: vol.name, column: c, with: w });
+        if (r.ok) this.deps.env.log.info("leg replaced by a blank one", { volume: vol.name, column: c, drive: w.drive_uuid });
+        return;
+      }
+      for (let c = 0; c < vol.columns.length; c++) if (vol.legs[c] === "syncing") this.startRebuild(vol, c);
+    }
+  }
+
+  private startRebuild(vol: VolumeRecord, column: number): void {
+    const key = `${vol.name}/${column}`;
+    let job = this.jobs.get(key);
+    if (job && (job.running || (job.done && job.generation === vol.topology_seq))) return;
+    job = { progress: { done_bytes: 0, total_bytes: 0 }, generation: vol.topology_seq, done: false, running: true };
+    this.jobs.set(key, job);
+    const set = Math.floor(column / vol.mirrors);
+    const legs = setColumns(vol, set);
+    const source = legs.find((c) => vol.legs[c] === "ok")!;
+    const clearBits = !legs.some((c) => vol.legs[c] === "dead");
+    const j = job;
+    const cancelled = () => {
+      const now = this.deps.state()?.volumes.find((x) => x.name === vol.name);
+      return !now || now.topology_seq !== j.generation;
+    };
+    this.deps.env.log.info("rebuild started", { volume: vol.name, column, source });
+    copyLeg(this.rebuildDeps(), vol, column, source, clearBits, job.progress, cancelled)
+      .then(() => {
+        if (cancelled()) return;
+        j.done = true;
+        this.deps.env.log.info("rebuild done", { volume: vol.name, column, bytes: j.progress.done_bytes });
+      })
+      .catch((e) => {
+        this.deps.env.log.warn("rebuild interrupted; it resumes from the dirty bits", { volume: vol.name, column, error: String(e) });
+        if (!(e instanceof LegUnavailable)) this.reportFailure(vol, column, String(e));
+      })
+      .finally(() => {
+        j.running = false;
+      });
+  }
+
+  private rebuildDeps() {
+    return {
+      env: this.deps.env,
+      sessionOf: this.deps.sessionOf,
+      regionBytes: this.deps.regionBytes,
+      pause_ms: this.timings.rebuild_pause_ms,
+      owner_id: this.owner_id,
+    };
+  }
+
+  /**
+   * A lock whose owner the drive's fence no longer admits is stale: its owner can no longer write
+   * any leg once every writable leg of the set confirmed a fence without it. The legs of the unit
+   * are made equal and the lock freed.
+   */
+  private async recoverStaleLocks(state: ClusterState): Promise<void> {
+    if (this.recovering) return;
+    this.recovering = true;
+    try {
+      for (const vol of state.volumes) {
+        if (!isMirrored(vol)) continue;
+        for (let set = 0; set < vol.stripe_width; set++) {
+          const legs = setColumns(vol, set).filter((c) => vol.legs[c] !== "dead");
+          const drives = legs.map((c) => vol.columns[c]!.drive_uuid);
+          if (!drives.every((d) => this.fences.inSync(d))) continue;
+          for (const d of drives) {
+            const s = this.deps.sessionOf(d);
+            if (!s) continue;
+            const listed = await s.lockList(uuidFromString(d));
+            // Judged against the tables as they are *after* the listing: a client that attached
+            // meanwhile holds live locks, and its I/O may be in flight right now.
+            if (!drives.every((x) => this.fences.inSync(x))) break;
+            const admitted = new Set(this.fences.tableFor(d).map((e) => e.client_id));
+            const held = listed.filter((l) => !admitted.has(l.client_id) && l.client_id !== this.owner_id);
+            if (held.length === 0) continue;
+            const n = await recoverLocks(this.rebuildDeps(), vol, d, held);
+            if (n > 0) this.deps.env.log.info("stale locks recovered", { volume: vol.name, drive: d, locks: n, owners: [...new Set(held.map((l) => l.client_id))].join(","), at: held.map((l) => l.offset).join(",") });
+          }
+        }
+      }
+    } catch (e) {
+      this.deps.env.log.warn("stale-lock recovery interrupted", { error: String(e) });
+    } finally {
+      this.recovering = false;
+    }
+  }
+}

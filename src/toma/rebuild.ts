@@ -1,0 +1,145 @@
+/**
+ * Copies a syncing mirror leg back into the set (the Rebuild step of DESIGN.md §3): one pass over
+ * the dirty bits of an in-sync leg (the source), copying each dirty region source → syncing leg
+ * under the source's lock, then clearing the bit. Ordinary writes go to both legs meanwhile, so a
+ * region copied once stays equal. Resumable after a crash of anything: a bit is cleared only after
+ * its region was copied durably, and a blank leg had every bit of its volume set first.
+ *
+ * Also recovers the locks of a client that died mid-write: the legs of each locked unit are made
+ * equal (from the first locked leg, which the client wrote under its lock), then the lock is freed.
+ *
+ * Runs through the TOMA's own sessions (role "toma": the authority, not fenced) and only while the
+ * topology it works for is stable (every client switched to it).
+ */
+import type { Env } from "../engine/env.ts";
+import { sleep } from "../engine/env.ts";
+import { uuidFromString } from "../engine/uuid.ts";
+import type { TargetSession } from "../engine/wire/session-api.ts";
+import type { VolumeRecord } from "./cluster-state.ts";
+import { setColumns } from "./topology.ts";
+
+export interface RebuildDeps {
+  env: Env;
+  sessionOf: (drive_uuid: string) => TargetSession | null;
+  /** Bitmap region size of a drive (from its superblock, as the target listed it). */
+  regionBytes: (drive_uuid: string) => number;
+  /** Pause after each region copied, so that foreground I/O keeps most of the bandwidth. */
+  pause_ms: number;
+  /** Our lock owner id (the TOMA locks like a client). */
+  owner_id: number;
+}
+
+export interface RebuildProgress {
+  done_bytes: number;
+  total_bytes: number;
+}
+
+export class LegUnavailable extends Error {}
+
+function need(deps: RebuildDeps, drive_uuid: string): TargetSession {
+  const s = deps.sessionOf(drive_uuid);
+  if (!s) throw new LegUnavailable(`drive ${drive_uuid} is not reachable`);
+  return s;
+}
+
+/** Drive offset of column byte `at` (extents need not be contiguous on the drive). */
+function driveOffset(vol: VolumeRecord, column: number, at: number): number {
+  const E = vol.extent_size_bytes;
+  const idx = Math.floor(at / E);
+  return vol.columns[column]!.extents[idx]! * E + (at - idx * E);
+}
+
+/**
+ * One pass copying the dirty regions of `source` into `column` (both legs of one set). When
+ * `clearBits` is false (another leg of the set is still dead and needs them) the bits stay set.
+ */
+export async function copyLeg(
+  deps: RebuildDeps,
+  vol: VolumeRecord,
+  column: number,
+  source: number,
+  clearBits: boolean,
+  progress: RebuildProgress,
+  cancelled: () => boolean,
+): Promise<void> {
+  const E = vol.extent_size_bytes;
+  const srcDrive = vol.columns[source]!.drive_uuid;
+  const dstDrive = vol.columns[column]!.drive_uuid;
+  const src = uuidFromString(srcDrive);
+  const dst = uuidFromString(dstDrive);
+  const R = deps.regionBytes(srcDrive);
+  const extents = vol.columns[source]!.extents;
+  if (vol.rebuild_blank[column]) {
+    // A blank leg lacks everything: mark every region of the source's extents first (idempotent,
+    // persisted), so that a crash halfway resumes from the bits instead of starting over.
+    for (const x of extents) await need(deps, srcDrive).dirtySet(src, x * E, E);
+  }
+  // The dirty regions of each source extent, as column offsets.
+  const todo: number[] = [];
+  for (let i = 0; i < extents.length; i++) {
+    const regions = await need(deps, srcDrive).dirtyGet(src, extents[i]! * E, E);
+    for (const r of regions) todo.push(i * E + (r * R - extents[i]! * E));
+  }
+  progress.total_bytes = todo.length * R;
+  progress.done_bytes = 0;
+  const buf = new Uint8Array(R);
+  for (const at of todo) {
+    if (cancelled()) return;
+    const so = driveOffset(vol, source, at);
+    const doff = driveOffset(vol, column, at);
+    const s = need(deps, srcDrive);
+    await s.lock(src, so, R);
+    try {
+      await s.read(src, so, buf);
+      await need(deps, dstDrive).write(dst, doff, buf, true);
+    } finally {
+      await s.unlock(src, so, R).catch(() => {});
+    }
+    if (clearBits) await s.dirtyClear(src, so, R);
+    progress.done_bytes += R;
+    if (deps.pause_ms > 0) await sleep(deps.env, deps.pause_ms);
+  }
+}
+
+export interface HeldLock {
+  client_id: number;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Frees the locks a dead (and fenced) client holds on `drive_uuid` for volume `vol`: the locked
+ * units of each mirror set are copied from the locked leg to the set's other writable legs, then
+ * unlocked on the dead client's behalf.
+ */
+export async function recoverLocks(
+  deps: RebuildDeps,
+  vol: VolumeRecord,
+  drive_uuid: string,
+  locks: HeldLock[],
+): Promise<number> {
+  const E = vol.extent_size_bytes;
+  const column = vol.columns.findIndex((c) => c.drive_uuid === drive_uuid);
+  if (column < 0) return 0;
+  const set = Math.floor(column / vol.mirrors);
+  let n = 0;
+  for (const l of locks) {
+    const idx = vol.columns[column]!.extents.indexOf(Math.floor(l.offset / E));
+    if (idx < 0) continue; // a lock on another volume's extent
+    const at = idx * E + (l.offset % E);
+    const buf = new Uint8Array(l.length);
+    const src = uuidFromString(drive_uuid);
+    const s = need(deps, drive_uuid);
+    if (vol.legs[column] === "ok") {
+      await s.read(src, l.offset, buf);
+      for (const other of setColumns(vol, set)) {
+        if (other === column || vol.legs[other] === "dead") continue;
+        const od = vol.columns[other]!.drive_uuid;
+        await need(deps, od).write(uuidFromString(od), driveOffset(vol, other, at), buf, true);
+      }
+    }
+    await s.unlockFor(src, l.offset, l.length, l.client_id);
+    n++;
+  }
+  return n;
+}

@@ -1,0 +1,94 @@
+/** The mirror topology steps: pure functions, every transition and every refusal. */
+import { describe, expect, test } from "bun:test";
+import { type ClusterState, apply, emptyState } from "../../src/toma/cluster-state.ts";
+import { nextLegs, setTopologies } from "../../src/toma/topology.ts";
+
+const MiB = 1024 * 1024;
+const D = (i: number) => `00000000-0000-4000-8000-00000000000${i}`;
+
+function withMirror(mirrors = 2): ClusterState {
+  let s = emptyState("11111111-1111-4111-8111-111111111111");
+  for (let i = 1; i <= 4; i++) {
+    const r = apply(s, { kind: "add_drive", drive: { drive_uuid: D(i), extent_size_bytes: MiB, extent_count: 8 } });
+    if (!r.ok) throw new Error(r.error);
+    s = r.state;
+  }
+  const r = apply(s, {
+    kind: "create_volume",
+    uuid: "22222222-2222-4222-8222-222222222222",
+    name: "m",
+    capacity_bytes: 2 * MiB,
+    raid_level: "1",
+    stripe_width: 1,
+    stripe_size_bytes: 0,
+    extent_size_bytes: MiB,
+    columns: Array.from({ length: mirrors }, (_, i) => ({ drive_uuid: D(i + 1), extents: [0, 1] })),
+    mirrors,
+  });
+  if (!r.ok) throw new Error(r.error);
+  return r.state;
+}
+
+const all = { reachable: () => true, failed: () => false, copied: () => false };
+
+describe("mirror topology", () => {
+  test("roles per state: Normal interleaves, Degraded marks dirty, Rebuild writes, Dual lock locks both", () => {
+    const s = withMirror();
+    const v = s.volumes[0]!;
+    expect(setTopologies(v)).toEqual([{ legs: ["RWL", "RWL"], interleaved: true, dirty: false }]);
+    expect(setTopologies({ ...v, legs: ["ok", "dead"] })).toEqual([{ legs: ["RWL", "DEAD"], interleaved: false, dirty: true }]);
+    expect(setTopologies({ ...v, legs: ["ok", "syncing"] })).toEqual([{ legs: ["RWL", "W"], interleaved: false, dirty: false }]);
+    expect(setTopologies({ ...v, legs: ["ok", "synced"] })).toEqual([{ legs: ["RWL", "WL"], interleaved: false, dirty: false }]);
+  });
+
+  test("the whole cycle, one adjacent step at a time", () => {
+    const v = withMirror().volumes[0]!;
+    const down1 = { ...all, reachable: (c: number) => c !== 1 };
+    expect(nextLegs(v, all)).toBeNull();
+    expect(nextLegs(v, down1)).toEqual(["ok", "dead"]);
+    const deg = { ...v, legs: ["ok", "dead"] as typeof v.legs };
+    expect(nextLegs(deg, down1)).toBeNull();
+    expect(nextLegs(deg, all)).toEqual(["ok", "syncing"]);
+    const reb = { ...v, legs: ["ok", "syncing"] as typeof v.legs };
+    expect(nextLegs(reb, all)).toBeNull();
+    expect(nextLegs(reb, { ...all, copied: () => true })).toEqual(["ok", "synced"]);
+    expect(nextLegs(reb, down1)).toEqual(["ok", "dead"]);
+    const dual = { ...v, legs: ["ok", "synced"] as typeof v.legs };
+    expect(nextLegs(dual, all)).toEqual(["ok", "ok"]);
+  });
+
+  test("the last in-sync leg is never declared dead: I/O waits instead", () => {
+    const v = { ...withMirror().volumes[0]!, legs: ["ok", "dead"] as ("ok" | "dead")[] };
+    expect(nextLegs(v, { ...all, reachable: () => false })).toBeNull();
+  });
+
+  test("apply() refuses non-adjacent steps and a set without an in-sync leg", () => {
+    const s = withMirror();
+    const bad = [
+      ["ok", "syncing"],
+      ["ok", "synced"],
+      ["dead", "dead"],
+    ] as const;
+    for (const legs of bad) {
+      const r = apply(s, { kind: "set_legs", name: "m", legs: [...legs] });
+      expect(r.ok).toBe(false);
+    }
+    const r = apply(s, { kind: "set_legs", name: "m", legs: ["ok", "dead"] });
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(r.state.volumes[0]!.topology_seq).toBe(r.state.generation);
+  });
+
+  test("replace_leg puts a blank leg in place of a dead one, never on a drive the volume uses", () => {
+    let s = withMirror();
+    const r1 = apply(s, { kind: "set_legs", name: "m", legs: ["ok", "dead"] });
+    if (!r1.ok) throw new Error(r1.error);
+    s = r1.state;
+    expect(apply(s, { kind: "replace_leg", name: "m", column: 1, with: { drive_uuid: D(1), extents: [2, 3] } }).ok).toBe(false);
+    const r2 = apply(s, { kind: "replace_leg", name: "m", column: 1, with: { drive_uuid: D(3), extents: [0, 1] } });
+    expect(r2.ok).toBe(true);
+    if (r2.ok) {
+      expect(r2.state.volumes[0]!.legs).toEqual(["ok", "syncing"]);
+      expect(r2.state.volumes[0]!.rebuild_blank).toEqual([false, true]);
+    }
+  });
+});
