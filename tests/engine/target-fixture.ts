@@ -60,19 +60,33 @@ export interface TargetHarness {
   address: string;
   logs: LogLine[];
   drives: FormattedDrive[];
+  /**
+   * A role "client" session. With fencing on, its client_id (default 0) is first registered on
+   * every drive, with its generation (default 0) as the minimum, through the TOMA session.
+   */
   session(opts?: SessionOptions): Promise<Session>;
+  /** A role "toma" session (one, opened on first use): FENCE, LOCK_LIST, stale unlocks. */
+  toma(): Promise<Session>;
   stop(): void;
 }
 
 export async function startTarget(
   drives: FormattedDrive[],
-  opts: { max_inflight_per_conn?: number } = {},
+  opts: { max_inflight_per_conn?: number; fencing?: boolean } = {},
 ): Promise<TargetHarness> {
   const logs: LogLine[] = [];
   const env = realEnv("target-test", recordingLogger(logs));
   const service = new TargetService(env, { name: "t1", drives, ...opts });
   const listener = await env.net.listen("127.0.0.1:0", (c) => service.handle(c));
   const sessions: Session[] = [];
+  let tomaSession: Promise<Session> | null = null;
+  const toma = () => {
+    tomaSession ??= openSession(env, listener.address, { version: 1, role: "toma", name: "test-toma" }).then((s) => {
+      sessions.push(s);
+      return s;
+    });
+    return tomaSession;
+  };
   return {
     env,
     service,
@@ -81,10 +95,16 @@ export async function startTarget(
     logs,
     drives,
     async session(sopts) {
+      if (opts.fencing) {
+        const t = await toma();
+        const reg = { client_id: sopts?.client_id ?? 0, min_generation: sopts?.generation ?? 0 };
+        for (const d of drives) await t.fence(uuidBytes(d), { replace: false, set: [reg], remove: [] });
+      }
       const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, sopts);
       sessions.push(s);
       return s;
     },
+    toma,
     stop() {
       for (const s of sessions) s.close();
       service.closeAll();

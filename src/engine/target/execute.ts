@@ -164,22 +164,26 @@ function fencedDrive(ctx: TargetContext, req: Requester, h: Header): ServedDrive
 /** A data-path drive: served, fenced, and the range inside its data area. */
 function dataDrive(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array | null): ServedDrive {
   if (payload !== null) noPayload(h, payload);
+  return inRange(fencedDrive(ctx, req, h), h);
+}
+
+/** A LOCK's drive: a data-path range of at most MAX_LOCK_BYTES. */
+function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array): ServedDrive {
+  noPayload(h, payload);
   const d = fencedDrive(ctx, req, h);
+  if (h.length > MAX_LOCK_BYTES) {
+    throw new RequestError(Status.INVALID, `LOCK of ${h.length} bytes, at most ${MAX_LOCK_BYTES} at once`);
+  }
+  return inRange(d, h);
+}
+
+function inRange(d: ServedDrive, h: Header): ServedDrive {
   // Written so that offset + length never has to be computed beyond 2^53.
   if (h.offset > d.data_bytes || h.length > d.data_bytes - h.offset) {
     throw new RequestError(
       Status.OUT_OF_RANGE,
       `range ${h.offset}+${h.length} is beyond the data area (${d.data_bytes} bytes)`,
     );
-  }
-  return d;
-}
-
-/** A LOCK's drive: a data-path range of at most MAX_LOCK_BYTES. */
-function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array): ServedDrive {
-  const d = dataDrive(ctx, req, h, payload);
-  if (h.length > MAX_LOCK_BYTES) {
-    throw new RequestError(Status.INVALID, `LOCK of ${h.length} bytes, at most ${MAX_LOCK_BYTES} at once`);
   }
   return d;
 }

@@ -1,0 +1,279 @@
+/**
+ * The dirty (write-intent) bitmap over real sockets: DIRTY_GET/SET/CLEAR by region, the DIRTY
+ * flag on WRITE, WRITE_ZEROES and TRIM, the rule that a bit is durable on the drive before the
+ * write it covers is executed, and bits that survive closing and reopening the drive.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { formatDrive } from "../../src/engine/drive/format.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
+import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
+import { DriveIoError } from "../../src/engine/drive/store.ts";
+import type { Superblock } from "../../src/engine/drive/superblock.ts";
+import { FileStore } from "../../src/engine/runtime/file-store.ts";
+import { Status } from "../../src/engine/wire/header.ts";
+import { TargetError } from "../../src/engine/wire/session-api.ts";
+import type { LogLine } from "./target-fixture.ts";
+import { type TargetHarness, dataBytes, fileDrive, pattern, randomUuidString, recordingLogger, startTarget, uuidBytes } from "./target-fixture.ts";
+
+const MiB = 1024 * 1024;
+const R = MiB; // bitmap_region_bytes of every drive format makes
+
+let h: TargetHarness | null = null;
+afterEach(() => {
+  h?.stop();
+  h = null;
+});
+
+interface Written {
+  offset: number;
+  length: number;
+  fua: boolean;
+}
+
+/**
+ * A MemoryStore that records every write once it has taken effect, and can hold writes to the
+ * bitmap area at a gate until the test opens it.
+ */
+class BitmapGatedStore extends MemoryStore {
+  sb: Superblock | null = null;
+  gated = false;
+  readonly done: Written[] = [];
+  private waiting: (() => void)[] = [];
+  override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    if (this.gated && this.inBitmap(offset)) await new Promise<void>((r) => this.waiting.push(r));
+    await super.write(offset, src, fua);
+    this.done.push({ offset, length: src.length, fua });
+  }
+  inBitmap(offset: number): boolean {
+    const sb = this.sb!;
+    return offset >= sb.bitmap_offset && offset < sb.bitmap_offset + sb.bitmap_bytes;
+  }
+  /** What the writes that took effect were, in order: "bitmap" (with FUA or not) or "data". */
+  kinds(): string[] {
+    return this.done.map((w) => (this.inBitmap(w.offset) ? (w.fua ? "bitmap+fua" : "bitmap") : "data"));
+  }
+  open(): void {
+    this.gated = false;
+    for (const w of this.waiting.splice(0)) w();
+  }
+  get blocked(): number {
+    return this.waiting.length;
+  }
+  /** The first bitmap byte as it is on the "drive". */
+  async bitmapByte(i: number): Promise<number> {
+    const b = new Uint8Array(1);
+    await this.read(this.sb!.bitmap_offset + i, b);
+    return b[0]!;
+  }
+}
+
+async function gatedDrive(size_mib = 16) {
+  const store = new BitmapGatedStore(size_mib * MiB);
+  store.sb = await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: MiB });
+  const d = await openDrive(store, "gated");
+  store.done.length = 0;
+  return { store, d };
+}
+
+const until = async (cond: () => boolean) => {
+  for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
+  expect(cond()).toBe(true);
+};
+
+async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    if (e instanceof TargetError) return e.status;
+    throw e;
+  }
+}
+
+describe("DIRTY_GET, DIRTY_SET, DIRTY_CLEAR", () => {
+  test("a range marks every region it touches, by 1 MiB region boundaries", async () => {
+    const { store, d } = await gatedDrive();
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+    expect(n).toBeGreaterThan(8 * R);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([]);
+
+    await s.dirtySet(u, R - 1, 2); // the last byte of region 0 and the first of region 1
+    expect(await s.dirtyGet(u, 0, n)).toEqual([0, 1]);
+    expect(await s.dirtyGet(u, R, 1)).toEqual([1]);
+    expect(await s.dirtyGet(u, R - 1, 1)).toEqual([0]);
+    expect(await s.dirtyGet(u, 2 * R, n - 2 * R)).toEqual([]);
+    // Indices are absolute, whatever the range asked.
+    await s.dirtySet(u, 5 * R, R); // exactly region 5
+    expect(await s.dirtyGet(u, 4 * R + 17, 2 * R)).toEqual([5]);
+    // Bit i = byte i >> 3, bit i & 7, LSB first, on the drive.
+    expect(await store.bitmapByte(0)).toBe(0b0010_0011);
+
+    await s.dirtyClear(u, R, R); // region 1 only
+    expect(await s.dirtyGet(u, 0, n)).toEqual([0, 5]);
+    expect(await store.bitmapByte(0)).toBe(0b0010_0001);
+    // Zero-length ranges touch nothing.
+    await s.dirtySet(u, 7 * R, 0);
+    await s.dirtyClear(u, 0, 0);
+    expect(await s.dirtyGet(u, 0, 0)).toEqual([]);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([0, 5]);
+    // The last region of the data area.
+    await s.dirtySet(u, n - 1, 1);
+    expect(await s.dirtyGet(u, n - 1, 1)).toEqual([Math.floor((n - 1) / R)]);
+    // Every persist was a FUA write to the bitmap.
+    expect(new Set(store.kinds())).toEqual(new Set(["bitmap+fua"]));
+  });
+
+  test("ranges outside the data area are OUT_OF_RANGE and change nothing", async () => {
+    const { d } = await gatedDrive();
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+    expect(await statusOf(s.dirtySet(u, n - 1, 2))).toBe(Status.OUT_OF_RANGE);
+    expect(await statusOf(s.dirtySet(u, n, 1))).toBe(Status.OUT_OF_RANGE);
+    expect(await statusOf(s.dirtyGet(u, 2 ** 52, 1))).toBe(Status.OUT_OF_RANGE);
+    expect(await statusOf(s.dirtyClear(u, n + 1, 0))).toBe(Status.OUT_OF_RANGE);
+    expect(await statusOf(s.write(u, n - 10, new Uint8Array(20), false, { dirty: true }))).toBe(Status.OUT_OF_RANGE);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([]);
+  });
+});
+
+describe("the DIRTY flag", () => {
+  test("WRITE, WRITE_ZEROES and TRIM with DIRTY mark their regions; without it nothing is marked", async () => {
+    const { d } = await gatedDrive();
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+    await s.write(u, 0, pattern(1, 4096), false);
+    await s.writeZeroes(u, R, 4096, false);
+    await s.trim(u, 2 * R, 4096);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([]);
+    await s.write(u, 3 * R - 100, pattern(2, 200), true, { dirty: true });
+    await s.writeZeroes(u, 5 * R, 4096, false, { dirty: true });
+    await s.trim(u, 7 * R, 2 * R, { dirty: true });
+    expect(await s.dirtyGet(u, 0, n)).toEqual([2, 3, 5, 7, 8]);
+    const got = new Uint8Array(200);
+    await s.read(u, 3 * R - 100, got);
+    expect(got).toEqual(pattern(2, 200));
+  });
+
+  test("the bitmap block is durable before the write it covers is executed", async () => {
+    const { store, d } = await gatedDrive();
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+
+    store.gated = true;
+    let acked = false;
+    const w = s.write(u, 4096, pattern(3, 4096), false, { dirty: true }).then(() => {
+      acked = true;
+    });
+    await until(() => store.blocked === 1);
+    // A second write to the same region finds its bit set in RAM, but not durable: it waits too.
+    const w2 = s.write(u, 8192, pattern(4, 4096), false, { dirty: true });
+    await s.dirtyGet(u, 0, 0); // every request above has started on the target
+    expect(store.kinds()).toEqual([]); // no data write was issued
+    expect(acked).toBe(false);
+
+    store.open();
+    await Promise.all([w, w2]);
+    const kinds = store.kinds();
+    expect(kinds[0]).toBe("bitmap+fua");
+    expect(kinds.filter((k) => k === "data").length).toBe(2);
+    expect(kinds.slice(1).every((k) => k === "data" || k === "bitmap+fua")).toBe(true);
+    expect(await store.bitmapByte(0)).toBe(1);
+
+    // Now durable: a third write to the region does not touch the bitmap again.
+    store.done.length = 0;
+    await s.write(u, 0, pattern(5, 512), false, { dirty: true });
+    expect(store.kinds()).toEqual(["data"]);
+  });
+
+  test("a failed bitmap write fails the write, which never reaches the data area; a retry persists", async () => {
+    const { store, d } = await gatedDrive();
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+    let fail = true;
+    const write = store.write.bind(store);
+    store.write = async (offset, src, fua) => {
+      if (fail && store.inBitmap(offset)) throw new DriveIoError("injected", "EIO");
+      return write(offset, src, fua);
+    };
+    expect(await statusOf(s.write(u, 2 * R, pattern(6, 4096), false, { dirty: true }))).toBe(Status.IO_ERROR);
+    expect(store.kinds()).toEqual([]);
+    fail = false;
+    await s.write(u, 2 * R, pattern(6, 4096), false, { dirty: true });
+    expect(store.kinds()).toEqual(["bitmap+fua", "data"]);
+    expect(await store.bitmapByte(0)).toBe(0b100);
+  });
+
+  test("bits set through the target survive closing and reopening the drive (FileStore)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "nvmesh-dirty-"));
+    try {
+      const path = join(dir, "d1.img");
+      const d = await fileDrive(path, 16);
+      h = await startTarget([d]);
+      const s = await h.session();
+      const u = uuidBytes(d);
+      await s.write(u, 3 * R + 5, pattern(7, 4096), false, { dirty: true });
+      await s.dirtySet(u, 9 * R, 1);
+      await s.dirtySet(u, 0, 2 * R);
+      await s.dirtyClear(u, 0, 1);
+      h.stop();
+      h = null;
+      await d.close();
+
+      const again = await openDrive(await FileStore.open(path), path);
+      expect(again.bitmap_loaded).toBe(true);
+      expect(again.bitmap[0]).toBe(0b0000_1010);
+      expect(again.bitmap[1]).toBe(0b0000_0010);
+      h = await startTarget([again]);
+      const s2 = await h.session();
+      expect(await s2.dirtyGet(u, 0, dataBytes(again))).toEqual([1, 3, 9]);
+      await s2.dirtyClear(u, 0, dataBytes(again));
+      h.stop();
+      h = null;
+      await again.close();
+
+      const third = await openDrive(await FileStore.open(path), path);
+      expect(third.bitmap.every((b) => b === 0)).toBe(true);
+      await third.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an unreadable bitmap counts every region as dirty, and is rewritten on the first DIRTY write", async () => {
+    const store = new BitmapGatedStore(16 * MiB);
+    store.sb = await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: MiB });
+    const read = store.read.bind(store);
+    store.read = async (offset, dst) => {
+      if (store.inBitmap(offset)) throw new DriveIoError("latent sector error", "EIO");
+      return read(offset, dst);
+    };
+    const logs: LogLine[] = [];
+    const d = await openDrive(store, "bad-bitmap", { log: recordingLogger(logs) });
+    store.read = read;
+    expect(d.bitmap_loaded).toBe(false);
+    expect(logs.some((l) => l.level === "warn" && l.msg.includes("bitmap unreadable"))).toBe(true);
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+    const all = Array.from({ length: Math.ceil(n / R) }, (_, i) => i);
+    expect(await s.dirtyGet(u, 0, n)).toEqual(all);
+    store.done.length = 0;
+    // The bit is set in RAM already, but not on the drive: the write persists it first.
+    await s.write(u, 0, pattern(8, 512), false, { dirty: true });
+    expect(store.kinds()).toEqual(["bitmap+fua", "data"]);
+    expect(await store.bitmapByte(0)).toBe(0xff);
+  });
+});
