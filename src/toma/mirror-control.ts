@@ -60,18 +60,28 @@ export class MirrorControl {
   /** The TOMA's own lock owner id. */
   readonly owner_id: number;
 
-  constructor(
-    private readonly deps: MirrorDeps,
-    timings: Partial<MirrorTimings> = {},
-  ) {
+  private readonly deps: MirrorDeps;
+
+  constructor(deps: MirrorDeps, timings: Partial<MirrorTimings> = {}) {
     this.timings = { ...DEFAULT_MIRROR_TIMINGS, ...timings };
     this.clients = new ClientRegistry(deps.env, this.timings);
     // The TOMA locks like a client but is not one that must switch: it acts only while stable.
     this.owner_id = randomClientId(deps.env);
+    // Every session it uses carries that id, so its own locks are known as its own (a rebuild's
+    // lock mistaken for a stale one was freed under the rebuild: simulator seed 12 with --mirror).
+    const sessionOf = deps.sessionOf;
+    this.deps = {
+      ...deps,
+      sessionOf: (d) => {
+        const s = sessionOf(d);
+        if (s) s.client_id = this.owner_id;
+        return s;
+      },
+    };
     this.fences = new FenceSync({
       clients: this.clients,
       drivesOfVolume: (name) => this.deps.state()?.volumes.find((x) => x.name === name)?.columns.map((c) => c.drive_uuid) ?? [],
-      sessionOf: deps.sessionOf,
+      sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
       onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
     });
