@@ -165,8 +165,11 @@ export type SectorClass =
 
 export type SectorDecode =
   | { ok: true; fields: DebugSector }
-  /** fields: what could still be trusted (an intact header chunk), else null. */
-  | { ok: false; class: SectorClass; reason: string; fields: DebugSector | null };
+  /**
+   * fields: what could still be trusted (an intact header chunk), else null. sealed: the sector
+   * CRC was right, so what is wrong was written so by the writer (bad_field, data_mismatch).
+   */
+  | { ok: false; class: SectorClass; reason: string; fields: DebugSector | null; sealed?: true };
 
 const utf8 = new TextEncoder();
 const utf8Strict = new TextDecoder("utf-8", { fatal: true });
@@ -366,15 +369,16 @@ export function decodeSector(buf: Uint8Array, at = 0): SectorDecode {
   const sector_crc = crc32cRange(b, DATA_BYTES, OFF.sector_crc, data_crc);
   if (sector_crc === getU32(b, OFF.sector_crc)) {
     const parsed = parseFields(b, HISTORY_MAX);
-    if (typeof parsed === "string") return { ok: false, class: "bad_field", reason: parsed, fields: null };
+    if (typeof parsed === "string") return { ok: false, class: "bad_field", reason: parsed, fields: null, sealed: true };
     const extra = sealedProblem(b, parsed);
-    if (extra !== null) return { ok: false, class: "bad_field", reason: extra, fields: parsed };
+    if (extra !== null) return { ok: false, class: "bad_field", reason: extra, fields: parsed, sealed: true };
     if (parsed.data_crc !== data_crc) {
       return {
         ok: false,
         class: "data_mismatch",
         reason: `the header's data checksum ${hex(parsed.data_crc)} does not match the data (${hex(data_crc)}) although the sector checksum is intact: written so by its writer`,
         fields: parsed,
+        sealed: true,
       };
     }
     return { ok: true, fields: parsed };
