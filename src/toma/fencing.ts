@@ -64,6 +64,15 @@ export class FenceSync {
     return s !== null && c !== undefined && c.session === s && c.key === JSON.stringify(this.tableFor(drive_uuid));
   }
 
+  /**
+   * Forgets what the drives confirmed, so the next sync pushes every table again. Called on every
+   * maintenance pass: a drive pulled out and plugged back into the same target comes back with an
+   * empty table over the same session, which nothing else would reveal (simulator seed 58).
+   */
+  forget(): void {
+    this.confirmed.clear();
+  }
+
   /** Brings every reachable drive up to date; coalesces concurrent calls. */
   sync(): Promise<void> {
     if (this.running) {

@@ -122,6 +122,7 @@ export class MirrorControl {
     const state = this.deps.state();
     if (!state) return;
     this.clients.expireSilent((c) => [...c.volumes].flatMap((v) => state.volumes.find((x) => x.name === v)?.columns.map((k) => k.drive_uuid) ?? []));
+    this.fences.forget();
     await this.fences.sync();
     const stable = this.stable();
     if (stable !== this.last_stable) {
