@@ -24,6 +24,7 @@ const main = command({
     cluster: clusterCommand,
     client: clientCommand,
     demo: demoCommand,
+    forensics: () => import("./forensics.ts").then((m) => m.forensicsCommand),
   },
 });
 

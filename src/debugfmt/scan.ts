@@ -347,7 +347,7 @@ class FileScan {
     } else {
       const cls: FileClass = d.class === "empty" || d.class === "wrong_size" ? "checksum_bad" : d.class;
       let reason = d.reason;
-      if ((cls === "data_mismatch" || cls === "torn") && d.fields !== null) {
+      if (cls === "data_mismatch" && d.fields !== null) {
         const stamp = readDataStamp(bytes.subarray(at, at + 512));
         if (stamp !== null) reason += `; the data is verify data of worker ${stamp.worker} step ${stamp.step} for LBA ${stamp.lba}`;
       }
@@ -659,18 +659,25 @@ export interface BlockCopy {
   offset_bytes: number;
   class: SectorClass | "ok";
   reason: string;
-  /** The copy's decoded record (data copied out), when its header could be trusted. */
-  sector: DebugSector | null;
+  /** The copy's decoded record (data copied out): copies are found by their trusted header. */
+  sector: DebugSector;
   /** Verify data: what the pattern check says (history data included). */
   pattern_problems: string[];
 }
 
-export interface BlockHistory {
-  lba: number;
-  volume_uuid: string | null;
+/** One volume's copies of the block and its writes. */
+export interface VolumeBlock {
+  volume_uuid: string;
   copies: BlockCopy[];
   /** The writes of the block, oldest first, merged from every copy. */
   timeline: TimelineEntry[];
+}
+
+export interface BlockHistory {
+  lba: number;
+  volume_filter: string | null;
+  /** One entry per volume that has a sector of this LBA (one, with a volume filter). */
+  volumes: VolumeBlock[];
 }
 
 /** Finds every sector whose header names this LBA (and volume) in the sources, and merges their
@@ -708,11 +715,13 @@ export async function blockHistory(sources: ScanSource[], opts: { lba: number; v
       }
     }
   }
-  const named = copies.filter((c) => c.sector !== null).map((c) => ({ name: `${c.file}@${c.position}`, sector: c.sector! }));
-  return {
-    lba: opts.lba,
-    volume_uuid: opts.volume_uuid ?? copies[0]?.sector?.volume_uuid ?? null,
-    copies,
-    timeline: mergeTimeline(named),
-  };
+  const volumes: VolumeBlock[] = [];
+  for (const c of copies) {
+    const v = c.sector!.volume_uuid;
+    let g = volumes.find((x) => x.volume_uuid === v);
+    if (g === undefined) volumes.push((g = { volume_uuid: v, copies: [], timeline: [] }));
+    g.copies.push(c);
+  }
+  for (const g of volumes) g.timeline = mergeTimeline(g.copies.map((c) => ({ name: `${c.file}@${c.position}`, sector: c.sector! })));
+  return { lba: opts.lba, volume_filter: opts.volume_uuid ?? null, volumes };
 }

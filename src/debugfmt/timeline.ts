@@ -125,6 +125,8 @@ export function mergeTimeline(copies: { name: string; sector: DebugSector }[]): 
 }
 
 export function writeText(w: WriteRecord): string {
+  // A predicted entry's client id is its predictor's; the pattern's worker is what it knows.
+  if (!w.exact && w.worker !== null) return `worker ${w.worker} step ${w.step} (predicted)`;
   const who = w.client_name ? `client ${w.client_id} (${w.client_name})` : `client ${w.client_id}`;
   const parts = [who];
   if (w.seq !== null) parts.push(`seq ${w.seq}`);

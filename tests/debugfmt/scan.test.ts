@@ -213,7 +213,9 @@ describe("what scan reads and refuses", () => {
 
 describe("history of one block", () => {
   test("both legs' copies, their classes, and the merged order of writes", async () => {
-    const h = await blockHistory([await source(A), await source(B)], { lba: 392 });
+    const hh = await blockHistory([await source(A), await source(B)], { lba: 392 });
+    expect(hh.volumes.length).toBe(1);
+    const h = hh.volumes[0]!;
     expect(h.copies.map((c) => [path.basename(c.file), c.position, c.class])).toEqual([
       ["leg0.img", BASE + 392, "ok"],
       ["leg1.img", BASE + 392, "ok"],
@@ -226,14 +228,22 @@ describe("history of one block", () => {
   });
 
   test("a misdirected copy of an LBA is found where it landed too", async () => {
-    const h = await blockHistory([await source(A)], { lba: 243 });
+    const h = (await blockHistory([await source(A)], { lba: 243 })).volumes[0]!;
     expect(h.copies.map((c) => c.position).sort()).toEqual([BASE + 242, BASE + 243]);
   });
 
   test("a torn copy still shows what its intact header says, and the pattern check explains its data", async () => {
-    const h = await blockHistory([await source(A)], { lba: 109 });
+    const h = (await blockHistory([await source(A)], { lba: 109 })).volumes[0]!;
     expect(h.copies[0]!.class).toBe("torn");
-    expect(h.copies[0]!.sector?.pattern?.workers).toBe(SPEC8.workers);
+    expect(h.copies[0]!.sector.pattern?.workers).toBe(SPEC8.workers);
+  });
+
+  test("without --volume, two volumes' copies of one LBA are kept apart", async () => {
+    const h = await blockHistory([await source(A), await source(B)], { lba: 3 });
+    expect(h.volumes.map((v) => [v.volume_uuid, v.copies.length]).sort()).toEqual([[VOLUME, 2], [OTHER_VOLUME, 2]].sort());
+    for (const v of h.volumes) expect(v.timeline.every((e) => e.known_by.length > 0)).toBe(true);
+    const only = await blockHistory([await source(A)], { lba: 3, volume_uuid: OTHER_VOLUME });
+    expect(only.volumes.map((v) => v.volume_uuid)).toEqual([OTHER_VOLUME]);
   });
 });
 
