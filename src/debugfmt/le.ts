@@ -40,7 +40,9 @@ export function putU64(b: Uint8Array, o: number, v: number): void {
 
 /** True when bytes [start, end) are all zero. */
 export function isZeroRange(b: Uint8Array, start: number, end: number): boolean {
-  for (let i = start; i < end; i++) if (b[i] !== 0) return false;
+  let i = start;
+  for (const last4 = end - 4; i <= last4; i += 4) if ((b[i]! | b[i + 1]! | b[i + 2]! | b[i + 3]!) !== 0) return false;
+  for (; i < end; i++) if (b[i] !== 0) return false;
   return true;
 }
 

@@ -134,12 +134,18 @@ export function smallestPrimeAtLeast(n: number): number {
 
 /** Inverse of a modulo prime p (extended Euclid). */
 export function invmod(a: number, p: number): number {
-  let [r0, r1] = [p, a % p];
-  let [t0, t1] = [0, 1];
+  let r0 = p;
+  let r1 = a % p;
+  let t0 = 0;
+  let t1 = 1;
   while (r1 !== 0) {
     const q = Math.floor(r0 / r1);
-    [r0, r1] = [r1, r0 - q * r1];
-    [t0, t1] = [t1, t0 - q * t1];
+    const r2 = r0 - q * r1;
+    r0 = r1;
+    r1 = r2;
+    const t2 = t0 - q * t1;
+    t0 = t1;
+    t1 = t2;
   }
   if (r0 !== 1) throw new Error(`pattern: ${a} has no inverse modulo ${p}`);
   return ((t0 % p) + p) % p;
@@ -154,11 +160,23 @@ export function mix32(x: number): number {
   return (x ^ (x >>> 16)) >>> 0;
 }
 
+const HASH_INIT = 0x243f6a88;
+const step32 = (h: number, w: number) => mix32(((h + 0x9e3779b9) >>> 0) ^ (w >>> 0));
+
 /** The fixed hash of the pattern: h ← mix32((h + φ) ⊕ w) for each 32-bit word, from h = 0x243f6a88. */
 export function hashWords(...words: number[]): number {
-  let h = 0x243f6a88;
-  for (const w of words) h = mix32(((h + 0x9e3779b9) >>> 0) ^ (w >>> 0));
+  let h = HASH_INIT;
+  for (const w of words) h = step32(h, w);
   return h;
+}
+
+/** hashWords of five words, without the array (the hot path of every step). */
+function hash5(a: number, b: number, c: number, d: number, e: number): number {
+  return step32(step32(step32(step32(step32(HASH_INIT, a), b), c), d), e);
+}
+
+function hash6(a: number, b: number, c: number, d: number, e: number, f: number): number {
+  return step32(hash5(a, b, c, d, e), f);
 }
 
 const lo32 = (v: number) => v % 0x1_0000_0000;
@@ -175,12 +193,30 @@ export interface PassPermutation {
 }
 
 export function passPermutation(spec: PatternSpec, worker: number, pass: number): PassPermutation {
+  // A scan or a verify run asks for the same few (worker, pass) again and again: a small
+  // direct-mapped cache keeps the hashes, the prime and the inverse.
+  const slot = (Math.imul(worker, 0x9e3779b1) ^ Math.imul(lo32(pass), 0x85ebca6b)) >>> 26;
+  const hit = permCache[slot];
+  if (
+    hit !== undefined &&
+    hit.worker === worker &&
+    hit.pass === pass &&
+    hit.seed_id === spec.seed_id &&
+    hit.workers === spec.workers &&
+    hit.blocks === spec.blocks
+  ) {
+    return hit.perm;
+  }
   const m = ownedBlocks(spec, worker);
   const p = smallestPrimeAtLeast(m);
-  const a = 1 + (hashWords(spec.seed_id, worker, lo32(pass), hi32(pass), 1) % (p - 1));
-  const c = hashWords(spec.seed_id, worker, lo32(pass), hi32(pass), 2) % p;
-  return { m, p, a, c, a_inv: invmod(a, p) };
+  const a = 1 + (hash5(spec.seed_id, worker, lo32(pass), hi32(pass), 1) % (p - 1));
+  const c = hash5(spec.seed_id, worker, lo32(pass), hi32(pass), 2) % p;
+  const perm = { m, p, a, c, a_inv: invmod(a, p) };
+  permCache[slot] = { seed_id: spec.seed_id, workers: spec.workers, blocks: spec.blocks, worker, pass, perm };
+  return perm;
 }
+
+const permCache: ({ seed_id: number; workers: number; blocks: number; worker: number; pass: number; perm: PassPermutation } | undefined)[] = new Array(64);
 
 /** perm(i) for i < m: apply the affine map until the value falls below m (cycle-walking). */
 export function permute(perm: PassPermutation, i: number): number {
@@ -274,7 +310,7 @@ export function dataFor(stamp: PatternStamp, lba: number, out: Uint8Array = new 
   putU32(out, S.crc, crc32cRange(out, 0, S.crc));
   putU32(out, S.crc + 4, 0);
   // splitmix-style stream: state advances by φ, each output is mix32(state).
-  let state = hashWords(stamp.seed_id, stamp.worker, lo32(stamp.step), hi32(stamp.step), lo32(lba), hi32(lba));
+  let state = hash6(stamp.seed_id, stamp.worker, lo32(stamp.step), hi32(stamp.step), lo32(lba), hi32(lba));
   for (let o = STAMP_BYTES; o < DATA_BYTES; o += 4) {
     state = (state + 0x9e3779b9) >>> 0;
     putU32(out, o, mix32(state));
@@ -375,7 +411,7 @@ export function checkPatternSector(sector: DebugSector, opts: PatternCheckOption
       detail: `worker ${at.worker} step ${at.step} writes block ${block} (LBA ${first_lba}..${first_lba + sectors - 1}), not LBA ${sector.lba}`,
     });
   }
-  const expected = dataFor(at, sector.lba);
+  const expected = dataFor(at, sector.lba, checkScratch);
   if (!sameBytes(expected, sector.data)) {
     const stamp = readDataStamp(sector.data);
     const what = stamp
@@ -389,7 +425,7 @@ export function checkPatternSector(sector: DebugSector, opts: PatternCheckOption
     if (predicted.length > want.length) {
       problems.push({ kind: "history_mismatch", detail: `history claims ${predicted.length} earlier writes, the pattern has ${want.length} before step ${at.step}` });
     }
-    const scratch = new Uint8Array(DATA_BYTES);
+    const scratch = checkScratch;
     for (let i = 0; i < Math.min(predicted.length, want.length); i++) {
       const h = predicted[i]!;
       if (h.step !== want[i]) {
@@ -410,6 +446,8 @@ export function checkPatternSector(sector: DebugSector, opts: PatternCheckOption
   }
   return problems;
 }
+
+const checkScratch = new Uint8Array(DATA_BYTES);
 
 function sameSpec(a: PatternSpec, b: PatternSpec): boolean {
   return a.seed_id === b.seed_id && a.workers === b.workers && a.blocks === b.blocks && a.block_sectors === b.block_sectors && a.base_lba === b.base_lba;

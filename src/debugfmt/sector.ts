@@ -15,7 +15,7 @@
  * `encodeSector` asserts its input (a bad record is a bug of the writer, not data);
  * `decodeSector` never throws and classifies what it finds.
  */
-import { uuidFromString, uuidToString } from "../engine/uuid.ts";
+import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
 import { crc32cRange } from "./crc32c-sliced.ts";
 import { getU16, getU32, getU64, isU32, isU64, isZeroRange, putU16, putU32, putU64 } from "./le.ts";
 
@@ -174,6 +174,44 @@ export type SectorDecode =
 const utf8 = new TextEncoder();
 const utf8Strict = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * The last few byte strings decoded to text (a drive holds few distinct volumes and clients, and
+ * a scan decodes millions of sectors): compared byte by byte, which is far cheaper than building
+ * the string again.
+ */
+class TextCache {
+  private readonly keys: Uint8Array[] = [];
+  private readonly values: (string | null)[] = [];
+  private next = 0;
+  constructor(
+    private readonly size: number,
+    private readonly decode: (b: Uint8Array) => string | null,
+  ) {}
+  get(bytes: Uint8Array, length = bytes.length): string | null {
+    outer: for (let k = 0; k < this.keys.length; k++) {
+      const key = this.keys[k]!;
+      if (key.length !== length) continue;
+      for (let i = 0; i < length; i++) if (key[i] !== bytes[i]) continue outer;
+      return this.values[k]!;
+    }
+    const key = bytes.slice(0, length);
+    const value = this.decode(key);
+    this.keys[this.next] = key;
+    this.values[this.next] = value;
+    this.next = (this.next + 1) % this.size;
+    return value;
+  }
+}
+
+const uuidCache = new TextCache(16, (b) => uuidToString(b));
+const clientNameCache = new TextCache(16, (b) => {
+  try {
+    return utf8Strict.decode(b);
+  } catch {
+    return null;
+  }
+});
+
 /** The longest prefix of name that fits the 16-byte client name field (whole characters). */
 export function shortClientName(name: string): string {
   const buf = new Uint8Array(CLIENT_NAME_BYTES);
@@ -181,7 +219,7 @@ export function shortClientName(name: string): string {
   return name.replaceAll("\0", "").slice(0, read);
 }
 
-/** Why these fields cannot be encoded, or null. Shared by the encoder (assert) and the decoder. */
+/** Why these fields cannot be encoded, or null: the encoder's assertion. */
 export function fieldsProblem(f: SectorFields): string | null {
   if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(f.volume_uuid)) return `volume_uuid '${f.volume_uuid}' is not a lower-case uuid`;
   if (/^[0-]+$/.test(f.volume_uuid)) return "volume_uuid is nil";
@@ -190,6 +228,15 @@ export function fieldsProblem(f: SectorFields): string | null {
   }
   if (utf8.encode(f.client_name).length > CLIENT_NAME_BYTES) return `client_name '${f.client_name}' is longer than ${CLIENT_NAME_BYTES} bytes`;
   if (f.client_name.includes("\0")) return "client_name contains NUL";
+  return relationProblem(f);
+}
+
+/**
+ * The checks of fields that bytes can violate even when each field decodes: ranges and the
+ * relations between fields. Shared by the encoder and the decoder (which has checked the
+ * formats: uuid, name, u64 fit, enum bytes, while reading).
+ */
+function relationProblem(f: SectorFields): string | null {
   if (!TOPO_STATES.includes(f.topo_state)) return `topo_state '${f.topo_state}' unknown`;
   if (!Number.isInteger(f.leg_count) || f.leg_count < 1 || f.leg_count > MAX_LEGS) return `leg_count ${f.leg_count} not in 1..${MAX_LEGS}`;
   if (!Number.isInteger(f.leg_index) || f.leg_index < 0 || f.leg_index >= f.leg_count) return `leg_index ${f.leg_index} not below leg_count ${f.leg_count}`;
@@ -433,12 +480,10 @@ function parseFields(b: Uint8Array, limit: number): DebugSector | string {
   const nameBytes = b.subarray(OFF.client_name, OFF.client_name + CLIENT_NAME_BYTES);
   const nameEnd = nameBytes.indexOf(0) < 0 ? CLIENT_NAME_BYTES : nameBytes.indexOf(0);
   if (!isZeroRange(nameBytes, nameEnd, CLIENT_NAME_BYTES)) return "client name has bytes after its NUL padding";
-  let client_name: string;
-  try {
-    client_name = utf8Strict.decode(nameBytes.subarray(0, nameEnd));
-  } catch {
-    return "client name is not UTF-8";
-  }
+  const client_name = clientNameCache.get(nameBytes, nameEnd);
+  if (client_name === null) return "client name is not UTF-8";
+  const volume_uuid = uuidCache.get(b.subarray(OFF.volume_uuid, OFF.volume_uuid + 16))!;
+  if (volume_uuid === NIL_UUID) return "volume_uuid is nil";
   const seed_id = getU32(b, OFF.seed_id);
   const worker = getU32(b, OFF.worker);
   const workers = getU32(b, OFF.pattern_workers);
@@ -458,7 +503,7 @@ function parseFields(b: Uint8Array, limit: number): DebugSector | string {
     history.push(h);
   }
   const fields: DebugSector = {
-    volume_uuid: uuidToString(b.subarray(OFF.volume_uuid, OFF.volume_uuid + 16)),
+    volume_uuid,
     lba: lba as number,
     client_id: client_id as number,
     client_name,
@@ -479,7 +524,7 @@ function parseFields(b: Uint8Array, limit: number): DebugSector | string {
     data_crc: getU32(b, OFF.data_crc),
     record_tag: getU32(b, chunkStart(1) + TAG_RECORD),
   };
-  const problem = fieldsProblem(fields);
+  const problem = relationProblem(fields);
   if (problem !== null) return problem;
   if (crc32cRange(b, OFF.version, OFF.fields_end) !== fields.record_tag) return "the header's record tag does not match its fields";
   return fields;
