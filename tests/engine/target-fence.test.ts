@@ -5,14 +5,17 @@
  * I/O, registrations do not survive a target restart, and bad FENCE bodies change nothing.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
+import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { encodeBody } from "../../src/engine/wire/control.ts";
 import { MAX_REGISTRATIONS } from "../../src/engine/wire/control.ts";
 import { Op, Status } from "../../src/engine/wire/header.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import { rawPeer } from "./raw-peer.ts";
-import { type TargetHarness, memoryDrive, pattern, startTarget, uuidBytes } from "./target-fixture.ts";
+import { type TargetHarness, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes } from "./target-fixture.ts";
 
 let h: TargetHarness | null = null;
 afterEach(() => {
@@ -272,5 +275,96 @@ describe("bad FENCE bodies are INVALID and change nothing", () => {
     const a = await raw.request({ opcode: Op.FENCE, drive_uuid: u });
     expect(a.h.status).toBe(Status.INVALID);
     raw.close();
+  });
+});
+
+/** A MemoryStore whose data-area writes wait until the test opens the gate. */
+class GatedStore extends MemoryStore {
+  gated = false;
+  private waiting: (() => void)[] = [];
+  override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    if (this.gated) await new Promise<void>((r) => this.waiting.push(r));
+    return super.write(offset, src, fua);
+  }
+  open(): void {
+    this.gated = false;
+    for (const w of this.waiting.splice(0)) w();
+  }
+  get blocked(): number {
+    return this.waiting.length;
+  }
+}
+
+const until = async (cond: () => boolean) => {
+  for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
+  expect(cond()).toBe(true);
+};
+
+describe("FENCE waits for what it refuses", () => {
+  async function gatedTarget() {
+    const store = new GatedStore(8 * 1024 * 1024);
+    await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
+    const d = await openDrive(store, "gated");
+    h = await startTarget([d], { fencing: true });
+    return { store, d, u: uuidBytes(d), toma: await h.toma() };
+  }
+
+  test("a FENCE removing a client is answered only once that client's running write has finished", async () => {
+    const { store, u, toma } = await gatedTarget();
+    const c = await h!.session({ client_id: 7, generation: 2 });
+    store.gated = true;
+    let written = false;
+    const w = c.write(u, 0, pattern(1, 4096), true).then(() => {
+      written = true;
+    });
+    await until(() => store.blocked === 1);
+    let fenced = false;
+    const f = toma.fence(u, { replace: false, set: [], remove: [7] }).then(() => {
+      fenced = true;
+    });
+    await toma.lockList(u); // the FENCE above has started
+    // The removal applies at once: a new request of client 7 is refused while the old one runs.
+    expect(await outcome(c.flush(u))).toContain("client 7 is not registered");
+    expect(fenced).toBe(false);
+    store.open();
+    await f;
+    expect(written).toBe(true);
+    await w;
+  });
+
+  test("raising a client's minimum waits for its older-generation requests only", async () => {
+    const { store, u, toma } = await gatedTarget();
+    const old = await h!.session({ client_id: 7, generation: 2 });
+    const other = await h!.session({ client_id: 8, generation: 1 });
+    store.gated = true;
+    const w = old.write(u, 0, pattern(2, 4096), false);
+    const w8 = other.write(u, 8192, pattern(3, 4096), false);
+    await until(() => store.blocked === 2);
+    // Nothing running is refused by this table: answered at once, writes still blocked.
+    await toma.fence(u, { replace: false, set: [{ client_id: 8, min_generation: 1 }], remove: [] });
+    let fenced = false;
+    const f = toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] }).then(() => {
+      fenced = true;
+    });
+    await toma.lockList(u); // the FENCE above has started
+    expect(fenced).toBe(false);
+    store.open();
+    await Promise.all([f, w, w8]);
+  });
+
+  test("a LOCK of a fenced-out client waiting for its units is refused and takes nothing", async () => {
+    const { u, toma } = await gatedTarget();
+    const a = await h!.session({ client_id: 1 });
+    const b = await h!.session({ client_id: 2 });
+    await a.lock(u, 0, 4096);
+    const wb = b.lock(u, 0, 4096).catch((e) => e);
+    await b.dirtyGet(u, 0, 0); // the LOCK is waiting on the target
+    await toma.fence(u, { replace: false, set: [], remove: [2] });
+    const e = await wb;
+    expect(e).toBeInstanceOf(TargetError);
+    expect((e as TargetError).status).toBe(Status.REFUSED);
+    expect((e as TargetError).message).toContain("fenced out");
+    await a.unlock(u, 0, 4096);
+    expect(await toma.lockList(u)).toEqual([]);
   });
 });

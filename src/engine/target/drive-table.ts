@@ -8,6 +8,7 @@ import { uuidFromString } from "../uuid.ts";
 import type { DriveInfo } from "../wire/control.ts";
 import { Status } from "../wire/header.ts";
 import { DirtyBits } from "./dirty.ts";
+import { AdmittedRequests } from "./fence.ts";
 import { LockTable } from "./locks.ts";
 import { RequestError } from "./reply.ts";
 
@@ -25,6 +26,8 @@ export interface ServedDrive {
    * instance: a drive plugged again starts with none.
    */
   registrations: Map<number, number>;
+  /** Client requests executing on the drive, for FENCE to wait on (fencing enforced only). */
+  readonly admitted: AdmittedRequests;
   readonly locks: LockTable;
   readonly dirty: DirtyBits;
 }
@@ -62,6 +65,7 @@ export class DriveTable {
       data_bytes,
       metaChain: Promise.resolve(),
       registrations: new Map(),
+      admitted: new AdmittedRequests(),
       locks: new LockTable(),
       dirty: new DirtyBits(drive, data_bytes),
     });

@@ -22,7 +22,7 @@ import {
 } from "../wire/header.ts";
 import type { DriveTable, ServedDrive } from "./drive-table.ts";
 import { plantedBugs } from "../planted-bugs.ts";
-import { type Role, applyFence, fenceCheck } from "./fence.ts";
+import { type Role, applyFence, fenceCheck, refuses } from "./fence.ts";
 import {
   RequestError,
   cborResponse,
@@ -57,6 +57,19 @@ export interface Requester {
   unpark(): void;
 }
 
+/**
+ * A client request admitted on a drive under fencing: counted there while it executes, so that a
+ * FENCE refusing it waits for it (fence.ts AdmittedRequests). Only made when fencing is enforced
+ * and the requester is a client.
+ */
+class Admission {
+  drive: ServedDrive | null = null;
+  constructor(
+    readonly client_id: number,
+    readonly generation: number,
+  ) {}
+}
+
 export async function execute(
   ctx: TargetContext,
   req: Requester,
@@ -64,38 +77,49 @@ export async function execute(
   payload: Uint8Array,
   payloadOwned: boolean,
 ): Promise<Uint8Array> {
+  // Read before anything runs: responses reuse h (an OK write carries the cache epoch there).
+  const adm = ctx.fencing && req.role === "client" ? new Admission(h.client_id, h.generation) : null;
   try {
-    return await dispatch(ctx, req, h, payload, payloadOwned);
+    return await dispatch(ctx, req, h, payload, payloadOwned, adm);
   } catch (e) {
     const status = statusOf(e);
     if (status === Status.IO_ERROR) {
       ctx.log.error("drive I/O failed", { op: Op[h.opcode], drive: safeUuid(h.drive_uuid), error: String(e) });
     }
     return errorResponse(h, status, e instanceof Error ? e.message : String(e));
+  } finally {
+    if (adm !== null && adm.drive !== null) adm.drive.admitted.leave(adm.client_id, adm.generation);
   }
 }
 
 const LOCK_FLAGS = Flag.TEST_LOCK | Flag.DIRTY;
 
-function dispatch(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array, owned: boolean): Promise<Uint8Array> {
+function dispatch(
+  ctx: TargetContext,
+  req: Requester,
+  h: Header,
+  payload: Uint8Array,
+  owned: boolean,
+  adm: Admission | null,
+): Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
   if (h.flags & LOCK_FLAGS) checkFlags(h);
   switch (h.opcode) {
     case Op.READ: {
-      const d = dataDrive(ctx, req, h, payload);
+      const d = dataDrive(ctx, req, h, payload, adm);
       return (h.flags & Flag.TEST_LOCK) !== 0 ? doReadTestLock(d, h) : doRead(d, h);
     }
     case Op.WRITE: {
-      const d = dataDrive(ctx, req, h, null);
+      const d = dataDrive(ctx, req, h, null, adm);
       return doWrite(d, h, owned ? payload : copyOf(payload));
     }
     case Op.FLUSH:
       noPayload(h, payload);
-      return doFlush(fencedDrive(ctx, req, h), h);
+      return doFlush(fencedDrive(ctx, req, h, adm), h);
     case Op.TRIM:
-      return doTrim(dataDrive(ctx, req, h, payload), h);
+      return doTrim(dataDrive(ctx, req, h, payload, adm), h);
     case Op.WRITE_ZEROES:
-      return doWriteZeroes(dataDrive(ctx, req, h, payload), h);
+      return doWriteZeroes(dataDrive(ctx, req, h, payload, adm), h);
     case Op.LIST_DRIVES:
       return Promise.resolve(cborResponse(h, ctx.info().drives));
     case Op.META_READ:
@@ -107,23 +131,23 @@ function dispatch(ctx: TargetContext, req: Requester, h: Header, payload: Uint8A
       return doClaim(lookup(ctx, h), h, controlBody(h, payload));
     case Op.FENCE:
       tomaOnly(req, h);
-      return doFence(lookup(ctx, h), h, controlBody(h, payload));
+      return doFence(ctx, lookup(ctx, h), h, controlBody(h, payload));
     case Op.LOCK:
-      return doLock(lockRange(ctx, req, h, payload), req, h);
+      return doLock(lockRange(ctx, req, h, payload, adm), req, h, adm);
     case Op.UNLOCK:
-      return doUnlock(dataDrive(ctx, req, h, payload), h);
+      return doUnlock(dataDrive(ctx, req, h, payload, adm), h);
     case Op.LOCK_LIST:
       tomaOnly(req, h);
       noPayload(h, payload);
       return Promise.resolve(cborResponse(h, lookup(ctx, h).locks.list(LOCK_UNIT_BYTES)));
     case Op.DIRTY_GET: {
-      const d = dataDrive(ctx, req, h, payload);
+      const d = dataDrive(ctx, req, h, payload, adm);
       return Promise.resolve(cborResponse(h, d.dirty.list(h.offset, h.length)));
     }
     case Op.DIRTY_SET:
-      return doDirtySet(dataDrive(ctx, req, h, payload), h);
+      return doDirtySet(dataDrive(ctx, req, h, payload, adm), h);
     case Op.DIRTY_CLEAR:
-      return doDirtyClear(dataDrive(ctx, req, h, payload), h);
+      return doDirtyClear(dataDrive(ctx, req, h, payload, adm), h);
     case Op.HELLO:
       throw new RequestError(Status.INVALID, "HELLO was already done on this connection");
   }
@@ -153,24 +177,37 @@ function tomaOnly(req: Requester, h: Header): void {
   }
 }
 
-/** A served drive that this requester may send data-path requests for (fence.ts). */
-function fencedDrive(ctx: TargetContext, req: Requester, h: Header): ServedDrive {
+/**
+ * A served drive that this requester may send data-path requests for (fence.ts). An admitted
+ * client request is counted on the drive until execute() is done with it.
+ */
+function fencedDrive(ctx: TargetContext, req: Requester, h: Header, adm: Admission | null): ServedDrive {
   const d = lookup(ctx, h);
   const refused = fenceCheck(d, h, req.role, ctx.fencing);
   if (refused !== null) throw new RequestError(Status.REFUSED, refused);
+  if (adm !== null) {
+    adm.drive = d;
+    d.admitted.enter(adm.client_id, adm.generation);
+  }
   return d;
 }
 
 /** A data-path drive: served, fenced, and the range inside its data area. */
-function dataDrive(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array | null): ServedDrive {
+function dataDrive(
+  ctx: TargetContext,
+  req: Requester,
+  h: Header,
+  payload: Uint8Array | null,
+  adm: Admission | null,
+): ServedDrive {
   if (payload !== null) noPayload(h, payload);
-  return inRange(fencedDrive(ctx, req, h), h);
+  return inRange(fencedDrive(ctx, req, h, adm), h);
 }
 
 /** A LOCK's drive: a data-path range of at most MAX_LOCK_BYTES. */
-function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array): ServedDrive {
+function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array, adm: Admission | null): ServedDrive {
   noPayload(h, payload);
-  const d = fencedDrive(ctx, req, h);
+  const d = fencedDrive(ctx, req, h, adm);
   if (h.length > MAX_LOCK_BYTES) {
     throw new RequestError(Status.INVALID, `LOCK of ${h.length} bytes, at most ${MAX_LOCK_BYTES} at once`);
   }
@@ -308,19 +345,32 @@ async function doClaim(d: ServedDrive, h: Header, body: Uint8Array): Promise<Uin
   return okResponse(h);
 }
 
-async function doFence(d: ServedDrive, h: Header, body: Uint8Array): Promise<Uint8Array> {
+/**
+ * FENCE: the new table applies at once; with fencing enforced, the answer waits until no client
+ * request it refuses is executing on the drive, and such requests waiting for a lock give up.
+ */
+async function doFence(ctx: TargetContext, d: ServedDrive, h: Header, body: Uint8Array): Promise<Uint8Array> {
   const req = decodeBody(FenceRequest, body);
   if (isInvalid(req)) throw new RequestError(Status.INVALID, `FENCE body: ${req.invalid}`);
-  const refused = applyFence(d, req);
-  if (refused !== null) throw new RequestError(Status.INVALID, `FENCE: ${refused}`);
+  const invalid = applyFence(d, req);
+  if (invalid !== null) throw new RequestError(Status.INVALID, `FENCE: ${invalid}`);
+  if (ctx.fencing) {
+    const refused = (client_id: number, generation: number) => refuses(d, client_id, generation);
+    d.locks.failWaiting(
+      refused,
+      (owner) => new RequestError(Status.REFUSED, `client ${owner} was fenced out of drive ${d.drive.info.drive_uuid} while waiting for a lock`),
+    );
+    const drained = d.admitted.drain(refused);
+    if (drained !== null) await drained;
+  }
   return okResponse(h);
 }
 
-async function doLock(d: ServedDrive, req: Requester, h: Header): Promise<Uint8Array> {
+async function doLock(d: ServedDrive, req: Requester, h: Header, adm: Admission | null): Promise<Uint8Array> {
   if (h.length > 0) {
     const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
     const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
-    const wait = d.locks.lock(h.client_id, first, last, req.ended);
+    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
     if (wait !== null) {
       const parked = req.park();
       try {

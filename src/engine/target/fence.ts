@@ -10,6 +10,10 @@
  *
  * Registrations live in RAM only: after a target restart (or the drive being unplugged and
  * plugged) every client is refused until its TOMA sends FENCE again.
+ *
+ * With enforcement on, FENCE is answered only once every client request that was admitted
+ * before it and that its new table refuses has finished on the drive (AdmittedRequests); such
+ * requests still waiting for a lock are failed REFUSED at once, holding nothing.
  */
 import type { FenceRequest, HelloRequest } from "../wire/control.ts";
 import { MAX_REGISTRATIONS } from "../wire/control.ts";
@@ -52,4 +56,67 @@ export function applyFence(d: ServedDrive, body: FenceRequest): string | null {
   }
   d.registrations = next;
   return null;
+}
+
+/** Whether the drive's table refuses a client request of this generation. */
+export function refuses(d: ServedDrive, client_id: number, generation: number): boolean {
+  const min = d.registrations.get(client_id);
+  return min === undefined || generation < min;
+}
+
+/**
+ * The client requests executing on one drive, by client id and generation, so that a FENCE can
+ * wait for the ones its new table refuses: once FENCE is answered, no request the drive would
+ * now refuse is still running there (a stale-lock recovery or a rebuild that follows cannot be
+ * overtaken by a write of a fenced-out client that was admitted just before).
+ */
+export class AdmittedRequests {
+  /** client_id → generation → requests executing. */
+  private readonly running = new Map<number, Map<number, number>>();
+  private waiters: { pairs: [number, number][]; resolve: () => void }[] = [];
+
+  enter(client_id: number, generation: number): void {
+    let gens = this.running.get(client_id);
+    if (gens === undefined) {
+      gens = new Map();
+      this.running.set(client_id, gens);
+    }
+    gens.set(generation, (gens.get(generation) ?? 0) + 1);
+  }
+
+  leave(client_id: number, generation: number): void {
+    const gens = this.running.get(client_id);
+    const n = gens?.get(generation);
+    if (gens === undefined || n === undefined) return;
+    if (n > 1) {
+      gens.set(generation, n - 1);
+      return;
+    }
+    gens.delete(generation);
+    if (gens.size === 0) this.running.delete(client_id);
+    if (this.waiters.length > 0) this.wake();
+  }
+
+  /**
+   * Resolves once no request of a (client, generation) that `refused` names, executing now, is
+   * still executing; null when there is none. New requests of such a pair are refused by the
+   * table already, so the wait ends.
+   */
+  drain(refused: (client_id: number, generation: number) => boolean): Promise<void> | null {
+    const pairs: [number, number][] = [];
+    for (const [client_id, gens] of this.running) {
+      for (const generation of gens.keys()) if (refused(client_id, generation)) pairs.push([client_id, generation]);
+    }
+    if (pairs.length === 0) return null;
+    return new Promise((resolve) => this.waiters.push({ pairs, resolve }));
+  }
+
+  private wake(): void {
+    const still: typeof this.waiters = [];
+    for (const w of this.waiters) {
+      if (w.pairs.some(([c, g]) => this.running.get(c)?.has(g) === true)) still.push(w);
+      else w.resolve();
+    }
+    this.waiters = still;
+  }
 }

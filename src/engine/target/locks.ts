@@ -28,6 +28,8 @@ export const MAX_LOCKED_UNITS = 65536;
 
 interface Waiter {
   readonly owner: number;
+  /** The request's generation when it is subject to fencing (role client), else null. */
+  readonly generation: number | null;
   readonly first: number;
   readonly last: number;
   readonly resolve: () => void;
@@ -57,8 +59,9 @@ export class LockTable {
    * a promise that resolves once they are, after waiting while any is held or wanted by an
    * earlier waiter. The signal aborts the wait (the requester's connection ended): nothing is
    * then taken. Throws or rejects RequestError(BUSY) when MAX_LOCKED_UNITS would be exceeded.
+   * `generation` is the request's when it is subject to fencing (see failWaiting).
    */
-  lock(owner: number, first: number, last: number, signal: AbortSignal): Promise<void> | null {
+  lock(owner: number, first: number, last: number, signal: AbortSignal, generation: number | null = null): Promise<void> | null {
     if (this.waiters.length === 0 && this.free(first, last, null)) {
       const busy = this.overCap(last - first + 1);
       if (busy !== null) throw busy;
@@ -67,7 +70,7 @@ export class LockTable {
     }
     if (signal.aborted) throw new RequestError(Status.BUSY, "the connection ended while waiting for a lock");
     return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { owner, first, last, resolve, reject, detach: () => {} };
+      const w: Waiter = { owner, generation, first, last, resolve, reject, detach: () => {} };
       const onAbort = () => {
         const i = this.waiters.indexOf(w);
         if (i < 0) return;
@@ -129,6 +132,21 @@ export class LockTable {
       runEnd = u + 1;
     }
     return out;
+  }
+
+  /**
+   * Fails the waiters (subject to fencing) that `refused` names: a FENCE took their client out.
+   * They hold nothing; held locks stay, for the TOMA to recover.
+   */
+  failWaiting(refused: (owner: number, generation: number) => boolean, e: (owner: number) => Error): void {
+    const out = this.waiters.filter((w) => w.generation !== null && refused(w.owner, w.generation));
+    if (out.length === 0) return;
+    this.waiters = this.waiters.filter((w) => !out.includes(w));
+    for (const w of out) {
+      w.detach();
+      w.reject(e(w.owner));
+    }
+    this.grantWaiting();
   }
 
   /** Fails every waiter (the drive is no longer served); held locks vanish with the table. */
