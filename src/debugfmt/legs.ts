@@ -17,6 +17,7 @@
  * What the difference means (N newer, O older or empty, o = O's leg), first rule that applies:
  *   | case                                                      | class            | culprit       |
  *   | --------------------------------------------------------- | ---------------- | ------------- |
+ *   | same client and seq, different data                       | legs_differ      | that client   |
  *   | diverged, generations differ                              | stale_generation | lower gen.    |
  *   | N's generation below O's                                  | stale_generation | N's writer    |
  *   | diverged, no order                                        | legs_differ      | —             |
@@ -24,7 +25,7 @@
  *   | N left o out, its topology state degraded                 | legs_differ      | — (rebuild)   |
  *   | N left o out in any other state (normal, rebuild, ...)    | skipped_leg      | N's writer    |
  */
-import { type DebugSector, legsText } from "./sector.ts";
+import { type DebugSector, hex, legsText } from "./sector.ts";
 import { headerRecord, historyIndexOf, writeText } from "./timeline.ts";
 
 export type LegVerdictClass = "same" | "write_hole" | "skipped_leg" | "stale_generation" | "legs_differ";
@@ -67,6 +68,14 @@ export function compareLegs(a: LegCopy, b: LegCopy): LegVerdict {
     const rb = headerRecord(sb);
     if (ra.client_id === rb.client_id && ra.seq === rb.seq && ra.data_crc === rb.data_crc) {
       return { class: "same", newer: null, culprit: null, reason: "same write on both legs" };
+    }
+    if (ra.client_id === rb.client_id && ra.seq === rb.seq) {
+      return {
+        class: "legs_differ",
+        newer: null,
+        culprit: culpritOf(sa),
+        reason: `${who(sa)} wrote different data to the legs under one seq ${sa.seq} (data checksum ${hex(sa.data_crc)} on leg ${sa.leg_index}, ${hex(sb.data_crc)} on leg ${sb.leg_index})`,
+      };
     }
     if (sa.leg_index === sb.leg_index) {
       return {

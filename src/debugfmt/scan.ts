@@ -310,7 +310,6 @@ class FileScan {
   classify(bytes: Uint8Array, words: Uint32Array, at: number, position: number, unreadable: string | undefined): Slot | "empty" | "foreign" {
     this.enterExtent(position);
     if (unreadable !== undefined) {
-      this.extentDebug++;
       return this.place({ position, cls: "unreadable", reason: `unreadable: ${unreadable}`, fields: null, writer_fault: false, notes: [] });
     }
     // Fast path for blank space: 512 words of zero.

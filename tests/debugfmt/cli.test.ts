@@ -39,7 +39,7 @@ describe("forensics scan", () => {
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/nvmesh drive a1b2c3d4-0000-4000-8000-00000000000a \(primary superblock\)/);
     expect(r.stdout).toMatch(/^misdirected +9 +0$/m);
-    expect(r.stdout).toMatch(/legs compared at \d+ positions: \d+ same, 17 write_hole, 8 skipped_leg, 8 stale_generation, 8 legs_differ/);
+    expect(r.stdout).toMatch(/legs compared at \d+ positions: \d+ same, 17 write_hole, 8 skipped_leg, 8 stale_generation, 16 legs_differ/);
     expect(r.stdout).toMatch(new RegExp(`^${planted.length} problems:$`, "m"));
     expect(r.stdout).toMatch(/^leg0\.img ↔ leg1\.img +1448 +424 +stale_generation +client 99 \(stale-host\) +client 99 \(stale-host\) wrote seq \d+ with topology generation 2/m);
     expect(r.stdout).toMatch(/^leg0\.img +1133 +109 +torn +client 11 \(w1\) +torn write/m);

@@ -9,7 +9,7 @@
 import fs from "node:fs";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { FileStore } from "../../src/engine/runtime/file-store.ts";
-import { blockAt, ownedBlocks } from "../../src/debugfmt/pattern.ts";
+import { blockAt, dataFor, ownedBlocks } from "../../src/debugfmt/pattern.ts";
 import { encodeSector, resealSector, SECTOR_BYTES, OFF } from "../../src/debugfmt/sector.ts";
 import { encodeIoForLeg, ioSectorFields } from "../../src/debugfmt/write.ts";
 import { bytes, fields, OTHER_VOLUME, VOLUME, verifyWrite } from "./fixtures.ts";
@@ -145,6 +145,21 @@ export async function buildMirror(pathA: string, pathB: string): Promise<{ plant
 
   put(0, 57 * 8, newWrite(57, { legs_mask: 0b01, generation: 5, topo_state: "degraded" }).bytes);
   for (let i = 0; i < 8; i++) planted.push({ class: "legs_differ", file: "a", peer: true, lba: 456 + i, culprit: null, reason: /leg 1 was out of the topology \(degraded, generation 5\)/ });
+
+  {
+    // One write, one seq, different data on the two legs (leg b got another step's data under
+    // the same header fields): the client is named, and leg b's copy fails its pattern.
+    const { worker, step } = nextStep(17);
+    const w0 = newWrite(17);
+    put(0, 17 * 8, w0.bytes);
+    const wrong = new Uint8Array(8 * 512);
+    for (let i = 0; i < 8; i++) wrong.set(dataFor({ ...SPEC8, worker, step: step - 1 }, 17 * 8 + i), i * 512);
+    put(1, 17 * 8, encodeIoForLeg(w0.fields, wrong, 1));
+    for (let i = 0; i < 8; i++) {
+      planted.push({ class: "legs_differ", file: "a", peer: true, lba: 136 + i, culprit: 17 % 3 + 10, reason: /client 12 \(w2\) wrote different data to the legs under one seq \d+/ });
+      planted.push({ class: "pattern_mismatch", file: "b", peer: true, lba: 136 + i, culprit: 17 % 3 + 10, reason: new RegExp(`the data is the pattern's for worker 2 step ${step - 1}`) });
+    }
+  }
 
   flip(at(1, 61 * 8 + 4), 1600, 1);
   planted.push({ class: "checksum_bad", file: "b", peer: true, lba: 492, culprit: null, reason: /history 13-24 \(chunk 3\).*the other leg \(.*\) holds a good copy/ });

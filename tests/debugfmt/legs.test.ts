@@ -41,6 +41,13 @@ describe("which copy is newer, and what the difference means", () => {
     expect(compareLegs({ sector: old0, leg: 0 }, { sector: old1, leg: 1 })).toMatchObject({ class: "same", newer: null });
   });
 
+  test("one client, one seq, different data on the legs: that client is named", () => {
+    const other = rec({ seq: 10, leg_index: 1 }, 99);
+    const v = compareLegs({ sector: old0, leg: 0 }, { sector: other, leg: 1 });
+    expect(v).toMatchObject({ class: "legs_differ", newer: null, culprit: { client_id: 7, client_name: "host-a" } });
+    expect(v.reason).toMatch(/wrote different data to the legs under one seq 10 \(data checksum 0x[0-9a-f]{8} on leg 0, 0x[0-9a-f]{8} on leg 1\)/);
+  });
+
   test("both legs empty", () => {
     expect(compareLegs({ sector: null, leg: 0 }, { sector: null, leg: 1 }).class).toBe("same");
   });

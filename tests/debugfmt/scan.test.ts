@@ -117,11 +117,11 @@ describe("scan of both legs (--peer)", () => {
 
   test("the comparison's own counts", () => {
     const p = r.peer!;
-    expect(p.counts).toEqual({ write_hole: 17, skipped_leg: 8, stale_generation: 8, legs_differ: 8 });
+    expect(p.counts).toEqual({ write_hole: 17, skipped_leg: 8, stale_generation: 8, legs_differ: 16 });
     expect(p.unaligned).toBe(9); // the misplaced sectors on leg a
     expect(p.one_side_damaged).toBe(6); // checksum, data, torn, not_debug, bad_field on a; checksum on b
     expect(p.same).toBeGreaterThan(400);
-    expect(p.compared).toBe(p.same + 41);
+    expect(p.compared).toBe(p.same + 49);
   });
 
   test("a leg comparison names the newer file and rebuilds the block's writes in order", () => {
