@@ -4,6 +4,7 @@
  * its block, with its class, culprit and reason; the legs are compared; and the scan never writes.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -150,6 +151,26 @@ describe("what scan reads and refuses", () => {
     await blockHistory([await source(A), await source(B)], { lba: 360 });
     const after = [A, B].map((p) => ({ hash: Bun.hash(fs.readFileSync(p)), mtime: fs.statSync(p).mtimeMs, ctime: fs.statSync(p).ctimeMs }));
     expect(after).toEqual(before);
+  });
+
+  test("a block device (a read-only loop device over leg a) scans like its file", async () => {
+    // Loop devices need root and losetup (util-linux); fail loudly otherwise, never skip.
+    const dev = execFileSync("losetup", ["-f", "--show", "-r", A], { encoding: "utf8" }).trim();
+    try {
+      const d = ReadOnlyFile.open(dev);
+      try {
+        expect(d.describe).toBe(`block device ${dev}`);
+        expect(d.size_bytes).toBe(DRIVE_BYTES);
+        const loc = await locateDataArea(d, { raw: false });
+        if ("error" in loc) throw new Error(loc.error);
+        const r = await scan({ name: A, drive: d, area: loc.area });
+        expectPlanted(r, planted.filter((p) => p.file === "a" && !p.peer));
+      } finally {
+        await d.close();
+      }
+    } finally {
+      execFileSync("losetup", ["-d", dev]);
+    }
   });
 
   test("the read-only file refuses writes", async () => {
