@@ -210,12 +210,14 @@ export class MirrorIo {
     try {
       for (const leg of lockLegs) {
         const s = await this.session(p, leg);
+        // Counted before the answer: a LOCK whose answer was lost with its connection may be
+        // held, and UNLOCK of units we do not hold is harmless.
+        locked.push(leg);
         try {
           await s.lock(this.pool.driveId(p.legs[leg]!.drive_uuid), p.legs[leg]!.drive_offset, p.length);
         } catch (e) {
           throw this.classify(e, p, leg);
         }
-        locked.push(leg);
       }
       const writes: Promise<void>[] = [];
       t.legs.forEach((role, leg) => {
