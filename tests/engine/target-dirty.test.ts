@@ -14,9 +14,8 @@ import { DriveIoError } from "../../src/engine/drive/store.ts";
 import type { Superblock } from "../../src/engine/drive/superblock.ts";
 import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import { Status } from "../../src/engine/wire/header.ts";
-import { TargetError } from "../../src/engine/wire/session-api.ts";
 import type { LogLine } from "./target-fixture.ts";
-import { type TargetHarness, dataBytes, fileDrive, pattern, randomUuidString, recordingLogger, startTarget, uuidBytes } from "./target-fixture.ts";
+import { type TargetHarness, dataBytes, fileDrive, pattern, randomUuidString, recordingLogger, startTarget, uuidBytes, GatedStore, until, statusOf } from "./target-fixture.ts";
 
 const MiB = 1024 * 1024;
 const R = MiB; // bitmap_region_bytes of every drive format makes
@@ -37,13 +36,13 @@ interface Written {
  * A MemoryStore that records every write once it has taken effect, and can hold writes to the
  * bitmap area at a gate until the test opens it.
  */
-class BitmapGatedStore extends MemoryStore {
+class BitmapGatedStore extends GatedStore {
   sb: Superblock | null = null;
-  gated = false;
   readonly done: Written[] = [];
-  private waiting: (() => void)[] = [];
+  constructor(size_bytes: number) {
+    super(size_bytes, (op, offset) => op === "write" && this.inBitmap(offset));
+  }
   override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
-    if (this.gated && this.inBitmap(offset)) await new Promise<void>((r) => this.waiting.push(r));
     await super.write(offset, src, fua);
     this.done.push({ offset, length: src.length, fua });
   }
@@ -54,13 +53,6 @@ class BitmapGatedStore extends MemoryStore {
   /** What the writes that took effect were, in order: "bitmap" (with FUA or not) or "data". */
   kinds(): string[] {
     return this.done.map((w) => (this.inBitmap(w.offset) ? (w.fua ? "bitmap+fua" : "bitmap") : "data"));
-  }
-  open(): void {
-    this.gated = false;
-    for (const w of this.waiting.splice(0)) w();
-  }
-  get blocked(): number {
-    return this.waiting.length;
   }
   /** The first bitmap byte as it is on the "drive". */
   async bitmapByte(i: number): Promise<number> {
@@ -78,20 +70,7 @@ async function gatedDrive(size_mib = 16) {
   return { store, d };
 }
 
-const until = async (cond: () => boolean) => {
-  for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
-  expect(cond()).toBe(true);
-};
 
-async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return e.status;
-    throw e;
-  }
-}
 
 describe("DIRTY_GET, DIRTY_SET, DIRTY_CLEAR", () => {
   test("a range marks every region it touches, by 1 MiB region boundaries", async () => {

@@ -8,14 +8,13 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
-import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { encodeBody } from "../../src/engine/wire/control.ts";
 import { MAX_REGISTRATIONS } from "../../src/engine/wire/control.ts";
 import { Op, Status } from "../../src/engine/wire/header.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import { rawPeer } from "./raw-peer.ts";
-import { type TargetHarness, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes } from "./target-fixture.ts";
+import { type TargetHarness, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until } from "./target-fixture.ts";
 
 let h: TargetHarness | null = null;
 afterEach(() => {
@@ -278,27 +277,7 @@ describe("bad FENCE bodies are INVALID and change nothing", () => {
   });
 });
 
-/** A MemoryStore whose data-area writes wait until the test opens the gate. */
-class GatedStore extends MemoryStore {
-  gated = false;
-  private waiting: (() => void)[] = [];
-  override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
-    if (this.gated) await new Promise<void>((r) => this.waiting.push(r));
-    return super.write(offset, src, fua);
-  }
-  open(): void {
-    this.gated = false;
-    for (const w of this.waiting.splice(0)) w();
-  }
-  get blocked(): number {
-    return this.waiting.length;
-  }
-}
 
-const until = async (cond: () => boolean) => {
-  for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
-  expect(cond()).toBe(true);
-};
 
 describe("FENCE waits for what it refuses", () => {
   async function gatedTarget() {

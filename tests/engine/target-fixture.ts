@@ -13,6 +13,9 @@ import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
 import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
+import { TargetError } from "../../src/engine/wire/session-api.ts";
+import type { Status } from "../../src/engine/wire/header.ts";
+import { expect } from "bun:test";
 
 export interface LogLine {
   level: string;
@@ -128,4 +131,61 @@ export function pattern(seed: number, length: number): Uint8Array<ArrayBuffer> {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+/**
+ * A MemoryStore whose reads or writes wait at a gate while `gated`, until the test opens it.
+ * `holds` picks which operations the gate holds (by default: every write).
+ */
+export class GatedStore extends MemoryStore {
+  gated = false;
+  private waiting: (() => void)[] = [];
+
+  constructor(
+    size_bytes: number,
+    private readonly holds: (op: "read" | "write", offset: number) => boolean = (op) => op === "write",
+  ) {
+    super(size_bytes);
+  }
+
+  private async gate(op: "read" | "write", offset: number): Promise<void> {
+    if (this.gated && this.holds(op, offset)) await new Promise<void>((r) => this.waiting.push(r));
+  }
+
+  override async read(offset: number, dst: Uint8Array): Promise<void> {
+    await this.gate("read", offset);
+    return super.read(offset, dst);
+  }
+
+  override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    await this.gate("write", offset);
+    return super.write(offset, src, fua);
+  }
+
+  open(): void {
+    this.gated = false;
+    for (const w of this.waiting.splice(0)) w();
+  }
+
+  /** Operations waiting at the gate. */
+  get blocked(): number {
+    return this.waiting.length;
+  }
+}
+
+/** Waits (up to about a second) until cond() holds, then asserts it. */
+export async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
+  expect(cond()).toBe(true);
+}
+
+/** "ok", or the status a target refused the request with. */
+export async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    if (e instanceof TargetError) return e.status;
+    throw e;
+  }
 }

@@ -11,13 +11,12 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
-import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { Flag, LOCK_UNIT_BYTES, MAX_LOCK_BYTES, Op, Status } from "../../src/engine/wire/header.ts";
 import type { Session } from "../../src/engine/wire/session.ts";
 import { SessionClosedError, TargetError } from "../../src/engine/wire/session-api.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import { rawPeer } from "./raw-peer.ts";
-import { type TargetHarness, dataBytes, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes } from "./target-fixture.ts";
+import { type TargetHarness, dataBytes, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until, statusOf } from "./target-fixture.ts";
 
 const U = LOCK_UNIT_BYTES;
 
@@ -47,15 +46,6 @@ async function probe(s: Session, u: Uint8Array): Promise<void> {
   await s.dirtyGet(u, 0, 0);
 }
 
-async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return e.status;
-    throw e;
-  }
-}
 
 async function setup(opts: { max_inflight_per_conn?: number } = {}) {
   const d = await memoryDrive();
@@ -265,27 +255,7 @@ describe("LOCK and UNLOCK", () => {
   });
 });
 
-/** A MemoryStore whose reads wait until the test opens the gate. */
-class ReadGatedStore extends MemoryStore {
-  gated = false;
-  private waiting: (() => void)[] = [];
-  override async read(offset: number, dst: Uint8Array): Promise<void> {
-    if (this.gated) await new Promise<void>((r) => this.waiting.push(r));
-    return super.read(offset, dst);
-  }
-  open(): void {
-    this.gated = false;
-    for (const w of this.waiting.splice(0)) w();
-  }
-  get blocked(): number {
-    return this.waiting.length;
-  }
-}
 
-const until = async (cond: () => boolean) => {
-  for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
-  expect(cond()).toBe(true);
-};
 
 describe("READ with TEST_LOCK", () => {
   test("LOCKED without data while a unit of the range is locked; data otherwise", async () => {
@@ -311,7 +281,7 @@ describe("READ with TEST_LOCK", () => {
   });
 
   test("a lock taken and released while the read was on the drive makes it LOCKED", async () => {
-    const store = new ReadGatedStore(8 * 1024 * 1024);
+    const store = new GatedStore(8 * 1024 * 1024, (op) => op === "read");
     await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
     const d = await openDrive(store, "gated");
     h = await startTarget([d]);
@@ -338,7 +308,7 @@ describe("READ with TEST_LOCK", () => {
   });
 
   test("a lock taken during the read and still held makes it LOCKED; one elsewhere does not", async () => {
-    const store = new ReadGatedStore(8 * 1024 * 1024);
+    const store = new GatedStore(8 * 1024 * 1024, (op) => op === "read");
     await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
     const d = await openDrive(store, "gated");
     h = await startTarget([d]);

@@ -6,26 +6,9 @@
 import { afterEach, expect, test } from "bun:test";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
-import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
-import { type TargetHarness, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes } from "./target-fixture.ts";
+import { type TargetHarness, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until } from "./target-fixture.ts";
 
-/** A MemoryStore whose writes wait until the test opens the gate. */
-class GatedStore extends MemoryStore {
-  gated = false;
-  private waiting: (() => void)[] = [];
-  override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
-    if (this.gated) await new Promise<void>((r) => this.waiting.push(r));
-    return super.write(offset, src, fua);
-  }
-  open(): void {
-    this.gated = false;
-    for (const w of this.waiting.splice(0)) w();
-  }
-  get blocked(): number {
-    return this.waiting.length;
-  }
-}
 
 let h: TargetHarness | null = null;
 afterEach(() => {
@@ -33,10 +16,6 @@ afterEach(() => {
   h = null;
 });
 
-const until = async (cond: () => boolean) => {
-  for (let i = 0; i < 500 && !cond(); i++) await Bun.sleep(2);
-  expect(cond()).toBe(true);
-};
 
 test("a second HELLO of the same client closes the first connection and waits for its writes", async () => {
   const store = new GatedStore(8 * 1024 * 1024);

@@ -12,17 +12,7 @@ import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import type { DriveStore } from "../../src/engine/drive/store.ts";
 import { NIL_UUID, uuidFromString } from "../../src/engine/uuid.ts";
 import { Status } from "../../src/engine/wire/header.ts";
-import { TargetError } from "../../src/engine/wire/session-api.ts";
-import {
-  type TargetHarness,
-  dataBytes,
-  fileDrive,
-  memoryDrive,
-  pattern,
-  randomUuidString,
-  startTarget,
-  uuidBytes,
-} from "./target-fixture.ts";
+import { type TargetHarness, dataBytes, fileDrive, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, statusOf } from "./target-fixture.ts";
 
 let h: TargetHarness | null = null;
 afterEach(() => {
@@ -30,15 +20,6 @@ afterEach(() => {
   h = null;
 });
 
-async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return e.status;
-    throw e;
-  }
-}
 
 describe("target service over loopback", () => {
   test("a FileStore drive: data written through the target is there after reopening the file", async () => {
