@@ -9,7 +9,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
-import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { DriveIoError } from "../../src/engine/drive/store.ts";
 import type { Superblock } from "../../src/engine/drive/superblock.ts";
 import { FileStore } from "../../src/engine/runtime/file-store.ts";
