@@ -16,7 +16,7 @@
  * can acknowledge a switch once nothing older is in flight (`drained`).
  */
 import { DriveIoError } from "../drive/store.ts";
-import type { Env } from "../env.ts";
+import { type Env, sleep } from "../env.ts";
 import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
 import { Status } from "../wire/header.ts";
@@ -46,6 +46,8 @@ class LegFailed extends Error {
 class Refused extends Error {}
 
 const LOCKED_RETRY_MS = 2;
+const DIRTY = { dirty: true } as const;
+const CLEAN = { dirty: false } as const;
 
 export class MirrorIo {
   private info: AttachInfo;
@@ -129,8 +131,9 @@ export class MirrorIo {
 
   // ---- internals ---------------------------------------------------------------------------------
 
+  /** Write options: shared constants, not an object per leg write. */
   private flags(t: SetTopology, _p: MirrorPiece): { dirty: boolean } {
-    return { dirty: t.dirty };
+    return t.dirty ? DIRTY : CLEAN;
   }
 
   /**
@@ -149,9 +152,12 @@ export class MirrorIo {
           if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
           const info = this.info;
           const g = info.topology_generation;
-          // Planned again each time: the legs (even their drives) may have changed.
-          const p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
-          p.request_offset = p0.request_offset;
+          // Planned again after a change of view: the legs (even their drives) may have changed.
+          let p = p0;
+          if (info !== planned) {
+            p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
+            p.request_offset = p0.request_offset;
+          }
           this.enter(g);
           try {
             await fn(p, info.topology[p.set]!);
@@ -176,7 +182,8 @@ export class MirrorIo {
       }
     };
     // Pieces never cross a lock unit (64 KiB): far below the wire's frame limit.
-    const all = planMirror(this.info.layout, offset, length);
+    const planned = this.info;
+    const all = planMirror(planned.layout, offset, length);
     if (all.length === 1) return await run(all[0]!);
     await Promise.all(all.map(run));
   }
@@ -325,10 +332,6 @@ export class MirrorIo {
     this.wake("topo");
     this.wake("stable");
   }
-}
-
-function sleep(env: Env, ms: number): Promise<void> {
-  return new Promise((r) => env.timers.after(ms, r));
 }
 
 /** The read leg of a unit: in Normal it alternates between the RWL legs, else the first RWL leg. */
