@@ -7,8 +7,10 @@
  *   (b) w was not definitely superseded before the read began: no acknowledged write w2 to the
  *       sector was invoked after w's effect window closed, completed before ri, and is certain to
  *       be there throughout the read.
- * An acknowledged write is certain to be there unless its drive lost power after the write was
- * invoked (up to the read's end) and the write had not been made durable before that loss. It is made durable by a FUA
+ * An acknowledged write is certain to be there unless its drive (for a mirror: any leg's drive)
+ * lost power after the write was invoked (up to the read's end) and the write had not been made
+ * durable before that loss. A mirror may serve a read from the leg that lost it until that leg is
+ * taken out; after the next FLUSH it may not (mirroring.md). It is made durable by a FUA
  * acknowledgement, or by a FLUSH *from the same client* invoked after the write completed (NBD:
  * a flush covers the writes completed on that client before it; another machine's flush promises
  * nothing about them). A FLUSH that succeeds vouches for every write it covers, even one whose
@@ -84,7 +86,7 @@ export class Checker {
   constructor(
     private readonly world: CheckerClock,
     /** The drive (uuid) that holds `sector` of `volume`: power losses are per drive. */
-    private readonly driveOf: (volume: number, sector: number) => string,
+    private readonly driveOf: (volume: number, sector: number) => string[],
     private readonly settle_ms: number,
   ) {}
 
@@ -194,11 +196,13 @@ export class Checker {
    * before the read began, or no power loss of its drive from its invocation to the read's end
    * that found it not yet durable (a loss during the read may take it from under the read).
    */
-  private persisted(w: WriteRecord, drive: string, ri: number, rc: number): boolean {
+  private persisted(w: WriteRecord, drives: string[], ri: number, rc: number): boolean {
     if (w.durableAt < ri) return true;
-    const losses = this.powerLosses.get(drive);
-    if (!losses) return true;
-    for (const tc of losses) if (tc >= w.inv && tc < rc && w.durableAt > tc) return false;
+    for (const drive of drives) {
+      const losses = this.powerLosses.get(drive);
+      if (!losses) continue;
+      for (const tc of losses) if (tc >= w.inv && tc < rc && w.durableAt > tc) return false;
+    }
     return true;
   }
 
@@ -250,7 +254,7 @@ export class Checker {
         const what = w === INITIAL ? "the initial zeroes" : `write #${w.id} by ${w.client} (${w.outcome})`;
         return (
           `returned ${what}, but write #${w2.id} by ${w2.client} was acknowledged at ${w2.cmp.toFixed(3)}` +
-          `${w2.durableAt < Infinity ? ` and durable at ${w2.durableAt.toFixed(3)}` : ""}, before the read began: lost or stale data (drive ${drive})`
+          `${w2.durableAt < Infinity ? ` and durable at ${w2.durableAt.toFixed(3)}` : ""}, before the read began: lost or stale data (drive ${drive.join(", ")})`
         );
       }
     }

@@ -8,7 +8,7 @@ import { formatDrive } from "../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../src/engine/drive/formatted-api.ts";
 import { type Env, sleep } from "../src/engine/env.ts";
 import { ClientDaemon } from "../src/engine/client/daemon.ts";
-import { plan } from "../src/engine/layout/planner.ts";
+import { plan, planMirror } from "../src/engine/layout/planner.ts";
 import type { VolumeLayout } from "../src/engine/layout/types.ts";
 import { tomaLinkOver } from "../src/engine/client/toma-link.ts";
 import { connectNbd, type NbdClient } from "../src/engine/nbd/client.ts";
@@ -151,10 +151,12 @@ export class SimCluster {
     return `${this.tomaServer.name}:${MGMT_PORT}`;
   }
 
-  private driveOf(volume: number, sector: number): string {
+  /** The drives holding a sector: one, or every leg of its mirror set. */
+  private driveOf(volume: number, sector: number): string[] {
     const layout = this.layouts[volume];
-    if (!layout) return "?";
-    return plan(layout, sector * SECTOR, SECTOR)[0]!.drive_uuid;
+    if (!layout) return ["?"];
+    if (layout.mirrors > 1) return planMirror(layout, sector * SECTOR, SECTOR)[0]!.legs.map((l) => l.drive_uuid);
+    return [plan(layout, sector * SECTOR, SECTOR)[0]!.drive_uuid];
   }
 
   /** Formats every drive, boots servers, creates the volumes, boots clients and their workloads. */

@@ -22,6 +22,11 @@ export const DriveRecordSchema = v.strictObject({
   drive_uuid: Uuid,
   extent_size_bytes: Positive,
   extent_count: Count,
+  /**
+   * The drive's cache epoch as the cluster last accepted it (DriveInfo.cache_epoch). A drive that
+   * comes back with another one may have lost cached writes (mirror-control.ts).
+   */
+  cache_epoch: v.optional(Count),
 });
 export type DriveRecord = v.InferOutput<typeof DriveRecordSchema>;
 
@@ -93,7 +98,9 @@ export type Command =
   /** A topology step of a mirrored volume: new leg states (topology.ts checks adjacency). */
   | { kind: "set_legs"; name: string; legs: LegState[] }
   /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
-  | { kind: "replace_leg"; name: string; column: number; with: Column };
+  | { kind: "replace_leg"; name: string; column: number; with: Column }
+  /** Accepts a drive's new cache epoch, once whatever it may have lost is taken care of. */
+  | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number };
 
 /** Why a command was refused; the API maps each code to an HTTP status. */
 export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space";
@@ -165,6 +172,13 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       const rebuild_blank = vol.rebuild_blank.map((b, c) => b && cmd.legs[c] === "syncing");
       const next = { ...vol, legs: [...cmd.legs], rebuild_blank, topology_seq: generation };
       return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next) } };
+    }
+    case "set_cache_epoch": {
+      const i = state.drives.findIndex((d) => d.drive_uuid === cmd.drive_uuid);
+      if (i < 0) return refuse("not_found", `drive ${cmd.drive_uuid} is not part of the cluster`);
+      if (!v.is(Count, cmd.cache_epoch)) return refuse("invalid", `bad cache epoch ${cmd.cache_epoch}`);
+      const drives = state.drives.with(i, { ...state.drives[i]!, cache_epoch: cmd.cache_epoch });
+      return { ok: true, state: { ...state, generation, drives } };
     }
     case "replace_leg": {
       const i = state.volumes.findIndex((x) => x.name === cmd.name);

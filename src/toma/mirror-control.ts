@@ -35,6 +35,8 @@ export interface MirrorDeps {
   propose: (cmd: Command) => Promise<{ ok: boolean; error?: string }>;
   sessionOf: (drive_uuid: string) => TargetSession | null;
   regionBytes: (drive_uuid: string) => number;
+  /** DriveInfo.cache_epoch of the drive where it is served now (undefined: not served). */
+  cacheEpochOf: (drive_uuid: string) => number | undefined;
   /** Allocates a blank leg for a dead column of vol (another drive, another server if possible). */
   replacement: (vol: VolumeRecord, column: number) => { drive_uuid: string; extents: number[] } | null;
 }
@@ -130,6 +132,7 @@ export class MirrorControl {
       this.clients.notify();
     }
     void this.recoverStaleLocks(state);
+    if (await this.checkCacheEpochs(state)) return;
     const last_change = Math.max(0, ...state.volumes.map((v) => v.topology_seq));
     if (stable < last_change) return;
     const now = this.deps.env.clock.now_ms();
@@ -160,6 +163,49 @@ export class MirrorControl {
       }
       for (let c = 0; c < vol.columns.length; c++) if (vol.legs[c] === "syncing") this.startRebuild(vol, c);
     }
+  }
+
+  /**
+   * A drive whose cache epoch is not the one the cluster recorded may have lost writes it had
+   * acknowledged. Its write-intent bits (target/dirty.ts) say where: a live leg with bits set on
+   * it goes out and is rebuilt from the others, its own bits included (rebuild.ts), and is never
+   * a rebuild's source meanwhile. Once no live leg on it is marked, the new epoch is recorded.
+   * Returns whether it changed the cluster state (one command per pass).
+   */
+  private async checkCacheEpochs(state: ClusterState): Promise<boolean> {
+    const legDrives = new Set(state.volumes.filter(isMirrored).flatMap((v) => v.columns.map((c) => c.drive_uuid)));
+    for (const d of state.drives) {
+      if (!legDrives.has(d.drive_uuid)) continue;
+      const epoch = this.deps.cacheEpochOf(d.drive_uuid);
+      if (epoch === undefined || epoch === d.cache_epoch) continue;
+      const s = this.deps.sessionOf(d.drive_uuid);
+      if (!s) continue;
+      let settled = true;
+      try {
+        const id = uuidFromString(d.drive_uuid);
+        for (const vol of state.volumes) {
+          if (!isMirrored(vol)) continue;
+          for (let c = 0; c < vol.columns.length; c++) {
+            const { drive_uuid, extents } = vol.columns[c]!;
+            if (drive_uuid !== d.drive_uuid || vol.legs[c] === "dead") continue;
+            const E = vol.extent_size_bytes;
+            let marked = 0;
+            for (const x of extents) marked += (await s.dirtyGet(id, x * E, E)).length;
+            if (marked === 0) continue;
+            settled = false;
+            this.reportFailure(vol, c, `drive ${drive_uuid} lost its cache with ${marked} region(s) marked: writes may be missing there`);
+          }
+        }
+      } catch (e) {
+        this.deps.env.log.warn("cannot read the write-intent bits of a drive that lost its cache", { drive: d.drive_uuid, error: String(e) });
+        continue;
+      }
+      if (!settled) continue;
+      const r = await this.deps.propose({ kind: "set_cache_epoch", drive_uuid: d.drive_uuid, cache_epoch: epoch });
+      if (r.ok) this.deps.env.log.info("drive cache epoch recorded", { drive: d.drive_uuid, cache_epoch: epoch });
+      return true;
+    }
+    return false;
   }
 
   private startRebuild(vol: VolumeRecord, column: number): void {
@@ -200,6 +246,10 @@ export class MirrorControl {
       regionBytes: this.deps.regionBytes,
       pause_ms: this.timings.rebuild_pause_ms,
       owner_id: this.owner_id,
+      lossy: (d: string) => {
+        const epoch = this.deps.cacheEpochOf(d);
+        return epoch === undefined || epoch !== this.deps.state()?.drives.find((x) => x.drive_uuid === d)?.cache_epoch;
+      },
     };
   }
 

@@ -1,7 +1,8 @@
 /**
  * Copies a syncing mirror leg back into the set (the Rebuild step of DESIGN.md §3): one pass over
- * the dirty bits of an in-sync leg (the source), copying each dirty region source → syncing leg
- * under the source's lock, then clearing the bit. Ordinary writes go to both legs meanwhile, so a
+ * the dirty bits of an in-sync leg (the source) and of the syncing leg itself (regions whose
+ * cached writes it may have lost: target/dirty.ts), copying each region source → syncing leg
+ * under the source's lock, then clearing both bits. Ordinary writes go to both legs meanwhile, so a
  * region copied once stays equal. Resumable after a crash of anything: a bit is cleared only after
  * its region was copied durably, and a blank leg had every bit of its volume set first.
  *
@@ -27,6 +28,11 @@ export interface RebuildDeps {
   pause_ms: number;
   /** Our lock owner id (the TOMA locks like a client). */
   owner_id: number;
+  /**
+   * The drive lost its cache and the cluster has not settled that yet (mirror-control.ts): a copy
+   * from it may lack acknowledged writes, so it is written with LOSSY_COPY.
+   */
+  lossy: (drive_uuid: string) => boolean;
 }
 
 export interface RebuildProgress {
@@ -74,15 +80,27 @@ export async function copyLeg(
     // persisted), so that a crash halfway resumes from the bits instead of starting over.
     for (const x of extents) await need(deps, srcDrive).dirtySet(src, x * E, E);
   }
-  // The dirty regions of each source extent, as column offsets.
-  const todo: number[] = [];
-  for (let i = 0; i < extents.length; i++) {
-    const regions = await need(deps, srcDrive).dirtyGet(src, extents[i]! * E, E);
-    for (const r of regions) todo.push(i * E + (r * R - extents[i]! * E));
+  // The dirty regions of each extent of both legs, as column offsets: the source's (written while
+  // this leg was away) and this leg's own (writes it may have lost from its cache).
+  const marked = new Set<number>();
+  for (const [drive, uuid, exts] of [
+    [srcDrive, src, extents],
+    [dstDrive, dst, vol.columns[column]!.extents],
+  ] as const) {
+    const Rd = deps.regionBytes(drive);
+    for (let i = 0; i < exts.length; i++) {
+      for (const r of await need(deps, drive).dirtyGet(uuid, exts[i]! * E, E)) {
+        const from = Math.max(0, r * Rd - exts[i]! * E);
+        const to = Math.min(E, (r + 1) * Rd - exts[i]! * E);
+        for (let at = Math.floor(from / R) * R; at < to; at += R) marked.add(i * E + at);
+      }
+    }
   }
+  const todo = [...marked].sort((a, b) => a - b);
   progress.total_bytes = todo.length * R;
   progress.done_bytes = 0;
   const buf = new Uint8Array(R);
+  const opts = { lossy: deps.lossy(srcDrive) };
   for (const at of todo) {
     if (cancelled()) return;
     const so = driveOffset(vol, source, at);
@@ -91,11 +109,14 @@ export async function copyLeg(
     await s.lock(src, so, R);
     try {
       await s.read(src, so, buf);
-      await need(deps, dstDrive).write(dst, doff, buf, true);
+      await need(deps, dstDrive).write(dst, doff, buf, true, opts);
     } finally {
       await s.unlock(src, so, R).catch(() => {});
     }
-    if (clearBits) await s.dirtyClear(src, so, R);
+    if (clearBits) {
+      await s.dirtyClear(src, so, R);
+      await need(deps, dstDrive).dirtyClear(dst, doff, R);
+    }
     progress.done_bytes += R;
     if (deps.pause_ms > 0) await sleep(deps.env, deps.pause_ms);
   }
@@ -131,11 +152,12 @@ export async function recoverLocks(
     const src = uuidFromString(drive_uuid);
     const s = need(deps, drive_uuid);
     if (vol.legs[column] === "ok") {
+      const opts = { lossy: deps.lossy(drive_uuid) };
       await s.read(src, l.offset, buf);
       for (const other of setColumns(vol, set)) {
         if (other === column || vol.legs[other] === "dead") continue;
         const od = vol.columns[other]!.drive_uuid;
-        await need(deps, od).write(uuidFromString(od), driveOffset(vol, other, at), buf, true);
+        await need(deps, od).write(uuidFromString(od), driveOffset(vol, other, at), buf, true, opts);
       }
     }
     await s.unlockFor(src, l.offset, l.length, l.client_id);

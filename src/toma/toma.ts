@@ -135,6 +135,7 @@ export class Toma {
         propose: (cmd) => this.propose(cmd),
         sessionOf: (d) => this.locate().get(d)?.link.session ?? null,
         regionBytes: () => BITMAP_REGION_BYTES,
+        cacheEpochOf: (d) => this.locate().get(d)?.info.cache_epoch,
         replacement: (vol, column) => allocateLeg(this.state!, vol, column, this.topology(), new Set()),
       },
       opts.mirror_timings,
@@ -607,7 +608,12 @@ export class Toma {
       if (known || s.target === null || s.info.state !== "ok" || !heard(s.slot)) continue;
       const r = await this.propose({
         kind: "add_drive",
-        drive: { drive_uuid: s.info.drive_uuid, extent_size_bytes: s.info.extent_size_bytes, extent_count: s.info.extent_count },
+        drive: {
+          drive_uuid: s.info.drive_uuid,
+          extent_size_bytes: s.info.extent_size_bytes,
+          extent_count: s.info.extent_count,
+          cache_epoch: s.info.cache_epoch,
+        },
       });
       if (r.ok) this.env.log.info("drive added", { drive: s.info.drive_uuid, target: s.target });
       else return;

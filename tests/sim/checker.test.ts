@@ -5,7 +5,7 @@ import { encodeSectors, SECTOR } from "../../sim/sector-value.ts";
 
 function setup() {
   const clock = { now: 0, failures: [] as string[], fail(w: string) { this.failures.push(w); } };
-  const checker = new Checker(clock, () => "d1", 100);
+  const checker = new Checker(clock, () => ["d1"], 100);
   const at = (t: number) => (clock.now = t);
   const data = (id: number, first = 0, n = 1) => {
     const b = new Uint8Array(n * SECTOR);

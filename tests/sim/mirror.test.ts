@@ -18,7 +18,9 @@ for (const seed of [2, 3, 5, 8]) {
     expect(steps.some((s) => s.includes("dead"))).toBe(true);
     expect(steps.some((s) => s.includes("syncing"))).toBe(true);
     expect(steps.some((s) => s.includes("synced"))).toBe(true);
-    expect(steps.at(-1)).toBe("ok,ok");
+    // Back to Normal after a failure (a later failure may still be healing when the run ends).
+    const firstDead = steps.findIndex((s) => s.includes("dead"));
+    expect(steps.slice(firstDead).includes("ok,ok")).toBe(true);
     expect(r.full_trace.some((l) => l.includes("rebuild done volume=mirror"))).toBe(true);
   }, 120_000);
 }

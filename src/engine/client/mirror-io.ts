@@ -20,7 +20,10 @@ import { type Env, sleep } from "../env.ts";
 import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
 import { Status } from "../wire/header.ts";
+import { plantedBugs } from "../planted-bugs.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import { LOST_WRITES } from "./cache-watch.ts";
+import { MirrorWatch } from "./mirror-watch.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
 export interface MirrorIoHooks {
@@ -28,8 +31,6 @@ export interface MirrorIoHooks {
   refresh: () => Promise<void>;
   /** Tells the TOMA a leg failed for us. */
   report: (column: number, error: string) => void;
-  /** Records a non-FUA write acknowledged by a drive under a cache epoch (cache-watch). */
-  acked: (drive_uuid: string, epoch: number) => void;
   io_timeout_ms: number;
 }
 
@@ -47,7 +48,7 @@ class Refused extends Error {}
 
 const LOCKED_RETRY_MS = 2;
 const DIRTY = { dirty: true } as const;
-const CLEAN = { dirty: false } as const;
+const INTENT = { intent: true } as const;
 
 export class MirrorIo {
   private info: AttachInfo;
@@ -55,6 +56,8 @@ export class MirrorIo {
   private drainWaiters: (() => void)[] = [];
   private topoWaiters: (() => void)[] = [];
   private stableWaiters: (() => void)[] = [];
+  /** Which legs acknowledged our unflushed writes, under which cache epochs. */
+  private readonly watch = new MirrorWatch();
   /** Tail of the chain of this client's writes per lock unit ("set:unit"). */
   private readonly unitTail = new Map<string, Promise<void>>();
   closed = false;
@@ -117,23 +120,14 @@ export class MirrorIo {
     );
   }
 
-  /** Drives a flush must reach now: every leg that is written (not DEAD). */
-  flushDrives(): string[] {
-    const out = new Set<string>();
-    const m = this.info.layout.mirrors;
-    this.info.topology.forEach((t, set) =>
-      t.legs.forEach((role, i) => {
-        if (role !== "DEAD") out.add(this.info.layout.columns[set * m + i]!.drive_uuid);
-      }),
-    );
-    return [...out];
-  }
-
   // ---- internals ---------------------------------------------------------------------------------
 
-  /** Write options: shared constants, not an object per leg write. */
-  private flags(t: SetTopology, _p: MirrorPiece): { dirty: boolean } {
-    return t.dirty ? DIRTY : CLEAN;
+  /**
+   * Write options (shared constants, not an object per leg write): DIRTY while a leg is dead (the
+   * TOMA's bits for the rebuild), else INTENT (the target's bits, in case its cache is lost).
+   */
+  private flags(t: SetTopology, _p: MirrorPiece): { dirty?: boolean; intent?: boolean } {
+    return t.dirty ? DIRTY : INTENT;
   }
 
   /**
@@ -141,51 +135,108 @@ export class MirrorIo {
    * the topology current at that moment, then holds completion until that topology is stable.
    */
   private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology) => Promise<void>): Promise<void> {
-    const run = async (p0: MirrorPiece) => {
-      let expired = false;
-      const timer = this.env.timers.after(this.hooks.io_timeout_ms, () => {
-        expired = true;
-        this.wake("topo");
-      });
-      try {
-        for (;;) {
-          if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
-          const info = this.info;
-          const g = info.topology_generation;
-          // Planned again after a change of view: the legs (even their drives) may have changed.
-          let p = p0;
-          if (info !== planned) {
-            p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
-            p.request_offset = p0.request_offset;
-          }
-          this.enter(g);
-          try {
-            await fn(p, info.topology[p.set]!);
-            this.leave(g);
-            await this.stableAt(g);
-            return;
-          } catch (e) {
-            this.leave(g);
-            if (e instanceof LegFailed) {
-              this.hooks.report(e.column, e.message);
-              if (expired) throw new DriveIoError(`mirror leg unreachable for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
-              await Promise.race([this.newTopology(g), this.hooks.refresh().then(() => sleep(this.env, 50))]);
-            } else if (e instanceof Refused) {
-              if (expired) throw new DriveIoError(`fenced for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
-              await this.hooks.refresh();
-              await sleep(this.env, 20);
-            } else throw e;
-          }
-        }
-      } finally {
-        timer.cancel();
-      }
-    };
     // Pieces never cross a lock unit (64 KiB): far below the wire's frame limit.
     const planned = this.info;
     const all = planMirror(planned.layout, offset, length);
+    const run = (p0: MirrorPiece) =>
+      this.retrying((info) => {
+        // Planned again after a change of view: the legs (even their drives) may have changed.
+        let p = p0;
+        if (info !== planned) {
+          p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
+          p.request_offset = p0.request_offset;
+        }
+        return fn(p, info.topology[p.set]!);
+      });
     if (all.length === 1) return await run(all[0]!);
     await Promise.all(all.map(run));
+  }
+
+  /**
+   * Runs `fn` against the view current at that moment, again against a newer one after a leg
+   * failed or a request was refused, then holds completion until its topology is stable.
+   */
+  private async retrying(fn: (info: AttachInfo) => Promise<void>): Promise<void> {
+    let expired = false;
+    const timer = this.env.timers.after(this.hooks.io_timeout_ms, () => {
+      expired = true;
+      this.wake("topo");
+    });
+    try {
+      for (;;) {
+        if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+        const info = this.info;
+        const g = info.topology_generation;
+        this.enter(g);
+        try {
+          await fn(info);
+          this.leave(g);
+          await this.stableAt(g);
+          return;
+        } catch (e) {
+          this.leave(g);
+          if (e instanceof LegFailed) {
+            this.hooks.report(e.column, e.message);
+            if (expired) throw new DriveIoError(`mirror leg unreachable for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
+            await Promise.race([this.newTopology(g), this.hooks.refresh().then(() => sleep(this.env, 50))]);
+          } else if (e instanceof Refused) {
+            if (expired) throw new DriveIoError(`fenced for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
+            await this.hooks.refresh();
+            await sleep(this.env, 20);
+          } else throw e;
+        }
+      }
+    } finally {
+      timer.cancel();
+    }
+  }
+
+  /**
+   * FLUSH of every leg that is written (not DEAD), planned again on a newer topology like any
+   * I/O. Fails with EIO when writes it covers may be gone from every leg that acknowledged them
+   * (mirror-watch.ts); `reported` is called with that failure, before it is returned.
+   */
+  async flush(no: number, reported: () => void): Promise<void> {
+    const mark = this.watch.mark(no);
+    await this.retrying(async (info) => {
+      const m = info.layout.mirrors;
+      const legs: { column: number; drive_uuid: string }[] = [];
+      info.topology.forEach((t, set) =>
+        t.legs.forEach((role, i) => {
+          if (role !== "DEAD") legs.push({ column: set * m + i, drive_uuid: info.layout.columns[set * m + i]!.drive_uuid });
+        }),
+      );
+      const epochs = new Map<string, number>();
+      const results = await Promise.allSettled(
+        [...new Set(legs.map((l) => l.drive_uuid))].map(async (u) => {
+          try {
+            epochs.set(u, await (await this.pool.sessionFor(u)).flush(this.pool.driveId(u)));
+          } catch (e) {
+            throw this.classifyColumn(e, legs.find((l) => l.drive_uuid === u)!.column);
+          }
+        }),
+      );
+      const bad = results.find((r) => r.status === "rejected");
+      if (bad) throw (bad as PromiseRejectedResult).reason;
+      // A leg that lost writes of ours goes out before the flush may succeed (it could serve
+      // them stale), unless no complete leg of its set would be left: then they are lost.
+      const stale = plantedBugs.ignore_cache_epoch ? [] : this.watch.staleDrives(mark, epochs);
+      const staleLegs = legs.filter((l) => stale.includes(l.drive_uuid));
+      if (staleLegs.some((l) => !hasCompletePeer(info, l.column))) {
+        this.watch.flushed(mark, new Map());
+        reported();
+        throw new DriveIoError(`flush: ${LOST_WRITES}`, "EIO");
+      }
+      const out = staleLegs;
+      if (out.length > 0) {
+        for (const l of out.slice(1)) this.hooks.report(l.column, `leg ${l.column} (drive ${l.drive_uuid}): ${LOST_WRITES}`);
+        throw new LegFailed(out[0]!.column, `leg ${out[0]!.column} (drive ${out[0]!.drive_uuid}): ${LOST_WRITES}`);
+      }
+      if (this.watch.flushed(mark, epochs) && !plantedBugs.ignore_cache_epoch) {
+        reported();
+        throw new DriveIoError(`flush: ${LOST_WRITES}`, "EIO");
+      }
+    });
   }
 
   private async readPiece(p: MirrorPiece, t: SetTopology, dst: Uint8Array): Promise<void> {
@@ -227,6 +278,7 @@ export class MirrorIo {
         }
       }
       const writes: Promise<void>[] = [];
+      const acks: [string, number][] = [];
       t.legs.forEach((role, leg) => {
         if (role === "DEAD") return;
         writes.push(
@@ -234,8 +286,7 @@ export class MirrorIo {
             const s = await this.session(p, leg);
             const { drive_uuid, drive_offset } = p.legs[leg]!;
             try {
-              const epoch = await op(s, this.pool.driveId(drive_uuid), drive_offset);
-              if (watch) this.hooks.acked(drive_uuid, epoch);
+              acks.push([drive_uuid, await op(s, this.pool.driveId(drive_uuid), drive_offset)]);
             } catch (e) {
               throw this.classify(e, p, leg);
             }
@@ -245,6 +296,7 @@ export class MirrorIo {
       const results = await Promise.allSettled(writes);
       const bad = results.find((r) => r.status === "rejected");
       if (bad) throw (bad as PromiseRejectedResult).reason;
+      if (watch) this.watch.acked(acks);
     } finally {
       // Unlocked whatever happened: a retry of this piece must not wait on our own lock.
       await Promise.all(
@@ -267,7 +319,10 @@ export class MirrorIo {
 
   /** What a failed request means for the piece. */
   private classify(e: unknown, p: MirrorPiece, leg: number): Error {
-    const column = p.set * this.info.layout.mirrors + leg;
+    return this.classifyColumn(e, p.set * this.info.layout.mirrors + leg);
+  }
+
+  private classifyColumn(e: unknown, column: number): Error {
     if (e instanceof TargetError) {
       if (e.status === Status.REFUSED) return new Refused(e.message);
       if (e.status === Status.OUT_OF_RANGE || e.status === Status.INVALID) {
@@ -327,11 +382,23 @@ export class MirrorIo {
     for (const f of list) f();
   }
 
+  /** A failed flush was returned when `invoked` flushes had been invoked (mirror-watch.ts). */
+  reported(invoked: number): void {
+    this.watch.reported(invoked);
+  }
+
   close(): void {
     this.closed = true;
     this.wake("topo");
     this.wake("stable");
   }
+}
+
+/** Another leg of the column's set holds everything (RWL or WL): the column may go out. */
+function hasCompletePeer(info: AttachInfo, column: number): boolean {
+  const m = info.layout.mirrors;
+  const set = Math.floor(column / m);
+  return info.topology[set]!.legs.some((r, i) => set * m + i !== column && (r === "RWL" || r === "WL"));
 }
 
 /** The read leg of a unit: in Normal it alternates between the RWL legs, else the first RWL leg. */

@@ -79,7 +79,6 @@ export class VolumeDevice implements DriveStore {
         ? new MirrorIo(env, pool, info, {
             refresh: () => this.refresh(),
             report: opts.report,
-            acked: (drive, epoch) => this.watch(drive).acked(epoch),
             io_timeout_ms: opts.io_timeout_ms,
           })
         : null;
@@ -235,10 +234,14 @@ export class VolumeDevice implements DriveStore {
    */
   async flush(): Promise<void> {
     if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
+    if (this.mirror) {
+      const m = this.mirror;
+      return await m.flush(++this.flushesInvoked, () => m.reported(this.flushesInvoked));
+    }
     const none: Segment = { column: 0, drive_uuid: "", drive_offset: 0, length: 0, request_offset: 0 };
     const lost: string[] = [];
     const no = ++this.flushesInvoked;
-    const drives = this.mirror ? this.mirror.flushDrives() : volumeDrives(this.layout);
+    const drives = volumeDrives(this.layout);
     await Promise.all(
       drives.map((u) => {
         const w = this.watch(u);

@@ -3,8 +3,16 @@
  * loaded at open (FormattedDrive.bitmap), changed here and made durable block by block.
  *
  * The rule the mirror rests on: a bit that covers a write is durable before that write is
- * executed, so after any crash every region that may differ between the legs is marked. Bits are
- * only cleared by DIRTY_CLEAR (the TOMA, once the region is equal on the legs).
+ * executed, so after any crash every region that may differ between the legs is marked.
+ *
+ * Two kinds of writes mark bits. A DIRTY write (a degraded mirror) marks its regions for the TOMA:
+ * only DIRTY_CLEAR clears them, once the region is equal on the legs. An INTENT write (a mirror
+ * with every leg writable) marks them because the write will sit in this drive's volatile cache
+ * until a flush: if the cache is lost (power, unplug) the region may differ from the other legs.
+ * Such a bit is this target's own: it clears it itself once INTENT_QUIET_FLUSHES flushes have
+ * completed with no write to the region since (lazily, so a busy region does not pay a bitmap
+ * write per write). Whatever the kind, a bit never goes clear while a write to its region is
+ * unflushed here: a DIRTY_CLEAR of such a region hands the bit to this target instead.
  *
  * Each 4 KiB block of the bitmap has a version, bumped by every change of one of its bits in RAM,
  * and the version known durable. Persisting a block is serialised per block and takes the block's
@@ -18,6 +26,20 @@ import { BLOCK_BYTES } from "../drive/superblock.ts";
 
 const BITS_PER_BLOCK = BLOCK_BYTES * 8;
 const DONE: Promise<void> = Promise.resolve();
+/** Completed flushes with no write to a region before this target clears the bit it set. */
+export const INTENT_QUIET_FLUSHES = 3;
+
+/** A region written by DIRTY or INTENT writes since it was last quiet (RAM only). */
+interface Tracked {
+  /** The bit is this target's (set by an INTENT write), not the TOMA's. */
+  own: boolean;
+  /** Writes to it executing now. */
+  inflight: number;
+  /** Number of the last write to it that completed (see `completed`). */
+  last: number;
+  /** Flushes completed since, covering that write. */
+  quiet: number;
+}
 
 export class DirtyBits {
   private readonly version: Float64Array;
@@ -26,6 +48,9 @@ export class DirtyBits {
   private readonly queued: (Promise<void> | null)[];
   /** Tail of each block's chain of persists (never rejects). */
   private readonly tail: Promise<void>[];
+  private readonly tracked = new Map<number, Tracked>();
+  /** Writes completed so far (DIRTY or INTENT), numbered. */
+  private completed = 0;
 
   constructor(
     private readonly drive: FormattedDrive,
@@ -54,27 +79,92 @@ export class DirtyBits {
    * and returns what to await before executing the write (null when every one of them was
    * already set and durable: the common case in a degraded mirror).
    */
-  markForWrite(offset: number, length: number): Promise<void> | null {
+  markForWrite(offset: number, length: number, kind: "dirty" | "intent" = "dirty"): Promise<void> | null {
     const span = this.span(offset, length);
     if (span === null) return null;
+    for (let i = span[0]; i <= span[1]; i++) {
+      let t = this.tracked.get(i);
+      if (!t) {
+        t = { own: kind === "intent" && !this.isSet(i), inflight: 0, last: 0, quiet: 0 };
+        this.tracked.set(i, t);
+      } else if (kind === "dirty") t.own = false;
+      t.inflight++;
+      t.quiet = 0;
+    }
     this.change(span[0], span[1], true);
     return this.durableOf(span[0], span[1]);
+  }
+
+  /** The write marked by markForWrite(offset, length) finished (done or failed: it may have landed). */
+  writeDone(offset: number, length: number): void {
+    const span = this.span(offset, length);
+    if (span === null) return;
+    const no = ++this.completed;
+    for (let i = span[0]; i <= span[1]; i++) {
+      const t = this.tracked.get(i);
+      if (!t) continue;
+      t.inflight--;
+      t.last = no;
+    }
+  }
+
+  /** Taken when a flush of the drive starts: it covers the writes completed before it. */
+  flushMark(): number {
+    return this.completed;
+  }
+
+  /**
+   * A flush taken at `mark` succeeded. Regions quiet for INTENT_QUIET_FLUSHES flushes stop being
+   * tracked, and the bits this target set for them are cleared (durable some time later: until
+   * then a crash leaves them set, which only costs a resync of the region).
+   */
+  flushed(mark: number): void {
+    let first = Infinity;
+    let last = -1;
+    for (const [i, t] of this.tracked) {
+      if (t.inflight > 0 || t.last > mark) continue;
+      if (++t.quiet < INTENT_QUIET_FLUSHES) continue;
+      this.tracked.delete(i);
+      if (!t.own) continue;
+      this.change(i, i, false);
+      first = Math.min(first, i);
+      last = Math.max(last, i);
+    }
+    if (last >= 0) this.durableOf(first, last)?.catch(() => {});
   }
 
   /** DIRTY_SET: sets the bits and resolves once the blocks holding them are durable. */
   set(offset: number, length: number): Promise<void> {
     const span = this.span(offset, length);
     if (span === null) return DONE;
+    for (let i = span[0]; i <= span[1]; i++) {
+      const t = this.tracked.get(i);
+      if (t) t.own = false;
+    }
     this.change(span[0], span[1], true);
     return this.durableOf(span[0], span[1]) ?? DONE;
   }
 
-  /** DIRTY_CLEAR: clears the bits and resolves once the blocks holding them are durable. */
+  /**
+   * DIRTY_CLEAR: clears the bits and resolves once the blocks holding them are durable. A region
+   * with writes not yet flushed here keeps its bit, which becomes this target's to clear.
+   */
   clear(offset: number, length: number): Promise<void> {
     const span = this.span(offset, length);
     if (span === null) return DONE;
-    this.change(span[0], span[1], false);
+    let from = span[0];
+    for (let i = span[0]; i <= span[1] + 1; i++) {
+      const t = i <= span[1] ? this.tracked.get(i) : undefined;
+      if (i <= span[1] && !t) continue;
+      if (t) t.own = true;
+      if (i > from) this.change(from, i - 1, false);
+      from = i + 1;
+    }
     return this.durableOf(span[0], span[1]) ?? DONE;
+  }
+
+  private isSet(i: number): boolean {
+    return (this.drive.bitmap[i >> 3]! & (1 << (i & 7))) !== 0;
   }
 
   /** DIRTY_GET: indices of the dirty regions the range touches, ascending. */

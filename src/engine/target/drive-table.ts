@@ -30,6 +30,11 @@ export interface ServedDrive {
   readonly admitted: AdmittedRequests;
   readonly locks: LockTable;
   readonly dirty: DirtyBits;
+  /**
+   * LOSSY_COPY writes received (RAM): added to the cache epoch in answers. Starting again from 0
+   * after a restart changes the epoch too, which at worst fails a flush that had nothing to fear.
+   */
+  epoch_bumps: number;
 }
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
@@ -68,6 +73,7 @@ export class DriveTable {
       admitted: new AdmittedRequests(),
       locks: new LockTable(),
       dirty: new DirtyBits(drive, data_bytes),
+      epoch_bumps: 0,
     });
   }
 
@@ -94,6 +100,6 @@ export class DriveTable {
   }
 
   infos(): DriveInfo[] {
-    return Array.from(this.byKey.values(), (e) => e.drive.info);
+    return Array.from(this.byKey.values(), (e) => ({ ...e.drive.info, cache_epoch: e.drive.data.cache_epoch ?? 0 }));
   }
 }

@@ -92,7 +92,7 @@ export async function execute(
   }
 }
 
-const LOCK_FLAGS = Flag.TEST_LOCK | Flag.DIRTY;
+const LOCK_FLAGS = Flag.TEST_LOCK | Flag.DIRTY | Flag.INTENT | Flag.LOSSY_COPY;
 
 function dispatch(
   ctx: TargetContext,
@@ -103,7 +103,7 @@ function dispatch(
   adm: Admission | null,
 ): Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
-  if (h.flags & LOCK_FLAGS) checkFlags(h);
+  if (h.flags & LOCK_FLAGS) checkFlags(req, h);
   switch (h.opcode) {
     case Op.READ: {
       const d = dataDrive(ctx, req, h, payload, adm);
@@ -154,13 +154,20 @@ function dispatch(
   throw new RequestError(Status.INVALID, `opcode ${h.opcode} is not a request`);
 }
 
-/** TEST_LOCK only on READ; DIRTY only on the ops that change data. */
-function checkFlags(h: Header): void {
+/** TEST_LOCK only on READ; DIRTY and INTENT only on the ops that change data; LOSSY_COPY from a TOMA. */
+function checkFlags(req: Requester, h: Header): void {
+  if ((h.flags & Flag.LOSSY_COPY) !== 0) {
+    tomaOnly(req, h);
+    if (h.opcode !== Op.WRITE) throw new RequestError(Status.INVALID, `the LOSSY_COPY flag applies to WRITE only, not ${Op[h.opcode]}`);
+  }
   if ((h.flags & Flag.TEST_LOCK) !== 0 && h.opcode !== Op.READ) {
     throw new RequestError(Status.INVALID, `the TEST_LOCK flag applies to READ only, not ${Op[h.opcode]}`);
   }
-  if ((h.flags & Flag.DIRTY) !== 0 && h.opcode !== Op.WRITE && h.opcode !== Op.WRITE_ZEROES && h.opcode !== Op.TRIM) {
-    throw new RequestError(Status.INVALID, `the DIRTY flag applies to WRITE, WRITE_ZEROES and TRIM only, not ${Op[h.opcode]}`);
+  const changes = h.opcode === Op.WRITE || h.opcode === Op.WRITE_ZEROES || h.opcode === Op.TRIM;
+  for (const [name, f] of [["DIRTY", Flag.DIRTY], ["INTENT", Flag.INTENT]] as const) {
+    if ((h.flags & f) !== 0 && !changes) {
+      throw new RequestError(Status.INVALID, `the ${name} flag applies to WRITE, WRITE_ZEROES and TRIM only, not ${Op[h.opcode]}`);
+    }
   }
 }
 
@@ -269,16 +276,29 @@ function locked(d: ServedDrive, h: Header, what: string): RequestError {
   return new RequestError(Status.LOCKED, `range ${h.offset}+${h.length} of drive ${d.drive.info.drive_uuid} ${what}: read again later`);
 }
 
-/** With DIRTY, the bits of the regions the range touches are durable before the data op runs. */
-function dirtyFirst(d: ServedDrive, h: Header): Promise<void> | null {
-  return (h.flags & Flag.DIRTY) !== 0 ? d.dirty.markForWrite(h.offset, h.length) : null;
+/**
+ * With DIRTY or INTENT, the bits of the regions the range touches are durable before the data op
+ * runs, and the regions are tracked until flushed (dirty.ts); without, the op just runs.
+ */
+async function marked(d: ServedDrive, h: Header, op: () => Promise<void>): Promise<void> {
+  const kind = (h.flags & Flag.DIRTY) !== 0 ? "dirty" : (h.flags & Flag.INTENT) !== 0 ? "intent" : null;
+  if (kind === null || h.length === 0) {
+    if (h.length > 0) await op();
+    return;
+  }
+  const bits = d.dirty.markForWrite(h.offset, h.length, kind);
+  try {
+    if (bits !== null) await bits;
+    await op();
+  } finally {
+    d.dirty.writeDone(h.offset, h.length);
+  }
 }
 
 async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
+  if ((h.flags & Flag.LOSSY_COPY) !== 0) d.epoch_bumps++;
   const fua = (h.flags & Flag.FUA) !== 0 && !plantedBugs.ack_before_durable;
-  const bits = dirtyFirst(d, h);
-  if (bits !== null) await bits;
-  if (data.length > 0) await d.drive.data.write(h.offset, data, fua);
+  await marked(d, h, () => d.drive.data.write(h.offset, data, fua));
   giveBuffer(data); // written: the drive holds no reference any more (after a failure: the GC's)
   return durableResponse(d, h);
 }
@@ -289,7 +309,8 @@ async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uin
  * may have been lost (client/cache-watch.ts).
  */
 function durableResponse(d: ServedDrive, h: Header): Uint8Array {
-  h.generation = d.drive.data.cache_epoch ?? 0;
+  // Wraps within u32: the epoch is compared for equality only.
+  h.generation = ((d.drive.data.cache_epoch ?? 0) + d.epoch_bumps) >>> 0;
   return okResponse(h);
 }
 
@@ -300,21 +321,19 @@ function copyOf(payload: Uint8Array): Uint8Array {
 }
 
 async function doFlush(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  const mark = d.dirty.flushMark();
   if (!plantedBugs.ack_before_durable) await d.drive.data.flush();
+  d.dirty.flushed(mark);
   return durableResponse(d, h);
 }
 
 async function doTrim(d: ServedDrive, h: Header): Promise<Uint8Array> {
-  const bits = dirtyFirst(d, h);
-  if (bits !== null) await bits;
-  if (h.length > 0) await d.drive.data.trim(h.offset, h.length);
+  await marked(d, h, () => d.drive.data.trim(h.offset, h.length));
   return durableResponse(d, h);
 }
 
 async function doWriteZeroes(d: ServedDrive, h: Header): Promise<Uint8Array> {
-  const bits = dirtyFirst(d, h);
-  if (bits !== null) await bits;
-  if (h.length > 0) await d.drive.data.writeZeroes(h.offset, h.length, (h.flags & Flag.FUA) !== 0);
+  await marked(d, h, () => d.drive.data.writeZeroes(h.offset, h.length, (h.flags & Flag.FUA) !== 0));
   return durableResponse(d, h);
 }
 

@@ -31,6 +31,11 @@ export const DriveInfo = v.object({
   /** "ok": serving I/O. "error": found but unusable (corrupt superblock, I/O error): see error. */
   state: v.picklist(["ok", "error"]),
   error: v.optional(v.string()),
+  /**
+   * The drive's cache epoch (DriveStore.cache_epoch; 0: no volatile cache): when it differs from
+   * the one the cluster recorded, the drive may have lost acknowledged writes from its cache.
+   */
+  cache_epoch: v.optional(Count),
 });
 export type DriveInfo = v.InferOutput<typeof DriveInfo>;
 

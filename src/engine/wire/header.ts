@@ -73,9 +73,21 @@ export const Flag = {
   TEST_LOCK: 1 << 1,
   /** WRITE, WRITE_ZEROES, TRIM: the dirty bits of the range are durable before the data op runs. */
   DIRTY: 1 << 2,
+  /**
+   * WRITE, WRITE_ZEROES, TRIM of a mirror leg: the dirty bits of the range are durable before the
+   * data op runs, and the target clears them itself once flushes have made the region's writes
+   * durable (a lost cache then leaves every region that may differ from the other legs marked).
+   */
+  INTENT: 1 << 3,
+  /**
+   * WRITE from a TOMA only: a copy from a mirror leg that lost its cache (it may lack writes that
+   * were acknowledged). The drive's cache epoch in answers changes first, so every client with
+   * unflushed writes here learns at its next FLUSH that they may be gone.
+   */
+  LOSSY_COPY: 1 << 4,
   RESPONSE: 1 << 15,
 } as const;
-const KNOWN_FLAGS = Flag.FUA | Flag.TEST_LOCK | Flag.DIRTY | Flag.RESPONSE;
+const KNOWN_FLAGS = Flag.FUA | Flag.TEST_LOCK | Flag.DIRTY | Flag.INTENT | Flag.LOSSY_COPY | Flag.RESPONSE;
 
 export enum Status {
   OK = 0,

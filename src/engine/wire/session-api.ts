@@ -25,6 +25,13 @@ export interface WriteOptions {
    * once those bits are durable (a degraded mirror's writes, DESIGN.md §3).
    */
   dirty?: boolean;
+  /**
+   * A mirror leg's write while every leg is written: the target marks the regions until flushes
+   * made the write durable, so a lost cache leaves them marked (target/dirty.ts).
+   */
+  intent?: boolean;
+  /** TOMA only: a copy from a leg that lost its cache (Flag.LOSSY_COPY). */
+  lossy?: boolean;
 }
 
 export interface TargetSession {

@@ -189,7 +189,7 @@ export class Session implements TargetSession {
   write(drive: Uint8Array, offset: number, src: Uint8Array, fua: boolean, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, src.length, MAX_IO_BYTES);
     if (bad) return Promise.reject(bad);
-    const flags = (fua ? Flag.FUA : 0) | (opts?.dirty ? Flag.DIRTY : 0);
+    const flags = (fua ? Flag.FUA : 0) | markFlags(opts);
     return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null) as Promise<number>;
   }
 
@@ -202,14 +202,14 @@ export class Session implements TargetSession {
   trim(drive: Uint8Array, offset: number, length: number, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
-    const flags = opts?.dirty ? Flag.DIRTY : 0;
+    const flags = markFlags(opts);
     return this.submit(Op.TRIM, flags, drive, offset, length, null, null, null) as Promise<number>;
   }
 
   writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
-    const flags = (fua ? Flag.FUA : 0) | (opts?.dirty ? Flag.DIRTY : 0);
+    const flags = (fua ? Flag.FUA : 0) | markFlags(opts);
     return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null) as Promise<number>;
   }
 
@@ -475,4 +475,9 @@ function checkIo(drive: Uint8Array, offset: number, length: number, maxLength: n
     return new RangeError(`length ${length} outside 0..${maxLength}`);
   }
   return null;
+}
+
+function markFlags(opts: WriteOptions | undefined): number {
+  if (!opts) return 0;
+  return (opts.dirty ? Flag.DIRTY : 0) | (opts.intent ? Flag.INTENT : 0) | (opts.lossy ? Flag.LOSSY_COPY : 0);
 }
