@@ -156,6 +156,8 @@ export class MirrorControl {
         if (!w) continue;
         const r = await this.deps.propose({ kind: "replace_leg", name: vol.name, column: c, with: w });
         if (r.ok) this.deps.env.log.info("leg replaced by a blank one", { volume: vol.name, column: c, drive: w.drive_uuid });
+        // The failure reported for the old drive is not the new one's: do not declare it dead.
+        if (r.ok) this.failedUntil.delete(`${vol.name}/${c}`);
         return;
       }
       for (let c = 0; c < vol.columns.length; c++) if (vol.legs[c] === "syncing") this.startRebuild(vol, c);
