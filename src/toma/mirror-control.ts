@@ -81,6 +81,7 @@ export class MirrorControl {
     this.fences = new FenceSync({
       clients: this.clients,
       drivesOfVolume: (name) => this.deps.state()?.volumes.find((x) => x.name === name)?.columns.map((c) => c.drive_uuid) ?? [],
+      volumeDrives: () => this.deps.state()?.volumes.flatMap((x) => x.columns.map((c) => c.drive_uuid)) ?? [],
       sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
       onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
