@@ -169,7 +169,9 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (cmd.legs.length !== vol.columns.length) return refuse("invalid", `volume '${cmd.name}' has ${vol.columns.length} legs`);
       const step = legStepProblem(vol, cmd.legs);
       if (step) return refuse("invalid", `volume '${cmd.name}': ${step}`);
-      const rebuild_blank = vol.rebuild_blank.map((b, c) => b && cmd.legs[c] === "syncing");
+      // A blank leg stays blank until its copy is done (synced): one that fails while syncing and
+      // comes back must be copied in full again, not from the source's dirty bits alone.
+      const rebuild_blank = vol.rebuild_blank.map((b, c) => b && (cmd.legs[c] === "syncing" || cmd.legs[c] === "dead"));
       const next = { ...vol, legs: [...cmd.legs], rebuild_blank, topology_seq: generation };
       return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next) } };
     }

@@ -20,6 +20,8 @@ export interface FenceDeps {
   clients: ClientRegistry;
   /** The drives each volume uses (every leg, dead ones included). */
   drivesOfVolume: (volume: string) => string[];
+  /** The drives of every volume, attached anywhere or not: each keeps a confirmed table. */
+  volumeDrives: () => string[];
   /** The session of the target serving the drive now, or null. */
   sessionOf: (drive_uuid: string) => TargetSession | null;
   /** Sends the table (replace) to the drive; rejects on any failure. */
@@ -47,9 +49,13 @@ export class FenceSync {
     return out.sort((a, b) => a.client_id - b.client_id);
   }
 
-  /** Drives any client or volume involves. */
+  /**
+   * Drives any client or volume involves: every volume's drives, even with no client left. An
+   * empty table confirmed there (inSync) is what lets a stale-lock recovery of a dead last client
+   * be retried on a later pass, since forget() drops every confirmation on each pass.
+   */
   private drives(): Set<string> {
-    const out = new Set<string>();
+    const out = new Set<string>(this.deps.volumeDrives());
     for (const c of this.deps.clients.all()) {
       for (const v of c.volumes) for (const d of this.deps.drivesOfVolume(v)) out.add(d);
       for (const d of c.unfenced) out.add(d);

@@ -83,6 +83,7 @@ export class MirrorControl {
     this.fences = new FenceSync({
       clients: this.clients,
       drivesOfVolume: (name) => this.deps.state()?.volumes.find((x) => x.name === name)?.columns.map((c) => c.drive_uuid) ?? [],
+      volumeDrives: () => this.deps.state()?.volumes.flatMap((x) => x.columns.map((c) => c.drive_uuid)) ?? [],
       sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
       onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
@@ -159,6 +160,8 @@ export class MirrorControl {
         if (!w) continue;
         const r = await this.deps.propose({ kind: "replace_leg", name: vol.name, column: c, with: w });
         if (r.ok) this.deps.env.log.info("leg replaced by a blank one", { volume: vol.name, column: c, drive: w.drive_uuid });
+        // The failure reported for the old drive is not the new one's: do not declare it dead.
+        if (r.ok) this.failedUntil.delete(`${vol.name}/${c}`);
         return;
       }
       for (let c = 0; c < vol.columns.length; c++) if (vol.legs[c] === "syncing") this.startRebuild(vol, c);

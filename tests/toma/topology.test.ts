@@ -91,4 +91,22 @@ describe("mirror topology", () => {
       expect(r2.state.volumes[0]!.rebuild_blank).toEqual([false, true]);
     }
   });
+
+  test("a blank leg that fails before its copy is done stays blank: it is copied in full when it comes back", () => {
+    let s = withMirror();
+    const step = (cmd: Parameters<typeof apply>[1]) => {
+      const r = apply(s, cmd);
+      if (!r.ok) throw new Error(r.error);
+      s = r.state;
+      return s.volumes[0]!;
+    };
+    step({ kind: "set_legs", name: "m", legs: ["ok", "dead"] });
+    expect(step({ kind: "replace_leg", name: "m", column: 1, with: { drive_uuid: D(3), extents: [0, 1] } }).rebuild_blank).toEqual([false, true]);
+    // The new drive fails (or is reported failing) before its copy finished, then comes back.
+    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "dead"] }).rebuild_blank).toEqual([false, true]);
+    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "syncing"] }).rebuild_blank).toEqual([false, true]);
+    // Copied in full: from here on the source's dirty bits alone say what it lacks.
+    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "synced"] }).rebuild_blank).toEqual([false, false]);
+    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "dead"] }).rebuild_blank).toEqual([false, false]);
+  });
 });
