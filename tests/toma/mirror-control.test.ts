@@ -51,6 +51,7 @@ test("a leg replaced by a blank drive is not declared dead for the failure its o
     },
     sessionOf: () => null,
     regionBytes: () => MiB,
+    cacheEpochOf: () => undefined,
     replacement: () => ({ drive_uuid: D(3), extents: [0, 1] }),
   });
   const reachable = (d: string) => d !== D(2);
