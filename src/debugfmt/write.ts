@@ -36,6 +36,8 @@ export interface DebugIo {
   leg_count: number;
   /** The legs this I/O is sent to. */
   legs_mask: number;
+  /** Mirrors: the writer holds the block's lock(s) (false with one leg). */
+  locked: boolean;
   /** Predicted history entries per sector of verify data (default 4, at most 24). */
   history_depth?: number;
 }
@@ -73,6 +75,7 @@ export function ioSectorFields(writer: DebugWriter, io: DebugIo, data: Uint8Arra
       leg_index: firstLeg,
       op: io.op,
       fua: io.fua,
+      locked: io.locked,
       io_first_lba: io.first_lba,
       io_sectors: io.sectors,
       io_index: i,
