@@ -109,6 +109,42 @@ export function encodeIoForLeg(fields: SectorFields[], data: Uint8Array | null, 
   return buf;
 }
 
+/**
+ * What one send of part of an I/O records beyond the I/O itself: the data path plans each piece
+ * (a mirror re-plans it after a topology change) and numbers each send, so these are per piece.
+ */
+export interface PieceState {
+  seq: number;
+  generation: number;
+  topo_state: TopoState;
+  leg_count: number;
+  legs_mask: number;
+  leg_index: number;
+  locked: boolean;
+}
+
+/**
+ * Sectors [from, from + count) of the I/O (fields from ioSectorFields, data as given to it),
+ * encoded for one leg with the piece's state: count × 2048 bytes, into out if given.
+ */
+export function encodePieceForLeg(
+  fields: SectorFields[],
+  data: Uint8Array | null,
+  range: { from: number; count: number },
+  state: PieceState,
+  out?: Uint8Array,
+): Uint8Array {
+  const buf = out ?? new Uint8Array(range.count * SECTOR_BYTES);
+  if (buf.length < range.count * SECTOR_BYTES) throw new Error(`debug write: out holds ${buf.length} bytes, needs ${range.count * SECTOR_BYTES}`);
+  if (range.from < 0 || range.from + range.count > fields.length) throw new Error(`debug write: sectors ${range.from}+${range.count} outside the I/O's ${fields.length}`);
+  for (let i = 0; i < range.count; i++) {
+    const k = range.from + i;
+    const d = data === null ? ZERO_SECTOR : data.subarray(k * DATA_BYTES, (k + 1) * DATA_BYTES);
+    encodeSector({ ...fields[k]!, ...state }, d, buf, i * SECTOR_BYTES);
+  }
+  return buf;
+}
+
 /** The data CRC the header of this data will carry (what a history entry of it records). */
 export function dataCrc(data: Uint8Array): number {
   return crc32cRange(data, 0, data.length);

@@ -21,6 +21,7 @@ import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
 import { Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import type { LegPlan, LegWriter } from "./leg-writer.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
 export interface MirrorIoHooks {
@@ -105,6 +106,16 @@ export class MirrorIo {
     );
   }
 
+  /** A write whose bytes are made per piece and leg when the piece is planned (the debug format). */
+  async writeLegs(offset: number, length: number, fua: boolean, legs: LegWriter): Promise<void> {
+    await this.pieces(offset, length, (p, t, generation) => {
+      const plan = legs.plan({ request_offset: p.request_offset, length: p.length, topology: t, generation });
+      return this.serialised(p, () =>
+        this.writePiece(p, t, (s, d, o, leg, locked) => s.write(d, o, plan.bytes(leg, locked), fua, this.flags(t, p)), !fua, plan),
+      );
+    });
+  }
+
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     await this.pieces(offset, length, (p, t) =>
       this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.writeZeroes(d, o, p.length, fua, this.flags(t, p)), !fua)),
@@ -140,7 +151,7 @@ export class MirrorIo {
    * Runs `fn` for each piece of the range, each planned (and re-planned after a failure) against
    * the topology current at that moment, then holds completion until that topology is stable.
    */
-  private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology) => Promise<void>): Promise<void> {
+  private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology, generation: number) => Promise<void>): Promise<void> {
     const run = async (p0: MirrorPiece) => {
       let expired = false;
       const timer = this.env.timers.after(this.hooks.io_timeout_ms, () => {
@@ -160,7 +171,7 @@ export class MirrorIo {
           }
           this.enter(g);
           try {
-            await fn(p, info.topology[p.set]!);
+            await fn(p, info.topology[p.set]!, g);
             this.leave(g);
             await this.stableAt(g);
             return;
@@ -209,10 +220,11 @@ export class MirrorIo {
   private async writePiece(
     p: MirrorPiece,
     t: SetTopology,
-    op: (s: TargetSession, drive: Uint8Array, drive_offset: number) => Promise<number>,
+    op: (s: TargetSession, drive: Uint8Array, drive_offset: number, leg: number, locked: boolean) => Promise<number>,
     watch: boolean,
+    sabotage?: Pick<LegPlan, "skip_legs" | "skip_lock">,
   ): Promise<void> {
-    const lockLegs = lockLegsOf(t, p.unit);
+    const lockLegs = sabotage?.skip_lock ? [] : lockLegsOf(t, p.unit);
     const locked: number[] = [];
     try {
       for (const leg of lockLegs) {
@@ -228,13 +240,13 @@ export class MirrorIo {
       }
       const writes: Promise<void>[] = [];
       t.legs.forEach((role, leg) => {
-        if (role === "DEAD") return;
+        if (role === "DEAD" || ((sabotage?.skip_legs ?? 0) & (1 << leg)) !== 0) return;
         writes.push(
           (async () => {
             const s = await this.session(p, leg);
             const { drive_uuid, drive_offset } = p.legs[leg]!;
             try {
-              const epoch = await op(s, this.pool.driveId(drive_uuid), drive_offset);
+              const epoch = await op(s, this.pool.driveId(drive_uuid), drive_offset, leg, locked.length > 0);
               if (watch) this.hooks.acked(drive_uuid, epoch);
             } catch (e) {
               throw this.classify(e, p, leg);
