@@ -26,6 +26,8 @@ export interface VolumeFixture {
   device: VolumeDevice;
   /** Debug-format volumes: what the daemon exports. */
   debug: DebugVolume | null;
+  /** Another client of the same volume (its own id, sessions and device), debug format only. */
+  client(opts: { client_id: number; client_name: string; evil?: EvilSwitch }): DebugVolume;
   /** Column c's drive data area, as forensics scans it. */
   source(column: number): ScanSource;
   close(): Promise<void>;
@@ -82,17 +84,27 @@ export async function startVolume(
     stable_generation: 5,
     topology: mirrors > 1 ? (opts.topology ?? Array(sets).fill(normal)) : [],
   };
-  const pool = new TargetPool(target.env, openSession, "fixture");
-  pool.setIdentity(opts.client_id ?? 77, info.generation);
-  pool.setLocations(info.drives);
-  const device = new VolumeDevice(target.env, pool, info, { refresh: async () => info, report: () => {}, io_timeout_ms: 2000 });
+  const pools: TargetPool[] = [];
+  const devices: VolumeDevice[] = [];
+  const deviceFor = (client_id: number) => {
+    const pool = new TargetPool(target.env, openSession, `fixture-${client_id}`);
+    pool.setIdentity(client_id, info.generation);
+    pool.setLocations(info.drives);
+    pools.push(pool);
+    const device = new VolumeDevice(target.env, pool, info, { refresh: async () => info, report: () => {}, io_timeout_ms: 2000 });
+    devices.push(device);
+    return device;
+  };
+  const debugFor = (device: VolumeDevice, o: { client_id: number; client_name: string; evil?: EvilSwitch }) =>
+    new DebugVolume(device, {
+      volume_uuid: layout.volume_uuid,
+      writer: () => ({ client_id: o.client_id, client_name: o.client_name }),
+      log: target.env.log,
+      evil: o.evil ? new EvilSchedule(o.evil) : null,
+    });
+  const device = deviceFor(opts.client_id ?? 77);
   const debug = layout.debug_format
-    ? new DebugVolume(device, {
-        volume_uuid: layout.volume_uuid,
-        writer: () => ({ client_id: opts.client_id ?? 77, client_name: opts.client_name ?? "unit" }),
-        log: target.env.log,
-        evil: opts.evil ? new EvilSchedule(opts.evil) : null,
-      })
+    ? debugFor(device, { client_id: opts.client_id ?? 77, client_name: opts.client_name ?? "unit", evil: opts.evil })
     : null;
   return {
     target,
@@ -101,14 +113,17 @@ export async function startVolume(
     info,
     device,
     debug,
+    client(o) {
+      return debugFor(deviceFor(o.client_id), o);
+    },
     source(column: number): ScanSource {
       const d = drives[column]!;
       const area: DataArea = { offset_bytes: 0, bytes: d.data.size_bytes, extent_bytes: MiB };
       return { name: `column${column}`, drive: d.data, area };
     },
     async close() {
-      await device.close().catch(() => {});
-      pool.close();
+      for (const d of devices) await d.close().catch(() => {});
+      for (const p of pools) p.close();
       target.stop();
     },
   };
