@@ -65,7 +65,7 @@ async function build(): Promise<{ written: number; sparse: number; area_bytes: n
           const step = stepWriting(spec, worker, (block - worker) / spec.workers, M);
           for (let i = 0; i < 8; i++) data.set(dataFor({ ...spec, worker, step }, lba + i), i * 512);
           const fields = ioSectorFields({ volume_uuid, client_id: 100 + worker, client_name: `bench${worker}` }, {
-            op: "write", fua: false, first_lba: lba, sectors: 8, seq: step + 1, generation: 1, topo_state: "normal", leg_count: 1, legs_mask: 1, history_depth: 1,
+            op: "write", fua: false, first_lba: lba, sectors: 8, seq: step + 1, generation: 1, topo_state: "normal", leg_count: 1, legs_mask: 1, locked: false, history_depth: 1,
           }, data);
           encodeIoForLeg(fields, data, 0, batch.subarray(o, o + 8 * SECTOR_BYTES));
         }

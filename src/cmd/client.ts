@@ -4,6 +4,7 @@ import { hostname } from "node:os";
 import { consola } from "consola";
 import { tomaLinkOver } from "../engine/client/toma-link.ts";
 import { ClientDaemon } from "../engine/client/daemon.ts";
+import { type EvilSwitch, parseEvil } from "../engine/client/debug-evil.ts";
 import { ExportRegistry } from "../engine/nbd/exports.ts";
 import { NbdServer } from "../engine/nbd/server.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
@@ -27,6 +28,22 @@ function parseDuration(text: string, what: string): number {
   return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "m" ? 60_000 : 1000);
 }
 
+/**
+ * TEST-ONLY: NVMESH_EVIL=kind[:every=N] makes this daemon corrupt its writes to debug-format
+ * volumes (src/engine/client/debug-evil.ts), refused unless NVMESH_TEST_EVIL=1 says that this is a
+ * test. Not a flag on purpose: it never shows in --help.
+ */
+function evilFromEnv(): EvilSwitch | null {
+  const spec = process.env.NVMESH_EVIL;
+  if (spec === undefined || spec === "") return null;
+  if (process.env.NVMESH_TEST_EVIL !== "1") {
+    throw new UsageError("NVMESH_EVIL is a test-only switch that corrupts data: refused without NVMESH_TEST_EVIL=1");
+  }
+  const sw = parseEvil(spec);
+  if (typeof sw === "string") throw new UsageError(`NVMESH_EVIL: ${sw}`);
+  return sw;
+}
+
 const serve = command({
   meta: { name: "serve", description: "run the client daemon of this host" },
   args: {
@@ -39,6 +56,8 @@ const serve = command({
     const mgmt = managementAddress(args.management);
     const dir = runDir(args["run-dir"]);
     const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
+    const evil = evilFromEnv();
+    if (evil) consola.warn(`TEST-ONLY evil switch ${evil.kind} (every ${evil.every}): this client corrupts its debug-format writes`);
     mkdirSync(dir, { recursive: true });
     const env = realEnv("client");
     const exports = new ExportRegistry();
@@ -52,6 +71,7 @@ const serve = command({
       socket_dir: dir,
       client_name: args.name ?? hostname(),
       io_timeout_ms,
+      evil,
     });
     const ctl = serveControl(dir, daemon);
     consola.success(`client ready: control socket ${ctl.path}, TOMA ${mgmt}`);

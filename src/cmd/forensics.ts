@@ -136,6 +136,9 @@ function printScan(r: ScanResult, opened: Opened[], o: { elapsed_ms: number; lim
     return row;
   });
   printTable(rows, ["class", ...names]);
+  for (const f of r.files.filter((x) => x.stale_generation > 0)) {
+    out(`${f.stale_generation} sectors of ${basename(f.file)} were written with a topology generation their writer had already left (stale_generation)`);
+  }
   const unverified = r.files.filter((f) => f.placement_unverified > 0);
   for (const f of unverified) out(`(${f.placement_unverified} sectors of ${f.file} had no consistent neighbours to check their place against)`);
   if (r.peer) {

@@ -30,6 +30,7 @@ const create = command({
     "stripe-size": { type: "string", description: "RAID0/RAID10: stripe unit in KiB (default 64)" },
     "number-of-mirrors": { type: "string", description: "RAID1/RAID10: copies of each block, 2 (default) or 3" },
     "allow-same-server": { type: "boolean", description: "RAID1/RAID10: let two legs of a mirror share a server" },
+    "debug-format": { type: "boolean", description: "store each 512-byte sector in a 2048-byte debug sector (writer, history; needs 4x the capacity)" },
     ...management,
     ...outputArg,
   },
@@ -58,9 +59,11 @@ const create = command({
       ...(stripeKiB !== undefined ? { stripe_size_bytes: stripeKiB * 1024 } : {}),
       ...(mirrors !== undefined ? { mirrors } : {}),
       ...(args["allow-same-server"] ? { allow_same_server: true } : {}),
+      ...(args["debug-format"] ? { debug_format: true } : {}),
     });
     if (fmt === "json") return printJson(vol);
-    consola.success(`volume ${vol.name} created: ${formatBytes(vol.capacity_bytes)} ${raidName(vol.raid_level)} over ${vol.columns.length} drive(s)`);
+    const debug = vol.debug_format ? " in debug format" : "";
+    consola.success(`volume ${vol.name} created: ${formatBytes(vol.capacity_bytes)} ${raidName(vol.raid_level)}${debug} over ${vol.columns.length} drive(s)`);
   },
 });
 
@@ -73,6 +76,7 @@ function row(v: VolumeJson) {
     width: v.raid_level === "0" || v.raid_level === "10" ? v.stripe_width : "-",
     stripe: v.stripe_size_bytes > 0 ? `${v.stripe_size_bytes / 1024}K` : "-",
     mirrors: v.mirrors > 1 ? v.mirrors : "-",
+    format: v.debug_format ? "debug" : "plain",
     generation: v.topology_seq,
     drives: v.columns.length,
     uuid: v.uuid,

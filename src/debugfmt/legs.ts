@@ -77,12 +77,14 @@ export function compareLegs(a: LegCopy, b: LegCopy): LegVerdict {
         reason: `${who(sa)} wrote different data to the legs under one seq ${sa.seq} (data checksum ${hex(sa.data_crc)} on leg ${sa.leg_index}, ${hex(sb.data_crc)} on leg ${sb.leg_index})`,
       };
     }
-    if (sa.leg_index === sb.leg_index) {
+    // A rebuild copies raw sectors leg to leg, so a copy may name the leg it was copied from. In a
+    // two-leg mirror the other side is then the other leg; with more legs nobody can tell which.
+    if (sa.leg_index === sb.leg_index && (sa.leg_count !== 2 || sb.leg_count !== 2)) {
       return {
         class: "legs_differ",
         newer: null,
         culprit: null,
-        reason: `both copies say they are leg ${sa.leg_index}, so they are not two legs of one mirror: ${writeText(ra)} against ${writeText(rb)}`,
+        reason: `both copies say they are leg ${sa.leg_index} (one was copied by a rebuild, or they are not legs of one mirror), and with ${sa.leg_count} legs which leg the other is cannot be told: ${writeText(ra)} against ${writeText(rb)}`,
       };
     }
     const aHasB = historyIndexOf(sa, rb) >= 0;
@@ -106,7 +108,17 @@ function explained(side: "a" | "b", n: LegCopy, o: LegCopy): LegVerdict {
       reason: `${who(N)} wrote seq ${N.seq} with topology generation ${N.generation} while the other leg's record shows ${O.generation} (${who(O)} seq ${O.seq})`,
     };
   }
-  return byMask(side, N, O, O?.leg_index ?? o.leg ?? otherLeg(N), "");
+  return byMask(side, N, O, legOf(N, O, o), copiedNote(N, O));
+}
+
+/** The leg of the older (or empty) side: its record's, unless both name one leg (a rebuild's copy). */
+function legOf(N: DebugSector, O: DebugSector | null, o: LegCopy): number | null {
+  if (O !== null && O.leg_index !== N.leg_index) return O.leg_index;
+  return o.leg ?? otherLeg(N);
+}
+
+function copiedNote(N: DebugSector, O: DebugSector | null): string {
+  return O !== null && O.leg_index === N.leg_index ? `one copy was made by a rebuild (both say leg ${N.leg_index}): ` : "";
 }
 
 function otherLeg(N: DebugSector): number | null {
@@ -171,5 +183,5 @@ function diverged(a: LegCopy, b: LegCopy): LegVerdict {
     };
   }
   const [n, o] = newer === "a" ? [a, b] : [b, a];
-  return byMask(newer, n.sector!, o.sector, o.sector!.leg_index, prefix);
+  return byMask(newer, n.sector!, o.sector, legOf(n.sector!, o.sector, o), prefix + copiedNote(n.sector!, o.sector));
 }

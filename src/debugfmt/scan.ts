@@ -11,6 +11,7 @@
  */
 import { type DataArea } from "./drive-area.ts";
 import { compareLegs, type Culprit, type LegVerdictClass } from "./legs.ts";
+import { GenerationOrder, type StaleRule } from "./order.ts";
 import { checkPatternSector, readDataStamp } from "./pattern.ts";
 import { type DebugSector, decodeSector, SECTOR_BYTES, type SectorClass, type TopoState } from "./sector.ts";
 import { mergeTimeline, type TimelineEntry, writeText, headerRecord } from "./timeline.ts";
@@ -64,6 +65,7 @@ export const FILE_CLASSES = [
   "bad_field",
   "misdirected",
   "pattern_mismatch",
+  "unlocked_write",
   "unreadable",
 ] as const;
 export type FileClass = (typeof FILE_CLASSES)[number];
@@ -113,6 +115,8 @@ export interface FileReport {
   problems: number;
   /** Sectors whose position could not be checked (no consistent neighbours, no layout). */
   placement_unverified: number;
+  /** Sectors written with a topology generation their writer had already left (order.ts). */
+  stale_generation: number;
 }
 
 export interface PeerReport {
@@ -152,6 +156,8 @@ export interface ScanResult {
   problems_truncated: boolean;
   clients: ClientReport[];
   volumes: VolumeReport[];
+  /** Writers whose generation went back as their seq grew, and from which seq (order.ts). */
+  stale_rules: StaleRule[];
 }
 
 const DEFAULT_CHUNK_BYTES = 4 << 20;
@@ -217,6 +223,7 @@ class ProblemSink {
 class Summaries {
   clients = new Map<number, ClientReport>();
   volumes = new Map<string, VolumeReport>();
+  readonly order = new GenerationOrder();
   add(f: DebugSector): void {
     const c = this.clients.get(f.client_id);
     if (c === undefined) {
@@ -283,6 +290,7 @@ class FileScan {
   readonly counts = zeroCounts(FILE_CLASSES);
   placement_unverified = 0;
   problems = 0;
+  stale_generation = 0;
   private window: Window | null = null;
   private windowIndex = -1;
   /** Placement pipeline: the last keyed window already judged, the newest keyed window (judged
@@ -334,14 +342,22 @@ class FileScan {
     this.extentDebug++;
     let slot: Slot;
     if (d.ok) {
-      slot = { position, cls: "ok", reason: "", fields: d.fields, writer_fault: false, notes: [] };
-      if (this.opts.pattern_check && d.fields.pattern !== null) {
-        const problems = checkPatternSector(d.fields, { history_data: false });
+      const f = d.fields;
+      slot = { position, cls: "ok", reason: "", fields: f, writer_fault: false, notes: [] };
+      if (this.opts.pattern_check && f.pattern !== null) {
+        const problems = checkPatternSector(f, { history_data: false });
         if (problems.length > 0) {
           slot.cls = "pattern_mismatch";
           slot.reason = `verify data not as its pattern says: ${problems.map((p) => p.detail).join("; ")}`;
           slot.writer_fault = true;
         }
+      }
+      // Every mirror write locks its block first (docs/mirroring.md); the writer records it did.
+      if (f.leg_count >= 2 && !f.locked) {
+        const also = slot.cls === "ok" ? "" : `; also ${slot.reason}`;
+        slot.cls = "unlocked_write";
+        slot.reason = `client ${f.client_id}${f.client_name ? ` (${f.client_name})` : ""} wrote seq ${f.seq} to leg ${f.leg_index} of a mirror without holding the block's lock (topology ${f.topo_state}, generation ${f.generation})${also}`;
+        slot.writer_fault = true;
       }
     } else {
       const cls: FileClass = d.class === "empty" || d.class === "wrong_size" ? "checksum_bad" : d.class;
@@ -431,6 +447,7 @@ class FileScan {
       return;
     }
     this.counts[s.cls]++;
+    if (f !== null && SEALED.includes(s.cls)) this.summaries.order.add(f);
     if (s.cls === "ok") {
       this.summaries.add(f!);
       return;
@@ -509,6 +526,7 @@ class FileScan {
       counts: this.counts,
       problems: this.problems,
       placement_unverified: this.placement_unverified,
+      stale_generation: this.stale_generation,
     };
   }
 }
@@ -527,7 +545,9 @@ function majorityKey(slots: Slot[]): string | null {
   return null;
 }
 
-const TRUSTED: readonly FileClass[] = ["ok", "pattern_mismatch"];
+const TRUSTED: readonly FileClass[] = ["ok", "pattern_mismatch", "unlocked_write"];
+/** Classes of sectors that decoded whole (sector CRC right): their writer's record is exact. */
+const SEALED: readonly FileClass[] = ["ok", "pattern_mismatch", "unlocked_write", "misdirected"];
 
 /** Compares the two legs' sectors at one position (both classified, before placement). */
 function comparePosition(
@@ -632,6 +652,8 @@ export async function scan(src: ScanSource, opts: ScanOptions = {}): Promise<Sca
     }
   }
   for (const s of scans) s.end();
+  const stale_rules = summaries.order.finish();
+  if (stale_rules.length > 0) await staleWritesPass(scans, readers, summaries.order, sink, chunk_bytes, opts.volume_uuid);
   sink.kept.sort((x, y) => x.position - y.position || x.file.localeCompare(y.file));
   return {
     files: scans.map((s) => s.report()),
@@ -641,7 +663,56 @@ export async function scan(src: ScanSource, opts: ScanOptions = {}): Promise<Sca
     problems_truncated: sink.total > sink.kept.length,
     clients: [...summaries.clients.values()].sort((x, y) => x.client_id - y.client_id),
     volumes: [...summaries.volumes.values()],
+    stale_rules,
   };
+}
+
+/**
+ * Second pass, only when some writer's generation went back (order.ts): lists each sector written
+ * with the stale generation. A second read of the files costs less than remembering every
+ * sector's (client, generation, seq) from the first.
+ */
+async function staleWritesPass(
+  scans: FileScan[],
+  readers: ChunkReader[],
+  order: GenerationOrder,
+  sink: ProblemSink,
+  chunk_bytes: number,
+  volume_uuid: string | undefined,
+): Promise<void> {
+  const per = chunk_bytes / SECTOR_BYTES;
+  for (const [k, scan] of scans.entries()) {
+    const reader = readers[k]!;
+    for (let c = 0; c < reader.chunks; c++) {
+      const { bytes } = await reader.load(c);
+      const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
+      for (let i = 0; i < bytes.length / SECTOR_BYTES; i++) {
+        const at = i * SECTOR_BYTES;
+        if (words[at >>> 2] === 0 && isEmptyAt(words, at)) continue;
+        const d = decodeSector(bytes, at);
+        if (!d.ok) continue;
+        const f = d.fields;
+        if (volume_uuid !== undefined && f.volume_uuid !== volume_uuid) continue;
+        const rule = order.stale(f);
+        if (rule === null) continue;
+        const position = c * per + i;
+        scan.stale_generation++;
+        scan.problems++;
+        const who = `client ${f.client_id}${f.client_name ? ` (${f.client_name})` : ""}`;
+        sink.add({
+          class: "stale_generation",
+          file: scan.src.name,
+          position,
+          offset_bytes: scan.src.area.offset_bytes + position * SECTOR_BYTES,
+          lba: f.lba,
+          volume_uuid: f.volume_uuid,
+          writer: writerOf(f),
+          culprit: { client_id: f.client_id, client_name: f.client_name },
+          reason: `${who} wrote seq ${f.seq} with topology generation ${f.generation} after its seq ${rule.after_seq} had used generation ${rule.newer_generation}: it wrote with a stale topology`,
+        });
+      }
+    }
+  }
 }
 
 function isEmptyAt(words: Uint32Array, at: number): boolean {

@@ -30,6 +30,8 @@ export const HISTORY_PER_CHUNK = 12;
 export const HISTORY_ENTRY_BYTES = 40;
 export const MAX_LEGS = 8;
 export const CLIENT_NAME_BYTES = 16;
+/** header_flags bit 0: the writer held the lock(s) its mirror topology prescribes for the block. */
+export const HEADER_FLAG_LOCKED = 1;
 
 /** The chunk magics: "NVDBGSC" and the chunk's index. */
 const MAGIC_PREFIX = [0x4e, 0x56, 0x44, 0x42, 0x47, 0x53, 0x43]; // "NVDBGSC"
@@ -133,6 +135,11 @@ export interface SectorFields {
   leg_index: number;
   op: OpKind;
   fua: boolean;
+  /**
+   * Mirrors (leg_count ≥ 2): the writer held every lock its topology prescribes for this block
+   * while it wrote (header_flags bit 0). Always false with one leg: nothing is locked there.
+   */
+  locked: boolean;
   io_first_lba: number;
   io_sectors: number;
   /** This sector's index in the I/O: lba = io_first_lba + io_index. */
@@ -243,6 +250,7 @@ function relationProblem(f: SectorFields): string | null {
   if (!Number.isInteger(f.legs_mask) || f.legs_mask <= 0 || f.legs_mask >= 1 << f.leg_count) return `legs_mask ${f.legs_mask} not a non-empty subset of ${f.leg_count} legs`;
   if ((f.legs_mask & (1 << f.leg_index)) === 0) return `legs_mask ${legsText(f.legs_mask)} does not contain this copy's leg ${f.leg_index}`;
   if (!OP_KINDS.includes(f.op)) return `op '${f.op}' unknown`;
+  if (f.locked && f.leg_count < 2) return "locked is set on a volume with one leg (nothing is locked there)";
   if (!isU32(f.io_sectors) || f.io_sectors < 1) return `io_sectors ${f.io_sectors} not in 1..2^32-1`;
   if (!isU32(f.io_index) || f.io_index >= f.io_sectors) return `io_index ${f.io_index} not below io_sectors ${f.io_sectors}`;
   if (f.io_first_lba + f.io_index !== f.lba) return `lba ${f.lba} is not io_first_lba ${f.io_first_lba} + io_index ${f.io_index}`;
@@ -281,6 +289,7 @@ export function encodeSector(fields: SectorFields, data: Uint8Array, out: Uint8A
   b.set(data, 0);
   const data_crc = crc32cRange(b, 0, DATA_BYTES);
   putU16(b, OFF.version, SECTOR_FORMAT_VERSION);
+  putU16(b, OFF.header_flags, fields.locked ? HEADER_FLAG_LOCKED : 0);
   putU32(b, OFF.data_crc, data_crc);
   b.set(uuidFromString(fields.volume_uuid), OFF.volume_uuid);
   putU64(b, OFF.lba, fields.lba);
@@ -453,7 +462,8 @@ function sealedProblem(b: Uint8Array, f: DebugSector): string | null {
  * the fields or why they are invalid. Assumes the magic and version were checked.
  */
 function parseFields(b: Uint8Array, limit: number): DebugSector | string {
-  if (getU16(b, OFF.header_flags) !== 0) return `header flags ${getU16(b, OFF.header_flags)} unknown`;
+  const header_flags = getU16(b, OFF.header_flags);
+  if ((header_flags & ~HEADER_FLAG_LOCKED) !== 0) return `header flags ${header_flags} unknown`;
   if (b[OFF.reserved_599] !== 0) return "reserved header byte 599 is not zero";
   if (!isZeroRange(b, OFF.fields_end, chunkEnd(1))) return "reserved bytes of the header chunk are not zero";
   const u64 = (name: string, o: number): number | string => {
@@ -514,6 +524,7 @@ function parseFields(b: Uint8Array, limit: number): DebugSector | string {
     leg_index: b[OFF.leg_index]!,
     op: OP_KINDS[op - 1]!,
     fua: (io_flags & 1) === 1,
+    locked: (header_flags & HEADER_FLAG_LOCKED) !== 0,
     io_first_lba: io_first_lba as number,
     io_sectors: getU32(b, OFF.io_sectors),
     io_index: getU32(b, OFF.io_index),

@@ -36,6 +36,8 @@ export interface DebugIo {
   leg_count: number;
   /** The legs this I/O is sent to. */
   legs_mask: number;
+  /** Mirrors: the writer holds the block's lock(s) (false with one leg). */
+  locked: boolean;
   /** Predicted history entries per sector of verify data (default 4, at most 24). */
   history_depth?: number;
 }
@@ -73,6 +75,7 @@ export function ioSectorFields(writer: DebugWriter, io: DebugIo, data: Uint8Arra
       leg_index: firstLeg,
       op: io.op,
       fua: io.fua,
+      locked: io.locked,
       io_first_lba: io.first_lba,
       io_sectors: io.sectors,
       io_index: i,
@@ -103,6 +106,42 @@ export function encodeIoForLeg(fields: SectorFields[], data: Uint8Array | null, 
     const d = data === null ? ZERO_SECTOR : data.subarray(i * DATA_BYTES, (i + 1) * DATA_BYTES);
     encodeSector({ ...f, leg_index }, d, buf, i * SECTOR_BYTES);
   });
+  return buf;
+}
+
+/**
+ * What one send of part of an I/O records beyond the I/O itself: the data path plans each piece
+ * (a mirror re-plans it after a topology change) and numbers each send, so these are per piece.
+ */
+export interface PieceState {
+  seq: number;
+  generation: number;
+  topo_state: TopoState;
+  leg_count: number;
+  legs_mask: number;
+  leg_index: number;
+  locked: boolean;
+}
+
+/**
+ * Sectors [from, from + count) of the I/O (fields from ioSectorFields, data as given to it),
+ * encoded for one leg with the piece's state: count × 2048 bytes, into out if given.
+ */
+export function encodePieceForLeg(
+  fields: SectorFields[],
+  data: Uint8Array | null,
+  range: { from: number; count: number },
+  state: PieceState,
+  out?: Uint8Array,
+): Uint8Array {
+  const buf = out ?? new Uint8Array(range.count * SECTOR_BYTES);
+  if (buf.length < range.count * SECTOR_BYTES) throw new Error(`debug write: out holds ${buf.length} bytes, needs ${range.count * SECTOR_BYTES}`);
+  if (range.from < 0 || range.from + range.count > fields.length) throw new Error(`debug write: sectors ${range.from}+${range.count} outside the I/O's ${fields.length}`);
+  for (let i = 0; i < range.count; i++) {
+    const k = range.from + i;
+    const d = data === null ? ZERO_SECTOR : data.subarray(k * DATA_BYTES, (k + 1) * DATA_BYTES);
+    encodeSector({ ...fields[k]!, ...state }, d, buf, i * SECTOR_BYTES);
+  }
   return buf;
 }
 

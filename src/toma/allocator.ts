@@ -3,6 +3,7 @@
  * refusal out. The proposer runs it and puts the result in the CreateVolume command, because where
  * drives live (their target) is runtime knowledge that apply() must not depend on.
  */
+import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
 import {
   type ClusterState,
@@ -27,6 +28,8 @@ export interface VolumeRequest {
   mirrors?: number;
   /** Let two legs of a mirror set share a server (never a drive). Off by default. */
   allow_same_server?: boolean;
+  /** Debug format: the columns hold 4 × capacity_bytes (docs/debug-format.md). */
+  debug_format?: boolean;
 }
 
 export interface Allocation {
@@ -76,10 +79,12 @@ export function allocate(state: ClusterState, req: VolumeRequest, topo: Topology
   if (state.volumes.some((x) => x.name === req.name)) {
     return refuse("name_taken", `a volume named '${req.name}' already exists`);
   }
-  const cap = req.capacity_bytes;
-  if (!Number.isSafeInteger(cap) || cap <= 0 || cap % 512 !== 0) {
-    return refuse("invalid", `capacity_bytes must be a positive multiple of 512, got ${cap}`);
+  if (!Number.isSafeInteger(req.capacity_bytes) || req.capacity_bytes <= 0 || req.capacity_bytes % 512 !== 0) {
+    return refuse("invalid", `capacity_bytes must be a positive multiple of 512, got ${req.capacity_bytes}`);
   }
+  // What the columns must hold: the capacity, or 4 × it for a debug-format volume.
+  const cap = physicalBytes(req);
+  if (!Number.isSafeInteger(cap)) return refuse("invalid", `capacity_bytes ${req.capacity_bytes} is too large for the debug format`);
   const free = freeExtents(state);
   const candidates: Candidate[] = state.drives
     .filter((d) => topo.usable.has(d.drive_uuid))
@@ -115,7 +120,8 @@ export function allocate(state: ClusterState, req: VolumeRequest, topo: Topology
       if (r) return { ok: true, alloc: r };
     }
     const best = freeBytes(ordered[0]![1]);
-    return refuse("no_space", `not enough free space: ${cap} bytes asked, at most ${best} free on usable drives`);
+    const debug = req.debug_format ? " (4 × the capacity: debug format)" : "";
+    return refuse("no_space", `not enough free space: ${cap} bytes asked${debug}, at most ${best} free on usable drives`);
   }
 
   const stripe = req.stripe_size_bytes ?? DEFAULT_STRIPE_SIZE_BYTES;

@@ -15,6 +15,7 @@ export const CreateVolumeBody = v.strictObject({
   raid_level: v.picklist(["concatenated", "0", "1", "10"], 'raid_level must be "concatenated", "0", "1" or "10"'),
   mirrors: v.optional(v.pipe(v.number("mirrors must be a number"), v.safeInteger("mirrors must be an integer"))),
   allow_same_server: v.optional(v.boolean("allow_same_server must be true or false")),
+  debug_format: v.optional(v.boolean("debug_format must be true or false")),
   stripe_width: v.optional(v.pipe(v.number("stripe_width must be a number"), v.safeInteger("stripe_width must be an integer"))),
   stripe_size_bytes: v.optional(
     v.pipe(v.number("stripe_size_bytes must be a number"), v.safeInteger("stripe_size_bytes must be an integer")),

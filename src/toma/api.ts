@@ -55,6 +55,7 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     rebuild_blank: [...vol.rebuild_blank],
     topology_seq: vol.topology_seq,
     leg_views: vol.mirrors > 1 ? toma.legViews(vol) : [],
+    debug_format: vol.debug_format,
   });
 
   const cluster = (): ClusterJson => {

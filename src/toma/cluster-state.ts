@@ -9,6 +9,7 @@
  */
 import { decode, encode } from "cbor-x";
 import * as v from "valibot";
+import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
 
 export const STATE_FORMAT = 1;
@@ -67,6 +68,11 @@ export const VolumeRecordSchema = v.strictObject({
   topology_seq: v.optional(Count, 0),
   /** Generation of the command that created it: the volume's topology generation for now. */
   created_seq: Positive,
+  /**
+   * Debug format (docs/debug-format.md): every 512-byte sector is stored as a 2048-byte debug
+   * sector, so its columns hold 4 × capacity_bytes. Absent (false) in states written before it.
+   */
+  debug_format: v.optional(v.boolean(), false),
 });
 export type VolumeRecord = v.InferOutput<typeof VolumeRecordSchema>;
 
@@ -93,6 +99,7 @@ export type Command =
       extent_size_bytes: number;
       columns: Column[];
       mirrors: number;
+      debug_format?: boolean;
     }
   | { kind: "delete_volume"; name: string }
   /** A topology step of a mirrored volume: new leg states (topology.ts checks adjacency). */
@@ -147,6 +154,7 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
         rebuild_blank: cmd.columns.map(() => false),
         topology_seq: generation,
         created_seq: generation,
+        debug_format: cmd.debug_format === true,
       };
       if (!VOLUME_NAME_RE.test(cmd.name)) {
         return refuse("invalid", `bad volume name '${cmd.name}': use 1 to 64 of [A-Za-z0-9._-]`);
@@ -253,6 +261,8 @@ function volumeProblem(
     return invalid(`capacity ${vol.capacity_bytes} is not a positive multiple of 512`);
   }
   const mirrored = vol.raid_level === "1" || vol.raid_level === "10";
+  const physical = physicalBytes(vol);
+  if (!Number.isSafeInteger(physical)) return invalid(`capacity ${vol.capacity_bytes} is too large for the debug format`);
   if (mirrored ? vol.mirrors < 2 || vol.mirrors > 3 : vol.mirrors !== 1) {
     return invalid(`${vol.mirrors} mirrors for raid level ${vol.raid_level}`);
   }
@@ -293,16 +303,16 @@ function volumeProblem(
   }
   if (vol.raid_level === "concatenated") {
     if (vol.stripe_size_bytes !== 0) return invalid("stripe_size_bytes must be 0 for a concatenated volume");
-    if (total_bytes < vol.capacity_bytes) return invalid(`columns hold ${total_bytes} bytes, less than its capacity`);
+    if (total_bytes < physical) return invalid(`columns hold ${total_bytes} bytes, less than its capacity`);
   } else if (vol.raid_level === "1") {
     if (vol.stripe_size_bytes !== 0) return invalid("stripe_size_bytes must be 0 for a RAID1 volume");
-    if (vol.columns.some((c) => c.extents.length * vol.extent_size_bytes < vol.capacity_bytes)) {
+    if (vol.columns.some((c) => c.extents.length * vol.extent_size_bytes < physical)) {
       return invalid("a leg is smaller than the capacity");
     }
   } else {
     const s = vol.stripe_size_bytes;
     if (!isValidStripeSize(s)) return invalid(`stripe size ${s} is not a power of two multiple of 4096`);
-    const column_bytes = Math.ceil(vol.capacity_bytes / vol.stripe_width / s) * s;
+    const column_bytes = Math.ceil(physical / vol.stripe_width / s) * s;
     if (vol.columns.some((c) => c.extents.length * vol.extent_size_bytes < column_bytes)) {
       return invalid(`a column is smaller than the ${column_bytes} bytes RAID0 needs`);
     }
@@ -316,7 +326,8 @@ export function isValidStripeSize(s: number): boolean {
 
 /** Canonical CBOR of a state: keys in schema order, so equal states give equal bytes. */
 export function encodeState(state: ClusterState): Uint8Array {
-  const canonical: ClusterState = {
+  // The volumes' optional keys are left out when at their default: v.InferInput, not the output.
+  const canonical: v.InferInput<typeof ClusterStateSchema> = {
     format: STATE_FORMAT,
     cluster_uuid: state.cluster_uuid,
     generation: state.generation,
@@ -339,6 +350,8 @@ export function encodeState(state: ClusterState): Uint8Array {
       rebuild_blank: [...x.rebuild_blank],
       topology_seq: x.topology_seq,
       created_seq: x.created_seq,
+      // Only when set, so that the bytes of states without debug volumes stay as they were.
+      ...(x.debug_format ? { debug_format: true } : {}),
     })),
   };
   return encode(canonical);

@@ -192,6 +192,7 @@ export class Toma {
         capacity_bytes: req.capacity_bytes,
         raid_level: req.raid_level,
         ...alloc.alloc,
+        ...(req.debug_format ? { debug_format: true } : {}),
       };
       const r = await this.propose(cmd);
       if (!r.ok) return r;
@@ -305,6 +306,7 @@ export class Toma {
         extent_size_bytes: vol.extent_size_bytes,
         block_size: 512,
         mirrors: vol.mirrors,
+        debug_format: vol.debug_format,
       },
       drives,
       generation: this.state?.generation ?? vol.created_seq,

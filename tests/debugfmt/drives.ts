@@ -174,7 +174,7 @@ export async function buildMirror(pathA: string, pathB: string): Promise<{ plant
   for (let lba = 0; lba < 16; lba++) {
     for (const leg of [0, 1]) {
       const f = ioSectorFields({ volume_uuid: OTHER_VOLUME, client_id: 50, client_name: "other" }, {
-        op: "write", fua: false, first_lba: lba, sectors: 1, seq: lba, generation: 1, topo_state: "normal", leg_count: 2, legs_mask: 3,
+        op: "write", fua: false, first_lba: lba, sectors: 1, seq: lba, generation: 1, topo_state: "normal", leg_count: 2, legs_mask: 3, locked: true,
       }, bytes(512, lba + 7000));
       putPos(leg, 6 * PER_EXTENT + lba, encodeIoForLeg(f, bytes(512, lba + 7000), leg));
     }

@@ -22,6 +22,7 @@ export function fields(over: Partial<SectorFields> = {}): SectorFields {
     leg_index: 0,
     op: "write",
     fua: false,
+    locked: true,
     io_first_lba: 4096,
     io_sectors: 8,
     io_index: 4,
@@ -62,6 +63,7 @@ export function verifyWrite(opts: {
   generation?: number;
   topo_state?: DebugIo["topo_state"];
   legs_mask?: number;
+  locked?: boolean;
   leg: number;
   leg_count?: number;
   volume_uuid?: string;
@@ -84,6 +86,7 @@ export function verifyWrite(opts: {
     topo_state: opts.topo_state ?? "normal",
     leg_count: opts.leg_count ?? 2,
     legs_mask: opts.legs_mask ?? 0b11,
+    locked: opts.locked ?? (opts.leg_count ?? 2) > 1,
     history_depth: opts.history_depth,
   };
   const f = ioSectorFields(writer, io, data);

@@ -117,10 +117,23 @@ describe("which copy is newer, and what the difference means", () => {
     expect(v.reason).toMatch(/^diverged/);
   });
 
-  test("both copies claim the same leg: not two legs of one mirror", () => {
-    const v = compareLegs({ sector: old0, leg: 0 }, { sector: newer({}), leg: 1 });
-    expect(v.class).toBe("legs_differ");
-    expect(v.reason).toMatch(/both copies say they are leg 0/);
+  test("both copies of a two-leg mirror claim leg 0: one is a rebuild's copy, the other side is leg 1", () => {
+    // Leg 1 was rebuilt from leg 0 (old0 copied raw, so it still says leg 0), then the newer
+    // write reached leg 0 only.
+    const hole = compareLegs({ sector: newer({}), leg: null }, { sector: old0, leg: null });
+    expect(hole).toMatchObject({ class: "write_hole", newer: "a", culprit: { client_id: 7 } });
+    expect(hole.reason).toMatch(/one copy was made by a rebuild \(both say leg 0\): write hole: .* but leg 1 still holds/);
+    const skipped = compareLegs({ sector: old0, leg: null }, { sector: newer({ legs_mask: 0b01 }), leg: null });
+    expect(skipped).toMatchObject({ class: "skipped_leg", newer: "b", culprit: { client_id: 7 } });
+    expect(skipped.reason).toMatch(/skipped leg 1/);
+  });
+
+  test("both copies of a three-leg mirror claim the same leg: no guess which leg the other is", () => {
+    const a = rec({ seq: 10, leg_count: 3, legs_mask: 0b111 }, 1);
+    const b = rec({ seq: 11, leg_count: 3, legs_mask: 0b111 }, 2);
+    const v = compareLegs({ sector: a, leg: 0 }, { sector: b, leg: 1 });
+    expect(v).toMatchObject({ class: "legs_differ", culprit: null });
+    expect(v.reason).toMatch(/both copies say they are leg 0 .*with 3 legs/);
   });
 });
 

@@ -222,6 +222,7 @@ describe("classification", () => {
       [OFF.history_count, 25, /history_count/],
       [OFF.io_flags, 2, /io flags/],
       [OFF.reserved_599, 1, /reserved/],
+      [OFF.header_flags, 2, /header flags 2 unknown/],
       [900, 1, /reserved bytes of the header/],
       [1530, 1, /reserved bytes of chunk 2/],
     ];
@@ -236,6 +237,20 @@ describe("classification", () => {
     b[OFF.seq + 7] = 0x01; // 2^56: not a safe integer
     resealSector(b);
     expectClass(b, "bad_field", /seq does not fit/);
+  });
+
+  test("the lock flag: header_flags bit 0, round-trips, and means nothing with one leg", () => {
+    for (const locked of [true, false]) {
+      const b = sector({ locked });
+      expect(b[OFF.header_flags]).toBe(locked ? 1 : 0);
+      const d = decodeSector(b);
+      expect(d.ok && d.fields.locked).toBe(locked);
+    }
+    expect(() => encodeSector(fields({ leg_count: 1, legs_mask: 1, locked: true }), bytes(512, 3))).toThrow(/one leg/);
+    const one = sector({ leg_count: 1, legs_mask: 1, locked: false });
+    one[OFF.header_flags] = 1;
+    resealSector(one);
+    expectClass(one, "bad_field", /one leg/);
   });
 
   test("bad_field: history entries past history_count must be zero", () => {

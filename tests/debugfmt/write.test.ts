@@ -11,7 +11,7 @@ import { bytes, SPEC, VOLUME } from "./fixtures.ts";
 
 const writer = { volume_uuid: VOLUME, client_id: 42, client_name: "c42" };
 const io = (over: Partial<DebugIo> = {}): DebugIo => ({
-  op: "write", fua: true, first_lba: 100, sectors: 3, seq: 9, generation: 6, topo_state: "rebuild", leg_count: 2, legs_mask: 3, ...over,
+  op: "write", fua: true, first_lba: 100, sectors: 3, seq: 9, generation: 6, topo_state: "rebuild", leg_count: 2, legs_mask: 3, locked: true, ...over,
 });
 
 function decodeAll(b: Uint8Array) {

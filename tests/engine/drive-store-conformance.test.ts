@@ -11,13 +11,29 @@ import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { DriveIoError, type DriveStore } from "../../src/engine/drive/store.ts";
+import type { RaidLevel } from "../../src/engine/layout/types.ts";
+import { startVolume } from "./volume-fixture.ts";
 
 const SIZE = 8 << 20;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nvmesh-drive-conf-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 let n = 0;
 
+/** A debug-format volume as the client daemon exports it, over a real target; closing it stops all. */
+async function debugVolume(level: RaidLevel): Promise<DriveStore> {
+  const f = await startVolume(level, { capacity_bytes: 4 * 1024 * 1024, debug_format: true });
+  const d = f.debug!;
+  const close = d.close.bind(d);
+  d.close = async () => {
+    await close();
+    await f.close();
+  };
+  return d;
+}
+
 const BACKENDS: [string, () => Promise<DriveStore>][] = [
+  ["debug-format RAID1 volume over a target", () => debugVolume("1")],
+  ["debug-format RAID0 volume over a target", () => debugVolume("0")],
   ["MemoryStore", async () => new MemoryStore(SIZE)],
   ["FileStore", () => FileStore.open(path.join(tmp, `f${n++}.img`), { create_size_bytes: SIZE })],
   [

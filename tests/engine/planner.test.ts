@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { layoutProblem, limitSegments, plan } from "../../src/engine/layout/planner.ts";
+import { extentOwners, placeOnDrive, volumeOffsetOf } from "../../src/engine/layout/inverse.ts";
+import { layoutProblem, limitSegments, physicalBytes, plan, planMirror } from "../../src/engine/layout/planner.ts";
 import type { VolumeLayout } from "../../src/engine/layout/types.ts";
 
 const E = 64; // tiny extents make every boundary reachable in a brute-force check
@@ -93,4 +94,47 @@ describe("planner", () => {
     expect(segs.map((s) => s.request_offset)).toEqual([0, 100, 200]);
     expect(segs.map((s) => s.drive_offset)).toEqual([0, 100, 200]);
   });
+});
+
+describe("the planner read backwards (inverse.ts)", () => {
+  const mirrored = (raid_level: "1" | "10", sets: number, extents: number): VolumeLayout => ({
+    volume_uuid: "m",
+    name: "m",
+    capacity_bytes: sets * extents * E,
+    raid_level,
+    columns: Array.from({ length: sets * 2 }, (_, i) => ({ drive_uuid: `d${i}`, extents: Array.from({ length: extents }, (_, k) => 3 * k + (i % 3)) })),
+    stripe_size_bytes: raid_level === "10" ? 16 : 0,
+    extent_size_bytes: E,
+    block_size: 512,
+    mirrors: 2,
+  });
+  const cases: [string, VolumeLayout][] = [
+    ["concatenated", layout("concatenated", [[5, 1], [0, 2, 4]], 5 * E)],
+    ["RAID0", layout("0", [[3, 0], [1, 2], [4, 5]], 6 * E)],
+    ["RAID1", mirrored("1", 1, 4)],
+    ["RAID10", mirrored("10", 2, 4)],
+    ["debug-format RAID10 (4 × the capacity)", { ...mirrored("10", 2, 4), capacity_bytes: 2 * E, debug_format: true }],
+  ];
+  for (const [name, l] of cases) {
+    test(`${name}: every byte of every column maps back to the volume byte that planning puts there`, () => {
+      const end = physicalBytes(l);
+      for (let o = 0; o < end; o++) {
+        const legs = l.mirrors > 1
+          ? (() => {
+              const p = planMirror(l, o, 1)[0]!;
+              return p.legs.map((x, leg) => ({ column: p.set * l.mirrors + leg, drive_offset: x.drive_offset }));
+            })()
+          : plan(l, o, 1).map((s) => ({ column: s.column, drive_offset: s.drive_offset }));
+        for (const { column, drive_offset } of legs) {
+          const owners = extentOwners([l], l.columns[column]!.drive_uuid);
+          expect(placeOnDrive(owners, drive_offset, E)).toEqual({ layout: l, volume_offset: o });
+        }
+      }
+      // Past the end of the volume: nothing.
+      const lastCol = l.columns.length - 1;
+      const colEnd = l.columns[lastCol]!.extents.length * E;
+      const tail = volumeOffsetOf(l, lastCol, colEnd - 1);
+      if (tail !== null) expect(tail).toBeLessThan(end);
+    });
+  }
 });

@@ -132,3 +132,31 @@ describe("allocator placement", () => {
     expect(freeExtents(d.state).get(uuid(1))).toEqual([0, 1, 2, 3]);
   });
 });
+
+describe("debug-format volumes", () => {
+  for (const [title, req] of [
+    ["concatenated", { raid_level: "concatenated" }],
+    ["RAID0", { raid_level: "0", stripe_width: 2 }],
+    ["RAID1", { raid_level: "1" }],
+    ["RAID10", { raid_level: "10", stripe_width: 2 }],
+  ] as const) {
+    test(`${title}: 4 × the capacity is allocated, and the result is admitted`, () => {
+      const { state, topo } = cluster([40, 40, 40, 40]);
+      const plain = allocate(state, { name: "p", capacity_bytes: 4 * MiB, ...req }, topo);
+      const debug = allocate(state, { name: "d", capacity_bytes: 4 * MiB, debug_format: true, ...req }, topo);
+      if (!plain.ok || !debug.ok) throw new Error("allocation failed");
+      const bytes = (a: typeof plain) => (a.ok ? a.alloc.columns.reduce((n, c) => n + c.extents.length, 0) * EXT : 0);
+      expect(bytes(debug)).toBe(4 * bytes(plain));
+      const r = apply(state, { kind: "create_volume", uuid: uuid(999), name: "d", capacity_bytes: 4 * MiB, raid_level: req.raid_level, debug_format: true, ...debug.alloc });
+      expect(r.ok).toBe(true);
+    });
+  }
+
+  test("a debug volume that fits only without the 4x is refused", () => {
+    const { state, topo } = cluster([10]);
+    expect(allocate(state, { name: "p", capacity_bytes: 8 * MiB, raid_level: "concatenated" }, topo).ok).toBe(true);
+    const a = allocate(state, { name: "d", capacity_bytes: 8 * MiB, raid_level: "concatenated", debug_format: true }, topo);
+    expect(a.ok).toBe(false);
+    if (!a.ok) expect(a.error).toMatch(/debug format/);
+  });
+});

@@ -43,6 +43,7 @@ describe("bad input is refused and changes nothing", () => {
     ["unknown field", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", capacity: 1 }, 400, /invalid volume request/],
     ["bad name", "POST", "/v1/volumes", { name: "a b", capacity_bytes: MiB, raid_level: "0" }, 400, /bad volume name/],
     ["bad stripe size", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_size_bytes: 3000 }, 400, /power of two/],
+    ["debug_format not a boolean", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", debug_format: "yes" }, 400, /debug_format must be true or false/],
     ["name taken", "POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }, 409, /already exists/],
     ["too large", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1024 * MiB, raid_level: "concatenated" }, 507, /not enough free space/],
     ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /exceeds the 2 usable drives/],
@@ -83,6 +84,18 @@ describe("over HTTP with the typed client", () => {
     expect((await c.drives()).length).toBe(2);
     await c.deleteVolume("web");
     expect((await c.volumes()).map((x) => x.name)).toEqual(["existing"]);
+  });
+
+  test("a debug-format volume shows its flag, takes 4 × its capacity, and its layout says so", async () => {
+    const c = tomaClient(http.url);
+    const before = (await c.cluster()).capacity.used_bytes;
+    const v = await c.createVolume({ name: "dbg", capacity_bytes: MiB / 2, raid_level: "concatenated", debug_format: true });
+    expect(v.debug_format).toBe(true);
+    expect((await c.volume("dbg")).debug_format).toBe(true);
+    expect((await c.cluster()).capacity.used_bytes - before).toBe(2 * MiB);
+    const a = await c.attach("dbg");
+    expect(a.layout).toMatchObject({ capacity_bytes: MiB / 2, debug_format: true });
+    await c.deleteVolume("dbg");
   });
 
   test("errors carry the server's status and message", async () => {

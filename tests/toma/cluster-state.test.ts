@@ -113,3 +113,29 @@ describe("encode/decode", () => {
     });
   }
 });
+
+describe("debug-format volumes", () => {
+  const debug = (capacity_bytes: number, extents: number[]) =>
+    vol("dbg", [{ drive_uuid: D1, extents }], { capacity_bytes, debug_format: true });
+
+  test("the columns must hold 4 × the capacity", () => {
+    const refused = apply(base(), debug(2 * MiB, [0, 1, 2]));
+    expect(refused.ok).toBe(false);
+    if (!refused.ok) expect(refused.error).toMatch(/less than its capacity/);
+    const r = apply(base(), debug(MiB, [0, 1, 2, 3]));
+    expect(r.ok && r.state.volumes[0]!.debug_format).toBe(true);
+  });
+
+  test("the flag persists through encode/decode; states without debug volumes keep their bytes", () => {
+    const r = apply(base(), debug(MiB, [0, 1, 2, 3]));
+    if (!r.ok) throw new Error(r.error);
+    expect(decodeState(encodeState(r.state)).volumes[0]!.debug_format).toBe(true);
+    const plain = apply(base(), vol("a", [{ drive_uuid: D1, extents: [0] }]));
+    if (!plain.ok) throw new Error(plain.error);
+    expect(plain.state.volumes[0]!.debug_format).toBe(false);
+    // The key is absent from the bytes of a plain volume (as in states written before the flag).
+    const raw = encodeState(plain.state);
+    expect(new TextDecoder().decode(raw)).not.toContain("debug_format");
+    expect(decodeState(raw).volumes[0]!.debug_format).toBe(false);
+  });
+});

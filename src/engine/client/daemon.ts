@@ -9,6 +9,10 @@ import type { AttachInfo } from "../layout/types.ts";
 import type { Listener } from "../net/conn.ts";
 import type { ExportRegistry } from "../nbd/exports.ts";
 import type { NbdServer } from "../nbd/server.ts";
+import { shortClientName } from "../../debugfmt/sector.ts";
+import type { DriveStore } from "../drive/store.ts";
+import { EvilSchedule, type EvilSwitch } from "./debug-evil.ts";
+import { DebugVolume } from "./debug-volume.ts";
 import { type OpenSession, TargetPool } from "./target-pool.ts";
 import { VolumeDevice } from "./volume-device.ts";
 
@@ -43,6 +47,8 @@ export interface ClientDaemonDeps {
   socket_dir: string;
   client_name: string;
   io_timeout_ms: number;
+  /** TEST-ONLY: corrupt this daemon's writes to debug-format volumes (debug-evil.ts). */
+  evil?: EvilSwitch | null;
 }
 
 export interface AttachRequest {
@@ -72,6 +78,8 @@ export class AttachError extends Error {
 interface Attached {
   info: Attachment;
   device: VolumeDevice;
+  /** What is exported: the device, or the debug-format view of it. */
+  store: DriveStore;
   listener: Listener;
 }
 
@@ -202,8 +210,9 @@ export class ClientDaemon {
       } catch (e) {
         throw new AttachError(`volume ${volume} is not reachable: ${(e as Error).message}`, "unavailable");
       }
+      const store = info.layout.debug_format ? this.debugView(device, info.layout.volume_uuid) : device;
       const address = req.nbd_tcp ?? `unix:${this.deps.socket_dir}/${volume}.sock`;
-      this.deps.exports.add(volume, { store: device, description: device.describe });
+      this.deps.exports.add(volume, { store, description: store.describe });
       let listener: Listener;
       try {
         listener = await this.env.net.listen(address, (conn) => this.deps.nbd.handle(conn));
@@ -222,7 +231,7 @@ export class ClientDaemon {
         drives: drives.length,
         generation: info.generation,
       };
-      this.attached.set(volume, { info: attachment, device, listener });
+      this.attached.set(volume, { info: attachment, device, store, listener });
       this.env.log.info("volume attached", { volume, uri });
       void this.watchLoop();
       return attachment;
@@ -239,9 +248,23 @@ export class ClientDaemon {
     // Requests in flight are answered before the connections close; then nothing new arrives.
     await this.deps.nbd.detach(volume);
     // Everything acknowledged so far must be durable before the volume goes away.
-    await a.device.flush().catch((e) => this.env.log.warn("flush on detach failed", { volume, error: String(e) }));
-    await a.device.close();
+    await a.store.flush().catch((e) => this.env.log.warn("flush on detach failed", { volume, error: String(e) }));
+    await a.store.close();
     this.env.log.info("volume detached", { volume });
+  }
+
+  /** A debug-format volume's sectors carry our current client id and name (debug-volume.ts). */
+  private debugView(device: VolumeDevice, volume_uuid: string): DebugVolume {
+    const evil = this.deps.evil ? new EvilSchedule(this.deps.evil) : null;
+    if (evil) this.env.log.warn("TEST-ONLY evil switch on: this client corrupts its debug-format writes", { ...evil.sw, volume_uuid });
+    if (evil?.needsMirror() && device.leg_count < 2) this.env.log.warn("evil switch needs a mirrored volume: no effect here", { kind: evil.sw.kind });
+    const client_name = shortClientName(this.deps.client_name);
+    return new DebugVolume(device, {
+      volume_uuid,
+      writer: () => ({ client_id: this.client_id ?? 0, client_name }),
+      log: this.env.log,
+      evil,
+    });
   }
 
   async close(): Promise<void> {

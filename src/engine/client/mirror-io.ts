@@ -23,6 +23,7 @@ import { Status } from "../wire/header.ts";
 import { plantedBugs } from "../planted-bugs.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { LOST_WRITES } from "./cache-watch.ts";
+import type { LegPlan, LegWriter } from "./leg-writer.ts";
 import { MirrorWatch } from "./mirror-watch.ts";
 import { NoRouteError, type TargetPool } from "./target-pool.ts";
 
@@ -108,6 +109,16 @@ export class MirrorIo {
     );
   }
 
+  /** A write whose bytes are made per piece and leg when the piece is planned (the debug format). */
+  async writeLegs(offset: number, length: number, fua: boolean, legs: LegWriter): Promise<void> {
+    await this.pieces(offset, length, (p, t, generation) => {
+      const plan = legs.plan({ request_offset: p.request_offset, length: p.length, topology: t, generation });
+      return this.serialised(p, () =>
+        this.writePiece(p, t, (s, d, o, leg, locked) => s.write(d, o, plan.bytes(leg, locked), fua, this.flags(t, p)), !fua, plan),
+      );
+    });
+  }
+
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     await this.pieces(offset, length, (p, t) =>
       this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.writeZeroes(d, o, p.length, fua, this.flags(t, p)), !fua)),
@@ -134,7 +145,7 @@ export class MirrorIo {
    * Runs `fn` for each piece of the range, each planned (and re-planned after a failure) against
    * the topology current at that moment, then holds completion until that topology is stable.
    */
-  private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology) => Promise<void>): Promise<void> {
+  private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology, generation: number) => Promise<void>): Promise<void> {
     // Pieces never cross a lock unit (64 KiB): far below the wire's frame limit.
     const planned = this.info;
     const all = planMirror(planned.layout, offset, length);
@@ -146,7 +157,7 @@ export class MirrorIo {
           p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
           p.request_offset = p0.request_offset;
         }
-        return fn(p, info.topology[p.set]!);
+        return fn(p, info.topology[p.set]!, info.topology_generation);
       });
     if (all.length === 1) return await run(all[0]!);
     await Promise.all(all.map(run));
@@ -260,10 +271,11 @@ export class MirrorIo {
   private async writePiece(
     p: MirrorPiece,
     t: SetTopology,
-    op: (s: TargetSession, drive: Uint8Array, drive_offset: number) => Promise<number>,
+    op: (s: TargetSession, drive: Uint8Array, drive_offset: number, leg: number, locked: boolean) => Promise<number>,
     watch: boolean,
+    sabotage?: Pick<LegPlan, "skip_legs" | "skip_lock">,
   ): Promise<void> {
-    const lockLegs = lockLegsOf(t, p.unit);
+    const lockLegs = sabotage?.skip_lock ? [] : lockLegsOf(t, p.unit);
     const locked: number[] = [];
     try {
       for (const leg of lockLegs) {
@@ -280,13 +292,13 @@ export class MirrorIo {
       const writes: Promise<void>[] = [];
       const acks: [string, number][] = [];
       t.legs.forEach((role, leg) => {
-        if (role === "DEAD") return;
+        if (role === "DEAD" || ((sabotage?.skip_legs ?? 0) & (1 << leg)) !== 0) return;
         writes.push(
           (async () => {
             const s = await this.session(p, leg);
             const { drive_uuid, drive_offset } = p.legs[leg]!;
             try {
-              acks.push([drive_uuid, await op(s, this.pool.driveId(drive_uuid), drive_offset)]);
+              acks.push([drive_uuid, await op(s, this.pool.driveId(drive_uuid), drive_offset, leg, locked.length > 0)]);
             } catch (e) {
               throw this.classify(e, p, leg);
             }

@@ -9,13 +9,14 @@
  * Errors the target reports about the request itself (out of range, drive I/O error) fail at once.
  */
 import type { Env } from "../env.ts";
-import { limitSegments, plan, type Segment, volumeDrives } from "../layout/planner.ts";
+import { limitSegments, physicalBytes, plan, type Segment, volumeDrives } from "../layout/planner.ts";
 import type { AttachInfo, VolumeLayout } from "../layout/types.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
 import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { plantedBugs } from "../planted-bugs.ts";
 import { CacheWatch, LOST_WRITES } from "./cache-watch.ts";
+import type { LegWriter } from "./leg-writer.ts";
 import { MirrorIo } from "./mirror-io.ts";
 
 const RAID_NAME: Record<VolumeLayout["raid_level"], string> = {
@@ -54,6 +55,7 @@ export class VolumeDevice implements DriveStore {
   readonly size_bytes: number;
   private layout: VolumeLayout;
   private generation: number;
+  private topology_generation: number;
   /** Mirrored volumes only: the topology-aware data path. */
   private readonly mirror: MirrorIo | null;
   private refreshing: Promise<void> | null = null;
@@ -71,7 +73,9 @@ export class VolumeDevice implements DriveStore {
   ) {
     this.layout = info.layout;
     this.generation = info.generation;
-    this.size_bytes = info.layout.capacity_bytes;
+    this.topology_generation = info.topology_generation;
+    // A debug-format volume's address space here is its physical one (debug-volume.ts maps it).
+    this.size_bytes = physicalBytes(info.layout);
     this.describe = `nvmesh volume ${info.layout.name} (${RAID_NAME[info.layout.raid_level]})`;
     pool.setLocations(info.drives);
     this.mirror =
@@ -89,6 +93,7 @@ export class VolumeDevice implements DriveStore {
     if (info.generation < this.generation) return;
     this.pool.setLocations(info.drives);
     this.generation = info.generation;
+    this.topology_generation = info.topology_generation;
     this.mirror?.install(info);
   }
 
@@ -208,6 +213,21 @@ export class VolumeDevice implements DriveStore {
       );
       for (const [drive, epoch] of acks) this.watch(drive).acked(epoch);
     }
+  }
+
+  /** Copies of each block: the mirror's legs per set, 1 unmirrored. */
+  get leg_count(): number {
+    return this.layout.mirrors;
+  }
+
+  /** A write whose bytes are made per piece and leg when it is planned (debug-volume.ts). */
+  async writeLegs(offset: number, length: number, fua: boolean, legs: LegWriter): Promise<void> {
+    this.check(offset, length);
+    if (length === 0) return;
+    if (this.mirror) return await this.mirror.writeLegs(offset, length, fua, legs);
+    // One copy: planned once, for the whole write, then it goes through the planner as any write.
+    const bytes = legs.plan({ request_offset: 0, length, topology: null, generation: this.topology_generation }).bytes(0, false);
+    await this.write(offset, bytes, fua);
   }
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {

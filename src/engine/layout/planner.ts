@@ -3,6 +3,7 @@
  * in the client, the simulator and the tests. Segments never cross an extent (extents of one column
  * need not be contiguous on the drive) nor, for RAID0, a stripe unit.
  */
+import { SECTOR_RATIO } from "../../debugfmt/sector.ts";
 import { LOCK_UNIT_BYTES, type VolumeLayout } from "./types.ts";
 
 export interface Segment {
@@ -15,6 +16,14 @@ export interface Segment {
   request_offset: number;
 }
 
+/**
+ * Bytes of the layout's address space: the capacity, or for a debug-format volume 4 × the
+ * capacity (each 512-byte sector is stored as a 2048-byte debug sector).
+ */
+export function physicalBytes(layout: Pick<VolumeLayout, "capacity_bytes" | "debug_format">): number {
+  return layout.debug_format === true ? layout.capacity_bytes * SECTOR_RATIO : layout.capacity_bytes;
+}
+
 export function columnBytes(layout: VolumeLayout, column: number): number {
   return layout.columns[column]!.extents.length * layout.extent_size_bytes;
 }
@@ -24,6 +33,7 @@ export function layoutProblem(layout: VolumeLayout): string | null {
   const E = layout.extent_size_bytes;
   if (!Number.isInteger(E) || E <= 0) return "extent size must be a positive integer";
   if (layout.columns.length === 0) return "layout has no columns";
+  const capacity = physicalBytes(layout);
   if (layout.raid_level === "1" || layout.raid_level === "10") {
     const m = layout.mirrors;
     if (!Number.isInteger(m) || m < 2 || layout.columns.length % m !== 0) return `bad mirror count ${m}`;
@@ -31,7 +41,7 @@ export function layoutProblem(layout: VolumeLayout): string | null {
     const S = layout.stripe_size_bytes;
     if (sets > 1 && (!Number.isInteger(S) || S <= 0 || E % S !== 0)) return `stripe size ${S} must divide the extent size ${E}`;
     const per = Math.min(...layout.columns.map((_c, i) => columnBytes(layout, i)));
-    const need = sets > 1 ? Math.ceil(layout.capacity_bytes / (S * sets)) * S : layout.capacity_bytes;
+    const need = sets > 1 ? Math.ceil(capacity / (S * sets)) * S : capacity;
     return need > per ? "legs too small for capacity" : null;
   }
   const total = layout.columns.reduce((s, _c, i) => s + columnBytes(layout, i), 0);
@@ -42,8 +52,8 @@ export function layoutProblem(layout: VolumeLayout): string | null {
     }
     const per = Math.min(...layout.columns.map((_c, i) => columnBytes(layout, i)));
     const W = layout.columns.length;
-    if (Math.ceil(layout.capacity_bytes / (S * W)) * S > per) return "columns too small for capacity";
-  } else if (total < layout.capacity_bytes) {
+    if (Math.ceil(capacity / (S * W)) * S > per) return "columns too small for capacity";
+  } else if (total < capacity) {
     return "columns too small for capacity";
   }
   return null;
@@ -87,7 +97,7 @@ function mapColumn(
 
 /**
  * Plans volume bytes [offset, offset+length). The caller has already checked the range against
- * capacity_bytes. Segments are in request order.
+ * physicalBytes(layout). Segments are in request order.
  */
 export function plan(layout: VolumeLayout, offset: number, length: number): Segment[] {
   const out: Segment[] = [];

@@ -52,6 +52,11 @@ export interface VolumeLayout {
   extent_size_bytes: number;
   /** Logical block size the volume exposes (512). */
   block_size: number;
+  /**
+   * Debug format (docs/debug-format.md): each 512-byte logical sector is stored as a 2048-byte
+   * debug sector, so the layout above maps 4 × capacity_bytes of physical address space.
+   */
+  debug_format?: boolean;
 }
 
 /** Where each drive is served right now: what a client needs besides the layout. */
