@@ -234,7 +234,7 @@ export class MirrorIo {
       const stale = plantedBugs.ignore_cache_epoch ? [] : this.watch.staleDrives(mark, epochs);
       const staleLegs = legs.filter((l) => stale.includes(l.drive_uuid));
       if (staleLegs.some((l) => !hasCompletePeer(info, l.column))) {
-        this.watch.flushed(mark, new Map());
+        this.watch.lose(mark);
         reported();
         throw new DriveIoError(`flush: ${LOST_WRITES}`, "EIO");
       }

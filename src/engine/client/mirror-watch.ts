@@ -21,7 +21,6 @@ export interface MirrorFlushMark {
 
 interface Run {
   acks: [string, number][];
-  key: string;
   /** Last write number of the run; the run holds (previous run's last, last]. */
   last: number;
 }
@@ -40,10 +39,14 @@ export class MirrorWatch {
   /** A write (not FUA) completed, acknowledged by these (drive, cache epoch) pairs. */
   acked(acks: [string, number][]): void {
     this.seq++;
-    const key = acks.map(([d, e]) => `${d}@${e}`).join(",");
     const tail = this.runs[this.runs.length - 1];
-    if (tail && tail.key === key) tail.last = this.seq;
-    else this.runs.push({ acks, key, last: this.seq });
+    if (tail && sameAcks(tail.acks, acks)) tail.last = this.seq;
+    else this.runs.push({ acks, last: this.seq });
+  }
+
+  /** Writes up to `m` are given up on: every flush invoked before the report fails (see reported). */
+  lose(m: MirrorFlushMark): void {
+    this.flushed(m, new Map());
   }
 
   mark(no: number): MirrorFlushMark {
@@ -91,4 +94,11 @@ export class MirrorWatch {
     for (const d of this.doubts) if (d.reportedAt === Infinity) d.reportedAt = invoked;
     this.doubts = this.doubts.filter((d) => d.reportedAt === Infinity || d.reportedAt >= invoked);
   }
+}
+
+/** Same legs under the same epochs, in the same order (the common case: every write of a run). */
+function sameAcks(a: [string, number][], b: [string, number][]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i]![0] !== b[i]![0] || a[i]![1] !== b[i]![1]) return false;
+  return true;
 }
