@@ -255,3 +255,35 @@ describe("the DIRTY flag", () => {
     expect(await store.bitmapByte(0)).toBe(0xff);
   });
 });
+
+describe("INTENT bits (a mirror leg's unflushed writes)", () => {
+  test("marked before the write, cleared by the target after 3 quiet flushes; DIRTY bits and unflushed regions stay", async () => {
+    const { store, d } = await gatedDrive();
+    h = await startTarget([d]);
+    const s = await h.session();
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+    const data = pattern(4096, 7);
+
+    await s.write(u, 0, data, false, { intent: true }); // region 0: the target's bit
+    await s.write(u, 2 * R, data, false, { dirty: true }); // region 2: the TOMA's bit
+    expect(await s.dirtyGet(u, 0, n)).toEqual([0, 2]);
+    expect(await store.bitmapByte(0)).toBe(0b0000_0101);
+
+    await s.flush(u);
+    await s.flush(u);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([0, 2]); // lazily: not after one or two flushes
+    await s.flush(u);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([2]);
+    // The clear is persisted after the flush's answer, not before it.
+    for (let i = 0; i < 100 && (await store.bitmapByte(0)) !== 0b0000_0100; i++) await Bun.sleep(5);
+    expect(await store.bitmapByte(0)).toBe(0b0000_0100);
+
+    // A DIRTY_CLEAR of a region with an unflushed write leaves the bit to the target.
+    await s.write(u, 3 * R, data, false, { intent: true });
+    await s.dirtyClear(u, 2 * R, 2 * R);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([3]);
+    for (let i = 0; i < 3; i++) await s.flush(u);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([]);
+  });
+});
