@@ -195,10 +195,10 @@ export class ClientDaemon {
         },
         io_timeout_ms: this.deps.io_timeout_ms,
       });
-      // I/O is enabled only once every drive of the volume answers: fail attach, not the first read.
+      // I/O is enabled only once every drive it uses answers: fail attach, not the first read.
       const drives = volumeDrives(info.layout);
       try {
-        await Promise.all(drives.map((d) => this.pool.sessionFor(d)));
+        await Promise.all(liveDrives(info).map((d) => this.pool.sessionFor(d)));
       } catch (e) {
         throw new AttachError(`volume ${volume} is not reachable: ${(e as Error).message}`, "unavailable");
       }
@@ -249,4 +249,20 @@ export class ClientDaemon {
     this.closed = true;
     this.pool.close();
   }
+}
+
+/**
+ * The drives a volume's I/O uses now: all of them, except a mirror's DEAD legs (its I/O never
+ * goes there, so a Degraded mirror attaches on the legs it has).
+ */
+export function liveDrives(info: AttachInfo): string[] {
+  const { layout, topology } = info;
+  if (topology.length === 0) return volumeDrives(layout);
+  const out = new Set<string>();
+  topology.forEach((t, set) =>
+    t.legs.forEach((role, leg) => {
+      if (role !== "DEAD") out.add(layout.columns[set * layout.mirrors + leg]!.drive_uuid);
+    }),
+  );
+  return [...out];
 }
