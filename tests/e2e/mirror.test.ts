@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { Cluster } from "../support/cluster.ts";
-import { FioVerify, fillRandom, readAll } from "../support/fio.ts";
+import { FioVerify, fillRandom, readAll, readRange } from "../support/fio.ts";
 import { Daemon, requireTool } from "../support/proc.ts";
 
 const MiB = 2 ** 20;
@@ -21,7 +21,7 @@ afterEach(async () => {
 
 /** A 3-target cluster with a 256 MiB RAID1 volume "m1", filled with random data, attached. */
 async function raid1(): Promise<{ c: Cluster; uri: string; data: Uint8Array }> {
-  for (const t of ["fio", "nbdcopy"]) requireTool(t);
+  for (const t of ["fio", "nbdcopy", "qemu-img"]) requireTool(t);
   // Three targets: a cluster change needs a majority of the drives, so one may die.
   const c = await new Cluster({ targets: 3, drive_size: "512M" }).start();
   cluster = c;
@@ -81,8 +81,8 @@ async function expectFioClean(fio: FioVerify, label: string): Promise<void> {
 }
 
 describe("RAID1 with real processes", () => {
-  test("target kill -9 while fio verifies: Degraded, I/O goes on; restarted: only the regions written meanwhile are copied, Normal, legs equal", async () => {
-    const { c, uri } = await raid1();
+  test("target kill -9 while fio verifies: Degraded, I/O goes on, a second client attaches and reads; restarted: only the regions written meanwhile are copied, Normal, legs equal", async () => {
+    const { c, uri, data } = await raid1();
     let v = await c.volume("m1");
     const victim = targetOf(c, v, 1);
     const el = clock();
@@ -94,7 +94,14 @@ describe("RAID1 with real processes", () => {
     await c.killTarget(victim);
     v = await c.waitVolume("m1", "degraded", isDegraded);
     console.log(`  ${el()}: volume ${v.state}, legs ${v.legs.join(",")}`);
-    await Bun.sleep(4000);
+    // A client on another host attaches the Degraded volume (its dead leg's drive is gone) and
+    // reads what fio does not touch; it stays attached, so it takes part in every switch after.
+    const host2 = await c.startExtraClient("host2");
+    const uri2 = await host2.attach("m1");
+    const tail = await readRange(uri2, c.dir, "host2.bin", 48 * MiB, 208 * MiB);
+    expect(Buffer.from(tail).equals(Buffer.from(data.subarray(48 * MiB)))).toBe(true);
+    console.log(`  ${el()}: a second client daemon attached the Degraded volume and read it`);
+    await Bun.sleep(2000);
     const restarted_at = performance.now();
     await c.restartTarget(victim);
     console.log(`  ${el()}: target t${victim} restarted`);

@@ -44,6 +44,7 @@ export class Cluster {
   toma: Daemon | null = null;
   toma_addr = "";
   client: Daemon | null = null;
+  readonly extra_clients: Daemon[] = [];
 
   constructor(readonly opts: ClusterOptions = {}) {
     requireBinary();
@@ -242,12 +243,31 @@ export class Cluster {
     return m[1]!;
   }
 
+  /**
+   * Another client daemon, as on another host (its own run dir and name); `attach` prints the
+   * NBD URI of a volume exported by it. Stopped with the cluster.
+   */
+  async startExtraClient(name: string): Promise<{ daemon: Daemon; attach: (volume: string) => Promise<string> }> {
+    const run_dir = `${this.dir}/run-${name}`;
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", run_dir, "-m", this.toma_addr, "--name", name]);
+    this.extra_clients.push(daemon);
+    await daemon.waitFor(/client ready/);
+    const attach = async (volume: string) => {
+      const out = await this.cli("client", "attach", "--volume", volume, "--run-dir", run_dir);
+      const m = /(nbd(\+unix)?:\/\/\S+)/.exec(out);
+      if (!m) throw new Error(`attach printed no NBD URI: ${out}`);
+      return m[1]!;
+    };
+    return { daemon, attach };
+  }
+
   daemons(): Daemon[] {
-    return [...this.targets, this.toma, this.client].filter((d): d is Daemon => d !== null);
+    return [...this.targets, this.toma, this.client, ...this.extra_clients].filter((d): d is Daemon => d !== null);
   }
 
   async stopAll(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
-    // Client first so it can flush; then the TOMA; targets last.
+    // Clients first so they can flush; then the TOMA; targets last.
+    for (const d of this.extra_clients) await d.stop(signal);
     await this.client?.stop(signal);
     await this.toma?.stop(signal);
     for (const t of this.targets) await t?.stop(signal);

@@ -118,3 +118,13 @@ export async function readAll(uri: string, dir: string, name: string): Promise<U
   await ok(["nbdcopy", uri, path], { timeout_ms: 120_000 });
   return new Uint8Array(readFileSync(path));
 }
+
+/** Reads `length` bytes at `offset` of an nbd+unix export (qemu-img with a raw offset) into a file. */
+export async function readRange(uri: string, dir: string, name: string, offset: number, length: number): Promise<Uint8Array> {
+  const m = /^nbd\+unix:\/\/\/([^?]*)\?socket=(.+)$/.exec(uri);
+  if (!m) throw new Error(`not an nbd+unix URI: ${uri}`);
+  const path = `${dir}/${name}`;
+  const opts = `driver=raw,offset=${offset},size=${length},file.driver=nbd,file.server.type=unix,file.server.path=${m[2]},file.export=${m[1]}`;
+  await ok(["qemu-img", "convert", "-O", "raw", "--image-opts", opts, path], { timeout_ms: 120_000 });
+  return new Uint8Array(readFileSync(path));
+}
