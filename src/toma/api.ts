@@ -169,6 +169,9 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
       const vol = findVolume(route[2]!);
       if ("status" in vol) return vol;
+      // Without a volume it has no I/O at all: it is switched to the current generation already
+      // (so counting it from now on never takes the stable generation back).
+      if (c.volumes.size === 0 && toma.state) mc.clients.ack(c, toma.state.generation);
       await mc.attach(c, vol.name);
       return ok(toma.attachInfo(vol) satisfies AttachInfo);
     }
