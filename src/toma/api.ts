@@ -148,7 +148,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
 
   /**
    * The client daemons' routes: register (one id per daemon incarnation), attach (registers it on
-   * the volume's drives first), watch (long poll for new generations), ack, report a failing leg.
+   * the volume's drives first), watch (long poll for new generations), ack, report a failing leg,
+   * leave (DELETE: it has no volume attached any more).
    * An unknown or expired client id is answered 410: the daemon registers again.
    */
   async function clients(m: string, path: string, route: string[], body: unknown): Promise<ApiResponse> {
@@ -165,6 +166,16 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     const c = Number.isSafeInteger(id) ? mc.clients.live(id) : undefined;
     if (!c) return err(410, `client ${route[0]} is not registered (expired or TOMA restarted): register again`);
     mc.clients.heard(c);
+    if (route.length === 1) {
+      if (m !== "DELETE") return err(405, `${m} not allowed on ${path}; use DELETE`);
+      // The daemon detached its last volume or stops: fenced out now, not after client_timeout_ms
+      // of holding every topology step back.
+      const state = toma.state;
+      const drives = [...c.volumes].flatMap((n) => state?.volumes.find((x) => x.name === n)?.columns.map((k) => k.drive_uuid) ?? []);
+      mc.clients.expire(c, drives, "client left: fencing it out");
+      toma.kick();
+      return ok({ left: c.id });
+    }
     if (route.length === 3 && route[1] === "attach") {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
       const vol = findVolume(route[2]!);

@@ -52,16 +52,29 @@ function raid1(name: string, roles: LegRole[]): AttachInfo {
   };
 }
 
-function daemon(views: Record<string, AttachInfo>): ClientDaemon {
+/** What the daemon told the TOMA: registrations (ids handed out) and departures. */
+interface Calls {
+  registered: number[];
+  unregistered: number[];
+}
+
+function daemon(views: Record<string, AttachInfo>, calls: Calls = { registered: [], unregistered: [] }): ClientDaemon {
   const env = testEnv();
   const exports = new ExportRegistry();
   const toma: TomaLink = {
-    register: async () => ({ client_id: 42, generation: 7 }),
+    register: async () => {
+      const client_id = 42 + calls.registered.length;
+      calls.registered.push(client_id);
+      return { client_id, generation: 7 };
+    },
     attach: async (_id, volume) => views[volume]!,
     // Nothing changes: the long poll just waits.
     watch: () => new Promise(() => {}),
     ack: async () => {},
     report: async () => {},
+    unregister: async (id) => {
+      calls.unregistered.push(id);
+    },
   };
   return new ClientDaemon(env, {
     toma,
@@ -89,4 +102,19 @@ test("a mirror whose leg is not DEAD (yet) still needs that leg's drive to attac
   expect((e as AttachError).code).toBe("unavailable");
   expect((e as Error).message).toContain(DEAD_DRIVE);
   await d.close();
+});
+
+test("detaching the last volume tells the TOMA the client left; the next attach registers a new id", async () => {
+  const calls: Calls = { registered: [], unregistered: [] };
+  const d = daemon({ a: raid1("a", ["RWL", "DEAD"]), b: raid1("b", ["RWL", "DEAD"]) }, calls);
+  await d.attach({ volume: "a" });
+  await d.attach({ volume: "b" });
+  await d.detach("a");
+  expect(calls.unregistered).toEqual([]); // b is still attached
+  await d.detach("b");
+  expect(calls.unregistered).toEqual([42]);
+  await d.attach({ volume: "a" });
+  expect(calls.registered).toEqual([42, 43]);
+  await d.close();
+  expect(calls.unregistered).toEqual([42, 43]);
 });

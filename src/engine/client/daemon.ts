@@ -26,6 +26,8 @@ export interface TomaLink {
   /** No I/O of a topology older than `generation` is in flight here any more. */
   ack(client_id: number, generation: number): Promise<void>;
   report(client_id: number, volume: string, column: number, error: string): Promise<void>;
+  /** This id has nothing attached any more: fence it out now (not after the client timeout). */
+  unregister(client_id: number): Promise<void>;
 }
 
 export interface WatchInfo {
@@ -242,10 +244,24 @@ export class ClientDaemon {
     await a.device.flush().catch((e) => this.env.log.warn("flush on detach failed", { volume, error: String(e) }));
     await a.device.close();
     this.env.log.info("volume detached", { volume });
+    if (this.attached.size === 0 && this.pending.size === 0) await this.leave();
+  }
+
+  /**
+   * Nothing is attached: tell the TOMA, which otherwise counts on our acknowledgements until it
+   * expires us, holding every mirror's topology steps back meanwhile. The next attach registers
+   * a new id.
+   */
+  private async leave(): Promise<void> {
+    const id = this.client_id;
+    if (id === null) return;
+    this.client_id = null;
+    await this.deps.toma.unregister(id).catch((e) => this.env.log.warn("cannot tell the TOMA we left", { error: String(e) }));
   }
 
   async close(): Promise<void> {
     for (const v of [...this.attached.keys()]) await this.detach(v);
+    await this.leave();
     this.closed = true;
     this.pool.close();
   }
