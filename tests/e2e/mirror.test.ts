@@ -118,8 +118,13 @@ describe("RAID1 with real processes", () => {
     expectLegsEqual(c, await c.volume("m1"));
   }, 150_000);
 
-  test("a blank drive replaces the dead one (drive evict): full rebuild with progress in volume show, legs equal", async () => {
+  test("a blank drive replaces the dead one (drive evict): full rebuild with progress in volume show, legs equal; an idle client daemon holds nothing back", async () => {
     const { c, uri } = await raid1();
+    // A client daemon whose only attach failed (no such volume) stays up: it has no I/O, so it
+    // must not hold back the topology steps below (it once froze them for good).
+    const bystander = await c.startExtraClient("bystander");
+    expect((await c.cliRaw("client", "attach", "--volume", "no-such-volume", "--run-dir", `${c.dir}/run-bystander`)).code).not.toBe(0);
+    expect(bystander.daemon.alive).toBe(true);
     let v = await c.volume("m1");
     // Fill the third drive, so the only place for the new leg is the blank drive in the old slot.
     const spare = c.drive_files.values().find((f) => !v.columns.some((x) => x.drive_uuid === f.uuid))!;
