@@ -18,16 +18,12 @@ import { tmpdir } from "node:os";
 import type { VolumeJson } from "../src/toma/api-types.ts";
 import { Cluster } from "../tests/support/cluster.ts";
 import { Daemon, ok, requireTool } from "../tests/support/proc.ts";
+import { fill, flag, printTable, startNbdkit } from "./common.ts";
 
-const argv = process.argv.slice(2);
-const flag = (name: string, dflt: string) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-};
 const SECONDS = Number(flag("seconds", "10"));
 const SIZE = flag("size", "1G");
 const REBUILD_SIZE = flag("rebuild-size", "1G");
-/** Runs only the workloads whose name contains this; "rebuild" runs only part 2, "none" skips it. */
+/** Runs only the matrix rows whose name contains this (and no rebuild); "rebuild" runs only part 2. */
 const ONLY = flag("only", "");
 const MiB = 2 ** 20;
 
@@ -73,10 +69,6 @@ async function fio(uri: string, job: Job, out: string): Promise<Result> {
   return { iops: side.iops, lat_us: side.lat_ns.mean / 1000, p99_us: (side.clat_ns.percentile?.["99.000000"] ?? 0) / 1000 };
 }
 
-async function fill(uri: string): Promise<void> {
-  await ok(["fio", "--name=fill", "--ioengine=nbd", `--uri=${uri}`, "--rw=write", "--bs=1M", "--iodepth=8"], { timeout_ms: 1_800_000 });
-}
-
 async function matrix(dir: string): Promise<void> {
   const size = bytesOf(SIZE);
   // Each drive holds a RAID1 leg or the single-leg volume, with room to spare.
@@ -91,12 +83,9 @@ async function matrix(dir: string): Promise<void> {
     const drives = vols.flatMap((v) => v.columns.map((c) => c.drive_uuid));
     if (new Set(drives).size !== 3) throw new Error(`expected the 3 legs on 3 drives: ${drives.join(", ")}`);
     const uris = { raid1: await cluster.attach("raid1"), single: await cluster.attach("single") };
-    const file = `${dir}/nbdkit.img`;
-    await ok(["truncate", "-s", SIZE, file]);
-    const sock = `${dir}/nbdkit.sock`;
-    nbdkit = new Daemon("nbdkit", ["nbdkit", "-f", "-U", sock, "file", file]);
-    await Bun.sleep(500);
-    const peer = `nbd+unix:///?socket=${sock}`;
+    const peerd = await startNbdkit(dir, SIZE);
+    nbdkit = peerd.daemon;
+    const peer = peerd.uri;
     console.log(`pre-filling ${SIZE} on each side…`);
     for (const u of [uris.raid1, uris.single, peer]) await fill(u);
     const sides = [
@@ -133,9 +122,7 @@ async function matrix(dir: string): Promise<void> {
     "RAID1/single": (raid1.iops / single.iops).toFixed(2),
     "RAID1/nbdkit": (raid1.iops / nbdkit.iops).toFixed(2),
   }));
-  console.log(`\n| ${Object.keys(table[0]!).join(" | ")} |`);
-  console.log(`|${Object.keys(table[0]!).map(() => "---").join("|")}|`);
-  for (const r of table) console.log(`| ${Object.values(r).join(" | ")} |`);
+  printTable(table);
   const qd32 = rows.find((r) => r.job.name === "4k randwrite QD32");
   if (qd32) {
     const ratio = qd32.raid1.iops / qd32.single.iops;
