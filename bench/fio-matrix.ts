@@ -8,12 +8,8 @@ import { mkdtempSync, rmSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { Cluster } from "../tests/support/cluster.ts";
 import { Daemon, ok, requireTool } from "../tests/support/proc.ts";
+import { fill, flag, printTable, startNbdkit } from "./common.ts";
 
-const argv = process.argv.slice(2);
-const flag = (name: string, dflt: string) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-};
 const SECONDS = Number(flag("seconds", "10"));
 const SIZE = flag("size", "1G");
 /** Runs only the workloads whose name contains this (e.g. "randread", "QD1"); the goals need both 4k randread rows. */
@@ -62,12 +58,6 @@ interface FioSide {
   lat_ns: { mean: number };
 }
 
-async function fill(uri: string): Promise<void> {
-  await ok(["fio", "--name=fill", "--ioengine=nbd", `--uri=${uri}`, "--rw=write", "--bs=1M", "--iodepth=8"], {
-    timeout_ms: 600_000,
-  });
-}
-
 async function main(): Promise<void> {
   for (const t of ["fio", "nbdkit"]) requireTool(t);
   const dir = mkdtempSync(`${tmpdir()}/nvmesh-bench-`);
@@ -78,12 +68,9 @@ async function main(): Promise<void> {
     await cluster.start();
     await cluster.cli("volume", "create", "--name", "bench", "--capacity", SIZE, "--raid-level", "concatenated");
     const uri = await cluster.attach("bench");
-    const file = `${dir}/nbdkit.img`;
-    await ok(["truncate", "-s", SIZE, file]);
-    const sock = `${dir}/nbdkit.sock`;
-    nbdkit = new Daemon("nbdkit", ["nbdkit", "-f", "-U", sock, "file", file]);
-    await Bun.sleep(500);
-    const peer = `nbd+unix:///?socket=${sock}`;
+    const peerd = await startNbdkit(dir, SIZE);
+    nbdkit = peerd.daemon;
+    const peer = peerd.uri;
     console.log(`pre-filling ${SIZE} on both sides…`);
     await fill(uri);
     await fill(peer);
@@ -112,9 +99,7 @@ async function main(): Promise<void> {
     "IOPS ratio": (nvmesh.iops / nbdkit.iops).toFixed(2),
     "lat ratio": (nvmesh.lat_us / nbdkit.lat_us).toFixed(2),
   }));
-  console.log(`\n| ${Object.keys(rows[0]!).join(" | ")} |`);
-  console.log(`|${Object.keys(rows[0]!).map(() => "---").join("|")}|`);
-  for (const r of rows) console.log(`| ${Object.values(r).join(" | ")} |`);
+  printTable(rows);
   const qd1 = results.find((r) => r.job.name === "4k randread QD1");
   const qd32 = results.find((r) => r.job.name === "4k randread QD32");
   if (!qd1 || !qd32) return;

@@ -8,12 +8,8 @@
 import { mkdirSync, readdirSync, renameSync } from "node:fs";
 import { Cluster } from "../tests/support/cluster.ts";
 import { Daemon, ROOT, ok, requireTool } from "../tests/support/proc.ts";
+import { flag } from "./common.ts";
 
-const argv = process.argv.slice(2);
-const flag = (name: string, dflt: string) => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
-};
 const RW = flag("rw", "randread");
 const BS = flag("bs", "4k");
 const QD = flag("qd", "32");

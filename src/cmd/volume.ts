@@ -125,7 +125,7 @@ function legLabel(state: string): string {
 }
 
 /** `[#####.....] 52%` */
-function progressBar(done: number, total: number): string {
+export function progressBar(done: number, total: number): string {
   const f = Math.min(1, done / total);
   const n = Math.round(f * 20);
   return `[${"#".repeat(n)}${".".repeat(20 - n)}] ${Math.floor(f * 100)}%`;

@@ -149,7 +149,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
 
   /**
    * The client daemons' routes: register (one id per daemon incarnation), attach (registers it on
-   * the volume's drives first), watch (long poll for new generations), ack, report a failing leg.
+   * the volume's drives first), watch (long poll for new generations), ack, report a failing leg,
+   * leave (DELETE: it has no volume attached any more).
    * An unknown or expired client id is answered 410: the daemon registers again.
    */
   async function clients(m: string, path: string, route: string[], body: unknown): Promise<ApiResponse> {
@@ -166,10 +167,23 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     const c = Number.isSafeInteger(id) ? mc.clients.live(id) : undefined;
     if (!c) return err(410, `client ${route[0]} is not registered (expired or TOMA restarted): register again`);
     mc.clients.heard(c);
+    if (route.length === 1) {
+      if (m !== "DELETE") return err(405, `${m} not allowed on ${path}; use DELETE`);
+      // The daemon detached its last volume or stops: fenced out now, not after client_timeout_ms
+      // of holding every topology step back.
+      const state = toma.state;
+      const drives = [...c.volumes].flatMap((n) => state?.volumes.find((x) => x.name === n)?.columns.map((k) => k.drive_uuid) ?? []);
+      mc.clients.expire(c, drives, "client left: fencing it out");
+      toma.kick();
+      return ok({ left: c.id });
+    }
     if (route.length === 3 && route[1] === "attach") {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
       const vol = findVolume(route[2]!);
       if ("status" in vol) return vol;
+      // Without a volume it has no I/O at all: it is switched to the current generation already
+      // (so counting it from now on never takes the stable generation back).
+      if (c.volumes.size === 0 && toma.state) mc.clients.ack(c, toma.state.generation);
       await mc.attach(c, vol.name);
       return ok(toma.attachInfo(vol) satisfies AttachInfo);
     }

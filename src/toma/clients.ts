@@ -98,14 +98,25 @@ export class ClientRegistry {
   expireSilent(drivesOf: (c: ClientRecord) => string[]): ClientRecord[] {
     const now = this.env.clock.now_ms();
     const out: ClientRecord[] = [];
-    for (const c of this.clients.values()) {
+    for (const c of [...this.clients.values()]) {
       if (c.expired || now - c.heard_ms <= this.timings.client_timeout_ms) continue;
-      c.expired = true;
-      for (const d of drivesOf(c)) c.unfenced.add(d);
-      this.env.log.warn("client expired: fencing it out", { client: c.id, name: c.name, drives: c.unfenced.size });
+      this.expire(c, drivesOf(c), "client expired: fencing it out");
       out.push(c);
     }
     return out;
+  }
+
+  /**
+   * No longer trusted: it must be fenced out of `drives` (every drive of its volumes) before it
+   * stops holding rounds back. With no drive to fence it out of, it is forgotten at once: nothing
+   * else would ever remove it, and it would hold the stable generation back for good.
+   */
+  expire(c: ClientRecord, drives: string[], why: string): void {
+    if (c.expired) return;
+    c.expired = true;
+    for (const d of drives) c.unfenced.add(d);
+    this.env.log.warn(why, { client: c.id, name: c.name, drives: c.unfenced.size });
+    if (c.unfenced.size === 0 && this.clients.delete(c.id)) this.notify();
   }
 
   /** A drive confirmed a registration table without expired client `c`. */
@@ -119,11 +130,17 @@ export class ClientRegistry {
 
   /**
    * The highest generation every client has switched to: live clients by their acknowledgement,
-   * expired ones as if at their last acknowledgement until fenced out everywhere.
+   * expired ones as if at their last acknowledgement until fenced out everywhere; clients that
+   * never attached a volume do not count.
    */
   stable(current: number): number {
     let s = current;
-    for (const c of this.clients.values()) s = Math.min(s, c.acked);
+    for (const c of this.clients.values()) {
+      // Never attached a volume: it has done no I/O, so it has none of an older topology to drain
+      // (its first attach hands it the current one). It must not hold the rounds back.
+      if (c.volumes.size === 0) continue;
+      s = Math.min(s, c.acked);
+    }
     return s;
   }
 

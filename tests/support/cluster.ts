@@ -1,10 +1,31 @@
 /**
  * A whole nvmesh cluster of real processes on loopback for tests and benchmarks: N targets with
- * file drives in a temp folder, one TOMA, one client daemon — all the compiled binary.
+ * file drives in a temp folder, one TOMA, one client daemon — all the compiled binary. Faults are
+ * real ones: kill -9 of a daemon, a target restarted on its address, a drive file replaced by a
+ * blank formatted one. Mirror legs are compared on the drive files themselves.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, openSync, closeSync, readSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { realEnv } from "../../src/engine/runtime/real-env.ts";
+import { uuidFromString } from "../../src/engine/uuid.ts";
+import type { LockEntry } from "../../src/engine/wire/control.ts";
+import { openSession } from "../../src/engine/wire/session.ts";
+import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { Daemon, NVMESH, ok, requireBinary, run } from "./proc.ts";
+
+/** A formatted drive file: where its data area starts (drive offset 0 of the wire protocol). */
+export interface DriveFile {
+  path: string;
+  uuid: string;
+  data_offset: number;
+}
+
+/** Where the legs of a mirror set differ (column byte offsets, at most a few listed). */
+export interface LegDifference {
+  set: number;
+  columns: [number, number];
+  offset: number;
+}
 
 export interface ClusterOptions {
   targets?: number;
@@ -16,11 +37,14 @@ export interface ClusterOptions {
 export class Cluster {
   readonly dir: string;
   readonly drives: string[][] = [];
+  /** Every drive file formatted so far, by drive uuid (a replaced drive's old entry stays). */
+  readonly drive_files = new Map<string, DriveFile>();
   targets: (Daemon | null)[] = [];
   target_addrs: string[] = [];
   toma: Daemon | null = null;
   toma_addr = "";
   client: Daemon | null = null;
+  readonly extra_clients: Daemon[] = [];
 
   constructor(readonly opts: ClusterOptions = {}) {
     requireBinary();
@@ -38,14 +62,131 @@ export class Cluster {
       const paths: string[] = [];
       for (let d = 0; d < per; d++) {
         const p = `${this.dir}/t${t}d${d}.img`;
-        await ok(["truncate", "-s", this.opts.drive_size ?? "256M", p]);
-        const args = [NVMESH, "drive", "format", p];
-        if (this.opts.extent_size) args.push("--extent-size", this.opts.extent_size);
-        await ok(args);
+        await this.formatDrive(p);
         paths.push(p);
       }
       this.drives.push(paths);
     }
+  }
+
+  /** Creates (or overwrites with) a blank drive file of the cluster's drive size and formats it. */
+  async formatDrive(path: string): Promise<DriveFile> {
+    rmSync(path, { force: true });
+    await ok(["truncate", "-s", this.opts.drive_size ?? "256M", path]);
+    const args = [NVMESH, "drive", "format", path, "-o", "json"];
+    if (this.opts.extent_size) args.push("--extent-size", this.opts.extent_size);
+    const sb = JSON.parse(await ok(args)) as { drive_uuid: string; data_offset: number };
+    const f: DriveFile = { path, uuid: sb.drive_uuid, data_offset: sb.data_offset };
+    this.drive_files.set(f.uuid, f);
+    return f;
+  }
+
+  /** The drive file of a drive uuid (throws when it is not one of ours). */
+  driveFile(uuid: string): DriveFile {
+    const f = this.drive_files.get(uuid);
+    if (!f) throw new Error(`drive ${uuid} is not one of this cluster's drive files`);
+    return f;
+  }
+
+  /** kill -9 of target t (its address is kept, so restartTarget brings it back there). */
+  async killTarget(t: number): Promise<void> {
+    await this.targets[t]?.stop("SIGKILL");
+    this.targets[t] = null;
+  }
+
+  /** Starts target t again on its old address, with whatever drive files it has now. */
+  async restartTarget(t: number): Promise<void> {
+    if (this.targets[t]?.alive) throw new Error(`target t${t} is still running`);
+    await this.startTarget(t, this.target_addrs[t]);
+  }
+
+  /**
+   * Puts a blank, freshly formatted drive file (a new drive uuid) in place of drive d of target t,
+   * as when a dead disk is swapped. The target must be stopped.
+   */
+  async replaceDrive(t: number, d = 0): Promise<DriveFile> {
+    if (this.targets[t]?.alive) throw new Error(`target t${t} must be stopped to swap its drive`);
+    return await this.formatDrive(this.drives[t]![d]!);
+  }
+
+  async volume(name: string): Promise<VolumeJson> {
+    return await this.cliJson<VolumeJson>("volume", "show", name);
+  }
+
+  /** Polls `volume show NAME` until `pred` holds; returns that view. */
+  async waitVolume(name: string, what: string, pred: (v: VolumeJson) => boolean, timeout_ms = 60_000): Promise<VolumeJson> {
+    const deadline = performance.now() + timeout_ms;
+    let last: VolumeJson | null = null;
+    for (;;) {
+      try {
+        last = await this.volume(name);
+        if (pred(last)) return last;
+      } catch (e) {
+        if (performance.now() > deadline) throw e;
+      }
+      if (performance.now() > deadline) {
+        throw new Error(`volume ${name}: not ${what} after ${timeout_ms} ms; last: ${JSON.stringify(last && { state: last.state, legs: last.legs, leg_views: last.leg_views })}\n--- toma:\n${this.toma?.output.slice(-4000)}`);
+      }
+      await Bun.sleep(100);
+    }
+  }
+
+  /**
+   * The locks a target holds on a drive right now (LOCK_LIST over a connection of its own, with
+   * the TOMA's role, which only lists): what a test looks at to see a dead client's locks.
+   */
+  async locks(t: number, drive_uuid: string): Promise<LockEntry[]> {
+    const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+    const s = await openSession(realEnv("test", quiet), this.target_addrs[t]!, { version: 1, role: "toma", name: "test-lock-inspector" });
+    try {
+      return await s.lockList(uuidFromString(drive_uuid));
+    } finally {
+      s.close();
+    }
+  }
+
+  /**
+   * Compares, byte for byte on the drive files, the legs of every mirror set of a volume (each
+   * leg's extents in column order against the first leg's). Read with the daemons running: the
+   * caller must have stopped the I/O. Returns the bytes of each leg compared (all sets) and the first
+   * differences (one per 1 MiB chunk that differs, at most `limit`).
+   */
+  compareLegs(vol: VolumeJson, limit = 8): { bytes: number; differences: LegDifference[] } {
+    const E = vol.extent_size_bytes;
+    const CHUNK = 1 << 20;
+    const differences: LegDifference[] = [];
+    let bytes = 0;
+    const sets = vol.columns.length / vol.mirrors;
+    for (let set = 0; set < sets; set++) {
+      const legs = Array.from({ length: vol.mirrors }, (_, i) => set * vol.mirrors + i);
+      const files = legs.map((c) => {
+        const col = vol.columns[c]!;
+        const f = this.driveFile(col.drive_uuid);
+        return { col, f, fd: openSync(f.path, "r") };
+      });
+      try {
+        const n = files[0]!.col.extents.length;
+        const bufs = files.map(() => new Uint8Array(CHUNK));
+        for (let x = 0; x < n; x++) {
+          for (let within = 0; within < E; within += CHUNK) {
+            for (const [i, l] of files.entries()) {
+              const at = l.f.data_offset + l.col.extents[x]! * E + within;
+              const got = readSync(l.fd, bufs[i]!, 0, CHUNK, at);
+              if (got !== CHUNK) throw new Error(`short read of ${l.f.path} at ${at}: ${got}`);
+            }
+            for (let i = 1; i < files.length; i++) {
+              if (Buffer.compare(bufs[0]!, bufs[i]!) !== 0 && differences.length < limit) {
+                differences.push({ set, columns: [legs[0]!, legs[i]!], offset: x * E + within });
+              }
+            }
+          }
+        }
+        bytes += n * E;
+      } finally {
+        for (const l of files) closeSync(l.fd);
+      }
+    }
+    return { bytes, differences };
   }
 
   async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
@@ -66,8 +207,8 @@ export class Cluster {
     this.toma_addr = m[1]!;
   }
 
-  async startClient(): Promise<void> {
-    this.client = new Daemon("client", [NVMESH, "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr]);
+  async startClient(...extra: string[]): Promise<void> {
+    this.client = new Daemon("client", [NVMESH, "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra]);
     await this.client.waitFor(/client ready/);
   }
 
@@ -102,12 +243,31 @@ export class Cluster {
     return m[1]!;
   }
 
+  /**
+   * Another client daemon, as on another host (its own run dir and name); `attach` prints the
+   * NBD URI of a volume exported by it. Stopped with the cluster.
+   */
+  async startExtraClient(name: string): Promise<{ daemon: Daemon; attach: (volume: string) => Promise<string> }> {
+    const run_dir = `${this.dir}/run-${name}`;
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", run_dir, "-m", this.toma_addr, "--name", name]);
+    this.extra_clients.push(daemon);
+    await daemon.waitFor(/client ready/);
+    const attach = async (volume: string) => {
+      const out = await this.cli("client", "attach", "--volume", volume, "--run-dir", run_dir);
+      const m = /(nbd(\+unix)?:\/\/\S+)/.exec(out);
+      if (!m) throw new Error(`attach printed no NBD URI: ${out}`);
+      return m[1]!;
+    };
+    return { daemon, attach };
+  }
+
   daemons(): Daemon[] {
-    return [...this.targets, this.toma, this.client].filter((d): d is Daemon => d !== null);
+    return [...this.targets, this.toma, this.client, ...this.extra_clients].filter((d): d is Daemon => d !== null);
   }
 
   async stopAll(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
-    // Client first so it can flush; then the TOMA; targets last.
+    // Clients first so they can flush; then the TOMA; targets last.
+    for (const d of this.extra_clients) await d.stop(signal);
     await this.client?.stop(signal);
     await this.toma?.stop(signal);
     for (const t of this.targets) await t?.stop(signal);

@@ -75,6 +75,8 @@ export async function ok(cmd: string[], opts: Parameters<typeof run>[1] = {}): P
 export class Daemon {
   readonly proc: Subprocess<"ignore", "pipe", "pipe">;
   output = "";
+  /** Each chunk of output with the performance.now() at which it arrived (to line up events). */
+  readonly chunks: { at_ms: number; text: string }[] = [];
   private waiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
 
   constructor(
@@ -95,7 +97,9 @@ export class Daemon {
   private async pump(stream: ReadableStream<Uint8Array>): Promise<void> {
     const dec = new TextDecoder();
     for await (const chunk of stream) {
-      this.output += dec.decode(chunk, { stream: true });
+      const text = dec.decode(chunk, { stream: true });
+      this.output += text;
+      this.chunks.push({ at_ms: performance.now(), text });
       this.waiters = this.waiters.filter((w) => {
         const m = this.output.match(w.re);
         if (m) w.resolve(m);

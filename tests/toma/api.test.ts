@@ -119,3 +119,22 @@ describe("over HTTP with the typed client", () => {
     expect(e.message).toMatch(/cannot reach the TOMA/);
   });
 });
+
+describe("client daemons' routes", () => {
+  test("a client that leaves (DELETE) is fenced out of its drives at once and no longer holds the stable generation", async () => {
+    const reg = await api("POST", "/v1/clients", { name: "leaver" });
+    expect(reg.status).toBe(201);
+    const id = (reg.body as { client_id: number }).client_id;
+    expect((await api("POST", `/v1/clients/${id}/attach/existing`, {})).status).toBe(200);
+    const mc = toma.mirror;
+    expect(mc.clients.live(id)).toBeDefined();
+    expect((await api("GET", `/v1/clients/${id}`, undefined)).status).toBe(405);
+    const r = await api("DELETE", `/v1/clients/${id}`, undefined);
+    expect(r.status).toBe(200);
+    expect(mc.clients.live(id)).toBeUndefined();
+    // Fenced out of the volume's drive on the next pass, then forgotten.
+    await until("the leaver fenced out and forgotten", () => mc.clients.all().every((c) => c.id !== id));
+    expect(mc.stable()).toBe(toma.state!.generation);
+    expect((await api("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`, undefined)).status).toBe(410);
+  });
+});

@@ -4,40 +4,13 @@
  */
 import { expect, test } from "bun:test";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
-import { apply, type ClusterState, type Command, emptyState } from "../../src/toma/cluster-state.ts";
+import { apply, type Command } from "../../src/toma/cluster-state.ts";
 import { MirrorControl } from "../../src/toma/mirror-control.ts";
 import { MiB, quietLogger } from "./harness.ts";
-
-const D = (i: number) => `00000000-0000-4000-8000-00000000000${i}`;
-
-function mirrored(): ClusterState {
-  let s = emptyState("11111111-1111-4111-8111-111111111111");
-  const cmds: Command[] = [1, 2, 3].map((i) => ({
-    kind: "add_drive",
-    drive: { drive_uuid: D(i), extent_size_bytes: MiB, extent_count: 8 },
-  }));
-  cmds.push({
-    kind: "create_volume",
-    uuid: "22222222-2222-4222-8222-222222222222",
-    name: "m",
-    capacity_bytes: 2 * MiB,
-    raid_level: "1",
-    stripe_width: 1,
-    stripe_size_bytes: 0,
-    extent_size_bytes: MiB,
-    columns: [1, 2].map((i) => ({ drive_uuid: D(i), extents: [0, 1] })),
-    mirrors: 2,
-  });
-  for (const cmd of cmds) {
-    const r = apply(s, cmd);
-    if (!r.ok) throw new Error(r.error);
-    s = r.state;
-  }
-  return s;
-}
+import { D, withMirror } from "./mirror-state.ts";
 
 test("a leg replaced by a blank drive is not declared dead for the failure its old drive had", async () => {
-  let state = mirrored();
+  let state = withMirror();
   const committed: Command[] = [];
   const mc = new MirrorControl({
     env: realEnv("mirror-test", quietLogger),

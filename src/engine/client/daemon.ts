@@ -30,6 +30,8 @@ export interface TomaLink {
   /** No I/O of a topology older than `generation` is in flight here any more. */
   ack(client_id: number, generation: number): Promise<void>;
   report(client_id: number, volume: string, column: number, error: string): Promise<void>;
+  /** This id has nothing attached any more: fence it out now (not after the client timeout). */
+  unregister(client_id: number): Promise<void>;
 }
 
 export interface WatchInfo {
@@ -203,10 +205,10 @@ export class ClientDaemon {
         },
         io_timeout_ms: this.deps.io_timeout_ms,
       });
-      // I/O is enabled only once every drive of the volume answers: fail attach, not the first read.
+      // I/O is enabled only once every drive it uses answers: fail attach, not the first read.
       const drives = volumeDrives(info.layout);
       try {
-        await Promise.all(drives.map((d) => this.pool.sessionFor(d)));
+        await Promise.all(liveDrives(info).map((d) => this.pool.sessionFor(d)));
       } catch (e) {
         throw new AttachError(`volume ${volume} is not reachable: ${(e as Error).message}`, "unavailable");
       }
@@ -251,6 +253,19 @@ export class ClientDaemon {
     await a.store.flush().catch((e) => this.env.log.warn("flush on detach failed", { volume, error: String(e) }));
     await a.store.close();
     this.env.log.info("volume detached", { volume });
+    if (this.attached.size === 0 && this.pending.size === 0) await this.leave();
+  }
+
+  /**
+   * Nothing is attached: tell the TOMA, which otherwise counts on our acknowledgements until it
+   * expires us, holding every mirror's topology steps back meanwhile. The next attach registers
+   * a new id.
+   */
+  private async leave(): Promise<void> {
+    const id = this.client_id;
+    if (id === null) return;
+    this.client_id = null;
+    await this.deps.toma.unregister(id).catch((e) => this.env.log.warn("cannot tell the TOMA we left", { error: String(e) }));
   }
 
   /** A debug-format volume's sectors carry our current client id and name (debug-volume.ts). */
@@ -269,7 +284,24 @@ export class ClientDaemon {
 
   async close(): Promise<void> {
     for (const v of [...this.attached.keys()]) await this.detach(v);
+    await this.leave();
     this.closed = true;
     this.pool.close();
   }
+}
+
+/**
+ * The drives a volume's I/O uses now: all of them, except a mirror's DEAD legs (its I/O never
+ * goes there, so a Degraded mirror attaches on the legs it has).
+ */
+export function liveDrives(info: AttachInfo): string[] {
+  const { layout, topology } = info;
+  if (topology.length === 0) return volumeDrives(layout);
+  const out = new Set<string>();
+  topology.forEach((t, set) =>
+    t.legs.forEach((role, leg) => {
+      if (role !== "DEAD") out.add(layout.columns[set * layout.mirrors + leg]!.drive_uuid);
+    }),
+  );
+  return [...out];
 }

@@ -29,5 +29,8 @@ export function tomaLinkOver(call: MgmtCall): TomaLink {
     report: async (id, volume, column, error) => {
       await c("POST", `/v1/clients/${id}/report`, { volume, column, error });
     },
+    unregister: async (id) => {
+      await c("DELETE", `/v1/clients/${id}`);
+    },
   };
 }

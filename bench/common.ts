@@ -1,0 +1,35 @@
+/** What the benchmarks share: `--name value` flags, the nbdkit peer, pre-filling an export, a markdown table. */
+import { Daemon, ok } from "../tests/support/proc.ts";
+
+const argv = process.argv.slice(2);
+
+/** The value after `--name` on the command line, or `dflt`. */
+export function flag(name: string, dflt: string): string {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
+}
+
+/** Writes the whole export once (1 MiB sequential writes), so reads hit data, not holes. */
+export async function fill(uri: string): Promise<void> {
+  await ok(["fio", "--name=fill", "--ioengine=nbd", `--uri=${uri}`, "--rw=write", "--bs=1M", "--iodepth=8"], {
+    timeout_ms: 1_800_000,
+  });
+}
+
+/** Prints rows (same keys each) as a markdown table, for the docs. */
+export function printTable(rows: Record<string, string>[]): void {
+  if (rows.length === 0) return;
+  console.log(`\n| ${Object.keys(rows[0]!).join(" | ")} |`);
+  console.log(`|${Object.keys(rows[0]!).map(() => "---").join("|")}|`);
+  for (const r of rows) console.log(`| ${Object.values(r).join(" | ")} |`);
+}
+
+/** `nbdkit file` serving a new sparse file of `size` in `dir`: the peer every bench compares with. */
+export async function startNbdkit(dir: string, size: string): Promise<{ daemon: Daemon; uri: string }> {
+  const file = `${dir}/nbdkit.img`;
+  await ok(["truncate", "-s", size, file]);
+  const sock = `${dir}/nbdkit.sock`;
+  const daemon = new Daemon("nbdkit", ["nbdkit", "-f", "-U", sock, "file", file]);
+  await Bun.sleep(500);
+  return { daemon, uri: `nbd+unix:///?socket=${sock}` };
+}
