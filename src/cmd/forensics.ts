@@ -12,6 +12,7 @@ import { headerRecord, writeText } from "../debugfmt/timeline.ts";
 import { uuidFromString, uuidToString } from "../engine/uuid.ts";
 import { formatBytes, parsePositiveInt, UsageError } from "./args.ts";
 import { command } from "./command.ts";
+import { type Layouts, layoutsFromDrives } from "./forensics-layouts.ts";
 import { printJson, printTable } from "./output.ts";
 
 /** A file that cannot be opened or is not what it must be: exit 2, like bad usage. */
@@ -98,8 +99,9 @@ const scanCommand = command({
       const opened: Opened[] = [await openSource(path, raw)];
       try {
         if (args.peer !== undefined) opened.push(await openSource(fileArg(args.peer, "--peer FILE"), raw));
+        const layouts = raw ? { why: "--raw: no superblock, so no cluster state" } : await layoutsFromDrives(opened.map((o) => ({ name: o.source.name, store: o.file, located: o.located })));
         const t0 = performance.now();
-        const result = await scan(opened[0]!.source, { volume_uuid, peer: opened[1]?.source });
+        const result = await scan(opened[0]!.source, { volume_uuid, peer: opened[1]?.source, ...("placement" in layouts ? { placement: layouts.placement, known_volumes: layouts.known_volumes } : {}) });
         const elapsed_ms = performance.now() - t0;
         const warnings = opened.flatMap((o) => o.located.warnings.map((w) => `${o.source.name}: ${w}`));
         if (args.json) {
@@ -107,12 +109,13 @@ const scanCommand = command({
             ...result,
             files: result.files.map((f, i) => ({ ...f, drive_uuid: opened[i]!.located.drive_uuid, cluster_uuid: opened[i]!.located.cluster_uuid, superblock: opened[i]!.located.superblock })),
             volume_filter: volume_uuid ?? null,
+            placement: "placement" in layouts ? { exact: true, source: layouts.source, volumes: layouts.volumes } : { exact: false, why: layouts.why },
             elapsed_ms: Math.round(elapsed_ms),
             warnings,
           });
         } else {
           for (const w of warnings) consola.warn(w);
-          printScan(result, opened, { elapsed_ms, limit, volume_uuid });
+          printScan(result, opened, { elapsed_ms, limit, volume_uuid, layouts });
         }
         return result.problems_total > 0 ? 1 : 0;
       } finally {
@@ -122,11 +125,15 @@ const scanCommand = command({
   },
 });
 
-function printScan(r: ScanResult, opened: Opened[], o: { elapsed_ms: number; limit: number; volume_uuid: string | undefined }): void {
+function printScan(r: ScanResult, opened: Opened[], o: { elapsed_ms: number; limit: number; volume_uuid: string | undefined; layouts: Layouts | { why: string } }): void {
   const out = (s = "") => process.stdout.write(`${s}\n`);
   for (const f of opened) out(describeFile(f));
   const bytes = r.files.reduce((s, f) => s + f.area.bytes, 0);
   const secs = o.elapsed_ms / 1000;
+  const l = o.layouts;
+  out("placement" in l
+    ? `placement: exact, from the layouts of ${l.volumes.map((v) => `${v.name} (${v.raid_level === "concatenated" ? "concatenated" : `RAID${v.raid_level}`})`).join(", ")} in the ${l.source}`
+    : `placement: judged from the neighbours (${l.why})`);
   out(`scanned ${formatBytes(bytes)} in ${secs.toFixed(2)} s (${(bytes / 1e6 / Math.max(secs, 1e-6)).toFixed(0)} MB/s)${o.volume_uuid ? `, volume ${o.volume_uuid} only` : ""}`);
   out();
   const names = r.files.map((f) => basename(f.file));

@@ -48,6 +48,11 @@ export interface ScanOptions {
    * provide it); then placement is checked exactly instead of from the neighbours.
    */
   placement?: (source: string, position: number) => { volume_uuid: string; lba: number } | null;
+  /**
+   * With placement: the volumes the layouts describe. A sector of any other volume found in their
+   * extents is a leftover of a deleted volume (its extents were reused), counted as other_volume.
+   */
+  known_volumes?: ReadonlySet<string>;
 }
 
 /** One class per physical sector of a file. */
@@ -177,6 +182,8 @@ interface Slot {
   /** What is wrong was written so by the writer. */
   writer_fault: boolean;
   notes: string[];
+  /** A sector of a volume that no longer exists, in an extent another volume now uses. */
+  leftover?: boolean;
 }
 
 interface Window {
@@ -412,7 +419,9 @@ class FileScan {
     for (const s of w.slots) {
       const key = slotKey(s);
       if (this.opts.placement !== undefined) {
-        if (s.fields !== null) {
+        if (s.fields !== null && this.opts.known_volumes?.has(s.fields.volume_uuid) === false) {
+          s.leftover = true;
+        } else if (s.fields !== null) {
           const want = this.opts.placement(this.src.name, s.position);
           if (want === null) this.placement_unverified++;
           else if (want.volume_uuid !== s.fields.volume_uuid || want.lba !== s.fields.lba) {
@@ -442,6 +451,10 @@ class FileScan {
   /** Counts a judged slot and records its problem. */
   private finish(s: Slot): void {
     const f = s.fields;
+    if (s.leftover === true) {
+      this.counts.other_volume++;
+      return;
+    }
     if (f !== null && this.opts.volume_uuid !== undefined && f.volume_uuid !== this.opts.volume_uuid && s.cls !== "misdirected") {
       this.counts.other_volume++;
       return;
@@ -557,8 +570,10 @@ function comparePosition(
   report: PeerReport,
   sink: ProblemSink,
   volume: string | undefined,
+  placement: ScanOptions["placement"],
 ): void {
-  const good = (x: typeof a) => x.slot !== null && TRUSTED.includes(x.slot.cls) && x.slot.fields !== null;
+  // Only a mirrored volume's sectors have a copy on another leg.
+  const good = (x: typeof a) => x.slot !== null && TRUSTED.includes(x.slot.cls) && x.slot.fields !== null && x.slot.fields.leg_count >= 2;
   const ga = good(a);
   const gb = good(b);
   if (!ga && !gb) return;
@@ -566,6 +581,14 @@ function comparePosition(
   const other = ga ? b : a;
   const f = (ga ? a : b).slot!.fields!;
   if (volume !== undefined && f.volume_uuid !== volume) return;
+  if (placement !== undefined) {
+    // With the layouts known: the other file's position must be a leg of the same block.
+    const want = placement(other.scan.src.name, position);
+    if (want === null || want.volume_uuid !== f.volume_uuid || want.lba !== f.lba) {
+      report.unaligned++;
+      return;
+    }
+  }
   if (ga && gb) {
     const fa = a.slot!.fields!;
     const fb = b.slot!.fields!;
@@ -647,7 +670,7 @@ export async function scan(src: ScanSource, opts: ScanOptions = {}): Promise<Sca
       });
       if (peer !== null) {
         if (sides[0] === null || sides[1] === null) peer.unpaired++;
-        else comparePosition(sides[0]!, sides[1]!, position, peer, sink, opts.volume_uuid);
+        else comparePosition(sides[0]!, sides[1]!, position, peer, sink, opts.volume_uuid, opts.placement);
       }
     }
   }

@@ -34,7 +34,7 @@ async function run(evil: EvilKind | null, every = 2): Promise<{ result: ScanResu
   );
   // Placement from the layout, as `forensics scan` takes it from the cluster state on the drives.
   const files = [0, 1].map((c) => ({ name: f.source(c).name, drive_uuid: f.layout.columns[c]!.drive_uuid, extent_bytes: MiB }));
-  const result = await scan(f.source(0), { peer: f.source(1), volume_uuid: f.layout.volume_uuid, placement: layoutPlacement(files, [f.layout]) });
+  const result = await scan(f.source(0), { peer: f.source(1), volume_uuid: f.layout.volume_uuid, placement: layoutPlacement(files, [f.layout]), known_volumes: new Set([f.layout.volume_uuid]) });
   // The same scan judging places from the neighbours only (no layout known).
   const byNeighbours = await scan(f.source(0), { peer: f.source(1), volume_uuid: f.layout.volume_uuid });
   return { result, workers, byNeighbours };

@@ -1,0 +1,74 @@
+/**
+ * The debug-format volumes' layouts for `forensics scan`, read (read-only) from the cluster state
+ * the TOMA persists in the metadata slots of the scanned drives themselves: the newest valid state
+ * among them. With them the scan knows exactly which block belongs at each place of a drive.
+ * Without (raw files, a drive outside any cluster, an unreadable state) it judges places from the
+ * neighbours, and says why.
+ */
+import type { LocatedArea } from "../debugfmt/drive-area.ts";
+import { layoutPlacement } from "../debugfmt/placement.ts";
+import type { ScanOptions } from "../debugfmt/scan.ts";
+import type { DriveStore } from "../engine/drive/store.ts";
+import { openDrive } from "../engine/drive/formatted-drive.ts";
+import type { VolumeLayout } from "../engine/layout/types.ts";
+import { type ClusterState, decodeState, type VolumeRecord } from "../toma/cluster-state.ts";
+
+export interface ScannedDrive {
+  name: string;
+  store: DriveStore;
+  located: LocatedArea;
+}
+
+export interface Layouts {
+  placement: ScanOptions["placement"];
+  known_volumes: Set<string>;
+  /** Where the layouts came from, for people. */
+  source: string;
+  volumes: { name: string; volume_uuid: string; raid_level: string }[];
+}
+
+/** The layout a client gets for this volume record (as the TOMA's attach info builds it). */
+export function layoutOf(vol: VolumeRecord): VolumeLayout {
+  return {
+    volume_uuid: vol.uuid,
+    name: vol.name,
+    capacity_bytes: vol.capacity_bytes,
+    raid_level: vol.raid_level,
+    columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+    stripe_size_bytes: vol.stripe_size_bytes,
+    extent_size_bytes: vol.extent_size_bytes,
+    block_size: 512,
+    mirrors: vol.mirrors,
+    debug_format: vol.debug_format,
+  };
+}
+
+/** The placement from the newest cluster state on these drives, or why there is none. */
+export async function layoutsFromDrives(drives: ScannedDrive[]): Promise<Layouts | { why: string }> {
+  let best: { state: ClusterState; from: string } | null = null;
+  const problems: string[] = [];
+  for (const d of drives) {
+    if (d.located.drive_uuid === null) continue;
+    try {
+      // openDrive and metaRead only read: the superblock, the bitmap and the two metadata slots.
+      const slot = await (await openDrive(d.store, d.name)).metaRead();
+      if (slot.payload === null) continue;
+      const state = decodeState(slot.payload);
+      if (best === null || state.generation > best.state.generation) best = { state, from: d.name };
+    } catch (e) {
+      problems.push(`${d.name}: ${(e as Error).message}`);
+    }
+  }
+  if (best === null) {
+    return { why: problems.length > 0 ? `no readable cluster state (${problems.join("; ")})` : "no cluster state on these drives (raw files, or never part of a cluster)" };
+  }
+  const debug = best.state.volumes.filter((v) => v.debug_format);
+  if (debug.length === 0) return { why: `the cluster state (generation ${best.state.generation}) has no debug-format volume` };
+  const files = drives.flatMap((d) => (d.located.drive_uuid === null ? [] : [{ name: d.name, drive_uuid: d.located.drive_uuid, extent_bytes: d.located.area.extent_bytes }]));
+  return {
+    placement: layoutPlacement(files, debug.map(layoutOf)),
+    known_volumes: new Set(debug.map((v) => v.uuid)),
+    source: `cluster state generation ${best.state.generation} from ${best.from}`,
+    volumes: debug.map((v) => ({ name: v.name, volume_uuid: v.uuid, raid_level: v.raid_level })),
+  };
+}
