@@ -105,7 +105,7 @@ const scanCommand = command({
         const elapsed_ms = performance.now() - t0;
         const warnings = opened.flatMap((o) => o.located.warnings.map((w) => `${o.source.name}: ${w}`));
         if (args.json) {
-          printJson({
+          await printJson({
             ...result,
             files: result.files.map((f, i) => ({ ...f, drive_uuid: opened[i]!.located.drive_uuid, cluster_uuid: opened[i]!.located.cluster_uuid, superblock: opened[i]!.located.superblock })),
             volume_filter: volume_uuid ?? null,
@@ -207,10 +207,19 @@ const historyCommand = command({
       try {
         if (args.peer !== undefined) opened.push(await openSource(fileArg(args.peer, "--peer FILE"), raw));
         const h = await blockHistory(opened.map((o) => o.source), { lba, volume_uuid });
+        const layouts = raw ? null : await layoutsFromDrives(opened.map((o) => ({ name: o.source.name, store: o.file, located: o.located })));
+        if (layouts !== null && "placement" in layouts) {
+          for (const c of h.volumes.flatMap((v) => v.copies)) {
+            const want = layouts.placement!(c.file, c.position);
+            if (want !== null && (want.volume_uuid !== c.sector.volume_uuid || want.lba !== c.sector.lba)) {
+              c.placement_problem = `misplaced: the layout puts LBA ${want.lba}${want.volume_uuid === c.sector.volume_uuid ? "" : ` of volume ${want.volume_uuid}`} at ${basename(c.file)}@${c.position}`;
+            }
+          }
+        }
         if (args.json) {
-          printJson({ ...h, volumes: h.volumes.map((v) => ({ ...v, copies: v.copies.map((c) => ({ ...c, sector: { ...c.sector, data: undefined } })) })) });
+          await printJson({ ...h, volumes: h.volumes.map((v) => ({ ...v, copies: v.copies.map((c) => ({ ...c, sector: { ...c.sector, data: undefined } })) })) });
         } else printHistory(h, opened);
-        return historyHasProblems(h) ? 1 : 0;
+        return historyHasProblems(h, opened) ? 1 : 0;
       } finally {
         for (const o of opened) await o.file.close();
       }
@@ -218,11 +227,25 @@ const historyCommand = command({
   },
 });
 
-/** Damaged or misplaced copies, pattern disagreements, or copies that hold different writes. */
-function historyHasProblems(h: BlockHistory): boolean {
+/** Damaged or misplaced copies, pattern disagreements, copies that hold different writes, or a
+ * mirrored block with no copy on one of the two legs given. */
+function historyHasProblems(h: BlockHistory, opened: Opened[]): boolean {
   return h.volumes.some(
-    (v) => v.copies.some((c) => c.class !== "ok" || c.pattern_problems.length > 0) || v.timeline.filter((e) => e.current_on.length > 0).length > 1,
+    (v) =>
+      v.copies.some((c) => c.class !== "ok" || c.pattern_problems.length > 0 || unlocked(c.sector) || c.placement_problem !== undefined) ||
+      v.timeline.filter((e) => e.current_on.length > 0).length > 1 ||
+      missingLegs(v, opened).length > 0,
   );
+}
+
+function unlocked(s: { leg_count: number; locked: boolean }): boolean {
+  return s.leg_count >= 2 && !s.locked;
+}
+
+/** With two legs given: the files holding no copy of a mirrored block. */
+function missingLegs(v: BlockHistory["volumes"][number], opened: Opened[]): string[] {
+  if (opened.length < 2 || !v.copies.some((c) => c.sector.leg_count >= 2)) return [];
+  return opened.map((o) => o.source.name).filter((n) => !v.copies.some((c) => c.file === n));
 }
 
 function printHistory(h: BlockHistory, opened: Opened[]): void {
@@ -236,6 +259,7 @@ function printHistory(h: BlockHistory, opened: Opened[]): void {
   for (const v of h.volumes) {
     out();
     out(`LBA ${h.lba} of volume ${v.volume_uuid}: ${v.copies.length} ${v.copies.length === 1 ? "copy" : "copies"}`);
+    for (const m of missingLegs(v, opened)) out(`no copy on ${m}: that leg never received a write of this block (or lost them)`);
     printTable(
       v.copies.map((c) => ({
         copy: `${basename(c.file)}@${c.position}`,
@@ -244,8 +268,9 @@ function printHistory(h: BlockHistory, opened: Opened[]): void {
         writer: writeText(headerRecord(c.sector)),
         state: c.sector.topo_state,
         legs: legsText(c.sector.legs_mask),
+        lock: c.sector.leg_count < 2 ? "-" : c.sector.locked ? "held" : "NOT HELD",
         io: `${c.sector.op}${c.sector.fua ? "+fua" : ""} ${c.sector.io_first_lba}+${c.sector.io_sectors}`,
-        problems: [c.reason, ...c.pattern_problems].filter((x) => x).join("; ") || null,
+        problems: [c.reason, c.placement_problem, ...c.pattern_problems].filter((x) => x).join("; ") || null,
       })),
     );
     out();

@@ -102,7 +102,7 @@ const run = command({
     const elapsed_ms = Math.round(performance.now() - t0);
     const bad = outcomes.filter((o) => o.crash !== null || o.result?.mismatch || o.result?.error);
     if (args.json) {
-      printJson({ volume: args.volume ?? null, uris, seed, spec, duration_ms, elapsed_ms, workers: outcomes, problems: bad.length });
+      await printJson({ volume: args.volume ?? null, uris, seed, spec, duration_ms, elapsed_ms, workers: outcomes, problems: bad.length });
     } else printSummary(outcomes, elapsed_ms);
     process.exit(bad.length > 0 ? 1 : 0);
   },
@@ -197,7 +197,7 @@ const worker = command({
       { spec, worker: w, reads_per_write: num(args["reads-per-write"], "reads-per-write"), should_stop: () => performance.now() >= deadline },
     );
     await nbd.close().catch(() => {});
-    process.stdout.write(`${JSON.stringify({ result })}\n`);
+    await Bun.write(Bun.stdout, `${JSON.stringify({ result })}\n`);
     process.exit(result.mismatch || result.error ? 1 : 0);
   },
 });

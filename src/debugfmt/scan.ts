@@ -756,6 +756,8 @@ export interface BlockCopy {
   sector: DebugSector;
   /** Verify data: what the pattern check says (history data included). */
   pattern_problems: string[];
+  /** Set by a caller that knows the layout: the copy is not where the layout puts its block. */
+  placement_problem?: string;
 }
 
 /** One volume's copies of the block and its writes. */

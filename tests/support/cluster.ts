@@ -21,6 +21,7 @@ export class Cluster {
   toma: Daemon | null = null;
   toma_addr = "";
   client: Daemon | null = null;
+  extraClients: ExtraClient[] = [];
 
   constructor(readonly opts: ClusterOptions = {}) {
     requireBinary();
@@ -71,6 +72,42 @@ export class Cluster {
     await this.client.waitFor(/client ready/);
   }
 
+  /**
+   * Another client daemon (another "host"): its own name, run directory and environment (e.g. a
+   * test-only evil switch). Stop it with stopExtraClient.
+   */
+  async startExtraClient(name: string, env: Record<string, string> = {}): Promise<ExtraClient> {
+    const runDir = `${this.dir}/run-${name}`;
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name], env);
+    await daemon.waitFor(/client ready/);
+    const c = { name, runDir, daemon };
+    this.extraClients.push(c);
+    return c;
+  }
+
+  /** Attaches a volume through an extra client daemon; returns its NBD URI. */
+  async attachOn(c: ExtraClient, volume: string): Promise<string> {
+    const out = await ok([NVMESH, "client", "attach", "--volume", volume, "--run-dir", c.runDir]);
+    const m = /(nbd(\+unix)?:\/\/\S+)/.exec(out);
+    if (!m) throw new Error(`attach printed no NBD URI: ${out}`);
+    return m[1]!;
+  }
+
+  async detachOn(c: ExtraClient, volume: string): Promise<void> {
+    await ok([NVMESH, "client", "detach", "--volume", volume, "--run-dir", c.runDir]);
+  }
+
+  async stopExtraClient(c: ExtraClient): Promise<void> {
+    await c.daemon.stop();
+    this.extraClients = this.extraClients.filter((x) => x !== c);
+  }
+
+  /** The drive file of each drive uuid (from the TOMA's drive list). */
+  async drivePaths(): Promise<Map<string, string>> {
+    const drives = await this.cliJson<{ uuid: string; path: string | null }[]>("drive", "show");
+    return new Map(drives.filter((d) => d.path !== null).map((d) => [d.uuid, d.path!]));
+  }
+
   /** Formats drives and starts every daemon. */
   async start(): Promise<this> {
     await this.formatDrives();
@@ -103,11 +140,12 @@ export class Cluster {
   }
 
   daemons(): Daemon[] {
-    return [...this.targets, this.toma, this.client].filter((d): d is Daemon => d !== null);
+    return [...this.targets, this.toma, this.client, ...this.extraClients.map((c) => c.daemon)].filter((d): d is Daemon => d !== null);
   }
 
   async stopAll(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
-    // Client first so it can flush; then the TOMA; targets last.
+    // Clients first so they can flush; then the TOMA; targets last.
+    for (const c of this.extraClients) await c.daemon.stop(signal);
     await this.client?.stop(signal);
     await this.toma?.stop(signal);
     for (const t of this.targets) await t?.stop(signal);
@@ -117,6 +155,12 @@ export class Cluster {
     await this.stopAll("SIGKILL");
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+export interface ExtraClient {
+  name: string;
+  runDir: string;
+  daemon: Daemon;
 }
 
 /** Parses the socket path out of an nbd+unix URI. */
