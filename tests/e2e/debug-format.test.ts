@@ -79,6 +79,21 @@ describe("debug-format volumes on every layout, several clients", () => {
     await c.cli("volume", "delete", "fmt", "-y");
   }, 60_000);
 
+  test("verify run --volume uses this host's export; the summary table says no problems", async () => {
+    await c.cli("volume", "create", "--name", "byname", "--capacity", "8M", "--raid-level", "1", "--debug-format");
+    await c.attach("byname");
+    const r = await c.cliRaw("verify", "run", "--volume", "byname", "--clients", "2", "--seed", "3", "--duration", "2s");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/WORKER\s+EXPORT\s+WRITES\s+READS\s+SECTORS CHECKED\s+RESULT/);
+    expect(r.stdout).toMatch(/^1\s+byname\.sock\s+\d+\s+\d+\s+\d+\s+ok$/m);
+    expect(r.stdout).toMatch(/checked reads in [\d.]+ s: no problems/);
+    const missing = await c.cliRaw("verify", "run", "--volume", "nosuch", "--duration", "1s");
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/volume nosuch is not attached on this host/);
+    await c.cli("client", "detach", "--volume", "byname");
+    await c.cli("volume", "delete", "byname", "-y");
+  }, 60_000);
+
   const layouts: [string, string[]][] = [
     ["RAID1", ["--raid-level", "1"]],
     ["RAID10", ["--raid-level", "10", "--stripe-width", "2"]],
