@@ -20,7 +20,7 @@ afterEach(async () => {
   open = [];
 });
 
-async function volume(level: RaidLevel, extra: Parameters<typeof startVolume>[1] | object = {}): Promise<VolumeFixture> {
+async function volume(level: RaidLevel, extra: Partial<Parameters<typeof startVolume>[1]> = {}): Promise<VolumeFixture> {
   const f = await startVolume(level, { capacity_bytes: 2 * MiB, debug_format: true, ...extra });
   open.push(f);
   return f;
@@ -155,7 +155,7 @@ for (const level of LEVELS) {
       expect(e).toBeInstanceOf(DriveIoError);
       expect((e as DriveIoError).code).toBe("EIO");
       expect((e as DriveIoError).message).toMatch(/LBA 64: data_mismatch/);
-      expect(f.target.env).toBeDefined();
+      expect(f.target.logs.some((l) => l.level === "error" && l.fields?.lba === 64)).toBe(true);
     });
   });
 }
