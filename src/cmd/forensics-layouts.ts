@@ -10,8 +10,8 @@ import { layoutPlacement } from "../debugfmt/placement.ts";
 import type { ScanOptions } from "../debugfmt/scan.ts";
 import type { DriveStore } from "../engine/drive/store.ts";
 import { openDrive } from "../engine/drive/formatted-drive.ts";
-import type { VolumeLayout } from "../engine/layout/types.ts";
-import { type ClusterState, decodeState, type VolumeRecord } from "../toma/cluster-state.ts";
+import { type ClusterState, decodeState } from "../toma/cluster-state.ts";
+import { layoutOf } from "../toma/volume-layout.ts";
 
 export interface ScannedDrive {
   name: string;
@@ -25,22 +25,6 @@ export interface Layouts {
   /** Where the layouts came from, for people. */
   source: string;
   volumes: { name: string; volume_uuid: string; raid_level: string }[];
-}
-
-/** The layout a client gets for this volume record (as the TOMA's attach info builds it). */
-export function layoutOf(vol: VolumeRecord): VolumeLayout {
-  return {
-    volume_uuid: vol.uuid,
-    name: vol.name,
-    capacity_bytes: vol.capacity_bytes,
-    raid_level: vol.raid_level,
-    columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
-    stripe_size_bytes: vol.stripe_size_bytes,
-    extent_size_bytes: vol.extent_size_bytes,
-    block_size: 512,
-    mirrors: vol.mirrors,
-    debug_format: vol.debug_format,
-  };
 }
 
 /** The placement from the newest cluster state on these drives, or why there is none. */
