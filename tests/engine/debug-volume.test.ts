@@ -7,6 +7,7 @@ import { decodeSector, type DebugSector, SECTOR_BYTES } from "../../src/debugfmt
 import { layoutPlacement } from "../../src/debugfmt/placement.ts";
 import { scan } from "../../src/debugfmt/scan.ts";
 import { encodeIoForLeg, ioSectorFields } from "../../src/debugfmt/write.ts";
+import { DebugVolume } from "../../src/engine/client/debug-volume.ts";
 import { DriveIoError } from "../../src/engine/drive/store.ts";
 import { plan, planMirror } from "../../src/engine/layout/planner.ts";
 import type { RaidLevel } from "../../src/engine/layout/types.ts";
@@ -203,5 +204,19 @@ describe("a rebuilt leg", () => {
     const back = new Uint8Array(4096);
     await d.read(40 * 4096, back);
     expect(back).toEqual(pattern(60, 4096));
+  });
+});
+
+describe("seq across attachments", () => {
+  test("a new DebugVolume of the same daemon and volume continues the send count (no (client, seq) is reused)", async () => {
+    const f = await startVolume("1", { capacity_bytes: 2 * MiB, debug_format: true });
+    open.push(f);
+    const counter = { value: 0 };
+    const attach = () => new DebugVolume(f.device, { volume_uuid: f.layout.volume_uuid, writer: () => ({ client_id: 5, client_name: "d" }), log: f.target.env.log, seq: counter });
+    await attach().write(0, pattern(30, 512), false);
+    const [first] = await copies(f, 0);
+    await attach().write(512, pattern(31, 512), false); // detached and attached again
+    const [second] = await copies(f, 1);
+    expect(second!.sector!.seq).toBeGreaterThan(first!.sector!.seq);
   });
 });
