@@ -6,7 +6,7 @@
  * neighbours, and says why.
  */
 import type { LocatedArea } from "../debugfmt/drive-area.ts";
-import { layoutPlacement } from "../debugfmt/placement.ts";
+import { layoutPeerPosition, layoutPlacement } from "../debugfmt/placement.ts";
 import type { ScanOptions } from "../debugfmt/scan.ts";
 import type { DriveStore } from "../engine/drive/store.ts";
 import { openDrive } from "../engine/drive/formatted-drive.ts";
@@ -21,6 +21,8 @@ export interface ScannedDrive {
 
 export interface Layouts {
   placement: ScanOptions["placement"];
+  /** With two files: where the second holds the other leg of each block of the first. */
+  peer_position: ScanOptions["peer_position"];
   known_volumes: Set<string>;
   /** Where the layouts came from, for people. */
   source: string;
@@ -49,8 +51,10 @@ export async function layoutsFromDrives(drives: ScannedDrive[]): Promise<Layouts
   const debug = best.state.volumes.filter((v) => v.debug_format);
   if (debug.length === 0) return { why: `the cluster state (generation ${best.state.generation}) has no debug-format volume` };
   const files = drives.flatMap((d) => (d.located.drive_uuid === null ? [] : [{ name: d.name, drive_uuid: d.located.drive_uuid, extent_bytes: d.located.area.extent_bytes }]));
+  const layouts = debug.map(layoutOf);
   return {
-    placement: layoutPlacement(files, debug.map(layoutOf)),
+    placement: layoutPlacement(files, layouts),
+    peer_position: files.length === 2 ? layoutPeerPosition(files[0]!, files[1]!, layouts) : undefined,
     known_volumes: new Set(debug.map((v) => v.uuid)),
     source: `cluster state generation ${best.state.generation} from ${best.from}`,
     volumes: debug.map((v) => ({ name: v.name, volume_uuid: v.uuid, raid_level: v.raid_level })),

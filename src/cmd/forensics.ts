@@ -101,7 +101,7 @@ const scanCommand = command({
         if (args.peer !== undefined) opened.push(await openSource(fileArg(args.peer, "--peer FILE"), raw));
         const layouts = raw ? { why: "--raw: no superblock, so no cluster state" } : await layoutsFromDrives(opened.map((o) => ({ name: o.source.name, store: o.file, located: o.located })));
         const t0 = performance.now();
-        const result = await scan(opened[0]!.source, { volume_uuid, peer: opened[1]?.source, ...("placement" in layouts ? { placement: layouts.placement, known_volumes: layouts.known_volumes } : {}) });
+        const result = await scan(opened[0]!.source, { volume_uuid, peer: opened[1]?.source, ...("placement" in layouts ? { placement: layouts.placement, known_volumes: layouts.known_volumes, peer_position: layouts.peer_position } : {}) });
         const elapsed_ms = performance.now() - t0;
         const warnings = opened.flatMap((o) => o.located.warnings.map((w) => `${o.source.name}: ${w}`));
         if (args.json) {
