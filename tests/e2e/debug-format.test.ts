@@ -156,10 +156,9 @@ describe("evil clients: forensics finds each planted corruption and names the cl
   const uris: string[][] = [];
 
   beforeAll(async () => {
-    // Two servers with one drive each: every RAID1 volume has its legs on the same extents of
-    // both drives, so --peer lines them up position by position. Every volume and client is set
-    // up first: a later commit (a volume created or deleted) would wait, in every mirror write's
-    // completion, for the clients that detached to be expired (docs/mirroring.md).
+    // Two servers with one drive each: every RAID1 volume has one leg on each. Every volume and
+    // client is set up first: a later commit (a volume created or deleted) would hold every mirror
+    // write's completion until the clients that detached are expired (docs/mirroring.md).
     c = await new Cluster({ targets: 2, drives_per_target: 1, drive_size: "256M", extent_size: "4M" }).start();
     good = await c.startExtraClient("good");
     for (const [i, [kind]] of cases.entries()) {
