@@ -12,6 +12,7 @@ import { headerRecord, writeText } from "../debugfmt/timeline.ts";
 import { uuidFromString, uuidToString } from "../engine/uuid.ts";
 import { formatBytes, parsePositiveInt, UsageError } from "./args.ts";
 import { command } from "./command.ts";
+import { type Layouts, layoutsFromDrives } from "./forensics-layouts.ts";
 import { printJson, printTable } from "./output.ts";
 
 /** A file that cannot be opened or is not what it must be: exit 2, like bad usage. */
@@ -98,21 +99,23 @@ const scanCommand = command({
       const opened: Opened[] = [await openSource(path, raw)];
       try {
         if (args.peer !== undefined) opened.push(await openSource(fileArg(args.peer, "--peer FILE"), raw));
+        const layouts = raw ? { why: "--raw: no superblock, so no cluster state" } : await layoutsFromDrives(opened.map((o) => ({ name: o.source.name, store: o.file, located: o.located })));
         const t0 = performance.now();
-        const result = await scan(opened[0]!.source, { volume_uuid, peer: opened[1]?.source });
+        const result = await scan(opened[0]!.source, { volume_uuid, peer: opened[1]?.source, ...("placement" in layouts ? { placement: layouts.placement, known_volumes: layouts.known_volumes, peer_position: layouts.peer_position } : {}) });
         const elapsed_ms = performance.now() - t0;
         const warnings = opened.flatMap((o) => o.located.warnings.map((w) => `${o.source.name}: ${w}`));
         if (args.json) {
-          printJson({
+          await printJson({
             ...result,
             files: result.files.map((f, i) => ({ ...f, drive_uuid: opened[i]!.located.drive_uuid, cluster_uuid: opened[i]!.located.cluster_uuid, superblock: opened[i]!.located.superblock })),
             volume_filter: volume_uuid ?? null,
+            placement: "placement" in layouts ? { exact: true, source: layouts.source, volumes: layouts.volumes } : { exact: false, why: layouts.why },
             elapsed_ms: Math.round(elapsed_ms),
             warnings,
           });
         } else {
           for (const w of warnings) consola.warn(w);
-          printScan(result, opened, { elapsed_ms, limit, volume_uuid });
+          printScan(result, opened, { elapsed_ms, limit, volume_uuid, layouts });
         }
         return result.problems_total > 0 ? 1 : 0;
       } finally {
@@ -122,11 +125,15 @@ const scanCommand = command({
   },
 });
 
-function printScan(r: ScanResult, opened: Opened[], o: { elapsed_ms: number; limit: number; volume_uuid: string | undefined }): void {
+function printScan(r: ScanResult, opened: Opened[], o: { elapsed_ms: number; limit: number; volume_uuid: string | undefined; layouts: Layouts | { why: string } }): void {
   const out = (s = "") => process.stdout.write(`${s}\n`);
   for (const f of opened) out(describeFile(f));
   const bytes = r.files.reduce((s, f) => s + f.area.bytes, 0);
   const secs = o.elapsed_ms / 1000;
+  const l = o.layouts;
+  out("placement" in l
+    ? `placement: exact, from the layouts of ${l.volumes.map((v) => `${v.name} (${v.raid_level === "concatenated" ? "concatenated" : `RAID${v.raid_level}`})`).join(", ")} in the ${l.source}`
+    : `placement: judged from the neighbours (${l.why})`);
   out(`scanned ${formatBytes(bytes)} in ${secs.toFixed(2)} s (${(bytes / 1e6 / Math.max(secs, 1e-6)).toFixed(0)} MB/s)${o.volume_uuid ? `, volume ${o.volume_uuid} only` : ""}`);
   out();
   const names = r.files.map((f) => basename(f.file));
@@ -200,10 +207,19 @@ const historyCommand = command({
       try {
         if (args.peer !== undefined) opened.push(await openSource(fileArg(args.peer, "--peer FILE"), raw));
         const h = await blockHistory(opened.map((o) => o.source), { lba, volume_uuid });
+        const layouts = raw ? null : await layoutsFromDrives(opened.map((o) => ({ name: o.source.name, store: o.file, located: o.located })));
+        if (layouts !== null && "placement" in layouts) {
+          for (const c of h.volumes.flatMap((v) => v.copies)) {
+            const want = layouts.placement!(c.file, c.position);
+            if (want !== null && (want.volume_uuid !== c.sector.volume_uuid || want.lba !== c.sector.lba)) {
+              c.placement_problem = `misplaced: the layout puts LBA ${want.lba}${want.volume_uuid === c.sector.volume_uuid ? "" : ` of volume ${want.volume_uuid}`} at ${basename(c.file)}@${c.position}`;
+            }
+          }
+        }
         if (args.json) {
-          printJson({ ...h, volumes: h.volumes.map((v) => ({ ...v, copies: v.copies.map((c) => ({ ...c, sector: { ...c.sector, data: undefined } })) })) });
+          await printJson({ ...h, volumes: h.volumes.map((v) => ({ ...v, copies: v.copies.map((c) => ({ ...c, sector: { ...c.sector, data: undefined } })) })) });
         } else printHistory(h, opened);
-        return historyHasProblems(h) ? 1 : 0;
+        return historyHasProblems(h, opened) ? 1 : 0;
       } finally {
         for (const o of opened) await o.file.close();
       }
@@ -211,11 +227,25 @@ const historyCommand = command({
   },
 });
 
-/** Damaged or misplaced copies, pattern disagreements, or copies that hold different writes. */
-function historyHasProblems(h: BlockHistory): boolean {
+/** Damaged or misplaced copies, pattern disagreements, copies that hold different writes, or a
+ * mirrored block with no copy on one of the two legs given. */
+function historyHasProblems(h: BlockHistory, opened: Opened[]): boolean {
   return h.volumes.some(
-    (v) => v.copies.some((c) => c.class !== "ok" || c.pattern_problems.length > 0) || v.timeline.filter((e) => e.current_on.length > 0).length > 1,
+    (v) =>
+      v.copies.some((c) => c.class !== "ok" || c.pattern_problems.length > 0 || unlocked(c.sector) || c.placement_problem !== undefined) ||
+      v.timeline.filter((e) => e.current_on.length > 0).length > 1 ||
+      missingLegs(v, opened).length > 0,
   );
+}
+
+function unlocked(s: { leg_count: number; locked: boolean }): boolean {
+  return s.leg_count >= 2 && !s.locked;
+}
+
+/** With two legs given: the files holding no copy of a mirrored block. */
+function missingLegs(v: BlockHistory["volumes"][number], opened: Opened[]): string[] {
+  if (opened.length < 2 || !v.copies.some((c) => c.sector.leg_count >= 2)) return [];
+  return opened.map((o) => o.source.name).filter((n) => !v.copies.some((c) => c.file === n));
 }
 
 function printHistory(h: BlockHistory, opened: Opened[]): void {
@@ -229,6 +259,7 @@ function printHistory(h: BlockHistory, opened: Opened[]): void {
   for (const v of h.volumes) {
     out();
     out(`LBA ${h.lba} of volume ${v.volume_uuid}: ${v.copies.length} ${v.copies.length === 1 ? "copy" : "copies"}`);
+    for (const m of missingLegs(v, opened)) out(`no copy on ${m}: that leg never received a write of this block (or lost them)`);
     printTable(
       v.copies.map((c) => ({
         copy: `${basename(c.file)}@${c.position}`,
@@ -237,8 +268,9 @@ function printHistory(h: BlockHistory, opened: Opened[]): void {
         writer: writeText(headerRecord(c.sector)),
         state: c.sector.topo_state,
         legs: legsText(c.sector.legs_mask),
+        lock: c.sector.leg_count < 2 ? "-" : c.sector.locked ? "held" : "NOT HELD",
         io: `${c.sector.op}${c.sector.fua ? "+fua" : ""} ${c.sector.io_first_lba}+${c.sector.io_sectors}`,
-        problems: [c.reason, ...c.pattern_problems].filter((x) => x).join("; ") || null,
+        problems: [c.reason, c.placement_problem, ...c.pattern_problems].filter((x) => x).join("; ") || null,
       })),
     );
     out();

@@ -25,6 +25,7 @@ const main = command({
     client: clientCommand,
     demo: demoCommand,
     forensics: () => import("./forensics.ts").then((m) => m.forensicsCommand),
+    verify: () => import("./verify.ts").then((m) => m.verifyCommand),
   },
 });
 

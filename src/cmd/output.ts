@@ -13,8 +13,10 @@ export function outputFormat(v: string | undefined): OutputFormat {
   throw new Error(`invalid output format '${v}': use table or json`);
 }
 
-export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+/** Resolves once the whole text is written: await it before process.exit, which would otherwise
+ * cut a large output to a pipe short (process.stdout.write does not wait). */
+export async function printJson(value: unknown): Promise<void> {
+  await Bun.write(Bun.stdout, `${JSON.stringify(value, null, 2)}\n`);
 }
 
 export function printTable(rows: Record<string, unknown>[], columns?: string[]): void {

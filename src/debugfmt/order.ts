@@ -40,12 +40,18 @@ function writerKey(r: { client_id: number; volume_uuid: string }): string {
 export class GenerationOrder {
   private readonly writers = new Map<string, { client_id: number; volume_uuid: string; gens: Map<number, SeqRange> }>();
   private rules: Map<string, StaleRule> | null = null;
+  /** The last writer seen: consecutive sectors almost always share it (no key string per sector). */
+  private last: { client_id: number; volume_uuid: string; gens: Map<number, SeqRange> } | null = null;
 
   /** Records one trusted header. */
   add(r: OrderRecord): void {
-    const k = writerKey(r);
-    let w = this.writers.get(k);
-    if (w === undefined) this.writers.set(k, (w = { client_id: r.client_id, volume_uuid: r.volume_uuid, gens: new Map() }));
+    let w = this.last;
+    if (w === null || w.client_id !== r.client_id || w.volume_uuid !== r.volume_uuid) {
+      const k = writerKey(r);
+      let found = this.writers.get(k);
+      if (found === undefined) this.writers.set(k, (found = { client_id: r.client_id, volume_uuid: r.volume_uuid, gens: new Map() }));
+      this.last = w = found;
+    }
     const g = w.gens.get(r.generation);
     if (g === undefined) w.gens.set(r.generation, { min_seq: r.seq, max_seq: r.seq });
     else {

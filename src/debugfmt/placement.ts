@@ -16,6 +16,32 @@ export interface PlacedFile {
   extent_bytes: number;
 }
 
+/**
+ * For two legs' drives: the position on `to` of the other leg of the block at each position of
+ * `from` (same mirror set, same extent index, same offset in the extent), or null where `from`
+ * holds no leg of a mirrored debug volume that has a leg on `to`. Lets `--peer` compare legs block
+ * by block whatever extents each leg got.
+ */
+export function layoutPeerPosition(from: PlacedFile, to: PlacedFile, layouts: VolumeLayout[]): (position: number) => number | null {
+  const E = from.extent_bytes;
+  const map = new Map<number, number>();
+  for (const l of layouts) {
+    if (l.debug_format !== true || l.mirrors < 2 || l.extent_size_bytes !== E) continue;
+    l.columns.forEach((c, column) => {
+      if (c.drive_uuid !== from.drive_uuid) return;
+      const set = Math.floor(column / l.mirrors);
+      const peer = l.columns.slice(set * l.mirrors, (set + 1) * l.mirrors).find((x) => x.drive_uuid === to.drive_uuid);
+      if (peer === undefined) return;
+      c.extents.forEach((e, k) => map.set(e, peer.extents[k]!));
+    });
+  }
+  const per = E / SECTOR_BYTES;
+  return (position) => {
+    const e = map.get(Math.floor(position / per));
+    return e === undefined ? null : e * per + (position % per);
+  };
+}
+
 /** Only debug-format layouts are used: other volumes hold no debug sectors. */
 export function layoutPlacement(files: PlacedFile[], layouts: VolumeLayout[]): (source: string, position: number) => { volume_uuid: string; lba: number } | null {
   const debug = layouts.filter((l) => l.debug_format === true);

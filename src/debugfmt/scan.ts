@@ -48,6 +48,17 @@ export interface ScanOptions {
    * provide it); then placement is checked exactly instead of from the neighbours.
    */
   placement?: (source: string, position: number) => { volume_uuid: string; lba: number } | null;
+  /**
+   * With a peer and the layouts: the peer's position of the other leg of the block at each
+   * position of the scanned file (null: none there). Legs are then compared block by block,
+   * whatever extents each leg got; without it, position by position.
+   */
+  peer_position?: (position: number) => number | null;
+  /**
+   * With placement: the volumes the layouts describe. A sector of any other volume found in their
+   * extents is a leftover of a deleted volume (its extents were reused), counted as other_volume.
+   */
+  known_volumes?: ReadonlySet<string>;
 }
 
 /** One class per physical sector of a file. */
@@ -177,6 +188,8 @@ interface Slot {
   /** What is wrong was written so by the writer. */
   writer_fault: boolean;
   notes: string[];
+  /** A sector of a volume that no longer exists, in an extent another volume now uses. */
+  leftover?: boolean;
 }
 
 interface Window {
@@ -283,6 +296,59 @@ class ChunkReader {
       return { bytes, unreadable };
     }
   }
+}
+
+/**
+ * Reads, for a chunk of the scanned file, the peer's sectors of the same blocks (positions from
+ * ScanOptions.peer_position), in the scanned file's order: runs of consecutive peer positions are
+ * read at once.
+ */
+class MappedReader {
+  private readonly buf: Uint8Array;
+  private readonly q: Float64Array;
+
+  constructor(
+    private readonly src: ScanSource,
+    per: number,
+    private readonly map: (position: number) => number | null,
+  ) {
+    this.buf = new Uint8Array(per * SECTOR_BYTES);
+    this.q = new Float64Array(per);
+  }
+
+  /** q[i]: the peer position of position first + i (−1: none); bytes[i·2048..]: its sector. */
+  async load(first: number, count: number): Promise<{ q: Float64Array; bytes: Uint8Array; unreadable: Set<number> }> {
+    const sectors = Math.floor(this.src.area.bytes / SECTOR_BYTES);
+    for (let i = 0; i < count; i++) {
+      const q = this.map(first + i);
+      this.q[i] = q === null || q >= sectors ? -1 : q;
+    }
+    const unreadable = new Set<number>();
+    for (let i = 0; i < count; ) {
+      if (this.q[i]! < 0) {
+        i++;
+        continue;
+      }
+      let j = i + 1;
+      while (j < count && this.q[j] === this.q[j - 1]! + 1) j++;
+      try {
+        await this.src.drive.read(this.src.area.offset_bytes + this.q[i]! * SECTOR_BYTES, this.buf.subarray(i * SECTOR_BYTES, j * SECTOR_BYTES));
+      } catch {
+        for (let k = i; k < j; k++) unreadable.add(k);
+      }
+      i = j;
+    }
+    return { q: this.q, bytes: this.buf, unreadable };
+  }
+}
+
+/** The peer's sector at `at` as the leg comparison needs it (decoded on its own). */
+function peekSide(scan: FileScan, bytes: Uint8Array, at: number, position: number, unreadable: boolean): { scan: FileScan; slot: Slot | null; empty: boolean } {
+  if (unreadable) return { scan, slot: { position, cls: "unreadable", reason: "unreadable", fields: null, writer_fault: false, notes: [] }, empty: false };
+  const d = decodeSector(bytes, at);
+  if (!d.ok && d.class === "empty") return { scan, slot: null, empty: true };
+  const cls: FileClass = d.ok ? "ok" : d.class === "wrong_size" ? "checksum_bad" : d.class;
+  return { scan, slot: { position, cls, reason: "", fields: d.ok ? d.fields : null, writer_fault: false, notes: [] }, empty: false };
 }
 
 /** The per-file state: classification, placement windows, extents, counts. */
@@ -412,7 +478,9 @@ class FileScan {
     for (const s of w.slots) {
       const key = slotKey(s);
       if (this.opts.placement !== undefined) {
-        if (s.fields !== null) {
+        if (s.fields !== null && this.opts.known_volumes?.has(s.fields.volume_uuid) === false) {
+          s.leftover = true;
+        } else if (s.fields !== null) {
           const want = this.opts.placement(this.src.name, s.position);
           if (want === null) this.placement_unverified++;
           else if (want.volume_uuid !== s.fields.volume_uuid || want.lba !== s.fields.lba) {
@@ -442,6 +510,10 @@ class FileScan {
   /** Counts a judged slot and records its problem. */
   private finish(s: Slot): void {
     const f = s.fields;
+    if (s.leftover === true) {
+      this.counts.other_volume++;
+      return;
+    }
     if (f !== null && this.opts.volume_uuid !== undefined && f.volume_uuid !== this.opts.volume_uuid && s.cls !== "misdirected") {
       this.counts.other_volume++;
       return;
@@ -557,8 +629,11 @@ function comparePosition(
   report: PeerReport,
   sink: ProblemSink,
   volume: string | undefined,
+  placement: ScanOptions["placement"],
+  peer_position: number = position,
 ): void {
-  const good = (x: typeof a) => x.slot !== null && TRUSTED.includes(x.slot.cls) && x.slot.fields !== null;
+  // Only a mirrored volume's sectors have a copy on another leg.
+  const good = (x: typeof a) => x.slot !== null && TRUSTED.includes(x.slot.cls) && x.slot.fields !== null && x.slot.fields.leg_count >= 2;
   const ga = good(a);
   const gb = good(b);
   if (!ga && !gb) return;
@@ -566,6 +641,14 @@ function comparePosition(
   const other = ga ? b : a;
   const f = (ga ? a : b).slot!.fields!;
   if (volume !== undefined && f.volume_uuid !== volume) return;
+  if (placement !== undefined) {
+    // With the layouts known: the other file's position must be a leg of the same block.
+    const want = placement(other.scan.src.name, other === a ? position : peer_position);
+    if (want === null || want.volume_uuid !== f.volume_uuid || want.lba !== f.lba) {
+      report.unaligned++;
+      return;
+    }
+  }
   if (ga && gb) {
     const fa = a.slot!.fields!;
     const fb = b.slot!.fields!;
@@ -628,6 +711,7 @@ export async function scan(src: ScanSource, opts: ScanOptions = {}): Promise<Sca
     ? { compared: 0, same: 0, counts: zeroCounts(PEER_CLASSES), one_side_damaged: 0, unaligned: 0, unpaired: 0 }
     : null;
   const per = chunk_bytes / SECTOR_BYTES;
+  const peerReader = opts.peer && opts.peer_position ? new MappedReader(opts.peer, per, opts.peer_position) : null;
   const chunks = Math.max(...readers.map((r) => r.chunks));
   const load = (c: number) => Promise.all(readers.map((r) => (c < r.chunks ? r.load(c) : null)));
   let next = load(0);
@@ -637,6 +721,7 @@ export async function scan(src: ScanSource, opts: ScanOptions = {}): Promise<Sca
     const words = cur.map((x) => (x === null ? null : new Uint32Array(x.bytes.buffer, x.bytes.byteOffset, x.bytes.length >>> 2)));
     const counts = cur.map((x) => (x === null ? 0 : x.bytes.length / SECTOR_BYTES));
     const n = Math.max(...counts);
+    const mapped = peerReader !== null ? await peerReader.load(c * per, counts[0]!) : null;
     for (let i = 0; i < n; i++) {
       const position = c * per + i;
       const sides = scans.map((s, k) => {
@@ -645,9 +730,20 @@ export async function scan(src: ScanSource, opts: ScanOptions = {}): Promise<Sca
         const r = s.classify(x.bytes, words[k]!, i * SECTOR_BYTES, position, x.unreadable?.get(position));
         return { scan: s, slot: typeof r === "string" ? null : r, empty: r === "empty" };
       });
-      if (peer !== null) {
+      if (peer !== null && mapped !== null) {
+        // Block by block: the peer's leg of this block, wherever the layout put it.
+        const q = mapped.q[i]!;
+        const a = sides[0];
+        if (a === null || a === undefined) continue;
+        if (q < 0) {
+          if (a.slot?.fields && a.slot.fields.leg_count >= 2) peer.unpaired++;
+          continue;
+        }
+        const b = peekSide(scans[1]!, mapped.bytes, i * SECTOR_BYTES, q, mapped.unreadable.has(i));
+        comparePosition(a, b, position, peer, sink, opts.volume_uuid, opts.placement, q);
+      } else if (peer !== null) {
         if (sides[0] === null || sides[1] === null) peer.unpaired++;
-        else comparePosition(sides[0]!, sides[1]!, position, peer, sink, opts.volume_uuid);
+        else comparePosition(sides[0]!, sides[1]!, position, peer, sink, opts.volume_uuid, opts.placement);
       }
     }
   }
@@ -733,6 +829,8 @@ export interface BlockCopy {
   sector: DebugSector;
   /** Verify data: what the pattern check says (history data included). */
   pattern_problems: string[];
+  /** Set by a caller that knows the layout: the copy is not where the layout puts its block. */
+  placement_problem?: string;
 }
 
 /** One volume's copies of the block and its writes. */

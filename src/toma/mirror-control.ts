@@ -124,7 +124,13 @@ export class MirrorControl {
   async tick(reachable: (drive_uuid: string) => boolean): Promise<void> {
     const state = this.deps.state();
     if (!state) return;
-    this.clients.expireSilent((c) => [...c.volumes].flatMap((v) => state.volumes.find((x) => x.name === v)?.columns.map((k) => k.drive_uuid) ?? []));
+    // A client whose volumes were all deleted may still be registered on their drives: with no
+    // volume left to name them, every drive must confirm a table without it (else it would hold
+    // the stable generation back forever, and with it every mirror write of the cluster).
+    this.clients.expireSilent((c) => {
+      const drives = [...c.volumes].flatMap((v) => state.volumes.find((x) => x.name === v)?.columns.map((k) => k.drive_uuid) ?? []);
+      return drives.length > 0 ? drives : state.drives.map((d) => d.drive_uuid);
+    });
     this.fences.forget();
     await this.fences.sync();
     const stable = this.stable();

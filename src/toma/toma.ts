@@ -36,6 +36,7 @@ import { type DriveSeen, heard, knownGeneration } from "./drive-slots.ts";
 import { BITMAP_REGION_BYTES } from "../engine/drive/superblock.ts";
 import { type MirrorTimings, MirrorControl } from "./mirror-control.ts";
 import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.ts";
+import { layoutOf } from "./volume-layout.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 
 export interface TomaTimings extends LinkTimings {
@@ -296,18 +297,7 @@ export class Toma {
       target: loc.get(c.drive_uuid)?.address ?? null,
     }));
     return {
-      layout: {
-        volume_uuid: vol.uuid,
-        name: vol.name,
-        capacity_bytes: vol.capacity_bytes,
-        raid_level: vol.raid_level,
-        columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
-        stripe_size_bytes: vol.stripe_size_bytes,
-        extent_size_bytes: vol.extent_size_bytes,
-        block_size: 512,
-        mirrors: vol.mirrors,
-        debug_format: vol.debug_format,
-      },
+      layout: layoutOf(vol),
       drives,
       generation: this.state?.generation ?? vol.created_seq,
       topology_generation: vol.topology_seq,

@@ -97,7 +97,7 @@ describe("RAID1 with real processes", () => {
     // A client on another host attaches the Degraded volume (its dead leg's drive is gone) and
     // reads what fio does not touch; it stays attached, so it takes part in every switch after.
     const host2 = await c.startExtraClient("host2");
-    const uri2 = await host2.attach("m1");
+    const uri2 = await c.attachOn(host2, "m1");
     const tail = await readRange(uri2, c.dir, "host2.bin", 48 * MiB, 208 * MiB);
     expect(Buffer.from(tail).equals(Buffer.from(data.subarray(48 * MiB)))).toBe(true);
     console.log(`  ${el()}: a second client daemon attached the Degraded volume and read it`);

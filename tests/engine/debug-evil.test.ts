@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { EvilKind } from "../../src/engine/client/debug-evil.ts";
-import { layoutPlacement } from "../../src/debugfmt/placement.ts";
+import { layoutPeerPosition, layoutPlacement } from "../../src/debugfmt/placement.ts";
 import { scan, type ScanResult } from "../../src/debugfmt/scan.ts";
 import { runVerifyWorker, type VerifyWorkerResult } from "../../src/debugfmt/verify-worker.ts";
 import type { PatternSpec } from "../../src/debugfmt/pattern.ts";
@@ -23,8 +23,8 @@ afterEach(async () => {
 });
 
 /** Worker 0 on the good client, worker 1 on the other; then both legs scanned side by side. */
-async function run(evil: EvilKind | null, every = 2): Promise<{ result: ScanResult; workers: VerifyWorkerResult[]; byNeighbours: ScanResult }> {
-  const f = await startVolume("1", { capacity_bytes: 2 * MiB, debug_format: true, ...GOOD });
+async function run(evil: EvilKind | null, every = 2, skew = 0): Promise<{ result: ScanResult; workers: VerifyWorkerResult[]; byNeighbours: ScanResult }> {
+  const f = await startVolume("1", { capacity_bytes: 2 * MiB, debug_format: true, skew, ...GOOD });
   open.push(f);
   const other = f.client({ ...EVIL, ...(evil ? { evil: { kind: evil, every } } : {}) });
   const spec: PatternSpec = { seed_id: 7, workers: 2, blocks: (2 * MiB) / 4096, block_sectors: 8, base_lba: 0 };
@@ -34,8 +34,14 @@ async function run(evil: EvilKind | null, every = 2): Promise<{ result: ScanResu
   );
   // Placement from the layout, as `forensics scan` takes it from the cluster state on the drives.
   const files = [0, 1].map((c) => ({ name: f.source(c).name, drive_uuid: f.layout.columns[c]!.drive_uuid, extent_bytes: MiB }));
-  const result = await scan(f.source(0), { peer: f.source(1), volume_uuid: f.layout.volume_uuid, placement: layoutPlacement(files, [f.layout]) });
-  // The same scan judging places from the neighbours only (no layout known).
+  const result = await scan(f.source(0), {
+    peer: f.source(1),
+    volume_uuid: f.layout.volume_uuid,
+    placement: layoutPlacement(files, [f.layout]),
+    known_volumes: new Set([f.layout.volume_uuid]),
+    peer_position: layoutPeerPosition(files[0]!, files[1]!, [f.layout]),
+  });
+  // The same scan judging places from the neighbours only, legs position by position (no layout).
   const byNeighbours = await scan(f.source(0), { peer: f.source(1), volume_uuid: f.layout.volume_uuid });
   return { result, workers, byNeighbours };
 }
@@ -54,6 +60,16 @@ describe("forensics names the evil client", () => {
     expect(result.clients.map((c) => c.client_name).sort()).toEqual(["evil", "good"]);
     expect(result.peer!.same).toBeGreaterThan(3000);
   });
+
+  test("legs on different extents of their drives are compared block by block, through the layout", async () => {
+    const clean = await run(null, 2, 3);
+    expect(clean.result.problems).toEqual([]);
+    expect(clean.result.peer!.same).toBeGreaterThan(3000);
+    const skipped = await run("skip-leg", 2, 3);
+    const found = skipped.result.problems.filter((p) => p.class === "skipped_leg");
+    expect(found.length).toBeGreaterThan(0);
+    for (const p of skipped.result.problems) if (p.culprit !== null) expect(p.culprit).toEqual(EVIL);
+  }, 20_000);
 
   const cases: [EvilKind, string][] = [
     ["legs-differ", "legs_differ"],

@@ -4,7 +4,10 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { decodeSector, type DebugSector, SECTOR_BYTES } from "../../src/debugfmt/sector.ts";
+import { layoutPlacement } from "../../src/debugfmt/placement.ts";
+import { scan } from "../../src/debugfmt/scan.ts";
 import { encodeIoForLeg, ioSectorFields } from "../../src/debugfmt/write.ts";
+import { DebugVolume } from "../../src/engine/client/debug-volume.ts";
 import { DriveIoError } from "../../src/engine/drive/store.ts";
 import { plan, planMirror } from "../../src/engine/layout/planner.ts";
 import type { RaidLevel } from "../../src/engine/layout/types.ts";
@@ -20,7 +23,7 @@ afterEach(async () => {
   open = [];
 });
 
-async function volume(level: RaidLevel, extra: Parameters<typeof startVolume>[1] | object = {}): Promise<VolumeFixture> {
+async function volume(level: RaidLevel, extra: Partial<Parameters<typeof startVolume>[1]> = {}): Promise<VolumeFixture> {
   const f = await startVolume(level, { capacity_bytes: 2 * MiB, debug_format: true, ...extra });
   open.push(f);
   return f;
@@ -155,7 +158,7 @@ for (const level of LEVELS) {
       expect(e).toBeInstanceOf(DriveIoError);
       expect((e as DriveIoError).code).toBe("EIO");
       expect((e as DriveIoError).message).toMatch(/LBA 64: data_mismatch/);
-      expect(f.target.env).toBeDefined();
+      expect(f.target.logs.some((l) => l.level === "error" && l.fields?.lba === 64)).toBe(true);
     });
   });
 }
@@ -175,5 +178,45 @@ describe("debug format on a degraded mirror", () => {
     const [leg0, leg1] = await copies(f, 0);
     expect(leg0!.sector).toMatchObject({ topo_state: "degraded", legs_mask: 0b01, leg_index: 0, locked: true });
     expect(decodeSector(leg1!.bytes).ok).toBe(false); // never written: empty
+  });
+});
+
+describe("a rebuilt leg", () => {
+  test("a rebuild's raw copy (headers naming the source leg) scans clean, and later writes keep the legs equal", async () => {
+    const f = await startVolume("1", { capacity_bytes: 2 * MiB, debug_format: true, topology: [{ legs: ["RWL", "DEAD"], interleaved: false, dirty: true }] });
+    open.push(f);
+    const d = f.debug!;
+    for (let i = 0; i < 64; i++) await d.write(i * 4096, pattern(20 + i, 4096), false);
+    // The rebuild copies leg 0's extents to leg 1 byte for byte (what src/toma/rebuild.ts does).
+    const bytes = new Uint8Array(64 * 4096 * 4);
+    await f.drives[0]!.data.read(MiB, bytes); // the volume's first extent is drive extent 1
+    await f.drives[1]!.data.write(MiB, bytes, true);
+    // Back to Normal, with a newer topology generation.
+    f.device.install({ ...f.info, generation: 6, topology_generation: 6, stable_generation: 6, topology: [{ legs: ["RWL", "RWL"], interleaved: true, dirty: false }] });
+    for (let i = 0; i < 32; i++) await d.write(i * 4096, pattern(200 + i, 4096), false);
+    const [leg0, leg1] = await copies(f, 40 * 8); // a block only the degraded era wrote
+    expect(leg0!.sector).toMatchObject({ leg_index: 0, topo_state: "degraded", legs_mask: 1 });
+    expect(leg1!.sector).toMatchObject({ leg_index: 0, topo_state: "degraded", legs_mask: 1 }); // the copy names its source
+    const files = [0, 1].map((c) => ({ name: f.source(c).name, drive_uuid: f.layout.columns[c]!.drive_uuid, extent_bytes: MiB }));
+    const r = await scan(f.source(0), { peer: f.source(1), volume_uuid: f.layout.volume_uuid, placement: layoutPlacement(files, [f.layout]), known_volumes: new Set([f.layout.volume_uuid]) });
+    expect(r.problems).toEqual([]);
+    expect(r.peer!.same).toBe(64 * 8);
+    const back = new Uint8Array(4096);
+    await d.read(40 * 4096, back);
+    expect(back).toEqual(pattern(60, 4096));
+  });
+});
+
+describe("seq across attachments", () => {
+  test("a new DebugVolume of the same daemon and volume continues the send count (no (client, seq) is reused)", async () => {
+    const f = await startVolume("1", { capacity_bytes: 2 * MiB, debug_format: true });
+    open.push(f);
+    const counter = { value: 0 };
+    const attach = () => new DebugVolume(f.device, { volume_uuid: f.layout.volume_uuid, writer: () => ({ client_id: 5, client_name: "d" }), log: f.target.env.log, seq: counter });
+    await attach().write(0, pattern(30, 512), false);
+    const [first] = await copies(f, 0);
+    await attach().write(512, pattern(31, 512), false); // detached and attached again
+    const [second] = await copies(f, 1);
+    expect(second!.sector!.seq).toBeGreaterThan(first!.sector!.seq);
   });
 });

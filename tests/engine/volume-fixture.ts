@@ -43,7 +43,16 @@ const SHAPE: Record<RaidLevel, { columns: number; mirrors: number }> = {
 
 export async function startVolume(
   raid_level: RaidLevel,
-  opts: { capacity_bytes: number; debug_format?: boolean; client_id?: number; client_name?: string; evil?: EvilSwitch; topology?: SetTopology[] },
+  opts: {
+    capacity_bytes: number;
+    debug_format?: boolean;
+    client_id?: number;
+    client_name?: string;
+    evil?: EvilSwitch;
+    topology?: SetTopology[];
+    /** Column c's extents start at drive extent 1 + c × skew (legs on different extents). */
+    skew?: number;
+  },
 ): Promise<VolumeFixture> {
   const { columns, mirrors } = SHAPE[raid_level];
   const physical = physicalBytes({ capacity_bytes: opts.capacity_bytes, debug_format: opts.debug_format === true });
@@ -59,14 +68,15 @@ export async function startVolume(
   const extents = Math.ceil(perColumn / MiB);
   const drives: FormattedDrive[] = [];
   // Room for the extents from 1 on (extent 0 left unused, so volume and drive offsets differ).
-  for (let i = 0; i < columns; i++) drives.push(await memoryDrive(extents + 8));
+  const skew = opts.skew ?? 0;
+  for (let i = 0; i < columns; i++) drives.push(await memoryDrive(extents + 8 + i * skew));
   const target = await startTarget(drives);
   const layout: VolumeLayout = {
     volume_uuid: randomUuidString(),
     name: `v-${raid_level}`,
     capacity_bytes: opts.capacity_bytes,
     raid_level,
-    columns: drives.map((d) => ({ drive_uuid: d.info.drive_uuid, extents: Array.from({ length: extents }, (_, k) => k + 1) })),
+    columns: drives.map((d, c) => ({ drive_uuid: d.info.drive_uuid, extents: Array.from({ length: extents }, (_, k) => k + 1 + c * skew) })),
     stripe_size_bytes: raid_level === "0" || raid_level === "10" ? STRIPE : 0,
     mirrors,
     extent_size_bytes: MiB,

@@ -44,7 +44,7 @@ export class Cluster {
   toma: Daemon | null = null;
   toma_addr = "";
   client: Daemon | null = null;
-  readonly extra_clients: Daemon[] = [];
+  extraClients: ExtraClient[] = [];
 
   constructor(readonly opts: ClusterOptions = {}) {
     requireBinary();
@@ -212,6 +212,42 @@ export class Cluster {
     await this.client.waitFor(/client ready/);
   }
 
+  /**
+   * Another client daemon (another "host"): its own name, run directory and environment (e.g. a
+   * test-only evil switch). Stop it with stopExtraClient.
+   */
+  async startExtraClient(name: string, env: Record<string, string> = {}): Promise<ExtraClient> {
+    const runDir = `${this.dir}/run-${name}`;
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name], env);
+    await daemon.waitFor(/client ready/);
+    const c = { name, runDir, daemon };
+    this.extraClients.push(c);
+    return c;
+  }
+
+  /** Attaches a volume through an extra client daemon; returns its NBD URI. */
+  async attachOn(c: ExtraClient, volume: string): Promise<string> {
+    const out = await ok([NVMESH, "client", "attach", "--volume", volume, "--run-dir", c.runDir]);
+    const m = /(nbd(\+unix)?:\/\/\S+)/.exec(out);
+    if (!m) throw new Error(`attach printed no NBD URI: ${out}`);
+    return m[1]!;
+  }
+
+  async detachOn(c: ExtraClient, volume: string): Promise<void> {
+    await ok([NVMESH, "client", "detach", "--volume", volume, "--run-dir", c.runDir]);
+  }
+
+  async stopExtraClient(c: ExtraClient): Promise<void> {
+    await c.daemon.stop();
+    this.extraClients = this.extraClients.filter((x) => x !== c);
+  }
+
+  /** The drive file of each drive uuid (from the TOMA's drive list). */
+  async drivePaths(): Promise<Map<string, string>> {
+    const drives = await this.cliJson<{ uuid: string; path: string | null }[]>("drive", "show");
+    return new Map(drives.filter((d) => d.path !== null).map((d) => [d.uuid, d.path!]));
+  }
+
   /** Formats drives and starts every daemon. */
   async start(): Promise<this> {
     await this.formatDrives();
@@ -243,31 +279,13 @@ export class Cluster {
     return m[1]!;
   }
 
-  /**
-   * Another client daemon, as on another host (its own run dir and name); `attach` prints the
-   * NBD URI of a volume exported by it. Stopped with the cluster.
-   */
-  async startExtraClient(name: string): Promise<{ daemon: Daemon; attach: (volume: string) => Promise<string> }> {
-    const run_dir = `${this.dir}/run-${name}`;
-    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", run_dir, "-m", this.toma_addr, "--name", name]);
-    this.extra_clients.push(daemon);
-    await daemon.waitFor(/client ready/);
-    const attach = async (volume: string) => {
-      const out = await this.cli("client", "attach", "--volume", volume, "--run-dir", run_dir);
-      const m = /(nbd(\+unix)?:\/\/\S+)/.exec(out);
-      if (!m) throw new Error(`attach printed no NBD URI: ${out}`);
-      return m[1]!;
-    };
-    return { daemon, attach };
-  }
-
   daemons(): Daemon[] {
-    return [...this.targets, this.toma, this.client, ...this.extra_clients].filter((d): d is Daemon => d !== null);
+    return [...this.targets, this.toma, this.client, ...this.extraClients.map((c) => c.daemon)].filter((d): d is Daemon => d !== null);
   }
 
   async stopAll(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
     // Clients first so they can flush; then the TOMA; targets last.
-    for (const d of this.extra_clients) await d.stop(signal);
+    for (const c of this.extraClients) await c.daemon.stop(signal);
     await this.client?.stop(signal);
     await this.toma?.stop(signal);
     for (const t of this.targets) await t?.stop(signal);
@@ -277,6 +295,12 @@ export class Cluster {
     await this.stopAll("SIGKILL");
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+export interface ExtraClient {
+  name: string;
+  runDir: string;
+  daemon: Daemon;
 }
 
 /** Parses the socket path out of an nbd+unix URI. */

@@ -1,44 +1,41 @@
-/** The client registry: who holds the stable generation back, and when a client is forgotten. */
-import { expect, test } from "bun:test";
-import { realEnv } from "../../src/engine/runtime/real-env.ts";
-import { ClientRegistry } from "../../src/toma/clients.ts";
-import { quietLogger } from "./harness.ts";
+/**
+ * Switch rounds and silent clients (src/toma/clients.ts, mirror-control.ts): a client that stops
+ * talking is expired and, once fenced out, no longer holds the stable generation back. Real
+ * targets over loopback, a TOMA with a short client timeout.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { makeApiHandler } from "../../src/toma/api.ts";
+import { Toma } from "../../src/toma/toma.ts";
+import { FAST, MiB, startTargets, testEnv, until } from "./harness.ts";
 
-const registry = (client_timeout_ms = 60_000) =>
-  new ClientRegistry(realEnv("clients-test", quietLogger), { client_timeout_ms, watch_hold_ms: 1000 });
-
-test("a client that never attached a volume does not hold the stable generation back", () => {
-  const r = registry();
-  const a = r.register("a", 3);
-  a.volumes.add("m");
-  r.register("idle", 3); // registered, its attach failed (no such volume): it never acks
-  expect(r.stable(4)).toBe(3);
-  r.ack(a, 4);
-  expect(r.stable(4)).toBe(4);
+const env = testEnv();
+let cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f();
+  cleanup = [];
 });
 
-test("an expired client with no drive to fence it out of is forgotten at once", async () => {
-  const r = registry(0);
-  const a = r.register("a", 3);
-  a.volumes.add("m");
-  const idle = r.register("idle", 3);
-  await Bun.sleep(2);
-  r.ack(a, 5);
-  // Both are silent past the timeout: `a` must be fenced out of its drives first, `idle` has none.
-  expect(r.expireSilent((c) => (c === a ? ["A"] : []))).toEqual([a, idle]);
-  expect(r.all()).toEqual([a]);
-  expect(r.live(idle.id)).toBeUndefined();
-  r.fenced(a, "A");
-  expect(r.all()).toEqual([]);
-  expect(r.stable(6)).toBe(6);
-});
-
-test("an expired client that attached but has no drive left is forgotten too (it held rounds back for good)", async () => {
-  const r = registry(0);
-  const gone = r.register("gone", 3);
-  gone.volumes.add("deleted-volume");
-  await Bun.sleep(2);
-  r.expireSilent(() => []);
-  expect(r.all()).toEqual([]);
-  expect(r.stable(9)).toBe(9);
+test("a silent client whose volume was deleted stops holding the stable generation back", async () => {
+  const targets = await startTargets(env, [1, 1]);
+  cleanup.push(() => targets.forEach((t) => t.kill()));
+  const toma = new Toma(env, { name: "toma-test", targets: targets.map((t) => t.address), timings: FAST, mirror_timings: { client_timeout_ms: 300 } });
+  toma.start();
+  cleanup.push(() => toma.stop());
+  const api = makeApiHandler(toma);
+  await toma.whenReady(5000);
+  await until("2 member drives", () => (toma.state?.drives.length ?? 0) === 2);
+  const call = async (m: string, p: string, b?: unknown) => {
+    const r = await api(m, p, b);
+    if (r.status >= 300) throw new Error(`${m} ${p}: ${JSON.stringify(r.body)}`);
+    return r.body as Record<string, unknown>;
+  };
+  await call("POST", "/v1/volumes", { name: "m", capacity_bytes: MiB, raid_level: "1" });
+  const { client_id } = await call("POST", "/v1/clients", { name: "gone" });
+  await call("POST", `/v1/clients/${client_id}/attach/m`, {});
+  // The client goes silent; its only volume is deleted; the cluster moves on.
+  await call("DELETE", "/v1/volumes/m");
+  await call("POST", "/v1/volumes", { name: "n", capacity_bytes: MiB, raid_level: "1" });
+  const generation = toma.state!.generation;
+  expect(toma.mirror.stable()).toBeLessThan(generation);
+  await until("the stable generation reaches the current one", () => toma.mirror.stable() >= generation, 5000);
 });

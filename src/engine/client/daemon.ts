@@ -99,6 +99,8 @@ export class ClientDaemon {
   private acked = -1;
   private closed = false;
   private watching = false;
+  /** Per debug-format volume: this daemon's send counter, kept across detach and attach. */
+  private readonly debugSeqs = new Map<string, { value: number }>();
 
   constructor(
     private readonly env: Env,
@@ -274,7 +276,10 @@ export class ClientDaemon {
     if (evil) this.env.log.warn("TEST-ONLY evil switch on: this client corrupts its debug-format writes", { ...evil.sw, volume_uuid });
     if (evil?.needsMirror() && device.leg_count < 2) this.env.log.warn("evil switch needs a mirrored volume: no effect here", { kind: evil.sw.kind });
     const client_name = shortClientName(this.deps.client_name);
+    let seq = this.debugSeqs.get(volume_uuid);
+    if (seq === undefined) this.debugSeqs.set(volume_uuid, (seq = { value: 0 }));
     return new DebugVolume(device, {
+      seq,
       volume_uuid,
       writer: () => ({ client_id: this.client_id ?? 0, client_name }),
       log: this.env.log,

@@ -45,6 +45,12 @@ export interface DebugVolumeOptions {
   history_depth?: number;
   /** TEST-ONLY sabotage (debug-evil.ts); null in production. */
   evil?: EvilSchedule | null;
+  /**
+   * The counter of this client's sends to the volume. The daemon keeps one per volume for its
+   * whole life, so a detach and a new attach never reuse a (client, seq): forensics identifies
+   * a write by it, and reads the order of a client's generations from it.
+   */
+  seq?: { value: number };
 }
 
 /** Logical sectors per physical request: 4 MiB of physical I/O at most at once. */
@@ -73,7 +79,7 @@ export class DebugVolume implements DriveStore {
   readonly describe: string;
   private closed = false;
   /** Numbers every planned send of this client on this volume (LegWriter.plan). */
-  private seq = 0;
+  private readonly seq: { value: number };
   /** Read-modify-writes of partial sectors, one at a time. */
   private rmwTail: Promise<void> = Promise.resolve();
 
@@ -83,6 +89,7 @@ export class DebugVolume implements DriveStore {
   ) {
     if (inner.size_bytes % SECTOR_BYTES !== 0) throw new Error(`debug volume: physical size ${inner.size_bytes} is not a multiple of ${SECTOR_BYTES}`);
     this.size_bytes = inner.size_bytes / SECTOR_RATIO;
+    this.seq = opts.seq ?? { value: 0 };
     this.describe = `${inner.describe}, debug format`;
   }
 
@@ -212,7 +219,7 @@ export class DebugVolume implements DriveStore {
         if (piece.request_offset % SECTOR_BYTES !== 0 || piece.length % SECTOR_BYTES !== 0) {
           throw new Error(`debug volume: piece ${piece.request_offset}+${piece.length} is not made of whole debug sectors`);
         }
-        const seq = ++this.seq;
+        const seq = ++this.seq.value;
         const range = { from: piece.request_offset / SECTOR_BYTES, count: piece.length / SECTOR_BYTES };
         let legs_mask = writtenLegs(piece.topology);
         let skip_legs = 0;
