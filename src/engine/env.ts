@@ -6,7 +6,10 @@
  */
 import type { Network } from "./net/conn.ts";
 
-/** A local, monotonic clock. Never compared across machines: it only decides *when to suspect*. */
+/**
+ * A local clock. Never compared across machines: it only decides *when to suspect*. It may jump,
+ * either way (the simulator does it); code that measures intervals reads it through steadyClock.
+ */
 export interface Clock {
   now_ms(): number;
 }

@@ -38,6 +38,7 @@ import { type MirrorTimings, MirrorControl } from "./mirror-control.ts";
 import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.ts";
 import { layoutOf } from "./volume-layout.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
+import { withSteadyClock } from "../engine/steady-clock.ts";
 
 export interface TomaTimings extends LinkTimings {
   /** How often the TOMA re-checks drives: write-back, claims, retries of a retraction. */
@@ -120,10 +121,14 @@ export class Toma {
   private stopped = false;
   private warned_clusters = "";
 
+  private readonly env: Env;
+
   constructor(
-    private readonly env: Env,
+    env: Env,
     private readonly opts: TomaOptions,
   ) {
+    // Every local timeout of the TOMA (target liveness, client expiry, leg retry) reads this clock.
+    this.env = env = withSteadyClock(env);
     this.timings = { ...DEFAULT_TOMA_TIMINGS, ...opts.timings };
     const hello = { version: 1 as const, role: "toma" as const, name: opts.name };
     const connect = opts.connect ?? ((address: string) => openSession(env, address, hello));
