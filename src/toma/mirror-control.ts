@@ -13,7 +13,8 @@ import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
 import { FenceSync } from "./fencing.ts";
-import { copyLeg, LegUnavailable, type RebuildProgress, recoverLocks } from "./rebuild.ts";
+import { RangeClaims } from "./range-claims.ts";
+import { copyLeg, type HeldLock, LegUnavailable, type RebuildProgress, recoverLocks } from "./rebuild.ts";
 import { isMirrored, nextLegs, setColumns } from "./topology.ts";
 
 export interface MirrorTimings extends ClientTimings {
@@ -61,6 +62,8 @@ export class MirrorControl {
   private last_stable = -1;
   /** The TOMA's own lock owner id. */
   readonly owner_id: number;
+  /** Ranges our copies are locking, or our stale locks being freed (range-claims.ts). */
+  private readonly claims = new RangeClaims();
 
   private readonly deps: MirrorDeps;
 
@@ -255,11 +258,32 @@ export class MirrorControl {
       regionBytes: this.deps.regionBytes,
       pause_ms: this.timings.rebuild_pause_ms,
       owner_id: this.owner_id,
+      claims: this.claims,
       lossy: (d: string) => {
         const epoch = this.deps.cacheEpochOf(d);
         return epoch === undefined || epoch !== this.deps.state()?.drives.find((x) => x.drive_uuid === d)?.cache_epoch;
       },
     };
+  }
+
+  /**
+   * A lock of ours outside any claim was left by a copy whose UNLOCK was lost. The next copy of
+   * that range would free it, but there may be none (the leg was replaced, the volume deleted),
+   * and meanwhile it holds every client's writes of the unit back. Freed under a claim, so no copy
+   * of ours can be holding it legitimately at that moment. The copy left the range's dirty bits
+   * set, so nothing needs copying here.
+   */
+  private async freeOwnStaleLocks(s: TargetSession, drive_uuid: string, ours: HeldLock[]): Promise<void> {
+    for (const l of ours) {
+      if (this.claims.claimed(drive_uuid, l.offset, l.length)) continue;
+      const release = await this.claims.claim(drive_uuid, l.offset, l.length);
+      try {
+        await s.unlock(uuidFromString(drive_uuid), l.offset, l.length);
+      } finally {
+        release();
+      }
+      this.deps.env.log.info("a lock our own lost UNLOCK left was freed", { drive: drive_uuid, offset: l.offset, length: l.length });
+    }
   }
 
   /**
@@ -285,6 +309,7 @@ export class MirrorControl {
             // meanwhile holds live locks, and its I/O may be in flight right now.
             if (!drives.every((x) => this.fences.inSync(x))) break;
             const admitted = new Set(this.fences.tableFor(d).map((e) => e.client_id));
+            await this.freeOwnStaleLocks(s, d, listed.filter((l) => l.client_id === this.owner_id));
             const held = listed.filter((l) => !admitted.has(l.client_id) && l.client_id !== this.owner_id);
             if (held.length === 0) continue;
             const n = await recoverLocks(this.rebuildDeps(), vol, d, held);

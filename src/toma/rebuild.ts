@@ -17,6 +17,7 @@ import { sleep } from "../engine/env.ts";
 import { uuidFromString } from "../engine/uuid.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { VolumeRecord } from "./cluster-state.ts";
+import type { RangeClaims } from "./range-claims.ts";
 import { setColumns } from "./topology.ts";
 
 export interface RebuildDeps {
@@ -33,6 +34,8 @@ export interface RebuildDeps {
    * from it may lack acknowledged writes, so it is written with LOSSY_COPY.
    */
   lossy: (drive_uuid: string) => boolean;
+  /** Our exclusion over drive ranges: every lock of ours is taken under a claim. */
+  claims: RangeClaims;
 }
 
 export interface RebuildProgress {
@@ -106,12 +109,20 @@ export async function copyLeg(
     const so = driveOffset(vol, source, at);
     const doff = driveOffset(vol, column, at);
     const s = need(deps, srcDrive);
-    await s.lock(src, so, R);
+    const release = await deps.claims.claim(srcDrive, so, R);
     try {
-      await s.read(src, so, buf);
-      await need(deps, dstDrive).write(dst, doff, buf, true, opts);
+      // A lock of ours may be left here by a copy whose UNLOCK was lost: it would hold us back.
+      await s.unlock(src, so, R);
+      await s.lock(src, so, R);
+      try {
+        await s.read(src, so, buf);
+        await need(deps, dstDrive).write(dst, doff, buf, true, opts);
+      } finally {
+        // A lost UNLOCK leaves our lock held; the next claimant of the range frees it.
+        await s.unlock(src, so, R).catch(() => {});
+      }
     } finally {
-      await s.unlock(src, so, R).catch(() => {});
+      release();
     }
     if (clearBits) {
       await s.dirtyClear(src, so, R);

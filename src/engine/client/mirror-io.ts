@@ -19,7 +19,7 @@ import { DriveIoError } from "../drive/store.ts";
 import { type Env, sleep } from "../env.ts";
 import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
-import { Status } from "../wire/header.ts";
+import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
 import { plantedBugs } from "../planted-bugs.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { LOST_WRITES } from "./cache-watch.ts";
@@ -61,6 +61,14 @@ export class MirrorIo {
   private readonly watch = new MirrorWatch();
   /** Tail of the chain of this client's writes per lock unit ("set:unit"). */
   private readonly unitTail = new Map<string, Promise<void>>();
+  /**
+   * Lock units ("drive@offset") we may still hold: a LOCK whose answer, or an UNLOCK that, was
+   * lost with its connection. Unlocked before we next lock the unit: our writes to a unit are
+   * serialised here, so nothing of ours holds it legitimately then, and the target serves a new
+   * connection of ours only once the old one's requests are over. Left held, our retry of the
+   * write would wait for our own lock for ever (simulator seed 7 with --mirror).
+   */
+  private readonly owedUnlocks = new Set<string>();
   closed = false;
 
   constructor(
@@ -283,8 +291,12 @@ export class MirrorIo {
         // Counted before the answer: a LOCK whose answer was lost with its connection may be
         // held, and UNLOCK of units we do not hold is harmless.
         locked.push(leg);
+        const { drive_uuid, drive_offset } = p.legs[leg]!;
+        const drive = this.pool.driveId(drive_uuid);
+        const unit = drive_offset - (drive_offset % LOCK_UNIT_BYTES);
         try {
-          await s.lock(this.pool.driveId(p.legs[leg]!.drive_uuid), p.legs[leg]!.drive_offset, p.length);
+          if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) await s.unlock(drive, unit, LOCK_UNIT_BYTES);
+          await s.lock(drive, drive_offset, p.length);
         } catch (e) {
           throw this.classify(e, p, leg);
         }
@@ -313,8 +325,14 @@ export class MirrorIo {
       // Unlocked whatever happened: a retry of this piece must not wait on our own lock.
       await Promise.all(
         locked.map(async (leg) => {
-          const s = this.pool.cached(p.legs[leg]!.drive_uuid);
-          await s?.unlock(this.pool.driveId(p.legs[leg]!.drive_uuid), p.legs[leg]!.drive_offset, p.length).catch(() => {});
+          const { drive_uuid, drive_offset } = p.legs[leg]!;
+          try {
+            const s = this.pool.cached(drive_uuid);
+            if (!s) throw new Error("no session");
+            await s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length);
+          } catch {
+            this.owedUnlocks.add(`${drive_uuid}@${drive_offset - (drive_offset % LOCK_UNIT_BYTES)}`);
+          }
         }),
       );
     }
