@@ -33,3 +33,13 @@ test("runs of writes with the same acknowledgements are one run; a changed epoch
   expect(w.staleDrives(m, epochs(["a", 1], ["b", 2])).sort()).toEqual(["b"]);
   expect(w.flushed(m, epochs(["a", 1], ["b", 2]))).toBe(false);
 });
+
+test("outdated: a drive that answered under another epoch since the acknowledgement", () => {
+  const w = new MirrorWatch();
+  w.seen("A", 1);
+  w.seen("B", 4);
+  expect(w.outdated([["A", 1], ["B", 4]])).toBe(false);
+  expect(w.outdated([["C", 9]])).toBe(false); // never heard from since: nothing known against it
+  w.seen("B", 5);
+  expect(w.outdated([["A", 1], ["B", 4]])).toBe(true);
+});

@@ -259,7 +259,7 @@ describe("the DIRTY flag", () => {
 describe("INTENT bits (a mirror leg's unflushed writes)", () => {
   test("marked before the write, cleared by the target after 3 quiet flushes; DIRTY bits and unflushed regions stay", async () => {
     const { store, d } = await gatedDrive();
-    h = await startTarget([d]);
+    h = await startTarget([d], { writeback_ms: 3_600_000 }); // only our flushes count here
     const s = await h.session();
     const u = uuidBytes(d);
     const n = dataBytes(d);
@@ -285,5 +285,18 @@ describe("INTENT bits (a mirror leg's unflushed writes)", () => {
     expect(await s.dirtyGet(u, 0, n)).toEqual([3]);
     for (let i = 0; i < 3; i++) await s.flush(u);
     expect(await s.dirtyGet(u, 0, n)).toEqual([]);
+  });
+
+  test("with no flush from any client, the target's own writeback flushes clear them; DIRTY bits stay", async () => {
+    const { d } = await gatedDrive();
+    h = await startTarget([d], { writeback_ms: 20 });
+    const s = await h.session();
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+    await s.write(u, 0, pattern(4096, 8), false, { intent: true });
+    await s.write(u, 2 * R, pattern(4096, 9), false, { dirty: true });
+    expect(await s.dirtyGet(u, 0, n)).toEqual([0, 2]);
+    for (let i = 0; i < 200 && (await s.dirtyGet(u, 0, n)).length !== 1; i++) await Bun.sleep(10);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([2]);
   });
 });

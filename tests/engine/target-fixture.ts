@@ -75,7 +75,7 @@ export interface TargetHarness {
 
 export async function startTarget(
   drives: FormattedDrive[],
-  opts: { max_inflight_per_conn?: number; fencing?: boolean } = {},
+  opts: { max_inflight_per_conn?: number; fencing?: boolean; writeback_ms?: number } = {},
 ): Promise<TargetHarness> {
   const logs: LogLine[] = [];
   const env = realEnv("target-test", recordingLogger(logs));

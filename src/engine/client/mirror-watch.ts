@@ -35,6 +35,18 @@ export class MirrorWatch {
   private flushedUpTo = 0;
   private runs: Run[] = [];
   private doubts: Doubt[] = [];
+  /** The epoch each drive answered with last. */
+  private readonly latest = new Map<string, number>();
+
+  /** An answer of `drive` carried `epoch` (every write and flush answer does). */
+  seen(drive: string, epoch: number): void {
+    this.latest.set(drive, epoch);
+  }
+
+  /** Whether a drive of these acknowledgements has answered under another epoch since. */
+  outdated(acks: [string, number][]): boolean {
+    return acks.some(([d, e]) => (this.latest.get(d) ?? e) !== e);
+  }
 
   /** A write (not FUA) completed, acknowledged by these (drive, cache epoch) pairs. */
   acked(acks: [string, number][]): void {

@@ -108,6 +108,11 @@ export class DirtyBits {
     }
   }
 
+  /** Regions written by DIRTY or INTENT writes that are not yet quiet: a flush would help them. */
+  get awaitingFlush(): boolean {
+    return this.tracked.size > 0;
+  }
+
   /** Taken when a flush of the drive starts: it covers the writes completed before it. */
   flushMark(): number {
     return this.completed;

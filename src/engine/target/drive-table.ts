@@ -99,6 +99,10 @@ export class DriveTable {
     return entry;
   }
 
+  all(): IterableIterator<ServedDrive> {
+    return this.byKey.values();
+  }
+
   infos(): DriveInfo[] {
     return Array.from(this.byKey.values(), (e) => ({ ...e.drive.info, cache_epoch: e.drive.data.cache_epoch ?? 0 }));
   }

@@ -321,10 +321,15 @@ function copyOf(payload: Uint8Array): Uint8Array {
 }
 
 async function doFlush(d: ServedDrive, h: Header): Promise<Uint8Array> {
+  await flushDrive(d);
+  return durableResponse(d, h);
+}
+
+/** Makes the drive's cached writes durable, and tells the write-intent bits (dirty.ts). */
+export async function flushDrive(d: ServedDrive): Promise<void> {
   const mark = d.dirty.flushMark();
   if (!plantedBugs.ack_before_durable) await d.drive.data.flush();
   d.dirty.flushed(mark);
-  return durableResponse(d, h);
 }
 
 async function doTrim(d: ServedDrive, h: Header): Promise<Uint8Array> {

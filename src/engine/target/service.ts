@@ -5,14 +5,14 @@
  * env.net.listen(address, (c) => service.handle(c)).
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
-import type { Env } from "../env.ts";
+import type { Env, TimerHandle } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
 import type { TargetInfo } from "../wire/control.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
 import type { HelloRequest } from "../wire/control.ts";
 import { type ConnectionLimits, TargetConnection } from "./connection.ts";
-import { DriveTable } from "./drive-table.ts";
-import type { TargetContext } from "./execute.ts";
+import { DriveTable, type ServedDrive } from "./drive-table.ts";
+import { flushDrive, type TargetContext } from "./execute.ts";
 
 /** Reported in HELLO so a requester can tell which implementation it talks to. */
 export const TARGET_VERSION = "nvmesh-target/1";
@@ -36,7 +36,17 @@ export interface TargetServiceOptions {
    * of mirroring is being built); this option then goes away and fencing is always on.
    */
   fencing?: boolean;
+  /** Period of the target's own flushes of drives with write-intent bits (WRITEBACK_MS). */
+  writeback_ms?: number;
 }
+
+/**
+ * How often a drive with write-intent bits waiting for quiet flushes is flushed by the target
+ * itself. Clients need not flush (fio without fsync, an idle file system); without this, the bits
+ * of every region a mirror ever wrote would stay set, and a leg's return would copy all of them.
+ * It also bounds how long acknowledged mirror writes sit in a volatile cache.
+ */
+export const WRITEBACK_MS = 1000;
 
 export class TargetService {
   private readonly drives = new DriveTable();
@@ -45,6 +55,9 @@ export class TargetService {
   private readonly byRequester = new Map<string, { conn: TargetConnection; quiet: Promise<void> | null }>();
   private readonly ctx: TargetContext;
   private readonly limits: ConnectionLimits;
+  private readonly writeback: TimerHandle;
+  /** Drives being flushed by the writeback now. */
+  private readonly flushing = new Set<ServedDrive>();
 
   constructor(
     private readonly env: Env,
@@ -63,6 +76,17 @@ export class TargetService {
       max_queued_bytes: Math.max(128 * 1024 * 1024, 4 * MAX_PAYLOAD_BYTES),
     };
     this.ctx = { drives: this.drives, log: env.log, fencing: opts.fencing ?? false, info: () => this.info() };
+    this.writeback = env.timers.every(opts.writeback_ms ?? WRITEBACK_MS, () => this.writeBack());
+  }
+
+  private writeBack(): void {
+    for (const d of this.drives.all()) {
+      if (!d.dirty.awaitingFlush || this.flushing.has(d)) continue;
+      this.flushing.add(d);
+      flushDrive(d)
+        .catch((e) => this.env.log.warn("writeback flush failed", { drive: d.drive.info.drive_uuid, error: String(e) }))
+        .finally(() => this.flushing.delete(d));
+    }
   }
 
   /** Takes ownership of a freshly accepted connection. */
@@ -131,6 +155,7 @@ export class TargetService {
 
   /** Closes every connection (shutdown). Drives are the caller's to close. */
   closeAll(): void {
+    this.writeback.cancel();
     for (const c of [...this.conns]) c.close();
   }
 }
