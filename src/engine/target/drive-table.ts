@@ -31,10 +31,25 @@ export interface ServedDrive {
   readonly locks: LockTable;
   readonly dirty: DirtyBits;
   /**
-   * LOSSY_COPY writes received (RAM): added to the cache epoch in answers. Starting again from 0
-   * after a restart changes the epoch too, which at worst fails a flush that had nothing to fear.
+   * LOSSY_COPY writes received (RAM): they change the epoch in answers (answeredEpoch). Starting
+   * again from 0 after a restart changes it too, which at worst fails a flush that had nothing to
+   * fear.
    */
   epoch_bumps: number;
+  /** Random per serving of the drive: mixed into the answered epoch once there are bumps. */
+  readonly epoch_salt: number;
+}
+
+/**
+ * The cache epoch a drive states in its answers: the drive's own while no LOSSY_COPY came, else
+ * a mix of it, this serving's salt and the bumps. A plain sum once let a restart (bumps back to 0)
+ * and a later cache loss (epoch + 1) add up to the very number a client had acknowledged writes
+ * under, and the loss went unseen (simulator seed 53 with --mirror).
+ */
+export function answeredEpoch(d: ServedDrive): number {
+  const base = (d.drive.data.cache_epoch ?? 0) >>> 0;
+  if (d.epoch_bumps === 0) return base;
+  return (Math.imul(base ^ d.epoch_salt, 0x9e3779b1) + d.epoch_bumps) >>> 0;
 }
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
@@ -57,7 +72,7 @@ export class DriveTable {
   private lastUuid: Uint8Array | null = null;
   private lastEntry: ServedDrive | undefined = undefined;
 
-  add(drive: FormattedDrive): void {
+  add(drive: FormattedDrive, epoch_salt: number): void {
     this.lastUuid = null;
     const key = uuidKey(uuidFromString(drive.info.drive_uuid));
     if (this.byKey.has(key)) throw new Error(`drive ${drive.info.drive_uuid} is already served`);
@@ -74,6 +89,7 @@ export class DriveTable {
       locks: new LockTable(),
       dirty: new DirtyBits(drive, data_bytes),
       epoch_bumps: 0,
+      epoch_salt,
     });
   }
 

@@ -20,7 +20,7 @@ import {
   Op,
   Status,
 } from "../wire/header.ts";
-import type { DriveTable, ServedDrive } from "./drive-table.ts";
+import { answeredEpoch, type DriveTable, type ServedDrive } from "./drive-table.ts";
 import { plantedBugs } from "../planted-bugs.ts";
 import { type Role, applyFence, fenceCheck, refuses } from "./fence.ts";
 import {
@@ -310,7 +310,7 @@ async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uin
  */
 function durableResponse(d: ServedDrive, h: Header): Uint8Array {
   // Wraps within u32: the epoch is compared for equality only.
-  h.generation = ((d.drive.data.cache_epoch ?? 0) + d.epoch_bumps) >>> 0;
+  h.generation = answeredEpoch(d);
   return okResponse(h);
 }
 

@@ -63,7 +63,7 @@ export class TargetService {
     private readonly env: Env,
     private readonly opts: TargetServiceOptions,
   ) {
-    for (const d of opts.drives) this.drives.add(d);
+    for (const d of opts.drives) this.drives.add(d, env.random.u32());
     const max_inflight = opts.max_inflight_per_conn ?? DEFAULT_MAX_INFLIGHT_PER_CONN;
     if (!Number.isInteger(max_inflight) || max_inflight < 1) {
       throw new Error(`max_inflight_per_conn must be a positive integer, got ${max_inflight}`);
@@ -130,7 +130,7 @@ export class TargetService {
 
   /** Hot-plug: serves a drive from now on. Throws if a drive with its uuid is already served. */
   addDrive(drive: FormattedDrive): void {
-    this.drives.add(drive);
+    this.drives.add(drive, this.env.random.u32());
     this.env.log.info("drive added", { drive: drive.info.drive_uuid, path: drive.info.path });
   }
 
