@@ -3,6 +3,7 @@
  * workload under faults, heal everything, and check that the cluster comes back (liveness) and that
  * every read of the whole run was right (safety).
  */
+import { checkLegsEqual } from "./leg-check.ts";
 import { defaultSpec, type ClusterSpec, SimCluster } from "./cluster.ts";
 import { randomDriveProfile } from "./drive.ts";
 import { DEFAULT_FAULT_WEIGHTS, FaultInjector, type FaultOptions } from "./faults.ts";
@@ -114,6 +115,7 @@ export async function runSeed(seed: number, opts: RunOptions = defaultRunOptions
       world.fail(`liveness: ${late.length} operations failed after the cluster was healed and settled`);
     }
     await finalCheck(cluster);
+    if (!world.failure) await checkLegsEqual(cluster);
   } catch (e) {
     world.fail((e as Error).message);
   } finally {

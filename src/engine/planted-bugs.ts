@@ -12,6 +12,12 @@ export const plantedBugs = {
   ignore_cache_epoch: false,
   /** Client: a write whose target connection broke counts as written instead of being retried. */
   ack_on_connection_loss: false,
+  /** Mirror client: Degraded writes set no dirty bit (the returning leg is never given them). */
+  skip_dirty_bit: false,
+  /** Mirror client: writes take no lock (concurrent writers may leave the legs different). */
+  skip_lock: false,
+  /** TOMA: steps a mirror's topology without waiting until every client switched (two apart). */
+  non_adjacent_topologies: false,
 };
 
 export type PlantedBug = keyof typeof plantedBugs;

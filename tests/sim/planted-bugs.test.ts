@@ -5,6 +5,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { type PlantedBug, plantedBugs } from "../../src/engine/planted-bugs.ts";
+import { MIRROR_VOLUME } from "../../sim/cluster.ts";
 import { defaultRunOptions, runSeed } from "../../sim/run.ts";
 
 /** Seeds 1..WITHIN: each bug must be found by one of them. */
@@ -37,5 +38,29 @@ describe(`each planted bug is caught within ${WITHIN} seeds`, () => {
       console.log(`${bug}: caught by seed ${found!.seed}: ${found!.failure.slice(0, 160)}`);
       expect(found!.failure).toMatch(why);
     }, 120_000);
+  }
+});
+
+/** Mirror seeds 1..MIRROR_WITHIN, with the RAID1 volume in the workload. */
+const MIRROR_WITHIN = 20;
+
+describe(`each planted mirror bug is caught within ${MIRROR_WITHIN} mirror seeds`, () => {
+  const expectations: [PlantedBug, RegExp][] = [
+    ["skip_dirty_bit", /legs differ|lost or stale/],
+    ["skip_lock", /legs differ|lost or stale/],
+    ["non_adjacent_topologies", /legs differ|lost or stale/],
+  ];
+  for (const [bug, why] of expectations) {
+    test(bug, async () => {
+      plantedBugs[bug] = true;
+      let found: string | null = null;
+      for (let seed = 1; seed <= MIRROR_WITHIN && found === null; seed++) {
+        const r = await runSeed(seed, { ...defaultRunOptions(), tweak: (spec) => spec.volumes.push(MIRROR_VOLUME) });
+        if (!r.ok) found = `seed ${seed}: ${r.failure}`;
+      }
+      expect(found).not.toBeNull();
+      console.log(`${bug}: caught by ${found!.slice(0, 170)}`);
+      expect(found!).toMatch(why);
+    }, 180_000);
   }
 });

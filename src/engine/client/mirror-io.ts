@@ -152,6 +152,7 @@ export class MirrorIo {
    * TOMA's bits for the rebuild), else INTENT (the target's bits, in case its cache is lost).
    */
   private flags(t: SetTopology, _p: MirrorPiece): { dirty?: boolean; intent?: boolean } {
+    if (t.dirty && plantedBugs.skip_dirty_bit) return {};
     return t.dirty ? DIRTY : INTENT;
   }
 
@@ -292,7 +293,7 @@ export class MirrorIo {
     acks: ((legs: [string, number][]) => void) | null,
     sabotage?: Pick<LegPlan, "skip_legs" | "skip_lock">,
   ): Promise<void> {
-    const lockLegs = sabotage?.skip_lock ? [] : lockLegsOf(t, p.unit);
+    const lockLegs = sabotage?.skip_lock || plantedBugs.skip_lock ? [] : lockLegsOf(t, p.unit);
     const locked: number[] = [];
     try {
       for (const leg of lockLegs) {
