@@ -63,10 +63,12 @@ export class MirrorIo {
   private readonly unitTail = new Map<string, Promise<void>>();
   /**
    * Lock units ("drive@offset") we may still hold: a LOCK whose answer, or an UNLOCK that, was
-   * lost with its connection. Unlocked before we next lock the unit: our writes to a unit are
-   * serialised here, so nothing of ours holds it legitimately then, and the target serves a new
-   * connection of ours only once the old one's requests are over. Left held, our retry of the
-   * write would wait for our own lock for ever (simulator seed 7 with --mirror).
+   * lost with its connection. Left held, our retry of the write would wait for our own lock for
+   * ever (simulator seed 7 with --mirror), and so would every other writer of the unit and the
+   * TOMA's rebuild (seed 121). Unlocked as soon as a session to the drive allows (`payLater`),
+   * or before we next lock the unit, whichever comes first, always in the unit's turn of our
+   * writes (`serialised`): nothing of ours holds it legitimately then, and the target serves a
+   * new connection of ours only once the old one's requests are over.
    */
   private readonly owedUnlocks = new Set<string>();
   closed = false;
@@ -343,7 +345,7 @@ export class MirrorIo {
             if (!s) throw new Error("no session");
             await s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length);
           } catch {
-            this.owedUnlocks.add(`${drive_uuid}@${drive_offset - (drive_offset % LOCK_UNIT_BYTES)}`);
+            this.owe(`${p.set}:${p.unit}`, drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
           }
         }),
       );
@@ -405,8 +407,33 @@ export class MirrorIo {
     }
   }
 
+  private owe(chain: string, drive_uuid: string, unit: number): void {
+    this.owedUnlocks.add(`${drive_uuid}@${unit}`);
+    this.payLater(chain, drive_uuid, unit, 50);
+  }
+
+  /** Pays an owed unlock in the unit's turn, trying again later while the drive is unreachable. */
+  private payLater(chain: string, drive_uuid: string, unit: number, delay_ms: number): void {
+    this.env.timers.after(delay_ms, () => {
+      if (this.closed) return;
+      void this.serialisedKey(chain, async () => {
+        const key = `${drive_uuid}@${unit}`;
+        if (!this.owedUnlocks.delete(key)) return; // paid before a LOCK meanwhile
+        try {
+          await (await this.pool.sessionFor(drive_uuid)).unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+        } catch {
+          this.owedUnlocks.add(key);
+          this.payLater(chain, drive_uuid, unit, Math.min(2 * delay_ms, 2000));
+        }
+      });
+    });
+  }
+
   private serialised(p: MirrorPiece, fn: () => Promise<void>): Promise<void> {
-    const key = `${p.set}:${p.unit}`;
+    return this.serialisedKey(`${p.set}:${p.unit}`, fn);
+  }
+
+  private serialisedKey(key: string, fn: () => Promise<void>): Promise<void> {
     const prev = this.unitTail.get(key) ?? Promise.resolve();
     const mine = prev.then(fn);
     const tail = mine.catch(() => {});
