@@ -335,6 +335,8 @@ export function encodeState(state: ClusterState): Uint8Array {
       drive_uuid: d.drive_uuid,
       extent_size_bytes: d.extent_size_bytes,
       extent_count: d.extent_count,
+      // Persisted: left out, every TOMA restart took each leg drive for one that lost its cache.
+      ...(d.cache_epoch === undefined ? {} : { cache_epoch: d.cache_epoch }),
     })),
     volumes: state.volumes.map((x) => ({
       uuid: x.uuid,

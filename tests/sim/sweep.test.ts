@@ -1,19 +1,21 @@
 /**
- * The seed sweep CI runs: seeds 1..500 under the default fault schedule, split over two processes
- * (the CI machine has two cores). Every seed must pass; a failure prints its replay line.
- * The nightly-style run is `bun run sim --seeds 5000 --long`.
+ * The seed sweeps CI runs, each split over two processes (the CI machine has two cores): seeds
+ * 1..500 under the default fault schedule, and seeds 1..MIRROR_SEEDS with a RAID1 volume in the
+ * workload (`--mirror`: topology steps, rebuilds, stale locks, the end-of-run leg check). Every
+ * seed must pass; a failure prints its replay line. Longer runs: `bun run sim --seeds 5000 --long`,
+ * `bun run sim --seeds 5000 --mirror`.
  */
 import { expect, test } from "bun:test";
 
-const SEEDS = 500;
 const PROCESSES = 2;
+const MIRROR_SEEDS = 400;
 
-test(`simulator: seeds 1..${SEEDS} all pass`, async () => {
-  const per = Math.ceil(SEEDS / PROCESSES);
+async function sweep(seeds: number, extra: string[]): Promise<void> {
+  const per = Math.ceil(seeds / PROCESSES);
   const runs = Array.from({ length: PROCESSES }, (_, i) => {
     const from = 1 + i * per;
-    const k = Math.min(per, SEEDS - i * per);
-    const p = Bun.spawn([process.execPath, "sim/main.ts", "--seeds", String(k), "--from", String(from)], {
+    const k = Math.min(per, seeds - i * per);
+    const p = Bun.spawn([process.execPath, "sim/main.ts", "--seeds", String(k), "--from", String(from), ...extra], {
       stdout: "pipe",
       stderr: "pipe",
     });
@@ -29,4 +31,8 @@ test(`simulator: seeds 1..${SEEDS} all pass`, async () => {
     if (r.code !== 0) console.log(r.out.split("\n").filter((l) => !l.startsWith("…")).join("\n"), r.err);
   }
   expect(results.map((r) => r.code)).toEqual(results.map(() => 0));
-}, 15 * 60_000);
+}
+
+test("simulator: seeds 1..500 all pass", () => sweep(500, []), 15 * 60_000);
+
+test(`simulator with a RAID1 volume: seeds 1..${MIRROR_SEEDS} all pass`, () => sweep(MIRROR_SEEDS, ["--mirror"]), 15 * 60_000);

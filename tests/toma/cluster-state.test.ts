@@ -94,6 +94,14 @@ describe("encode/decode", () => {
     expect(encodeState(decodeState(bytes))).toEqual(bytes);
   });
 
+  test("a drive's recorded cache epoch survives the round trip (it once did not: every TOMA restart saw lost caches)", () => {
+    const r2 = apply(s, { kind: "set_cache_epoch", drive_uuid: D1, cache_epoch: 7 });
+    if (!r2.ok) throw new Error(r2.error);
+    const back = decodeState(encodeState(r2.state));
+    expect(back.drives.find((d) => d.drive_uuid === D1)?.cache_epoch).toBe(7);
+    expect(back).toEqual(r2.state);
+  });
+
   const corrupt: [string, Uint8Array, RegExp][] = [
     ["not CBOR", new Uint8Array([0xff, 0xff, 0x00]), /not valid CBOR|fails validation/],
     ["a number", encode(42), /fails validation/],

@@ -6,7 +6,7 @@
 export type RaidLevel = "concatenated" | "0" | "1" | "10";
 
 /** Locks and the interleaving of the read/lock leg of a mirror are per unit of this many bytes. */
-export const LOCK_UNIT_BYTES = 64 * 1024;
+export { LOCK_UNIT_BYTES } from "../wire/header.ts";
 
 /**
  * Role of one mirror leg in the current topology (DESIGN.md §3): R reads served here, W writes go
