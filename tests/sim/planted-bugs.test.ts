@@ -41,26 +41,28 @@ describe(`each planted bug is caught within ${WITHIN} seeds`, () => {
   }
 });
 
-/** Mirror seeds 1..MIRROR_WITHIN, with the RAID1 volume in the workload. */
-const MIRROR_WITHIN = 20;
-
-describe(`each planted mirror bug is caught within ${MIRROR_WITHIN} mirror seeds`, () => {
-  const expectations: [PlantedBug, RegExp][] = [
-    ["skip_dirty_bit", /legs differ|lost or stale/],
-    ["skip_lock", /legs differ|lost or stale/],
-    ["non_adjacent_topologies", /legs differ|lost or stale/],
+/**
+ * Mirror seeds 1..within, with the RAID1 volume in the workload. Skipping the lock needs two
+ * writers on one unit whose legs' answers arrive in different orders, and then no later write
+ * of the unit: rarer (first caught by seed 57 when this was written), hence its wider window.
+ */
+describe("each planted mirror bug is caught by the mirror seeds", () => {
+  const expectations: [PlantedBug, number, RegExp][] = [
+    ["skip_dirty_bit", 20, /legs differ|lost or stale/],
+    ["skip_lock", 100, /legs differ|lost or stale/],
+    ["non_adjacent_topologies", 20, /legs differ|lost or stale/],
   ];
-  for (const [bug, why] of expectations) {
-    test(bug, async () => {
+  for (const [bug, within, why] of expectations) {
+    test(`${bug} (within ${within} seeds)`, async () => {
       plantedBugs[bug] = true;
       let found: string | null = null;
-      for (let seed = 1; seed <= MIRROR_WITHIN && found === null; seed++) {
+      for (let seed = 1; seed <= within && found === null; seed++) {
         const r = await runSeed(seed, { ...defaultRunOptions(), tweak: (spec) => spec.volumes.push(MIRROR_VOLUME) });
         if (!r.ok) found = `seed ${seed}: ${r.failure}`;
       }
       expect(found).not.toBeNull();
       console.log(`${bug}: caught by ${found!.slice(0, 170)}`);
       expect(found!).toMatch(why);
-    }, 180_000);
+    }, 300_000);
   }
 });
