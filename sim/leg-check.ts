@@ -17,6 +17,11 @@ export async function checkLegsEqual(cluster: SimCluster): Promise<void> {
     60_000,
     "every mirror back to Normal with all its legs",
   );
+  const offsets = new Map<SimMedium, number>();
+  const dataOffset = (m: SimMedium) => {
+    if (!offsets.has(m)) offsets.set(m, decodeSuperblock(m.snapshot(0, SUPERBLOCK_BYTES)).data_offset);
+    return offsets.get(m)!;
+  };
   const mediumOf = new Map<string, SimMedium>([...cluster.uuidOf].map(([m, u]) => [u, m]));
   for (const vol of state()!.volumes.filter(isMirrored)) {
     const E = vol.extent_size_bytes;
@@ -24,8 +29,7 @@ export async function checkLegsEqual(cluster: SimCluster): Promise<void> {
       const [first, ...others] = setColumns(vol, set);
       const bytesOf = (column: number, i: number) => {
         const m = mediumOf.get(vol.columns[column]!.drive_uuid)!;
-        const data_offset = decodeSuperblock(m.snapshot(0, SUPERBLOCK_BYTES)).data_offset;
-        return m.snapshot(data_offset + vol.columns[column]!.extents[i]! * E, E);
+        return m.snapshot(dataOffset(m) + vol.columns[column]!.extents[i]! * E, E);
       };
       for (let i = 0; i < vol.columns[first!]!.extents.length; i++) {
         const a = bytesOf(first!, i);

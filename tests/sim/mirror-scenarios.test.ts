@@ -6,31 +6,13 @@
  * nothing failing after healing, every leg byte-equal at the end (sim/leg-check.ts).
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { MIRROR_VOLUME, type ServerSim, type SimCluster } from "../../sim/cluster.ts";
-import { quietDriveProfile } from "../../sim/drive.ts";
-import { quietProfile } from "../../sim/net.ts";
-import { defaultRunOptions, type RunResult, runSeed } from "../../sim/run.ts";
+import { type ClusterSpec, MIRROR_VOLUME, type ServerSim, type SimCluster } from "../../sim/cluster.ts";
+import type { RunResult } from "../../sim/run.ts";
+import { scenario, when } from "./scenario-kit.ts";
 
 setDefaultTimeout(120_000);
 
-async function scenario(script: (c: SimCluster) => void): Promise<RunResult> {
-  const opts = defaultRunOptions();
-  opts.fault_ms = 20_000;
-  opts.faults = { ...opts.faults, weights: {} };
-  opts.full_trace = true;
-  opts.tweak = (spec) => {
-    spec.net = quietProfile();
-    spec.drive = quietDriveProfile();
-    spec.workload = { ...spec.workload, lanes: 2, think_ms: [1, 30] };
-    spec.volumes.push(MIRROR_VOLUME);
-  };
-  opts.script = script;
-  const r = await runSeed(1, opts);
-  if (process.env.SCEN_TRACE || !r.ok || r.errors.length > 0) console.log([r.failure, ...r.full_trace.filter((l) => / (warn|error|info) /.test(l) && !/ net /.test(l))].join("\n"));
-  expect(r.failure).toBeNull();
-  expect(r.errors).toEqual([]);
-  return r;
-}
+const withMirror = { fault_ms: 20_000, tweak: (spec: ClusterSpec) => spec.volumes.push(MIRROR_VOLUME) };
 
 const mirror = (c: SimCluster) => c.tomaServer.toma?.state?.volumes.find((v) => v.name === MIRROR_VOLUME.name);
 
@@ -39,12 +21,6 @@ function legServer(c: SimCluster, column: number): ServerSim {
   const uuid = mirror(c)!.columns[column]!.drive_uuid;
   const medium = [...c.uuidOf].find(([, u]) => u === uuid)![0];
   return c.servers.find((s) => s.media.includes(medium))!;
-}
-
-/** Runs `fn` once `ready()` holds, polled every ms from `at_ms` into the fault phase. */
-function when(c: SimCluster, at_ms: number, ready: () => boolean, fn: () => void): void {
-  const poll = () => (ready() ? fn() : c.world.after(1, poll));
-  c.world.after(at_ms, poll);
 }
 
 const steps = (r: RunResult) => r.full_trace.filter((l) => l.includes("topology step volume=mirror")).map((l) => l.split("legs=")[1]!);
@@ -57,7 +33,7 @@ describe("mirror scenarios", () => {
         c.net.partition(["c1"], [legServer(c, 0).name]);
       });
       c.world.after(8000, () => c.net.heal());
-    });
+    }, withMirror);
     // Every read of both clients was right (scenario), and the set is Normal at the end.
     expect(steps(r).at(-1) ?? "ok,ok").toBe("ok,ok");
   });
@@ -110,7 +86,7 @@ describe("mirror scenarios", () => {
             crashed = true;
             crash(c);
           });
-        });
+        }, withMirror);
         expect(crashed).toBe(true);
         expect(steps(r).at(-1)).toBe("ok,ok");
       });

@@ -5,39 +5,13 @@
  * ends within the I/O timeout, and never returns wrong data.
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import type { SimCluster } from "../../sim/cluster.ts";
 import { quietDriveProfile } from "../../sim/drive.ts";
 import { quietProfile } from "../../sim/net.ts";
 import { defaultRunOptions, type RunResult, runSeed } from "../../sim/run.ts";
+import { scenario, when } from "./scenario-kit.ts";
 
 // A scenario is a few seconds of a 2-core machine's time: far above bun's 5 s default when busy.
 setDefaultTimeout(120_000);
-
-type Script = (c: SimCluster) => void;
-
-async function scenario(script: Script, extra: { seed?: number; expectErrors?: boolean } = {}): Promise<RunResult> {
-  const opts = defaultRunOptions();
-  opts.fault_ms = 15_000;
-  opts.faults = { ...opts.faults, weights: {} };
-  opts.full_trace = true;
-  opts.tweak = (spec) => {
-    spec.net = quietProfile();
-    spec.drive = quietDriveProfile();
-    spec.workload = { ...spec.workload, lanes: 2, think_ms: [1, 30] };
-  };
-  opts.script = script;
-  const r = await runSeed(extra.seed ?? 1, opts);
-  if (!r.ok) console.log([r.failure, ...r.last_trace].join("\n"));
-  expect(r.failure).toBeNull();
-  if (!extra.expectErrors) expect(r.errors).toEqual([]);
-  return r;
-}
-
-/** Runs `fn` at `at_ms` after the fault phase starts, once `ready()` holds (polled every ms). */
-function when(c: SimCluster, at_ms: number, ready: () => boolean, fn: () => void): void {
-  const poll = () => (ready() ? fn() : c.world.after(1, poll));
-  c.world.after(at_ms, poll);
-}
 
 const traced = (r: RunResult, re: RegExp) => r.full_trace.some((l) => re.test(l));
 

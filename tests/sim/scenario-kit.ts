@@ -1,0 +1,46 @@
+/**
+ * Named simulator scenarios (scenarios.test.ts, mirror-scenarios.test.ts): no random faults, a
+ * quiet network and quiet drives, a scripted fault, then healing and the full checks of every
+ * seed (sim/run.ts).
+ */
+import { expect } from "bun:test";
+import type { ClusterSpec, SimCluster } from "../../sim/cluster.ts";
+import { quietDriveProfile } from "../../sim/drive.ts";
+import { quietProfile } from "../../sim/net.ts";
+import { defaultRunOptions, type RunResult, runSeed } from "../../sim/run.ts";
+
+export interface ScenarioOptions {
+  seed?: number;
+  fault_ms?: number;
+  /** Operations may fail during the fault (a power loss: flushes report the loss). */
+  expectErrors?: boolean;
+  /** More changes to the cluster (a mirror volume...). */
+  tweak?: (spec: ClusterSpec) => void;
+}
+
+export async function scenario(script: (c: SimCluster) => void, o: ScenarioOptions = {}): Promise<RunResult> {
+  const opts = defaultRunOptions();
+  opts.fault_ms = o.fault_ms ?? 15_000;
+  opts.faults = { ...opts.faults, weights: {} };
+  opts.full_trace = true;
+  opts.tweak = (spec) => {
+    spec.net = quietProfile();
+    spec.drive = quietDriveProfile();
+    spec.workload = { ...spec.workload, lanes: 2, think_ms: [1, 30] };
+    o.tweak?.(spec);
+  };
+  opts.script = script;
+  const r = await runSeed(o.seed ?? 1, opts);
+  if (!r.ok || (!o.expectErrors && r.errors.length > 0)) {
+    console.log([r.failure, ...r.full_trace.filter((l) => / (warn|error|info) /.test(l) && !/ net /.test(l)), ...r.last_trace].join("\n"));
+  }
+  expect(r.failure).toBeNull();
+  if (!o.expectErrors) expect(r.errors).toEqual([]);
+  return r;
+}
+
+/** Runs `fn` at `at_ms` after the fault phase starts, once `ready()` holds (polled every ms). */
+export function when(c: SimCluster, at_ms: number, ready: () => boolean, fn: () => void): void {
+  const poll = () => (ready() ? fn() : c.world.after(1, poll));
+  c.world.after(at_ms, poll);
+}
