@@ -143,6 +143,7 @@ export class MirrorControl {
       this.clients.notify();
     }
     void this.recoverStaleLocks(state);
+    await this.checkLostLocks(state);
     if (await this.checkCacheEpochs(state)) return;
     const last_change = Math.max(0, ...state.volumes.map((v) => v.topology_seq));
     if (stable < last_change && !plantedBugs.non_adjacent_topologies) return;
@@ -219,6 +220,41 @@ export class MirrorControl {
       return true;
     }
     return false;
+  }
+
+  /**
+   * A drive served anew (its target restarted, or it was plugged in again) lost its lock table:
+   * a client may have been half-way through a write under one of those locks, the other legs
+   * written and this one not, and may never finish it (it died too). The lock's bit, set before
+   * the LOCK was answered (target/dirty.ts markLocked) and inherited by the new serving, is what
+   * is left of it. A live leg with inherited bits goes out and is rebuilt from the others, its own
+   * bits included (rebuild.ts), which clears them (a syncing leg is being rebuilt so already); a
+   * set's last ok leg stays (the others are then
+   * dead or syncing, and copy its bits, or synced, and hold the lock themselves).
+   */
+  private async checkLostLocks(state: ClusterState): Promise<void> {
+    for (const vol of state.volumes) {
+      if (!isMirrored(vol)) continue;
+      for (let c = 0; c < vol.columns.length; c++) {
+        // A syncing leg's rebuild copies its own bits anyway (and clears them).
+        if (vol.legs[c] === "dead" || vol.legs[c] === "syncing") continue;
+        const others = setColumns(vol, Math.floor(c / vol.mirrors)).filter((x) => x !== c && vol.legs[x] === "ok");
+        if (vol.legs[c] === "ok" && others.length === 0) continue;
+        const { drive_uuid, extents } = vol.columns[c]!;
+        const s = this.deps.sessionOf(drive_uuid);
+        if (!s) continue;
+        const E = vol.extent_size_bytes;
+        let marked = 0;
+        try {
+          for (const x of extents) marked += (await s.dirtyInherited(uuidFromString(drive_uuid), x * E, E)).length;
+        } catch {
+          continue; // unreachable for now: asked again next pass
+        }
+        if (marked > 0) {
+          this.reportFailure(vol, c, `drive ${drive_uuid} was served anew with ${marked} region(s) marked under locks it lost: copied again from the other legs`);
+        }
+      }
+    }
   }
 
   private startRebuild(vol: VolumeRecord, column: number): void {

@@ -127,6 +127,9 @@ export async function copyLeg(
     if (clearBits) {
       await s.dirtyClear(src, so, R);
       await need(deps, dstDrive).dirtyClear(dst, doff, R);
+    } else {
+      // Kept for the dead leg, but known now: no longer inherited from a lost lock table.
+      await need(deps, dstDrive).dirtySet(dst, doff, R);
     }
     progress.done_bytes += R;
     if (deps.pause_ms > 0) await sleep(deps.env, deps.pause_ms);
@@ -170,6 +173,9 @@ export async function recoverLocks(
         const od = vol.columns[other]!.drive_uuid;
         await need(deps, od).write(uuidFromString(od), driveOffset(vol, other, at), buf, true, opts);
       }
+      // A dead leg lacks what the client wrote here: the region is the rebuild's to copy. (The
+      // client's own mark, set by its LOCK, is this target's and would clear once unlocked.)
+      if (setColumns(vol, set).some((c) => vol.legs[c] === "dead")) await s.dirtySet(src, l.offset, l.length);
     }
     await s.unlockFor(src, l.offset, l.length, l.client_id);
     n++;

@@ -300,3 +300,72 @@ describe("INTENT bits (a mirror leg's unflushed writes)", () => {
     expect(await s.dirtyGet(u, 0, n)).toEqual([2]);
   });
 });
+
+describe("bits of LOCKs (the holder writes the other legs under a lock held only here)", () => {
+  test("a LOCK marks its region before it is answered; the bit stays while any lock is held there, and clears after UNLOCK and quiet flushes", async () => {
+    const { store, d } = await gatedDrive();
+    h = await startTarget([d], { writeback_ms: 3_600_000 }); // only our flushes count here
+    const s = await h.session({ client_id: 7 });
+    const u = uuidBytes(d);
+    const n = dataBytes(d);
+
+    // The LOCK waits for the bitmap block: its answer means the mark is on the drive.
+    store.gated = true;
+    const locked = s.lock(u, R + 4096, 4096);
+    let answered = false;
+    void locked.then(() => (answered = true));
+    await until(() => store.blocked === 1);
+    await s.dirtyGet(u, 0, 0); // the LOCK has been executed as far as it can
+    expect(answered).toBe(false);
+    store.open();
+    await locked;
+    expect(await store.bitmapByte(0)).toBe(0b0000_0010);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([1]);
+
+    for (let i = 0; i < 5; i++) await s.flush(u);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([1]); // held: never cleared
+    await s.unlock(u, R + 4096, 4096);
+    for (let i = 0; i < 3; i++) await s.flush(u);
+    expect(await s.dirtyGet(u, 0, n)).toEqual([]);
+  });
+
+  test("DIRTY_INHERITED lists the bits a new serving of the drive found set, until DIRTY_SET or DIRTY_CLEAR touch them", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "nvmesh-inherit-"));
+    try {
+      const path = join(dir, "d1.img");
+      const d = await fileDrive(path, 16);
+      h = await startTarget([d], { writeback_ms: 3_600_000 });
+      const s = await h.session({ client_id: 9 });
+      const u = uuidBytes(d);
+      const n = dataBytes(d);
+      // A lock held when the target stops (a crash), an INTENT write, a DIRTY write.
+      await s.lock(u, 2 * R, 4096);
+      await s.write(u, 4 * R, pattern(4096, 3), false, { intent: true });
+      await s.write(u, 6 * R, pattern(4096, 4), false, { dirty: true });
+      const t = await h.toma();
+      expect(await t.dirtyInherited(u, 0, n)).toEqual([]); // all set during this serving
+      h.stop();
+      h = null;
+      await d.close();
+
+      const again = await openDrive(await FileStore.open(path), path);
+      h = await startTarget([again], { writeback_ms: 3_600_000 });
+      const t2 = await h.toma();
+      expect(await t2.dirtyInherited(u, 0, n)).toEqual([2, 4, 6]);
+      // Bits of the old serving are the TOMA's: flushes do not clear them.
+      const s2 = await h.session({ client_id: 9 });
+      await s2.write(u, 8 * R, pattern(4096, 5), false, { intent: true });
+      for (let i = 0; i < 4; i++) await s2.flush(u);
+      expect(await t2.dirtyGet(u, 0, n)).toEqual([2, 4, 6]);
+      expect(await t2.dirtyInherited(u, 0, n)).toEqual([2, 4, 6]);
+      await t2.dirtyClear(u, 2 * R, 1);
+      await t2.dirtySet(u, 4 * R, 1);
+      expect(await t2.dirtyInherited(u, 0, n)).toEqual([6]);
+      expect(await t2.dirtyGet(u, 0, n)).toEqual([4, 6]);
+      // Clients may not ask.
+      expect(await statusOf(s2.dirtyInherited(u, 0, n))).toBe(Status.REFUSED);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

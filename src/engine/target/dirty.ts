@@ -51,12 +51,22 @@ export class DirtyBits {
   private readonly tracked = new Map<number, Tracked>();
   /** Writes completed so far (DIRTY or INTENT), numbered. */
   private completed = 0;
+  /**
+   * The bits set when this serving of the drive began that neither DIRTY_SET nor DIRTY_CLEAR
+   * has touched since. The locks of that time are gone with the old process (or the old server),
+   * and a bit set under one of them (`markLocked`) is all that says where a half-done write may
+   * have left the legs different (the TOMA's `checkLostLocks`).
+   */
+  private readonly inherited: Uint8Array;
 
   constructor(
     private readonly drive: FormattedDrive,
     /** Bytes of data area the bits describe. */
     private readonly data_bytes: number,
+    /** Whether a lock unit of the byte range is held now: a locked region's bit does not clear. */
+    private readonly locked: (offset: number, length: number) => boolean = () => false,
   ) {
+    this.inherited = drive.bitmap.slice();
     const blocks = Math.ceil(drive.bitmap.length / BLOCK_BYTES);
     this.version = new Float64Array(blocks);
     // A bitmap that could not be read is all ones in RAM only: no block of it is durable yet.
@@ -95,6 +105,24 @@ export class DirtyBits {
     return this.durableOf(span[0], span[1]);
   }
 
+  /**
+   * A LOCK was granted on [offset, offset + length): its regions are marked (this target's bit
+   * unless already set) and stay marked while any lock is held in them, so the writes made under
+   * the lock to the *other* legs are covered even if this drive's lock table is lost (a process
+   * restart) before they complete. Returns what to await before answering the LOCK.
+   */
+  markLocked(offset: number, length: number): Promise<void> | null {
+    const span = this.span(offset, length);
+    if (span === null) return null;
+    for (let i = span[0]; i <= span[1]; i++) {
+      const t = this.tracked.get(i);
+      if (t) t.quiet = 0;
+      else this.tracked.set(i, { own: !this.isSet(i), inflight: 0, last: this.completed, quiet: 0 });
+    }
+    this.change(span[0], span[1], true);
+    return this.durableOf(span[0], span[1]);
+  }
+
   /** The write marked by markForWrite(offset, length) finished (done or failed: it may have landed). */
   writeDone(offset: number, length: number): void {
     const span = this.span(offset, length);
@@ -126,8 +154,13 @@ export class DirtyBits {
   flushed(mark: number): void {
     let first = Infinity;
     let last = -1;
+    const R = this.drive.bitmap_region_bytes;
     for (const [i, t] of this.tracked) {
       if (t.inflight > 0 || t.last > mark) continue;
+      if (this.locked(i * R, R)) {
+        t.quiet = 0;
+        continue;
+      }
       if (++t.quiet < INTENT_QUIET_FLUSHES) continue;
       this.tracked.delete(i);
       if (!t.own) continue;
@@ -147,6 +180,7 @@ export class DirtyBits {
       if (t) t.own = false;
     }
     this.change(span[0], span[1], true);
+    this.forget(span[0], span[1]);
     return this.durableOf(span[0], span[1]) ?? DONE;
   }
 
@@ -157,6 +191,7 @@ export class DirtyBits {
   clear(offset: number, length: number): Promise<void> {
     const span = this.span(offset, length);
     if (span === null) return DONE;
+    this.forget(span[0], span[1]);
     let from = span[0];
     for (let i = span[0]; i <= span[1] + 1; i++) {
       const t = i <= span[1] ? this.tracked.get(i) : undefined;
@@ -174,12 +209,31 @@ export class DirtyBits {
 
   /** DIRTY_GET: indices of the dirty regions the range touches, ascending. */
   list(offset: number, length: number): number[] {
+    return this.marked(offset, length, false);
+  }
+
+  /** DIRTY_INHERITED: those of them set before this serving began and untouched by the TOMA since. */
+  listInherited(offset: number, length: number): number[] {
+    return this.marked(offset, length, true);
+  }
+
+  private marked(offset: number, length: number, inherited: boolean): number[] {
     const span = this.span(offset, length);
     const out: number[] = [];
     if (span === null) return out;
     const bm = this.drive.bitmap;
-    for (let i = span[0]; i <= span[1]; i++) if (bm[i >> 3]! & (1 << (i & 7))) out.push(i);
+    const ih = this.inherited;
+    for (let i = span[0]; i <= span[1]; i++) {
+      const bit = 1 << (i & 7);
+      if (bm[i >> 3]! & bit && (!inherited || ih[i >> 3]! & bit)) out.push(i);
+    }
     return out;
+  }
+
+  /** The TOMA has set or cleared these regions' bits: they are its now, no longer inherited. */
+  private forget(first: number, last: number): void {
+    const ih = this.inherited;
+    for (let i = first; i <= last; i++) ih[i >> 3] = ih[i >> 3]! & ~(1 << (i & 7));
   }
 
   /** First and last region index the range touches, or null for an empty range. */

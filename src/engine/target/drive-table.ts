@@ -6,7 +6,7 @@
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import { uuidFromString } from "../uuid.ts";
 import type { DriveInfo } from "../wire/control.ts";
-import { Status } from "../wire/header.ts";
+import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
 import { DirtyBits } from "./dirty.ts";
 import { AdmittedRequests } from "./fence.ts";
 import { LockTable } from "./locks.ts";
@@ -80,14 +80,17 @@ export class DriveTable {
       drive.info.extent_count * drive.info.extent_size_bytes,
       drive.data.size_bytes,
     );
+    const locks = new LockTable();
     this.byKey.set(key, {
       drive,
       data_bytes,
       metaChain: Promise.resolve(),
       registrations: new Map(),
       admitted: new AdmittedRequests(),
-      locks: new LockTable(),
-      dirty: new DirtyBits(drive, data_bytes),
+      locks,
+      dirty: new DirtyBits(drive, data_bytes, (offset, length) =>
+        locks.anyLocked(Math.floor(offset / LOCK_UNIT_BYTES), Math.floor((offset + length - 1) / LOCK_UNIT_BYTES)),
+      ),
       epoch_bumps: 0,
       epoch_salt,
     });

@@ -144,6 +144,12 @@ function dispatch(
       const d = dataDrive(ctx, req, h, payload, adm);
       return Promise.resolve(cborResponse(h, d.dirty.list(h.offset, h.length)));
     }
+    case Op.DIRTY_INHERITED: {
+      tomaOnly(req, h);
+      noPayload(h, payload);
+      const d = lookup(ctx, h);
+      return Promise.resolve(cborResponse(h, d.dirty.listInherited(h.offset, h.length)));
+    }
     case Op.DIRTY_SET:
       return doDirtySet(dataDrive(ctx, req, h, payload, adm), h);
     case Op.DIRTY_CLEAR:
@@ -403,6 +409,9 @@ async function doLock(d: ServedDrive, req: Requester, h: Header, adm: Admission 
         if (parked) req.unpark();
       }
     }
+    // Durable before the holder may write the other legs (dirty.ts markLocked).
+    const marked = d.dirty.markLocked(h.offset, h.length);
+    if (marked !== null) await marked;
   }
   return okResponse(h);
 }

@@ -64,6 +64,12 @@ export enum Op {
   DIRTY_SET = 25,
   /** Clears the dirty bit of every region the range touches; durable before OK. */
   DIRTY_CLEAR = 26,
+  /**
+   * → CBOR list of the indices of the regions the range touches whose bits were set when this
+   * serving of the drive began (a restart, a plug) and that no DIRTY_SET or DIRTY_CLEAR touched
+   * since: the locks held then are lost. Role "toma" only.
+   */
+  DIRTY_INHERITED = 27,
 }
 
 export const Flag = {

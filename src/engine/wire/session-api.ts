@@ -74,6 +74,8 @@ export interface TargetSession {
   fence(drive: Uint8Array, body: FenceRequest): Promise<void>;
   /** Indices of the dirty regions (bitmap_region_bytes, 1 MiB) the range touches, ascending. */
   dirtyGet(drive: Uint8Array, offset: number, length: number): Promise<number[]>;
+  /** Those of them set before this serving of the drive began and untouched since (role "toma" only). */
+  dirtyInherited(drive: Uint8Array, offset: number, length: number): Promise<number[]>;
   /** Marks every region the range touches dirty; resolves once durable. */
   dirtySet(drive: Uint8Array, offset: number, length: number): Promise<void>;
   /** Clears the dirty bit of every region the range touches; resolves once durable. */

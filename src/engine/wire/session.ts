@@ -252,6 +252,12 @@ export class Session implements TargetSession {
     return this.submit(Op.DIRTY_GET, 0, drive, offset, length, null, null, parseDirtyList) as Promise<number[]>;
   }
 
+  dirtyInherited(drive: Uint8Array, offset: number, length: number): Promise<number[]> {
+    const bad = checkIo(drive, offset, length, MAX_U32);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.DIRTY_INHERITED, 0, drive, offset, length, null, null, parseDirtyList) as Promise<number[]>;
+  }
+
   dirtySet(drive: Uint8Array, offset: number, length: number): Promise<void> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
