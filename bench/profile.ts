@@ -28,7 +28,7 @@ class ProfiledCluster extends Cluster {
   override async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
     const args = [...profiled("target"), "target", "serve", "--listen", listen, "--name", `t${t}`];
     for (const p of this.drives[t]!) args.push("--drive", p);
-    const d = new Daemon(`target t${t}`, args);
+    const d = new Daemon(`target t${t}`, args, this.keyEnv);
     const m = await d.waitFor(/target ready on (\S+)/);
     this.targets[t] = d;
     this.target_addrs[t] = m[1]!;
@@ -36,7 +36,7 @@ class ProfiledCluster extends Cluster {
   }
 
   override async startClient(): Promise<void> {
-    this.client = new Daemon("client", [...profiled("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr]);
+    this.client = new Daemon("client", [...profiled("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr], this.keyEnv);
     await this.client.waitFor(/client ready/);
   }
 }

@@ -16,6 +16,8 @@ import { type Attachment, control, runDir, serveControl } from "./client-control
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management } from "./volume.ts";
+import { clusterKey } from "./key-file.ts";
+import { managementToken } from "../engine/wire/cluster-key.ts";
 
 const runDirArg = {
   "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
@@ -62,10 +64,12 @@ const serve = command({
     const env = realEnv("client");
     const exports = new ExportRegistry();
     const nbd = new NbdServer(env, exports);
-    const toma = tomaClient(mgmt);
+    const cluster_key = clusterKey(args["key-file"]);
+    if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
+    const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
-      openSession,
+      openSession: (e, address, hello) => openSession(e, address, hello, { cluster_key }),
       nbd,
       exports,
       socket_dir: dir,

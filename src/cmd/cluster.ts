@@ -2,17 +2,19 @@
 import { formatBytes } from "./args.ts";
 import { command } from "./command.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
-import { toma } from "./volume.ts";
+import { management, toma } from "./volume.ts";
+import { generateKeyFile } from "./key-file.ts";
+import { consola } from "consola";
 
 const status = command({
   meta: { name: "status", description: "the cluster at a glance" },
   args: {
-    management: { type: "string", alias: ["m"], description: "any TOMA, HOST:PORT" },
+    ...management,
     ...outputArg,
   },
   async run({ args }) {
     const fmt = outputFormat(args.output);
-    const t = toma(args.management);
+    const t = toma(args);
     const [cluster, targets, volumes] = await Promise.all([t.cluster(), t.targets(), t.volumes()]);
     if (fmt === "json") return printJson({ cluster, targets, volumes });
     printKeyValues({
@@ -31,7 +33,19 @@ const status = command({
   },
 });
 
+const genkey = command({
+  meta: { name: "genkey", description: "write a new cluster key (give the file to every target, TOMA, client and admin)" },
+  args: {
+    out: { type: "string", description: "file to write (mode 600), e.g. /etc/nvmesh/cluster.key", required: true },
+    force: { type: "boolean", description: "replace an existing file", default: false },
+  },
+  run({ args }) {
+    generateKeyFile(args.out, args.force);
+    consola.success(`cluster key written to ${args.out}: copy it to every server and client (same path, or --key-file / NVMESH_KEY_FILE)`);
+  },
+});
+
 export const clusterCommand = command({
-  meta: { name: "cluster", description: "cluster-wide status" },
-  subCommands: { status },
+  meta: { name: "cluster", description: "cluster-wide status, the cluster key" },
+  subCommands: { status, genkey },
 });

@@ -5,6 +5,8 @@
  * servers killed while it is written, and rebuilds when it returns (demo-mirror.ts); then the
  * cluster's state, live, until Ctrl-C (or, with --exit, the cluster is stopped at once).
  */
+import { clusterKey, generateKeyFile } from "./key-file.ts";
+import { managementToken } from "../engine/wire/cluster-key.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { consola } from "consola";
@@ -36,6 +38,11 @@ export const demoCommand = command({
     const mirrorCapacity = args["mirror-capacity"] === "0" ? 0 : parseSize(args["mirror-capacity"], "--mirror-capacity");
     const dir = args.dir ?? mkdtempSync(`${tmpdir()}/nvmesh-demo-`);
     const ownDir = args.dir === undefined;
+    // The demo's cluster has its own key; every daemon and command below inherits NVMESH_KEY_FILE.
+    const keyFile = `${dir}/cluster.key`;
+    generateKeyFile(keyFile, true);
+    process.env.NVMESH_KEY_FILE = keyFile;
+    const token = { token: managementToken(clusterKey(keyFile)!) };
     const log: string[] = [];
     const children: Child[] = [];
     const cleanup = async () => {
@@ -84,7 +91,7 @@ export const demoCommand = command({
       await waitFor(client, /client ready/);
       consola.success("client daemon ready");
 
-      const api = tomaClient(mgmt);
+      const api = tomaClient(mgmt, token);
       const attach = async (volume: string) => (await run(["client", "attach", "--volume", volume, "--run-dir", runDir])).trim().split("\n").pop()!;
       const vol = await api.createVolume({ name: "demo", capacity_bytes: capacity, raid_level: "0", stripe_width: nTargets });
       consola.success(`volume demo: ${formatBytes(vol.capacity_bytes)} RAID0 striped over ${vol.columns.length} drives, ${vol.stripe_size_bytes / 1024}K stripe unit`);
@@ -156,15 +163,16 @@ export const demoCommand = command({
         `  mkdir -p ${dir}/fuse && nbdfuse ${dir}/fuse '${demoUri}' &`,
         `  losetup -f --show ${dir}/fuse/nbd   # then mkfs.ext4 and mount the loop device`,
         "",
-        `  NVMESH_MANAGEMENT=${mgmt} ${self} cluster status`,
-        `  NVMESH_MANAGEMENT=${mgmt} ${self} volume show ${mirrorUri ? "mirror" : "demo"}`,
+        `  export NVMESH_MANAGEMENT=${mgmt} NVMESH_KEY_FILE=${keyFile}`,
+        `  ${self} cluster status`,
+        `  ${self} volume show ${mirrorUri ? "mirror" : "demo"}`,
         "",
         "Ctrl-C stops the cluster and removes the temp folder.",
       ].join("\n"),
     );
 
     // Live: print the cluster's state whenever it changes.
-    const api = tomaClient(mgmt);
+    const api = tomaClient(mgmt, token);
     let last = "";
     const watch = setInterval(async () => {
       try {

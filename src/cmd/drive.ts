@@ -52,7 +52,7 @@ const show = command({
   args: { ...management, ...outputArg },
   async run({ args }) {
     const fmt = outputFormat(args.output);
-    const drives = await toma(args.management).drives();
+    const drives = await toma(args).drives();
     if (fmt === "json") return printJson(drives);
     printTable(
       drives.map((d) => ({
@@ -75,7 +75,7 @@ const evict = command({
     ...management,
   },
   async run({ args }) {
-    await toma(args.management).call("POST", `/v1/drives/${encodeURIComponent(args.drive)}/evict`, {});
+    await toma(args).call("POST", `/v1/drives/${encodeURIComponent(args.drive)}/evict`, {});
     consola.success(`drive ${args.drive} evicted: its mirror legs are being rebuilt elsewhere`);
   },
 });

@@ -9,7 +9,8 @@ import { TargetService } from "../engine/target/service.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
-import { toma } from "./volume.ts";
+import { management, toma } from "./volume.ts";
+import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
 
 export const DEFAULT_TARGET_PORT = 4420;
 
@@ -19,8 +20,10 @@ const serve = command({
     drive: { type: "string", description: "drive file or block device (repeat for several)", required: true },
     listen: { type: "string", description: "HOST:PORT to listen on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     name: { type: "string", description: "target name (default: host name)" },
+    ...keyFileArg,
   },
   async run({ args, rawArgs }) {
+    const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");
     if (paths.length === 0) throw new UsageError("at least one --drive is required");
     if (new Set(paths).size !== paths.length) throw new UsageError("the same --drive was given twice");
@@ -42,7 +45,8 @@ const serve = command({
       }
     }
     if (drives.length === 0) throw new Error("no usable drive: nothing to serve");
-    const service = new TargetService(env, { name: args.name ?? hostname(), drives, fencing: true });
+    const service = new TargetService(env, { name: args.name ?? hostname(), drives, fencing: true, cluster_key });
+    if (cluster_key === null) warnNoKey(`the target on ${listen}`);
     const listener = await env.net.listen(listen, (conn) => service.handle(conn));
     for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents)`);
     consola.success(`target ready on ${listener.address}`);
@@ -57,12 +61,12 @@ const serve = command({
 const show = command({
   meta: { name: "show", description: "list the targets the TOMA knows" },
   args: {
-    management: { type: "string", alias: ["m"], description: "any TOMA, HOST:PORT" },
+    ...management,
     ...outputArg,
   },
   async run({ args }) {
     const fmt = outputFormat(args.output);
-    const targets = await toma(args.management).targets();
+    const targets = await toma(args).targets();
     if (fmt === "json") return printJson(targets);
     printTable(targets as unknown as Record<string, unknown>[]);
   },

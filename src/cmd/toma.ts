@@ -8,6 +8,8 @@ import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
+import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
+import { managementToken } from "../engine/wire/cluster-key.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -18,16 +20,20 @@ const run = command({
     target: { type: "string", description: "a target HOST:PORT to manage (repeat for several)", required: true },
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
+    ...keyFileArg,
   },
   async run({ args, rawArgs }) {
+    const cluster_key = clusterKey(args["key-file"]);
     const targets = repeated(rawArgs, "target").map((t) => listenAddress(t, "--target"));
     if (targets.length === 0) throw new UsageError("at least one --target is required");
     const listen = parseAddress(listenAddress(args.listen));
     if ("unix" in listen) throw new UsageError("--listen for the management API must be HOST:PORT");
     const env = realEnv("toma");
-    const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster });
+    const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
     toma.start();
-    const http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port });
+    const token = cluster_key === null ? null : managementToken(cluster_key);
+    const http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });
+    if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);
     let stopped = false;

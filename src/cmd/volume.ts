@@ -4,14 +4,19 @@ import { type TomaClient, tomaClient } from "../toma/api-client.ts";
 import type { VolumeJson } from "../toma/api-types.ts";
 import { formatBytes, managementAddress, parsePositiveInt, parseSize, UsageError } from "./args.ts";
 import { command } from "./command.ts";
+import { clusterKey, keyFileArg } from "./key-file.ts";
+import { managementToken } from "../engine/wire/cluster-key.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
 
 export const management = {
   management: { type: "string" as const, alias: ["m"], description: "any TOMA, HOST:PORT (or NVMESH_MANAGEMENT)" },
+  ...keyFileArg,
 };
 
-export function toma(flag: string | undefined): TomaClient {
-  return tomaClient(managementAddress(flag));
+/** The management API of the TOMA the arguments name, with the cluster key's token if any. */
+export function toma(args: { management?: string; "key-file"?: string }): TomaClient {
+  const key = clusterKey(args["key-file"]);
+  return tomaClient(managementAddress(args.management), key === null ? {} : { token: managementToken(key) });
 }
 
 function raidName(level: string): string {
@@ -51,7 +56,7 @@ const create = command({
     if (mirrors !== undefined && (mirrors < 2 || mirrors > 3)) throw new UsageError("--number-of-mirrors must be 2 or 3");
     const capacity_bytes = parseSize(args.capacity, "capacity");
     if (capacity_bytes % 512 !== 0) throw new UsageError("--capacity must be a multiple of 512 bytes");
-    const vol = await toma(args.management).createVolume({
+    const vol = await toma(args).createVolume({
       name: args.name,
       capacity_bytes,
       raid_level: level,
@@ -92,7 +97,7 @@ const show = command({
   },
   async run({ args }) {
     const fmt = outputFormat(args.output);
-    const t = toma(args.management);
+    const t = toma(args);
     if (args.name) {
       const v = await t.volume(args.name);
       if (fmt === "json") return printJson(v);
@@ -144,7 +149,7 @@ const remove = command({
       const sure = await consola.prompt(`Delete volume ${args.name} and all its data?`, { type: "confirm" });
       if (sure !== true) throw new UsageError("not deleted");
     }
-    await toma(args.management).deleteVolume(args.name);
+    await toma(args).deleteVolume(args.name);
     consola.success(`volume ${args.name} deleted`);
   },
 });

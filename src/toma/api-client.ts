@@ -30,16 +30,18 @@ export interface TomaClient {
 }
 
 /** `base` is "http://HOST:PORT"; a bare "HOST:PORT" is accepted too. */
-export function tomaClient(base: string, opts: { timeout_ms?: number } = {}): TomaClient {
+/** `token`: the cluster key's management token, sent with every request (cluster-key.ts). */
+export function tomaClient(base: string, opts: { timeout_ms?: number; token?: string } = {}): TomaClient {
   const root = (/^https?:\/\//.test(base) ? base : `http://${base}`).replace(/\/+$/, "");
   const timeout_ms = opts.timeout_ms ?? 30_000;
+  const auth: Record<string, string> = opts.token === undefined ? {} : { authorization: `Bearer ${opts.token}` };
 
   async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
     let res: Response;
     try {
       res = await fetch(`${root}${path}`, {
         method,
-        headers: body === undefined ? undefined : { "content-type": "application/json" },
+        headers: body === undefined ? auth : { ...auth, "content-type": "application/json" },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(timeout_ms),
       });

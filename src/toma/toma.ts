@@ -59,6 +59,8 @@ export interface TomaOptions {
   cluster_uuid?: string;
   /** Opens a session to a target; defaults to the real wire session. */
   connect?: Connect;
+  /** The cluster key, proved to every target by the default `connect` (none: keyless targets only). */
+  cluster_key?: Uint8Array | null;
   timings?: Partial<TomaTimings>;
   mirror_timings?: Partial<MirrorTimings>;
 }
@@ -131,7 +133,7 @@ export class Toma {
     this.env = env = withSteadyClock(env);
     this.timings = { ...DEFAULT_TOMA_TIMINGS, ...opts.timings };
     const hello = { version: 1 as const, role: "toma" as const, name: opts.name };
-    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello));
+    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello, { cluster_key: opts.cluster_key ?? null }));
     this.links = opts.targets.map((a) => new TargetLink(env, a, connect, this.timings));
     if (opts.cluster_uuid) this.cluster_uuid = opts.cluster_uuid.toLowerCase();
     this.mirror = new MirrorControl(

@@ -4,12 +4,19 @@
  * and changes nothing; every daemon stays alive and the data stays intact.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { connectNbd } from "../../src/engine/nbd/client.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { encodeFrame, emptyHeader, Op } from "../../src/engine/wire/header.ts";
 import { Cluster, socketOf } from "../support/cluster.ts";
-import { ok, requireTool } from "../support/proc.ts";
+import { NVMESH, ok, requireTool, run } from "../support/proc.ts";
+import { managementToken, parseClusterKey } from "../../src/engine/wire/cluster-key.ts";
+import { openSession } from "../../src/engine/wire/session.ts";
+
+/** The management API's Authorization header for this cluster's key. */
+function authHeader(): Record<string, string> {
+  return { authorization: `Bearer ${managementToken(c.key!)}` };
+}
 
 let c: Cluster;
 let uri = "";
@@ -70,12 +77,56 @@ describe("bad input changes nothing and kills no daemon", () => {
   test("random bytes and malformed requests on the TOMA's management port", async () => {
     await blast(hostPort(c.toma_addr), randomBytes(2048));
     for (const body of ["{", "[]", '{"name":"x"}', '{"name":"../x","capacity_bytes":512,"raid_level":"0"}', '{"name":"y","capacity_bytes":-1,"raid_level":"0"}']) {
-      const r = await fetch(`http://${c.toma_addr}/v1/volumes`, { method: "POST", body, headers: { "content-type": "application/json" } });
+      const r = await fetch(`http://${c.toma_addr}/v1/volumes`, { method: "POST", body, headers: { "content-type": "application/json", ...authHeader() } });
       expect(r.status).toBe(400);
       expect(((await r.json()) as { error: string }).error.length).toBeGreaterThan(0);
     }
     const vols = await c.cliJson<unknown[]>("volume", "show");
     expect(vols.length).toBe(1);
+  });
+
+  test("a stranger without the cluster key: the TOMA answers 401 and the targets refuse it, saying why", async () => {
+    const body = JSON.stringify({ name: "intruder", capacity_bytes: 1 << 20, raid_level: "0" });
+    const tries: Record<string, string>[] = [{}, { authorization: `Bearer ${managementToken(new Uint8Array(32))}` }, { authorization: "Basic x" }];
+    for (const headers of tries) {
+      const r = await fetch(`http://${c.toma_addr}/v1/volumes`, { method: "POST", body, headers: { "content-type": "application/json", ...headers } });
+      expect(r.status).toBe(401);
+      expect(((await r.json()) as { error: string }).error).toMatch(/requires the cluster key/);
+    }
+    // The admin CLI without a key, and with another cluster's key.
+    const none = await run([NVMESH, "volume", "create", "--name", "intruder", "--capacity", "1M"], { env: { NVMESH_MANAGEMENT: c.toma_addr, NVMESH_KEY_FILE: "" } });
+    expect(none.code).not.toBe(0);
+    expect(none.stdout + none.stderr).toMatch(/requires the cluster key/);
+    const other = `${c.dir}/other.key`;
+    await ok([NVMESH, "cluster", "genkey", "--out", other]);
+    const wrong = await run([NVMESH, "volume", "show", "--key-file", other], { env: { NVMESH_MANAGEMENT: c.toma_addr } });
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stdout + wrong.stderr).toMatch(/not this cluster's/);
+    // A data-path requester without the key (and with another one) on every target.
+    for (const a of c.target_addrs) {
+      const env = realEnv("test", { debug() {}, info() {}, warn() {}, error() {} });
+      await expect(openSession(env, a, { version: 1, role: "toma", name: "intruder" })).rejects.toThrow(/requires the cluster key/);
+      await expect(openSession(env, a, { version: 1, role: "toma", name: "intruder" }, { cluster_key: parseClusterKey(readFileSync(other, "utf8")) })).rejects.toThrow(/different cluster key/);
+    }
+    expect((await c.cliJson<unknown[]>("volume", "show")).length).toBe(1);
+  });
+
+  test("cluster genkey writes a private key file and never replaces one without --force", async () => {
+    const path = `${c.dir}/new.key`;
+    await ok([NVMESH, "cluster", "genkey", "--out", path]);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    const first = readFileSync(path, "utf8");
+    expect(first).toMatch(/^[0-9a-f]{64}\n$/);
+    const again = await run([NVMESH, "cluster", "genkey", "--out", path]);
+    expect(again.code).not.toBe(0);
+    expect(again.stdout + again.stderr).toMatch(/exists.*--force/);
+    expect(readFileSync(path, "utf8")).toBe(first);
+    await ok([NVMESH, "cluster", "genkey", "--out", path, "--force"]);
+    expect(readFileSync(path, "utf8")).not.toBe(first);
+    writeFileSync(`${c.dir}/bad.key`, "not a key\n");
+    const bad = await run([NVMESH, "cluster", "status", "--key-file", `${c.dir}/bad.key`], { env: { NVMESH_MANAGEMENT: c.toma_addr } });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stdout + bad.stderr).toMatch(/64 hex digits/);
   });
 
   test("random bytes on the NBD socket and the client control socket", async () => {

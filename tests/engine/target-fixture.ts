@@ -75,7 +75,7 @@ export interface TargetHarness {
 
 export async function startTarget(
   drives: FormattedDrive[],
-  opts: { max_inflight_per_conn?: number; fencing?: boolean; writeback_ms?: number } = {},
+  opts: { max_inflight_per_conn?: number; fencing?: boolean; writeback_ms?: number; cluster_key?: Uint8Array } = {},
 ): Promise<TargetHarness> {
   const logs: LogLine[] = [];
   const env = realEnv("target-test", recordingLogger(logs));
@@ -84,7 +84,7 @@ export async function startTarget(
   const sessions: Session[] = [];
   let tomaSession: Promise<Session> | null = null;
   const toma = () => {
-    tomaSession ??= openSession(env, listener.address, { version: 1, role: "toma", name: "test-toma" }).then((s) => {
+    tomaSession ??= openSession(env, listener.address, { version: 1, role: "toma", name: "test-toma" }, { cluster_key: opts.cluster_key ?? null }).then((s) => {
       sessions.push(s);
       return s;
     });
@@ -103,7 +103,7 @@ export async function startTarget(
         const reg = { client_id: sopts?.client_id ?? 0, min_generation: sopts?.generation ?? 0 };
         for (const d of drives) await t.fence(uuidBytes(d), { replace: false, set: [reg], remove: [] });
       }
-      const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, sopts);
+      const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, { cluster_key: opts.cluster_key ?? null, ...sopts });
       sessions.push(s);
       return s;
     },

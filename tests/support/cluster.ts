@@ -4,11 +4,13 @@
  * real ones: kill -9 of a daemon, a target restarted on its address, a drive file replaced by a
  * blank formatted one. Mirror legs are compared on the drive files themselves.
  */
-import { mkdtempSync, openSync, closeSync, readSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, openSync, closeSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
 import type { LockEntry } from "../../src/engine/wire/control.ts";
+import { formatClusterKey, parseClusterKey } from "../../src/engine/wire/cluster-key.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { Daemon, NVMESH, ok, requireBinary, run } from "./proc.ts";
@@ -32,6 +34,8 @@ export interface ClusterOptions {
   drives_per_target?: number;
   drive_size?: string;
   extent_size?: string;
+  /** Run with a cluster key (every daemon and command gets NVMESH_KEY_FILE); default true. */
+  key?: boolean;
 }
 
 export class Cluster {
@@ -46,9 +50,23 @@ export class Cluster {
   client: Daemon | null = null;
   extraClients: ExtraClient[] = [];
 
+  /** NVMESH_KEY_FILE for every daemon and command of the cluster (empty without a key). */
+  readonly keyEnv: Record<string, string> = {};
+
   constructor(readonly opts: ClusterOptions = {}) {
     requireBinary();
     this.dir = mkdtempSync(`${tmpdir()}/nvmesh-test-`);
+    if (opts.key ?? true) {
+      const path = `${this.dir}/cluster.key`;
+      writeFileSync(path, formatClusterKey(new Uint8Array(randomBytes(32))), { mode: 0o600 });
+      this.keyEnv.NVMESH_KEY_FILE = path;
+    }
+  }
+
+  /** The cluster key, for sessions a test opens itself. */
+  get key(): Uint8Array | null {
+    const path = this.keyEnv.NVMESH_KEY_FILE;
+    return path === undefined ? null : parseClusterKey(readFileSync(path, "utf8"));
   }
 
   get runDir(): string {
@@ -137,7 +155,7 @@ export class Cluster {
    */
   async locks(t: number, drive_uuid: string): Promise<LockEntry[]> {
     const quiet = { debug() {}, info() {}, warn() {}, error() {} };
-    const s = await openSession(realEnv("test", quiet), this.target_addrs[t]!, { version: 1, role: "toma", name: "test-lock-inspector" });
+    const s = await openSession(realEnv("test", quiet), this.target_addrs[t]!, { version: 1, role: "toma", name: "test-lock-inspector" }, { cluster_key: this.key });
     try {
       return await s.lockList(uuidFromString(drive_uuid));
     } finally {
@@ -192,7 +210,7 @@ export class Cluster {
   async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
     const args = [NVMESH, "target", "serve", "--listen", listen, "--name", `t${t}`];
     for (const p of this.drives[t]!) args.push("--drive", p);
-    const d = new Daemon(`target t${t}`, args);
+    const d = new Daemon(`target t${t}`, args, this.keyEnv);
     const m = await d.waitFor(/target ready on (\S+)/);
     this.targets[t] = d;
     this.target_addrs[t] = m[1]!;
@@ -202,13 +220,13 @@ export class Cluster {
   async startToma(listen = this.toma_addr || "127.0.0.1:0"): Promise<void> {
     const args = [NVMESH, "toma", "run", "--listen", listen];
     for (const a of this.target_addrs) args.push("--target", a);
-    this.toma = new Daemon("toma", args);
+    this.toma = new Daemon("toma", args, this.keyEnv);
     const m = await this.toma.waitFor(/toma ready on (\S+)/, 30_000);
     this.toma_addr = m[1]!;
   }
 
   async startClient(...extra: string[]): Promise<void> {
-    this.client = new Daemon("client", [NVMESH, "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra]);
+    this.client = new Daemon("client", [NVMESH, "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra], this.keyEnv);
     await this.client.waitFor(/client ready/);
   }
 
@@ -218,7 +236,7 @@ export class Cluster {
    */
   async startExtraClient(name: string, env: Record<string, string> = {}): Promise<ExtraClient> {
     const runDir = `${this.dir}/run-${name}`;
-    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name], env);
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name], { ...this.keyEnv, ...env });
     await daemon.waitFor(/client ready/);
     const c = { name, runDir, daemon };
     this.extraClients.push(c);
@@ -259,12 +277,12 @@ export class Cluster {
 
   /** Runs an nvmesh admin command against this cluster; throws on a non-zero exit. */
   cli(...args: string[]): Promise<string> {
-    return ok([NVMESH, ...args], { env: { NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir } });
+    return ok([NVMESH, ...args], { env: { ...this.keyEnv, NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir } });
   }
 
   /** Same, but returns the exit code and output instead of throwing. */
   cliRaw(...args: string[]) {
-    return run([NVMESH, ...args], { env: { NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir } });
+    return run([NVMESH, ...args], { env: { ...this.keyEnv, NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir } });
   }
 
   async cliJson<T = unknown>(...args: string[]): Promise<T> {

@@ -7,7 +7,8 @@
  * Nothing a peer sends can throw out of here: a malformed frame closes this connection only.
  */
 import type { Conn } from "../net/conn.ts";
-import { HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
+import { requesterProof, sameSecret, targetProof } from "../wire/cluster-key.ts";
+import { AuthRequest, HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
 import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
 import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
 import { type Requester, type TargetContext, execute } from "./execute.ts";
@@ -38,8 +39,13 @@ interface Queued {
 export class TargetConnection {
   private readonly decoder: FrameDecoder;
   private readonly out: SendBatcher;
-  /** "new": HELLO expected. "waiting": superseded connections are draining. "ready": serving. */
-  private state: "new" | "waiting" | "ready" = "new";
+  /**
+   * "new": HELLO expected. "auth": AUTH expected (the target has a cluster key). "waiting":
+   * superseded connections are draining. "ready": serving.
+   */
+  private state: "new" | "auth" | "waiting" | "ready" = "new";
+  /** The HELLO and the challenge sent, while AUTH is expected. */
+  private pending: { hello: HelloRequest; challenge: Uint8Array; nonce: Uint8Array } | null = null;
   private closed = false;
   private drainWaiters: (() => void)[] = [];
   /** Raised when the connection ends: requests waiting inside the target (LOCK) give up. */
@@ -98,6 +104,7 @@ export class TargetConnection {
   private onFrame(h: Header, payload: Uint8Array, owned: boolean): void {
     if (this.closed) return;
     if (this.state === "new") return this.hello(h, payload);
+    if (this.state === "auth") return this.auth(h, payload);
     if (this.state === "ready" && this.inflight - this.parked < this.limits.max_inflight) return this.start(h, payload, owned);
     // Unless owned, payload points into the decoder's buffer: keep a copy.
     this.queue.push({ h, payload: owned ? payload : payload.slice() });
@@ -118,6 +125,32 @@ export class TargetConnection {
       this.out.push(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
+    const auth = this.ctx.auth;
+    if (auth === null) return this.admit(h, req);
+    // Nothing is served, not even the drive list, before the requester proves it holds the key.
+    const challenge = new Uint8Array(16);
+    auth.fill(challenge);
+    const nonce = req.nonce ?? new Uint8Array(16);
+    this.pending = { hello: req, challenge, nonce };
+    this.state = "auth";
+    const info = this.ctx.info();
+    this.out.push(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: { challenge, proof: targetProof(auth.key, nonce, challenge) } }));
+  }
+
+  private auth(h: Header, payload: Uint8Array): void {
+    const p = this.pending!;
+    const req = h.opcode === Op.AUTH && (h.flags & Flag.RESPONSE) === 0 ? decodeBody(AuthRequest, payload) : null;
+    const good = req !== null && !isInvalid(req) && sameSecret(req.proof, requesterProof(this.ctx.auth!.key, p.challenge, p.nonce, p.hello.role, p.hello.name));
+    if (!good) {
+      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, "this target requires the cluster key, and the requester did not prove it holds it"));
+      return this.fail(`requester ${p.hello.role} '${p.hello.name}' failed the cluster key check`, "warn");
+    }
+    this.pending = null;
+    this.admit(h, p.hello);
+  }
+
+  /** HELLO accepted (and AUTH, with a key): the requester is who it says; answer once ready. */
+  private admit(h: Header, req: HelloRequest): void {
     this.state = "waiting";
     this.requester = {
       role: req.role,

@@ -39,6 +39,8 @@ export interface TargetContext {
   readonly log: Logger;
   /** Enforce client registrations and generations (fence.ts) on role "client" connections. */
   readonly fencing: boolean;
+  /** The cluster key and a source of challenges, or null: HELLO alone admits (no key). */
+  readonly auth: { key: Uint8Array; fill: (b: Uint8Array) => void } | null;
   info(): TargetInfo;
 }
 
@@ -156,6 +158,8 @@ function dispatch(
       return doDirtyClear(dataDrive(ctx, req, h, payload, adm), h);
     case Op.HELLO:
       throw new RequestError(Status.INVALID, "HELLO was already done on this connection");
+    case Op.AUTH:
+      throw new RequestError(Status.INVALID, "AUTH was already done on this connection, or not asked for");
   }
   throw new RequestError(Status.INVALID, `opcode ${h.opcode} is not a request`);
 }

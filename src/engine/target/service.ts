@@ -38,6 +38,8 @@ export interface TargetServiceOptions {
   fencing?: boolean;
   /** Period of the target's own flushes of drives with write-intent bits (WRITEBACK_MS). */
   writeback_ms?: number;
+  /** The cluster key: every requester must prove it holds it (HELLO, AUTH). None: anyone may. */
+  cluster_key?: Uint8Array | null;
 }
 
 /**
@@ -75,7 +77,14 @@ export class TargetService {
       max_queued_frames: Math.max(4096, max_inflight * 16),
       max_queued_bytes: Math.max(128 * 1024 * 1024, 4 * MAX_PAYLOAD_BYTES),
     };
-    this.ctx = { drives: this.drives, log: env.log, fencing: opts.fencing ?? false, info: () => this.info() };
+    const key = opts.cluster_key ?? null;
+    this.ctx = {
+      drives: this.drives,
+      log: env.log,
+      fencing: opts.fencing ?? false,
+      auth: key === null ? null : { key, fill: (b) => env.random.fill(b) },
+      info: () => this.info(),
+    };
     this.writeback = env.timers.every(opts.writeback_ms ?? WRITEBACK_MS, () => this.writeBack());
   }
 

@@ -10,12 +10,28 @@ import * as v from "valibot";
 const Uuid = v.pipe(v.string(), v.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/));
 const Count = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
 
+const bytesOf = (n: number) => v.pipe(v.instance(Uint8Array), v.length(n));
+
 export const HelloRequest = v.object({
   version: v.literal(1),
   role: v.picklist(["client", "toma", "admin"]),
   name: v.pipe(v.string(), v.maxLength(256)),
+  /** The requester's fresh nonce, sent when it holds the cluster key (cluster-key.ts). */
+  nonce: v.optional(bytesOf(16)),
 });
 export type HelloRequest = v.InferOutput<typeof HelloRequest>;
+
+/** A target with a cluster key answers HELLO with this, and serves nothing before AUTH. */
+export const AuthChallenge = v.object({
+  challenge: bytesOf(16),
+  /** targetProof(key, the HELLO's nonce or 16 zero bytes, challenge). */
+  proof: bytesOf(32),
+});
+export type AuthChallenge = v.InferOutput<typeof AuthChallenge>;
+
+/** AUTH: requesterProof(key, challenge, nonce, role, name). */
+export const AuthRequest = v.object({ proof: bytesOf(32) });
+export type AuthRequest = v.InferOutput<typeof AuthRequest>;
 
 export const DriveInfo = v.object({
   drive_uuid: Uuid,
@@ -43,6 +59,8 @@ export const TargetInfo = v.object({
   target_name: v.string(),
   version: v.string(),
   drives: v.array(DriveInfo),
+  /** Present (and drives empty) when the target holds a cluster key: AUTH must follow. */
+  auth: v.optional(AuthChallenge),
 });
 export type TargetInfo = v.InferOutput<typeof TargetInfo>;
 

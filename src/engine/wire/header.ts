@@ -38,6 +38,11 @@ export enum Op {
   FLUSH = 4,
   TRIM = 5,
   WRITE_ZEROES = 6,
+  /**
+   * Second frame when the HELLO answer carried a challenge: CBOR AuthRequest → TargetInfo. A
+   * wrong proof is answered NOT_AUTHENTICATED and the connection closed.
+   */
+  AUTH = 7,
   /** → CBOR list of drives served. */
   LIST_DRIVES = 16,
   /** Reads the newest valid metadata slot of a drive → CBOR {generation, payload}. */

@@ -7,6 +7,9 @@
 import type { DriveInfo, FenceRequest, LockEntry, MetaSlot, TargetInfo } from "./control.ts";
 import type { Status } from "./header.ts";
 
+/** The cluster key check of HELLO failed, either way: the message says which side lacks what. */
+export class AuthError extends Error {}
+
 export class TargetError extends Error {
   constructor(
     readonly status: Status,

@@ -38,7 +38,8 @@ import {
   encodeHeader,
 } from "./header.ts";
 import { SendBatcher } from "./send-batcher.ts";
-import { SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "./session-api.ts";
+import { NONCE_BYTES, requesterProof, sameSecret, targetProof } from "./cluster-key.ts";
+import { AuthError, SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "./session-api.ts";
 import * as v from "valibot";
 
 export interface SessionOptions {
@@ -57,6 +58,11 @@ export interface SessionOptions {
   generation?: number;
   /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
   batch_sends?: boolean;
+  /**
+   * The cluster key: HELLO then proves we hold it and checks that the target does too; a target
+   * without one is refused. None: only targets without a key can be used.
+   */
+  cluster_key?: Uint8Array | null;
 }
 
 export const DEFAULT_SESSION_MAX_INFLIGHT = 256;
@@ -105,7 +111,13 @@ export async function openSession(
   const conn = await env.net.connect(address);
   const s = new Session(conn, address, opts);
   try {
-    await s.hello(hello);
+    const key = opts.cluster_key ?? null;
+    let nonce: Uint8Array<ArrayBuffer> | undefined;
+    if (key !== null) {
+      nonce = new Uint8Array(NONCE_BYTES);
+      env.random.fill(nonce);
+    }
+    await s.hello(nonce === undefined ? hello : { ...hello, nonce }, key);
   } catch (e) {
     s.close();
     throw e;
@@ -167,10 +179,31 @@ export class Session implements TargetSession {
     this.generation = generation;
   }
 
-  async hello(req: HelloRequest): Promise<TargetInfo> {
-    const body = encodeBody(req);
-    const info = await this.submit(Op.HELLO, 0, NO_DRIVE, 0, 0, body, null, parseTargetInfo);
-    this.info = info as TargetInfo;
+  /** HELLO, and AUTH when the target asks (with `key`, `req.nonce` must be a fresh nonce). */
+  async hello(req: HelloRequest, key: Uint8Array | null = null): Promise<TargetInfo> {
+    let info = (await this.submit(Op.HELLO, 0, NO_DRIVE, 0, 0, encodeBody(req), null, parseTargetInfo)) as TargetInfo;
+    const ch = info.auth;
+    if (key === null && ch) {
+      throw new AuthError(`target ${this.address} requires the cluster key: give --key-file FILE or set NVMESH_KEY_FILE`);
+    }
+    if (key !== null && !ch) {
+      throw new AuthError(`target ${this.address} has no cluster key, so it cannot prove it belongs to this cluster: start it with --key-file`);
+    }
+    if (key !== null && ch) {
+      if (!sameSecret(ch.proof, targetProof(key, req.nonce!, ch.challenge))) {
+        throw new AuthError(`target ${this.address} holds a different cluster key`);
+      }
+      const proof = requesterProof(key, ch.challenge, req.nonce!, req.role, req.name);
+      try {
+        info = (await this.submit(Op.AUTH, 0, NO_DRIVE, 0, 0, encodeBody({ proof }), null, parseTargetInfo)) as TargetInfo;
+      } catch (e) {
+        if (e instanceof TargetError && e.status === Status.NOT_AUTHENTICATED) {
+          throw new AuthError(`target ${this.address} refused our cluster key: it holds a different one`);
+        }
+        throw e;
+      }
+    }
+    this.info = info;
     return this.info;
   }
 

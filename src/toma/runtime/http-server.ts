@@ -2,6 +2,7 @@
  * The management API on HTTP with Bun.serve: the only place in src/toma that opens a socket.
  * All logic is in ../api.ts; this only parses JSON and turns {status, body} into a Response.
  */
+import { sameSecret } from "../../engine/wire/cluster-key.ts";
 import type { ApiHandler } from "../api.ts";
 
 export interface TomaHttpServer {
@@ -13,13 +14,25 @@ export interface TomaHttpServer {
 
 const MAX_BODY_BYTES = 64 * 1024;
 
-export function serveTomaApi(handler: ApiHandler, opts: { hostname?: string; port?: number } = {}): TomaHttpServer {
+/**
+ * `token`: the cluster key's management token (cluster-key.ts); every request must carry it as
+ * "Authorization: Bearer TOKEN", else 401 and nothing is done. Null: no key, anyone may.
+ */
+export function serveTomaApi(handler: ApiHandler, opts: { hostname?: string; port?: number; token?: string | null } = {}): TomaHttpServer {
   const hostname = opts.hostname ?? "127.0.0.1";
+  const token = opts.token ?? null;
   const server = Bun.serve({
     hostname,
     port: opts.port ?? 0,
     maxRequestBodySize: MAX_BODY_BYTES,
     async fetch(req) {
+      if (token !== null) {
+        const given = /^Bearer ([0-9a-f]+)$/.exec(req.headers.get("authorization") ?? "")?.[1];
+        if (given === undefined || !sameSecret(given, token)) {
+          const why = given === undefined ? "the request carried no cluster key" : "the request's cluster key is not this cluster's";
+          return Response.json({ error: `this TOMA requires the cluster key: ${why} (--key-file FILE or NVMESH_KEY_FILE)` }, { status: 401 });
+        }
+      }
       const url = new URL(req.url);
       let body: unknown = undefined;
       if (req.method === "POST" || req.method === "PUT") {
