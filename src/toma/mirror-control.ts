@@ -60,6 +60,7 @@ export class MirrorControl {
   /** "volume/column" → the rebuild of a syncing leg (for its topology generation). */
   private readonly jobs = new Map<string, Job>();
   private recovering = false;
+  private checkingLocks = false;
   private last_stable = -1;
   /** The TOMA's own lock owner id. */
   readonly owner_id: number;
@@ -143,7 +144,7 @@ export class MirrorControl {
       this.clients.notify();
     }
     void this.recoverStaleLocks(state);
-    await this.checkLostLocks(state);
+    void this.checkLostLocks(state);
     if (await this.checkCacheEpochs(state)) return;
     const last_change = Math.max(0, ...state.volumes.map((v) => v.topology_seq));
     if (stable < last_change && !plantedBugs.non_adjacent_topologies) return;
@@ -233,6 +234,17 @@ export class MirrorControl {
    * dead or syncing, and copy its bits, or synced, and hold the lock themselves).
    */
   private async checkLostLocks(state: ClusterState): Promise<void> {
+    // Not awaited by the pass: a target that never answers must not stall every other step.
+    if (this.checkingLocks) return;
+    this.checkingLocks = true;
+    try {
+      await this.findLostLocks(state);
+    } finally {
+      this.checkingLocks = false;
+    }
+  }
+
+  private async findLostLocks(state: ClusterState): Promise<void> {
     for (const vol of state.volumes) {
       if (!isMirrored(vol)) continue;
       for (let c = 0; c < vol.columns.length; c++) {

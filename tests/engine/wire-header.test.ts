@@ -216,3 +216,14 @@ describe("send batcher", () => {
     expect([...sent[2]!]).toEqual([4]);
   });
 });
+
+describe("control bodies", () => {
+  test("decoded byte strings are the message's own, not views of the buffer it arrived in", async () => {
+    const { MetaSlot, decodeBody, encodeBody, isInvalid } = await import("../../src/engine/wire/control.ts");
+    const rx = new Uint8Array(encodeBody({ generation: 7, payload: new Uint8Array([1, 2, 3, 4]) }));
+    const slot = decodeBody(MetaSlot, rx);
+    if (isInvalid(slot)) throw new Error(slot.invalid);
+    rx.fill(0xee); // the receive buffer is reused for the next frames
+    expect(Array.from(slot.payload!)).toEqual([1, 2, 3, 4]);
+  });
+});

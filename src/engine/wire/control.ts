@@ -118,7 +118,11 @@ export function decodeBody<S extends v.GenericSchema>(
 ): v.InferOutput<S> | { invalid: string } {
   let raw: unknown;
   try {
-    raw = decode(bytes);
+    // From a copy: cbor-x decodes byte strings as views of its input, and the input is often a
+    // view of a connection's receive buffer, which the next frames overwrite. A META_READ payload
+    // kept across an await came out as another frame's bytes, and a member drive's metadata slot
+    // was taken for corrupt for good (simulator seeds 672 and 1082 with --mirror).
+    raw = decode(bytes.slice());
   } catch (e) {
     return { invalid: `bad CBOR: ${(e as Error).message}` };
   }
