@@ -65,7 +65,7 @@ beforeAll(async () => {
 
   g = await Guest.up(`nvmesh-nbd-${process.pid}`, { mem_mib: 1024, fwd: [...ports, toma_port], share });
   await g.ok(`echo '${GUEST_HOST_IP} ${name}' >> /etc/hosts && getent hosts ${name}`);
-  await g.ok(`mkdir -p /run/nvmesh && (setsid ${N} client serve -m ${name}:${toma_port} >/tmp/client.log 2>&1 </dev/null &)`);
+  await g.ok(`mkdir -p /run/nvmesh && { setsid ${N} client serve -m ${name}:${toma_port} >/tmp/client.log 2>&1 </dev/null & echo $! >/tmp/client.pid; }`);
   await g.ok(`for i in $(seq 600); do grep -q 'client ready' /tmp/client.log && exit 0; sleep 0.1; done; cat /tmp/client.log; exit 1`);
 }, 1_200_000);
 
@@ -75,13 +75,22 @@ afterAll(async () => {
 });
 
 describe("kernel nbd in a VM: client attach --nbd-device", () => {
-  test("attach binds the volume to /dev/nbd0 with its size", async () => {
+  test("attach binds the volume to /dev/nbd0 with its size; again is the same; another device is refused", async () => {
     await g!.ok("modprobe nbd");
     const out = await g!.ok(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
     expect(out).toContain("nbd+unix:///v1");
     const pid = (await g!.ok("cat /sys/block/nbd0/pid")).trim();
     expect(pid).toMatch(/^\d+$/);
     expect(Number((await g!.ok("blockdev --getsize64 /dev/nbd0")).trim())).toBe(VOLUME_BYTES);
+    const shown = JSON.parse(await g!.ok(`${N} client show -o json`)) as { volume: string; nbd_device: string | null }[];
+    expect(shown).toEqual([expect.objectContaining({ volume: "v1", nbd_device: "/dev/nbd0" })]);
+    // attach is idempotent, with the device too; a second device for the same volume is refused.
+    await g!.ok(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
+    expect((await g!.ok("cat /sys/block/nbd0/pid")).trim()).toBe(pid);
+    const r = await g!.sh(`${N} client attach --volume v1 --nbd-device /dev/nbd1`);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toContain("already bound to /dev/nbd0");
+    await g!.ok("! test -e /sys/block/nbd1/pid");
   }, 120_000);
 
   test("ext4 on /dev/nbd0: mkfs, write, e2fsck clean, remount reads the same", async () => {
@@ -116,10 +125,32 @@ describe("kernel nbd in a VM: client attach --nbd-device", () => {
     );
   }, 120_000);
 
+  test("detach is refused while /dev/nbd0 is mounted; the filesystem stays usable", async () => {
+    await g!.ok("mount /dev/nbd0 /mnt/v");
+    const r = await g!.sh(`${N} client detach --volume v1`);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout + r.stderr).toContain("/dev/nbd0 is in use");
+    await g!.ok("test -e /sys/block/nbd0/pid && cmp /tmp/blob /mnt/v/blob && umount /mnt/v");
+  }, 120_000);
+
   test("detach unbinds /dev/nbd0", async () => {
-    await g!.ok(`${N} client detach --volume v1 --nbd-device /dev/nbd0`);
+    await g!.ok(`${N} client detach --volume v1`);
     await g!.ok("! test -e /sys/block/nbd0/pid");
     expect((await g!.ok("blockdev --getsize64 /dev/nbd0")).trim()).toBe("0");
+    expect(JSON.parse(await g!.ok(`${N} client show -o json`))).toEqual([]);
+  }, 120_000);
+
+  test("the client daemon's shutdown unbinds its devices", async () => {
+    await g!.ok(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
+    await g!.ok("test -e /sys/block/nbd0/pid");
+    await g!.ok(
+      [
+        "kill -TERM $(cat /tmp/client.pid)",
+        "for i in $(seq 300); do kill -0 $(cat /tmp/client.pid) 2>/dev/null || break; sleep 0.1; done",
+        "! kill -0 $(cat /tmp/client.pid) 2>/dev/null",
+        "! test -e /sys/block/nbd0/pid",
+      ].join("\n"),
+    );
   }, 120_000);
 
   test("on this host, another client reads what the guest's kernel wrote", async () => {
