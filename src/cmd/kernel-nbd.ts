@@ -74,9 +74,13 @@ export async function deviceInUse(device: string): Promise<boolean> {
   }
 }
 
-/** Connects `device` to the export `volume` served on unix socket `socket`. */
+/**
+ * Connects `device` to the export `volume` served on unix socket `socket`, with 512-byte logical
+ * sectors: those of every other way to the same volume (qemu, a loop device over nbdfuse), so a
+ * partition table or a filesystem written through one reads the same through the other.
+ */
 export async function bindKernelNbd(device: string, socket: string, volume: string): Promise<void> {
-  await runChecked([nbdClient(), "-unix", socket, device, "-N", volume, "-b", "4096"]);
+  await runChecked([nbdClient(), "-unix", socket, device, "-N", volume, "-b", "512"]);
 }
 
 export async function unbindKernelNbd(device: string): Promise<void> {

@@ -32,6 +32,18 @@ let g: Guest | null = null;
 const N = "env NO_COLOR=1 /mnt/host/nvmesh";
 let pattern: Uint8Array;
 
+/** A DOS partition table (512-byte sectors, as every disk image has) with one Linux partition. */
+function mbr(start_sector: number, sectors: number): Uint8Array {
+  const b = new Uint8Array(512);
+  const v = new DataView(b.buffer);
+  b[446 + 4] = 0x83;
+  v.setUint32(446 + 8, start_sector, true);
+  v.setUint32(446 + 12, sectors, true);
+  b[510] = 0x55;
+  b[511] = 0xaa;
+  return b;
+}
+
 beforeAll(async () => {
   requireTool("nbdcopy");
   requireTool("debugfs");
@@ -62,6 +74,7 @@ beforeAll(async () => {
   pattern = new Uint8Array(RAW_BYTES);
   for (let i = 0; i < RAW_BYTES; i += 65536) crypto.getRandomValues(pattern.subarray(i, i + 65536));
   writeFileSync(`${share}/pattern.bin`, pattern);
+  writeFileSync(`${share}/mbr.bin`, mbr(2048, 65536));
 
   g = await Guest.up(`nvmesh-nbd-${process.pid}`, { mem_mib: 1024, fwd: [...ports, toma_port], share });
   await g.ok(`echo '${GUEST_HOST_IP} ${name}' >> /etc/hosts && getent hosts ${name}`);
@@ -91,6 +104,14 @@ describe("kernel nbd in a VM: client attach --nbd-device", () => {
     expect(r.code).not.toBe(0);
     expect(r.stdout + r.stderr).toContain("already bound to /dev/nbd0");
     await g!.ok("! test -e /sys/block/nbd1/pid");
+  }, 120_000);
+
+  test("512-byte sectors: a partition table written as on any disk reads the same", async () => {
+    expect((await g!.ok("cat /sys/block/nbd0/queue/logical_block_size")).trim()).toBe("512");
+    await g!.ok("dd if=/mnt/host/mbr.bin of=/dev/nbd0 bs=512 count=1 oflag=direct status=none && blockdev --rereadpt /dev/nbd0");
+    // Partition 1 from sector 2048 (1 MiB), 65536 sectors (32 MiB): sysfs counts 512-byte sectors.
+    expect((await g!.ok("cat /sys/block/nbd0/nbd0p1/start /sys/block/nbd0/nbd0p1/size")).split(/\s+/).filter(Boolean)).toEqual(["2048", "65536"]);
+    await g!.ok("dd if=/dev/zero of=/dev/nbd0 bs=4096 count=1 oflag=direct status=none && blockdev --rereadpt /dev/nbd0 && ! test -e /sys/block/nbd0/nbd0p1");
   }, 120_000);
 
   test("ext4 on /dev/nbd0: mkfs, write, e2fsck clean, remount reads the same", async () => {
