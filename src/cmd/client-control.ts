@@ -5,7 +5,7 @@
 import { mkdirSync } from "node:fs";
 import * as v from "valibot";
 import { AttachError, type Attachment as DaemonAttachment, type ClientDaemon, VOLUME_NAME } from "../engine/client/daemon.ts";
-import { type KernelNbdBindings, KernelNbdError, NBD_DEVICE } from "./kernel-nbd.ts";
+import { type KernelNbdBindings, KernelNbdError, loadNbdDriver, NBD_DEVICE } from "./kernel-nbd.ts";
 
 /** An attached volume as `client attach|show` report it: with its /dev/nbdN, if bound. */
 export type Attachment = DaemonAttachment & { nbd_device: string | null };
@@ -58,7 +58,7 @@ export function serveControl(dir: string, daemon: ClientDaemon, kernel: KernelNb
     if (device === undefined || kernel.deviceOf(b.volume) === device) return shown(await daemon.attach(b));
     if (b.nbd_tcp !== undefined) throw new AttachError("a kernel /dev/nbdN uses the unix socket export: drop nbd_tcp", "invalid");
     // Everything that can be checked is, before the volume is attached.
-    kernel.claim(b.volume, device);
+    kernel.claim(b.volume, device, await loadNbdDriver());
     const was_attached = daemon.list().some((a) => a.volume === b.volume);
     let a: DaemonAttachment;
     try {

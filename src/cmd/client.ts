@@ -11,7 +11,7 @@ import { realEnv } from "../engine/runtime/real-env.ts";
 import { openSession } from "../engine/wire/session.ts";
 import { tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, UsageError } from "./args.ts";
-import { KernelNbdBindings, kernelNbdProblem, NBD_DEVICE } from "./kernel-nbd.ts";
+import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
 import { type Attachment, control, runDir, serveControl } from "./client-control.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
@@ -102,8 +102,8 @@ const attach = command({
     if (device !== undefined) {
       if (!NBD_DEVICE.test(device)) throw new UsageError(`--nbd-device '${device}' is not an nbd device path (expected /dev/nbdN)`);
       if (args["nbd-tcp"] !== undefined) throw new UsageError("--nbd-device uses the unix socket export; drop --nbd-tcp");
-      // What this host lacks is said here, with or without a client daemon.
-      const problem = kernelNbdProblem(device);
+      // The driver is loaded if need be, and what this host lacks is said here, daemon or not.
+      const problem = await prepareKernelNbd(device);
       if (problem) throw new Error(`cannot bind ${device}: ${problem}`);
     }
     const nbd_tcp = args["nbd-tcp"] === undefined ? undefined : listenAddress(args["nbd-tcp"], "--nbd-tcp");

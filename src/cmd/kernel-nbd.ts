@@ -15,18 +15,41 @@ export const NBD_DEVICE = /^\/dev\/nbd\d+$/;
 
 /**
  * Why this host cannot bind /dev/nbdN at all (no driver, no such device, no nbd-client), or null.
- * Whether the device is free is for the client daemon that binds it to say.
+ * Whether the device is free is for the client daemon that binds it to say. `modprobe_error`:
+ * what loadNbdDriver() said when it could not load the driver.
  */
-export function kernelNbdProblem(device: string): string | null {
+export function kernelNbdProblem(device: string, modprobe_error: string | null = null): string | null {
   if (!NBD_DEVICE.test(device)) return `'${device}' is not an nbd device path (expected /dev/nbdN)`;
   if (!hasNbdDriver()) {
-    return "this kernel has no nbd driver (no /sys/module/nbd; 'modprobe nbd' may load it where modules can be loaded); use the NBD URI with qemu, libnbd or nbdfuse instead";
+    return `this kernel has no nbd driver (${modprobe_error ?? "no /sys/module/nbd"}); use the NBD URI with qemu, libnbd or nbdfuse instead`;
   }
   if (!existsSync(device)) return `${device} does not exist (the nbd driver is loaded; try nbds_max=)`;
   if (!Bun.which("nbd-client") && !existsSync("/usr/sbin/nbd-client") && !existsSync("/sbin/nbd-client")) {
     return "nbd-client is not installed: apt-get install -y nbd-client";
   }
   return null;
+}
+
+/**
+ * Loads the nbd driver when the kernel has it as a module not loaded yet (as rbd-nbd does): a
+ * stock kernel boots without it. Returns null when the driver is there now, else why not.
+ */
+export async function loadNbdDriver(): Promise<string | null> {
+  if (hasNbdDriver()) return null;
+  const modprobe = Bun.which("modprobe") ?? ["/usr/sbin/modprobe", "/sbin/modprobe"].find((p) => existsSync(p));
+  if (!modprobe) return "no /sys/module/nbd, and no modprobe to load it";
+  try {
+    await runChecked([modprobe, "nbd"]);
+  } catch (e) {
+    return `'modprobe nbd' failed: ${(e as Error).message.replace(/^.*? failed \(\d+\): /, "")}`;
+  }
+  return hasNbdDriver() ? null : "'modprobe nbd' did not load it";
+}
+
+/** loadNbdDriver(), then kernelNbdProblem(). */
+export async function prepareKernelNbd(device: string): Promise<string | null> {
+  if (!NBD_DEVICE.test(device)) return kernelNbdProblem(device);
+  return kernelNbdProblem(device, await loadNbdDriver());
 }
 
 function hasNbdDriver(): boolean {
@@ -110,12 +133,12 @@ export class KernelNbdBindings {
    * Claims `device` for `volume` and says why it cannot be bound, before the volume is attached:
    * a claim is released by bind() or release().
    */
-  claim(volume: string, device: string): void {
+  claim(volume: string, device: string, modprobe_error: string | null = null): void {
     if (!NBD_DEVICE.test(device)) throw new KernelNbdError(`'${device}' is not an nbd device path (expected /dev/nbdN)`, "invalid");
     const have = this.by_volume.get(volume);
     if (have !== undefined) throw new KernelNbdError(`volume ${volume} is already bound to ${have}`, "conflict");
     if (this.busy.has(device)) throw new KernelNbdError(`${device} is already bound by this client daemon`, "conflict");
-    const problem = kernelNbdProblem(device);
+    const problem = kernelNbdProblem(device, modprobe_error);
     if (problem) throw new KernelNbdError(`cannot bind ${device}: ${problem}`, "unavailable");
     const pid = connectedPid(device);
     if (pid) throw new KernelNbdError(`cannot bind ${device}: it is already connected (pid ${pid}); if nothing uses it, 'nbd-client -d ${device}' frees it`, "conflict");
