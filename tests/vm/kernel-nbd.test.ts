@@ -9,8 +9,11 @@
  * this host on the forwarded ports only (the targets', the TOMA's). The guest runs the very binary
  * that `npm run build` made, from a 9p share.
  *
- * In the guest: ext4 on /dev/nbd0 (mkfs, write, e2fsck, remount, compare), raw bytes with
- * O_DIRECT, detach. Back on this host, another client reads what the guest's kernel wrote.
+ * In the guest: attach loads the nbd module and binds /dev/nbd0 (idempotent, one device per
+ * volume); 512-byte sectors (a DOS partition table reads as written); ext4 (mkfs, write, e2fsck,
+ * remount, compare); raw bytes with O_DIRECT; detach refused while mounted, then detach unbinds;
+ * the daemon's shutdown unbinds. Back on this host, another client reads what the guest's kernel
+ * wrote, and the mirror's legs are identical.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -31,6 +34,16 @@ let g: Guest | null = null;
 /** In the guest: the nvmesh binary, with NO_COLOR so messages read plainly. */
 const N = "env NO_COLOR=1 /mnt/host/nvmesh";
 let pattern: Uint8Array;
+
+/** Runs a snippet in the guest; when it fails, the error carries the guest's daemon log and kernel messages. */
+async function guest(snippet: string, timeout_ms = 120_000): Promise<string> {
+  try {
+    return await g!.ok(snippet, timeout_ms);
+  } catch (e) {
+    const more = await g!.sh("tail -n 60 /tmp/client.log; dmesg | tail -n 20", 30_000).catch(() => null);
+    throw new Error(`${(e as Error).message}\n--- guest: client daemon log, kernel messages:\n${more?.stdout ?? "(unavailable)"}`);
+  }
+}
 
 /** A DOS partition table (512-byte sectors, as every disk image has) with one Linux partition. */
 function mbr(start_sector: number, sectors: number): Uint8Array {
@@ -90,34 +103,34 @@ afterAll(async () => {
 describe("kernel nbd in a VM: client attach --nbd-device", () => {
   test("attach binds the volume to /dev/nbd0 with its size; again is the same; another device is refused", async () => {
     // The stock kernel boots without the nbd module: attach loads it.
-    await g!.ok("! test -e /sys/module/nbd");
-    const out = await g!.ok(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
-    await g!.ok("test -e /sys/module/nbd");
+    await guest("! test -e /sys/module/nbd");
+    const out = await guest(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
+    await guest("test -e /sys/module/nbd");
     expect(out).toContain("nbd+unix:///v1");
-    const pid = (await g!.ok("cat /sys/block/nbd0/pid")).trim();
+    const pid = (await guest("cat /sys/block/nbd0/pid")).trim();
     expect(pid).toMatch(/^\d+$/);
-    expect(Number((await g!.ok("blockdev --getsize64 /dev/nbd0")).trim())).toBe(VOLUME_BYTES);
-    const shown = JSON.parse(await g!.ok(`${N} client show -o json`)) as { volume: string; nbd_device: string | null }[];
+    expect(Number((await guest("blockdev --getsize64 /dev/nbd0")).trim())).toBe(VOLUME_BYTES);
+    const shown = JSON.parse(await guest(`${N} client show -o json`)) as { volume: string; nbd_device: string | null }[];
     expect(shown).toEqual([expect.objectContaining({ volume: "v1", nbd_device: "/dev/nbd0" })]);
     // attach is idempotent, with the device too; a second device for the same volume is refused.
-    await g!.ok(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
-    expect((await g!.ok("cat /sys/block/nbd0/pid")).trim()).toBe(pid);
+    await guest(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
+    expect((await guest("cat /sys/block/nbd0/pid")).trim()).toBe(pid);
     const r = await g!.sh(`${N} client attach --volume v1 --nbd-device /dev/nbd1`);
     expect(r.code).not.toBe(0);
     expect(r.stdout + r.stderr).toContain("already bound to /dev/nbd0");
-    await g!.ok("! test -e /sys/block/nbd1/pid");
+    await guest("! test -e /sys/block/nbd1/pid");
   }, 120_000);
 
   test("512-byte sectors: a partition table written as on any disk reads the same", async () => {
-    expect((await g!.ok("cat /sys/block/nbd0/queue/logical_block_size")).trim()).toBe("512");
-    await g!.ok("dd if=/mnt/host/mbr.bin of=/dev/nbd0 bs=512 count=1 oflag=direct status=none && blockdev --rereadpt /dev/nbd0");
+    expect((await guest("cat /sys/block/nbd0/queue/logical_block_size")).trim()).toBe("512");
+    await guest("dd if=/mnt/host/mbr.bin of=/dev/nbd0 bs=512 count=1 oflag=direct status=none && blockdev --rereadpt /dev/nbd0");
     // Partition 1 from sector 2048 (1 MiB), 65536 sectors (32 MiB): sysfs counts 512-byte sectors.
-    expect((await g!.ok("cat /sys/block/nbd0/nbd0p1/start /sys/block/nbd0/nbd0p1/size")).split(/\s+/).filter(Boolean)).toEqual(["2048", "65536"]);
-    await g!.ok("dd if=/dev/zero of=/dev/nbd0 bs=4096 count=1 oflag=direct status=none && blockdev --rereadpt /dev/nbd0 && ! test -e /sys/block/nbd0/nbd0p1");
+    expect((await guest("cat /sys/block/nbd0/nbd0p1/start /sys/block/nbd0/nbd0p1/size")).split(/\s+/).filter(Boolean)).toEqual(["2048", "65536"]);
+    await guest("dd if=/dev/zero of=/dev/nbd0 bs=4096 count=1 oflag=direct status=none && blockdev --rereadpt /dev/nbd0 && ! test -e /sys/block/nbd0/nbd0p1");
   }, 120_000);
 
   test("ext4 on /dev/nbd0: mkfs, write, e2fsck clean, remount reads the same", async () => {
-    await g!.ok(
+    await guest(
       [
         "set -e",
         "mkfs.ext4 -q -F -L nvmesh /dev/nbd0",
@@ -137,7 +150,7 @@ describe("kernel nbd in a VM: client attach --nbd-device", () => {
   }, 300_000);
 
   test("raw bytes written with O_DIRECT read back the same", async () => {
-    await g!.ok(
+    await guest(
       [
         "set -e",
         `dd if=/mnt/host/pattern.bin of=/dev/nbd0 bs=1M seek=${RAW_OFFSET_MIB} oflag=direct conv=fsync status=none`,
@@ -149,24 +162,24 @@ describe("kernel nbd in a VM: client attach --nbd-device", () => {
   }, 120_000);
 
   test("detach is refused while /dev/nbd0 is mounted; the filesystem stays usable", async () => {
-    await g!.ok("mount /dev/nbd0 /mnt/v");
+    await guest("mount /dev/nbd0 /mnt/v");
     const r = await g!.sh(`${N} client detach --volume v1`);
     expect(r.code).not.toBe(0);
     expect(r.stdout + r.stderr).toContain("/dev/nbd0 is in use");
-    await g!.ok("test -e /sys/block/nbd0/pid && cmp /tmp/blob /mnt/v/blob && umount /mnt/v");
+    await guest("test -e /sys/block/nbd0/pid && cmp /tmp/blob /mnt/v/blob && umount /mnt/v");
   }, 120_000);
 
   test("detach unbinds /dev/nbd0", async () => {
-    await g!.ok(`${N} client detach --volume v1`);
-    await g!.ok("! test -e /sys/block/nbd0/pid");
-    expect((await g!.ok("blockdev --getsize64 /dev/nbd0")).trim()).toBe("0");
-    expect(JSON.parse(await g!.ok(`${N} client show -o json`))).toEqual([]);
+    await guest(`${N} client detach --volume v1`);
+    await guest("! test -e /sys/block/nbd0/pid");
+    expect((await guest("blockdev --getsize64 /dev/nbd0")).trim()).toBe("0");
+    expect(JSON.parse(await guest(`${N} client show -o json`))).toEqual([]);
   }, 120_000);
 
   test("the client daemon's shutdown unbinds its devices", async () => {
-    await g!.ok(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
-    await g!.ok("test -e /sys/block/nbd0/pid");
-    await g!.ok(
+    await guest(`${N} client attach --volume v1 --nbd-device /dev/nbd0`);
+    await guest("test -e /sys/block/nbd0/pid");
+    await guest(
       [
         "kill -TERM $(cat /tmp/client.pid)",
         "for i in $(seq 300); do kill -0 $(cat /tmp/client.pid) 2>/dev/null || break; sleep 0.1; done",
