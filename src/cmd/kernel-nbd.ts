@@ -122,7 +122,7 @@ export class KernelNbdError extends Error {
 /** The /dev/nbdN devices this client daemon has bound, by volume. */
 export class KernelNbdBindings {
   private readonly by_volume = new Map<string, string>();
-  /** Devices bound, or being bound or unbound, by us. */
+  /** Devices bound by us, or claimed for a bind in progress. */
   private readonly busy = new Set<string>();
 
   deviceOf(volume: string): string | undefined {
