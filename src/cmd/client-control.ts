@@ -4,7 +4,11 @@
  */
 import { mkdirSync } from "node:fs";
 import * as v from "valibot";
-import { AttachError, type Attachment, type ClientDaemon, VOLUME_NAME } from "../engine/client/daemon.ts";
+import { AttachError, type Attachment as DaemonAttachment, type ClientDaemon, VOLUME_NAME } from "../engine/client/daemon.ts";
+import { type KernelNbdBindings, KernelNbdError, loadNbdDriver, NBD_DEVICE } from "./kernel-nbd.ts";
+
+/** An attached volume as `client attach|show` report it: with its /dev/nbdN, if bound. */
+export type Attachment = DaemonAttachment & { nbd_device: string | null };
 
 export const DEFAULT_RUN_DIR = "/run/nvmesh";
 
@@ -17,8 +21,12 @@ export const controlSocket = (dir: string) => `${dir}/client.sock`;
 const AttachBody = v.object({
   volume: v.pipe(v.string(), v.regex(VOLUME_NAME, "invalid volume name")),
   nbd_tcp: v.optional(v.pipe(v.string(), v.regex(/^[^\s]+:\d{1,5}$/, "nbd_tcp must be HOST:PORT"))),
+  nbd_device: v.optional(v.pipe(v.string(), v.regex(NBD_DEVICE, "nbd_device must be /dev/nbdN"))),
 });
-const DetachBody = v.object({ volume: v.pipe(v.string(), v.regex(VOLUME_NAME, "invalid volume name")) });
+const DetachBody = v.object({
+  volume: v.pipe(v.string(), v.regex(VOLUME_NAME, "invalid volume name")),
+  nbd_device: v.optional(v.pipe(v.string(), v.regex(NBD_DEVICE, "nbd_device must be /dev/nbdN"))),
+});
 
 const STATUS: Record<AttachError["code"], number> = { not_found: 404, conflict: 409, unavailable: 503, invalid: 400 };
 
@@ -37,36 +45,80 @@ async function body<S extends v.GenericSchema>(req: Request, schema: S): Promise
   return r.success ? r.output : reply(400, { error: r.issues.map((i) => i.message).join("; ") });
 }
 
-export function serveControl(dir: string, daemon: ClientDaemon): { stop(): void; path: string } {
+export function serveControl(dir: string, daemon: ClientDaemon, kernel: KernelNbdBindings): { stop(): void; path: string } {
   mkdirSync(dir, { recursive: true });
   const path = controlSocket(dir);
   try {
     require("node:fs").unlinkSync(path);
   } catch {}
+  const shown = (a: DaemonAttachment): Attachment => ({ ...a, nbd_device: kernel.deviceOf(a.volume) ?? null });
+
+  async function attach(b: v.InferOutput<typeof AttachBody>): Promise<Attachment> {
+    const device = b.nbd_device;
+    if (device === undefined || kernel.deviceOf(b.volume) === device) return shown(await daemon.attach(b));
+    if (b.nbd_tcp !== undefined) throw new AttachError("a kernel /dev/nbdN uses the unix socket export: drop nbd_tcp", "invalid");
+    // Everything that can be checked is, before the volume is attached.
+    kernel.claim(b.volume, device, await loadNbdDriver());
+    const was_attached = daemon.list().some((a) => a.volume === b.volume);
+    let a: DaemonAttachment;
+    try {
+      a = await daemon.attach(b);
+    } catch (e) {
+      kernel.release(device);
+      throw e;
+    }
+    try {
+      await kernel.bind(b.volume, device, socketOfUri(a.uri));
+    } catch (e) {
+      kernel.release(device);
+      // Attached for this device only: a failed bind leaves nothing behind.
+      if (!was_attached) await daemon.detach(b.volume).catch(() => {});
+      throw e;
+    }
+    return shown(a);
+  }
+
+  async function detach(b: v.InferOutput<typeof DetachBody>): Promise<void> {
+    const device = kernel.deviceOf(b.volume);
+    if (b.nbd_device !== undefined && b.nbd_device !== device) {
+      throw new AttachError(device ? `volume ${b.volume} is bound to ${device}, not ${b.nbd_device}` : `volume ${b.volume} is not bound to ${b.nbd_device}`, "invalid");
+    }
+    if (!daemon.list().some((a) => a.volume === b.volume)) throw new AttachError(`volume ${b.volume} is not attached here`, "not_found");
+    await kernel.unbind(b.volume);
+    await daemon.detach(b.volume);
+  }
+
   const server = Bun.serve({
     unix: path,
     async fetch(req) {
       const url = new URL(req.url);
       try {
-        if (req.method === "GET" && url.pathname === "/v1/attachments") return reply(200, daemon.list());
+        if (req.method === "GET" && url.pathname === "/v1/attachments") return reply(200, daemon.list().map(shown));
         if (req.method === "POST" && url.pathname === "/v1/attach") {
           const b = await body(req, AttachBody);
-          return b instanceof Response ? b : reply(200, await daemon.attach(b));
+          return b instanceof Response ? b : reply(200, await attach(b));
         }
         if (req.method === "POST" && url.pathname === "/v1/detach") {
           const b = await body(req, DetachBody);
           if (b instanceof Response) return b;
-          await daemon.detach(b.volume);
+          await detach(b);
           return reply(200, { detached: b.volume });
         }
         return reply(404, { error: `no such endpoint ${req.method} ${url.pathname}` });
       } catch (e) {
-        if (e instanceof AttachError) return reply(STATUS[e.code], { error: e.message });
+        if (e instanceof AttachError || e instanceof KernelNbdError) return reply(STATUS[e.code], { error: e.message });
         return reply(500, { error: e instanceof Error ? e.message : String(e) });
       }
     },
   });
   return { stop: () => server.stop(true), path };
+}
+
+/** The socket path of an nbd+unix URI (a kernel /dev/nbdN is bound to the unix socket export). */
+function socketOfUri(uri: string): string {
+  const m = /^nbd\+unix:\/\/\/[^?]*\?socket=(.+)$/.exec(uri);
+  if (!m) throw new AttachError(`a kernel /dev/nbdN needs the unix socket export; this volume is exported at ${uri}`, "conflict");
+  return m[1]!;
 }
 
 export async function control<T>(dir: string, method: "GET" | "POST", path: string, payload?: unknown): Promise<T> {
@@ -86,4 +138,3 @@ export async function control<T>(dir: string, method: "GET" | "POST", path: stri
   return json;
 }
 
-export type { Attachment };

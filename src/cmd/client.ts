@@ -11,7 +11,7 @@ import { realEnv } from "../engine/runtime/real-env.ts";
 import { openSession } from "../engine/wire/session.ts";
 import { tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, UsageError } from "./args.ts";
-import { bindKernelNbd, kernelNbdProblem, unbindKernelNbd } from "./kernel-nbd.ts";
+import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
 import { type Attachment, control, runDir, serveControl } from "./client-control.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
@@ -77,11 +77,14 @@ const serve = command({
       io_timeout_ms,
       evil,
     });
-    const ctl = serveControl(dir, daemon);
+    const kernel = new KernelNbdBindings();
+    const ctl = serveControl(dir, daemon, kernel);
     consola.success(`client ready: control socket ${ctl.path}, TOMA ${mgmt}`);
     const sig = await untilSignal();
     consola.info(`${sig}: detaching volumes`);
     ctl.stop();
+    // Nothing serves a bound /dev/nbdN once we are gone: disconnect it rather than leave it dangling.
+    await kernel.unbindAll((msg) => consola.warn(msg));
     await daemon.close();
     await nbd.close();
     process.exit(0);
@@ -101,41 +104,37 @@ const attach = command({
     const fmt = outputFormat(args.output);
     const device = args["nbd-device"];
     if (device !== undefined) {
-      const problem = kernelNbdProblem(device);
-      if (problem) throw new Error(`cannot bind ${device}: ${problem}`);
+      if (!NBD_DEVICE.test(device)) throw new UsageError(`--nbd-device '${device}' is not an nbd device path (expected /dev/nbdN)`);
       if (args["nbd-tcp"] !== undefined) throw new UsageError("--nbd-device uses the unix socket export; drop --nbd-tcp");
+      // The driver is loaded if need be, and what this host lacks is said here, daemon or not.
+      const problem = await prepareKernelNbd(device);
+      if (problem) throw new Error(`cannot bind ${device}: ${problem}`);
     }
     const nbd_tcp = args["nbd-tcp"] === undefined ? undefined : listenAddress(args["nbd-tcp"], "--nbd-tcp");
+    // The client daemon binds the device (and unbinds it on detach and at its shutdown).
     const a = await control<Attachment>(runDir(args["run-dir"]), "POST", "/v1/attach", {
       volume: args.volume,
       ...(nbd_tcp ? { nbd_tcp } : {}),
+      ...(device !== undefined ? { nbd_device: device } : {}),
     });
-    if (device !== undefined) {
-      await bindKernelNbd(device, socketOfUri(a.uri), a.volume);
-      consola.success(`volume ${a.volume} bound to ${device}`);
-    }
     if (fmt === "json") return printJson(a);
+    if (a.nbd_device) consola.success(`volume ${a.volume} bound to ${a.nbd_device}`);
     consola.success(`volume ${a.volume} attached (${formatBytes(a.capacity_bytes)})`);
     process.stdout.write(`${a.uri}\n`);
   },
 });
 
-function socketOfUri(uri: string): string {
-  const m = /^nbd\+unix:\/\/\/[^?]*\?socket=(.+)$/.exec(uri);
-  if (!m) throw new Error(`kernel nbd needs a unix socket export, got ${uri}`);
-  return m[1]!;
-}
-
 const detach = command({
-  meta: { name: "detach", description: "detach a volume: flushes, then closes its export" },
+  meta: { name: "detach", description: "detach a volume: disconnects its /dev/nbdN if bound, flushes, then closes its export" },
   args: {
     volume: { type: "string", description: "volume name", required: true },
-    "nbd-device": { type: "string", description: "disconnect this /dev/nbdN first" },
+    "nbd-device": { type: "string", description: "the /dev/nbdN the volume must be bound to (checked)" },
     ...runDirArg,
   },
   async run({ args }) {
-    if (args["nbd-device"] !== undefined) await unbindKernelNbd(args["nbd-device"]);
-    await control(runDir(args["run-dir"]), "POST", "/v1/detach", { volume: args.volume });
+    const device = args["nbd-device"];
+    if (device !== undefined && !NBD_DEVICE.test(device)) throw new UsageError(`--nbd-device '${device}' is not an nbd device path (expected /dev/nbdN)`);
+    await control(runDir(args["run-dir"]), "POST", "/v1/detach", { volume: args.volume, ...(device !== undefined ? { nbd_device: device } : {}) });
     consola.success(`volume ${args.volume} detached`);
   },
 });
@@ -147,7 +146,7 @@ const show = command({
     const fmt = outputFormat(args.output);
     const list = await control<Attachment[]>(runDir(args["run-dir"]), "GET", "/v1/attachments");
     if (fmt === "json") return printJson(list);
-    printTable(list.map((a) => ({ volume: a.volume, capacity: formatBytes(a.capacity_bytes), raid: a.raid_level, drives: a.drives, uri: a.uri })));
+    printTable(list.map((a) => ({ volume: a.volume, capacity: formatBytes(a.capacity_bytes), raid: a.raid_level, drives: a.drives, uri: a.uri, device: a.nbd_device ?? "-" })));
   },
 });
 

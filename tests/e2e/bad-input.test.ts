@@ -163,9 +163,14 @@ describe("bad input changes nothing and kills no daemon", () => {
     ["attach an unknown volume", ["client", "attach", "--volume", "nope"], /nope/],
     ["bad output format", ["cluster", "status", "-o", "yaml"], /output format/],
     ["bad management address", ["cluster", "status", "-m", "nohostport"], /management address/],
-    ["kernel nbd where there is none", ["client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0"], /nbd/],
+    ["kernel nbd where there is none", ["client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0"], /cannot bind \/dev\/nbd0: this kernel has no nbd driver/],
     ["format a drive already in a cluster", ["drive", "format", "__DRIVE__"], /already|cluster/],
   ];
+  test("CLI: kernel nbd where there is none, without a client daemon → the same clear message", async () => {
+    const r = await c.cliRaw("client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0", "--run-dir", `${c.dir}/no-daemon`);
+    expect(r.code).toBe(1);
+    expect(r.stdout + r.stderr).toMatch(/cannot bind \/dev\/nbd0: this kernel has no nbd driver/);
+  });
   for (const [name, args, re] of cliCases) {
     test(`CLI: ${name} → non-zero exit and a clear message`, async () => {
       const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a));

@@ -18,6 +18,7 @@ const PACKAGES: Record<string, string> = {
   nbdkit: "nbdkit",
   "mkfs.ext4": "e2fsprogs",
   e2fsck: "e2fsprogs",
+  debugfs: "e2fsprogs",
   losetup: "util-linux",
   fusermount3: "fuse3",
 };
