@@ -61,6 +61,8 @@ export class MirrorControl {
   private readonly jobs = new Map<string, Job>();
   private recovering = false;
   private checkingLocks = false;
+  /** Legs "volume/column" reported failing by the cache-epoch check, until it settles their drive. */
+  private readonly cacheSuspects = new Set<string>();
   private last_stable = -1;
   /** The TOMA's own lock owner id. */
   readonly owner_id: number;
@@ -209,6 +211,7 @@ export class MirrorControl {
             if (marked === 0) continue;
             settled = false;
             this.reportFailure(vol, c, `drive ${drive_uuid} lost its cache with ${marked} region(s) marked: writes may be missing there`);
+            this.cacheSuspects.add(`${vol.name}/${c}`);
           }
         }
       } catch (e) {
@@ -217,7 +220,19 @@ export class MirrorControl {
       }
       if (!settled) continue;
       const r = await this.deps.propose({ kind: "set_cache_epoch", drive_uuid: d.drive_uuid, cache_epoch: epoch });
-      if (r.ok) this.deps.env.log.info("drive cache epoch recorded", { drive: d.drive_uuid, cache_epoch: epoch });
+      if (r.ok) {
+        this.deps.env.log.info("drive cache epoch recorded", { drive: d.drive_uuid, cache_epoch: epoch });
+        // Settled: what this check held against the drive's legs no longer holds. Left standing,
+        // the report took the drive's leg out moments after its case was closed, and a client's
+        // flush that was waiting for the *other* leg to go out lost its last complete leg
+        // (simulator seed 355 with --mirror). A client that still finds the leg failing says so again.
+        for (const vol of state.volumes) {
+          vol.columns.forEach((col, c) => {
+            const key = `${vol.name}/${c}`;
+            if (col.drive_uuid === d.drive_uuid && this.cacheSuspects.delete(key)) this.failedUntil.delete(key);
+          });
+        }
+      }
       return true;
     }
     return false;
