@@ -205,9 +205,7 @@ export class MirrorControl {
           for (let c = 0; c < vol.columns.length; c++) {
             const { drive_uuid, extents } = vol.columns[c]!;
             if (drive_uuid !== d.drive_uuid || vol.legs[c] === "dead") continue;
-            const E = vol.extent_size_bytes;
-            let marked = 0;
-            for (const x of extents) marked += (await s.dirtyGet(id, x * E, E)).length;
+            const marked = await legRegions(vol, extents, (off, len) => s.dirtyGet(id, off, len));
             if (marked === 0) continue;
             settled = false;
             this.reportFailure(vol, c, `drive ${drive_uuid} lost its cache with ${marked} region(s) marked: writes may be missing there`);
@@ -270,10 +268,10 @@ export class MirrorControl {
         const { drive_uuid, extents } = vol.columns[c]!;
         const s = this.deps.sessionOf(drive_uuid);
         if (!s) continue;
-        const E = vol.extent_size_bytes;
-        let marked = 0;
+        const id = uuidFromString(drive_uuid);
+        let marked: number;
         try {
-          for (const x of extents) marked += (await s.dirtyInherited(uuidFromString(drive_uuid), x * E, E)).length;
+          marked = await legRegions(vol, extents, (off, len) => s.dirtyInherited(id, off, len));
         } catch {
           continue; // unreachable for now: asked again next pass
         }
@@ -387,4 +385,12 @@ export class MirrorControl {
       this.recovering = false;
     }
   }
+}
+
+/** How many bitmap regions `list` (DIRTY_GET or DIRTY_INHERITED of the leg's drive) names in a leg's extents. */
+async function legRegions(vol: VolumeRecord, extents: number[], list: (offset: number, length: number) => Promise<number[]>): Promise<number> {
+  const E = vol.extent_size_bytes;
+  let n = 0;
+  for (const x of extents) n += (await list(x * E, E)).length;
+  return n;
 }

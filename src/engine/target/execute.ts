@@ -248,12 +248,15 @@ function noPayload(h: Header, payload: Uint8Array): void {
   }
 }
 
-/** Copies the CBOR body out of the decoder's buffer (cbor-x returns views into its input). */
+/**
+ * A control body within the size limit. Not copied: each op decodes it before its first await,
+ * and decodeBody decodes from a copy of its own (no decoded value aliases the decoder's buffer).
+ */
 function controlBody(h: Header, payload: Uint8Array): Uint8Array {
   if (payload.length > MAX_CONTROL_BYTES) {
     throw new RequestError(Status.INVALID, `${Op[h.opcode]} body of ${payload.length} bytes above the limit`);
   }
-  return payload.slice();
+  return payload;
 }
 
 async function doRead(d: ServedDrive, h: Header): Promise<Uint8Array> {
