@@ -2,7 +2,7 @@
  * The cluster key file: where each command finds it, and `nvmesh cluster genkey`, which writes one.
  * Every daemon and admin command of a cluster uses the same key (src/engine/wire/cluster-key.ts).
  */
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { consola } from "consola";
 import { CLUSTER_KEY_BYTES, formatClusterKey, parseClusterKey } from "../engine/wire/cluster-key.ts";
@@ -49,4 +49,5 @@ export function warnNoKey(what: string): void {
 export function generateKeyFile(path: string, force: boolean): void {
   if (existsSync(path) && !force) throw new UsageError(`${path} exists: a new key would lock every daemon using the old one out; --force replaces it`);
   writeFileSync(path, formatClusterKey(new Uint8Array(randomBytes(CLUSTER_KEY_BYTES))), { mode: 0o600 });
+  chmodSync(path, 0o600); // `mode` applies only to a file created here, not to one --force replaced
 }

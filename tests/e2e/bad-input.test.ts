@@ -4,7 +4,7 @@
  * and changes nothing; every daemon stays alive and the data stays intact.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { connectNbd } from "../../src/engine/nbd/client.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { encodeFrame, emptyHeader, Op } from "../../src/engine/wire/header.ts";
@@ -121,8 +121,10 @@ describe("bad input changes nothing and kills no daemon", () => {
     expect(again.code).not.toBe(0);
     expect(again.stdout + again.stderr).toMatch(/exists.*--force/);
     expect(readFileSync(path, "utf8")).toBe(first);
+    chmodSync(path, 0o644); // a key someone left readable: replacing it makes it private again
     await ok([NVMESH, "cluster", "genkey", "--out", path, "--force"]);
     expect(readFileSync(path, "utf8")).not.toBe(first);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
     writeFileSync(`${c.dir}/bad.key`, "not a key\n");
     const bad = await run([NVMESH, "cluster", "status", "--key-file", `${c.dir}/bad.key`], { env: { NVMESH_MANAGEMENT: c.toma_addr } });
     expect(bad.code).not.toBe(0);
