@@ -2,6 +2,7 @@
  * Sectors for the debugfmt tests: a plain writer's record, verify-pattern writes as the data path
  * makes them (write.ts), and the corruptions forensics must recognise.
  */
+import type { EvilKind } from "../../src/engine/client/debug-evil.ts";
 import { dataFor } from "../../src/debugfmt/pattern.ts";
 import { encodeSector, type SectorFields } from "../../src/debugfmt/sector.ts";
 import { type DebugIo, type DebugWriter, encodeIoForLeg, ioSectorFields } from "../../src/debugfmt/write.ts";
@@ -92,3 +93,16 @@ export function verifyWrite(opts: {
   const f = ioSectorFields(writer, io, data);
   return { bytes: encodeIoForLeg(f, data, opts.leg), fields: f };
 }
+
+/**
+ * The problem class `forensics scan` must report for each evil switch (every switch listed: a new
+ * one fails to compile until its class is named here). Used by the engine and real-process tests.
+ */
+export const EVIL_CLASS: Record<EvilKind, string> = {
+  "legs-differ": "legs_differ",
+  "skip-leg": "skipped_leg",
+  "stale-generation": "stale_generation",
+  "no-lock": "unlocked_write",
+  torn: "torn",
+  misdirect: "misdirected",
+};

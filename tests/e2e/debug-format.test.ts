@@ -5,6 +5,8 @@
  * shows no problem, in the run and on the drives; each test-only evil switch of a client daemon
  * is found by forensics, which names that client and the reason.
  */
+import { EVIL_CLASS } from "../debugfmt/fixtures.ts";
+import type { EvilKind } from "../../src/engine/client/debug-evil.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Cluster, type ExtraClient } from "../support/cluster.ts";
 import { NVMESH, ok, requireTool, run } from "../support/proc.ts";
@@ -143,14 +145,7 @@ describe("debug-format volumes on every layout, several clients", () => {
 describe("evil clients: forensics finds each planted corruption and names the client and the reason", () => {
   let c: Cluster;
   let good: ExtraClient;
-  const cases: [string, string][] = [
-    ["legs-differ", "legs_differ"],
-    ["skip-leg", "skipped_leg"],
-    ["stale-generation", "stale_generation"],
-    ["no-lock", "unlocked_write"],
-    ["torn", "torn"],
-    ["misdirect", "misdirected"],
-  ];
+  const cases: [string, string][] = Object.entries(EVIL_CLASS) as [EvilKind, string][];
   const evil: ExtraClient[] = [];
   const volumes: VolumeJson[] = [];
   const uris: string[][] = [];

@@ -4,6 +4,7 @@
  * the corruption and name that client, with the right class; a clean run must show none. The
  * same is shown with real processes in tests/e2e/debug-format.test.ts.
  */
+import { EVIL_CLASS } from "../debugfmt/fixtures.ts";
 import { afterEach, describe, expect, test } from "bun:test";
 import type { EvilKind } from "../../src/engine/client/debug-evil.ts";
 import { layoutPeerPosition, layoutPlacement } from "../../src/debugfmt/placement.ts";
@@ -71,14 +72,7 @@ describe("forensics names the evil client", () => {
     for (const p of skipped.result.problems) if (p.culprit !== null) expect(p.culprit).toEqual(EVIL);
   }, 20_000);
 
-  const cases: [EvilKind, string][] = [
-    ["legs-differ", "legs_differ"],
-    ["skip-leg", "skipped_leg"],
-    ["stale-generation", "stale_generation"],
-    ["no-lock", "unlocked_write"],
-    ["torn", "torn"],
-    ["misdirect", "misdirected"],
-  ];
+  const cases: [EvilKind, string][] = Object.entries(EVIL_CLASS) as [EvilKind, string][];
   for (const [kind, cls] of cases) {
     test(`${kind}: found as ${cls}, and only the evil client is named`, async () => {
       const { result } = await run(kind);
