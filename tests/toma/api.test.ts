@@ -137,4 +137,29 @@ describe("client daemons' routes", () => {
     expect(mc.stable()).toBe(toma.state!.generation);
     expect((await api("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`, undefined)).status).toBe(410);
   });
+
+  test("over HTTP a watch that knows everything is held until something changes (the query reaches the handler)", async () => {
+    const reg = await api("POST", "/v1/clients", { name: "watcher" });
+    const id = (reg.body as { client_id: number }).client_id;
+    expect((await api("POST", `/v1/clients/${id}/attach/existing`, {})).status).toBe(200);
+    const mc = toma.mirror;
+    await api("POST", `/v1/clients/${id}/ack`, { generation: toma.state!.generation });
+    await until("the watcher counted in the stable generation", () => mc.stable() === toma.state!.generation);
+    const c = tomaClient(http.url);
+    // Knowing nothing: answered at once, with what there is to know.
+    const fresh = (await c.call("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`)) as { generation: number };
+    expect(fresh.generation).toBe(toma.state!.generation);
+    // Knowing everything: a long poll. Before the fix the HTTP glue dropped the query, so every
+    // watch was answered at once and each client daemon spun on it, burning both machines' CPU.
+    let answered = false;
+    const held = c.call("GET", `/v1/clients/${id}/watch?known=${toma.state!.generation}&stable=${mc.stable()}`).then(() => {
+      answered = true;
+    });
+    await Bun.sleep(500);
+    expect(answered).toBe(false);
+    mc.clients.notify();
+    await held;
+    expect(answered).toBe(true);
+    expect((await api("DELETE", `/v1/clients/${id}`, undefined)).status).toBe(200);
+  });
 });

@@ -46,7 +46,8 @@ export function serveTomaApi(handler: ApiHandler, opts: { hostname?: string; por
         }
       }
       try {
-        const r = await handler(req.method, url.pathname, body);
+        // The query is part of what the handler routes on (a watch's known generations).
+        const r = await handler(req.method, url.pathname + url.search, body);
         return Response.json(r.body, { status: r.status });
       } catch (e) {
         return Response.json({ error: `internal error: ${(e as Error).message}` }, { status: 500 });
