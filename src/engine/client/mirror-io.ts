@@ -21,7 +21,7 @@ import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
 import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
 import { plantedBugs } from "../planted-bugs.ts";
-import { TargetError, type TargetSession } from "../wire/session-api.ts";
+import { TargetError, type TargetSession, type WriteOptions } from "../wire/session-api.ts";
 import { LOST_WRITES } from "./cache-watch.ts";
 import type { LegPlan, LegWriter } from "./leg-writer.ts";
 import { MirrorWatch } from "./mirror-watch.ts";
@@ -48,8 +48,6 @@ class LegFailed extends Error {
 class Refused extends Error {}
 
 const LOCKED_RETRY_MS = 2;
-const DIRTY = { dirty: true } as const;
-const INTENT = { intent: true } as const;
 
 export class MirrorIo {
   private info: AttachInfo;
@@ -71,6 +69,7 @@ export class MirrorIo {
    * new connection of ours only once the old one's requests are over.
    */
   private readonly owedUnlocks = new Set<string>();
+  private flagsFor: { generation: number; dirty: WriteOptions; intent: WriteOptions } = { generation: -1, dirty: {}, intent: {} };
   closed = false;
 
   constructor(
@@ -115,8 +114,8 @@ export class MirrorIo {
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     await this.watched(fua, (sink) =>
-      this.pieces(offset, src.length, (p, t, g) =>
-        this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.write(d, o, part(src, p), fua, this.flags(t, p)), sink(g))),
+      this.pieces(offset, src.length, (p, t, g, planned) =>
+        this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.write(d, o, part(src, p), fua, this.flags(t, planned)), sink(g))),
       ),
     );
   }
@@ -124,10 +123,10 @@ export class MirrorIo {
   /** A write whose bytes are made per piece and leg when the piece is planned (the debug format). */
   async writeLegs(offset: number, length: number, fua: boolean, legs: LegWriter): Promise<void> {
     await this.watched(fua, (sink) =>
-      this.pieces(offset, length, (p, t, generation) => {
+      this.pieces(offset, length, (p, t, generation, planned) => {
         const plan = legs.plan({ request_offset: p.request_offset, length: p.length, topology: t, generation });
         return this.serialised(p, () =>
-          this.writePiece(p, t, (s, d, o, leg, locked) => s.write(d, o, plan.bytes(leg, locked), fua, this.flags(t, p)), sink(generation), plan),
+          this.writePiece(p, t, (s, d, o, leg, locked) => s.write(d, o, plan.bytes(leg, locked), fua, this.flags(t, planned)), sink(generation), plan),
         );
       }),
     );
@@ -135,34 +134,43 @@ export class MirrorIo {
 
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     await this.watched(fua, (sink) =>
-      this.pieces(offset, length, (p, t, g) =>
-        this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.writeZeroes(d, o, p.length, fua, this.flags(t, p)), sink(g))),
+      this.pieces(offset, length, (p, t, g, planned) =>
+        this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.writeZeroes(d, o, p.length, fua, this.flags(t, planned)), sink(g))),
       ),
     );
   }
 
   async trim(offset: number, length: number): Promise<void> {
-    await this.pieces(offset, length, (p, t) =>
-      this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.trim(d, o, p.length, this.flags(t, p)), null)),
+    await this.pieces(offset, length, (p, t, _g, planned) =>
+      this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.trim(d, o, p.length, this.flags(t, planned)), null)),
     );
   }
 
   // ---- internals ---------------------------------------------------------------------------------
 
   /**
-   * Write options (shared constants, not an object per leg write): DIRTY while a leg is dead (the
-   * TOMA's bits for the rebuild), else INTENT (the target's bits, in case its cache is lost).
+   * Write options: DIRTY while a leg is dead (the TOMA's bits for the rebuild), else INTENT (the
+   * target's bits, in case its cache is lost); stamped with the generation the piece was planned
+   * under, so a target refuses it once that plan is older than our fence there (see
+   * docs/mirroring.md, "Fencing on the targets"). Shared per generation, not made per leg write.
    */
-  private flags(t: SetTopology, _p: MirrorPiece): { dirty?: boolean; intent?: boolean } {
-    if (t.dirty && plantedBugs.skip_dirty_bit) return {};
-    return t.dirty ? DIRTY : INTENT;
+  private flags(t: SetTopology, planned: number): WriteOptions {
+    if (t.dirty && plantedBugs.skip_dirty_bit) return { generation: planned };
+    if (this.flagsFor.generation !== planned) {
+      this.flagsFor = { generation: planned, dirty: { dirty: true, generation: planned }, intent: { intent: true, generation: planned } };
+    }
+    return t.dirty ? this.flagsFor.dirty : this.flagsFor.intent;
   }
 
   /**
    * Runs `fn` for each piece of the range, each planned (and re-planned after a failure) against
    * the topology current at that moment, then holds completion until that topology is stable.
    */
-  private async pieces(offset: number, length: number, fn: (p: MirrorPiece, t: SetTopology, generation: number) => Promise<void>): Promise<void> {
+  private async pieces(
+    offset: number,
+    length: number,
+    fn: (p: MirrorPiece, t: SetTopology, generation: number, planned: number) => Promise<void>,
+  ): Promise<void> {
     // Pieces never cross a lock unit (64 KiB): far below the wire's frame limit.
     const planned = this.info;
     const all = planMirror(planned.layout, offset, length);
@@ -174,7 +182,7 @@ export class MirrorIo {
           p = planMirror(info.layout, offset + p0.request_offset, p0.length)[0]!;
           p.request_offset = p0.request_offset;
         }
-        return fn(p, info.topology[p.set]!, info.topology_generation);
+        return fn(p, info.topology[p.set]!, info.topology_generation, info.generation);
       });
     if (all.length === 1) return await run(all[0]!);
     await Promise.all(all.map(run));

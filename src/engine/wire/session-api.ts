@@ -35,6 +35,11 @@ export interface WriteOptions {
   intent?: boolean;
   /** TOMA only: a copy from a leg that lost its cache (Flag.LOSSY_COPY). */
   lossy?: boolean;
+  /**
+   * The generation the op was planned under, stamped instead of the session's: a write planned on
+   * an older view must be refused by a fence that moved past it, not pass under a newer stamp.
+   */
+  generation?: number;
 }
 
 export interface TargetSession {
@@ -42,7 +47,7 @@ export interface TargetSession {
   /** From the HELLO exchange. */
   readonly info: TargetInfo;
   readonly closed: boolean;
-  /** Stamped in every request header: who we are and the topology generation we run (fencing). */
+  /** Stamped in every request header: who we are and the topology generation we run (fencing; WriteOptions.generation overrides it per op). */
   client_id: number;
   generation: number;
   /** Called once when the connection ends for any reason. */

@@ -89,6 +89,8 @@ interface Request {
   bytes: number;
   /** The header's client_id when not the session's own (UNLOCK on behalf of another client); else -1. */
   client: number;
+  /** The header's generation when the op was planned under its own (WriteOptions.generation); else -1. */
+  gen: number;
   resolve: (value: unknown) => void;
   reject: (e: Error) => void;
 }
@@ -223,7 +225,7 @@ export class Session implements TargetSession {
     const bad = checkIo(drive, offset, src.length, MAX_IO_BYTES);
     if (bad) return Promise.reject(bad);
     const flags = (fua ? Flag.FUA : 0) | markFlags(opts);
-    return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null) as Promise<number>;
+    return this.submit(Op.WRITE, flags, drive, offset, src.length, src, null, null, -1, opts?.generation) as Promise<number>;
   }
 
   flush(drive: Uint8Array): Promise<number> {
@@ -236,14 +238,14 @@ export class Session implements TargetSession {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
     const flags = markFlags(opts);
-    return this.submit(Op.TRIM, flags, drive, offset, length, null, null, null) as Promise<number>;
+    return this.submit(Op.TRIM, flags, drive, offset, length, null, null, null, -1, opts?.generation) as Promise<number>;
   }
 
   writeZeroes(drive: Uint8Array, offset: number, length: number, fua: boolean, opts?: WriteOptions): Promise<number> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
     const flags = (fua ? Flag.FUA : 0) | markFlags(opts);
-    return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null) as Promise<number>;
+    return this.submit(Op.WRITE_ZEROES, flags, drive, offset, length, null, null, null, -1, opts?.generation) as Promise<number>;
   }
 
   lock(drive: Uint8Array, offset: number, length: number): Promise<void> {
@@ -349,11 +351,12 @@ export class Session implements TargetSession {
     dst: Uint8Array | null,
     parse: Request["parse"],
     client = -1,
+    gen = -1,
   ): Promise<unknown> {
     if (this.isClosed) return Promise.reject(new SessionClosedError(`session to ${this.address} is closed`));
     return new Promise((resolve, reject) => {
       const bytes = (payload?.length ?? 0) + (dst?.length ?? 0);
-      const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, client, resolve, reject };
+      const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, client, gen, resolve, reject };
       if (op === Op.LOCK) {
         if (this.waitingLocksHead === this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks) this.send(r);
         else this.waitingLocks.push(r);
@@ -385,7 +388,7 @@ export class Session implements TargetSession {
     h.offset = r.offset;
     h.drive_uuid = r.drive;
     h.client_id = r.client >= 0 ? r.client : this.client_id;
-    h.generation = this.generation;
+    h.generation = r.gen >= 0 ? r.gen : this.generation;
     h.status = Status.OK;
     h.payload_len = r.payload?.length ?? 0;
     const out = this.out;
