@@ -90,6 +90,25 @@ describe("fencing enforced", () => {
     expect(await outcome(c.flush(u))).toBe("ok");
   });
 
+  test("an op planned under an older generation carries that one, not the session's newer stamp, and is refused", async () => {
+    // A client that registered again under a new id (the TOMA had expired it) raises its
+    // sessions' generation at once, while a write planned on its old view may still be waiting
+    // to be sent: stamped with the new generation it passed the fence and landed on one leg
+    // only, after a rebuild had copied the region (simulator seed 314 with --mirror).
+    const d = await memoryDrive();
+    h = await startTarget([d], { fencing: true });
+    const u = uuidBytes(d);
+    const toma = await h.toma();
+    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 11 }], remove: [] });
+    const c = await client("c7", 7, 11);
+    const older = `REFUSED: generation 10 is older than 11, the minimum for client 7 on drive ${d.info.drive_uuid}`;
+    expect(await outcome(c.write(u, 0, pattern(1, 512), false, { generation: 10 }))).toBe(older);
+    expect(await outcome(c.writeZeroes(u, 0, 512, false, { generation: 10 }))).toBe(older);
+    expect(await outcome(c.trim(u, 0, 512, { generation: 10 }))).toBe(older);
+    expect(await outcome(c.write(u, 0, pattern(1, 512), false, { generation: 11, intent: true }))).toBe("ok");
+    expect(await outcome(c.write(u, 0, pattern(1, 512), false))).toBe("ok"); // the session's 11
+  });
+
   test("FENCE raises a minimum but never lowers it; replace starts from an empty table; remove unregisters", async () => {
     const d = await memoryDrive();
     h = await startTarget([d], { fencing: true });
