@@ -45,6 +45,24 @@ export class CacheWatch {
   /** Losses found; each fails every flush covering it that was invoked before it was reported. */
   private doubts: Doubt[] = [];
 
+  /** The epoch the drive answered with last (every write and flush answer carries one). */
+  private latest: number | null = null;
+
+  /** An answer of the drive carried `epoch`. */
+  seen(epoch: number): void {
+    this.latest = epoch;
+  }
+
+  /**
+   * Whether the drive has answered under another epoch since it acknowledged a part of a write
+   * under `epoch`: that part may be gone, and the write, not yet acknowledged to the caller, is
+   * written again rather than counted (a flush would otherwise report a loss that a write still
+   * in our hands can simply repair).
+   */
+  outdated(epoch: number): boolean {
+    return this.latest !== null && this.latest !== epoch;
+  }
+
   /** A write (not FUA) completed, with data acknowledged on this drive under `epoch`. */
   acked(epoch: number): void {
     this.seq++;
