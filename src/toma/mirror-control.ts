@@ -205,12 +205,6 @@ export class MirrorControl {
           for (let c = 0; c < vol.columns.length; c++) {
             const { drive_uuid, extents } = vol.columns[c]!;
             if (drive_uuid !== d.drive_uuid || vol.legs[c] === "dead") continue;
-            // The last complete leg of its set is kept as it is: taking it out leaves nothing
-            // better, and a rebuild from it would pass the doubt on (LOSSY_COPY) to a leg that
-            // later becomes the last complete one, failing clients' flushes of writes that
-            // were never lost (simulator seed 180 with --mirror). Clients' own flushes still
-            // see the drive's new epoch for any write of theirs it may have lost.
-            if (!hasCompletePeerLeg(vol, c)) continue;
             const marked = await legRegions(vol, extents, (off, len) => s.dirtyGet(id, off, len));
             if (marked === 0) continue;
             settled = false;
@@ -401,7 +395,3 @@ async function legRegions(vol: VolumeRecord, extents: number[], list: (offset: n
   return n;
 }
 
-/** Whether another leg of column c's set holds every write (ok, or synced and written since). */
-function hasCompletePeerLeg(vol: VolumeRecord, c: number): boolean {
-  return setColumns(vol, Math.floor(c / vol.mirrors)).some((o) => o !== c && (vol.legs[o] === "ok" || vol.legs[o] === "synced"));
-}
