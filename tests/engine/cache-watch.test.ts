@@ -55,3 +55,14 @@ test("an unreported loss keeps failing flushes that cover it", () => {
   expect(w.flushed(w.mark(1), 2)).toBe(true); // ...but that flush failed elsewhere, unreported
   expect(w.flushed(w.mark(2), 2)).toBe(true);
 });
+
+test("a part acknowledged under an epoch the drive has left since is outdated; the current epoch is not", () => {
+  // VolumeDevice writes such a write again before it completes (simulator seed 1747 with --mirror).
+  const w = new CacheWatch();
+  expect(w.outdated(1)).toBe(false); // nothing seen yet: nothing to compare with
+  w.seen(1);
+  expect(w.outdated(1)).toBe(false);
+  w.seen(3); // another part, or a flush, answered after the cache was lost
+  expect(w.outdated(1)).toBe(true);
+  expect(w.outdated(3)).toBe(false);
+});
