@@ -3,8 +3,10 @@
  * request (a frame header) answered by a 4160-byte response (header + 4 KiB), no work in
  * between. Compare with fio-matrix's QD1 latencies: nvmesh's path has this hop on top of the NBD
  * hop that nbdkit's path has too. With --unix the same over a unix socket (the path a client
- * takes to a target on its own host). Usage: bun bench/tcp-pingpong.ts [--count 100000] [--unix]
+ * could take to a target on its own host; nvmesh has no such path yet). Usage: bun bench/tcp-pingpong.ts [--count 100000] [--unix]
  */
+import { rmSync } from "node:fs";
+
 const argv = process.argv.slice(2);
 const RESPONSE_BYTES = 4160;
 const UNIX = argv.includes("--unix");
@@ -47,4 +49,5 @@ if (argv[0] === "--serve") {
   console.log(`${N} round trips over ${UNIX ? "a unix socket" : "TCP loopback"}, ${((ms * 1000) / N).toFixed(1)} us each`);
   sock.end();
   server.kill();
+  if (UNIX) rmSync(SOCKET_PATH, { force: true }); // the killed server leaves its socket file behind
 }
