@@ -48,6 +48,8 @@ interface Job {
   generation: number;
   done: boolean;
   running: boolean;
+  /** The column copied from, and its drive's cache epoch, when it was the same at start and end. */
+  from: { column: number; epoch: number } | null;
 }
 
 export class MirrorControl {
@@ -206,7 +208,7 @@ export class MirrorControl {
             const { drive_uuid, extents } = vol.columns[c]!;
             if (drive_uuid !== d.drive_uuid || vol.legs[c] === "dead") continue;
             const marked = await legRegions(vol, extents, (off, len) => s.dirtyGet(id, off, len));
-            if (marked === 0) continue;
+            if (marked === 0 || this.copiedFromSince(vol, c, epoch)) continue;
             settled = false;
             this.reportFailure(vol, c, `drive ${drive_uuid} lost its cache with ${marked} region(s) marked: writes may be missing there`);
             this.cacheSuspects.add(`${vol.name}/${c}`);
@@ -234,6 +236,25 @@ export class MirrorControl {
       return true;
     }
     return false;
+  }
+
+  /**
+   * Whether every other leg of column c's set was rebuilt from c since its drive took cache epoch
+   * `epoch`, and has been written with it ever since. Then nothing that c may have lost in that
+   * cache loss is on any other leg either (the copies took c's marked regions as they were, with
+   * LOSSY_COPY, so the loss was reported to the clients that had acknowledged writes there):
+   * taking c out to copy it back from those legs would gain nothing. Worse, the copy back would
+   * itself be lossy (its sources carry c's loss), failing the flush of a write every leg still
+   * holds (simulator seed 180 with --mirror, once watches heard each commit).
+   */
+  private copiedFromSince(vol: VolumeRecord, c: number, epoch: number): boolean {
+    const peers = setColumns(vol, Math.floor(c / vol.mirrors)).filter((x) => x !== c);
+    return peers.every((x) => {
+      const j = this.jobs.get(`${vol.name}/${x}`);
+      if (!j?.done || j.from?.column !== c || j.from.epoch !== epoch) return false;
+      // A leg rebuilt again gets a new job; one that went dead since has not been written with c.
+      return vol.legs[x] === "ok" || vol.legs[x] === "synced" || (vol.legs[x] === "syncing" && j.generation === vol.topology_seq);
+    });
   }
 
   /**
@@ -286,11 +307,13 @@ export class MirrorControl {
     const key = `${vol.name}/${column}`;
     let job = this.jobs.get(key);
     if (job && (job.running || (job.done && job.generation === vol.topology_seq))) return;
-    job = { progress: { done_bytes: 0, total_bytes: 0 }, generation: vol.topology_seq, done: false, running: true };
-    this.jobs.set(key, job);
     const set = Math.floor(column / vol.mirrors);
     const legs = setColumns(vol, set);
     const source = legs.find((c) => vol.legs[c] === "ok")!;
+    const sourceDrive = vol.columns[source]!.drive_uuid;
+    const startEpoch = this.deps.cacheEpochOf(sourceDrive);
+    job = { progress: { done_bytes: 0, total_bytes: 0 }, generation: vol.topology_seq, done: false, running: true, from: null };
+    this.jobs.set(key, job);
     const clearBits = !legs.some((c) => vol.legs[c] === "dead");
     const j = job;
     const cancelled = () => {
@@ -302,6 +325,8 @@ export class MirrorControl {
       .then(() => {
         if (cancelled()) return;
         j.done = true;
+        const endEpoch = this.deps.cacheEpochOf(sourceDrive);
+        if (startEpoch !== undefined && endEpoch === startEpoch) j.from = { column: source, epoch: startEpoch };
         this.deps.env.log.info("rebuild done", { volume: vol.name, column, bytes: j.progress.done_bytes });
       })
       .catch((e) => {
