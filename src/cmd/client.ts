@@ -8,9 +8,13 @@ import { type EvilSwitch, parseEvil } from "../engine/client/debug-evil.ts";
 import { ExportRegistry } from "../engine/nbd/exports.ts";
 import { NbdServer } from "../engine/nbd/server.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
-import { openSession } from "../engine/wire/session.ts";
+import { openSession, sessionOver } from "../engine/wire/session.ts";
+import { viaLocalTarget } from "../engine/client/local-target.ts";
+import type { OpenSession } from "../engine/client/target-pool.ts";
 import { tomaClient } from "../toma/api-client.ts";
-import { formatBytes, listenAddress, managementAddress, UsageError } from "./args.ts";
+import { formatBytes, listenAddress, managementAddress, repeated, UsageError } from "./args.ts";
+import { hostTarget } from "./target-host.ts";
+import { DEFAULT_TARGET_PORT } from "./target.ts";
 import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
 import { type Attachment, control, runDir, serveControl } from "./client-control.ts";
 import { command, untilSignal } from "./command.ts";
@@ -53,8 +57,14 @@ const serve = command({
     ...runDirArg,
     "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
     name: { type: "string", description: "client name (default: host name)" },
+    drive: {
+      type: "string",
+      description: "also serve this drive as this host's target, in this process: its I/O then skips the network (repeat for several)",
+    },
+    "target-listen": { type: "string", description: "with --drive: HOST:PORT the target listens on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
+    "target-name": { type: "string", description: "with --drive: target name (default: host name)" },
   },
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     const mgmt = managementAddress(args.management);
     const dir = runDir(args["run-dir"]);
     const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
@@ -67,9 +77,24 @@ const serve = command({
     const cluster_key = clusterKey(args["key-file"]);
     if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
     const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
+    const paths = repeated(rawArgs, "drive");
+    if (paths.length === 0 && (rawArgs.some((a) => a.startsWith("--target-")))) {
+      throw new UsageError("--target-listen and --target-name go with --drive");
+    }
+    const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {
+      paths,
+      listen: listenAddress(args["target-listen"], "--target-listen"),
+      name: args["target-name"] ?? hostname(),
+      cluster_key,
+    });
+    if (target) consola.success(`target ready on ${target.address}`);
+    const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
-      openSession: (e, address, hello) => openSession(e, address, hello, { cluster_key }),
+      openSession: target
+        ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, (e, conn, address, hello) =>
+            sessionOver(e, conn, address, hello, { cluster_key }))
+        : open,
       nbd,
       exports,
       socket_dir: dir,
@@ -87,6 +112,7 @@ const serve = command({
     await kernel.unbindAll((msg) => consola.warn(msg));
     await daemon.close();
     await nbd.close();
+    await target?.stop();
     process.exit(0);
   },
 });

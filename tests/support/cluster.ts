@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, openSync, closeSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
@@ -36,6 +37,11 @@ export interface ClusterOptions {
   extent_size?: string;
   /** Run with a cluster key (every daemon and command gets NVMESH_KEY_FILE); default true. */
   key?: boolean;
+  /**
+   * Target t0's drives are served by the client daemon itself (`client serve --drive`), which
+   * then reaches them in-process; targets[0] stays null.
+   */
+  converged?: boolean;
 }
 
 export class Cluster {
@@ -217,15 +223,20 @@ export class Cluster {
     return m[1]!;
   }
 
-  async startToma(listen = this.toma_addr || "127.0.0.1:0"): Promise<void> {
+  /** Starts the TOMA; with `ready` false, returns once its API listens (before it found the cluster). */
+  async startToma(listen = this.toma_addr || "127.0.0.1:0", ready = true): Promise<void> {
     const args = [NVMESH, "toma", "run", "--listen", listen];
     for (const a of this.target_addrs) args.push("--target", a);
     this.toma = new Daemon("toma", args, this.keyEnv);
-    const m = await this.toma.waitFor(/toma ready on (\S+)/, 30_000);
+    const m = await this.toma.waitFor(ready ? /toma ready on (\S+)/ : /management API on (\S+?);/, 30_000);
     this.toma_addr = m[1]!;
   }
 
+  /** The extra arguments the client daemon was last started with. */
+  clientArgs: string[] = [];
+
   async startClient(...extra: string[]): Promise<void> {
+    this.clientArgs = extra;
     this.client = new Daemon("client", [NVMESH, "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra], this.keyEnv);
     await this.client.waitFor(/client ready/);
   }
@@ -269,9 +280,19 @@ export class Cluster {
   /** Formats drives and starts every daemon. */
   async start(): Promise<this> {
     await this.formatDrives();
-    for (let t = 0; t < this.drives.length; t++) await this.startTarget(t);
-    await this.startToma();
-    await this.startClient();
+    if (!this.opts.converged) {
+      for (let t = 0; t < this.drives.length; t++) await this.startTarget(t);
+      await this.startToma();
+      await this.startClient();
+      return this;
+    }
+    // The TOMA needs t0's address before the client daemon that serves it is up: pick a port.
+    this.target_addrs[0] = `127.0.0.1:${await freePort()}`;
+    for (let t = 1; t < this.drives.length; t++) await this.startTarget(t);
+    await this.startToma(undefined, false);
+    const hosted = this.drives[0]!.flatMap((p) => ["--drive", p]);
+    await this.startClient(...hosted, "--target-listen", this.target_addrs[0], "--target-name", "t0");
+    await this.toma!.waitFor(/toma ready on/, 30_000);
     return this;
   }
 
@@ -326,4 +347,16 @@ export function socketOf(uri: string): string {
   const m = /socket=([^&]+)/.exec(uri);
   if (!m) throw new Error(`not an nbd+unix URI: ${uri}`);
   return m[1]!;
+}
+
+/** A TCP port free on 127.0.0.1 right now (bound and released). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

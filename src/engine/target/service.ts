@@ -58,6 +58,8 @@ export class TargetService {
   private readonly ctx: TargetContext;
   private readonly limits: ConnectionLimits;
   private readonly writeback: TimerHandle;
+  /** TargetInfo.serving: random per start of this service. */
+  readonly serving: string;
   /** Drives being flushed by the writeback now. */
   private readonly flushing = new Set<ServedDrive>();
 
@@ -66,6 +68,7 @@ export class TargetService {
     private readonly opts: TargetServiceOptions,
   ) {
     for (const d of opts.drives) this.drives.add(d, env.random.u32());
+    this.serving = [env.random.u32(), env.random.u32()].map((n) => n.toString(16).padStart(8, "0")).join("");
     const max_inflight = opts.max_inflight_per_conn ?? DEFAULT_MAX_INFLIGHT_PER_CONN;
     if (!Number.isInteger(max_inflight) || max_inflight < 1) {
       throw new Error(`max_inflight_per_conn must be a positive integer, got ${max_inflight}`);
@@ -154,7 +157,7 @@ export class TargetService {
   }
 
   info(): TargetInfo {
-    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos() };
+    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
   }
 
   /** Connections currently open (for status output and tests). */

@@ -61,6 +61,11 @@ export const TargetInfo = v.object({
   drives: v.array(DriveInfo),
   /** Present (and drives empty) when the target holds a cluster key: AUTH must follow. */
   auth: v.optional(AuthChallenge),
+  /**
+   * Random per start of the target: lets a client that hosts a target in its own process tell
+   * that the address the TOMA gave it leads there (client/local-target.ts).
+   */
+  serving: v.optional(v.pipe(v.string(), v.maxLength(64))),
 });
 export type TargetInfo = v.InferOutput<typeof TargetInfo>;
 

@@ -110,7 +110,17 @@ export async function openSession(
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  const conn = await env.net.connect(address);
+  return await sessionOver(env, await env.net.connect(address), address, hello, opts);
+}
+
+/** HELLO (and AUTH) over a connection already open; closes it if that fails. */
+export async function sessionOver(
+  env: Env,
+  conn: Conn,
+  address: string,
+  hello: HelloRequest,
+  opts: SessionOptions = {},
+): Promise<Session> {
   const s = new Session(conn, address, opts);
   try {
     const key = opts.cluster_key ?? null;
