@@ -1,6 +1,9 @@
 /**
  * The fio matrix through an nvmesh volume on one target, and in the same run through `nbdkit file`
- * serving the same kind of file: prints both and the ratios. Usage:
+ * serving the same kind of file: prints both and the ratios. nvmesh runs twice: with the target
+ * in its own process, reached over TCP loopback (a remote target's path, minus the wire), and
+ * with the target hosted by the client daemon (`client serve --drive`), reached in-process (a
+ * converged host's path to its own drives). Usage:
  *   npm run build && bun bench/fio-matrix.ts [--seconds 10] [--size 1G]
  * Both sides are pre-filled, so reads hit written data, not holes in a sparse file.
  */
@@ -58,55 +61,68 @@ interface FioSide {
   lat_ns: { mean: number };
 }
 
+const SIDES = ["tcp", "inproc", "nbdkit"] as const;
+type Side = (typeof SIDES)[number];
+
 async function main(): Promise<void> {
   for (const t of ["fio", "nbdkit"]) requireTool(t);
   const dir = mkdtempSync(`${tmpdir()}/nvmesh-bench-`);
-  const cluster = new Cluster({ targets: 1, drive_size: "4G" });
-  const results: { job: Job; nvmesh: Result; nbdkit: Result }[] = [];
+  const tcp = new Cluster({ targets: 1, drive_size: "4G" });
+  const inproc = new Cluster({ targets: 1, drive_size: "4G", converged: true });
+  const results: { job: Job; r: Record<Side, Result> }[] = [];
   let nbdkit: Daemon | null = null;
   try {
-    await cluster.start();
-    await cluster.cli("volume", "create", "--name", "bench", "--capacity", SIZE, "--raid-level", "concatenated");
-    const uri = await cluster.attach("bench");
+    const uris = {} as Record<Side, string>;
+    for (const [side, cluster] of [["tcp", tcp], ["inproc", inproc]] as const) {
+      await cluster.start();
+      await cluster.cli("volume", "create", "--name", "bench", "--capacity", SIZE, "--raid-level", "concatenated");
+      uris[side] = await cluster.attach("bench");
+    }
     const peerd = await startNbdkit(dir, SIZE);
     nbdkit = peerd.daemon;
-    const peer = peerd.uri;
-    console.log(`pre-filling ${SIZE} on both sides…`);
-    await fill(uri);
-    await fill(peer);
+    uris.nbdkit = peerd.uri;
+    console.log(`pre-filling ${SIZE} on every side…`);
+    for (const side of SIDES) await fill(uris[side]);
     for (const [i, job] of MATRIX.entries()) {
       if (ONLY && !job.name.includes(ONLY)) continue;
-      // Alternate which side goes first so page-cache warmth does not favour one.
-      const first = await fio(i % 2 ? peer : uri, job, dir, SECONDS);
-      const second = await fio(i % 2 ? uri : peer, job, dir, SECONDS);
-      const [a, b] = i % 2 ? [second, first] : [first, second];
-      results.push({ job, nvmesh: a, nbdkit: b });
-      console.log(`${job.name}: nvmesh ${a.iops.toFixed(0)} IOPS ${a.lat_us.toFixed(1)} us | nbdkit ${b.iops.toFixed(0)} IOPS ${b.lat_us.toFixed(1)} us`);
+      // Rotate which side goes first so page-cache warmth and noise do not favour one.
+      const r = {} as Record<Side, Result>;
+      for (let k = 0; k < SIDES.length; k++) {
+        const side = SIDES[(i + k) % SIDES.length]!;
+        r[side] = await fio(uris[side], job, dir, SECONDS);
+      }
+      results.push({ job, r });
+      console.log(`${job.name}: ${SIDES.map((s) => `${s} ${r[s].iops.toFixed(0)} IOPS ${r[s].lat_us.toFixed(1)} us`).join(" | ")}`);
     }
   } finally {
     await nbdkit?.stop();
-    await cluster.destroy();
+    await tcp.destroy();
+    await inproc.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
-  const rows = results.map(({ job, nvmesh, nbdkit }) => ({
+  const rows = results.map(({ job, r }) => ({
     workload: job.name,
-    "nvmesh IOPS": nvmesh.iops.toFixed(0),
-    "nvmesh MiB/s": nvmesh.mib_s.toFixed(0),
-    "nvmesh lat us": nvmesh.lat_us.toFixed(1),
-    "nbdkit IOPS": nbdkit.iops.toFixed(0),
-    "nbdkit MiB/s": nbdkit.mib_s.toFixed(0),
-    "nbdkit lat us": nbdkit.lat_us.toFixed(1),
-    "IOPS ratio": (nvmesh.iops / nbdkit.iops).toFixed(2),
-    "lat ratio": (nvmesh.lat_us / nbdkit.lat_us).toFixed(2),
+    "TCP IOPS": r.tcp.iops.toFixed(0),
+    "TCP lat us": r.tcp.lat_us.toFixed(1),
+    "in-process IOPS": r.inproc.iops.toFixed(0),
+    "in-process lat us": r.inproc.lat_us.toFixed(1),
+    "nbdkit IOPS": r.nbdkit.iops.toFixed(0),
+    "nbdkit MiB/s": r.nbdkit.mib_s.toFixed(0),
+    "nbdkit lat us": r.nbdkit.lat_us.toFixed(1),
+    "IOPS ratio TCP / in-proc": `${(r.tcp.iops / r.nbdkit.iops).toFixed(2)} / ${(r.inproc.iops / r.nbdkit.iops).toFixed(2)}`,
+    "lat ratio TCP / in-proc": `${(r.tcp.lat_us / r.nbdkit.lat_us).toFixed(2)} / ${(r.inproc.lat_us / r.nbdkit.lat_us).toFixed(2)}`,
   }));
   printTable(rows);
-  const qd1 = results.find((r) => r.job.name === "4k randread QD1");
-  const qd32 = results.find((r) => r.job.name === "4k randread QD32");
+  const qd1 = results.find((x) => x.job.name === "4k randread QD1");
+  const qd32 = results.find((x) => x.job.name === "4k randread QD32");
   if (!qd1 || !qd32) return;
-  const latRatio = qd1.nvmesh.lat_us / qd1.nbdkit.lat_us;
-  const iopsRatio = qd32.nvmesh.iops / qd32.nbdkit.iops;
-  console.log(`\ngoal QD1 4k read latency <= 1.5x nbdkit: ${latRatio.toFixed(2)}x ${latRatio <= 1.5 ? "MET" : "NOT MET"}`);
-  console.log(`goal QD32 4k read IOPS >= 0.7x nbdkit:   ${iopsRatio.toFixed(2)}x ${iopsRatio >= 0.7 ? "MET" : "NOT MET"}`);
+  for (const [side, what] of [["tcp", "target over TCP"], ["inproc", "target in the client's process"]] as const) {
+    const lat = qd1.r[side].lat_us / qd1.r.nbdkit.lat_us;
+    const iops = qd32.r[side].iops / qd32.r.nbdkit.iops;
+    console.log(`\n${what}:`);
+    console.log(`  goal QD1 4k read latency <= 1.5x nbdkit: ${lat.toFixed(2)}x ${lat <= 1.5 ? "MET" : "NOT MET"}`);
+    console.log(`  goal QD32 4k read IOPS >= 0.7x nbdkit:   ${iops.toFixed(2)}x ${iops >= 0.7 ? "MET" : "NOT MET"}`);
+  }
 }
 
 await main();

@@ -167,6 +167,8 @@ describe("bad input changes nothing and kills no daemon", () => {
     ["bad management address", ["cluster", "status", "-m", "nohostport"], /management address/],
     ["kernel nbd where there is none", ["client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0"], /cannot bind \/dev\/nbd0: this kernel has no nbd driver/],
     ["format a drive already in a cluster", ["drive", "format", "__DRIVE__"], /already|cluster/],
+    ["a hosted target's options without --drive", ["client", "serve", "--target-listen", "127.0.0.1:1"], /go with --drive/],
+    ["a hosted target on a file that is no drive", ["client", "serve", "--drive", "__NOTADRIVE__", "--target-listen", "127.0.0.1:0"], /no usable drive/],
   ];
   test("CLI: kernel nbd where there is none, without a client daemon → the same clear message", async () => {
     const r = await c.cliRaw("client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0", "--run-dir", `${c.dir}/no-daemon`);
@@ -175,7 +177,9 @@ describe("bad input changes nothing and kills no daemon", () => {
   });
   for (const [name, args, re] of cliCases) {
     test(`CLI: ${name} → non-zero exit and a clear message`, async () => {
-      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a));
+      const notADrive = `${c.dir}/not-a-drive.img`;
+      writeFileSync(notADrive, new Uint8Array(1 << 20));
+      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a === "__NOTADRIVE__" ? notADrive : a));
       const r = await c.cliRaw(...real);
       expect(r.code).not.toBe(0);
       expect(r.stdout + r.stderr).toMatch(re);
