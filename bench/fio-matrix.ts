@@ -4,7 +4,7 @@
  * in its own process, reached over TCP loopback (a remote target's path, minus the wire), and
  * with the target hosted by the client daemon (`client serve --drive`), reached in-process (a
  * converged host's path to its own drives). Usage:
- *   npm run build && bun bench/fio-matrix.ts [--seconds 10] [--size 1G]
+ *   npm run build && bun bench/fio-matrix.ts [--seconds 10] [--size 1G] [--rounds 3] [--only randread]
  * Both sides are pre-filled, so reads hit written data, not holes in a sparse file.
  */
 import { mkdtempSync, rmSync, readFileSync } from "node:fs";
@@ -17,6 +17,11 @@ const SECONDS = Number(flag("seconds", "10"));
 const SIZE = flag("size", "1G");
 /** Runs only the workloads whose name contains this (e.g. "randread", "QD1"); the goals need both 4k randread rows. */
 const ONLY = flag("only", "");
+/**
+ * Rounds of the whole matrix; each point's table entry is the median of its rounds. nbdkit's QD32
+ * numbers swing by 2x from run to run on this VM (thread placement), so one round can mislead.
+ */
+const ROUNDS = Number(flag("rounds", "1"));
 
 interface Job {
   name: string;
@@ -62,6 +67,12 @@ interface FioSide {
 }
 
 const SIDES = ["tcp", "inproc", "nbdkit"] as const;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
 type Side = (typeof SIDES)[number];
 
 async function main(): Promise<void> {
@@ -83,16 +94,26 @@ async function main(): Promise<void> {
     uris.nbdkit = peerd.uri;
     console.log(`pre-filling ${SIZE} on every side…`);
     for (const side of SIDES) await fill(uris[side]);
-    for (const [i, job] of MATRIX.entries()) {
-      if (ONLY && !job.name.includes(ONLY)) continue;
-      // Rotate which side goes first so page-cache warmth and noise do not favour one.
+    const rounds = new Map<Job, Record<Side, Result>[]>();
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [i, job] of MATRIX.entries()) {
+        if (ONLY && !job.name.includes(ONLY)) continue;
+        // Rotate which side goes first so page-cache warmth and noise do not favour one.
+        const r = {} as Record<Side, Result>;
+        for (let k = 0; k < SIDES.length; k++) {
+          const side = SIDES[(i + k + round) % SIDES.length]!;
+          r[side] = await fio(uris[side], job, dir, SECONDS);
+        }
+        rounds.set(job, [...(rounds.get(job) ?? []), r]);
+        console.log(`${job.name}: ${SIDES.map((s) => `${s} ${r[s].iops.toFixed(0)} IOPS ${r[s].lat_us.toFixed(1)} us`).join(" | ")}`);
+      }
+    }
+    for (const [job, rs] of rounds) {
       const r = {} as Record<Side, Result>;
-      for (let k = 0; k < SIDES.length; k++) {
-        const side = SIDES[(i + k) % SIDES.length]!;
-        r[side] = await fio(uris[side], job, dir, SECONDS);
+      for (const side of SIDES) {
+        r[side] = { iops: median(rs.map((x) => x[side].iops)), mib_s: median(rs.map((x) => x[side].mib_s)), lat_us: median(rs.map((x) => x[side].lat_us)) };
       }
       results.push({ job, r });
-      console.log(`${job.name}: ${SIDES.map((s) => `${s} ${r[s].iops.toFixed(0)} IOPS ${r[s].lat_us.toFixed(1)} us`).join(" | ")}`);
     }
   } finally {
     await nbdkit?.stop();

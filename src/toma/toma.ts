@@ -438,9 +438,6 @@ export class Toma {
     this.state = next;
     this.retract_needed = false;
     this.env.log.info("committed", { generation: next.generation, acks: acks.size });
-    // Clients' watches are held until something new: this is new, and a topology switch waits
-    // for every client to learn it, so they hear now rather than at their watch's heartbeat.
-    this.mirror.clients.notify();
     return { ok: true, value: next };
   }
 
