@@ -78,7 +78,7 @@ const serve = command({
     if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
     const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
     const paths = repeated(rawArgs, "drive");
-    if (paths.length === 0 && (rawArgs.some((a) => a.startsWith("--target-")))) {
+    if (paths.length === 0 && rawArgs.some((a) => a.startsWith("--target-"))) {
       throw new UsageError("--target-listen and --target-name go with --drive");
     }
     const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {

@@ -206,9 +206,9 @@ export class MirrorControl {
           if (!isMirrored(vol)) continue;
           for (let c = 0; c < vol.columns.length; c++) {
             const { drive_uuid, extents } = vol.columns[c]!;
-            if (drive_uuid !== d.drive_uuid || vol.legs[c] === "dead") continue;
+            if (drive_uuid !== d.drive_uuid || vol.legs[c] === "dead" || this.copiedFromSince(vol, c, epoch)) continue;
             const marked = await legRegions(vol, extents, (off, len) => s.dirtyGet(id, off, len));
-            if (marked === 0 || this.copiedFromSince(vol, c, epoch)) continue;
+            if (marked === 0) continue;
             settled = false;
             this.reportFailure(vol, c, `drive ${drive_uuid} lost its cache with ${marked} region(s) marked: writes may be missing there`);
             this.cacheSuspects.add(`${vol.name}/${c}`);
@@ -245,7 +245,7 @@ export class MirrorControl {
    * LOSSY_COPY, so the loss was reported to the clients that had acknowledged writes there):
    * taking c out to copy it back from those legs would gain nothing. Worse, the copy back would
    * itself be lossy (its sources carry c's loss), failing the flush of a write every leg still
-   * holds (simulator seed 180 with --mirror, once watches heard each commit).
+   * holds (simulator seed 180 with --mirror, when watches were woken on each commit).
    */
   private copiedFromSince(vol: VolumeRecord, c: number, epoch: number): boolean {
     const peers = setColumns(vol, Math.floor(c / vol.mirrors)).filter((x) => x !== c);

@@ -26,6 +26,24 @@ function legServer(c: SimCluster, column: number): ServerSim {
 /** The column to take out and bring back: a leg not on the TOMA's server. */
 const returning = (c: SimCluster) => (legServer(c, 1) !== c.tomaServer ? 1 : 0);
 
+/** A server already down is booted (not twice). */
+const boot = (c: SimCluster, s: ServerSim) => s.node.alive || c.bootServer(s);
+
+/**
+ * At 2 s into the fault phase, the returning leg's server stops (process crash) and boots again
+ * `down_ms` later. Returns the leg's column once chosen (-1 before).
+ */
+function takeOutReturning(c: SimCluster, down_ms: number): () => number {
+  let leg = -1;
+  when(c, 2000, () => mirror(c) !== undefined, () => {
+    leg = returning(c);
+    const s = legServer(c, leg);
+    c.crashServer(s, "process");
+    c.world.after(down_ms, () => boot(c, s));
+  });
+  return () => leg;
+}
+
 const steps = (r: RunResult) => r.full_trace.filter((l) => l.includes("topology step volume=mirror")).map((l) => l.split("legs=")[1]!);
 
 describe("mirror scenarios", () => {
@@ -45,7 +63,6 @@ describe("mirror scenarios", () => {
   // then the leg comes back through each step. At each step, one party crashes (process) and
   // restarts 1.5 s later.
   // A server already down (the returning leg's, in Degraded) is booted and crashed again.
-  const boot = (c: SimCluster, s: ServerSim) => s.node.alive || c.bootServer(s);
   const restart = (c: SimCluster, s: ServerSim) => {
     const down = !s.node.alive;
     if (down) c.bootServer(s);
@@ -77,14 +94,8 @@ describe("mirror scenarios", () => {
       test(`${who} crashes in ${step}: the leg still comes back, legs equal`, async () => {
         let crashed = false;
         const r = await scenario((c) => {
-          let leg = -1;
-          when(c, 2000, () => mirror(c) !== undefined, () => {
-            leg = returning(c);
-            const s = legServer(c, leg);
-            c.crashServer(s, "process");
-            c.world.after(5000, () => boot(c, s));
-          });
-          when(c, 2001, () => leg >= 0 && mirror(c)?.legs[leg] === state, () => {
+          const leg = takeOutReturning(c, 5000);
+          when(c, 2001, () => leg() >= 0 && mirror(c)?.legs[leg()] === state, () => {
             crashed = true;
             crash(c);
           });
@@ -104,15 +115,9 @@ describe("mirror scenarios: a cache lost on the last complete leg", () => {
   // carrying S's loss) would fail the flush of writes both legs hold (simulator seed 180).
   test("the leg every other leg was rebuilt from stays in", async () => {
     const r = await scenario((c) => {
-      let leg = -1;
-      when(c, 2000, () => mirror(c) !== undefined, () => {
-        leg = returning(c);
-        const s = legServer(c, leg);
-        c.crashServer(s, "process");
-        c.world.after(6000, () => c.bootServer(s));
-      });
-      when(c, 4000, () => leg >= 0 && mirror(c)?.legs[leg] === "dead", () => {
-        const s = legServer(c, 1 - leg);
+      const leg = takeOutReturning(c, 6000);
+      when(c, 4000, () => leg() >= 0 && mirror(c)?.legs[leg()] === "dead", () => {
+        const s = legServer(c, 1 - leg());
         c.crashServer(s, "power");
         c.world.after(300, () => c.bootServer(s));
       });
