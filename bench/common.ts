@@ -16,6 +16,13 @@ export async function fill(uri: string): Promise<void> {
   });
 }
 
+/** The median of a non-empty list. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
 /** Prints rows (same keys each) as a markdown table, for the docs. */
 export function printTable(rows: Record<string, string>[]): void {
   if (rows.length === 0) return;

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { Cluster } from "../tests/support/cluster.ts";
 import { Daemon, ok, requireTool } from "../tests/support/proc.ts";
-import { fill, flag, printTable, startNbdkit } from "./common.ts";
+import { fill, flag, printTable, startNbdkit, median } from "./common.ts";
 
 const SECONDS = Number(flag("seconds", "10"));
 const SIZE = flag("size", "1G");
@@ -68,11 +68,6 @@ interface FioSide {
 
 const SIDES = ["tcp", "inproc", "nbdkit"] as const;
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 type Side = (typeof SIDES)[number];
 
 async function main(): Promise<void> {

@@ -1,12 +1,13 @@
 /**
  * RAID1 against a single-leg volume and against `nbdkit file`, in the same run, then a rebuild
  * under load. Usage:
- *   npm run build && bun bench/mirror.ts [--seconds 10] [--size 1G] [--rebuild-size 1G] [--only NAME]
+ *   npm run build && bun bench/mirror.ts [--seconds 10] [--size 1G] [--rebuild-size 1G] [--rounds 3] [--only NAME]
  *
  * Part 1: one cluster of 3 targets (one file drive each): a RAID1 volume (legs on two targets) and
  * a concatenated volume (one leg, on the third), both pre-filled, and nbdkit serving a pre-filled
  * file of the same size. fio 4k randwrite QD1 and QD32 and 4k randread QD32 through each, the
- * order rotated per workload; IOPS, mean and p99 latency, and the ratios.
+ * order rotated per workload and round; IOPS, mean and p99 latency, and the ratios, each the median
+ * of its rounds (the ratios: the median of the per-round ratios, each measured back to back).
  *
  * Part 2: a fresh cluster with a RAID1 volume of --rebuild-size, filled; fio 4k randwrite QD32
  * runs over it while one leg's drive is evicted (`nvmesh drive evict`: the leg is replaced by a
@@ -18,13 +19,14 @@ import { tmpdir } from "node:os";
 import type { VolumeJson } from "../src/toma/api-types.ts";
 import { Cluster } from "../tests/support/cluster.ts";
 import { Daemon, ok, requireTool } from "../tests/support/proc.ts";
-import { fill, flag, printTable, startNbdkit } from "./common.ts";
+import { fill, flag, median, printTable, startNbdkit } from "./common.ts";
 
 const SECONDS = Number(flag("seconds", "10"));
 const SIZE = flag("size", "1G");
 const REBUILD_SIZE = flag("rebuild-size", "1G");
 /** Runs only the matrix rows whose name contains this (and no rebuild); "rebuild" runs only part 2. */
 const ONLY = flag("only", "");
+const ROUNDS = Number(flag("rounds", "1"));
 const MiB = 2 ** 20;
 
 function bytesOf(size: string): number {
@@ -74,7 +76,7 @@ async function matrix(dir: string): Promise<void> {
   // Each drive holds a RAID1 leg or the single-leg volume, with room to spare.
   const cluster = new Cluster({ targets: 3, drive_size: `${Math.ceil((size + 64 * MiB) / MiB)}M` });
   let nbdkit: Daemon | null = null;
-  const rows: { job: Job; raid1: Result; single: Result; nbdkit: Result }[] = [];
+  const rows: { job: Job; raid1: Result; single: Result; nbdkit: Result; vs_single: number; vs_nbdkit: number }[] = [];
   try {
     await cluster.start();
     await cluster.cli("volume", "create", "--name", "raid1", "--capacity", SIZE, "--raid-level", "1");
@@ -95,14 +97,30 @@ async function matrix(dir: string): Promise<void> {
     ] as const;
     for (const [i, job] of MATRIX.entries()) {
       if (ONLY && !job.name.includes(ONLY)) continue;
-      const r: Partial<Record<(typeof sides)[number][0], Result>> = {};
-      // Rotate who goes first, so that page-cache warmth and drift do not favour one side.
-      for (let k = 0; k < sides.length; k++) {
-        const [name, uri] = sides[(i + k) % sides.length]!;
-        r[name] = await fio(uri, job, `${dir}/fio-${name}-${job.rw}-${job.qd}.json`);
+      const rounds: Record<(typeof sides)[number][0], Result>[] = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        const r: Partial<Record<(typeof sides)[number][0], Result>> = {};
+        // Rotate who goes first, so that page-cache warmth and drift do not favour one side.
+        for (let k = 0; k < sides.length; k++) {
+          const [name, uri] = sides[(i + round + k) % sides.length]!;
+          r[name] = await fio(uri, job, `${dir}/fio-${name}-${job.rw}-${job.qd}.json`);
+        }
+        rounds.push(r as Record<(typeof sides)[number][0], Result>);
+        console.log(`${job.name}: RAID1 ${r.raid1!.iops.toFixed(0)} | single ${r.single!.iops.toFixed(0)} | nbdkit ${r.nbdkit!.iops.toFixed(0)} IOPS`);
       }
-      rows.push({ job, raid1: r.raid1!, single: r.single!, nbdkit: r.nbdkit! });
-      console.log(`${job.name}: RAID1 ${r.raid1!.iops.toFixed(0)} | single ${r.single!.iops.toFixed(0)} | nbdkit ${r.nbdkit!.iops.toFixed(0)} IOPS`);
+      const mid = (side: (typeof sides)[number][0]): Result => ({
+        iops: median(rounds.map((r) => r[side].iops)),
+        lat_us: median(rounds.map((r) => r[side].lat_us)),
+        p99_us: median(rounds.map((r) => r[side].p99_us)),
+      });
+      rows.push({
+        job,
+        raid1: mid("raid1"),
+        single: mid("single"),
+        nbdkit: mid("nbdkit"),
+        vs_single: median(rounds.map((r) => r.raid1.iops / r.single.iops)),
+        vs_nbdkit: median(rounds.map((r) => r.raid1.iops / r.nbdkit.iops)),
+      });
     }
   } finally {
     await nbdkit?.stop();
@@ -111,7 +129,7 @@ async function matrix(dir: string): Promise<void> {
   if (rows.length === 0) return;
   const f0 = (x: number) => x.toFixed(0);
   const f1 = (x: number) => x.toFixed(1);
-  const table = rows.map(({ job, raid1, single, nbdkit }) => ({
+  const table = rows.map(({ job, raid1, single, nbdkit, vs_single, vs_nbdkit }) => ({
     workload: job.name,
     "RAID1 IOPS": f0(raid1.iops),
     "RAID1 lat us (p99)": `${f1(raid1.lat_us)} (${f0(raid1.p99_us)})`,
@@ -119,14 +137,15 @@ async function matrix(dir: string): Promise<void> {
     "single lat us (p99)": `${f1(single.lat_us)} (${f0(single.p99_us)})`,
     "nbdkit IOPS": f0(nbdkit.iops),
     "nbdkit lat us (p99)": `${f1(nbdkit.lat_us)} (${f0(nbdkit.p99_us)})`,
-    "RAID1/single": (raid1.iops / single.iops).toFixed(2),
-    "RAID1/nbdkit": (raid1.iops / nbdkit.iops).toFixed(2),
+    "RAID1/single": vs_single.toFixed(2),
+    "RAID1/nbdkit": vs_nbdkit.toFixed(2),
   }));
   printTable(table);
   const qd32 = rows.find((r) => r.job.name === "4k randwrite QD32");
   if (qd32) {
-    const ratio = qd32.raid1.iops / qd32.single.iops;
-    console.log(`\ngoal RAID1 QD32 4k write IOPS >= 0.6x single-leg: ${ratio.toFixed(2)}x ${ratio >= 0.6 ? "MET" : "NOT MET"}`);
+    const ratio = qd32.vs_single;
+    const of = ROUNDS > 1 ? ` (median of ${ROUNDS} rounds)` : "";
+    console.log(`\ngoal RAID1 QD32 4k write IOPS >= 0.6x single-leg: ${ratio.toFixed(2)}x${of} ${ratio >= 0.6 ? "MET" : "NOT MET"}`);
   }
 }
 

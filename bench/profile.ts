@@ -2,8 +2,9 @@
  * CPU profile of the data path: a one-target cluster whose target and client daemons run from
  * source under `bun --cpu-prof-md`, one fio job against the volume, then a graceful stop so both
  * write their profile. Usage:
- *   bun bench/profile.ts [--rw randread] [--bs 4k] [--qd 32] [--seconds 10] [--out /tmp/prof]
- * Writes <out>/target.md and <out>/client.md (Bun's markdown profile: hot functions first).
+ *   bun bench/profile.ts [--rw randread] [--bs 4k] [--qd 32] [--seconds 10] [--raid-level concatenated|1] [--out /tmp/prof]
+ * Writes <out>/t0.md (t1.md for RAID1) and <out>/client.md (Bun's markdown profile: hot
+ * functions first).
  */
 import { mkdirSync, readdirSync, renameSync } from "node:fs";
 import { Cluster } from "../tests/support/cluster.ts";
@@ -16,6 +17,9 @@ const QD = flag("qd", "32");
 const SECONDS = flag("seconds", "10");
 const OUT = flag("out", "/tmp/nvmesh-prof");
 const INTERVAL = flag("interval", "200");
+/** concatenated: one target; 1: a RAID1 volume with its legs on two targets. */
+const RAID = flag("raid-level", "concatenated");
+const TARGETS = RAID === "1" ? 2 : 1;
 
 const BUN = process.execPath;
 const MAIN = `${ROOT}/src/cmd/main.ts`;
@@ -26,7 +30,7 @@ function profiled(name: string): string[] {
 
 class ProfiledCluster extends Cluster {
   override async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
-    const args = [...profiled("target"), "target", "serve", "--listen", listen, "--name", `t${t}`];
+    const args = [...profiled(`t${t}`), "target", "serve", "--listen", listen, "--name", `t${t}`];
     for (const p of this.drives[t]!) args.push("--drive", p);
     const d = new Daemon(`target t${t}`, args, this.keyEnv);
     const m = await d.waitFor(/target ready on (\S+)/);
@@ -43,10 +47,10 @@ class ProfiledCluster extends Cluster {
 
 requireTool("fio");
 mkdirSync(OUT, { recursive: true });
-const cluster = new ProfiledCluster({ targets: 1, drive_size: "2G" });
+const cluster = new ProfiledCluster({ targets: TARGETS, drive_size: "2G" });
 try {
   await cluster.start();
-  await cluster.cli("volume", "create", "--name", "prof", "--capacity", "512M", "--raid-level", "concatenated");
+  await cluster.cli("volume", "create", "--name", "prof", "--capacity", "512M", "--raid-level", RAID);
   const uri = await cluster.attach("prof");
   await ok(["fio", "--name=fill", "--ioengine=nbd", `--uri=${uri}`, "--rw=write", "--bs=1M", "--iodepth=8"], {
     timeout_ms: 600_000,
@@ -65,7 +69,7 @@ try {
 } finally {
   await cluster.destroy();
 }
-for (const name of ["target", "client"]) {
+for (const name of [...Array.from({ length: TARGETS }, (_, t) => `t${t}`), "client"]) {
   const files = readdirSync(`${OUT}/${name}`).filter((f) => f.endsWith(".md")).sort();
   if (files.length > 0) renameSync(`${OUT}/${name}/${files.at(-1)}`, `${OUT}/${name}.md`);
   console.log(`${OUT}/${name}.md`);

@@ -15,7 +15,7 @@ import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_T
 import { FenceSync } from "./fencing.ts";
 import { plantedBugs } from "../engine/planted-bugs.ts";
 import { RangeClaims } from "./range-claims.ts";
-import { copyLeg, type HeldLock, LegUnavailable, type RebuildProgress, recoverLocks } from "./rebuild.ts";
+import { copyLeg, type HeldLock, LegUnavailable, type RebuildProgress, recoverSetLocks, type StaleLock } from "./rebuild.ts";
 import { isMirrored, nextLegs, setColumns } from "./topology.ts";
 
 export interface MirrorTimings extends ClientTimings {
@@ -388,19 +388,37 @@ export class MirrorControl {
           const legs = setColumns(vol, set).filter((c) => vol.legs[c] !== "dead");
           const drives = legs.map((c) => vol.columns[c]!.drive_uuid);
           if (!drives.every((d) => this.fences.inSync(d))) continue;
+          const stale: StaleLock[] = [];
+          let listedAll = true;
           for (const d of drives) {
             const s = this.deps.sessionOf(d);
-            if (!s) continue;
+            if (!s) {
+              listedAll = false;
+              continue;
+            }
             const listed = await s.lockList(uuidFromString(d));
             // Judged against the tables as they are *after* the listing: a client that attached
             // meanwhile holds live locks, and its I/O may be in flight right now.
-            if (!drives.every((x) => this.fences.inSync(x))) break;
+            if (!drives.every((x) => this.fences.inSync(x))) {
+              listedAll = false;
+              break;
+            }
             const admitted = new Set(this.fences.tableFor(d).map((e) => e.client_id));
             await this.freeOwnStaleLocks(s, d, listed.filter((l) => l.client_id === this.owner_id));
-            const held = listed.filter((l) => !admitted.has(l.client_id) && l.client_id !== this.owner_id);
-            if (held.length === 0) continue;
-            const n = await recoverLocks(this.rebuildDeps(), vol, d, held);
-            if (n > 0) this.deps.env.log.info("stale locks recovered", { volume: vol.name, drive: d, locks: n, owners: [...new Set(held.map((l) => l.client_id))].join(","), at: held.map((l) => l.offset).join(",") });
+            for (const l of listed) if (!admitted.has(l.client_id) && l.client_id !== this.owner_id) stale.push({ ...l, drive_uuid: d });
+          }
+          // A unit's dead locks are recovered together (recoverSetLocks): with a leg unlisted,
+          // one of them could be freed while another is held, and a writer slip in between.
+          if (!listedAll || stale.length === 0) continue;
+          const n = await recoverSetLocks(this.rebuildDeps(), vol, set, stale);
+          if (n > 0) {
+            this.deps.env.log.info("stale locks recovered", {
+              volume: vol.name,
+              set,
+              units: n,
+              owners: [...new Set(stale.map((l) => l.client_id))].join(","),
+              at: [...new Set(stale.map((l) => `${l.drive_uuid}@${l.offset}`))].join(","),
+            });
           }
         }
       }

@@ -7,7 +7,8 @@
  * its region was copied durably, and a blank leg had every bit of its volume set first.
  *
  * Also recovers the locks of a client that died mid-write: the legs of each locked unit are made
- * equal (from the first locked leg, which the client wrote under its lock), then the lock is freed.
+ * equal (from the first locked leg, which the client wrote under its lock), then the locks are
+ * freed (`recoverSetLocks`).
  *
  * Runs through the TOMA's own sessions (role "toma": the authority, not fenced) and only while the
  * topology it works for is stable (every client switched to it).
@@ -18,7 +19,9 @@ import { uuidFromString } from "../engine/uuid.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { VolumeRecord } from "./cluster-state.ts";
 import type { RangeClaims } from "./range-claims.ts";
-import { setColumns } from "./topology.ts";
+import { lockLegsOf } from "../engine/layout/mirror-roles.ts";
+import { LOCK_UNIT_BYTES } from "../engine/wire/header.ts";
+import { setColumns, setTopologies } from "./topology.ts";
 
 export interface RebuildDeps {
   env: Env;
@@ -142,43 +145,91 @@ export interface HeldLock {
   length: number;
 }
 
+/** A lock held by a client that is no longer admitted (dead and fenced), on one drive. */
+export interface StaleLock extends HeldLock {
+  drive_uuid: string;
+}
+
 /**
- * Frees the locks a dead (and fenced) client holds on `drive_uuid` for volume `vol`: the locked
- * units of each mirror set are copied from the locked leg to the set's other writable legs, then
- * unlocked on the dead client's behalf.
+ * Frees the locks dead (fenced) clients hold on the legs of mirror set `set`, lock unit by lock
+ * unit of the set: the unit is copied from its first locked leg that is complete to the set's
+ * other writable legs, then every dead lock of the unit, on every leg, is freed. Returns the units
+ * recovered; one left for later is recovered by a later call.
+ *
+ * No live write may land between the copy's read and its writes, or the copy would put older data
+ * over it on one leg only (simulator seed 359 with --mirror: the dead client's lock on one leg was
+ * freed first, a writer locked that leg and wrote it, then the copy for the other leg's lock
+ * overwrote it). So the unit's dead locks are all held until its copy is done, and the locks that
+ * writers of the current topology take for the unit are taken too, without waiting: a writer may
+ * hold one while it waits for a dead lock (two lock legs), so a unit whose lock is busy is left
+ * for the next round.
  */
-export async function recoverLocks(
-  deps: RebuildDeps,
-  vol: VolumeRecord,
-  drive_uuid: string,
-  locks: HeldLock[],
-): Promise<number> {
+export async function recoverSetLocks(deps: RebuildDeps, vol: VolumeRecord, set: number, stale: StaleLock[]): Promise<number> {
   const E = vol.extent_size_bytes;
-  const column = vol.columns.findIndex((c) => c.drive_uuid === drive_uuid);
-  if (column < 0) return 0;
-  const set = Math.floor(column / vol.mirrors);
-  let n = 0;
-  for (const l of locks) {
-    const idx = vol.columns[column]!.extents.indexOf(Math.floor(l.offset / E));
-    if (idx < 0) continue; // a lock on another volume's extent
-    const at = idx * E + (l.offset % E);
-    const buf = new Uint8Array(l.length);
-    const src = uuidFromString(drive_uuid);
-    const s = need(deps, drive_uuid);
-    if (vol.legs[column] === "ok") {
-      const opts = { lossy: deps.lossy(drive_uuid) };
-      await s.read(src, l.offset, buf);
-      for (const other of setColumns(vol, set)) {
-        if (other === column || vol.legs[other] === "dead") continue;
-        const od = vol.columns[other]!.drive_uuid;
-        await need(deps, od).write(uuidFromString(od), driveOffset(vol, other, at), buf, true, opts);
-      }
-      // A dead leg lacks what the client wrote here: the region is the rebuild's to copy. (The
-      // client's own mark, set by its LOCK, is this target's and would clear once unlocked.)
-      if (setColumns(vol, set).some((c) => vol.legs[c] === "dead")) await s.dirtySet(src, l.offset, l.length);
+  const U = LOCK_UNIT_BYTES;
+  const cols = setColumns(vol, set);
+  const units = new Map<number, { column: number; drive_offset: number; client_id: number }[]>();
+  for (const l of stale) {
+    const column = cols.find((c) => vol.columns[c]!.drive_uuid === l.drive_uuid);
+    if (column === undefined) continue;
+    for (let off = l.offset - (l.offset % U); off < l.offset + l.length; off += U) {
+      const idx = vol.columns[column]!.extents.indexOf(Math.floor(off / E));
+      if (idx < 0) continue; // a lock on another volume's extent
+      const unit = Math.floor((idx * E + (off % E)) / U);
+      units.set(unit, [...(units.get(unit) ?? []), { column, drive_offset: off, client_id: l.client_id }]);
     }
-    await s.unlockFor(src, l.offset, l.length, l.client_id);
-    n++;
+  }
+  const topology = setTopologies(vol)[set]!;
+  let n = 0;
+  for (const [unit, held] of units) {
+    const at = unit * U;
+    const dead = new Set(held.map((h) => h.column));
+    const ours: { drive_uuid: string; offset: number; release: () => void; locked: boolean }[] = [];
+    try {
+      let busy = false;
+      for (const c of lockLegsOf(topology, unit).map((i) => cols[i]!)) {
+        if (dead.has(c)) continue;
+        const drive_uuid = vol.columns[c]!.drive_uuid;
+        const offset = driveOffset(vol, c, at);
+        const mine = { drive_uuid, offset, release: await deps.claims.claim(drive_uuid, offset, U), locked: false };
+        ours.push(mine);
+        const s = need(deps, drive_uuid);
+        await s.unlock(uuidFromString(drive_uuid), offset, U); // one of ours left by a lost UNLOCK (range-claims.ts)
+        mine.locked = await s.tryLock(uuidFromString(drive_uuid), offset, U);
+        if (!mine.locked) {
+          busy = true;
+          break;
+        }
+      }
+      if (busy) continue;
+      const source = cols.find((c) => dead.has(c) && vol.legs[c] === "ok");
+      if (source !== undefined) {
+        const src = vol.columns[source]!.drive_uuid;
+        const s = need(deps, src);
+        const buf = new Uint8Array(U);
+        const so = driveOffset(vol, source, at);
+        await s.read(uuidFromString(src), so, buf);
+        const opts = { lossy: deps.lossy(src) };
+        for (const other of cols) {
+          if (other === source || vol.legs[other] === "dead") continue;
+          const od = vol.columns[other]!.drive_uuid;
+          await need(deps, od).write(uuidFromString(od), driveOffset(vol, other, at), buf, true, opts);
+        }
+        // A dead leg lacks what the client wrote here: the region is the rebuild's to copy. (The
+        // client's own mark, set by its LOCK, is this target's and would clear once unlocked.)
+        if (cols.some((c) => vol.legs[c] === "dead")) await s.dirtySet(uuidFromString(src), so, U);
+      }
+      for (const h of held) {
+        const d = vol.columns[h.column]!.drive_uuid;
+        await need(deps, d).unlockFor(uuidFromString(d), h.drive_offset, U, h.client_id);
+      }
+      n++;
+    } finally {
+      for (const o of ours) {
+        if (o.locked) await deps.sessionOf(o.drive_uuid)?.unlock(uuidFromString(o.drive_uuid), o.offset, U).catch(() => {});
+        o.release();
+      }
+    }
   }
   return n;
 }

@@ -350,6 +350,23 @@ describe("FENCE waits for what it refuses", () => {
     await Promise.all([f, w, w8]);
   });
 
+  test("a WRITE with LOCK of a fenced-out client waiting for its units is refused and writes nothing", async () => {
+    const { u, toma } = await gatedTarget();
+    const a = await h!.session({ client_id: 1 });
+    const b = await h!.session({ client_id: 2 });
+    await a.lock(u, 0, 4096);
+    const wb = b.write(u, 0, new Uint8Array(4096).fill(7), false, { lock: true }).catch((e) => e);
+    await b.dirtyGet(u, 0, 0); // the write is waiting on the target
+    await toma.fence(u, { replace: false, set: [], remove: [2] });
+    const e = await wb;
+    expect((e as TargetError).status).toBe(Status.REFUSED);
+    await a.unlock(u, 0, 4096);
+    expect(await toma.lockList(u)).toEqual([]);
+    const got = new Uint8Array(4096);
+    await a.read(u, 0, got);
+    expect(got.some((x) => x === 7)).toBe(false);
+  });
+
   test("a LOCK of a fenced-out client waiting for its units is refused and takes nothing", async () => {
     const { u, toma } = await gatedTarget();
     const a = await h!.session({ client_id: 1 });

@@ -179,6 +179,23 @@ describe("LOCK and UNLOCK", () => {
     ]);
   });
 
+  test("LOCK with TEST_LOCK never waits: LOCKED while a unit is held or waited for, else taken", async () => {
+    const { u, a, b, c, held } = await setup();
+    await a.lock(u, 0, U);
+    expect(await b.tryLock(u, 0, 2 * U)).toBe(false);
+    expect(await held()).toEqual([{ client_id: 1, offset: 0, length: U }]);
+    // c waits for units 0 and 1; unit 1 is free, but c wants it first.
+    const wc = watch(c.lock(u, 0, U * 2));
+    await probe(c, u);
+    expect(await b.tryLock(u, U, U)).toBe(false);
+    expect(await b.tryLock(u, 5 * U, U)).toBe(true);
+    expect(await held()).toEqual([
+      { client_id: 1, offset: 0, length: U },
+      { client_id: 2, offset: 5 * U, length: U },
+    ]);
+    expect(wc.done).toBe(false);
+  });
+
   test("a zero-length LOCK is OK and takes nothing", async () => {
     const { u, a, held } = await setup();
     await a.lock(u, 5 * U, 0);
@@ -257,6 +274,67 @@ describe("LOCK and UNLOCK", () => {
 
 
 
+describe("writes that carry the LOCK flag", () => {
+  test("a WRITE with LOCK takes the lock, then writes; the lock stays held until UNLOCK", async () => {
+    const { u, a, b, held } = await setup();
+    await a.write(u, 2 * U, pattern(1, 4096), false, { lock: true, intent: true });
+    expect(await held()).toEqual([{ client_id: 1, offset: 2 * U, length: U }]);
+    const got = new Uint8Array(4096);
+    await b.read(u, 2 * U, got);
+    expect(got).toEqual(pattern(1, 4096));
+    expect(await statusOf(b.readTestLock(u, 2 * U, got))).toBe(Status.LOCKED);
+    await a.unlock(u, 2 * U, 4096);
+    expect(await held()).toEqual([]);
+  });
+
+  test("a WRITE with LOCK on a held unit waits, writing nothing, until the holder unlocks", async () => {
+    const { u, a, b, held } = await setup();
+    await a.lock(u, 0, 4096);
+    await a.write(u, 0, pattern(1, 4096), false);
+    const wb = watch(b.write(u, 0, pattern(2, 4096), false, { lock: true }));
+    const wz = watch(b.writeZeroes(u, U, 4096, false, { lock: true }));
+    await probe(b, u);
+    expect(wb.done).toBe(false);
+    const got = new Uint8Array(4096);
+    await a.read(u, 0, got);
+    expect(got).toEqual(pattern(1, 4096)); // b's write has not run
+    await a.unlock(u, 0, 4096);
+    await wb.p;
+    await wz.p;
+    await a.read(u, 0, got);
+    expect(got).toEqual(pattern(2, 4096));
+    expect(await held()).toEqual([{ client_id: 2, offset: 0, length: 2 * U }]);
+  });
+
+  test("waiting writes with LOCK do not hold in-flight slots", async () => {
+    const { u, a } = await setup({ max_inflight_per_conn: 2 });
+    const b = await h!.session({ client_id: 9, max_inflight: 2 });
+    await a.lock(u, 0, 8 * U);
+    const waits = [0, 1, 2, 3, 4, 5].map((i) => watch(b.write(u, i * U, pattern(i, 4096), false, { lock: true })));
+    await b.write(u, 20 * U, pattern(3, 4096), false);
+    expect(waits.some((w) => w.done)).toBe(false);
+    await a.unlock(u, 0, 8 * U);
+    await Promise.all(waits.map((w) => w.p));
+  });
+
+  test("LOCK on anything but WRITE, WRITE_ZEROES and TRIM, or over more than 64 MiB, is INVALID and takes nothing", async () => {
+    const { u, held } = await setup();
+    const raw = await rawPeer(h!.env, h!.address, "client");
+    const answers = await Promise.all([
+      raw.request({ opcode: Op.READ, flags: Flag.LOCK, drive_uuid: u, length: 4 }),
+      raw.request({ opcode: Op.FLUSH, flags: Flag.LOCK, drive_uuid: u }),
+      raw.request({ opcode: Op.UNLOCK, flags: Flag.LOCK, drive_uuid: u, length: 4 }),
+      raw.request({ opcode: Op.TRIM, flags: Flag.LOCK, drive_uuid: u, length: MAX_LOCK_BYTES + U }),
+    ]);
+    expect(answers.map((x) => x.h.status)).toEqual([Status.INVALID, Status.INVALID, Status.INVALID, Status.INVALID]);
+    expect(answers[0]!.error).toContain("LOCK flag");
+    expect(answers[3]!.error).toContain("at most");
+    expect(await held()).toEqual([]);
+    expect(raw.closed).toBe(false);
+    raw.close();
+  });
+});
+
 describe("READ with TEST_LOCK", () => {
   test("LOCKED without data while a unit of the range is locked; data otherwise", async () => {
     const { u, a, b } = await setup();
@@ -329,12 +407,12 @@ describe("READ with TEST_LOCK", () => {
     await other.p;
   });
 
-  test("TEST_LOCK on anything but READ, and DIRTY on READ, are INVALID", async () => {
+  test("TEST_LOCK on anything but READ and LOCK, and DIRTY on READ, are INVALID", async () => {
     const { u } = await setup();
     const raw = await rawPeer(h!.env, h!.address, "client");
     const answers = await Promise.all([
       raw.request({ opcode: Op.WRITE, flags: Flag.TEST_LOCK, drive_uuid: u, length: 4, payload_len: 4 }, new Uint8Array(4)),
-      raw.request({ opcode: Op.LOCK, flags: Flag.TEST_LOCK, drive_uuid: u, length: 4 }),
+      raw.request({ opcode: Op.UNLOCK, flags: Flag.TEST_LOCK, drive_uuid: u, length: 4 }),
       raw.request({ opcode: Op.READ, flags: Flag.DIRTY, drive_uuid: u, length: 4 }),
       raw.request({ opcode: Op.FLUSH, flags: Flag.DIRTY, drive_uuid: u }),
     ]);

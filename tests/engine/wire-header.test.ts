@@ -135,7 +135,7 @@ describe("frame header", () => {
     expect(set(0, 0)).toBe("bad magic");
     expect(set(4, 2, 1)).toBe("unsupported version 2");
     expect(set(5, 99, 1)).toBe("unknown opcode 99");
-    expect(set(6, 0x20, 2)).toBe("unknown flags 0x20");
+    expect(set(6, 0x40, 2)).toBe("unknown flags 0x40");
     expect(set(20, 0x200000)).toBe("offset above 2^53");
     expect(set(56, 3)).toBe("status set in a request");
     expect(set(60, MAX_IO_BYTES + 1)).toContain("above limit");

@@ -2,9 +2,10 @@
  * I/O of a mirrored volume (RAID1, RAID10) in whatever topology the TOMA gave us (DESIGN.md §3):
  *
  * - write: take the lock on the lock leg(s) — in Normal the one leg the lock unit interleaves to,
- *   otherwise every L leg in leg order — write every W leg in parallel (marking the region dirty on
- *   the R legs when a leg is DEAD), unlock. Overlapping writes of this client are serialised per
- *   lock unit here, so the target's lock is never asked twice by one owner.
+ *   otherwise every L leg in leg order, the last one by its own write (Flag.LOCK) — then write
+ *   every other W leg in parallel (marking the region dirty on the R legs when a leg is DEAD);
+ *   acknowledge once every leg answered; unlock. Overlapping writes of this client are serialised
+ *   per lock unit here, UNLOCK included, so the target's lock is never asked twice by one owner.
  * - read: on the read leg (= the lock leg), testing the lock after the read; a LOCKED answer is
  *   read again shortly after.
  * - a leg that fails (unreachable, drive error) is reported to the TOMA, and the piece is planned
@@ -13,10 +14,12 @@
  *   topology is stable: until every client has switched, someone may still read the old way.
  *
  * Every piece counts as in flight under the topology generation it was planned with, so the daemon
- * can acknowledge a switch once nothing older is in flight (`drained`).
+ * can acknowledge a switch once nothing older is in flight (`drained`). A trailing UNLOCK does not
+ * count: it can only end a mutual exclusion late, never early, and its data is on every leg.
  */
 import { DriveIoError } from "../drive/store.ts";
 import { type Env, sleep } from "../env.ts";
+import { lockLegsOf, readLeg } from "../layout/mirror-roles.ts";
 import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
 import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
@@ -49,6 +52,9 @@ class Refused extends Error {}
 
 const LOCKED_RETRY_MS = 2;
 
+/** Writes one leg of a piece with the options given (`locked`: under the piece's locks). */
+type LegOp = (s: TargetSession, drive: Uint8Array, drive_offset: number, opts: WriteOptions, leg: number, locked: boolean) => Promise<number>;
+
 export class MirrorIo {
   private info: AttachInfo;
   private readonly inflight = new Map<number, number>();
@@ -69,7 +75,13 @@ export class MirrorIo {
    * new connection of ours only once the old one's requests are over.
    */
   private readonly owedUnlocks = new Set<string>();
-  private flagsFor: { generation: number; dirty: WriteOptions; intent: WriteOptions } = { generation: -1, dirty: {}, intent: {} };
+  private flagsFor: Record<"dirty" | "intent" | "dirtyLock" | "intentLock", WriteOptions> & { generation: number } = {
+    generation: -1,
+    dirty: {},
+    intent: {},
+    dirtyLock: {},
+    intentLock: {},
+  };
   closed = false;
 
   constructor(
@@ -115,7 +127,7 @@ export class MirrorIo {
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     await this.watched(fua, (sink) =>
       this.pieces(offset, src.length, (p, t, g, planned) =>
-        this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.write(d, o, part(src, p), fua, this.flags(t, planned)), sink(g))),
+        this.writeUnit(p, t, planned, (s, d, o, opts) => s.write(d, o, part(src, p), fua, opts), sink(g)),
       ),
     );
   }
@@ -125,9 +137,7 @@ export class MirrorIo {
     await this.watched(fua, (sink) =>
       this.pieces(offset, length, (p, t, generation, planned) => {
         const plan = legs.plan({ request_offset: p.request_offset, length: p.length, topology: t, generation });
-        return this.serialised(p, () =>
-          this.writePiece(p, t, (s, d, o, leg, locked) => s.write(d, o, plan.bytes(leg, locked), fua, this.flags(t, planned)), sink(generation), plan),
-        );
+        return this.writeUnit(p, t, planned, (s, d, o, opts, leg, locked) => s.write(d, o, plan.bytes(leg, locked), fua, opts), sink(generation), plan);
       }),
     );
   }
@@ -135,14 +145,14 @@ export class MirrorIo {
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     await this.watched(fua, (sink) =>
       this.pieces(offset, length, (p, t, g, planned) =>
-        this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.writeZeroes(d, o, p.length, fua, this.flags(t, planned)), sink(g))),
+        this.writeUnit(p, t, planned, (s, d, o, opts) => s.writeZeroes(d, o, p.length, fua, opts), sink(g)),
       ),
     );
   }
 
   async trim(offset: number, length: number): Promise<void> {
     await this.pieces(offset, length, (p, t, _g, planned) =>
-      this.serialised(p, () => this.writePiece(p, t, (s, d, o) => s.trim(d, o, p.length, this.flags(t, planned)), null)),
+      this.writeUnit(p, t, planned, (s, d, o, opts) => s.trim(d, o, p.length, opts), null),
     );
   }
 
@@ -150,16 +160,25 @@ export class MirrorIo {
 
   /**
    * Write options: DIRTY while a leg is dead (the TOMA's bits for the rebuild), else INTENT (the
-   * target's bits, in case its cache is lost); stamped with the generation the piece was planned
-   * under, so a target refuses it once that plan is older than our fence there (see
-   * docs/mirroring.md, "Fencing on the targets"). Shared per generation, not made per leg write.
+   * target's bits, in case its cache is lost); LOCK on the write that takes the lock leg's lock;
+   * stamped with the generation the piece was planned under, so a target refuses it once that
+   * plan is older than our fence there (see docs/mirroring.md, "Fencing on the targets"). Shared
+   * per generation, not made per leg write.
    */
-  private flags(t: SetTopology, planned: number): WriteOptions {
-    if (t.dirty && plantedBugs.skip_dirty_bit) return { generation: planned };
-    if (this.flagsFor.generation !== planned) {
-      this.flagsFor = { generation: planned, dirty: { dirty: true, generation: planned }, intent: { intent: true, generation: planned } };
+  private flags(t: SetTopology, planned: number, lock: boolean): WriteOptions {
+    if (t.dirty && plantedBugs.skip_dirty_bit) return { generation: planned, lock };
+    let f = this.flagsFor;
+    if (f.generation !== planned) {
+      const of = (o: WriteOptions) => ({ ...o, generation: planned });
+      f = this.flagsFor = {
+        generation: planned,
+        dirty: of({ dirty: true }),
+        intent: of({ intent: true }),
+        dirtyLock: of({ dirty: true, lock: true }),
+        intentLock: of({ intent: true, lock: true }),
+      };
     }
-    return t.dirty ? this.flagsFor.dirty : this.flagsFor.intent;
+    return t.dirty ? (lock ? f.dirtyLock : f.dirty) : lock ? f.intentLock : f.intent;
   }
 
   /**
@@ -287,7 +306,10 @@ export class MirrorIo {
         return;
       } catch (e) {
         if (e instanceof TargetError && e.status === Status.LOCKED) {
-          await sleep(this.env, LOCKED_RETRY_MS);
+          // Often our own lock, whose UNLOCK follows the write's acknowledgement: read again as
+          // soon as the unit's writes of ours are over, or after the usual pause.
+          const ours = this.unitTail.get(`${p.set}:${p.unit}`);
+          await (ours ? Promise.race([ours, sleep(this.env, LOCKED_RETRY_MS)]) : sleep(this.env, LOCKED_RETRY_MS));
           continue;
         }
         throw this.classify(e, p, leg);
@@ -295,69 +317,108 @@ export class MirrorIo {
     }
   }
 
-  private async writePiece(
+  /**
+   * One piece's write in the unit's turn of this client's writes (`serialised`). Resolves once
+   * every leg it writes acknowledged; the UNLOCK goes on after that, off the path of the
+   * acknowledgement, and the unit's next write of ours waits for it.
+   */
+  private writeUnit(
     p: MirrorPiece,
     t: SetTopology,
-    op: (s: TargetSession, drive: Uint8Array, drive_offset: number, leg: number, locked: boolean) => Promise<number>,
-    /** Where the piece's acknowledgements go (see `watched`); null when none is needed. */
+    planned: number,
+    op: LegOp,
     acks: ((legs: [string, number][]) => void) | null,
     sabotage?: Pick<LegPlan, "skip_legs" | "skip_lock">,
   ): Promise<void> {
+    return this.serialised(p, (after) => this.writePiece(p, t, planned, op, acks, after, sabotage));
+  }
+
+  /**
+   * Lock, write, unlock. The lock legs are locked in leg order; the last one's LOCK rides on its
+   * write (WriteOptions.lock: the target takes the lock, then writes), and the other legs are
+   * written in parallel once that answered, so every leg is written under every lock, as with a
+   * separate LOCK, for one request less per leg set.
+   */
+  private async writePiece(
+    p: MirrorPiece,
+    t: SetTopology,
+    planned: number,
+    op: LegOp,
+    /** Where the piece's acknowledgements go (see `watched`); null when none is needed. */
+    acks: ((legs: [string, number][]) => void) | null,
+    /** Given the unlocking once the piece is done, which the unit's next write waits for. */
+    after: (unlocked: Promise<void>) => void,
+    sabotage?: Pick<LegPlan, "skip_legs" | "skip_lock">,
+  ): Promise<void> {
     const lockLegs = sabotage?.skip_lock || plantedBugs.skip_lock ? [] : lockLegsOf(t, p.unit);
+    const written = t.legs.flatMap((role, leg) => (role === "DEAD" || ((sabotage?.skip_legs ?? 0) & (1 << leg)) !== 0 ? [] : [leg]));
+    const last = lockLegs.at(-1);
+    const lockWrite = last !== undefined && written.includes(last) ? last : null;
+    const underLock = lockLegs.length > 0;
     const locked: number[] = [];
+    const legAcks: [string, number][] = [];
+    const writeLeg = async (leg: number, lock: boolean) => {
+      const s = await this.session(p, leg);
+      const { drive_uuid, drive_offset } = p.legs[leg]!;
+      const drive = this.pool.driveId(drive_uuid);
+      try {
+        if (lock) await this.lockLeg(s, p, leg, locked);
+        const epoch = await op(s, drive, drive_offset, this.flags(t, planned, lock), leg, underLock);
+        this.watch.seen(drive_uuid, epoch);
+        legAcks.push([drive_uuid, epoch]);
+      } catch (e) {
+        throw this.classify(e, p, leg);
+      }
+    };
     try {
       for (const leg of lockLegs) {
+        if (leg === lockWrite) break;
         const s = await this.session(p, leg);
-        // Counted before the answer: a LOCK whose answer was lost with its connection may be
-        // held, and UNLOCK of units we do not hold is harmless.
-        locked.push(leg);
-        const { drive_uuid, drive_offset } = p.legs[leg]!;
-        const drive = this.pool.driveId(drive_uuid);
-        const unit = drive_offset - (drive_offset % LOCK_UNIT_BYTES);
         try {
-          if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) await s.unlock(drive, unit, LOCK_UNIT_BYTES);
-          await s.lock(drive, drive_offset, p.length);
+          await this.lockLeg(s, p, leg, locked);
+          const { drive_uuid, drive_offset } = p.legs[leg]!;
+          await s.lock(this.pool.driveId(drive_uuid), drive_offset, p.length);
         } catch (e) {
           throw this.classify(e, p, leg);
         }
       }
-      const writes: Promise<void>[] = [];
-      const legAcks: [string, number][] = [];
-      t.legs.forEach((role, leg) => {
-        if (role === "DEAD" || ((sabotage?.skip_legs ?? 0) & (1 << leg)) !== 0) return;
-        writes.push(
-          (async () => {
-            const s = await this.session(p, leg);
-            const { drive_uuid, drive_offset } = p.legs[leg]!;
-            try {
-              const epoch = await op(s, this.pool.driveId(drive_uuid), drive_offset, leg, locked.length > 0);
-              this.watch.seen(drive_uuid, epoch);
-              legAcks.push([drive_uuid, epoch]);
-            } catch (e) {
-              throw this.classify(e, p, leg);
-            }
-          })(),
-        );
-      });
-      const results = await Promise.allSettled(writes);
+      if (lockWrite !== null) await writeLeg(lockWrite, true);
+      const results = await Promise.allSettled(written.filter((leg) => leg !== lockWrite).map((leg) => writeLeg(leg, false)));
       const bad = results.find((r) => r.status === "rejected");
       if (bad) throw (bad as PromiseRejectedResult).reason;
       acks?.(legAcks);
     } finally {
       // Unlocked whatever happened: a retry of this piece must not wait on our own lock.
-      await Promise.all(
-        locked.map(async (leg) => {
-          const { drive_uuid, drive_offset } = p.legs[leg]!;
-          try {
-            const s = this.pool.cached(drive_uuid);
-            if (!s) throw new Error("no session");
-            await s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length);
-          } catch {
-            this.owe(`${p.set}:${p.unit}`, drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
-          }
-        }),
-      );
+      after(this.unlockLegs(p, locked));
     }
+  }
+
+  /**
+   * Before a leg's lock is asked for (by LOCK or by a write that carries it): counts the leg as
+   * locked before the answer — a lock whose answer was lost with its connection may be held, and
+   * UNLOCK of units we do not hold is harmless — and pays an unlock we owe for its unit.
+   */
+  private async lockLeg(s: TargetSession, p: MirrorPiece, leg: number, locked: number[]): Promise<void> {
+    locked.push(leg);
+    const { drive_uuid, drive_offset } = p.legs[leg]!;
+    const unit = drive_offset - (drive_offset % LOCK_UNIT_BYTES);
+    if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) await s.unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+  }
+
+  /** UNLOCK of the piece's locked legs; one that fails is owed (`owe`). Never rejects. */
+  private async unlockLegs(p: MirrorPiece, locked: number[]): Promise<void> {
+    await Promise.all(
+      locked.map(async (leg) => {
+        const { drive_uuid, drive_offset } = p.legs[leg]!;
+        try {
+          const s = this.pool.cached(drive_uuid);
+          if (!s) throw new Error("no session");
+          await s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length);
+        } catch {
+          this.owe(`${p.set}:${p.unit}`, drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
+        }
+      }),
+    );
   }
 
   private async session(p: MirrorPiece, leg: number): Promise<TargetSession> {
@@ -437,14 +498,22 @@ export class MirrorIo {
     });
   }
 
-  private serialised(p: MirrorPiece, fn: () => Promise<void>): Promise<void> {
+  private serialised(p: MirrorPiece, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
     return this.serialisedKey(`${p.set}:${p.unit}`, fn);
   }
 
-  private serialisedKey(key: string, fn: () => Promise<void>): Promise<void> {
+  /**
+   * Runs fn once the key's earlier turns are over. A turn is over when fn's promise settled and
+   * whatever fn handed to `after` (its UNLOCKs) did; the caller only waits for fn's promise.
+   */
+  private serialisedKey(key: string, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
     const prev = this.unitTail.get(key) ?? Promise.resolve();
-    const mine = prev.then(fn);
-    const tail = mine.catch(() => {});
+    let trailing: Promise<void> = Promise.resolve();
+    const mine = prev.then(() => fn((t) => (trailing = t)));
+    const tail = mine.then(
+      () => trailing,
+      () => trailing,
+    );
     this.unitTail.set(key, tail);
     tail.then(() => {
       if (this.unitTail.get(key) === tail) this.unitTail.delete(key);
@@ -505,18 +574,6 @@ function hasCompletePeer(info: AttachInfo, column: number): boolean {
   const m = info.layout.mirrors;
   const set = Math.floor(column / m);
   return info.topology[set]!.legs.some((r, i) => set * m + i !== column && (r === "RWL" || r === "WL"));
-}
-
-/** The read leg of a unit: in Normal it alternates between the RWL legs, else the first RWL leg. */
-function readLeg(t: SetTopology, unit: number): number {
-  const rwl = t.legs.flatMap((r, i) => (r === "RWL" ? [i] : []));
-  return t.interleaved ? rwl[unit % rwl.length]! : rwl[0]!;
-}
-
-/** The legs a write locks, in order: the read leg in Normal, else every L leg in leg order. */
-function lockLegsOf(t: SetTopology, unit: number): number[] {
-  if (t.interleaved) return [readLeg(t, unit)];
-  return t.legs.flatMap((r, i) => (r === "RWL" || r === "WL" ? [i] : []));
 }
 
 function part(buf: Uint8Array, p: MirrorPiece): Uint8Array {

@@ -94,7 +94,8 @@ export async function execute(
   }
 }
 
-const LOCK_FLAGS = Flag.TEST_LOCK | Flag.DIRTY | Flag.INTENT | Flag.LOSSY_COPY;
+/** Flags that only some ops or roles may carry (checkFlags). */
+const CHECKED_FLAGS = Flag.TEST_LOCK | Flag.DIRTY | Flag.INTENT | Flag.LOSSY_COPY | Flag.LOCK;
 
 function dispatch(
   ctx: TargetContext,
@@ -105,7 +106,7 @@ function dispatch(
   adm: Admission | null,
 ): Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
-  if (h.flags & LOCK_FLAGS) checkFlags(req, h);
+  if (h.flags & CHECKED_FLAGS) checkFlags(req, h);
   switch (h.opcode) {
     case Op.READ: {
       const d = dataDrive(ctx, req, h, payload, adm);
@@ -113,15 +114,20 @@ function dispatch(
     }
     case Op.WRITE: {
       const d = dataDrive(ctx, req, h, null, adm);
-      return doWrite(d, h, owned ? payload : copyOf(payload));
+      const data = owned ? payload : copyOf(payload);
+      return locking(h) ? lockThen(d, req, h, adm, () => doWrite(d, h, data)) : doWrite(d, h, data);
     }
     case Op.FLUSH:
       noPayload(h, payload);
       return doFlush(fencedDrive(ctx, req, h, adm), h);
-    case Op.TRIM:
-      return doTrim(dataDrive(ctx, req, h, payload, adm), h);
-    case Op.WRITE_ZEROES:
-      return doWriteZeroes(dataDrive(ctx, req, h, payload, adm), h);
+    case Op.TRIM: {
+      const d = dataDrive(ctx, req, h, payload, adm);
+      return locking(h) ? lockThen(d, req, h, adm, () => doTrim(d, h)) : doTrim(d, h);
+    }
+    case Op.WRITE_ZEROES: {
+      const d = dataDrive(ctx, req, h, payload, adm);
+      return locking(h) ? lockThen(d, req, h, adm, () => doWriteZeroes(d, h)) : doWriteZeroes(d, h);
+    }
     case Op.LIST_DRIVES:
       return Promise.resolve(cborResponse(h, ctx.info().drives));
     case Op.META_READ:
@@ -164,20 +170,26 @@ function dispatch(
   throw new RequestError(Status.INVALID, `opcode ${h.opcode} is not a request`);
 }
 
-/** TEST_LOCK only on READ; DIRTY and INTENT only on the ops that change data; LOSSY_COPY from a TOMA. */
+/**
+ * TEST_LOCK only on READ and LOCK; DIRTY, INTENT and LOCK only on the ops that change data (LOCK over at
+ * most MAX_LOCK_BYTES, as the LOCK op); LOSSY_COPY from a TOMA.
+ */
 function checkFlags(req: Requester, h: Header): void {
   if ((h.flags & Flag.LOSSY_COPY) !== 0) {
     tomaOnly(req, h);
     if (h.opcode !== Op.WRITE) throw new RequestError(Status.INVALID, `the LOSSY_COPY flag applies to WRITE only, not ${Op[h.opcode]}`);
   }
-  if ((h.flags & Flag.TEST_LOCK) !== 0 && h.opcode !== Op.READ) {
-    throw new RequestError(Status.INVALID, `the TEST_LOCK flag applies to READ only, not ${Op[h.opcode]}`);
+  if ((h.flags & Flag.TEST_LOCK) !== 0 && h.opcode !== Op.READ && h.opcode !== Op.LOCK) {
+    throw new RequestError(Status.INVALID, `the TEST_LOCK flag applies to READ and LOCK only, not ${Op[h.opcode]}`);
   }
   const changes = h.opcode === Op.WRITE || h.opcode === Op.WRITE_ZEROES || h.opcode === Op.TRIM;
-  for (const [name, f] of [["DIRTY", Flag.DIRTY], ["INTENT", Flag.INTENT]] as const) {
+  for (const [name, f] of [["DIRTY", Flag.DIRTY], ["INTENT", Flag.INTENT], ["LOCK", Flag.LOCK]] as const) {
     if ((h.flags & f) !== 0 && !changes) {
       throw new RequestError(Status.INVALID, `the ${name} flag applies to WRITE, WRITE_ZEROES and TRIM only, not ${Op[h.opcode]}`);
     }
+  }
+  if (locking(h) && h.length > MAX_LOCK_BYTES) {
+    throw new RequestError(Status.INVALID, `${Op[h.opcode]} with LOCK of ${h.length} bytes, at most ${MAX_LOCK_BYTES} at once`);
   }
 }
 
@@ -404,23 +416,43 @@ async function doFence(ctx: TargetContext, d: ServedDrive, h: Header, body: Uint
 }
 
 async function doLock(d: ServedDrive, req: Requester, h: Header, adm: Admission | null): Promise<Uint8Array> {
-  if (h.length > 0) {
-    const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
-    const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
-    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
-    if (wait !== null) {
-      const parked = req.park();
-      try {
-        await wait;
-      } finally {
-        if (parked) req.unpark();
-      }
-    }
-    // Durable before the holder may write the other legs (dirty.ts markLocked).
-    const marked = d.dirty.markLocked(h.offset, h.length);
-    if (marked !== null) await marked;
-  }
+  await takeLock(d, req, h, adm);
   return okResponse(h);
+}
+
+function locking(h: Header): boolean {
+  return (h.flags & Flag.LOCK) !== 0;
+}
+
+/** An op with Flag.LOCK: the lock first, exactly as LOCK takes it, then the op. */
+async function lockThen(d: ServedDrive, req: Requester, h: Header, adm: Admission | null, op: () => Promise<Uint8Array>): Promise<Uint8Array> {
+  await takeLock(d, req, h, adm);
+  return op();
+}
+
+/**
+ * Takes the lock units of the request's range for its client, waiting while any is held; a LOCK
+ * with TEST_LOCK does not wait but is answered LOCKED, taking nothing.
+ */
+async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admission | null): Promise<void> {
+  if (h.length === 0) return;
+  const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
+  const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
+  if ((h.flags & Flag.TEST_LOCK) !== 0) {
+    if (!d.locks.tryLock(h.client_id, first, last)) throw locked(d, h, "is locked or waited for");
+  }
+  const wait = (h.flags & Flag.TEST_LOCK) !== 0 ? null : d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
+  if (wait !== null) {
+    const parked = req.park();
+    try {
+      await wait;
+    } finally {
+      if (parked) req.unpark();
+    }
+  }
+  // Durable before the holder may write the other legs (dirty.ts markLocked).
+  const marked = d.dirty.markLocked(h.offset, h.length);
+  if (marked !== null) await marked;
 }
 
 async function doUnlock(d: ServedDrive, h: Header): Promise<Uint8Array> {

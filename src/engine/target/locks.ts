@@ -86,6 +86,20 @@ export class LockTable {
     });
   }
 
+  /**
+   * Takes units first..last for owner if they are free and no waiter wants one of them; else
+   * takes nothing and returns false (LOCK with TEST_LOCK: never waits). Throws RequestError(BUSY)
+   * when MAX_LOCKED_UNITS would be exceeded.
+   */
+  tryLock(owner: number, first: number, last: number): boolean {
+    if (!this.free(first, last, null)) return false;
+    if (this.waiters.some((w) => w.first <= last && first <= w.last)) return false;
+    const busy = this.overCap(last - first + 1);
+    if (busy !== null) throw busy;
+    this.take(owner, first, last);
+    return true;
+  }
+
   /** Releases the units of first..last held by owner; others' units are left alone. */
   unlock(owner: number, first: number, last: number): void {
     let released = false;

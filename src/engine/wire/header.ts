@@ -80,7 +80,11 @@ export enum Op {
 export const Flag = {
   /** WRITE, WRITE_ZEROES: answered only once durable. */
   FUA: 1 << 0,
-  /** READ: answer LOCKED instead of data if any lock unit of the range is, or was while being read, locked. */
+  /**
+   * READ: answer LOCKED instead of data if any lock unit of the range is, or was while being read,
+   * locked. LOCK: answer LOCKED at once, taking nothing, instead of waiting (a unit is held, or
+   * wanted by a waiting LOCK).
+   */
   TEST_LOCK: 1 << 1,
   /** WRITE, WRITE_ZEROES, TRIM: the dirty bits of the range are durable before the data op runs. */
   DIRTY: 1 << 2,
@@ -96,9 +100,16 @@ export const Flag = {
    * unflushed writes here learns at its next FLUSH that they may be gone.
    */
   LOSSY_COPY: 1 << 4,
+  /**
+   * WRITE, WRITE_ZEROES, TRIM: take the lock of the range's units for header client_id first,
+   * exactly as LOCK does (waiting while any is held, range at most MAX_LOCK_BYTES), then run the
+   * op. The lock stays held after the answer, until UNLOCK: a mirror write's lock-leg write,
+   * which saves the separate LOCK round trip before it.
+   */
+  LOCK: 1 << 5,
   RESPONSE: 1 << 15,
 } as const;
-const KNOWN_FLAGS = Flag.FUA | Flag.TEST_LOCK | Flag.DIRTY | Flag.INTENT | Flag.LOSSY_COPY | Flag.RESPONSE;
+const KNOWN_FLAGS = Flag.FUA | Flag.TEST_LOCK | Flag.DIRTY | Flag.INTENT | Flag.LOSSY_COPY | Flag.LOCK | Flag.RESPONSE;
 
 export enum Status {
   OK = 0,

@@ -33,6 +33,11 @@ export interface WriteOptions {
    * made the write durable, so a lost cache leaves them marked (target/dirty.ts).
    */
   intent?: boolean;
+  /**
+   * Take the lock of the range's units first, as LOCK does, then run the op (Flag.LOCK); the lock
+   * stays held after the answer, until UNLOCK. An error answer may leave it held, as a LOCK's may.
+   */
+  lock?: boolean;
   /** TOMA only: a copy from a leg that lost its cache (Flag.LOSSY_COPY). */
   lossy?: boolean;
   /**
@@ -73,6 +78,8 @@ export interface TargetSession {
    */
   lock(drive: Uint8Array, offset: number, length: number): Promise<void>;
   /** Releases the units of the range held by this session's client_id; others are left alone. */
+  /** LOCK that never waits (TEST_LOCK): false, holding nothing, when a unit is held or waited for. */
+  tryLock(drive: Uint8Array, offset: number, length: number): Promise<boolean>;
   unlock(drive: Uint8Array, offset: number, length: number): Promise<void>;
   /** UNLOCK on behalf of client_id (a TOMA freeing a dead client's stale lock). */
   unlockFor(drive: Uint8Array, offset: number, length: number, client_id: number): Promise<void>;

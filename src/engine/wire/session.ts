@@ -48,7 +48,8 @@ export interface SessionOptions {
   /** Payload bytes on the wire at once; one request larger than this still goes alone. */
   max_inflight_bytes?: number;
   /**
-   * LOCKs on the wire at once, counted apart from max_inflight: a LOCK may wait inside the
+   * LOCKs (and writes that carry one, Flag.LOCK) on the wire at once, counted apart from
+   * max_inflight: a LOCK may wait inside the
    * target for as long as its units are held, and must not keep the UNLOCKs that free them from
    * being sent (keep ≤ the target's MAX_PARKED_LOCKS_PER_CONN, 1024).
    */
@@ -264,6 +265,18 @@ export class Session implements TargetSession {
     return this.submit(Op.LOCK, 0, drive, offset, length, null, null, null).then(nothing);
   }
 
+  tryLock(drive: Uint8Array, offset: number, length: number): Promise<boolean> {
+    const bad = checkIo(drive, offset, length, MAX_LOCK_BYTES);
+    if (bad) return Promise.reject(bad);
+    return this.submit(Op.LOCK, Flag.TEST_LOCK, drive, offset, length, null, null, null).then(
+      () => true,
+      (e) => {
+        if (e instanceof TargetError && e.status === Status.LOCKED) return false;
+        throw e;
+      },
+    );
+  }
+
   unlock(drive: Uint8Array, offset: number, length: number): Promise<void> {
     const bad = checkIo(drive, offset, length, MAX_U32);
     if (bad) return Promise.reject(bad);
@@ -367,7 +380,7 @@ export class Session implements TargetSession {
     return new Promise((resolve, reject) => {
       const bytes = (payload?.length ?? 0) + (dst?.length ?? 0);
       const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, client, gen, resolve, reject };
-      if (op === Op.LOCK) {
+      if (locking(r)) {
         if (this.waitingLocksHead === this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks) this.send(r);
         else this.waitingLocks.push(r);
       } else if (this.waitingHead === this.waiting.length && this.hasRoom(bytes)) this.send(r);
@@ -388,7 +401,7 @@ export class Session implements TargetSession {
     this.nextId = id === MAX_U32 ? 1 : id + 1;
     this.pending.set(id, r);
     this.inflightBytes += r.bytes;
-    if (r.op === Op.LOCK) this.inflightLocks++;
+    if (locking(r)) this.inflightLocks++;
 
     const h = this.hdr;
     h.opcode = r.op;
@@ -430,7 +443,7 @@ export class Session implements TargetSession {
     if (r.op !== h.opcode) return this.fail(`target answered ${Op[r.op]} request ${h.request_id} as ${Op[h.opcode]}`);
     this.pending.delete(h.request_id);
     this.inflightBytes -= r.bytes;
-    if (r.op === Op.LOCK) this.inflightLocks--;
+    if (locking(r)) this.inflightLocks--;
     this.settle(r, h, payload);
     this.pump();
   }
@@ -531,5 +544,10 @@ function checkIo(drive: Uint8Array, offset: number, length: number, maxLength: n
 
 function markFlags(opts: WriteOptions | undefined): number {
   if (!opts) return 0;
-  return (opts.dirty ? Flag.DIRTY : 0) | (opts.intent ? Flag.INTENT : 0) | (opts.lossy ? Flag.LOSSY_COPY : 0);
+  return (opts.dirty ? Flag.DIRTY : 0) | (opts.intent ? Flag.INTENT : 0) | (opts.lossy ? Flag.LOSSY_COPY : 0) | (opts.lock ? Flag.LOCK : 0);
+}
+
+/** A request that may wait inside the target for a lock: counted against max_inflight_locks. */
+function locking(r: Request): boolean {
+  return r.op === Op.LOCK || (r.flags & Flag.LOCK) !== 0;
 }
