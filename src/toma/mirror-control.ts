@@ -416,8 +416,9 @@ export class MirrorControl {
               volume: vol.name,
               set,
               units: n,
+              locks: stale.length,
               owners: [...new Set(stale.map((l) => l.client_id))].join(","),
-              at: [...new Set(stale.map((l) => `${l.drive_uuid}@${l.offset}`))].join(","),
+              at: stale.slice(0, 4).map((l) => `${l.drive_uuid}@${l.offset}`).join(",") + (stale.length > 4 ? ",…" : ""),
             });
           }
         }
