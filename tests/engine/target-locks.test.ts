@@ -58,6 +58,16 @@ async function setup(opts: { max_inflight_per_conn?: number } = {}) {
   return { d, u, a, b, c, toma, held: () => toma.lockList(u) };
 }
 
+/** A target whose drive's reads wait while `store.gated`, and the sessions of clients 1 and 2. */
+async function gatedSetup() {
+  const store = new GatedStore(8 * 1024 * 1024, (op) => op === "read");
+  await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
+  const d = await openDrive(store, "gated");
+  h = await startTarget([d]);
+  const u = uuidBytes(d);
+  return { store, u, a: await h.session({ client_id: 1 }), b: await h.session({ client_id: 2 }) };
+}
+
 describe("LOCK and UNLOCK", () => {
   test("a held unit excludes others until unlocked; the waiter then gets it", async () => {
     const { u, a, b, held } = await setup();
@@ -359,13 +369,7 @@ describe("READ with TEST_LOCK", () => {
   });
 
   test("a lock taken and released while the read was on the drive makes it LOCKED", async () => {
-    const store = new GatedStore(8 * 1024 * 1024, (op) => op === "read");
-    await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
-    const d = await openDrive(store, "gated");
-    h = await startTarget([d]);
-    const u = uuidBytes(d);
-    const a = await h.session({ client_id: 1 });
-    const b = await h.session({ client_id: 2 });
+    const { store, u, a, b } = await gatedSetup();
     await a.write(u, 2 * U, pattern(2, 4096), true);
 
     store.gated = true;
@@ -386,13 +390,7 @@ describe("READ with TEST_LOCK", () => {
   });
 
   test("a lock taken during the read and still held makes it LOCKED; one elsewhere does not", async () => {
-    const store = new GatedStore(8 * 1024 * 1024, (op) => op === "read");
-    await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
-    const d = await openDrive(store, "gated");
-    h = await startTarget([d]);
-    const u = uuidBytes(d);
-    const a = await h.session({ client_id: 1 });
-    const b = await h.session({ client_id: 2 });
+    const { store, u, a, b } = await gatedSetup();
     await a.write(u, 0, pattern(4, 8192), true);
 
     store.gated = true;
