@@ -185,7 +185,11 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       // (so counting it from now on never takes the stable generation back).
       if (c.volumes.size === 0 && toma.state) mc.clients.ack(c, toma.state.generation);
       await mc.attach(c, vol.name);
-      return ok(toma.attachInfo(vol) satisfies AttachInfo);
+      // Looked up again: the registration awaited, and the record read before it may be older
+      // than the generation the answer carries (attachInfo). The client would then run the old
+      // topology while it acknowledges the new one (simulator seed 1851 with --mirror).
+      const now = findVolume(route[2]!);
+      return "status" in now ? now : ok(toma.attachInfo(now) satisfies AttachInfo);
     }
     if (route.length === 2 && route[1] === "watch") {
       if (m !== "GET") return err(405, `${m} not allowed on ${path}; use GET`);

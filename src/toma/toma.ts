@@ -297,7 +297,14 @@ export class Toma {
     return m === "normal" ? "online" : "rebuilding";
   }
 
-  attachInfo(vol: VolumeRecord): AttachInfo {
+  /**
+   * What a client needs to do I/O on the volume, all of it as of the current state: the topology
+   * and the generation it carries must be of one state, or a client would acknowledge a
+   * generation it does not run. The record given may be older (read before an await): the
+   * state's own record of the volume is used where there is one.
+   */
+  attachInfo(given: VolumeRecord): AttachInfo {
+    const vol = this.state?.volumes.find((x) => x.uuid === given.uuid) ?? given;
     const loc = this.locate();
     const drives: DriveLocation[] = vol.columns.map((c) => ({
       drive_uuid: c.drive_uuid,

@@ -121,6 +121,25 @@ describe("over HTTP with the typed client", () => {
 });
 
 describe("client daemons' routes", () => {
+  test("attach info is of one state: a volume record read before a change gets the current topology with the current generation", async () => {
+    expect((await api("POST", "/v1/volumes", { name: "mirrored", capacity_bytes: MiB, raid_level: "1" })).status).toBe(201);
+    const before = toma.state!.volumes.find((v) => v.name === "mirrored")!;
+    expect(toma.attachInfo(before).topology[0]!.legs).toEqual(["RWL", "RWL"]);
+    // The leg on the drive that holds nothing else goes out (no third drive to replace it).
+    const existing = toma.state!.volumes.find((v) => v.name === "existing")!.columns[0]!.drive_uuid;
+    const out = before.columns.find((c) => c.drive_uuid !== existing)!.drive_uuid;
+    expect(toma.evictDrive(out).ok).toBe(true);
+    await until("the evicted leg dead", () => toma.state!.volumes.find((v) => v.name === "mirrored")!.legs.includes("dead"));
+    // The attach route reads the record, awaits the client's registration, then answers: the
+    // answer must not pair the old record's topology with the new generation (simulator seed 1851).
+    const info = toma.attachInfo(before);
+    expect(info.generation).toBe(toma.state!.generation);
+    expect(info.topology_generation).toBe(toma.state!.volumes.find((v) => v.name === "mirrored")!.topology_seq);
+    expect(info.topology[0]!.legs).toContain("DEAD");
+    expect((await api("DELETE", "/v1/volumes/mirrored", undefined)).status).toBe(200);
+  });
+
+
   test("a client that leaves (DELETE) is fenced out of its drives at once and no longer holds the stable generation", async () => {
     const reg = await api("POST", "/v1/clients", { name: "leaver" });
     expect(reg.status).toBe(201);
