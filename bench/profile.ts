@@ -8,7 +8,7 @@
  */
 import { mkdirSync, readdirSync, renameSync } from "node:fs";
 import { Cluster } from "../tests/support/cluster.ts";
-import { Daemon, ROOT, ok, requireTool } from "../tests/support/proc.ts";
+import { ROOT, ok, requireTool } from "../tests/support/proc.ts";
 import { flag } from "./common.ts";
 
 const RW = flag("rw", "randread");
@@ -28,20 +28,10 @@ function profiled(name: string): string[] {
   return [BUN, "--cpu-prof-md", `--cpu-prof-dir=${OUT}/${name}`, `--cpu-prof-interval=${INTERVAL}`, MAIN];
 }
 
+/** The targets and the client daemon run from source under the profiler. */
 class ProfiledCluster extends Cluster {
-  override async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
-    const args = [...profiled(`t${t}`), "target", "serve", "--listen", listen, "--name", `t${t}`];
-    for (const p of this.drives[t]!) args.push("--drive", p);
-    const d = new Daemon(`target t${t}`, args, this.keyEnv);
-    const m = await d.waitFor(/target ready on (\S+)/);
-    this.targets[t] = d;
-    this.target_addrs[t] = m[1]!;
-    return m[1]!;
-  }
-
-  override async startClient(): Promise<void> {
-    this.client = new Daemon("client", [...profiled("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr], this.keyEnv);
-    await this.client.waitFor(/client ready/);
+  protected override nvmesh(name: string): string[] {
+    return name === "toma" ? super.nvmesh(name) : profiled(name);
   }
 }
 

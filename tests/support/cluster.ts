@@ -213,8 +213,13 @@ export class Cluster {
     return { bytes, differences };
   }
 
+  /** How the daemon `name` ("t0", "toma", "client") runs nvmesh: the compiled binary. */
+  protected nvmesh(_name: string): string[] {
+    return [NVMESH];
+  }
+
   async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
-    const args = [NVMESH, "target", "serve", "--listen", listen, "--name", `t${t}`];
+    const args = [...this.nvmesh(`t${t}`), "target", "serve", "--listen", listen, "--name", `t${t}`];
     for (const p of this.drives[t]!) args.push("--drive", p);
     const d = new Daemon(`target t${t}`, args, this.keyEnv);
     const m = await d.waitFor(/target ready on (\S+)/);
@@ -225,7 +230,7 @@ export class Cluster {
 
   /** Starts the TOMA; with `ready` false, returns once its API listens (before it found the cluster). */
   async startToma(listen = this.toma_addr || "127.0.0.1:0", ready = true): Promise<void> {
-    const args = [NVMESH, "toma", "run", "--listen", listen];
+    const args = [...this.nvmesh("toma"), "toma", "run", "--listen", listen];
     for (const a of this.target_addrs) args.push("--target", a);
     this.toma = new Daemon("toma", args, this.keyEnv);
     const m = await this.toma.waitFor(ready ? /toma ready on (\S+)/ : /management API on (\S+?);/, 30_000);
@@ -237,7 +242,7 @@ export class Cluster {
 
   async startClient(...extra: string[]): Promise<void> {
     this.clientArgs = extra;
-    this.client = new Daemon("client", [NVMESH, "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra], this.keyEnv);
+    this.client = new Daemon("client", [...this.nvmesh("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra], this.keyEnv);
     await this.client.waitFor(/client ready/);
   }
 
