@@ -185,9 +185,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       // (so counting it from now on never takes the stable generation back).
       if (c.volumes.size === 0 && toma.state) mc.clients.ack(c, toma.state.generation);
       await mc.attach(c, vol.name);
-      // Looked up again: the registration awaited, and the record read before it may be older
-      // than the generation the answer carries (attachInfo). The client would then run the old
-      // topology while it acknowledges the new one (simulator seed 1851 with --mirror).
+      // Looked up again: the volume may have been deleted while the registration awaited the
+      // drives (attachInfo itself answers the state's current record of it).
       const now = findVolume(route[2]!);
       return "status" in now ? now : ok(toma.attachInfo(now) satisfies AttachInfo);
     }

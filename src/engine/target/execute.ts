@@ -284,8 +284,8 @@ async function doRead(d: ServedDrive, h: Header): Promise<Uint8Array> {
  */
 async function doReadTestLock(d: ServedDrive, h: Header): Promise<Uint8Array> {
   if (h.length === 0) return readResponse(h);
-  const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
-  const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
+  const first = firstUnit(h);
+  const last = lastUnit(h);
   if (d.locks.anyLocked(first, last)) throw locked(d, h, "is locked");
   const before = d.locks.seqSum(first, last);
   const out = readResponse(h);
@@ -295,6 +295,15 @@ async function doReadTestLock(d: ServedDrive, h: Header): Promise<Uint8Array> {
     throw locked(d, h, "was locked while being read");
   }
   return out;
+}
+
+/** The first and last lock unit of a request's (non-empty) range. */
+function firstUnit(h: Header): number {
+  return Math.floor(h.offset / LOCK_UNIT_BYTES);
+}
+
+function lastUnit(h: Header): number {
+  return Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
 }
 
 function locked(d: ServedDrive, h: Header, what: string): RequestError {
@@ -436,18 +445,19 @@ async function lockThen(d: ServedDrive, req: Requester, h: Header, adm: Admissio
  */
 async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admission | null): Promise<void> {
   if (h.length === 0) return;
-  const first = Math.floor(h.offset / LOCK_UNIT_BYTES);
-  const last = Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES);
+  const first = firstUnit(h);
+  const last = lastUnit(h);
   if ((h.flags & Flag.TEST_LOCK) !== 0) {
     if (!d.locks.tryLock(h.client_id, first, last)) throw locked(d, h, "is locked or waited for");
-  }
-  const wait = (h.flags & Flag.TEST_LOCK) !== 0 ? null : d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
-  if (wait !== null) {
-    const parked = req.park();
-    try {
-      await wait;
-    } finally {
-      if (parked) req.unpark();
+  } else {
+    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
+    if (wait !== null) {
+      const parked = req.park();
+      try {
+        await wait;
+      } finally {
+        if (parked) req.unpark();
+      }
     }
   }
   // Durable before the holder may write the other legs (dirty.ts markLocked).
@@ -457,7 +467,7 @@ async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admissio
 
 async function doUnlock(d: ServedDrive, h: Header): Promise<Uint8Array> {
   if (h.length > 0) {
-    d.locks.unlock(h.client_id, Math.floor(h.offset / LOCK_UNIT_BYTES), Math.floor((h.offset + h.length - 1) / LOCK_UNIT_BYTES));
+    d.locks.unlock(h.client_id, firstUnit(h), lastUnit(h));
   }
   return okResponse(h);
 }
