@@ -2,9 +2,11 @@
  * CPU profile of the data path: a one-target cluster whose target and client daemons run from
  * source under `bun --cpu-prof-md`, one fio job against the volume, then a graceful stop so both
  * write their profile. Usage:
- *   bun bench/profile.ts [--rw randread] [--bs 4k] [--qd 32] [--seconds 10] [--raid-level concatenated|1] [--out /tmp/prof]
+ *   bun bench/profile.ts [--rw randread] [--bs 4k] [--qd 32] [--seconds 10] [--raid-level concatenated|1]
+ *                        [--converged] [--out /tmp/prof]
  * Writes <out>/t0.md (t1.md for RAID1) and <out>/client.md (Bun's markdown profile: hot
- * functions first).
+ * functions first). With --converged the client daemon hosts t0 and reaches it in-process (the
+ * fio matrix's "in-process" side); there is then no t0.md.
  */
 import { mkdirSync, readdirSync, renameSync } from "node:fs";
 import { Cluster } from "../tests/support/cluster.ts";
@@ -20,6 +22,7 @@ const INTERVAL = flag("interval", "200");
 /** concatenated: one target; 1: a RAID1 volume with its legs on two targets. */
 const RAID = flag("raid-level", "concatenated");
 const TARGETS = RAID === "1" ? 2 : 1;
+const CONVERGED = process.argv.includes("--converged");
 
 const BUN = process.execPath;
 const MAIN = `${ROOT}/src/cmd/main.ts`;
@@ -37,7 +40,7 @@ class ProfiledCluster extends Cluster {
 
 requireTool("fio");
 mkdirSync(OUT, { recursive: true });
-const cluster = new ProfiledCluster({ targets: TARGETS, drive_size: "2G" });
+const cluster = new ProfiledCluster({ targets: TARGETS, drive_size: "2G", converged: CONVERGED });
 try {
   await cluster.start();
   await cluster.cli("volume", "create", "--name", "prof", "--capacity", "512M", "--raid-level", RAID);
@@ -59,7 +62,8 @@ try {
 } finally {
   await cluster.destroy();
 }
-for (const name of [...Array.from({ length: TARGETS }, (_, t) => `t${t}`), "client"]) {
+const profiledTargets = Array.from({ length: TARGETS }, (_, t) => `t${t}`).slice(CONVERGED ? 1 : 0);
+for (const name of [...profiledTargets, "client"]) {
   const files = readdirSync(`${OUT}/${name}`).filter((f) => f.endsWith(".md")).sort();
   if (files.length > 0) renameSync(`${OUT}/${name}/${files.at(-1)}`, `${OUT}/${name}.md`);
   console.log(`${OUT}/${name}.md`);

@@ -32,6 +32,11 @@ export class OffsetStore implements DriveStore {
     await this.base.read(this.base_offset + offset, dst);
   }
 
+  readNow(offset: number, dst: Uint8Array): boolean {
+    this.check(offset, dst.length);
+    return this.base.readNow?.(this.base_offset + offset, dst) ?? false;
+  }
+
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
     this.check(offset, src.length);
     await this.base.write(this.base_offset + offset, src, fua);

@@ -19,6 +19,12 @@ export interface DriveStore {
   readonly cache_epoch?: number;
   /** Reads exactly dst.length bytes at offset into dst. Rejects on I/O error. */
   read(offset: number, dst: Uint8Array): Promise<void>;
+  /**
+   * Reads the whole range now if that needs no waiting (a file whose page cache holds it) and
+   * returns true; false, dst then unspecified, when only read() can. Absent: never possible. The
+   * target answers such a READ without a promise, the commonest request of a busy volume.
+   */
+  readNow?(offset: number, dst: Uint8Array): boolean;
   write(offset: number, src: Uint8Array, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   /** Makes the range read as zeroes (punching holes where the backend can). */

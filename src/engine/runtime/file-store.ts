@@ -141,19 +141,8 @@ export class FileStore implements DriveStore {
     // Fast path: what is already in the page cache is copied at once, without a trip through the
     // threadpool (≈1 µs instead of ≈8 µs per 4 KiB); anything else goes async, so the event loop
     // never waits for the device.
-    let cached = 0;
-    if (this.nowait) {
-      const c = libc()!;
-      while (cached < dst.length) {
-        const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
-        if (n <= 0) {
-          if (n !== -EAGAIN && n !== 0) this.nowait = false; // unsupported here: stop trying
-          break;
-        }
-        cached += n;
-      }
-      if (cached === dst.length) return;
-    }
+    const cached = this.readCached(offset, dst);
+    if (cached === dst.length) return;
     await this.tracked("read", offset, async () => {
       for (let done = cached; done < dst.length; ) {
         const n = await preadAsync(this.fd, dst.subarray(done), offset + done);
@@ -162,6 +151,27 @@ export class FileStore implements DriveStore {
         done += n;
       }
     });
+  }
+
+  readNow(offset: number, dst: Uint8Array): boolean {
+    this.check(offset, dst.length);
+    return this.readCached(offset, dst) === dst.length;
+  }
+
+  /** Bytes copied from the page cache into dst's start without waiting (preadv2 RWF_NOWAIT). */
+  private readCached(offset: number, dst: Uint8Array): number {
+    let cached = 0;
+    if (!this.nowait) return 0;
+    const c = libc()!;
+    while (cached < dst.length) {
+      const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
+      if (n <= 0) {
+        if (n !== -EAGAIN && n !== 0) this.nowait = false; // unsupported here: stop trying
+        break;
+      }
+      cached += n;
+    }
+    return cached;
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {

@@ -180,7 +180,9 @@ export class TargetConnection {
 
   private start(h: Header, payload: Uint8Array, owned: boolean): void {
     this.inflight++;
-    execute(this.ctx, this.requester!, h, payload, owned).then(this.onDone, this.onBug);
+    const r = execute(this.ctx, this.requester!, h, payload, owned);
+    if (r instanceof Uint8Array) this.complete(r);
+    else r.then(this.onDone, this.onBug);
   }
 
   private complete(frame: Uint8Array): void {

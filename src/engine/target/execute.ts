@@ -72,26 +72,54 @@ class Admission {
   ) {}
 }
 
-export async function execute(
+/**
+ * A READ served from the page cache is answered here and now (a frame, not a promise): on a busy
+ * volume it is the commonest request, and every promise in its path costs about as much as the
+ * copy itself. Everything else answers through a promise.
+ */
+export function execute(
   ctx: TargetContext,
   req: Requester,
   h: Header,
   payload: Uint8Array,
   payloadOwned: boolean,
-): Promise<Uint8Array> {
+): Uint8Array | Promise<Uint8Array> {
   // Read before anything runs: responses reuse h (an OK write carries the cache epoch there).
   const adm = ctx.fencing && req.role === "client" ? new Admission(h.client_id, h.generation) : null;
+  let answered = true;
   try {
-    return await dispatch(ctx, req, h, payload, payloadOwned, adm);
+    const r = dispatch(ctx, req, h, payload, payloadOwned, adm);
+    if (r instanceof Uint8Array) return r;
+    answered = false;
+    return answerLater(ctx, h, r, adm);
   } catch (e) {
-    const status = statusOf(e);
-    if (status === Status.IO_ERROR) {
-      ctx.log.error("drive I/O failed", { op: Op[h.opcode], drive: safeUuid(h.drive_uuid), error: String(e) });
-    }
-    return errorResponse(h, status, e instanceof Error ? e.message : String(e));
+    return failure(ctx, h, e);
   } finally {
-    if (adm !== null && adm.drive !== null) adm.drive.admitted.leave(adm.client_id, adm.generation);
+    if (answered) leave(adm);
   }
+}
+
+async function answerLater(ctx: TargetContext, h: Header, r: Promise<Uint8Array>, adm: Admission | null): Promise<Uint8Array> {
+  try {
+    return await r;
+  } catch (e) {
+    return failure(ctx, h, e);
+  } finally {
+    leave(adm);
+  }
+}
+
+/** Every failure becomes a status and an ErrorBody here, in one place. */
+function failure(ctx: TargetContext, h: Header, e: unknown): Uint8Array {
+  const status = statusOf(e);
+  if (status === Status.IO_ERROR) {
+    ctx.log.error("drive I/O failed", { op: Op[h.opcode], drive: safeUuid(h.drive_uuid), error: String(e) });
+  }
+  return errorResponse(h, status, e instanceof Error ? e.message : String(e));
+}
+
+function leave(adm: Admission | null): void {
+  if (adm !== null && adm.drive !== null) adm.drive.admitted.leave(adm.client_id, adm.generation);
 }
 
 /** Flags that only some ops or roles may carry (checkFlags). */
@@ -104,7 +132,7 @@ function dispatch(
   payload: Uint8Array,
   owned: boolean,
   adm: Admission | null,
-): Promise<Uint8Array> {
+): Uint8Array | Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
   if (h.flags & CHECKED_FLAGS) checkFlags(req, h);
   switch (h.opcode) {
@@ -271,10 +299,12 @@ function controlBody(h: Header, payload: Uint8Array): Uint8Array {
   return payload;
 }
 
-async function doRead(d: ServedDrive, h: Header): Promise<Uint8Array> {
+function doRead(d: ServedDrive, h: Header): Uint8Array | Promise<Uint8Array> {
   const out = readResponse(h);
-  if (h.length > 0) await d.drive.data.read(h.offset, out.subarray(HEADER_BYTES));
-  return out;
+  if (h.length === 0) return out;
+  const dst = out.subarray(HEADER_BYTES);
+  if (d.drive.data.readNow?.(h.offset, dst)) return out;
+  return d.drive.data.read(h.offset, dst).then(() => out);
 }
 
 /**
