@@ -45,12 +45,9 @@ function retryable(e: unknown): boolean {
   return !(e instanceof DriveIoError);
 }
 
-/** The bytes of buf a segment covers; buf itself when it covers all of it (the common case). */
-/** The op that reads a segment into its part of dst. */
-function readSegment(dst: Uint8Array): DriveOp {
-  return (s, d, g) => s.read(d, g.drive_offset, part(dst, g));
-}
+const done = (): void => {};
 
+/** The bytes of buf a segment covers; buf itself when it covers all of it (the common case). */
 function part(buf: Uint8Array, g: Segment): Uint8Array {
   return g.request_offset === 0 && g.length === buf.length ? buf : buf.subarray(g.request_offset, g.request_offset + g.length);
 }
@@ -138,18 +135,25 @@ export class VolumeDevice implements DriveStore {
     return w;
   }
 
-  private async withRetry(drive_uuid: string, seg: Segment, op: DriveOp, writes = false): Promise<void> {
+  /**
+   * The segment's op on the drive's live session if there is one: that session's promise with one
+   * failure handler (no async frame: nearly every I/O of a busy volume takes this path), falling
+   * into the retry loop when the failure may pass.
+   */
+  private withRetry(drive_uuid: string, seg: Segment, op: DriveOp, writes = false): Promise<void> {
     const fast = this.pool.cached(drive_uuid);
-    if (fast) {
-      try {
-        await op(fast, this.pool.driveId(drive_uuid), seg);
-        return;
-      } catch (e) {
-        if (!retryable(e)) throw this.ioError(e);
-        if (writes && plantedBugs.ack_on_connection_loss) return;
-      }
+    if (!fast) return this.retrying(drive_uuid, seg, op);
+    let p: Promise<unknown>;
+    try {
+      p = op(fast, this.pool.driveId(drive_uuid), seg);
+    } catch (e) {
+      p = Promise.reject(e);
     }
-    await this.retrying(drive_uuid, seg, op);
+    return p.then(done, (e: unknown) => {
+      if (!retryable(e)) throw this.ioError(e);
+      if (writes && plantedBugs.ack_on_connection_loss) return;
+      return this.retrying(drive_uuid, seg, op);
+    });
   }
 
   /** The segment's op until it succeeds, fails for good, or the drive stays unreachable too long. */
@@ -194,35 +198,27 @@ export class VolumeDevice implements DriveStore {
   }
 
   private each(offset: number, length: number, op: DriveOp, writes = false): Promise<void> {
-    let segs = limitSegments(plan(this.layout, offset, length), MAX_IO_BYTES);
-    if (writes && plantedBugs.skip_segment && segs.length > 1) segs = segs.slice(0, 1);
-    return this.eachOf(segs, op, writes);
-  }
-
-  private async eachOf(segs: Segment[], op: DriveOp, writes = false): Promise<void> {
-    if (segs.length === 1) return await this.withRetry(segs[0]!.drive_uuid, segs[0]!, op, writes);
-    await Promise.all(segs.map((s) => this.withRetry(s.drive_uuid, s, op, writes)));
-  }
-
-  read(offset: number, dst: Uint8Array): Promise<void> {
     let segs: Segment[];
     try {
-      this.check(offset, dst.length);
-      if (dst.length === 0) return Promise.resolve();
-      if (this.mirror) return this.mirror.read(offset, dst);
-      segs = limitSegments(plan(this.layout, offset, dst.length), MAX_IO_BYTES);
+      segs = limitSegments(plan(this.layout, offset, length), MAX_IO_BYTES);
     } catch (e) {
       return Promise.reject(e);
     }
-    // One segment on a drive whose session is up (nearly every read of a busy volume): the
-    // session's own promise, with one handler for failures, instead of three async frames.
-    const g = segs.length === 1 ? segs[0]! : null;
-    const fast = g && this.pool.cached(g.drive_uuid);
-    if (!g || !fast) return this.eachOf(segs, readSegment(dst));
-    return fast.read(this.pool.driveId(g.drive_uuid), g.drive_offset, part(dst, g)).catch((e: unknown) => {
-      if (!retryable(e)) throw this.ioError(e);
-      return this.retrying(g.drive_uuid, g, readSegment(dst));
-    });
+    if (writes && plantedBugs.skip_segment && segs.length > 1) segs = segs.slice(0, 1);
+    if (segs.length === 1) return this.withRetry(segs[0]!.drive_uuid, segs[0]!, op, writes);
+    return Promise.all(segs.map((s) => this.withRetry(s.drive_uuid, s, op, writes))).then(done);
+  }
+
+  /** Not async: a read of one segment is the session's own promise (see withRetry). */
+  read(offset: number, dst: Uint8Array): Promise<void> {
+    try {
+      this.check(offset, dst.length);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (dst.length === 0) return Promise.resolve();
+    if (this.mirror) return this.mirror.read(offset, dst);
+    return this.each(offset, dst.length, (s, d, g) => s.read(d, g.drive_offset, part(dst, g)));
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {

@@ -160,9 +160,9 @@ export class FileStore implements DriveStore {
 
   /** Bytes copied from the page cache into dst's start without waiting (preadv2 RWF_NOWAIT). */
   private readCached(offset: number, dst: Uint8Array): number {
-    let cached = 0;
     if (!this.nowait) return 0;
     const c = libc()!;
+    let cached = 0;
     while (cached < dst.length) {
       const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
       if (n <= 0) {
