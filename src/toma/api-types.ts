@@ -56,8 +56,17 @@ export interface LegView {
 
 export const ClientRegisterBody = v.strictObject({ name: v.pipe(v.string(), v.maxLength(256)) });
 export const ClientAckBody = v.strictObject({ generation: v.pipe(v.number(), v.safeInteger(), v.minValue(0)) });
+/**
+ * Attach: with `volume_uuid`, only that volume (a daemon refreshing what it attached: a newer
+ * volume that took the name is not the one it serves, and the answer is 404).
+ */
+export const ClientAttachBody = v.strictObject({
+  volume_uuid: v.optional(v.pipe(v.string(), v.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, "volume_uuid must be a uuid"))),
+});
 export const ClientReportBody = v.strictObject({
   volume: v.string(),
+  /** The volume the report is about; a newer volume of that name is not it. */
+  volume_uuid: v.optional(v.string()),
   column: v.pipe(v.number(), v.safeInteger(), v.minValue(0)),
   error: v.pipe(v.string(), v.maxLength(4096)),
 });

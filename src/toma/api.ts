@@ -7,6 +7,7 @@ import * as v from "valibot";
 import type { AttachInfo } from "../engine/layout/types.ts";
 import {
   ClientAckBody,
+  ClientAttachBody,
   ClientRegisterBody,
   ClientReportBody,
   type ClusterJson,
@@ -31,6 +32,7 @@ const STATUS: Record<RefusalCode | "unavailable", number> = {
   not_found: 404,
   name_taken: 409,
   no_space: 507,
+  in_use: 409,
   unavailable: 503,
 };
 
@@ -127,7 +129,9 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       if (m === "DELETE") {
         const vol = findVolume(route[1]!);
         if ("status" in vol) return vol;
-        const out = await toma.deleteVolume(vol.name);
+        const force = new URLSearchParams(path.split("?")[1] ?? "").get("force");
+        if (force !== null && force !== "true" && force !== "false") return err(400, `force must be true or false, not '${force}'`);
+        const out = await toma.deleteVolume(vol.name, force === "true");
         return out.ok ? ok({ deleted: vol.name }) : refused(out);
       }
       return err(405, `${m} not allowed on ${path}; use GET or DELETE`);
@@ -172,23 +176,34 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       // The daemon detached its last volume or stops: fenced out now, not after client_timeout_ms
       // of holding every topology step back.
       const state = toma.state;
-      const drives = [...c.volumes].flatMap((n) => state?.volumes.find((x) => x.name === n)?.columns.map((k) => k.drive_uuid) ?? []);
+      const drives = [...c.volumes].flatMap((u) => state?.volumes.find((x) => x.uuid === u)?.columns.map((k) => k.drive_uuid) ?? []);
       mc.clients.expire(c, drives, "client left: fencing it out");
       toma.kick();
       return ok({ left: c.id });
     }
     if (route.length === 3 && route[1] === "attach") {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const r = v.safeParse(ClientAttachBody, body ?? {});
+      if (!r.success) return err(400, `invalid attach: ${r.issues.map((i) => i.message).join("; ")}`);
       const vol = findVolume(route[2]!);
       if ("status" in vol) return vol;
+      const want = r.output.volume_uuid;
+      if (want !== undefined && vol.uuid !== want) {
+        return err(404, `volume ${want} no longer exists (the volume named '${vol.name}' now is ${vol.uuid}, another one)`);
+      }
+      if (mc.isDeleting(vol.uuid)) return err(409, `volume '${vol.name}' is being deleted`);
       // Without a volume it has no I/O at all: it is switched to the current generation already
       // (so counting it from now on never takes the stable generation back).
       if (c.volumes.size === 0 && toma.state) mc.clients.ack(c, toma.state.generation);
-      await mc.attach(c, vol.name);
-      // Looked up again: the volume may have been deleted while the registration awaited the
-      // drives (attachInfo itself answers the state's current record of it).
-      const now = findVolume(route[2]!);
-      return "status" in now ? now : ok(toma.attachInfo(now) satisfies AttachInfo);
+      await mc.attach(c, vol.uuid);
+      // Looked up again, by uuid: the volume may have been deleted while the registration awaited
+      // the drives (attachInfo itself answers the state's current record of it).
+      const now = toma.state?.volumes.find((x) => x.uuid === vol.uuid);
+      if (!now) {
+        c.volumes.delete(vol.uuid);
+        return err(404, `volume '${vol.name}' was deleted while being attached`);
+      }
+      return ok(toma.attachInfo(now) satisfies AttachInfo);
     }
     if (route.length === 2 && route[1] === "watch") {
       if (m !== "GET") return err(405, `${m} not allowed on ${path}; use GET`);
@@ -199,7 +214,9 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       if ((toma.state?.generation ?? 0) <= known && mc.stable() <= known_stable) await mc.clients.changed();
       mc.clients.heard(c);
       const state = toma.state;
-      const vols = state ? [...c.volumes].map((n) => state.volumes.find((x) => x.name === n)).filter((x) => x !== undefined) : [];
+      // By uuid: a volume deleted (or taken out of this client by a forced delete) is absent, and
+      // a newer one that took its name is not it. The daemon tears down what is absent.
+      const vols = state ? [...c.volumes].map((u) => state.volumes.find((x) => x.uuid === u)).filter((x) => x !== undefined) : [];
       return ok({
         generation: state?.generation ?? 0,
         stable_generation: mc.stable(),
@@ -221,6 +238,7 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       if (!r.success) return err(400, `invalid report: ${r.issues.map((i) => i.message).join("; ")}`);
       const vol = findVolume(r.output.volume);
       if ("status" in vol) return vol;
+      if (r.output.volume_uuid !== undefined && r.output.volume_uuid !== vol.uuid) return err(404, `volume ${r.output.volume_uuid} no longer exists`);
       if (r.output.column >= vol.columns.length) return err(400, `volume ${vol.name} has ${vol.columns.length} legs`);
       mc.reportFailure(vol, r.output.column, `client ${c.id}: ${r.output.error}`);
       toma.kick();

@@ -76,6 +76,18 @@ export const VolumeRecordSchema = v.strictObject({
 });
 export type VolumeRecord = v.InferOutput<typeof VolumeRecordSchema>;
 
+/**
+ * Extents a volume gave up (deleted, or a mirror leg replaced) on a drive that has not yet
+ * confirmed a fence table without that volume: a client of it may still reach them there, so
+ * they belong to nothing else until the drive confirms (docs/toma.md, "Deleting a volume").
+ */
+export const RetiredSchema = v.strictObject({
+  volume_uuid: Uuid,
+  drive_uuid: Uuid,
+  extents: v.array(Count),
+});
+export type Retired = v.InferOutput<typeof RetiredSchema>;
+
 export const ClusterStateSchema = v.strictObject({
   format: v.literal(STATE_FORMAT),
   cluster_uuid: Uuid,
@@ -83,6 +95,8 @@ export const ClusterStateSchema = v.strictObject({
   generation: Count,
   drives: v.array(DriveRecordSchema),
   volumes: v.array(VolumeRecordSchema),
+  /** Absent (empty) in states written before it, and whenever nothing is retired. */
+  retired: v.optional(v.array(RetiredSchema), []),
 });
 export type ClusterState = v.InferOutput<typeof ClusterStateSchema>;
 
@@ -101,7 +115,13 @@ export type Command =
       mirrors: number;
       debug_format?: boolean;
     }
-  | { kind: "delete_volume"; name: string }
+  /**
+   * `released`: drives that confirmed a fence table without the volume (and hold no lock of it):
+   * its extents there are free at once. Its extents on every other drive are retired.
+   */
+  | { kind: "delete_volume"; name: string; released?: string[] }
+  /** A drive confirmed a fence table without the volume: its retired extents there are free. */
+  | { kind: "release_extents"; volume_uuid: string; drive_uuid: string }
   /** A topology step of a mirrored volume: new leg states (topology.ts checks adjacency). */
   | { kind: "set_legs"; name: string; legs: LegState[] }
   /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
@@ -110,11 +130,11 @@ export type Command =
   | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number };
 
 /** Why a command was refused; the API maps each code to an HTTP status. */
-export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space";
+export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space" | "in_use";
 export type ApplyResult = { ok: true; state: ClusterState } | { ok: false; code: RefusalCode; error: string };
 
 export function emptyState(cluster_uuid: string): ClusterState {
-  return { format: STATE_FORMAT, cluster_uuid, generation: 0, drives: [], volumes: [] };
+  return { format: STATE_FORMAT, cluster_uuid, generation: 0, drives: [], volumes: [], retired: [] };
 }
 
 function refuse(code: RefusalCode, error: string): ApplyResult {
@@ -134,10 +154,18 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, drives: [...state.drives, { ...cmd.drive }] } };
     }
     case "delete_volume": {
-      if (!state.volumes.some((vol) => vol.name === cmd.name)) {
-        return refuse("not_found", `no volume named '${cmd.name}'`);
+      const vol = state.volumes.find((x) => x.name === cmd.name);
+      if (!vol) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const released = new Set(cmd.released ?? []);
+      const retired = [...state.retired, ...vol.columns.filter((c) => !released.has(c.drive_uuid)).map((c) => retire(vol, c))];
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((x) => x !== vol), retired } };
+    }
+    case "release_extents": {
+      const keep = state.retired.filter((r) => r.volume_uuid !== cmd.volume_uuid || r.drive_uuid !== cmd.drive_uuid);
+      if (keep.length === state.retired.length) {
+        return refuse("not_found", `no extents of volume ${cmd.volume_uuid} are retired on drive ${cmd.drive_uuid}`);
       }
-      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((vol) => vol.name !== cmd.name) } };
+      return { ok: true, state: { ...state, generation, retired: keep } };
     }
     case "create_volume": {
       const vol: VolumeRecord = {
@@ -196,6 +224,8 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       const vol = state.volumes[i]!;
       if (vol.legs[cmd.column] !== "dead") return refuse("invalid", `leg ${cmd.column} of '${cmd.name}' is not dead`);
       const columns = vol.columns.with(cmd.column, { drive_uuid: cmd.with.drive_uuid, extents: [...cmd.with.extents] });
+      // A client on an old view may still reach the old leg's extents until its drive confirms.
+      const retired = [...state.retired, retire(vol, vol.columns[cmd.column]!)];
       const next: VolumeRecord = {
         ...vol,
         columns,
@@ -203,10 +233,10 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
         rebuild_blank: vol.rebuild_blank.with(cmd.column, true),
         topology_seq: generation,
       };
-      const others = { ...state, volumes: state.volumes.filter((_, j) => j !== i) };
+      const others = { ...state, volumes: state.volumes.filter((_, j) => j !== i), retired };
       const why = volumeProblem(others, next);
       if (why) return refuse(why.code, why.error);
-      return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next) } };
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next), retired } };
     }
   }
 }
@@ -232,17 +262,24 @@ function legStepProblem(vol: VolumeRecord, legs: LegState[]): string | null {
   return null;
 }
 
-/** The extents in use on each drive, computed from the volumes (never stored twice). */
+function retire(vol: VolumeRecord, c: Column): Retired {
+  return { volume_uuid: vol.uuid, drive_uuid: c.drive_uuid, extents: [...c.extents] };
+}
+
+/**
+ * The extents in use on each drive, computed from the volumes and the retired extents (never
+ * stored twice): a retired extent is not free.
+ */
 export function usedExtents(state: ClusterState): Map<string, Set<number>> {
   const used = new Map<string, Set<number>>();
   for (const d of state.drives) used.set(d.drive_uuid, new Set());
-  for (const vol of state.volumes) {
-    for (const c of vol.columns) {
-      let s = used.get(c.drive_uuid);
-      if (!s) used.set(c.drive_uuid, (s = new Set()));
-      for (const e of c.extents) s.add(e);
-    }
-  }
+  const add = (c: { drive_uuid: string; extents: number[] }) => {
+    let s = used.get(c.drive_uuid);
+    if (!s) used.set(c.drive_uuid, (s = new Set()));
+    for (const e of c.extents) s.add(e);
+  };
+  for (const vol of state.volumes) for (const c of vol.columns) add(c);
+  for (const r of state.retired) add(r);
   return used;
 }
 
@@ -355,6 +392,10 @@ export function encodeState(state: ClusterState): Uint8Array {
       // Only when set, so that the bytes of states without debug volumes stay as they were.
       ...(x.debug_format ? { debug_format: true } : {}),
     })),
+    // Likewise only when something is retired.
+    ...(state.retired.length > 0
+      ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, extents: [...r.extents] })) }
+      : {}),
   };
   return encode(canonical);
 }
@@ -383,7 +424,7 @@ export function decodeState(bytes: Uint8Array): ClusterState {
   }
   // Re-admit volumes one by one: catches overlapping extents, unknown drives and bad geometry.
   const names = new Set<string>();
-  let acc: ClusterState = { ...state, volumes: [] };
+  let acc: ClusterState = { ...state, volumes: [], retired: [] };
   for (const vol of state.volumes) {
     if (names.has(vol.name)) throw new CorruptStateError(`volume name '${vol.name}' used twice`);
     names.add(vol.name);
@@ -393,6 +434,23 @@ export function decodeState(bytes: Uint8Array): ClusterState {
     const why = volumeProblem(acc, vol);
     if (why) throw new CorruptStateError(why.error);
     acc = { ...acc, volumes: [...acc.volumes, vol] };
+  }
+  // Retired extents: on member drives, in range, and shared with nothing else.
+  const drives = new Map(state.drives.map((d) => [d.drive_uuid, d]));
+  for (const r of state.retired) {
+    const d = drives.get(r.drive_uuid);
+    if (!d) throw new CorruptStateError(`retired extents on unknown drive ${r.drive_uuid}`);
+    if (acc.volumes.some((x) => x.uuid === r.volume_uuid && x.columns.some((c) => c.drive_uuid === r.drive_uuid))) {
+      throw new CorruptStateError(`volume ${r.volume_uuid} both holds and retired extents on drive ${r.drive_uuid}`);
+    }
+    const used = usedExtents(acc).get(r.drive_uuid)!;
+    const mine = new Set<number>();
+    for (const e of r.extents) {
+      if (e >= d.extent_count) throw new CorruptStateError(`retired extent ${e} outside drive ${r.drive_uuid}`);
+      if (used.has(e) || mine.has(e)) throw new CorruptStateError(`retired extent ${e} of drive ${r.drive_uuid} is also in use`);
+      mine.add(e);
+    }
+    acc = { ...acc, retired: [...acc.retired, r] };
   }
   return state;
 }

@@ -1,32 +1,57 @@
 /**
- * Keeps every reachable drive's registration table (the target's fence, DESIGN.md §3) equal to
- * what the TOMA knows: each live client that has a volume on the drive, with the generation it
- * last acknowledged as its minimum. A target forgets the table when it restarts, and a frame of
- * an older topology may still be in the network; both are covered by pushing the whole table
- * again whenever the link to the target is new, and whenever a client's entry changes.
+ * Keeps every reachable drive's fence table (the target's, DESIGN.md §3; target/fence.ts) equal
+ * to what the TOMA knows: which extents of the drive belong to which volume, and each live client
+ * that has one of those volumes attached, with the generation it last acknowledged as its minimum
+ * and the volumes it may reach. A target forgets the table when it restarts, and a frame of an
+ * older topology may still be in the network; both are covered by pushing the whole table again
+ * whenever the link to the target is new, and whenever an entry changes.
  *
  * An expired client is left out of every table; once a drive confirmed a table without it, that
- * drive can no longer execute its I/O (ClientRegistry.fenced).
+ * drive can no longer execute its I/O (ClientRegistry.fenced). Likewise a volume being deleted is
+ * left out of every table, and once a drive confirmed a table without it, no client can reach
+ * its extents there any more: only then may they belong to another volume (mirror-control.ts).
  */
+import type { FenceVolume } from "../engine/wire/control.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClientRecord, ClientRegistry } from "./clients.ts";
+import type { Retired, VolumeRecord } from "./cluster-state.ts";
 
 export interface FenceEntry {
   client_id: number;
   min_generation: number;
+  /** Uuids of the volumes it may reach on the drive. */
+  volumes: string[];
+}
+
+/** The table one drive must hold: its volumes' extents and the clients that may reach them. */
+export interface FenceTable {
+  volumes: FenceVolume[];
+  set: FenceEntry[];
 }
 
 export interface FenceDeps {
   clients: ClientRegistry;
-  /** The drives each volume uses (every leg, dead ones included). */
-  drivesOfVolume: (volume: string) => string[];
-  /** The drives of every volume, attached anywhere or not: each keeps a confirmed table. */
-  volumeDrives: () => string[];
+  /** The volumes of the current state that keep their extents (not being deleted). */
+  volumes: () => VolumeRecord[];
+  /** Extents given up and not yet released: their drives need a confirmed table too. */
+  retired: () => Retired[];
   /** The session of the target serving the drive now, or null. */
   sessionOf: (drive_uuid: string) => TargetSession | null;
   /** Sends the table (replace) to the drive; rejects on any failure. */
-  push: (session: TargetSession, drive_uuid: string, table: FenceEntry[]) => Promise<void>;
+  push: (session: TargetSession, drive_uuid: string, table: FenceTable) => Promise<void>;
   onError: (drive_uuid: string, error: unknown) => void;
+}
+
+/** Extent indices as [first, count] runs of consecutive extents, ascending. */
+export function extentRuns(extents: readonly number[]): [number, number][] {
+  const sorted = [...extents].sort((a, b) => a - b);
+  const out: [number, number][] = [];
+  for (const e of sorted) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last[0] + last[1] === e) last[1]++;
+    else out.push([e, 1]);
+  }
+  return out;
 }
 
 export class FenceSync {
@@ -38,28 +63,37 @@ export class FenceSync {
   constructor(private readonly deps: FenceDeps) {}
 
   /** The table a drive must hold now. */
-  tableFor(drive_uuid: string): FenceEntry[] {
-    const out: FenceEntry[] = [];
+  tableFor(drive_uuid: string): FenceTable {
+    const volumes: FenceVolume[] = [];
+    const here = new Set<string>();
+    for (const vol of this.deps.volumes()) {
+      const col = vol.columns.find((c) => c.drive_uuid === drive_uuid);
+      if (col === undefined) continue;
+      here.add(vol.uuid);
+      volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(col.extents) });
+    }
+    const set: FenceEntry[] = [];
     for (const c of this.deps.clients.all()) {
       if (c.expired) continue;
-      if ([...c.volumes].some((v) => this.deps.drivesOfVolume(v).includes(drive_uuid))) {
-        out.push({ client_id: c.id, min_generation: c.acked });
-      }
+      const mine = [...c.volumes].filter((u) => here.has(u)).sort();
+      if (mine.length > 0) set.push({ client_id: c.id, min_generation: c.acked, volumes: mine });
     }
-    return out.sort((a, b) => a.client_id - b.client_id);
+    volumes.sort((a, b) => (a.volume_uuid < b.volume_uuid ? -1 : 1));
+    set.sort((a, b) => a.client_id - b.client_id);
+    return { volumes, set };
   }
 
   /**
-   * Drives any client or volume involves: every volume's drives, even with no client left. An
-   * empty table confirmed there (inSync) is what lets a stale-lock recovery of a dead last client
-   * be retried on a later pass, since forget() drops every confirmation on each pass.
+   * Drives any client or volume involves: every volume's drives, even with no client left (an
+   * empty table confirmed there, inSync, is what lets a stale-lock recovery of a dead last client
+   * be retried on a later pass, since forget() drops every confirmation on each pass), and the
+   * drives of retired extents (their release waits for a confirmed table).
    */
   private drives(): Set<string> {
-    const out = new Set<string>(this.deps.volumeDrives());
-    for (const c of this.deps.clients.all()) {
-      for (const v of c.volumes) for (const d of this.deps.drivesOfVolume(v)) out.add(d);
-      for (const d of c.unfenced) out.add(d);
-    }
+    const out = new Set<string>();
+    for (const vol of this.deps.volumes()) for (const c of vol.columns) out.add(c.drive_uuid);
+    for (const r of this.deps.retired()) out.add(r.drive_uuid);
+    for (const c of this.deps.clients.all()) for (const d of c.unfenced) out.add(d);
     return out;
   }
 
@@ -113,7 +147,7 @@ export class FenceSync {
       this.confirmed.set(drive_uuid, { session, key });
     }
     // The table holds no expired client: it is fenced out of this drive.
-    const present = new Set(table.map((e) => e.client_id));
+    const present = new Set(table.set.map((e) => e.client_id));
     for (const c of this.deps.clients.all() as ClientRecord[]) {
       if (c.expired && c.unfenced.has(drive_uuid) && !present.has(c.id)) this.deps.clients.fenced(c, drive_uuid);
     }

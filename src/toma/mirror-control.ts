@@ -12,7 +12,7 @@ import { uuidFromString } from "../engine/uuid.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
-import { FenceSync } from "./fencing.ts";
+import { extentRuns, FenceSync } from "./fencing.ts";
 import { plantedBugs } from "../engine/planted-bugs.ts";
 import { RangeClaims } from "./range-claims.ts";
 import { copyLeg, type HeldLock, LegUnavailable, type RebuildProgress, recoverSetLocks, type StaleLock } from "./rebuild.ts";
@@ -91,12 +91,116 @@ export class MirrorControl {
     };
     this.fences = new FenceSync({
       clients: this.clients,
-      drivesOfVolume: (name) => this.deps.state()?.volumes.find((x) => x.name === name)?.columns.map((c) => c.drive_uuid) ?? [],
-      volumeDrives: () => this.deps.state()?.volumes.flatMap((x) => x.columns.map((c) => c.drive_uuid)) ?? [],
+      volumes: () => this.deps.state()?.volumes.filter((x) => !this.deleting.has(x.uuid)) ?? [],
+      retired: () => this.deps.state()?.retired ?? [],
       sessionOf: this.deps.sessionOf,
-      push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
+      push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, volumes: table.volumes, set: table.set, remove: [] }),
       onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
     });
+  }
+
+  /**
+   * Volumes being deleted (uuids): left out of every fence table, and refused to attaching
+   * clients, from before their extents are checked until the delete is committed or refused.
+   */
+  private readonly deleting = new Set<string>();
+  /** Per volume uuid, copies and lock recoveries of ours running on its extents. */
+  private readonly working = new Map<string, number>();
+
+  isDeleting(volume_uuid: string): boolean {
+    return this.deleting.has(volume_uuid);
+  }
+
+  /** The live clients that have the volume attached. */
+  attachedBy(volume_uuid: string): ClientRecord[] {
+    return this.clients.all().filter((c) => !c.expired && c.volumes.has(volume_uuid));
+  }
+
+  /**
+   * Takes a volume out of every drive's fence table ahead of its deletion (`force`: out of its
+   * clients' records first, so they are fenced out of it and their daemons tear its exports
+   * down), and answers the drives where its extents may be freed at once: those that confirmed a
+   * table without it, hold no lock in its extents any more, and with no work of ours running on
+   * it. Its extents on the other drives are retired (cluster-state.ts) until those confirm too.
+   * Call `done` once the delete is committed or refused.
+   */
+  async fenceOut(vol: VolumeRecord, force: boolean): Promise<{ released: string[]; done: () => void }> {
+    this.deleting.add(vol.uuid);
+    const done = () => this.deleting.delete(vol.uuid);
+    try {
+      for (const c of force ? this.attachedBy(vol.uuid) : []) {
+        c.volumes.delete(vol.uuid);
+        this.deps.env.log.warn("volume deleted with --force: fencing its client out of it", { volume: vol.name, client: c.id, name: c.name });
+      }
+      this.clients.notify();
+      this.fences.forget();
+      await this.fences.sync();
+      const released: string[] = [];
+      for (const c of vol.columns) {
+        if (await this.releasable(vol.uuid, c.drive_uuid, c.extents, vol.extent_size_bytes)) released.push(c.drive_uuid);
+      }
+      return { released, done };
+    } catch (e) {
+      done();
+      throw e;
+    }
+  }
+
+  /**
+   * Whether a volume's extents on a drive may belong to another volume now: the drive confirmed
+   * a table without the volume (so the FENCE barrier drained its clients' requests there), no
+   * copy or lock recovery of ours runs on the volume, and the locks held in those extents (its
+   * clients', or ours left by a lost UNLOCK) are freed, so that a new owner's writers never wait
+   * for them.
+   */
+  private async releasable(volume_uuid: string, drive_uuid: string, extents: number[], extent_bytes: number): Promise<boolean> {
+    if (!this.fences.inSync(drive_uuid) || (this.working.get(volume_uuid) ?? 0) > 0) return false;
+    const s = this.deps.sessionOf(drive_uuid);
+    if (!s) return false;
+    const runs = extentRuns(extents).map(([first, count]) => [first * extent_bytes, (first + count) * extent_bytes] as const);
+    if (runs.some(([a, b]) => this.claims.claimed(drive_uuid, a, b - a))) return false;
+    try {
+      const id = uuidFromString(drive_uuid);
+      for (const l of await s.lockList(id)) {
+        for (const [a, b] of runs) {
+          const from = Math.max(a, l.offset);
+          const to = Math.min(b, l.offset + l.length);
+          if (from < to) await s.unlockFor(id, from, to - from, l.client_id);
+        }
+      }
+    } catch (e) {
+      this.deps.env.log.warn("cannot free the locks of a volume's released extents", { drive: drive_uuid, volume: volume_uuid, error: String(e) });
+      return false;
+    }
+    return this.fences.inSync(drive_uuid);
+  }
+
+  /** Frees the retired extents whose drive confirmed a table without their volume (one pass). */
+  private async releaseRetired(state: ClusterState): Promise<void> {
+    for (const r of state.retired) {
+      const d = state.drives.find((x) => x.drive_uuid === r.drive_uuid);
+      if (!d || !(await this.releasable(r.volume_uuid, r.drive_uuid, r.extents, d.extent_size_bytes))) continue;
+      const out = await this.deps.propose({ kind: "release_extents", volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid });
+      if (out.ok) this.deps.env.log.info("retired extents released", { volume: r.volume_uuid, drive: r.drive_uuid, extents: r.extents.length });
+    }
+  }
+
+  /** A deleted volume's leg records go with it: a new volume may take its name. */
+  forgetVolume(name: string): void {
+    for (const m of [this.failedUntil, this.jobs]) for (const k of [...m.keys()]) if (k.startsWith(`${name}/`)) m.delete(k);
+    for (const k of [...this.cacheSuspects]) if (k.startsWith(`${name}/`)) this.cacheSuspects.delete(k);
+  }
+
+  /** Runs a copy or lock recovery of ours on a volume's extents, counted for `releasable`. */
+  private async workOn<T>(volume_uuid: string, fn: () => Promise<T>): Promise<T> {
+    this.working.set(volume_uuid, (this.working.get(volume_uuid) ?? 0) + 1);
+    try {
+      return await fn();
+    } finally {
+      const n = this.working.get(volume_uuid)! - 1;
+      if (n === 0) this.working.delete(volume_uuid);
+      else this.working.set(volume_uuid, n);
+    }
   }
 
   stable(): number {
@@ -108,9 +212,9 @@ export class MirrorControl {
     return this.clients.register(name, this.deps.state()?.generation ?? 0);
   }
 
-  /** Registers the client on the volume's drives before it may do any I/O there. */
-  async attach(c: ClientRecord, volume: string): Promise<void> {
-    c.volumes.add(volume);
+  /** Registers the client on the volume's drives (by volume uuid) before it may do any I/O there. */
+  async attach(c: ClientRecord, volume_uuid: string): Promise<void> {
+    c.volumes.add(volume_uuid);
     this.clients.heard(c);
     await this.fences.sync();
   }
@@ -137,11 +241,12 @@ export class MirrorControl {
     // volume left to name them, every drive must confirm a table without it (else it would hold
     // the stable generation back forever, and with it every mirror write of the cluster).
     this.clients.expireSilent((c) => {
-      const drives = [...c.volumes].flatMap((v) => state.volumes.find((x) => x.name === v)?.columns.map((k) => k.drive_uuid) ?? []);
+      const drives = [...c.volumes].flatMap((v) => state.volumes.find((x) => x.uuid === v)?.columns.map((k) => k.drive_uuid) ?? []);
       return drives.length > 0 ? drives : state.drives.map((d) => d.drive_uuid);
     });
     this.fences.forget();
     await this.fences.sync();
+    await this.releaseRetired(state);
     const stable = this.stable();
     if (stable !== this.last_stable) {
       this.last_stable = stable;
@@ -321,7 +426,7 @@ export class MirrorControl {
       return !now || now.topology_seq !== j.generation;
     };
     this.deps.env.log.info("rebuild started", { volume: vol.name, column, source });
-    copyLeg(this.rebuildDeps(), vol, column, source, clearBits, job.progress, cancelled)
+    this.workOn(vol.uuid, () => copyLeg(this.rebuildDeps(), vol, column, source, clearBits, job.progress, cancelled))
       .then(() => {
         if (cancelled()) return;
         j.done = true;
@@ -403,14 +508,14 @@ export class MirrorControl {
               listedAll = false;
               break;
             }
-            const admitted = new Set(this.fences.tableFor(d).map((e) => e.client_id));
+            const admitted = new Set(this.fences.tableFor(d).set.map((e) => e.client_id));
             await this.freeOwnStaleLocks(s, d, listed.filter((l) => l.client_id === this.owner_id));
             for (const l of listed) if (!admitted.has(l.client_id) && l.client_id !== this.owner_id) stale.push({ ...l, drive_uuid: d });
           }
           // A unit's dead locks are recovered together (recoverSetLocks): with a leg unlisted,
           // one of them could be freed while another is held, and a writer slip in between.
           if (!listedAll || stale.length === 0) continue;
-          const n = await recoverSetLocks(this.rebuildDeps(), vol, set, stale);
+          const n = await this.workOn(vol.uuid, () => recoverSetLocks(this.rebuildDeps(), vol, set, stale));
           if (n > 0) {
             this.deps.env.log.info("stale locks recovered", {
               volume: vol.name,

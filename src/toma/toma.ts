@@ -81,7 +81,10 @@ export interface DriveView {
   cluster_uuid: string | null;
   extent_size_bytes: number | null;
   extents_total: number;
+  /** In use by a volume, or retired (given up by a volume, not yet free: docs/toma.md). */
   extents_used: number;
+  /** Of extents_used, those retired. */
+  extents_retired: number;
   extents_free: number;
   metadata_generation: number | null;
   state: DriveState;
@@ -208,10 +211,38 @@ export class Toma {
     });
   }
 
-  deleteVolume(name: string): Promise<Outcome<null>> {
+  /**
+   * Deletes a volume. Refused while a live client has it attached, unless `force`: its clients
+   * are then fenced out of it first (their daemons see it gone and tear its exports down). Its
+   * extents are free at once on every drive that confirmed a fence table without it, and retired
+   * on the others until they do (docs/toma.md, "Deleting a volume").
+   */
+  deleteVolume(name: string, force = false): Promise<Outcome<null>> {
     return this.exclusive(async () => {
-      const r = await this.propose({ kind: "delete_volume", name });
-      return r.ok ? { ok: true, value: null } : r;
+      const state = this.readyState();
+      if (!state.ok) return state;
+      const vol = state.value.volumes.find((x) => x.name === name);
+      if (!vol) return { ok: false, code: "not_found", error: `no volume named '${name}'` };
+      const users = this.mirror.attachedBy(vol.uuid);
+      if (users.length > 0 && !force) {
+        const who = users.map((c) => `${c.name} (client ${c.id})`).join(", ");
+        return {
+          ok: false,
+          code: "in_use",
+          error: `volume '${name}' is attached by ${who}: detach it there first, or delete with --force (which fences those clients out of it and removes their exports)`,
+        };
+      }
+      const { released, done } = await this.mirror.fenceOut(vol, force);
+      try {
+        const r = await this.propose({ kind: "delete_volume", name, released });
+        if (!r.ok) return r;
+        this.mirror.forgetVolume(name);
+        const retired = vol.columns.length - released.length;
+        this.env.log.info("volume deleted", { volume: name, uuid: vol.uuid, forced: force, drives_released: released.length, drives_retired: retired });
+        return { ok: true, value: null };
+      } finally {
+        done();
+      }
     });
   }
 
@@ -246,6 +277,8 @@ export class Toma {
     for (const vol of this.state?.volumes ?? []) {
       for (const c of vol.columns) used.set(c.drive_uuid, (used.get(c.drive_uuid) ?? 0) + c.extents.length);
     }
+    const retired = new Map<string, number>();
+    for (const r of this.state?.retired ?? []) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
     const members = new Map((this.state?.drives ?? []).map((d) => [d.drive_uuid, d]));
     const uuids = new Set([...members.keys(), ...loc.keys(), ...this.seen.keys()]);
     const out: DriveView[] = [];
@@ -255,7 +288,8 @@ export class Toma {
       const seen = this.seen.get(uuid);
       const info = at?.info ?? seen?.info ?? null;
       const total = rec?.extent_count ?? info?.extent_count ?? 0;
-      const u = used.get(uuid) ?? 0;
+      const r = retired.get(uuid) ?? 0;
+      const u = (used.get(uuid) ?? 0) + r;
       let state: DriveState = "ok";
       let error: string | null = null;
       const cluster = info?.cluster_uuid ?? null;
@@ -275,6 +309,7 @@ export class Toma {
         extent_size_bytes: rec?.extent_size_bytes ?? info?.extent_size_bytes ?? null,
         extents_total: total,
         extents_used: u,
+        extents_retired: r,
         extents_free: rec ? total - u : 0,
         metadata_generation: seen ? knownGeneration(seen.slot) ?? (seen.slot.kind === "corrupt" ? seen.slot.generation : null) : null,
         state,

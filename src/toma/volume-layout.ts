@@ -8,6 +8,7 @@ import type { VolumeRecord } from "./cluster-state.ts";
 export function layoutOf(vol: VolumeRecord): VolumeLayout {
   return {
     volume_uuid: vol.uuid,
+    incarnation: vol.created_seq,
     name: vol.name,
     capacity_bytes: vol.capacity_bytes,
     raid_level: vol.raid_level,

@@ -32,6 +32,7 @@ function raid1(name: string, roles: LegRole[]): AttachInfo {
   return {
     layout: {
       volume_uuid: "22222222-2222-4222-8222-222222222222",
+      incarnation: 7,
       name,
       capacity_bytes: MiB,
       raid_level: "1",

@@ -8,6 +8,7 @@ const E = 64; // tiny extents make every boundary reachable in a brute-force che
 function layout(raid_level: "concatenated" | "0", columns: number[][], capacity: number, stripe = 16): VolumeLayout {
   return {
     volume_uuid: "v",
+    incarnation: 3,
     name: "v",
     capacity_bytes: capacity,
     raid_level,
@@ -99,6 +100,7 @@ describe("planner", () => {
 describe("the planner read backwards (inverse.ts)", () => {
   const mirrored = (raid_level: "1" | "10", sets: number, extents: number): VolumeLayout => ({
     volume_uuid: "m",
+    incarnation: 3,
     name: "m",
     capacity_bytes: sets * extents * E,
     raid_level,

@@ -8,13 +8,13 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
-import { encodeBody } from "../../src/engine/wire/control.ts";
+import { type FenceBody, encodeBody } from "../../src/engine/wire/control.ts";
 import { MAX_REGISTRATIONS } from "../../src/engine/wire/control.ts";
 import { Op, Status } from "../../src/engine/wire/header.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import { rawPeer } from "./raw-peer.ts";
-import { type TargetHarness, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until } from "./target-fixture.ts";
+import { type TargetHarness, FIXTURE_VOLUME, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until, wholeDrive } from "./target-fixture.ts";
 
 let h: TargetHarness | null = null;
 afterEach(() => {
@@ -32,8 +32,14 @@ async function outcome(p: Promise<unknown>): Promise<string> {
   }
 }
 
+/** A client connection bound to FIXTURE_VOLUME (every extent of every drive). */
 async function client(name: string, client_id: number, generation: number): Promise<Session> {
-  return await openSession(h!.env, h!.address, { version: 1, role: "client", name }, { client_id, generation });
+  return await openSession(h!.env, h!.address, { version: 1, role: "client", name, volume: FIXTURE_VOLUME }, { client_id, generation });
+}
+
+/** A FENCE of clients over FIXTURE_VOLUME, which owns every extent of the drive (all drives here are alike). */
+function fx(body: { replace: boolean; set: { client_id: number; min_generation: number }[]; remove: number[] }): FenceBody {
+  return { ...body, volumes: [wholeDrive(h!.drives[0]!)], set: body.set.map((r) => ({ ...r, volumes: [FIXTURE_VOLUME.uuid] })) };
 }
 
 /** Every data-path op once; the outcome of each, in order. */
@@ -70,7 +76,7 @@ describe("fencing enforced", () => {
     expect((await c.metaRead(u)).generation).toBe(0);
 
     const toma = await h.toma();
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] });
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] }));
     expect(await everyDataOp(c, u)).toEqual(ALL_OK);
   });
 
@@ -79,7 +85,7 @@ describe("fencing enforced", () => {
     h = await startTarget([d], { fencing: true });
     const u = uuidBytes(d);
     const toma = await h.toma();
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 5 }], remove: [] });
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 5 }], remove: [] }));
     const c = await client("c7", 7, 3);
     expect(await outcome(c.write(u, 0, pattern(1, 512), true))).toBe(
       `REFUSED: generation 3 is older than 5, the minimum for client 7 on drive ${d.info.drive_uuid}`,
@@ -99,7 +105,7 @@ describe("fencing enforced", () => {
     h = await startTarget([d], { fencing: true });
     const u = uuidBytes(d);
     const toma = await h.toma();
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 11 }], remove: [] });
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 11 }], remove: [] }));
     const c = await client("c7", 7, 11);
     const older = `REFUSED: generation 10 is older than 11, the minimum for client 7 on drive ${d.info.drive_uuid}`;
     expect(await outcome(c.write(u, 0, pattern(1, 512), false, { generation: 10 }))).toBe(older);
@@ -118,22 +124,22 @@ describe("fencing enforced", () => {
     const c8 = await client("c8", 8, 1);
     const w = (s: Session) => outcome(s.write(u, 0, pattern(2, 512), false));
 
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 5 }], remove: [] });
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] }); // ignored
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 5 }], remove: [] }));
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] })); // ignored
     expect(await w(c7)).toContain("generation 4 is older than 5");
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 4 }, { client_id: 8, min_generation: 1 }], remove: [] });
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 4 }, { client_id: 8, min_generation: 1 }], remove: [] }));
     expect(await w(c7)).toContain("generation 4 is older than 5"); // still 5
     expect(await w(c8)).toBe("ok");
 
     // replace: the table is exactly the new set, so a lower minimum is possible again.
-    await toma.fence(u, { replace: true, set: [{ client_id: 7, min_generation: 4 }], remove: [] });
+    await toma.fence(u, fx({ replace: true, set: [{ client_id: 7, min_generation: 4 }], remove: [] }));
     expect(await w(c7)).toBe("ok");
     expect(await w(c8)).toContain("client 8 is not registered");
 
-    await toma.fence(u, { replace: false, set: [], remove: [7] });
+    await toma.fence(u, fx({ replace: false, set: [], remove: [7] }));
     expect(await w(c7)).toContain("client 7 is not registered");
     // Removing a client that is not registered is fine.
-    await toma.fence(u, { replace: false, set: [], remove: [7, 12345] });
+    await toma.fence(u, fx({ replace: false, set: [], remove: [7, 12345] }));
   });
 
   test("registrations are per drive", async () => {
@@ -141,7 +147,7 @@ describe("fencing enforced", () => {
     const d2 = await memoryDrive();
     h = await startTarget([d1, d2], { fencing: true });
     const toma = await h.toma();
-    await toma.fence(uuidBytes(d1), { replace: false, set: [{ client_id: 7, min_generation: 0 }], remove: [] });
+    await toma.fence(uuidBytes(d1), fx({ replace: false, set: [{ client_id: 7, min_generation: 0 }], remove: [] }));
     const c = await client("c7", 7, 0);
     expect(await outcome(c.flush(uuidBytes(d1)))).toBe("ok");
     expect(await outcome(c.flush(uuidBytes(d2)))).toBe(`REFUSED: client 7 is not registered on drive ${d2.info.drive_uuid}`);
@@ -178,7 +184,7 @@ describe("fencing enforced", () => {
       `REFUSED: client 7 is not registered on drive ${d.info.drive_uuid}`,
     );
     const toma = await h.toma();
-    await toma.fence(u, { replace: true, set: [{ client_id: 7, min_generation: 2 }], remove: [] });
+    await toma.fence(u, fx({ replace: true, set: [{ client_id: 7, min_generation: 2 }], remove: [] }));
     expect(await outcome(again.write(u, 0, pattern(4, 512), true))).toBe("ok");
   });
 });
@@ -191,7 +197,7 @@ describe("fencing not enforced (the default until the TOMA registers clients)", 
     const c = await client("c7", 7, 0);
     expect(await everyDataOp(c, u)).toEqual(ALL_OK);
     const toma = await h.toma();
-    await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 9 }], remove: [] });
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 9 }], remove: [] }));
     expect(await everyDataOp(c, u)).toEqual(ALL_OK);
   });
 });
@@ -219,7 +225,7 @@ describe("roles", () => {
       const admin = await openSession(h.env, h.address, { version: 1, role: "admin", name: "cli" });
       for (const s of [c, admin]) {
         const role = s === c ? "client" : "admin";
-        expect(await outcome(s.fence(u, { replace: true, set: [], remove: [] }))).toBe(
+        expect(await outcome(s.fence(u, fx({ replace: true, set: [], remove: [] })))).toBe(
           `REFUSED: FENCE is accepted from a TOMA connection only, not from role "${role}"`,
         );
         expect(await outcome(s.lockList(u))).toContain("REFUSED: LOCK_LIST is accepted from a TOMA connection only");
@@ -272,11 +278,11 @@ describe("bad FENCE bodies are INVALID and change nothing", () => {
   test("a registration table beyond the limit is refused as a whole", async () => {
     const { u, c } = await fencedTarget();
     const toma = await h!.toma();
-    // 7 is registered already; three FENCEs (each body under the 1 MiB control limit) add 60000.
+    // 7 is registered already; six FENCEs (each body under the 1 MiB control limit) add 60000.
     const entries = (from: number, n: number) => Array.from({ length: n }, (_, i) => ({ client_id: from + i, min_generation: 0 }));
-    for (let k = 0; k < 3; k++) await toma.fence(u, { replace: false, set: entries(1000 + k * 20000, 20000), remove: [] });
+    for (let k = 0; k < 6; k++) await toma.fence(u, fx({ replace: false, set: entries(1000 + k * 10000, 10000), remove: [] }));
     const rest = MAX_REGISTRATIONS - 60001 + 1;
-    expect(await outcome(toma.fence(u, { replace: false, set: entries(100000, rest), remove: [] }))).toBe(
+    expect(await outcome(toma.fence(u, fx({ replace: false, set: entries(100000, rest), remove: [] })))).toBe(
       `INVALID: FENCE: ${MAX_REGISTRATIONS + 1} registrations on one drive, at most ${MAX_REGISTRATIONS}`,
     );
     expect(await outcome(c.write(u, 0, pattern(7, 512), true))).toBe("ok");
@@ -288,7 +294,7 @@ describe("bad FENCE bodies are INVALID and change nothing", () => {
   test("FENCE for a drive not served here is NO_SUCH_DRIVE; FENCE with no body is INVALID", async () => {
     const { u } = await fencedTarget();
     const toma = await h!.toma();
-    expect(await outcome(toma.fence(new Uint8Array(16).fill(3), { replace: true, set: [], remove: [] }))).toContain("NO_SUCH_DRIVE");
+    expect(await outcome(toma.fence(new Uint8Array(16).fill(3), fx({ replace: true, set: [], remove: [] })))).toContain("NO_SUCH_DRIVE");
     const raw = await rawPeer(h!.env, h!.address, "toma", "raw-toma");
     const a = await raw.request({ opcode: Op.FENCE, drive_uuid: u });
     expect(a.h.status).toBe(Status.INVALID);
@@ -317,7 +323,7 @@ describe("FENCE waits for what it refuses", () => {
     });
     await until(() => store.blocked === 1);
     let fenced = false;
-    const f = toma.fence(u, { replace: false, set: [], remove: [7] }).then(() => {
+    const f = toma.fence(u, fx({ replace: false, set: [], remove: [7] })).then(() => {
       fenced = true;
     });
     await toma.lockList(u); // the FENCE above has started
@@ -339,9 +345,9 @@ describe("FENCE waits for what it refuses", () => {
     const w8 = other.write(u, 8192, pattern(3, 4096), false);
     await until(() => store.blocked === 2);
     // Nothing running is refused by this table: answered at once, writes still blocked.
-    await toma.fence(u, { replace: false, set: [{ client_id: 8, min_generation: 1 }], remove: [] });
+    await toma.fence(u, fx({ replace: false, set: [{ client_id: 8, min_generation: 1 }], remove: [] }));
     let fenced = false;
-    const f = toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] }).then(() => {
+    const f = toma.fence(u, fx({ replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] })).then(() => {
       fenced = true;
     });
     await toma.lockList(u); // the FENCE above has started
@@ -357,7 +363,7 @@ describe("FENCE waits for what it refuses", () => {
     await a.lock(u, 0, 4096);
     const wb = b.write(u, 0, new Uint8Array(4096).fill(7), false, { lock: true }).catch((e) => e);
     await b.dirtyGet(u, 0, 0); // the write is waiting on the target
-    await toma.fence(u, { replace: false, set: [], remove: [2] });
+    await toma.fence(u, fx({ replace: false, set: [], remove: [2] }));
     const e = await wb;
     expect((e as TargetError).status).toBe(Status.REFUSED);
     await a.unlock(u, 0, 4096);
@@ -374,7 +380,7 @@ describe("FENCE waits for what it refuses", () => {
     await a.lock(u, 0, 4096);
     const wb = b.lock(u, 0, 4096).catch((e) => e);
     await b.dirtyGet(u, 0, 0); // the LOCK is waiting on the target
-    await toma.fence(u, { replace: false, set: [], remove: [2] });
+    await toma.fence(u, fx({ replace: false, set: [], remove: [2] }));
     const e = await wb;
     expect(e).toBeInstanceOf(TargetError);
     expect((e as TargetError).status).toBe(Status.REFUSED);

@@ -15,6 +15,7 @@ import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import type { Status } from "../../src/engine/wire/header.ts";
+import type { FenceVolume, HelloRequest, VolumeBinding } from "../../src/engine/wire/control.ts";
 import { expect } from "bun:test";
 
 export interface LogLine {
@@ -64,10 +65,12 @@ export interface TargetHarness {
   logs: LogLine[];
   drives: FormattedDrive[];
   /**
-   * A role "client" session. With fencing on, its client_id (default 0) is first registered on
-   * every drive, with its generation (default 0) as the minimum, through the TOMA session.
+   * A role "client" session bound to a volume (default FIXTURE_VOLUME, which owns every extent
+   * of every drive). With fencing on, its client_id (default 0) is first registered on every
+   * drive for that volume, with its generation (default 0) as the minimum, through the TOMA
+   * session.
    */
-  session(opts?: SessionOptions): Promise<Session>;
+  session(opts?: SessionOptions & { volume?: VolumeBinding | null }): Promise<Session>;
   /** A role "toma" session (one, opened on first use): FENCE, LOCK_LIST, stale unlocks. */
   toma(): Promise<Session>;
   stop(): void;
@@ -98,12 +101,18 @@ export async function startTarget(
     logs,
     drives,
     async session(sopts) {
-      if (opts.fencing) {
+      const volume = sopts?.volume === undefined ? FIXTURE_VOLUME : sopts.volume;
+      if (opts.fencing && volume !== null) {
         const t = await toma();
-        const reg = { client_id: sopts?.client_id ?? 0, min_generation: sopts?.generation ?? 0 };
-        for (const d of drives) await t.fence(uuidBytes(d), { replace: false, set: [reg], remove: [] });
+        const reg = { client_id: sopts?.client_id ?? 0, min_generation: sopts?.generation ?? 0, volumes: [volume.uuid] };
+        for (const d of drives) {
+          const whole = volume === FIXTURE_VOLUME ? [wholeDrive(d)] : [];
+          await t.fence(uuidBytes(d), { replace: false, volumes: whole, set: [reg], remove: [] });
+        }
       }
-      const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, { cluster_key: opts.cluster_key ?? null, ...sopts });
+      const hello: HelloRequest = { version: 1, role: "client", name: `test-${sessions.length}` };
+      if (volume !== null) hello.volume = volume;
+      const s = await openSession(env, listener.address, hello, { cluster_key: opts.cluster_key ?? null, ...sopts });
       sessions.push(s);
       return s;
     },
@@ -114,6 +123,14 @@ export async function startTarget(
       listener.close();
     },
   };
+}
+
+/** The volume fixture sessions serve unless told otherwise: every extent of every drive. */
+export const FIXTURE_VOLUME: VolumeBinding = { uuid: "0f0f0f0f-0000-4000-8000-000000000001", incarnation: 1 };
+
+/** FIXTURE_VOLUME's entry in a drive's fence table: the whole data area. */
+export function wholeDrive(d: FormattedDrive): FenceVolume {
+  return { volume_uuid: FIXTURE_VOLUME.uuid, incarnation: FIXTURE_VOLUME.incarnation, extents: [[0, d.info.extent_count]] };
 }
 
 export function uuidBytes(d: FormattedDrive): Uint8Array {

@@ -15,7 +15,7 @@ import { HEADER_BYTES, type Header, Op, Status, decodeHeader, emptyHeader } from
 import { libc, POSIX_FADV_DONTNEED } from "../../src/ffi/libc.ts";
 import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import { DriveIoError } from "../../src/engine/drive/store.ts";
-import { fileDrive, memoryDrive, pattern, uuidBytes } from "./target-fixture.ts";
+import { FIXTURE_VOLUME, fileDrive, memoryDrive, pattern, uuidBytes, wholeDrive } from "./target-fixture.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nvmesh-read-now-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -30,7 +30,7 @@ function context(drive: FormattedDrive, fencing = false): { ctx: TargetContext; 
 }
 
 function requester(role: "client" | "toma"): Requester {
-  return { role, ended: new AbortController().signal, park: () => false, unpark() {} };
+  return { role, volume: role === "client" ? FIXTURE_VOLUME : null, ended: new AbortController().signal, park: () => false, unpark() {} };
 }
 
 function readHeader(drive: FormattedDrive, offset: number, length: number, client_id = 0, generation = 0): Header {
@@ -84,7 +84,7 @@ describe("READ answered from the page cache", () => {
     const refused = execute(ctx, requester("client"), readHeader(drive, 0, 4096, 5, 1), new Uint8Array(0), false);
     expect(answer(refused as Uint8Array).h.status).toBe(Status.REFUSED);
     const d = table.get(uuidBytes(drive))!;
-    d.registrations.set(5, 1);
+    expect(d.fence.apply({ replace: true, volumes: [wholeDrive(drive)], set: [{ client_id: 5, min_generation: 1, volumes: [FIXTURE_VOLUME.uuid] }], remove: [], remove_volumes: [] })).toBeNull();
     const r = execute(ctx, requester("client"), readHeader(drive, 0, 4096, 5, 1), new Uint8Array(0), false);
     expect(r).toBeInstanceOf(Uint8Array);
     expect(answer(r as Uint8Array).payload).toEqual(pattern(3, 4096));

@@ -73,6 +73,7 @@ export async function startVolume(
   const target = await startTarget(drives);
   const layout: VolumeLayout = {
     volume_uuid: randomUuidString(),
+    incarnation: 5,
     name: `v-${raid_level}`,
     capacity_bytes: opts.capacity_bytes,
     raid_level,
@@ -97,7 +98,7 @@ export async function startVolume(
   const pools: TargetPool[] = [];
   const devices: VolumeDevice[] = [];
   const deviceFor = (client_id: number) => {
-    const pool = new TargetPool(target.env, openSession, `fixture-${client_id}`);
+    const pool = new TargetPool(target.env, openSession, `fixture-${client_id}`, { uuid: layout.volume_uuid, incarnation: layout.incarnation });
     pool.setIdentity(client_id, info.generation);
     pool.setLocations(info.drives);
     pools.push(pool);

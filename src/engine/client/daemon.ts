@@ -6,11 +6,11 @@
 import type { Env } from "../env.ts";
 import { layoutProblem, volumeDrives } from "../layout/planner.ts";
 import type { AttachInfo } from "../layout/types.ts";
-import type { Listener } from "../net/conn.ts";
-import type { ExportRegistry } from "../nbd/exports.ts";
+import type { Listener, ListenOptions } from "../net/conn.ts";
+import type { ExportLookup, ExportRegistry } from "../nbd/exports.ts";
 import type { NbdServer } from "../nbd/server.ts";
 import { shortClientName } from "../../debugfmt/sector.ts";
-import type { DriveStore } from "../drive/store.ts";
+import { DriveIoError, type DriveStore } from "../drive/store.ts";
 import { EvilSchedule, type EvilSwitch } from "./debug-evil.ts";
 import { DebugVolume } from "./debug-volume.ts";
 import { type OpenSession, TargetPool } from "./target-pool.ts";
@@ -23,13 +23,17 @@ export class UnknownClientError extends Error {}
 export interface TomaLink {
   /** A new client id for this daemon incarnation, and the generation it starts at. */
   register(name: string): Promise<{ client_id: number; generation: number }>;
-  /** Registers us on the volume's drives, then returns its layout and topology. */
-  attach(client_id: number, volume: string): Promise<AttachInfo>;
+  /**
+   * Registers us on the volume's drives, then returns its layout and topology. With `volume_uuid`,
+   * only that volume: AttachError "not_found" when it no longer exists (a newer volume of the name
+   * is not it).
+   */
+  attach(client_id: number, volume: string, volume_uuid?: string): Promise<AttachInfo>;
   /** Long poll: returns once the generation or the stable generation moved past what we know. */
   watch(client_id: number, known: number, known_stable: number): Promise<WatchInfo>;
   /** No I/O of a topology older than `generation` is in flight here any more. */
   ack(client_id: number, generation: number): Promise<void>;
-  report(client_id: number, volume: string, column: number, error: string): Promise<void>;
+  report(client_id: number, volume: string, column: number, error: string, volume_uuid: string): Promise<void>;
   /** This id has nothing attached any more: fence it out now (not after the client timeout). */
   unregister(client_id: number): Promise<void>;
 }
@@ -57,11 +61,24 @@ export interface AttachRequest {
   volume: string;
   /** HOST:PORT to export on TCP instead of a unix socket. */
   nbd_tcp?: string;
+  /**
+   * Other exports of this daemon that the volume's listener offers too (by name, attached now or
+   * later). Without it a listener serves its own volume only.
+   */
+  export_list?: string[];
+  /** Unix socket only: its permission bits (default 0600, owner only) and group. */
+  socket_mode?: number;
+  socket_gid?: number;
 }
 
 export interface Attachment {
   volume: string;
+  /** The volume's uuid and incarnation: a newer volume that takes the name is not this one. */
+  volume_uuid: string;
+  incarnation: number;
   uri: string;
+  /** The exports its listener offers: the volume, and any named by export_list. */
+  exports: string[];
   capacity_bytes: number;
   raid_level: string;
   drives: number;
@@ -83,13 +100,28 @@ interface Attached {
   /** What is exported: the device, or the debug-format view of it. */
   store: DriveStore;
   listener: Listener;
+  /** What its listener offers (NbdServer sessions accepted there see only this). */
+  view: ExportLookup;
+  /** Its connections to targets, each bound to the volume. */
+  pool: TargetPool;
+  /** When its attach completed (attachSeq): a watch sent after that must list it, or it is gone. */
+  seq: number;
 }
 
 export const VOLUME_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
+/** The volume this daemon attached no longer exists (deleted, or its name now names another). */
+function isGone(e: unknown): boolean {
+  return e instanceof AttachError && e.code === "not_found";
+}
+
 export class ClientDaemon {
-  private readonly pool: TargetPool;
+  /** Every attached (or attaching) volume's pool: each stamps our id and generation. */
+  private readonly pools = new Set<TargetPool>();
+  private identity = { client_id: 0, generation: 0 };
   private readonly attached = new Map<string, Attached>();
+  /** Bumped by each completed attach (Attached.seq). */
+  private attachSeq = 0;
   private readonly pending = new Set<string>();
   /** Our id at the TOMA; null until registered (again). */
   private client_id: number | null = null;
@@ -105,8 +137,15 @@ export class ClientDaemon {
   constructor(
     private readonly env: Env,
     private readonly deps: ClientDaemonDeps,
-  ) {
-    this.pool = new TargetPool(env, deps.openSession, deps.client_name);
+  ) {}
+
+  private setIdentity(client_id: number, generation: number): void {
+    this.identity = { client_id, generation };
+    for (const p of this.pools) p.setIdentity(client_id, generation);
+  }
+
+  private raiseGeneration(generation: number): void {
+    if (generation > this.identity.generation) this.setIdentity(this.identity.client_id, generation);
   }
 
   /** Our client id, registering first if needed (one registration at a time). */
@@ -118,7 +157,7 @@ export class ClientDaemon {
         const id = r.client_id;
         this.client_id = id;
         this.known = this.known_stable = this.acked = -1;
-        this.pool.setIdentity(id, r.generation);
+        this.setIdentity(id, r.generation);
         this.env.log.info("registered with the TOMA", { client: id });
         return id;
       })().finally(() => {
@@ -128,13 +167,19 @@ export class ClientDaemon {
     return await this.registering;
   }
 
-  /** Fetches a volume's view, registering (again) when the TOMA no longer knows us. */
-  private async fetchAttach(volume: string): Promise<AttachInfo> {
+  /**
+   * Fetches a volume's view (with `uuid`: of that volume only), registering (again) when the TOMA
+   * no longer knows us.
+   */
+  private async fetchAttach(volume: string, uuid?: string): Promise<AttachInfo> {
     for (let attempt = 0; ; attempt++) {
       const id = await this.id();
       try {
-        const info = await this.deps.toma.attach(id, volume);
-        if (id === this.client_id) this.pool.raiseGeneration(info.generation);
+        const info = await this.deps.toma.attach(id, volume, uuid);
+        if (uuid !== undefined && info.layout.volume_uuid !== uuid) {
+          throw new AttachError(`volume ${uuid} no longer exists: '${volume}' now names ${info.layout.volume_uuid}`, "not_found");
+        }
+        if (id === this.client_id) this.raiseGeneration(info.generation);
         return info;
       } catch (e) {
         if (!(e instanceof UnknownClientError) || attempt > 0) throw e;
@@ -154,10 +199,20 @@ export class ClientDaemon {
       while (!this.closed && this.attached.size > 0) {
         try {
           const id = await this.id();
+          const sent = this.attachSeq;
           const w = await this.deps.toma.watch(id, this.known, this.known_stable);
           if (id !== this.client_id) continue;
-          this.pool.raiseGeneration(w.generation);
-          for (const info of w.volumes) this.attached.get(info.layout.name)?.device.install(info);
+          this.raiseGeneration(w.generation);
+          const listed = new Set(w.volumes.map((info) => info.layout.volume_uuid));
+          for (const info of w.volumes) {
+            const a = this.attached.get(info.layout.name);
+            if (a?.info.volume_uuid === info.layout.volume_uuid) a.device.install(info);
+          }
+          // Attached before this watch was sent, so the TOMA had it on our record: absent now means
+          // deleted, or taken from us by a forced delete. Its export goes, whatever else happens.
+          for (const a of [...this.attached.values()]) {
+            if (a.seq <= sent && !listed.has(a.info.volume_uuid)) this.gone(a, "the TOMA no longer lists it for this client");
+          }
           this.known = w.generation;
           this.known_stable = w.stable_generation;
           if (w.generation > this.acked) {
@@ -170,8 +225,13 @@ export class ClientDaemon {
             this.env.log.warn("the TOMA no longer knows this client: registering again", {});
             this.client_id = null;
             // Every volume is registered again under the new id (the fence admits the new id only).
-            for (const name of [...this.attached.keys()]) {
-              await this.fetchAttach(name).then((info) => this.attached.get(name)?.device.install(info)).catch(() => {});
+            for (const a of [...this.attached.values()]) {
+              await this.fetchAttach(a.info.volume, a.info.volume_uuid).then(
+                (info) => this.attached.get(a.info.volume)?.device.install(info),
+                (e) => {
+                  if (isGone(e)) this.gone(a, (e as Error).message);
+                },
+              );
             }
           } else {
             this.env.log.debug("watch failed; retrying", { error: String(e) });
@@ -193,55 +253,79 @@ export class ClientDaemon {
     if (!VOLUME_NAME.test(volume)) throw new AttachError(`invalid volume name '${volume}'`, "invalid");
     const existing = this.attached.get(volume);
     if (existing) return existing.info; // attach is idempotent: the same URI again
+    const listen = listenOptions(req, this.deps.socket_dir);
+    const exports = [volume, ...(req.export_list ?? []).filter((n) => n !== volume)];
+    for (const n of exports) if (!VOLUME_NAME.test(n)) throw new AttachError(`invalid export name '${n}' in the export list`, "invalid");
     if (this.pending.has(volume)) throw new AttachError(`volume ${volume} is being attached`, "conflict");
     this.pending.add(volume);
+    let pool: TargetPool | null = null;
     try {
       const info = await this.fetchAttach(volume);
       const problem = layoutProblem(info.layout);
       if (problem) throw new AttachError(`volume ${volume} has an invalid layout: ${problem}`, "invalid");
-      const device = new VolumeDevice(this.env, this.pool, info, {
-        refresh: () => this.fetchAttach(volume),
+      const uuid = info.layout.volume_uuid;
+      pool = new TargetPool(this.env, this.deps.openSession, this.deps.client_name, { uuid, incarnation: info.layout.incarnation });
+      pool.setIdentity(this.identity.client_id, this.identity.generation);
+      this.pools.add(pool);
+      const device = new VolumeDevice(this.env, pool, info, {
+        refresh: () =>
+          this.fetchAttach(volume, uuid).catch((e) => {
+            const a = this.attached.get(volume);
+            if (isGone(e) && a?.info.volume_uuid === uuid) this.gone(a, (e as Error).message);
+            throw e;
+          }),
         report: (column, error) => {
           if (this.client_id === null) return;
-          this.deps.toma.report(this.client_id, volume, column, error).catch(() => {});
+          this.deps.toma.report(this.client_id, volume, column, error, uuid).catch(() => {});
         },
         io_timeout_ms: this.deps.io_timeout_ms,
       });
       // I/O is enabled only once every drive it uses answers: fail attach, not the first read.
       const drives = volumeDrives(info.layout);
       try {
-        await Promise.all(liveDrives(info).map((d) => this.pool.sessionFor(d)));
+        await Promise.all(liveDrives(info).map((d) => pool!.sessionFor(d)));
       } catch (e) {
         throw new AttachError(`volume ${volume} is not reachable: ${(e as Error).message}`, "unavailable");
       }
       const store = info.layout.debug_format ? this.debugView(device, info.layout.volume_uuid) : device;
-      const address = req.nbd_tcp ?? `unix:${this.deps.socket_dir}/${volume}.sock`;
       this.deps.exports.add(volume, { store, description: store.describe });
+      // One listener, one volume: sessions accepted here see its export (and the export list's) only.
+      const view = this.deps.exports.view(exports);
       let listener: Listener;
       try {
-        listener = await this.env.net.listen(address, (conn) => this.deps.nbd.handle(conn));
+        listener = await this.env.net.listen(listen.address, (conn) => this.deps.nbd.handle(conn, view), listen.options);
       } catch (e) {
         this.deps.exports.remove(volume);
-        throw new AttachError(`cannot export ${volume} on ${address}: ${(e as Error).message}`, "unavailable");
+        throw new AttachError(`cannot export ${volume} on ${listen.address}: ${(e as Error).message}`, "unavailable");
       }
       const uri = listener.address.startsWith("unix:")
         ? `nbd+unix:///${volume}?socket=${listener.address.slice(5)}`
         : `nbd://${listener.address}/${volume}`;
       const attachment: Attachment = {
         volume,
+        volume_uuid: uuid,
+        incarnation: info.layout.incarnation,
         uri,
+        exports,
         capacity_bytes: info.layout.capacity_bytes,
         raid_level: info.layout.raid_level,
         drives: drives.length,
         generation: info.generation,
       };
-      this.attached.set(volume, { info: attachment, device, store, listener });
-      this.env.log.info("volume attached", { volume, uri });
+      this.attached.set(volume, { info: attachment, device, store, listener, view, pool, seq: ++this.attachSeq });
+      pool = null;
+      this.env.log.info("volume attached", { volume, uuid, uri });
       void this.watchLoop();
       return attachment;
     } finally {
       this.pending.delete(volume);
+      if (pool !== null) this.closePool(pool);
     }
+  }
+
+  private closePool(pool: TargetPool): void {
+    this.pools.delete(pool);
+    pool.close();
   }
 
   async detach(volume: string): Promise<void> {
@@ -250,12 +334,36 @@ export class ClientDaemon {
     this.attached.delete(volume);
     a.listener.close();
     // Requests in flight are answered before the connections close; then nothing new arrives.
+    this.deps.nbd.stopView(a.view, `listener of ${volume} closed`);
     await this.deps.nbd.detach(volume);
     // Everything acknowledged so far must be durable before the volume goes away.
     await a.store.flush().catch((e) => this.env.log.warn("flush on detach failed", { volume, error: String(e) }));
     await a.store.close();
+    this.closePool(a.pool);
     this.env.log.info("volume detached", { volume });
     if (this.attached.size === 0 && this.pending.size === 0) await this.leave();
+  }
+
+  /**
+   * The volume no longer exists (deleted, forced off this client, or its name now names another
+   * volume): its export is torn down at once, its NBD connections closed, and I/O still in flight
+   * fails. Nothing is flushed: its extents are not its own any more, and the targets refuse it.
+   */
+  private gone(a: Attached, why: string): void {
+    const volume = a.info.volume;
+    if (this.attached.get(volume) !== a) return;
+    this.attached.delete(volume);
+    this.env.log.warn("volume gone: export removed, its NBD connections closed", { volume, uuid: a.info.volume_uuid, why });
+    a.listener.close();
+    // Retries end at once (ECLOSED) instead of waiting io_timeout_ms for a volume that is no more.
+    void a.device.close();
+    this.closePool(a.pool);
+    this.deps.nbd.stopView(a.view, `volume ${volume} is gone`);
+    void this.deps.nbd
+      .detach(volume)
+      .then(() => a.store.close())
+      .catch((e) => this.env.log.warn("tearing down a gone volume failed", { volume, error: String(e) }))
+      .then(() => (this.attached.size === 0 && this.pending.size === 0 ? this.leave() : undefined));
   }
 
   /**
@@ -291,9 +399,28 @@ export class ClientDaemon {
     for (const v of [...this.attached.keys()]) await this.detach(v);
     await this.leave();
     this.closed = true;
-    this.pool.close();
+    for (const p of [...this.pools]) this.closePool(p);
   }
 }
+
+/** Where a volume's NBD export listens, with what socket permissions. */
+function listenOptions(req: AttachRequest, socket_dir: string): { address: string; options: ListenOptions } {
+  if (req.nbd_tcp !== undefined) {
+    if (req.socket_mode !== undefined || req.socket_gid !== undefined) {
+      throw new AttachError("socket mode and group apply to a unix socket export, not to --nbd-tcp", "invalid");
+    }
+    return { address: req.nbd_tcp, options: {} };
+  }
+  const mode = req.socket_mode ?? DEFAULT_SOCKET_MODE;
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new AttachError(`socket mode ${mode} is not within 0..0777`, "invalid");
+  return {
+    address: `unix:${socket_dir}/${req.volume}.sock`,
+    options: { mode, ...(req.socket_gid === undefined ? {} : { gid: req.socket_gid }) },
+  };
+}
+
+/** A volume's unix socket: its owner (root, who runs the daemon) only, unless told otherwise. */
+export const DEFAULT_SOCKET_MODE = 0o600;
 
 /**
  * The drives a volume's I/O uses now: all of them, except a mirror's DEAD legs (its I/O never

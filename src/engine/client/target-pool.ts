@@ -1,12 +1,15 @@
 /**
- * The client's connections to targets, shared by every attached volume. A drive is found by its
- * UUID through the locations the TOMA last gave us; when a target goes away or no longer serves a
- * drive, the volume asks for fresh locations (`refresh`) and reconnects.
+ * The client's connections to targets for one attached volume: each is bound at HELLO to the
+ * volume (uuid + incarnation), and targets hold every request on it to that volume's extents
+ * (docs/protocol.md, "Fencing"). A drive is found by its UUID through the locations the TOMA last
+ * gave us; when a target goes away or no longer serves a drive, the volume asks for fresh
+ * locations (`refresh`) and reconnects.
  */
 import type { Env } from "../env.ts";
-import type { HelloRequest } from "../wire/control.ts";
+import type { HelloRequest, VolumeBinding } from "../wire/control.ts";
 import type { TargetSession } from "../wire/session-api.ts";
 import { uuidFromString } from "../uuid.ts";
+import { DriveIoError } from "../drive/store.ts";
 
 export type OpenSession = (env: Env, address: string, hello: HelloRequest) => Promise<TargetSession>;
 
@@ -18,6 +21,7 @@ export class TargetPool {
   private readonly connecting = new Map<string, Promise<TargetSession>>();
   private client_id = 0;
   private generation = 0;
+  private isClosed = false;
   /** Drive UUIDs in wire form, computed once per drive rather than once per I/O. */
   private readonly driveBytes = new Map<string, Uint8Array>();
 
@@ -25,6 +29,8 @@ export class TargetPool {
     private readonly env: Env,
     private readonly open: OpenSession,
     private readonly client_name: string,
+    /** The volume every connection of this pool serves (null: unbound, for targets without fencing). */
+    private readonly volume: VolumeBinding | null,
   ) {}
 
   /** Records where drives are served (from the TOMA's attach info). */
@@ -65,14 +71,22 @@ export class TargetPool {
   }
 
   async sessionFor(drive_uuid: string): Promise<TargetSession> {
+    if (this.isClosed) throw new DriveIoError("volume detached", "ECLOSED");
     const fast = this.cached(drive_uuid);
     if (fast) return fast;
     const addr = this.location.get(drive_uuid);
     if (!addr) throw new NoRouteError(`no target currently serves drive ${drive_uuid}`);
     let p = this.connecting.get(addr);
     if (!p) {
-      p = this.open(this.env, addr, { version: 1, role: "client", name: this.client_name }).then(
+      const hello: HelloRequest = { version: 1, role: "client", name: this.client_name };
+      if (this.volume !== null) hello.volume = this.volume;
+      p = this.open(this.env, addr, hello).then(
         (s) => {
+          // Closed meanwhile (detached, or the volume is gone): nothing may use it.
+          if (this.isClosed) {
+            s.close();
+            throw new DriveIoError("volume detached", "ECLOSED");
+          }
           s.client_id = this.client_id;
           s.generation = this.generation;
           this.sessions.set(addr, s);
@@ -90,6 +104,7 @@ export class TargetPool {
   }
 
   close(): void {
+    this.isClosed = true;
     for (const s of this.sessions.values()) s.close();
     this.sessions.clear();
   }

@@ -32,6 +32,7 @@ export function columnBytes(layout: VolumeLayout, column: number): number {
 export function layoutProblem(layout: VolumeLayout): string | null {
   const E = layout.extent_size_bytes;
   if (!Number.isInteger(E) || E <= 0) return "extent size must be a positive integer";
+  if (!Number.isSafeInteger(layout.incarnation) || layout.incarnation < 1) return `incarnation ${layout.incarnation} is not a positive integer`;
   if (layout.columns.length === 0) return "layout has no columns";
   const capacity = physicalBytes(layout);
   if (layout.raid_level === "1" || layout.raid_level === "10") {

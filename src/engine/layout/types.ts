@@ -36,6 +36,12 @@ export interface Column {
 
 export interface VolumeLayout {
   volume_uuid: string;
+  /**
+   * The cluster generation that created the volume: unique in the cluster, so (volume_uuid,
+   * incarnation) names this volume and no other, ever. A client connection is bound to both at
+   * HELLO, and targets hold its requests to the volume's extents (docs/protocol.md, "Fencing").
+   */
+  incarnation: number;
   name: string;
   capacity_bytes: number;
   raid_level: RaidLevel;

@@ -26,7 +26,17 @@ export function invalidExportName(name: string): string | null {
   return null;
 }
 
-export class ExportRegistry {
+/**
+ * What one listener's connections may see: NBD_OPT_LIST lists `names()`, and EXPORT_NAME, INFO
+ * and GO find only what `get` finds. The registry itself sees everything; a view (`view`) sees
+ * the names it was given.
+ */
+export interface ExportLookup {
+  get(name: string): NbdExport | undefined;
+  names(): string[];
+}
+
+export class ExportRegistry implements ExportLookup {
   private readonly byName = new Map<string, NbdExport>();
   private readonly removeListeners = new Set<RemoveListener>();
 
@@ -56,6 +66,18 @@ export class ExportRegistry {
   /** Names in insertion order (the order NBD_OPT_LIST reports them). */
   names(): string[] {
     return [...this.byName.keys()];
+  }
+
+  /**
+   * The exports among `names` (live: one added later under a listed name shows, one removed
+   * vanishes): one listener, one volume, unless the operator listed more.
+   */
+  view(names: Iterable<string>): ExportLookup {
+    const only = new Set(names);
+    return {
+      get: (name) => (only.has(name) ? this.byName.get(name) : undefined),
+      names: () => this.names().filter((n) => only.has(n)),
+    };
   }
 
   /** Returns the unsubscribe function. */

@@ -44,7 +44,7 @@ import {
   OPTION_REPLY_HEADER_BYTES,
   PREFERRED_BLOCK_BYTES,
 } from "./constants.ts";
-import type { ExportRegistry, NbdExport } from "./exports.ts";
+import type { ExportLookup, NbdExport } from "./exports.ts";
 import { Gather } from "./gather.ts";
 
 export interface HandshakeLimits {
@@ -115,7 +115,7 @@ export class Handshake {
   private optionCount = 0;
 
   constructor(
-    private readonly exports: ExportRegistry,
+    private readonly exports: ExportLookup,
     private readonly send: (bytes: Uint8Array) => void,
     private readonly limits: HandshakeLimits,
   ) {

@@ -8,7 +8,7 @@
 import type { Env } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
 import { MAX_PAYLOAD_BYTES } from "./constants.ts";
-import type { ExportRegistry, NbdExport } from "./exports.ts";
+import type { ExportLookup, ExportRegistry, NbdExport } from "./exports.ts";
 import { NbdSession, type SessionLimits } from "./session.ts";
 
 export type NbdServerOptions = Partial<SessionLimits>;
@@ -24,6 +24,8 @@ export const DEFAULT_NBD_LIMITS: SessionLimits = {
 
 export class NbdServer {
   private readonly sessions = new Set<NbdSession>();
+  /** The view each session was accepted through. */
+  private readonly views = new Map<NbdSession, ExportLookup>();
   private readonly limits: SessionLimits;
   private readonly unsubscribe: () => void;
   private closing = false;
@@ -43,16 +45,28 @@ export class NbdServer {
     });
   }
 
-  /** Serves one accepted connection until it closes. Never throws. */
-  handle(conn: Conn): void {
+  /**
+   * Serves one accepted connection until it closes. Never throws. `view`: what this connection
+   * may see (its listener's exports); every export of the registry without one.
+   */
+  handle(conn: Conn, view: ExportLookup = this.exports): void {
     if (this.closing) {
       conn.close();
       return;
     }
-    const session = new NbdSession(this.env, conn, this.exports, this.limits);
+    const session = new NbdSession(this.env, conn, view, this.limits);
     this.sessions.add(session);
-    void session.finished.then(() => this.sessions.delete(session));
+    this.views.set(session, view);
+    void session.finished.then(() => {
+      this.sessions.delete(session);
+      this.views.delete(session);
+    });
     session.start();
+  }
+
+  /** Stops every connection accepted through `view` (its listener went away): they drain and close. */
+  stopView(view: ExportLookup, why: string): void {
+    for (const [s, v] of this.views) if (v === view) s.stop(why);
   }
 
   /** Live connections, in handshake or transmission. */

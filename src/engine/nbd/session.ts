@@ -4,7 +4,7 @@
  */
 import type { Env, TimerHandle } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
-import type { ExportRegistry, NbdExport } from "./exports.ts";
+import type { ExportLookup, NbdExport } from "./exports.ts";
 import { Handshake, type HandshakeLimits } from "./handshake.ts";
 import { Transmission, type TransmissionLimits } from "./transmission.ts";
 import { SendBatcher } from "../wire/send-batcher.ts";
@@ -42,7 +42,7 @@ export class NbdSession {
   constructor(
     private readonly env: Env,
     private readonly conn: Conn,
-    exports: ExportRegistry,
+    exports: ExportLookup,
     private readonly limits: SessionLimits,
   ) {
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));

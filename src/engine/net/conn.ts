@@ -25,9 +25,15 @@ export interface Listener {
   close(): void;
 }
 
+/** Unix sockets only: the socket file's permission bits and group, set before anyone can connect. */
+export interface ListenOptions {
+  mode?: number;
+  gid?: number;
+}
+
 export interface Network {
   connect(address: Address): Promise<Conn>;
-  listen(address: Address, onConn: (conn: Conn) => void): Promise<Listener>;
+  listen(address: Address, onConn: (conn: Conn) => void, options?: ListenOptions): Promise<Listener>;
 }
 
 export function parseAddress(address: Address): { unix: string } | { host: string; port: number } {

@@ -3,8 +3,8 @@
  * the rest is queued here and written on drain, so protocol code can treat send() as reliable.
  */
 import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
-import { unlinkSync } from "node:fs";
-import { type Address, type Conn, type Listener, type Network, parseAddress } from "../net/conn.ts";
+import { chmodSync, chownSync, unlinkSync } from "node:fs";
+import { type Address, type Conn, type Listener, type ListenOptions, type Network, parseAddress } from "../net/conn.ts";
 import type { CopyingConn } from "../wire/send-batcher.ts";
 
 /** Bytes queued beyond this on one connection are a bug or a stuck peer: close it. */
@@ -145,7 +145,7 @@ export class BunNetwork implements Network {
     });
   }
 
-  async listen(address: Address, onConn: (conn: Conn) => void): Promise<Listener> {
+  async listen(address: Address, onConn: (conn: Conn) => void, options: ListenOptions = {}): Promise<Listener> {
     const a = parseAddress(address);
     const socket = handlers(onConn);
     let l: TCPSocketListener<BunConn | undefined> | UnixSocketListener<BunConn | undefined>;
@@ -153,8 +153,9 @@ export class BunNetwork implements Network {
       try {
         unlinkSync(a.unix); // a stale socket file from a crashed run would make bind fail
       } catch {}
-      l = Bun.listen<BunConn | undefined>({ unix: a.unix, socket, data: undefined });
+      l = bindUnix(a.unix, socket, options);
     } else {
+      if (options.mode !== undefined || options.gid !== undefined) throw new Error(`socket mode and group apply to unix sockets, not to ${address}`);
       l = Bun.listen<BunConn | undefined>({ hostname: a.host, port: a.port, socket, data: undefined });
     }
     const bound = "unix" in a ? address : `${a.host}:${(l as TCPSocketListener<BunConn | undefined>).port}`;
@@ -163,4 +164,29 @@ export class BunNetwork implements Network {
       close: () => l.stop(true),
     };
   }
+}
+
+/**
+ * Binds a unix socket that nobody but its owner can connect to until its mode and group are the
+ * ones asked for: bound under umask 0177 (mode 0600 from the start; connecting needs write
+ * permission), then chowned and chmodded. Without `mode`, the socket keeps the umask's mode as
+ * before. bind() is synchronous in Bun.listen, so no other JavaScript runs under the narrow umask.
+ */
+function bindUnix(path: string, socket: ReturnType<typeof handlers>, options: ListenOptions): UnixSocketListener<BunConn | undefined> {
+  if (options.mode === undefined && options.gid === undefined) return Bun.listen<BunConn | undefined>({ unix: path, socket, data: undefined });
+  const old = process.umask(0o177);
+  let l: UnixSocketListener<BunConn | undefined>;
+  try {
+    l = Bun.listen<BunConn | undefined>({ unix: path, socket, data: undefined });
+  } finally {
+    process.umask(old);
+  }
+  try {
+    if (options.gid !== undefined) chownSync(path, process.getuid?.() ?? 0, options.gid);
+    if (options.mode !== undefined) chmodSync(path, options.mode);
+  } catch (e) {
+    l.stop(true);
+    throw new Error(`cannot set the permissions of ${path}: ${(e as Error).message}`);
+  }
+  return l;
 }

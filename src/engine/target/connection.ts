@@ -125,6 +125,10 @@ export class TargetConnection {
       this.out.push(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
+    if (req.volume !== undefined && req.role !== "client") {
+      this.out.push(errorResponse(h, Status.INVALID, `HELLO: only a client connection serves a volume, not role "${req.role}"`));
+      return this.fail(`invalid HELLO: role ${req.role} with a volume`, "warn");
+    }
     const auth = this.ctx.auth;
     if (auth === null) return this.admit(h, req);
     // Nothing is served, not even the drive list, before the requester proves it holds the key.
@@ -154,6 +158,7 @@ export class TargetConnection {
     this.state = "waiting";
     this.requester = {
       role: req.role,
+      volume: req.volume ?? null,
       ended: this.ending.signal,
       park: () => {
         if (this.parked >= this.limits.max_parked_locks) return false;
@@ -165,7 +170,7 @@ export class TargetConnection {
         this.parked--;
       },
     };
-    this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name });
+    this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name, volume: req.volume?.uuid });
     const ready = () => {
       if (this.closed) return;
       this.state = "ready";

@@ -8,7 +8,7 @@ import { uuidFromString } from "../uuid.ts";
 import type { DriveInfo } from "../wire/control.ts";
 import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
 import { DirtyBits } from "./dirty.ts";
-import { AdmittedRequests } from "./fence.ts";
+import { type Admission, AdmittedRequests, DriveFence } from "./fence.ts";
 import { LockTable } from "./locks.ts";
 import { RequestError } from "./reply.ts";
 
@@ -22,13 +22,13 @@ export interface ServedDrive {
    */
   metaChain: Promise<unknown>;
   /**
-   * Fencing: client id → min_generation, set by FENCE (fence.ts). RAM only, and per served
-   * instance: a drive plugged again starts with none.
+   * Fencing: which extents belong to which volume, and which clients may reach which volume, set
+   * by FENCE (fence.ts). RAM only, and per served instance: a drive plugged again starts empty.
    */
-  registrations: Map<number, number>;
+  readonly fence: DriveFence;
   /** Client requests executing on the drive, for FENCE to wait on (fencing enforced only). */
   readonly admitted: AdmittedRequests;
-  readonly locks: LockTable;
+  readonly locks: LockTable<Admission>;
   readonly dirty: DirtyBits;
   /**
    * LOSSY_COPY writes received (RAM): they change the epoch in answers (answeredEpoch). Starting
@@ -80,12 +80,12 @@ export class DriveTable {
       drive.info.extent_count * drive.info.extent_size_bytes,
       drive.data.size_bytes,
     );
-    const locks = new LockTable();
+    const locks = new LockTable<Admission>();
     this.byKey.set(key, {
       drive,
       data_bytes,
       metaChain: Promise.resolve(),
-      registrations: new Map(),
+      fence: new DriveFence(drive.info.drive_uuid, drive.info.extent_size_bytes, drive.info.extent_count),
       admitted: new AdmittedRequests(),
       locks,
       dirty: new DirtyBits(drive, data_bytes, (offset, length) =>

@@ -9,7 +9,7 @@ import { AlreadyClaimedError, StaleGenerationError } from "../drive/formatted-ap
 import { DriveIoError } from "../drive/store.ts";
 import type { Logger } from "../env.ts";
 import { NIL_UUID, uuidToString } from "../uuid.ts";
-import { ClaimRequest, FenceRequest, MetaSlot, type TargetInfo, decodeBody, isInvalid } from "../wire/control.ts";
+import { ClaimRequest, FenceRequest, MetaSlot, type TargetInfo, type VolumeBinding, decodeBody, isInvalid } from "../wire/control.ts";
 import {
   Flag,
   HEADER_BYTES,
@@ -22,7 +22,7 @@ import {
 } from "../wire/header.ts";
 import { answeredEpoch, type DriveTable, type ServedDrive } from "./drive-table.ts";
 import { plantedBugs } from "../planted-bugs.ts";
-import { type Role, applyFence, fenceCheck, refuses } from "./fence.ts";
+import { Admission, type Role } from "./fence.ts";
 import {
   RequestError,
   cborResponse,
@@ -44,9 +44,11 @@ export interface TargetContext {
   info(): TargetInfo;
 }
 
-/** Who sent a request: the connection's HELLO role, and a signal raised when it ends. */
+/** Who sent a request: the connection's HELLO role and volume, and a signal raised when it ends. */
 export interface Requester {
   readonly role: Role;
+  /** A client connection's volume (HELLO): every data-path request is held to its extents. */
+  readonly volume: VolumeBinding | null;
   /** Aborted when the connection ends: requests waiting inside the target (LOCK) give up. */
   readonly ended: AbortSignal;
   /**
@@ -64,12 +66,8 @@ export interface Requester {
  * FENCE refusing it waits for it (fence.ts AdmittedRequests). Only made when fencing is enforced
  * and the requester is a client.
  */
-class Admission {
+class Admitted extends Admission {
   drive: ServedDrive | null = null;
-  constructor(
-    readonly client_id: number,
-    readonly generation: number,
-  ) {}
 }
 
 /**
@@ -85,7 +83,7 @@ export function execute(
   payloadOwned: boolean,
 ): Uint8Array | Promise<Uint8Array> {
   // Read before anything runs: responses reuse h (an OK write carries the cache epoch there).
-  const adm = ctx.fencing && req.role === "client" ? new Admission(h.client_id, h.generation) : null;
+  const adm = ctx.fencing && req.role === "client" ? new Admitted(h.client_id, h.generation, req.volume) : null;
   let answered = true;
   try {
     const r = dispatch(ctx, req, h, payload, payloadOwned, adm);
@@ -99,7 +97,7 @@ export function execute(
   }
 }
 
-async function answerLater(ctx: TargetContext, h: Header, r: Promise<Uint8Array>, adm: Admission | null): Promise<Uint8Array> {
+async function answerLater(ctx: TargetContext, h: Header, r: Promise<Uint8Array>, adm: Admitted | null): Promise<Uint8Array> {
   try {
     return await r;
   } catch (e) {
@@ -118,8 +116,8 @@ function failure(ctx: TargetContext, h: Header, e: unknown): Uint8Array {
   return errorResponse(h, status, e instanceof Error ? e.message : String(e));
 }
 
-function leave(adm: Admission | null): void {
-  if (adm !== null && adm.drive !== null) adm.drive.admitted.leave(adm.client_id, adm.generation);
+function leave(adm: Admitted | null): void {
+  if (adm !== null && adm.drive !== null) adm.drive.admitted.leave(adm);
 }
 
 /** Flags that only some ops or roles may carry (checkFlags). */
@@ -131,7 +129,7 @@ function dispatch(
   h: Header,
   payload: Uint8Array,
   owned: boolean,
-  adm: Admission | null,
+  adm: Admitted | null,
 ): Uint8Array | Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
   if (h.flags & CHECKED_FLAGS) checkFlags(req, h);
@@ -147,7 +145,7 @@ function dispatch(
     }
     case Op.FLUSH:
       noPayload(h, payload);
-      return doFlush(fencedDrive(ctx, req, h, adm), h);
+      return doFlush(fencedDrive(ctx, req, h, adm), h); // no range: the volume's registration is enough
     case Op.TRIM: {
       const d = dataDrive(ctx, req, h, payload, adm);
       return locking(h) ? lockThen(d, req, h, adm, () => doTrim(d, h)) : doTrim(d, h);
@@ -238,37 +236,52 @@ function tomaOnly(req: Requester, h: Header): void {
  * A served drive that this requester may send data-path requests for (fence.ts). An admitted
  * client request is counted on the drive until execute() is done with it.
  */
-function fencedDrive(ctx: TargetContext, req: Requester, h: Header, adm: Admission | null): ServedDrive {
+function fencedDrive(ctx: TargetContext, req: Requester, h: Header, adm: Admitted | null): ServedDrive {
   const d = lookup(ctx, h);
-  const refused = fenceCheck(d, h, req.role, ctx.fencing);
+  const refused = d.fence.check(h, req.role, req.volume, ctx.fencing);
   if (refused !== null) throw new RequestError(Status.REFUSED, refused);
   if (adm !== null) {
     adm.drive = d;
-    d.admitted.enter(adm.client_id, adm.generation);
+    d.admitted.enter(adm);
   }
   return d;
 }
 
-/** A data-path drive: served, fenced, and the range inside its data area. */
+/**
+ * A data-path drive: served, fenced, the range inside its data area and, for a client under
+ * fencing, inside the extents of the volume its connection serves.
+ */
 function dataDrive(
   ctx: TargetContext,
   req: Requester,
   h: Header,
   payload: Uint8Array | null,
-  adm: Admission | null,
+  adm: Admitted | null,
 ): ServedDrive {
   if (payload !== null) noPayload(h, payload);
-  return inRange(fencedDrive(ctx, req, h, adm), h);
+  return inVolume(inRange(fencedDrive(ctx, req, h, adm), h), h, adm);
 }
 
 /** A LOCK's drive: a data-path range of at most MAX_LOCK_BYTES. */
-function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array, adm: Admission | null): ServedDrive {
+function lockRange(ctx: TargetContext, req: Requester, h: Header, payload: Uint8Array, adm: Admitted | null): ServedDrive {
   noPayload(h, payload);
   const d = fencedDrive(ctx, req, h, adm);
   if (h.length > MAX_LOCK_BYTES) {
     throw new RequestError(Status.INVALID, `LOCK of ${h.length} bytes, at most ${MAX_LOCK_BYTES} at once`);
   }
-  return inRange(d, h);
+  return inVolume(inRange(d, h), h, adm);
+}
+
+/**
+ * The extent check (fence.ts): after OUT_OF_RANGE, so that status keeps meaning "beyond the data
+ * area". `adm` is non-null exactly when the request is a client's under enforcement, and then
+ * its volume is known (check() refused a connection bound to none).
+ */
+function inVolume(d: ServedDrive, h: Header, adm: Admitted | null): ServedDrive {
+  if (adm === null) return d;
+  const outside = d.fence.insideVolume(adm.volume!, h.offset, h.length);
+  if (outside !== null) throw new RequestError(Status.REFUSED, outside);
+  return d;
 }
 
 function inRange(d: ServedDrive, h: Header): ServedDrive {
@@ -440,21 +453,21 @@ async function doClaim(d: ServedDrive, h: Header, body: Uint8Array): Promise<Uin
 async function doFence(ctx: TargetContext, d: ServedDrive, h: Header, body: Uint8Array): Promise<Uint8Array> {
   const req = decodeBody(FenceRequest, body);
   if (isInvalid(req)) throw new RequestError(Status.INVALID, `FENCE body: ${req.invalid}`);
-  const invalid = applyFence(d, req);
+  const invalid = d.fence.apply(req);
   if (invalid !== null) throw new RequestError(Status.INVALID, `FENCE: ${invalid}`);
   if (ctx.fencing) {
-    const refused = (client_id: number, generation: number) => refuses(d, client_id, generation);
+    const barred = (a: Admission) => d.fence.barred(a);
     d.locks.failWaiting(
-      refused,
+      barred,
       (owner) => new RequestError(Status.REFUSED, `client ${owner} was fenced out of drive ${d.drive.info.drive_uuid} while waiting for a lock`),
     );
-    const drained = d.admitted.drain(refused);
+    const drained = d.admitted.drain(barred);
     if (drained !== null) await drained;
   }
   return okResponse(h);
 }
 
-async function doLock(d: ServedDrive, req: Requester, h: Header, adm: Admission | null): Promise<Uint8Array> {
+async function doLock(d: ServedDrive, req: Requester, h: Header, adm: Admitted | null): Promise<Uint8Array> {
   await takeLock(d, req, h, adm);
   return okResponse(h);
 }
@@ -464,7 +477,7 @@ function locking(h: Header): boolean {
 }
 
 /** An op with Flag.LOCK: the lock first, exactly as LOCK takes it, then the op. */
-async function lockThen(d: ServedDrive, req: Requester, h: Header, adm: Admission | null, op: () => Promise<Uint8Array>): Promise<Uint8Array> {
+async function lockThen(d: ServedDrive, req: Requester, h: Header, adm: Admitted | null, op: () => Promise<Uint8Array>): Promise<Uint8Array> {
   await takeLock(d, req, h, adm);
   return op();
 }
@@ -473,14 +486,14 @@ async function lockThen(d: ServedDrive, req: Requester, h: Header, adm: Admissio
  * Takes the lock units of the request's range for its client, waiting while any is held; a LOCK
  * with TEST_LOCK does not wait but is answered LOCKED, taking nothing.
  */
-async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admission | null): Promise<void> {
+async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admitted | null): Promise<void> {
   if (h.length === 0) return;
   const first = firstUnit(h);
   const last = lastUnit(h);
   if ((h.flags & Flag.TEST_LOCK) !== 0) {
     if (!d.locks.tryLock(h.client_id, first, last)) throw locked(d, h, "is locked or waited for");
   } else {
-    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
+    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm);
     if (wait !== null) {
       const parked = req.park();
       try {

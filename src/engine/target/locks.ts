@@ -26,10 +26,10 @@ export const LOCK_SEQ_SLOTS = 4096;
  */
 export const MAX_LOCKED_UNITS = 65536;
 
-interface Waiter {
+interface Waiter<T> {
   readonly owner: number;
-  /** The request's generation when it is subject to fencing (role client), else null. */
-  readonly generation: number | null;
+  /** The request's fencing admission when it is subject to fencing (role client), else null. */
+  readonly fenced: T | null;
   readonly first: number;
   readonly last: number;
   readonly resolve: () => void;
@@ -38,11 +38,12 @@ interface Waiter {
   detach: () => void;
 }
 
-export class LockTable {
+/** `T`: what a waiter subject to fencing carries, for failWaiting to judge (target/fence.ts Admission). */
+export class LockTable<T = unknown> {
   /** unit index → owning client id. */
   private readonly owners = new Map<number, number>();
   private readonly seq = new Float64Array(LOCK_SEQ_SLOTS);
-  private waiters: Waiter[] = [];
+  private waiters: Waiter<T>[] = [];
 
   /** Units held now. */
   get held(): number {
@@ -59,9 +60,9 @@ export class LockTable {
    * a promise that resolves once they are, after waiting while any is held or wanted by an
    * earlier waiter. The signal aborts the wait (the requester's connection ended): nothing is
    * then taken. Throws or rejects RequestError(BUSY) when MAX_LOCKED_UNITS would be exceeded.
-   * `generation` is the request's when it is subject to fencing (see failWaiting).
+   * `fenced` is the request's admission when it is subject to fencing (see failWaiting).
    */
-  lock(owner: number, first: number, last: number, signal: AbortSignal, generation: number | null = null): Promise<void> | null {
+  lock(owner: number, first: number, last: number, signal: AbortSignal, fenced: T | null = null): Promise<void> | null {
     if (this.waiters.length === 0 && this.free(first, last, null)) {
       const busy = this.overCap(last - first + 1);
       if (busy !== null) throw busy;
@@ -70,7 +71,7 @@ export class LockTable {
     }
     if (signal.aborted) throw new RequestError(Status.BUSY, "the connection ended while waiting for a lock");
     return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { owner, generation, first, last, resolve, reject, detach: () => {} };
+      const w: Waiter<T> = { owner, fenced, first, last, resolve, reject, detach: () => {} };
       const onAbort = () => {
         const i = this.waiters.indexOf(w);
         if (i < 0) return;
@@ -152,8 +153,8 @@ export class LockTable {
    * Fails the waiters (subject to fencing) that `refused` names: a FENCE took their client out.
    * They hold nothing; held locks stay, for the TOMA to recover.
    */
-  failWaiting(refused: (owner: number, generation: number) => boolean, e: (owner: number) => Error): void {
-    const out = this.waiters.filter((w) => w.generation !== null && refused(w.owner, w.generation));
+  failWaiting(refused: (fenced: T) => boolean, e: (owner: number) => Error): void {
+    const out = this.waiters.filter((w) => w.fenced !== null && refused(w.fenced));
     if (out.length === 0) return;
     this.waiters = this.waiters.filter((w) => !out.includes(w));
     for (const w of out) {
@@ -197,7 +198,7 @@ export class LockTable {
   /** Grants, in arrival order, every waiter whose units are free and wanted by no earlier waiter. */
   private grantWaiting(): void {
     const claimed = new Set<number>();
-    const keep: Waiter[] = [];
+    const keep: Waiter<T>[] = [];
     for (const w of this.waiters) {
       if (!this.free(w.first, w.last, claimed)) {
         keep.push(w);

@@ -114,13 +114,13 @@ export class TargetService {
   }
 
   /**
-   * Clients and TOMAs have one live connection each here: a new HELLO closes the older one and
-   * waits for its requests to finish. Admin connections (CLI commands) never write data and may
-   * be many at once.
+   * Clients (one connection per volume they serve) and TOMAs have one live connection each here:
+   * a new HELLO closes the older one and waits for its requests to finish. Admin connections (CLI
+   * commands) never write data and may be many at once.
    */
   private supersede(hello: HelloRequest, by: TargetConnection): Promise<void> | null {
     if (hello.role === "admin") return null;
-    const key = `${hello.role}:${hello.name}`;
+    const key = hello.volume === undefined ? `${hello.role}:${hello.name}` : `${hello.role}:${hello.name}:${hello.volume.uuid}`;
     const older = this.byRequester.get(key);
     // Waits for the whole line of predecessors: the one just superseded may itself still be
     // waiting for an older one.

@@ -12,12 +12,28 @@ const Count = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.M
 
 const bytesOf = (n: number) => v.pipe(v.instance(Uint8Array), v.length(n));
 
+/** Ids on the wire are u64 fields limited to 2^53 - 1 (JavaScript safe integers). */
+const Id = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
+
+/**
+ * The volume a client connection serves, said at HELLO: its uuid and its incarnation (the cluster
+ * generation that created it, unique in the cluster). Every data-path request of the connection is
+ * checked against that volume's extents on the drive it names (target/fence.ts).
+ */
+export const VolumeBinding = v.strictObject({
+  uuid: Uuid,
+  incarnation: v.pipe(Id, v.minValue(1)),
+});
+export type VolumeBinding = v.InferOutput<typeof VolumeBinding>;
+
 export const HelloRequest = v.object({
   version: v.literal(1),
   role: v.picklist(["client", "toma", "admin"]),
   name: v.pipe(v.string(), v.maxLength(256)),
   /** The requester's fresh nonce, sent when it holds the cluster key (cluster-key.ts). */
   nonce: v.optional(bytesOf(16)),
+  /** Role "client" only: the volume this connection serves (one connection per volume and target). */
+  volume: v.optional(VolumeBinding),
 });
 export type HelloRequest = v.InferOutput<typeof HelloRequest>;
 
@@ -79,26 +95,53 @@ export type MetaSlot = v.InferOutput<typeof MetaSlot>;
 export const ClaimRequest = v.object({ cluster_uuid: Uuid });
 export type ClaimRequest = v.InferOutput<typeof ClaimRequest>;
 
-/** Ids on the wire are u64 fields limited to 2^53 - 1 (JavaScript safe integers). */
-const Id = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER));
-
-/** Entries one FENCE may carry in `set` and in `remove` (each), and registrations one drive holds. */
+/**
+ * Entries one FENCE may carry in each of its lists, registrations one drive holds, and volumes
+ * one drive's table holds.
+ */
 export const MAX_REGISTRATIONS = 65536;
 
-export const Registration = v.object({ client_id: Id, min_generation: Id });
+/** A run of `count` consecutive extents of the drive from extent `first`. */
+export const ExtentRun = v.tuple([Id, v.pipe(Id, v.minValue(1))]);
+export type ExtentRun = v.InferOutput<typeof ExtentRun>;
+
+/** The extents of the drive that belong to one volume. */
+export const FenceVolume = v.strictObject({
+  volume_uuid: Uuid,
+  incarnation: v.pipe(Id, v.minValue(1)),
+  extents: v.pipe(v.array(ExtentRun), v.maxLength(MAX_REGISTRATIONS)),
+});
+export type FenceVolume = v.InferOutput<typeof FenceVolume>;
+
+/** A client, the oldest generation it may still send, and the volumes it may reach here. */
+export const Registration = v.strictObject({
+  client_id: Id,
+  min_generation: Id,
+  volumes: v.optional(v.pipe(v.array(Uuid), v.maxLength(MAX_REGISTRATIONS)), []),
+});
 export type Registration = v.InferOutput<typeof Registration>;
 
 /**
- * FENCE body (role "toma" only). `replace` first clears the drive's table; each `set` entry then
- * registers its client or raises its min_generation (a lower value than the one held is ignored);
- * `remove` unregisters. A client may not be both set and removed by one FENCE.
+ * FENCE body (role "toma" only). The drive's table has two parts: which extents belong to which
+ * volume (`volumes`), and which clients may reach which of those volumes (`set`). `replace` first
+ * clears both; each `volumes` entry adds or updates a volume's extents; each `set` entry registers
+ * its client with the volumes listed (its list is replaced) or raises its min_generation (a lower
+ * value than the one held is ignored); `remove` unregisters clients; `remove_volumes` takes
+ * volumes out of the table and out of every client's list. The whole body is checked before
+ * anything changes (target/fence.ts): a client both set and removed, a volume both given and
+ * removed, a client listing a volume the table would not hold, extents beyond the drive, two
+ * volumes on one extent, or a volume whose incarnation differs from the one held is INVALID.
  */
 export const FenceRequest = v.strictObject({
   replace: v.boolean(),
   set: v.pipe(v.array(Registration), v.maxLength(MAX_REGISTRATIONS)),
   remove: v.pipe(v.array(Id), v.maxLength(MAX_REGISTRATIONS)),
+  volumes: v.optional(v.pipe(v.array(FenceVolume), v.maxLength(MAX_REGISTRATIONS)), []),
+  remove_volumes: v.optional(v.pipe(v.array(Uuid), v.maxLength(MAX_REGISTRATIONS)), []),
 });
 export type FenceRequest = v.InferOutput<typeof FenceRequest>;
+/** What a requester passes (the optional lists may be left out). */
+export type FenceBody = v.InferInput<typeof FenceRequest>;
 
 /** One run of lock units held by one client (LOCK_LIST answer entries, sorted by offset). */
 export const LockEntry = v.object({ client_id: Id, offset: Count, length: Count });

@@ -4,7 +4,7 @@
  * order. Every method rejects with TargetError when the target answers a non-OK status, and with
  * SessionClosedError when the connection is gone (in-flight requests fail at once, never hang).
  */
-import type { DriveInfo, FenceRequest, LockEntry, MetaSlot, TargetInfo } from "./control.ts";
+import type { DriveInfo, FenceBody, LockEntry, MetaSlot, TargetInfo } from "./control.ts";
 import type { Status } from "./header.ts";
 
 /** The cluster key check of HELLO failed, either way: the message says which side lacks what. */
@@ -86,7 +86,7 @@ export interface TargetSession {
   /** Held locks, as runs of units of one client sorted by offset (role "toma" only). */
   lockList(drive: Uint8Array): Promise<LockEntry[]>;
   /** Sets the drive's client registrations (role "toma" only); see FenceRequest. */
-  fence(drive: Uint8Array, body: FenceRequest): Promise<void>;
+  fence(drive: Uint8Array, body: FenceBody): Promise<void>;
   /** Indices of the dirty regions (bitmap_region_bytes, 1 MiB) the range touches, ascending. */
   dirtyGet(drive: Uint8Array, offset: number, length: number): Promise<number[]>;
   /** Those of them set before this serving of the drive began and untouched since (role "toma" only). */

@@ -14,7 +14,7 @@ import {
   DirtyList,
   DriveInfo,
   ErrorBody,
-  type FenceRequest,
+  type FenceBody,
   HelloRequest,
   type LockEntry,
   LockList,
@@ -296,7 +296,7 @@ export class Session implements TargetSession {
     return this.submit(Op.LOCK_LIST, 0, drive, 0, 0, null, null, parseLockList) as Promise<LockEntry[]>;
   }
 
-  fence(drive: Uint8Array, body: FenceRequest): Promise<void> {
+  fence(drive: Uint8Array, body: FenceBody): Promise<void> {
     const bad = checkIo(drive, 0, 0, 0);
     if (bad) return Promise.reject(bad);
     const bytes = encodeBody(body);
