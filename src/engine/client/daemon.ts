@@ -104,7 +104,11 @@ interface Attached {
   view: ExportLookup;
   /** Its connections to targets, each bound to the volume. */
   pool: TargetPool;
-  /** When its attach completed (attachSeq): a watch sent after that must list it, or it is gone. */
+  /**
+   * Our client id when its attach (or a refresh, which registers it again) last completed, and
+   * when (attachSeq): a watch of that id sent after that must list it, or it is gone.
+   */
+  attached_as: number;
   seq: number;
 }
 
@@ -159,6 +163,8 @@ export class ClientDaemon {
         this.known = this.known_stable = this.acked = -1;
         this.setIdentity(id, r.generation);
         this.env.log.info("registered with the TOMA", { client: id });
+        // The fences admit the new id only for what it attaches: every volume, again.
+        if (this.attached.size > 0) void this.reattachAll();
         return id;
       })().finally(() => {
         this.registering = null;
@@ -172,6 +178,11 @@ export class ClientDaemon {
    * no longer knows us.
    */
   private async fetchAttach(volume: string, uuid?: string): Promise<AttachInfo> {
+    return (await this.fetchAttachAs(volume, uuid)).info;
+  }
+
+  /** fetchAttach, and the client id the TOMA registered the volume for. */
+  private async fetchAttachAs(volume: string, uuid?: string): Promise<{ info: AttachInfo; id: number }> {
     for (let attempt = 0; ; attempt++) {
       const id = await this.id();
       try {
@@ -180,7 +191,12 @@ export class ClientDaemon {
           throw new AttachError(`volume ${uuid} no longer exists: '${volume}' now names ${info.layout.volume_uuid}`, "not_found");
         }
         if (id === this.client_id) this.raiseGeneration(info.generation);
-        return info;
+        const a = this.attached.get(volume);
+        if (a !== undefined && a.info.volume_uuid === info.layout.volume_uuid) {
+          a.attached_as = id;
+          a.seq = ++this.attachSeq;
+        }
+        return { info, id };
       } catch (e) {
         if (!(e instanceof UnknownClientError) || attempt > 0) throw e;
         if (this.client_id === id) this.client_id = null;
@@ -208,10 +224,10 @@ export class ClientDaemon {
             const a = this.attached.get(info.layout.name);
             if (a?.info.volume_uuid === info.layout.volume_uuid) a.device.install(info);
           }
-          // Attached before this watch was sent, so the TOMA had it on our record: absent now means
-          // deleted, or taken from us by a forced delete. Its export goes, whatever else happens.
+          // Attached under this id before this watch was sent, so the TOMA had it on our record:
+          // absent now means deleted, or taken from us by a forced delete. Its export goes.
           for (const a of [...this.attached.values()]) {
-            if (a.seq <= sent && !listed.has(a.info.volume_uuid)) this.gone(a, "the TOMA no longer lists it for this client");
+            if (a.attached_as === id && a.seq <= sent && !listed.has(a.info.volume_uuid)) this.gone(a, "the TOMA no longer lists it for this client");
           }
           this.known = w.generation;
           this.known_stable = w.stable_generation;
@@ -224,15 +240,8 @@ export class ClientDaemon {
           if (e instanceof UnknownClientError) {
             this.env.log.warn("the TOMA no longer knows this client: registering again", {});
             this.client_id = null;
-            // Every volume is registered again under the new id (the fence admits the new id only).
-            for (const a of [...this.attached.values()]) {
-              await this.fetchAttach(a.info.volume, a.info.volume_uuid).then(
-                (info) => this.attached.get(a.info.volume)?.device.install(info),
-                (e) => {
-                  if (isGone(e)) this.gone(a, (e as Error).message);
-                },
-              );
-            }
+            // Registering again attaches every volume again (id()).
+            await this.id().catch(() => {});
           } else {
             this.env.log.debug("watch failed; retrying", { error: String(e) });
             await new Promise<void>((r) => this.env.timers.after(500, r));
@@ -260,7 +269,7 @@ export class ClientDaemon {
     this.pending.add(volume);
     let pool: TargetPool | null = null;
     try {
-      const info = await this.fetchAttach(volume);
+      const { info, id: attached_as } = await this.fetchAttachAs(volume);
       const problem = layoutProblem(info.layout);
       if (problem) throw new AttachError(`volume ${volume} has an invalid layout: ${problem}`, "invalid");
       const uuid = info.layout.volume_uuid;
@@ -312,7 +321,7 @@ export class ClientDaemon {
         drives: drives.length,
         generation: info.generation,
       };
-      this.attached.set(volume, { info: attachment, device, store, listener, view, pool, seq: ++this.attachSeq });
+      this.attached.set(volume, { info: attachment, device, store, listener, view, pool, attached_as, seq: ++this.attachSeq });
       pool = null;
       this.env.log.info("volume attached", { volume, uuid, uri });
       void this.watchLoop();
@@ -320,6 +329,23 @@ export class ClientDaemon {
     } finally {
       this.pending.delete(volume);
       if (pool !== null) this.closePool(pool);
+    }
+  }
+
+  /**
+   * Every attached volume registered again under our (new) id: the fences admit the new id only
+   * for what it attached. One that no longer exists goes.
+   */
+  private async reattachAll(): Promise<void> {
+    for (const a of [...this.attached.values()]) {
+      if (this.attached.get(a.info.volume) !== a) continue;
+      await this.fetchAttach(a.info.volume, a.info.volume_uuid).then(
+        (info) => this.attached.get(a.info.volume)?.device.install(info),
+        (e) => {
+          if (isGone(e)) this.gone(a, (e as Error).message);
+          else this.env.log.debug("cannot attach again under our new id; its next refresh will", { volume: a.info.volume, error: String(e) });
+        },
+      );
     }
   }
 
