@@ -22,6 +22,11 @@ const AttachBody = v.object({
   volume: v.pipe(v.string(), v.regex(VOLUME_NAME, "invalid volume name")),
   nbd_tcp: v.optional(v.pipe(v.string(), v.regex(/^[^\s]+:\d{1,5}$/, "nbd_tcp must be HOST:PORT"))),
   nbd_device: v.optional(v.pipe(v.string(), v.regex(NBD_DEVICE, "nbd_device must be /dev/nbdN"))),
+  /** Other exports the volume's listener offers too (by volume name). */
+  export_list: v.optional(v.pipe(v.array(v.pipe(v.string(), v.regex(VOLUME_NAME, "invalid volume name in export_list"))), v.maxLength(256))),
+  /** The unix socket's permission bits (default 0600) and group (a name or a number). */
+  socket_mode: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(0o777, "socket_mode must be within 0..0777"))),
+  socket_group: v.optional(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{1,64}$/, "socket_group must be a group name or number"))),
 });
 const DetachBody = v.object({
   volume: v.pipe(v.string(), v.regex(VOLUME_NAME, "invalid volume name")),
@@ -53,7 +58,9 @@ export function serveControl(dir: string, daemon: ClientDaemon, kernel: KernelNb
   } catch {}
   const shown = (a: DaemonAttachment): Attachment => ({ ...a, nbd_device: kernel.deviceOf(a.volume) ?? null });
 
-  async function attach(b: v.InferOutput<typeof AttachBody>): Promise<Attachment> {
+  async function attach(body: v.InferOutput<typeof AttachBody>): Promise<Attachment> {
+    const { socket_group, ...rest } = body;
+    const b = { ...rest, ...(socket_group === undefined ? {} : { socket_gid: groupId(socket_group) }) };
     const device = b.nbd_device;
     if (device === undefined || kernel.deviceOf(b.volume) === device) return shown(await daemon.attach(b));
     if (b.nbd_tcp !== undefined) throw new AttachError("a kernel /dev/nbdN uses the unix socket export: drop nbd_tcp", "invalid");
@@ -112,6 +119,22 @@ export function serveControl(dir: string, daemon: ClientDaemon, kernel: KernelNb
     },
   });
   return { stop: () => server.stop(true), path };
+}
+
+/** A group's id, from its name (or its number as given), as /etc/group says. */
+export function groupId(group: string, file = "/etc/group"): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let text: string;
+  try {
+    text = require("node:fs").readFileSync(file, "utf8") as string;
+  } catch (e) {
+    throw new AttachError(`cannot read ${file} to find group '${group}': ${(e as Error).message}`, "invalid");
+  }
+  for (const line of text.split("\n")) {
+    const [name, , gid] = line.split(":");
+    if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new AttachError(`no group named '${group}' in ${file}`, "invalid");
 }
 
 /** The socket path of an nbd+unix URI (a kernel /dev/nbdN is bound to the unix socket export). */

@@ -123,10 +123,19 @@ const attach = command({
     volume: { type: "string", description: "volume name", required: true },
     "nbd-tcp": { type: "string", description: "export on TCP HOST:PORT instead of a unix socket" },
     "nbd-device": { type: "string", description: "bind to a kernel /dev/nbdN (where the kernel has nbd)" },
+    "export-list": { type: "string", description: "other attached volumes this listener offers too (comma-separated); by default it serves this volume only" },
+    "socket-mode": { type: "string", description: "permissions of the unix socket (octal, default 0600: its owner only)" },
+    "socket-group": { type: "string", description: "group of the unix socket (a name or a number)" },
     ...runDirArg,
     ...outputArg,
   },
   async run({ args }) {
+    const mode = args["socket-mode"];
+    if (mode !== undefined && !/^0?[0-7]{3}$/.test(mode)) throw new UsageError(`--socket-mode '${mode}' is not an octal mode such as 0600 or 0660`);
+    if ((mode !== undefined || args["socket-group"] !== undefined) && args["nbd-tcp"] !== undefined) {
+      throw new UsageError("--socket-mode and --socket-group apply to the unix socket export; drop --nbd-tcp");
+    }
+    const exportList = args["export-list"]?.split(",").map((n) => n.trim()).filter((n) => n !== "");
     const fmt = outputFormat(args.output);
     const device = args["nbd-device"];
     if (device !== undefined) {
@@ -142,6 +151,9 @@ const attach = command({
       volume: args.volume,
       ...(nbd_tcp ? { nbd_tcp } : {}),
       ...(device !== undefined ? { nbd_device: device } : {}),
+      ...(exportList !== undefined ? { export_list: exportList } : {}),
+      ...(mode !== undefined ? { socket_mode: Number.parseInt(mode, 8) } : {}),
+      ...(args["socket-group"] !== undefined ? { socket_group: args["socket-group"] } : {}),
     });
     if (fmt === "json") return printJson(a);
     if (a.nbd_device) consola.success(`volume ${a.volume} bound to ${a.nbd_device}`);

@@ -141,6 +141,7 @@ const remove = command({
   args: {
     name: { type: "positional", description: "volume name", required: true },
     yes: { type: "boolean", alias: ["y"], description: "do not ask for confirmation" },
+    force: { type: "boolean", description: "even while clients have it attached: they are fenced out of it and their exports removed first" },
     ...management,
   },
   async run({ args }) {
@@ -149,7 +150,7 @@ const remove = command({
       const sure = await consola.prompt(`Delete volume ${args.name} and all its data?`, { type: "confirm" });
       if (sure !== true) throw new UsageError("not deleted");
     }
-    await toma(args).deleteVolume(args.name);
+    await toma(args).deleteVolume(args.name, { force: args.force === true });
     consola.success(`volume ${args.name} deleted`);
   },
 });

@@ -23,7 +23,8 @@ export interface TomaClient {
   volumes(): Promise<VolumeJson[]>;
   volume(name: string): Promise<VolumeJson>;
   createVolume(req: CreateVolumeBody): Promise<VolumeJson>;
-  deleteVolume(name: string): Promise<void>;
+  /** `force`: even while clients have it attached (they are fenced out of it first). */
+  deleteVolume(name: string, opts?: { force?: boolean }): Promise<void>;
   attach(name: string): Promise<AttachInfo>;
   /** Any route (the client daemon's routes go through this). */
   call(method: string, path: string, body?: unknown): Promise<unknown>;
@@ -73,8 +74,8 @@ export function tomaClient(base: string, opts: { timeout_ms?: number; token?: st
     volumes: () => call("GET", "/v1/volumes"),
     volume: (name) => call("GET", vol(name)),
     createVolume: (req) => call("POST", "/v1/volumes", req),
-    deleteVolume: async (name) => {
-      await call("DELETE", vol(name));
+    deleteVolume: async (name, opts) => {
+      await call("DELETE", opts?.force ? `${vol(name)}?force=true` : vol(name));
     },
     attach: (name) => call("GET", `${vol(name)}/attach`),
     call: (method, path, body) => call(method, path, body),
