@@ -31,8 +31,13 @@ export interface FenceTable {
 
 export interface FenceDeps {
   clients: ClientRegistry;
-  /** The volumes of the current state that keep their extents (not being deleted). */
+  /** The volumes of the current state. */
   volumes: () => VolumeRecord[];
+  /**
+   * A volume being deleted: left out of every table (its drives still get theirs, which is what
+   * confirms that no client can reach it there any more).
+   */
+  leftOut: (volume_uuid: string) => boolean;
   /** Extents given up and not yet released: their drives need a confirmed table too. */
   retired: () => Retired[];
   /** The session of the target serving the drive now, or null. */
@@ -68,7 +73,7 @@ export class FenceSync {
     const here = new Set<string>();
     for (const vol of this.deps.volumes()) {
       const col = vol.columns.find((c) => c.drive_uuid === drive_uuid);
-      if (col === undefined) continue;
+      if (col === undefined || this.deps.leftOut(vol.uuid)) continue;
       here.add(vol.uuid);
       volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(col.extents) });
     }

@@ -91,7 +91,8 @@ export class MirrorControl {
     };
     this.fences = new FenceSync({
       clients: this.clients,
-      volumes: () => this.deps.state()?.volumes.filter((x) => !this.deleting.has(x.uuid)) ?? [],
+      volumes: () => this.deps.state()?.volumes ?? [],
+      leftOut: (uuid) => this.deleting.has(uuid),
       retired: () => this.deps.state()?.retired ?? [],
       sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, volumes: table.volumes, set: table.set, remove: [] }),

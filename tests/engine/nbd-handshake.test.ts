@@ -254,3 +254,63 @@ describe("nbd handshake", () => {
     }
   });
 });
+
+describe("a listener's view: one listener, one volume", () => {
+  function viewed(names: string[]) {
+    const env = testEnv();
+    const exports = new ExportRegistry();
+    exports.add("mine", { store: new MemoryStore(2 * MiB), description: "its own volume" });
+    exports.add("other", { store: new MemoryStore(4 * MiB), description: "attached on another socket" });
+    const server = new NbdServer(env, exports);
+    const [clientSide, serverSide] = memConnPair(1 << 30);
+    const client = new RawNbdClient(clientSide);
+    const view = exports.view(names);
+    server.handle(serverSide, view);
+    return { exports, server, client, view };
+  }
+
+  async function listed(client: RawNbdClient): Promise<string[]> {
+    client.sendOption(NBD_OPT_LIST);
+    const seen: string[] = [];
+    for (;;) {
+      const r = await client.readOptionReply();
+      if (r.type === NBD_REP_ACK) return seen;
+      const n = new DataView(r.data.buffer).getUint32(0);
+      seen.push(new TextDecoder().decode(r.data.subarray(4, 4 + n)));
+    }
+  }
+
+  test("LIST names only the view's export; GO and INFO on another export are ERR_UNKNOWN; EXPORT_NAME of it closes", async () => {
+    const { client } = viewed(["mine"]);
+    await client.greet();
+    expect(await listed(client)).toEqual(["mine"]);
+    await expect(client.go("other")).rejects.toThrow(/0x80000006/);
+    client.sendOption(NBD_OPT_INFO, infoRequest("other", []));
+    expect((await client.readOptionReply()).type).toBe(NBD_REP_ERR_UNKNOWN);
+    client.sendOption(NBD_OPT_EXPORT_NAME, utf8.encode("other"));
+    expect(await client.closed).toBeDefined();
+  });
+
+  test("an export list offers several; a listed name attached later shows up, a removed one vanishes", async () => {
+    const { client, exports } = viewed(["mine", "other", "later"]);
+    await client.greet();
+    expect(await listed(client)).toEqual(["mine", "other"]);
+    exports.add("later", { store: new MemoryStore(1 * MiB) });
+    exports.remove("other");
+    expect(await listed(client)).toEqual(["mine", "later"]);
+    expect((await client.go("later")).size).toBe(1 * MiB);
+  });
+
+  test("stopView closes the connections accepted through that view only", async () => {
+    const a = viewed(["mine"]);
+    await a.client.greet();
+    expect((await a.client.go("mine")).size).toBe(2 * MiB);
+    const [otherSide, serverSide] = memConnPair(1 << 30);
+    const b = new RawNbdClient(otherSide);
+    a.server.handle(serverSide, a.exports.view(["other"]));
+    await b.greet();
+    a.server.stopView(a.view, "listener closed");
+    expect(await a.client.closed).toBeDefined();
+    expect((await b.go("other")).size).toBe(4 * MiB);
+  });
+});

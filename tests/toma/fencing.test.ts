@@ -30,6 +30,7 @@ function volume(uuid: string, created_seq: number, columns: [string, number[]][]
 }
 
 function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () => []) {
+  const left = new Set<string>();
   const env = realEnv("fence-test", quietLogger);
   const clients = new ClientRegistry(env, { client_timeout_ms: 0, watch_hold_ms: 1000 });
   const session = {} as TargetSession;
@@ -37,6 +38,7 @@ function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () =>
   const fences = new FenceSync({
     clients,
     volumes,
+    leftOut: (uuid) => left.has(uuid),
     retired,
     sessionOf: () => session,
     push: async (_s, drive, table) => {
@@ -46,7 +48,7 @@ function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () =>
       throw new Error(`push to ${d} failed: ${e}`);
     },
   });
-  return { clients, fences, pushed };
+  return { clients, fences, pushed, left };
 }
 
 test("extent runs: consecutive extents merge, any order", () => {
@@ -98,6 +100,19 @@ test("a volume left out of the state (deleted, or being deleted) leaves every ta
   await fences.sync();
   expect(fences.inSync("A")).toBe(true);
   expect(pushed.at(-1)!.table).toEqual({ volumes: [{ volume_uuid: N, incarnation: 4, extents: [[1, 1]] }], set: [{ client_id: c.id, min_generation: 5, volumes: [N] }] });
+});
+
+test("a volume being deleted is left out of its drives' tables, which are still pushed (the last volume of a drive included)", async () => {
+  const vols = [volume(M, 3, [["A", [0]]])];
+  const { clients, fences, pushed, left } = harness(() => vols);
+  const c = clients.register("c", 5);
+  c.volumes.add(M);
+  await fences.sync();
+  left.add(M);
+  expect(fences.inSync("A")).toBe(false);
+  await fences.sync();
+  expect(pushed.at(-1)).toEqual({ drive: "A", table: { volumes: [], set: [] } });
+  expect(fences.inSync("A")).toBe(true);
 });
 
 test("the drive of retired extents gets a table too, even when no volume is left on it", async () => {

@@ -36,8 +36,10 @@ export class TestTarget {
     readonly env: Env,
     readonly name: string,
     readonly drives: FormattedDrive[],
+    /** Enforce fencing (client registrations, volumes' extents), as `target serve` does. */
+    readonly fencing = false,
   ) {
-    this.service = new TargetService(env, { name, drives });
+    this.service = new TargetService(env, { name, drives, fencing });
   }
 
   async start(port = 0): Promise<void> {
@@ -54,16 +56,16 @@ export class TestTarget {
 
   /** Comes back on the same port with the same drives (a reboot). */
   async revive(): Promise<void> {
-    this.service = new TargetService(this.env, { name: this.name, drives: this.drives });
+    this.service = new TargetService(this.env, { name: this.name, drives: this.drives, fencing: this.fencing });
     await this.start(Number(this.address.split(":").pop()));
   }
 }
 
-export async function startTargets(env: Env, drivesPerTarget: number[]): Promise<TestTarget[]> {
+export async function startTargets(env: Env, drivesPerTarget: number[], opts: { fencing?: boolean } = {}): Promise<TestTarget[]> {
   const out: TestTarget[] = [];
   for (const [i, n] of drivesPerTarget.entries()) {
     const drives = await Promise.all(Array.from({ length: n }, (_, j) => memoryDrive(`t${i}d${j}`)));
-    const t = new TestTarget(env, `t${i}`, drives);
+    const t = new TestTarget(env, `t${i}`, drives, opts.fencing === true);
     await t.start();
     out.push(t);
   }
@@ -72,8 +74,9 @@ export async function startTargets(env: Env, drivesPerTarget: number[]): Promise
 
 export const FAST = { poll_ms: 30, sync_ms: 30, request_timeout_ms: 1000, backoff_min_ms: 20, backoff_max_ms: 100 };
 
-export function startToma(env: Env, targets: TestTarget[], opts: { cluster_uuid?: string } = {}): { toma: Toma; api: ApiHandler } {
-  const toma = new Toma(env, { name: "toma-test", targets: targets.map((t) => t.address), timings: FAST, ...opts });
+export function startToma(env: Env, targets: TestTarget[], opts: { cluster_uuid?: string; addresses?: string[] } = {}): { toma: Toma; api: ApiHandler } {
+  const { addresses, ...rest } = opts;
+  const toma = new Toma(env, { name: "toma-test", targets: addresses ?? targets.map((t) => t.address), timings: FAST, ...rest });
   toma.start();
   return { toma, api: makeApiHandler(toma) };
 }
