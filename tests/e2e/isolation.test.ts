@@ -32,6 +32,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
+  for (const x of conns) x.close();
   await c?.destroy();
 });
 
@@ -50,9 +51,13 @@ function addressOf(uri: string): string {
   return m[1]!;
 }
 
+/** Raw connections the tests opened, closed at the end. */
+const conns: Conn[] = [];
+
 /** A raw NBD connection in transmission with `name`, held open by the test. */
 async function hold(uri: string, name: string): Promise<RawNbdClient> {
   const conn: Conn = await net.connect(addressOf(uri));
+  conns.push(conn);
   const client = new RawNbdClient(conn);
   await client.greet();
   await client.go(name);
@@ -111,46 +116,50 @@ describe("a deleted volume's export never reaches the next volume on its extents
     ["RAID1", ["--raid-level", "1"]],
   ] as const) {
     test(`${layout}: held connection, delete, new volume on the same extents, same client daemon`, async () => {
-      await c.cli("volume", "create", "--name", "old", "--capacity", "48M", ...create);
-      const oldVol = await c.cliJson<VolumeJson>("volume", "show", "old");
-      const oldUri = await c.attach("old");
+      const [oldName, newName] = [`old-${layout}`, `new-${layout}`];
+      await c.cli("volume", "create", "--name", oldName, "--capacity", "48M", ...create);
+      const oldVol = await c.cliJson<VolumeJson>("volume", "show", oldName);
+      const oldUri = await c.attach(oldName);
       await fill(oldUri, 0xa1);
-      const held = await hold(oldUri, "old");
-      expect(await heldRead(held, 0, 4096)).toEqual({ kind: "data", data: new Uint8Array(4096).fill(0xa1) });
+      const held = await hold(oldUri, oldName);
+      try {
+        expect(await heldRead(held, 0, 4096)).toEqual({ kind: "data", data: new Uint8Array(4096).fill(0xa1) });
 
-      // Refused while attached, naming the client that has it.
-      const plain = await c.cliRaw("volume", "delete", "old", "-y");
-      const refusedWhileAttached = plain.code !== 0;
-      if (refusedWhileAttached) {
-        expect(plain.stderr + plain.stdout).toMatch(/volume 'old' is attached by \S+ \(client \d+\): detach it there first, or delete with --force/);
-        expect(await shown()).toContain("old");
-        await c.cli("volume", "delete", "old", "-y", "--force");
+        // Refused while attached, naming the client that has it.
+        const plain = await c.cliRaw("volume", "delete", oldName, "-y");
+        const refusedWhileAttached = plain.code !== 0;
+        if (refusedWhileAttached) {
+          expect(plain.stderr + plain.stdout).toMatch(new RegExp(`volume '${oldName}' is attached by \\S+ \\(client \\d+\\): detach it there first, or delete with --force`));
+          expect(await shown()).toContain(oldName);
+          await c.cli("volume", "delete", oldName, "-y", "--force");
+        }
+        // The export goes: client show no longer lists it, and the daemon says why.
+        const tornDown = await until("gone from client show", async () => !(await shown()).includes(oldName), 15_000);
+
+        // The next volume, the same size and layout, takes the very same extents, and the same
+        // client daemon (registered on those drives again) writes it.
+        await c.cli("volume", "create", "--name", newName, "--capacity", "48M", ...create);
+        const newVol = await c.cliJson<VolumeJson>("volume", "show", newName);
+        expect(newVol.columns).toEqual(oldVol.columns);
+        const newUri = await c.attach(newName);
+        await fill(newUri, 0xb2);
+
+        // Through the held connection: never the new volume's bytes, and no write lands.
+        const r = await heldRead(held, 0, 4096);
+        if (r.kind === "data") expect(`stale export read ${r.data.slice(0, 4).join(",")}...`).toBe("stale export refused or closed");
+        const wrote = await heldWrite(held, 0, new Uint8Array(4096).fill(0xee));
+        expect(wrote).not.toBe("written");
+        expect(only(await firstMiB(newUri), 0xb2)).toBe(true);
+        // A new connection to the old export finds nothing there.
+        expect((await run(["nbdinfo", oldUri])).code).not.toBe(0);
+
+        expect(refusedWhileAttached).toBe(true);
+        expect(tornDown).toBe(true);
+        expect(c.client!.output).toMatch(new RegExp(`volume gone: export removed, its NBD connections closed.*volume=${oldName}`));
+      } finally {
+        await c.cliRaw("client", "detach", "--volume", newName);
+        await c.cliRaw("volume", "delete", newName, "-y");
       }
-      // The export goes: client show no longer lists it, and the daemon says why.
-      const tornDown = await until("old gone from client show", async () => !(await shown()).includes("old"), 15_000);
-
-      // The next volume, the same size and layout, takes the very same extents, and the same
-      // client daemon (registered on those drives again) writes it.
-      await c.cli("volume", "create", "--name", "new", "--capacity", "48M", ...create);
-      const newVol = await c.cliJson<VolumeJson>("volume", "show", "new");
-      expect(newVol.columns).toEqual(oldVol.columns);
-      const newUri = await c.attach("new");
-      await fill(newUri, 0xb2);
-
-      // Through the held connection: never the new volume's bytes, and no write lands.
-      const r = await heldRead(held, 0, 4096);
-      if (r.kind === "data") expect(`stale export read ${r.data.slice(0, 4).join(",")}...`).toBe("stale export refused or closed");
-      const wrote = await heldWrite(held, 0, new Uint8Array(4096).fill(0xee));
-      expect(wrote).not.toBe("written");
-      expect(only(await firstMiB(newUri), 0xb2)).toBe(true);
-      // A new connection to the old export finds nothing there.
-      expect((await run(["nbdinfo", oldUri])).code).not.toBe(0);
-
-      expect(refusedWhileAttached).toBe(true);
-      expect(tornDown).toBe(true);
-      expect(c.client!.output).toMatch(/volume gone: export removed, its NBD connections closed.*volume=old/);
-      await c.cli("client", "detach", "--volume", "new");
-      await c.cli("volume", "delete", "new", "-y");
     }, 180_000);
   }
 });
@@ -175,7 +184,9 @@ describe("each export is reachable only where it was attached", () => {
     const io = await run(["qemu-io", "-f", "raw", "-c", "write -P 0x66 0 4096", `nbd://${hostPort}/private`], { timeout_ms: 30_000 });
     expect(io.stdout + io.stderr).not.toMatch(/wrote 4096\/4096/);
     // Raw: GO is ERR_UNKNOWN, EXPORT_NAME closes.
-    const raw = new RawNbdClient(await net.connect(hostPort));
+    const rawConn = await net.connect(hostPort);
+    conns.push(rawConn);
+    const raw = new RawNbdClient(rawConn);
     await raw.greet();
     await expect(raw.go("private")).rejects.toThrow(`0x${NBD_REP_ERR_UNKNOWN.toString(16)}`);
     raw.sendOption(NBD_OPT_EXPORT_NAME, new TextEncoder().encode("private"));
@@ -187,7 +198,9 @@ describe("each export is reachable only where it was attached", () => {
     expect(only(await firstMiB(privUri), 0x77)).toBe(true);
 
     // Raw OPT_LIST too, for the record: one REP_SERVER, then ACK.
-    const lister = new RawNbdClient(await net.connect(hostPort));
+    const listConn = await net.connect(hostPort);
+    conns.push(listConn);
+    const lister = new RawNbdClient(listConn);
     await lister.greet();
     lister.sendOption(NBD_OPT_LIST);
     const names: string[] = [];
