@@ -48,7 +48,8 @@ describe("a client daemon that hosts a target", () => {
     expect(JSON.stringify(targets)).toContain(c.target_addrs[0]!);
     const out = c.client!.output;
     const inproc = [...out.matchAll(/target reached in-process target=(\S+)/g)].map((m) => m[1]);
-    expect(inproc).toEqual([c.target_addrs[0]]);
+    // One connection per attached volume (each bound to its volume), every one of them in-process.
+    expect(inproc).toEqual([c.target_addrs[0], c.target_addrs[0]]);
     // The stripe uses all three targets: t1 and t2 were reached over TCP.
     const vol = await c.volume("stripe");
     expect(new Set(vol.columns.map((k) => k.drive_uuid)).size).toBe(3);
