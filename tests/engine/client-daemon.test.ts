@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { AttachError, ClientDaemon, type TomaLink } from "../../src/engine/client/daemon.ts";
+import { AttachError, ClientDaemon, type TomaLink, UnknownClientError, type WatchInfo } from "../../src/engine/client/daemon.ts";
 import type { AttachInfo, LegRole } from "../../src/engine/layout/types.ts";
 import { ExportRegistry } from "../../src/engine/nbd/exports.ts";
 import { NbdServer } from "../../src/engine/nbd/server.ts";
@@ -118,4 +118,125 @@ test("detaching the last volume tells the TOMA the client left; the next attach 
   expect(calls.registered).toEqual([42, 43]);
   await d.close();
   expect(calls.unregistered).toEqual([42, 43]);
+});
+
+/** A daemon whose TOMA link is driven by the test: each watch and attach waits for its answer. */
+function scripted() {
+  const env = testEnv();
+  const exports = new ExportRegistry();
+  const watches: { id: number; answer: (w: WatchInfo | Error) => void }[] = [];
+  const attaches: { id: number; volume: string; uuid: string | undefined }[] = [];
+  let holdAttach: Promise<void> | null = null;
+  let nextId = 42;
+  const views = new Map<string, AttachInfo>();
+  const toma: TomaLink = {
+    register: async () => ({ client_id: nextId++, generation: 7 }),
+    attach: async (id, volume, uuid) => {
+      attaches.push({ id, volume, uuid });
+      if (holdAttach) await holdAttach;
+      const v = views.get(volume);
+      if (!v || (uuid !== undefined && v.layout.volume_uuid !== uuid)) throw new AttachError(`no volume ${volume}`, "not_found");
+      return v;
+    },
+    watch: (id) =>
+      new Promise((resolve, reject) => watches.push({ id, answer: (w) => (w instanceof Error ? reject(w) : resolve(w)) })),
+    ack: async () => {},
+    report: async () => {},
+    unregister: async () => {},
+  };
+  const nbd = new NbdServer(env, exports);
+  const d = new ClientDaemon(env, { toma, openSession, nbd, exports, socket_dir: dir, client_name: "test", io_timeout_ms: 1000 });
+  return {
+    d,
+    exports,
+    views,
+    attaches,
+    /** Answers the oldest pending watch (waiting for one to be sent). */
+    async answer(w: WatchInfo | Error): Promise<number> {
+      for (let i = 0; i < 500 && watches.length === 0; i++) await Bun.sleep(2);
+      const next = watches.shift();
+      if (!next) throw new Error("no watch was sent");
+      next.answer(w);
+      return next.id;
+    },
+    hold(): () => void {
+      let release!: () => void;
+      holdAttach = new Promise((r) => (release = r));
+      return () => {
+        holdAttach = null;
+        release();
+      };
+    },
+  };
+}
+
+function volumeOf(name: string, uuid: string): AttachInfo {
+  const v = raid1(name, ["RWL", "DEAD"]);
+  return { ...v, layout: { ...v.layout, volume_uuid: uuid } };
+}
+
+const watchOf = (...vols: AttachInfo[]): WatchInfo => ({ generation: 7, stable_generation: 7, volumes: vols });
+
+async function settle(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await Bun.sleep(2);
+  expect(cond()).toBe(true);
+}
+
+test("a volume the TOMA no longer lists for us is torn down: export and socket gone, list() without it; the other stays", async () => {
+  const s = scripted();
+  const a = volumeOf("a", "aaaaaaaa-0000-4000-8000-00000000000a");
+  const b = volumeOf("b", "bbbbbbbb-0000-4000-8000-00000000000b");
+  s.views.set("a", a);
+  s.views.set("b", b);
+  const att = await s.d.attach({ volume: "a" });
+  await s.d.attach({ volume: "b" });
+  expect(att.volume_uuid).toBe(a.layout.volume_uuid);
+  expect(att.exports).toEqual(["a"]);
+  // Both attached before this watch was sent: it lists both.
+  await s.answer(watchOf(a, b));
+  // The next one lists b only: a was deleted (or forced off this client).
+  await s.answer(watchOf(b));
+  await settle(() => !s.d.list().some((x) => x.volume === "a"));
+  expect(s.d.list().map((x) => x.volume)).toEqual(["b"]);
+  expect(s.exports.get("a")).toBeUndefined();
+  expect(await testEnv().net.connect(`unix:${dir}/a.sock`).then(() => "connected", () => "refused")).toBe("refused");
+  await s.d.close();
+});
+
+test("a newer volume that took the name is not ours: the refresh of the one we serve is a 404 and it goes", async () => {
+  const s = scripted();
+  s.views.set("n", volumeOf("n", "cccccccc-0000-4000-8000-00000000000c"));
+  await s.d.attach({ volume: "n" });
+  s.views.set("n", volumeOf("n", "dddddddd-0000-4000-8000-00000000000d"));
+  // The watch lists the newer one only (the TOMA never would: it answers by uuid; a daemon must
+  // not take another volume's view for its own either way).
+  await s.answer(watchOf(s.views.get("n")!));
+  await settle(() => s.d.list().length === 0);
+  await s.d.close();
+});
+
+test("registered again under a new id, a volume not yet attached again under it is not taken for gone", async () => {
+  const s = scripted();
+  const a = volumeOf("a", "aaaaaaaa-0000-4000-8000-00000000000a");
+  s.views.set("a", a);
+  await s.d.attach({ volume: "a" });
+  expect(await s.answer(watchOf(a))).toBe(42);
+  // The TOMA forgot us; the attach under the new id is slow.
+  const release = s.hold();
+  expect(await s.answer(new UnknownClientError("gone"))).toBe(42);
+  // The new id's first watch cannot list a yet: a stays.
+  expect(await s.answer(watchOf())).toBe(43);
+  await Bun.sleep(20);
+  expect(s.d.list().map((x) => x.volume)).toEqual(["a"]);
+  release();
+  await settle(() => s.attaches.some((x) => x.id === 43 && x.volume === "a" && x.uuid === a.layout.volume_uuid));
+  await Bun.sleep(20);
+  // The watch sent before that attach completed proves nothing; the next one, sent after it,
+  // does: a watch of 43 that does not list it means it is gone.
+  expect(await s.answer(watchOf())).toBe(43);
+  await Bun.sleep(20);
+  expect(s.d.list().map((x) => x.volume)).toEqual(["a"]);
+  expect(await s.answer(watchOf())).toBe(43);
+  await settle(() => s.d.list().length === 0);
+  await s.d.close();
 });
