@@ -25,6 +25,9 @@ export interface MirrorTimings extends ClientTimings {
   rebuild_pause_ms: number;
 }
 
+/** A released extent run is zeroed by WRITE_ZEROES requests of at most this many bytes. */
+const ZERO_CHUNK_BYTES = 1 << 30;
+
 export const DEFAULT_MIRROR_TIMINGS: MirrorTimings = {
   ...DEFAULT_CLIENT_TIMINGS,
   leg_retry_ms: 5000,
@@ -148,11 +151,12 @@ export class MirrorControl {
   }
 
   /**
-   * Whether a volume's extents on a drive may belong to another volume now: the drive confirmed
-   * a table without the volume (so the FENCE barrier drained its clients' requests there), no
-   * copy or lock recovery of ours runs on the volume, and the locks held in those extents (its
-   * clients', or ours left by a lost UNLOCK) are freed, so that a new owner's writers never wait
-   * for them.
+   * Whether a volume's extents on a drive may belong to another volume now, making them ready:
+   * the drive confirmed a table without the volume (so the FENCE barrier drained its clients'
+   * requests there and admits none any more), no copy or lock recovery of ours runs on the volume
+   * (none may start: workOn), the extents are zeroed (a new owner never reads the old one's
+   * data), and the locks held in them (its clients', or ours left by a lost UNLOCK) are freed, so
+   * that a new owner's writers never wait for them.
    */
   private async releasable(volume_uuid: string, drive_uuid: string, extents: number[], extent_bytes: number): Promise<boolean> {
     if (!this.fences.inSync(drive_uuid) || (this.working.get(volume_uuid) ?? 0) > 0) return false;
@@ -162,6 +166,9 @@ export class MirrorControl {
     if (runs.some(([a, b]) => this.claims.claimed(drive_uuid, a, b - a))) return false;
     try {
       const id = uuidFromString(drive_uuid);
+      for (const [a, b] of runs) {
+        for (let off = a; off < b; off += ZERO_CHUNK_BYTES) await s.writeZeroes(id, off, Math.min(ZERO_CHUNK_BYTES, b - off), true);
+      }
       for (const l of await s.lockList(id)) {
         for (const [a, b] of runs) {
           const from = Math.max(a, l.offset);
@@ -170,7 +177,7 @@ export class MirrorControl {
         }
       }
     } catch (e) {
-      this.deps.env.log.warn("cannot free the locks of a volume's released extents", { drive: drive_uuid, volume: volume_uuid, error: String(e) });
+      this.deps.env.log.warn("cannot zero a volume's released extents or free their locks", { drive: drive_uuid, volume: volume_uuid, error: String(e) });
       return false;
     }
     return this.fences.inSync(drive_uuid);
@@ -192,8 +199,14 @@ export class MirrorControl {
     for (const k of [...this.cacheSuspects]) if (k.startsWith(`${name}/`)) this.cacheSuspects.delete(k);
   }
 
-  /** Runs a copy or lock recovery of ours on a volume's extents, counted for `releasable`. */
+  /**
+   * Runs a copy or lock recovery of ours on a volume's extents, counted for `releasable`. None
+   * starts for a volume being deleted or gone: its extents may be zeroed and handed to another.
+   */
   private async workOn<T>(volume_uuid: string, fn: () => Promise<T>): Promise<T> {
+    if (this.deleting.has(volume_uuid) || !this.deps.state()?.volumes.some((x) => x.uuid === volume_uuid)) {
+      throw new LegUnavailable(`volume ${volume_uuid} is being deleted`);
+    }
     this.working.set(volume_uuid, (this.working.get(volume_uuid) ?? 0) + 1);
     try {
       return await fn();

@@ -154,6 +154,10 @@ test("delete of an attached volume is refused, naming its client; --force fences
   expect(fresh.info.layout.columns).toEqual(old.info.layout.columns);
   const n = at(fresh.info, 0);
   const f0 = fresh.sessions.get(fresh.info.layout.columns[0]!.drive_uuid)!;
+  // The old volume's bytes were zeroed before its extents were freed: nothing of it shows.
+  const first = new Uint8Array(4096).fill(1);
+  await f0.read(n.drive, n.offset, first);
+  expect(first.every((x) => x === 0)).toBe(true);
   expect(await outcome(f0.write(n.drive, n.offset, bytes(0x5e), true))).toBe("ok");
   // The stale connection of the deleted volume (its client registered again, for the new one):
   // no read, no write, no lock, not a byte.
@@ -205,6 +209,9 @@ test("a drive the TOMA cannot reach at delete time keeps the volume's extents re
   const nv = await attachAs(w, client_id as number, "w");
   expect(nv.info.layout.columns[col]).toEqual(v.info.layout.columns[col]);
   const n2 = nv.sessions.get(drive2)!;
+  const first = new Uint8Array(4096).fill(1);
+  await n2.read(p.drive, p.offset, first);
+  expect(first.every((x) => x === 0)).toBe(true); // what the stale client wrote there was zeroed
   expect(await outcome(n2.write(p.drive, p.offset, bytes(0x33), true))).toBe("ok");
   s2.setFence(client_id as number, nv.info.generation);
   const got = new Uint8Array(4096);
