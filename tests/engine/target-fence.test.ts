@@ -14,23 +14,13 @@ import { Op, Status } from "../../src/engine/wire/header.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import { rawPeer } from "./raw-peer.ts";
-import { type TargetHarness, FIXTURE_VOLUME, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until, wholeDrive } from "./target-fixture.ts";
+import { type TargetHarness, FIXTURE_VOLUME, outcome, memoryDrive, pattern, randomUuidString, startTarget, uuidBytes, GatedStore, until, wholeDrive } from "./target-fixture.ts";
 
 let h: TargetHarness | null = null;
 afterEach(() => {
   h?.stop();
   h = null;
 });
-
-async function outcome(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return `${Status[e.status]}: ${e.message}`;
-    throw e;
-  }
-}
 
 /** A client connection bound to FIXTURE_VOLUME (every extent of every drive). */
 async function client(name: string, client_id: number, generation: number): Promise<Session> {

@@ -14,7 +14,7 @@ import { TargetService } from "../../src/engine/target/service.ts";
 import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
-import type { Status } from "../../src/engine/wire/header.ts";
+import { Status, Status as StatusName } from "../../src/engine/wire/header.ts";
 import type { FenceVolume, HelloRequest, VolumeBinding } from "../../src/engine/wire/control.ts";
 import { expect } from "bun:test";
 
@@ -194,6 +194,17 @@ export class GatedStore extends MemoryStore {
 export async function until(cond: () => boolean): Promise<void> {
   for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);
   expect(cond()).toBe(true);
+}
+
+/** "ok", or "STATUS: message" of a target's refusal (other errors are thrown). */
+export async function outcome(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    if (e instanceof TargetError) return `${StatusName[e.status]}: ${e.message}`;
+    throw e;
+  }
 }
 
 /** "ok", or the status a target refused the request with. */

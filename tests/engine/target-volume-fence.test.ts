@@ -16,7 +16,7 @@ import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import { insideRuns } from "../../src/engine/target/fence.ts";
 import { rawPeer } from "./raw-peer.ts";
-import { GatedStore, memoryDrive, pattern, randomUuidString, startTarget, type TargetHarness, until, uuidBytes } from "./target-fixture.ts";
+import { GatedStore, memoryDrive, outcome, pattern, randomUuidString, startTarget, type TargetHarness, until, uuidBytes } from "./target-fixture.ts";
 
 const MiB = 1024 * 1024;
 let h: TargetHarness | null = null;
@@ -27,16 +27,6 @@ afterEach(() => {
   h?.stop();
   h = null;
 });
-
-async function outcome(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return `${Status[e.status]}: ${e.message}`;
-    throw e;
-  }
-}
 
 // Volume A owns extents 1, 2 (one run, 1..3 MiB) and 5 (5..6 MiB); volume B owns extent 3.
 // Extents 0 and 4 belong to nobody.

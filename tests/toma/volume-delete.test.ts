@@ -10,29 +10,18 @@ import { afterEach, expect, test } from "bun:test";
 import { type Server, type Socket, createServer, connect } from "node:net";
 import type { AttachInfo } from "../../src/engine/layout/types.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
-import { Status } from "../../src/engine/wire/header.ts";
-import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import type { ApiResponse } from "../../src/toma/api.ts";
 import type { Toma } from "../../src/toma/toma.ts";
+import { outcome } from "../engine/target-fixture.ts";
 import { MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
 
-const env = process.env.DEBUG_TEST ? (await import("../../src/engine/runtime/real-env.ts")).realEnv("t") : testEnv();
+const env = testEnv();
 let cleanup: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
   for (const f of cleanup.reverse()) await f();
   cleanup = [];
 });
-
-async function outcome(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return `${Status[e.status]}: ${e.message}`;
-    throw e;
-  }
-}
 
 /** A TCP proxy in front of a target: the TOMA's path to it, which a test can cut and heal. */
 class Proxy {

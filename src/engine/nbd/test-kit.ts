@@ -9,8 +9,10 @@ import {
   NBD_FLAG_C_NO_ZEROES,
   NBD_INFO_BLOCK_SIZE,
   NBD_OPT_GO,
+  NBD_OPT_LIST,
   NBD_OPTS_MAGIC,
   NBD_REP_ACK,
+  NBD_REP_SERVER,
   OPTION_REPLY_HEADER_BYTES,
   SIMPLE_REPLY_BYTES,
 } from "./constants.ts";
@@ -155,6 +157,20 @@ export class RawNbdClient {
     const v = new DataView(h.buffer);
     const length = v.getUint32(16);
     return { option: v.getUint32(8), type: v.getUint32(12), data: await this.read(length) };
+  }
+
+  /** NBD_OPT_LIST: the names the server lists, each with its description, in order. */
+  async list(): Promise<{ name: string; description: string }[]> {
+    this.sendOption(NBD_OPT_LIST);
+    const out: { name: string; description: string }[] = [];
+    for (;;) {
+      const r = await this.readOptionReply();
+      if (r.type === NBD_REP_ACK) return out;
+      if (r.type !== NBD_REP_SERVER) throw new Error(`LIST answered reply type 0x${r.type.toString(16)}`);
+      const n = new DataView(r.data.buffer, r.data.byteOffset).getUint32(0);
+      const text = new TextDecoder();
+      out.push({ name: text.decode(r.data.subarray(4, 4 + n)), description: text.decode(r.data.subarray(4 + n)) });
+    }
   }
 
   /** NBD_OPT_GO for name; returns the size and transmission flags from NBD_INFO_EXPORT. */
