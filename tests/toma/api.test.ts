@@ -46,7 +46,7 @@ describe("bad input is refused and changes nothing", () => {
     ["debug_format not a boolean", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", debug_format: "yes" }, 400, /debug_format must be true or false/],
     ["name taken", "POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }, 409, /already exists/],
     ["too large", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1024 * MiB, raid_level: "concatenated" }, 507, /not enough free space/],
-    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /exceeds the 2 usable drives/],
+    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /needs 3 drives; the cluster has 2 usable drives/],
     ["unknown volume", "GET", "/v1/volumes/nope", undefined, 404, /no volume named 'nope'/],
     ["delete unknown volume", "DELETE", "/v1/volumes/nope", undefined, 404, /no volume named/],
     ["attach unknown volume", "GET", "/v1/volumes/nope/attach", undefined, 404, /no volume named/],
