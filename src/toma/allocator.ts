@@ -126,8 +126,8 @@ export function allocate(state: ClusterState, req: VolumeRequest, topo: Topology
   if ("invalid" in shape) return refuse("invalid", shape.invalid);
   if (candidates.length === 0) {
     return refuse("no_space", state.drives.length === 0
-      ? "the cluster has no drives yet: serve formatted drives with `nvmesh target serve` and give their targets to the TOMA"
-      : `no usable drive: none of the cluster's ${state.drives.length} drives is reachable (\`nvmesh drive show\` says why)`);
+      ? "the cluster has no drives yet: serve formatted drives with 'nvmesh target serve' and give their targets to the TOMA"
+      : `no usable drive: none of the cluster's ${state.drives.length} drives is reachable ('nvmesh drive show' says why)`);
   }
 
   // A volume has one extent size; mixed-geometry pools are split into groups, the roomiest first.
@@ -275,7 +275,7 @@ function concatenatedShortfall(req: VolumeRequest, pool: Pool): AllocResult {
 function noRoom(what: string, debug_format: boolean, most: number, pool: Pool): string {
   const fits = most > 0 ? `at most ${exactSize(most)} fits in this layout` : "nothing fits in this layout";
   const debug = debug_format ? " (the debug format stores 4 × the capacity)" : "";
-  return `not enough free space for ${what}: ${fits}${debug}, ${exactSize(freeBytes(pool.candidates))} is free on the usable drives${unreachableNote(pool.unreachable)}. Ask for less, or add drives (\`nvmesh drive show\` lists each drive's free extents)`;
+  return `not enough free space for ${what}: ${fits}${debug}, ${exactSize(freeBytes(pool.candidates))} is free on the usable drives${unreachableNote(pool.unreachable)}. Ask for less, or add drives ('nvmesh drive show' lists each drive's free extents)`;
 }
 
 /**

@@ -182,7 +182,7 @@ describe("allocator: why a volume does not fit", () => {
     expect(r.code).toBe("no_space");
     expect(r.reason).toBe("space");
     expect(r.error).toMatch(/^not enough free space for a RAID1 volume of 99T \(2 copies\): at most 10M fits in this layout, 30M is free/);
-    expect(r.error).toMatch(/Ask for less, or add drives \(`nvmesh drive show`/);
+    expect(r.error).toMatch(/Ask for less, or add drives \('nvmesh drive show'/);
     expect(r.error).not.toMatch(/servers/);
   });
 
@@ -296,11 +296,11 @@ describe("allocator: why a volume does not fit", () => {
 
   test("no drive at all, and no drive reachable", () => {
     const empty = cluster([]);
-    expect(refusal(empty.state, empty.topo, { capacity_bytes: MiB, raid_level: "1" }).error).toMatch(/the cluster has no drives yet: serve formatted drives with `nvmesh target serve`/);
+    expect(refusal(empty.state, empty.topo, { capacity_bytes: MiB, raid_level: "1" }).error).toMatch(/the cluster has no drives yet: serve formatted drives with 'nvmesh target serve'/);
     const { state, topo } = cluster([10, 10]);
     const none = refusal(state, { ...topo, usable: new Set() }, { capacity_bytes: MiB, raid_level: "concatenated" });
     expect(none.code).toBe("no_space");
-    expect(none.error).toMatch(/none of the cluster's 2 drives is reachable \(`nvmesh drive show` says why\)/);
+    expect(none.error).toMatch(/none of the cluster's 2 drives is reachable \('nvmesh drive show' says why\)/);
   });
 
   test("invalid parameters are refused as invalid before the pool is looked at", () => {

@@ -116,7 +116,20 @@ describe("over HTTP with the typed client", () => {
     const e = await tomaClient("http://127.0.0.1:1").cluster().catch((x) => x);
     expect(e).toBeInstanceOf(TomaApiError);
     expect(e.status).toBe(0);
-    expect(e.message).toMatch(/cannot reach the TOMA/);
+    expect(e.message).toBe("cannot reach a TOMA at 127.0.0.1:1: connection refused (nothing listens there)");
+    expect(e.kind).toBe("unreachable");
+  });
+
+  test("an address that answers HTTP but is not a TOMA says so", async () => {
+    const other = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("not here", { status: 404 }) });
+    try {
+      const e = await tomaClient(`127.0.0.1:${other.port}`).cluster().catch((x) => x);
+      expect(e).toBeInstanceOf(TomaApiError);
+      expect(e.kind).toBe("not_toma");
+      expect(e.message).toBe(`127.0.0.1:${other.port} is not a TOMA: it answered HTTP 404 without the management API's JSON`);
+    } finally {
+      other.stop(true);
+    }
   });
 });
 
