@@ -1,5 +1,5 @@
 /** `nvmesh client serve|attach|detach|show`: the per-host client daemon and its control. */
-import { mkdirSync } from "node:fs";
+import { accessSync, constants, mkdirSync } from "node:fs";
 import { hostname } from "node:os";
 import { consola } from "consola";
 import { tomaLinkOver } from "../engine/client/toma-link.ts";
@@ -63,6 +63,11 @@ function makeRunDir(dir: string): void {
       : (e as Error).message;
     throw new Error(`cannot create the run directory ${dir}: ${why}; run as root, or choose another --run-dir (or NVMESH_RUN_DIR)`);
   }
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch {
+    throw new Error(`cannot use the run directory ${dir}: this user may not write in it; run as root, or choose another --run-dir (or NVMESH_RUN_DIR)`);
+  }
 }
 
 const serve = command({
@@ -86,6 +91,10 @@ const serve = command({
     const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
     const evil = evilFromEnv();
     if (evil) consola.warn(`TEST-ONLY evil switch ${evil.kind} (every ${evil.every}): this client corrupts its debug-format writes`);
+    const paths = repeated(rawArgs, "drive");
+    if (paths.length === 0 && rawArgs.some((a) => a.startsWith("--target-"))) {
+      throw new UsageError("--target-listen and --target-name go with --drive: add the drives this host serves, or drop them");
+    }
     if (await daemonAnswers(dir)) {
       throw new Error(`a client daemon runs already with the run directory ${dir}: stop it first, or give this one another --run-dir`);
     }
@@ -96,10 +105,6 @@ const serve = command({
     const cluster_key = clusterKey(args["key-file"]);
     if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
     const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
-    const paths = repeated(rawArgs, "drive");
-    if (paths.length === 0 && rawArgs.some((a) => a.startsWith("--target-"))) {
-      throw new UsageError("--target-listen and --target-name go with --drive");
-    }
     const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {
       paths,
       listen: listenAddress(args["target-listen"], "--target-listen"),

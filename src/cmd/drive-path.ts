@@ -11,7 +11,10 @@ export function checkDrivePath(path: string, need: "read" | "read and write"): v
     st = statSync(path);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new UsageError(`${path} does not exist: give a drive file or a block device (make a file with 'truncate -s 10G ${path}')`);
+    if (code === "ENOENT") {
+      const make = need === "read" ? "" : ` (make a file with 'truncate -s 10G ${path}')`;
+      throw new UsageError(`${path} does not exist: give a drive file or a block device${make}`);
+    }
     if (code === "EACCES") throw new UsageError(`cannot reach ${path}: permission denied on a directory of its path (run as root?)`);
     throw new UsageError(`cannot open ${path}: ${(e as Error).message}`);
   }
