@@ -153,10 +153,16 @@ export class BunNetwork implements Network {
       try {
         unlinkSync(a.unix); // a stale socket file from a crashed run would make bind fail
       } catch {}
-      l = bindUnix(a.unix, socket, options);
-    } else {
-      if (options.mode !== undefined || options.gid !== undefined) throw new Error(`socket mode and group apply to unix sockets, not to ${address}`);
-      l = Bun.listen<BunConn | undefined>({ hostname: a.host, port: a.port, socket, data: undefined });
+    } else if (options.mode !== undefined || options.gid !== undefined) {
+      throw new Error(`socket mode and group apply to unix sockets, not to ${address}`);
+    }
+    try {
+      l = "unix" in a
+        ? bindUnix(a.unix, socket, options)
+        : Bun.listen<BunConn | undefined>({ hostname: a.host, port: a.port, socket, data: undefined });
+    } catch (e) {
+      if (e instanceof SocketModeError) throw e;
+      throw new Error(listenFailure(address, e));
     }
     const bound = "unix" in a ? address : `${a.host}:${(l as TCPSocketListener<BunConn | undefined>).port}`;
     return {
@@ -164,6 +170,22 @@ export class BunNetwork implements Network {
       close: () => l.stop(true),
     };
   }
+}
+
+/**
+ * Why a socket could not listen on `address`, in words with what to do: Bun says only "Failed to
+ * listen at HOST", with the errno in `code`.
+ */
+export function listenFailure(address: string, e: unknown): string {
+  const code = (e as { code?: unknown }).code;
+  const why =
+    code === "EADDRINUSE" ? "the address is in use by another process (another nvmesh daemon?): stop it or choose another port"
+    : code === "EADDRNOTAVAIL" ? "that is not an address of this host: use one of its addresses, or 0.0.0.0 for all of them"
+    : code === "EACCES" ? "permission denied (ports below 1024 need root)"
+    : code === "ENOENT" ? "its directory does not exist"
+    : code === undefined ? `${(e as Error).message} (is the host name right?)`
+    : (e as Error).message;
+  return `cannot listen on ${address}: ${why}`;
 }
 
 /**
@@ -186,7 +208,10 @@ function bindUnix(path: string, socket: ReturnType<typeof handlers>, options: Li
     if (options.mode !== undefined) chmodSync(path, options.mode);
   } catch (e) {
     l.stop(true);
-    throw new Error(`cannot set the permissions of ${path}: ${(e as Error).message}`);
+    throw new SocketModeError(`cannot set the permissions of ${path}: ${(e as Error).message}`);
   }
   return l;
 }
+
+/** The socket was bound but its mode or group could not be set (it is closed again). */
+class SocketModeError extends Error {}
