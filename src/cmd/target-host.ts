@@ -8,7 +8,6 @@ import { connPair } from "../engine/net/pipe.ts";
 import { FileStore } from "../engine/runtime/file-store.ts";
 import { TargetService } from "../engine/target/service.ts";
 import { UsageError } from "./args.ts";
-import { warnNoKey } from "./key-file.ts";
 
 export interface HostedTarget {
   readonly service: TargetService;
@@ -19,6 +18,7 @@ export interface HostedTarget {
   stop(): Promise<void>;
 }
 
+/** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(env: Env, o: { paths: string[]; listen: string; name: string; cluster_key: Uint8Array | null }): Promise<HostedTarget> {
   if (o.paths.length === 0) throw new UsageError("at least one --drive is required");
   if (new Set(o.paths).size !== o.paths.length) throw new UsageError("the same --drive was given twice");
@@ -39,7 +39,6 @@ export async function hostTarget(env: Env, o: { paths: string[]; listen: string;
   }
   if (drives.length === 0) throw new Error("no usable drive: nothing to serve");
   const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key });
-  if (o.cluster_key === null) warnNoKey(`the target on ${o.listen}`);
   const listener = await env.net.listen(o.listen, (conn) => service.handle(conn));
   for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents)`);
   return {

@@ -3,13 +3,12 @@ import { hostname } from "node:os";
 import { consola } from "consola";
 import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
-import { makeApiHandler } from "../toma/api.ts";
+import { managementApi } from "../toma/api.ts";
 import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
-import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -21,9 +20,10 @@ const run = command({
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
+    ...insecureArg,
   },
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
+    const cluster_key = daemonKey(args, `the TOMA and its management API on ${args.listen}`, true)?.key ?? null;
     const targets = repeated(rawArgs, "target").map((t) => listenAddress(t, "--target"));
     if (targets.length === 0) throw new UsageError("at least one --target is required");
     const listen = parseAddress(listenAddress(args.listen));
@@ -31,9 +31,7 @@ const run = command({
     const env = realEnv("toma");
     const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
     toma.start();
-    const token = cluster_key === null ? null : managementToken(cluster_key);
-    const http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });
-    if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
+    const http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);
     let stopped = false;
