@@ -58,9 +58,22 @@ export class RecordingProxy {
     return `127.0.0.1:${this.listener.port}`;
   }
 
-  /** The recorded HTTP requests (request line and all), split at each request line. */
+  /** The recorded HTTP requests, each exactly as sent: head, then Content-Length bytes of body. */
   requests(): string[] {
-    return this.connections.flatMap((c) => c.sent.toString("latin1").split(/(?=^(?:GET|POST|PUT|DELETE) \/)/m)).filter((r) => r.length > 0);
+    const out: string[] = [];
+    for (const c of this.connections) {
+      const text = c.sent.toString("latin1");
+      let at = 0;
+      while (at < text.length) {
+        const head = text.indexOf("\r\n\r\n", at);
+        if (head < 0) break;
+        const length = Number(/^content-length: *(\d+)/im.exec(text.slice(at, head))?.[1] ?? 0);
+        const end = head + 4 + length;
+        out.push(text.slice(at, end));
+        at = end;
+      }
+    }
+    return out;
   }
 
   stop(): void {
