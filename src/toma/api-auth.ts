@@ -157,6 +157,7 @@ const denied = (status: number, error: string, code?: string): ApiResponse => ({
  */
 export class ManagementGuard {
   private readonly nonces: NonceBook;
+  private readonly log: Env["log"];
 
   constructor(
     env: Env,
@@ -166,6 +167,7 @@ export class ManagementGuard {
     private readonly secretOf: (client_id: number) => Uint8Array | undefined,
   ) {
     this.nonces = new NonceBook(env);
+    this.log = env.log;
   }
 
   async serve(req: RawRequest, handler: ApiHandler): Promise<ApiResponse> {
@@ -175,7 +177,10 @@ export class ManagementGuard {
       return { status: 200, body: { nonce: this.nonces.issue() } };
     }
     const caller = this.keys === null ? INSECURE_CALLER : this.authenticate(this.keys, req);
-    if ("status" in caller) return caller;
+    if ("status" in caller) {
+      if (caller.status === 401) this.log.warn("management request refused", { method, path: req.path, reason: (caller.body as { error: string }).error });
+      return caller;
+    }
     let body: unknown = undefined;
     if (req.body.length > 0) {
       try {

@@ -32,7 +32,9 @@ let now = 0;
 const env = {
   clock: { now_ms: () => now },
   random: { u32: () => randomBytes(4).readUInt32LE(), fill: (b: Uint8Array) => void b.set(randomBytes(b.length)) },
+  log: { debug() {}, info() {}, warn: (msg: string, f?: Record<string, unknown>) => void warned.push(`${msg}: ${String(f?.reason)}`), error() {} },
 } as unknown as Env;
+const warned: string[] = [];
 
 /** The routes' stand-in: records who called what; POST /v1/clients registers like api.ts. */
 let calls: { method: string; path: string; body: unknown; caller: Caller }[];
@@ -101,12 +103,16 @@ test("signed with the server key: served as an administrator; with the client ke
 test("a request seen on the wire and sent again byte for byte is a 401, and never reaches the routes", async () => {
   await new ManagementSigner(SERVER).call(send, "DELETE", "/v1/volumes/web");
   const captured = lastSigned();
+  warned.length = 0;
   for (let i = 0; i < 3; i++) {
     const r = await guard.serve({ ...captured }, routes);
     expect(r.status).toBe(401);
     expect(r.body).toMatchObject({ code: "nonce", error: expect.stringMatching(/accepted once/) });
   }
   expect(calls.length).toBe(1);
+  // Said in the TOMA's log, for whoever watches it.
+  expect(warned.length).toBe(3);
+  expect(warned[0]).toMatch(/management request refused: .*replayed/);
 });
 
 test("an altered request is a 401 and leaves its nonce unspent: method, path, query, body, signer", async () => {
