@@ -38,7 +38,7 @@ export type Admission =
  * Checks an AUTH proof against the key the HELLO named, and decides the role the connection is
  * served as: the named one with the server key, "client" with the client key.
  */
-export function admit(keys: ServerKeys, p: PendingAuth, proof: Uint8Array | null): Admission {
+export function admission(keys: ServerKeys, p: PendingAuth, proof: Uint8Array | null): Admission {
   const k = keyOfKind(keys, p.hello.key ?? "server");
   if (proof === null || !sameSecret(proof, requesterProof(k, p.challenge, p.nonce, p.hello.role, p.hello.name))) {
     return { refused: `this target requires a cluster key, and the requester did not prove it holds the ${k.kind} key` };

@@ -10,7 +10,7 @@ import type { Conn } from "../net/conn.ts";
 import { AuthRequest, HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
 import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
 import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
-import { type PendingAuth, admit, challengeFor } from "./capability.ts";
+import { type PendingAuth, admission, challengeFor } from "./capability.ts";
 import { type Requester, type TargetContext, execute } from "./execute.ts";
 import type { Role } from "./fence.ts";
 import { cborResponse, errorResponse, recycleFrame, takeBuffer } from "./reply.ts";
@@ -145,7 +145,7 @@ export class TargetConnection {
   private auth(h: Header, payload: Uint8Array): void {
     const p = this.pending!;
     const req = h.opcode === Op.AUTH && (h.flags & Flag.RESPONSE) === 0 ? decodeBody(AuthRequest, payload) : null;
-    const a = admit(this.ctx.auth!.keys, p, req === null || isInvalid(req) ? null : req.proof);
+    const a = admission(this.ctx.auth!.keys, p, req === null || isInvalid(req) ? null : req.proof);
     if ("refused" in a) {
       this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, a.refused));
       return this.fail(`requester ${p.hello.role} '${p.hello.name}' failed the cluster key check`, "warn");
