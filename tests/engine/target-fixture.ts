@@ -71,6 +71,8 @@ export interface TargetHarness {
   session(opts?: SessionOptions): Promise<Session>;
   /** A role "toma" session (one, opened on first use): FENCE, LOCK_LIST, stale unlocks. */
   toma(): Promise<Session>;
+  /** A new role "admin" session: the drives' metadata and CLAIM, which a client may not touch. */
+  admin(): Promise<Session>;
   stop(): void;
 }
 
@@ -110,6 +112,11 @@ export async function startTarget(
       return s;
     },
     toma,
+    async admin() {
+      const s = await openSession(env, listener.address, { version: 1, role: "admin", name: `test-admin-${sessions.length}` }, { cluster_key: serverKey });
+      sessions.push(s);
+      return s;
+    },
     stop() {
       for (const s of sessions) s.close();
       service.closeAll();
