@@ -66,7 +66,10 @@ function needsServerKey(what: string): UsageError {
 export function daemonKey(args: { "key-file"?: string; insecure?: boolean }, what: string, server: boolean): ClusterKey | null {
   const key = clusterKey(args["key-file"]);
   if (args.insecure) {
-    if (key !== null) throw new UsageError(`--insecure and a cluster key (${args["key-file"] ?? process.env.NVMESH_KEY_FILE ?? "found in /etc/nvmesh"}): give one or the other`);
+    if (key !== null) {
+      const where = args["key-file"] || process.env.NVMESH_KEY_FILE || "found in /etc/nvmesh";
+      throw new UsageError(`--insecure and a cluster key (${where}): give one or the other`);
+    }
     warnInsecure(what);
     return null;
   }
