@@ -5,6 +5,7 @@
  */
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { dirname } from "node:path";
 import { consola } from "consola";
 import { CLUSTER_KEY_BYTES, type ClusterKey, clientKeyOf, formatKeyFile, parseKeyFile } from "../engine/wire/cluster-key.ts";
 import { UsageError } from "./args.ts";
@@ -40,7 +41,14 @@ export function clusterKey(flag: string | undefined): ClusterKey | null {
   try {
     text = readFileSync(path, "utf8");
   } catch (e) {
-    throw new UsageError(`cannot read the cluster key file ${path}: ${(e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    const from = named === undefined ? "" : flag !== undefined ? " (--key-file)" : " (NVMESH_KEY_FILE)";
+    const why =
+      code === "ENOENT" ? "it does not exist; copy the cluster's key there, or write a new one with 'nvmesh cluster genkey --out FILE'"
+      : code === "EISDIR" ? "it is a directory; give the key file itself"
+      : code === "EACCES" ? "permission denied; run as root, or give this user read access"
+      : (e as Error).message;
+    throw new UsageError(`cannot read the cluster key file ${path}${from}: ${why}`);
   }
   try {
     const key = parseKeyFile(text);
@@ -106,8 +114,18 @@ export function warnInsecure(what: string): void {
 
 /** Writes `text` to `path` (mode 600); refuses to replace an existing file unless `force`. */
 function writePrivate(path: string, text: string, force: boolean, why: string): void {
+  if (existsSync(path) && statSync(path).isDirectory()) throw new UsageError(`${path} is a directory: give the path of the key file to write, e.g. ${path.replace(/\/+$/, "")}/cluster.key`);
   if (existsSync(path) && !force) throw new UsageError(`${path} exists: ${why}; --force replaces it`);
-  writeFileSync(path, text, { mode: 0o600 });
+  try {
+    writeFileSync(path, text, { mode: 0o600 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const reason =
+      code === "ENOENT" ? `its directory ${dirname(path)} does not exist (mkdir -p ${dirname(path)})`
+      : code === "EACCES" || code === "EROFS" ? "permission denied (run as root?)"
+      : (e as Error).message;
+    throw new Error(`cannot write ${path}: ${reason}`);
+  }
   chmodSync(path, 0o600); // `mode` applies only to a file created here, not to one --force replaced
 }
 

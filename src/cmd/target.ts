@@ -20,6 +20,7 @@ const serve = command({
     ...keyFileArg,
     ...insecureArg,
   },
+  repeatable: ["drive"],
   async run({ args, rawArgs }) {
     const listen = listenAddress(args.listen);
     const cluster_key = daemonKey(args, `the target on ${listen}`, true)?.key ?? null;

@@ -12,9 +12,22 @@ export class TomaApiError extends Error {
     /** HTTP status; 0 when the TOMA could not be reached at all. */
     readonly status: number,
     message: string,
+    /** The address answered nothing, or something that is not a TOMA's management API. */
+    readonly kind?: "unreachable" | "not_toma",
   ) {
     super(message);
   }
+}
+
+/** Why a request reached no TOMA, in words (fetch's own messages name the URL, not the cause). */
+function unreachable(e: unknown, timeout_ms: number): string {
+  const code = (e as { code?: unknown }).code;
+  if ((e as Error).name === "TimeoutError") return `no answer within ${timeout_ms / 1000} s`;
+  if (code === "ECONNREFUSED") return "connection refused (nothing listens there)";
+  if (code === "ECONNRESET") return "the connection was closed without an answer (is it a target's port rather than a TOMA's?)";
+  if (code === "ENOTFOUND") return "unknown host name";
+  if (code === "EHOSTUNREACH" || code === "ENETUNREACH") return "no route to that host";
+  return (e as Error).message;
 }
 
 export interface TomaClient {
@@ -39,6 +52,7 @@ export function tomaClient(base: string, opts: { timeout_ms?: number; key?: Clus
   const root = (/^https?:\/\//.test(base) ? base : `http://${base}`).replace(/\/+$/, "");
   const timeout_ms = opts.timeout_ms ?? 30_000;
   const signer = new ManagementSigner(opts.key ?? null);
+  const where = root.replace(/^https?:\/\//, "");
 
   const send: Transport = async (req) => {
     let res: Response;
@@ -53,13 +67,13 @@ export function tomaClient(base: string, opts: { timeout_ms?: number; key?: Clus
         signal: AbortSignal.timeout(timeout_ms),
       });
     } catch (e) {
-      throw new TomaApiError(0, `cannot reach the TOMA at ${root}: ${(e as Error).message}`);
+      throw new TomaApiError(0, `cannot reach a TOMA at ${where}: ${unreachable(e, timeout_ms)}`, "unreachable");
     }
     const text = await res.text();
     try {
       return { status: res.status, body: text.length > 0 ? JSON.parse(text) : null };
     } catch {
-      throw new TomaApiError(res.status, `TOMA at ${root} answered ${res.status} with a non-JSON body`);
+      throw new TomaApiError(res.status, `${where} is not a TOMA: it answered HTTP ${res.status} without the management API's JSON`, "not_toma");
     }
   };
 
