@@ -96,14 +96,14 @@ const serve = command({
     if (paths.length === 0 && rawArgs.some((a) => a.startsWith("--target-"))) {
       throw new UsageError("--target-listen and --target-name go with --drive: add the drives this host serves, or drop them");
     }
-    const what = paths.length === 0 ? "the client daemon" : "the client daemon with its host's target (--drive)";
-    const key = daemonKey(args, what, false);
-    // Serving drives takes the server key; the daemon's own requests use the client key below.
-    const target_key = serverKeyBytes(key, "serving drives (--drive)");
     if (await daemonAnswers(dir)) {
       throw new Error(`a client daemon runs already with the run directory ${dir}: stop it first, or give this one another --run-dir`);
     }
     makeRunDir(dir);
+    const what = paths.length === 0 ? "the client daemon" : "the client daemon with its host's target (--drive)";
+    const key = daemonKey(args, what, false);
+    // Serving drives takes the server key; the daemon's own requests use the client key below.
+    const target_key = paths.length === 0 ? null : serverKeyBytes(key, "serving drives (--drive)");
     const env = realEnv("client");
     const exports = new ExportRegistry();
     const nbd = new NbdServer(env, exports);
