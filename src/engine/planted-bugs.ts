@@ -31,6 +31,8 @@ export const plantedBugs = {
   raft_no_check_quorum: false,
   /** Raft: accept a configuration change before the leader committed an entry of its own term. */
   raft_conf_change_before_own_term: false,
+  /** Raft: a leader answers a read at once, without confirming that a majority still follows it. */
+  raft_read_without_confirmation: false,
   /** Hard-state record: a new record need only intersect the previous one, not the last complete one. */
   record_intersect_previous_only: false,
 };

@@ -592,6 +592,7 @@ class ModelWorld {
       const r = p.raft.proposeConfChange(change);
       if (r.ok) {
         this.count("conf_changes");
+        this.count(`conf_${change.op}`);
         this.log(`${p.id} proposes ${change.op} ${change.node}`);
         this.handle(p);
       }

@@ -229,6 +229,11 @@ export class TranscriptWorld {
     return this.out.length ? this.out.join("\n") : "ok";
   }
 
+  /** What the command that threw had printed before it threw. */
+  partial(): string[] {
+    return this.out;
+  }
+
   private addNode(id: NodeId, start: DurableState): void {
     assert(!this.nodes.has(id), `${id} exists`);
     const node: Node = { id, raft: null, persisted: start, app: new App(), random: 0 };
@@ -350,7 +355,7 @@ export function runTranscript(text: string): string {
     try {
       output = world.run(line);
     } catch (e) {
-      output = `error: ${(e as Error).message}`;
+      output = [...world.partial(), `error: ${(e as Error).message}`].join("\n");
     }
     result.push(line, "----", output);
     i += 2;
