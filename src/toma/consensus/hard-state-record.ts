@@ -118,7 +118,7 @@ export function decodeRecord(bytes: Uint8Array, at: { slot_generation: number; d
   }
   if (!looksLikeRecord(raw)) return { kind: "other" };
   const r = v.safeParse(RecordSchema, raw);
-  if (!r.success) return { kind: "corrupt", error: `hard-state record fails validation ${issueText(r.issues)}` };
+  if (!r.success) return { kind: "corrupt", error: `hard-state record fails validation${issueText(r.issues)}` };
   const rec = r.output;
   const why = recordProblem(rec);
   if (why) return { kind: "corrupt", error: why };

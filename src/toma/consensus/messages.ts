@@ -45,7 +45,7 @@ export function decodeEnvelope(bytes: Uint8Array): Decoded<Envelope> {
     return { ok: false, error: `envelope is not valid CBOR: ${(e as Error).message}` };
   }
   const r = v.safeParse(EnvelopeSchema, raw);
-  if (!r.success) return { ok: false, error: `envelope fails validation: ${issueText(r.issues)}` };
+  if (!r.success) return { ok: false, error: `envelope fails validation${issueText(r.issues)}` };
   const env = r.output;
   for (const m of env.msgs) {
     if (m.from !== env.from || m.to !== env.to) return { ok: false, error: `message ${m.from}->${m.to} inside an envelope ${env.from}->${env.to}` };
@@ -65,10 +65,11 @@ function messageProblem(m: Message): string | null {
   return null;
 }
 
+/** " at 'path': message" of a valibot failure, to follow "fails validation". */
 export function issueText(issues: readonly v.BaseIssue<unknown>[]): string {
   const i = issues[0]!;
   const where = i.path?.map((p) => String(p.key)).join(".") ?? "";
-  return `${where ? `at '${where}': ` : ""}${i.message}`;
+  return `${where ? ` at '${where}'` : ""}: ${i.message}`;
 }
 
 // ---- descriptions (logs, transcripts) -------------------------------------------------------------

@@ -65,7 +65,7 @@ export function decodeProposal(bytes: Uint8Array): Decoded<Proposal> {
     return { ok: false, error: `proposal is not valid CBOR: ${(e as Error).message}` };
   }
   const r = v.safeParse(ProposalSchema, raw);
-  if (!r.success) return { ok: false, error: `proposal fails validation ${issueText(r.issues)}` };
+  if (!r.success) return { ok: false, error: `proposal fails validation${issueText(r.issues)}` };
   return { ok: true, value: r.output as Proposal };
 }
 
