@@ -117,6 +117,8 @@ class ModelWorld {
   readonly chaos_steps: number;
   fault: number;
   readonly log: (line: string) => void;
+  /** The cores' own trace lines go to the log too (only when there is one: they cost time). */
+  readonly tracing: boolean;
   readonly stats: Record<string, number> = {};
   liveness_checked = false;
 
@@ -136,7 +138,8 @@ class ModelWorld {
   /** Checker state. */
   leaders = new Map<number, NodeId>();
   applied = new Map<number, { key: string; hash: number }>();
-  first_commit_term = new Map<number, number>();
+  /** Index → the term in which a leader first committed it, and the entry it committed there. */
+  first_commit = new Map<number, { term: number; key: string }>();
   leader_changes = 0;
 
   constructor(
@@ -148,6 +151,7 @@ class ModelWorld {
     this.chaos_steps = o.chaos_steps ?? 400;
     this.fault = o.faults ?? 1;
     this.log = o.log ?? (() => {});
+    this.tracing = o.log !== undefined;
     this.max_entries = this.rng.chance(0.5) ? 1 : 64;
   }
 
@@ -196,7 +200,14 @@ class ModelWorld {
 
   private raftFor(id: NodeId, start: DurableState): Raft {
     return new Raft(
-      { id, election_ticks: ELECTION, heartbeat_ticks: HEARTBEAT, random: (n) => this.rng.int(0, n), max_entries_per_msg: this.max_entries },
+      {
+        id,
+        election_ticks: ELECTION,
+        heartbeat_ticks: HEARTBEAT,
+        random: (n) => this.rng.int(0, n),
+        max_entries_per_msg: this.max_entries,
+        ...(this.tracing ? { trace: (line: string) => this.log(`  ${id}: ${line}`) } : {}),
+      },
       start,
     );
   }
@@ -280,7 +291,13 @@ class ModelWorld {
         if (r < bad * 1.5) continue; // landed, acknowledgement lost
         acked.add(uuid);
       }
-      if (p.writer.completed(plan.seq, acked)) return true;
+      const outcome = p.writer.completed(plan.seq, acked);
+      if (outcome === "complete") return true;
+      if (outcome === "amnesic") {
+        this.log(`s${p.server}: ${p.id} amnesic: its start record did not reach every drive of the trusted one`);
+        this.count("amnesia_at_start_write");
+        return false;
+      }
       this.count("incomplete_writes");
       // The runtime gives up on a drive that keeps failing: it is treated as gone from the server.
       if (attempt >= 3) {
@@ -419,12 +436,12 @@ class ModelWorld {
   private checkCompleteness(p: Proc, term: number): void {
     const snap = p.raft.snapshot();
     const entries = p.raft.entries();
-    for (const [index, t] of this.first_commit_term) {
-      if (t >= term) continue;
+    for (const [index, c] of this.first_commit) {
+      if (c.term >= term) continue;
       if (index <= snap.index) continue; // in its snapshot, which was checked when installed or taken
       const e = entries[index - snap.index - 1];
-      if (!e || entryKey(e) !== this.applied.get(index)?.key) {
-        this.fail(`leader ${p.id} of term ${term} lacks entry ${index} committed in term ${t}`);
+      if (!e || entryKey(e) !== c.key) {
+        this.fail(`leader ${p.id} of term ${term} lacks entry ${index} (${c.key}) committed in term ${c.term}; it holds ${e ? entryKey(e) : "nothing"} there`);
       }
     }
   }
@@ -432,9 +449,13 @@ class ModelWorld {
   private checkCommit(p: Proc): void {
     const s = p.raft.basics();
     if (s.role !== "leader") return;
-    for (let i = s.commit; i > 0 && !this.first_commit_term.has(i); i--) {
-      if (i <= p.raft.snapshot().index) break;
-      this.first_commit_term.set(i, s.term);
+    const snap = p.raft.snapshot().index;
+    const entries = p.raft.entries();
+    for (let i = s.commit; i > snap && !this.first_commit.has(i); i--) {
+      const key = entryKey(entries[i - snap - 1]!);
+      const applied = this.applied.get(i);
+      if (applied && applied.key !== key) this.fail(`${p.id} committed '${key}' at ${i}, where '${applied.key}' was applied`);
+      this.first_commit.set(i, { term: s.term, key });
     }
     // CheckQuorum: no leader goes on for two election timeouts without a majority answering.
     const voters = voterIds(p.raft.config());

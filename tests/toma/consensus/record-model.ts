@@ -120,8 +120,13 @@ export function runRecordModel(seed: number, steps = 300, log: (line: string) =>
       }
     }
     const done = writer.completed(plan.seq, acked);
-    log(`write issue ${rec.term} seq ${plan.seq} inc ${incarnation.slice(0, 4)} anchor ${plan.anchor_seq} [${outcome.join(" ")}] ${done ? "COMPLETE" : "incomplete"}`);
-    if (done) relied.set(incarnation, Math.max(relied.get(incarnation) ?? 0, rec.term));
+    log(`write issue ${rec.term} seq ${plan.seq} inc ${incarnation.slice(0, 4)} anchor ${plan.anchor_seq} [${outcome.join(" ")}] ${done}`);
+    if (done === "complete") relied.set(incarnation, Math.max(relied.get(incarnation) ?? 0, rec.term));
+    if (done === "amnesic") {
+      stats.amnesic++;
+      incarnation = newIncarnation();
+      writer = new RecordWriter(null, Math.max(0, ...drives.filter((d) => d.where === "here").map((d) => d.gen)));
+    }
   };
 
   const start = (): void => {
