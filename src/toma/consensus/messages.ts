@@ -38,21 +38,28 @@ export type Decoded<T> = { ok: true; value: T } | { ok: false; error: string };
 /** Decodes and validates an envelope; never throws. Says why a bad one is refused. */
 export function decodeEnvelope(bytes: Uint8Array): Decoded<Envelope> {
   if (bytes.length > MAX_ENVELOPE_BYTES) return { ok: false, error: `envelope of ${bytes.length} bytes exceeds ${MAX_ENVELOPE_BYTES}` };
-  let raw: unknown;
-  try {
-    raw = decode(bytes);
-  } catch (e) {
-    return { ok: false, error: `envelope is not valid CBOR: ${(e as Error).message}` };
-  }
-  const r = v.safeParse(EnvelopeSchema, raw);
-  if (!r.success) return { ok: false, error: `envelope fails validation${issueText(r.issues)}` };
-  const env = r.output;
+  const d = parseCbor(bytes, EnvelopeSchema, "envelope");
+  if (!d.ok) return d;
+  const env = d.value;
   for (const m of env.msgs) {
     if (m.from !== env.from || m.to !== env.to) return { ok: false, error: `message ${m.from}->${m.to} inside an envelope ${env.from}->${env.to}` };
     const why = messageProblem(m);
     if (why) return { ok: false, error: `${m.type} from ${m.from}: ${why}` };
   }
   return { ok: true, value: env };
+}
+
+/** CBOR bytes checked against a schema; never throws. `what` names the thing in the error. */
+export function parseCbor<S extends v.GenericSchema>(bytes: Uint8Array, schema: S, what: string): Decoded<v.InferOutput<S>> {
+  let raw: unknown;
+  try {
+    raw = decode(bytes);
+  } catch (e) {
+    return { ok: false, error: `${what} is not valid CBOR: ${(e as Error).message}` };
+  }
+  const r = v.safeParse(schema, raw);
+  if (!r.success) return { ok: false, error: `${what} fails validation${issueText(r.issues)}` };
+  return { ok: true, value: r.output };
 }
 
 /** Cross-field checks the schema cannot express. */

@@ -13,11 +13,11 @@
  *
  * Also the fence version of an entry: docs/toma-cluster.md, "Fenced at the drives".
  */
-import { decode, encode } from "cbor-x";
+import { encode } from "cbor-x";
 import * as v from "valibot";
 import { assert } from "../../engine/assert.ts";
 import { apply, type ClusterState, type Command, DriveRecordSchema, LegStateSchema, type RefusalCode } from "../cluster-state.ts";
-import { type Decoded, issueText } from "./messages.ts";
+import { type Decoded, parseCbor } from "./messages.ts";
 import { Count, UuidSchema } from "./types.ts";
 
 const Name = v.pipe(v.string(), v.maxLength(256));
@@ -58,15 +58,7 @@ export function encodeProposal(p: Proposal): Uint8Array {
 }
 
 export function decodeProposal(bytes: Uint8Array): Decoded<Proposal> {
-  let raw: unknown;
-  try {
-    raw = decode(bytes);
-  } catch (e) {
-    return { ok: false, error: `proposal is not valid CBOR: ${(e as Error).message}` };
-  }
-  const r = v.safeParse(ProposalSchema, raw);
-  if (!r.success) return { ok: false, error: `proposal fails validation${issueText(r.issues)}` };
-  return { ok: true, value: r.output as Proposal };
+  return parseCbor(bytes, ProposalSchema, "proposal") as Decoded<Proposal>;
 }
 
 export type Applied =

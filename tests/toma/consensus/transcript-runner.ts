@@ -9,6 +9,9 @@
  *   add-node ID                      a blank node in no configuration (a new or amnesic TOMA)
  *   tick IDS [xN]                    N ticks on each node, its Ready handled after each
  *   campaign ID                      start an election now (through PreVote)
+ *   step FROM TO TYPE k=v ...        hand TO a message made up here (no entries), e.g.
+ *                                    `step 3 1 vote term=5 last_index=2 last_term=2`; missing
+ *                                    numbers are 0, `reject=true` for a rejection
  *   propose ID DATA                  leader: append a normal entry
  *   propose-conf ID OP NODE          OP: add-learner, promote, remove
  *   read-index ID CTX                leader: ask for a read point
@@ -18,6 +21,7 @@
  *                                    only the nodes' trace lines (a network that delivers promptly)
  *   deliver FROM->TO                 deliver what is queued on one link (and handle the receiver)
  *   drop FROM->TO                    discard what is queued on one link
+ *   queued FROM->TO                  print what is queued on one link, without delivering it
  *   cut FROM->TO                     from now on, messages FROM->TO are lost (one way)
  *   partition A,B|C,D[|...]          only these cuts from now: every link between the groups, both ways
  *   heal                             undo every cut
@@ -112,6 +116,29 @@ export class TranscriptWorld {
         this.live(pos[0]!).campaign();
         this.handleReady(pos[0]!);
         break;
+      case "step": {
+        const [from, to, type] = pos as [string, string, string];
+        const fields: Record<string, unknown> = { type, from, to };
+        const numbers: Record<string, string[]> = {
+          pre_vote: ["term", "last_index", "last_term"],
+          vote: ["term", "last_index", "last_term"],
+          pre_vote_resp: ["term"],
+          vote_resp: ["term"],
+          app: ["term", "prev_index", "prev_term", "commit"],
+          app_resp: ["term", "index", "hint_index", "hint_term"],
+          heartbeat: ["term", "commit", "read_round"],
+          heartbeat_resp: ["term", "read_round"],
+        };
+        assert(numbers[type], `step: no made-up ${type} messages`);
+        for (const k of numbers[type]) fields[k] = Number(kv[k] ?? 0);
+        if (type.endsWith("_resp") && type !== "heartbeat_resp") fields.reject = kv.reject === "true";
+        if (type === "app") fields.entries = [];
+        const m = fields as Message;
+        this.print(describeMessage(m));
+        this.live(to).step(m);
+        this.handleReady(to);
+        break;
+      }
       case "propose": {
         const r = this.live(pos[0]!).propose(enc.encode(pos.slice(1).join(" ")));
         this.print(r.ok ? `proposed at ${r.term}/${r.index}` : `refused: ${r.reason}`);
@@ -168,6 +195,9 @@ export class TranscriptWorld {
       }
       case "drop":
         this.queues.delete(pos[0]!);
+        break;
+      case "queued":
+        for (const m of this.queues.get(pos[0]!) ?? []) this.print(describeMessage(m));
         break;
       case "cut":
         this.cuts.add(pos[0]!);
