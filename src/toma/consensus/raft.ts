@@ -15,6 +15,7 @@ import { applyChange, changeProblem, configAt, describeChange, isVoter, member, 
 import { Progress } from "./progress.ts";
 import { quorumValue, voteResult } from "./quorum.ts";
 import { ProtocolViolation, RaftLog } from "./raft-log.ts";
+import { ReadQueue } from "./read-index.ts";
 import {
   type ConfChange,
   type Config,
@@ -119,9 +120,8 @@ export class Raft {
   /** Leader: index of the last conf entry appended; no other change until it is committed. */
   private pending_conf_index = 0;
 
-  /** Leader: read rounds (readIndex); each round is one broadcast of heartbeats. */
-  private read_round = 0;
-  private pending_reads: { ctx: number; index: number; round: number }[] = [];
+  /** Leader: reads waiting for a majority to confirm a round of heartbeats (readIndex). */
+  private readonly reads = new ReadQueue();
   private read_states: ReadState[] = [];
 
   private msgs: Message[] = [];
@@ -234,11 +234,9 @@ export class Raft {
       this.read_states.push({ ctx, index: this.log.committed });
       return { ok: true };
     }
-    this.read_round++;
-    this.pending_reads.push({ ctx, index: this.log.committed, round: this.read_round });
-    this.prs.get(this.id)!.read_round = this.read_round;
+    this.prs.get(this.id)!.read_round = this.reads.ask(ctx, this.log.committed);
     this.releaseReads();
-    if (this.pending_reads.length > 0) this.bcastHeartbeat();
+    if (this.reads.hasPending()) this.bcastHeartbeat();
     return { ok: true };
   }
 
@@ -774,7 +772,7 @@ export class Raft {
   private bcastHeartbeat(): void {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
-      this.send({ type: "heartbeat", to: id, term: this.term, commit: Math.min(pr.match, this.log.committed), read_round: this.read_round });
+      this.send({ type: "heartbeat", to: id, term: this.term, commit: Math.min(pr.match, this.log.committed), read_round: this.reads.round });
     }
   }
 
@@ -801,17 +799,14 @@ export class Raft {
   }
 
   private releaseReads(): void {
-    if (this.pending_reads.length === 0) return;
+    if (!this.reads.hasPending()) return;
     const confirmed = quorumValue(voterIds(this.config()), (id) => this.prs.get(id)?.read_round ?? 0);
-    while (this.pending_reads.length > 0 && this.pending_reads[0]!.round <= confirmed) {
-      const r = this.pending_reads.shift()!;
-      this.read_states.push({ ctx: r.ctx, index: r.index });
-    }
+    this.read_states.push(...this.reads.release(confirmed));
   }
 
   private dropReads(): void {
-    if (this.pending_reads.length > 0) this.trace(`dropped ${this.pending_reads.length} pending read(s): no longer leader`);
-    this.pending_reads = [];
+    const n = this.reads.drop();
+    if (n > 0) this.trace(`dropped ${n} pending read(s): no longer leader`);
   }
 
   // ---- helpers ----------------------------------------------------------------------------------
