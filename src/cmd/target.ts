@@ -19,6 +19,7 @@ const serve = command({
     name: { type: "string", description: "target name (default: host name)" },
     ...keyFileArg,
   },
+  repeatable: ["drive"],
   async run({ args, rawArgs }) {
     const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");
