@@ -6,10 +6,6 @@
 import { assert } from "../../engine/assert.ts";
 import { type ConfChange, type Config, type Entry, MAX_MEMBERS, type Member, type NodeId, type Snapshot } from "./types.ts";
 
-export function emptyConfig(): Config {
-  return { members: [] };
-}
-
 /** A configuration where every id is a voter: the bootstrap configuration. */
 export function votersConfig(ids: readonly NodeId[], address: (id: NodeId) => string = () => ""): Config {
   const members = [...new Set(ids)].sort().map((id) => ({ id, voter: true, address: address(id) }));

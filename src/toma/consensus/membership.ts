@@ -8,7 +8,7 @@
  * order for a replacement keeps the time with one voter fewer short:
  *   add_learner(new) → [it catches up] → remove(old) → promote(new).
  */
-import { describeConfig, isVoter, member, voterIds } from "./config.ts";
+import { describeConfig, member, voterIds } from "./config.ts";
 import type { ConfChange, Config, NodeId } from "./types.ts";
 
 export interface Announced {
@@ -78,8 +78,4 @@ export function membershipWarnings(config: Config): string[] {
     out.push(`${voters} voters survive as many server losses as ${voters - 1}; an odd number is enough`);
   }
   return out;
-}
-
-export function isMemberVoter(config: Config, toma_id: string): boolean {
-  return config.members.some((m) => tomaIdOf(m.id) === toma_id && isVoter(config, m.id));
 }

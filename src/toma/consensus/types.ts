@@ -108,7 +108,6 @@ export const MessageSchema = v.variant("type", [
   v.strictObject({ type: v.literal("snap"), ...Base, snapshot: SnapshotSchema }),
 ]);
 export type Message = v.InferOutput<typeof MessageSchema>;
-export type MessageType = Message["type"];
 
 /** A confirmed linearizable read point: wait until applied ≥ index, then read (raft.ts readIndex). */
 export interface ReadState {
