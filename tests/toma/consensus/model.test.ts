@@ -1,7 +1,7 @@
 /**
  * The consensus core under the randomized model (model.ts): safety checked all along, liveness
  * after the heal, and no disruption by a one-way cut. A failing seed prints its replay line.
- * MODEL_SEEDS=N runs more (the sweep in docs/toma-cluster.md used 20000).
+ * MODEL_SEEDS=N runs more (docs/toma-cluster.md gives the last sweep of 10000 seeds).
  */
 import { expect, test } from "bun:test";
 import { runModel } from "./model.ts";
