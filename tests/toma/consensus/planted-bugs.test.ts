@@ -43,7 +43,7 @@ describe("the consensus model catches", () => {
 });
 
 describe("the record model catches", () => {
-  test("record_intersect_previous_only (the drive-set rule we started from; within 3000 seeds)", () => {
+  test("record_intersect_previous_only (the obvious drive-set rule; within 3000 seeds)", () => {
     const found = firstCaught("record_intersect_previous_only", 3000, (seed) => runRecordModel(seed).violation);
     expect(found).not.toBeNull();
     console.log(`record_intersect_previous_only: caught by seed ${found!.seed}: ${found!.failure}`);
