@@ -10,7 +10,6 @@ import { TargetService } from "../engine/target/service.ts";
 import { UsageError } from "./args.ts";
 import { checkDrivePath } from "./drive-path.ts";
 import { locateSuperblock } from "../engine/drive/locate-superblock.ts";
-import { warnNoKey } from "./key-file.ts";
 
 export interface HostedTarget {
   readonly service: TargetService;
@@ -21,6 +20,7 @@ export interface HostedTarget {
   stop(): Promise<void>;
 }
 
+/** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(env: Env, o: { paths: string[]; listen: string; name: string; cluster_key: Uint8Array | null }): Promise<HostedTarget> {
   if (o.paths.length === 0) throw new UsageError("at least one --drive is required");
   const twice = o.paths.find((p, i) => o.paths.indexOf(p) !== i);
@@ -55,7 +55,6 @@ export async function hostTarget(env: Env, o: { paths: string[]; listen: string;
     throw new Error(o.paths.length === 1 ? "the drive cannot be served (see above): nothing to serve" : `none of the ${o.paths.length} drives can be served (see above): nothing to serve`);
   }
   const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key });
-  if (o.cluster_key === null) warnNoKey(`the target on ${o.listen}`);
   let listener: Awaited<ReturnType<Env["net"]["listen"]>>;
   try {
     listener = await env.net.listen(o.listen, (conn) => service.handle(conn));

@@ -4,13 +4,12 @@ import { consola } from "consola";
 import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenFailure } from "../engine/runtime/real-net.ts";
-import { makeApiHandler } from "../toma/api.ts";
+import { managementApi } from "../toma/api.ts";
 import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
-import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -22,10 +21,11 @@ const run = command({
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
+    ...insecureArg,
   },
   repeatable: ["target"],
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
+    const cluster_key = daemonKey(args, `the TOMA and its management API on ${args.listen}`, true)?.key ?? null;
     const targets = repeated(rawArgs, "target").map((t) => listenAddress(t, "--target"));
     if (targets.length === 0) throw new UsageError("at least one --target is required");
     const twice = targets.find((t, i) => targets.indexOf(t) !== i);
@@ -37,16 +37,14 @@ const run = command({
     if ("unix" in listen) throw new UsageError(`invalid --listen '${args.listen}': the management API listens on HOST:PORT (e.g. 0.0.0.0:${DEFAULT_TOMA_PORT}), not a unix socket`);
     const env = realEnv("toma");
     const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
-    const token = cluster_key === null ? null : managementToken(cluster_key);
     let http: ReturnType<typeof serveTomaApi>;
     try {
-      http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });
+      http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });
     } catch (e) {
       throw new Error(listenFailure(args.listen, e));
     }
     // Started only once its API could listen: a TOMA that cannot serve must not touch the targets.
     toma.start();
-    if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);
     let stopped = false;

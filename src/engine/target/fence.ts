@@ -15,7 +15,8 @@
  * extents: once a volume is deleted, its registrations are gone from every drive before its
  * extents can belong to anything else (docs/toma.md, "Deleting a volume").
  *
- * By role of the connection's HELLO: "toma" is the authority and is never fenced; "admin" may not
+ * By the role the connection is served as (capability.ts: with a cluster key, the one the key it
+ * proved gives): "toma" is the authority and is never fenced; "admin" may not
  * send data-path requests at all; "client" is checked when enforcement is on.
  *
  * Registrations live in RAM only: after a target restart (or the drive being unplugged and
