@@ -10,7 +10,7 @@ import { type AuthChallenge, TargetInfo, decodeBody, encodeBody, isInvalid } fro
 import { FrameDecoder, type Header, Op, Status, emptyHeader, encodeFrame } from "../../src/engine/wire/header.ts";
 import { AuthError } from "../../src/engine/wire/session-api.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
-import { type TargetHarness, memoryDrive, pattern, startTarget, uuidBytes } from "./target-fixture.ts";
+import { FIXTURE_VOLUME, type TargetHarness, memoryDrive, pattern, startTarget, uuidBytes, wholeDrive } from "./target-fixture.ts";
 
 const KEY = new Uint8Array(randomBytes(32));
 const SERVER: ClusterKey = { kind: "server", key: KEY };
@@ -138,8 +138,12 @@ test("a client-key requester is served as a client whatever role it names: no me
   // The TOMA's connection was not superseded, and it still sees the drive's metadata untouched.
   expect(toma.closed).toBe(false);
   expect((await toma.metaRead(drive)).generation).toBe(0);
-  // Registered by the TOMA, the same client's I/O is served (fenced, not refused).
-  await toma.fence(drive, { replace: false, set: [{ client_id: 9, min_generation: 0 }], remove: [] });
-  await fake.write(drive, 0, pattern(3, 4096), false);
+  // Registered by the TOMA for a volume, the client's I/O is served (fenced, not refused) on a
+  // connection bound to that volume; the one that named no volume still reaches nothing.
+  await toma.fence(drive, { replace: false, volumes: [wholeDrive(d)], set: [{ client_id: 9, min_generation: 0, volumes: [FIXTURE_VOLUME.uuid] }], remove: [] });
+  expect(await refused(fake.write(drive, 0, pattern(3, 4096), false))).toMatch(/bound to no volume/);
+  const bound = await openSession(h.env, h.address, { version: 1, role: "client", name: "test-client", volume: FIXTURE_VOLUME }, { cluster_key: CLIENT, client_id: 9 });
+  await bound.write(drive, 0, pattern(3, 4096), false);
+  bound.close();
   fake.close();
 });
