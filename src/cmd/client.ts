@@ -92,8 +92,8 @@ const serve = command({
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
       openSession: target
-        ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, (e, conn, address, hello) =>
-            sessionOver(e, conn, address, hello, { cluster_key }))
+        ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, (e, link, address, hello) =>
+            sessionOver(e, link, address, hello, { cluster_key }))
         : open,
       nbd,
       exports,

@@ -3,8 +3,8 @@ import { consola } from "consola";
 import type { FormattedDrive } from "../engine/drive/formatted-api.ts";
 import { openDrive } from "../engine/drive/formatted-drive.ts";
 import type { Env } from "../engine/env.ts";
-import type { Conn } from "../engine/net/conn.ts";
-import { connPair } from "../engine/net/pipe.ts";
+import type { FrameLink } from "../engine/net/frame-link.ts";
+import { linkPair } from "../engine/net/pipe.ts";
 import { FileStore } from "../engine/runtime/file-store.ts";
 import { TargetService } from "../engine/target/service.ts";
 import { UsageError } from "./args.ts";
@@ -14,8 +14,8 @@ export interface HostedTarget {
   readonly service: TargetService;
   /** The address it listens on, as bound (a port 0 resolved). */
   readonly address: string;
-  /** An in-process connection to it (client/local-target.ts). */
-  connect(): Conn;
+  /** An in-process link to it (client/local-target.ts). */
+  connect(): FrameLink;
   stop(): Promise<void>;
 }
 
@@ -46,8 +46,8 @@ export async function hostTarget(env: Env, o: { paths: string[]; listen: string;
     service,
     address: listener.address,
     connect: () => {
-      const [mine, theirs] = connPair(listener.address, "in-process");
-      service.handle(theirs);
+      const [mine, theirs] = linkPair(listener.address, "in-process");
+      service.handleLink(theirs);
       return mine;
     },
     stop: async () => {

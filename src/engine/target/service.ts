@@ -2,11 +2,14 @@
  * The target: serves the extents of its local drives to whoever completes HELLO. Blind to volumes.
  * Sans-I/O: it is handed connections (real sockets or simulated links) through handle() and
  * reaches the world only through Env and the drives it is given. The CLI wires
- * env.net.listen(address, (c) => service.handle(c)).
+ * env.net.listen(address, (c) => service.handle(c)), and handleLink() for frame links that are
+ * not byte streams (the in-process pipe, RDMA).
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import type { Env, TimerHandle } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
+import { streamLink } from "../net/stream-link.ts";
 import type { TargetInfo } from "../wire/control.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
 import type { HelloRequest } from "../wire/control.ts";
@@ -101,11 +104,16 @@ export class TargetService {
     }
   }
 
-  /** Takes ownership of a freshly accepted connection. */
+  /** Takes ownership of a freshly accepted byte-stream connection (TCP, unix, simulated). */
   handle(conn: Conn): void {
+    this.handleLink(streamLink(conn));
+  }
+
+  /** Takes ownership of a freshly accepted frame link. */
+  handleLink(link: FrameLink): void {
     const c = new TargetConnection(
       this.ctx,
-      conn,
+      link,
       this.limits,
       (ended) => this.conns.delete(ended),
       (hello, by) => this.supersede(hello, by),
@@ -163,6 +171,13 @@ export class TargetService {
   /** Connections currently open (for status output and tests). */
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** Open connections by transport kind (status output). */
+  connectionsByTransport(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const c of this.conns) out[c.transport.kind] = (out[c.transport.kind] ?? 0) + 1;
+    return out;
   }
 
   /** Closes every connection (shutdown). Drives are the caller's to close. */
