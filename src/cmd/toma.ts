@@ -6,6 +6,9 @@ import { realEnv } from "../engine/runtime/real-env.ts";
 import { makeApiHandler } from "../toma/api.ts";
 import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
+import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
@@ -29,7 +32,16 @@ const run = command({
     const listen = parseAddress(listenAddress(args.listen));
     if ("unix" in listen) throw new UsageError("--listen for the management API must be HOST:PORT");
     const env = realEnv("toma");
-    const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
+    const name = args.name ?? hostname();
+    const hello = { version: 1 as const, role: "toma" as const, name };
+    const keyed = { cluster_key };
+    // Over RDMA where a target offers it, as the clients do (target show says which and why).
+    const open = viaRdma(
+      (e, address, h) => openSession(e, address, h, keyed),
+      realRdma,
+      (e, link, address, h) => sessionOver(e, link, address, h, keyed),
+    );
+    const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
     toma.start();
     const token = cluster_key === null ? null : managementToken(cluster_key);
     const http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });

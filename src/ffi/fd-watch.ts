@@ -44,7 +44,16 @@ export class FdWatch {
       this.state[1 + 2 * i] = -1;
       this.free.push(MAX_FDS - 1 - i);
     }
-    this.worker = new Worker(new URL("./fd-watch-worker.ts", import.meta.url).href);
+    // Compiled (`bun build --compile src/cmd/main.ts src/ffi/fd-watch-worker.ts`: package.json),
+    // the worker is an entry point of its own, stored under the entry points' common folder (src/)
+    // in the executable's file system; from source, it is resolved against this file.
+    this.worker = import.meta.url.includes("/$bunfs/")
+      ? new Worker("/$bunfs/root/ffi/fd-watch-worker.js")
+      : new Worker(new URL("./fd-watch-worker.ts", import.meta.url).href);
+    this.worker.onerror = (e) => {
+      // Without this thread no RDMA link ever wakes up again: stop loudly.
+      throw new Error(`the fd watcher thread failed: ${e.message}`);
+    };
     this.worker.onmessage = (e: MessageEvent<number[]>) => {
       for (const fd of e.data) this.callbacks.get(fd)?.ready();
     };

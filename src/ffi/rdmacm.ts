@@ -234,6 +234,12 @@ export class CmId {
     this.check(this.l.symbols.rdma_listen(this.p, backlog), "rdma_listen");
   }
 
+  /** The peer's IPv4 address ("a.b.c.d"), from the id's route. */
+  peerAddress(): string {
+    const at = L["rdma_cm_id.route.addr.dst_addr"];
+    return [4, 5, 6, 7].map((i) => read.u8(this.p as Pointer, at + i)).join(".");
+  }
+
   /** The port bound (after listen; a port 0 resolved). */
   get port(): number {
     return this.l.symbols.rdma_get_src_port(this.p);

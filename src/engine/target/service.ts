@@ -63,6 +63,8 @@ export class TargetService {
   private readonly writeback: TimerHandle;
   /** TargetInfo.serving: random per start of this service. */
   readonly serving: string;
+  /** Where this target also listens on RDMA, told to requesters in HELLO (setRdma). */
+  private rdma: TargetInfo["rdma"];
   /** Drives being flushed by the writeback now. */
   private readonly flushing = new Set<ServedDrive>();
 
@@ -165,7 +167,14 @@ export class TargetService {
   }
 
   info(): TargetInfo {
-    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    const info: TargetInfo = { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    if (this.rdma !== undefined) info.rdma = this.rdma;
+    return info;
+  }
+
+  /** Offers RDMA on `port` (and `host`, or null: the address a requester reached us by). */
+  setRdma(offer: { host: string | null; port: number }): void {
+    this.rdma = offer;
   }
 
   /** Connections currently open (for status output and tests). */

@@ -53,8 +53,8 @@ export interface TargetSession {
   /** From the HELLO exchange. */
   readonly info: TargetInfo;
   readonly closed: boolean;
-  /** How the session's frames travel (tcp, rdma, in-process), and why that way. */
-  readonly transport: Transport;
+  /** How the session's frames travel (tcp, rdma, in-process), and why that way (set by who opened it). */
+  transport: Transport;
   /** Stamped in every request header: who we are and the topology generation we run (fencing; WriteOptions.generation overrides it per op). */
   client_id: number;
   generation: number;

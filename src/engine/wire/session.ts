@@ -141,6 +141,7 @@ export class Session implements TargetSession {
   onClose: ((reason: string) => void) | null = null;
   client_id: number;
   generation: number;
+  transport: Transport;
 
   private isClosed = false;
   private readonly pending = new Map<number, Request>();
@@ -168,6 +169,7 @@ export class Session implements TargetSession {
     this.max_inflight_locks = opts.max_inflight_locks ?? DEFAULT_SESSION_MAX_INFLIGHT_LOCKS;
     this.client_id = opts.client_id ?? 0;
     this.generation = opts.generation ?? 0;
+    this.transport = link.transport;
     link.onFrame = (h, payload) => this.onFrame(h, payload);
     link.sink = (h) => this.readDestination(h);
     link.onMalformed = (why) => this.fail(`malformed frame from target: ${why}`);
@@ -178,10 +180,6 @@ export class Session implements TargetSession {
     return this.isClosed;
   }
 
-  /** How this session's frames travel, and why that way. */
-  get transport(): Transport {
-    return this.link.transport;
-  }
 
   /** Requests issued from now on carry these fencing fields. */
   setFence(client_id: number, generation: number): void {
