@@ -242,7 +242,8 @@ export class CmId {
 
   /** The port bound (after listen; a port 0 resolved). */
   get port(): number {
-    return this.l.symbols.rdma_get_src_port(this.p);
+    const be = this.l.symbols.rdma_get_src_port(this.p) as number; // network byte order
+    return ((be & 0xff) << 8) | (be >>> 8);
   }
 
   /** Starts resolving the peer's address (an addr_resolved or error event follows). */
