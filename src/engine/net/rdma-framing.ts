@@ -375,7 +375,7 @@ export class RdmaFraming {
     if (pos === m.length) return "an empty FRAMES message";
     while (pos < m.length) {
       const h = decodeHeader(m, pos, this.lastUuid);
-      if (typeof h === "string") return `malformed frame: ${h}`;
+      if (typeof h === "string") return `${h} (at byte ${pos} of a ${m.length}-byte message)`;
       this.lastUuid = h.drive_uuid;
       pos += HEADER_BYTES;
       const have = m.length - pos;

@@ -108,7 +108,18 @@ class Poller {
 
 const poller = new Poller();
 
-class RdmaLink implements FrameLink {
+/**
+ * The queue pair as a link uses it: ffi/verbs.ts's Endpoint (tests drive the link with a
+ * simulated one: tests/engine/rdma-link.test.ts).
+ */
+export type LinkEndpoint = Pick<
+  Endpoint,
+  "send_slots" | "recv_slots" | "slot_bytes" | "channel_fd" | "sendSlot" | "recvSlot" | "postSend" | "postRecv" | "poll" | "arm" | "takeEvents"
+>;
+/** The rdma_cm id as a link uses it. */
+export type LinkId = Pick<CmId, "disconnect" | "destroy">;
+
+export class RdmaLink implements FrameLink {
   readonly copies = true as const;
   onFrame: FrameLink["onFrame"] = null;
   sink: FrameLink["sink"] = null;
@@ -125,8 +136,8 @@ class RdmaLink implements FrameLink {
   private disconnected = false;
 
   constructor(
-    private readonly id: CmId,
-    private readonly ep: Endpoint,
+    private readonly id: LinkId,
+    private readonly ep: LinkEndpoint,
     readonly remote: string,
     readonly transport: Transport,
   ) {}
@@ -266,7 +277,7 @@ class RdmaLink implements FrameLink {
       this.disconnected = true;
       this.id.disconnect();
     }
-    runtime?.off(this.id);
+    runtime?.off(this.id as CmId);
     this.id.destroy();
     const cb = this.onClose;
     this.onClose = null;
