@@ -103,7 +103,12 @@ function connect(a: RdmaShape, b: RdmaShape, sinks = false): [End, End] {
   y.peer = x;
   for (const e of [x, y]) {
     e.framing = new RdmaFraming(e, e.shape, { recv_slots: e.peer.shape.recv_slots, slot_bytes: e.peer.shape.slot_bytes }, {
-      onFrame: (h, payload, owned) => e.got.push({ id: h.request_id, bytes: payload.slice(), owned }),
+      onFrame: (h, payload, owned) => {
+        e.got.push({ id: h.request_id, bytes: payload.slice(), owned });
+        // The header is the receiver's: the target turns a request's header into its answer's.
+        h.payload_len = 4096;
+        h.request_id = 0;
+      },
       sink: (h) => (sinks ? new Uint8Array(h.payload_len) : null),
       onMalformed: (why) => (e.malformed = why),
       onDrain: () => {},

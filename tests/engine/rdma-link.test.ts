@@ -178,6 +178,19 @@ describe("RdmaLink over a simulated queue pair", () => {
     const back = new Uint8Array(data.length);
     await s.read(uuidBytes(d), 0, back);
     expect(Buffer.compare(back, data)).toBe(0);
+    // Many requests at once: frames share messages, answers come from inside onFrame.
+    let done = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        const buf = new Uint8Array(4096);
+        for (let i = 0; i < 100; i++) {
+          await s.read(uuidBytes(d), 4096 * (i % 20), buf);
+          expect(buf.every((x, k) => x === ((4096 * (i % 20) + k) & 0xff))).toBe(true);
+          done++;
+        }
+      }),
+    );
+    expect(done).toBe(1600);
     s.close();
     service.closeAll();
   });

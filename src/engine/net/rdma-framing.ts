@@ -379,10 +379,13 @@ export class RdmaFraming {
       this.lastUuid = h.drive_uuid;
       pos += HEADER_BYTES;
       const have = m.length - pos;
-      if (have >= h.payload_len) {
-        this.on.onFrame(h, h.payload_len === 0 ? EMPTY : m.subarray(pos, pos + h.payload_len), false);
+      // Read before onFrame: the receiver owns the header and may reuse it (the target turns a
+      // request's header into its answer's).
+      const n = h.payload_len;
+      if (have >= n) {
+        this.on.onFrame(h, n === 0 ? EMPTY : m.subarray(pos, pos + n), false);
         if (this.failed) return null;
-        pos += h.payload_len;
+        pos += n;
         continue;
       }
       // Cut short: only the last frame, and only one larger than a message may be.
