@@ -32,8 +32,8 @@ export const DEFAULT_SHAPE: RdmaShape = { send_slots: 64, recv_slots: 64, slot_b
 const SPIN_MS = 0.2;
 /** rdma_cm address and route resolution, each. */
 const RESOLVE_TIMEOUT_MS = 2000;
-/** A whole connect: resolution, connection request and answer. */
-const CONNECT_TIMEOUT_MS = 10_000;
+/** A whole connect: resolution, connection request and answer (below the TOMA's 5 s connect timeout). */
+const CONNECT_TIMEOUT_MS = 4000;
 /** close() waits this long at most for posted SENDs to complete before disconnecting. */
 const CLOSE_GRACE_MS = 1000;
 
