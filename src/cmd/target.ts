@@ -24,6 +24,7 @@ const serve = command({
     name: { type: "string", description: "target name (default: host name)" },
     ...keyFileArg,
   },
+  repeatable: ["drive", "listen"],
   async run({ args, rawArgs }) {
     const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");

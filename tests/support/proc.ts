@@ -21,6 +21,7 @@ const PACKAGES: Record<string, string> = {
   debugfs: "e2fsprogs",
   losetup: "util-linux",
   fusermount3: "fuse3",
+  setpriv: "util-linux",
 };
 
 export function requireTool(tool: string): string {
