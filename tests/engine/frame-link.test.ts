@@ -45,7 +45,7 @@ describe("in-process pipe", () => {
     expect(a.transport.kind).toBe("in-process");
   });
 
-  test("an answer sent from inside onFrame is delivered after it returns, as an owned copy, in order", async () => {
+  test("an answer sent from inside onFrame is delivered after it returns, a copy, in order", async () => {
     const [a, b] = linkPair();
     const seen: string[] = [];
     const reply = new Uint8Array([7]);
@@ -59,10 +59,10 @@ describe("in-process pipe", () => {
     a.send(header(1), null);
     expect(seen).toEqual(["b got 1"]);
     await tick();
-    expect(seen).toEqual(["b got 1", "a got 10:7:true", "a got 11:8:true"]);
+    expect(seen).toEqual(["b got 1", "a got 10:7:false", "a got 11:8:false"]);
   });
 
-  test("pause holds frames until resume, then they come in order", async () => {
+  test("pause holds frames until resume, then they come in order; a pause part way keeps the rest", async () => {
     const [a, b] = linkPair();
     const got = collect(b);
     b.pause();
@@ -73,6 +73,21 @@ describe("in-process pipe", () => {
     a.send(header(4, 1), new Uint8Array([4])); // after the held ones, never before
     await tick();
     expect(got.map((g) => g.id)).toEqual([1, 2, 3, 4]);
+    // Paused from inside onFrame while a backlog is delivered: the rest waits, then comes first.
+    const seen: string[] = [];
+    b.onFrame = (h, p) => {
+      seen.push(`${h.request_id}:${p[0]}`);
+      if (h.request_id === 6) b.pause();
+    };
+    b.pause();
+    for (let i = 5; i <= 8; i++) a.send(header(i, 1), new Uint8Array([i]));
+    b.resume();
+    await tick();
+    expect(seen).toEqual(["5:5", "6:6"]);
+    a.send(header(9, 1), new Uint8Array([9]));
+    b.resume();
+    await tick();
+    expect(seen).toEqual(["5:5", "6:6", "7:7", "8:8", "9:9"]);
   });
 
   test("a large payload lands in the receiver's sink", () => {

@@ -7,9 +7,10 @@
  *
  * send() hands the frame to the peer's onFrame at once, so the payload is not copied. A frame
  * sent while a delivery is already running (the peer answering from inside its onFrame, or a
- * nested send), or while the peer is paused, is copied and delivered later, in order, with
- * `owned` true (the copy is the receiver's): the caller may reuse its buffers as soon as send()
- * returns, and no onFrame runs inside another.
+ * nested send), or while the peer is paused, is copied into the peer's backlog and delivered
+ * later, in order: the caller may reuse its buffers as soon as send() returns, and no onFrame
+ * runs inside another. The backlog is two byte arenas per end, used in turn (one being delivered
+ * while the other fills), so a burst of answers costs copies but no allocation per frame.
  */
 import type { FrameLink, Transport } from "./frame-link.ts";
 import { DIRECT_MIN_BYTES, HEADER_BYTES, type Header, decodeHeader, encodeHeader } from "../wire/header.ts";
@@ -18,9 +19,32 @@ interface Pair {
   delivering: boolean;
 }
 
-interface Held {
-  h: Header;
-  payload: Uint8Array;
+/** Frames waiting for delivery, back to back in one growable buffer (header, then payload). */
+class Arena {
+  buf = new Uint8Array(64 * 1024);
+  used = 0;
+  /** Start of each frame in buf. */
+  starts: number[] = [];
+
+  add(head: Uint8Array, payload: Uint8Array): void {
+    const n = HEADER_BYTES + payload.length;
+    if (this.used + n > this.buf.length) {
+      let cap = this.buf.length;
+      while (cap < this.used + n) cap *= 2;
+      const next = new Uint8Array(cap);
+      next.set(this.buf.subarray(0, this.used));
+      this.buf = next;
+    }
+    this.buf.set(head.subarray(0, HEADER_BYTES), this.used);
+    this.buf.set(payload, this.used + HEADER_BYTES);
+    this.starts.push(this.used);
+    this.used += n;
+  }
+
+  clear(): void {
+    this.used = 0;
+    this.starts.length = 0;
+  }
 }
 
 const EMPTY = new Uint8Array(0);
@@ -39,7 +63,9 @@ class PipeLink implements FrameLink {
   private closed = false;
   private paused = false;
   /** Frames for this end that could not be delivered at once (copies), in order. */
-  private backlog: Held[] = [];
+  private backlog = new Arena();
+  /** The other arena: the one being delivered from, or empty. */
+  private spare = new Arena();
   private draining = false;
   /** One header encoding, reused: decodeHeader makes the receiver's own copy. */
   private readonly scratch = new Uint8Array(HEADER_BYTES);
@@ -88,14 +114,19 @@ class PipeLink implements FrameLink {
   /** A frame from the peer: its header bytes at head[0..64), its payload. */
   private receive(head: Uint8Array, payload: Uint8Array): void {
     if (this.closed && this.onFrame === null) return;
-    const h = decodeHeader(head, 0);
-    if (typeof h === "string") return this.malformed(h);
-    if (h.payload_len !== payload.length) return this.malformed(`payload_len ${h.payload_len} but ${payload.length} bytes follow`);
-    if (this.pair.delivering || this.paused || this.backlog.length > 0) {
-      this.backlog.push({ h, payload: payload.slice() });
+    if (this.pair.delivering || this.paused || this.backlog.starts.length > 0) {
+      this.backlog.add(head, payload);
       this.schedule();
       return;
     }
+    this.decodeAndDeliver(head, 0, payload);
+  }
+
+  /** Checks the header at head[at..] as a receiver of wire bytes would, then delivers. */
+  private decodeAndDeliver(head: Uint8Array, at: number, payload: Uint8Array): void {
+    const h = decodeHeader(head, at);
+    if (typeof h === "string") return this.malformed(h);
+    if (h.payload_len !== payload.length) return this.malformed(`payload_len ${h.payload_len} but ${payload.length} bytes follow`);
     this.deliver(h, payload, false);
   }
 
@@ -106,7 +137,7 @@ class PipeLink implements FrameLink {
   }
 
   private schedule(): void {
-    if (this.draining || this.backlog.length === 0) return;
+    if (this.draining || this.backlog.starts.length === 0) return;
     this.draining = true;
     queueMicrotask(() => {
       this.draining = false;
@@ -116,9 +147,33 @@ class PipeLink implements FrameLink {
   }
 
   private flushBacklog(): void {
-    while (this.backlog.length > 0 && !this.paused) {
-      const f = this.backlog.shift()!;
-      this.deliver(f.h, f.payload, true);
+    while (this.backlog.starts.length > 0 && !this.paused && this.onFrame !== null) {
+      // Deliver from one arena while frames sent meanwhile fill the other.
+      const a = this.backlog;
+      this.backlog = this.spare;
+      this.spare = a;
+      let i = 0;
+      for (; i < a.starts.length && !this.paused; i++) {
+        const at = a.starts[i]!;
+        const end = i + 1 < a.starts.length ? a.starts[i + 1]! : a.used;
+        this.decodeAndDeliver(a.buf, at, a.buf.subarray(at + HEADER_BYTES, end));
+      }
+      if (i < a.starts.length) {
+        // Paused part way: what is left goes first, before what arrived meanwhile.
+        const later = this.backlog;
+        this.backlog = new Arena();
+        for (let k = i; k < a.starts.length; k++) {
+          const at = a.starts[k]!;
+          const end = k + 1 < a.starts.length ? a.starts[k + 1]! : a.used;
+          this.backlog.add(a.buf.subarray(at, at + HEADER_BYTES), a.buf.subarray(at + HEADER_BYTES, end));
+        }
+        for (let k = 0; k < later.starts.length; k++) {
+          const at = later.starts[k]!;
+          const end = k + 1 < later.starts.length ? later.starts[k + 1]! : later.used;
+          this.backlog.add(later.buf.subarray(at, at + HEADER_BYTES), later.buf.subarray(at + HEADER_BYTES, end));
+        }
+      }
+      a.clear();
     }
   }
 
@@ -152,7 +207,7 @@ class PipeLink implements FrameLink {
 
   private closedBy(reason: string): void {
     this.closed = true;
-    this.backlog = [];
+    this.backlog.clear();
     const cb = this.onClose;
     this.onClose = null;
     this.onFrame = null;
