@@ -41,6 +41,19 @@ class Arena {
     this.used += n;
   }
 
+  /** Where frame i ends in buf. */
+  end(i: number): number {
+    return i + 1 < this.starts.length ? this.starts[i + 1]! : this.used;
+  }
+
+  /** Appends frames i.. of `from`, in order. */
+  addFrom(from: Arena, i: number): void {
+    for (let k = i; k < from.starts.length; k++) {
+      const at = from.starts[k]!;
+      this.add(from.buf.subarray(at, at + HEADER_BYTES), from.buf.subarray(at + HEADER_BYTES, from.end(k)));
+    }
+  }
+
   clear(): void {
     this.used = 0;
     this.starts.length = 0;
@@ -155,23 +168,14 @@ class PipeLink implements FrameLink {
       let i = 0;
       for (; i < a.starts.length && !this.paused; i++) {
         const at = a.starts[i]!;
-        const end = i + 1 < a.starts.length ? a.starts[i + 1]! : a.used;
-        this.decodeAndDeliver(a.buf, at, a.buf.subarray(at + HEADER_BYTES, end));
+        this.decodeAndDeliver(a.buf, at, a.buf.subarray(at + HEADER_BYTES, a.end(i)));
       }
       if (i < a.starts.length) {
         // Paused part way: what is left goes first, before what arrived meanwhile.
         const later = this.backlog;
         this.backlog = new Arena();
-        for (let k = i; k < a.starts.length; k++) {
-          const at = a.starts[k]!;
-          const end = k + 1 < a.starts.length ? a.starts[k + 1]! : a.used;
-          this.backlog.add(a.buf.subarray(at, at + HEADER_BYTES), a.buf.subarray(at + HEADER_BYTES, end));
-        }
-        for (let k = 0; k < later.starts.length; k++) {
-          const at = later.starts[k]!;
-          const end = k + 1 < later.starts.length ? later.starts[k + 1]! : later.used;
-          this.backlog.add(later.buf.subarray(at, at + HEADER_BYTES), later.buf.subarray(at + HEADER_BYTES, end));
-        }
+        this.backlog.addFrom(a, i);
+        this.backlog.addFrom(later, 0);
       }
       a.clear();
     }
