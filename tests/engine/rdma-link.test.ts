@@ -23,7 +23,11 @@ const libc = dlopen("libc.so.6", {
   close: { args: [FFIType.i32], returns: FFIType.i32 },
 });
 const fds: number[] = [];
+const links: RdmaLink[] = [];
 afterAll(() => {
+  // Ended (unwatched) before their fds close: a watched fd number reused by a later test's
+  // socket would be read by the link's completion-channel callback.
+  for (const l of links) l.end("test over");
   for (const fd of fds) libc.symbols.close(fd);
 });
 
@@ -111,6 +115,7 @@ function pair(): { a: RdmaLink; b: RdmaLink; qa: FakeQp; qb: FakeQp; disconnects
   const a = new RdmaLink(id("a"), qa, "b", { kind: "rdma", why: "test" });
   const b = new RdmaLink(id("b"), qb, "a", { kind: "rdma", why: "test" });
   for (let i = 0; i < 8; i++) qa.postRecv(i);
+  links.push(a, b);
   a.start({ recv_slots: 8, slot_bytes: 4096 }, true);
   b.start({ recv_slots: 8, slot_bytes: 4096 }, false);
   return { a, b, qa, qb, disconnects };
