@@ -82,6 +82,7 @@ class PipeLink implements FrameLink {
   private draining = false;
   /** One header encoding, reused: decodeHeader makes the receiver's own copy. */
   private readonly scratch = new Uint8Array(HEADER_BYTES);
+  private lastUuid: Uint8Array | null = null;
 
   constructor(
     private readonly pair: Pair,
@@ -137,8 +138,10 @@ class PipeLink implements FrameLink {
 
   /** Checks the header at head[at..] as a receiver of wire bytes would, then delivers. */
   private decodeAndDeliver(head: Uint8Array, at: number, payload: Uint8Array): void {
-    const h = decodeHeader(head, at);
+    // Consecutive frames naming one drive share its uuid array, as FrameDecoder's do.
+    const h = decodeHeader(head, at, this.lastUuid);
     if (typeof h === "string") return this.malformed(h);
+    this.lastUuid = h.drive_uuid;
     if (h.payload_len !== payload.length) return this.malformed(`payload_len ${h.payload_len} but ${payload.length} bytes follow`);
     this.deliver(h, payload, false);
   }
