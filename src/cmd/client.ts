@@ -24,8 +24,8 @@ import { type Attachment, control, daemonAnswers, runDir, serveControl } from ".
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, volumeName } from "./volume.ts";
-import { clusterKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, serverKeyBytes } from "./key-file.ts";
+import { asClientKey } from "../engine/wire/cluster-key.ts";
 
 const runDirArg = {
   "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
@@ -78,6 +78,7 @@ const serve = command({
   meta: { name: "serve", description: "run the client daemon of this host" },
   args: {
     ...management,
+    ...insecureArg,
     ...runDirArg,
     "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
     name: { type: "string", description: "client name (default: host name)" },
@@ -103,18 +104,22 @@ const serve = command({
       throw new Error(`a client daemon runs already with the run directory ${dir}: stop it first, or give this one another --run-dir`);
     }
     makeRunDir(dir);
+    const what = paths.length === 0 ? "the client daemon" : "the client daemon with its host's target (--drive)";
+    const key = daemonKey(args, what, false);
+    // Serving drives takes the server key; the daemon's own requests use the client key below.
+    const target_key = paths.length === 0 ? null : serverKeyBytes(key, "serving drives (--drive)");
     const env = realEnv("client");
     const exports = new ExportRegistry();
     const nbd = new NbdServer(env, exports);
-    const cluster_key = clusterKey(args["key-file"]);
-    if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
-    const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
     const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {
       paths,
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
-      cluster_key,
+      cluster_key: target_key,
     });
+    // A client is a client even on a server: it proves the client key, and is fenced like any.
+    const cluster_key = key === null ? null : asClientKey(key);
+    const toma = tomaClient(mgmt, { key: cluster_key });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
     const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });

@@ -11,7 +11,6 @@ import { parseRdmaAddress, type RdmaListener, rdmaListen } from "../engine/runti
 import { UsageError } from "./args.ts";
 import { checkDrivePath } from "./drive-path.ts";
 import { locateSuperblock } from "../engine/drive/locate-superblock.ts";
-import { warnNoKey } from "./key-file.ts";
 
 export interface HostedTarget {
   readonly service: TargetService;
@@ -24,6 +23,7 @@ export interface HostedTarget {
   stop(): Promise<void>;
 }
 
+/** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(
   env: Env,
   o: { paths: string[]; listen: string; rdma?: string | null; name: string; cluster_key: Uint8Array | null },
@@ -61,7 +61,6 @@ export async function hostTarget(
     throw new Error(o.paths.length === 1 ? "the drive cannot be served (see above): nothing to serve" : `none of the ${o.paths.length} drives can be served (see above): nothing to serve`);
   }
   const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key });
-  if (o.cluster_key === null) warnNoKey(`the target on ${o.listen}`);
   let listener: Awaited<ReturnType<Env["net"]["listen"]>>;
   try {
     listener = await env.net.listen(o.listen, (conn) => service.handle(conn));

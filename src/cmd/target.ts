@@ -8,7 +8,7 @@ import { hostTarget } from "./target-host.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
-import { clusterKey, keyFileArg } from "./key-file.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 
 export const DEFAULT_TARGET_PORT = 4420;
 
@@ -23,10 +23,10 @@ const serve = command({
     },
     name: { type: "string", description: "target name (default: host name)" },
     ...keyFileArg,
+    ...insecureArg,
   },
   repeatable: ["drive", "listen"],
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");
     const given = repeated(rawArgs, "listen");
     const rdma = given.filter((a) => a.startsWith("rdma://"));
@@ -40,6 +40,7 @@ const serve = command({
         throw new UsageError((e as Error).message);
       }
     }
+    const cluster_key = daemonKey(args, `the target on ${listen}`, true)?.key ?? null;
     const target = await hostTarget(realEnv("target"), { paths, listen, rdma: rdma[0] ?? null, name: args.name ?? hostname(), cluster_key });
     consola.success(`target ready on ${target.address}${target.rdma ? ` and ${target.rdma}` : ""}`);
     const sig = await untilSignal();

@@ -4,7 +4,7 @@ import { consola } from "consola";
 import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenFailure } from "../engine/runtime/real-net.ts";
-import { makeApiHandler } from "../toma/api.ts";
+import { managementApi } from "../toma/api.ts";
 import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
 import { viaRdma } from "../engine/client/rdma-upgrade.ts";
@@ -12,8 +12,7 @@ import { realRdma } from "../engine/runtime/rdma-net.ts";
 import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
-import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -25,10 +24,11 @@ const run = command({
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
+    ...insecureArg,
   },
   repeatable: ["target"],
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
+    const cluster_key = daemonKey(args, `the TOMA and its management API on ${args.listen}`, true)?.key ?? null;
     const targets = repeated(rawArgs, "target").map((t) => listenAddress(t, "--target"));
     if (targets.length === 0) throw new UsageError("at least one --target is required");
     const twice = targets.find((t, i) => targets.indexOf(t) !== i);
@@ -41,7 +41,7 @@ const run = command({
     const env = realEnv("toma");
     const name = args.name ?? hostname();
     const hello = { version: 1 as const, role: "toma" as const, name };
-    const keyed = { cluster_key };
+    const keyed = { cluster_key: cluster_key === null ? null : { kind: "server" as const, key: cluster_key } };
     // Over RDMA where a target offers it, as the clients do (target show says which and why).
     const open = viaRdma(
       (e, address, h) => openSession(e, address, h, keyed),
@@ -49,16 +49,14 @@ const run = command({
       (e, link, address, h) => sessionOver(e, link, address, h, keyed),
     );
     const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
-    const token = cluster_key === null ? null : managementToken(cluster_key);
     let http: ReturnType<typeof serveTomaApi>;
     try {
-      http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });
+      http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });
     } catch (e) {
       throw new Error(listenFailure(args.listen, e));
     }
     // Started only once its API could listen: a TOMA that cannot serve must not touch the targets.
     toma.start();
-    if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);
     let stopped = false;

@@ -173,7 +173,7 @@ describe("RdmaLink over a simulated queue pair", () => {
     const service = new TargetService(env, { name: "t", drives: [d], cluster_key: key });
     // As a listener does: the link is paused until it has an owner; frames sent before wait.
     b.pause();
-    const opened = sessionOver(env, a, "fake", { version: 1, role: "client", name: "c" }, { cluster_key: key });
+    const opened = sessionOver(env, a, "fake", { version: 1, role: "client", name: "c" }, { cluster_key: { kind: "server", key } });
     await Bun.sleep(20);
     service.handleLink(b as FrameLink);
     b.resume();

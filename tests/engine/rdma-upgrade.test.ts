@@ -41,9 +41,9 @@ function pipeConnector(h: TargetHarness, problem: string | null = null, fail: st
 
 function opener(h: TargetHarness, c: RdmaConnector): OpenSession {
   return viaRdma(
-    (env, address, hi) => openSession(env, address, hi, { cluster_key: key }),
+    (env, address, hi) => openSession(env, address, hi, { cluster_key: { kind: "server", key } }),
     c,
-    (env, link, address, hi) => sessionOver(env, link, address, hi, { cluster_key: key }),
+    (env, link, address, hi) => sessionOver(env, link, address, hi, { cluster_key: { kind: "server", key } }),
   );
 }
 

@@ -19,7 +19,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { formatClusterKey } from "../../src/engine/wire/cluster-key.ts";
+import { formatKeyFile } from "../../src/engine/wire/cluster-key.ts";
 import { NVMESH } from "../support/proc.ts";
 import { buildVmlab, Guest } from "../support/vmlab.ts";
 
@@ -107,7 +107,7 @@ beforeAll(async () => {
   const share = `${dir}/share`;
   mkdirSync(share);
   copyFileSync(NVMESH, `${share}/nvmesh`);
-  writeFileSync(`${share}/cluster.key`, formatClusterKey(crypto.getRandomValues(new Uint8Array(32))), { mode: 0o600 });
+  writeFileSync(`${share}/cluster.key`, formatKeyFile({ kind: "server", key: crypto.getRandomValues(new Uint8Array(32)) }), { mode: 0o600 });
   const port = freePort();
   a = await Guest.up(`rdma-a-${process.pid}`, { mem_mib: 1024, share, link: { mode: "listen", port, ip1: `${A_IP}/24` } });
   b = await Guest.up(`rdma-b-${process.pid}`, { mem_mib: 1024, share, link: { mode: "connect", port, ip1: `${B_IP}/24` } });
