@@ -10,7 +10,11 @@ import { NbdServer } from "../engine/nbd/server.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { viaLocalTarget } from "../engine/client/local-target.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
+import type { FrameLink } from "../engine/net/frame-link.ts";
+import type { HelloRequest } from "../engine/wire/control.ts";
 import { tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, repeated, UsageError } from "./args.ts";
 import { hostTarget } from "./target-host.ts";
@@ -118,12 +122,12 @@ const serve = command({
     const toma = tomaClient(mgmt, { key: cluster_key });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
+    const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });
+    // The target in this process first (no wire at all), then RDMA where the target offers it.
+    const local = target ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, over) : open;
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
-      openSession: target
-        ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, (e, conn, address, hello) =>
-            sessionOver(e, conn, address, hello, { cluster_key }))
-        : open,
+      openSession: viaRdma(local, realRdma, over),
       nbd,
       exports,
       socket_dir: dir,
@@ -218,6 +222,9 @@ const show = command({
     const list = await control<Attachment[]>(runDir(args["run-dir"]), "GET", "/v1/attachments");
     if (fmt === "json") return printJson(list);
     printTable(list.map((a) => ({ volume: a.volume, capacity: formatBytes(a.capacity_bytes), raid: a.raid_level, drives: a.drives, uri: a.uri, device: a.nbd_device ?? "-" })));
+    // Each target session, with the transport it uses and why.
+    const sessions = list.flatMap((a) => (a.sessions ?? []).map((s) => ({ volume: a.volume, target: s.target, transport: s.transport ?? "not connected" })));
+    if (sessions.length > 0) printTable(sessions);
   },
 });
 

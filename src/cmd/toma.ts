@@ -7,6 +7,9 @@ import { listenFailure } from "../engine/runtime/real-net.ts";
 import { managementApi } from "../toma/api.ts";
 import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
+import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
@@ -36,7 +39,16 @@ const run = command({
     const listen = parseAddress(listenAddress(args.listen));
     if ("unix" in listen) throw new UsageError(`invalid --listen '${args.listen}': the management API listens on HOST:PORT (e.g. 0.0.0.0:${DEFAULT_TOMA_PORT}), not a unix socket`);
     const env = realEnv("toma");
-    const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
+    const name = args.name ?? hostname();
+    const hello = { version: 1 as const, role: "toma" as const, name };
+    const keyed = { cluster_key: cluster_key === null ? null : { kind: "server" as const, key: cluster_key } };
+    // Over RDMA where a target offers it, as the clients do (target show says which and why).
+    const open = viaRdma(
+      (e, address, h) => openSession(e, address, h, keyed),
+      realRdma,
+      (e, link, address, h) => sessionOver(e, link, address, h, keyed),
+    );
+    const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
     let http: ReturnType<typeof serveTomaApi>;
     try {
       http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });

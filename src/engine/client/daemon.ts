@@ -83,6 +83,12 @@ export interface Attachment {
   raid_level: string;
   drives: number;
   generation: number;
+  /**
+   * The targets this volume's drives are on, and how this client's session to each carries its
+   * frames and why ("rdma: the target listens on rdma://…", "tcp: no RDMA device on this host",
+   * "in-process: …"; null while not connected). Filled when listed.
+   */
+  sessions?: { target: string; transport: string | null }[];
 }
 
 export class AttachError extends Error {
@@ -254,7 +260,7 @@ export class ClientDaemon {
   }
 
   list(): Attachment[] {
-    return [...this.attached.values()].map((a) => a.info);
+    return [...this.attached.values()].map((a) => ({ ...a.info, sessions: sessionsOf(a.pool, a.device.drives()) }));
   }
 
   async attach(req: AttachRequest): Promise<Attachment> {
@@ -427,6 +433,16 @@ export class ClientDaemon {
     this.closed = true;
     for (const p of [...this.pools]) this.closePool(p);
   }
+}
+
+/** The targets a volume's connections reach, each once, with the transport each uses. */
+function sessionsOf(pool: TargetPool, drives: string[]): { target: string; transport: string | null }[] {
+  const seen = new Map<string, string | null>();
+  for (const d of drives) {
+    const r = pool.route(d);
+    if (r.target !== null && !seen.has(r.target)) seen.set(r.target, r.transport);
+  }
+  return [...seen].sort().map(([target, transport]) => ({ target, transport }));
 }
 
 /** Where a volume's NBD export listens, with what socket permissions. */

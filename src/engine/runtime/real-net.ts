@@ -18,6 +18,7 @@ class BunConn implements CopyingConn {
   readonly send_copies = true as const;
   onData: ((chunk: Uint8Array) => void) | null = null;
   onClose: ((reason: string) => void) | null = null;
+  onDrain: (() => void) | null = null;
   private queue: Uint8Array[] = [];
   private queued = 0;
   private closed = false;
@@ -49,7 +50,20 @@ class BunConn implements CopyingConn {
     return true;
   }
 
+  get queued_bytes(): number {
+    return this.queued;
+  }
+
+  pause(): void {
+    if (!this.closed) this.sock.pause();
+  }
+
+  resume(): void {
+    if (!this.closed) this.sock.resume();
+  }
+
   drain(): void {
+    const had = this.queue.length > 0;
     while (this.queue.length > 0) {
       const head = this.queue[0]!;
       const n = this.sock.write(head);
@@ -62,6 +76,7 @@ class BunConn implements CopyingConn {
       this.queue.shift();
     }
     if (this.closing) this.sock.end();
+    else if (had) this.onDrain?.();
   }
 
   close(): void {

@@ -1,15 +1,16 @@
 /**
  * One requester's connection to the target: the HELLO gate, then pipelined requests that complete
- * out of order, at most `max_inflight` at a time. Frames decoded beyond that wait in a bounded
- * queue; Conn has no way to pause the socket, so a peer that overruns the queue's hard cap is
- * misbehaving (a session never has more in flight than the target allows) and is disconnected.
+ * out of order, at most `max_inflight` at a time. Frames received beyond that wait in a bounded
+ * queue; a peer that overruns the queue's hard cap is misbehaving (a session never has more in
+ * flight than the target allows) and is disconnected. The frames come over a FrameLink: this code
+ * does not know whether they crossed TCP, RDMA or nothing at all.
  *
  * Nothing a peer sends can throw out of here: a malformed frame closes this connection only.
  */
-import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
 import { AuthRequest, HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
-import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
-import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
+import { Flag, type Header, Op, Status } from "../wire/header.ts";
+import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
 import { type PendingAuth, admission, challengeFor } from "./capability.ts";
 import { type Requester, type TargetContext, execute } from "./execute.ts";
 import type { Role } from "./fence.ts";
@@ -38,8 +39,6 @@ interface Queued {
 }
 
 export class TargetConnection {
-  private readonly decoder: FrameDecoder;
-  private readonly out: SendBatcher;
   /**
    * "new": HELLO expected. "auth": AUTH expected (the target has a cluster key). "waiting":
    * superseded connections are draining. "ready": serving.
@@ -70,25 +69,26 @@ export class TargetConnection {
 
   constructor(
     private readonly ctx: TargetContext,
-    private readonly conn: Conn,
+    private readonly link: FrameLink,
     private readonly limits: ConnectionLimits,
     private readonly onEnd: (c: TargetConnection) => void,
     private readonly supersede: Supersede,
   ) {
-    this.out = new SendBatcher(conn);
-    this.decoder = new FrameDecoder(
-      (h, payload, owned) => this.onFrame(h, payload, owned),
-      (why) => this.fail(`malformed frame: ${why}`),
-      // A large WRITE's data is collected straight into a buffer of its own, which the drive
-      // write then uses as is: one copy instead of two, and the decoder's buffer stays small.
-      (h) => (h.opcode === Op.WRITE && (h.flags & Flag.RESPONSE) === 0 && !this.closed ? takeBuffer(h.payload_len) : null),
-    );
-    conn.onData = (chunk) => this.decoder.push(chunk);
-    conn.onClose = (reason) => this.ended(reason);
+    link.onFrame = (h, payload, owned) => this.onFrame(h, payload, owned);
+    link.onMalformed = (why) => this.fail(`malformed frame: ${why}`);
+    // A large WRITE's data is collected straight into a buffer of its own, which the drive
+    // write then uses as is: one copy instead of two, and the link's buffers stay small.
+    link.sink = (h) => (h.opcode === Op.WRITE && (h.flags & Flag.RESPONSE) === 0 && !this.closed ? takeBuffer(h.payload_len) : null);
+    link.onClose = (reason) => this.ended(reason);
   }
 
   get remote(): string {
-    return this.conn.remote;
+    return this.link.remote;
+  }
+
+  /** How this connection's frames travel (for status output). */
+  get transport(): FrameLink["transport"] {
+    return this.link.transport;
   }
 
   /** Resolves once this connection is closed and none of its requests is executing any more. */
@@ -100,8 +100,7 @@ export class TargetConnection {
   /** Closes the connection; responses already computed are flushed first. */
   close(): void {
     if (this.closed) return;
-    this.out.flush();
-    this.conn.close();
+    this.link.close();
     this.ended("closed by the target");
   }
 
@@ -110,7 +109,7 @@ export class TargetConnection {
     if (this.state === "new") return this.hello(h, payload);
     if (this.state === "auth") return this.auth(h, payload);
     if (this.state === "ready" && this.inflight - this.parked < this.limits.max_inflight) return this.start(h, payload, owned);
-    // Unless owned, payload points into the decoder's buffer: keep a copy.
+    // Unless owned, payload points into the link's buffer: keep a copy.
     this.queue.push({ h, payload: owned ? payload : payload.slice() });
     this.queuedBytes += payload.length;
     const waiting = this.queue.length - this.queueHead;
@@ -121,16 +120,16 @@ export class TargetConnection {
 
   private hello(h: Header, payload: Uint8Array): void {
     if (h.opcode !== Op.HELLO || (h.flags & Flag.RESPONSE) !== 0) {
-      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, "the first frame must be HELLO"));
+      this.link.sendFrame(errorResponse(h, Status.NOT_AUTHENTICATED, "the first frame must be HELLO"));
       return this.fail(`first frame was ${Op[h.opcode]}, not HELLO`, "warn");
     }
     const req = decodeBody(HelloRequest, payload);
     if (isInvalid(req)) {
-      this.out.push(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
+      this.link.sendFrame(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
     if (req.volume !== undefined && req.role !== "client") {
-      this.out.push(errorResponse(h, Status.INVALID, `HELLO: only a client connection serves a volume, not role "${req.role}"`));
+      this.link.sendFrame(errorResponse(h, Status.INVALID, `HELLO: only a client connection serves a volume, not role "${req.role}"`));
       return this.fail(`invalid HELLO: role ${req.role} with a volume`, "warn");
     }
     const auth = this.ctx.auth;
@@ -143,7 +142,7 @@ export class TargetConnection {
     this.pending = { hello: req, challenge, nonce: req.nonce ?? new Uint8Array(16) };
     this.state = "auth";
     const info = this.ctx.info();
-    this.out.push(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: challengeFor(auth.keys, this.pending) }));
+    this.link.sendFrame(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: challengeFor(auth.keys, this.pending) }));
   }
 
   private auth(h: Header, payload: Uint8Array): void {
@@ -151,13 +150,13 @@ export class TargetConnection {
     const req = h.opcode === Op.AUTH && (h.flags & Flag.RESPONSE) === 0 ? decodeBody(AuthRequest, payload) : null;
     const a = admission(this.ctx.auth!.keys, p, req === null || isInvalid(req) ? null : req.proof);
     if ("refused" in a) {
-      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, a.refused));
+      this.link.sendFrame(errorResponse(h, Status.NOT_AUTHENTICATED, a.refused));
       return this.fail(`requester ${p.hello.role} '${p.hello.name}' failed the cluster key check`, "warn");
     }
     this.pending = null;
     if (a.downgraded !== null) {
       this.ctx.log.warn("requester named a role its key does not give: served as a client (fenced)", {
-        peer: this.conn.remote,
+        peer: this.link.remote,
         named: a.downgraded,
         name: p.hello.name,
       });
@@ -187,11 +186,11 @@ export class TargetConnection {
         this.parked--;
       },
     };
-    this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name, volume: req.volume?.uuid });
+    this.ctx.log.debug("connection authenticated", { peer: this.link.remote, role: req.role, name: req.name, volume: req.volume?.uuid });
     const ready = () => {
       if (this.closed) return;
       this.state = "ready";
-      this.out.push(cborResponse(h, this.ctx.info()));
+      this.link.sendFrame(cborResponse(h, this.ctx.info()));
       this.pump();
     };
     const wait = this.supersede(req, this);
@@ -213,9 +212,9 @@ export class TargetConnection {
       if (this.inflight === 0) this.wakeDrainWaiters();
       return;
     }
-    this.out.push(frame);
-    // Small frames are copied by push(); large ones too when the socket copies what it is given.
-    if (frame.length < COPY_LIMIT_BYTES || this.out.copies) recycleFrame(frame);
+    this.link.sendFrame(frame);
+    // Small frames are always copied by the link; large ones too when the link says so.
+    if (frame.length < COPY_LIMIT_BYTES || this.link.copies) recycleFrame(frame);
     this.pump();
   }
 
@@ -246,18 +245,17 @@ export class TargetConnection {
   /** Logs why, then closes this connection (never the process). */
   private fail(why: string, level: "warn" | "error" = "error"): void {
     if (this.closed) return;
-    this.ctx.log[level]("closing connection", { peer: this.conn.remote, reason: why });
+    this.ctx.log[level]("closing connection", { peer: this.link.remote, reason: why });
     this.close();
   }
 
   private ended(reason: string): void {
     if (this.closed) return;
     this.closed = true;
-    this.decoder.stop();
     this.queue = [];
     this.queueHead = 0;
     this.queuedBytes = 0;
-    this.ctx.log.debug("connection ended", { peer: this.conn.remote, reason });
+    this.ctx.log.debug("connection ended", { peer: this.link.remote, reason });
     this.ending.abort();
     this.onEnd(this);
     if (this.inflight === 0) this.wakeDrainWaiters();

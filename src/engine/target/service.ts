@@ -2,11 +2,14 @@
  * The target: serves the extents of its local drives to whoever completes HELLO. Blind to volumes.
  * Sans-I/O: it is handed connections (real sockets or simulated links) through handle() and
  * reaches the world only through Env and the drives it is given. The CLI wires
- * env.net.listen(address, (c) => service.handle(c)).
+ * env.net.listen(address, (c) => service.handle(c)), and handleLink() for frame links that are
+ * not byte streams (the in-process pipe, RDMA).
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import type { Env, TimerHandle } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
+import { streamLink } from "../net/stream-link.ts";
 import type { TargetInfo } from "../wire/control.ts";
 import { serverKeys } from "../wire/cluster-key.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
@@ -65,6 +68,8 @@ export class TargetService {
   private readonly writeback: TimerHandle;
   /** TargetInfo.serving: random per start of this service. */
   readonly serving: string;
+  /** Where this target also listens on RDMA, told to requesters in HELLO (setRdma). */
+  private rdma: TargetInfo["rdma"];
   /** Drives being flushed by the writeback now. */
   private readonly flushing = new Set<ServedDrive>();
 
@@ -106,11 +111,16 @@ export class TargetService {
     }
   }
 
-  /** Takes ownership of a freshly accepted connection. */
+  /** Takes ownership of a freshly accepted byte-stream connection (TCP, unix, simulated). */
   handle(conn: Conn): void {
+    this.handleLink(streamLink(conn));
+  }
+
+  /** Takes ownership of a freshly accepted frame link. */
+  handleLink(link: FrameLink): void {
     const c = new TargetConnection(
       this.ctx,
-      conn,
+      link,
       this.limits,
       (ended) => this.conns.delete(ended),
       (hello, by) => this.supersede(hello, by),
@@ -162,12 +172,26 @@ export class TargetService {
   }
 
   info(): TargetInfo {
-    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    const info: TargetInfo = { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    if (this.rdma !== undefined) info.rdma = this.rdma;
+    return info;
+  }
+
+  /** Offers RDMA on `port` (and `host`, or null: the address a requester reached us by). */
+  setRdma(offer: { host: string | null; port: number }): void {
+    this.rdma = offer;
   }
 
   /** Connections currently open (for status output and tests). */
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** Open connections by transport kind (status output). */
+  connectionsByTransport(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const c of this.conns) out[c.transport.kind] = (out[c.transport.kind] ?? 0) + 1;
+    return out;
   }
 
   /** Closes every connection (shutdown). Drives are the caller's to close. */
