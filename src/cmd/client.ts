@@ -12,7 +12,10 @@ import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { viaLocalTarget } from "../engine/client/local-target.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
 import { tomaClient } from "../toma/api-client.ts";
-import { formatBytes, listenAddress, managementAddress, repeated, UsageError } from "./args.ts";
+import { formatBytes, listenAddress, managementAddress, parseDuration, parsePositiveInt, repeated, UsageError } from "./args.ts";
+import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
+import { DEFAULT_NBD_LIMITS } from "../engine/nbd/server.ts";
+import { DEFAULT_TARGET_PREAUTH } from "../engine/target/service.ts";
 import { hostTarget } from "./target-host.ts";
 import { DEFAULT_TARGET_PORT } from "./target.ts";
 import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
@@ -26,13 +29,6 @@ import { managementToken } from "../engine/wire/cluster-key.ts";
 const runDirArg = {
   "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
 };
-
-/** "30s", "500ms", "2m" → milliseconds. */
-function parseDuration(text: string, what: string): number {
-  const m = /^(\d+)(ms|s|m)?$/.exec(text);
-  if (!m) throw new Error(`invalid ${what} '${text}': use e.g. 30s, 500ms or 2m`);
-  return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "m" ? 60_000 : 1000);
-}
 
 /**
  * TEST-ONLY: NVMESH_EVIL=kind[:every=N] makes this daemon corrupt its writes to debug-format
@@ -63,6 +59,10 @@ const serve = command({
     },
     "target-listen": { type: "string", description: "with --drive: HOST:PORT the target listens on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     "target-name": { type: "string", description: "with --drive: target name (default: host name)" },
+    ...payloadBudgetArg,
+    "handshake-timeout": { type: "string", description: "close an NBD client that has not finished its handshake after this long", default: "10s" },
+    "max-handshakes": { type: "string", description: "NBD connections in their handshake at once; more are refused (logged)" },
+    ...preauthArgs,
   },
   async run({ args, rawArgs }) {
     const mgmt = managementAddress(args.management);
@@ -73,7 +73,11 @@ const serve = command({
     mkdirSync(dir, { recursive: true });
     const env = realEnv("client");
     const exports = new ExportRegistry();
-    const nbd = new NbdServer(env, exports);
+    const nbd = new NbdServer(env, exports, {
+      payload_budget_bytes: payloadBudget(args) ?? DEFAULT_NBD_LIMITS.payload_budget_bytes,
+      handshake_timeout_ms: parseDuration(args["handshake-timeout"], "--handshake-timeout"),
+      max_handshakes: parsePositiveInt(args["max-handshakes"], "--max-handshakes") ?? DEFAULT_NBD_LIMITS.max_handshakes,
+    });
     const cluster_key = clusterKey(args["key-file"]);
     if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
     const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
@@ -86,6 +90,7 @@ const serve = command({
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
       cluster_key,
+      limits: { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH) },
     });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });

@@ -6,7 +6,7 @@ import type { Env } from "../engine/env.ts";
 import type { Conn } from "../engine/net/conn.ts";
 import { connPair } from "../engine/net/pipe.ts";
 import { FileStore } from "../engine/runtime/file-store.ts";
-import { TargetService } from "../engine/target/service.ts";
+import { TargetService, type TargetServiceOptions } from "../engine/target/service.ts";
 import { UsageError } from "./args.ts";
 import { warnNoKey } from "./key-file.ts";
 
@@ -19,7 +19,10 @@ export interface HostedTarget {
   stop(): Promise<void>;
 }
 
-export async function hostTarget(env: Env, o: { paths: string[]; listen: string; name: string; cluster_key: Uint8Array | null }): Promise<HostedTarget> {
+export async function hostTarget(
+  env: Env,
+  o: { paths: string[]; listen: string; name: string; cluster_key: Uint8Array | null; limits?: Pick<TargetServiceOptions, "preauth" | "payload_budget_bytes"> },
+): Promise<HostedTarget> {
   if (o.paths.length === 0) throw new UsageError("at least one --drive is required");
   if (new Set(o.paths).size !== o.paths.length) throw new UsageError("the same --drive was given twice");
   const drives: FormattedDrive[] = [];
@@ -38,7 +41,7 @@ export async function hostTarget(env: Env, o: { paths: string[]; listen: string;
     }
   }
   if (drives.length === 0) throw new Error("no usable drive: nothing to serve");
-  const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key });
+  const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key, ...o.limits });
   if (o.cluster_key === null) warnNoKey(`the target on ${o.listen}`);
   const listener = await env.net.listen(o.listen, (conn) => service.handle(conn));
   for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents)`);

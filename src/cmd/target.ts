@@ -8,6 +8,8 @@ import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
 import { clusterKey, keyFileArg } from "./key-file.ts";
+import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
+import { DEFAULT_TARGET_PREAUTH } from "../engine/target/service.ts";
 
 export const DEFAULT_TARGET_PORT = 4420;
 
@@ -18,12 +20,16 @@ const serve = command({
     listen: { type: "string", description: "HOST:PORT to listen on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     name: { type: "string", description: "target name (default: host name)" },
     ...keyFileArg,
+    ...preauthArgs,
+    ...payloadBudgetArg,
   },
   async run({ args, rawArgs }) {
     const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");
     const listen = listenAddress(args.listen);
-    const target = await hostTarget(realEnv("target"), { paths, listen, name: args.name ?? hostname(), cluster_key });
+    const budget = payloadBudget(args);
+    const limits = { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH), ...(budget === undefined ? {} : { payload_budget_bytes: budget }) };
+    const target = await hostTarget(realEnv("target"), { paths, listen, name: args.name ?? hostname(), cluster_key, limits });
     consola.success(`target ready on ${target.address}`);
     const sig = await untilSignal();
     consola.info(`${sig}: stopping target`);

@@ -21,6 +21,9 @@ class MemConn implements Conn {
   onClose: ((reason: string) => void) | null = null;
   peer!: MemConn;
   closed = false;
+  /** Chunks held while paused, delivered in order on resume. */
+  private held: Uint8Array[] = [];
+  paused = false;
 
   constructor(
     readonly remote: string,
@@ -33,16 +36,33 @@ class MemConn implements Conn {
     const copy = bytes.slice();
     for (let at = 0; at < copy.length; at += this.max_chunk_bytes) {
       const piece = copy.subarray(at, at + this.max_chunk_bytes);
-      queueMicrotask(() => {
-        if (!this.peer.closed) this.peer.onData?.(piece);
-      });
+      queueMicrotask(() => this.peer.arrive(piece));
     }
     return true;
   }
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    queueMicrotask(() => {
+      while (this.held.length > 0 && !this.paused && !this.closed) this.onData?.(this.held.shift()!);
+    });
+  }
+
+  private arrive(piece: Uint8Array): void {
+    if (this.closed) return;
+    if (this.paused || this.held.length > 0) this.held.push(piece);
+    else this.onData?.(piece);
+  }
+
   close(): void {
     if (this.closed) return;
-    // Queued bytes are delivered first, as a real transport flushes before it ends.
+    // Queued bytes are delivered first, as a real transport flushes before it ends (held ones are
+    // dropped with the connection).
     queueMicrotask(() => {
       this.shut("closed");
       this.peer.shut("closed by peer");

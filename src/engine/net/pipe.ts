@@ -8,6 +8,10 @@
  * delivery is already running (the peer answering from inside its onData, or a nested send) is
  * copied and delivered on a microtask, after what came before it: the caller's buffer may be
  * reused as soon as send() returns (CopyingConn), and no onData runs inside another.
+ *
+ * pause() on one end holds what its peer sends (copied) until resume(): there is no kernel
+ * buffer to push back with, but the sender is this process's own requester, which bounds what
+ * it has in flight.
  */
 import type { Conn } from "./conn.ts";
 import type { CopyingConn } from "../wire/send-batcher.ts";
@@ -25,20 +29,29 @@ class PipeEnd implements CopyingConn {
   /** Copies of sends that could not be delivered at once, in order. */
   private backlog: Uint8Array[] = [];
   private draining = false;
+  /** This end's pause(): its peer's sends wait in the peer's backlog. */
+  paused = false;
 
   constructor(
     private readonly pair: Pair,
     readonly remote: string,
   ) {}
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.peer.scheduleDrain();
+  }
+
   send(bytes: Uint8Array): boolean {
     if (this.closed) return false;
-    if (this.pair.delivering || this.backlog.length > 0) {
+    if (this.pair.delivering || this.backlog.length > 0 || this.peer.paused) {
       this.backlog.push(bytes.slice());
-      if (!this.draining) {
-        this.draining = true;
-        queueMicrotask(() => this.drain());
-      }
+      this.scheduleDrain();
       return true;
     }
     this.deliver(bytes);
@@ -58,16 +71,18 @@ class PipeEnd implements CopyingConn {
     });
   }
 
+  scheduleDrain(): void {
+    if (this.draining || this.backlog.length === 0) return;
+    this.draining = true;
+    queueMicrotask(() => this.drain());
+  }
+
   private drain(): void {
     this.draining = false;
-    if (this.pair.delivering) {
-      this.draining = true;
-      queueMicrotask(() => this.drain());
-      return;
-    }
-    const parts = this.backlog;
-    this.backlog = [];
-    for (const b of parts) this.deliver(b);
+    if (this.pair.delivering) return this.scheduleDrain();
+    // One part at a time: the receiver may pause in the middle of the backlog.
+    while (this.backlog.length > 0 && !this.peer.paused && !this.pair.delivering) this.deliver(this.backlog.shift()!);
+    if (this.pair.delivering) this.scheduleDrain();
   }
 
   private deliver(bytes: Uint8Array): void {

@@ -274,12 +274,19 @@ export function decodeHeader(src: Uint8Array, at = 0, lastUuid: Uint8Array | nul
  * least DIRECT_MIN_BYTES and not yet complete, `sink(h)` may return the buffer the payload should
  * land in (exactly payload_len bytes); the decoder then copies each chunk straight into it and
  * hands it to onFrame with `owned` true. Returning null keeps the buffered path.
+ *
+ * `admit(h)`, when given, sees every header as soon as it is whole, before a byte of its payload
+ * is waited for, buffered or sunk: a reason string fails the decoder there (onError). This is
+ * how a connection that has not authenticated refuses a frame announcing a large payload
+ * without ever holding it.
  */
 export const DIRECT_MIN_BYTES = 16 * 1024;
 const EMPTY = new Uint8Array(0);
+/** The decoder's buffer starts this small and goes back to it once a burst has passed. */
+const DECODER_IDLE_BYTES = 64 * 1024;
 
 export class FrameDecoder {
-  private buf = new Uint8Array(64 * 1024);
+  private buf = new Uint8Array(DECODER_IDLE_BYTES);
   private len = 0;
   private failed = false;
   /** The frame whose payload is being copied into a sink buffer, if any. */
@@ -293,6 +300,7 @@ export class FrameDecoder {
     private readonly onFrame: (h: Header, payload: Uint8Array, owned: boolean) => void,
     private readonly onError: (why: string) => void,
     private readonly sink: ((h: Header) => Uint8Array | null) | null = null,
+    private readonly admit: ((h: Header) => string | null) | null = null,
   ) {}
 
   push(chunk: Uint8Array): void {
@@ -319,6 +327,15 @@ export class FrameDecoder {
         return;
       }
       this.lastUuid = h.drive_uuid;
+      if (this.admit !== null) {
+        const refused = this.admit(h);
+        if (refused !== null) {
+          this.failed = true;
+          this.len = 0;
+          this.onError(refused);
+          return;
+        }
+      }
       const total = HEADER_BYTES + h.payload_len;
       if (end - pos < total) {
         if (h.payload_len >= DIRECT_MIN_BYTES && this.sink !== null) {
@@ -340,6 +357,8 @@ export class FrameDecoder {
     if (src === this.buf) {
       this.buf.copyWithin(0, pos, this.len);
       this.len -= pos;
+      // A buffer grown for a large frame is not kept for the life of the connection.
+      if (this.len === 0 && this.buf.length > DECODER_IDLE_BYTES) this.buf = new Uint8Array(DECODER_IDLE_BYTES);
     } else if (pos < chunk.length) {
       this.append(chunk.subarray(pos));
     }
@@ -350,6 +369,8 @@ export class FrameDecoder {
     this.failed = true;
     this.direct = null;
     this.directDst = EMPTY;
+    this.buf = EMPTY; // nothing more is decoded: the memory goes with the connection's end
+    this.len = 0;
   }
 
   /** Copies what the sink frame still needs from chunk; delivers it when complete. */
