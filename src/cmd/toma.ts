@@ -10,6 +10,8 @@ import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
 import { managementToken } from "../engine/wire/cluster-key.ts";
+import { DEFAULT_HTTP_LIMITS } from "../toma/http-conn.ts";
+import { preauthArgs, preauthLimits } from "./limit-args.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -21,6 +23,7 @@ const run = command({
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
+    ...preauthArgs,
   },
   async run({ args, rawArgs }) {
     const cluster_key = clusterKey(args["key-file"]);
@@ -32,7 +35,8 @@ const run = command({
     const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
     toma.start();
     const token = cluster_key === null ? null : managementToken(cluster_key);
-    const http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });
+    const limits = preauthLimits(args, DEFAULT_HTTP_LIMITS);
+    const http = await serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token, env: realEnv("toma-api"), limits });
     if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);

@@ -21,7 +21,7 @@ beforeAll(async () => {
   await toma.whenReady(5000);
   await until("2 member drives", () => toma.state?.drives.length === 2);
   expect((await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" })).status).toBe(201);
-  http = serveTomaApi(api);
+  http = await serveTomaApi(api);
 });
 
 afterAll(async () => {
