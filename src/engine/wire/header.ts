@@ -321,18 +321,14 @@ export class FrameDecoder {
     while (end - pos >= HEADER_BYTES) {
       const h = decodeHeader(src, pos, this.lastUuid);
       if (typeof h === "string") {
-        this.failed = true;
-        this.len = 0;
-        this.onError(h);
+        this.fail(h);
         return;
       }
       this.lastUuid = h.drive_uuid;
       if (this.admit !== null) {
         const refused = this.admit(h);
         if (refused !== null) {
-          this.failed = true;
-          this.len = 0;
-          this.onError(refused);
+          this.fail(refused);
           return;
         }
       }
@@ -362,6 +358,14 @@ export class FrameDecoder {
     } else if (pos < chunk.length) {
       this.append(chunk.subarray(pos));
     }
+  }
+
+  /** A frame cannot be trusted: nothing more is decoded, and nothing buffered is kept. */
+  private fail(why: string): void {
+    this.failed = true;
+    this.buf = EMPTY;
+    this.len = 0;
+    this.onError(why);
   }
 
   /** Stops decoding (used when the owner closes the connection). */
