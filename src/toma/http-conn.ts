@@ -11,7 +11,7 @@
  * authenticated connection that stays idle is closed after `idle_timeout_ms`.
  */
 import type { Env, TimerHandle } from "../engine/env.ts";
-import { PreAuthGate, type PreAuthLimits, type PreAuthTicket } from "../engine/limits/preauth.ts";
+import { admitConnection, PreAuthGate, type PreAuthLimits, type PreAuthTicket } from "../engine/limits/preauth.ts";
 import type { Conn } from "../engine/net/conn.ts";
 import {
   CONTINUE_BYTES,
@@ -52,14 +52,8 @@ export class HttpServer {
 
   /** Takes ownership of an accepted connection. Never throws. */
   handle(conn: Conn): void {
-    let c: HttpConnection | null = null;
-    const ticket = this.gate.admit(conn.remote, (why) => c?.expire(why));
-    if (ticket === null) {
-      conn.close(); // refused (logged by the gate) before anything was read
-      return;
-    }
-    c = new HttpConnection(this.env, conn, this.handler, this.limits, ticket, (ended) => this.conns.delete(ended));
-    this.conns.add(c);
+    const c = admitConnection(this.gate, conn, (ticket) => new HttpConnection(this.env, conn, this.handler, this.limits, ticket, (ended) => this.conns.delete(ended)));
+    if (c !== null) this.conns.add(c);
   }
 
   get unauthenticated(): number {

@@ -35,7 +35,7 @@ import { ExportRegistry } from "../../src/engine/nbd/exports.ts";
 import { encodeRequest } from "../../src/engine/nbd/request.ts";
 import { NbdServer } from "../../src/engine/nbd/server.ts";
 import { memConnPair, RawNbdClient, testEnv } from "../../src/engine/nbd/test-kit.ts";
-import { concat, forEachSeed, FuzzConn, type Rng, seeds, settle, splitRandomly } from "../support/fuzz.ts";
+import { concat, forEachSeed, FuzzConn, type Rng, seeds, settle } from "../support/fuzz.ts";
 
 const FILE = "tests/engine/nbd-fuzz.test.ts";
 const SIZE = 4 * 1024 * 1024;
@@ -142,13 +142,6 @@ function requests(rng: Rng): Uint8Array {
   return concat(parts);
 }
 
-async function deliver(rng: Rng, conn: FuzzConn, bytes: Uint8Array): Promise<void> {
-  for (const chunk of splitRandomly(rng, bytes)) {
-    conn.deliver(chunk);
-    if (rng.chance(0.3)) await settle(1);
-  }
-}
-
 describe("the NBD server under random clients", () => {
   test("random handshakes and requests, cut at random points: no throw, nothing held after, server usable", async () => {
     const env = testEnv();
@@ -168,7 +161,7 @@ describe("the NBD server under random clients", () => {
       // Two clients at once: they share the budget.
       const conns = [new FuzzConn(), new FuzzConn()];
       for (const c of conns) server.handle(c);
-      await Promise.all(conns.map((c) => deliver(rng, c, concat([handshake(rng), requests(rng)]))));
+      await Promise.all(conns.map((c) => c.deliverSplit(rng, concat([handshake(rng), requests(rng)]))));
       await settle(5);
       if (rng.chance(0.2)) env.fireTimers(); // the handshake deadline, the pool trim
       await settle(3);

@@ -16,10 +16,10 @@ import { testEnv, type TestEnv } from "../../src/engine/nbd/test-kit.ts";
 import { connPair } from "../../src/engine/net/pipe.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
 import { requesterProof } from "../../src/engine/wire/cluster-key.ts";
-import { AuthChallenge, decodeBody, encodeBody, isInvalid, TargetInfo } from "../../src/engine/wire/control.ts";
+import { decodeBody, encodeBody, isInvalid, TargetInfo } from "../../src/engine/wire/control.ts";
 import { encodeFrame, emptyHeader, FrameDecoder, type Header, Op } from "../../src/engine/wire/header.ts";
 import { sessionOver } from "../../src/engine/wire/session.ts";
-import { concat, forEachSeed, FuzzConn, type Rng, seeds, settle, splitRandomly } from "../support/fuzz.ts";
+import { concat, forEachSeed, FuzzConn, type Rng, seeds, settle } from "../support/fuzz.ts";
 import { randomHeader, validRequestHeader } from "../support/fuzz-frames.ts";
 import { dataBytes, memoryDrive, uuidBytes } from "./target-fixture.ts";
 
@@ -99,13 +99,6 @@ function challengeOf(sent: Uint8Array[]): Uint8Array | null {
   return found;
 }
 
-async function deliver(rng: Rng, conn: FuzzConn, bytes: Uint8Array): Promise<void> {
-  for (const chunk of splitRandomly(rng, bytes)) {
-    conn.deliver(chunk);
-    if (rng.chance(0.3)) await settle(1);
-  }
-}
-
 describe("the target connection state machine", () => {
   test("random streams, cut at random points: no throw, valid answers, nothing held after, target usable", async () => {
     // What the fuzz reached, so that a generator that stopped reaching the deep paths shows.
@@ -118,18 +111,17 @@ describe("the target connection state machine", () => {
       const nonce = rng.bytes(16);
       const role = rng.pick(["client", "toma", "admin"] as const);
       if (rng.chance(0.8)) {
-        await deliver(rng, conn, hello(rng, role, withKey ? nonce : null));
+        await conn.deliverSplit(rng, hello(rng, role, withKey ? nonce : null));
         await settle();
         const challenge = challengeOf(conn.sent);
         if (withKey && challenge !== null && rng.chance(0.7)) {
           // The right proof half the time: the post-authentication paths of a keyed target.
           const proof = rng.chance(0.8) ? requesterProof(KEY, challenge, nonce, role, "fuzz") : rng.bytes(32);
-          void AuthChallenge;
-          await deliver(rng, conn, encodeFrame({ ...emptyHeader(), opcode: Op.AUTH, request_id: 2 }, encodeBody({ proof })));
+          await conn.deliverSplit(rng, encodeFrame({ ...emptyHeader(), opcode: Op.AUTH, request_id: 2 }, encodeBody({ proof })));
           await settle();
         }
       }
-      await deliver(rng, conn, requests(rng));
+      await conn.deliverSplit(rng, requests(rng));
       await settle(5);
       if (rng.chance(0.3)) env.fireTimers(); // the authentication deadline, the writeback
       await settle();

@@ -158,6 +158,14 @@ export class FuzzConn implements Conn {
     this.pump();
   }
 
+  /** The peer sends bytes cut at random points, letting the server run between some chunks. */
+  async deliverSplit(rng: Rng, bytes: Uint8Array): Promise<void> {
+    for (const chunk of splitRandomly(rng, bytes)) {
+      this.deliver(chunk);
+      if (rng.chance(0.3)) await settle(1);
+    }
+  }
+
   /** The peer goes away. */
   peerCloses(): void {
     if (this.closed) return;

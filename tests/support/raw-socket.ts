@@ -5,6 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { Socket } from "bun";
+import { ExactReader } from "../../src/engine/nbd/test-kit.ts";
 
 export type RawAddress = { hostname: string; port: number } | { unix: string };
 
@@ -15,9 +16,7 @@ export function hostPort(a: string): RawAddress {
 }
 
 export class RawSocket {
-  private chunks: Uint8Array[] = [];
-  private buffered = 0;
-  private waiter: { n: number; resolve: (b: Uint8Array) => void; reject: (e: Error) => void } | null = null;
+  private readonly reader = new ExactReader();
   private pending: { bytes: Uint8Array; resolve: () => void; reject: (e: Error) => void }[] = [];
   private sock!: Socket<undefined>;
   /** Set once the connection ended (by either side), with why. */
@@ -59,11 +58,7 @@ export class RawSocket {
 
   /** Exactly n bytes, or a rejection when the connection ends first. */
   read(n: number): Promise<Uint8Array> {
-    if (this.waiter) throw new Error("one read at a time");
-    return new Promise((resolve, reject) => {
-      this.waiter = { n, resolve, reject };
-      this.wake();
-    });
+    return this.reader.read(n);
   }
 
   end(): void {
@@ -91,34 +86,7 @@ export class RawSocket {
 
   private received(chunk: Uint8Array): void {
     if (this.onData) return this.onData(chunk);
-    this.chunks.push(chunk.slice());
-    this.buffered += chunk.length;
-    this.wake();
-  }
-
-  private wake(): void {
-    const w = this.waiter;
-    if (!w) return;
-    if (this.buffered < w.n) {
-      if (this.closeReason !== null) {
-        this.waiter = null;
-        w.reject(new Error(`connection closed (${this.closeReason}) while waiting for ${w.n} bytes`));
-      }
-      return;
-    }
-    const out = new Uint8Array(w.n);
-    let filled = 0;
-    while (filled < w.n) {
-      const head = this.chunks[0]!;
-      const take = Math.min(head.length, w.n - filled);
-      out.set(head.subarray(0, take), filled);
-      filled += take;
-      if (take === head.length) this.chunks.shift();
-      else this.chunks[0] = head.subarray(take);
-    }
-    this.buffered -= w.n;
-    this.waiter = null;
-    w.resolve(out);
+    this.reader.push(chunk);
   }
 
   private ended(why: string): void {
@@ -127,7 +95,7 @@ export class RawSocket {
     for (const p of this.pending) p.reject(new Error(`connection closed (${why})`));
     this.pending = [];
     this.onClosed(why);
-    this.wake();
+    this.reader.end(why);
   }
 }
 

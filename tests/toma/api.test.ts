@@ -7,7 +7,7 @@ import { TomaApiError, tomaClient } from "../../src/toma/api-client.ts";
 import type { ApiHandler } from "../../src/toma/api.ts";
 import { serveTomaApi, type TomaHttpServer } from "../../src/toma/runtime/http-server.ts";
 import type { Toma } from "../../src/toma/toma.ts";
-import { MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
+import { apiFixture, MiB, testEnv, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
 let targets: TestTarget[];
@@ -16,11 +16,7 @@ let api: ApiHandler;
 let http: TomaHttpServer;
 
 beforeAll(async () => {
-  targets = await startTargets(env, [1, 1]);
-  ({ toma, api } = startToma(env, targets));
-  await toma.whenReady(5000);
-  await until("2 member drives", () => toma.state?.drives.length === 2);
-  expect((await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" })).status).toBe(201);
+  ({ targets, toma, api } = await apiFixture(env));
   http = await serveTomaApi(api);
 });
 

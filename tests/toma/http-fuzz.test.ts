@@ -14,7 +14,7 @@ import { DEFAULT_HTTP_LIMITS, HttpServer } from "../../src/toma/http-conn.ts";
 import { DEFAULT_HTTP_WIRE_LIMITS, HttpRequestParser, jsonResponse } from "../../src/toma/http-wire.ts";
 import type { Toma } from "../../src/toma/toma.ts";
 import { concat, forEachSeed, FuzzConn, type Rng, seeds, settle, splitRandomly } from "../support/fuzz.ts";
-import { MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
+import { apiFixture, MiB, testEnv, type TestTarget } from "./harness.ts";
 
 const FILE = "tests/toma/http-fuzz.test.ts";
 const utf8 = new TextEncoder();
@@ -101,10 +101,7 @@ describe("the management connection state machine", () => {
       server.handle(conn);
       let bytes = stream(rng);
       if (rng.chance(0.5)) bytes = concat([utf8.encode("GET /v1/cluster HTTP/1.1\r\nAuthorization: Bearer ok\r\n\r\n"), bytes]);
-      for (const chunk of splitRandomly(rng, bytes)) {
-        conn.deliver(chunk);
-        if (rng.chance(0.3)) await settle(1);
-      }
+      await conn.deliverSplit(rng, bytes);
       await settle(3);
       if (rng.chance(0.3)) env.fireTimers();
       await settle(2);
@@ -125,11 +122,7 @@ describe("management API routes and bodies", () => {
   let api: ApiHandler;
 
   beforeAll(async () => {
-    targets = await startTargets(env, [1, 1]);
-    ({ toma, api } = startToma(env, targets));
-    await toma.whenReady(5000);
-    await until("2 member drives", () => toma.state?.drives.length === 2);
-    expect((await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" })).status).toBe(201);
+    ({ targets, toma, api } = await apiFixture(env));
   });
 
   afterAll(async () => {

@@ -10,6 +10,7 @@
  * (HELLO/AUTH), the NBD server (option haggling) and the TOMA's management API (first request).
  */
 import type { Env, TimerHandle } from "../env.ts";
+import type { Conn } from "../net/conn.ts";
 
 export interface PreAuthLimits {
   /** Connections waiting to authenticate at once; more are closed as they arrive. */
@@ -95,4 +96,20 @@ export class PreAuthGate {
     this.refusedSinceLog = 0;
     this.lastRefusalLog_ms = now;
   }
+}
+
+/**
+ * A freshly accepted connection through the gate: `make` builds its handler with its ticket, and
+ * the deadline calls the handler's expire(). Null when the gate refused it: it is closed then,
+ * before a byte was read.
+ */
+export function admitConnection<T extends { expire(why: string): void }>(gate: PreAuthGate, conn: Conn, make: (ticket: PreAuthTicket) => T): T | null {
+  let handler: T | null = null;
+  const ticket = gate.admit(conn.remote, (why) => handler?.expire(why));
+  if (ticket === null) {
+    conn.close();
+    return null;
+  }
+  handler = make(ticket);
+  return handler;
 }

@@ -7,7 +7,7 @@
  */
 import type { Env } from "../env.ts";
 import { ByteBudget } from "../limits/byte-budget.ts";
-import { PreAuthGate } from "../limits/preauth.ts";
+import { admitConnection, PreAuthGate } from "../limits/preauth.ts";
 import type { Conn } from "../net/conn.ts";
 import { MAX_PAYLOAD_BYTES } from "./constants.ts";
 import type { ExportRegistry, NbdExport } from "./exports.ts";
@@ -75,13 +75,8 @@ export class NbdServer {
       conn.close();
       return;
     }
-    let session: NbdSession | null = null;
-    const ticket = this.gate.admit(conn.remote, () => session?.expire());
-    if (ticket === null) {
-      conn.close(); // refused (logged by the gate): too many connections in their handshake
-      return;
-    }
-    session = new NbdSession(this.env, conn, this.exports, this.limits, this.budget, this.pool, ticket);
+    const session = admitConnection(this.gate, conn, (ticket) => new NbdSession(this.env, conn, this.exports, this.limits, this.budget, this.pool, ticket));
+    if (session === null) return; // refused (logged by the gate): too many connections in their handshake
     this.sessions.add(session);
     void session.finished.then(() => this.sessions.delete(session));
     session.start();

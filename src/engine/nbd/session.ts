@@ -65,7 +65,7 @@ export class NbdSession {
   }
 
   /** The handshake deadline passed (limits/preauth.ts). */
-  expire(): void {
+  expire(_why: string): void {
     if (this.phase === "handshake") this.closeConn(`handshake not finished within ${this.limits.handshake_timeout_ms} ms`, true);
   }
 

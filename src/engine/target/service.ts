@@ -7,7 +7,7 @@
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import type { Env, TimerHandle } from "../env.ts";
 import { ByteBudget } from "../limits/byte-budget.ts";
-import { PreAuthGate, type PreAuthLimits } from "../limits/preauth.ts";
+import { admitConnection, PreAuthGate, type PreAuthLimits } from "../limits/preauth.ts";
 import type { Conn } from "../net/conn.ts";
 import type { TargetInfo } from "../wire/control.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
@@ -136,22 +136,21 @@ export class TargetService {
 
   /** Takes ownership of a freshly accepted connection. */
   handle(conn: Conn): void {
-    let c: TargetConnection | null = null;
-    const ticket = this.gate.admit(conn.remote, (why) => c?.expire(why));
-    if (ticket === null) {
-      conn.close(); // refused (logged by the gate) before anything was read
-      return;
-    }
-    c = new TargetConnection(
-      this.ctx,
+    const c = admitConnection(
+      this.gate,
       conn,
-      this.limits,
-      this.budget,
-      ticket,
-      (ended) => this.conns.delete(ended),
-      (hello, by) => this.supersede(hello, by),
+      (ticket) =>
+        new TargetConnection(
+          this.ctx,
+          conn,
+          this.limits,
+          this.budget,
+          ticket,
+          (ended) => this.conns.delete(ended),
+          (hello, by) => this.supersede(hello, by),
+        ),
     );
-    this.conns.add(c);
+    if (c !== null) this.conns.add(c);
   }
 
   /** Connections that have not authenticated yet (status and tests). */
