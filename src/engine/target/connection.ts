@@ -298,11 +298,13 @@ export class TargetConnection {
     this.inflightBytes += cost;
     const r = execute(this.ctx, this.requester!, h, payload, owned);
     if (r instanceof Uint8Array) this.complete(r, cost);
-    else if (h.opcode === Op.READ || h.opcode === Op.WRITE) r.then(this.onDone, this.onBug);
+    // The common data ops: their answer says their cost (dataCostOfResponse), no closure needed.
+    else if (h.opcode === Op.WRITE || (h.opcode === Op.READ && h.payload_len === 0)) r.then(this.onDone, this.onBug);
     else r.then((frame) => this.complete(frame, cost), this.onBug);
   }
 
   private complete(frame: Uint8Array, cost: number): void {
+    if (cost < 0) throw new Error(`invariant: an answer to op ${frame[5]} went through the data ops' completion`);
     this.inflight--;
     this.inflightBytes -= cost;
     this.budget.give(cost);
