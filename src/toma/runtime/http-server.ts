@@ -3,11 +3,11 @@
  * ../api.ts; this only checks the cluster key, parses JSON and turns {status, body} into a
  * response.
  *
- * Not Bun.serve: it gives no hook before a request is parsed, so a connection that never sends a
- * request, or sends its head a byte at a time, is never closed, and nothing caps how many such
- * connections a stranger holds (measured: idle and slowloris connections outlived a 3 s
- * idleTimeout). ../http-conn.ts parses HTTP/1.1 itself on a plain socket, with a cap and a
- * deadline on connections that have not authenticated yet (docs/protocol.md, "Limits").
+ * Not Bun.serve: it gives no hook before a request is parsed, so nothing caps how many
+ * connections a stranger holds, and its cut-off of one that never completes a request is fixed
+ * (measured: 12 s, whatever idleTimeout says) and outside the daemon's timers. ../http-conn.ts
+ * parses HTTP/1.1 itself on a plain socket, with a cap and a deadline of our own on connections
+ * that have not authenticated yet (docs/protocol.md, "The management API").
  */
 import type { Env } from "../../engine/env.ts";
 import { realEnv } from "../../engine/runtime/real-env.ts";
