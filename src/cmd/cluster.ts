@@ -1,4 +1,5 @@
 /** `nvmesh cluster status`. */
+import { TomaApiError } from "../toma/api-client.ts";
 import { formatBytes } from "./args.ts";
 import { command } from "./command.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
@@ -15,7 +16,9 @@ const status = command({
   async run({ args }) {
     const fmt = outputFormat(args.output);
     const t = toma(args);
-    const [cluster, targets, volumes] = await Promise.all([t.cluster(), t.targets(), t.volumes()]);
+    // A TOMA that is not ready knows no volumes yet, and this is the command that says why.
+    const notReady = (e: unknown) => (e instanceof TomaApiError && e.status === 503 ? null : Promise.reject(e));
+    const [cluster, targets, volumes] = await Promise.all([t.cluster(), t.targets(), t.volumes().catch(notReady)]);
     if (fmt === "json") return printJson({ cluster, targets, volumes });
     printKeyValues({
       cluster: cluster.cluster_uuid ?? "(none yet)",
@@ -29,7 +32,8 @@ const status = command({
     process.stdout.write("\n");
     printTable(targets.map((x) => ({ target: x.address, name: x.target_name, state: x.state, drives: x.drives, error: x.last_error })));
     process.stdout.write("\n");
-    printTable(volumes.map((v) => ({ volume: v.name, state: v.state, capacity: formatBytes(v.capacity_bytes), generation: v.created_seq })));
+    if (volumes === null) consola.log("volumes: not known until the TOMA is ready");
+    else printTable(volumes.map((v) => ({ volume: v.name, state: v.state, capacity: formatBytes(v.capacity_bytes), generation: v.created_seq })));
   },
 });
 

@@ -7,17 +7,38 @@
  */
 import { clusterKey, generateKeyFile } from "./key-file.ts";
 import { managementToken } from "../engine/wire/cluster-key.ts";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { consola } from "consola";
 import { connectNbd } from "../engine/nbd/client.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { tomaClient } from "../toma/api-client.ts";
-import { formatBytes, parsePositiveInt, parseSize } from "./args.ts";
+import { exactSize } from "../toma/allocator.ts";
+import { formatBytes, parsePositiveInt, parseSize, UsageError } from "./args.ts";
+import { computeGeometry, DEFAULT_EXTENT_SIZE_BYTES, isInvalid, minDriveBytes } from "../engine/drive/superblock.ts";
 import { command, untilSignal } from "./command.ts";
 import { type DemoServer, mirrorAct } from "./demo-mirror.ts";
 import { type Child, pattern, runNvmesh as run, spawnChild as spawn, waitForOutput as waitFor } from "./demo-procs.ts";
 import { selfCommand } from "./self.ts";
+
+/**
+ * Refuses sizes the demo's cluster cannot hold before anything starts: drives of --drive-size
+ * (16M extents), the striped volume over all of them, then a mirror's two legs in what is left.
+ */
+function checkDemoSizes(targets: number, drive_bytes: number, capacity: number, mirror_capacity: number): void {
+  const E = DEFAULT_EXTENT_SIZE_BYTES;
+  const g = computeGeometry(drive_bytes, E);
+  if (isInvalid(g)) throw new UsageError(`--drive-size ${formatBytes(drive_bytes)} is too small: a drive needs at least ${formatBytes(Math.ceil(minDriveBytes(E) / 2 ** 20) * 2 ** 20)}`);
+  const per_drive = g.extent_count;
+  if (capacity > targets * per_drive * E) {
+    throw new UsageError(`--capacity ${formatBytes(capacity)} does not fit on ${targets} drives of ${formatBytes(drive_bytes)}: at most ${exactSize(targets * per_drive * E)}; lower --capacity or raise --drive-size`);
+  }
+  const left = per_drive - Math.ceil(capacity / targets / E);
+  // With fewer than 3 targets the mirror act is skipped (see below).
+  if (targets >= 3 && mirror_capacity > left * E) {
+    throw new UsageError(`--mirror-capacity ${formatBytes(mirror_capacity)} does not fit in what the striped volume leaves on each drive (${exactSize(left * E)}): lower --mirror-capacity or --capacity, or raise --drive-size`);
+  }
+}
 
 export const demoCommand = command({
   meta: { name: "demo", description: "a local cluster on files: a striped volume, a mirror surviving a killed server, live" },
@@ -36,6 +57,14 @@ export const demoCommand = command({
     const capacity = parseSize(args.capacity, "--capacity");
     const checkBytes = Math.min(parseSize(args["check-size"], "--check-size"), capacity);
     const mirrorCapacity = args["mirror-capacity"] === "0" ? 0 : parseSize(args["mirror-capacity"], "--mirror-capacity");
+    checkDemoSizes(nTargets, driveSize, capacity, mirrorCapacity);
+    if (args.dir !== undefined) {
+      try {
+        mkdirSync(args.dir, { recursive: true });
+      } catch (e) {
+        throw new UsageError(`cannot create --dir ${args.dir}: ${(e as Error).message}`);
+      }
+    }
     const dir = args.dir ?? mkdtempSync(`${tmpdir()}/nvmesh-demo-`);
     const ownDir = args.dir === undefined;
     // The demo's cluster has its own key; every daemon and command below inherits NVMESH_KEY_FILE.
@@ -145,7 +174,6 @@ export const demoCommand = command({
         process.exit(0);
       }
     } catch (e) {
-      consola.error((e as Error).message);
       if (log.length) consola.log(`last daemon output:\n${log.slice(-20).join("\n")}`);
       await cleanup();
       throw e;

@@ -4,6 +4,7 @@
  */
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { dirname } from "node:path";
 import { consola } from "consola";
 import { CLUSTER_KEY_BYTES, formatClusterKey, parseClusterKey } from "../engine/wire/cluster-key.ts";
 import { UsageError } from "./args.ts";
@@ -29,7 +30,14 @@ export function clusterKey(flag: string | undefined): Uint8Array | null {
   try {
     text = readFileSync(path, "utf8");
   } catch (e) {
-    throw new UsageError(`cannot read the cluster key file ${path}: ${(e as Error).message}`);
+    const code = (e as NodeJS.ErrnoException).code;
+    const from = named === undefined ? "" : flag !== undefined ? " (--key-file)" : " (NVMESH_KEY_FILE)";
+    const why =
+      code === "ENOENT" ? "it does not exist; copy the cluster's key there, or write a new one with 'nvmesh cluster genkey --out FILE'"
+      : code === "EISDIR" ? "it is a directory; give the key file itself"
+      : code === "EACCES" ? "permission denied; run as root, or give this user read access"
+      : (e as Error).message;
+    throw new UsageError(`cannot read the cluster key file ${path}${from}: ${why}`);
   }
   try {
     const key = parseClusterKey(text);
@@ -47,7 +55,17 @@ export function warnNoKey(what: string): void {
 
 /** Writes a fresh key to `path` (mode 600); refuses to replace an existing file unless `force`. */
 export function generateKeyFile(path: string, force: boolean): void {
+  if (existsSync(path) && statSync(path).isDirectory()) throw new UsageError(`${path} is a directory: give the path of the key file to write, e.g. ${path.replace(/\/+$/, "")}/cluster.key`);
   if (existsSync(path) && !force) throw new UsageError(`${path} exists: a new key would lock every daemon using the old one out; --force replaces it`);
-  writeFileSync(path, formatClusterKey(new Uint8Array(randomBytes(CLUSTER_KEY_BYTES))), { mode: 0o600 });
+  try {
+    writeFileSync(path, formatClusterKey(new Uint8Array(randomBytes(CLUSTER_KEY_BYTES))), { mode: 0o600 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === "ENOENT" ? `its directory ${dirname(path)} does not exist (mkdir -p ${dirname(path)})`
+      : code === "EACCES" || code === "EROFS" ? "permission denied (run as root?)"
+      : (e as Error).message;
+    throw new Error(`cannot write ${path}: ${why}`);
+  }
   chmodSync(path, 0o600); // `mode` applies only to a file created here, not to one --force replaced
 }

@@ -23,6 +23,7 @@ const serve = command({
     ...preauthArgs,
     ...payloadBudgetArg,
   },
+  repeatable: ["drive"],
   async run({ args, rawArgs }) {
     const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");

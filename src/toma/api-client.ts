@@ -10,9 +10,22 @@ export class TomaApiError extends Error {
     /** HTTP status; 0 when the TOMA could not be reached at all. */
     readonly status: number,
     message: string,
+    /** The address answered nothing, or something that is not a TOMA's management API. */
+    readonly kind?: "unreachable" | "not_toma",
   ) {
     super(message);
   }
+}
+
+/** Why a request reached no TOMA, in words (fetch's own messages name the URL, not the cause). */
+function unreachable(e: unknown, timeout_ms: number): string {
+  const code = (e as { code?: unknown }).code;
+  if ((e as Error).name === "TimeoutError") return `no answer within ${timeout_ms / 1000} s`;
+  if (code === "ECONNREFUSED") return "connection refused (nothing listens there)";
+  if (code === "ECONNRESET") return "the connection was closed without an answer (is it a target's port rather than a TOMA's?)";
+  if (code === "ENOTFOUND") return "unknown host name";
+  if (code === "EHOSTUNREACH" || code === "ENETUNREACH") return "no route to that host";
+  return (e as Error).message;
 }
 
 export interface TomaClient {
@@ -34,6 +47,7 @@ export interface TomaClient {
 export function tomaClient(base: string, opts: { timeout_ms?: number; token?: string } = {}): TomaClient {
   const root = (/^https?:\/\//.test(base) ? base : `http://${base}`).replace(/\/+$/, "");
   const timeout_ms = opts.timeout_ms ?? 30_000;
+  const where = root.replace(/^https?:\/\//, "");
   const auth: Record<string, string> = opts.token === undefined ? {} : { authorization: `Bearer ${opts.token}` };
 
   async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -46,14 +60,14 @@ export function tomaClient(base: string, opts: { timeout_ms?: number; token?: st
         signal: AbortSignal.timeout(timeout_ms),
       });
     } catch (e) {
-      throw new TomaApiError(0, `cannot reach the TOMA at ${root}: ${(e as Error).message}`);
+      throw new TomaApiError(0, `cannot reach a TOMA at ${where}: ${unreachable(e, timeout_ms)}`, "unreachable");
     }
     const text = await res.text();
     let json: unknown;
     try {
       json = text.length > 0 ? JSON.parse(text) : null;
     } catch {
-      throw new TomaApiError(res.status, `TOMA at ${root} answered ${res.status} with a non-JSON body`);
+      throw new TomaApiError(res.status, `${where} is not a TOMA: it answered HTTP ${res.status} without the management API's JSON`, "not_toma");
     }
     if (!res.ok) {
       const msg = typeof json === "object" && json !== null && typeof (json as { error?: unknown }).error === "string"

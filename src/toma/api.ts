@@ -92,7 +92,7 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     }
     if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name}': use 1 to 64 of [A-Za-z0-9._-]`);
     if (!toma.state) return err(503, `TOMA not ready: ${toma.readiness()}`);
-    return toma.state.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}'`);
+    return toma.state.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
   };
 
   return async (method, path, body) => {

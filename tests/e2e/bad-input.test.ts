@@ -151,7 +151,7 @@ describe("bad input changes nothing and kills no daemon", () => {
   });
 
   const cliCases: [string, string[], RegExp][] = [
-    ["capacity with an unknown suffix", ["volume", "create", "--name", "a", "--capacity", "3Q"], /invalid capacity/],
+    ["capacity with an unknown suffix", ["volume", "create", "--name", "a", "--capacity", "3Q"], /invalid --capacity/],
     ["capacity not a multiple of 512", ["volume", "create", "--name", "a", "--capacity", "1000"], /multiple of 512/],
     ["unsupported raid level", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "5"], /raid-level/],
     ["stripe width above the drive count", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "0", "--stripe-width", "9"], /stripe|drive/i],
@@ -166,9 +166,9 @@ describe("bad input changes nothing and kills no daemon", () => {
     ["bad output format", ["cluster", "status", "-o", "yaml"], /output format/],
     ["bad management address", ["cluster", "status", "-m", "nohostport"], /management address/],
     ["kernel nbd where there is none", ["client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0"], /cannot bind \/dev\/nbd0: this kernel has no nbd driver/],
-    ["format a drive already in a cluster", ["drive", "format", "__DRIVE__"], /already|cluster/],
+    ["format a drive a target serves", ["drive", "format", "__DRIVE__"], /in use by another process.*stop that process first/],
     ["a hosted target's options without --drive", ["client", "serve", "--target-listen", "127.0.0.1:1"], /go with --drive/],
-    ["a hosted target on a file that is no drive", ["client", "serve", "--drive", "__NOTADRIVE__", "--target-listen", "127.0.0.1:0"], /no usable drive/],
+    ["a hosted target on a file that is no drive", ["client", "serve", "--drive", "__NOTADRIVE__", "--target-listen", "127.0.0.1:0", "--run-dir", "__RUNDIR__"], /not an nvmesh drive yet; format it with 'nvmesh drive format .*'[\s\S]*nothing to serve/],
   ];
   test("CLI: kernel nbd where there is none, without a client daemon → the same clear message", async () => {
     const r = await c.cliRaw("client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0", "--run-dir", `${c.dir}/no-daemon`);
@@ -179,7 +179,7 @@ describe("bad input changes nothing and kills no daemon", () => {
     test(`CLI: ${name} → non-zero exit and a clear message`, async () => {
       const notADrive = `${c.dir}/not-a-drive.img`;
       writeFileSync(notADrive, new Uint8Array(1 << 20));
-      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a === "__NOTADRIVE__" ? notADrive : a));
+      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a === "__NOTADRIVE__" ? notADrive : a === "__RUNDIR__" ? `${c.dir}/run-hosted` : a));
       const r = await c.cliRaw(...real);
       expect(r.code).not.toBe(0);
       expect(r.stdout + r.stderr).toMatch(re);

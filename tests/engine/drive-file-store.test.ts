@@ -30,7 +30,7 @@ describe("FileStore", () => {
     const a = await FileStore.open(p, { create_size_bytes: 1 << 20 });
     const e = await FileStore.open(p).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(DriveIoError);
-    expect(String((e as Error).message)).toContain("already in use");
+    expect(String((e as Error).message)).toContain("is in use by another process");
     await a.close();
     const b = await FileStore.open(p);
     expect(b.size_bytes).toBe(1 << 20);

@@ -42,7 +42,7 @@ describe("bad input is refused and changes nothing", () => {
     ["debug_format not a boolean", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", debug_format: "yes" }, 400, /debug_format must be true or false/],
     ["name taken", "POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }, 409, /already exists/],
     ["too large", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1024 * MiB, raid_level: "concatenated" }, 507, /not enough free space/],
-    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /exceeds the 2 usable drives/],
+    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /needs 3 drives; the cluster has 2 usable drives/],
     ["unknown volume", "GET", "/v1/volumes/nope", undefined, 404, /no volume named 'nope'/],
     ["delete unknown volume", "DELETE", "/v1/volumes/nope", undefined, 404, /no volume named/],
     ["attach unknown volume", "GET", "/v1/volumes/nope/attach", undefined, 404, /no volume named/],
@@ -112,7 +112,20 @@ describe("over HTTP with the typed client", () => {
     const e = await tomaClient("http://127.0.0.1:1").cluster().catch((x) => x);
     expect(e).toBeInstanceOf(TomaApiError);
     expect(e.status).toBe(0);
-    expect(e.message).toMatch(/cannot reach the TOMA/);
+    expect(e.message).toBe("cannot reach a TOMA at 127.0.0.1:1: connection refused (nothing listens there)");
+    expect(e.kind).toBe("unreachable");
+  });
+
+  test("an address that answers HTTP but is not a TOMA says so", async () => {
+    const other = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("not here", { status: 404 }) });
+    try {
+      const e = await tomaClient(`127.0.0.1:${other.port}`).cluster().catch((x) => x);
+      expect(e).toBeInstanceOf(TomaApiError);
+      expect(e.kind).toBe("not_toma");
+      expect(e.message).toBe(`127.0.0.1:${other.port} is not a TOMA: it answered HTTP 404 without the management API's JSON`);
+    } finally {
+      other.stop(true);
+    }
   });
 });
 

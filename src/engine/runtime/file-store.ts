@@ -260,7 +260,7 @@ function lockExclusive(fd: number, path: string): void {
   const c = libc();
   if (c === null) return;
   const err = c.flock(fd, LOCK_EX | LOCK_NB);
-  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
+  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is in use by another process, which holds its lock (a target serving it?): stop that process first`, "EIO");
   if (err !== 0) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
 }
 
