@@ -104,7 +104,8 @@ export class Transmission {
   private granted = 0;
   private wantedBytes = 0;
   private readonly onGrant = () => {
-    if (this.closed) return this.budget.give(this.wantedBytes); // ended while the grant travelled
+    // Stopped while the grant travelled (a cancel came too late): no request will use it.
+    if (this.stopping) return this.budget.give(this.wantedBytes);
     this.granted = this.wantedBytes;
     this.wants = "nothing";
     this.proceed();
@@ -169,10 +170,8 @@ export class Transmission {
    * finish on their own).
    */
   private dropWaits(): void {
-    if (this.wants === "budget" && !this.budget.cancel(this.onGrant)) {
-      // Granted on a microtask still to come: onGrant gives it back if closed; else keep it counted.
-      if (!this.closed) this.granted = this.wantedBytes;
-    }
+    // A grant already on its way (cancel too late) is given back by onGrant: stopping is set.
+    if (this.wants === "budget") this.budget.cancel(this.onGrant);
     this.wants = "nothing";
     if (this.granted > 0) {
       this.budget.give(this.granted);
