@@ -86,6 +86,19 @@ export async function forEachSeed(file: string, count: number, body: (rng: Rng, 
   }
 }
 
+/**
+ * What a fuzz run reached (counters of the deep paths), printed; with enough seeds every one must
+ * be above zero, so that a generator that stopped reaching a path shows. A replay of one seed
+ * checks nothing here.
+ */
+export function expectReached(what: string, reached: Record<string, number>, count: number): void {
+  console.log(`${what} reached:`, reached);
+  if (count < 50) return;
+  for (const [path, n] of Object.entries(reached)) {
+    if (n === 0) throw new Error(`${what}: ${count} seeds never reached '${path}': the generator no longer gets there`);
+  }
+}
+
 /** Cuts bytes at random points (sometimes one byte at a time, sometimes whole). */
 export function splitRandomly(rng: Rng, b: Uint8Array): Uint8Array[] {
   const out: Uint8Array[] = [];

@@ -268,6 +268,8 @@ export class Transmission {
    * and in the server's budget. False when it must wait; feed() is called again once it may.
    */
   private reserve(n: number): boolean {
+    // Already queued at the budget for exactly this reservation: asking again would queue twice.
+    if (this.wants === "budget") return false;
     if (this.granted > 0) {
       // The grant is for exactly the reservation that waited, which is the one asked again.
       if (this.granted !== n) throw new Error(`invariant: granted ${this.granted} bytes for a reservation of ${n}`);
