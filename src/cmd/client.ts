@@ -10,7 +10,11 @@ import { NbdServer } from "../engine/nbd/server.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { viaLocalTarget } from "../engine/client/local-target.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
+import type { FrameLink } from "../engine/net/frame-link.ts";
+import type { HelloRequest } from "../engine/wire/control.ts";
 import { tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, parseDuration, parsePositiveInt, repeated, UsageError } from "./args.ts";
 import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
@@ -23,8 +27,8 @@ import { type Attachment, control, daemonAnswers, runDir, serveControl } from ".
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, volumeName } from "./volume.ts";
-import { clusterKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, serverKeyBytes } from "./key-file.ts";
+import { asClientKey } from "../engine/wire/cluster-key.ts";
 
 const runDirArg = {
   "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
@@ -70,6 +74,7 @@ const serve = command({
   meta: { name: "serve", description: "run the client daemon of this host" },
   args: {
     ...management,
+    ...insecureArg,
     ...runDirArg,
     "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
     name: { type: "string", description: "client name (default: host name)" },
@@ -99,6 +104,10 @@ const serve = command({
       throw new Error(`a client daemon runs already with the run directory ${dir}: stop it first, or give this one another --run-dir`);
     }
     makeRunDir(dir);
+    const what = paths.length === 0 ? "the client daemon" : "the client daemon with its host's target (--drive)";
+    const key = daemonKey(args, what, false);
+    // Serving drives takes the server key; the daemon's own requests use the client key below.
+    const target_key = paths.length === 0 ? null : serverKeyBytes(key, "serving drives (--drive)");
     const env = realEnv("client");
     const exports = new ExportRegistry();
     const nbd = new NbdServer(env, exports, {
@@ -106,24 +115,24 @@ const serve = command({
       handshake_timeout_ms: parseDuration(args["handshake-timeout"], "--handshake-timeout"),
       max_handshakes: parsePositiveInt(args["max-handshakes"], "--max-handshakes") ?? DEFAULT_NBD_LIMITS.max_handshakes,
     });
-    const cluster_key = clusterKey(args["key-file"]);
-    if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
-    const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
     const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {
       paths,
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
-      cluster_key,
+      cluster_key: target_key,
       limits: { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH) },
     });
+    // A client is a client even on a server: it proves the client key, and is fenced like any.
+    const cluster_key = key === null ? null : asClientKey(key);
+    const toma = tomaClient(mgmt, { key: cluster_key });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
+    const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });
+    // The target in this process first (no wire at all), then RDMA where the target offers it.
+    const local = target ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, over) : open;
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
-      openSession: target
-        ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, (e, conn, address, hello) =>
-            sessionOver(e, conn, address, hello, { cluster_key }))
-        : open,
+      openSession: viaRdma(local, realRdma, over),
       nbd,
       exports,
       socket_dir: dir,
@@ -206,6 +215,9 @@ const show = command({
     const list = await control<Attachment[]>(runDir(args["run-dir"]), "GET", "/v1/attachments");
     if (fmt === "json") return printJson(list);
     printTable(list.map((a) => ({ volume: a.volume, capacity: formatBytes(a.capacity_bytes), raid: a.raid_level, drives: a.drives, uri: a.uri, device: a.nbd_device ?? "-" })));
+    // Each target session, with the transport it uses and why.
+    const sessions = list.flatMap((a) => (a.sessions ?? []).map((s) => ({ volume: a.volume, target: s.target, transport: s.transport ?? "not connected" })));
+    if (sessions.length > 0) printTable(sessions);
   },
 });
 

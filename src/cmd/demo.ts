@@ -5,8 +5,7 @@
  * servers killed while it is written, and rebuilds when it returns (demo-mirror.ts); then the
  * cluster's state, live, until Ctrl-C (or, with --exit, the cluster is stopped at once).
  */
-import { clusterKey, generateKeyFile } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { clusterKey, generateKeyFile, writeClientKeyFile } from "./key-file.ts";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { consola } from "consola";
@@ -67,11 +66,15 @@ export const demoCommand = command({
     }
     const dir = args.dir ?? mkdtempSync(`${tmpdir()}/nvmesh-demo-`);
     const ownDir = args.dir === undefined;
-    // The demo's cluster has its own key; every daemon and command below inherits NVMESH_KEY_FILE.
+    // The demo's cluster has its own keys: the server key, which every daemon and command below
+    // inherits through NVMESH_KEY_FILE, and the client key derived from it for the client daemon.
     const keyFile = `${dir}/cluster.key`;
+    const clientKeyFile = `${dir}/client.key`;
     generateKeyFile(keyFile, true);
     process.env.NVMESH_KEY_FILE = keyFile;
-    const token = { token: managementToken(clusterKey(keyFile)!) };
+    const serverKey = clusterKey(keyFile)!;
+    writeClientKeyFile(serverKey, clientKeyFile, true);
+    const keyed = { key: serverKey };
     const log: string[] = [];
     const children: Child[] = [];
     const cleanup = async () => {
@@ -115,12 +118,12 @@ export const demoCommand = command({
       mgmt = tm[1]!;
       consola.success(`TOMA on ${mgmt}: cluster ${tm[2]} created on the drives themselves`);
       runDir = `${dir}/run`;
-      const client = spawn("client", ["client", "serve", "-m", mgmt, "--run-dir", runDir], log);
+      const client = spawn("client", ["client", "serve", "-m", mgmt, "--run-dir", runDir, "--key-file", clientKeyFile], log);
       children.push(client);
       await waitFor(client, /client ready/);
       consola.success("client daemon ready");
 
-      const api = tomaClient(mgmt, token);
+      const api = tomaClient(mgmt, keyed);
       const attach = async (volume: string) => (await run(["client", "attach", "--volume", volume, "--run-dir", runDir])).trim().split("\n").pop()!;
       const vol = await api.createVolume({ name: "demo", capacity_bytes: capacity, raid_level: "0", stripe_width: nTargets });
       consola.success(`volume demo: ${formatBytes(vol.capacity_bytes)} RAID0 striped over ${vol.columns.length} drives, ${vol.stripe_size_bytes / 1024}K stripe unit`);
@@ -200,7 +203,7 @@ export const demoCommand = command({
     );
 
     // Live: print the cluster's state whenever it changes.
-    const api = tomaClient(mgmt, token);
+    const api = tomaClient(mgmt, keyed);
     let last = "";
     const watch = setInterval(async () => {
       try {

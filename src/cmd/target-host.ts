@@ -3,27 +3,37 @@ import { consola } from "consola";
 import type { FormattedDrive } from "../engine/drive/formatted-api.ts";
 import { openDrive } from "../engine/drive/formatted-drive.ts";
 import type { Env } from "../engine/env.ts";
-import type { Conn } from "../engine/net/conn.ts";
-import { connPair } from "../engine/net/pipe.ts";
+import type { FrameLink } from "../engine/net/frame-link.ts";
+import { linkPair } from "../engine/net/pipe.ts";
 import { FileStore } from "../engine/runtime/file-store.ts";
 import { TargetService, type TargetServiceOptions } from "../engine/target/service.ts";
+import { parseRdmaAddress, type RdmaListener, rdmaListen } from "../engine/runtime/rdma-net.ts";
 import { UsageError } from "./args.ts";
 import { checkDrivePath } from "./drive-path.ts";
 import { locateSuperblock } from "../engine/drive/locate-superblock.ts";
-import { warnNoKey } from "./key-file.ts";
 
 export interface HostedTarget {
   readonly service: TargetService;
   /** The address it listens on, as bound (a port 0 resolved). */
   readonly address: string;
-  /** An in-process connection to it (client/local-target.ts). */
-  connect(): Conn;
+  /** rdma://HOST:PORT it also listens on, as bound, or null. */
+  readonly rdma: string | null;
+  /** An in-process link to it (client/local-target.ts). */
+  connect(): FrameLink;
   stop(): Promise<void>;
 }
 
+/** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(
   env: Env,
-  o: { paths: string[]; listen: string; name: string; cluster_key: Uint8Array | null; limits?: Pick<TargetServiceOptions, "preauth" | "payload_budget_bytes"> },
+  o: {
+    paths: string[];
+    listen: string;
+    rdma?: string | null;
+    name: string;
+    cluster_key: Uint8Array | null;
+    limits?: Pick<TargetServiceOptions, "preauth" | "payload_budget_bytes">;
+  },
 ): Promise<HostedTarget> {
   if (o.paths.length === 0) throw new UsageError("at least one --drive is required");
   const twice = o.paths.find((p, i) => o.paths.indexOf(p) !== i);
@@ -58,7 +68,6 @@ export async function hostTarget(
     throw new Error(o.paths.length === 1 ? "the drive cannot be served (see above): nothing to serve" : `none of the ${o.paths.length} drives can be served (see above): nothing to serve`);
   }
   const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key, ...o.limits });
-  if (o.cluster_key === null) warnNoKey(`the target on ${o.listen}`);
   let listener: Awaited<ReturnType<Env["net"]["listen"]>>;
   try {
     listener = await env.net.listen(o.listen, (conn) => service.handle(conn));
@@ -66,17 +75,32 @@ export async function hostTarget(
     for (const d of drives) await d.close().catch(() => {});
     throw e;
   }
+  let rdma: RdmaListener | null = null;
+  if (o.rdma) {
+    const { host, port } = parseRdmaAddress(o.rdma);
+    try {
+      rdma = await rdmaListen(host, port, (link) => service.handleLink(link));
+    } catch (e) {
+      listener.close();
+      for (const d of drives) await d.close().catch(() => {});
+      throw new Error(`cannot listen on ${o.rdma}: ${(e as Error).message}`);
+    }
+    // On every address (0.0.0.0): requesters use the address they reached us by over TCP.
+    service.setRdma({ host: host === "0.0.0.0" ? null : host, port: rdma.port });
+  }
   for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents)`);
   return {
     service,
     address: listener.address,
+    rdma: rdma?.address ?? null,
     connect: () => {
-      const [mine, theirs] = connPair(listener.address, "in-process");
-      service.handle(theirs);
+      const [mine, theirs] = linkPair(listener.address, "in-process");
+      service.handleLink(theirs);
       return mine;
     },
     stop: async () => {
       listener.close();
+      rdma?.close();
       service.closeAll();
       for (const d of drives) await d.close().catch((e) => consola.warn(`closing ${d.info.path}: ${e}`));
     },

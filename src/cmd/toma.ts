@@ -4,13 +4,15 @@ import { consola } from "consola";
 import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenFailure } from "../engine/runtime/real-net.ts";
-import { makeApiHandler } from "../toma/api.ts";
+import { managementApi } from "../toma/api.ts";
 import { serveTomaApi, type TomaHttpServer } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
+import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
-import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 import { DEFAULT_HTTP_LIMITS } from "../toma/http-conn.ts";
 import { preauthArgs, preauthLimits } from "./limit-args.ts";
 
@@ -24,11 +26,12 @@ const run = command({
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
+    ...insecureArg,
     ...preauthArgs,
   },
   repeatable: ["target"],
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
+    const cluster_key = daemonKey(args, `the TOMA and its management API on ${args.listen}`, true)?.key ?? null;
     const targets = repeated(rawArgs, "target").map((t) => listenAddress(t, "--target"));
     if (targets.length === 0) throw new UsageError("at least one --target is required");
     const twice = targets.find((t, i) => targets.indexOf(t) !== i);
@@ -39,18 +42,25 @@ const run = command({
     const listen = parseAddress(listenAddress(args.listen));
     if ("unix" in listen) throw new UsageError(`invalid --listen '${args.listen}': the management API listens on HOST:PORT (e.g. 0.0.0.0:${DEFAULT_TOMA_PORT}), not a unix socket`);
     const env = realEnv("toma");
-    const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
-    const token = cluster_key === null ? null : managementToken(cluster_key);
+    const name = args.name ?? hostname();
+    const hello = { version: 1 as const, role: "toma" as const, name };
+    const keyed = { cluster_key: cluster_key === null ? null : { kind: "server" as const, key: cluster_key } };
+    // Over RDMA where a target offers it, as the clients do (target show says which and why).
+    const open = viaRdma(
+      (e, address, h) => openSession(e, address, h, keyed),
+      realRdma,
+      (e, link, address, h) => sessionOver(e, link, address, h, keyed),
+    );
+    const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
     const limits = preauthLimits(args, DEFAULT_HTTP_LIMITS);
     let http: TomaHttpServer;
     try {
-      http = await serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token, env: realEnv("toma-api"), limits });
+      http = await serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port, env: realEnv("toma-api"), limits });
     } catch (e) {
       throw new Error(listenFailure(args.listen, e));
     }
     // Started only once its API could listen: a TOMA that cannot serve must not touch the targets.
     toma.start();
-    if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);
     let stopped = false;

@@ -6,7 +6,6 @@ import { isValidStripeSize, VOLUME_NAME_RE } from "../toma/cluster-state.ts";
 import { formatBytes, managementAddress, parsePositiveInt, parseSize, UsageError } from "./args.ts";
 import { command } from "./command.ts";
 import { clusterKey, keyFileArg } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
 
 export const management = {
@@ -14,10 +13,9 @@ export const management = {
   ...keyFileArg,
 };
 
-/** The management API of the TOMA the arguments name, with the cluster key's token if any. */
+/** The management API of the TOMA the arguments name; requests signed with the key found, if any. */
 export function toma(args: { management?: string; "key-file"?: string }): TomaClient {
-  const key = clusterKey(args["key-file"]);
-  return tomaClient(managementAddress(args.management), key === null ? {} : { token: managementToken(key) });
+  return tomaClient(managementAddress(args.management), { key: clusterKey(args["key-file"]) });
 }
 
 function raidName(level: string): string {

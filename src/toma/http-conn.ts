@@ -4,7 +4,7 @@
  * returns. Sans-I/O: sockets come in through handle(conn), time through Env.
  *
  * A connection is a stranger's until one of its requests is answered with anything but 401
- * (the handler checks the cluster key): until then it holds a place among the port's
+ * (the handler checks the request's signature) by a route that needs one: until then it holds a place among the port's
  * unauthenticated connections (limits/preauth.ts: a cap, and a deadline for its first request),
  * and a 401 closes it. What a stranger can make the TOMA hold is one request head (16 KiB) and
  * one body (64 KiB, refused from its Content-Length when larger), for at most the deadline. An
@@ -159,7 +159,7 @@ class HttpConnection {
     if (this.closed) return;
     // 401 is the handler saying "not the cluster key": the stranger gets its answer and goes.
     const refused = res.status === 401;
-    if (!refused && !this.authenticated) {
+    if (!refused && res.authenticates !== false && !this.authenticated) {
       this.authenticated = true;
       this.ticket.authenticated();
     }

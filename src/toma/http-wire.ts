@@ -44,6 +44,11 @@ export interface HttpResponse {
   status: number;
   headers: [string, string][];
   body: Uint8Array;
+  /**
+   * False for an answer that proves nothing about the requester (a route anyone may use, such as
+   * a management nonce): it does not make the connection an authenticated one.
+   */
+  authenticates?: boolean;
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;

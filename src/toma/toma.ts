@@ -12,6 +12,7 @@
  *   in-memory state is kept and re-written under a higher generation to retract the partial write.
  * Every mutation and every maintenance step runs one at a time (`exclusive`).
  */
+import type { ClusterKey } from "../engine/wire/cluster-key.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
 import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
 import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
@@ -59,7 +60,10 @@ export interface TomaOptions {
   cluster_uuid?: string;
   /** Opens a session to a target; defaults to the real wire session. */
   connect?: Connect;
-  /** The cluster key, proved to every target by the default `connect` (none: keyless targets only). */
+  /**
+   * The cluster's server key, proved to every target by the default `connect` (a TOMA needs the
+   * server key: metadata, FENCE, lock recovery). None: keyless (--insecure) targets only.
+   */
   cluster_key?: Uint8Array | null;
   timings?: Partial<TomaTimings>;
   mirror_timings?: Partial<MirrorTimings>;
@@ -97,6 +101,13 @@ export interface TargetView {
   /** Local milliseconds since the last up/down transition (never a wall-clock time). */
   for_ms: number;
   last_error: string | null;
+  /**
+   * How this TOMA's session to the target carries its frames, and why: "tcp: no RDMA device on
+   * this host", "rdma: the target listens on rdma://…" (null while down).
+   */
+  transport: string | null;
+  /** The target's RDMA port when it listens on RDMA ("rdma://HOST:PORT"; HOST * for any address). */
+  rdma: string | null;
 }
 
 const unavailable = (error: string): Refusal => ({ ok: false, code: "unavailable", error });
@@ -133,7 +144,8 @@ export class Toma {
     this.env = env = withSteadyClock(env);
     this.timings = { ...DEFAULT_TOMA_TIMINGS, ...opts.timings };
     const hello = { version: 1 as const, role: "toma" as const, name: opts.name };
-    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello, { cluster_key: opts.cluster_key ?? null }));
+    const serverKey: ClusterKey | null = opts.cluster_key ? { kind: "server", key: opts.cluster_key } : null;
+    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello, { cluster_key: serverKey }));
     this.links = opts.targets.map((a) => new TargetLink(env, a, connect, this.timings));
     if (opts.cluster_uuid) this.cluster_uuid = opts.cluster_uuid.toLowerCase();
     this.mirror = new MirrorControl(
@@ -237,6 +249,8 @@ export class Toma {
       drives: l.drives.length,
       for_ms: Math.max(0, Math.round(now - l.since_ms)),
       last_error: l.last_error,
+      transport: l.session?.transport.why ?? null,
+      rdma: l.session?.info.rdma ? `rdma://${l.session.info.rdma.host ?? "*"}:${l.session.info.rdma.port}` : null,
     }));
   }
 

@@ -7,7 +7,6 @@ import { describe, expect, test } from "bun:test";
 import { ByteBudget } from "../../src/engine/limits/byte-budget.ts";
 import { PreAuthGate } from "../../src/engine/limits/preauth.ts";
 import { testEnv } from "../../src/engine/nbd/test-kit.ts";
-import { connPair } from "../../src/engine/net/pipe.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { DEFAULT_SESSION_MAX_INFLIGHT_BYTES } from "../../src/engine/wire/session.ts";
 import { DEFAULT_CONN_INFLIGHT_BYTES } from "../../src/engine/target/service.ts";
@@ -165,23 +164,6 @@ describe("the target's per-connection payload bound", () => {
 });
 
 describe("Conn.pause / resume", () => {
-  test("in-process pipe: nothing is delivered while paused, all of it in order after", async () => {
-    const [a, b] = connPair();
-    const got: number[] = [];
-    b.onData = (c) => got.push(...c);
-    b.pause();
-    a.send(new Uint8Array([1, 2]));
-    a.send(new Uint8Array([3]));
-    await tick();
-    expect(got).toEqual([]);
-    b.resume();
-    await tick();
-    expect(got).toEqual([1, 2, 3]);
-    a.send(new Uint8Array([4]));
-    await tick();
-    expect(got).toEqual([1, 2, 3, 4]);
-  });
-
   test("real sockets: a paused server reads nothing, the sender meets backpressure, resume delivers everything", async () => {
     const env = realEnv("test", { debug() {}, info() {}, warn() {}, error() {} });
     let server: import("../../src/engine/net/conn.ts").Conn | null = null;

@@ -24,6 +24,7 @@ import { testEnv } from "../../src/engine/nbd/test-kit.ts";
 import { encodeBody } from "../../src/engine/wire/control.ts";
 import { encodeFrame, Flag, FrameDecoder, type Header, Op, Status } from "../../src/engine/wire/header.ts";
 import { sessionOver } from "../../src/engine/wire/session.ts";
+import { streamLink } from "../../src/engine/net/stream-link.ts";
 import { concat, expectReached, forEachSeed, FuzzConn, type Rng, seeds, settle, splitRandomly } from "../support/fuzz.ts";
 import { randomHeader } from "../support/fuzz-frames.ts";
 
@@ -75,7 +76,7 @@ describe("the data-path session reading a target's answers", () => {
     const reached = { hello_ok: 0, answered: 0, failed: 0 };
     await forEachSeed(FILE, SEEDS, async (rng) => {
       const conn = new FuzzConn();
-      const opened = sessionOver(env, conn, "fuzz", { version: 1, role: "client", name: "fuzz" }).then(
+      const opened = sessionOver(env, streamLink(conn), "fuzz", { version: 1, role: "client", name: "fuzz" }).then(
         (s) => s,
         () => null,
       );

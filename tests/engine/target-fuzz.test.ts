@@ -13,9 +13,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { testEnv, type TestEnv } from "../../src/engine/nbd/test-kit.ts";
-import { connPair } from "../../src/engine/net/pipe.ts";
+import { linkPair } from "../../src/engine/net/pipe.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
-import { requesterProof } from "../../src/engine/wire/cluster-key.ts";
+import { type ClusterKey, requesterProof } from "../../src/engine/wire/cluster-key.ts";
 import { decodeBody, encodeBody, isInvalid, TargetInfo } from "../../src/engine/wire/control.ts";
 import { encodeFrame, emptyHeader, FrameDecoder, type Header, Op } from "../../src/engine/wire/header.ts";
 import { sessionOver } from "../../src/engine/wire/session.ts";
@@ -26,6 +26,8 @@ import { dataBytes, memoryDrive, uuidBytes } from "./target-fixture.ts";
 const SEEDS = seeds(300);
 const FILE = "tests/engine/target-fuzz.test.ts";
 const KEY = new Uint8Array(32).fill(7);
+/** The server key as a requester holds it: every role may be claimed with it. */
+const HELD: ClusterKey = { kind: "server", key: KEY };
 
 let drive: FormattedDrive;
 let env: TestEnv;
@@ -117,7 +119,7 @@ describe("the target connection state machine", () => {
         const challenge = challengeOf(conn.sent);
         if (withKey && challenge !== null && rng.chance(0.7)) {
           // The right proof half the time: the post-authentication paths of a keyed target.
-          const proof = rng.chance(0.8) ? requesterProof(KEY, challenge, nonce, role, "fuzz") : rng.bytes(32);
+          const proof = rng.chance(0.8) ? requesterProof(HELD, challenge, nonce, role, "fuzz") : rng.bytes(32);
           await conn.deliverSplit(rng, encodeFrame({ ...emptyHeader(), opcode: Op.AUTH, request_id: 2 }, encodeBody({ proof })));
           await settle();
         }
@@ -146,9 +148,9 @@ describe("the target connection state machine", () => {
     expectReached("target fuzz", reached, SEEDS);
     // Usable after all of it: a real session, over an in-process connection.
     for (const service of [open, keyed]) {
-      const [mine, theirs] = connPair();
-      service.handle(theirs);
-      const s = await sessionOver(env, mine, "in-process", { version: 1, role: "toma", name: "after-fuzz" }, { cluster_key: service === keyed ? KEY : null });
+      const [mine, theirs] = linkPair();
+      service.handleLink(theirs);
+      const s = await sessionOver(env, mine, "in-process", { version: 1, role: "toma", name: "after-fuzz" }, { cluster_key: service === keyed ? HELD : null });
       const data = new Uint8Array(4096).fill(0x42);
       await s.write(uuidBytes(drive), 8192, data, false);
       const back = new Uint8Array(4096);

@@ -3,21 +3,28 @@
  * glue and the typed client carry statuses and messages through unchanged.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import { type ClusterKey, clientKeyOf } from "../../src/engine/wire/cluster-key.ts";
 import { TomaApiError, tomaClient } from "../../src/toma/api-client.ts";
-import type { ApiHandler } from "../../src/toma/api.ts";
+import { managementApi } from "../../src/toma/api.ts";
+import { formatAuthorization, requestSignature } from "../../src/toma/api-auth.ts";
 import { serveTomaApi, type TomaHttpServer } from "../../src/toma/runtime/http-server.ts";
 import type { Toma } from "../../src/toma/toma.ts";
-import { apiFixture, MiB, testEnv, type TestTarget, until } from "./harness.ts";
+import { apiFixture, MiB, testEnv, type TestApi, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
 let targets: TestTarget[];
 let toma: Toma;
-let api: ApiHandler;
+let api: TestApi;
 let http: TomaHttpServer;
+/** The HTTP API is served with a key: requests over it are signed (api-auth.ts). */
+const SERVER_KEY = new Uint8Array(randomBytes(32));
+const ADMIN = { key: { kind: "server", key: SERVER_KEY } satisfies ClusterKey };
+const CLIENT_HOST = { key: { kind: "client", key: clientKeyOf(SERVER_KEY) } satisfies ClusterKey };
 
 beforeAll(async () => {
   ({ targets, toma, api } = await apiFixture(env));
-  http = await serveTomaApi(api);
+  http = await serveTomaApi(managementApi(env, toma, SERVER_KEY));
 });
 
 afterAll(async () => {
@@ -64,7 +71,7 @@ describe("bad input is refused and changes nothing", () => {
 
 describe("over HTTP with the typed client", () => {
   test("create, list, attach and delete", async () => {
-    const c = tomaClient(http.url);
+    const c = tomaClient(http.url, ADMIN);
     const v = await c.createVolume({ name: "web", capacity_bytes: 2 * MiB, raid_level: "0", stripe_width: 2 });
     expect(v.columns.length).toBe(2);
     expect((await c.volumes()).map((x) => x.name).sort()).toEqual(["existing", "web"]);
@@ -83,7 +90,7 @@ describe("over HTTP with the typed client", () => {
   });
 
   test("a debug-format volume shows its flag, takes 4 × its capacity, and its layout says so", async () => {
-    const c = tomaClient(http.url);
+    const c = tomaClient(http.url, ADMIN);
     const before = (await c.cluster()).capacity.used_bytes;
     const v = await c.createVolume({ name: "dbg", capacity_bytes: MiB / 2, raid_level: "concatenated", debug_format: true });
     expect(v.debug_format).toBe(true);
@@ -95,15 +102,17 @@ describe("over HTTP with the typed client", () => {
   });
 
   test("errors carry the server's status and message", async () => {
-    const c = tomaClient(http.url.replace("http://", ""));
+    const c = tomaClient(http.url.replace("http://", ""), ADMIN);
     const e = await c.createVolume({ name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }).catch((x) => x);
     expect(e).toBeInstanceOf(TomaApiError);
     expect(e.status).toBe(409);
     expect(e.message).toMatch(/already exists/);
   });
 
-  test("a body that is not JSON is a 400", async () => {
-    const r = await fetch(`${http.url}/v1/volumes`, { method: "POST", body: "{nope" });
+  test("a body that is not JSON is a 400 (once its signature is checked)", async () => {
+    const nonce = ((await (await fetch(`${http.url}/v1/nonce`)).json()) as { nonce: string }).nonce;
+    const authorization = formatAuthorization("server", nonce, requestSignature(SERVER_KEY, "server", nonce, "POST", "/v1/volumes", "{nope"));
+    const r = await fetch(`${http.url}/v1/volumes`, { method: "POST", body: "{nope", headers: { authorization } });
     expect(r.status).toBe(400);
     expect(((await r.json()) as { error: string }).error).toMatch(/not valid JSON/);
   });
@@ -166,14 +175,17 @@ describe("client daemons' routes", () => {
     expect((await api("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`, undefined)).status).toBe(410);
   });
 
-  test("over HTTP a watch that knows everything is held until something changes (the query reaches the handler)", async () => {
-    const reg = await api("POST", "/v1/clients", { name: "watcher" });
-    const id = (reg.body as { client_id: number }).client_id;
-    expect((await api("POST", `/v1/clients/${id}/attach/existing`, {})).status).toBe(200);
+  test("over HTTP a watch that knows everything is held until something changes (the query reaches the handler, signed)", async () => {
+    // As a client daemon does it: the client key registers, the secret it is given signs the rest.
+    const c = tomaClient(http.url, CLIENT_HOST);
+    const reg = (await c.call("POST", "/v1/clients", { name: "watcher" })) as { client_id: number; secret: string };
+    const id = reg.client_id;
+    expect(reg.secret).toMatch(/^[0-9a-f]{64}$/);
+    expect(Buffer.from(reg.secret, "hex")).not.toEqual(Buffer.from(toma.mirror.clients.live(id)!.secret)); // sealed
+    await c.call("POST", `/v1/clients/${id}/attach/existing`, {});
     const mc = toma.mirror;
-    await api("POST", `/v1/clients/${id}/ack`, { generation: toma.state!.generation });
+    await c.call("POST", `/v1/clients/${id}/ack`, { generation: toma.state!.generation });
     await until("the watcher counted in the stable generation", () => mc.stable() === toma.state!.generation);
-    const c = tomaClient(http.url);
     // Knowing nothing: answered at once, with what there is to know.
     const fresh = (await c.call("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`)) as { generation: number };
     expect(fresh.generation).toBe(toma.state!.generation);
@@ -188,6 +200,7 @@ describe("client daemons' routes", () => {
     mc.clients.notify();
     await held;
     expect(answered).toBe(true);
-    expect((await api("DELETE", `/v1/clients/${id}`, undefined)).status).toBe(200);
+    await c.call("DELETE", `/v1/clients/${id}`);
+    expect(mc.clients.live(id)).toBeUndefined();
   });
 });

@@ -9,12 +9,13 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { testEnv as nbdTestEnv } from "../../src/engine/nbd/test-kit.ts";
-import type { ApiHandler } from "../../src/toma/api.ts";
+import { managementApi } from "../../src/toma/api.ts";
+import { formatAuthorization, requestSignature } from "../../src/toma/api-auth.ts";
 import { DEFAULT_HTTP_LIMITS, HttpServer } from "../../src/toma/http-conn.ts";
 import { DEFAULT_HTTP_WIRE_LIMITS, HttpRequestParser, jsonResponse } from "../../src/toma/http-wire.ts";
 import type { Toma } from "../../src/toma/toma.ts";
 import { concat, forEachSeed, FuzzConn, type Rng, seeds, settle, splitRandomly } from "../support/fuzz.ts";
-import { apiFixture, MiB, testEnv, type TestTarget } from "./harness.ts";
+import { apiFixture, MiB, type TestApi, testEnv, type TestTarget } from "./harness.ts";
 
 const FILE = "tests/toma/http-fuzz.test.ts";
 const utf8 = new TextEncoder();
@@ -119,7 +120,7 @@ describe("management API routes and bodies", () => {
   const env = testEnv();
   let targets: TestTarget[];
   let toma: Toma;
-  let api: ApiHandler;
+  let api: TestApi;
 
   beforeAll(async () => {
     ({ targets, toma, api } = await apiFixture(env));
@@ -178,7 +179,7 @@ describe("management API routes and bodies", () => {
       const path = rng.pick(templates)();
       const body = rng.chance(0.7) ? randomJson(rng) : undefined;
       const before = { gen: toma.state!.generation, vols: toma.state!.volumes.map((x) => x.name).join(",") };
-      let r: Awaited<ReturnType<ApiHandler>>;
+      let r: Awaited<ReturnType<TestApi>>;
       try {
         r = await api(method, path, body);
       } catch (e) {
@@ -194,4 +195,34 @@ describe("management API routes and bodies", () => {
     console.log("api fuzz statuses:", Object.fromEntries(statuses));
     expect(statuses.size).toBeGreaterThan(2);
   }, 60_000);
+
+  test("the signed transport: random, malformed and wrongly signed Authorization headers are 401 and change nothing", async () => {
+    const key = new Uint8Array(32).fill(9);
+    const transport = managementApi(env, toma, key);
+    await forEachSeed(FILE, seeds(400), async (rng) => {
+      const method = rng.pick(["GET", "POST", "DELETE"]);
+      const path = rng.pick(["/v1/cluster", "/v1/volumes", "/v1/volumes/existing", "/v1/clients", "/v1/drives/x/evict"]);
+      const body = rng.chance(0.5) ? JSON.stringify(randomJson(rng)) : "";
+      const nonce = Buffer.from(rng.bytes(16)).toString("hex");
+      const signed = formatAuthorization("server", nonce, requestSignature(key, "server", nonce, method, path, body));
+      const authorization = rng.pick([
+        null,
+        Buffer.from(rng.bytes(rng.int(120))).toString("latin1"),
+        `nvmesh-v1 ${rng.pick(["server", "client", "client-id:1", "client-id:99999999999999999", "root"])} ${nonce} ${"ab".repeat(32)}`,
+        // Signed right, over a nonce the TOMA never issued: refused.
+        signed,
+        Buffer.from(rng.mutate(new TextEncoder().encode(signed))).toString("latin1"),
+      ]);
+      const before = { gen: toma.state!.generation, vols: toma.state!.volumes.map((x) => x.name).join(",") };
+      let r: Awaited<ReturnType<typeof transport>>;
+      try {
+        r = await transport({ method, path, body, authorization });
+      } catch (e) {
+        throw new Error(`${method} ${path} authorization=${JSON.stringify(authorization)} threw: ${(e as Error).message}`);
+      }
+      expect(r.status).toBe(401);
+      expect(typeof (r.body as { error?: unknown }).error).toBe("string");
+      expect({ gen: toma.state!.generation, vols: toma.state!.volumes.map((x) => x.name).join(",") }).toEqual(before);
+    });
+  });
 });

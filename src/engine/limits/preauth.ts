@@ -10,7 +10,6 @@
  * (HELLO/AUTH), the NBD server (option haggling) and the TOMA's management API (first request).
  */
 import type { Env, TimerHandle } from "../env.ts";
-import type { Conn } from "../net/conn.ts";
 
 export interface PreAuthLimits {
   /** Connections waiting to authenticate at once; more are closed as they arrive. */
@@ -99,11 +98,15 @@ export class PreAuthGate {
 }
 
 /**
- * A freshly accepted connection through the gate: `make` builds its handler with its ticket, and
+ * A freshly accepted connection (a Conn, or a frame link) through the gate: `make` builds its handler with its ticket, and
  * the deadline calls the handler's expire(). Null when the gate refused it: it is closed then,
  * before a byte was read.
  */
-export function admitConnection<T extends { expire(why: string): void }>(gate: PreAuthGate, conn: Conn, make: (ticket: PreAuthTicket) => T): T | null {
+export function admitConnection<T extends { expire(why: string): void }>(
+  gate: PreAuthGate,
+  conn: { readonly remote: string; close(): void },
+  make: (ticket: PreAuthTicket) => T,
+): T | null {
   let handler: T | null = null;
   const ticket = gate.admit(conn.remote, (why) => handler?.expire(why));
   if (ticket === null) {

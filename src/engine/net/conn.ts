@@ -1,6 +1,8 @@
 /**
  * Byte-stream connections as protocol code sees them. Real: TCP or unix sockets through Bun.
- * Simulated: links with per-direction faults. Framing is the protocol's job, not the transport's.
+ * Simulated: links with per-direction faults. Framing is not the transport's job: the data path
+ * reads frames through a FrameLink (frame-link.ts; stream-link.ts cuts a Conn's bytes into frames),
+ * NBD decodes its own.
  */
 
 /** "host:port" for TCP, "unix:/path" for a unix socket. */
@@ -27,6 +29,10 @@ export interface Conn {
   /** Called with each chunk received. The chunk is only valid during the call (copy to keep). */
   onData: ((chunk: Uint8Array) => void) | null;
   onClose: ((reason: string) => void) | null;
+  /** Bytes accepted by send() that the kernel has not taken yet. Optional (0 when absent). */
+  readonly queued_bytes?: number;
+  /** Called when queued bytes have all been written. Optional. */
+  onDrain?: (() => void) | null;
 }
 
 export interface Listener {

@@ -25,6 +25,7 @@ class BunConn implements CopyingConn {
   readonly send_copies = true as const;
   onData: ((chunk: Uint8Array) => void) | null = null;
   onClose: ((reason: string) => void) | null = null;
+  onDrain: (() => void) | null = null;
   private queue: Uint8Array[] = [];
   private queued = 0;
   private closed = false;
@@ -107,7 +108,12 @@ class BunConn implements CopyingConn {
     return true;
   }
 
+  get queued_bytes(): number {
+    return this.queued;
+  }
+
   drain(): void {
+    const had = this.queue.length > 0;
     while (this.queue.length > 0) {
       const head = this.queue[0]!;
       const n = this.sock.write(head);
@@ -124,6 +130,7 @@ class BunConn implements CopyingConn {
       this.applyPause();
     }
     if (this.closing) this.sock.end();
+    else if (had) this.onDrain?.();
   }
 
   close(): void {

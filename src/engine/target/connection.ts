@@ -2,24 +2,28 @@
  * One requester's connection to the target: the HELLO gate, then pipelined requests that complete
  * out of order, at most `max_inflight` requests and `max_inflight_bytes` of payload at a time, and
  * never more than the target-wide byte budget allows. At those bounds the connection stops
- * reading its socket (Conn.pause): the requester meets TCP backpressure, nobody is disconnected
- * for sending fast. Frames decoded before the pause took effect wait in a short queue.
+ * receiving (FrameLink.pause: a socket stops being read, RDMA stops returning credits): the
+ * requester meets backpressure, nobody is disconnected for sending fast. Frames received before
+ * the pause took effect wait in a short queue. The frames come over a FrameLink: this code does
+ * not know whether they crossed TCP, RDMA or nothing at all.
  *
  * Before HELLO (and AUTH, with a cluster key) the connection is a stranger's: it holds a place
  * among the target's unauthenticated connections (limits/preauth.ts) for at most the
  * authentication deadline, and a header that is not HELLO/AUTH or announces more than
- * MAX_PREAUTH_PAYLOAD_BYTES closes it before a byte of that payload is read or allocated.
+ * MAX_PREAUTH_PAYLOAD_BYTES closes it before a byte of that payload is read or allocated
+ * (FrameLink.admit).
  *
  * Nothing a peer sends can throw out of here: a malformed frame closes this connection only.
  */
-import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
 import type { ByteBudget } from "../limits/byte-budget.ts";
 import type { PreAuthTicket } from "../limits/preauth.ts";
-import { requesterProof, sameSecret, targetProof } from "../wire/cluster-key.ts";
 import { AuthRequest, HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
-import { Flag, FrameDecoder, HEADER_BYTES, type Header, Op, Status } from "../wire/header.ts";
-import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
+import { Flag, HEADER_BYTES, type Header, Op, Status } from "../wire/header.ts";
+import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
+import { type PendingAuth, admission, challengeFor } from "./capability.ts";
 import { type Requester, type TargetContext, execute } from "./execute.ts";
+import type { Role } from "./fence.ts";
 import { cborResponse, errorResponse, recycleFrame, takeBuffer } from "./reply.ts";
 
 /**
@@ -47,9 +51,9 @@ export interface ConnectionLimits {
   /** LOCKs of one connection that may wait without holding an in-flight slot. */
   max_parked_locks: number;
   /**
-   * Decoded frames waiting to start. The connection is paused while any wait, so only what was
-   * read before the pause took effect lands here; past these caps the transport did not pause,
-   * and the peer is disconnected rather than let it grow the queue.
+   * Frames waiting to start. The connection is paused while any wait, so only what arrived before
+   * the pause took effect lands here; past these caps the transport did not pause, and the peer
+   * is disconnected rather than let it grow the queue.
    */
   max_queued_frames: number;
   max_queued_bytes: number;
@@ -78,20 +82,21 @@ function dataCostOfResponse(frame: Uint8Array): number {
 }
 
 export class TargetConnection {
-  private readonly decoder: FrameDecoder;
-  private readonly out: SendBatcher;
   /**
    * "new": HELLO expected. "auth": AUTH expected (the target has a cluster key). "waiting":
    * superseded connections are draining. "ready": serving.
    */
   private state: "new" | "auth" | "waiting" | "ready" = "new";
   /** The HELLO and the challenge sent, while AUTH is expected. */
-  private pending: { hello: HelloRequest; challenge: Uint8Array; nonce: Uint8Array } | null = null;
+  private pending: PendingAuth | null = null;
   private closed = false;
   private drainWaiters: (() => void)[] = [];
   /** Raised when the connection ends: requests waiting inside the target (LOCK) give up. */
   private readonly ending = new AbortController();
-  /** Set by HELLO: the role every request of this connection is judged by (fencing). */
+  /**
+   * Set once admitted: the role every request of this connection is judged by (fencing); with a
+   * cluster key, the one the key it proved gives (capability.ts), not necessarily HELLO's.
+   */
   private requester: Requester | null = null;
   /** Requests executing, parked LOCKs included (drained() waits for all of them). */
   private inflight = 0;
@@ -120,7 +125,7 @@ export class TargetConnection {
 
   constructor(
     private readonly ctx: TargetContext,
-    private readonly conn: Conn,
+    private readonly link: FrameLink,
     private readonly limits: ConnectionLimits,
     private readonly budget: ByteBudget,
     /** This connection's place among the unauthenticated ones, until HELLO (and AUTH) pass. */
@@ -128,17 +133,13 @@ export class TargetConnection {
     private readonly onEnd: (c: TargetConnection) => void,
     private readonly supersede: Supersede,
   ) {
-    this.out = new SendBatcher(conn);
-    this.decoder = new FrameDecoder(
-      (h, payload, owned) => this.onFrame(h, payload, owned),
-      (why) => this.fail(`malformed frame: ${why}`),
-      // A large WRITE's data is collected straight into a buffer of its own, which the drive
-      // write then uses as is: one copy instead of two, and the decoder's buffer stays small.
-      (h) => (h.opcode === Op.WRITE && (h.flags & Flag.RESPONSE) === 0 && !this.closed ? takeBuffer(h.payload_len) : null),
-      (h) => this.admitHeader(h),
-    );
-    conn.onData = (chunk) => this.decoder.push(chunk);
-    conn.onClose = (reason) => this.ended(reason);
+    link.onFrame = (h, payload, owned) => this.onFrame(h, payload, owned);
+    link.onMalformed = (why) => this.fail(`malformed frame: ${why}`);
+    // A large WRITE's data is collected straight into a buffer of its own, which the drive
+    // write then uses as is: one copy instead of two, and the link's buffers stay small.
+    link.sink = (h) => (h.opcode === Op.WRITE && (h.flags & Flag.RESPONSE) === 0 && !this.closed ? takeBuffer(h.payload_len) : null);
+    link.admit = (h) => this.admitHeader(h);
+    link.onClose = (reason) => this.ended(reason);
   }
 
   /** The authentication deadline passed (limits/preauth.ts). */
@@ -147,7 +148,12 @@ export class TargetConnection {
   }
 
   get remote(): string {
-    return this.conn.remote;
+    return this.link.remote;
+  }
+
+  /** How this connection's frames travel (for status output). */
+  get transport(): FrameLink["transport"] {
+    return this.link.transport;
   }
 
   /** Resolves once this connection is closed and none of its requests is executing any more. */
@@ -159,8 +165,7 @@ export class TargetConnection {
   /** Closes the connection; responses already computed are flushed first. */
   close(): void {
     if (this.closed) return;
-    this.out.flush();
-    this.conn.close();
+    this.link.close();
     this.ended("closed by the target");
   }
 
@@ -176,9 +181,8 @@ export class TargetConnection {
     else if (h.payload_len > MAX_PREAUTH_PAYLOAD_BYTES) why = `${Op[want]} body of ${h.payload_len} bytes (at most ${MAX_PREAUTH_PAYLOAD_BYTES} before authentication)`;
     if (why === null) return null;
     const message = this.state === "new" && h.opcode !== want ? "the first frame must be HELLO" : why;
-    this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, message));
-    this.out.flush();
-    this.ctx.log.warn("closing connection", { peer: this.conn.remote, reason: why });
+    this.link.sendFrame(errorResponse(h, Status.NOT_AUTHENTICATED, message));
+    this.ctx.log.warn("closing connection", { peer: this.link.remote, reason: why });
     this.close();
     return why;
   }
@@ -193,7 +197,7 @@ export class TargetConnection {
       this.budgetWait = "waiting";
       this.waitCost = cost;
     }
-    // Unless owned, payload points into the decoder's buffer: keep a copy.
+    // Unless owned, payload points into the link's buffer: keep a copy.
     this.queue.push({ h, payload: owned ? payload : payload.slice() });
     this.queuedBytes += payload.length;
     this.pause();
@@ -213,55 +217,68 @@ export class TargetConnection {
   private pause(): void {
     if (this.paused) return;
     this.paused = true;
-    this.conn.pause();
+    this.link.pause();
   }
 
   private resume(): void {
     if (!this.paused) return;
     this.paused = false;
-    this.conn.resume();
+    this.link.resume();
   }
 
   private hello(h: Header, payload: Uint8Array): void {
     if (h.opcode !== Op.HELLO || (h.flags & Flag.RESPONSE) !== 0) {
-      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, "the first frame must be HELLO"));
+      this.link.sendFrame(errorResponse(h, Status.NOT_AUTHENTICATED, "the first frame must be HELLO"));
       return this.fail(`first frame was ${Op[h.opcode]}, not HELLO`, "warn");
     }
     const req = decodeBody(HelloRequest, payload);
     if (isInvalid(req)) {
-      this.out.push(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
+      this.link.sendFrame(errorResponse(h, Status.INVALID, `HELLO body: ${req.invalid}`));
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
     const auth = this.ctx.auth;
-    if (auth === null) return this.admit(h, req);
-    // Nothing is served, not even the drive list, before the requester proves it holds the key.
+    // No key (a target started --insecure, or the simulator's open cluster): HELLO's role is
+    // taken on trust.
+    if (auth === null) return this.admit(h, req, req.role);
+    // Nothing is served, not even the drive list, before the requester proves it holds a key.
     const challenge = new Uint8Array(16);
     auth.fill(challenge);
-    const nonce = req.nonce ?? new Uint8Array(16);
-    this.pending = { hello: req, challenge, nonce };
+    this.pending = { hello: req, challenge, nonce: req.nonce ?? new Uint8Array(16) };
     this.state = "auth";
     const info = this.ctx.info();
-    this.out.push(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: { challenge, proof: targetProof(auth.key, nonce, challenge) } }));
+    this.link.sendFrame(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: challengeFor(auth.keys, this.pending) }));
   }
 
   private auth(h: Header, payload: Uint8Array): void {
     const p = this.pending!;
     const req = h.opcode === Op.AUTH && (h.flags & Flag.RESPONSE) === 0 ? decodeBody(AuthRequest, payload) : null;
-    const good = req !== null && !isInvalid(req) && sameSecret(req.proof, requesterProof(this.ctx.auth!.key, p.challenge, p.nonce, p.hello.role, p.hello.name));
-    if (!good) {
-      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, "this target requires the cluster key, and the requester did not prove it holds it"));
+    const a = admission(this.ctx.auth!.keys, p, req === null || isInvalid(req) ? null : req.proof);
+    if ("refused" in a) {
+      this.link.sendFrame(errorResponse(h, Status.NOT_AUTHENTICATED, a.refused));
       return this.fail(`requester ${p.hello.role} '${p.hello.name}' failed the cluster key check`, "warn");
     }
     this.pending = null;
-    this.admit(h, p.hello);
+    if (a.downgraded !== null) {
+      this.ctx.log.warn("requester named a role its key does not give: served as a client (fenced)", {
+        peer: this.link.remote,
+        named: a.downgraded,
+        name: p.hello.name,
+      });
+    }
+    this.admit(h, p.hello, a.role);
   }
 
-  /** HELLO accepted (and AUTH, with a key): the requester is who it says; answer once ready. */
-  private admit(h: Header, req: HelloRequest): void {
+  /**
+   * HELLO accepted (and AUTH, with a key): served as `role` from now on; answered once ready.
+   * Superseding goes by the role served, so a client cannot close a TOMA's connection by naming
+   * its role and name.
+   */
+  private admit(h: Header, hello: HelloRequest, role: Role): void {
+    const req = { ...hello, role };
     this.state = "waiting";
     this.preauth.authenticated();
     this.requester = {
-      role: req.role,
+      role,
       ended: this.ending.signal,
       park: (bytes) => {
         if (this.parked >= this.limits.max_parked_locks || this.parkedBytes + bytes > this.limits.max_inflight_bytes) return false;
@@ -279,11 +296,11 @@ export class TargetConnection {
         this.budget.force(bytes); // running again: its memory is counted, even above the budget
       },
     };
-    this.ctx.log.debug("connection authenticated", { peer: this.conn.remote, role: req.role, name: req.name });
+    this.ctx.log.debug("connection authenticated", { peer: this.link.remote, role: req.role, name: req.name });
     const ready = () => {
       if (this.closed) return;
       this.state = "ready";
-      this.out.push(cborResponse(h, this.ctx.info()));
+      this.link.sendFrame(cborResponse(h, this.ctx.info()));
       this.pump();
     };
     const wait = this.supersede(req, this);
@@ -313,9 +330,9 @@ export class TargetConnection {
       if (this.inflight === 0) this.wakeDrainWaiters();
       return;
     }
-    this.out.push(frame);
-    // Small frames are copied by push(); large ones too when the socket copies what it is given.
-    if (frame.length < COPY_LIMIT_BYTES || this.out.copies) recycleFrame(frame);
+    this.link.sendFrame(frame);
+    // Small frames are always copied by the link; large ones too when the link says so.
+    if (frame.length < COPY_LIMIT_BYTES || this.link.copies) recycleFrame(frame);
     this.pump();
   }
 
@@ -354,11 +371,10 @@ export class TargetConnection {
     }
   }
 
-
   /** Logs why, then closes this connection (never the process). */
   private fail(why: string, level: "warn" | "error" = "error"): void {
     if (this.closed) return;
-    this.ctx.log[level]("closing connection", { peer: this.conn.remote, reason: why });
+    this.ctx.log[level]("closing connection", { peer: this.link.remote, reason: why });
     this.close();
   }
 
@@ -366,7 +382,6 @@ export class TargetConnection {
     if (this.closed) return;
     this.closed = true;
     this.preauth.closed();
-    this.decoder.stop();
     // A wait the budget no longer holds was granted on a microtask still to come: onGrant gives it back.
     if (this.budgetWait === "waiting") this.budget.cancel(this.onGrant);
     if (this.budgetWait === "granted") this.budget.give(this.waitCost);
@@ -374,7 +389,7 @@ export class TargetConnection {
     this.queue = [];
     this.queueHead = 0;
     this.queuedBytes = 0;
-    this.ctx.log.debug("connection ended", { peer: this.conn.remote, reason });
+    this.ctx.log.debug("connection ended", { peer: this.link.remote, reason });
     this.ending.abort();
     this.onEnd(this);
     if (this.inflight === 0) this.wakeDrainWaiters();

@@ -2,14 +2,18 @@
  * The target: serves the extents of its local drives to whoever completes HELLO. Blind to volumes.
  * Sans-I/O: it is handed connections (real sockets or simulated links) through handle() and
  * reaches the world only through Env and the drives it is given. The CLI wires
- * env.net.listen(address, (c) => service.handle(c)).
+ * env.net.listen(address, (c) => service.handle(c)), and handleLink() for frame links that are
+ * not byte streams (the in-process pipe, RDMA).
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import type { Env, TimerHandle } from "../env.ts";
 import { ByteBudget } from "../limits/byte-budget.ts";
 import { admitConnection, PreAuthGate, type PreAuthLimits } from "../limits/preauth.ts";
 import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
+import { streamLink } from "../net/stream-link.ts";
 import type { TargetInfo } from "../wire/control.ts";
+import { serverKeys } from "../wire/cluster-key.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
 import type { HelloRequest } from "../wire/control.ts";
 import { type ConnectionLimits, TargetConnection } from "./connection.ts";
@@ -60,7 +64,11 @@ export interface TargetServiceOptions {
   fencing?: boolean;
   /** Period of the target's own flushes of drives with write-intent bits (WRITEBACK_MS). */
   writeback_ms?: number;
-  /** The cluster key: every requester must prove it holds it (HELLO, AUTH). None: anyone may. */
+  /**
+   * The cluster's server key: every requester must prove it holds it or the client key derived
+   * from it (HELLO, AUTH), and what it may do follows from which (capability.ts). None: anyone
+   * may do anything its HELLO claims (--insecure, labs only).
+   */
   cluster_key?: Uint8Array | null;
   /** Payload bytes in flight over all connections (DEFAULT_TARGET_PAYLOAD_BUDGET_BYTES). */
   payload_budget_bytes?: number;
@@ -88,6 +96,8 @@ export class TargetService {
   private readonly writeback: TimerHandle;
   /** TargetInfo.serving: random per start of this service. */
   readonly serving: string;
+  /** Where this target also listens on RDMA, told to requesters in HELLO (setRdma). */
+  private rdma: TargetInfo["rdma"];
   /** Drives being flushed by the writeback now. */
   private readonly flushing = new Set<ServedDrive>();
 
@@ -117,7 +127,7 @@ export class TargetService {
       drives: this.drives,
       log: env.log,
       fencing: opts.fencing ?? false,
-      auth: key === null ? null : { key, fill: (b) => env.random.fill(b) },
+      auth: key === null ? null : { keys: serverKeys(key), fill: (b) => env.random.fill(b) },
       info: () => this.info(),
     };
     this.writeback = env.timers.every(opts.writeback_ms ?? WRITEBACK_MS, () => this.writeBack());
@@ -134,15 +144,20 @@ export class TargetService {
     }
   }
 
-  /** Takes ownership of a freshly accepted connection. */
+  /** Takes ownership of a freshly accepted byte-stream connection (TCP, unix, simulated). */
   handle(conn: Conn): void {
+    this.handleLink(streamLink(conn));
+  }
+
+  /** Takes ownership of a freshly accepted frame link. */
+  handleLink(link: FrameLink): void {
     const c = admitConnection(
       this.gate,
-      conn,
+      link,
       (ticket) =>
         new TargetConnection(
           this.ctx,
-          conn,
+          link,
           this.limits,
           this.budget,
           ticket,
@@ -207,12 +222,26 @@ export class TargetService {
   }
 
   info(): TargetInfo {
-    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    const info: TargetInfo = { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    if (this.rdma !== undefined) info.rdma = this.rdma;
+    return info;
+  }
+
+  /** Offers RDMA on `port` (and `host`, or null: the address a requester reached us by). */
+  setRdma(offer: { host: string | null; port: number }): void {
+    this.rdma = offer;
   }
 
   /** Connections currently open (for status output and tests). */
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** Open connections by transport kind (status output). */
+  connectionsByTransport(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const c of this.conns) out[c.transport.kind] = (out[c.transport.kind] ?? 0) + 1;
+    return out;
   }
 
   /** Closes every connection (shutdown). Drives are the caller's to close. */

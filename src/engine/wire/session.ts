@@ -9,7 +9,8 @@
  * In flight is bounded by count and bytes; requests beyond either wait in FIFO order, unsent.
  */
 import type { Env } from "../env.ts";
-import type { Conn } from "../net/conn.ts";
+import type { FrameLink, Transport } from "../net/frame-link.ts";
+import { streamLink } from "../net/stream-link.ts";
 import {
   DirtyList,
   DriveInfo,
@@ -26,8 +27,6 @@ import {
 } from "./control.ts";
 import {
   Flag,
-  FrameDecoder,
-  HEADER_BYTES,
   type Header,
   MAX_CONTROL_BYTES,
   MAX_IO_BYTES,
@@ -35,10 +34,8 @@ import {
   Op,
   Status,
   emptyHeader,
-  encodeHeader,
 } from "./header.ts";
-import { SendBatcher } from "./send-batcher.ts";
-import { NONCE_BYTES, requesterProof, sameSecret, targetProof } from "./cluster-key.ts";
+import { type ClusterKey, NONCE_BYTES, requesterProof, sameSecret, targetProof } from "./cluster-key.ts";
 import { AuthError, SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "./session-api.ts";
 import * as v from "valibot";
 
@@ -57,13 +54,15 @@ export interface SessionOptions {
   /** Fencing fields carried by every request (DESIGN.md §3); enforced by targets with fencing on. */
   client_id?: number;
   generation?: number;
-  /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
+  /** openSession's TCP link: coalesce the frames of one tick into one send (on by default; off for measurements). */
   batch_sends?: boolean;
   /**
-   * The cluster key: HELLO then proves we hold it and checks that the target does too; a target
-   * without one is refused. None: only targets without a key can be used.
+   * The key this requester proves (the server key, or a client host's client key): HELLO names
+   * its kind, AUTH proves it, and the target's proof of the same key is checked; a target
+   * without a key is refused. What the target lets us do follows from the kind (a client key is
+   * served as a client whatever role HELLO names). None: only targets without a key (--insecure).
    */
-  cluster_key?: Uint8Array | null;
+  cluster_key?: ClusterKey | null;
 }
 
 export const DEFAULT_SESSION_MAX_INFLIGHT = 256;
@@ -111,26 +110,24 @@ export async function openSession(
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  return await sessionOver(env, await env.net.connect(address), address, hello, opts);
+  const link = streamLink(await env.net.connect(address), { batch: opts.batch_sends !== false });
+  return await sessionOver(env, link, address, hello, opts);
 }
 
-/** HELLO (and AUTH) over a connection already open; closes it if that fails. */
+/** HELLO (and AUTH) over a link already open; closes it if that fails. */
 export async function sessionOver(
   env: Env,
-  conn: Conn,
+  link: FrameLink,
   address: string,
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  const s = new Session(conn, address, opts);
+  const s = new Session(link, address, opts);
   try {
     const key = opts.cluster_key ?? null;
-    let nonce: Uint8Array<ArrayBuffer> | undefined;
-    if (key !== null) {
-      nonce = new Uint8Array(NONCE_BYTES);
-      env.random.fill(nonce);
-    }
-    await s.hello(nonce === undefined ? hello : { ...hello, nonce }, key);
+    const nonce = new Uint8Array(NONCE_BYTES);
+    if (key !== null) env.random.fill(nonce);
+    await s.hello(key === null ? hello : { ...hello, nonce, key: key.kind }, key);
   } catch (e) {
     s.close();
     throw e;
@@ -143,10 +140,9 @@ export class Session implements TargetSession {
   onClose: ((reason: string) => void) | null = null;
   client_id: number;
   generation: number;
+  transport: Transport;
 
   private isClosed = false;
-  private readonly decoder: FrameDecoder;
-  private readonly out: SendBatcher | null;
   private readonly pending = new Map<number, Request>();
   private readonly waiting: Request[] = [];
   private waitingHead = 0;
@@ -163,7 +159,7 @@ export class Session implements TargetSession {
   private readonly hdr: Header = emptyHeader();
 
   constructor(
-    private readonly conn: Conn,
+    private readonly link: FrameLink,
     readonly address: string,
     opts: SessionOptions,
   ) {
@@ -172,19 +168,17 @@ export class Session implements TargetSession {
     this.max_inflight_locks = opts.max_inflight_locks ?? DEFAULT_SESSION_MAX_INFLIGHT_LOCKS;
     this.client_id = opts.client_id ?? 0;
     this.generation = opts.generation ?? 0;
-    this.out = opts.batch_sends === false ? null : new SendBatcher(conn);
-    this.decoder = new FrameDecoder(
-      (h, payload) => this.onFrame(h, payload),
-      (why) => this.fail(`malformed frame from target: ${why}`),
-      (h) => this.readDestination(h),
-    );
-    conn.onData = (chunk) => this.decoder.push(chunk);
-    conn.onClose = (reason) => this.fail(reason);
+    this.transport = link.transport;
+    link.onFrame = (h, payload) => this.onFrame(h, payload);
+    link.sink = (h) => this.readDestination(h);
+    link.onMalformed = (why) => this.fail(`malformed frame from target: ${why}`);
+    link.onClose = (reason) => this.fail(reason);
   }
 
   get closed(): boolean {
     return this.isClosed;
   }
+
 
   /** Requests issued from now on carry these fencing fields. */
   setFence(client_id: number, generation: number): void {
@@ -192,8 +186,11 @@ export class Session implements TargetSession {
     this.generation = generation;
   }
 
-  /** HELLO, and AUTH when the target asks (with `key`, `req.nonce` must be a fresh nonce). */
-  async hello(req: HelloRequest, key: Uint8Array | null = null): Promise<TargetInfo> {
+  /**
+   * HELLO, and AUTH when the target asks (with `key`, `req.nonce` must be a fresh nonce and
+   * `req.key` its kind).
+   */
+  async hello(req: HelloRequest, key: ClusterKey | null = null): Promise<TargetInfo> {
     let info = (await this.submit(Op.HELLO, 0, NO_DRIVE, 0, 0, encodeBody(req), null, parseTargetInfo)) as TargetInfo;
     const ch = info.auth;
     if (key === null && ch) {
@@ -203,6 +200,7 @@ export class Session implements TargetSession {
       throw new AuthError(`target ${this.address} has no cluster key, so it cannot prove it belongs to this cluster: start it with --key-file`);
     }
     if (key !== null && ch) {
+      if ((req.key ?? "server") !== key.kind) throw new Error(`HELLO names the ${req.key ?? "server"} key but proves the ${key.kind} key`);
       if (!sameSecret(ch.proof, targetProof(key, req.nonce!, ch.challenge))) {
         throw new AuthError(`target ${this.address} holds a different cluster key`);
       }
@@ -414,18 +412,7 @@ export class Session implements TargetSession {
     h.generation = r.gen >= 0 ? r.gen : this.generation;
     h.status = Status.OK;
     h.payload_len = r.payload?.length ?? 0;
-    const out = this.out;
-    if (out) {
-      // Encoded straight into the batcher's staging buffer: no allocation per request.
-      const at = out.reserve(HEADER_BYTES);
-      encodeHeader(h, out.buffer, at);
-      if (r.payload && r.payload.length > 0) out.push(r.payload);
-      return;
-    }
-    const head = new Uint8Array(HEADER_BYTES);
-    encodeHeader(h, head, 0);
-    this.conn.send(head);
-    if (r.payload && r.payload.length > 0) this.conn.send(r.payload);
+    this.link.send(h, r.payload);
   }
 
   /** A large READ response lands straight in the caller's buffer (see FrameDecoder's sink). */
@@ -506,9 +493,7 @@ export class Session implements TargetSession {
   private fail(reason: string): void {
     if (this.isClosed) return;
     this.isClosed = true;
-    this.decoder.stop();
-    this.out?.flush();
-    this.conn.close();
+    this.link.close();
     const err = new SessionClosedError(`session to ${this.address} closed: ${reason}`);
     const victims = [
       ...this.pending.values(),
