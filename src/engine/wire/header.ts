@@ -286,7 +286,8 @@ const EMPTY = new Uint8Array(0);
 const DECODER_IDLE_BYTES = 64 * 1024;
 
 export class FrameDecoder {
-  private buf = new Uint8Array(DECODER_IDLE_BYTES);
+  /** Allocated at the first partial frame: a connection that sends nothing holds nothing. */
+  private buf: Uint8Array = EMPTY;
   private len = 0;
   private failed = false;
   /** The frame whose payload is being copied into a sink buffer, if any. */
@@ -394,7 +395,7 @@ export class FrameDecoder {
 
   private append(bytes: Uint8Array): void {
     if (this.len + bytes.length > this.buf.length) {
-      let cap = this.buf.length;
+      let cap = Math.max(this.buf.length, DECODER_IDLE_BYTES);
       while (cap < this.len + bytes.length) cap *= 2;
       const next = new Uint8Array(cap);
       next.set(this.buf.subarray(0, this.len));
