@@ -10,20 +10,28 @@
  *    be read and nothing written. A delete without --force is refused while the volume is
  *    attached; --force removes the export (client show no longer lists it).
  * 2. A TCP export lists and serves its own volume only; a unix socket's mode is the operator's.
+ * 3. Beneath the client daemon: a client host's own raw connection to a target (the client key,
+ *    its daemon's registered client id, any generation) reaches only the extents of the volume
+ *    it named at HELLO, and nothing of a deleted volume once the next one holds its extents:
+ *    the targets hold every request to the volume's extents, whatever the client daemon does.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import type { Conn } from "../../src/engine/net/conn.ts";
+import { uuidFromString } from "../../src/engine/uuid.ts";
+import { Op, Status } from "../../src/engine/wire/header.ts";
 import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_OPT_EXPORT_NAME, NBD_REP_ERR_UNKNOWN } from "../../src/engine/nbd/constants.ts";
 import { RawNbdClient } from "../../src/engine/nbd/test-kit.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
+import { rawPeer } from "../engine/raw-peer.ts";
 import { Cluster, socketOf } from "../support/cluster.ts";
 import { ok, requireTool, run } from "../support/proc.ts";
 
 const MiB = 1024 * 1024;
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
-const net = realEnv("attacker", quiet).net;
+const env = realEnv("attacker", quiet);
+const net = env.net;
 let c: Cluster;
 
 beforeAll(async () => {
@@ -239,3 +247,94 @@ describe("each export is reachable only where it was attached", () => {
     await c.cli("client", "detach", "--volume", "grouped");
   }, 60_000);
 });
+
+describe("a client host's own connection to a target reaches only the volume it is bound to", () => {
+  /** The address of the target serving a drive. */
+  function targetOf(drive_uuid: string): string {
+    const path = c.driveFile(drive_uuid).path;
+    return c.target_addrs[c.drives.findIndex((ds) => ds.includes(path))]!;
+  }
+
+  /** The client id the cluster's client daemon registered under last (its log says it). */
+  function clientId(): number {
+    const ids = [...c.client!.output.matchAll(/registered with the TOMA.*client=(\d+)/g)].map((m) => Number(m[1]));
+    expect(ids.length).toBeGreaterThan(0);
+    return ids.at(-1)!;
+  }
+
+  /** The drive byte offset of the first extent a volume has on a drive. */
+  function extentOn(vol: VolumeJson, drive_uuid: string): number {
+    return vol.columns.find((col) => col.drive_uuid === drive_uuid)!.extents[0]! * vol.extent_size_bytes;
+  }
+
+  test("raw READ and WRITE with the client key and the daemon's client id: its own volume's extents only, never a neighbour's or a deleted one's", async () => {
+    const striped = ["--capacity", "48M", "--raid-level", "0", "--stripe-width", "3"];
+    await c.cli("volume", "create", "--name", "mine", ...striped);
+    await c.cli("volume", "create", "--name", "neighbour", ...striped);
+    const [mine, neighbour] = [await c.volume("mine"), await c.volume("neighbour")];
+    // The same client daemon serves both: its id is registered for both on every drive.
+    const [mineUri, neighbourUri] = [await c.attach("mine"), await c.attach("neighbour")];
+    await fill(mineUri, 0x31);
+    await fill(neighbourUri, 0x42);
+    const id = clientId();
+    const drive = mine.columns[0]!.drive_uuid;
+    const at = { drive_uuid: uuidFromString(drive), client_id: id, generation: 2 ** 40 };
+    const read = (p: Awaited<ReturnType<typeof rawPeer>>, offset: number) => p.request({ opcode: Op.READ, ...at, offset, length: 4096 });
+    const mineBinding = { uuid: mine.uuid, incarnation: mine.created_seq };
+
+    const bound = await rawPeer(env, targetOf(drive), "client", "attacker", c.clientKey, mineBinding);
+    try {
+      // The path works: its own volume's first extent reads back what nbdcopy wrote.
+      const own = await read(bound, extentOn(mine, drive));
+      expect(Status[own.h.status]).toBe("OK");
+      expect(only(own.body, 0x31)).toBe(true);
+      // The neighbour's extent on the same drive: refused, read or write.
+      const other = extentOn(neighbour, drive);
+      const r = await read(bound, other);
+      expect(`${Status[r.h.status]} ${r.error}`).toMatch(/^REFUSED .*outside the extents of volume/);
+      const w = await bound.request({ opcode: Op.WRITE, ...at, offset: other, length: 4096 }, new Uint8Array(4096).fill(0xee));
+      expect(Status[w.h.status]).toBe("REFUSED");
+      // Bound to the neighbour instead, the same request is served: the binding is what decides.
+      const as = await rawPeer(env, targetOf(drive), "client", "attacker", c.clientKey, { uuid: neighbour.uuid, incarnation: neighbour.created_seq });
+      const ok = await read(as, other);
+      as.close();
+      expect(Status[ok.h.status]).toBe("OK");
+      expect(only(ok.body, 0x42)).toBe(true);
+      // Bound to no volume: nothing.
+      const unbound = await rawPeer(env, targetOf(drive), "client", "attacker", c.clientKey);
+      const u = await read(unbound, extentOn(mine, drive));
+      unbound.close();
+      expect(`${Status[u.h.status]} ${u.error}`).toMatch(/^REFUSED .*bound to no volume/);
+
+      // "mine" deleted (its client fenced and detached), and the next volume takes its extents.
+      await c.cli("volume", "delete", "mine", "-y", "--force");
+      await c.cli("volume", "create", "--name", "next", ...striped);
+      const next = await c.volume("next");
+      expect(next.columns).toEqual(mine.columns);
+      await fill(await c.attach("next"), 0x53);
+      // Through the connection bound before the delete, and through a new one naming the
+      // deleted volume: nothing of "next".
+      const stale = bound.closed ? null : await read(bound, extentOn(mine, drive));
+      if (stale !== null) expect(Status[stale.h.status]).toBe("REFUSED");
+      const again = await rawPeer(env, targetOf(drive), "client", "attacker", c.clientKey, mineBinding);
+      const g = await read(again, extentOn(next, drive));
+      const gw = await again.request({ opcode: Op.WRITE, ...at, offset: extentOn(next, drive), length: 4096 }, new Uint8Array(4096).fill(0xee));
+      again.close();
+      expect(`${Status[g.h.status]} ${g.error}`).toMatch(/^REFUSED .*has no extents on drive/);
+      expect(Status[gw.h.status]).toBe("REFUSED");
+      expect(only(await firstMiB(neighbourUri), 0x42)).toBe(true);
+      expect(only(await firstMiB(await attachedUri("next")), 0x53)).toBe(true);
+    } finally {
+      bound.close();
+      for (const v of ["neighbour", "next"]) {
+        await c.cliRaw("client", "detach", "--volume", v);
+        await c.cliRaw("volume", "delete", v, "-y");
+      }
+    }
+  }, 180_000);
+});
+
+/** The URI the cluster's client daemon serves an attached volume on. */
+async function attachedUri(volume: string): Promise<string> {
+  return (await c.cliJson<Attachment[]>("client", "show")).find((a) => a.volume === volume)!.uri;
+}

@@ -6,7 +6,7 @@
 import type { Env } from "../../src/engine/env.ts";
 import type { Conn } from "../../src/engine/net/conn.ts";
 import { type ClusterKey, requesterProof } from "../../src/engine/wire/cluster-key.ts";
-import { encodeBody, ErrorBody, TargetInfo, decodeBody, isInvalid } from "../../src/engine/wire/control.ts";
+import { encodeBody, ErrorBody, TargetInfo, type VolumeBinding, decodeBody, isInvalid } from "../../src/engine/wire/control.ts";
 import { FrameDecoder, type Header, Op, Status, emptyHeader, encodeFrame } from "../../src/engine/wire/header.ts";
 
 export interface RawAnswer {
@@ -25,9 +25,17 @@ export interface RawPeer {
 /**
  * HELLO as `role` and `name`. With `key`: the HELLO names its kind and carries a fresh nonce, and
  * AUTH proves it, built here frame by frame as an attacker holding that key would (the target's
- * own proof is not checked: an attacker does not care).
+ * own proof is not checked: an attacker does not care). With `volume`: the volume the HELLO says
+ * the connection serves.
  */
-export async function rawPeer(env: Env, address: string, role: "client" | "toma" | "admin", name = "raw", key: ClusterKey | null = null): Promise<RawPeer> {
+export async function rawPeer(
+  env: Env,
+  address: string,
+  role: "client" | "toma" | "admin",
+  name = "raw",
+  key: ClusterKey | null = null,
+  volume?: VolumeBinding,
+): Promise<RawPeer> {
   const conn: Conn = await env.net.connect(address);
   const waiting = new Map<number, (a: RawAnswer) => void>();
   let closed = false;
@@ -64,7 +72,8 @@ export async function rawPeer(env: Env, address: string, role: "client" | "toma"
   };
   const nonce = new Uint8Array(16);
   env.random.fill(nonce);
-  const hello = await peer.request({ opcode: Op.HELLO }, encodeBody(key === null ? { version: 1, role, name } : { version: 1, role, name, nonce, key: key.kind }));
+  const said = volume === undefined ? {} : { volume };
+  const hello = await peer.request({ opcode: Op.HELLO }, encodeBody(key === null ? { version: 1, role, name, ...said } : { version: 1, role, name, nonce, key: key.kind, ...said }));
   if (hello.h.status !== Status.OK) throw new Error(`HELLO answered ${Status[hello.h.status]}: ${hello.error}`);
   if (key === null) return peer;
   const info = decodeBody(TargetInfo, hello.body);
