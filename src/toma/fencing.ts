@@ -72,10 +72,12 @@ export class FenceSync {
     const volumes: FenceVolume[] = [];
     const here = new Set<string>();
     for (const vol of this.deps.volumes()) {
-      const col = vol.columns.find((c) => c.drive_uuid === drive_uuid);
-      if (col === undefined || this.deps.leftOut(vol.uuid)) continue;
+      // Every column the volume has here (the allocator gives each its own drive, but the table
+      // must not depend on it: a column left out would be refused its own I/O).
+      const extents = vol.columns.filter((c) => c.drive_uuid === drive_uuid).flatMap((c) => c.extents);
+      if (extents.length === 0 || this.deps.leftOut(vol.uuid)) continue;
       here.add(vol.uuid);
-      volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(col.extents) });
+      volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(extents) });
     }
     const set: FenceEntry[] = [];
     for (const c of this.deps.clients.all()) {

@@ -150,6 +150,8 @@ describe("a deleted volume's export never reaches the next volume on its extents
         const newVol = await c.cliJson<VolumeJson>("volume", "show", newName);
         expect(newVol.columns).toEqual(oldVol.columns);
         const newUri = await c.attach(newName);
+        // The old volume's bytes were zeroed before its extents were free: the new one reads zeroes.
+        expect(only(await firstMiB(newUri), 0)).toBe(true);
         await fill(newUri, 0xb2);
 
         // Through the held connection: never the new volume's bytes, and no write lands.
