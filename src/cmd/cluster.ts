@@ -29,6 +29,28 @@ const status = command({
       capacity: `${formatBytes(cluster.capacity.used_bytes)} used of ${formatBytes(cluster.capacity.total_bytes)}`,
       volumes: cluster.volumes,
     });
+    const c = cluster.consensus;
+    if (c) {
+      process.stdout.write("\n");
+      printKeyValues({
+        toma: `${c.toma_id} (${c.node_id ?? "no node id yet"}) at ${c.address ?? "?"}`,
+        "toma cluster": c.phase === "running" ? `${c.role}, term ${c.term}` : `${c.phase}: ${c.reason ?? ""}`,
+        leader: c.leader ? `${c.leader.address || c.leader.node_id}${c.leader_ready ? "" : " (not yet ready)"}` : "(none known)",
+        log: c.commit === null ? "-" : `commit ${c.commit}, applied ${c.applied}, last ${c.last_index}`,
+        "hard state": c.hard_state ? `record ${c.hard_state.seq} on ${c.hard_state.drives.length} drive(s)` : "-",
+      });
+      process.stdout.write("\n");
+      printTable(
+        c.peers.map((p) => ({
+          peer: p.address,
+          node: p.node_id,
+          voter: p.voter ? "yes" : "learner",
+          heard: p.heard_ms_ago === null ? "never" : `${(p.heard_ms_ago / 1000).toFixed(1)} s ago`,
+          state: p.reachable ? "reachable" : "silent",
+          match: p.match ?? "-",
+        })),
+      );
+    }
     process.stdout.write("\n");
     printTable(targets.map((x) => ({ target: x.address, name: x.target_name, state: x.state, drives: x.drives, error: x.last_error })));
     process.stdout.write("\n");
