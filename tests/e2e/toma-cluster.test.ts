@@ -70,6 +70,17 @@ test("three TOMAs elect one leader; kill -9 of it elects another in a higher ter
     expect(v.peers.every((p) => p.voter)).toBe(true);
     expect(v.hard_state?.drives.length).toBe(1);
   }
+  // Each TOMA's view of the others: every peer, asked by every TOMA, names the same leader and term.
+  const settle_by = performance.now() + 10_000;
+  let seen = first;
+  while (!seen.views.every((v) => v.peers.every((p) => p.says !== null && p.says.term === seen.term && p.answered_ms_ago !== null))) {
+    if (performance.now() > settle_by) throw new Error(`peers' answers never settled: ${JSON.stringify(seen.views.map((v) => v.peers))}`);
+    await Bun.sleep(300);
+    seen = await agreed([0, 1, 2], () => true, 10_000);
+  }
+  expect(seen.leader).toBe(first.leader);
+  const leaderNode = seen.views.find((v) => v.address === seen.leader)!.node_id;
+  for (const v of seen.views) for (const p of v.peers) expect(p.says!.leader).toBe(leaderNode);
   const li = addrs.indexOf(first.leader);
   expect(li).toBeGreaterThanOrEqual(0);
   const node_id = first.views[li]!.node_id;

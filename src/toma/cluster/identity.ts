@@ -6,7 +6,7 @@
  */
 import * as v from "valibot";
 import { IncarnationSchema, TomaIdSchema } from "../consensus/hard-state-record.ts";
-import { ConfigSchema, UuidSchema } from "../consensus/types.ts";
+import { ConfigSchema, Count, NodeIdSchema, UuidSchema } from "../consensus/types.ts";
 
 const Address = v.pipe(v.string(), v.minLength(1), v.maxLength(256));
 
@@ -26,6 +26,14 @@ export const IdentitySchema = v.strictObject({
     v.strictObject({ kind: v.literal("blank") }),
     v.strictObject({ kind: v.literal("member"), cluster_uuid: UuidSchema, config: ConfigSchema }),
   ]),
+  /** A member's consensus state as it sees it (what its peers show as their view of it). */
+  raft: v.optional(
+    v.strictObject({
+      role: v.picklist(["follower", "pre_candidate", "candidate", "leader", "learner", "outside"]),
+      term: Count,
+      leader: v.nullable(NodeIdSchema),
+    }),
+  ),
 });
 export type Identity = v.InferOutput<typeof IdentitySchema>;
 

@@ -74,6 +74,15 @@ export interface PeerView {
   reachable: boolean;
   /** Leader only: how much of its log matches. */
   match: number | null;
+  /**
+   * What the peer itself said when this TOMA last asked it (every second, GET /v1/raft/identity
+   * over a request of its own): its role, term and leader; null if it has not answered.
+   */
+  says: { role: string; term: number; leader: NodeId | null; node_id: NodeId | null } | null;
+  /** Milliseconds since it last answered that question; null: never. */
+  answered_ms_ago: number | null;
+  /** Why the last question failed, if it did. */
+  error: string | null;
 }
 
 export interface NodeView {
@@ -118,6 +127,9 @@ export class TomaNode {
   private busy = false;
   private readonly heard = new Map<NodeId, number>();
   private my_address: string | null = null;
+  /** The last answer (or failure) of each peer to the periodic identity question, by address. */
+  private readonly probes = new Map<string, { at: number; id: Identity | null; error: string | null; answered_at: number | null }>();
+  private probe_timer: TimerHandle | null = null;
   phase: Phase = "starting";
   reason: string | null = "waiting for own drives";
   /** Called after every ready() handled (tests, status watchers). */
@@ -147,6 +159,7 @@ export class TomaNode {
   stop(): void {
     this.phase = "stopped";
     this.timer?.cancel();
+    this.probe_timer?.cancel();
     this.senders?.stop();
   }
 
@@ -154,7 +167,8 @@ export class TomaNode {
   identity(): Identity {
     const base = { toma_id: this.opts.toma_id, incarnation: this.incarnation, proposal_uuid: this.proposal_uuid, peers: [...this.opts.peers].sort() };
     if (this.phase === "running" && this.raft && this.cluster) {
-      return { ...base, status: { kind: "member", cluster_uuid: this.cluster, config: this.raft.config() } };
+      const st = this.raft.status();
+      return { ...base, status: { kind: "member", cluster_uuid: this.cluster, config: st.config }, raft: { role: st.role, term: st.term, leader: st.lead } };
     }
     if (this.phase === "bootstrap") return { ...base, status: { kind: "blank" } };
     if (this.phase === "outside") return { ...base, status: { kind: "outside", reason: this.reason ?? "outside" } };
@@ -211,11 +225,38 @@ export class TomaNode {
             heard_ms_ago: ago,
             reachable: ago !== null && ago <= timeout_ms,
             match: s?.role === "leader" ? (s.progress[m.id]?.match ?? 0) : null,
+            ...this.probeView(m.address, now),
           };
         }),
       hard_state: this.writer?.last ? { seq: this.writer.last.seq, drives: [...this.writer.last.drives] } : null,
       dropped_messages: this.dropped + (this.senders?.dropped ?? 0),
     };
+  }
+
+  private probeView(address: string, now: number): Pick<PeerView, "says" | "answered_ms_ago" | "error"> {
+    const p = this.probes.get(address);
+    const raft = p?.id?.raft;
+    return {
+      says: p?.id && raft ? { role: raft.role, term: raft.term, leader: raft.leader, node_id: p.id.incarnation ? `${p.id.toma_id}#${p.id.incarnation}` : null } : null,
+      answered_ms_ago: p?.answered_at == null ? null : Math.max(0, now - p.answered_at),
+      error: p?.error ?? null,
+    };
+  }
+
+  /** Asks every other member who it is and what it sees; one question per peer at a time. */
+  private probe(): void {
+    const r = this.raft;
+    if (!r || this.phase !== "running") return;
+    for (const m of r.config().members) {
+      if (m.id === r.id || m.address === "") continue;
+      const prev = this.probes.get(m.address);
+      if (prev && prev.at < 0) continue; // still waiting for the last answer
+      this.probes.set(m.address, { at: -1, id: prev?.id ?? null, error: prev?.error ?? null, answered_at: prev?.answered_at ?? null });
+      this.opts.ask(m.address).then(
+        (id) => this.probes.set(m.address, { at: this.clock.now_ms(), id, error: null, answered_at: this.clock.now_ms() }),
+        (e) => this.probes.set(m.address, { at: this.clock.now_ms(), id: null, error: (e as Error).message, answered_at: prev?.answered_at ?? null }),
+      );
+    }
   }
 
   /** Leader with its own-term entry applied: the gate for every leader duty. */
@@ -334,6 +375,8 @@ export class TomaNode {
   }
 
   private outside(reason: string): void {
+    this.timer?.cancel();
+    this.probe_timer?.cancel();
     this.phase = "outside";
     this.reason = reason;
     this.env.log.error("TOMA outside the cluster", { reason });
@@ -379,6 +422,7 @@ export class TomaNode {
       this.ticks_due = Math.min(this.ticks_due + n, this.election_ticks);
       this.pump();
     });
+    this.probe_timer = this.env.timers.every(1000, () => this.probe());
     this.pump();
   }
 
