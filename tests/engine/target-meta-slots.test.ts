@@ -5,7 +5,7 @@
  * META_WRITE of its earlier session has landed or failed.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { formatDrive } from "../../src/engine/drive/format.ts";
+import { blankMetaSlots, formatDrive } from "../../src/engine/drive/format.ts";
 import { UnreadableSlotError } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
@@ -18,12 +18,19 @@ import { GatedStore, type TargetHarness, randomUuidString, startTarget, statusOf
 
 const MiB = 1024 * 1024;
 
-/** A memory drive whose reads of [bad_from, bad_to) fail with EIO, as a latent sector error does. */
+/**
+ * A memory drive whose reads of [bad_from, bad_to) fail with EIO, as a latent sector error does;
+ * a write covering the whole range remaps it, as a device does.
+ */
 class BadSectorStore extends MemoryStore {
   bad: [number, number] | null = null;
   override async read(offset: number, dst: Uint8Array): Promise<void> {
     if (this.bad && offset < this.bad[1] && offset + dst.length > this.bad[0]) throw new DriveIoError("medium error", "EIO");
     return super.read(offset, dst);
+  }
+  override async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    if (this.bad && offset <= this.bad[0] && offset + src.length >= this.bad[1]) this.bad = null;
+    return super.write(offset, src, fua);
   }
 }
 
@@ -81,6 +88,21 @@ describe("the other slot", () => {
     await d.metaWrite(3, bytes(3));
     expect(await d.metaRead()).toEqual({ generation: 3, payload: bytes(3), other: "older" });
   });
+});
+
+test("the repair blanks both slots: the drive takes metadata writes again, from generation 1", async () => {
+  const { store, sb } = await formatted(new BadSectorStore(8 * MiB));
+  const d = await openDrive(store, "x");
+  await d.metaWrite(1, bytes(1));
+  await d.metaWrite(2, bytes(2));
+  const s0 = metaSlotOffset(sb, 0);
+  store.bad = [s0, s0 + 4096]; // slot 0's first block: where the next write would go
+  expect(await d.metaWrite(3, bytes(3)).catch((e: unknown) => e)).toBeInstanceOf(UnreadableSlotError);
+  await blankMetaSlots(store);
+  expect(store.bad).toBeNull();
+  expect(await d.metaRead()).toEqual({ generation: 0, payload: null, other: "older" });
+  await d.metaWrite(1, bytes(9));
+  expect(await d.metaRead()).toEqual({ generation: 1, payload: bytes(9), other: "older" });
 });
 
 describe("over the wire", () => {
