@@ -8,22 +8,17 @@
  * the old one restarts from its drives as the same node id and follows.
  */
 import { expect, test } from "bun:test";
-import type { Network } from "../../src/engine/net/conn.ts";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { decodeRecord } from "../../src/toma/consensus/hard-state-record.ts";
-import type { SlotIo } from "../../src/toma/cluster/hard-state-io.ts";
 import { parseIdentity } from "../../src/toma/cluster/identity.ts";
 import { TomaNode } from "../../src/toma/cluster/node.ts";
 import { SimNode } from "../../sim/node.ts";
 import { World } from "../../sim/world.ts";
+import { NO_NET, slotIo } from "./cluster-fixture.ts";
 
-const NO_NET: Network = {
-  connect: () => Promise.reject(new Error("the consensus loop opens no connection of its own")),
-  listen: () => Promise.reject(new Error("the consensus loop listens on nothing")),
-};
 
 interface Server {
   name: string;
@@ -64,7 +59,7 @@ async function cluster(seed: number, n = 3) {
 
   const boot = (s: Server) => {
     const { env } = s.machine.boot();
-    const io = slotIo(world, s.drives);
+    const io = slotIo(world, () => s.drives);
     s.toma = new TomaNode(env, {
       toma_id: s.name,
       peers: servers.map((x) => x.address),
@@ -81,17 +76,6 @@ async function cluster(seed: number, n = 3) {
     void s.toma.start();
   };
   return { world, servers, boot };
-}
-
-/** The drives as the TOMA reaches them: each operation takes a little virtual time, as on a target. */
-function slotIo(world: World, drives: FormattedDrive[]): SlotIo {
-  const on = <T>(u: string, fn: (d: FormattedDrive) => Promise<T>): Promise<T> =>
-    new Promise<void>((r) => world.after(0.2, r)).then(() => fn(drives.find((d) => d.info.drive_uuid === u)!));
-  return {
-    drives: () => drives.map((d) => d.info.drive_uuid),
-    read: (u) => on(u, (d) => d.metaRead()),
-    write: (u, g, p) => on(u, (d) => d.metaWrite(g, p)),
-  };
 }
 
 type Cluster = Awaited<ReturnType<typeof cluster>>;
@@ -191,7 +175,7 @@ test("peers given different lists never found a cluster", async () => {
   s.toma = new TomaNode(env, {
     toma_id: s.name,
     peers: [c.servers[0]!.address, s.address, "10.0.0.9:4000"],
-    io: slotIo(c.world, s.drives),
+    io: slotIo(c.world, () => s.drives),
     post: () => Promise.reject(new Error("unused")),
     ask: () => Promise.reject(new Error("refused")),
   });
