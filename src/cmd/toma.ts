@@ -62,6 +62,7 @@ const run = command({
       (e, link, address, h) => sessionOver(e, link, address, h, keyed),
     );
     if (args.peers !== undefined) {
+      if (args.cluster !== undefined) throw new UsageError("--cluster chooses among single-TOMA cluster states on the drives; a TOMA cluster (--peers) founds or finds its own");
       return await runMember({ name, targets, peers: args.peers, listen, listenText: args.listen, cluster_key, connect: (address) => open(env, address, hello), limits: preauthLimits(args, DEFAULT_HTTP_LIMITS) });
     }
     const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
