@@ -2,7 +2,8 @@
  * Three TOMAs as real processes (`toma run --peers`), each with its own target and file drive on
  * 127.0.0.1: they found a cluster and elect a leader that `cluster status -o json` names the same
  * from every TOMA; kill -9 of the leader gives a new leader in a higher term within seconds; the
- * killed TOMA, restarted, takes its hard state back from its drive (same node id) and follows.
+ * killed TOMA, restarted, takes its hard state back from its drive (same node id) and follows;
+ * all three killed at once come back from their drives alone.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { ClusterJson } from "../../src/toma/api-types.ts";
@@ -117,3 +118,12 @@ test("volume routes are refused in this mode with the reason; raft messages need
   expect((e as { status: number }).status).toBe(403);
   expect((e as Error).message).toContain("server key");
 }, 30_000);
+
+test("every TOMA killed at once: restarted, they come back from their drives alone, same node ids", async () => {
+  const before = await agreed([0, 1, 2], () => true, 30_000);
+  for (const t of tomas) await t?.stop("SIGKILL");
+  for (let i = 0; i < 3; i++) startToma(i);
+  const after = await agreed([0, 1, 2], (_, term) => term > before.term, 30_000);
+  expect(after.views.map((v) => v.node_id)).toEqual(before.views.map((v) => v.node_id));
+  expect(new Set(after.views.map((v) => v.cluster_uuid))).toEqual(new Set([before.views[0]!.cluster_uuid]));
+}, 90_000);

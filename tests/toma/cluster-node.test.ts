@@ -144,6 +144,24 @@ async function electKillRestart(seed: number): Promise<number> {
   return took_ms;
 }
 
+test("every TOMA killed at once comes back from its drives alone: same cluster, same node ids, a leader in a later term", async () => {
+  for (let seed = 21; seed <= 30; seed++) {
+    const c = await cluster(seed);
+    for (const s of c.servers) c.boot(s);
+    expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, 30_000)).toBe("done");
+    const before = c.servers.map((s) => s.toma!.view());
+    const term = agreedLeader(c)!.term;
+    for (const s of c.servers) s.machine.crash("power");
+    await c.world.advance(3000);
+    for (const s of c.servers) c.boot(s);
+    expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, c.world.now + 30_000)).toBe("done");
+    const after = c.servers.map((s) => s.toma!.view());
+    expect(after.map((v) => v.node_id)).toEqual(before.map((v) => v.node_id));
+    expect(new Set(after.map((v) => v.cluster_uuid))).toEqual(new Set([before[0]!.cluster_uuid]));
+    expect(agreedLeader(c)!.term).toBeGreaterThan(term);
+  }
+});
+
 test("a TOMA whose peers never answer does not found a cluster alone, and says whom it waits for", async () => {
   const c = await cluster(11);
   c.boot(c.servers[0]!);
