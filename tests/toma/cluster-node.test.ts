@@ -162,6 +162,28 @@ test("every TOMA killed at once comes back from its drives alone: same cluster, 
   }
 });
 
+test("own drives coming and going are followed by a rewrite: a restart then needs only the drives still there", async () => {
+  const c = await cluster(31);
+  for (const s of c.servers) c.boot(s);
+  expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, 30_000)).toBe("done");
+  const s = c.servers.find((x) => x.toma!.view().role === "follower")!;
+  const node = s.toma!.view().node_id;
+  // A drive is plugged in: within a few seconds the record lists it too.
+  const store = new MemoryStore(8 * 1024 * 1024);
+  await formatDrive(store, { drive_uuid: "0000000f-0000-4000-8000-00000000000f", extent_size_bytes: 1024 * 1024 });
+  s.drives.push(await openDrive(store, "new"));
+  expect(await c.world.run(() => s.toma!.view().hard_state?.drives.length === 3, c.world.now + 5000)).toBe("done");
+  // The two original drives are pulled: the record follows onto the new one alone (it meets the
+  // last complete record there).
+  s.drives.splice(0, 2);
+  expect(await c.world.run(() => s.toma!.view().hard_state?.drives.join(",") === "0000000f-0000-4000-8000-00000000000f", c.world.now + 5000)).toBe("done");
+  // Restarted with only that drive, the TOMA is the same node id and follows.
+  s.machine.crash("process");
+  c.boot(s);
+  expect(await c.world.run(() => s.toma!.phase === "running" && s.toma!.view().role === "follower" && agreedLeader(c) !== null, c.world.now + 10_000)).toBe("done");
+  expect(s.toma!.view().node_id).toBe(node!);
+});
+
 test("a TOMA whose peers never answer does not found a cluster alone, and says whom it waits for", async () => {
   const c = await cluster(11);
   c.boot(c.servers[0]!);

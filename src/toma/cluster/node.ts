@@ -130,6 +130,10 @@ export class TomaNode {
   /** The last answer (or failure) of each peer to the periodic identity question, by address. */
   private readonly probes = new Map<string, { at: number; id: Identity | null; error: string | null; answered_at: number | null }>();
   private probe_timer: TimerHandle | null = null;
+  /** The durable state of the last record that completed: what a drive-set change rewrites. */
+  private durable: DurableState | null = null;
+  /** The live own drive set when a record was last written for a drive-set change. */
+  private rewritten_for = "";
   phase: Phase = "starting";
   reason: string | null = "waiting for own drives";
   /** Called after every ready() handled (tests, status watchers). */
@@ -387,6 +391,7 @@ export class TomaNode {
     const w = await this.writer!.persist(durable);
     if (!w.ok) return this.outside(`amnesic: ${w.amnesic}; rejoining as a new member is not built yet`);
     if (this.phase === "stopped") return;
+    this.durable = durable;
     this.raft = new Raft(
       {
         id,
@@ -422,8 +427,41 @@ export class TomaNode {
       this.ticks_due = Math.min(this.ticks_due + n, this.election_ticks);
       this.pump();
     });
-    this.probe_timer = this.env.timers.every(1000, () => this.probe());
+    this.probe_timer = this.env.timers.every(1000, () => {
+      this.probe();
+      this.rewriteOnDriveChange();
+    });
     this.pump();
+  }
+
+  /**
+   * The own drive set changed (a drive served anew, or gone) while Raft wrote nothing: the same
+   * durable state goes again as a new record, so that a new drive holds it and a gone drive's
+   * absence is behind us (rule W: the record writer decides where). Runs as the loop's turn, so
+   * it never overlaps a persist; once per distinct drive set.
+   */
+  private rewriteOnDriveChange(): void {
+    if (this.busy || this.phase !== "running" || !this.writer || !this.durable) return;
+    const live = [...this.opts.io.drives()].sort().join(",");
+    if (live === this.rewritten_for || live === [...this.writer.drives()].join(",")) return;
+    this.rewritten_for = live;
+    this.busy = true;
+    const durable = this.durable;
+    this.writer.persist(durable).then(
+      (w) => {
+        this.busy = false;
+        if (!w.ok) {
+          this.senders?.stop();
+          return this.outside(`amnesic after an own drive change: ${w.amnesic}; rejoining as a new member is not built yet`);
+        }
+        this.env.log.info("hard state rewritten for a change of own drives", { seq: w.seq, drives: this.writer!.drives().join(",") });
+        this.pump();
+      },
+      (e) => {
+        this.busy = false;
+        this.outside(`internal error rewriting the hard state: ${(e as Error).message}`);
+      },
+    );
   }
 
   // ---- the loop ---------------------------------------------------------------------------------
@@ -472,6 +510,7 @@ export class TomaNode {
     const before = this.view_basics;
     if (rd.persist) {
       const w = await this.writer!.persist(rd.persist);
+      if (w.ok) this.durable = rd.persist;
       if (!w.ok) {
         // W4: nothing that depends on this state may leave, and this node id is done.
         this.timer?.cancel();
