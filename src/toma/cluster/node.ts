@@ -20,7 +20,7 @@ import { steadyClock } from "../../engine/steady-clock.ts";
 import { uuidToString } from "../../engine/uuid.ts";
 import { randomUuid } from "../../engine/env.ts";
 import { type ClusterState, decodeState, emptyState, encodeState } from "../cluster-state.ts";
-import { type BootstrapDecision, bootstrapDecision, type PeerAnswer } from "../consensus/bootstrap.ts";
+import type { BootstrapDecision } from "../consensus/bootstrap.ts";
 import { member } from "../consensus/config.ts";
 import { durableOf, nodeIdOf } from "../consensus/hard-state-record.ts";
 import { decodeEnvelope, describeMessage } from "../consensus/messages.ts";
@@ -28,7 +28,7 @@ import { applyProposal } from "../consensus/proposal.ts";
 import { bootstrapDurableState, Raft, type Ready, type Status } from "../consensus/raft.ts";
 import type { DurableState, Message, NodeId } from "../consensus/types.ts";
 import { DEFAULT_HARD_STATE_TIMINGS, type HardStateTimings, HardStateWriter, readOwnDrives, type SlotIo } from "./hard-state-io.ts";
-import type { Identity } from "./identity.ts";
+import { decideFromAnswers, type Identity } from "./identity.ts";
 import { type PeerPost, PeerSenders } from "./peer-sender.ts";
 
 export interface NodeOptions {
@@ -337,7 +337,8 @@ export class TomaNode {
           }
         }),
       );
-      const decision = this.decide(answers);
+      const { decision, my_address } = decideFromAnswers({ toma_id: this.opts.toma_id, incarnation: this.incarnation!, peers: this.opts.peers }, answers);
+      if (my_address !== null) this.my_address = my_address;
       if (decision.kind === "form" || decision.kind === "adopt") return decision;
       if (decision.kind === "join") {
         this.outside(`cluster ${decision.cluster_uuid} exists without this TOMA's node id; joining as a new member is not built yet`);
@@ -346,36 +347,6 @@ export class TomaNode {
       this.reason = decision.reason;
       await sleep(this.env, 500);
     }
-  }
-
-  private decide(answers: { address: string; id: Identity | null; error: string | null }[]): BootstrapDecision {
-    const silent = answers.filter((a) => a.id === null);
-    if (silent.length > 0) return { kind: "wait", reason: `waiting for ${silent.map((a) => `${a.address} (${a.error})`).join(", ")}` };
-    const mine = [...this.opts.peers].sort().join(",");
-    const other = answers.find((a) => a.id!.peers.join(",") !== mine);
-    if (other) return { kind: "wait", reason: `${other.address} was given --peers ${other.id!.peers.join(",")}, this TOMA ${mine}: give every TOMA the same list` };
-    const self = answers.filter((a) => a.id!.toma_id === this.opts.toma_id);
-    if (self.length !== 1 || self[0]!.id!.incarnation !== this.incarnation) {
-      return { kind: "wait", reason: `--peers must list this TOMA's own address exactly once (found ${self.length} answers named ${this.opts.toma_id})` };
-    }
-    this.my_address = self[0]!.address;
-    const ids = answers.map((a) => a.id!.toma_id);
-    const twice = ids.find((x, i) => ids.indexOf(x) !== i);
-    if (twice !== undefined) return { kind: "wait", reason: `two peers answer as TOMA ${twice}: give each server its own --name` };
-    const waiting = answers.filter((a) => a.id!.status.kind === "starting" || a.id!.status.kind === "outside" || a.id!.incarnation === null);
-    if (waiting.length > 0) return { kind: "wait", reason: `waiting for ${waiting.map((a) => `${a.address} (${a.id!.status.kind})`).join(", ")}` };
-    const asPeer = (a: { address: string; id: Identity | null }): PeerAnswer => {
-      const s = a.id!.status;
-      return {
-        toma_id: a.id!.toma_id,
-        incarnation: a.id!.incarnation!,
-        address: a.address,
-        proposal_uuid: a.id!.proposal_uuid,
-        status: s.kind === "member" ? { kind: "member", cluster_uuid: s.cluster_uuid, config: s.config } : { kind: "blank" },
-      };
-    };
-    const me = asPeer(self[0]!);
-    return bootstrapDecision(me, ids, answers.map(asPeer));
   }
 
   private outside(reason: string): void {
