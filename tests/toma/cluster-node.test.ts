@@ -43,10 +43,13 @@ async function cluster(seed: number, n = 3) {
     servers.push({ name: `s${i}`, address: `10.0.0.${i + 1}:4000`, machine, drives, toma: null });
   }
   const byAddress = new Map(servers.map((s) => [s.address, s]));
+  /** "A>B": requests from A to B never arrive (a link cut one way; B's requests to A still do). */
+  const cuts = new Set<string>();
   /** One link delay each way; a dead peer's request fails after it. */
-  const reach = <T>(to: string, fn: (s: Server) => T): Promise<T> =>
+  const reach = <T>(from: string, to: string, fn: (s: Server) => T): Promise<T> =>
     new Promise((resolve, reject) =>
       world.after(1 + world.prng.u32() % 3, () => {
+        if (cuts.has(`${from}>${to}`)) return; // never answered: the sender's own timeout decides
         const s = byAddress.get(to);
         if (!s || !s.machine.alive || !s.toma) return reject(new Error(`${to}: connection refused`));
         try {
@@ -65,17 +68,17 @@ async function cluster(seed: number, n = 3) {
       peers: servers.map((x) => x.address),
       io,
       post: (address, bytes) =>
-        reach(address, (peer) => {
+        reach(s.address, address, (peer) => {
           const r = peer.toma!.receive(bytes);
           if (!r.ok) throw new Error(`${r.status}: ${r.error}`);
         }),
       // Through JSON and the validator, as over HTTP.
-      ask: (address) => reach(address, (peer) => parseIdentity(JSON.parse(JSON.stringify(peer.toma!.identity())), address)),
+      ask: (address) => reach(s.address, address, (peer) => parseIdentity(JSON.parse(JSON.stringify(peer.toma!.identity())), address)),
       grace_ms: 2000,
     });
     void s.toma.start();
   };
-  return { world, servers, boot };
+  return { world, servers, boot, cuts };
 }
 
 type Cluster = Awaited<ReturnType<typeof cluster>>;
@@ -182,6 +185,31 @@ test("own drives coming and going are followed by a rewrite: a restart then need
   c.boot(s);
   expect(await c.world.run(() => s.toma!.phase === "running" && s.toma!.view().role === "follower" && agreedLeader(c) !== null, c.world.now + 10_000)).toBe("done");
   expect(s.toma!.view().node_id).toBe(node!);
+});
+
+test("a follower that stops hearing the leader (one way) cannot disturb it: no new term, no new leader", async () => {
+  for (let seed = 41; seed <= 45; seed++) {
+    const c = await cluster(seed);
+    for (const s of c.servers) c.boot(s);
+    expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, 30_000)).toBe("done");
+    const { toma: leaderName, term } = agreedLeader(c)!;
+    const leader = c.servers.find((s) => s.name === leaderName)!;
+    const deaf = c.servers.find((s) => s !== leader)!;
+    const other = c.servers.find((s) => s !== leader && s !== deaf)!;
+    c.cuts.add(`${leader.address}>${deaf.address}`);
+    // 20 s: about 13 election timeouts of the deaf follower. It asks for pre-votes and gets none.
+    const until = c.world.now + 20_000;
+    let changed = false;
+    while (c.world.now < until && !changed) {
+      await c.world.advance(500);
+      for (const s of [leader, other, deaf]) if (s.toma!.view().term !== term) changed = true;
+      if (leader.toma!.view().role !== "leader") changed = true;
+    }
+    expect(changed).toBe(false);
+    expect(deaf.toma!.view().role).toBe("pre_candidate");
+    c.cuts.clear();
+    expect(await c.world.run(() => agreedLeader(c)?.term === term && deaf.toma!.view().role === "follower", c.world.now + 10_000)).toBe("done");
+  }
 });
 
 test("a TOMA whose peers never answer does not found a cluster alone, and says whom it waits for", async () => {
