@@ -105,7 +105,7 @@ function challengeOf(sent: Uint8Array[]): Uint8Array | null {
 describe("the target connection state machine", () => {
   test("random streams, cut at random points: no throw, valid answers, nothing held after, target usable", async () => {
     // What the fuzz reached, so that a generator that stopped reaching the deep paths shows.
-    const reached = { answered_ok_data: 0, authenticated_keyed: 0, paused: 0, closed_by_target: 0 };
+    const reached = { answered_ok_data: 0, authenticated_keyed: 0, paused: 0, closed_by_target: 0, ping_answered_on_a_paused_connection: 0 };
     await forEachSeed(FILE, SEEDS, async (rng) => {
       const withKey = rng.chance(0.5);
       const service = withKey ? keyed : open;
@@ -134,6 +134,8 @@ describe("the target connection state machine", () => {
       reached.answered_ok_data += a.filter((h) => (h.opcode === Op.READ || h.opcode === Op.WRITE) && h.status === 0).length;
       if (withKey && a.some((h) => h.opcode === Op.AUTH && h.status === 0)) reached.authenticated_keyed++;
       if (conn.pausedEver) reached.paused++;
+      // A PING is answered even when requests ahead of it fill the connection (liveness.ts).
+      if (conn.pausedEver && a.some((h) => h.opcode === Op.PING && h.status === 0)) reached.ping_answered_on_a_paused_connection++;
       if (conn.closed) reached.closed_by_target++;
       conn.peerCloses();
       for (let i = 0; i < 50 && (service.connectionCount > 0 || service.payloadBytesInFlight > 0); i++) await settle();

@@ -31,7 +31,7 @@ export function randomHeader(rng: Rng, drive?: { uuid: Uint8Array; span: number 
 /** Opcodes a requester sends after HELLO. */
 const REQUEST_OPS = [
   Op.READ, Op.WRITE, Op.FLUSH, Op.TRIM, Op.WRITE_ZEROES, Op.LIST_DRIVES, Op.META_READ, Op.LOCK, Op.UNLOCK,
-  Op.LOCK_LIST, Op.DIRTY_GET, Op.DIRTY_SET, Op.DIRTY_CLEAR, Op.DIRTY_INHERITED, Op.HELLO, Op.AUTH,
+  Op.LOCK_LIST, Op.DIRTY_GET, Op.DIRTY_SET, Op.DIRTY_CLEAR, Op.DIRTY_INHERITED, Op.HELLO, Op.AUTH, Op.PING,
 ];
 const REQUEST_FLAGS = [Flag.FUA, Flag.TEST_LOCK, Flag.DIRTY, Flag.INTENT, Flag.LOCK];
 

@@ -157,6 +157,9 @@ function dispatch(
       const d = dataDrive(ctx, req, h, payload, adm);
       return locking(h) ? lockThen(d, req, h, adm, () => doWriteZeroes(d, h)) : doWriteZeroes(d, h);
     }
+    case Op.PING:
+      noPayload(h, payload);
+      return okResponse(h);
     case Op.LIST_DRIVES:
       return Promise.resolve(cborResponse(h, ctx.info().drives));
     case Op.META_READ:
