@@ -7,6 +7,7 @@ import type { Logger } from "../env.ts";
 import { isNilUuid, NIL_UUID, uuidFromString } from "../uuid.ts";
 import type { DriveInfo, MetaSlot } from "../wire/control.ts";
 import { AlreadyClaimedError, DriveFormatError, type FormattedDrive, StaleGenerationError } from "./formatted-api.ts";
+import { CONTROL_VERSION_END, CONTROL_VERSION_OFFSETS, decodeControlVersion, encodeControlVersion } from "./control-version.ts";
 import { locateSuperblock } from "./locate-superblock.ts";
 import {
   checkMetaSlot,
@@ -52,7 +53,35 @@ export async function openDrive(store: DriveStore, path: string, opts: OpenOptio
       error: (e as Error).message,
     });
   }
-  return new Drive(store, path, found.sb, bitmap, loaded);
+  const cv = await readControlVersion(store, found.sb, opts.log);
+  return new Drive(store, path, found.sb, bitmap, loaded, cv);
+}
+
+/**
+ * The higher of the two control-version copies, and which copy the next write goes to (the
+ * other one). A copy that cannot be read counts as holding none; if it held the highest version,
+ * the drive has gone back to the other copy's (logged: see docs/on-drive-format.md).
+ */
+async function readControlVersion(
+  store: DriveStore,
+  sb: Superblock,
+  log: Logger | undefined,
+): Promise<{ version: number; next: 0 | 1 }> {
+  if (sb.meta_offset < CONTROL_VERSION_END) return { version: 0, next: 0 };
+  const found: number[] = [];
+  for (const off of CONTROL_VERSION_OFFSETS) {
+    const b = new Uint8Array(BLOCK_BYTES);
+    try {
+      await store.read(off, b);
+      const d = decodeControlVersion(b, sb.drive_uuid);
+      found.push("version" in d ? d.version : -1);
+    } catch (e) {
+      log?.warn(`drive ${sb.drive_uuid}: control-version copy at ${off} unreadable`, { drive: store.describe, error: (e as Error).message });
+      found.push(-1);
+    }
+  }
+  const [a, b] = found as [number, number];
+  return { version: Math.max(0, a, b), next: a >= b ? 1 : 0 };
 }
 
 class Drive implements FormattedDrive {
@@ -63,6 +92,10 @@ class Drive implements FormattedDrive {
   private queue: Promise<unknown> = Promise.resolve();
   /** Bitmap writes not finished yet: close() waits for them. */
   private readonly bitmapWrites = new Set<Promise<unknown>>();
+  control_version: number;
+  /** The control-version copy the next write goes to (never the one holding the current value). */
+  private cv_next: 0 | 1;
+  private cvWrite: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly store: DriveStore,
@@ -70,7 +103,10 @@ class Drive implements FormattedDrive {
     sb: Superblock,
     readonly bitmap: Uint8Array,
     readonly bitmap_loaded: boolean,
+    cv: { version: number; next: 0 | 1 },
   ) {
+    this.control_version = cv.version;
+    this.cv_next = cv.next;
     this.sb = sb;
     this.data = new OffsetStore(store, sb.data_offset, sb.extent_count * sb.extent_size_bytes, "data area");
     this.bitmap_region_bytes = sb.bitmap_region_bytes;
@@ -174,8 +210,24 @@ class Drive implements FormattedDrive {
     return w;
   }
 
+  async persistControlVersion(version: number): Promise<void> {
+    if (!Number.isSafeInteger(version) || version <= this.control_version) {
+      throw new RangeError(`control-plane version ${version} is not above the recorded ${this.control_version}`);
+    }
+    if (this.sb.meta_offset < CONTROL_VERSION_END) {
+      throw new RangeError(`drive ${this.sb.drive_uuid}: metadata at ${this.sb.meta_offset} leaves no room for the control-version record`);
+    }
+    const at = this.cv_next;
+    const w = this.store.write(CONTROL_VERSION_OFFSETS[at], encodeControlVersion(version, this.sb.drive_uuid), true);
+    this.cvWrite = w.catch(() => {});
+    await w;
+    this.control_version = version;
+    this.cv_next = at === 0 ? 1 : 0;
+  }
+
   async close(): Promise<void> {
     await this.queue;
+    await this.cvWrite;
     await Promise.all(this.bitmapWrites);
     await this.data.close();
     await this.store.close();

@@ -116,7 +116,7 @@ function failure(ctx: TargetContext, h: Header, e: unknown): Uint8Array {
   if (status === Status.IO_ERROR) {
     ctx.log.error("drive I/O failed", { op: Op[h.opcode], drive: safeUuid(h.drive_uuid), error: String(e) });
   }
-  return errorResponse(h, status, e instanceof Error ? e.message : String(e));
+  return errorResponse(h, status, e instanceof Error ? e.message : String(e), e instanceof RequestError ? e.version : null);
 }
 
 function leave(adm: Admission | null): void {
@@ -136,6 +136,42 @@ function dispatch(
 ): Uint8Array | Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
   if (h.flags & CHECKED_FLAGS) checkFlags(req, h);
+  if (req.role === "toma" && VERSIONED.has(h.opcode)) {
+    const d = ctx.drives.get(h.drive_uuid);
+    const wait = d?.control.admit(h.generation) ?? null;
+    if (wait !== null) {
+      // The payload view dies at the first await: the op gets a copy of its own.
+      const own = payload.length > 0 && !owned ? copyOf(payload) : payload;
+      return wait.then(() => dispatchOp(ctx, req, h, own, owned || own !== payload, adm));
+    }
+  }
+  return dispatchOp(ctx, req, h, payload, owned, adm);
+}
+
+/**
+ * What a TOMA connection sends that changes a drive: each carries the TOMA's control-plane
+ * version in the header's `generation` and passes the drive's version gate first. Reads, FLUSH,
+ * listings and META_* do not (a metadata slot is fenced by its own generation).
+ */
+const VERSIONED = new Set<Op>([
+  Op.WRITE,
+  Op.WRITE_ZEROES,
+  Op.TRIM,
+  Op.LOCK,
+  Op.UNLOCK,
+  Op.DIRTY_SET,
+  Op.DIRTY_CLEAR,
+  Op.FENCE,
+]);
+
+function dispatchOp(
+  ctx: TargetContext,
+  req: Requester,
+  h: Header,
+  payload: Uint8Array,
+  owned: boolean,
+  adm: Admission | null,
+): Uint8Array | Promise<Uint8Array> {
   switch (h.opcode) {
     case Op.READ: {
       const d = dataDrive(ctx, req, h, payload, adm);

@@ -23,9 +23,9 @@ describe("proposals", () => {
         columns: [{ drive_uuid: uuid(1), extents: [0] }, { drive_uuid: uuid(2), extents: [0] }],
         mirrors: 2,
       },
-      { kind: "delete_volume", name: "v1" },
-      { kind: "set_legs", name: "v1", legs: ["ok", "dead"] },
-      { kind: "replace_leg", name: "v1", column: 1, with: { drive_uuid: uuid(3), extents: [2] } },
+      { kind: "delete_volume", uuid: uuid(50) },
+      { kind: "set_legs", uuid: uuid(50), legs: ["ok", "dead"] },
+      { kind: "replace_leg", uuid: uuid(50), column: 1, with: { drive_uuid: uuid(3), extents: [2] } },
       { kind: "set_cache_epoch", drive_uuid: uuid(1), cache_epoch: 4 },
     ];
     for (const cmd of cmds) {
