@@ -9,7 +9,8 @@
  */
 import type { Env } from "../engine/env.ts";
 import { uuidFromString } from "../engine/uuid.ts";
-import type { TargetSession } from "../engine/wire/session-api.ts";
+import { Status } from "../engine/wire/header.ts";
+import { TargetError, type TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
 import { FenceSync } from "./fencing.ts";
@@ -45,6 +46,8 @@ export interface MirrorDeps {
    * every request to a target, which refuses an older one (docs/toma-cluster.md, "Fenced at the drives").
    */
   version: () => number;
+  /** A target refused a request as older than `newest`, the version it has seen: another TOMA acts. */
+  deposed: (newest: number) => void;
   regionBytes: (drive_uuid: string) => number;
   /** DriveInfo.cache_epoch of the drive where it is served now (undefined: not served). */
   cacheEpochOf: (drive_uuid: string) => number | undefined;
@@ -107,7 +110,10 @@ export class MirrorControl {
       volumeDrives: () => this.deps.state()?.volumes.flatMap((x) => x.columns.map((c) => c.drive_uuid)) ?? [],
       sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
-      onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
+      onError: (d, e) => {
+        deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) });
+        if (e instanceof TargetError && e.status === Status.STALE && e.version !== null) deps.deposed(e.version);
+      },
     });
   }
 

@@ -126,6 +126,12 @@ export class Toma {
   ready = false;
   /** The state was recovered or bootstrapped, the term not taken yet. */
   private adopted = false;
+  /**
+   * The newer control-plane version a target named when it refused ours: another TOMA took a
+   * newer term on this cluster's drives, and this process stands down for good (restarting it
+   * takes a newer term again). Null while nobody has.
+   */
+  deposed: number | null = null;
   /** A maintenance pass has completed since start: claimed drives are members. */
   private settled = false;
 
@@ -162,6 +168,7 @@ export class Toma {
         propose: (cmd, computed_at) => this.propose(cmd, computed_at),
         sessionOf: (d) => this.locate().get(d)?.link.session ?? null,
         version: () => this.version(),
+        deposed: (newest) => this.deposedBy(newest),
         regionBytes: () => BITMAP_REGION_BYTES,
         cacheEpochOf: (d) => this.locate().get(d)?.info.cache_epoch,
         replacement: (vol, column) => allocateLeg(this.state!, vol, column, this.topology(), new Set()),
@@ -245,7 +252,7 @@ export class Toma {
    * TOMA has taken its term: a target that has seen any version refuses what it would send.
    */
   version(): number {
-    if (!this.ready || !this.state) return 0;
+    if (!this.ready || !this.state || this.deposed !== null) return 0;
     return fenceVersion(this.state.term, this.state.generation);
   }
 
@@ -253,6 +260,9 @@ export class Toma {
 
   /** Why mutations are not allowed yet, for error messages. */
   readiness(): string {
+    if (this.deposed !== null) {
+      return `deposed: another TOMA acts on this cluster's drives with control-plane version ${this.deposed}; this one stopped acting (restart it to take over again)`;
+    }
     if (this.ready) return "ready";
     if (this.adopted) return "state recovered; writing this TOMA's term to the drives";
     if (!this.cluster_uuid) return "no cluster found yet on the reachable drives";
@@ -379,6 +389,21 @@ export class Toma {
     this.mirror.evict(uuid);
     this.kick();
     return { ok: true, value: null };
+  }
+
+  /**
+   * A target refused this TOMA's version as older than `newest`. Only a TOMA that took a newer
+   * term writes a newer version, so one TOMA acts on the drives that is not this one: a single
+   * TOMA stands down rather than take the state back (two would take turns deposing each other).
+   */
+  private deposedBy(newest: number): void {
+    if (this.deposed !== null || !this.ready || newest <= this.version()) return;
+    this.deposed = newest;
+    this.ready = false;
+    this.env.log.error("deposed: another TOMA acts on this cluster's drives with a newer version; this one stops acting", {
+      ours: fenceVersion(this.state!.term, this.state!.generation),
+      newest,
+    });
   }
 
   // ---- internals -------------------------------------------------------------------------------
@@ -595,7 +620,7 @@ export class Toma {
     await Promise.all(toRead.map((s) => this.readSlot(s)));
 
     if (!this.cluster_uuid) this.chooseCluster();
-    if (!this.cluster_uuid) return;
+    if (!this.cluster_uuid || this.deposed !== null) return;
     if (!this.ready && !this.adopted) this.recover();
     if (!this.ready && this.adopted) {
       if (!(await this.takeTerm())) {

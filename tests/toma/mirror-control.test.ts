@@ -25,6 +25,9 @@ test("a leg replaced by a blank drive is not declared dead for the failure its o
     },
     sessionOf: () => null,
     version: () => 0,
+    deposed: () => {
+      throw new Error("no target here to refuse anything");
+    },
     regionBytes: () => MiB,
     cacheEpochOf: () => undefined,
     replacement: () => ({ drive_uuid: D(3), extents: [0, 1] }),
