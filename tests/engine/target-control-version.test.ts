@@ -13,7 +13,7 @@ import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { Status } from "../../src/engine/wire/header.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
-import { type TargetHarness, pattern, randomUuidString, startTarget, uuidBytes } from "./target-fixture.ts";
+import { GatedStore, type TargetHarness, pattern, randomUuidString, startTarget, until, uuidBytes } from "./target-fixture.ts";
 
 const MiB = 1024 * 1024;
 let h: TargetHarness | null = null;
@@ -115,6 +115,49 @@ describe("a TOMA request older than the drive's newest version is refused STALE"
     const c = await openSession(h.env, h.address, { version: 1, role: "client", name: "c" }, { client_id: 1, generation: 3 });
     expect(await outcome(c.write(u, 0, pattern(1, 512), false))).toBe("ok");
     expect(d.control_version).toBe(2 ** 40);
+  });
+});
+
+describe("a newer version is a barrier against the older TOMA", () => {
+  test("its first request runs only once the older TOMA's writes in flight there have finished", async () => {
+    // Writes into the data area wait at the gate; the version record (before the slots) does not.
+    const store = new GatedStore(8 * MiB, (op, off) => op === "write" && off >= 4 * MiB);
+    const { drive: d } = await drive(store);
+    h = await startTarget([d]);
+    const u = uuidBytes(d);
+    const older = await tomaSession(10, "deposed");
+    const newer = await tomaSession(20, "new");
+    store.gated = true;
+    let copied = false;
+    const copy = older.write(u, 0, pattern(3, 4096), true).then(() => (copied = true));
+    await until(() => store.blocked === 1);
+    let fenced = false;
+    const fence = newer.fence(u, { replace: true, set: [], remove: [] }).then(() => (fenced = true));
+    await Bun.sleep(20);
+    expect(fenced).toBe(false);
+    // Already refused: what the older TOMA sends from here on.
+    expect(await outcome(older.dirtyClear(u, 0, 1))).toBe("STALE newest=20");
+    store.open();
+    await Promise.all([copy, fence]);
+    expect(copied && fenced).toBe(true);
+    expect(d.control_version).toBe(20);
+  });
+
+  test("an older TOMA's LOCK waiting for a dead client's lock is failed, so the newer TOMA does not wait for it", async () => {
+    const { drive: d } = await drive();
+    h = await startTarget([d]);
+    const u = uuidBytes(d);
+    const dead = await openSession(h.env, h.address, { version: 1, role: "client", name: "dead" }, { client_id: 7 });
+    await dead.lock(u, 0, 1);
+    const older = await tomaSession(10, "deposed");
+    const waiting = outcome(older.lock(u, 0, 1));
+    await Bun.sleep(20);
+    const newer = await tomaSession(20, "new");
+    expect(await outcome(newer.fence(u, { replace: true, set: [], remove: [] }))).toBe("ok");
+    expect(await waiting).toBe("STALE newest=20");
+    // The newer TOMA recovers the dead client's lock.
+    expect(await outcome(newer.unlockFor(u, 0, 1, 7))).toBe("ok");
+    expect(await newer.lockList(u)).toEqual([]);
   });
 });
 

@@ -138,14 +138,50 @@ function dispatch(
   if (h.flags & CHECKED_FLAGS) checkFlags(req, h);
   if (req.role === "toma" && VERSIONED.has(h.opcode)) {
     const d = ctx.drives.get(h.drive_uuid);
-    const wait = d?.control.admit(h.generation) ?? null;
-    if (wait !== null) {
-      // The payload view dies at the first await: the op gets a copy of its own.
-      const own = payload.length > 0 && !owned ? copyOf(payload) : payload;
-      return wait.then(() => dispatchOp(ctx, req, h, own, owned || own !== payload, adm));
-    }
+    if (d) return versioned(ctx, req, h, payload, owned, d);
   }
   return dispatchOp(ctx, req, h, payload, owned, adm);
+}
+
+/**
+ * A TOMA's request that changes the drive: refused STALE below the drive's newest version;
+ * counted while it runs, so that a request raising the version runs only once every request of
+ * an older version has finished (control-version-gate.ts) and nothing of a deposed TOMA can land
+ * after the first request of its successor.
+ */
+function versioned(
+  ctx: TargetContext,
+  req: Requester,
+  h: Header,
+  payload: Uint8Array,
+  owned: boolean,
+  d: ServedDrive,
+): Uint8Array | Promise<Uint8Array> {
+  const version = h.generation;
+  const wait = d.control.admit(version, () =>
+    d.locks.failWaitingBelow(
+      version,
+      (owner) => new RequestError(Status.STALE, `a newer TOMA reached drive ${d.drive.info.drive_uuid} while client ${owner}'s lock of an older one waited`, version),
+    ),
+  );
+  d.control.enter(version);
+  let r: Uint8Array | Promise<Uint8Array>;
+  try {
+    if (wait === null) r = dispatchOp(ctx, req, h, payload, owned, null);
+    else {
+      // The payload view dies at the first await: the op gets a copy of its own.
+      const own = payload.length > 0 && !owned ? copyOf(payload) : payload;
+      r = wait.then(() => dispatchOp(ctx, req, h, own, owned || own !== payload, null));
+    }
+  } catch (e) {
+    d.control.leave(version);
+    throw e;
+  }
+  if (r instanceof Uint8Array) {
+    d.control.leave(version);
+    return r;
+  }
+  return r.finally(() => d.control.leave(version));
 }
 
 /**
@@ -531,7 +567,10 @@ async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admissio
   if ((h.flags & Flag.TEST_LOCK) !== 0) {
     if (!d.locks.tryLock(h.client_id, first, last)) throw locked(d, h, "is locked or waited for");
   } else {
-    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
+    // A TOMA's LOCK admitted before a newer version arrived never starts waiting: the newer
+    // version's barrier waits for it, and it may wait for a lock only the newer TOMA frees.
+    if (req.role === "toma") d.control.check(h.generation);
+    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation, req.role === "toma" ? h.generation : null);
     if (wait !== null) {
       const parked = req.park(h.payload_len);
       try {
