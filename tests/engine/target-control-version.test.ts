@@ -10,10 +10,8 @@ import { formatDrive } from "../../src/engine/drive/format.ts";
 import { CONTROL_VERSION_OFFSETS, decodeControlVersion, encodeControlVersion } from "../../src/engine/drive/control-version.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
-import { Status } from "../../src/engine/wire/header.ts";
-import { TargetError } from "../../src/engine/wire/session-api.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
-import { GatedStore, type TargetHarness, pattern, randomUuidString, startTarget, until, uuidBytes } from "./target-fixture.ts";
+import { GatedStore, outcomeOf, type TargetHarness, pattern, randomUuidString, startTarget, until, uuidBytes } from "./target-fixture.ts";
 
 const MiB = 1024 * 1024;
 let h: TargetHarness | null = null;
@@ -33,15 +31,7 @@ async function tomaSession(version: number, name = "toma"): Promise<Session> {
   return await openSession(h!.env, h!.address, { version: 1, role: "toma", name: `${name} ${++sessions}` }, { client_id: 99, generation: version });
 }
 
-async function outcome(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return `${Status[e.status]}${e.version === null ? "" : ` newest=${e.version}`}`;
-    throw e;
-  }
-}
+const outcome = outcomeOf;
 
 /** Every request kind a TOMA sends that changes the drive, each once. */
 const CHANGING: [string, (s: Session, u: Uint8Array) => Promise<unknown>][] = [

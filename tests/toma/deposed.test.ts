@@ -8,9 +8,8 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import type { Env, TimerHandle } from "../../src/engine/env.ts";
-import { Status } from "../../src/engine/wire/header.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
-import { TargetError } from "../../src/engine/wire/session-api.ts";
+import { outcomeOf } from "../engine/target-fixture.ts";
 import { Toma } from "../../src/toma/toma.ts";
 import { FAST, MiB, adminApi, startTargets, testEnv, type TestTarget, until } from "./harness.ts";
 
@@ -49,15 +48,7 @@ function startToma(e: Env, name: string, targets: TestTarget[]): Toma {
   return t;
 }
 
-async function outcome(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    if (e instanceof TargetError) return `${Status[e.status]}${e.version === null ? "" : ` newest=${e.version}`}`;
-    throw e;
-  }
-}
+const outcome = outcomeOf;
 
 async function clusterWithMirror(): Promise<{ targets: TestTarget[]; a: Toma; p: ReturnType<typeof pausable> }> {
   const targets = await startTargets(env, [1, 1, 1]);
