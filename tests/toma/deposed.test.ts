@@ -3,6 +3,7 @@
  * paused with its connections open while another TOMA recovered the state and took a newer term
  * finds every request that would change a drive refused STALE, naming the newer version, while
  * the newer TOMA's requests pass. A restarted TOMA is never refused by its own earlier version.
+ * Commands go through applyProposal: one computed from an older state is refused.
  * Real targets over loopback sockets; the pause stops the TOMA's timers (nothing it schedules
  * runs) and leaves its sessions open, as SIGSTOP would.
  */
@@ -10,7 +11,8 @@ import { afterEach, expect, test } from "bun:test";
 import type { Env, TimerHandle } from "../../src/engine/env.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
 import { outcomeOf } from "../engine/target-fixture.ts";
-import { Toma } from "../../src/toma/toma.ts";
+import type { ClusterState, Command } from "../../src/toma/cluster-state.ts";
+import { type Outcome, Toma } from "../../src/toma/toma.ts";
 import { FAST, MiB, adminApi, startTargets, testEnv, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
@@ -123,4 +125,26 @@ test("a TOMA restarted on the same drives takes a newer term and is not refused 
   await until("the drives saw the new version", () => legDrives(targets, again).every((d) => d.control_version === again.version()));
   const r = await adminApi(again)("POST", "/v1/volumes", { name: "n", capacity_bytes: MiB, raid_level: "1" });
   expect(r.status).toBe(201);
+});
+
+test("the TOMA applies its commands as proposals: one computed from an older generation is refused and writes nothing", async () => {
+  const { targets, a } = await clusterWithMirror();
+  const propose = (a as unknown as { propose(cmd: Command, computed_at: number): Promise<Outcome<ClusterState>> }).propose.bind(a);
+  const vol = a.state!.volumes[0]!;
+  const g = a.state!.generation;
+  const slots = async () => Promise.all(targets.flatMap((t) => t.drives).map(async (d) => (await d.metaRead()).generation));
+  const before = await slots();
+  const stale = await propose({ kind: "set_legs", uuid: vol.uuid, legs: ["ok", "dead"] }, g - 1);
+  expect(stale).toEqual({
+    ok: false,
+    code: "unavailable",
+    error: `the cluster state changed while this change was computed (computed from generation ${g - 1}, but the state is at generation ${g}); try again`,
+  });
+  expect(a.state!.generation).toBe(g);
+  expect(await slots()).toEqual(before);
+  // Computed from the state as it is: committed, with the next generation.
+  const fresh = await propose({ kind: "delete_volume", uuid: vol.uuid }, g);
+  expect(fresh.ok).toBe(true);
+  expect(a.state!.generation).toBe(g + 1);
+  expect(a.state!.volumes).toEqual([]);
 });
