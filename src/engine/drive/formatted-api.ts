@@ -40,10 +40,10 @@ export interface FormattedDrive {
    */
   readonly control_version: number;
   /**
-   * Records a higher control-plane version durably (FUA), alternating between two copies so a
-   * torn write leaves the previous one. Calls must not overlap: the caller serialises them
-   * (target/control-version-gate.ts). Rejects on an I/O error, or on a drive whose layout has no
-   * room for the record.
+   * Records durably (FUA) that the drive has seen `version`; nothing to do when the record is at
+   * or above it already. Writes are serialised and alternate between two copies, so a torn write
+   * leaves the previous one. Rejects on an I/O error, or on a drive whose layout has no room for
+   * the record.
    */
   persistControlVersion(version: number): Promise<void>;
   close(): Promise<void>;

@@ -210,19 +210,21 @@ class Drive implements FormattedDrive {
     return w;
   }
 
-  async persistControlVersion(version: number): Promise<void> {
-    if (!Number.isSafeInteger(version) || version <= this.control_version) {
-      throw new RangeError(`control-plane version ${version} is not above the recorded ${this.control_version}`);
-    }
-    if (this.sb.meta_offset < CONTROL_VERSION_END) {
-      throw new RangeError(`drive ${this.sb.drive_uuid}: metadata at ${this.sb.meta_offset} leaves no room for the control-version record`);
-    }
-    const at = this.cv_next;
-    const w = this.store.write(CONTROL_VERSION_OFFSETS[at], encodeControlVersion(version, this.sb.drive_uuid), true);
-    this.cvWrite = w.catch(() => {});
-    await w;
-    this.control_version = version;
-    this.cv_next = at === 0 ? 1 : 0;
+  persistControlVersion(version: number): Promise<void> {
+    if (!Number.isSafeInteger(version) || version < 0) return Promise.reject(new RangeError(`bad control-plane version ${version}`));
+    // One write at a time, each to the copy not holding the current version.
+    const run = this.cvWrite.then(async () => {
+      if (version <= this.control_version) return;
+      if (this.sb.meta_offset < CONTROL_VERSION_END) {
+        throw new RangeError(`drive ${this.sb.drive_uuid}: metadata at ${this.sb.meta_offset} leaves no room for the control-version record`);
+      }
+      const at = this.cv_next;
+      await this.store.write(CONTROL_VERSION_OFFSETS[at], encodeControlVersion(version, this.sb.drive_uuid), true);
+      this.control_version = version;
+      this.cv_next = at === 0 ? 1 : 0;
+    });
+    this.cvWrite = run.catch(() => {});
+    return run;
   }
 
   async close(): Promise<void> {

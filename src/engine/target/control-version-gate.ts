@@ -19,21 +19,28 @@ import { Status } from "../wire/header.ts";
 import { RequestError } from "./reply.ts";
 
 export class ControlVersionGate {
-  /** The highest version any request carried (RAM); never below `durable`. */
+  /** The highest version any request carried (RAM); never below the drive's record. */
   private highest: number;
-  /** The highest version on the drive. */
-  private durable: number;
   private tail: Promise<void> = Promise.resolve();
   /** Admitted requests not finished yet, by version. */
   private readonly running = new Map<number, number>();
   private drained: { below: number; resolve: () => void }[] = [];
 
   constructor(private readonly drive: FormattedDrive) {
-    this.highest = this.durable = drive.control_version;
+    this.highest = drive.control_version;
   }
 
   get newest(): number {
     return this.highest;
+  }
+
+  /**
+   * The version on the drive. Read from the drive itself, not kept here: the same drive may be
+   * served again (a new serving after a re-plug, or two services over one drive object in tests),
+   * and the record is the drive's.
+   */
+  private get durable(): number {
+    return this.drive.control_version;
   }
 
   /**
@@ -52,8 +59,7 @@ export class ControlVersionGate {
       // One write covers every version that arrived while the previous one was written.
       const target = this.highest;
       await this.drainBelow(target);
-      await this.drive.persistControlVersion(target);
-      this.durable = target;
+      if (this.durable < target) await this.drive.persistControlVersion(target);
     });
     this.tail = run.catch(() => {});
     return run;
@@ -61,6 +67,7 @@ export class ControlVersionGate {
 
   /** Throws STALE when `version` is older than the newest seen. */
   check(version: number): void {
+    if (this.durable > this.highest) this.highest = this.durable;
     if (version < this.highest) {
       throw new RequestError(
         Status.STALE,
