@@ -23,7 +23,6 @@ import { TargetError } from "../engine/wire/session-api.ts";
 import { assert } from "../engine/assert.ts";
 import { allocate, allocateLeg, type Topology, type VolumeRequest } from "./allocator.ts";
 import {
-  apply,
   type ClusterState,
   type Command,
   decodeState,
@@ -474,7 +473,7 @@ export class Toma {
       return { ok: false, code: r.code === "undecodable" ? "invalid" : r.code, error: r.error };
     }
     assert(r.kind === "applied", () => `a command applied as ${r.kind}`);
-    return this.commit({ ...r.state, term: state.value.term });
+    return this.commit(r.state);
   }
 
   /**
