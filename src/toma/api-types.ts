@@ -5,6 +5,7 @@ import type { VolumeRecord } from "./cluster-state.ts";
  */
 import * as v from "valibot";
 import type { DriveView, TargetView, VolumeState } from "./toma.ts";
+import type { NodeView } from "./cluster/node.ts";
 
 export const CreateVolumeBody = v.strictObject({
   name: v.string("name must be a string"),
@@ -26,6 +27,13 @@ export type CreateVolumeBody = v.InferOutput<typeof CreateVolumeBody>;
 export interface ClusterJson {
   cluster_uuid: string | null;
   generation: number | null;
+  /** The TOMA's term (taken at each start; docs/toma.md, "Fenced at the drives"). */
+  term: number | null;
+  /**
+   * The control-plane version its requests to targets carry: term × 2^32 + generation; 0 while
+   * not ready (deposed included).
+   */
+  version: number;
   /** False until the state was recovered from a majority of drives: mutations answer 503. */
   ready: boolean;
   readiness: string;
@@ -33,6 +41,11 @@ export interface ClusterJson {
   drives: { total: number; ok: number; missing: number; foreign: number; error: number };
   capacity: { total_bytes: number; used_bytes: number; free_bytes: number };
   volumes: number;
+  /**
+   * The TOMA cluster as this TOMA sees it (`toma run --peers`): its role, the term, the leader by
+   * its management address, and each other member as heard from here. Absent in the single-TOMA mode.
+   */
+  consensus?: NodeView;
 }
 
 export type TargetJson = TargetView;

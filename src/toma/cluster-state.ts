@@ -93,6 +93,12 @@ export const ClusterStateSchema = v.strictObject({
   cluster_uuid: Uuid,
   /** Bumped by every applied command and by every rewrite; equals the metadata slot generation. */
   generation: Count,
+  /**
+   * The single TOMA's term: taken anew (+1) by every start of a TOMA before it acts, so its
+   * control-plane version `term × 2^32 + generation` is above every version an earlier process
+   * used (docs/toma.md, "Fenced at the drives"). Absent (0) in states written before it.
+   */
+  term: v.optional(Count, 0),
   drives: v.array(DriveRecordSchema),
   volumes: v.array(VolumeRecordSchema),
   /** Absent (empty) in states written before it, and whenever nothing is retired. */
@@ -116,16 +122,17 @@ export type Command =
       debug_format?: boolean;
     }
   /**
+   * Volumes are named by uuid: a name can be deleted and taken again between two views.
    * `released`: drives that confirmed a fence table without the volume (and hold no lock of it):
    * its extents there are free at once. Its extents on every other drive are retired.
    */
-  | { kind: "delete_volume"; name: string; released?: string[] }
+  | { kind: "delete_volume"; uuid: string; released?: string[] }
   /** A drive confirmed a fence table without the volume: its retired extents there are free. */
   | { kind: "release_extents"; volume_uuid: string; drive_uuid: string }
   /** A topology step of a mirrored volume: new leg states (topology.ts checks adjacency). */
-  | { kind: "set_legs"; name: string; legs: LegState[] }
+  | { kind: "set_legs"; uuid: string; legs: LegState[] }
   /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
-  | { kind: "replace_leg"; name: string; column: number; with: Column }
+  | { kind: "replace_leg"; uuid: string; column: number; with: Column }
   /** Accepts a drive's new cache epoch, once whatever it may have lost is taken care of. */
   | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number };
 
@@ -134,7 +141,7 @@ export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space" | 
 export type ApplyResult = { ok: true; state: ClusterState } | { ok: false; code: RefusalCode; error: string };
 
 export function emptyState(cluster_uuid: string): ClusterState {
-  return { format: STATE_FORMAT, cluster_uuid, generation: 0, drives: [], volumes: [], retired: [] };
+  return { format: STATE_FORMAT, cluster_uuid, generation: 0, term: 0, drives: [], volumes: [], retired: [] };
 }
 
 function refuse(code: RefusalCode, error: string): ApplyResult {
@@ -154,8 +161,8 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, drives: [...state.drives, { ...cmd.drive }] } };
     }
     case "delete_volume": {
-      const vol = state.volumes.find((x) => x.name === cmd.name);
-      if (!vol) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const vol = state.volumes.find((x) => x.uuid === cmd.uuid);
+      if (!vol) return refuse("not_found", `no volume ${cmd.uuid}`);
       const released = new Set(cmd.released ?? []);
       const retired = [...state.retired, ...vol.columns.filter((c) => !released.has(c.drive_uuid)).map((c) => retire(vol, c))];
       return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((x) => x !== vol), retired } };
@@ -198,13 +205,13 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
     }
     case "set_legs": {
-      const i = state.volumes.findIndex((x) => x.name === cmd.name);
-      if (i < 0) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
+      if (i < 0) return refuse("not_found", `no volume ${cmd.uuid}`);
       const vol = state.volumes[i]!;
-      if (vol.mirrors < 2) return refuse("invalid", `volume '${cmd.name}' is not mirrored`);
-      if (cmd.legs.length !== vol.columns.length) return refuse("invalid", `volume '${cmd.name}' has ${vol.columns.length} legs`);
+      if (vol.mirrors < 2) return refuse("invalid", `volume '${vol.name}' is not mirrored`);
+      if (cmd.legs.length !== vol.columns.length) return refuse("invalid", `volume '${vol.name}' has ${vol.columns.length} legs`);
       const step = legStepProblem(vol, cmd.legs);
-      if (step) return refuse("invalid", `volume '${cmd.name}': ${step}`);
+      if (step) return refuse("invalid", `volume '${vol.name}': ${step}`);
       // A blank leg stays blank until its copy is done (synced): one that fails while syncing and
       // comes back must be copied in full again, not from the source's dirty bits alone.
       const rebuild_blank = vol.rebuild_blank.map((b, c) => b && (cmd.legs[c] === "syncing" || cmd.legs[c] === "dead"));
@@ -219,10 +226,10 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, drives } };
     }
     case "replace_leg": {
-      const i = state.volumes.findIndex((x) => x.name === cmd.name);
-      if (i < 0) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
+      if (i < 0) return refuse("not_found", `no volume ${cmd.uuid}`);
       const vol = state.volumes[i]!;
-      if (vol.legs[cmd.column] !== "dead") return refuse("invalid", `leg ${cmd.column} of '${cmd.name}' is not dead`);
+      if (vol.legs[cmd.column] !== "dead") return refuse("invalid", `leg ${cmd.column} of '${vol.name}' is not dead`);
       const columns = vol.columns.with(cmd.column, { drive_uuid: cmd.with.drive_uuid, extents: [...cmd.with.extents] });
       // A client on an old view may still reach the old leg's extents until its drive confirms.
       const retired = [...state.retired, retire(vol, vol.columns[cmd.column]!)];
@@ -368,6 +375,8 @@ export function encodeState(state: ClusterState): Uint8Array {
     format: STATE_FORMAT,
     cluster_uuid: state.cluster_uuid,
     generation: state.generation,
+    // Only once taken, so that the bytes of states written before the term existed stay as they were.
+    ...(state.term > 0 ? { term: state.term } : {}),
     drives: state.drives.map((d) => ({
       drive_uuid: d.drive_uuid,
       extent_size_bytes: d.extent_size_bytes,

@@ -10,6 +10,10 @@
  * drive can no longer execute its I/O (ClientRegistry.fenced). Likewise a volume being deleted is
  * left out of every table, and once a drive confirmed a table without it, no client can reach
  * its extents there any more: only then may they belong to another volume (mirror-control.ts).
+ *
+ * Each push carries the TOMA's control-plane version in the session's `generation` (stamped by
+ * the TOMA's sessionOf): a drive that has seen a newer TOMA refuses it STALE, naming that version,
+ * and the push fails with that TargetError (docs/protocol.md, "The control-plane version").
  */
 import type { FenceVolume } from "../engine/wire/control.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";

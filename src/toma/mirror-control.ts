@@ -9,7 +9,8 @@
  */
 import type { Env } from "../engine/env.ts";
 import { uuidFromString } from "../engine/uuid.ts";
-import type { TargetSession } from "../engine/wire/session-api.ts";
+import { Status } from "../engine/wire/header.ts";
+import { TargetError, type TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
 import { extentRuns, FenceSync } from "./fencing.ts";
@@ -37,8 +38,19 @@ export const DEFAULT_MIRROR_TIMINGS: MirrorTimings = {
 export interface MirrorDeps {
   env: Env;
   state: () => ClusterState | null;
-  propose: (cmd: Command) => Promise<{ ok: boolean; error?: string }>;
+  /**
+   * Commits a command computed from the state of generation `computed_at`; refused, changing
+   * nothing, when the state has moved on since (consensus/proposal.ts).
+   */
+  propose: (cmd: Command, computed_at: number) => Promise<{ ok: boolean; error?: string }>;
   sessionOf: (drive_uuid: string) => TargetSession | null;
+  /**
+   * The control-plane version of the state this TOMA acts on (0 while it has none): stamped on
+   * every request to a target, which refuses an older one (docs/toma-cluster.md, "Fenced at the drives").
+   */
+  version: () => number;
+  /** A target refused a request as older than `newest`, the version it has seen: another TOMA acts. */
+  deposed: (newest: number) => void;
   regionBytes: (drive_uuid: string) => number;
   /** DriveInfo.cache_epoch of the drive where it is served now (undefined: not served). */
   cacheEpochOf: (drive_uuid: string) => number | undefined;
@@ -88,7 +100,10 @@ export class MirrorControl {
       ...deps,
       sessionOf: (d) => {
         const s = sessionOf(d);
-        if (s) s.client_id = this.owner_id;
+        if (s) {
+          s.client_id = this.owner_id;
+          s.generation = deps.version();
+        }
         return s;
       },
     };
@@ -99,7 +114,10 @@ export class MirrorControl {
       retired: () => this.deps.state()?.retired ?? [],
       sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, volumes: table.volumes, set: table.set, remove: [] }),
-      onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
+      onError: (d, e) => {
+        deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) });
+        if (e instanceof TargetError && e.status === Status.STALE && e.version !== null) deps.deposed(e.version);
+      },
     });
   }
 
@@ -188,7 +206,9 @@ export class MirrorControl {
     for (const r of state.retired) {
       const d = state.drives.find((x) => x.drive_uuid === r.drive_uuid);
       if (!d || !(await this.releasable(r.volume_uuid, r.drive_uuid, r.extents, d.extent_size_bytes))) continue;
-      const out = await this.deps.propose({ kind: "release_extents", volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid });
+      const now = this.deps.state(); // the pass awaited the drive: the state may have moved on
+      if (now === null) return;
+      const out = await this.deps.propose({ kind: "release_extents", volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid }, now.generation);
       if (out.ok) this.deps.env.log.info("retired extents released", { volume: r.volume_uuid, drive: r.drive_uuid, extents: r.extents.length });
     }
   }
@@ -284,7 +304,7 @@ export class MirrorControl {
         },
       });
       if (legs) {
-        const r = await this.deps.propose({ kind: "set_legs", name: vol.name, legs });
+        const r = await this.deps.propose({ kind: "set_legs", uuid: vol.uuid, legs }, state.generation);
         if (r.ok) this.deps.env.log.info("topology step", { volume: vol.name, legs: legs.join(",") });
         return;
       }
@@ -293,7 +313,7 @@ export class MirrorControl {
         if (vol.legs[c] !== "dead" || !this.evicted.has(drive(c))) continue;
         const w = this.deps.replacement(vol, c);
         if (!w) continue;
-        const r = await this.deps.propose({ kind: "replace_leg", name: vol.name, column: c, with: w });
+        const r = await this.deps.propose({ kind: "replace_leg", uuid: vol.uuid, column: c, with: w }, state.generation);
         if (r.ok) this.deps.env.log.info("leg replaced by a blank one", { volume: vol.name, column: c, drive: w.drive_uuid });
         // The failure reported for the old drive is not the new one's: do not declare it dead.
         if (r.ok) this.failedUntil.delete(`${vol.name}/${c}`);
@@ -338,7 +358,7 @@ export class MirrorControl {
         continue;
       }
       if (!settled) continue;
-      const r = await this.deps.propose({ kind: "set_cache_epoch", drive_uuid: d.drive_uuid, cache_epoch: epoch });
+      const r = await this.deps.propose({ kind: "set_cache_epoch", drive_uuid: d.drive_uuid, cache_epoch: epoch }, state.generation);
       if (r.ok) {
         this.deps.env.log.info("drive cache epoch recorded", { drive: d.drive_uuid, cache_epoch: epoch });
         // Settled: what this check held against the drive's legs no longer holds. Left standing,

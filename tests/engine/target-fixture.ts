@@ -199,6 +199,20 @@ export class GatedStore extends MemoryStore {
   }
 }
 
+/**
+ * "ok", or a target's refusal as "STATUS", with " newest=N" when it names a control-plane
+ * version; anything else is thrown on.
+ */
+export async function outcomeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    if (e instanceof TargetError) return `${Status[e.status]}${e.version === null ? "" : ` newest=${e.version}`}`;
+    throw e;
+  }
+}
+
 /** Waits (up to about a second) until cond() holds, then asserts it. */
 export async function until(cond: () => boolean): Promise<void> {
   for (let i = 0; i < 1000 && !cond(); i++) await Bun.sleep(1);

@@ -127,7 +127,7 @@ describe("allocator placement", () => {
   test("free extents come back after delete, at once on a drive that confirmed its fence without the volume", () => {
     const { state, topo } = cluster([4]);
     const s = create(state, topo, { name: "v", capacity_bytes: 4 * MiB, raid_level: "concatenated" });
-    const d = apply(s, { kind: "delete_volume", name: "v", released: [uuid(1)] });
+    const d = apply(s, { kind: "delete_volume", uuid: s.volumes.find((x) => x.name === "v")!.uuid, released: [uuid(1)] });
     if (!d.ok) throw new Error(d.error);
     expect(freeExtents(d.state).get(uuid(1))).toEqual([0, 1, 2, 3]);
     expect(d.state.retired).toEqual([]);
@@ -137,7 +137,7 @@ describe("allocator placement", () => {
     const { state, topo } = cluster([4]);
     const s = create(state, topo, { name: "v", capacity_bytes: 4 * MiB, raid_level: "concatenated" });
     const v = s.volumes[0]!;
-    const d = apply(s, { kind: "delete_volume", name: "v" });
+    const d = apply(s, { kind: "delete_volume", uuid: v.uuid });
     if (!d.ok) throw new Error(d.error);
     expect(d.state.retired).toEqual([{ volume_uuid: v.uuid, drive_uuid: uuid(1), extents: [0, 1, 2, 3] }]);
     expect(freeExtents(d.state).get(uuid(1))).toEqual([]);

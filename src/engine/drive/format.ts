@@ -4,6 +4,7 @@
  * written when a volume takes them, not here.
  */
 import { NIL_UUID, uuidFromString, uuidToString } from "../uuid.ts";
+import { CONTROL_VERSION_END, CONTROL_VERSION_OFFSETS } from "./control-version.ts";
 import { DriveFormatError } from "./formatted-api.ts";
 import { locateSuperblock } from "./locate-superblock.ts";
 import { encodeMetaSlot } from "./meta-slot.ts";
@@ -45,6 +46,8 @@ export async function formatDrive(store: DriveStore, opts: FormatOptions): Promi
   // Invalidate the old primary first: a crash mid-format must not leave an old identity in
   // front of freshly zeroed metadata.
   await store.write(0, new Uint8Array(SUPERBLOCK_BYTES), true);
+  // The control-version copies: a reformatted drive is a new drive that has seen no version.
+  await store.writeZeroes(CONTROL_VERSION_OFFSETS[0], CONTROL_VERSION_END - CONTROL_VERSION_OFFSETS[0], false);
   await store.writeZeroes(g.meta_offset, 2 * g.meta_slot_bytes, false);
   await store.writeZeroes(g.bitmap_offset, g.bitmap_bytes, false);
   for (const slot_index of [0, 1] as const) {
@@ -79,4 +82,26 @@ async function refuseExisting(store: DriveStore, foreignCheck: boolean): Promise
         throw new DriveFormatError(`${store.describe} looks like it holds a ${found.foreign}; --force overwrites it`);
       }
   }
+}
+
+/**
+ * The explicit repair of a drive whose metadata slot is unreadable (a media error) or damaged:
+ * both slots become format's empty generation-0 slots, rewritten (which also remaps a bad sector).
+ * What they held is gone on purpose: a slot that cannot be read may have held a newer write than
+ * the other, and only blanking both keeps a later reader from trusting the older one
+ * (docs/toma-cluster.md, A2b). The drive's identity, bitmap and data are left as they are.
+ */
+export async function blankMetaSlots(store: DriveStore): Promise<Superblock> {
+  const found = await locateSuperblock(store);
+  if (found.kind !== "found") throw new DriveFormatError(`${store.describe}: ${found.reason}`);
+  const sb = found.sb;
+  for (const slot_index of [0, 1] as const) {
+    const slot = encodeMetaSlot({ generation: 0, payload: null }, { slot_index, drive_uuid: sb.drive_uuid, meta_slot_bytes: sb.meta_slot_bytes });
+    // The whole slot: a bad sector anywhere in it is rewritten (and remapped by the device).
+    const bytes = new Uint8Array(sb.meta_slot_bytes);
+    bytes.set(slot);
+    await store.write(metaSlotOffset(sb, slot_index), bytes, true);
+  }
+  await store.flush();
+  return sb;
 }

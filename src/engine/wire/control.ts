@@ -107,6 +107,23 @@ export const MetaSlot = v.object({
 });
 export type MetaSlot = v.InferOutput<typeof MetaSlot>;
 
+/**
+ * What the other slot (the one META_READ did not answer with, and the next META_WRITE goes to)
+ * holds: an older write, a torn one (ours but failing its CRC, or never written: a write that did
+ * not complete), or nothing readable (an I/O error: it may hide something newer, so it is not
+ * assumed old, and META_WRITE refuses to write over it).
+ */
+export const OtherSlot = v.picklist(["older", "torn", "unreadable"]);
+export type OtherSlot = v.InferOutput<typeof OtherSlot>;
+
+/** META_READ's answer: the current slot, and the state of the other one. */
+export const MetaReadAnswer = v.object({
+  ...MetaSlot.entries,
+  /** Absent from targets that predate it; a reader then cannot call the drive clean. */
+  other: v.optional(OtherSlot),
+});
+export type MetaReadAnswer = v.InferOutput<typeof MetaReadAnswer>;
+
 export const ClaimRequest = v.object({ cluster_uuid: Uuid });
 export type ClaimRequest = v.InferOutput<typeof ClaimRequest>;
 
@@ -166,8 +183,14 @@ export const LockList = v.array(LockEntry);
 /** DIRTY_GET answer: indices of the dirty bitmap regions, ascending. */
 export const DirtyList = v.array(Count);
 
-/** Body of any response whose status is not OK. */
-export const ErrorBody = v.object({ error: v.string() });
+/**
+ * Body of any response whose status is not OK. `version`: with STALE for a TOMA's control-plane
+ * version, the newest one the drive has seen.
+ */
+export const ErrorBody = v.object({
+  error: v.string(),
+  version: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER))),
+});
 export type ErrorBody = v.InferOutput<typeof ErrorBody>;
 
 export function encodeBody(value: unknown): Uint8Array {

@@ -39,10 +39,10 @@ export const CommandSchema = v.variant("kind", [
     mirrors: Count,
     debug_format: v.optional(v.boolean()),
   }),
-  v.strictObject({ kind: v.literal("delete_volume"), name: Name, released: v.optional(v.pipe(v.array(UuidSchema), v.maxLength(4096))) }),
+  v.strictObject({ kind: v.literal("delete_volume"), uuid: UuidSchema, released: v.optional(v.pipe(v.array(UuidSchema), v.maxLength(4096))) }),
   v.strictObject({ kind: v.literal("release_extents"), volume_uuid: UuidSchema, drive_uuid: UuidSchema }),
-  v.strictObject({ kind: v.literal("set_legs"), name: Name, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
-  v.strictObject({ kind: v.literal("replace_leg"), name: Name, column: Count, with: ColumnSchema }),
+  v.strictObject({ kind: v.literal("set_legs"), uuid: UuidSchema, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
+  v.strictObject({ kind: v.literal("replace_leg"), uuid: UuidSchema, column: Count, with: ColumnSchema }),
   v.strictObject({ kind: v.literal("set_cache_epoch"), drive_uuid: UuidSchema, cache_epoch: Count }),
 ]);
 
