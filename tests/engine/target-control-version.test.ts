@@ -11,7 +11,7 @@ import { CONTROL_VERSION_OFFSETS, decodeControlVersion, encodeControlVersion } f
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
-import { GatedStore, outcomeOf, type TargetHarness, pattern, randomUuidString, startTarget, until, uuidBytes } from "./target-fixture.ts";
+import { FIXTURE_VOLUME, GatedStore, outcomeOf, type TargetHarness, pattern, randomUuidString, startTarget, until, uuidBytes, wholeDrive } from "./target-fixture.ts";
 
 const MiB = 1024 * 1024;
 let h: TargetHarness | null = null;
@@ -68,11 +68,13 @@ describe("a TOMA request older than the drive's newest version is refused STALE"
     const u = uuidBytes(d);
     const newer = await tomaSession(20);
     const older = await tomaSession(10);
-    await newer.fence(u, { replace: true, set: [{ client_id: 1, min_generation: 5 }], remove: [] });
-    expect(await outcome(older.fence(u, { replace: true, set: [{ client_id: 2, min_generation: 0 }], remove: [] }))).toBe("STALE newest=20");
-    const c2 = await openSession(h.env, h.address, { version: 1, role: "client", name: "c2" }, { client_id: 2, generation: 9 });
+    const volumes = [wholeDrive(d)];
+    const of = [FIXTURE_VOLUME.uuid];
+    await newer.fence(u, { replace: true, volumes, set: [{ client_id: 1, min_generation: 5, volumes: of }], remove: [] });
+    expect(await outcome(older.fence(u, { replace: true, volumes, set: [{ client_id: 2, min_generation: 0, volumes: of }], remove: [] }))).toBe("STALE newest=20");
+    const c2 = await openSession(h.env, h.address, { version: 1, role: "client", name: "c2", volume: FIXTURE_VOLUME }, { client_id: 2, generation: 9 });
     expect(await outcome(c2.write(u, 0, pattern(1, 512), false))).toBe("REFUSED");
-    const c1 = await openSession(h.env, h.address, { version: 1, role: "client", name: "c1" }, { client_id: 1, generation: 5 });
+    const c1 = await openSession(h.env, h.address, { version: 1, role: "client", name: "c1", volume: FIXTURE_VOLUME }, { client_id: 1, generation: 5 });
     expect(await outcome(c1.write(u, 0, pattern(1, 512), false))).toBe("ok");
   });
 
