@@ -1,0 +1,60 @@
+/** The soak's bookkeeping: the fault draw replays by seed; stalls and IOPS from fio's logs. */
+import { describe, expect, test } from "bun:test";
+import { DEFAULT_TIMES, FaultDraw } from "./faults.ts";
+import { iopsSeries, longestGap, stallsOver } from "./report.ts";
+
+describe("fault draw", () => {
+  test("a seed replays the same sequence; another seed gives another; only the kinds asked for", () => {
+    const seq = (seed: number) => {
+      const d = new FaultDraw(seed, ["kill", "stop", "oneway", "linkdown"], 3, false, DEFAULT_TIMES);
+      return Array.from({ length: 50 }, () => d.next());
+    };
+    expect(seq(7)).toEqual(seq(7));
+    expect(seq(7)).not.toEqual(seq(8));
+    const kinds = new Set(seq(7).map((p) => p.kind));
+    expect([...kinds].sort()).toEqual(["kill", "linkdown", "oneway", "stop"]);
+  });
+
+  test("victims stay within the layout: servers in range, no TOMA-to-TOMA cut with one TOMA, s1 for its TOMA", () => {
+    const d = new FaultDraw(3, ["stop", "oneway"], 3, false, DEFAULT_TIMES);
+    for (let i = 0; i < 500; i++) {
+      const p = d.next();
+      expect(p.server).toBeGreaterThanOrEqual(0);
+      expect(p.server).toBeLessThan(3);
+      expect(p.way).not.toBe("toma-toma");
+      if (p.process === "toma" || p.way === "client-toma") expect(p.server).toBe(0);
+    }
+    const c = new FaultDraw(3, ["oneway"], 3, true, DEFAULT_TIMES);
+    const tt = Array.from({ length: 200 }, () => c.next()).filter((p) => p.way === "toma-toma");
+    expect(tt.length).toBeGreaterThan(0);
+    for (const p of tt) expect(p.peer).not.toBe(p.server);
+  });
+
+  test("no kinds is an error", () => {
+    expect(() => new FaultDraw(1, [], 3, false, DEFAULT_TIMES)).toThrow(/no fault kinds/);
+  });
+});
+
+describe("stalls and IOPS", () => {
+  const times = Float64Array.from([100, 200, 300, 5300, 5400, 9000]);
+
+  test("longest gap among those that begin in the window, open end counted when asked", () => {
+    expect(longestGap(times, 0, 10_000)).toEqual({ gap_ms: 5000, from_ms: 300 });
+    expect(longestGap(times, 5300, 10_000)).toEqual({ gap_ms: 3600, from_ms: 5400 });
+    expect(longestGap(times, 5300, 20_000, true)).toEqual({ gap_ms: 11_000, from_ms: 9000 });
+    expect(longestGap(new Float64Array(), 1000, 4000, true)).toEqual({ gap_ms: 3000, from_ms: 1000 });
+  });
+
+  test("every stall over a limit", () => {
+    expect(stallsOver(times, 0, 9500, 1000)).toEqual([
+      { gap_ms: 5000, from_ms: 300 },
+      { gap_ms: 3600, from_ms: 5400 },
+    ]);
+    expect(stallsOver(times, 0, 9500, 10_000)).toEqual([]);
+  });
+
+  test("IOPS per bucket from windowed rates", () => {
+    // Two 100 ms windows at 1000 IOPS in the first second (200 I/Os), none in the second.
+    expect(iopsSeries([[100, 1000], [200, 1000]], 100, 2000, 1000)).toEqual([200, 0]);
+  });
+});
