@@ -183,7 +183,7 @@ export class LabCluster extends Cluster {
 }
 
 /** Cluster mode needs `toma run --peers`: fail with a clear message where this build lacks it. */
-async function requirePeersFlag(): Promise<void> {
+export async function requirePeersFlag(): Promise<void> {
   const r = await run([NVMESH, "toma", "run", "--help"]);
   if (!/--peers/.test(r.stdout + r.stderr)) {
     throw new Error("--cluster needs a TOMA per server (`nvmesh toma run --peers …`), which this build of nvmesh does not have yet; run without --cluster (one TOMA in s1)");

@@ -1,7 +1,7 @@
 /**
  * The fault soak from the command line (root; heavy: run it under `flock /work/heavy.lock`):
  *
- *   npm run build && bun tests/soak/main.ts --duration 10m --seed 7 --faults kill,stop,linkdown,oneway,toma-kill
+ *   npm run build && npx bun tests/soak/main.ts --duration 10m --seed 7 --faults kill,stop,linkdown,oneway,toma-kill
  *
  * Prints the seed (a seed replays the same sequence of faults), every fault and volume state as
  * it happens, and a summary; exits 1 on any I/O or verify error, leg difference or a volume that
@@ -12,7 +12,7 @@ import { parseSize } from "../../src/cmd/args.ts";
 import { FAULT_KINDS, type FaultKind } from "./faults.ts";
 import { DEFAULT_OPTIONS, runSoak, type SoakOptions } from "./soak.ts";
 
-const HELP = `bun tests/soak/main.ts [options]
+const HELP = `npx bun tests/soak/main.ts [options]   (npm run soak -- [options] builds first)
   --duration 10m       how long faults are injected (s, m suffixes; default 10m)
   --seed N             PRNG seed of the fault sequence (default: random, printed)
   --faults LIST        fault kinds, comma-separated, of: ${FAULT_KINDS.join(",")} (default: all)
@@ -86,7 +86,7 @@ function options(argv: string[]): SoakOptions {
   o.keep = a.keep ?? false;
   // The command that replays this run: the arguments given, with the seed drawn if none was.
   const given = argv.filter((x, i) => x !== "--seed" && argv[i - 1] !== "--seed" && !x.startsWith("--seed="));
-  o.command = ["bun", "tests/soak/main.ts", ...given, "--seed", String(o.seed)].join(" ");
+  o.command = ["npx", "bun", "tests/soak/main.ts", ...given, "--seed", String(o.seed)].join(" ");
   return o;
 }
 
@@ -106,6 +106,13 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 console.log(`soak seed ${opts.seed} (replay: ${opts.command})`);
-const result = await runSoak({ ...opts, signal: abort.signal });
+let result: Awaited<ReturnType<typeof runSoak>>;
+try {
+  result = await runSoak({ ...opts, signal: abort.signal });
+} catch (e) {
+  // Checked before anything is set up: a missing tool, root, or a build without what was asked.
+  console.error((e as Error).message);
+  process.exit(2);
+}
 console.log(`\n${result.summary}\n\nlogs, fio's files and the summary: ${result.out_dir}`);
 process.exit(result.ok ? 0 : 1);

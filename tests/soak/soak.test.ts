@@ -17,7 +17,7 @@ test("soak: 2 minutes of kill -9 of targets and the TOMA under fio verify, on se
     duration_ms: 120_000,
     seed: SEED,
     faults: [...FAULTS],
-    command: `bun tests/soak/main.ts --duration 2m --faults ${FAULTS.join(",")} --seed ${SEED}`,
+    command: `npx bun tests/soak/main.ts --duration 2m --faults ${FAULTS.join(",")} --seed ${SEED}`,
   });
   console.log(r.summary);
   expect(r.faults.length).toBeGreaterThan(0);

@@ -18,7 +18,7 @@ import { parseSize } from "../../src/cmd/args.ts";
 import { requireNetnsTool } from "../support/netns.ts";
 import { ok, requireTool, run } from "../support/proc.ts";
 import { type ActiveFault, DEFAULT_TIMES, FaultDraw, type FaultKind, type FaultTimes, inject } from "./faults.ts";
-import { LabCluster } from "./lab-cluster.ts";
+import { LabCluster, requirePeersFlag } from "./lab-cluster.ts";
 import { type ErrorRecord, type FaultRecord, type StateRecord, faultAt, secs, stallsOver, stamp, summary } from "./report.ts";
 
 const MiB = 2 ** 20;
@@ -129,6 +129,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   requireTool("fio");
   requireNetnsTool("ip");
   if (opts.faults.includes("oneway")) requireNetnsTool("nft");
+  if (opts.cluster_mode) await requirePeersFlag();
   if (opts.servers < 3) throw new Error("--servers: at least 3 (the TOMA needs a majority of the drives to change anything)");
   if (opts.legs > opts.servers) throw new Error(`--legs ${opts.legs} needs as many servers`);
   const out = opts.out_dir ?? mkdtempSync(`${tmpdir()}/nvmesh-soak-`);
