@@ -6,7 +6,7 @@ import type { Env } from "../engine/env.ts";
 import type { FrameLink } from "../engine/net/frame-link.ts";
 import { linkPair } from "../engine/net/pipe.ts";
 import { FileStore } from "../engine/runtime/file-store.ts";
-import { TargetService } from "../engine/target/service.ts";
+import { TargetService, type TargetServiceOptions } from "../engine/target/service.ts";
 import { parseRdmaAddress, type RdmaListener, rdmaListen } from "../engine/runtime/rdma-net.ts";
 import { UsageError } from "./args.ts";
 import { checkDrivePath } from "./drive-path.ts";
@@ -26,7 +26,14 @@ export interface HostedTarget {
 /** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(
   env: Env,
-  o: { paths: string[]; listen: string; rdma?: string | null; name: string; cluster_key: Uint8Array | null },
+  o: {
+    paths: string[];
+    listen: string;
+    rdma?: string | null;
+    name: string;
+    cluster_key: Uint8Array | null;
+    limits?: Pick<TargetServiceOptions, "preauth" | "payload_budget_bytes">;
+  },
 ): Promise<HostedTarget> {
   if (o.paths.length === 0) throw new UsageError("at least one --drive is required");
   const twice = o.paths.find((p, i) => o.paths.indexOf(p) !== i);
@@ -60,7 +67,7 @@ export async function hostTarget(
   if (drives.length === 0) {
     throw new Error(o.paths.length === 1 ? "the drive cannot be served (see above): nothing to serve" : `none of the ${o.paths.length} drives can be served (see above): nothing to serve`);
   }
-  const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key });
+  const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key, ...o.limits });
   let listener: Awaited<ReturnType<Env["net"]["listen"]>>;
   try {
     listener = await env.net.listen(o.listen, (conn) => service.handle(conn));

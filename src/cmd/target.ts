@@ -9,6 +9,8 @@ import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
 import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
+import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
+import { DEFAULT_TARGET_PREAUTH } from "../engine/target/service.ts";
 
 export const DEFAULT_TARGET_PORT = 4420;
 
@@ -24,6 +26,8 @@ const serve = command({
     name: { type: "string", description: "target name (default: host name)" },
     ...keyFileArg,
     ...insecureArg,
+    ...preauthArgs,
+    ...payloadBudgetArg,
   },
   repeatable: ["drive", "listen"],
   async run({ args, rawArgs }) {
@@ -40,8 +44,10 @@ const serve = command({
         throw new UsageError((e as Error).message);
       }
     }
+    const budget = payloadBudget(args);
+    const limits = { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH), ...(budget === undefined ? {} : { payload_budget_bytes: budget }) };
     const cluster_key = daemonKey(args, `the target on ${listen}`, true)?.key ?? null;
-    const target = await hostTarget(realEnv("target"), { paths, listen, rdma: rdma[0] ?? null, name: args.name ?? hostname(), cluster_key });
+    const target = await hostTarget(realEnv("target"), { paths, listen, rdma: rdma[0] ?? null, name: args.name ?? hostname(), cluster_key, limits });
     consola.success(`target ready on ${target.address}${target.rdma ? ` and ${target.rdma}` : ""}`);
     const sig = await untilSignal();
     consola.info(`${sig}: stopping target`);

@@ -5,7 +5,7 @@ import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenFailure } from "../engine/runtime/real-net.ts";
 import { managementApi } from "../toma/api.ts";
-import { serveTomaApi } from "../toma/runtime/http-server.ts";
+import { serveTomaApi, type TomaHttpServer } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
 import { viaRdma } from "../engine/client/rdma-upgrade.ts";
 import { realRdma } from "../engine/runtime/rdma-net.ts";
@@ -13,6 +13,8 @@ import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
+import { DEFAULT_HTTP_LIMITS } from "../toma/http-conn.ts";
+import { preauthArgs, preauthLimits } from "./limit-args.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -25,6 +27,7 @@ const run = command({
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
     ...insecureArg,
+    ...preauthArgs,
   },
   repeatable: ["target"],
   async run({ args, rawArgs }) {
@@ -49,9 +52,10 @@ const run = command({
       (e, link, address, h) => sessionOver(e, link, address, h, keyed),
     );
     const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
-    let http: ReturnType<typeof serveTomaApi>;
+    const limits = preauthLimits(args, DEFAULT_HTTP_LIMITS);
+    let http: TomaHttpServer;
     try {
-      http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });
+      http = await serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port, env: realEnv("toma-api"), limits });
     } catch (e) {
       throw new Error(listenFailure(args.listen, e));
     }

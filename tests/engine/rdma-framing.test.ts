@@ -96,7 +96,7 @@ class End implements RdmaPort {
   }
 }
 
-function connect(a: RdmaShape, b: RdmaShape, sinks = false): [End, End] {
+function connect(a: RdmaShape, b: RdmaShape, sinks = false, refuse: ((h: Header) => string | null) | null = null): [End, End] {
   const x = new End(a);
   const y = new End(b);
   x.peer = y;
@@ -110,6 +110,7 @@ function connect(a: RdmaShape, b: RdmaShape, sinks = false): [End, End] {
         h.request_id = 0;
       },
       sink: (h) => (sinks ? new Uint8Array(h.payload_len) : null),
+      admit: (h) => (refuse === null ? null : refuse(h)),
       onMalformed: (why) => (e.malformed = why),
       onDrain: () => {},
       later: (fn) => e.micro.push(fn),
@@ -203,6 +204,17 @@ describe("RDMA framing", () => {
     expect(decodePrivateData(new Uint8Array(3))).toContain("not an nvmesh peer");
     expect(decodePrivateData(encodePrivateData(2, 65536))).toContain("fewer than");
     expect(decodePrivateData(encodePrivateData(64, 100))).toContain("below");
+  });
+
+  test("a header the receiver refuses (admit) is reported before its payload is collected, and nothing after it is delivered", () => {
+    const [a, b] = connect(SMALL, SMALL, true, (h) => (h.payload_len > 1000 ? `payload of ${h.payload_len} refused` : null));
+    a.framing.send(frame(1, 10).h, frame(1, 10).payload);
+    const big = frame(2, 50_000); // larger than a message: it would be collected into a buffer
+    a.framing.send(big.h, big.payload);
+    a.framing.send(frame(3, 10).h, frame(3, 10).payload);
+    settle([a, b], Math.random, 200);
+    expect(b.got.map((g) => g.id)).toEqual([1]);
+    expect(b.malformed).toBe("payload of 50000 refused");
   });
 
   test("a broken message is reported, never delivered", () => {

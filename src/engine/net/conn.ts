@@ -17,12 +17,18 @@ export interface Conn {
   send(bytes: Uint8Array): boolean;
   /** Closes the connection; pending queued bytes are flushed first where possible. */
   close(): void;
+  /**
+   * Stops handing received bytes to onData until resume(). On a socket the kernel buffer then
+   * fills and the peer meets TCP backpressure: that, not a queue of ours, is how a server slows a
+   * client that sends faster than it is served. A chunk or two already read may still arrive
+   * after pause(). Idempotent.
+   */
+  pause(): void;
+  /** Hands received bytes to onData again (those that waited first, in order). Idempotent. */
+  resume(): void;
   /** Called with each chunk received. The chunk is only valid during the call (copy to keep). */
   onData: ((chunk: Uint8Array) => void) | null;
   onClose: ((reason: string) => void) | null;
-  /** Stops reading (the peer then meets the kernel's flow control) until resume(). Optional. */
-  pause?(): void;
-  resume?(): void;
   /** Bytes accepted by send() that the kernel has not taken yet. Optional (0 when absent). */
   readonly queued_bytes?: number;
   /** Called when queued bytes have all been written. Optional. */

@@ -60,6 +60,13 @@ export interface FrameLink {
    * (exactly payload_len bytes); the frame is then delivered with that buffer and `owned` true.
    */
   sink: ((h: Header) => Uint8Array | null) | null;
+  /**
+   * Optional: sees each header as soon as it is whole, before its payload is waited for, buffered
+   * or sunk (a connection that has not authenticated refuses a frame that announces a large
+   * payload without ever holding it). A reason refuses the frame: the link stops delivering and
+   * calls onMalformed with it.
+   */
+  admit: ((h: Header) => string | null) | null;
   /** A frame that cannot be trusted arrived: the link stops delivering; the owner closes it. */
   onMalformed: ((why: string) => void) | null;
   /** The link ended (closed by either side, or failed); called once. */

@@ -69,6 +69,7 @@ class PipeLink implements FrameLink {
   readonly transport = TRANSPORT;
   onFrame: FrameLink["onFrame"] = null;
   sink: FrameLink["sink"] = null;
+  admit: FrameLink["admit"] = null;
   onMalformed: FrameLink["onMalformed"] = null;
   onClose: FrameLink["onClose"] = null;
   onDrain: FrameLink["onDrain"] = null;
@@ -143,6 +144,8 @@ class PipeLink implements FrameLink {
     if (typeof h === "string") return this.malformed(h);
     this.lastUuid = h.drive_uuid;
     if (h.payload_len !== payload.length) return this.malformed(`payload_len ${h.payload_len} but ${payload.length} bytes follow`);
+    const refused = this.admit === null ? null : this.admit(h);
+    if (refused !== null) return this.malformed(refused);
     this.deliver(h, payload, false);
   }
 

@@ -63,6 +63,8 @@ export interface RdmaPort {
 export interface FramingHandlers {
   onFrame(h: Header, payload: Uint8Array, owned: boolean): void;
   sink(h: Header): Uint8Array | null;
+  /** Sees each header before its payload is collected; a reason refuses it (FrameLink.admit). */
+  admit(h: Header): string | null;
   /** The peer broke the protocol (a bad header, a message that cannot be): close the link. */
   onMalformed(why: string): void;
   /** Queued bytes went back to zero. */
@@ -377,6 +379,8 @@ export class RdmaFraming {
       const h = decodeHeader(m, pos, this.lastUuid);
       if (typeof h === "string") return `${h} (at byte ${pos} of a ${m.length}-byte message)`;
       this.lastUuid = h.drive_uuid;
+      const refused = this.on.admit(h);
+      if (refused !== null) return refused;
       pos += HEADER_BYTES;
       const have = m.length - pos;
       // Read before onFrame: the receiver owns the header and may reuse it (the target turns a

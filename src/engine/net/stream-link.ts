@@ -19,6 +19,7 @@ export interface StreamLinkOptions {
 class StreamLink implements FrameLink {
   onFrame: FrameLink["onFrame"] = null;
   sink: FrameLink["sink"] = null;
+  admit: FrameLink["admit"] = null;
   onMalformed: FrameLink["onMalformed"] = null;
   onClose: FrameLink["onClose"] = null;
   onDrain: FrameLink["onDrain"] = null;
@@ -26,8 +27,6 @@ class StreamLink implements FrameLink {
   private readonly decoder: FrameDecoder;
   private readonly out: SendBatcher | null;
   private paused = false;
-  /** Chunks received while paused on a Conn that cannot pause itself (copies, in order). */
-  private held: Uint8Array[] = [];
   private ended = false;
 
   constructor(
@@ -40,16 +39,14 @@ class StreamLink implements FrameLink {
       (h, payload, owned) => this.onFrame?.(h, payload, owned),
       (why) => this.onMalformed?.(why),
       (h) => (this.sink === null ? null : this.sink(h)),
+      (h) => (this.admit === null ? null : this.admit(h)),
     );
-    conn.onData = (chunk) => {
-      if (this.paused && conn.pause === undefined) this.held.push(chunk.slice());
-      else this.decoder.push(chunk);
-    };
+    // Conn.pause() stops onData itself: the decoder sees nothing while the link is paused.
+    conn.onData = (chunk) => this.decoder.push(chunk);
     conn.onClose = (reason) => {
       if (this.ended) return;
       this.ended = true;
       this.decoder.stop();
-      this.held = [];
       const cb = this.onClose;
       this.onClose = null;
       cb?.(reason);
@@ -97,14 +94,13 @@ class StreamLink implements FrameLink {
   pause(): void {
     if (this.paused) return;
     this.paused = true;
-    this.conn.pause?.();
+    this.conn.pause();
   }
 
   resume(): void {
     if (!this.paused) return;
     this.paused = false;
-    this.conn.resume?.();
-    while (this.held.length > 0 && !this.paused && !this.ended) this.decoder.push(this.held.shift()!);
+    this.conn.resume();
   }
 
   close(): void {

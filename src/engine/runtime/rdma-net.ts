@@ -123,6 +123,7 @@ export class RdmaLink implements FrameLink {
   readonly copies = true as const;
   onFrame: FrameLink["onFrame"] = null;
   sink: FrameLink["sink"] = null;
+  admit: FrameLink["admit"] = null;
   onMalformed: FrameLink["onMalformed"] = null;
   onClose: FrameLink["onClose"] = null;
   onDrain: FrameLink["onDrain"] = null;
@@ -162,6 +163,7 @@ export class RdmaLink implements FrameLink {
     this.framing = new RdmaFraming(port, { send_slots: ep.send_slots, recv_slots: ep.recv_slots, slot_bytes: ep.slot_bytes }, peer, {
       onFrame: (h, p, owned) => this.onFrame?.(h, p, owned),
       sink: (h) => (this.sink === null ? null : this.sink(h)),
+      admit: (h) => (this.admit === null ? null : this.admit(h)),
       onMalformed: (why) => this.onMalformed?.(why),
       onDrain: () => this.onDrain?.(),
       later: queueMicrotask,
