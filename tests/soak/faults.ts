@@ -14,6 +14,54 @@ export type FaultKind = (typeof FAULT_KINDS)[number];
 export const ONE_WAY = ["client-target", "target-client", "client-toma", "toma-toma"] as const;
 export type OneWay = (typeof ONE_WAY)[number];
 
+/**
+ * Each kind's variants. A selector (`--faults`) names a kind, meaning all its variants, or one
+ * variant as `kind:variant`, so that a fault the product does not survive yet can be left out
+ * while its siblings are still drawn, and switched on when it does.
+ */
+export const FAULT_VARIANTS: Record<FaultKind, readonly string[]> = {
+  kill: [],
+  // toma: the TOMA alone (a TOMA per server: the leader's whole server); leg: the TOMA, then a leg's target.
+  "toma-kill": ["toma", "leg"],
+  stop: ["target", "toma"],
+  linkdown: [],
+  oneway: ONE_WAY,
+};
+
+/** Every selector: each kind, and each `kind:variant`. */
+export const FAULT_SELECTORS: readonly string[] = FAULT_KINDS.flatMap((k) => [k, ...FAULT_VARIANTS[k].map((v) => `${k}:${v}`)]);
+
+/** What is drawn from: each kind selected, with its selected variants (empty: the kind has none). */
+export type FaultSelection = { kind: FaultKind; variants: string[] }[];
+
+/**
+ * Parses selectors into a selection, kinds in FAULT_KINDS order. Unknown selectors and
+ * `oneway:toma-toma` without a TOMA per server are errors; a bare `oneway` leaves toma-toma out
+ * when there is one TOMA.
+ */
+export function selectFaults(selectors: readonly string[], cluster_mode: boolean): FaultSelection {
+  if (selectors.length === 0) throw new Error("no fault kinds to draw from");
+  const chosen = new Map<FaultKind, Set<string>>();
+  for (const sel of selectors) {
+    if (!FAULT_SELECTORS.includes(sel)) throw new Error(`fault '${sel}' is not one of ${FAULT_SELECTORS.join(", ")}`);
+    const [kind, variant] = sel.split(":") as [FaultKind, string | undefined];
+    if (variant === "toma-toma" && !cluster_mode) throw new Error("fault 'oneway:toma-toma' needs a TOMA per server (--cluster)");
+    const set = chosen.get(kind) ?? new Set<string>();
+    const all = FAULT_VARIANTS[kind].filter((v) => v !== "toma-toma" || cluster_mode);
+    for (const v of variant === undefined ? all : [variant]) set.add(v);
+    chosen.set(kind, set);
+  }
+  return FAULT_KINDS.filter((k) => chosen.has(k)).map((kind) => ({ kind, variants: FAULT_VARIANTS[kind].filter((v) => chosen.get(kind)!.has(v)) }));
+}
+
+/** The selection written back as the shortest list of selectors (a kind whose variants are all in). */
+export function faultSelectors(sel: FaultSelection, cluster_mode: boolean): string[] {
+  return sel.flatMap(({ kind, variants }) => {
+    const all = FAULT_VARIANTS[kind].filter((v) => v !== "toma-toma" || cluster_mode);
+    return variants.length === all.length ? [kind] : variants.map((v) => `${kind}:${v}`);
+  });
+}
+
 export interface FaultTimes {
   /** kill, toma-kill: how long the process stays dead before it is started again (range, ms). */
   restart_ms: [number, number];
@@ -23,6 +71,12 @@ export interface FaultTimes {
   linkdown_ms: [number, number];
   /** oneway: how long the one-way drop lasts. */
   cut_ms: number;
+  /**
+   * toma-kill:leg: how long the TOMA and the leg's target stay dead; longer than the client's
+   * 30 s I/O timeout, since what it asks is whether writes survive a dead leg with no TOMA to
+   * move the volume to Degraded.
+   */
+  orphan_ms: number;
 }
 
 export const DEFAULT_TIMES: FaultTimes = {
@@ -30,6 +84,7 @@ export const DEFAULT_TIMES: FaultTimes = {
   pause_ms: 35_000,
   linkdown_ms: [5_000, 35_000],
   cut_ms: 35_000,
+  orphan_ms: 35_000,
 };
 
 /** One drawn fault: kind, victim(s), how long it lasts. Victims are 0-based server indexes. */
@@ -37,6 +92,10 @@ export interface FaultPlan {
   kind: FaultKind;
   /** The server hit (kill, stop, linkdown, oneway's server end); toma-kill finds its own. */
   server: number;
+  /** The variant drawn, for kinds that have them (FAULT_VARIANTS). */
+  variant?: string;
+  /** toma-kill:leg: which leg of the volume (column index) loses its target after the TOMA. */
+  leg?: number;
   /** stop: which process of the server is paused. */
   process?: "target" | "toma";
   /** oneway: the direction cut; toma-toma also names the second server. */
@@ -47,41 +106,47 @@ export interface FaultPlan {
 
 export class FaultDraw {
   private readonly rng: Prng;
+  readonly selection: FaultSelection;
 
+  /** `legs`: the volume's legs, which toma-kill:leg draws from. */
   constructor(
     readonly seed: number,
-    readonly kinds: readonly FaultKind[],
+    selectors: readonly string[],
     readonly servers: number,
     readonly cluster_mode: boolean,
     readonly times: FaultTimes,
+    readonly legs = 2,
   ) {
-    if (kinds.length === 0) throw new Error("no fault kinds to draw from");
+    this.selection = selectFaults(selectors, cluster_mode);
     this.rng = new Prng(seed).fork("soak-faults");
   }
 
   next(): FaultPlan {
     const r = this.rng;
-    const kind = r.pick(this.kinds);
+    const { kind, variants } = r.pick(this.selection);
     const server = r.int(0, this.servers);
     const span = ([lo, hi]: [number, number]) => Math.round(r.range(lo, hi));
     switch (kind) {
       case "kill":
-      case "toma-kill":
         return { kind, server, hold_ms: span(this.times.restart_ms) };
+      case "toma-kill": {
+        const variant = r.pick(variants);
+        if (variant === "leg") return { kind, variant, server, leg: r.int(0, this.legs), hold_ms: this.times.orphan_ms };
+        return { kind, variant, server, hold_ms: span(this.times.restart_ms) };
+      }
       case "stop": {
         // Single mode: the TOMA lives in s1, so a paused TOMA is always s1's.
-        const process = r.pick(["target", "toma"] as const);
-        return { kind, server: process === "toma" && !this.cluster_mode ? 0 : server, process, hold_ms: this.times.pause_ms };
+        const process = r.pick(variants) as "target" | "toma";
+        return { kind, variant: process, server: process === "toma" && !this.cluster_mode ? 0 : server, process, hold_ms: this.times.pause_ms };
       }
       case "linkdown":
         return { kind, server, hold_ms: span(this.times.linkdown_ms) };
       case "oneway": {
-        const ways = ONE_WAY.filter((w) => w !== "toma-toma" || this.cluster_mode);
-        const way = r.pick(ways);
+        const way = r.pick(variants) as OneWay;
         const peer = (server + r.int(1, this.servers)) % this.servers;
         // client-toma: the client's TOMA is s1's (its -m address).
         const s = way === "client-toma" ? 0 : server;
-        return { kind, server: s, way, ...(way === "toma-toma" ? { peer } : {}), hold_ms: this.times.cut_ms };
+        return { kind, variant: way, server: s, way, ...(way === "toma-toma" ? { peer } : {}), hold_ms: this.times.cut_ms };
       }
     }
   }
@@ -94,8 +159,11 @@ export interface ActiveFault {
   heal: () => Promise<void>;
 }
 
-/** Injects a drawn fault into the cluster; returns how to heal it. */
-export async function inject(c: LabCluster, plan: FaultPlan): Promise<ActiveFault> {
+/** Between the TOMA's death and a leg's, in toma-kill:leg: the client notices the first alone. */
+const SECOND_KILL_MS = 2_000;
+
+/** Injects a drawn fault into the cluster; returns how to heal it. `volume`: the soak's volume. */
+export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Promise<ActiveFault> {
   const host = c.server(plan.server);
   switch (plan.kind) {
     case "kill": {
@@ -103,21 +171,36 @@ export async function inject(c: LabCluster, plan: FaultPlan): Promise<ActiveFaul
       return { plan, label: `kill -9 target ${host}`, heal: () => c.restartTarget(plan.server) };
     }
     case "toma-kill": {
-      if (!c.labOpts.cluster_mode) {
+      const cluster = c.labOpts.cluster_mode;
+      // The leg's server is read while a TOMA still answers.
+      const legServer = plan.variant === "leg" ? c.serverOf(await c.volume(volume), plan.leg!) : null;
+      const tomaServer = cluster ? await c.leader() : 0;
+      const thost = c.server(tomaServer);
+      const downTargets = new Set<number>();
+      let label: string;
+      if (cluster) {
+        // A TOMA per server: the leader's whole server dies, TOMA and target.
+        await c.killTomaOn(tomaServer);
+        await c.killTarget(tomaServer);
+        downTargets.add(tomaServer);
+        label = `kill -9 leader ${thost} (TOMA and target)`;
+      } else {
         await c.killToma();
-        return { plan, label: `kill -9 TOMA (${c.server(0)})`, heal: () => c.restartToma() };
+        label = `kill -9 TOMA (${thost})`;
       }
-      // A TOMA per server: the leader's whole server dies, TOMA and target.
-      const leader = await c.leader();
-      const lhost = c.server(leader);
-      await c.killTomaOn(leader);
-      await c.killTarget(leader);
+      if (legServer !== null && !downTargets.has(legServer)) {
+        await Bun.sleep(SECOND_KILL_MS);
+        await c.killTarget(legServer);
+        downTargets.add(legServer);
+        label += `, then target ${c.server(legServer)} (leg ${plan.leg})`;
+      } else if (legServer !== null) label += ` (leg ${plan.leg}'s target among them)`;
       return {
-        plan: { ...plan, server: leader },
-        label: `kill -9 leader ${lhost} (TOMA and target)`,
+        plan: { ...plan, server: legServer ?? tomaServer },
+        label,
         heal: async () => {
-          await c.restartTarget(leader);
-          await c.startTomaOn(leader);
+          for (const t of downTargets) await c.restartTarget(t);
+          if (cluster) await c.startTomaOn(tomaServer);
+          else await c.restartToma();
         },
       };
     }

@@ -10,6 +10,7 @@ import { rmSync } from "node:fs";
 import { Daemon, NVMESH, ok, run } from "../support/proc.ts";
 import { Cluster } from "../support/cluster.ts";
 import { NetLab } from "../support/netns.ts";
+import type { VolumeJson } from "../../src/toma/api-types.ts";
 
 export const TARGET_PORT = 4420;
 export const TOMA_PORT = 4000;
@@ -37,6 +38,14 @@ export class LabCluster extends Cluster {
   /** The host name of target/server t (0-based). */
   server(t: number): string {
     return `s${t + 1}`;
+  }
+
+  /** The server whose drive holds column `column` of a volume. */
+  serverOf(v: VolumeJson, column: number): number {
+    const path = this.driveFile(v.columns[column]!.drive_uuid).path;
+    const t = this.drives.findIndex((ds) => ds.includes(path));
+    if (t < 0) throw new Error(`column ${column} of ${v.name} is on no server's drive`);
+    return t;
   }
 
   serverCount(): number {

@@ -9,19 +9,21 @@
  */
 import { parseArgs } from "node:util";
 import { parseSize } from "../../src/cmd/args.ts";
-import { FAULT_KINDS, type FaultKind } from "./faults.ts";
+import { FAULT_SELECTORS, selectFaults } from "./faults.ts";
 import { DEFAULT_OPTIONS, runSoak, type SoakOptions } from "./soak.ts";
 
 const HELP = `npx bun tests/soak/main.ts [options]   (npm run soak -- [options] builds first)
   --duration 10m       how long faults are injected (s, m suffixes; default 10m)
   --seed N             PRNG seed of the fault sequence (default: random, printed)
-  --faults LIST        fault kinds, comma-separated, of: ${FAULT_KINDS.join(",")} (default: all)
+  --faults LIST        faults, comma-separated: a kind (all its variants) or kind:variant, of
+                       ${FAULT_SELECTORS.join(",")} (default: all)
   --every 10s          a fault every this long, once the volume can take one (default 10s)
   --legs 2|3           RAID1 legs (default 2)
   --servers N          servers (namespaces), at least 3 (default 3)
   --cluster            a TOMA on every server (toma run --peers); default: one TOMA in s1
   --pause 35s          how long a SIGSTOP lasts (default 35s)
   --cut 35s            how long a one-way drop lasts (default 35s)
+  --orphan 35s         toma-kill:leg: how long the TOMA and the leg's target stay dead (default 35s)
   --jobs 4 --job-size 16M --bs 4k --iodepth 8 --capacity 256M   fio and the volume
   --recover 180s       how long the volume (and fio's I/O) may take to come back after a fault
   --max-stall 30s      fail the run on a longer I/O stall (default: stalls are reported only)
@@ -46,7 +48,7 @@ function options(argv: string[]): SoakOptions {
     options: {
       duration: { type: "string" }, seed: { type: "string" }, faults: { type: "string" }, every: { type: "string" },
       legs: { type: "string" }, servers: { type: "string" }, cluster: { type: "boolean" }, pause: { type: "string" },
-      cut: { type: "string" }, jobs: { type: "string" }, "job-size": { type: "string" }, bs: { type: "string" },
+      cut: { type: "string" }, orphan: { type: "string" }, jobs: { type: "string" }, "job-size": { type: "string" }, bs: { type: "string" },
       iodepth: { type: "string" }, capacity: { type: "string" }, recover: { type: "string" }, "max-stall": { type: "string" }, out: { type: "string" },
       keep: { type: "boolean" }, help: { type: "boolean", short: "h" },
     },
@@ -60,10 +62,7 @@ function options(argv: string[]): SoakOptions {
   if (a.duration) o.duration_ms = duration(a.duration, "--duration");
   o.seed = a.seed !== undefined ? positive(a.seed, "--seed") : 1 + Math.floor(Math.random() * 1_000_000);
   if (a.faults) {
-    const kinds = a.faults.split(",").map((k) => k.trim()).filter(Boolean);
-    for (const k of kinds) if (!(FAULT_KINDS as readonly string[]).includes(k)) throw new Error(`--faults: '${k}' is not one of ${FAULT_KINDS.join(", ")}`);
-    if (kinds.length === 0) throw new Error("--faults: name at least one kind");
-    o.faults = kinds as FaultKind[];
+    o.faults = a.faults.split(",").map((k) => k.trim()).filter(Boolean);
   }
   if (a.every) o.every_ms = duration(a.every, "--every");
   if (a.legs) {
@@ -73,8 +72,14 @@ function options(argv: string[]): SoakOptions {
   }
   if (a.servers) o.servers = positive(a.servers, "--servers");
   o.cluster_mode = a.cluster ?? false;
+  try {
+    selectFaults(o.faults, o.cluster_mode);
+  } catch (e) {
+    throw new Error(`--faults: ${(e as Error).message}`);
+  }
   if (a.pause) o.times.pause_ms = duration(a.pause, "--pause");
   if (a.cut) o.times.cut_ms = duration(a.cut, "--cut");
+  if (a.orphan) o.times.orphan_ms = duration(a.orphan, "--orphan");
   if (a.jobs) o.jobs = positive(a.jobs, "--jobs");
   if (a["job-size"]) o.job_size = `${parseSize(a["job-size"], "--job-size")}`;
   if (a.bs) o.bs = `${parseSize(a.bs, "--bs")}`;

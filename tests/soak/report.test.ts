@@ -1,6 +1,6 @@
 /** The soak's bookkeeping: the fault draw replays by seed; stalls and IOPS from fio's logs. */
 import { describe, expect, test } from "bun:test";
-import { DEFAULT_TIMES, FaultDraw } from "./faults.ts";
+import { DEFAULT_TIMES, FaultDraw, faultSelectors, selectFaults } from "./faults.ts";
 import { iopsSeries, longestGap, stallsOver } from "./report.ts";
 
 describe("fault draw", () => {
@@ -32,6 +32,32 @@ describe("fault draw", () => {
 
   test("no kinds is an error", () => {
     expect(() => new FaultDraw(1, [], 3, false, DEFAULT_TIMES)).toThrow(/no fault kinds/);
+  });
+
+  test("selectors: a kind means all its variants, kind:variant only that one; unknown ones are errors", () => {
+    const variants = (sel: string[], cluster = false) => {
+      const d = new FaultDraw(5, sel, 3, cluster, DEFAULT_TIMES);
+      return new Set(Array.from({ length: 300 }, () => d.next()).map((p) => `${p.kind}${p.variant ? `:${p.variant}` : ""}`));
+    };
+    expect([...variants(["stop:toma", "oneway:target-client"])].sort()).toEqual(["oneway:target-client", "stop:toma"]);
+    expect([...variants(["toma-kill"])].sort()).toEqual(["toma-kill:leg", "toma-kill:toma"]);
+    expect([...variants(["oneway"])].sort()).toEqual(["oneway:client-target", "oneway:client-toma", "oneway:target-client"]);
+    expect(variants(["oneway"], true).has("oneway:toma-toma")).toBe(true);
+    expect(() => selectFaults(["stop:everything"], false)).toThrow(/not one of/);
+    expect(() => selectFaults(["oneway:toma-toma"], false)).toThrow(/--cluster/);
+    expect(faultSelectors(selectFaults(["oneway", "stop:target", "kill", "stop:toma"], false), false)).toEqual(["kill", "stop", "oneway"]);
+    expect(faultSelectors(selectFaults(["oneway:client-toma", "toma-kill:toma"], false), false)).toEqual(["toma-kill:toma", "oneway:client-toma"]);
+  });
+
+  test("toma-kill:leg names a leg of the volume and holds for orphan_ms", () => {
+    const d = new FaultDraw(9, ["toma-kill:leg"], 3, false, DEFAULT_TIMES, 3);
+    const legs = new Set<number>();
+    for (let i = 0; i < 100; i++) {
+      const p = d.next();
+      expect(p.hold_ms).toBe(DEFAULT_TIMES.orphan_ms);
+      legs.add(p.leg!);
+    }
+    expect([...legs].sort()).toEqual([0, 1, 2]);
   });
 });
 

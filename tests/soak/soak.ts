@@ -17,7 +17,7 @@ import { FioVerify } from "../support/fio.ts";
 import { parseSize } from "../../src/cmd/args.ts";
 import { requireNetnsTool } from "../support/netns.ts";
 import { ok, requireTool, run } from "../support/proc.ts";
-import { type ActiveFault, DEFAULT_TIMES, FaultDraw, type FaultKind, type FaultTimes, inject } from "./faults.ts";
+import { type ActiveFault, DEFAULT_TIMES, FAULT_KINDS, FaultDraw, type FaultTimes, faultSelectors, inject, selectFaults } from "./faults.ts";
 import { LabCluster, requirePeersFlag } from "./lab-cluster.ts";
 import { type ErrorRecord, type FaultRecord, type StateRecord, faultAt, secs, stallsOver, stamp, summary } from "./report.ts";
 
@@ -29,7 +29,8 @@ const WINDOW_MS = 100;
 export interface SoakOptions {
   duration_ms: number;
   seed: number;
-  faults: FaultKind[];
+  /** Fault selectors: kinds, or `kind:variant` (FAULT_SELECTORS). */
+  faults: string[];
   /** A fault is injected every this many ms (once the volume can take one). */
   every_ms: number;
   legs: 2 | 3;
@@ -60,7 +61,7 @@ export interface SoakOptions {
 export const DEFAULT_OPTIONS: Omit<SoakOptions, "command"> = {
   duration_ms: 600_000,
   seed: 1,
-  faults: ["kill", "toma-kill", "stop", "linkdown", "oneway"],
+  faults: [...FAULT_KINDS],
   every_ms: 10_000,
   legs: 2,
   servers: 3,
@@ -128,7 +129,8 @@ function firstFioError(fio: FioVerify): { at: number; line: string } | null {
 export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   requireTool("fio");
   requireNetnsTool("ip");
-  if (opts.faults.includes("oneway")) requireNetnsTool("nft");
+  const selection = selectFaults(opts.faults, opts.cluster_mode);
+  if (selection.some((s) => s.kind === "oneway")) requireNetnsTool("nft");
   if (opts.cluster_mode) await requirePeersFlag();
   if (opts.servers < 3) throw new Error("--servers: at least 3 (the TOMA needs a majority of the drives to change anything)");
   if (opts.legs > opts.servers) throw new Error(`--legs ${opts.legs} needs as many servers`);
@@ -152,9 +154,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   const fioLines: string[] = [];
   let legDifferences = 0;
   let end_ms = 0;
-  const draw = new FaultDraw(opts.seed, opts.faults, opts.servers, opts.cluster_mode, opts.times);
+  const draw = new FaultDraw(opts.seed, opts.faults, opts.servers, opts.cluster_mode, opts.times, opts.legs);
   const mode = opts.cluster_mode ? "a TOMA per server (--peers)" : "one TOMA (in s1)";
-  const setup = `faults ${opts.faults.join(",")} every ${secs(opts.every_ms)}; RAID1 with ${opts.legs} legs over ${opts.servers} servers, ${mode}; fio ${opts.jobs} jobs x ${opts.job_size} (${opts.bs}, QD${opts.iodepth} each, verify=crc32c)`;
+  const setup = `faults ${faultSelectors(selection, opts.cluster_mode).join(",")} every ${secs(opts.every_ms)}; RAID1 with ${opts.legs} legs over ${opts.servers} servers, ${mode}; fio ${opts.jobs} jobs x ${opts.job_size} (${opts.bs}, QD${opts.iodepth} each, verify=crc32c)`;
   log(`soak: seed ${opts.seed}; ${setup}; output in ${out}`);
 
   const c = new LabCluster({ servers: opts.servers, drive_size: "512M", cluster_mode: opts.cluster_mode });
@@ -291,8 +293,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       if (now() >= opts.duration_ms) break;
       const plan = draw.next();
       record = { n: faults.length + 1, kind: plan.kind, label: "", injected_ms: now(), healed_ms: null, recovered_ms: null };
-      active = await inject(c, plan);
-      record.label = `${active.label}${plan.kind === "kill" || plan.kind === "toma-kill" ? `, restarted after ${secs(plan.hold_ms)}` : plan.kind === "linkdown" || plan.kind === "oneway" ? ` for ${secs(plan.hold_ms)}` : ""}`;
+      active = await inject(c, plan, VOLUME);
+      record.label = `${active.label}${plan.kind === "kill" || plan.kind === "toma-kill" ? `, ${plan.variant === "leg" ? "both " : ""}restarted after ${secs(plan.hold_ms)}` : plan.kind === "linkdown" || plan.kind === "oneway" ? ` for ${secs(plan.hold_ms)}` : ""}`;
       faults.push(record);
       log(`fault #${record.n}: ${record.label}`);
       const heal_at = now() + plan.hold_ms;
