@@ -69,6 +69,8 @@ describe("stalls and IOPS", () => {
     expect(longestGap(times, 5300, 10_000)).toEqual({ gap_ms: 3600, from_ms: 5400 });
     expect(longestGap(times, 5300, 20_000, true)).toEqual({ gap_ms: 11_000, from_ms: 9000 });
     expect(longestGap(new Float64Array(), 1000, 4000, true)).toEqual({ gap_ms: 3000, from_ms: 1000 });
+    // Clipped: the gap from 300 to 5300 counts only up to 1000 (the next fault's stall is its own).
+    expect(longestGap(times, 0, 1000, true, true)).toEqual({ gap_ms: 700, from_ms: 300 });
   });
 
   test("every stall over a limit", () => {

@@ -5,6 +5,7 @@
 
 export interface FaultRecord {
   n: number;
+  /** The kind, with its variant where it has one (`stop:target`). */
   kind: string;
   label: string;
   /** ms since the soak began. */
@@ -35,8 +36,10 @@ export interface Stall {
  * The longest interval with no I/O completed, among intervals that begin within [from, to]
  * (`times` sorted, ms). The interval from `from` to the first completion counts too, and so does
  * the one from the last completion to `to` when `open_end` (I/O that never completed again).
+ * `clip`: a gap is counted only up to `to`, so that a stall that begins at the end of one
+ * fault's window and belongs to the next fault is not charged to the first.
  */
-export function longestGap(times: Float64Array, from: number, to: number, open_end = false): Stall {
+export function longestGap(times: Float64Array, from: number, to: number, open_end = false, clip = false): Stall {
   let best: Stall = { gap_ms: 0, from_ms: from };
   let prev = from;
   // First completion at or after `from`.
@@ -50,7 +53,8 @@ export function longestGap(times: Float64Array, from: number, to: number, open_e
   if (lo > 0) prev = Math.max(prev, times[lo - 1]!);
   for (let i = lo; i < times.length; i++) {
     const t = times[i]!;
-    if (t - prev > best.gap_ms) best = { gap_ms: t - prev, from_ms: prev };
+    const end = clip ? Math.min(t, to) : t;
+    if (end - prev > best.gap_ms) best = { gap_ms: end - prev, from_ms: prev };
     prev = t;
     if (t > to) break;
   }
@@ -122,17 +126,24 @@ export function summary(s: SummaryInput): string {
   out.push("== soak summary");
   out.push(`command: ${s.command}`);
   out.push(`seed ${s.seed}; ${s.setup}`);
-  const byKind = new Map<string, number>();
-  for (const f of s.faults) byKind.set(f.kind, (byKind.get(f.kind) ?? 0) + 1);
-  out.push(`faults injected: ${s.faults.length} (${[...byKind].map(([k, n]) => `${k} ${n}`).join(", ") || "none"})`);
-  for (const f of s.faults) {
+  const stallOf = (f: FaultRecord) => {
     // A logged time is the end of a window with completions: the stall began up to a window later.
     const end = (f.recovered_ms ?? s.end_ms) - s.window_ms;
-    const st = longestGap(s.times, f.injected_ms - s.window_ms, end, true);
+    return longestGap(s.times, f.injected_ms - s.window_ms, end, true, true).gap_ms;
+  };
+  const byKind = new Map<string, FaultRecord[]>();
+  for (const f of s.faults) byKind.set(f.kind, [...(byKind.get(f.kind) ?? []), f]);
+  out.push(`faults injected: ${s.faults.length} (${[...byKind].map(([k, fs]) => `${k} ${fs.length}`).join(", ") || "none"})`);
+  for (const f of s.faults) {
     const healed = f.healed_ms === null ? "not healed" : `healed ${stamp(f.healed_ms)}`;
     const back = f.recovered_ms === null ? "volume not back" : `back ${stamp(f.recovered_ms)}`;
     const errs = s.errors.filter((e) => e.after_fault === f.n).length;
-    out.push(`  #${f.n} ${stamp(f.injected_ms)} ${f.label}; ${healed}; ${back}; longest stall ${secs(st.gap_ms)}${errs ? `; ${errs} ERROR(S)` : ""}`);
+    out.push(`  #${f.n} ${stamp(f.injected_ms)} ${f.label}; ${healed}; ${back}; longest stall ${secs(stallOf(f))}${errs ? `; ${errs} ERROR(S)` : ""}`);
+  }
+  out.push("by fault (injected, followed by an error, longest stall):");
+  for (const [k, fs] of [...byKind].sort(([a], [b]) => a.localeCompare(b))) {
+    const failed = fs.filter((f) => s.errors.some((e) => e.after_fault === f.n)).length;
+    out.push(`  ${k.padEnd(22)} ${String(fs.length).padStart(3)} ${String(failed).padStart(3)}  ${secs(Math.max(...fs.map(stallOf)))}`);
   }
   if (s.errors.length === 0) out.push("I/O errors: none");
   for (const e of s.errors) {

@@ -284,7 +284,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     let next_at = opts.every_ms;
     while (now() < opts.duration_ms) {
       // Wait for the next slot, watching fio.
-      while (now() < next_at && now() < opts.duration_ms && !fioFailed()) await sleep(Math.min(500, next_at - now()), signal);
+      while (now() < next_at && now() < opts.duration_ms && !fioFailed()) await sleep(Math.max(1, Math.min(500, next_at - now())), signal);
       if (fioFailed()) {
         if (!(await restartFio())) break;
         next_at = Math.max(next_at, now() + opts.every_ms);
@@ -292,14 +292,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       }
       if (now() >= opts.duration_ms) break;
       const plan = draw.next();
-      record = { n: faults.length + 1, kind: plan.kind, label: "", injected_ms: now(), healed_ms: null, recovered_ms: null };
+      record = { n: faults.length + 1, kind: plan.variant ? `${plan.kind}:${plan.variant}` : plan.kind, label: "", injected_ms: now(), healed_ms: null, recovered_ms: null };
       active = await inject(c, plan, VOLUME);
       record.label = `${active.label}${plan.kind === "kill" || plan.kind === "toma-kill" ? `, ${plan.variant === "leg" ? "both " : ""}restarted after ${secs(plan.hold_ms)}` : plan.kind === "linkdown" || plan.kind === "oneway" ? ` for ${secs(plan.hold_ms)}` : ""}`;
       faults.push(record);
       log(`fault #${record.n}: ${record.label}`);
       const heal_at = now() + plan.hold_ms;
       // A fault that made fio fail has shown what it does: it is healed at once, and the soak goes on.
-      while (now() < heal_at && !fioFailed()) await sleep(Math.min(500, heal_at - now()), signal);
+      while (now() < heal_at && !fioFailed()) await sleep(Math.max(1, Math.min(500, heal_at - now())), signal);
       const early = now() < heal_at - 250;
       await active.heal();
       record.healed_ms = now();
