@@ -123,6 +123,9 @@ export class FaultDraw {
 
   next(): FaultPlan {
     const r = this.rng;
+    // A kind with one variant selected draws none: a selection written with bare kinds and one
+    // with single variants of them replay the same sequence for a seed.
+    const variantOf = (variants: string[]) => (variants.length === 1 ? variants[0]! : r.pick(variants));
     const { kind, variants } = r.pick(this.selection);
     const server = r.int(0, this.servers);
     const span = ([lo, hi]: [number, number]) => Math.round(r.range(lo, hi));
@@ -130,19 +133,19 @@ export class FaultDraw {
       case "kill":
         return { kind, server, hold_ms: span(this.times.restart_ms) };
       case "toma-kill": {
-        const variant = r.pick(variants);
+        const variant = variantOf(variants);
         if (variant === "leg") return { kind, variant, server, leg: r.int(0, this.legs), hold_ms: this.times.orphan_ms };
         return { kind, variant, server, hold_ms: span(this.times.restart_ms) };
       }
       case "stop": {
         // Single mode: the TOMA lives in s1, so a paused TOMA is always s1's.
-        const process = r.pick(variants) as "target" | "toma";
+        const process = variantOf(variants) as "target" | "toma";
         return { kind, variant: process, server: process === "toma" && !this.cluster_mode ? 0 : server, process, hold_ms: this.times.pause_ms };
       }
       case "linkdown":
         return { kind, server, hold_ms: span(this.times.linkdown_ms) };
       case "oneway": {
-        const way = r.pick(variants) as OneWay;
+        const way = variantOf(variants) as OneWay;
         const peer = (server + r.int(1, this.servers)) % this.servers;
         // client-toma: the client's TOMA is s1's (its -m address).
         const s = way === "client-toma" ? 0 : server;
