@@ -123,8 +123,8 @@ export class FaultDraw {
 
   next(): FaultPlan {
     const r = this.rng;
-    // A kind with one variant selected draws none: a selection written with bare kinds and one
-    // with single variants of them replay the same sequence for a seed.
+    // A kind with one variant selected draws no variant: a seed drawn before a kind gained a
+    // variant (toma-kill had one) replays the same sequence with that one variant selected.
     const variantOf = (variants: string[]) => (variants.length === 1 ? variants[0]! : r.pick(variants));
     const { kind, variants } = r.pick(this.selection);
     const server = r.int(0, this.servers);
