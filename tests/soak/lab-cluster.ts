@@ -13,6 +13,8 @@ import { NetLab } from "../support/netns.ts";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
 
 export const TARGET_PORT = 4420;
+/** A TOMA cluster member that knows a leader (its progress line, printed on every change). */
+const MEMBER_READY = /TOMA cluster: (leader|follower) in term \d+, leader \d/;
 export const TOMA_PORT = 4000;
 
 export interface LabClusterOptions {
@@ -80,7 +82,7 @@ export class LabCluster extends Cluster {
     if (this.labOpts.cluster_mode) {
       await requirePeersFlag();
       for (let t = 0; t < hosts.length; t++) await this.startTomaOn(t, false);
-      for (const d of this.tomas) await d!.waitFor(/toma ready on/, 60_000);
+      for (const d of this.tomas) await d!.waitFor(MEMBER_READY, 60_000);
       this.toma_addr = this.tomaAddress(0);
     } else {
       await this.startToma(this.tomaAddress(0));
@@ -96,7 +98,7 @@ export class LabCluster extends Cluster {
     const args = [...this.nvmesh(`toma${t}`), "toma", "run", "--listen", this.tomaAddress(t), "--target", `${this.lab.ip(this.server(t))}:${TARGET_PORT}`, "--peers", peers, "--name", this.server(t)];
     const d = new Daemon(`toma ${this.server(t)}`, args, this.keyEnv);
     this.tomas[t] = d;
-    await d.waitFor(ready ? /toma ready on/ : /management API on/, 60_000);
+    await d.waitFor(ready ? MEMBER_READY : /management API on/, 60_000);
   }
 
   /** Attaches a volume on the client host (which holds the client key only); its NBD URI. */
@@ -134,30 +136,30 @@ export class LabCluster extends Cluster {
 
   /**
    * Cluster mode: the server whose TOMA leads, from `cluster status -o json` asked of every TOMA
-   * in turn. The JSON must name the leader's management address (`cluster.leader`, a "HOST:PORT"
-   * string or an object with `management` or `address`); anything else is an error, not a guess.
+   * in turn: `cluster.consensus.leader.address`, the leader's management address. A TOMA that
+   * knows no leader is asked no further; no answer naming one is an error, not a guess.
    */
   async leader(): Promise<number> {
     const errors: string[] = [];
     for (let t = 0; t < this.labOpts.servers; t++) {
       if (!this.tomas[t]) continue;
-      const r = await this.cliWithin(10_000, "cluster", "status", "-o", "json", "-m", this.tomaAddress(t));
+      const r = await run([...this.adminCommand(), "cluster", "status", "-o", "json"], { env: { ...this.adminEnv(), NVMESH_MANAGEMENT: this.tomaAddress(t) }, timeout_ms: 10_000 });
       if (r.code !== 0) {
         errors.push(`${this.server(t)}: exit ${r.code} ${r.stderr.trim().slice(0, 200)}`);
         continue;
       }
-      const j = JSON.parse(r.stdout) as { cluster?: { leader?: unknown } };
-      const l = j.cluster?.leader;
-      const addr = typeof l === "string" ? l : l && typeof l === "object" ? ((l as Record<string, unknown>).management ?? (l as Record<string, unknown>).address) : undefined;
-      if (typeof addr !== "string") {
-        throw new Error(`cluster status -o json (asked of ${this.server(t)}) names no leader: expected cluster.leader with the leader's management address; got ${JSON.stringify(j.cluster)}`);
+      const j = JSON.parse(r.stdout) as { cluster?: { consensus?: { leader?: { address?: unknown } | null } } };
+      const addr = j.cluster?.consensus?.leader?.address;
+      if (typeof addr !== "string" || addr === "") {
+        errors.push(`${this.server(t)}: no leader known (cluster.consensus: ${JSON.stringify(j.cluster?.consensus ?? null).slice(0, 200)})`);
+        continue;
       }
       const host = this.lab.hostOf(addr.replace(/:\d+$/, ""));
       const idx = host ? Number(host.slice(1)) - 1 : -1;
       if (idx < 0) throw new Error(`leader ${addr} is none of the servers`);
       return idx;
     }
-    throw new Error(`no TOMA answered cluster status: ${errors.join("; ")}`);
+    throw new Error(`no TOMA named a leader in cluster status: ${errors.join("; ")}`);
   }
 
   /**
