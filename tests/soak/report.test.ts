@@ -1,7 +1,7 @@
 /** The soak's bookkeeping: the fault draw replays by seed; stalls and IOPS from fio's logs. */
 import { describe, expect, test } from "bun:test";
 import { DEFAULT_TIMES, FaultDraw, faultSelectors, selectFaults } from "./faults.ts";
-import { iopsSeries, longestGap, stallsOver } from "./report.ts";
+import { type FaultRecord, faultAt, iopsSeries, longestGap, stallMiddle, stallsOver } from "./report.ts";
 
 describe("fault draw", () => {
   test("a seed replays the same sequence; another seed gives another; only the kinds asked for", () => {
@@ -79,6 +79,13 @@ describe("stalls and IOPS", () => {
       { gap_ms: 3600, from_ms: 5400 },
     ]);
     expect(stallsOver(times, 0, 9500, 10_000)).toEqual([]);
+  });
+
+  test("a stall is charged to the fault in force at its middle, not at its start", () => {
+    const f = (n: number, injected_ms: number): FaultRecord => ({ n, kind: "kill", label: "", injected_ms, healed_ms: null, recovered_ms: null });
+    const faults = [f(1, 0), f(2, 10_000)];
+    // The last completion before fault #2 came 200 ms before it; the stall is #2's.
+    expect(faultAt(faults, stallMiddle({ from_ms: 9_800, gap_ms: 50_000 }))!.n).toBe(2);
   });
 
   test("IOPS per bucket from windowed rates", () => {

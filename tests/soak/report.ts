@@ -89,6 +89,12 @@ export function iopsSeries(samples: [number, number][], window_ms: number, end_m
   return ios.map((c) => c / (bucket_ms / 1000));
 }
 
+/**
+ * Where a stall is charged: its middle. Its start is the last completion before it, which may
+ * fall just before the fault that caused it was injected.
+ */
+export const stallMiddle = (st: Stall) => st.from_ms + st.gap_ms / 2;
+
 /** The fault in force at `at_ms`, or else the last one injected before it. */
 export function faultAt(faults: FaultRecord[], at_ms: number): FaultRecord | null {
   let last: FaultRecord | null = null;
@@ -152,7 +158,7 @@ export function summary(s: SummaryInput): string {
     out.push(`ERROR ${stamp(e.at_ms)} ${when}: ${e.what}`);
   }
   const all = longestGap(s.times, s.io_from_ms, s.end_ms, true);
-  const during = faultAt(s.faults, all.from_ms + s.window_ms);
+  const during = faultAt(s.faults, stallMiddle(all));
   out.push(`longest I/O stall (no fio completion, to ${s.window_ms} ms): ${secs(all.gap_ms)} from ${stamp(all.from_ms)}${during ? ` (after fault #${during.n}: ${during.label})` : ""}`);
   out.push(`volume states: ${s.states.map((x) => `${stamp(x.at_ms)} ${x.state}`).join("; ")}`);
   out.push(`write IOPS over time (${s.bucket_ms / 1000} s buckets, every fio job; faults in force by number):`);

@@ -19,7 +19,7 @@ import { requireNetnsTool } from "../support/netns.ts";
 import { ok, requireTool, run } from "../support/proc.ts";
 import { type ActiveFault, DEFAULT_TIMES, FAULT_KINDS, FaultDraw, type FaultTimes, faultSelectors, inject, selectFaults } from "./faults.ts";
 import { LabCluster, requirePeersFlag } from "./lab-cluster.ts";
-import { type ErrorRecord, type FaultRecord, type StateRecord, faultAt, secs, stallsOver, stamp, summary } from "./report.ts";
+import { type ErrorRecord, type FaultRecord, type StateRecord, faultAt, secs, stallMiddle, stallsOver, stamp, summary } from "./report.ts";
 
 const MiB = 2 ** 20;
 const VOLUME = "soak";
@@ -396,7 +396,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   const io_from_ms = fios.length > 0 ? fios[0]!.started_ms - t0 : 0;
   if (opts.max_stall_ms !== null) {
     for (const st of stallsOver(times, io_from_ms, end_ms, opts.max_stall_ms)) {
-      const f = faultAt(faults, st.from_ms + WINDOW_MS);
+      const f = faultAt(faults, stallMiddle(st));
       failures.push(`I/O stalled ${secs(st.gap_ms)} from ${stamp(st.from_ms)} (over --max-stall ${secs(opts.max_stall_ms)})${f ? `, after fault #${f.n} (${f.label})` : ""}`);
     }
   }
