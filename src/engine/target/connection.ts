@@ -191,6 +191,9 @@ export class TargetConnection {
     if (this.closed) return;
     if (this.state === "new") return this.hello(h, payload);
     if (this.state === "auth") return this.auth(h, payload);
+    // A liveness probe is answered here and now, ahead of whatever is queued or executing: a
+    // requester judges us alive by it, and a slow drive must not make a live target look dead.
+    if (h.opcode === Op.PING) return this.ping(h, payload, owned);
     if (this.state === "ready" && this.queueHead === this.queue.length && this.hasRoom(h)) {
       const cost = costOf(h);
       if (this.budget.take(cost, this.onGrant)) return this.start(h, payload, owned, cost);
@@ -205,6 +208,12 @@ export class TargetConnection {
     if (waiting > this.limits.max_queued_frames || this.queuedBytes > this.limits.max_queued_bytes) {
       this.fail(`peer exceeded the request queue although its connection is paused (${waiting} frames, ${this.queuedBytes} bytes waiting)`);
     }
+  }
+
+  private ping(h: Header, payload: Uint8Array, owned: boolean): void {
+    const answer = execute(this.ctx, this.requester!, h, payload, owned);
+    if (!(answer instanceof Uint8Array)) throw new Error("invariant: a PING is answered synchronously");
+    this.link.sendFrame(answer);
   }
 
   /** An in-flight slot and room in this connection's byte bound (one large request goes alone). */

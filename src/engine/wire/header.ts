@@ -43,6 +43,11 @@ export enum Op {
    * wrong proof is answered NOT_AUTHENTICATED and the connection closed.
    */
   AUTH = 7,
+  /**
+   * Liveness probe: no payload, answered OK with no payload at once, ahead of any request queued
+   * or executing on the connection (a slow drive does not delay it). Only after HELLO (and AUTH).
+   */
+  PING = 8,
   /** → CBOR list of drives served. */
   LIST_DRIVES = 16,
   /** Reads the newest valid metadata slot of a drive → CBOR {generation, payload}. */

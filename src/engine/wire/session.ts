@@ -2,15 +2,20 @@
  * The requester side of one target connection (TargetSession): HELLO, then pipelined requests
  * matched to responses by request id, completing in whatever order the target answers.
  *
- * No request timeout: deciding that a target is dead is the TOMA's job (local timeouts only decide
- * when to suspect). What this guarantees instead is that a lost connection fails every request at
- * once with SessionClosedError, so nothing ever hangs on a dead socket.
+ * No request has a timeout of its own (a write on a slow drive may take as long as it takes), but
+ * the connection has a liveness deadline (./liveness.ts): a session that hears nothing from its
+ * target while requests are outstanding (or for longer while idle) sends a PING, which the target
+ * answers at once, ahead of any queued I/O; a PING unanswered within its deadline closes the
+ * session as dead. A closed session fails every request at once with SessionClosedError, so
+ * nothing hangs on a half-open connection, a paused target or a one-way cut: the caller's
+ * reconnect-and-retry path takes over. Judged only by this node's own timers.
  *
  * In flight is bounded by count and bytes; requests beyond either wait in FIFO order, unsent.
  */
 import type { Env } from "../env.ts";
 import type { FrameLink, Transport } from "../net/frame-link.ts";
 import { streamLink } from "../net/stream-link.ts";
+import { DEFAULT_LIVENESS, Liveness, type LivenessOptions } from "./liveness.ts";
 import {
   DirtyList,
   DriveInfo,
@@ -63,6 +68,8 @@ export interface SessionOptions {
    * served as a client whatever role HELLO names). None: only targets without a key (--insecure).
    */
   cluster_key?: ClusterKey | null;
+  /** When to probe a quiet target and when to give it up (./liveness.ts); null: never (tests of raw peers). */
+  liveness?: Partial<LivenessOptions> | null;
 }
 
 export const DEFAULT_SESSION_MAX_INFLIGHT = 256;
@@ -122,7 +129,7 @@ export async function sessionOver(
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  const s = new Session(link, address, opts);
+  const s = new Session(env, link, address, opts);
   try {
     const key = opts.cluster_key ?? null;
     const nonce = new Uint8Array(NONCE_BYTES);
@@ -157,8 +164,12 @@ export class Session implements TargetSession {
   private readonly max_inflight_bytes: number;
   /** Reused for every request header (encodeHeader copies it into the frame). */
   private readonly hdr: Header = emptyHeader();
+  private readonly liveness: Liveness | null;
+  /** The request id of the PING on the wire (0: none). Not in `pending`: it takes no slot. */
+  private probeId = 0;
 
   constructor(
+    env: Env,
     private readonly link: FrameLink,
     readonly address: string,
     opts: SessionOptions,
@@ -173,7 +184,20 @@ export class Session implements TargetSession {
     link.sink = (h) => this.readDestination(h);
     link.onMalformed = (why) => this.fail(`malformed frame from target: ${why}`);
     link.onClose = (reason) => this.fail(reason);
+    const lv = opts.liveness === null ? null : { ...DEFAULT_LIVENESS, ...opts.liveness };
+    this.liveness =
+      lv === null
+        ? null
+        : new Liveness(env, lv, {
+            busy: () => this.pending.size > 0,
+            ready: () => this.handshakeDone,
+            probe: () => this.sendProbe(),
+            dead: (why) => this.fail(why),
+          });
   }
+
+  /** HELLO (and AUTH) answered: PINGs may be sent (before, the target would refuse them). */
+  private handshakeDone = false;
 
   get closed(): boolean {
     return this.isClosed;
@@ -215,6 +239,7 @@ export class Session implements TargetSession {
       }
     }
     this.info = info;
+    this.handshakeDone = true;
     return this.info;
   }
 
@@ -393,10 +418,34 @@ export class Session implements TargetSession {
     return others === 0 || this.inflightBytes + bytes <= this.max_inflight_bytes;
   }
 
-  private send(r: Request): void {
+  private takeId(): number {
     let id = this.nextId;
-    while (this.pending.has(id)) id = id === MAX_U32 ? 1 : id + 1;
+    while (this.pending.has(id) || id === this.probeId) id = id === MAX_U32 ? 1 : id + 1;
     this.nextId = id === MAX_U32 ? 1 : id + 1;
+    return id;
+  }
+
+  /** A PING outside the request queue and its bounds: it must go out even when they are full. */
+  private sendProbe(): void {
+    if (this.isClosed || this.probeId !== 0) return;
+    const id = this.takeId();
+    this.probeId = id;
+    const h = this.hdr;
+    h.opcode = Op.PING;
+    h.flags = 0;
+    h.request_id = id;
+    h.length = 0;
+    h.offset = 0;
+    h.drive_uuid = NO_DRIVE;
+    h.client_id = this.client_id;
+    h.generation = this.generation;
+    h.status = Status.OK;
+    h.payload_len = 0;
+    this.link.send(h, null);
+  }
+
+  private send(r: Request): void {
+    const id = this.takeId();
     this.pending.set(id, r);
     this.inflightBytes += r.bytes;
     if (locking(r)) this.inflightLocks++;
@@ -425,6 +474,12 @@ export class Session implements TargetSession {
   private onFrame(h: Header, payload: Uint8Array): void {
     if (this.isClosed) return;
     if ((h.flags & Flag.RESPONSE) === 0) return this.fail(`target sent a request (${Op[h.opcode]})`);
+    this.liveness?.heard();
+    if (h.request_id === this.probeId && h.opcode === Op.PING) {
+      this.probeId = 0;
+      if (h.status !== Status.OK) return this.fail(`target answered PING with ${Status[h.status] ?? h.status}`);
+      return;
+    }
     const r = this.pending.get(h.request_id);
     if (!r) return this.fail(`target answered unknown request id ${h.request_id}`);
     if (r.op !== h.opcode) return this.fail(`target answered ${Op[r.op]} request ${h.request_id} as ${Op[h.opcode]}`);
@@ -440,7 +495,7 @@ export class Session implements TargetSession {
     if (h.status !== Status.OK) {
       const body = decodeBody(ErrorBody, payload);
       const msg = isInvalid(body) ? `${Status[h.status] ?? h.status} (no error body)` : body.error;
-      return r.reject(new TargetError(h.status, msg));
+      return r.reject(new TargetError(h.status, msg, isInvalid(body) ? null : (body.version ?? null)));
     }
     if (r.dst) {
       if (payload.length !== r.dst.length) {
@@ -493,6 +548,7 @@ export class Session implements TargetSession {
   private fail(reason: string): void {
     if (this.isClosed) return;
     this.isClosed = true;
+    this.liveness?.stop();
     this.link.close();
     const err = new SessionClosedError(`session to ${this.address} closed: ${reason}`);
     const victims = [
