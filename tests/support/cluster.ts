@@ -323,14 +323,29 @@ export class Cluster {
     return this;
   }
 
+  /** How admin commands run nvmesh (on another host: behind `ip netns exec`). */
+  protected adminCommand(): string[] {
+    return [NVMESH];
+  }
+
   /** Runs an nvmesh admin command against this cluster; throws on a non-zero exit. */
   cli(...args: string[]): Promise<string> {
-    return ok([NVMESH, ...args], { env: { ...this.keyEnv, NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir } });
+    return ok([...this.adminCommand(), ...args], { env: this.adminEnv() });
   }
 
   /** Same, but returns the exit code and output instead of throwing. */
   cliRaw(...args: string[]) {
-    return run([NVMESH, ...args], { env: { ...this.keyEnv, NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir } });
+    return run([...this.adminCommand(), ...args], { env: this.adminEnv() });
+  }
+
+  /** Same, bounded by timeout_ms (a paused TOMA never answers): exit code 137 when it took longer. */
+  cliWithin(timeout_ms: number, ...args: string[]) {
+    return run([...this.adminCommand(), ...args], { env: this.adminEnv(), timeout_ms });
+  }
+
+  /** The environment of admin commands: the server key, this cluster's TOMA and run directory. */
+  protected adminEnv(): Record<string, string> {
+    return { ...this.keyEnv, NVMESH_MANAGEMENT: this.toma_addr, NVMESH_RUN_DIR: this.runDir };
   }
 
   async cliJson<T = unknown>(...args: string[]): Promise<T> {

@@ -3,11 +3,12 @@
  * in the background while faults are injected, its JSON result, and the longest stall read from
  * its per-I/O latency log.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync } from "node:fs";
 import { Daemon, ok } from "./proc.ts";
 
 export interface FioSide {
   io_bytes: number;
+  total_ios: number;
   iops: number;
   bw_bytes: number;
   lat_ns: { mean: number; max: number };
@@ -32,6 +33,30 @@ export interface VerifyOptions {
   iodepth?: number;
   /** Runs this long (time based); without it, one pass over the range then the verify pass. */
   runtime_s?: number;
+  /**
+   * Several jobs, each on a range of its own: job i writes `size` bytes from offset + i * size.
+   * Their results are reported as one (group_reporting); each logs its own completions.
+   */
+  jobs?: number;
+  /** Argv prefix fio runs under (e.g. `ip netns exec NS`, to run it on another host). */
+  wrap?: string[];
+  /** Log total latency only (no submission and completion logs): a third of the log to write. */
+  lean_logs?: boolean;
+  /**
+   * Log one averaged entry per window of this many ms with completions (and an IOPS log) instead
+   * of one per I/O: for long runs. Stalls are then known to the window.
+   */
+  log_avg_ms?: number;
+  /** fio writes its whole JSON result every this many seconds too (see progress()). */
+  status_s?: number;
+}
+
+/** How a fio run ended: its exit code, its summed job (null without a JSON result), its text. */
+export interface FioOutcome {
+  code: number;
+  job: FioJob | null;
+  /** fio's own messages (errors, verify failures), from its stdout and stderr. */
+  output: string;
 }
 
 /**
@@ -53,22 +78,59 @@ export class FioVerify {
       "fio", `--name=${opts.name}`, "--ioengine=nbd", `--uri=${opts.uri}`, "--rw=randwrite",
       `--bs=${opts.bs ?? "4k"}`, `--iodepth=${opts.iodepth ?? 16}`, `--size=${opts.size}`,
       "--verify=crc32c", "--verify_backlog=256", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
-      `--write_lat_log=${this.lat_prefix}`, "--log_avg_msec=0", "--output-format=json", `--output=${this.json}`,
+      `--write_lat_log=${this.lat_prefix}`, `--log_avg_msec=${opts.log_avg_ms ?? 0}`, "--output-format=json", `--output=${this.json}`,
     ];
+    if (opts.log_avg_ms) args.push(`--write_iops_log=${this.lat_prefix}`);
+    if (opts.status_s) args.push(`--status-interval=${opts.status_s}`);
     if (opts.offset) args.push(`--offset=${opts.offset}`);
     if (opts.runtime_s) args.push("--time_based", `--runtime=${opts.runtime_s}`);
-    this.daemon = new Daemon(`fio ${opts.name}`, args);
+    if (opts.jobs && opts.jobs > 1) args.push(`--numjobs=${opts.jobs}`, `--offset_increment=${opts.size}`, "--group_reporting");
+    if (opts.lean_logs) args.push("--disable_slat=1", "--disable_clat=1");
+    this.daemon = new Daemon(`fio ${opts.name}`, [...(opts.wrap ?? []), ...args]);
   }
 
   /** Waits for fio to end; throws with its output when it failed. */
   async result(timeout_ms = 180_000): Promise<FioJob> {
+    const r = await this.finish(timeout_ms);
+    if (r.code !== 0 || r.job === null) throw new Error(`fio ${this.opts.name} exited ${r.code}:\n${r.output}`);
+    return r.job;
+  }
+
+  /** Waits for fio to end (killed after timeout_ms) and says how it ended, without judging it. */
+  async finish(timeout_ms = 180_000): Promise<FioOutcome> {
     const timer = setTimeout(() => this.daemon.proc.kill("SIGKILL"), timeout_ms);
     const code = await this.daemon.proc.exited;
     clearTimeout(timer);
     const text = existsSync(this.json) ? readFileSync(this.json, "utf8") : "";
-    if (code !== 0) throw new Error(`fio ${this.opts.name} exited ${code}:\n${this.daemon.output}\n${text.slice(0, 4000)}`);
-    const j = JSON.parse(text.slice(text.indexOf("{"))) as { jobs: FioJob[] };
-    return j.jobs[0]!;
+    const brace = text.indexOf("{");
+    // A killed fio leaves no (or half a) JSON document: no result, the output says why.
+    const job = lastResult(text);
+    // Messages fio prints before its JSON go to the --output file too.
+    return { code, job, output: `${this.daemon.output}${brace > 0 ? text.slice(0, brace) : brace < 0 ? text : ""}` };
+  }
+
+  /**
+   * With status_s: the I/Os completed so far (reads and writes, every job), from the last status
+   * fio wrote; null before the first.
+   */
+  progress(): number | null {
+    if (!existsSync(this.json)) return null;
+    const fd = openSync(this.json, "r");
+    try {
+      const size = fstatSync(fd).size;
+      const tail = Buffer.alloc(Math.min(size, 256 * 1024));
+      readSync(fd, tail, 0, tail.length, size - tail.length);
+      const job = lastResult(tail.toString("utf8"));
+      return job === null ? null : job.read.total_ios + job.write.total_ios;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Asks fio to stop (SIGINT: it ends its jobs and writes its result) and waits for it. */
+  async stop(timeout_ms = 120_000): Promise<FioOutcome> {
+    if (this.daemon.alive) this.daemon.proc.kill("SIGINT");
+    return await this.finish(timeout_ms);
   }
 
   /** fio's log time (ms) of a performance.now() reading taken in this process. */
@@ -81,17 +143,7 @@ export class FioVerify {
    * only gaps that begin within [from_ms, to_ms] of fio's time when given.
    */
   longestStall(from_ms = 0, to_ms = Infinity): { gap_ms: number; at_ms: number; ios: number } {
-    const dir = this.opts.dir;
-    const base = this.lat_prefix.slice(dir.length + 1);
-    const files = readdirSync(dir).filter((f) => f.startsWith(`${base}_lat.`) && f.endsWith(".log"));
-    const times: number[] = [];
-    for (const f of files) {
-      for (const line of readFileSync(`${dir}/${f}`, "utf8").split("\n")) {
-        const comma = line.indexOf(",");
-        if (comma > 0) times.push(Number(line.slice(0, comma)));
-      }
-    }
-    times.sort((a, b) => a - b);
+    const times = this.completionTimes();
     let gap_ms = 0;
     let at_ms = 0;
     for (let i = 1; i < times.length; i++) {
@@ -100,7 +152,55 @@ export class FioVerify {
     }
     return { gap_ms, at_ms, ios: times.length };
   }
+
+  /**
+   * When each I/O completed (ms since fio started), every job's, in order; with log_avg_ms, when
+   * each window that had completions was logged.
+   */
+  completionTimes(): Float64Array {
+    return Float64Array.from(this.logEntries("lat").map(([t]) => t)).sort();
+  }
+
+  /** With log_avg_ms: (ms since fio started, I/Os completed per second in that window), every job's. */
+  iopsLog(): [number, number][] {
+    return this.logEntries("iops");
+  }
+
+  /** The first two columns (time, value) of every job's log of a kind. */
+  private logEntries(kind: "lat" | "iops"): [number, number][] {
+    const dir = this.opts.dir;
+    const base = this.lat_prefix.slice(dir.length + 1);
+    const files = readdirSync(dir).filter((f) => f.startsWith(`${base}_${kind}.`) && f.endsWith(".log"));
+    const out: [number, number][] = [];
+    for (const f of files) {
+      for (const line of readFileSync(`${dir}/${f}`, "utf8").split("\n")) {
+        const [t, v] = line.split(",", 2);
+        if (v !== undefined) out.push([Number(t), Number(v)]);
+      }
+    }
+    return out;
+  }
 }
+
+/** The first job of the last complete JSON document in fio's output (status reports come first). */
+function lastResult(output: string): FioJob | null {
+  const text = `\n${output}`;
+  for (let at = text.lastIndexOf(DOC_START); at >= 0; at = at > 0 ? text.lastIndexOf(DOC_START, at - 1) : -1) {
+    try {
+      const doc = JSON.parse(text.slice(at + 1, nextDoc(text, at))) as { jobs: FioJob[] };
+      return doc.jobs[0] ?? null;
+    } catch {
+      // Incomplete (being written) or cut by the tail: the one before.
+    }
+  }
+  return null;
+}
+
+const DOC_START = '\n{\n  "fio version"';
+const nextDoc = (text: string, at: number) => {
+  const n = text.indexOf(DOC_START, at + 1);
+  return n < 0 ? text.length : n;
+};
 
 /** Writes `bytes` of random data at `offset` of the export (nbdcopy from a file) and flushes. */
 export async function fillRandom(uri: string, dir: string, name: string, bytes: number): Promise<Uint8Array> {
