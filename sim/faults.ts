@@ -72,6 +72,8 @@ export class FaultInjector {
     this.undo.clear();
     const c = this.cluster;
     c.net.heal();
+    for (const s of c.servers) s.node.resume();
+    for (const cl of c.clients) cl.node.resume();
     for (const s of c.servers) if (!s.node.alive) c.bootServer(s);
     for (const m of c.media) if (!m.plugged) c.plug(m, c.serverOf(m) ?? c.servers[0]!);
     for (const cl of c.clients) if (!cl.node.alive) c.bootClient(cl);
