@@ -211,8 +211,14 @@ export class MirrorIo {
         return;
       }
       this.hooks.report(column, `leg ${column} (drive ${drive_uuid}) still unreachable`);
-      // A session opening is what clears the suspicion (the pool keeps it for our I/O).
-      this.pool.sessionFor(drive_uuid).catch(() => {});
+      // A session opening is what clears the suspicion (the pool keeps it for our I/O). Where
+      // the drive is served is asked again first: no I/O of ours goes to a leg that is out, so
+      // nothing else would tell us it moved to another server, and we would report it for ever.
+      this.hooks
+        .refresh()
+        .catch(() => {})
+        .then(() => this.pool.sessionFor(drive_uuid))
+        .catch(() => {});
       entry.timer = this.env.timers.after(SUSPECT_REPORT_MS, again);
     };
     this.suspects.set(drive_uuid, { column, timer: this.env.timers.after(SUSPECT_REPORT_MS, again) });
