@@ -29,6 +29,33 @@ const status = command({
       capacity: `${formatBytes(cluster.capacity.used_bytes)} used of ${formatBytes(cluster.capacity.total_bytes)}`,
       volumes: cluster.volumes,
     });
+    const c = cluster.consensus;
+    if (c) {
+      process.stdout.write("\n");
+      printKeyValues({
+        toma: `${c.toma_id} (${c.node_id ?? "no node id yet"}) at ${c.address ?? "?"}`,
+        "toma cluster": c.phase === "running" ? `${c.role}, term ${c.term}` : `${c.phase}: ${c.reason ?? ""}`,
+        leader: c.leader ? `${c.leader.address || c.leader.node_id}${c.role === "leader" && !c.leader_ready ? " (its first entry not applied yet)" : ""}` : "(none known)",
+        log: c.commit === null ? "-" : `commit ${c.commit}, applied ${c.applied}, last ${c.last_index}`,
+        "hard state": c.hard_state ? `record ${c.hard_state.seq} on ${c.hard_state.drives.length} drive(s)` : "-",
+      });
+      process.stdout.write("\n");
+      // Followers exchange Raft messages with the leader only; every TOMA asks every peer about
+      // itself each second, which is what "says" shows.
+      const byId = new Map(c.peers.map((p) => [p.node_id, p.address]));
+      printTable(
+        c.peers.map((p) => ({
+          peer: p.address,
+          node: p.node_id,
+          voter: p.voter ? "yes" : "learner",
+          says: p.says
+            ? `${p.says.role}, term ${p.says.term}, leader ${p.says.leader === null ? "(none)" : p.says.leader === c.node_id ? c.address : (byId.get(p.says.leader) ?? p.says.leader)}`
+            : `no answer${p.error ? `: ${p.error}` : ""}`,
+          "raft msgs": p.heard_ms_ago === null ? "never" : `${(p.heard_ms_ago / 1000).toFixed(1)} s ago`,
+          match: p.match ?? "-",
+        })),
+      );
+    }
     process.stdout.write("\n");
     printTable(targets.map((x) => ({ target: x.address, name: x.target_name, state: x.state, drives: x.drives, error: x.last_error })));
     process.stdout.write("\n");

@@ -1,7 +1,8 @@
 /** `nvmesh drive format|show`. */
 import { consola } from "consola";
 import { FileStore } from "../engine/runtime/file-store.ts";
-import { formatDrive } from "../engine/drive/format.ts";
+import { blankMetaSlots, formatDrive } from "../engine/drive/format.ts";
+import { openDrive } from "../engine/drive/formatted-drive.ts";
 import { minDriveBytes } from "../engine/drive/superblock.ts";
 import { checkDrivePath } from "./drive-path.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
@@ -52,6 +53,43 @@ const format = command({
   },
 });
 
+const repairMetadata = command({
+  meta: {
+    name: "repair-metadata",
+    description: "blank both metadata slots of a drive whose slot is unreadable or damaged (its target stopped)",
+  },
+  args: {
+    path: { type: "positional", description: "drive file or block device", required: true },
+    force: { type: "boolean", description: "blank the slots even though both read back fine" },
+  },
+  async run({ args }) {
+    checkDrivePath(args.path, "read and write");
+    const env = realEnv("drive");
+    // flock: a target serving the drive holds it, and this open fails saying so.
+    const store = await FileStore.open(args.path, { log: env.log });
+    try {
+      let why: string | null = null;
+      try {
+        const d = await openDrive(store, args.path, { log: env.log });
+        const m = await d.metaRead();
+        if (m.other !== "older") why = `its non-current metadata slot is ${m.other}`;
+      } catch (e) {
+        why = (e as Error).message;
+      }
+      if (why === null && args.force !== true) {
+        throw new UsageError(`${args.path}: both metadata slots read back fine, nothing to repair (--force blanks them anyway, losing what they hold)`);
+      }
+      const sb = await blankMetaSlots(store);
+      consola.success(
+        `blanked both metadata slots of drive ${sb.drive_uuid} (${why ?? "asked with --force"}); what they held is gone: ` +
+          "a TOMA takes the drive as one that never held its records",
+      );
+    } finally {
+      await store.close();
+    }
+  },
+});
+
 const show = command({
   meta: { name: "show", description: "list the drives of the cluster" },
   args: { ...management, ...outputArg },
@@ -90,5 +128,5 @@ const evict = command({
 
 export const driveCommand = command({
   meta: { name: "drive", description: "format and list drives" },
-  subCommands: { format, show, evict },
+  subCommands: { format, show, evict, "repair-metadata": repairMetadata },
 });

@@ -13,7 +13,12 @@ import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
-import { DEFAULT_HTTP_LIMITS } from "../toma/http-conn.ts";
+import { DEFAULT_HTTP_LIMITS, type HttpLimits } from "../toma/http-conn.ts";
+import { type TomaClient, tomaClient } from "../toma/api-client.ts";
+import { clusterMemberApi, IDENTITY_PATH, RAFT_PATH } from "../toma/cluster/cluster-api.ts";
+import { parseIdentity } from "../toma/cluster/identity.ts";
+import { ClusterMember } from "../toma/cluster/member.ts";
+import type { Connect } from "../toma/target-link.ts";
 import { preauthArgs, preauthLimits } from "./limit-args.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
@@ -25,6 +30,11 @@ const run = command({
     target: { type: "string", description: "a target HOST:PORT to manage (repeat for several)", required: true },
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
+    peers: {
+      type: "string",
+      description:
+        "every TOMA's management HOST:PORT, this one's included, comma-separated, the same list on every server: run as a member of a TOMA cluster (so far: leader election and the replicated log only)",
+    },
     ...keyFileArg,
     ...insecureArg,
     ...preauthArgs,
@@ -51,6 +61,10 @@ const run = command({
       realRdma,
       (e, link, address, h) => sessionOver(e, link, address, h, keyed),
     );
+    if (args.peers !== undefined) {
+      if (args.cluster !== undefined) throw new UsageError("--cluster chooses among single-TOMA cluster states on the drives; a TOMA cluster (--peers) founds or finds its own");
+      return await runMember({ name, targets, peers: args.peers, listen, listenText: args.listen, cluster_key, connect: (address) => open(env, address, hello), limits: preauthLimits(args, DEFAULT_HTTP_LIMITS) });
+    }
     const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
     const limits = preauthLimits(args, DEFAULT_HTTP_LIMITS);
     let http: TomaHttpServer;
@@ -84,6 +98,78 @@ const run = command({
     await stop;
   },
 });
+
+/**
+ * `toma run --peers`: this TOMA as a member of a TOMA cluster (src/toma/cluster/). It founds the
+ * cluster with its peers, takes part in elections, keeps its hard state on its own target's drives;
+ * it does not manage drives, volumes or clients yet, and says so.
+ */
+async function runMember(o: {
+  name: string;
+  targets: string[];
+  peers: string;
+  listen: { host: string; port: number };
+  listenText: string;
+  cluster_key: Uint8Array | null;
+  connect: Connect;
+  limits: Partial<HttpLimits>;
+}): Promise<void> {
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(o.name)) {
+    throw new UsageError(`TOMA name '${o.name}' is not usable in a TOMA cluster: give --name with 1 to 64 of [A-Za-z0-9._-]`);
+  }
+  const peers = o.peers.split(",").map((p) => p.trim()).filter((p) => p !== "").map((p) => listenAddress(p, "--peers"));
+  if (peers.length === 0) throw new UsageError("--peers needs at least this TOMA's own HOST:PORT");
+  const twice = peers.find((p, i) => peers.indexOf(p) !== i);
+  if (twice !== undefined) throw new UsageError(`--peers lists ${twice} twice: give each TOMA once`);
+  if (peers.length < 3) {
+    consola.warn(
+      peers.length === 1
+        ? "a TOMA cluster of one cannot survive the loss of its server"
+        : "a TOMA cluster of two needs both TOMAs up to elect a leader: it survives the loss of no server; 3 or more survive one",
+    );
+  }
+  const key = o.cluster_key === null ? null : { kind: "server" as const, key: o.cluster_key };
+  const clients = new Map<string, TomaClient>();
+  const client = (address: string) => {
+    let c = clients.get(address);
+    if (!c) clients.set(address, (c = tomaClient(address, { key, timeout_ms: 3000 })));
+    return c;
+  };
+  const env = realEnv("toma");
+  const member = new ClusterMember(env, {
+    name: o.name,
+    targets: o.targets,
+    peers,
+    connect: o.connect,
+    post: async (address, bytes) => {
+      await client(address).call("POST", RAFT_PATH, { envelope: Buffer.from(bytes).toString("base64") });
+    },
+    ask: async (address) => parseIdentity(await client(address).call("GET", IDENTITY_PATH), address),
+  });
+  let http: TomaHttpServer;
+  try {
+    http = await serveTomaApi(clusterMemberApi(env, member, o.cluster_key), { hostname: o.listen.host, port: o.listen.port, env: realEnv("toma-api"), limits: o.limits });
+  } catch (e) {
+    throw new Error(listenFailure(o.listenText, e));
+  }
+  member.start();
+  const addr = `${o.listen.host === "0.0.0.0" ? "127.0.0.1" : o.listen.host}:${http.port}`;
+  consola.info(`management API on ${addr}; TOMA cluster member '${o.name}' with peers ${peers.join(", ")}`);
+  consola.warn("the multi-TOMA mode elects a leader and replicates the cluster-state log; it does not manage drives, volumes or clients yet");
+  let last = "";
+  const progress = env.timers.every(1000, () => {
+    const v = member.node.view();
+    const now = v.phase === "running" ? `${v.role} in term ${v.term}, leader ${v.leader?.address || "(none)"}` : `${v.phase}: ${v.reason ?? ""}`;
+    if (now !== last) consola.info(`TOMA cluster: ${now}`);
+    last = now;
+  });
+  const sig = await untilSignal();
+  consola.info(`${sig}: stopping TOMA`);
+  progress.cancel();
+  await http.stop();
+  member.stop();
+  process.exit(0);
+}
 
 /** "; 1 of 3 targets does not answer: 10.0.0.3:4420 (connection refused)", and what to do. */
 function unreachableTargets(toma: Toma): string {

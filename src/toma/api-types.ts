@@ -5,6 +5,7 @@ import type { VolumeRecord } from "./cluster-state.ts";
  */
 import * as v from "valibot";
 import type { DriveView, TargetView, VolumeState } from "./toma.ts";
+import type { NodeView } from "./cluster/node.ts";
 
 export const CreateVolumeBody = v.strictObject({
   name: v.string("name must be a string"),
@@ -33,6 +34,11 @@ export interface ClusterJson {
   drives: { total: number; ok: number; missing: number; foreign: number; error: number };
   capacity: { total_bytes: number; used_bytes: number; free_bytes: number };
   volumes: number;
+  /**
+   * The TOMA cluster as this TOMA sees it (`toma run --peers`): its role, the term, the leader by
+   * its management address, and each other member as heard from here. Absent in the single-TOMA mode.
+   */
+  consensus?: NodeView;
 }
 
 export type TargetJson = TargetView;

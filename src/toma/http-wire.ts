@@ -60,6 +60,7 @@ export const REASONS: Record<number, string> = {
   100: "Continue",
   200: "OK",
   201: "Created",
+  204: "No Content",
   400: "Bad Request",
   401: "Unauthorized",
   404: "Not Found",
@@ -258,6 +259,8 @@ export function encodeResponse(r: HttpResponse, opts: { close: boolean; head_onl
 
 /** A JSON response of the management API's shape ({error} on refusals). */
 export function jsonResponse(status: number, value: unknown): HttpResponse {
+  // 204 No Content carries no body (RFC 9110 §15.3.5): whatever value was given is not sent.
+  if (status === 204) return { status, headers: [], body: new Uint8Array(0) };
   return { status, headers: [["Content-Type", "application/json;charset=utf-8"]], body: utf8.encode(JSON.stringify(value)) };
 }
 

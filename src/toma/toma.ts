@@ -92,6 +92,21 @@ export interface DriveView {
   error: string | null;
 }
 
+/** A target as the API shows it; `now` is this TOMA's local clock reading. */
+export function targetView(l: TargetLink, now: number): TargetView {
+  return {
+    address: l.address,
+    state: l.up ? "up" : "down",
+    target_name: l.target_name,
+    version: l.version,
+    drives: l.drives.length,
+    for_ms: Math.max(0, Math.round(now - l.since_ms)),
+    last_error: l.last_error,
+    transport: l.session?.transport.why ?? null,
+    rdma: l.session?.info.rdma ? `rdma://${l.session.info.rdma.host ?? "*"}:${l.session.info.rdma.port}` : null,
+  };
+}
+
 export interface TargetView {
   address: string;
   state: "up" | "down";
@@ -241,17 +256,7 @@ export class Toma {
 
   targetViews(): TargetView[] {
     const now = this.env.clock.now_ms();
-    return this.links.map((l) => ({
-      address: l.address,
-      state: l.up ? "up" : "down",
-      target_name: l.target_name,
-      version: l.version,
-      drives: l.drives.length,
-      for_ms: Math.max(0, Math.round(now - l.since_ms)),
-      last_error: l.last_error,
-      transport: l.session?.transport.why ?? null,
-      rdma: l.session?.info.rdma ? `rdma://${l.session.info.rdma.host ?? "*"}:${l.session.info.rdma.port}` : null,
-    }));
+    return this.links.map((l) => targetView(l, now));
   }
 
   driveViews(): DriveView[] {

@@ -89,7 +89,7 @@ describe("formatDrive / openDrive", () => {
       state: "ok",
     });
     expect(d.data.size_bytes).toBe(sb.extent_count * MiB);
-    expect(await d.metaRead()).toEqual({ generation: 0, payload: null });
+    expect(await d.metaRead()).toEqual({ generation: 0, payload: null , other: "older" });
   });
 
   test("a data-area write lands at data_offset and nowhere near the metadata", async () => {
@@ -219,7 +219,7 @@ describe("metadata slots", () => {
     const d = await openDrive(store, "x");
     for (let g = 1; g <= 5; g++) {
       await d.metaWrite(g, payload(g));
-      expect(await d.metaRead()).toEqual({ generation: g, payload: payload(g) });
+      expect(await d.metaRead()).toEqual({ generation: g, payload: payload(g) , other: "older" });
     }
     // Generation 5 is the fifth write: slots 0,1,0,1,0.
     const head = new Uint8Array(16);
@@ -235,9 +235,9 @@ describe("metadata slots", () => {
     await d.metaWrite(1, payload(1));
     await d.metaWrite(2, payload(2)); // slot 1
     await flip(store, sb.meta_offset + sb.meta_slot_bytes + 70);
-    expect(await d.metaRead()).toEqual({ generation: 1, payload: payload(1) });
+    expect(await d.metaRead()).toEqual({ generation: 1, payload: payload(1) , other: "torn" });
     await d.metaWrite(2, payload(3));
-    expect(await d.metaRead()).toEqual({ generation: 2, payload: payload(3) });
+    expect(await d.metaRead()).toEqual({ generation: 2, payload: payload(3) , other: "older" });
   });
 
   test("a large payload spanning many blocks round-trips; one beyond the slot is refused", async () => {
@@ -255,7 +255,7 @@ describe("metadata slots", () => {
     await d.metaWrite(7, payload(7));
     expect(d.metaWrite(7, payload(1))).rejects.toBeInstanceOf(StaleGenerationError);
     expect(d.metaWrite(3, payload(1))).rejects.toBeInstanceOf(StaleGenerationError);
-    expect(await d.metaRead()).toEqual({ generation: 7, payload: payload(7) });
+    expect(await d.metaRead()).toEqual({ generation: 7, payload: payload(7) , other: "older" });
   });
 
   test("concurrent metaWrites are serialised: both land in different slots", async () => {
@@ -289,7 +289,7 @@ describe("metadata slots", () => {
     await store.read(sb.meta_offset, s0);
     await store.write(sb.meta_offset + sb.meta_slot_bytes, s0, false);
     // Slot 1 now holds generation 1 labelled "slot 0": ignored, slot 0 wins.
-    expect(await d.metaRead()).toEqual({ generation: 1, payload: payload(1) });
+    expect(await d.metaRead()).toEqual({ generation: 1, payload: payload(1) , other: "torn" });
   });
 });
 
@@ -321,6 +321,6 @@ describe("claim", () => {
     await d.metaWrite(1, new Uint8Array([1, 2, 3]));
     await d.claim(CLUSTER);
     await d.close();
-    expect(await (await openDrive(store, "x")).metaRead()).toEqual({ generation: 1, payload: new Uint8Array([1, 2, 3]) });
+    expect(await (await openDrive(store, "x")).metaRead()).toEqual({ generation: 1, payload: new Uint8Array([1, 2, 3]) , other: "older" });
   });
 });

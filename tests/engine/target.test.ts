@@ -194,7 +194,7 @@ describe("target service over loopback", () => {
     h = await startTarget([d]);
     const s = await h.admin();
     const u = uuidBytes(d);
-    expect(await s.metaRead(u)).toEqual({ generation: 0, payload: null });
+    expect(await s.metaRead(u)).toEqual({ generation: 0, payload: null, other: "older" });
     await s.metaWrite(u, 5, new Uint8Array([1, 2, 3]));
     const got = await s.metaRead(u);
     expect(got.generation).toBe(5);

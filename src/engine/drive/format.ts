@@ -80,3 +80,25 @@ async function refuseExisting(store: DriveStore, foreignCheck: boolean): Promise
       }
   }
 }
+
+/**
+ * The explicit repair of a drive whose metadata slot is unreadable (a media error) or damaged:
+ * both slots become format's empty generation-0 slots, rewritten (which also remaps a bad sector).
+ * What they held is gone on purpose: a slot that cannot be read may have held a newer write than
+ * the other, and only blanking both keeps a later reader from trusting the older one
+ * (docs/toma-cluster.md, A2b). The drive's identity, bitmap and data are left as they are.
+ */
+export async function blankMetaSlots(store: DriveStore): Promise<Superblock> {
+  const found = await locateSuperblock(store);
+  if (found.kind !== "found") throw new DriveFormatError(`${store.describe}: ${found.reason}`);
+  const sb = found.sb;
+  for (const slot_index of [0, 1] as const) {
+    const slot = encodeMetaSlot({ generation: 0, payload: null }, { slot_index, drive_uuid: sb.drive_uuid, meta_slot_bytes: sb.meta_slot_bytes });
+    // The whole slot: a bad sector anywhere in it is rewritten (and remapped by the device).
+    const bytes = new Uint8Array(sb.meta_slot_bytes);
+    bytes.set(slot);
+    await store.write(metaSlotOffset(sb, slot_index), bytes, true);
+  }
+  await store.flush();
+  return sb;
+}

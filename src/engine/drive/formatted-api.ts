@@ -4,7 +4,7 @@
  * the two alternating metadata slots, and the write-intent bitmap. Implemented in
  * ./formatted-drive.ts.
  */
-import type { DriveInfo, MetaSlot } from "../wire/control.ts";
+import type { DriveInfo, MetaReadAnswer } from "../wire/control.ts";
 import type { DriveStore } from "./store.ts";
 
 export interface FormattedDrive {
@@ -12,9 +12,15 @@ export interface FormattedDrive {
   readonly info: DriveInfo;
   /** The data area only. */
   readonly data: DriveStore;
-  /** The newest slot whose CRC is valid; {generation 0, payload null} if none was ever written. */
-  metaRead(): Promise<MetaSlot>;
-  /** Writes the older slot and makes it durable. Throws StaleGenerationError if not newer. */
+  /**
+   * The newest slot whose CRC is valid ({generation 0, payload null} if none was ever written),
+   * and what the other slot holds (older, torn, or unreadable).
+   */
+  metaRead(): Promise<MetaReadAnswer>;
+  /**
+   * Writes the older slot and makes it durable. Throws StaleGenerationError if not newer, and
+   * UnreadableSlotError if that slot cannot be read (it is never written over).
+   */
   metaWrite(generation: number, payload: Uint8Array): Promise<void>;
   /** Sets the cluster uuid of an unclaimed drive, durably. Throws AlreadyClaimedError otherwise. */
   claim(cluster_uuid: string): Promise<void>;
@@ -39,4 +45,6 @@ export interface FormattedDrive {
 
 export class DriveFormatError extends Error {}
 export class StaleGenerationError extends Error {}
+/** The slot a metadata write would go to cannot be read: refused (docs/toma-cluster.md, A2b). */
+export class UnreadableSlotError extends Error {}
 export class AlreadyClaimedError extends Error {}

@@ -5,8 +5,8 @@
  */
 import type { Logger } from "../env.ts";
 import { isNilUuid, NIL_UUID, uuidFromString } from "../uuid.ts";
-import type { DriveInfo, MetaSlot } from "../wire/control.ts";
-import { AlreadyClaimedError, DriveFormatError, type FormattedDrive, StaleGenerationError } from "./formatted-api.ts";
+import type { DriveInfo, MetaReadAnswer, OtherSlot } from "../wire/control.ts";
+import { AlreadyClaimedError, DriveFormatError, type FormattedDrive, StaleGenerationError, UnreadableSlotError } from "./formatted-api.ts";
 import { locateSuperblock } from "./locate-superblock.ts";
 import {
   checkMetaSlot,
@@ -24,6 +24,7 @@ import {
   BLOCK_BYTES,
   encodeSuperblock,
   type Invalid,
+  isInvalid,
   metaSlotOffset,
   type Superblock,
 } from "./superblock.ts";
@@ -101,32 +102,43 @@ class Drive implements FormattedDrive {
     return { slot_index, drive_uuid: this.sb.drive_uuid, meta_slot_bytes: this.sb.meta_slot_bytes };
   }
 
-  private async readSlot(slot_index: 0 | 1): Promise<MetaSlotContent | Invalid> {
+  /** One slot decoded; `io` is set when the read itself failed (a media error), not the content. */
+  private async readSlot(slot_index: 0 | 1): Promise<{ slot: MetaSlotContent | Invalid; io: boolean }> {
     const off = metaSlotOffset(this.sb, slot_index);
     const ctx = this.ctx(slot_index);
     try {
       const head = new Uint8Array(BLOCK_BYTES);
       await this.store.read(off, head);
       const need = metaSlotReadBytes(head, ctx);
-      if (need === head.length) return checkMetaSlot(head, ctx);
+      if (need === head.length) return { slot: checkMetaSlot(head, ctx), io: false };
       const all = new Uint8Array(need);
       all.set(head);
       await this.store.read(off + head.length, all.subarray(head.length));
-      return checkMetaSlot(all, ctx);
+      return { slot: checkMetaSlot(all, ctx), io: false };
     } catch (e) {
       // A latent sector error in one slot is what the other slot is for.
-      return { invalid: `unreadable: ${(e as Error).message}` };
+      return { slot: { invalid: `unreadable: ${(e as Error).message}` }, io: true };
     }
   }
 
-  private async readSlots(): Promise<ReturnType<typeof chooseMetaSlot>> {
-    const slots = [await this.readSlot(0), await this.readSlot(1)] as [MetaSlotContent | Invalid, MetaSlotContent | Invalid];
-    return chooseMetaSlot(slots, this.sb.drive_uuid);
+  /**
+   * Both slots: the current one (chooseMetaSlot), the slot the next write goes to, and what that
+   * other slot holds. A media error there is "unreadable", never "torn": it may hide a newer write.
+   */
+  private async readSlots(): Promise<{ current: MetaSlotContent; next_slot: 0 | 1; other: OtherSlot }> {
+    const raw = [await this.readSlot(0), await this.readSlot(1)];
+    const { current, next_slot } = chooseMetaSlot([raw[0]!.slot, raw[1]!.slot], this.sb.drive_uuid);
+    // The other slot is the one not answered: next_slot, except when both are format's empty
+    // slots (then slot 0 is both current and next, and slot 1 is the other, equally empty).
+    const other_index = current === raw[next_slot]!.slot ? 1 - next_slot : next_slot;
+    const o = raw[other_index]!;
+    const other: OtherSlot = o.io ? "unreadable" : isInvalid(o.slot) ? "torn" : "older";
+    return { current, next_slot, other };
   }
 
-  async metaRead(): Promise<MetaSlot> {
-    const { current } = await this.readSlots();
-    return { generation: current.generation, payload: current.payload };
+  async metaRead(): Promise<MetaReadAnswer> {
+    const { current, other } = await this.readSlots();
+    return { generation: current.generation, payload: current.payload, other };
   }
 
   metaWrite(generation: number, payload: Uint8Array): Promise<void> {
@@ -136,9 +148,16 @@ class Drive implements FormattedDrive {
       if (payload.length > max) throw new RangeError(`metadata payload of ${payload.length} bytes exceeds the slot's ${max}`);
       // Re-read both slots rather than trust a cache: the choice must rest on what is on the
       // drive, and a slot that both decoded as corrupt stops us here instead of being overwritten.
-      const { current, next_slot } = await this.readSlots();
+      const { current, next_slot, other } = await this.readSlots();
       if (generation <= current.generation) {
         throw new StaleGenerationError(`drive ${this.sb.drive_uuid}: metadata generation ${generation} is not newer than ${current.generation}`);
+      }
+      // Writing over a slot we cannot read would erase the only evidence that it held something
+      // newer than the current slot (docs/toma-cluster.md, A2b): refuse until a repair blanks both.
+      if (other === "unreadable") {
+        throw new UnreadableSlotError(
+          `drive ${this.sb.drive_uuid}: metadata slot ${next_slot} is unreadable; refusing to write over it (the drive needs a metadata repair)`,
+        );
       }
       const bytes = encodeMetaSlot({ generation, payload }, this.ctx(next_slot));
       await this.store.write(metaSlotOffset(this.sb, next_slot), bytes, true);

@@ -5,7 +5,7 @@
  * The request's payload view is only valid until the first await (it points into the decoder's
  * buffer), so every op that keeps payload bytes copies them before awaiting anything.
  */
-import { AlreadyClaimedError, StaleGenerationError } from "../drive/formatted-api.ts";
+import { AlreadyClaimedError, StaleGenerationError, UnreadableSlotError } from "../drive/formatted-api.ts";
 import { DriveIoError } from "../drive/store.ts";
 import type { Logger } from "../env.ts";
 import type { ServerKeys } from "../wire/cluster-key.ts";
@@ -541,6 +541,7 @@ function statusOf(e: unknown): Status {
   if (e instanceof RequestError) return e.status;
   if (e instanceof StaleGenerationError) return Status.STALE;
   if (e instanceof AlreadyClaimedError) return Status.REFUSED;
+  if (e instanceof UnreadableSlotError) return Status.REFUSED;
   if (e instanceof DriveIoError) {
     if (e.code === "ERANGE") return Status.OUT_OF_RANGE;
     if (e.code === "ECLOSED") return Status.NO_SUCH_DRIVE;

@@ -91,6 +91,23 @@ export const MetaSlot = v.object({
 });
 export type MetaSlot = v.InferOutput<typeof MetaSlot>;
 
+/**
+ * What the other slot (the one META_READ did not answer with, and the next META_WRITE goes to)
+ * holds: an older write, a torn one (ours but failing its CRC, or never written: a write that did
+ * not complete), or nothing readable (an I/O error: it may hide something newer, so it is not
+ * assumed old, and META_WRITE refuses to write over it).
+ */
+export const OtherSlot = v.picklist(["older", "torn", "unreadable"]);
+export type OtherSlot = v.InferOutput<typeof OtherSlot>;
+
+/** META_READ's answer: the current slot, and the state of the other one. */
+export const MetaReadAnswer = v.object({
+  ...MetaSlot.entries,
+  /** Absent from targets that predate it; a reader then cannot call the drive clean. */
+  other: v.optional(OtherSlot),
+});
+export type MetaReadAnswer = v.InferOutput<typeof MetaReadAnswer>;
+
 export const ClaimRequest = v.object({ cluster_uuid: Uuid });
 export type ClaimRequest = v.InferOutput<typeof ClaimRequest>;
 

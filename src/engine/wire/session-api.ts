@@ -4,7 +4,7 @@
  * order. Every method rejects with TargetError when the target answers a non-OK status, and with
  * SessionClosedError when the connection is gone (in-flight requests fail at once, never hang).
  */
-import type { DriveInfo, FenceRequest, LockEntry, MetaSlot, TargetInfo } from "./control.ts";
+import type { DriveInfo, FenceRequest, LockEntry, MetaReadAnswer, TargetInfo } from "./control.ts";
 import type { Status } from "./header.ts";
 import type { Transport } from "../net/frame-link.ts";
 
@@ -100,7 +100,8 @@ export interface TargetSession {
   dirtyClear(drive: Uint8Array, offset: number, length: number): Promise<void>;
 
   listDrives(): Promise<DriveInfo[]>;
-  metaRead(drive: Uint8Array): Promise<MetaSlot>;
+  /** The current slot and what the other one holds (older, torn, unreadable). */
+  metaRead(drive: Uint8Array): Promise<MetaReadAnswer>;
   metaWrite(drive: Uint8Array, generation: number, payload: Uint8Array): Promise<void>;
   claim(drive: Uint8Array, cluster_uuid: string): Promise<void>;
 

@@ -25,7 +25,7 @@ import {
   HelloRequest,
   type LockEntry,
   LockList,
-  MetaSlot,
+  MetaReadAnswer,
   TargetInfo,
   decodeBody,
   encodeBody,
@@ -106,7 +106,7 @@ interface Request {
 const NO_DRIVE = new Uint8Array(16);
 const parseTargetInfo = parseWith(TargetInfo);
 const parseDriveList = parseWith(v.array(DriveInfo));
-const parseMetaSlot = parseWith(MetaSlot);
+const parseMetaSlot = parseWith(MetaReadAnswer);
 const parseLockList = parseWith(LockList);
 const parseDirtyList = parseWith(DirtyList);
 const MAX_U32 = 0xffff_ffff;
@@ -386,10 +386,10 @@ export class Session implements TargetSession {
     return this.submit(Op.LIST_DRIVES, 0, NO_DRIVE, 0, 0, null, null, parseDriveList) as Promise<DriveInfo[]>;
   }
 
-  metaRead(drive: Uint8Array): Promise<MetaSlot> {
+  metaRead(drive: Uint8Array): Promise<MetaReadAnswer> {
     const bad = checkIo(drive, 0, 0, 0);
     if (bad) return Promise.reject(bad);
-    return this.submit(Op.META_READ, 0, drive, 0, 0, null, null, parseMetaSlot) as Promise<MetaSlot>;
+    return this.submit(Op.META_READ, 0, drive, 0, 0, null, null, parseMetaSlot) as Promise<MetaReadAnswer>;
   }
 
   metaWrite(drive: Uint8Array, generation: number, payload: Uint8Array): Promise<void> {

@@ -1,0 +1,519 @@
+/**
+ * One TOMA's member of the TOMA cluster: the consensus core (consensus/raft.ts) driven over Env,
+ * its hard state on the own server's drives (hard-state-io.ts), its messages to the peers
+ * (peer-sender.ts). docs/toma-cluster.md, "Integration", steps 4 to 6.
+ *
+ * Start: wait for own drives; read both slots of each and decide trust (waiting a grace period
+ * for drives the newest record lists); trusted → write the start record, continue as that node
+ * id; blank → a new incarnation that founds the cluster with its peers (bootstrap.ts); anything
+ * else → outside (joining an existing cluster as a new member is not built).
+ *
+ * Running, one loop: every tick of the steady clock `tick()`; each message `step()`; while
+ * `hasReady()`: `ready()` → persist (awaited: nothing leaves before it is durable) → send →
+ * install the snapshot / apply the committed entries → `advance()`. Nothing calls the core between
+ * ready() and advance(): inputs that arrive meanwhile (messages, ticks, the transport's news) wait
+ * in the inbox.
+ */
+import type { Env, TimerHandle } from "../../engine/env.ts";
+import { sleep } from "../../engine/env.ts";
+import { steadyClock } from "../../engine/steady-clock.ts";
+import { uuidToString } from "../../engine/uuid.ts";
+import { randomUuid } from "../../engine/env.ts";
+import { type ClusterState, decodeState, emptyState, encodeState } from "../cluster-state.ts";
+import type { BootstrapDecision } from "../consensus/bootstrap.ts";
+import { member } from "../consensus/config.ts";
+import { durableOf, nodeIdOf } from "../consensus/hard-state-record.ts";
+import { decodeEnvelope, describeMessage } from "../consensus/messages.ts";
+import { applyProposal } from "../consensus/proposal.ts";
+import { bootstrapDurableState, Raft, type Ready, type Status } from "../consensus/raft.ts";
+import type { DurableState, Message, NodeId } from "../consensus/types.ts";
+import { DEFAULT_HARD_STATE_TIMINGS, type HardStateTimings, HardStateWriter, readOwnDrives, type SlotIo } from "./hard-state-io.ts";
+import { decideFromAnswers, type Identity } from "./identity.ts";
+import { type PeerPost, PeerSenders } from "./peer-sender.ts";
+
+export interface NodeOptions {
+  toma_id: string;
+  /** Every TOMA's management address, this one's included; the same list on every TOMA. */
+  peers: readonly string[];
+  io: SlotIo;
+  post: PeerPost;
+  /** GET /v1/raft/identity of the TOMA at `address`, validated (identity.ts). */
+  ask: (address: string) => Promise<Identity>;
+  tick_ms?: number;
+  election_ticks?: number;
+  heartbeat_ticks?: number;
+  /** How long to wait for drives the newest own record lists before concluding amnesia. */
+  grace_ms?: number;
+  timings?: HardStateTimings;
+}
+
+export type Phase =
+  /** Waiting for own drives, or reading them. */
+  | "starting"
+  /** Blank: waiting for every peer to answer, to found the cluster with them. */
+  | "bootstrap"
+  | "running"
+  /** In no cluster it can act in (amnesic with a cluster's traces, or removed). */
+  | "outside"
+  | "stopped";
+
+/** Messages waiting for the loop; beyond this new ones are dropped (Raft re-sends). */
+export const MAX_INBOX = 4096;
+/** The log tail kept before the state is compacted into the snapshot. */
+export const COMPACT_AFTER_ENTRIES = 64;
+
+type Input = { kind: "msg"; m: Message } | { kind: "unreachable"; id: NodeId } | { kind: "snapshot"; id: NodeId; ok: boolean };
+
+export interface PeerView {
+  node_id: NodeId;
+  address: string;
+  voter: boolean;
+  /** Milliseconds since a message from it arrived here (this TOMA's own clock); null: never. */
+  heard_ms_ago: number | null;
+  /** Heard within an election timeout. */
+  reachable: boolean;
+  /** Leader only: how much of its log matches. */
+  match: number | null;
+  /**
+   * What the peer itself said when this TOMA last asked it (every second, GET /v1/raft/identity
+   * over a request of its own): its role, term and leader; null if it has not answered.
+   */
+  says: { role: string; term: number; leader: NodeId | null; node_id: NodeId | null } | null;
+  /** Milliseconds since it last answered that question; null: never. */
+  answered_ms_ago: number | null;
+  /** Why the last question failed, if it did. */
+  error: string | null;
+}
+
+export interface NodeView {
+  toma_id: string;
+  node_id: NodeId | null;
+  address: string | null;
+  phase: Phase;
+  /** Why the phase is what it is (waiting for whom, why outside). */
+  reason: string | null;
+  cluster_uuid: string | null;
+  role: Status["role"] | null;
+  term: number | null;
+  leader: { node_id: NodeId; address: string } | null;
+  /** Leader, with an entry of its own term applied: leader duties may run. */
+  leader_ready: boolean;
+  commit: number | null;
+  applied: number | null;
+  last_index: number | null;
+  peers: PeerView[];
+  /** The last record that reached every drive it lists. */
+  hard_state: { seq: number; drives: string[] } | null;
+  dropped_messages: number;
+}
+
+export class TomaNode {
+  private readonly tick_ms: number;
+  private readonly election_ticks: number;
+  private readonly heartbeat_ticks: number;
+  private readonly clock;
+  private readonly proposal_uuid: string;
+  private raft: Raft | null = null;
+  private writer: HardStateWriter | null = null;
+  private senders: PeerSenders | null = null;
+  private incarnation: string | null = null;
+  private cluster: string | null = null;
+  private state: ClusterState | null = null;
+  private inbox: Input[] = [];
+  private dropped = 0;
+  private ticks_due = 0;
+  private last_tick_ms: number;
+  private timer: TimerHandle | null = null;
+  private busy = false;
+  private readonly heard = new Map<NodeId, number>();
+  private my_address: string | null = null;
+  /** The last answer (or failure) of each peer to the periodic identity question, by address. */
+  private readonly probes = new Map<string, { at: number; id: Identity | null; error: string | null; answered_at: number | null }>();
+  private probe_timer: TimerHandle | null = null;
+  /** The durable state of the last record that completed: what a drive-set change rewrites. */
+  private durable: DurableState | null = null;
+  /** The live own drive set when a record was last written for a drive-set change. */
+  private rewritten_for = "";
+  phase: Phase = "starting";
+  reason: string | null = "waiting for own drives";
+  /** Called after every ready() handled (tests, status watchers). */
+  onAdvance: (() => void) | null = null;
+
+  constructor(
+    private readonly env: Env,
+    private readonly opts: NodeOptions,
+  ) {
+    this.tick_ms = opts.tick_ms ?? 100;
+    this.election_ticks = opts.election_ticks ?? 10;
+    this.heartbeat_ticks = opts.heartbeat_ticks ?? 2;
+    this.clock = steadyClock(env.clock);
+    this.last_tick_ms = this.clock.now_ms();
+    this.proposal_uuid = uuidToString(randomUuid(env));
+  }
+
+  /** Runs the start (trust or bootstrap) and then the loop; resolves once running or outside. */
+  async start(): Promise<void> {
+    try {
+      await this.startup();
+    } catch (e) {
+      this.outside(`start failed: ${(e as Error).message}`);
+    }
+  }
+
+  stop(): void {
+    this.phase = "stopped";
+    this.timer?.cancel();
+    this.probe_timer?.cancel();
+    this.senders?.stop();
+  }
+
+  /** What this TOMA tells its peers about itself (GET /v1/raft/identity). */
+  identity(): Identity {
+    const base = { toma_id: this.opts.toma_id, incarnation: this.incarnation, proposal_uuid: this.proposal_uuid, peers: [...this.opts.peers].sort() };
+    if (this.phase === "running" && this.raft && this.cluster) {
+      const st = this.raft.status();
+      return { ...base, status: { kind: "member", cluster_uuid: this.cluster, config: st.config }, raft: { role: st.role, term: st.term, leader: st.lead } };
+    }
+    if (this.phase === "bootstrap") return { ...base, status: { kind: "blank" } };
+    if (this.phase === "outside") return { ...base, status: { kind: "outside", reason: this.reason ?? "outside" } };
+    return { ...base, status: { kind: "starting" } };
+  }
+
+  /**
+   * An envelope from a peer (POST /v1/raft), validated whole here. Not for this node or not of
+   * its cluster: refused with the reason, nothing changes.
+   */
+  receive(bytes: Uint8Array): { ok: true } | { ok: false; status: number; error: string } {
+    if (this.phase !== "running" || !this.raft) return { ok: false, status: 503, error: `this TOMA is not in a cluster yet (${this.phase}: ${this.reason ?? ""})` };
+    const d = decodeEnvelope(bytes);
+    if (!d.ok) return { ok: false, status: 400, error: d.error };
+    const e = d.value;
+    if (e.cluster_uuid !== this.cluster) return { ok: false, status: 409, error: `envelope of cluster ${e.cluster_uuid}; this TOMA is in cluster ${this.cluster}` };
+    if (e.to !== this.raft.id) return { ok: false, status: 409, error: `envelope for ${e.to}; this TOMA is ${this.raft.id}` };
+    this.heard.set(e.from, this.clock.now_ms());
+    for (const m of e.msgs) this.push({ kind: "msg", m });
+    this.pump();
+    return { ok: true };
+  }
+
+  view(): NodeView {
+    const r = this.raft;
+    const s = r?.status() ?? null;
+    const config = s?.config ?? { members: [] };
+    const now = this.clock.now_ms();
+    const timeout_ms = this.election_ticks * this.tick_ms;
+    const leadMember = s?.lead ? member(config, s.lead) : undefined;
+    return {
+      toma_id: this.opts.toma_id,
+      node_id: r?.id ?? null,
+      address: this.my_address,
+      phase: this.phase,
+      reason: this.reason,
+      cluster_uuid: this.cluster,
+      role: s?.role ?? null,
+      term: s?.term ?? null,
+      leader: s?.lead ? { node_id: s.lead, address: leadMember?.address ?? "" } : null,
+      leader_ready: r?.leaderReady() ?? false,
+      commit: s?.commit ?? null,
+      applied: s?.applied ?? null,
+      last_index: s?.last_index ?? null,
+      peers: config.members
+        .filter((m) => m.id !== r?.id)
+        .map((m) => {
+          const t = this.heard.get(m.id);
+          const ago = t === undefined ? null : Math.max(0, now - t);
+          return {
+            node_id: m.id,
+            address: m.address,
+            voter: m.voter,
+            heard_ms_ago: ago,
+            reachable: ago !== null && ago <= timeout_ms,
+            match: s?.role === "leader" ? (s.progress[m.id]?.match ?? 0) : null,
+            ...this.probeView(m.address, now),
+          };
+        }),
+      hard_state: this.writer?.last ? { seq: this.writer.last.seq, drives: [...this.writer.last.drives] } : null,
+      dropped_messages: this.dropped + (this.senders?.dropped ?? 0),
+    };
+  }
+
+  private probeView(address: string, now: number): Pick<PeerView, "says" | "answered_ms_ago" | "error"> {
+    const p = this.probes.get(address);
+    const raft = p?.id?.raft;
+    return {
+      says: p?.id && raft ? { role: raft.role, term: raft.term, leader: raft.leader, node_id: p.id.incarnation ? `${p.id.toma_id}#${p.id.incarnation}` : null } : null,
+      answered_ms_ago: p?.answered_at == null ? null : Math.max(0, now - p.answered_at),
+      error: p?.error ?? null,
+    };
+  }
+
+  /** Asks every other member who it is and what it sees; one question per peer at a time. */
+  private probe(): void {
+    const r = this.raft;
+    if (!r || this.phase !== "running") return;
+    for (const m of r.config().members) {
+      if (m.id === r.id || m.address === "") continue;
+      const prev = this.probes.get(m.address);
+      if (prev && prev.at < 0) continue; // still waiting for the last answer
+      this.probes.set(m.address, { at: -1, id: prev?.id ?? null, error: prev?.error ?? null, answered_at: prev?.answered_at ?? null });
+      this.opts.ask(m.address).then(
+        (id) => this.probes.set(m.address, { at: this.clock.now_ms(), id, error: null, answered_at: this.clock.now_ms() }),
+        (e) => this.probes.set(m.address, { at: this.clock.now_ms(), id: null, error: (e as Error).message, answered_at: prev?.answered_at ?? null }),
+      );
+    }
+  }
+
+  /** Leader with its own-term entry applied: the gate for every leader duty. */
+  leaderReady(): boolean {
+    return this.raft?.leaderReady() ?? false;
+  }
+
+  // ---- start ------------------------------------------------------------------------------------
+
+  private async startup(): Promise<void> {
+    const grace_ms = this.opts.grace_ms ?? 10_000;
+    while (this.opts.io.drives().length === 0) {
+      if (this.phase === "stopped") return;
+      this.reason = "waiting for own drives (is this server's target up, serving at least one drive?)";
+      await sleep(this.env, 200);
+    }
+    this.reason = "reading own drives";
+    const began = this.clock.now_ms();
+    let read = await readOwnDrives(this.env, this.opts.io, this.opts.toma_id, null, this.opts.timings);
+    // Drives the newest record lists may still be coming (a target starting): wait a while.
+    while (read.decision.kind === "amnesic" && read.decision.missing.length > 0 && this.clock.now_ms() - began < grace_ms) {
+      if (this.phase === "stopped") return;
+      this.reason = `waiting up to ${grace_ms / 1000} s for own drive(s) ${read.decision.missing.join(", ")}`;
+      await sleep(this.env, 500);
+      read = await readOwnDrives(this.env, this.opts.io, this.opts.toma_id, null, this.opts.timings);
+    }
+    const legacy = read.views.filter((x) => x.note?.startsWith("not a hard-state record"));
+    if (legacy.length > 0) {
+      // Migrating the single-TOMA format into the first snapshot is not built: never write over it.
+      return this.outside(
+        `drive(s) ${legacy.map((x) => x.drive_uuid).join(", ")} hold the cluster state of the single-TOMA mode; ` +
+          "a TOMA cluster cannot take it over yet (run 'nvmesh toma run' without --peers on these drives)",
+      );
+    }
+    const d = read.decision;
+    if (d.kind === "trusted") {
+      const r = d.record;
+      this.incarnation = r.incarnation;
+      this.cluster = r.cluster_uuid;
+      this.writer = new HardStateWriter(this.env, this.opts.io, { cluster_uuid: r.cluster_uuid, toma_id: r.toma_id, incarnation: r.incarnation }, { anchor: d.anchor, pending: d.pending }, read.generations, this.opts.timings ?? DEFAULT_HARD_STATE_TIMINGS);
+      this.env.log.info("hard state trusted", { node: nodeIdOf(r), seq: r.seq, how: d.how, term: r.term, commit: r.commit });
+      return this.begin(nodeIdOf(r), durableOf(r));
+    }
+    this.incarnation = hex64(this.env);
+    if (read.failed.length > 0) {
+      // A drive we cannot read may hold our newest record: never found a cluster as if blank.
+      return this.outside(`amnesic (${d.reason}), and own drive(s) ${read.failed.join(", ")} could not be read`);
+    }
+    const blank = read.views.every((x) => x.note === "blank");
+    if (!blank) {
+      return this.outside(`amnesic (${d.reason}); rejoining a cluster as a new member is not built yet`);
+    }
+    this.phase = "bootstrap";
+    const founded = await this.bootstrap();
+    if (founded === null) return;
+    this.cluster = founded.cluster_uuid;
+    this.writer = new HardStateWriter(this.env, this.opts.io, { cluster_uuid: founded.cluster_uuid, toma_id: this.opts.toma_id, incarnation: this.incarnation }, null, read.generations, this.opts.timings ?? DEFAULT_HARD_STATE_TIMINGS);
+    const durable = bootstrapDurableState(founded.config, encodeState(emptyState(founded.cluster_uuid)));
+    this.env.log.info(founded.kind === "form" ? "founding the TOMA cluster" : "adopting the TOMA cluster a peer founded", { cluster: founded.cluster_uuid, voters: founded.config.members.map((m) => m.id).join(",") });
+    return this.begin(`${this.opts.toma_id}#${this.incarnation}`, durable);
+  }
+
+  /** Asks every peer until they all answered and bootstrap.ts decides; null when stopped or outside. */
+  private async bootstrap(): Promise<Extract<BootstrapDecision, { kind: "form" | "adopt" }> | null> {
+    const peers = [...this.opts.peers];
+    for (;;) {
+      if (this.phase !== "bootstrap") return null;
+      const answers = await Promise.all(
+        peers.map(async (address) => {
+          try {
+            return { address, id: await this.opts.ask(address), error: null };
+          } catch (e) {
+            return { address, id: null, error: (e as Error).message };
+          }
+        }),
+      );
+      const { decision, my_address } = decideFromAnswers({ toma_id: this.opts.toma_id, incarnation: this.incarnation!, peers: this.opts.peers }, answers);
+      if (my_address !== null) this.my_address = my_address;
+      if (decision.kind === "form" || decision.kind === "adopt") return decision;
+      if (decision.kind === "join") {
+        this.outside(`cluster ${decision.cluster_uuid} exists without this TOMA's node id; joining as a new member is not built yet`);
+        return null;
+      }
+      this.reason = decision.reason;
+      await sleep(this.env, 500);
+    }
+  }
+
+  private outside(reason: string): void {
+    this.timer?.cancel();
+    this.probe_timer?.cancel();
+    this.phase = "outside";
+    this.reason = reason;
+    this.env.log.error("TOMA outside the cluster", { reason });
+  }
+
+  /** W5: the start record first; then the core, the senders, the ticks. */
+  private async begin(id: NodeId, durable: DurableState): Promise<void> {
+    const w = await this.writer!.persist(durable);
+    if (!w.ok) return this.outside(`amnesic: ${w.amnesic}; rejoining as a new member is not built yet`);
+    if (this.phase === "stopped") return;
+    this.durable = durable;
+    this.raft = new Raft(
+      {
+        id,
+        election_ticks: this.election_ticks,
+        heartbeat_ticks: this.heartbeat_ticks,
+        random: (n) => this.env.random.u32() % n,
+        trace: (line) => (line.startsWith("ERROR") ? this.env.log.error(`raft: ${line}`) : this.env.log.debug(`raft: ${line}`)),
+      },
+      durable,
+    );
+    this.my_address ??= member(this.raft.config(), id)?.address ?? null;
+    this.senders = new PeerSenders(
+      this.env,
+      this.opts.post,
+      {
+        unreachable: (to) => this.push({ kind: "unreachable", id: to }),
+        snapshot: (to, ok) => this.push({ kind: "snapshot", id: to, ok }),
+      },
+      this.cluster!,
+      id,
+    );
+    this.phase = "running";
+    this.reason = null;
+    this.env.log.info("TOMA cluster member running", { node: id, term: durable.term, commit: durable.commit });
+    this.last_tick_ms = this.clock.now_ms();
+    this.timer = this.env.timers.every(this.tick_ms, () => {
+      // Ticks are counted on the steady clock: a timer that fired late still gives the ticks
+      // that passed, a clock jumping back gives none. At most an election timeout at once.
+      const now = this.clock.now_ms();
+      const n = Math.floor((now - this.last_tick_ms) / this.tick_ms);
+      if (n <= 0) return;
+      this.last_tick_ms += n * this.tick_ms;
+      this.ticks_due = Math.min(this.ticks_due + n, this.election_ticks);
+      this.pump();
+    });
+    this.probe_timer = this.env.timers.every(1000, () => {
+      this.probe();
+      this.rewriteOnDriveChange();
+    });
+    this.pump();
+  }
+
+  /**
+   * The own drive set changed (a drive served anew, or gone) while Raft wrote nothing: the same
+   * durable state goes again as a new record, so that a new drive holds it and a gone drive's
+   * absence is behind us (rule W: the record writer decides where). Runs as the loop's turn, so
+   * it never overlaps a persist; once per distinct drive set.
+   */
+  private rewriteOnDriveChange(): void {
+    if (this.busy || this.phase !== "running" || !this.writer || !this.durable) return;
+    const live = [...this.opts.io.drives()].sort().join(",");
+    if (live === this.rewritten_for || live === [...this.writer.drives()].join(",")) return;
+    this.rewritten_for = live;
+    this.busy = true;
+    const durable = this.durable;
+    this.writer.persist(durable).then(
+      (w) => {
+        this.busy = false;
+        if (!w.ok) {
+          this.senders?.stop();
+          return this.outside(`amnesic after an own drive change: ${w.amnesic}; rejoining as a new member is not built yet`);
+        }
+        this.env.log.info("hard state rewritten for a change of own drives", { seq: w.seq, drives: this.writer!.drives().join(",") });
+        this.pump();
+      },
+      (e) => {
+        this.busy = false;
+        this.outside(`internal error rewriting the hard state: ${(e as Error).message}`);
+      },
+    );
+  }
+
+  // ---- the loop ---------------------------------------------------------------------------------
+
+  private push(i: Input): void {
+    if (this.inbox.length >= MAX_INBOX) {
+      this.dropped++;
+      return;
+    }
+    this.inbox.push(i);
+  }
+
+  private pump(): void {
+    if (this.busy || !this.raft || this.phase !== "running") return;
+    this.busy = true;
+    this.loop().then(
+      () => {
+        this.busy = false;
+        // Inputs that arrived during the last await.
+        if (this.phase === "running" && (this.inbox.length > 0 || this.ticks_due > 0)) this.pump();
+      },
+      (e) => {
+        this.busy = false;
+        this.outside(`internal error in the consensus loop: ${(e as Error).stack ?? e}`);
+        this.timer?.cancel();
+      },
+    );
+  }
+
+  private async loop(): Promise<void> {
+    const r = this.raft!;
+    for (;;) {
+      if (this.phase !== "running") return;
+      for (; this.ticks_due > 0; this.ticks_due--) r.tick();
+      for (const i of this.inbox.splice(0)) {
+        if (i.kind === "msg") r.step(i.m);
+        else if (i.kind === "unreachable") r.reportUnreachable(i.id);
+        else r.reportSnapshot(i.id, i.ok);
+      }
+      if (!r.hasReady()) return;
+      await this.handle(r, r.ready());
+    }
+  }
+
+  private async handle(r: Raft, rd: Ready): Promise<void> {
+    const before = this.view_basics;
+    if (rd.persist) {
+      const w = await this.writer!.persist(rd.persist);
+      if (w.ok) this.durable = rd.persist;
+      if (!w.ok) {
+        // W4: nothing that depends on this state may leave, and this node id is done.
+        this.timer?.cancel();
+        this.senders?.stop();
+        return this.outside(`amnesic while running: ${w.amnesic}; rejoining as a new member is not built yet`);
+      }
+    }
+    const config = r.config();
+    this.senders!.send(rd.messages, (id) => member(config, id)?.address ?? null);
+    for (const m of rd.messages) if (m.type === "snap") this.env.log.info("sending a snapshot", { msg: describeMessage(m) });
+    if (rd.snapshot) this.state = decodeState(rd.snapshot.data);
+    for (const e of rd.committed) {
+      if (e.kind !== "normal" || this.state === null) continue;
+      const out = applyProposal(this.state, e);
+      if (out.kind === "applied") this.state = out.state;
+      else if (out.kind === "refused") this.env.log.warn("committed proposal refused by the state machine", { index: e.index, code: out.code, error: out.error });
+    }
+    r.advance(rd);
+    if (rd.role !== before.role || rd.term !== before.term || rd.lead !== before.lead) {
+      this.env.log.info("TOMA cluster role", { role: rd.role, term: rd.term, leader: rd.lead ?? "(none)" });
+      this.view_basics = { role: rd.role, term: rd.term, lead: rd.lead };
+    }
+    const b = r.basics();
+    if (r.entries().length > COMPACT_AFTER_ENTRIES && this.state !== null && b.applied > r.snapshot().index) {
+      r.compact(b.applied, encodeState(this.state));
+    }
+    this.onAdvance?.();
+  }
+
+  private view_basics: { role: string; term: number; lead: NodeId | null } = { role: "", term: -1, lead: null };
+}
+
+function hex64(env: Env): string {
+  return [env.random.u32(), env.random.u32()].map((n) => n.toString(16).padStart(8, "0")).join("");
+}
