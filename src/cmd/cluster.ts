@@ -24,6 +24,7 @@ const status = command({
       cluster: cluster.cluster_uuid ?? "(none yet)",
       state: cluster.ready ? "ready" : `not ready: ${cluster.readiness}`,
       generation: cluster.generation ?? "-",
+      term: cluster.term ?? "-",
       targets: `${cluster.targets.up} up, ${cluster.targets.down} down`,
       drives: `${cluster.drives.ok} ok, ${cluster.drives.missing} missing, ${cluster.drives.foreign} foreign, ${cluster.drives.error} error`,
       capacity: `${formatBytes(cluster.capacity.used_bytes)} used of ${formatBytes(cluster.capacity.total_bytes)}`,

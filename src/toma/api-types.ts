@@ -27,6 +27,13 @@ export type CreateVolumeBody = v.InferOutput<typeof CreateVolumeBody>;
 export interface ClusterJson {
   cluster_uuid: string | null;
   generation: number | null;
+  /** The TOMA's term (taken at each start; docs/toma.md, "Fenced at the drives"). */
+  term: number | null;
+  /**
+   * The control-plane version its requests to targets carry: term × 2^32 + generation; 0 while
+   * not ready (deposed included).
+   */
+  version: number;
   /** False until the state was recovered from a majority of drives: mutations answer 503. */
   ready: boolean;
   readiness: string;

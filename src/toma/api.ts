@@ -92,6 +92,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     return {
       cluster_uuid: toma.cluster_uuid,
       generation: toma.state?.generation ?? null,
+      term: toma.state?.term ?? null,
+      version: toma.version(),
       ready: toma.ready,
       readiness: toma.readiness(),
       targets: {

@@ -81,6 +81,12 @@ export const ClusterStateSchema = v.strictObject({
   cluster_uuid: Uuid,
   /** Bumped by every applied command and by every rewrite; equals the metadata slot generation. */
   generation: Count,
+  /**
+   * The single TOMA's term: taken anew (+1) by every start of a TOMA before it acts, so its
+   * control-plane version `term × 2^32 + generation` is above every version an earlier process
+   * used (docs/toma.md, "Fenced at the drives"). Absent (0) in states written before it.
+   */
+  term: v.optional(Count, 0),
   drives: v.array(DriveRecordSchema),
   volumes: v.array(VolumeRecordSchema),
 });
@@ -101,11 +107,12 @@ export type Command =
       mirrors: number;
       debug_format?: boolean;
     }
-  | { kind: "delete_volume"; name: string }
+  /** Volumes are named by uuid: a name can be deleted and taken again between two views. */
+  | { kind: "delete_volume"; uuid: string }
   /** A topology step of a mirrored volume: new leg states (topology.ts checks adjacency). */
-  | { kind: "set_legs"; name: string; legs: LegState[] }
+  | { kind: "set_legs"; uuid: string; legs: LegState[] }
   /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
-  | { kind: "replace_leg"; name: string; column: number; with: Column }
+  | { kind: "replace_leg"; uuid: string; column: number; with: Column }
   /** Accepts a drive's new cache epoch, once whatever it may have lost is taken care of. */
   | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number };
 
@@ -114,7 +121,7 @@ export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space";
 export type ApplyResult = { ok: true; state: ClusterState } | { ok: false; code: RefusalCode; error: string };
 
 export function emptyState(cluster_uuid: string): ClusterState {
-  return { format: STATE_FORMAT, cluster_uuid, generation: 0, drives: [], volumes: [] };
+  return { format: STATE_FORMAT, cluster_uuid, generation: 0, term: 0, drives: [], volumes: [] };
 }
 
 function refuse(code: RefusalCode, error: string): ApplyResult {
@@ -134,10 +141,8 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, drives: [...state.drives, { ...cmd.drive }] } };
     }
     case "delete_volume": {
-      if (!state.volumes.some((vol) => vol.name === cmd.name)) {
-        return refuse("not_found", `no volume named '${cmd.name}'`);
-      }
-      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((vol) => vol.name !== cmd.name) } };
+      if (!state.volumes.some((vol) => vol.uuid === cmd.uuid)) return refuse("not_found", `no volume ${cmd.uuid}`);
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((vol) => vol.uuid !== cmd.uuid) } };
     }
     case "create_volume": {
       const vol: VolumeRecord = {
@@ -170,13 +175,13 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
     }
     case "set_legs": {
-      const i = state.volumes.findIndex((x) => x.name === cmd.name);
-      if (i < 0) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
+      if (i < 0) return refuse("not_found", `no volume ${cmd.uuid}`);
       const vol = state.volumes[i]!;
-      if (vol.mirrors < 2) return refuse("invalid", `volume '${cmd.name}' is not mirrored`);
-      if (cmd.legs.length !== vol.columns.length) return refuse("invalid", `volume '${cmd.name}' has ${vol.columns.length} legs`);
+      if (vol.mirrors < 2) return refuse("invalid", `volume '${vol.name}' is not mirrored`);
+      if (cmd.legs.length !== vol.columns.length) return refuse("invalid", `volume '${vol.name}' has ${vol.columns.length} legs`);
       const step = legStepProblem(vol, cmd.legs);
-      if (step) return refuse("invalid", `volume '${cmd.name}': ${step}`);
+      if (step) return refuse("invalid", `volume '${vol.name}': ${step}`);
       // A blank leg stays blank until its copy is done (synced): one that fails while syncing and
       // comes back must be copied in full again, not from the source's dirty bits alone.
       const rebuild_blank = vol.rebuild_blank.map((b, c) => b && (cmd.legs[c] === "syncing" || cmd.legs[c] === "dead"));
@@ -191,10 +196,10 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       return { ok: true, state: { ...state, generation, drives } };
     }
     case "replace_leg": {
-      const i = state.volumes.findIndex((x) => x.name === cmd.name);
-      if (i < 0) return refuse("not_found", `no volume named '${cmd.name}'`);
+      const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
+      if (i < 0) return refuse("not_found", `no volume ${cmd.uuid}`);
       const vol = state.volumes[i]!;
-      if (vol.legs[cmd.column] !== "dead") return refuse("invalid", `leg ${cmd.column} of '${cmd.name}' is not dead`);
+      if (vol.legs[cmd.column] !== "dead") return refuse("invalid", `leg ${cmd.column} of '${vol.name}' is not dead`);
       const columns = vol.columns.with(cmd.column, { drive_uuid: cmd.with.drive_uuid, extents: [...cmd.with.extents] });
       const next: VolumeRecord = {
         ...vol,
@@ -331,6 +336,8 @@ export function encodeState(state: ClusterState): Uint8Array {
     format: STATE_FORMAT,
     cluster_uuid: state.cluster_uuid,
     generation: state.generation,
+    // Only once taken, so that the bytes of states written before the term existed stay as they were.
+    ...(state.term > 0 ? { term: state.term } : {}),
     drives: state.drives.map((d) => ({
       drive_uuid: d.drive_uuid,
       extent_size_bytes: d.extent_size_bytes,

@@ -7,6 +7,10 @@
  *
  * An expired client is left out of every table; once a drive confirmed a table without it, that
  * drive can no longer execute its I/O (ClientRegistry.fenced).
+ *
+ * Each push carries the TOMA's control-plane version in the session's `generation` (stamped by
+ * the TOMA's sessionOf): a drive that has seen a newer TOMA refuses it STALE, naming that version,
+ * and the push fails with that TargetError (docs/protocol.md, "The control-plane version").
  */
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClientRecord, ClientRegistry } from "./clients.ts";

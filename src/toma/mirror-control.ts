@@ -9,7 +9,8 @@
  */
 import type { Env } from "../engine/env.ts";
 import { uuidFromString } from "../engine/uuid.ts";
-import type { TargetSession } from "../engine/wire/session-api.ts";
+import { Status } from "../engine/wire/header.ts";
+import { TargetError, type TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
 import { FenceSync } from "./fencing.ts";
@@ -34,8 +35,19 @@ export const DEFAULT_MIRROR_TIMINGS: MirrorTimings = {
 export interface MirrorDeps {
   env: Env;
   state: () => ClusterState | null;
-  propose: (cmd: Command) => Promise<{ ok: boolean; error?: string }>;
+  /**
+   * Commits a command computed from the state of generation `computed_at`; refused, changing
+   * nothing, when the state has moved on since (consensus/proposal.ts).
+   */
+  propose: (cmd: Command, computed_at: number) => Promise<{ ok: boolean; error?: string }>;
   sessionOf: (drive_uuid: string) => TargetSession | null;
+  /**
+   * The control-plane version of the state this TOMA acts on (0 while it has none): stamped on
+   * every request to a target, which refuses an older one (docs/toma-cluster.md, "Fenced at the drives").
+   */
+  version: () => number;
+  /** A target refused a request as older than `newest`, the version it has seen: another TOMA acts. */
+  deposed: (newest: number) => void;
   regionBytes: (drive_uuid: string) => number;
   /** DriveInfo.cache_epoch of the drive where it is served now (undefined: not served). */
   cacheEpochOf: (drive_uuid: string) => number | undefined;
@@ -85,7 +97,10 @@ export class MirrorControl {
       ...deps,
       sessionOf: (d) => {
         const s = sessionOf(d);
-        if (s) s.client_id = this.owner_id;
+        if (s) {
+          s.client_id = this.owner_id;
+          s.generation = deps.version();
+        }
         return s;
       },
     };
@@ -95,7 +110,10 @@ export class MirrorControl {
       volumeDrives: () => this.deps.state()?.volumes.flatMap((x) => x.columns.map((c) => c.drive_uuid)) ?? [],
       sessionOf: this.deps.sessionOf,
       push: (s, d, table) => s.fence(uuidFromString(d), { replace: true, set: table, remove: [] }),
-      onError: (d, e) => deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) }),
+      onError: (d, e) => {
+        deps.env.log.warn("cannot update the fence of a drive", { drive: d, error: String(e) });
+        if (e instanceof TargetError && e.status === Status.STALE && e.version !== null) deps.deposed(e.version);
+      },
     });
   }
 
@@ -165,7 +183,7 @@ export class MirrorControl {
         },
       });
       if (legs) {
-        const r = await this.deps.propose({ kind: "set_legs", name: vol.name, legs });
+        const r = await this.deps.propose({ kind: "set_legs", uuid: vol.uuid, legs }, state.generation);
         if (r.ok) this.deps.env.log.info("topology step", { volume: vol.name, legs: legs.join(",") });
         return;
       }
@@ -174,7 +192,7 @@ export class MirrorControl {
         if (vol.legs[c] !== "dead" || !this.evicted.has(drive(c))) continue;
         const w = this.deps.replacement(vol, c);
         if (!w) continue;
-        const r = await this.deps.propose({ kind: "replace_leg", name: vol.name, column: c, with: w });
+        const r = await this.deps.propose({ kind: "replace_leg", uuid: vol.uuid, column: c, with: w }, state.generation);
         if (r.ok) this.deps.env.log.info("leg replaced by a blank one", { volume: vol.name, column: c, drive: w.drive_uuid });
         // The failure reported for the old drive is not the new one's: do not declare it dead.
         if (r.ok) this.failedUntil.delete(`${vol.name}/${c}`);
@@ -229,7 +247,7 @@ export class MirrorControl {
         continue;
       }
       if (!settled) continue;
-      const r = await this.deps.propose({ kind: "set_cache_epoch", drive_uuid: d.drive_uuid, cache_epoch: epoch });
+      const r = await this.deps.propose({ kind: "set_cache_epoch", drive_uuid: d.drive_uuid, cache_epoch: epoch }, state.generation);
       if (r.ok) {
         this.deps.env.log.info("drive cache epoch recorded", { drive: d.drive_uuid, cache_epoch: epoch });
         // Settled: what this check held against the drive's legs no longer holds. Left standing,

@@ -20,9 +20,9 @@ import type { DriveInfo } from "../engine/wire/control.ts";
 import { Status } from "../engine/wire/header.ts";
 import { openSession } from "../engine/wire/session.ts";
 import { TargetError } from "../engine/wire/session-api.ts";
+import { assert } from "../engine/assert.ts";
 import { allocate, allocateLeg, type Topology, type VolumeRequest } from "./allocator.ts";
 import {
-  apply,
   type ClusterState,
   type Command,
   decodeState,
@@ -40,6 +40,7 @@ import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.t
 import { layoutOf } from "./volume-layout.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
+import { applyProposal, encodeProposal, fenceVersion } from "./consensus/proposal.ts";
 
 export interface TomaTimings extends LinkTimings {
   /** How often the TOMA re-checks drives: write-back, claims, retries of a retraction. */
@@ -132,8 +133,19 @@ export class Toma {
   readonly mirror: MirrorControl;
   cluster_uuid: string | null = null;
   state: ClusterState | null = null;
-  /** True once the state was recovered from a majority (or bootstrapped): mutations allowed. */
+  /**
+   * True once the state was recovered from a majority (or bootstrapped) and this process took its
+   * term (takeTerm): mutations allowed, requests to targets carry the version.
+   */
   ready = false;
+  /** The state was recovered or bootstrapped, the term not taken yet. */
+  private adopted = false;
+  /**
+   * The newer control-plane version a target named when it refused ours: another TOMA took a
+   * newer term on this cluster's drives, and this process stands down for good (restarting it
+   * takes a newer term again). Null while nobody has.
+   */
+  deposed: number | null = null;
   /** A maintenance pass has completed since start: claimed drives are members. */
   private settled = false;
 
@@ -167,8 +179,10 @@ export class Toma {
       {
         env,
         state: () => (this.ready ? this.state : null),
-        propose: (cmd) => this.propose(cmd),
+        propose: (cmd, computed_at) => this.propose(cmd, computed_at),
         sessionOf: (d) => this.locate().get(d)?.link.session ?? null,
+        version: () => this.version(),
+        deposed: (newest) => this.deposedBy(newest),
         regionBytes: () => BITMAP_REGION_BYTES,
         cacheEpochOf: (d) => this.locate().get(d)?.info.cache_epoch,
         replacement: (vol, column) => allocateLeg(this.state!, vol, column, this.topology(), new Set()),
@@ -229,24 +243,42 @@ export class Toma {
         ...alloc.alloc,
         ...(req.debug_format ? { debug_format: true } : {}),
       };
-      const r = await this.propose(cmd);
+      const r = await this.propose(cmd, state.value.generation);
       if (!r.ok) return r;
-      return { ok: true, value: r.value.volumes.find((x) => x.name === req.name)! };
+      return { ok: true, value: r.value.volumes.find((x) => x.uuid === cmd.uuid)! };
     });
   }
 
   deleteVolume(name: string): Promise<Outcome<null>> {
     return this.exclusive(async () => {
-      const r = await this.propose({ kind: "delete_volume", name });
+      const state = this.readyState();
+      if (!state.ok) return state;
+      const vol = state.value.volumes.find((x) => x.name === name);
+      if (!vol) return { ok: false, code: "not_found", error: `no volume named '${name}'` };
+      const r = await this.propose({ kind: "delete_volume", uuid: vol.uuid }, state.value.generation);
       return r.ok ? { ok: true, value: null } : r;
     });
+  }
+
+  /**
+   * The control-plane version of the state this TOMA acts on: `term × 2^32 + generation`, the
+   * version a single Raft voter would use (docs/toma.md, "Fenced at the drives"). 0 until the
+   * TOMA has taken its term: a target that has seen any version refuses what it would send.
+   */
+  version(): number {
+    if (!this.ready || !this.state || this.deposed !== null) return 0;
+    return fenceVersion(this.state.term, this.state.generation);
   }
 
   // ---- views (synchronous snapshots) -----------------------------------------------------------
 
   /** Why mutations are not allowed yet, for error messages. */
   readiness(): string {
+    if (this.deposed !== null) {
+      return `deposed: another TOMA acts on this cluster's drives with control-plane version ${this.deposed}; this one stopped acting (restart it to take over again)`;
+    }
     if (this.ready) return "ready";
+    if (this.adopted) return "state recovered; writing this TOMA's term to the drives";
     if (!this.cluster_uuid) return "no cluster found yet on the reachable drives";
     if (!this.candidate()) return "no drive with a valid cluster state answered yet";
     const c = this.candidate()!.state;
@@ -363,6 +395,21 @@ export class Toma {
     return { ok: true, value: null };
   }
 
+  /**
+   * A target refused this TOMA's version as older than `newest`. Only a TOMA that took a newer
+   * term writes a newer version, so one TOMA acts on the drives that is not this one: a single
+   * TOMA stands down rather than take the state back (two would take turns deposing each other).
+   */
+  private deposedBy(newest: number): void {
+    if (this.deposed !== null || !this.ready || newest <= this.version()) return;
+    this.deposed = newest;
+    this.ready = false;
+    this.env.log.error("deposed: another TOMA acts on this cluster's drives with a newer version; this one stops acting", {
+      ours: fenceVersion(this.state!.term, this.state!.generation),
+      newest,
+    });
+  }
+
   // ---- internals -------------------------------------------------------------------------------
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -415,14 +462,41 @@ export class Toma {
     return best;
   }
 
-  private async propose(cmd: Command): Promise<Outcome<ClusterState>> {
+  /**
+   * Commits a command computed from the state of generation `computed_at`, through the same
+   * path a replicated log entry takes (consensus/proposal.ts): a command computed from a state
+   * that has changed since is refused, changing nothing, and the caller computes it again.
+   */
+  private async propose(cmd: Command, computed_at: number): Promise<Outcome<ClusterState>> {
     const state = this.readyState();
     if (!state.ok) return state;
-    // Generations skipped by a failed write are skipped for good: lift the base first.
-    const generation = Math.max(state.value.generation + 1, this.floor_generation);
-    const r = apply({ ...state.value, generation: generation - 1 }, cmd);
-    if (!r.ok) return r;
+    // Generations skipped by a failed write are skipped for good: the entry's index is above them.
+    const index = Math.max(state.value.generation + 1, this.floor_generation);
+    const r = applyProposal(state.value, { index, data: encodeProposal({ computed_at, cmd }) });
+    if (r.kind === "refused") {
+      if (r.code === "stale") return unavailable(`the cluster state changed while this change was computed (${r.error}); try again`);
+      return { ok: false, code: r.code === "undecodable" ? "invalid" : r.code, error: r.error };
+    }
+    assert(r.kind === "applied", () => `a command applied as ${r.kind}`);
     return this.commit(r.state);
+  }
+
+  /**
+   * Takes this process's term: the recovered (or new) state written again with term + 1 before
+   * the TOMA acts on anything, as a Raft leader's first entry of its own term. Every version it
+   * stamps from then on is above any version an earlier TOMA process (or a TOMA that has since
+   * lost the drives to this one) stamped, and a restart is never refused by its own past.
+   */
+  private async takeTerm(): Promise<boolean> {
+    const prev = this.state!;
+    const next = { ...prev, term: prev.term + 1, generation: Math.max(prev.generation + 1, this.floor_generation) };
+    const r = await this.commit(next);
+    if (!r.ok) {
+      this.env.log.warn("cannot take a term yet", { error: r.error });
+      return false;
+    }
+    this.env.log.info("term taken", { term: next.term, generation: next.generation, version: fenceVersion(next.term, next.generation) });
+    return true;
   }
 
   /** Writes `next` (its generation already chosen) to the drives; adopts it on a quorum. */
@@ -464,6 +538,9 @@ export class Toma {
     this.state = next;
     this.retract_needed = false;
     this.env.log.info("committed", { generation: next.generation, acks: acks.size });
+    // Requests from here on act on the new state: they carry its version.
+    const version = this.version();
+    for (const l of this.links) if (l.session) l.session.generation = version;
     return { ok: true, value: next };
   }
 
@@ -547,8 +624,20 @@ export class Toma {
     await Promise.all(toRead.map((s) => this.readSlot(s)));
 
     if (!this.cluster_uuid) this.chooseCluster();
-    if (!this.cluster_uuid) return;
-    if (!this.ready) this.recover();
+    if (!this.cluster_uuid || this.deposed !== null) return;
+    if (!this.ready && !this.adopted) this.recover();
+    if (!this.ready && this.adopted) {
+      if (!(await this.takeTerm())) {
+        // Read every slot again before the next try: the partial write changed what they hold.
+        this.adopted = false;
+        for (const s of this.seen.values()) if (s.info.cluster_uuid === this.cluster_uuid) s.slot = { kind: "unread" };
+        return;
+      }
+      this.adopted = false;
+      this.ready = true;
+      const version = this.version();
+      for (const l of this.links) if (l.session) l.session.generation = version;
+    }
     if (this.ready) await this.maintain();
     if (this.ready) {
       const loc = this.locate();
@@ -572,7 +661,7 @@ export class Toma {
       // Every configured target answered and no drive belongs to any cluster: a new cluster.
       this.cluster_uuid = uuidToString(randomUuid(this.env));
       this.state = emptyState(this.cluster_uuid);
-      this.ready = true;
+      this.adopted = true;
       this.env.log.info("created a new cluster", { cluster: this.cluster_uuid });
     }
   }
@@ -585,7 +674,7 @@ export class Toma {
       const allEmpty = ours.every((s) => s.slot.kind === "empty");
       if (ours.length > 0 && allEmpty && this.links.every((l) => l.ever_up)) {
         this.state = emptyState(this.cluster_uuid!);
-        this.ready = true;
+        this.adopted = true;
         this.env.log.warn("cluster drives hold no state yet; starting from an empty state", { cluster: this.cluster_uuid });
       }
       return;
@@ -594,7 +683,7 @@ export class Toma {
     const n = list.filter((u) => this.isHeard(u)).length;
     if (n < majority(list.length)) return;
     this.state = best.state;
-    this.ready = true;
+    this.adopted = true;
     for (const s of this.seen.values()) {
       const g = knownGeneration(s.slot);
       if (g !== null) this.floor_generation = Math.max(this.floor_generation, g + 1);
@@ -616,6 +705,7 @@ export class Toma {
           ours: state.generation,
         });
         this.ready = false;
+        this.adopted = false;
         for (const x of mine) x.slot = { kind: "unread" };
         return;
       }
@@ -629,7 +719,9 @@ export class Toma {
     // Drives claimed just now are members too: add them in this same pass, not a second later.
     const members = [...this.seen.values()].filter((s) => s.info.cluster_uuid === this.cluster_uuid);
     for (const s of members) {
-      const known = state.drives.some((d) => d.drive_uuid === s.info.drive_uuid);
+      // Computed from the state as it is now: each drive added moves it on.
+      const now = this.state!;
+      const known = now.drives.some((d) => d.drive_uuid === s.info.drive_uuid);
       if (known || s.target === null || s.info.state !== "ok" || !heard(s.slot)) continue;
       const r = await this.propose({
         kind: "add_drive",
@@ -639,7 +731,7 @@ export class Toma {
           extent_count: s.info.extent_count,
           cache_epoch: s.info.cache_epoch,
         },
-      });
+      }, now.generation);
       if (r.ok) this.env.log.info("drive added", { drive: s.info.drive_uuid, target: s.target });
       else return;
     }

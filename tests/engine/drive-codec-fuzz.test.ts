@@ -5,6 +5,7 @@
  */
 import { expect, test } from "bun:test";
 import { crc32c } from "../../src/engine/crc32c.ts";
+import { decodeControlVersion, encodeControlVersion } from "../../src/engine/drive/control-version.ts";
 import { DriveFormatError } from "../../src/engine/drive/formatted-api.ts";
 import { checkMetaSlot, decodeMetaSlot, encodeMetaSlot, type SlotContext } from "../../src/engine/drive/meta-slot.ts";
 import {
@@ -93,4 +94,28 @@ test(`metadata slot decode: only DriveFormatError (seed ${SEED})`, () => {
     const r = checkMetaSlot(b, ctx);
     if (!isInvalid(r)) expect(r.generation).toBeGreaterThanOrEqual(0);
   }
+});
+
+test(`control-version block decode: a version or a reason, never a throw; an accepted block re-encodes to itself (seed ${SEED})`, () => {
+  const rnd = prng(SEED + 2);
+  const good = encodeControlVersion(2 ** 32 * 7 + 12, DRIVE);
+  expect(decodeControlVersion(good, DRIVE)).toEqual({ version: 2 ** 32 * 7 + 12 });
+  let accepted = 0;
+  for (let round = 0; round < ROUNDS; round++) {
+    const b = mutate(good, rnd, 32);
+    let r: ReturnType<typeof decodeControlVersion>;
+    try {
+      r = decodeControlVersion(b, DRIVE);
+    } catch (e) {
+      throw new Error(`seed ${SEED} round ${round}: threw ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+    }
+    if (isInvalid(r)) expect(r.invalid.length).toBeGreaterThan(0);
+    else {
+      accepted++;
+      expect(Number.isSafeInteger(r.version) && r.version >= 0).toBe(true);
+      // Nothing decoded is unchecked: the same version and drive give the very same bytes.
+      expect(encodeControlVersion(r.version, DRIVE)).toEqual(b.subarray(0, 4096));
+    }
+  }
+  expect(accepted).toBeLessThan(ROUNDS);
 });

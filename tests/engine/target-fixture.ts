@@ -15,7 +15,7 @@ import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
 import type { ClusterKey } from "../../src/engine/wire/cluster-key.ts";
-import type { Status } from "../../src/engine/wire/header.ts";
+import { Status } from "../../src/engine/wire/header.ts";
 import { expect } from "bun:test";
 
 export interface LogLine {
@@ -179,6 +179,20 @@ export class GatedStore extends MemoryStore {
   /** Operations waiting at the gate. */
   get blocked(): number {
     return this.waiting.length;
+  }
+}
+
+/**
+ * "ok", or a target's refusal as "STATUS", with " newest=N" when it names a control-plane
+ * version; anything else is thrown on.
+ */
+export async function outcomeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    if (e instanceof TargetError) return `${Status[e.status]}${e.version === null ? "" : ` newest=${e.version}`}`;
+    throw e;
   }
 }
 

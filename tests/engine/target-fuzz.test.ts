@@ -17,7 +17,7 @@ import { linkPair } from "../../src/engine/net/pipe.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
 import { type ClusterKey, requesterProof } from "../../src/engine/wire/cluster-key.ts";
 import { decodeBody, encodeBody, isInvalid, TargetInfo } from "../../src/engine/wire/control.ts";
-import { encodeFrame, emptyHeader, FrameDecoder, type Header, Op } from "../../src/engine/wire/header.ts";
+import { encodeFrame, emptyHeader, FrameDecoder, type Header, Op, Status } from "../../src/engine/wire/header.ts";
 import { sessionOver } from "../../src/engine/wire/session.ts";
 import { concat, expectReached, forEachSeed, FuzzConn, type Rng, seeds, settle } from "../support/fuzz.ts";
 import { randomHeader, validRequestHeader } from "../support/fuzz-frames.ts";
@@ -105,7 +105,7 @@ function challengeOf(sent: Uint8Array[]): Uint8Array | null {
 describe("the target connection state machine", () => {
   test("random streams, cut at random points: no throw, valid answers, nothing held after, target usable", async () => {
     // What the fuzz reached, so that a generator that stopped reaching the deep paths shows.
-    const reached = { answered_ok_data: 0, authenticated_keyed: 0, paused: 0, closed_by_target: 0, ping_answered_on_a_paused_connection: 0 };
+    const reached = { answered_ok_data: 0, authenticated_keyed: 0, paused: 0, closed_by_target: 0, ping_answered_on_a_paused_connection: 0, refused_stale_version: 0 };
     await forEachSeed(FILE, SEEDS, async (rng) => {
       const withKey = rng.chance(0.5);
       const service = withKey ? keyed : open;
@@ -133,6 +133,8 @@ describe("the target connection state machine", () => {
       if (typeof a === "string") throw new Error(`the target sent a malformed frame: ${a}`);
       reached.answered_ok_data += a.filter((h) => (h.opcode === Op.READ || h.opcode === Op.WRITE) && h.status === 0).length;
       if (withKey && a.some((h) => h.opcode === Op.AUTH && h.status === 0)) reached.authenticated_keyed++;
+      // A TOMA connection's request older than the drive's control-plane version (no META_WRITE is sent).
+      if (a.some((h) => h.status === Status.STALE)) reached.refused_stale_version++;
       if (conn.pausedEver) reached.paused++;
       // A PING is answered even when requests ahead of it fill the connection (liveness.ts).
       if (conn.pausedEver && a.some((h) => h.opcode === Op.PING && h.status === 0)) reached.ping_answered_on_a_paused_connection++;
@@ -152,7 +154,8 @@ describe("the target connection state machine", () => {
     for (const service of [open, keyed]) {
       const [mine, theirs] = linkPair();
       service.handleLink(theirs);
-      const s = await sessionOver(env, mine, "in-process", { version: 1, role: "toma", name: "after-fuzz" }, { cluster_key: service === keyed ? HELD : null });
+      // The generator's highest generation (fuzz-frames.ts): a TOMA of the newest version the fuzz may have left.
+      const s = await sessionOver(env, mine, "in-process", { version: 1, role: "toma", name: "after-fuzz" }, { cluster_key: service === keyed ? HELD : null, generation: 3 });
       const data = new Uint8Array(4096).fill(0x42);
       await s.write(uuidBytes(drive), 8192, data, false);
       const back = new Uint8Array(4096);

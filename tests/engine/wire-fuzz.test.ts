@@ -157,7 +157,7 @@ const VALID: Record<keyof typeof SCHEMAS, unknown> = {
   FenceRequest: { replace: false, set: [{ client_id: 1, min_generation: 2 }], remove: [3] },
   LockList: [{ client_id: 1, offset: 0, length: 65536 }],
   DirtyList: [0, 1, 5],
-  ErrorBody: { error: "x" },
+  ErrorBody: { error: "x", version: 2 ** 32 * 3 + 9 },
 };
 
 /** A random CBOR-encodable value (what a peer that speaks CBOR but not our schemas sends). */

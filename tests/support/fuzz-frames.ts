@@ -22,6 +22,7 @@ export function randomHeader(rng: Rng, drive?: { uuid: Uint8Array; span: number 
     offset: real ? rng.int(Math.max(1, drive.span - length)) : rng.chance(0.8) ? rng.int(1 << 30) : rng.pick([2 ** 53 - 1, 2 ** 53, 0]),
     drive_uuid: real ? drive.uuid : rng.bytes(16),
     client_id: rng.int(4),
+    // Also a TOMA's control-plane version: target-fuzz.test.ts's last session uses the highest.
     generation: rng.int(4),
     status: rng.chance(0.95) ? Status.OK : rng.pick(STATUSES),
     payload_len: 0,

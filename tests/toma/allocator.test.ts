@@ -127,7 +127,7 @@ describe("allocator placement", () => {
   test("free extents come back after delete", () => {
     const { state, topo } = cluster([4]);
     const s = create(state, topo, { name: "v", capacity_bytes: 4 * MiB, raid_level: "concatenated" });
-    const d = apply(s, { kind: "delete_volume", name: "v" });
+    const d = apply(s, { kind: "delete_volume", uuid: s.volumes.find((x) => x.name === "v")!.uuid });
     if (!d.ok) throw new Error(d.error);
     expect(freeExtents(d.state).get(uuid(1))).toEqual([0, 1, 2, 3]);
   });

@@ -47,7 +47,7 @@ describe("apply()", () => {
 
   const refusals: [string, ClusterState, Command, string][] = [
     ["add a drive twice", s0, { kind: "add_drive", drive: { drive_uuid: D1, extent_size_bytes: MiB, extent_count: 4 } }, "invalid"],
-    ["delete unknown volume", s0, { kind: "delete_volume", name: "nope" }, "not_found"],
+    ["delete unknown volume", s0, { kind: "delete_volume", uuid: uuid(77) }, "not_found"],
     ["create with a taken name", s1, vol("a", [{ drive_uuid: D2, extents: [0] }]), "name_taken"],
     ["create on used extents", s1, vol("b", [{ drive_uuid: D1, extents: [1, 2] }]), "no_space"],
     ["create on unknown drive", s0, vol("b", [{ drive_uuid: uuid(9), extents: [0] }]), "invalid"],
@@ -71,7 +71,7 @@ describe("apply()", () => {
     expect(s0.generation).toBe(2);
     expect(s1.generation).toBe(3);
     expect(s1.volumes[0]!.created_seq).toBe(3);
-    const d = apply(s1, { kind: "delete_volume", name: "a" });
+    const d = apply(s1, { kind: "delete_volume", uuid: s1.volumes[0]!.uuid });
     expect(d.ok && d.state.generation).toBe(4);
     expect(d.ok && d.state.volumes).toEqual([]);
   });

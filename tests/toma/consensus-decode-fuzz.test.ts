@@ -9,7 +9,7 @@ import { describe, expect, test } from "bun:test";
 import { encode } from "cbor-x";
 import { decodeRecord, encodeRecord } from "../../src/toma/consensus/hard-state-record.ts";
 import { decodeEnvelope } from "../../src/toma/consensus/messages.ts";
-import { decodeProposal } from "../../src/toma/consensus/proposal.ts";
+import { decodeProposal, encodeProposal } from "../../src/toma/consensus/proposal.ts";
 import { forEachSeed, type Rng, seeds } from "../support/fuzz.ts";
 import { drive, record } from "./consensus/record-fixtures.ts";
 
@@ -24,7 +24,7 @@ function randomValue(rng: Rng, depth = 0): unknown {
     case 1:
       return rng.pick([-1, 0, 1.5, 2 ** 53, Number.NaN]);
     case 2:
-      return rng.pick(["", UUID, "s1#00000000000000a1", "app", "vote", "snap", "normal", "conf", "x".repeat(300)]);
+      return rng.pick(["", UUID, "s1#00000000000000a1", "app", "vote", "snap", "normal", "conf", "set_legs", "delete_volume", "replace_leg", "ok", "dead", "x".repeat(300)]);
     case 3:
       return rng.bytes(rng.int(40));
     case 4:
@@ -34,7 +34,7 @@ function randomValue(rng: Rng, depth = 0): unknown {
     case 6:
       return Array.from({ length: rng.int(4) }, () => randomValue(rng, depth + 1));
     default: {
-      const keys = ["v", "cluster_uuid", "from", "to", "msgs", "type", "term", "index", "entries", "prev_index", "prev_term", "commit", "snapshot", "config", "kind", "data", "seq", "anchor_seq", "drives", "toma_id", "incarnation", "vote", "x"];
+      const keys = ["v", "cluster_uuid", "from", "to", "msgs", "type", "term", "index", "entries", "prev_index", "prev_term", "commit", "snapshot", "config", "kind", "data", "seq", "anchor_seq", "drives", "toma_id", "incarnation", "vote", "computed_at", "cmd", "uuid", "legs", "column", "with", "x"];
       const o: Record<string, unknown> = {};
       for (let i = rng.int(7); i > 0; i--) o[rng.pick(keys)] = randomValue(rng, depth + 1);
       return o;
@@ -53,8 +53,9 @@ function never<T>(what: string, fn: () => T): T {
 describe("consensus decoders on bytes from peers and drives", () => {
   test("envelopes, proposals and hard-state records: a value or a reason, never a throw", async () => {
     const good = encodeRecord(record(7, [1, 2]));
+    const proposal = encodeProposal({ computed_at: 9, cmd: { kind: "set_legs", uuid: UUID, legs: ["ok", "dead"] } });
     await forEachSeed(FILE, seeds(2000), (rng) => {
-      const inputs = [rng.bytes(rng.int(80)), encode(randomValue(rng)), rng.mutate(good)];
+      const inputs = [rng.bytes(rng.int(80)), encode(randomValue(rng)), rng.mutate(good), rng.mutate(proposal)];
       for (const bytes of inputs) {
         const e = never("decodeEnvelope", () => decodeEnvelope(bytes));
         if (!e.ok) expect(e.error.length).toBeGreaterThan(0);

@@ -4,7 +4,8 @@
  */
 import { expect, test } from "bun:test";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
-import { apply, type Command } from "../../src/toma/cluster-state.ts";
+import type { Command } from "../../src/toma/cluster-state.ts";
+import { applyProposal, encodeProposal } from "../../src/toma/consensus/proposal.ts";
 import { MirrorControl } from "../../src/toma/mirror-control.ts";
 import { MiB, quietLogger } from "./harness.ts";
 import { D, withMirror } from "./mirror-state.ts";
@@ -15,14 +16,18 @@ test("a leg replaced by a blank drive is not declared dead for the failure its o
   const mc = new MirrorControl({
     env: realEnv("mirror-test", quietLogger),
     state: () => state,
-    propose: async (cmd) => {
-      const r = apply(state, cmd);
-      if (!r.ok) return { ok: false, error: r.error };
+    propose: async (cmd, computed_at) => {
+      const r = applyProposal(state, { index: state.generation + 1, data: encodeProposal({ computed_at, cmd }) });
+      if (r.kind !== "applied") return { ok: false, error: r.kind === "refused" ? r.error : r.kind };
       state = r.state;
       committed.push(cmd);
       return { ok: true };
     },
     sessionOf: () => null,
+    version: () => 0,
+    deposed: () => {
+      throw new Error("no target here to refuse anything");
+    },
     regionBytes: () => MiB,
     cacheEpochOf: () => undefined,
     replacement: () => ({ drive_uuid: D(3), extents: [0, 1] }),

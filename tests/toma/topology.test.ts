@@ -45,21 +45,21 @@ describe("mirror topology", () => {
       ["dead", "dead"],
     ] as const;
     for (const legs of bad) {
-      const r = apply(s, { kind: "set_legs", name: "m", legs: [...legs] });
+      const r = apply(s, { kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: [...legs] });
       expect(r.ok).toBe(false);
     }
-    const r = apply(s, { kind: "set_legs", name: "m", legs: ["ok", "dead"] });
+    const r = apply(s, { kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "dead"] });
     expect(r.ok).toBe(true);
     if (r.ok) expect(r.state.volumes[0]!.topology_seq).toBe(r.state.generation);
   });
 
   test("replace_leg puts a blank leg in place of a dead one, never on a drive the volume uses", () => {
     let s = withMirror();
-    const r1 = apply(s, { kind: "set_legs", name: "m", legs: ["ok", "dead"] });
+    const r1 = apply(s, { kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "dead"] });
     if (!r1.ok) throw new Error(r1.error);
     s = r1.state;
-    expect(apply(s, { kind: "replace_leg", name: "m", column: 1, with: { drive_uuid: D(1), extents: [2, 3] } }).ok).toBe(false);
-    const r2 = apply(s, { kind: "replace_leg", name: "m", column: 1, with: { drive_uuid: D(3), extents: [0, 1] } });
+    expect(apply(s, { kind: "replace_leg", uuid: s.volumes[0]!.uuid, column: 1, with: { drive_uuid: D(1), extents: [2, 3] } }).ok).toBe(false);
+    const r2 = apply(s, { kind: "replace_leg", uuid: s.volumes[0]!.uuid, column: 1, with: { drive_uuid: D(3), extents: [0, 1] } });
     expect(r2.ok).toBe(true);
     if (r2.ok) {
       expect(r2.state.volumes[0]!.legs).toEqual(["ok", "syncing"]);
@@ -75,13 +75,13 @@ describe("mirror topology", () => {
       s = r.state;
       return s.volumes[0]!;
     };
-    step({ kind: "set_legs", name: "m", legs: ["ok", "dead"] });
-    expect(step({ kind: "replace_leg", name: "m", column: 1, with: { drive_uuid: D(3), extents: [0, 1] } }).rebuild_blank).toEqual([false, true]);
+    step({ kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "dead"] });
+    expect(step({ kind: "replace_leg", uuid: s.volumes[0]!.uuid, column: 1, with: { drive_uuid: D(3), extents: [0, 1] } }).rebuild_blank).toEqual([false, true]);
     // The new drive fails (or is reported failing) before its copy finished, then comes back.
-    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "dead"] }).rebuild_blank).toEqual([false, true]);
-    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "syncing"] }).rebuild_blank).toEqual([false, true]);
+    expect(step({ kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "dead"] }).rebuild_blank).toEqual([false, true]);
+    expect(step({ kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "syncing"] }).rebuild_blank).toEqual([false, true]);
     // Copied in full: from here on the source's dirty bits alone say what it lacks.
-    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "synced"] }).rebuild_blank).toEqual([false, false]);
-    expect(step({ kind: "set_legs", name: "m", legs: ["ok", "dead"] }).rebuild_blank).toEqual([false, false]);
+    expect(step({ kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "synced"] }).rebuild_blank).toEqual([false, false]);
+    expect(step({ kind: "set_legs", uuid: s.volumes[0]!.uuid, legs: ["ok", "dead"] }).rebuild_blank).toEqual([false, false]);
   });
 });

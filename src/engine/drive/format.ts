@@ -4,6 +4,7 @@
  * written when a volume takes them, not here.
  */
 import { NIL_UUID, uuidFromString, uuidToString } from "../uuid.ts";
+import { CONTROL_VERSION_END, CONTROL_VERSION_OFFSETS } from "./control-version.ts";
 import { DriveFormatError } from "./formatted-api.ts";
 import { locateSuperblock } from "./locate-superblock.ts";
 import { encodeMetaSlot } from "./meta-slot.ts";
@@ -45,6 +46,8 @@ export async function formatDrive(store: DriveStore, opts: FormatOptions): Promi
   // Invalidate the old primary first: a crash mid-format must not leave an old identity in
   // front of freshly zeroed metadata.
   await store.write(0, new Uint8Array(SUPERBLOCK_BYTES), true);
+  // The control-version copies: a reformatted drive is a new drive that has seen no version.
+  await store.writeZeroes(CONTROL_VERSION_OFFSETS[0], CONTROL_VERSION_END - CONTROL_VERSION_OFFSETS[0], false);
   await store.writeZeroes(g.meta_offset, 2 * g.meta_slot_bytes, false);
   await store.writeZeroes(g.bitmap_offset, g.bitmap_bytes, false);
   for (const slot_index of [0, 1] as const) {

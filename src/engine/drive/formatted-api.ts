@@ -40,6 +40,18 @@ export interface FormattedDrive {
    * same block must not overlap: the caller serialises them (target/dirty.ts).
    */
   persistBitmapBlock(index: number): Promise<void>;
+  /**
+   * The highest control-plane version this drive has durably recorded (0: none yet, or a drive
+   * formatted before the record existed). Read at open; raised by persistControlVersion.
+   */
+  readonly control_version: number;
+  /**
+   * Records durably (FUA) that the drive has seen `version`; nothing to do when the record is at
+   * or above it already. Writes are serialised and alternate between two copies, so a torn write
+   * leaves the previous one. Rejects on an I/O error, or on a drive whose layout has no room for
+   * the record.
+   */
+  persistControlVersion(version: number): Promise<void>;
   close(): Promise<void>;
 }
 

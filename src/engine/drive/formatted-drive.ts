@@ -7,6 +7,7 @@ import type { Logger } from "../env.ts";
 import { isNilUuid, NIL_UUID, uuidFromString } from "../uuid.ts";
 import type { DriveInfo, MetaReadAnswer, OtherSlot } from "../wire/control.ts";
 import { AlreadyClaimedError, DriveFormatError, type FormattedDrive, StaleGenerationError, UnreadableSlotError } from "./formatted-api.ts";
+import { CONTROL_VERSION_END, CONTROL_VERSION_OFFSETS, decodeControlVersion, encodeControlVersion } from "./control-version.ts";
 import { locateSuperblock } from "./locate-superblock.ts";
 import {
   checkMetaSlot,
@@ -53,7 +54,35 @@ export async function openDrive(store: DriveStore, path: string, opts: OpenOptio
       error: (e as Error).message,
     });
   }
-  return new Drive(store, path, found.sb, bitmap, loaded);
+  const cv = await readControlVersion(store, found.sb, opts.log);
+  return new Drive(store, path, found.sb, bitmap, loaded, cv);
+}
+
+/**
+ * The higher of the two control-version copies, and which copy the next write goes to (the
+ * other one). A copy that cannot be read counts as holding none; if it held the highest version,
+ * the drive has gone back to the other copy's (logged: see docs/on-drive-format.md).
+ */
+async function readControlVersion(
+  store: DriveStore,
+  sb: Superblock,
+  log: Logger | undefined,
+): Promise<{ version: number; next: 0 | 1 }> {
+  if (sb.meta_offset < CONTROL_VERSION_END) return { version: 0, next: 0 };
+  const found: number[] = [];
+  for (const off of CONTROL_VERSION_OFFSETS) {
+    const b = new Uint8Array(BLOCK_BYTES);
+    try {
+      await store.read(off, b);
+      const d = decodeControlVersion(b, sb.drive_uuid);
+      found.push("version" in d ? d.version : -1);
+    } catch (e) {
+      log?.warn(`drive ${sb.drive_uuid}: control-version copy at ${off} unreadable`, { drive: store.describe, error: (e as Error).message });
+      found.push(-1);
+    }
+  }
+  const [a, b] = found as [number, number];
+  return { version: Math.max(0, a, b), next: a >= b ? 1 : 0 };
 }
 
 class Drive implements FormattedDrive {
@@ -64,6 +93,10 @@ class Drive implements FormattedDrive {
   private queue: Promise<unknown> = Promise.resolve();
   /** Bitmap writes not finished yet: close() waits for them. */
   private readonly bitmapWrites = new Set<Promise<unknown>>();
+  control_version: number;
+  /** The control-version copy the next write goes to (never the one holding the current value). */
+  private cv_next: 0 | 1;
+  private cvWrite: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly store: DriveStore,
@@ -71,7 +104,10 @@ class Drive implements FormattedDrive {
     sb: Superblock,
     readonly bitmap: Uint8Array,
     readonly bitmap_loaded: boolean,
+    cv: { version: number; next: 0 | 1 },
   ) {
+    this.control_version = cv.version;
+    this.cv_next = cv.next;
     this.sb = sb;
     this.data = new OffsetStore(store, sb.data_offset, sb.extent_count * sb.extent_size_bytes, "data area");
     this.bitmap_region_bytes = sb.bitmap_region_bytes;
@@ -193,8 +229,26 @@ class Drive implements FormattedDrive {
     return w;
   }
 
+  persistControlVersion(version: number): Promise<void> {
+    if (!Number.isSafeInteger(version) || version < 0) return Promise.reject(new RangeError(`bad control-plane version ${version}`));
+    // One write at a time, each to the copy not holding the current version.
+    const run = this.cvWrite.then(async () => {
+      if (version <= this.control_version) return;
+      if (this.sb.meta_offset < CONTROL_VERSION_END) {
+        throw new RangeError(`drive ${this.sb.drive_uuid}: metadata at ${this.sb.meta_offset} leaves no room for the control-version record`);
+      }
+      const at = this.cv_next;
+      await this.store.write(CONTROL_VERSION_OFFSETS[at], encodeControlVersion(version, this.sb.drive_uuid), true);
+      this.control_version = version;
+      this.cv_next = at === 0 ? 1 : 0;
+    });
+    this.cvWrite = run.catch(() => {});
+    return run;
+  }
+
   async close(): Promise<void> {
     await this.queue;
+    await this.cvWrite;
     await Promise.all(this.bitmapWrites);
     await this.data.close();
     await this.store.close();

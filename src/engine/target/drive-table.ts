@@ -7,6 +7,7 @@ import type { FormattedDrive } from "../drive/formatted-api.ts";
 import { uuidFromString } from "../uuid.ts";
 import type { DriveInfo } from "../wire/control.ts";
 import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
+import { ControlVersionGate } from "./control-version-gate.ts";
 import { DirtyBits } from "./dirty.ts";
 import { AdmittedRequests } from "./fence.ts";
 import { LockTable } from "./locks.ts";
@@ -30,6 +31,8 @@ export interface ServedDrive {
   readonly admitted: AdmittedRequests;
   readonly locks: LockTable;
   readonly dirty: DirtyBits;
+  /** The newest control-plane version seen, durable on the drive (control-version-gate.ts). */
+  readonly control: ControlVersionGate;
   /**
    * LOSSY_COPY writes received (RAM): they change the epoch in answers (answeredEpoch). Starting
    * again from 0 after a restart changes it too, which at worst fails a flush that had nothing to
@@ -91,6 +94,7 @@ export class DriveTable {
       dirty: new DirtyBits(drive, data_bytes, (offset, length) =>
         locks.anyLocked(Math.floor(offset / LOCK_UNIT_BYTES), Math.floor((offset + length - 1) / LOCK_UNIT_BYTES)),
       ),
+      control: new ControlVersionGate(drive),
       epoch_bumps: 0,
       epoch_salt,
     });

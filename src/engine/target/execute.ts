@@ -116,7 +116,7 @@ function failure(ctx: TargetContext, h: Header, e: unknown): Uint8Array {
   if (status === Status.IO_ERROR) {
     ctx.log.error("drive I/O failed", { op: Op[h.opcode], drive: safeUuid(h.drive_uuid), error: String(e) });
   }
-  return errorResponse(h, status, e instanceof Error ? e.message : String(e));
+  return errorResponse(h, status, e instanceof Error ? e.message : String(e), e instanceof RequestError ? e.version : null);
 }
 
 function leave(adm: Admission | null): void {
@@ -136,6 +136,78 @@ function dispatch(
 ): Uint8Array | Promise<Uint8Array> {
   if (h.flags & Flag.RESPONSE) throw new RequestError(Status.INVALID, "a requester sent a response frame");
   if (h.flags & CHECKED_FLAGS) checkFlags(req, h);
+  if (req.role === "toma" && VERSIONED.has(h.opcode)) {
+    const d = ctx.drives.get(h.drive_uuid);
+    if (d) return versioned(ctx, req, h, payload, owned, d);
+  }
+  return dispatchOp(ctx, req, h, payload, owned, adm);
+}
+
+/**
+ * A TOMA's request that changes the drive: refused STALE below the drive's newest version;
+ * counted while it runs, so that a request raising the version runs only once every request of
+ * an older version has finished (control-version-gate.ts) and nothing of a deposed TOMA can land
+ * after the first request of its successor.
+ */
+function versioned(
+  ctx: TargetContext,
+  req: Requester,
+  h: Header,
+  payload: Uint8Array,
+  owned: boolean,
+  d: ServedDrive,
+): Uint8Array | Promise<Uint8Array> {
+  const version = h.generation;
+  const wait = d.control.admit(version, () =>
+    d.locks.failWaitingBelow(
+      version,
+      (owner) => new RequestError(Status.STALE, `a newer TOMA reached drive ${d.drive.info.drive_uuid} while client ${owner}'s lock of an older one waited`, version),
+    ),
+  );
+  d.control.enter(version);
+  let r: Uint8Array | Promise<Uint8Array>;
+  try {
+    if (wait === null) r = dispatchOp(ctx, req, h, payload, owned, null);
+    else {
+      // The payload view dies at the first await: the op gets a copy of its own.
+      const own = payload.length > 0 && !owned ? copyOf(payload) : payload;
+      r = wait.then(() => dispatchOp(ctx, req, h, own, owned || own !== payload, null));
+    }
+  } catch (e) {
+    d.control.leave(version);
+    throw e;
+  }
+  if (r instanceof Uint8Array) {
+    d.control.leave(version);
+    return r;
+  }
+  return r.finally(() => d.control.leave(version));
+}
+
+/**
+ * What a TOMA connection sends that changes a drive: each carries the TOMA's control-plane
+ * version in the header's `generation` and passes the drive's version gate first. Reads, FLUSH,
+ * listings and META_* do not (a metadata slot is fenced by its own generation).
+ */
+const VERSIONED = new Set<Op>([
+  Op.WRITE,
+  Op.WRITE_ZEROES,
+  Op.TRIM,
+  Op.LOCK,
+  Op.UNLOCK,
+  Op.DIRTY_SET,
+  Op.DIRTY_CLEAR,
+  Op.FENCE,
+]);
+
+function dispatchOp(
+  ctx: TargetContext,
+  req: Requester,
+  h: Header,
+  payload: Uint8Array,
+  owned: boolean,
+  adm: Admission | null,
+): Uint8Array | Promise<Uint8Array> {
   switch (h.opcode) {
     case Op.READ: {
       const d = dataDrive(ctx, req, h, payload, adm);
@@ -498,7 +570,10 @@ async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admissio
   if ((h.flags & Flag.TEST_LOCK) !== 0) {
     if (!d.locks.tryLock(h.client_id, first, last)) throw locked(d, h, "is locked or waited for");
   } else {
-    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
+    // A TOMA's LOCK admitted before a newer version arrived never starts waiting: the newer
+    // version's barrier waits for it, and it may wait for a lock only the newer TOMA frees.
+    if (req.role === "toma") d.control.check(h.generation);
+    const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation, req.role === "toma" ? h.generation : null);
     if (wait !== null) {
       const parked = req.park(h.payload_len);
       try {

@@ -30,6 +30,8 @@ interface Waiter {
   readonly owner: number;
   /** The request's generation when it is subject to fencing (role client), else null. */
   readonly generation: number | null;
+  /** A TOMA's request: its control-plane version (see failWaitingBelow), else null. */
+  readonly control: number | null;
   readonly first: number;
   readonly last: number;
   readonly resolve: () => void;
@@ -59,9 +61,17 @@ export class LockTable {
    * a promise that resolves once they are, after waiting while any is held or wanted by an
    * earlier waiter. The signal aborts the wait (the requester's connection ended): nothing is
    * then taken. Throws or rejects RequestError(BUSY) when MAX_LOCKED_UNITS would be exceeded.
-   * `generation` is the request's when it is subject to fencing (see failWaiting).
+   * `generation` is the request's when it is subject to fencing (see failWaiting); `control` a
+   * TOMA's control-plane version (see failWaitingBelow).
    */
-  lock(owner: number, first: number, last: number, signal: AbortSignal, generation: number | null = null): Promise<void> | null {
+  lock(
+    owner: number,
+    first: number,
+    last: number,
+    signal: AbortSignal,
+    generation: number | null = null,
+    control: number | null = null,
+  ): Promise<void> | null {
     if (this.waiters.length === 0 && this.free(first, last, null)) {
       const busy = this.overCap(last - first + 1);
       if (busy !== null) throw busy;
@@ -70,7 +80,7 @@ export class LockTable {
     }
     if (signal.aborted) throw new RequestError(Status.BUSY, "the connection ended while waiting for a lock");
     return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { owner, generation, first, last, resolve, reject, detach: () => {} };
+      const w: Waiter = { owner, generation, control, first, last, resolve, reject, detach: () => {} };
       const onAbort = () => {
         const i = this.waiters.indexOf(w);
         if (i < 0) return;
@@ -153,7 +163,20 @@ export class LockTable {
    * They hold nothing; held locks stay, for the TOMA to recover.
    */
   failWaiting(refused: (owner: number, generation: number) => boolean, e: (owner: number) => Error): void {
-    const out = this.waiters.filter((w) => w.generation !== null && refused(w.owner, w.generation));
+    this.failWhere((w) => w.generation !== null && refused(w.owner, w.generation), e);
+  }
+
+  /**
+   * Fails the TOMA waiters whose control-plane version is below `version`: a newer TOMA's request
+   * reached the drive, and it must not wait for a deposed TOMA's LOCK, which may itself wait for
+   * a dead client's lock that only the newer TOMA can recover.
+   */
+  failWaitingBelow(version: number, e: (owner: number) => Error): void {
+    this.failWhere((w) => w.control !== null && w.control < version, e);
+  }
+
+  private failWhere(pick: (w: Waiter) => boolean, e: (owner: number) => Error): void {
+    const out = this.waiters.filter(pick);
     if (out.length === 0) return;
     this.waiters = this.waiters.filter((w) => !out.includes(w));
     for (const w of out) {

@@ -15,6 +15,8 @@ export class RequestError extends Error {
   constructor(
     readonly status: Status,
     message: string,
+    /** STALE of a control-plane version: the newest version the drive has seen (ErrorBody.version). */
+    readonly version: number | null = null,
   ) {
     super(message);
   }
@@ -73,8 +75,9 @@ export function takeBuffer(length: number): Uint8Array {
 /** Gives back a buffer nothing references any more. */
 export const giveBuffer = recycleFrame;
 
-export function errorResponse(req: Header, status: Status, message: string): Uint8Array {
-  const body = encodeBody({ error: message.slice(0, MAX_ERROR_CHARS) });
+export function errorResponse(req: Header, status: Status, message: string, version: number | null = null): Uint8Array {
+  const error = message.slice(0, MAX_ERROR_CHARS);
+  const body = encodeBody(version === null ? { error } : { error, version });
   const out = new Uint8Array(HEADER_BYTES + body.length);
   encodeResponseHeader(req, status, body.length, out);
   out.set(body, HEADER_BYTES);

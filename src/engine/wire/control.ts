@@ -140,8 +140,14 @@ export const LockList = v.array(LockEntry);
 /** DIRTY_GET answer: indices of the dirty bitmap regions, ascending. */
 export const DirtyList = v.array(Count);
 
-/** Body of any response whose status is not OK. */
-export const ErrorBody = v.object({ error: v.string() });
+/**
+ * Body of any response whose status is not OK. `version`: with STALE for a TOMA's control-plane
+ * version, the newest one the drive has seen.
+ */
+export const ErrorBody = v.object({
+  error: v.string(),
+  version: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(Number.MAX_SAFE_INTEGER))),
+});
 export type ErrorBody = v.InferOutput<typeof ErrorBody>;
 
 export function encodeBody(value: unknown): Uint8Array {

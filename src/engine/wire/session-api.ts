@@ -15,6 +15,8 @@ export class TargetError extends Error {
   constructor(
     readonly status: Status,
     message: string,
+    /** STALE of a control-plane version: the newest version the drive has seen. */
+    readonly version: number | null = null,
   ) {
     super(message);
   }

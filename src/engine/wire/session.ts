@@ -526,7 +526,7 @@ export class Session implements TargetSession {
     if (h.status !== Status.OK) {
       const body = decodeBody(ErrorBody, payload);
       const msg = isInvalid(body) ? `${Status[h.status] ?? h.status} (no error body)` : body.error;
-      return r.reject(new TargetError(h.status, msg));
+      return r.reject(new TargetError(h.status, msg, isInvalid(body) ? null : (body.version ?? null)));
     }
     if (r.dst) {
       if (payload.length !== r.dst.length) {

@@ -41,6 +41,9 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     return {
       cluster_uuid: view.cluster_uuid,
       generation: view.applied,
+      term: view.term,
+      // No duty of a cluster member writes to targets yet: it stamps no control-plane version.
+      version: 0,
       ready: false,
       readiness:
         view.phase === "running"

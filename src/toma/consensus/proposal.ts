@@ -39,9 +39,9 @@ export const CommandSchema = v.variant("kind", [
     mirrors: Count,
     debug_format: v.optional(v.boolean()),
   }),
-  v.strictObject({ kind: v.literal("delete_volume"), name: Name }),
-  v.strictObject({ kind: v.literal("set_legs"), name: Name, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
-  v.strictObject({ kind: v.literal("replace_leg"), name: Name, column: Count, with: ColumnSchema }),
+  v.strictObject({ kind: v.literal("delete_volume"), uuid: UuidSchema }),
+  v.strictObject({ kind: v.literal("set_legs"), uuid: UuidSchema, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
+  v.strictObject({ kind: v.literal("replace_leg"), uuid: UuidSchema, column: Count, with: ColumnSchema }),
   v.strictObject({ kind: v.literal("set_cache_epoch"), drive_uuid: UuidSchema, cache_epoch: Count }),
 ]);
 

@@ -23,9 +23,9 @@ describe("proposals", () => {
         columns: [{ drive_uuid: uuid(1), extents: [0] }, { drive_uuid: uuid(2), extents: [0] }],
         mirrors: 2,
       },
-      { kind: "delete_volume", name: "v1" },
-      { kind: "set_legs", name: "v1", legs: ["ok", "dead"] },
-      { kind: "replace_leg", name: "v1", column: 1, with: { drive_uuid: uuid(3), extents: [2] } },
+      { kind: "delete_volume", uuid: uuid(50) },
+      { kind: "set_legs", uuid: uuid(50), legs: ["ok", "dead"] },
+      { kind: "replace_leg", uuid: uuid(50), column: 1, with: { drive_uuid: uuid(3), extents: [2] } },
       { kind: "set_cache_epoch", drive_uuid: uuid(1), cache_epoch: 4 },
     ];
     for (const cmd of cmds) {
@@ -70,5 +70,50 @@ describe("proposals", () => {
     expect(fenceVersion(4, 1)).toBeGreaterThan(fenceVersion(3, 2 ** 32 - 1));
     expect(Number.isSafeInteger(fenceVersion(MAX_FENCE_TERM, 2 ** 32 - 1))).toBe(true);
     expect(() => fenceVersion(MAX_FENCE_TERM + 1, 0)).toThrow(/beyond/);
+  });
+
+  test("commands name volumes by uuid: a command for a deleted volume never reaches the one that took its name", () => {
+    let s = emptyState(uuid(0xc1));
+    const step = (cmd: Parameters<typeof apply>[1]) => {
+      const r = applyProposal(s, { index: s.generation + 1, data: encodeProposal({ computed_at: s.generation, cmd }) });
+      if (r.kind !== "applied") throw new Error(r.kind === "refused" ? r.error : r.kind);
+      s = r.state;
+    };
+    step(addDrive(1));
+    step(addDrive(2));
+    const mirror = (u: number, extent: number) => ({
+      kind: "create_volume" as const,
+      uuid: uuid(u),
+      name: "v1",
+      capacity_bytes: MiB,
+      raid_level: "1" as const,
+      stripe_width: 1,
+      stripe_size_bytes: 0,
+      extent_size_bytes: MiB,
+      columns: [{ drive_uuid: uuid(1), extents: [extent] }, { drive_uuid: uuid(2), extents: [extent] }],
+      mirrors: 2,
+    });
+    step(mirror(50, 0));
+    step({ kind: "delete_volume", uuid: uuid(50) });
+    step(mirror(51, 1));
+    // A step computed for the first "v1", applied to the current state (computed_at matching):
+    // it names a volume that no longer exists, not the new one of the same name.
+    const r = applyProposal(s, {
+      index: s.generation + 1,
+      data: encodeProposal({ computed_at: s.generation, cmd: { kind: "set_legs", uuid: uuid(50), legs: ["ok", "dead"] } }),
+    });
+    expect(r).toEqual({ kind: "refused", code: "not_found", error: `no volume ${uuid(50)}` });
+    expect(s.volumes.map((v) => [v.uuid, v.legs])).toEqual([[uuid(51), ["ok", "ok"]]]);
+  });
+
+  test("a command naming a volume by name (the earlier shape) is refused whole", () => {
+    const s0 = emptyState(uuid(0xc1));
+    for (const cmd of [
+      { kind: "delete_volume", name: "v1" },
+      { kind: "set_legs", name: "v1", legs: ["ok", "dead"] },
+      { kind: "replace_leg", name: "v1", column: 1, with: { drive_uuid: uuid(3), extents: [2] } },
+    ]) {
+      expect(applyProposal(s0, { index: 1, data: encode({ computed_at: 0, cmd }) })).toMatchObject({ kind: "refused", code: "undecodable" });
+    }
   });
 });
