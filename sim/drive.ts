@@ -552,11 +552,12 @@ export class SimDriveStore implements DriveStore {
         if (!this.medium.takePending(op)) return;
         // Died without a crash hook settling its writes: nobody to answer, nothing lands.
         if (this.gone) return;
+        // The drive completes the op; a paused process hears of it when it runs again.
         try {
           finish();
-          resolve();
+          this.inc.run(resolve);
         } catch (e) {
-          reject(e);
+          this.inc.run(() => reject(e));
         }
       });
     });

@@ -17,7 +17,8 @@ export type FaultKind =
   | "clog"
   | "clock_jump"
   | "drive_unplug"
-  | "drive_move";
+  | "drive_move"
+  | "process_pause";
 
 export type FaultWeights = Partial<Record<FaultKind, number>>;
 
@@ -32,6 +33,14 @@ export const DEFAULT_FAULT_WEIGHTS: FaultWeights = {
   drive_unplug: 1,
   drive_move: 1,
 };
+
+/**
+ * A process paused (SIGSTOP) for 5–20 s, longer than the data path's deadlines and the I/O
+ * timeout, then resumed with what it received meanwhile: not among the defaults yet (`--pause`
+ * adds it), so that the CI sweeps keep their seeds.
+ */
+export const PAUSE_FAULT_WEIGHT = 2;
+export const PAUSE_MS: [number, number] = [5000, 20_000];
 
 export interface FaultOptions {
   mean_gap_ms: number;
@@ -72,6 +81,8 @@ export class FaultInjector {
     this.undo.clear();
     const c = this.cluster;
     c.net.heal();
+    for (const s of c.servers) s.node.resume();
+    for (const cl of c.clients) cl.node.resume();
     for (const s of c.servers) if (!s.node.alive) c.bootServer(s);
     for (const m of c.media) if (!m.plugged) c.plug(m, c.serverOf(m) ?? c.servers[0]!);
     for (const cl of c.clients) if (!cl.node.alive) c.bootClient(cl);
@@ -87,8 +98,7 @@ export class FaultInjector {
     });
   }
 
-  private later(fn: () => void): void {
-    const [lo, hi] = this.opts.duration_ms;
+  private later(fn: () => void, [lo, hi]: [number, number] = this.opts.duration_ms): void {
     const ev = this.cluster.world.after(this.prng.range(lo, hi), () => {
       this.undo.delete(ev);
       fn();
@@ -124,6 +134,13 @@ export class FaultInjector {
         this.later(() => {
           if (!s.node.alive) c.bootServer(s);
         });
+        return;
+      }
+      case "process_pause": {
+        const n = p.pick([...c.servers.map((s) => s.node), ...c.clients.map((x) => x.node)]);
+        if (!n.alive || n.current?.paused) return;
+        n.pause();
+        this.later(() => n.resume(), PAUSE_MS);
         return;
       }
       case "client_crash": {

@@ -5,10 +5,12 @@
  *   --trace                          with --seed: print the whole trace
  *   --long                           nightly-style: 4x the virtual time under faults per seed
  *   --mirror                         adds a RAID1 volume to the workload (mirroring, in progress)
+ *   --pause                          adds processes paused (SIGSTOP) for 5–20 s to the random faults
  *   --bug NAME                       plant a known bug (src/engine/planted-bugs.ts): the checker must bite
  */
 import { isPlantedBug, plantedBugs } from "../src/engine/planted-bugs.ts";
 import { MIRROR_VOLUME } from "./cluster.ts";
+import { PAUSE_FAULT_WEIGHT } from "./faults.ts";
 import { defaultRunOptions, type RunResult, runSeed } from "./run.ts";
 
 const argv = process.argv.slice(2);
@@ -39,6 +41,7 @@ if (bug !== undefined) {
 const opts = defaultRunOptions();
 if (has("long")) opts.fault_ms *= 4;
 if (has("mirror")) opts.tweak = (spec) => spec.volumes.push(MIRROR_VOLUME);
+if (has("pause")) opts.faults = { ...opts.faults, weights: { ...opts.faults.weights, process_pause: PAUSE_FAULT_WEIGHT } };
 opts.full_trace = has("trace");
 
 function summary(r: RunResult): string {
@@ -51,7 +54,7 @@ function summary(r: RunResult): string {
 }
 
 function replayLine(seed: number): string {
-  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${has("mirror") ? " --mirror" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
+  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${has("mirror") ? " --mirror" : ""}${has("pause") ? " --pause" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
 }
 
 if (flag("seed") !== undefined) {

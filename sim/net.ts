@@ -315,6 +315,8 @@ class SimConn implements Conn {
   private closeFired = false;
   /** pause(): data waits in the inbox (the simulated kernel buffer) until resume(). */
   private paused = false;
+  /** Removes our hook on the incarnation's resume (a paused process catches up on its sockets). */
+  private readonly unhookResume: () => void;
   /** The connect() promise, while the handshake runs. */
   pending: { resolve: (c: Conn) => void; reject: (e: Error) => void } | null = null;
 
@@ -323,7 +325,11 @@ class SimConn implements Conn {
     readonly side: 0 | 1,
     readonly inc: Incarnation,
     readonly remote: string,
-  ) {}
+  ) {
+    this.unhookResume = inc.onResume(() => {
+      if (this.inbox.length > 0) this.scheduleDrain();
+    });
+  }
 
   get onData(): ((chunk: Uint8Array) => void) | null {
     return this.dataHandler;
@@ -373,7 +379,7 @@ class SimConn implements Conn {
 
   /** Data from the peer, in stream order. */
   receive(bytes: Uint8Array): void {
-    if (this.inbox.length === 0 && this.dataHandler && !this.paused) this.dataHandler(bytes);
+    if (this.inbox.length === 0 && this.dataHandler && !this.paused && !this.inc.paused) this.dataHandler(bytes);
     else {
       // The chunk is only valid during a call, and this one is kept past it.
       this.inbox.push({ bytes: bytes.slice() });
@@ -397,6 +403,7 @@ class SimConn implements Conn {
 
   /** The incarnation died: the app hears nothing more. Returns whether the socket was open. */
   kill(): boolean {
+    this.unhookResume();
     const wasOpen = this.state === "open";
     this.state = "gone";
     this.closeFired = true;
@@ -419,7 +426,7 @@ class SimConn implements Conn {
    * code awaiting connect() gets to set it); if still unset then, data is dropped as Bun drops it.
    */
   private drain(final: boolean): void {
-    while (this.inbox.length > 0 && !this.closeFired && this.inc.alive) {
+    while (this.inbox.length > 0 && !this.closeFired && this.inc.alive && !this.inc.paused) {
       const item = this.inbox[0]!;
       if (this.paused && !("close" in item)) return; // resume() schedules the rest
       const handler = "close" in item ? this.onClose : this.dataHandler;
@@ -434,7 +441,9 @@ class SimConn implements Conn {
   private fireClose(reason: string): void {
     // A dead incarnation's code hears nothing (a closing socket outlives its process).
     if (this.closeFired || !this.inc.alive) return;
+    if (this.inc.paused) return this.inc.run(() => this.fireClose(reason));
     this.closeFired = true;
+    this.unhookResume();
     this.inbox = [];
     const cb = this.onClose;
     this.onClose = null;
@@ -581,7 +590,7 @@ export class SimNetwork implements SimNetworkLike {
         a.state = "gone";
         this.forget(a);
         this.world.log("net", `connect c${conn.id} ${from} → ${address} timed out`);
-        reject(new Error(`connect to ${address} timed out`));
+        inc.run(() => reject(new Error(`connect to ${address} timed out`)));
       });
     });
   }
@@ -667,7 +676,7 @@ export class SimNetwork implements SimNetworkLike {
           const p = a.pending;
           a.pending = null;
           this.world.log("net", `established c${conn.id}${dup}`);
-          p.resolve(a);
+          a.inc.run(() => p.resolve(a));
         } else this.answerReset(pipe, "synack");
         return;
       }
@@ -679,7 +688,7 @@ export class SimNetwork implements SimNetworkLike {
         a.state = "gone";
         this.forget(a);
         this.world.log("net", `refused c${conn.id} ${conn.address}`);
-        p.reject(new Error(`connect to ${conn.address}: connection refused`));
+        a.inc.run(() => p.reject(new Error(`connect to ${conn.address}: connection refused`)));
         return;
       }
       case "data":
@@ -727,7 +736,7 @@ export class SimNetwork implements SimNetworkLike {
     this.world.log("net", `accept c${conn.id} ${l.address} from ${conn.fromHost}`);
     // The SYN-ACK goes first, so anything the accepting side sends follows it.
     back.push("synack");
-    l.onConn(b);
+    l.inc.run(() => l.onConn(b));
   }
 
   /** Data for a socket that is not open: the kernel answers with a RST. */

@@ -42,6 +42,14 @@ export class Incarnation {
   death: CrashKind | null = null;
   private readonly deathHooks: (() => void)[] = [];
   private readonly timers = new Set<SimEvent>();
+  /**
+   * Paused (SIGSTOP): alive, its sockets open and its kernel acknowledging what arrives, but its
+   * code runs nothing: timers due, data received and drive completions wait here, in order,
+   * until resume(), and then run (stale requests and all).
+   */
+  paused = false;
+  private held: (() => void)[] = [];
+  private readonly resumeHooks = new Set<() => void>();
 
   constructor(
     readonly node: SimNode,
@@ -59,7 +67,7 @@ export class Incarnation {
     const world = this.node.world;
     const ev = world.after(this.node.clock.toGlobal(local_ms), () => {
       this.timers.delete(ev);
-      if (this.alive) fn();
+      if (this.alive) this.run(fn);
     });
     this.timers.add(ev);
     return {
@@ -70,9 +78,38 @@ export class Incarnation {
     };
   }
 
+  /** Runs `fn` now, or at resume() while paused (code of this process only). */
+  run(fn: () => void): void {
+    if (this.paused) this.held.push(fn);
+    else fn();
+  }
+
+  /** Called at resume() (a socket hands over what its kernel kept meanwhile); returns a remover. */
+  onResume(fn: () => void): () => void {
+    this.resumeHooks.add(fn);
+    return () => this.resumeHooks.delete(fn);
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused || !this.alive) return;
+    this.paused = false;
+    const held = this.held;
+    this.held = [];
+    // In their order, each its own event, as a process catching up would run them.
+    for (const fn of held) this.node.world.after(0, () => this.alive && this.run(fn));
+    for (const h of [...this.resumeHooks]) h();
+  }
+
   die(kind: CrashKind): void {
     if (!this.alive) return;
     this.alive = false;
+    this.paused = false;
+    this.held = [];
+    this.resumeHooks.clear();
     this.death = kind;
     for (const t of this.timers) t.cancelled = true;
     this.timers.clear();
@@ -116,6 +153,20 @@ export class SimNode {
     if (!this.current?.alive) return;
     this.world.log(this.name, `CRASH (${kind}) #${this.current.number}`);
     this.current.die(kind);
+  }
+
+  /** SIGSTOP: the process stays, answering nothing, until resume(). */
+  pause(): void {
+    if (!this.current?.alive || this.current.paused) return;
+    this.world.log(this.name, `PAUSE #${this.current.number}`);
+    this.current.pause();
+  }
+
+  /** SIGCONT: everything that waited runs, in order. */
+  resume(): void {
+    if (!this.current?.alive || !this.current.paused) return;
+    this.world.log(this.name, `RESUME #${this.current.number}`);
+    this.current.resume();
   }
 
   jumpClock(delta_ms: number): void {

@@ -319,7 +319,17 @@ export class MirrorControl {
         if (r.ok) this.failedUntil.delete(`${vol.name}/${c}`);
         return;
       }
-      for (let c = 0; c < vol.columns.length; c++) if (vol.legs[c] === "syncing") this.startRebuild(vol, c);
+      for (let c = 0; c < vol.columns.length; c++) {
+        if (vol.legs[c] !== "syncing") continue;
+        // The copy may start only once the new leg's drive confirmed, over our current session,
+        // a fence table that refuses every request planned before the leg came back (every live
+        // client's minimum is its acknowledgement, at least this syncing topology since it is
+        // stable; expired clients are absent). A FENCE waits for what it refuses, so a request a
+        // client gave up on while the leg was out (a paused target, a cut path) has landed by
+        // now or never will: it cannot land over a region the copy already wrote.
+        if (!this.fences.inSync(drive(c))) continue;
+        this.startRebuild(vol, c);
+      }
     }
   }
 

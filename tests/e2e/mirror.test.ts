@@ -118,6 +118,39 @@ describe("RAID1 with real processes", () => {
     expectLegsEqual(c, await c.volume("m1"));
   }, 150_000);
 
+  test("target paused (SIGSTOP) for 35 s while fio verifies: no I/O error, Degraded; resumed (SIGCONT): rebuilt, Normal, legs equal", async () => {
+    const { c, uri } = await raid1();
+    let v = await c.volume("m1");
+    const victim = targetOf(c, v, 1);
+    const pid = c.targets[victim]!.proc.pid;
+    const el = clock();
+    const fio = new FioVerify({ uri, dir: c.dir, name: "pause", size: "48M", runtime_s: 50 });
+    await Bun.sleep(3000);
+    // Alive, its connections open, its kernel acknowledging every byte: it answers nothing. Longer
+    // than every timeout (the session's liveness deadline, the client's I/O timeout, the TOMA's
+    // client expiry).
+    console.log(`  ${el()}: SIGSTOP target t${victim} (leg 1)`);
+    const paused_at = performance.now();
+    process.kill(pid, "SIGSTOP");
+    let resumed_at = 0;
+    try {
+      v = await c.waitVolume("m1", "degraded", isDegraded);
+      console.log(`  ${el()}: volume ${v.state}, legs ${v.legs.join(",")} (${((performance.now() - paused_at) / 1000).toFixed(2)} s after the pause)`);
+      await Bun.sleep(Math.max(0, 35_000 - (performance.now() - paused_at)));
+    } finally {
+      process.kill(pid, "SIGCONT");
+      resumed_at = performance.now();
+    }
+    console.log(`  ${el()}: SIGCONT target t${victim}`);
+    v = await c.waitVolume("m1", "Normal again", isNormal, 90_000);
+    const normal_at = performance.now();
+    console.log(`  ${el()}: volume ${v.state}, legs ${v.legs.join(",")}; rebuild copied ${rebuiltBytes(c, "m1", 1) / MiB} MiB`);
+    await expectFioClean(fio, "through the pause and the rebuild");
+    stallBetween(fio, "from the pause to the resume", paused_at - 500, resumed_at);
+    stallBetween(fio, "from the resume to Normal", resumed_at, normal_at + 500);
+    expectLegsEqual(c, await c.volume("m1"));
+  }, 200_000);
+
   test("a blank drive replaces the dead one (drive evict): full rebuild with progress in volume show, legs equal; an idle client daemon holds nothing back", async () => {
     const { c, uri } = await raid1();
     // A client daemon whose only attach failed (no such volume) stays up: it has no I/O, so it

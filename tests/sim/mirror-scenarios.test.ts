@@ -7,24 +7,14 @@
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type ClusterSpec, MIRROR_VOLUME, type ServerSim, type SimCluster } from "../../sim/cluster.ts";
-import type { RunResult } from "../../sim/run.ts";
-import { scenario, when } from "./scenario-kit.ts";
+import { legAwayFromToma, legServer, mirror, scenario, steps, when } from "./scenario-kit.ts";
 
 setDefaultTimeout(120_000);
 
 const withMirror = { fault_ms: 20_000, tweak: (spec: ClusterSpec) => spec.volumes.push(MIRROR_VOLUME) };
 
-const mirror = (c: SimCluster) => c.tomaServer.toma?.state?.volumes.find((v) => v.name === MIRROR_VOLUME.name);
-
-/** The server holding the drive of column `column` of the mirror now. */
-function legServer(c: SimCluster, column: number): ServerSim {
-  const uuid = mirror(c)!.columns[column]!.drive_uuid;
-  const medium = [...c.uuidOf].find(([, u]) => u === uuid)![0];
-  return c.servers.find((s) => s.media.includes(medium))!;
-}
-
 /** The column to take out and bring back: a leg not on the TOMA's server. */
-const returning = (c: SimCluster) => (legServer(c, 1) !== c.tomaServer ? 1 : 0);
+const returning = legAwayFromToma;
 
 /** A server already down is booted (not twice). */
 const boot = (c: SimCluster, s: ServerSim) => s.node.alive || c.bootServer(s);
@@ -44,7 +34,6 @@ function takeOutReturning(c: SimCluster, down_ms: number): () => number {
   return () => leg;
 }
 
-const steps = (r: RunResult) => r.full_trace.filter((l) => l.includes("topology step volume=mirror")).map((l) => l.split("legs=")[1]!);
 
 describe("mirror scenarios", () => {
   test("hazard: B cannot reach leg 1 and writes while A, which cannot reach leg 0, reads", async () => {

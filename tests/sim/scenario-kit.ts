@@ -4,7 +4,7 @@
  * seed (sim/run.ts).
  */
 import { expect } from "bun:test";
-import type { ClusterSpec, SimCluster } from "../../sim/cluster.ts";
+import { type ClusterSpec, MIRROR_VOLUME, type ServerSim, type SimCluster } from "../../sim/cluster.ts";
 import { quietDriveProfile } from "../../sim/drive.ts";
 import { quietProfile } from "../../sim/net.ts";
 import { defaultRunOptions, type RunResult, runSeed } from "../../sim/run.ts";
@@ -44,3 +44,19 @@ export function when(c: SimCluster, at_ms: number, ready: () => boolean, fn: () 
   const poll = () => (ready() ? fn() : c.world.after(1, poll));
   c.world.after(at_ms, poll);
 }
+
+/** The mirror volume's record in the TOMA's state (undefined before it exists). */
+export const mirror = (c: SimCluster) => c.tomaServer.toma?.state?.volumes.find((v) => v.name === MIRROR_VOLUME.name);
+
+/** The server holding the drive of column `column` of the mirror now. */
+export function legServer(c: SimCluster, column: number): ServerSim {
+  const uuid = mirror(c)!.columns[column]!.drive_uuid;
+  const medium = [...c.uuidOf].find(([, u]) => u === uuid)![0];
+  return c.servers.find((s) => s.media.includes(medium))!;
+}
+
+/** A leg of the mirror not on the TOMA's server (so the TOMA stays out of the fault). */
+export const legAwayFromToma = (c: SimCluster) => (legServer(c, 1) !== c.tomaServer ? 1 : 0);
+
+/** The mirror's topology steps, in order ("ok,dead", ...). */
+export const steps = (r: RunResult) => r.full_trace.filter((l) => l.includes("topology step volume=mirror")).map((l) => l.split("legs=")[1]!);

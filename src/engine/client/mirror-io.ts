@@ -10,6 +10,15 @@
  *   read again shortly after.
  * - a leg that fails (unreachable, drive error) is reported to the TOMA, and the piece is planned
  *   again once a newer topology arrives; a REFUSED request (fenced) fetches the topology and retries.
+ *   A leg we could not reach stays *suspect*, and is reported again every SUSPECT_REPORT_MS, until
+ *   a session to its drive opens again: the TOMA keeps it out meanwhile, even when the TOMA itself
+ *   still reaches it (a path cut one way from us).
+ * - a request waiting on a leg that a newer topology takes out (DEAD, or another drive) is given up
+ *   at once, the piece planned again on the new topology: a paused target or a cut path holds
+ *   nothing of ours, and the switch to the topology without the leg is acknowledged without waiting
+ *   for it. Its answer, if it ever comes, is ignored; its write, if it lands, lands on a leg no one
+ *   reads, and before the leg is rebuilt the TOMA raises the fence there above the generation it was
+ *   planned under (a FENCE waits for what it refuses), so it lands before the copy or not at all.
  * - an I/O done under a topology newer than the stable generation completes only once that
  *   topology is stable: until every client has switched, someone may still read the old way.
  *
@@ -24,7 +33,7 @@ import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
 import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
 import { plantedBugs } from "../planted-bugs.ts";
-import { TargetError, type TargetSession, type WriteOptions } from "../wire/session-api.ts";
+import { SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "../wire/session-api.ts";
 import { LOST_WRITES } from "./cache-watch.ts";
 import type { LegPlan, LegWriter } from "./leg-writer.ts";
 import { MirrorWatch } from "./mirror-watch.ts";
@@ -43,6 +52,10 @@ class LegFailed extends Error {
   constructor(
     readonly column: number,
     message: string,
+    /** False when the TOMA already took the leg out: nothing to report. */
+    readonly report = true,
+    /** The drive could not be reached (as opposed to failing a request): suspect it until reached. */
+    readonly unreachable_drive: string | null = null,
   ) {
     super(message);
   }
@@ -51,6 +64,17 @@ class LegFailed extends Error {
 class Refused extends Error {}
 
 const LOCKED_RETRY_MS = 2;
+/** How often a leg we cannot reach is reported again (the TOMA keeps a reported leg out 5 s). */
+const SUSPECT_REPORT_MS = 2000;
+
+/** A request waiting on one leg, given up if a newer topology takes the leg out. */
+interface LegWait {
+  column: number;
+  drive_uuid: string;
+  /** The cluster generation of the view it was planned under. */
+  generation: number;
+  reject: (e: Error) => void;
+}
 
 /** Writes one leg of a piece with the options given (`locked`: under the piece's locks). */
 type LegOp = (s: TargetSession, drive: Uint8Array, drive_offset: number, opts: WriteOptions, leg: number, locked: boolean) => Promise<number>;
@@ -82,6 +106,10 @@ export class MirrorIo {
     dirtyLock: {},
     intentLock: {},
   };
+  /** Requests waiting on a leg (see `guard`). */
+  private readonly legWaits = new Set<LegWait>();
+  /** Drives of legs we could not reach, and the column each serves: reported until reached again. */
+  private readonly suspects = new Map<string, { column: number; timer: { cancel(): void } }>();
   closed = false;
 
   constructor(
@@ -98,6 +126,7 @@ export class MirrorIo {
     if (info.generation < this.info.generation) return;
     const newTopology = info.topology_generation !== this.info.topology_generation;
     this.info = info;
+    if (newTopology) this.abandonDroppedLegs();
     if (newTopology) this.wake("topo");
     this.wake("stable");
   }
@@ -118,10 +147,88 @@ export class MirrorIo {
     });
   }
 
+  /**
+   * `p`, unless a topology newer than the one it was planned under takes its leg out first: then
+   * LegFailed at once, and `p`'s outcome is ignored (see the header: harmless when it lands).
+   */
+  private guard<T>(p: Promise<T>, column: number, drive_uuid: string, generation: number): Promise<T> {
+    if (this.legOut(column, drive_uuid, generation)) {
+      p.catch(() => {}); // its outcome is ignored, its failure too
+      return Promise.reject(this.outOfTopology(column, drive_uuid));
+    }
+    return new Promise<T>((resolve, reject) => {
+      const w: LegWait = { column, drive_uuid, generation, reject };
+      this.legWaits.add(w);
+      p.then(
+        (v) => {
+          if (this.legWaits.delete(w)) resolve(v);
+        },
+        (e) => {
+          if (this.legWaits.delete(w)) reject(e);
+        },
+      );
+    });
+  }
+
+  /** The current view, newer than the one of cluster generation `generation`, no longer uses this drive for this column. */
+  private legOut(column: number, drive_uuid: string, generation: number): boolean {
+    const info = this.info;
+    if (info.generation <= generation) return false;
+    const m = info.layout.mirrors;
+    const role = info.topology[Math.floor(column / m)]?.legs[column % m];
+    return role === "DEAD" || info.layout.columns[column]?.drive_uuid !== drive_uuid;
+  }
+
+  private outOfTopology(column: number, drive_uuid: string): LegFailed {
+    return new LegFailed(column, `leg ${column} (drive ${drive_uuid}) was taken out of the topology while we waited on it`, false);
+  }
+
+  private abandonDroppedLegs(): void {
+    for (const w of [...this.legWaits]) {
+      if (!this.legOut(w.column, w.drive_uuid, w.generation)) continue;
+      this.legWaits.delete(w);
+      w.reject(this.outOfTopology(w.column, w.drive_uuid));
+    }
+  }
+
+  /**
+   * A leg we could not reach: reported now, and again every SUSPECT_REPORT_MS until a session to
+   * its drive opens (or the leg is served by another drive, or the volume is detached).
+   */
+  private suspect(column: number, drive_uuid: string, why: string): void {
+    this.hooks.report(column, why);
+    if (this.suspects.has(drive_uuid)) return;
+    const again = () => {
+      const entry = this.suspects.get(drive_uuid);
+      if (!entry) return;
+      if (this.closed || this.info.layout.columns[column]?.drive_uuid !== drive_uuid) {
+        this.suspects.delete(drive_uuid);
+        return;
+      }
+      if (this.pool.cached(drive_uuid)) {
+        this.suspects.delete(drive_uuid);
+        this.env.log.info("leg reachable again", { column, drive: drive_uuid });
+        return;
+      }
+      this.hooks.report(column, `leg ${column} (drive ${drive_uuid}) still unreachable`);
+      // A session opening is what clears the suspicion (the pool keeps it for our I/O). Where
+      // the drive is served is asked again first: no I/O of ours goes to a leg that is out, so
+      // nothing else would tell us it moved to another server, and we would report it for ever.
+      this.hooks
+        .refresh()
+        .catch(() => {})
+        .then(() => this.pool.sessionFor(drive_uuid))
+        .catch(() => {});
+      entry.timer = this.env.timers.after(SUSPECT_REPORT_MS, again);
+    };
+    this.suspects.set(drive_uuid, { column, timer: this.env.timers.after(SUSPECT_REPORT_MS, again) });
+    this.pool.sessionFor(drive_uuid).catch(() => {});
+  }
+
   // ---- the operations ---------------------------------------------------------------------------
 
   async read(offset: number, dst: Uint8Array): Promise<void> {
-    await this.pieces(offset, dst.length, (p, t) => this.readPiece(p, t, dst));
+    await this.pieces(offset, dst.length, (p, t, _g, planned) => this.readPiece(p, t, planned, dst));
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
@@ -231,8 +338,9 @@ export class MirrorIo {
         } catch (e) {
           this.leave(g);
           if (e instanceof LegFailed) {
-            this.hooks.report(e.column, e.message);
-            if (expired) throw new DriveIoError(`mirror leg unreachable for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
+            if (e.unreachable_drive !== null) this.suspect(e.column, e.unreachable_drive, e.message);
+            else if (e.report) this.hooks.report(e.column, e.message);
+            if (expired && e.report) throw new DriveIoError(`mirror leg unreachable for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
             await Promise.race([this.newTopology(g), this.hooks.refresh().then(() => sleep(this.env, 50))]);
           } else if (e instanceof Refused) {
             if (expired) throw new DriveIoError(`fenced for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
@@ -264,12 +372,14 @@ export class MirrorIo {
       const epochs = new Map<string, number>();
       const results = await Promise.allSettled(
         [...new Set(legs.map((l) => l.drive_uuid))].map(async (u) => {
+          const column = legs.find((l) => l.drive_uuid === u)!.column;
+          const s = await this.sessionOf(column, u, info.generation);
           try {
-            const epoch = await (await this.pool.sessionFor(u)).flush(this.pool.driveId(u));
+            const epoch = await this.guard(s.flush(this.pool.driveId(u)), column, u, info.generation);
             this.watch.seen(u, epoch);
             epochs.set(u, epoch);
           } catch (e) {
-            throw this.classifyColumn(e, legs.find((l) => l.drive_uuid === u)!.column);
+            throw this.classifyColumn(e, column);
           }
         }),
       );
@@ -296,13 +406,14 @@ export class MirrorIo {
     });
   }
 
-  private async readPiece(p: MirrorPiece, t: SetTopology, dst: Uint8Array): Promise<void> {
+  private async readPiece(p: MirrorPiece, t: SetTopology, planned: number, dst: Uint8Array): Promise<void> {
     const leg = readLeg(t, p.unit);
     const { drive_uuid, drive_offset } = p.legs[leg]!;
-    const s = await this.session(p, leg);
+    const column = p.set * this.info.layout.mirrors + leg;
+    const s = await this.session(p, leg, planned);
     for (;;) {
       try {
-        await s.readTestLock(this.pool.driveId(drive_uuid), drive_offset, part(dst, p));
+        await this.guard(s.readTestLock(this.pool.driveId(drive_uuid), drive_offset, part(dst, p)), column, drive_uuid, planned);
         return;
       } catch (e) {
         if (e instanceof TargetError && e.status === Status.LOCKED) {
@@ -357,13 +468,14 @@ export class MirrorIo {
     const underLock = lockLegs.length > 0;
     const locked: number[] = [];
     const legAcks: [string, number][] = [];
+    const column = (leg: number) => p.set * this.info.layout.mirrors + leg;
     const writeLeg = async (leg: number, lock: boolean) => {
-      const s = await this.session(p, leg);
+      const s = await this.session(p, leg, planned);
       const { drive_uuid, drive_offset } = p.legs[leg]!;
       const drive = this.pool.driveId(drive_uuid);
       try {
-        if (lock) await this.lockLeg(s, p, leg, locked);
-        const epoch = await op(s, drive, drive_offset, this.flags(t, planned, lock), leg, underLock);
+        if (lock) await this.guard(this.lockLeg(s, p, leg, locked), column(leg), drive_uuid, planned);
+        const epoch = await this.guard(op(s, drive, drive_offset, this.flags(t, planned, lock), leg, underLock), column(leg), drive_uuid, planned);
         this.watch.seen(drive_uuid, epoch);
         legAcks.push([drive_uuid, epoch]);
       } catch (e) {
@@ -373,11 +485,11 @@ export class MirrorIo {
     try {
       for (const leg of lockLegs) {
         if (leg === lockWrite) break;
-        const s = await this.session(p, leg);
+        const s = await this.session(p, leg, planned);
         try {
-          await this.lockLeg(s, p, leg, locked);
           const { drive_uuid, drive_offset } = p.legs[leg]!;
-          await s.lock(this.pool.driveId(drive_uuid), drive_offset, p.length);
+          await this.guard(this.lockLeg(s, p, leg, locked), column(leg), drive_uuid, planned);
+          await this.guard(s.lock(this.pool.driveId(drive_uuid), drive_offset, p.length), column(leg), drive_uuid, planned);
         } catch (e) {
           throw this.classify(e, p, leg);
         }
@@ -389,7 +501,7 @@ export class MirrorIo {
       acks?.(legAcks);
     } finally {
       // Unlocked whatever happened: a retry of this piece must not wait on our own lock.
-      after(this.unlockLegs(p, locked));
+      after(this.unlockLegs(p, locked, planned));
     }
   }
 
@@ -406,14 +518,16 @@ export class MirrorIo {
   }
 
   /** UNLOCK of the piece's locked legs; one that fails is owed (`owe`). Never rejects. */
-  private async unlockLegs(p: MirrorPiece, locked: number[]): Promise<void> {
+  private async unlockLegs(p: MirrorPiece, locked: number[], planned: number): Promise<void> {
     await Promise.all(
       locked.map(async (leg) => {
         const { drive_uuid, drive_offset } = p.legs[leg]!;
         try {
           const s = this.pool.cached(drive_uuid);
           if (!s) throw new Error("no session");
-          await s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length);
+          // A leg taken out meanwhile (a paused target) must not hold the unit's next write of
+          // ours: the unlock is owed instead, and paid once the drive answers again.
+          await this.guard(s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length), p.set * this.info.layout.mirrors + leg, drive_uuid, planned);
         } catch {
           this.owe(`${p.set}:${p.unit}`, drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
         }
@@ -421,12 +535,18 @@ export class MirrorIo {
     );
   }
 
-  private async session(p: MirrorPiece, leg: number): Promise<TargetSession> {
-    const column = p.set * this.info.layout.mirrors + leg;
+  private session(p: MirrorPiece, leg: number, planned: number): Promise<TargetSession> {
+    return this.sessionOf(p.set * this.info.layout.mirrors + leg, p.legs[leg]!.drive_uuid, planned);
+  }
+
+  /** A session to the drive of `column`; a drive we cannot reach becomes a suspect (LegFailed). */
+  private async sessionOf(column: number, drive_uuid: string, planned: number): Promise<TargetSession> {
     try {
-      return await this.pool.sessionFor(p.legs[leg]!.drive_uuid);
+      return await this.guard(this.pool.sessionFor(drive_uuid), column, drive_uuid, planned);
     } catch (e) {
-      throw new LegFailed(column, `leg ${column} (drive ${p.legs[leg]!.drive_uuid}): ${String(e)}`);
+      if (e instanceof LegFailed) throw e;
+      const unreachable = e instanceof NoRouteError ? null : drive_uuid;
+      throw new LegFailed(column, `leg ${column} (drive ${drive_uuid}): ${String(e)}`, true, unreachable);
     }
   }
 
@@ -436,6 +556,10 @@ export class MirrorIo {
   }
 
   private classifyColumn(e: unknown, column: number): Error {
+    if (e instanceof SessionClosedError) {
+      const drive_uuid = this.info.layout.columns[column]?.drive_uuid ?? null;
+      return new LegFailed(column, `leg ${column}: ${e.message}`, true, drive_uuid);
+    }
     if (e instanceof TargetError) {
       if (e.status === Status.REFUSED) return new Refused(e.message);
       if (e.status === Status.OUT_OF_RANGE || e.status === Status.INVALID) {
@@ -483,18 +607,27 @@ export class MirrorIo {
 
   /** Pays an owed unlock in the unit's turn, trying again later while the drive is unreachable. */
   private payLater(chain: string, drive_uuid: string, unit: number, delay_ms: number): void {
+    const key = `${drive_uuid}@${unit}`;
+    const retry = () => {
+      if (this.owedUnlocks.has(key)) this.payLater(chain, drive_uuid, unit, Math.min(2 * delay_ms, 2000));
+    };
     this.env.timers.after(delay_ms, () => {
-      if (this.closed) return;
-      void this.serialisedKey(chain, async () => {
-        const key = `${drive_uuid}@${unit}`;
-        if (!this.owedUnlocks.delete(key)) return; // paid before a LOCK meanwhile
-        try {
-          await (await this.pool.sessionFor(drive_uuid)).unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
-        } catch {
-          this.owedUnlocks.add(key);
-          this.payLater(chain, drive_uuid, unit, Math.min(2 * delay_ms, 2000));
-        }
-      });
+      if (this.closed || !this.owedUnlocks.has(key)) return;
+      // Connected outside the unit's turn: a drive that does not answer (a paused target) must
+      // not hold our writes of the unit on the other legs meanwhile.
+      this.pool.sessionFor(drive_uuid).then(
+        (s) =>
+          void this.serialisedKey(chain, async () => {
+            if (!this.owedUnlocks.delete(key)) return; // paid before a LOCK meanwhile
+            try {
+              await s.unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+            } catch {
+              this.owedUnlocks.add(key);
+              retry();
+            }
+          }),
+        retry,
+      );
     });
   }
 
@@ -564,6 +697,8 @@ export class MirrorIo {
 
   close(): void {
     this.closed = true;
+    for (const x of this.suspects.values()) x.timer.cancel();
+    this.suspects.clear();
     this.wake("topo");
     this.wake("stable");
   }

@@ -13,6 +13,7 @@
  * In flight is bounded by count and bytes; requests beyond either wait in FIFO order, unsent.
  */
 import type { Env } from "../env.ts";
+import type { Conn } from "../net/conn.ts";
 import type { FrameLink, Transport } from "../net/frame-link.ts";
 import { streamLink } from "../net/stream-link.ts";
 import { DEFAULT_LIVENESS, Liveness, type LivenessOptions } from "./liveness.ts";
@@ -117,8 +118,38 @@ export async function openSession(
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  const link = streamLink(await env.net.connect(address), { batch: opts.batch_sends !== false });
+  const deadline = opts.liveness === null ? null : (opts.liveness?.handshake_ms ?? DEFAULT_LIVENESS.handshake_ms);
+  const conn = await connectWithin(env, address, deadline);
+  const link = streamLink(conn, { batch: opts.batch_sends !== false });
   return await sessionOver(env, link, address, hello, opts);
+}
+
+/**
+ * A connect that waits at most `deadline_ms` (null: as long as the network does). A SYN lost on a
+ * path cut one way is retried by the kernel for minutes; the caller would wait that long for a
+ * target it could have reported at once. A connection that comes up after we gave up is closed.
+ */
+function connectWithin(env: Env, address: string, deadline_ms: number | null): Promise<Conn> {
+  const p = env.net.connect(address);
+  if (deadline_ms === null) return p;
+  return new Promise<Conn>((resolve, reject) => {
+    let late = false;
+    const t = env.timers.after(deadline_ms, () => {
+      late = true;
+      reject(new SessionClosedError(`connect to ${address}: no answer within ${deadline_ms} ms`));
+    });
+    p.then(
+      (c) => {
+        if (late) return c.close();
+        t.cancel();
+        resolve(c);
+      },
+      (e) => {
+        t.cancel();
+        reject(e);
+      },
+    );
+  });
 }
 
 /** HELLO (and AUTH) over a link already open; closes it if that fails. */

@@ -1,0 +1,96 @@
+/**
+ * A mirror client lets go of a leg the topology drops: a write waiting on one leg whose drive
+ * holds it (a target that stopped answering for it) completes on the other leg once a topology
+ * without that leg is installed, and the switch can be acknowledged (drained) while the stuck
+ * request is still on the dropped leg. The stuck write landing later changes nothing we read.
+ * Real target, real sessions, memory drives (tests/engine/volume-fixture.ts's way).
+ */
+import { afterEach, expect, test } from "bun:test";
+import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
+import { TargetPool } from "../../src/engine/client/target-pool.ts";
+import { VolumeDevice } from "../../src/engine/client/volume-device.ts";
+import type { AttachInfo, VolumeLayout } from "../../src/engine/layout/types.ts";
+import { openSession } from "../../src/engine/wire/session.ts";
+import { memoryDrive, randomUuidString, startTarget, type TargetHarness } from "./target-fixture.ts";
+
+const MiB = 1024 * 1024;
+let target: TargetHarness | null = null;
+let device: VolumeDevice | null = null;
+let pool: TargetPool | null = null;
+afterEach(async () => {
+  await device?.close().catch(() => {});
+  pool?.close();
+  target?.stop();
+  device = pool = target = null;
+});
+
+/** A drive whose writes wait until release() (its drive, not its target, is stuck). */
+async function stuckDrive(): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
+  const d = await memoryDrive(16);
+  const gate = Promise.withResolvers<void>();
+  let started = 0;
+  const data = Object.create(d.data) as typeof d.data;
+  data.write = async (offset, src, fua) => {
+    started++;
+    await gate.promise;
+    return d.data.write(offset, src, fua);
+  };
+  // The drive's own methods (bitmap, metadata) stay; only its data area is gated.
+  const drive = Object.create(d, { data: { value: data } }) as FormattedDrive;
+  return { drive, release: () => gate.resolve(), started: () => started };
+}
+
+test("a write stuck on a leg completes on the other once a topology drops the leg; the switch drains without it", async () => {
+  const good = await memoryDrive(16);
+  const bad = await stuckDrive();
+  target = await startTarget([good, bad.drive]);
+  const layout: VolumeLayout = {
+    volume_uuid: randomUuidString(),
+    name: "m",
+    capacity_bytes: 4 * MiB,
+    raid_level: "1",
+    columns: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, extents: [1, 2, 3, 4] })),
+    stripe_size_bytes: 0,
+    mirrors: 2,
+    extent_size_bytes: MiB,
+    block_size: 512,
+    debug_format: false,
+  };
+  const normal: AttachInfo = {
+    layout,
+    drives: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, target: target!.address })),
+    generation: 5,
+    topology_generation: 5,
+    stable_generation: 5,
+    topology: [{ legs: ["RWL", "RWL"], interleaved: true, dirty: false }],
+  };
+  pool = new TargetPool(target.env, openSession, "mirror-drop");
+  pool.setIdentity(9, 5);
+  pool.setLocations(normal.drives);
+  const reports: number[] = [];
+  device = new VolumeDevice(target.env, pool, normal, { refresh: async () => normal, report: (c) => reports.push(c), io_timeout_ms: 60_000 });
+
+  const data = new Uint8Array(4096).fill(0x5a);
+  let done = false;
+  const w = device.write(0, data, false).then(() => (done = true));
+  while (bad.started() === 0) await Bun.sleep(1);
+  await Bun.sleep(200);
+  expect(done).toBe(false); // held by the stuck leg
+
+  // The TOMA drops leg 1 (Degraded) and every client switched: the write goes on on leg 0 alone.
+  device.install({ ...normal, generation: 6, topology_generation: 6, stable_generation: 6, topology: [{ legs: ["RWL", "DEAD"], interleaved: false, dirty: true }] });
+  const drained = device.drained().then(() => "drained");
+  expect(await Promise.race([drained, Bun.sleep(2000).then(() => "still waiting")])).toBe("drained");
+  await Promise.race([w, Bun.sleep(2000)]);
+  expect(done).toBe(true);
+  expect(bad.started()).toBe(1); // the stuck write is still on the dropped leg's drive
+  // Not a failure of the leg: the topology already dropped it, so nothing was reported.
+  expect(reports).toEqual([]);
+  const back = new Uint8Array(4096);
+  await device.read(0, back);
+  expect(back).toEqual(data);
+  // Leg 0 has it, with its region marked for the rebuild of leg 1.
+  const s = await pool.sessionFor(good.info.drive_uuid);
+  expect(await s.dirtyGet(pool.driveId(good.info.drive_uuid), MiB, MiB)).toEqual([1]); // extent 1 holds the volume's first MiB
+  bad.release();
+});
