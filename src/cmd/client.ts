@@ -13,7 +13,7 @@ import { viaLocalTarget } from "../engine/client/local-target.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
 import { tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, repeated, UsageError } from "./args.ts";
-import { hostTarget } from "./target-host.ts";
+import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { DEFAULT_TARGET_PORT } from "./target.ts";
 import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
 import { type Attachment, control, runDir, serveControl } from "./client-control.ts";
@@ -63,6 +63,7 @@ const serve = command({
     },
     "target-listen": { type: "string", description: "with --drive: HOST:PORT the target listens on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     "target-name": { type: "string", description: "with --drive: target name (default: host name)" },
+    ...driveIoArg,
   },
   async run({ args, rawArgs }) {
     const mgmt = managementAddress(args.management);
@@ -86,6 +87,7 @@ const serve = command({
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
       cluster_key,
+      io: driveIoMode(args["drive-io"]),
     });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });

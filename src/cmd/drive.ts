@@ -1,6 +1,7 @@
 /** `nvmesh drive format|show`. */
 import { consola } from "consola";
-import { FileStore } from "../engine/runtime/file-store.ts";
+import type { DriveStore } from "../engine/drive/store.ts";
+import { openDriveStore } from "../engine/runtime/open-drive-store.ts";
 import { formatDrive } from "../engine/drive/format.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { uuidToString } from "../engine/uuid.ts";
@@ -25,9 +26,9 @@ const format = command({
       throw new UsageError(`--extent-size must be a power of two, got ${args["extent-size"]}`);
     }
     const env = realEnv("drive");
-    let store: FileStore;
+    let store: DriveStore;
     try {
-      store = await FileStore.open(args.path, { log: env.log });
+      store = await openDriveStore(args.path, { log: env.log });
     } catch (e) {
       throw new Error(`cannot open ${args.path}: ${(e as Error).message}`);
     }

@@ -3,7 +3,7 @@ import { hostname } from "node:os";
 import { consola } from "consola";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenAddress, repeated } from "./args.ts";
-import { hostTarget } from "./target-host.ts";
+import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
@@ -17,13 +17,15 @@ const serve = command({
     drive: { type: "string", description: "drive file or block device (repeat for several)", required: true },
     listen: { type: "string", description: "HOST:PORT to listen on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     name: { type: "string", description: "target name (default: host name)" },
+    ...driveIoArg,
     ...keyFileArg,
   },
   async run({ args, rawArgs }) {
     const cluster_key = clusterKey(args["key-file"]);
     const paths = repeated(rawArgs, "drive");
     const listen = listenAddress(args.listen);
-    const target = await hostTarget(realEnv("target"), { paths, listen, name: args.name ?? hostname(), cluster_key });
+    const io = driveIoMode(args["drive-io"]);
+    const target = await hostTarget(realEnv("target"), { paths, listen, name: args.name ?? hostname(), cluster_key, io });
     consola.success(`target ready on ${target.address}`);
     const sig = await untilSignal();
     consola.info(`${sig}: stopping target`);

@@ -129,3 +129,8 @@ export function alignedBuffer(size: number, align = 4096): Uint8Array {
   const skew = ptr(raw) % align;
   return raw.subarray(skew === 0 ? 0 : align - skew, (skew === 0 ? 0 : align - skew) + size);
 }
+
+/** True when buf's first byte sits at a multiple of `align` (an empty view counts as aligned). */
+export function isAligned(buf: Uint8Array, align = 4096): boolean {
+  return buf.length === 0 || ptr(buf) % align === 0;
+}

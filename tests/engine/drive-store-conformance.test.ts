@@ -7,6 +7,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { FileStore } from "../../src/engine/runtime/file-store.ts";
+import { UringStore } from "../../src/engine/runtime/uring-store.ts";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
@@ -36,6 +37,8 @@ const BACKENDS: [string, () => Promise<DriveStore>][] = [
   ["debug-format RAID0 volume over a target", () => debugVolume("0")],
   ["MemoryStore", async () => new MemoryStore(SIZE)],
   ["FileStore", () => FileStore.open(path.join(tmp, `f${n++}.img`), { create_size_bytes: SIZE })],
+  ["UringStore, buffered", () => UringStore.open(path.join(tmp, `u${n++}.img`), { create_size_bytes: SIZE })],
+  ["UringStore, O_DIRECT", () => UringStore.open(path.join(tmp, `o${n++}.img`), { create_size_bytes: SIZE, direct: true })],
   [
     "data area of a formatted FileStore",
     async () => {

@@ -9,6 +9,7 @@ export class OffsetStore implements DriveStore {
   private closed = false;
   readonly describe: string;
   readonly cache_epoch?: number;
+  readonly io_path?: string;
 
   constructor(
     private readonly base: DriveStore,
@@ -20,6 +21,7 @@ export class OffsetStore implements DriveStore {
       throw new Error(`window ${base_offset}+${size_bytes} outside ${base.describe}`);
     }
     this.cache_epoch = base.cache_epoch;
+    this.io_path = base.io_path;
     this.describe = `${base.describe} ${what}`;
   }
 

@@ -17,6 +17,11 @@ export interface DriveStore {
    * page cache outlives it). Absent: nothing can be lost that way (memory). See client/cache-watch.ts.
    */
   readonly cache_epoch?: number;
+  /**
+   * How I/O reaches the backend, for people ("io_uring, buffered", "thread pool (io_uring: why
+   * not)"): listed per drive by the target. Absent: not a file or device (memory, a volume).
+   */
+  readonly io_path?: string;
   /** Reads exactly dst.length bytes at offset into dst. Rejects on I/O error. */
   read(offset: number, dst: Uint8Array): Promise<void>;
   /**

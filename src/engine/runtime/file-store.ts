@@ -10,55 +10,21 @@
  * Durability: FUA = write then fdatasync; flush = fdatasync. The fd is locked with flock(LOCK_EX)
  * so two processes of this host never serve the same drive.
  */
-import { crc32c } from "../crc32c.ts";
 import fs from "node:fs";
-import {
-  EAGAIN,
-  EOPNOTSUPP,
-  EWOULDBLOCK,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  FALLOC_FL_ZERO_RANGE,
-  libc,
-  LOCK_EX,
-  LOCK_NB,
-} from "../../ffi/libc.ts";
+import { EAGAIN, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, libc } from "../../ffi/libc.ts";
 import type { Logger } from "../env.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
+import { bootEpoch, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
 
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
 let zeroChunk: Uint8Array | null = null;
 
-export interface FileStoreOptions {
-  /** Create a regular file of this size if the path does not exist (tests, file-backed drives). */
-  create_size_bytes?: number;
-  /** Skip flock (only for tests that open the same file twice on purpose). */
-  no_lock?: boolean;
+export interface FileStoreOptions extends DriveFileOptions {
   log?: Logger;
+  /** Why this store and not the io_uring one (shown in io_path, e.g. by `target show`). */
+  fallback_reason?: string;
 }
-
-let boot: number | null = null;
-
-/**
- * A number for this boot of the kernel (from /proc/sys/kernel/random/boot_id), never 0. A target
- * process that restarts keeps it, as the page cache keeps its dirty pages; a power loss changes it.
- * Where the boot id cannot be read, a random number per process: a restart then looks like a
- * possible loss, which is safe (the next flush reports EIO) but pessimistic.
- */
-function bootEpoch(): number {
-  if (boot === null) {
-    try {
-      boot = crc32c(new TextEncoder().encode(fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim())) || 1;
-    } catch {
-      boot = (crypto.getRandomValues(new Uint32Array(1))[0]! | 1) >>> 0;
-    }
-  }
-  return boot;
-}
-
-/** How writeZeroes/trim reach the backend; chosen on first use, logged once. */
-type ZeroPath = "punch" | "zero-range" | "write";
 
 export class FileStore implements DriveStore {
   private closed = false;
@@ -72,48 +38,22 @@ export class FileStore implements DriveStore {
   private trimSupported = true;
   /** The kernel's boot: its page cache (our volatile cache) dies with it, and only with it. */
   readonly cache_epoch = bootEpoch();
+  readonly io_path: string;
 
   private constructor(
     private readonly fd: number,
     readonly size_bytes: number,
     readonly describe: string,
     private readonly log: Logger | undefined,
-  ) {}
+    fallback_reason: string | undefined,
+  ) {
+    this.io_path = fallback_reason === undefined ? "thread pool" : `thread pool (io_uring: ${fallback_reason})`;
+  }
 
   /** Opens (or with create_size_bytes, creates) the file or block device at path. */
   static async open(path: string, opts: FileStoreOptions = {}): Promise<FileStore> {
-    let fd: number;
-    try {
-      if (opts.create_size_bytes !== undefined && !fs.existsSync(path)) {
-        fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-        fs.ftruncateSync(fd, opts.create_size_bytes);
-      } else {
-        fd = fs.openSync(path, fs.constants.O_RDWR);
-      }
-    } catch (e) {
-      throw new DriveIoError(`cannot open ${path}: ${(e as Error).message}`, "EIO");
-    }
-    try {
-      const st = fs.fstatSync(fd);
-      let size: number;
-      let kind: string;
-      if (st.isBlockDevice()) {
-        const c = libc();
-        if (c === null) throw new DriveIoError(`${path}: block device size needs libc`, "EIO");
-        size = c.sizeBySeek(fd);
-        kind = "block device";
-      } else if (st.isFile()) {
-        size = st.size;
-        kind = "file";
-      } else {
-        throw new DriveIoError(`${path} is neither a regular file nor a block device`, "EIO");
-      }
-      if (!opts.no_lock) lockExclusive(fd, path);
-      return new FileStore(fd, size, `${kind} ${path}`, opts.log);
-    } catch (e) {
-      fs.closeSync(fd);
-      throw e instanceof DriveIoError ? e : new DriveIoError(`${path}: ${(e as Error).message}`, "EIO");
-    }
+    const f = openDriveFile(path, opts);
+    return new FileStore(f.fd, f.size_bytes, f.describe, opts.log, opts.fallback_reason);
   }
 
   private check(offset: number, length: number): void {
@@ -254,14 +194,6 @@ export class FileStore implements DriveStore {
       done += await pwriteAsync(this.fd, zeroChunk.subarray(0, n), offset + done);
     }
   }
-}
-
-function lockExclusive(fd: number, path: string): void {
-  const c = libc();
-  if (c === null) return;
-  const err = c.flock(fd, LOCK_EX | LOCK_NB);
-  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
-  if (err !== 0) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
 }
 
 function preadAsync(fd: number, dst: Uint8Array, position: number): Promise<number> {

@@ -1,0 +1,92 @@
+/**
+ * What every store over a file or block device does the same way: open (or create) it, tell a
+ * regular file from a block device and size it, lock it against a second process, and name the
+ * volatile cache its unflushed writes sit in. FileStore and UringStore share it.
+ */
+import fs from "node:fs";
+import { crc32c } from "../crc32c.ts";
+import { EWOULDBLOCK, libc, LOCK_EX, LOCK_NB } from "../../ffi/libc.ts";
+import { DriveIoError } from "../drive/store.ts";
+
+export interface DriveFileOptions {
+  /** Create a regular file of this size if the path does not exist (tests, file-backed drives). */
+  create_size_bytes?: number;
+  /** Skip flock (only for tests that open the same file twice on purpose). */
+  no_lock?: boolean;
+}
+
+export interface DriveFile {
+  fd: number;
+  size_bytes: number;
+  kind: "file" | "block device";
+  /** "file /srv/d1.img", "block device /dev/nvme0n1". */
+  describe: string;
+}
+
+/** Opens path read-write (plus `extra_flags`, e.g. O_DIRECT), sized and locked; closes it on failure. */
+export function openDriveFile(path: string, opts: DriveFileOptions = {}, extra_flags = 0): DriveFile {
+  let fd: number;
+  try {
+    if (opts.create_size_bytes !== undefined && !fs.existsSync(path)) {
+      fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | extra_flags, 0o600);
+      fs.ftruncateSync(fd, opts.create_size_bytes);
+    } else {
+      fd = fs.openSync(path, fs.constants.O_RDWR | extra_flags);
+    }
+  } catch (e) {
+    throw new DriveIoError(`cannot open ${path}: ${(e as Error).message}`, "EIO");
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    let size_bytes: number;
+    let kind: DriveFile["kind"];
+    if (st.isBlockDevice()) {
+      const c = libc();
+      if (c === null) throw new DriveIoError(`${path}: block device size needs libc`, "EIO");
+      size_bytes = c.sizeBySeek(fd);
+      kind = "block device";
+    } else if (st.isFile()) {
+      size_bytes = st.size;
+      kind = "file";
+    } else {
+      throw new DriveIoError(`${path} is neither a regular file nor a block device`, "EIO");
+    }
+    if (!opts.no_lock) lockExclusive(fd, path);
+    return { fd, size_bytes, kind, describe: `${kind} ${path}` };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e instanceof DriveIoError ? e : new DriveIoError(`${path}: ${(e as Error).message}`, "EIO");
+  }
+}
+
+/** flock(LOCK_EX|LOCK_NB): two processes of this host never serve the same drive. */
+function lockExclusive(fd: number, path: string): void {
+  const c = libc();
+  if (c === null) return;
+  const err = c.flock(fd, LOCK_EX | LOCK_NB);
+  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
+  if (err !== 0) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
+}
+
+let boot: number | null = null;
+
+/**
+ * A number for this boot of the kernel (from /proc/sys/kernel/random/boot_id), never 0. A target
+ * process that restarts keeps it, as the page cache keeps its dirty pages (and a drive its write
+ * cache); a power loss changes it. Where the boot id cannot be read, a random number per process:
+ * a restart then looks like a possible loss, which is safe (the next flush reports EIO) but
+ * pessimistic.
+ */
+export function bootEpoch(): number {
+  if (boot === null) {
+    try {
+      boot = crc32c(new TextEncoder().encode(fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim())) || 1;
+    } catch {
+      boot = (crypto.getRandomValues(new Uint32Array(1))[0]! | 1) >>> 0;
+    }
+  }
+  return boot;
+}
+
+/** How writeZeroes reaches the backend; chosen on first use, logged once. */
+export type ZeroPath = "punch" | "zero-range" | "write";
