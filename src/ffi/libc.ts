@@ -33,7 +33,11 @@ const SYMBOLS = {
   posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
   preadv2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
   __errno_location: { args: [], returns: FFIType.ptr },
+  syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64], returns: FFIType.i64_fast },
 } as const;
+
+/** cachestat(2), Linux 6.5 (the generic syscall table: x86_64 and aarch64 alike). */
+const SYS_cachestat = 451;
 
 /** From <linux/fs.h>: fail with EAGAIN instead of waiting for the device. */
 const RWF_NOWAIT = 0x08;
@@ -75,6 +79,12 @@ export interface Libc {
    * nothing is cached, -EOPNOTSUPP where the kernel or file system cannot).
    */
   readCached(fd: number, dst: Uint8Array, offset: number): number;
+  /**
+   * The page-cache state of a file's byte range (cachestat(2)): pages cached, dirty (written,
+   * not yet written back) and under writeback. Null where the kernel has no cachestat (before
+   * 6.5). A range with neither dirty nor writeback pages has reached the device.
+   */
+  cacheState(fd: number, offset: number, length: number): { cached: number; dirty: number; writeback: number } | null;
 }
 
 /**
@@ -115,6 +125,17 @@ function makeFacade(l: Lib): Libc {
       iovec[3] = 0;
       const n = Number(preadv2(fd, iovecPtr, 1, offset, RWF_NOWAIT));
       return n >= 0 ? n : -errno(l);
+    },
+    cacheState(fd, offset, length) {
+      const range = new Float64Array([0, 0]);
+      const r32 = new Uint32Array(range.buffer);
+      r32[0] = offset >>> 0;
+      r32[1] = Math.floor(offset / 0x1_0000_0000);
+      r32[2] = length >>> 0;
+      r32[3] = Math.floor(length / 0x1_0000_0000);
+      const out = new Uint32Array(10); // five u64 counters; page counts fit in the low halves here
+      if (Number(l.symbols.syscall(SYS_cachestat, fd, ptr(r32), ptr(out), 0)) !== 0) return null;
+      return { cached: out[0]! + out[1]! * 0x1_0000_0000, dirty: out[2]! + out[3]! * 0x1_0000_0000, writeback: out[4]! + out[5]! * 0x1_0000_0000 };
     },
   };
 }

@@ -34,10 +34,7 @@ const OP_READ = 22;
 const OP_WRITE = 23;
 
 const IORING_FSYNC_DATASYNC = 1;
-const IOSQE_IO_HARDLINK = 1 << 3;
-const IOSQE_CQE_SKIP_SUCCESS = 1 << 6;
-/** user_data of ops that hold no slot (linkWake's writes): their completions are skipped. */
-const WAKE_USER_DATA = 0xffff_ffff;
+
 /** RWF_DSYNC on a write: the FUA of a ring write (durable before it completes). */
 export const RWF_DSYNC = 0x02;
 
@@ -318,28 +315,6 @@ export class Ring {
     return slot;
   }
 
-  /**
-   * Chains a 1-byte write of `byte` to `fd` after the op prepared last (IOSQE_IO_HARDLINK: it runs
-   * when that op completes, whatever its result), without a completion of its own on success.
-   */
-  linkWake(fd: number, byte: Uint8Array): void {
-    const prev = ((this.sqLocalTail - 1) & this.sqMask) * (SQE_BYTES / 4);
-    this.sqes[prev] = this.sqes[prev]! | (IOSQE_IO_HARDLINK << 8);
-    const s = (this.sqLocalTail & this.sqMask) * (SQE_BYTES / 4);
-    const q = this.sqes;
-    q.fill(0, s, s + SQE_BYTES / 4);
-    q[s] = OP_WRITE | (IOSQE_CQE_SKIP_SUCCESS << 8);
-    q[s + 1] = fd;
-    const addr = ptr(byte);
-    q[s + 2] = 0xffff_ffff; // offset -1: the fd's position (a socket has none)
-    q[s + 3] = 0xffff_ffff;
-    q[s + 4] = addr >>> 0;
-    q[s + 5] = Math.floor(addr / 0x1_0000_0000);
-    q[s + 6] = 1;
-    q[s + 8] = WAKE_USER_DATA;
-    this.publish();
-  }
-
   private prepareRw(op: number, fd: number, buf: Uint8Array, offset: number, rw_flags: number, index: number): number {
     const slot = this.slot(buf);
     if (slot < 0) return slot;
@@ -414,10 +389,6 @@ export class Ring {
       const slot = this.cqRing[at]!; // user_data low half
       const res = this.cqes32[at + 2]!;
       head = (head + 1) >>> 0;
-      if (slot === WAKE_USER_DATA) {
-        Atomics.store(this.cqRing, this.cqHeadIdx, head);
-        continue;
-      }
       this.held[slot] = null;
       this.freeSlots.push(slot);
       n++;

@@ -355,7 +355,7 @@ export function socketOf(uri: string): string {
 }
 
 /** A TCP port free on 127.0.0.1 right now (bound and released). */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);

@@ -13,7 +13,18 @@ export interface DriveFileOptions {
   create_size_bytes?: number;
   /** Skip flock (only for tests that open the same file twice on purpose). */
   no_lock?: boolean;
+  /** How long a drive locked by another holder is waited for (default LOCK_WAIT_MS). */
+  lock_wait_ms?: number;
 }
+
+/**
+ * A process killed with io_uring ops in flight keeps its files (and their flock) open until the
+ * kernel has finished or cancelled those ops, which it does after the process is gone: a target
+ * restarted at once would otherwise find its own drive "in use" (the conformance suite's crash
+ * case did).
+ */
+const LOCK_WAIT_MS = 2000;
+const LOCK_RETRY_MS = 20;
 
 export interface DriveFile {
   fd: number;
@@ -24,7 +35,7 @@ export interface DriveFile {
 }
 
 /** Opens path read-write (plus `extra_flags`, e.g. O_DIRECT), sized and locked; closes it on failure. */
-export function openDriveFile(path: string, opts: DriveFileOptions = {}, extra_flags = 0): DriveFile {
+export async function openDriveFile(path: string, opts: DriveFileOptions = {}, extra_flags = 0): Promise<DriveFile> {
   let fd: number;
   try {
     if (opts.create_size_bytes !== undefined && !fs.existsSync(path)) {
@@ -51,7 +62,7 @@ export function openDriveFile(path: string, opts: DriveFileOptions = {}, extra_f
     } else {
       throw new DriveIoError(`${path} is neither a regular file nor a block device`, "EIO");
     }
-    if (!opts.no_lock) lockExclusive(fd, path);
+    if (!opts.no_lock) await lockExclusive(fd, path, opts.lock_wait_ms ?? LOCK_WAIT_MS);
     return { fd, size_bytes, kind, describe: `${kind} ${path}` };
   } catch (e) {
     fs.closeSync(fd);
@@ -60,12 +71,16 @@ export function openDriveFile(path: string, opts: DriveFileOptions = {}, extra_f
 }
 
 /** flock(LOCK_EX|LOCK_NB): two processes of this host never serve the same drive. */
-function lockExclusive(fd: number, path: string): void {
+async function lockExclusive(fd: number, path: string, wait_ms: number): Promise<void> {
   const c = libc();
   if (c === null) return;
-  const err = c.flock(fd, LOCK_EX | LOCK_NB);
-  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
-  if (err !== 0) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
+  for (let waited = 0; ; waited += LOCK_RETRY_MS) {
+    const err = c.flock(fd, LOCK_EX | LOCK_NB);
+    if (err === 0) return;
+    if (err !== EWOULDBLOCK) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
+    if (waited >= wait_ms) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
+    await Bun.sleep(LOCK_RETRY_MS);
+  }
 }
 
 let boot: number | null = null;

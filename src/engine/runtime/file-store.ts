@@ -14,7 +14,7 @@ import fs from "node:fs";
 import { EAGAIN, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, libc } from "../../ffi/libc.ts";
 import type { Logger } from "../env.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
-import { bootEpoch, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
+import { bootEpoch, type DriveFile, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
 
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
@@ -52,7 +52,7 @@ export class FileStore implements DriveStore {
 
   /** Opens (or with create_size_bytes, creates) the file or block device at path. */
   static async open(path: string, opts: FileStoreOptions = {}): Promise<FileStore> {
-    const f = openDriveFile(path, opts);
+    const f = await openDriveFile(path, opts);
     return new FileStore(f.fd, f.size_bytes, f.describe, opts.log, opts.fallback_reason);
   }
 

@@ -27,7 +27,7 @@ export async function openDriveStore(path: string, opts: OpenDriveStoreOptions =
   const io = opts.io ?? "auto";
   if (io === "threadpool") return await FileStore.open(path, opts);
   try {
-    return await UringStore.open(path, { ...opts, direct: io === "io_uring-direct" });
+    return await UringStore.open(path, { ...opts, direct: io === "io_uring-direct", write_inline: process.env.NVMESH_WRITE_INLINE === "1" });
   } catch (e) {
     if (!(e instanceof UringUnavailableError) || io !== "auto") throw e;
     opts.log?.warn("io_uring unavailable, drive I/O goes through the thread pool", { drive: path, reason: e.message });

@@ -40,7 +40,7 @@ import { Ring, RWF_DSYNC } from "../../ffi/uring.ts";
 import fs from "node:fs";
 import type { Logger } from "../env.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
-import { bootEpoch, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
+import { bootEpoch, type DriveFile, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
 
 export interface UringStoreOptions extends DriveFileOptions {
   log?: Logger;
@@ -48,6 +48,8 @@ export interface UringStoreOptions extends DriveFileOptions {
   direct?: boolean;
   /** Ops in flight at once (the ring's size, a power of two); more wait in order. */
   entries?: number;
+  /** Buffered non-FUA writes as a plain pwrite on this thread (measurement switch). */
+  write_inline?: boolean;
 }
 
 /** io_uring cannot be used here; the message says why (for the fallback's log line). */
@@ -124,6 +126,7 @@ export class UringStore implements DriveStore {
   /** preadv2(RWF_NOWAIT) answers cached reads without a ring op; off at the first sign it cannot. */
   private nowait: boolean;
   private zeroChunk: Uint8Array | null = null;
+  private writeInline = false;
   /** The kernel's boot: its page cache and the device's write cache die with it. */
   readonly cache_epoch = bootEpoch();
   readonly io_path: string;
@@ -162,10 +165,10 @@ export class UringStore implements DriveStore {
       fixed_bytes: direct ? BOUNCE_BYTES : 0,
     });
     if (!(ring instanceof Ring)) throw new UringUnavailableError(ring.unavailable);
-    let f: ReturnType<typeof openDriveFile> | null = null;
+    let f: DriveFile | null = null;
     let directFd = -1;
     try {
-      f = openDriveFile(path, opts);
+      f = await openDriveFile(path, opts);
       if (direct) {
         try {
           directFd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_DIRECT);
@@ -173,7 +176,9 @@ export class UringStore implements DriveStore {
           throw new DriveIoError(`${path}: O_DIRECT refused: ${(e as Error).message}`, "EIO");
         }
       }
-      return new UringStore(ring, f.fd, directFd, f.size_bytes, f.describe, opts.log);
+      const store = new UringStore(ring, f.fd, directFd, f.size_bytes, f.describe, opts.log);
+      store.writeInline = opts.write_inline === true && directFd < 0;
+      return store;
     } catch (e) {
       ring.close();
       if (f !== null) fs.closeSync(f.fd);
@@ -230,6 +235,14 @@ export class UringStore implements DriveStore {
     const bad = this.refused(offset, src.length);
     if (bad !== null) return bad;
     if (src.length === 0) return fua ? this.flush() : Promise.resolve();
+    if (this.writeInline && !fua) {
+      try {
+        for (let done = 0; done < src.length; ) done += fs.writeSync(this.fd, src, done, src.length - done, offset + done);
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO"));
+      }
+    }
     return this.start(Kind.WRITE, this.fdFor(offset, src), src, offset, fua ? RWF_DSYNC : 0, 0) as Promise<unknown> as Promise<void>;
   }
 
