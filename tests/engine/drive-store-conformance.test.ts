@@ -55,7 +55,7 @@ function fileStore(io: FileBacked["io"], prefix: string): () => Promise<DriveSto
     const p = path.join(tmp, `${prefix}${n++}.img`);
     lastFile = { path: p, io };
     if (io === "threadpool") return await FileStore.open(p, { create_size_bytes: SIZE });
-    return await UringStore.open(p, { create_size_bytes: SIZE, direct: io === "io_uring-direct" });
+    return await UringStore.open(p, { create_size_bytes: SIZE, direct: io === "io_uring-direct", inline_writes: io !== "io_uring-ring-writes" });
   };
 }
 
@@ -65,6 +65,7 @@ const BACKENDS: [string, () => Promise<DriveStore>, FileBacked["io"] | null][] =
   ["MemoryStore", async () => new MemoryStore(SIZE), null],
   ["FileStore (thread pool)", fileStore("threadpool", "f"), "threadpool"],
   ["UringStore, buffered", fileStore("io_uring", "u"), "io_uring"],
+  ["UringStore, buffered, every write a ring op", fileStore("io_uring-ring-writes", "w"), "io_uring-ring-writes"],
   ["UringStore, O_DIRECT", fileStore("io_uring-direct", "o"), "io_uring-direct"],
   [
     "data area of a formatted FileStore",
@@ -277,5 +278,5 @@ for (const [name, make, io] of BACKENDS) {
 /** Opens a file-backed store's file again, the same way. */
 async function make2(file: FileBacked): Promise<DriveStore> {
   if (file.io === "threadpool") return await FileStore.open(file.path);
-  return await UringStore.open(file.path, { direct: file.io === "io_uring-direct" });
+  return await UringStore.open(file.path, { direct: file.io === "io_uring-direct", inline_writes: file.io !== "io_uring-ring-writes" });
 }

@@ -29,9 +29,19 @@ export class OffsetStore implements DriveStore {
     checkRange(this, this.closed, offset, length);
   }
 
-  async read(offset: number, dst: Uint8Array): Promise<void> {
-    this.check(offset, dst.length);
-    await this.base.read(this.base_offset + offset, dst);
+  /** The range check as a rejected promise; null when the range is fine. */
+  private refused(offset: number, length: number): Promise<never> | null {
+    try {
+      this.check(offset, length);
+      return null;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  // read and write hand back the base store's own promise: no wrapper on the data path.
+  read(offset: number, dst: Uint8Array): Promise<void> {
+    return this.refused(offset, dst.length) ?? this.base.read(this.base_offset + offset, dst);
   }
 
   readNow(offset: number, dst: Uint8Array): boolean {
@@ -39,9 +49,8 @@ export class OffsetStore implements DriveStore {
     return this.base.readNow?.(this.base_offset + offset, dst) ?? false;
   }
 
-  async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
-    this.check(offset, src.length);
-    await this.base.write(this.base_offset + offset, src, fua);
+  write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    return this.refused(offset, src.length) ?? this.base.write(this.base_offset + offset, src, fua);
   }
 
   async flush(): Promise<void> {

@@ -11,9 +11,11 @@ import { UringStore, UringUnavailableError } from "./uring-store.ts";
 
 /**
  * "auto": io_uring with buffered I/O, else the thread pool. "io_uring", "io_uring-direct"
- * (O_DIRECT): that or an error. "threadpool": Bun's async fs.
+ * (O_DIRECT): that or an error. "io_uring-ring-writes": buffered, every write a ring op (no
+ * inline page-cache writes; measured against the default in docs/on-drive-format.md).
+ * "threadpool": Bun's async fs.
  */
-export const DRIVE_IO_MODES = ["auto", "io_uring", "io_uring-direct", "threadpool"] as const;
+export const DRIVE_IO_MODES = ["auto", "io_uring", "io_uring-direct", "io_uring-ring-writes", "threadpool"] as const;
 export type DriveIo = (typeof DRIVE_IO_MODES)[number];
 
 export interface OpenDriveStoreOptions extends DriveFileOptions {
@@ -27,7 +29,7 @@ export async function openDriveStore(path: string, opts: OpenDriveStoreOptions =
   const io = opts.io ?? "auto";
   if (io === "threadpool") return await FileStore.open(path, opts);
   try {
-    return await UringStore.open(path, { ...opts, direct: io === "io_uring-direct", write_inline: process.env.NVMESH_WRITE_INLINE === "1" });
+    return await UringStore.open(path, { ...opts, direct: io === "io_uring-direct", inline_writes: io !== "io_uring-ring-writes" });
   } catch (e) {
     if (!(e instanceof UringUnavailableError) || io !== "auto") throw e;
     opts.log?.warn("io_uring unavailable, drive I/O goes through the thread pool", { drive: path, reason: e.message });

@@ -5,17 +5,26 @@
  * FileStore is the fallback.
  *
  * Why, measured (bench/drive-io.ts, docs/on-drive-format.md "I/O path"): an op costs one
- * submission for a whole tick's worth of requests instead of a thread-pool hand-off each, and
- * the kernel completes what needs no waiting (a page-cache read, and a buffered write on file
- * systems that allow it) inside that submission; the rest completes in the kernel's own workers
- * or the device and wakes us through an eventfd.
+ * submission for a whole tick's worth of requests instead of a thread-pool hand-off each, and the
+ * kernel completes what needs no waiting inside that submission; the rest completes in the
+ * kernel's own workers or the device and wakes us through an eventfd.
+ *
+ * Buffered writes are the exception. No file system here (ext4, tmpfs) nor a block device takes a
+ * buffered write from io_uring without handing it to an io-wq worker thread, so a ring write
+ * costs a kernel thread's wakeup and ours afterwards (measured: the target's CPU per 4 KiB write
+ * went from about 10 µs to 20 µs). A page-aligned buffered write only copies into the page cache,
+ * so it is done inline, by pwrite on this thread, like the page-cache read below. What could make
+ * it block (dirty-page throttling, a journal commit) is watched: a write that took longer than
+ * INLINE_SLOW_MS sends buffered writes through the ring for INLINE_PAUSE_MS, logged. Unaligned
+ * writes (which may read the page first), FUA writes and very large writes always use the ring.
  *
  * Completions are reaped after every submission (what completed inline) and whenever the ring's
- * eventfd, which the kernel signals for every completion, becomes readable. Bun has no API to watch an arbitrary fd, but its
- * file streams poll non-regular fds on the event loop's epoll (no thread, nothing spins while
- * idle): `Bun.file(eventfd).stream()` is that watcher. The alternatives measured, a Worker
- * blocked in io_uring_enter that posts to the main thread, and polling the CQ on every
- * event-loop turn while ops are in flight, are in docs/performance.md.
+ * eventfd, which the kernel signals for every completion, becomes readable. Bun has no API to
+ * watch an arbitrary fd, but its file streams poll non-regular fds on the event loop's epoll (no
+ * thread, nothing spins while idle): `Bun.file(eventfd).stream()` is that watcher. The
+ * alternatives, a Worker blocked in io_uring_enter that wakes the main thread, and polling the CQ
+ * on every event-loop turn while ops are in flight, are measured by bench/uring-wakeup.ts
+ * (docs/performance.md).
  *
  * O_DIRECT (`direct`): requests whose offset and length are multiples of 4096 go to an O_DIRECT
  * descriptor, through one of the ring's registered native buffers (4096-aligned, allocated once)
@@ -48,8 +57,11 @@ export interface UringStoreOptions extends DriveFileOptions {
   direct?: boolean;
   /** Ops in flight at once (the ring's size, a power of two); more wait in order. */
   entries?: number;
-  /** Buffered non-FUA writes as a plain pwrite on this thread (measurement switch). */
-  write_inline?: boolean;
+  /**
+   * Buffered mode: page-aligned, non-FUA writes are copied into the page cache by a pwrite on
+   * this thread (default true; see the file comment). False: every write is a ring op.
+   */
+  inline_writes?: boolean;
 }
 
 /** io_uring cannot be used here; the message says why (for the fallback's log line). */
@@ -63,6 +75,13 @@ const BOUNCE_BYTES = 128 * 1024;
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
 const DEFAULT_ENTRIES = 256;
+const PAGE_BYTES = 4096;
+/** Larger buffered writes go through the ring: copying megabytes would hold the event loop. */
+const INLINE_MAX_BYTES = 1 << 20;
+/** An inline write slower than this blocked on something other than the copy. */
+const INLINE_SLOW_MS = 2;
+/** How long buffered writes then go through the ring before the inline path is tried again. */
+const INLINE_PAUSE_MS = 10_000;
 /**
  * The eventfd watch is a pending read, which keeps the process alive; it is dropped once the
  * store has been idle this long, so that a process whose work is done can exit, and started
@@ -126,7 +145,8 @@ export class UringStore implements DriveStore {
   /** preadv2(RWF_NOWAIT) answers cached reads without a ring op; off at the first sign it cannot. */
   private nowait: boolean;
   private zeroChunk: Uint8Array | null = null;
-  private writeInline = false;
+  /** Until then (performance.now() ms), buffered writes go through the ring: one blocked. */
+  private inlineResumeAt = 0;
   /** The kernel's boot: its page cache and the device's write cache die with it. */
   readonly cache_epoch = bootEpoch();
   readonly io_path: string;
@@ -143,11 +163,14 @@ export class UringStore implements DriveStore {
     readonly size_bytes: number,
     readonly describe: string,
     private readonly log: Logger | undefined,
+    /** Buffered mode with page-aligned writes done inline (see the file comment). */
+    private readonly inlineWrites: boolean,
   ) {
     this.ops = new Array(ring.entries).fill(null);
     for (let i = ring.fixed.length - 1; i >= 0; i--) this.freeBounce.push(i);
     this.nowait = directFd < 0 && libc() !== null;
-    this.io_path = directFd < 0 ? "io_uring, buffered" : "io_uring, O_DIRECT";
+    this.inlineWrites = inlineWrites && directFd < 0;
+    this.io_path = directFd >= 0 ? "io_uring, O_DIRECT" : this.inlineWrites ? "io_uring, buffered, inline writes" : "io_uring, buffered";
     this.idleCheck = setInterval(() => this.dropIdleWatch(), WATCH_LINGER_MS);
     this.idleCheck.unref();
   }
@@ -176,9 +199,7 @@ export class UringStore implements DriveStore {
           throw new DriveIoError(`${path}: O_DIRECT refused: ${(e as Error).message}`, "EIO");
         }
       }
-      const store = new UringStore(ring, f.fd, directFd, f.size_bytes, f.describe, opts.log);
-      store.writeInline = opts.write_inline === true && directFd < 0;
-      return store;
+      return new UringStore(ring, f.fd, directFd, f.size_bytes, f.describe, opts.log, opts.inline_writes !== false);
     } catch (e) {
       ring.close();
       if (f !== null) fs.closeSync(f.fd);
@@ -235,15 +256,34 @@ export class UringStore implements DriveStore {
     const bad = this.refused(offset, src.length);
     if (bad !== null) return bad;
     if (src.length === 0) return fua ? this.flush() : Promise.resolve();
-    if (this.writeInline && !fua) {
-      try {
-        for (let done = 0; done < src.length; ) done += fs.writeSync(this.fd, src, done, src.length - done, offset + done);
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO"));
-      }
+    if (this.inlineWrites && !fua && (offset | src.length) % PAGE_BYTES === 0 && src.length <= INLINE_MAX_BYTES) {
+      const t0 = performance.now();
+      if (t0 >= this.inlineResumeAt) return this.writeInline(offset, src, t0);
     }
     return this.start(Kind.WRITE, this.fdFor(offset, src), src, offset, fua ? RWF_DSYNC : 0, 0) as Promise<unknown> as Promise<void>;
+  }
+
+  /**
+   * A page-aligned buffered write copied into the page cache here and now. One that took long
+   * (dirty-page throttling, a journal commit) turns the inline path off for a while, so that the
+   * event loop, and every connection of the target, waits at most once per period.
+   */
+  private writeInline(offset: number, src: Uint8Array, t0: number): Promise<void> {
+    try {
+      for (let done = 0; done < src.length; ) done += fs.writeSync(this.fd, src, done, src.length - done, offset + done);
+    } catch (e) {
+      return Promise.reject(new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO"));
+    }
+    const took_ms = performance.now() - t0;
+    if (took_ms > INLINE_SLOW_MS) {
+      this.inlineResumeAt = t0 + took_ms + INLINE_PAUSE_MS;
+      this.log?.warn("a buffered write blocked the event loop: writes go through the ring for a while", {
+        drive: this.describe,
+        took_ms: Math.round(took_ms),
+        pause_ms: INLINE_PAUSE_MS,
+      });
+    }
+    return Promise.resolve();
   }
 
   flush(): Promise<void> {
