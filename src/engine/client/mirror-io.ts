@@ -18,7 +18,7 @@
  * count: it can only end a mutual exclusion late, never early, and its data is on every leg.
  */
 import { DriveIoError } from "../drive/store.ts";
-import { type Env, sleep } from "../env.ts";
+import { type Env, sleep, type TimerHandle } from "../env.ts";
 import { lockLegsOf, readLeg } from "../layout/mirror-roles.ts";
 import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
@@ -209,14 +209,19 @@ export class MirrorIo {
 
   /**
    * Runs `fn` against the view current at that moment, again against a newer one after a leg
-   * failed or a request was refused, then holds completion until its topology is stable.
+   * failed or a request was refused, then holds completion until its topology is stable. The
+   * io_timeout_ms bound runs from the first failure: a timer armed for every piece of every write
+   * cost the busy path a timer each, for the rare one that fails.
    */
   private async retrying(fn: (info: AttachInfo) => Promise<void>): Promise<void> {
     let expired = false;
-    const timer = this.env.timers.after(this.hooks.io_timeout_ms, () => {
-      expired = true;
-      this.wake("topo");
-    });
+    let timer: TimerHandle | null = null;
+    const arm = () => {
+      timer ??= this.env.timers.after(this.hooks.io_timeout_ms, () => {
+        expired = true;
+        this.wake("topo");
+      });
+    };
     try {
       for (;;) {
         if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
@@ -230,6 +235,7 @@ export class MirrorIo {
           return;
         } catch (e) {
           this.leave(g);
+          arm();
           if (e instanceof LegFailed) {
             this.hooks.report(e.column, e.message);
             if (expired) throw new DriveIoError(`mirror leg unreachable for ${this.hooks.io_timeout_ms} ms: ${e.message}`, "EIO");
@@ -242,7 +248,7 @@ export class MirrorIo {
         }
       }
     } finally {
-      timer.cancel();
+      (timer as TimerHandle | null)?.cancel();
     }
   }
 
