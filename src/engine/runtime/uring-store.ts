@@ -13,10 +13,14 @@
  * buffered write from io_uring without handing it to an io-wq worker thread, so a ring write
  * costs a kernel thread's wakeup and ours afterwards (measured: the target's CPU per 4 KiB write
  * went from about 10 µs to 20 µs). A page-aligned buffered write only copies into the page cache,
- * so it is done inline, by pwrite on this thread, like the page-cache read below. What could make
- * it block (dirty-page throttling, a journal commit) is watched: a write that took longer than
- * INLINE_SLOW_MS sends buffered writes through the ring for INLINE_PAUSE_MS, logged. Unaligned
- * writes (which may read the page first), FUA writes and very large writes always use the ring.
+ * so the first one of each event-loop tick is done inline, by pwrite on this thread, like the
+ * page-cache read below: at QD1 the thread would otherwise only wait for the worker. The rest of
+ * a batch go to the ring, whose worker copies them on another core while this thread goes on
+ * with the batch (in-process at QD32 the event loop's thread is the bottleneck). What could make
+ * an inline write block (dirty-page throttling, a journal commit) is watched: one that took
+ * longer than INLINE_SLOW_MS sends buffered writes through the ring for INLINE_PAUSE_MS, logged.
+ * Unaligned writes (which may read the page first), FUA writes and very large writes always use
+ * the ring.
  *
  * Completions are reaped after every submission (what completed inline) and whenever the ring's
  * eventfd, which the kernel signals for every completion, becomes readable. Bun has no API to
@@ -135,6 +139,8 @@ export class UringStore implements DriveStore {
   private pending = 0;
   private drained: (() => void) | null = null;
   private submitScheduled = false;
+  /** Writes started since our last microtask ran (firstWriteOfTick). */
+  private writesThisTick = 0;
   private readonly freeBounce: number[] = [];
   private reader: { read(): Promise<{ done: boolean }>; cancel(): Promise<void> } | null = null;
   /** An op was started since the last idle check (the watch is kept while it is useful). */
@@ -256,11 +262,25 @@ export class UringStore implements DriveStore {
     const bad = this.refused(offset, src.length);
     if (bad !== null) return bad;
     if (src.length === 0) return fua ? this.flush() : Promise.resolve();
-    if (this.inlineWrites && !fua && (offset | src.length) % PAGE_BYTES === 0 && src.length <= INLINE_MAX_BYTES) {
+    if (this.inlineWrites && !fua && (offset | src.length) % PAGE_BYTES === 0 && src.length <= INLINE_MAX_BYTES && this.firstWriteOfTick()) {
       const t0 = performance.now();
       if (t0 >= this.inlineResumeAt) return this.writeInline(offset, src, t0);
     }
     return this.start(Kind.WRITE, this.fdFor(offset, src), src, offset, fua ? RWF_DSYNC : 0, 0) as Promise<unknown> as Promise<void>;
+  }
+
+  /**
+   * Whether this is the first write since the event loop last ran our microtask (see the file
+   * comment): one write inline, the rest of a batch to the ring, whose worker copies them on
+   * another core while this thread goes on with the batch.
+   */
+  private firstWriteOfTick(): boolean {
+    if (this.writesThisTick++ > 0) return false;
+    if (!this.submitScheduled) {
+      this.submitScheduled = true;
+      queueMicrotask(this.submitBound);
+    }
+    return true;
   }
 
   /**
@@ -387,6 +407,7 @@ export class UringStore implements DriveStore {
   /** Submits what this tick prepared, in one syscall; reaps what completed inline. */
   private submit(): void {
     this.submitScheduled = false;
+    this.writesThisTick = 0;
     const r = this.ring.submit();
     if (r < 0 && r !== -EAGAIN && r !== -16 /* EBUSY */) {
       // The ring itself failed (not an op): nothing prepared can be trusted to run.
