@@ -82,10 +82,14 @@ const DEFAULT_ENTRIES = 256;
 const PAGE_BYTES = 4096;
 /** Larger buffered writes go through the ring: copying megabytes would hold the event loop. */
 const INLINE_MAX_BYTES = 1 << 20;
-/** An inline write slower than this blocked on something other than the copy. */
-const INLINE_SLOW_MS = 2;
+/**
+ * An inline write slower than this blocked on something other than the copy (dirty-page
+ * throttling pauses for 10–200 ms). Not lower: on a loaded machine a thread descheduled in the
+ * middle of a 3 µs pwrite for a few milliseconds would trip it (strace alone did).
+ */
+const INLINE_SLOW_MS = 10;
 /** How long buffered writes then go through the ring before the inline path is tried again. */
-const INLINE_PAUSE_MS = 10_000;
+const INLINE_PAUSE_MS = 5_000;
 /**
  * The eventfd watch is a pending read, which keeps the process alive; it is dropped once the
  * store has been idle this long, so that a process whose work is done can exit, and started
