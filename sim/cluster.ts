@@ -18,8 +18,10 @@ import { TargetService } from "../src/engine/target/service.ts";
 import { computeGeometry, isInvalid } from "../src/engine/drive/superblock.ts";
 import { uuidToString } from "../src/engine/uuid.ts";
 import { openSession } from "../src/engine/wire/session.ts";
+import { asClientKey } from "../src/engine/wire/cluster-key.ts";
 import type { VolumeRequest } from "../src/toma/allocator.ts";
-import { makeApiHandler } from "../src/toma/api.ts";
+import { managementApi } from "../src/toma/api.ts";
+import { ManagementSigner } from "../src/toma/api-auth.ts";
 import { Toma, type TomaTimings } from "../src/toma/toma.ts";
 import { Checker } from "./checker.ts";
 import { type DriveProfile, openSimDrive, quietDriveProfile, SimMedium } from "./drive.ts";
@@ -109,6 +111,8 @@ export class SimCluster {
   readonly checker: Checker;
   layouts: VolumeLayout[] = [];
   private readonly prng: Prng;
+  /** The cluster's server key: targets and the TOMA hold it, clients the client key from it. */
+  readonly key: Uint8Array;
   workloadsRunning = true;
   /** Every workload of every incarnation, for the liveness check. */
   readonly allWorkloads: Workload[] = [];
@@ -118,6 +122,8 @@ export class SimCluster {
     readonly spec: ClusterSpec,
   ) {
     this.prng = world.prng.fork("cluster");
+    this.key = new Uint8Array(32);
+    world.prng.fork("cluster-key").fill(this.key);
     this.net = new SimNetwork(world, spec.net);
     const clockFor = (name: string) => {
       const p = world.prng.fork(`clock:${name}`);
@@ -237,7 +243,7 @@ export class SimCluster {
           env.log.error("cannot open drive", { drive: m.name, error: (e as Error).message });
         }
       }
-      const target = new TargetService(env, { name: s.name, drives, fencing: true });
+      const target = new TargetService(env, { name: s.name, drives, fencing: true, cluster_key: this.key });
       await env.net.listen(`${s.name}:${TARGET_PORT}`, (c) => target.handle(c));
       s.target = target;
       for (const d of s.plugged_while_booting.splice(0)) target.addDrive(d);
@@ -246,10 +252,11 @@ export class SimCluster {
           name: `toma-${s.name}`,
           targets: this.servers.map((x) => `${x.name}:${TARGET_PORT}`),
           timings: this.spec.toma_timings,
+          cluster_key: this.key,
         });
         toma.start();
         s.toma = toma;
-        const api = makeApiHandler(toma);
+        const api = managementApi(env, toma, this.key);
         await serveMgmt(env, `${s.name}:${MGMT_PORT}`, () => api);
       }
     })().catch((e) => this.world.fail(`server ${s.name} failed to boot: ${(e as Error).stack}`));
@@ -323,10 +330,14 @@ export class SimCluster {
     c.nbd = [];
     const exports = new ExportRegistry();
     const nbd = new NbdServer(env, exports);
+    // A client host holds the client key only: fenced on the data path, its own routes only on
+    // the management API (src/engine/target/capability.ts, src/toma/api-auth.ts).
+    const key = asClientKey({ kind: "server", key: this.key });
+    const signer = new ManagementSigner(key);
     const daemon = new ClientDaemon(env, {
       // A watch is held up to 3 s by the TOMA: give it longer than that.
-      toma: tomaLinkOver((method, path, body) => callMgmt(env, this.mgmtAddress, method, path, path.includes("/watch") ? 10_000 : 3000, body ?? null)),
-      openSession,
+      toma: tomaLinkOver((method, path, body) => callMgmt(env, this.mgmtAddress, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body)),
+      openSession: (e, address, hello) => openSession(e, address, hello, { cluster_key: key }),
       nbd,
       exports,
       socket_dir: "/run/nvmesh",

@@ -1,13 +1,15 @@
 /**
- * The management API over the simulated network. The real runtime puts the API handler
- * (src/toma/api.ts) on HTTP; the simulator carries the same (method, path, body) → (status, body)
- * calls over a simulated connection, so a client that cannot reach the TOMA's server, or reaches
- * it through a lossy or one-way link, sees what a real one would: a timeout or an error.
+ * The management API over the simulated network. The real runtime puts the API (src/toma/api.ts,
+ * behind the nonces and signatures of src/toma/api-auth.ts) on HTTP; the simulator carries the
+ * same signed requests → (status, body) over a simulated connection, so a client that cannot
+ * reach the TOMA's server, or reaches it through a lossy or one-way link, sees what a real one
+ * would: a timeout or an error (and a TOMA that restarted between a nonce and its request, a 401
+ * that the signer retries once).
  * Frames: u32 LE length, then JSON.
  */
 import type { Env } from "../src/engine/env.ts";
 import type { Conn } from "../src/engine/net/conn.ts";
-import type { ApiHandler } from "../src/toma/api.ts";
+import type { ApiResponse, ManagementSigner, RawRequest, Transport } from "../src/toma/api-auth.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -37,12 +39,16 @@ function readFrames(conn: Conn, onFrame: (value: unknown) => void): void {
   };
 }
 
-export async function serveMgmt(env: Env, address: string, handler: () => ApiHandler | null): Promise<void> {
+/**
+ * Serves the management API on `address`: every frame is a RawRequest (method, path, exact body
+ * text, Authorization), answered by the same code as over HTTP (src/toma/api.ts managementApi:
+ * nonces, signatures, routes).
+ */
+export async function serveMgmt(env: Env, address: string, api: () => Transport | null): Promise<void> {
   await env.net.listen(address, (conn) => {
     readFrames(conn, (req) => {
-      const { method, path, body } = req as { method: string; path: string; body: unknown };
-      const h = handler();
-      const answer = h ? h(method, path, body) : Promise.resolve({ status: 503, body: { error: "TOMA starting" } });
+      const a = api();
+      const answer = a ? a(req as RawRequest) : Promise.resolve({ status: 503, body: { error: "TOMA starting" } });
       void answer.then(
         (res) => conn.send(frame(res)),
         (e) => conn.send(frame({ status: 500, body: { error: String(e) } })),
@@ -61,9 +67,9 @@ export class MgmtError extends Error {
   }
 }
 
-/** One call on a fresh connection, given up after timeout_ms of the caller's time. */
-export function callMgmt<T>(env: Env, address: string, method: string, path: string, timeout_ms: number, body: unknown = null): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
+/** One RawRequest on a fresh connection, given up after timeout_ms of the caller's time. */
+function exchange(env: Env, address: string, req: RawRequest, timeout_ms: number): Promise<ApiResponse> {
+  return new Promise<ApiResponse>((resolve, reject) => {
     let conn: Conn | null = null;
     let done = false;
     const finish = (f: () => void) => {
@@ -80,15 +86,29 @@ export function callMgmt<T>(env: Env, address: string, method: string, path: str
       (c) => {
         conn = c;
         if (done) return c.close();
-        readFrames(c, (res) => {
-          const { status, body } = res as { status: number; body: unknown };
-          if (status >= 200 && status < 300) finish(() => resolve(body as T));
-          else finish(() => reject(new MgmtError(status, `management ${address}: ${status} ${(body as { error?: string })?.error ?? ""}`)));
-        });
+        readFrames(c, (res) => finish(() => resolve(res as ApiResponse)));
         c.onClose = (why) => finish(() => reject(new Error(`management ${address}: ${why}`)));
-        c.send(frame({ method, path, body }));
+        c.send(frame(req));
       },
       (e) => finish(() => reject(e as Error)),
     );
   });
+}
+
+/**
+ * One call, signed by `signer` (which first fetches a nonce: a second exchange), each exchange
+ * given up after timeout_ms of the caller's time.
+ */
+export async function callMgmt<T>(
+  env: Env,
+  address: string,
+  signer: ManagementSigner,
+  method: string,
+  path: string,
+  timeout_ms: number,
+  body?: unknown,
+): Promise<T> {
+  const res = await signer.call((req) => exchange(env, address, req, timeout_ms), method, path, body);
+  if (res.status >= 200 && res.status < 300) return res.body as T;
+  throw new MgmtError(res.status, `management ${address}: ${res.status} ${(res.body as { error?: string })?.error ?? ""}`);
 }

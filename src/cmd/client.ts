@@ -1,5 +1,5 @@
 /** `nvmesh client serve|attach|detach|show`: the per-host client daemon and its control. */
-import { mkdirSync } from "node:fs";
+import { accessSync, constants, mkdirSync } from "node:fs";
 import { hostname } from "node:os";
 import { consola } from "consola";
 import { tomaLinkOver } from "../engine/client/toma-link.ts";
@@ -16,12 +16,12 @@ import { formatBytes, listenAddress, managementAddress, repeated, UsageError } f
 import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { DEFAULT_TARGET_PORT } from "./target.ts";
 import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
-import { type Attachment, control, runDir, serveControl } from "./client-control.ts";
+import { type Attachment, control, daemonAnswers, runDir, serveControl } from "./client-control.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
-import { management } from "./volume.ts";
-import { clusterKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { management, volumeName } from "./volume.ts";
+import { daemonKey, insecureArg, serverKeyBytes } from "./key-file.ts";
+import { asClientKey } from "../engine/wire/cluster-key.ts";
 
 const runDirArg = {
   "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
@@ -30,7 +30,7 @@ const runDirArg = {
 /** "30s", "500ms", "2m" → milliseconds. */
 function parseDuration(text: string, what: string): number {
   const m = /^(\d+)(ms|s|m)?$/.exec(text);
-  if (!m) throw new Error(`invalid ${what} '${text}': use e.g. 30s, 500ms or 2m`);
+  if (!m || Number(m[1]) === 0) throw new UsageError(`invalid ${what} '${text}': give a duration such as 30s, 500ms or 2m`);
   return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "m" ? 60_000 : 1000);
 }
 
@@ -50,10 +50,31 @@ function evilFromEnv(): EvilSwitch | null {
   return sw;
 }
 
+/** Creates the run directory, or says why it cannot be and what to do. */
+function makeRunDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === "EACCES" || code === "EROFS" || code === "EPERM" ? "permission denied"
+      : code === "ENOTDIR" ? "a part of its path is a file"
+      : code === "ENOENT" ? "its parent cannot hold directories"
+      : (e as Error).message;
+    throw new Error(`cannot create the run directory ${dir}: ${why}; run as root, or choose another --run-dir (or NVMESH_RUN_DIR)`);
+  }
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch {
+    throw new Error(`cannot use the run directory ${dir}: this user may not write in it; run as root, or choose another --run-dir (or NVMESH_RUN_DIR)`);
+  }
+}
+
 const serve = command({
   meta: { name: "serve", description: "run the client daemon of this host" },
   args: {
     ...management,
+    ...insecureArg,
     ...runDirArg,
     "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
     name: { type: "string", description: "client name (default: host name)" },
@@ -65,30 +86,38 @@ const serve = command({
     "target-name": { type: "string", description: "with --drive: target name (default: host name)" },
     ...driveIoArg,
   },
+  repeatable: ["drive"],
   async run({ args, rawArgs }) {
     const mgmt = managementAddress(args.management);
     const dir = runDir(args["run-dir"]);
     const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
     const evil = evilFromEnv();
     if (evil) consola.warn(`TEST-ONLY evil switch ${evil.kind} (every ${evil.every}): this client corrupts its debug-format writes`);
-    mkdirSync(dir, { recursive: true });
+    const paths = repeated(rawArgs, "drive");
+    if (paths.length === 0 && rawArgs.some((a) => a.startsWith("--target-"))) {
+      throw new UsageError("--target-listen and --target-name go with --drive: add the drives this host serves, or drop them");
+    }
+    if (await daemonAnswers(dir)) {
+      throw new Error(`a client daemon runs already with the run directory ${dir}: stop it first, or give this one another --run-dir`);
+    }
+    makeRunDir(dir);
+    const what = paths.length === 0 ? "the client daemon" : "the client daemon with its host's target (--drive)";
+    const key = daemonKey(args, what, false);
+    // Serving drives takes the server key; the daemon's own requests use the client key below.
+    const target_key = paths.length === 0 ? null : serverKeyBytes(key, "serving drives (--drive)");
     const env = realEnv("client");
     const exports = new ExportRegistry();
     const nbd = new NbdServer(env, exports);
-    const cluster_key = clusterKey(args["key-file"]);
-    if (cluster_key === null) consola.warn("no cluster key: this client can use only targets and a TOMA that run without one");
-    const toma = tomaClient(mgmt, cluster_key === null ? {} : { token: managementToken(cluster_key) });
-    const paths = repeated(rawArgs, "drive");
-    if (paths.length === 0 && rawArgs.some((a) => a.startsWith("--target-"))) {
-      throw new UsageError("--target-listen and --target-name go with --drive");
-    }
     const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {
       paths,
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
-      cluster_key,
+      cluster_key: target_key,
       io: driveIoMode(args["drive-io"]),
     });
+    // A client is a client even on a server: it proves the client key, and is fenced like any.
+    const cluster_key = key === null ? null : asClientKey(key);
+    const toma = tomaClient(mgmt, { key: cluster_key });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
     const daemon = new ClientDaemon(env, {
@@ -107,6 +136,8 @@ const serve = command({
     const kernel = new KernelNbdBindings();
     const ctl = serveControl(dir, daemon, kernel);
     consola.success(`client ready: control socket ${ctl.path}, TOMA ${mgmt}`);
+    // A wrong -m or key shows at once, not at the first attach (the TOMA may also just be late).
+    toma.cluster().catch((e: Error) => consola.warn(`no volume can be attached until this is fixed: ${e.message}`));
     const sig = await untilSignal();
     consola.info(`${sig}: detaching volumes`);
     ctl.stop();
@@ -130,6 +161,7 @@ const attach = command({
   },
   async run({ args }) {
     const fmt = outputFormat(args.output);
+    volumeName(args.volume);
     const device = args["nbd-device"];
     if (device !== undefined) {
       if (!NBD_DEVICE.test(device)) throw new UsageError(`--nbd-device '${device}' is not an nbd device path (expected /dev/nbdN)`);
@@ -160,6 +192,7 @@ const detach = command({
     ...runDirArg,
   },
   async run({ args }) {
+    volumeName(args.volume);
     const device = args["nbd-device"];
     if (device !== undefined && !NBD_DEVICE.test(device)) throw new UsageError(`--nbd-device '${device}' is not an nbd device path (expected /dev/nbdN)`);
     await control(runDir(args["run-dir"]), "POST", "/v1/detach", { volume: args.volume, ...(device !== undefined ? { nbd_device: device } : {}) });

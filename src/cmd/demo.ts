@@ -5,19 +5,39 @@
  * servers killed while it is written, and rebuilds when it returns (demo-mirror.ts); then the
  * cluster's state, live, until Ctrl-C (or, with --exit, the cluster is stopped at once).
  */
-import { clusterKey, generateKeyFile } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
-import { mkdtempSync, rmSync } from "node:fs";
+import { clusterKey, generateKeyFile, writeClientKeyFile } from "./key-file.ts";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { consola } from "consola";
 import { connectNbd } from "../engine/nbd/client.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { tomaClient } from "../toma/api-client.ts";
-import { formatBytes, parsePositiveInt, parseSize } from "./args.ts";
+import { exactSize } from "../toma/allocator.ts";
+import { formatBytes, parsePositiveInt, parseSize, UsageError } from "./args.ts";
+import { computeGeometry, DEFAULT_EXTENT_SIZE_BYTES, isInvalid, minDriveBytes } from "../engine/drive/superblock.ts";
 import { command, untilSignal } from "./command.ts";
 import { type DemoServer, mirrorAct } from "./demo-mirror.ts";
 import { type Child, pattern, runNvmesh as run, spawnChild as spawn, waitForOutput as waitFor } from "./demo-procs.ts";
 import { selfCommand } from "./self.ts";
+
+/**
+ * Refuses sizes the demo's cluster cannot hold before anything starts: drives of --drive-size
+ * (16M extents), the striped volume over all of them, then a mirror's two legs in what is left.
+ */
+function checkDemoSizes(targets: number, drive_bytes: number, capacity: number, mirror_capacity: number): void {
+  const E = DEFAULT_EXTENT_SIZE_BYTES;
+  const g = computeGeometry(drive_bytes, E);
+  if (isInvalid(g)) throw new UsageError(`--drive-size ${formatBytes(drive_bytes)} is too small: a drive needs at least ${formatBytes(Math.ceil(minDriveBytes(E) / 2 ** 20) * 2 ** 20)}`);
+  const per_drive = g.extent_count;
+  if (capacity > targets * per_drive * E) {
+    throw new UsageError(`--capacity ${formatBytes(capacity)} does not fit on ${targets} drives of ${formatBytes(drive_bytes)}: at most ${exactSize(targets * per_drive * E)}; lower --capacity or raise --drive-size`);
+  }
+  const left = per_drive - Math.ceil(capacity / targets / E);
+  // With fewer than 3 targets the mirror act is skipped (see below).
+  if (targets >= 3 && mirror_capacity > left * E) {
+    throw new UsageError(`--mirror-capacity ${formatBytes(mirror_capacity)} does not fit in what the striped volume leaves on each drive (${exactSize(left * E)}): lower --mirror-capacity or --capacity, or raise --drive-size`);
+  }
+}
 
 export const demoCommand = command({
   meta: { name: "demo", description: "a local cluster on files: a striped volume, a mirror surviving a killed server, live" },
@@ -36,13 +56,25 @@ export const demoCommand = command({
     const capacity = parseSize(args.capacity, "--capacity");
     const checkBytes = Math.min(parseSize(args["check-size"], "--check-size"), capacity);
     const mirrorCapacity = args["mirror-capacity"] === "0" ? 0 : parseSize(args["mirror-capacity"], "--mirror-capacity");
+    checkDemoSizes(nTargets, driveSize, capacity, mirrorCapacity);
+    if (args.dir !== undefined) {
+      try {
+        mkdirSync(args.dir, { recursive: true });
+      } catch (e) {
+        throw new UsageError(`cannot create --dir ${args.dir}: ${(e as Error).message}`);
+      }
+    }
     const dir = args.dir ?? mkdtempSync(`${tmpdir()}/nvmesh-demo-`);
     const ownDir = args.dir === undefined;
-    // The demo's cluster has its own key; every daemon and command below inherits NVMESH_KEY_FILE.
+    // The demo's cluster has its own keys: the server key, which every daemon and command below
+    // inherits through NVMESH_KEY_FILE, and the client key derived from it for the client daemon.
     const keyFile = `${dir}/cluster.key`;
+    const clientKeyFile = `${dir}/client.key`;
     generateKeyFile(keyFile, true);
     process.env.NVMESH_KEY_FILE = keyFile;
-    const token = { token: managementToken(clusterKey(keyFile)!) };
+    const serverKey = clusterKey(keyFile)!;
+    writeClientKeyFile(serverKey, clientKeyFile, true);
+    const keyed = { key: serverKey };
     const log: string[] = [];
     const children: Child[] = [];
     const cleanup = async () => {
@@ -86,12 +118,12 @@ export const demoCommand = command({
       mgmt = tm[1]!;
       consola.success(`TOMA on ${mgmt}: cluster ${tm[2]} created on the drives themselves`);
       runDir = `${dir}/run`;
-      const client = spawn("client", ["client", "serve", "-m", mgmt, "--run-dir", runDir], log);
+      const client = spawn("client", ["client", "serve", "-m", mgmt, "--run-dir", runDir, "--key-file", clientKeyFile], log);
       children.push(client);
       await waitFor(client, /client ready/);
       consola.success("client daemon ready");
 
-      const api = tomaClient(mgmt, token);
+      const api = tomaClient(mgmt, keyed);
       const attach = async (volume: string) => (await run(["client", "attach", "--volume", volume, "--run-dir", runDir])).trim().split("\n").pop()!;
       const vol = await api.createVolume({ name: "demo", capacity_bytes: capacity, raid_level: "0", stripe_width: nTargets });
       consola.success(`volume demo: ${formatBytes(vol.capacity_bytes)} RAID0 striped over ${vol.columns.length} drives, ${vol.stripe_size_bytes / 1024}K stripe unit`);
@@ -145,7 +177,6 @@ export const demoCommand = command({
         process.exit(0);
       }
     } catch (e) {
-      consola.error((e as Error).message);
       if (log.length) consola.log(`last daemon output:\n${log.slice(-20).join("\n")}`);
       await cleanup();
       throw e;
@@ -172,7 +203,7 @@ export const demoCommand = command({
     );
 
     // Live: print the cluster's state whenever it changes.
-    const api = tomaClient(mgmt, token);
+    const api = tomaClient(mgmt, keyed);
     let last = "";
     const watch = setInterval(async () => {
       try {

@@ -1,13 +1,14 @@
 /** `nvmesh drive format|show`. */
 import { consola } from "consola";
-import type { DriveStore } from "../engine/drive/store.ts";
 import { openDriveStore } from "../engine/runtime/open-drive-store.ts";
 import { formatDrive } from "../engine/drive/format.ts";
+import { minDriveBytes } from "../engine/drive/superblock.ts";
+import { checkDrivePath } from "./drive-path.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { uuidToString } from "../engine/uuid.ts";
 import { randomUuid } from "../engine/env.ts";
 import { formatBytes, parseSize, UsageError } from "./args.ts";
-import { command } from "./command.ts";
+import { command, hinted } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
 
@@ -22,15 +23,18 @@ const format = command({
   async run({ args }) {
     const fmt = outputFormat(args.output);
     const extent_size_bytes = parseSize(args["extent-size"], "--extent-size");
-    if ((extent_size_bytes & (extent_size_bytes - 1)) !== 0) {
-      throw new UsageError(`--extent-size must be a power of two, got ${args["extent-size"]}`);
+    if (extent_size_bytes < 2 ** 20 || extent_size_bytes > 2 ** 30 || !Number.isInteger(Math.log2(extent_size_bytes))) {
+      throw new UsageError(`invalid --extent-size '${args["extent-size"]}': a power of two from 1M to 1G (e.g. 16M, the default)`);
     }
+    checkDrivePath(args.path, "read and write");
     const env = realEnv("drive");
-    let store: DriveStore;
-    try {
-      store = await openDriveStore(args.path, { log: env.log });
-    } catch (e) {
-      throw new Error(`cannot open ${args.path}: ${(e as Error).message}`);
+    const store = await openDriveStore(args.path, { log: env.log });
+    const min = Math.ceil(minDriveBytes(extent_size_bytes) / 2 ** 20) * 2 ** 20;
+    if (store.size_bytes < min) {
+      await store.close();
+      throw new Error(
+        `${args.path} holds ${formatBytes(store.size_bytes)}, too little for a drive with ${formatBytes(extent_size_bytes)} extents (its metadata and one extent take ${formatBytes(min)}): enlarge it (truncate -s 10G ${args.path}) or choose a smaller --extent-size`,
+      );
     }
     try {
       const sb = await formatDrive(store, {
@@ -76,7 +80,10 @@ const evict = command({
     ...management,
   },
   async run({ args }) {
-    await toma(args).call("POST", `/v1/drives/${encodeURIComponent(args.drive)}/evict`, {});
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(args.drive)) {
+      throw new UsageError(`invalid drive '${args.drive}': give the drive's uuid, as 'nvmesh drive show' lists it`);
+    }
+    await hinted(toma(args).call("POST", `/v1/drives/${encodeURIComponent(args.drive)}/evict`, {}), 404, "'nvmesh drive show' lists the drives");
     consola.success(`drive ${args.drive} evicted: its mirror legs are being rebuilt elsewhere`);
   },
 });

@@ -11,6 +11,7 @@ import { legsText } from "../debugfmt/sector.ts";
 import { headerRecord, writeText } from "../debugfmt/timeline.ts";
 import { uuidFromString, uuidToString } from "../engine/uuid.ts";
 import { formatBytes, parsePositiveInt, UsageError } from "./args.ts";
+import { checkDrivePath } from "./drive-path.ts";
 import { command } from "./command.ts";
 import { type Layouts, layoutsFromDrives } from "./forensics-layouts.ts";
 import { printJson, printTable } from "./output.ts";
@@ -32,6 +33,7 @@ interface Opened {
 }
 
 async function openSource(path: string, raw: boolean): Promise<Opened> {
+  checkDrivePath(path, "read");
   let file: ReadOnlyFile;
   try {
     file = ReadOnlyFile.open(path);

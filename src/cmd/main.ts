@@ -3,10 +3,9 @@
  * nvmesh: one executable, every role. `nvmesh target serve`, `nvmesh toma run`,
  * `nvmesh client attach`, the admin commands, and `nvmesh demo`.
  */
-import { runMain } from "citty";
 import { clientCommand } from "./client.ts";
 import { clusterCommand } from "./cluster.ts";
-import { command } from "./command.ts";
+import { command, runCli } from "./command.ts";
 import { demoCommand } from "./demo.ts";
 import { driveCommand } from "./drive.ts";
 import { targetCommand } from "./target.ts";
@@ -29,4 +28,4 @@ const main = command({
   },
 });
 
-await runMain(main);
+await runCli(main, process.argv.slice(2), VERSION);

@@ -1,5 +1,6 @@
 /** Tables for people, JSON for scripts (-o json). */
 import { consola } from "consola";
+import { UsageError } from "./args.ts";
 
 export type OutputFormat = "table" | "json";
 
@@ -10,7 +11,7 @@ export const outputArg = {
 export function outputFormat(v: string | undefined): OutputFormat {
   if (v === undefined || v === "table") return "table";
   if (v === "json") return "json";
-  throw new Error(`invalid output format '${v}': use table or json`);
+  throw new UsageError(`invalid output format '${v}': use -o table or -o json`);
 }
 
 /** Resolves once the whole text is written: await it before process.exit, which would otherwise

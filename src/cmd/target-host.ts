@@ -8,7 +8,8 @@ import { connPair } from "../engine/net/pipe.ts";
 import { DRIVE_IO_MODES, type DriveIo, openDriveStore } from "../engine/runtime/open-drive-store.ts";
 import { TargetService } from "../engine/target/service.ts";
 import { UsageError } from "./args.ts";
-import { warnNoKey } from "./key-file.ts";
+import { checkDrivePath } from "./drive-path.ts";
+import { locateSuperblock } from "../engine/drive/locate-superblock.ts";
 
 export interface HostedTarget {
   readonly service: TargetService;
@@ -35,17 +36,29 @@ export function driveIoMode(flag: string | undefined): DriveIo {
   return v as DriveIo;
 }
 
+/** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(
   env: Env,
   o: { paths: string[]; listen: string; name: string; cluster_key: Uint8Array | null; io?: DriveIo },
 ): Promise<HostedTarget> {
   if (o.paths.length === 0) throw new UsageError("at least one --drive is required");
-  if (new Set(o.paths).size !== o.paths.length) throw new UsageError("the same --drive was given twice");
+  const twice = o.paths.find((p, i) => o.paths.indexOf(p) !== i);
+  if (twice !== undefined) throw new UsageError(`--drive ${twice} is given twice: give each drive once`);
   const drives: FormattedDrive[] = [];
   for (const path of o.paths) {
     try {
+      checkDrivePath(path, "read and write");
       const store = await openDriveStore(path, { log: env.log, io: o.io });
       try {
+        const found = await locateSuperblock(store);
+        if (found.kind === "not-nvmesh") {
+          throw new Error(found.foreign === null
+            ? `${found.reason}: not an nvmesh drive yet; format it with 'nvmesh drive format ${path}'`
+            : `${found.reason}: not an nvmesh drive; give another one, or erase it with 'nvmesh drive format --force ${path}'`);
+        }
+        if (found.kind === "damaged") {
+          throw new Error(`${found.reason}: 'nvmesh forensics scan ${path}' shows what it holds; 'nvmesh drive format --force ${path}' erases it`);
+        }
         drives.push(await openDrive(store, path));
       } catch (e) {
         await store.close();
@@ -53,13 +66,21 @@ export async function hostTarget(
       }
     } catch (e) {
       // One bad drive must not take the others offline: report it loudly and serve the rest.
-      consola.error(`drive ${path}: ${(e as Error).message}`);
+      const msg = (e as Error).message;
+      consola.error(msg.startsWith(path) ? msg : `drive ${path}: ${msg}`);
     }
   }
-  if (drives.length === 0) throw new Error("no usable drive: nothing to serve");
+  if (drives.length === 0) {
+    throw new Error(o.paths.length === 1 ? "the drive cannot be served (see above): nothing to serve" : `none of the ${o.paths.length} drives can be served (see above): nothing to serve`);
+  }
   const service = new TargetService(env, { name: o.name, drives, fencing: true, cluster_key: o.cluster_key });
-  if (o.cluster_key === null) warnNoKey(`the target on ${o.listen}`);
-  const listener = await env.net.listen(o.listen, (conn) => service.handle(conn));
+  let listener: Awaited<ReturnType<Env["net"]["listen"]>>;
+  try {
+    listener = await env.net.listen(o.listen, (conn) => service.handle(conn));
+  } catch (e) {
+    for (const d of drives) await d.close().catch(() => {});
+    throw e;
+  }
   for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents, ${d.data.io_path ?? "?"})`);
   return {
     service,

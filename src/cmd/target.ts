@@ -7,7 +7,7 @@ import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
-import { clusterKey, keyFileArg } from "./key-file.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 
 export const DEFAULT_TARGET_PORT = 4420;
 
@@ -19,11 +19,13 @@ const serve = command({
     name: { type: "string", description: "target name (default: host name)" },
     ...driveIoArg,
     ...keyFileArg,
+    ...insecureArg,
   },
+  repeatable: ["drive"],
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
-    const paths = repeated(rawArgs, "drive");
     const listen = listenAddress(args.listen);
+    const cluster_key = daemonKey(args, `the target on ${listen}`, true)?.key ?? null;
+    const paths = repeated(rawArgs, "drive");
     const io = driveIoMode(args["drive-io"]);
     const target = await hostTarget(realEnv("target"), { paths, listen, name: args.name ?? hostname(), cluster_key, io });
     consola.success(`target ready on ${target.address}`);

@@ -3,13 +3,13 @@ import { hostname } from "node:os";
 import { consola } from "consola";
 import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
-import { makeApiHandler } from "../toma/api.ts";
+import { listenFailure } from "../engine/runtime/real-net.ts";
+import { managementApi } from "../toma/api.ts";
 import { serveTomaApi } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
-import { clusterKey, keyFileArg, warnNoKey } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
+import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -21,19 +21,30 @@ const run = command({
     name: { type: "string", description: "TOMA name (default: host name)" },
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
+    ...insecureArg,
   },
+  repeatable: ["target"],
   async run({ args, rawArgs }) {
-    const cluster_key = clusterKey(args["key-file"]);
+    const cluster_key = daemonKey(args, `the TOMA and its management API on ${args.listen}`, true)?.key ?? null;
     const targets = repeated(rawArgs, "target").map((t) => listenAddress(t, "--target"));
     if (targets.length === 0) throw new UsageError("at least one --target is required");
+    const twice = targets.find((t, i) => targets.indexOf(t) !== i);
+    if (twice !== undefined) throw new UsageError(`--target ${twice} is given twice: give each target once`);
+    if (args.cluster !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(args.cluster)) {
+      throw new UsageError(`invalid --cluster '${args.cluster}': give the cluster's uuid, as 'nvmesh cluster status' shows it`);
+    }
     const listen = parseAddress(listenAddress(args.listen));
-    if ("unix" in listen) throw new UsageError("--listen for the management API must be HOST:PORT");
+    if ("unix" in listen) throw new UsageError(`invalid --listen '${args.listen}': the management API listens on HOST:PORT (e.g. 0.0.0.0:${DEFAULT_TOMA_PORT}), not a unix socket`);
     const env = realEnv("toma");
     const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
+    let http: ReturnType<typeof serveTomaApi>;
+    try {
+      http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });
+    } catch (e) {
+      throw new Error(listenFailure(args.listen, e));
+    }
+    // Started only once its API could listen: a TOMA that cannot serve must not touch the targets.
     toma.start();
-    const token = cluster_key === null ? null : managementToken(cluster_key);
-    const http = serveTomaApi(makeApiHandler(toma), { hostname: listen.host, port: listen.port, token });
-    if (cluster_key === null) warnNoKey(`the management API on ${args.listen}`);
     const addr = `${listen.host === "0.0.0.0" ? "127.0.0.1" : listen.host}:${http.port}`;
     consola.info(`management API on ${addr}; waiting for the cluster state`);
     let stopped = false;
@@ -50,13 +61,25 @@ const run = command({
         await toma.whenReady(5000);
         break;
       } catch {
-        consola.warn(`TOMA not ready yet: ${toma.readiness()}`);
+        consola.warn(`TOMA not ready yet: ${toma.readiness()}${unreachableTargets(toma)}`);
       }
     }
     if (!stopped) consola.success(`toma ready on ${addr} (cluster ${toma.cluster_uuid})`);
     await stop;
   },
 });
+
+/** "; 1 of 3 targets does not answer: 10.0.0.3:4420 (connection refused)", and what to do. */
+function unreachableTargets(toma: Toma): string {
+  const all = toma.targetViews();
+  const down = all.filter((t) => t.state !== "up");
+  if (down.length === 0) return "";
+  const list = down.map((t) => `${t.address} (${t.last_error ?? "no answer"})`).join(", ");
+  const fix = "is 'nvmesh target serve' running there, with the same cluster key?";
+  return down.length === all.length
+    ? `; no target answers: ${list}: ${fix}`
+    : `; ${down.length} of ${all.length} targets do not answer: ${list}: ${fix}`;
+}
 
 export const tomaCommand = command({
   meta: { name: "toma", description: "the topology manager" },

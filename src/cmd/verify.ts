@@ -42,7 +42,11 @@ function parseSeed(text: string | undefined): number {
 async function openExport(uri: string) {
   const target = parseNbdUri(uri);
   if (typeof target === "string") throw new UsageError(target);
-  return await connectNbd(realEnv("verify"), target.address, target.export_name);
+  try {
+    return await connectNbd(realEnv("verify"), target.address, target.export_name);
+  } catch (e) {
+    throw new Error(`${uri}: ${(e as Error).message}; is the volume exported there? ('nvmesh client show' lists this host's exports)`);
+  }
 }
 
 /** The URIs the workers use: given, or the local client daemon's export of the volume. */
@@ -76,6 +80,7 @@ const run = command({
     "run-dir": { type: "string", description: "client daemon run directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
     json: { type: "boolean", description: "print the result as JSON" },
   },
+  repeatable: ["uri"],
   async run({ args, rawArgs }) {
     const clients = parsePositiveInt(args.clients, "--clients") ?? 4;
     const seed = parseSeed(args.seed);

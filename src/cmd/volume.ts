@@ -2,10 +2,10 @@
 import { consola } from "consola";
 import { type TomaClient, tomaClient } from "../toma/api-client.ts";
 import type { VolumeJson } from "../toma/api-types.ts";
+import { isValidStripeSize, VOLUME_NAME_RE } from "../toma/cluster-state.ts";
 import { formatBytes, managementAddress, parsePositiveInt, parseSize, UsageError } from "./args.ts";
 import { command } from "./command.ts";
 import { clusterKey, keyFileArg } from "./key-file.ts";
-import { managementToken } from "../engine/wire/cluster-key.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
 
 export const management = {
@@ -13,10 +13,9 @@ export const management = {
   ...keyFileArg,
 };
 
-/** The management API of the TOMA the arguments name, with the cluster key's token if any. */
+/** The management API of the TOMA the arguments name; requests signed with the key found, if any. */
 export function toma(args: { management?: string; "key-file"?: string }): TomaClient {
-  const key = clusterKey(args["key-file"]);
-  return tomaClient(managementAddress(args.management), key === null ? {} : { token: managementToken(key) });
+  return tomaClient(managementAddress(args.management), { key: clusterKey(args["key-file"]) });
 }
 
 function raidName(level: string): string {
@@ -24,6 +23,14 @@ function raidName(level: string): string {
 }
 
 const LEVELS = ["concatenated", "0", "1", "10"] as const;
+
+/** Refuses a volume name the TOMA would refuse, before asking it (a usage error, exit 2). */
+export function volumeName(name: string): string {
+  if (!VOLUME_NAME_RE.test(name)) {
+    throw new UsageError(`invalid volume name '${name}': use 1 to 64 letters, digits, '.', '_' or '-'`);
+  }
+  return name;
+}
 
 const create = command({
   meta: { name: "create", description: "create a volume from the pool" },
@@ -41,6 +48,7 @@ const create = command({
   },
   async run({ args }) {
     const fmt = outputFormat(args.output);
+    volumeName(args.name);
     const level = LEVELS.find((l) => l === args["raid-level"]);
     if (!level) throw new UsageError(`unsupported --raid-level '${args["raid-level"]}': use concatenated, 0, 1 or 10`);
     const width = parsePositiveInt(args["stripe-width"], "--stripe-width");
@@ -53,9 +61,14 @@ const create = command({
     if (!mirrored && (mirrors !== undefined || args["allow-same-server"])) {
       throw new UsageError("--number-of-mirrors and --allow-same-server apply to --raid-level 1 and 10 only");
     }
-    if (mirrors !== undefined && (mirrors < 2 || mirrors > 3)) throw new UsageError("--number-of-mirrors must be 2 or 3");
-    const capacity_bytes = parseSize(args.capacity, "capacity");
-    if (capacity_bytes % 512 !== 0) throw new UsageError("--capacity must be a multiple of 512 bytes");
+    if (mirrors !== undefined && (mirrors < 2 || mirrors > 3)) throw new UsageError(`--number-of-mirrors must be 2 or 3, got ${mirrors}`);
+    if (stripeKiB !== undefined && !isValidStripeSize(stripeKiB * 1024)) {
+      throw new UsageError(`invalid --stripe-size ${stripeKiB}: the stripe unit is in KiB, a power of two from 4 to 1048576 (e.g. 64)`);
+    }
+    const capacity_bytes = parseSize(args.capacity, "--capacity");
+    if (capacity_bytes % 512 !== 0) {
+      throw new UsageError(`invalid --capacity '${args.capacity}': a volume is made of 512-byte sectors, and ${capacity_bytes} bytes is not a multiple of 512 (e.g. 1M)`);
+    }
     const vol = await toma(args).createVolume({
       name: args.name,
       capacity_bytes,
@@ -99,6 +112,7 @@ const show = command({
     const fmt = outputFormat(args.output);
     const t = toma(args);
     if (args.name) {
+      volumeName(args.name);
       const v = await t.volume(args.name);
       if (fmt === "json") return printJson(v);
       printKeyValues(row(v));
@@ -144,10 +158,11 @@ const remove = command({
     ...management,
   },
   async run({ args }) {
+    volumeName(args.name);
     if (!args.yes) {
-      if (!process.stdin.isTTY) throw new UsageError("refusing to delete without -y when not interactive");
+      if (!process.stdin.isTTY) throw new UsageError(`not deleting volume ${args.name} without a confirmation: add -y (there is no terminal to ask on)`);
       const sure = await consola.prompt(`Delete volume ${args.name} and all its data?`, { type: "confirm" });
-      if (sure !== true) throw new UsageError("not deleted");
+      if (sure !== true) throw new UsageError(`volume ${args.name} not deleted`);
     }
     await toma(args).deleteVolume(args.name);
     consola.success(`volume ${args.name} deleted`);

@@ -3,6 +3,8 @@
  * Error responses become a thrown TomaApiError carrying the server's message and status.
  */
 import type { AttachInfo } from "../engine/layout/types.ts";
+import type { ClusterKey } from "../engine/wire/cluster-key.ts";
+import { ManagementSigner, type Transport } from "./api-auth.ts";
 import type { ClusterJson, CreateVolumeBody, DriveJson, TargetJson, VolumeJson } from "./api-types.ts";
 
 export class TomaApiError extends Error {
@@ -10,9 +12,22 @@ export class TomaApiError extends Error {
     /** HTTP status; 0 when the TOMA could not be reached at all. */
     readonly status: number,
     message: string,
+    /** The address answered nothing, or something that is not a TOMA's management API. */
+    readonly kind?: "unreachable" | "not_toma",
   ) {
     super(message);
   }
+}
+
+/** Why a request reached no TOMA, in words (fetch's own messages name the URL, not the cause). */
+function unreachable(e: unknown, timeout_ms: number): string {
+  const code = (e as { code?: unknown }).code;
+  if ((e as Error).name === "TimeoutError") return `no answer within ${timeout_ms / 1000} s`;
+  if (code === "ECONNREFUSED") return "connection refused (nothing listens there)";
+  if (code === "ECONNRESET") return "the connection was closed without an answer (is it a target's port rather than a TOMA's?)";
+  if (code === "ENOTFOUND") return "unknown host name";
+  if (code === "EHOSTUNREACH" || code === "ENETUNREACH") return "no route to that host";
+  return (e as Error).message;
 }
 
 export interface TomaClient {
@@ -29,39 +44,52 @@ export interface TomaClient {
   call(method: string, path: string, body?: unknown): Promise<unknown>;
 }
 
-/** `base` is "http://HOST:PORT"; a bare "HOST:PORT" is accepted too. */
-/** `token`: the cluster key's management token, sent with every request (cluster-key.ts). */
-export function tomaClient(base: string, opts: { timeout_ms?: number; token?: string } = {}): TomaClient {
+/**
+ * `base` is "http://HOST:PORT"; a bare "HOST:PORT" is accepted too. `key`: the key that signs
+ * every request (api-auth.ts); none: only a TOMA started --insecure will answer.
+ */
+export function tomaClient(base: string, opts: { timeout_ms?: number; key?: ClusterKey | null } = {}): TomaClient {
   const root = (/^https?:\/\//.test(base) ? base : `http://${base}`).replace(/\/+$/, "");
   const timeout_ms = opts.timeout_ms ?? 30_000;
-  const auth: Record<string, string> = opts.token === undefined ? {} : { authorization: `Bearer ${opts.token}` };
+  const signer = new ManagementSigner(opts.key ?? null);
+  const where = root.replace(/^https?:\/\//, "");
 
-  async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const send: Transport = async (req) => {
     let res: Response;
     try {
-      res = await fetch(`${root}${path}`, {
-        method,
-        headers: body === undefined ? auth : { ...auth, "content-type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
+      res = await fetch(`${root}${req.path}`, {
+        method: req.method,
+        headers: {
+          ...(req.authorization === null ? {} : { authorization: req.authorization }),
+          ...(req.body.length === 0 ? {} : { "content-type": "application/json" }),
+        },
+        body: req.body.length === 0 ? undefined : req.body,
         signal: AbortSignal.timeout(timeout_ms),
       });
     } catch (e) {
-      throw new TomaApiError(0, `cannot reach the TOMA at ${root}: ${(e as Error).message}`);
+      throw new TomaApiError(0, `cannot reach a TOMA at ${where}: ${unreachable(e, timeout_ms)}`, "unreachable");
     }
     const text = await res.text();
-    let json: unknown;
     try {
-      json = text.length > 0 ? JSON.parse(text) : null;
+      return { status: res.status, body: text.length > 0 ? JSON.parse(text) : null };
     } catch {
-      throw new TomaApiError(res.status, `TOMA at ${root} answered ${res.status} with a non-JSON body`);
+      throw new TomaApiError(res.status, `${where} is not a TOMA: it answered HTTP ${res.status} without the management API's JSON`, "not_toma");
     }
-    if (!res.ok) {
+  };
+
+  async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    // Signed as the server will see it: the URL parser normalises what fetch sends (dot
+    // segments, escapes), so sign its result rather than the text given here.
+    const u = new URL(`${root}${path}`);
+    const res = await signer.call(send, method, u.pathname + u.search, body);
+    if (res.status < 200 || res.status > 299) {
+      const json = res.body;
       const msg = typeof json === "object" && json !== null && typeof (json as { error?: unknown }).error === "string"
         ? (json as { error: string }).error
         : `HTTP ${res.status}`;
       throw new TomaApiError(res.status, msg);
     }
-    return json as T;
+    return res.body as T;
   }
 
   const vol = (name: string) => `/v1/volumes/${encodeURIComponent(name)}`;

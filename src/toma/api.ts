@@ -1,10 +1,19 @@
 /**
- * The management API as a plain function: (method, path, parsed JSON body) → {status, body}.
- * Sans-I/O, so tests and the simulator call it directly; ./runtime/http-server.ts puts it on HTTP.
- * Every refusal is {error: "..."} with the status below, and changes nothing.
+ * The management API as a plain function: (method, path, parsed JSON body, who signed it) →
+ * {status, body}. Sans-I/O, so tests and the simulator call it directly; ./runtime/http-server.ts
+ * puts it on HTTP behind the signature check (api-auth.ts). Every refusal is {error: "..."} with
+ * the status below, and changes nothing.
+ *
+ * What each signer may do is decided here, route by route (docs/protocol.md, "Management API
+ * requests"): reads by anyone who holds a key; volume creation and deletion and drive eviction by
+ * the server key only; registering a client daemon by the client key too; a client daemon's own
+ * routes by the secret it was given at registration (or the server key), never by another's.
  */
 import * as v from "valibot";
+import type { Env } from "../engine/env.ts";
 import type { AttachInfo } from "../engine/layout/types.ts";
+import { serverKeys } from "../engine/wire/cluster-key.ts";
+import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "./api-auth.ts";
 import {
   ClientAckBody,
   ClientRegisterBody,
@@ -19,12 +28,26 @@ import {
 import { type RefusalCode, type VolumeRecord, VOLUME_NAME_RE } from "./cluster-state.ts";
 import type { Refusal, Toma } from "./toma.ts";
 
-export interface ApiResponse {
-  status: number;
-  body: unknown;
+export type { ApiHandler, ApiResponse } from "./api-auth.ts";
+
+/**
+ * The whole API as a transport serves it: nonces, signatures, then the routes. `server_key`
+ * null: a TOMA started --insecure, every request is served.
+ */
+export function managementApi(env: Env, toma: Toma, server_key: Uint8Array | null): Transport {
+  const guard = new ManagementGuard(env, server_key === null ? null : serverKeys(server_key), (id) => toma.mirror.clients.live(id)?.secret);
+  const handler = makeApiHandler(toma);
+  return (req) => guard.serve(req, handler);
 }
 
-export type ApiHandler = (method: string, path: string, body: unknown) => Promise<ApiResponse>;
+const signedWith = (c: Caller): string =>
+  c.kind === "client-id" ? `the secret of client ${c.id}` : c.kind === "client" ? "the client key" : `the ${c.kind} key`;
+
+/** Null when the caller may do `what`, which needs the server key; else the 403 answer. */
+function adminOnly(c: Caller, what: string): ApiResponse | null {
+  if (c.kind === "server" || c.kind === "insecure") return null;
+  return err(403, `${what} needs the server key (an administrator's); this request was signed with ${signedWith(c)}`);
+}
 
 const STATUS: Record<RefusalCode | "unavailable", number> = {
   invalid: 400,
@@ -92,10 +115,10 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     }
     if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name}': use 1 to 64 of [A-Za-z0-9._-]`);
     if (!toma.state) return err(503, `TOMA not ready: ${toma.readiness()}`);
-    return toma.state.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}'`);
+    return toma.state.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
   };
 
-  return async (method, path, body) => {
+  return async (method, path, body, caller) => {
     const parts = path.split("?")[0]!.split("/").filter((p) => p !== "");
     if (parts[0] !== "v1") return err(404, `no such route: ${method} ${path}`);
     const route = parts.slice(1);
@@ -112,6 +135,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
         return ok(toma.state.volumes.map(volumeJson));
       }
       if (m === "POST") {
+        const no = adminOnly(caller, "creating a volume");
+        if (no) return no;
         const r = v.safeParse(CreateVolumeBody, body);
         if (!r.success) return err(400, `invalid volume request: ${r.issues.map((i) => i.message).join("; ")}`);
         const out = await toma.createVolume(r.output);
@@ -125,6 +150,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
         return "status" in vol ? vol : ok(volumeJson(vol));
       }
       if (m === "DELETE") {
+        const no = adminOnly(caller, "deleting a volume");
+        if (no) return no;
         const vol = findVolume(route[1]!);
         if ("status" in vol) return vol;
         const out = await toma.deleteVolume(vol.name);
@@ -132,9 +159,11 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       }
       return err(405, `${m} not allowed on ${path}; use GET or DELETE`);
     }
-    if (route[0] === "clients") return clients(m, path, route.slice(1), body);
+    if (route[0] === "clients") return clients(m, path, route.slice(1), body, caller);
     if (route.length === 3 && route[0] === "drives" && route[2] === "evict") {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      const no = adminOnly(caller, "evicting a drive");
+      if (no) return no;
       const out = toma.evictDrive(route[1]!.toLowerCase());
       return out.ok ? ok({ evicted: route[1] }) : refused(out);
     }
@@ -152,18 +181,27 @@ export function makeApiHandler(toma: Toma): ApiHandler {
    * the volume's drives first), watch (long poll for new generations), ack, report a failing leg,
    * leave (DELETE: it has no volume attached any more).
    * An unknown or expired client id is answered 410: the daemon registers again.
+   *
+   * Registering takes the client key (or the server key); the answer carries the new client's
+   * secret, sealed for the signer. A client's own routes then take that secret: the client key
+   * alone cannot act for (e.g. fence out) another client; the server key can.
    */
-  async function clients(m: string, path: string, route: string[], body: unknown): Promise<ApiResponse> {
+  async function clients(m: string, path: string, route: string[], body: unknown, caller: Caller): Promise<ApiResponse> {
     const mc = toma.mirror;
     if (route.length === 0) {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
+      if (caller.kind === "client-id") return err(403, `register with the client key, not with ${signedWith(caller)}`);
       const r = v.safeParse(ClientRegisterBody, body);
       if (!r.success) return err(400, `invalid client registration: ${r.issues.map((i) => i.message).join("; ")}`);
       if (!toma.state || !toma.ready) return err(503, `TOMA not ready: ${toma.readiness()}`);
       const c = mc.register(r.output.name);
-      return ok({ client_id: c.id, generation: c.acked }, 201);
+      const secret = caller.kind === "insecure" ? {} : { secret: caller.seal(c.secret, c.id) };
+      return ok({ client_id: c.id, generation: c.acked, ...secret }, 201);
     }
     const id = Number(route[0]);
+    if (caller.kind === "client" || (caller.kind === "client-id" && caller.id !== id)) {
+      return err(403, `only client ${route[0]} itself (with the secret it was given when it registered) or an administrator may do this; this request was signed with ${signedWith(caller)}`);
+    }
     const c = Number.isSafeInteger(id) ? mc.clients.live(id) : undefined;
     if (!c) return err(410, `client ${route[0]} is not registered (expired or TOMA restarted): register again`);
     mc.clients.heard(c);

@@ -13,6 +13,11 @@ import type { Env } from "../engine/env.ts";
 export interface ClientRecord {
   readonly id: number;
   readonly name: string;
+  /**
+   * The key this client daemon signs its own management requests with (api-auth.ts): handed to
+   * it, sealed, when it registered; no other client host can act for this id.
+   */
+  readonly secret: Uint8Array;
   /** Volumes attached by this client incarnation. */
   readonly volumes: Set<string>;
   /** Highest generation it acknowledged: no I/O of an older topology in flight. */
@@ -54,9 +59,12 @@ export class ClientRegistry {
   register(name: string, generation: number): ClientRecord {
     let id = randomClientId(this.env);
     while (this.clients.has(id)) id = randomClientId(this.env);
+    const secret = new Uint8Array(32);
+    this.env.random.fill(secret);
     const c: ClientRecord = {
       id,
       name,
+      secret,
       volumes: new Set(),
       // A new client starts on the current generation: it has no older I/O at all.
       acked: generation,

@@ -12,6 +12,7 @@
  *   in-memory state is kept and re-written under a higher generation to retract the partial write.
  * Every mutation and every maintenance step runs one at a time (`exclusive`).
  */
+import type { ClusterKey } from "../engine/wire/cluster-key.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
 import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
 import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
@@ -59,7 +60,10 @@ export interface TomaOptions {
   cluster_uuid?: string;
   /** Opens a session to a target; defaults to the real wire session. */
   connect?: Connect;
-  /** The cluster key, proved to every target by the default `connect` (none: keyless targets only). */
+  /**
+   * The cluster's server key, proved to every target by the default `connect` (a TOMA needs the
+   * server key: metadata, FENCE, lock recovery). None: keyless (--insecure) targets only.
+   */
   cluster_key?: Uint8Array | null;
   timings?: Partial<TomaTimings>;
   mirror_timings?: Partial<MirrorTimings>;
@@ -135,7 +139,8 @@ export class Toma {
     this.env = env = withSteadyClock(env);
     this.timings = { ...DEFAULT_TOMA_TIMINGS, ...opts.timings };
     const hello = { version: 1 as const, role: "toma" as const, name: opts.name };
-    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello, { cluster_key: opts.cluster_key ?? null }));
+    const serverKey: ClusterKey | null = opts.cluster_key ? { kind: "server", key: opts.cluster_key } : null;
+    const connect = opts.connect ?? ((address: string) => openSession(env, address, hello, { cluster_key: serverKey }));
     this.links = opts.targets.map((a) => new TargetLink(env, a, connect, this.timings));
     if (opts.cluster_uuid) this.cluster_uuid = opts.cluster_uuid.toLowerCase();
     this.mirror = new MirrorControl(

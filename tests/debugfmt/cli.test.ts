@@ -113,9 +113,9 @@ describe("forensics history", () => {
 describe("bad CLI values: a clear error and exit 2", () => {
   const cases: [string, string[], RegExp][] = [
     ["no file", ["forensics", "scan"], /missing FILE/],
-    ["a file that does not exist", ["forensics", "scan", "/nonexistent/x.img"], /cannot open \/nonexistent\/x.img/],
-    ["a directory", ["forensics", "scan", "/tmp"], /neither a regular file nor a block device/],
-    ["a peer that does not exist", ["forensics", "scan", "__A__", "--peer", "/nonexistent/y.img"], /cannot open \/nonexistent\/y.img/],
+    ["a file that does not exist", ["forensics", "scan", "/nonexistent/x.img"], /\/nonexistent\/x.img does not exist: give a drive file or a block device/],
+    ["a directory", ["forensics", "scan", "/tmp"], /\/tmp is a directory: give a drive file or a block device/],
+    ["a peer that does not exist", ["forensics", "scan", "__A__", "--peer", "/nonexistent/y.img"], /\/nonexistent\/y.img does not exist/],
     ["an invalid volume uuid", ["forensics", "scan", "__A__", "--volume", "vol-1"], /invalid --volume 'vol-1'/],
     ["a zero limit", ["forensics", "scan", "__A__", "--limit", "0"], /--limit must be a positive integer/],
     ["an unknown flag", ["forensics", "scan", "__A__", "--fast"], /unknown option '--fast'/],

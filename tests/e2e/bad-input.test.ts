@@ -10,12 +10,15 @@ import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { encodeFrame, emptyHeader, Op } from "../../src/engine/wire/header.ts";
 import { Cluster, socketOf } from "../support/cluster.ts";
 import { NVMESH, ok, requireTool, run } from "../support/proc.ts";
-import { managementToken, parseClusterKey } from "../../src/engine/wire/cluster-key.ts";
+import { parseKeyFile } from "../../src/engine/wire/cluster-key.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
+import { formatAuthorization, requestSignature } from "../../src/toma/api-auth.ts";
 
-/** The management API's Authorization header for this cluster's key. */
-function authHeader(): Record<string, string> {
-  return { authorization: `Bearer ${managementToken(c.key!)}` };
+/** A management request signed with `key` (this cluster's server key by default), as sent. */
+async function signedFetch(method: string, path: string, body: string, key = c.key!.key, signer = "server"): Promise<Response> {
+  const nonce = ((await (await fetch(`http://${c.toma_addr}/v1/nonce`)).json()) as { nonce: string }).nonce;
+  const authorization = formatAuthorization(signer, nonce, requestSignature(key, signer, nonce, method, path, body));
+  return await fetch(`http://${c.toma_addr}${path}`, { method, body, headers: { "content-type": "application/json", authorization } });
 }
 
 let c: Cluster;
@@ -77,7 +80,7 @@ describe("bad input changes nothing and kills no daemon", () => {
   test("random bytes and malformed requests on the TOMA's management port", async () => {
     await blast(hostPort(c.toma_addr), randomBytes(2048));
     for (const body of ["{", "[]", '{"name":"x"}', '{"name":"../x","capacity_bytes":512,"raid_level":"0"}', '{"name":"y","capacity_bytes":-1,"raid_level":"0"}']) {
-      const r = await fetch(`http://${c.toma_addr}/v1/volumes`, { method: "POST", body, headers: { "content-type": "application/json", ...authHeader() } });
+      const r = await signedFetch("POST", "/v1/volumes", body);
       expect(r.status).toBe(400);
       expect(((await r.json()) as { error: string }).error.length).toBeGreaterThan(0);
     }
@@ -87,12 +90,15 @@ describe("bad input changes nothing and kills no daemon", () => {
 
   test("a stranger without the cluster key: the TOMA answers 401 and the targets refuse it, saying why", async () => {
     const body = JSON.stringify({ name: "intruder", capacity_bytes: 1 << 20, raid_level: "0" });
-    const tries: Record<string, string>[] = [{}, { authorization: `Bearer ${managementToken(new Uint8Array(32))}` }, { authorization: "Basic x" }];
+    const tries: Record<string, string>[] = [{}, { authorization: "Basic x" }, { authorization: `nvmesh-v1 server ${"0".repeat(32)} ${"0".repeat(64)}` }];
     for (const headers of tries) {
       const r = await fetch(`http://${c.toma_addr}/v1/volumes`, { method: "POST", body, headers: { "content-type": "application/json", ...headers } });
       expect(r.status).toBe(401);
       expect(((await r.json()) as { error: string }).error).toMatch(/requires the cluster key/);
     }
+    const signedByAnother = await signedFetch("POST", "/v1/volumes", body, new Uint8Array(32));
+    expect(signedByAnother.status).toBe(401);
+    expect(((await signedByAnother.json()) as { error: string }).error).toMatch(/not this cluster's/);
     // The admin CLI without a key, and with another cluster's key.
     const none = await run([NVMESH, "volume", "create", "--name", "intruder", "--capacity", "1M"], { env: { NVMESH_MANAGEMENT: c.toma_addr, NVMESH_KEY_FILE: "" } });
     expect(none.code).not.toBe(0);
@@ -106,7 +112,7 @@ describe("bad input changes nothing and kills no daemon", () => {
     for (const a of c.target_addrs) {
       const env = realEnv("test", { debug() {}, info() {}, warn() {}, error() {} });
       await expect(openSession(env, a, { version: 1, role: "toma", name: "intruder" })).rejects.toThrow(/requires the cluster key/);
-      await expect(openSession(env, a, { version: 1, role: "toma", name: "intruder" }, { cluster_key: parseClusterKey(readFileSync(other, "utf8")) })).rejects.toThrow(/different cluster key/);
+      await expect(openSession(env, a, { version: 1, role: "toma", name: "intruder" }, { cluster_key: parseKeyFile(readFileSync(other, "utf8")) })).rejects.toThrow(/different cluster key/);
     }
     expect((await c.cliJson<unknown[]>("volume", "show")).length).toBe(1);
   });
@@ -151,7 +157,7 @@ describe("bad input changes nothing and kills no daemon", () => {
   });
 
   const cliCases: [string, string[], RegExp][] = [
-    ["capacity with an unknown suffix", ["volume", "create", "--name", "a", "--capacity", "3Q"], /invalid capacity/],
+    ["capacity with an unknown suffix", ["volume", "create", "--name", "a", "--capacity", "3Q"], /invalid --capacity/],
     ["capacity not a multiple of 512", ["volume", "create", "--name", "a", "--capacity", "1000"], /multiple of 512/],
     ["unsupported raid level", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "5"], /raid-level/],
     ["stripe width above the drive count", ["volume", "create", "--name", "a", "--capacity", "1M", "--raid-level", "0", "--stripe-width", "9"], /stripe|drive/i],
@@ -166,9 +172,9 @@ describe("bad input changes nothing and kills no daemon", () => {
     ["bad output format", ["cluster", "status", "-o", "yaml"], /output format/],
     ["bad management address", ["cluster", "status", "-m", "nohostport"], /management address/],
     ["kernel nbd where there is none", ["client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0"], /cannot bind \/dev\/nbd0: this kernel has no nbd driver/],
-    ["format a drive already in a cluster", ["drive", "format", "__DRIVE__"], /already|cluster/],
+    ["format a drive a target serves", ["drive", "format", "__DRIVE__"], /in use by another process.*stop that process first/],
     ["a hosted target's options without --drive", ["client", "serve", "--target-listen", "127.0.0.1:1"], /go with --drive/],
-    ["a hosted target on a file that is no drive", ["client", "serve", "--drive", "__NOTADRIVE__", "--target-listen", "127.0.0.1:0"], /no usable drive/],
+    ["a hosted target on a file that is no drive", ["client", "serve", "--drive", "__NOTADRIVE__", "--target-listen", "127.0.0.1:0", "--run-dir", "__RUNDIR__"], /not an nvmesh drive yet; format it with 'nvmesh drive format .*'[\s\S]*nothing to serve/],
   ];
   test("CLI: kernel nbd where there is none, without a client daemon → the same clear message", async () => {
     const r = await c.cliRaw("client", "attach", "--volume", "v", "--nbd-device", "/dev/nbd0", "--run-dir", `${c.dir}/no-daemon`);
@@ -179,7 +185,7 @@ describe("bad input changes nothing and kills no daemon", () => {
     test(`CLI: ${name} → non-zero exit and a clear message`, async () => {
       const notADrive = `${c.dir}/not-a-drive.img`;
       writeFileSync(notADrive, new Uint8Array(1 << 20));
-      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a === "__NOTADRIVE__" ? notADrive : a));
+      const real = args.map((a) => (a === "__DRIVE__" ? c.drives[0]![0]! : a === "__NOTADRIVE__" ? notADrive : a === "__RUNDIR__" ? `${c.dir}/run-hosted` : a));
       const r = await c.cliRaw(...real);
       expect(r.code).not.toBe(0);
       expect(r.stdout + r.stderr).toMatch(re);

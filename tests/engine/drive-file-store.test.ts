@@ -55,7 +55,7 @@ for (const [name, io_path, open] of KINDS) describe(name, () => {
     const a = await open(p, { create_size_bytes: 1 << 20 });
     const e = await open(p).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(DriveIoError);
-    expect(String((e as Error).message)).toContain("already in use");
+    expect(String((e as Error).message)).toContain("is in use by another process");
     await a.close();
     const b = await open(p);
     expect(b.size_bytes).toBe(1 << 20);

@@ -5,7 +5,8 @@
  */
 import type { Env } from "../../src/engine/env.ts";
 import type { Conn } from "../../src/engine/net/conn.ts";
-import { encodeBody, ErrorBody, decodeBody, isInvalid } from "../../src/engine/wire/control.ts";
+import { type ClusterKey, requesterProof } from "../../src/engine/wire/cluster-key.ts";
+import { encodeBody, ErrorBody, TargetInfo, decodeBody, isInvalid } from "../../src/engine/wire/control.ts";
 import { FrameDecoder, type Header, Op, Status, emptyHeader, encodeFrame } from "../../src/engine/wire/header.ts";
 
 export interface RawAnswer {
@@ -21,7 +22,12 @@ export interface RawPeer {
   close(): void;
 }
 
-export async function rawPeer(env: Env, address: string, role: "client" | "toma" | "admin", name = "raw"): Promise<RawPeer> {
+/**
+ * HELLO as `role` and `name`. With `key`: the HELLO names its kind and carries a fresh nonce, and
+ * AUTH proves it, built here frame by frame as an attacker holding that key would (the target's
+ * own proof is not checked: an attacker does not care).
+ */
+export async function rawPeer(env: Env, address: string, role: "client" | "toma" | "admin", name = "raw", key: ClusterKey | null = null): Promise<RawPeer> {
   const conn: Conn = await env.net.connect(address);
   const waiting = new Map<number, (a: RawAnswer) => void>();
   let closed = false;
@@ -56,7 +62,14 @@ export async function rawPeer(env: Env, address: string, role: "client" | "toma"
       conn.close();
     },
   };
-  const hello = await peer.request({ opcode: Op.HELLO }, encodeBody({ version: 1, role, name }));
-  if (hello.h.status !== Status.OK) throw new Error(`HELLO answered ${Status[hello.h.status]}`);
+  const nonce = new Uint8Array(16);
+  env.random.fill(nonce);
+  const hello = await peer.request({ opcode: Op.HELLO }, encodeBody(key === null ? { version: 1, role, name } : { version: 1, role, name, nonce, key: key.kind }));
+  if (hello.h.status !== Status.OK) throw new Error(`HELLO answered ${Status[hello.h.status]}: ${hello.error}`);
+  if (key === null) return peer;
+  const info = decodeBody(TargetInfo, hello.body);
+  if (isInvalid(info) || !info.auth) throw new Error("the target asked for no AUTH");
+  const auth = await peer.request({ opcode: Op.AUTH }, encodeBody({ proof: requesterProof(key, info.auth.challenge, nonce, role, name) }));
+  if (auth.h.status !== Status.OK) throw new Error(`AUTH answered ${Status[auth.h.status]}: ${auth.error}`);
   return peer;
 }

@@ -45,6 +45,8 @@ async function rawConn(address: string) {
 }
 
 const HELLO = encodeFrame({ ...emptyHeader(), opcode: Op.HELLO, request_id: 1 }, encodeBody({ version: 1, role: "client", name: "raw" }));
+/** An administrator's: the drives' metadata and CLAIM are refused to a client before their bodies are read. */
+const ADMIN_HELLO = encodeFrame({ ...emptyHeader(), opcode: Op.HELLO, request_id: 1 }, encodeBody({ version: 1, role: "admin", name: "raw" }));
 
 /** Writes known data, lets `attack` run, then checks a fresh session still reads it back. */
 async function survives(attack: () => Promise<void>): Promise<void> {
@@ -161,7 +163,7 @@ describe("target under bad input", () => {
   test("requests with wrong payloads are INVALID without closing the connection", async () => {
     await survives(async () => {
       const r = await rawConn(h!.address);
-      r.conn.send(HELLO);
+      r.conn.send(ADMIN_HELLO);
       const u = uuidBytes(h!.drives[0]!);
       r.conn.send(encodeFrame({ ...emptyHeader(), opcode: Op.FLUSH, request_id: 2, drive_uuid: u }, new Uint8Array(8)));
       r.conn.send(encodeFrame({ ...emptyHeader(), opcode: Op.CLAIM, request_id: 3, drive_uuid: u }, new Uint8Array([0xff, 0xff])));

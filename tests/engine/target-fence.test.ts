@@ -65,9 +65,9 @@ describe("fencing enforced", () => {
     const c = await client("c7", 7, 3);
     const refused = await everyDataOp(c, u);
     for (const r of refused) expect(r).toBe(`REFUSED: client 7 is not registered on drive ${d.info.drive_uuid}`);
-    // Not data-path: still answered.
+    // Not data-path: the drive list is still answered; the metadata is no client's business.
     expect((await c.listDrives()).length).toBe(1);
-    expect((await c.metaRead(u)).generation).toBe(0);
+    expect(await outcome(c.metaRead(u))).toMatch(/^REFUSED: META_READ is accepted from a TOMA or admin connection only/);
 
     const toma = await h.toma();
     await toma.fence(u, { replace: false, set: [{ client_id: 7, min_generation: 3 }], remove: [] });

@@ -14,6 +14,7 @@ import { TargetService } from "../../src/engine/target/service.ts";
 import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
+import type { ClusterKey } from "../../src/engine/wire/cluster-key.ts";
 import type { Status } from "../../src/engine/wire/header.ts";
 import { expect } from "bun:test";
 
@@ -70,6 +71,8 @@ export interface TargetHarness {
   session(opts?: SessionOptions): Promise<Session>;
   /** A role "toma" session (one, opened on first use): FENCE, LOCK_LIST, stale unlocks. */
   toma(): Promise<Session>;
+  /** A new role "admin" session: the drives' metadata and CLAIM, which a client may not touch. */
+  admin(): Promise<Session>;
   stop(): void;
 }
 
@@ -82,9 +85,10 @@ export async function startTarget(
   const service = new TargetService(env, { name: "t1", drives, ...opts });
   const listener = await env.net.listen("127.0.0.1:0", (c) => service.handle(c));
   const sessions: Session[] = [];
+  const serverKey: ClusterKey | null = opts.cluster_key ? { kind: "server", key: opts.cluster_key } : null;
   let tomaSession: Promise<Session> | null = null;
   const toma = () => {
-    tomaSession ??= openSession(env, listener.address, { version: 1, role: "toma", name: "test-toma" }, { cluster_key: opts.cluster_key ?? null }).then((s) => {
+    tomaSession ??= openSession(env, listener.address, { version: 1, role: "toma", name: "test-toma" }, { cluster_key: serverKey }).then((s) => {
       sessions.push(s);
       return s;
     });
@@ -103,11 +107,16 @@ export async function startTarget(
         const reg = { client_id: sopts?.client_id ?? 0, min_generation: sopts?.generation ?? 0 };
         for (const d of drives) await t.fence(uuidBytes(d), { replace: false, set: [reg], remove: [] });
       }
-      const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, { cluster_key: opts.cluster_key ?? null, ...sopts });
+      const s = await openSession(env, listener.address, { version: 1, role: "client", name: `test-${sessions.length}` }, { cluster_key: serverKey, ...sopts });
       sessions.push(s);
       return s;
     },
     toma,
+    async admin() {
+      const s = await openSession(env, listener.address, { version: 1, role: "admin", name: `test-admin-${sessions.length}` }, { cluster_key: serverKey });
+      sessions.push(s);
+      return s;
+    },
     stop() {
       for (const s of sessions) s.close();
       service.closeAll();

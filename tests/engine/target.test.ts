@@ -31,7 +31,7 @@ describe("target service over loopback", () => {
       const s = await h.session();
       const u = uuidBytes(d);
       await s.write(u, 1024 * 1024 - 512, pattern(11, 8192), true);
-      await s.metaWrite(u, 1, new Uint8Array([5, 5]));
+      await (await h.admin()).metaWrite(u, 1, new Uint8Array([5, 5]));
       await s.flush(u);
       h.stop();
       h = null;
@@ -183,15 +183,16 @@ describe("target service over loopback", () => {
     expect(await statusOf(s.read(other, 0, new Uint8Array(512)))).toBe(Status.NO_SUCH_DRIVE);
     expect(await statusOf(s.write(other, 0, new Uint8Array(512), false))).toBe(Status.NO_SUCH_DRIVE);
     expect(await statusOf(s.flush(other))).toBe(Status.NO_SUCH_DRIVE);
-    expect(await statusOf(s.metaRead(other))).toBe(Status.NO_SUCH_DRIVE);
-    expect(await statusOf(s.claim(other, randomUuidString()))).toBe(Status.NO_SUCH_DRIVE);
+    const admin = await h.admin();
+    expect(await statusOf(admin.metaRead(other))).toBe(Status.NO_SUCH_DRIVE);
+    expect(await statusOf(admin.claim(other, randomUuidString()))).toBe(Status.NO_SUCH_DRIVE);
     expect(s.closed).toBe(false);
   });
 
   test("META_READ / META_WRITE: empty first, newer generations win, older or equal are STALE", async () => {
     const d = await memoryDrive();
     h = await startTarget([d]);
-    const s = await h.session();
+    const s = await h.admin();
     const u = uuidBytes(d);
     expect(await s.metaRead(u)).toEqual({ generation: 0, payload: null });
     await s.metaWrite(u, 5, new Uint8Array([1, 2, 3]));
@@ -207,7 +208,7 @@ describe("target service over loopback", () => {
   test("racing META_WRITEs of the same generation from two connections: exactly one wins", async () => {
     const d = await memoryDrive();
     h = await startTarget([d]);
-    const [s1, s2] = [await h.session(), await h.session()];
+    const [s1, s2] = [await h.admin(), await h.admin()];
     const u = uuidBytes(d);
     const r = await Promise.all([
       statusOf(s1.metaWrite(u, 1, new Uint8Array([1]))),
@@ -219,7 +220,7 @@ describe("target service over loopback", () => {
   test("CLAIM: first claim wins, same cluster again is a no-op, another cluster is REFUSED", async () => {
     const d = await memoryDrive();
     h = await startTarget([d]);
-    const s = await h.session();
+    const s = await h.admin();
     const u = uuidBytes(d);
     const c1 = randomUuidString();
     await s.claim(u, c1);

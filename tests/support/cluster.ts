@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
 import type { LockEntry } from "../../src/engine/wire/control.ts";
-import { formatClusterKey, parseClusterKey } from "../../src/engine/wire/cluster-key.ts";
+import { type ClusterKey, clientKeyOf, formatKeyFile, parseKeyFile } from "../../src/engine/wire/cluster-key.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { Daemon, NVMESH, ok, requireBinary, run } from "./proc.ts";
@@ -35,7 +35,11 @@ export interface ClusterOptions {
   drives_per_target?: number;
   drive_size?: string;
   extent_size?: string;
-  /** Run with a cluster key (every daemon and command gets NVMESH_KEY_FILE); default true. */
+  /**
+   * Run with the cluster's keys (default true): the targets, the TOMA and admin commands get the
+   * server key (NVMESH_KEY_FILE), client daemons the client key (clientKeyEnv). False: every
+   * daemon runs --insecure.
+   */
   key?: boolean;
   /**
    * Target t0's drives are served by the client daemon itself (`client serve --drive`), which
@@ -56,23 +60,39 @@ export class Cluster {
   client: Daemon | null = null;
   extraClients: ExtraClient[] = [];
 
-  /** NVMESH_KEY_FILE for every daemon and command of the cluster (empty without a key). */
+  /** NVMESH_KEY_FILE of the server key: targets, the TOMA, admin commands (empty without keys). */
   readonly keyEnv: Record<string, string> = {};
+  /** NVMESH_KEY_FILE of the client key: client daemons (empty without keys). */
+  readonly clientKeyEnv: Record<string, string> = {};
+  /** What each daemon is started with: the flag that runs it without a key, when there is none. */
+  readonly insecure: string[] = [];
 
   constructor(readonly opts: ClusterOptions = {}) {
     requireBinary();
     this.dir = mkdtempSync(`${tmpdir()}/nvmesh-test-`);
     if (opts.key ?? true) {
+      const server = new Uint8Array(randomBytes(32));
       const path = `${this.dir}/cluster.key`;
-      writeFileSync(path, formatClusterKey(new Uint8Array(randomBytes(32))), { mode: 0o600 });
+      writeFileSync(path, formatKeyFile({ kind: "server", key: server }), { mode: 0o600 });
       this.keyEnv.NVMESH_KEY_FILE = path;
+      const client = `${this.dir}/client.key`;
+      writeFileSync(client, formatKeyFile({ kind: "client", key: clientKeyOf(server) }), { mode: 0o600 });
+      this.clientKeyEnv.NVMESH_KEY_FILE = client;
+    } else {
+      this.insecure.push("--insecure");
     }
   }
 
-  /** The cluster key, for sessions a test opens itself. */
-  get key(): Uint8Array | null {
+  /** The server key, for sessions and requests a test makes itself. */
+  get key(): ClusterKey | null {
     const path = this.keyEnv.NVMESH_KEY_FILE;
-    return path === undefined ? null : parseClusterKey(readFileSync(path, "utf8"));
+    return path === undefined ? null : parseKeyFile(readFileSync(path, "utf8"));
+  }
+
+  /** The client key a client host holds. */
+  get clientKey(): ClusterKey | null {
+    const path = this.clientKeyEnv.NVMESH_KEY_FILE;
+    return path === undefined ? null : parseKeyFile(readFileSync(path, "utf8"));
   }
 
   get runDir(): string {
@@ -219,7 +239,7 @@ export class Cluster {
   }
 
   async startTarget(t: number, listen = this.target_addrs[t] ?? "127.0.0.1:0"): Promise<string> {
-    const args = [...this.nvmesh(`t${t}`), "target", "serve", "--listen", listen, "--name", `t${t}`];
+    const args = [...this.nvmesh(`t${t}`), "target", "serve", "--listen", listen, "--name", `t${t}`, ...this.insecure];
     for (const p of this.drives[t]!) args.push("--drive", p);
     const d = new Daemon(`target t${t}`, args, this.keyEnv);
     const m = await d.waitFor(/target ready on (\S+)/);
@@ -230,7 +250,7 @@ export class Cluster {
 
   /** Starts the TOMA; with `ready` false, returns once its API listens (before it found the cluster). */
   async startToma(listen = this.toma_addr || "127.0.0.1:0", ready = true): Promise<void> {
-    const args = [...this.nvmesh("toma"), "toma", "run", "--listen", listen];
+    const args = [...this.nvmesh("toma"), "toma", "run", "--listen", listen, ...this.insecure];
     for (const a of this.target_addrs) args.push("--target", a);
     this.toma = new Daemon("toma", args, this.keyEnv);
     const m = await this.toma.waitFor(ready ? /toma ready on (\S+)/ : /management API on (\S+?);/, 30_000);
@@ -242,7 +262,9 @@ export class Cluster {
 
   async startClient(...extra: string[]): Promise<void> {
     this.clientArgs = extra;
-    this.client = new Daemon("client", [...this.nvmesh("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...extra], this.keyEnv);
+    // A client host holds the client key; a converged one (--drive) also serves drives: the server key.
+    const keys = extra.includes("--drive") ? this.keyEnv : this.clientKeyEnv;
+    this.client = new Daemon("client", [...this.nvmesh("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...this.insecure, ...extra], keys);
     await this.client.waitFor(/client ready/);
   }
 
@@ -252,7 +274,7 @@ export class Cluster {
    */
   async startExtraClient(name: string, env: Record<string, string> = {}): Promise<ExtraClient> {
     const runDir = `${this.dir}/run-${name}`;
-    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name], { ...this.keyEnv, ...env });
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name, ...this.insecure], { ...this.clientKeyEnv, ...env });
     await daemon.waitFor(/client ready/);
     const c = { name, runDir, daemon };
     this.extraClients.push(c);

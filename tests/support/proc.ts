@@ -21,6 +21,7 @@ const PACKAGES: Record<string, string> = {
   debugfs: "e2fsprogs",
   losetup: "util-linux",
   fusermount3: "fuse3",
+  setpriv: "util-linux",
 };
 
 export function requireTool(tool: string): string {
@@ -45,13 +46,14 @@ export interface RunResult {
 /** Runs a command to completion (bounded by timeout_ms) and returns its output. */
 export async function run(
   cmd: string[],
-  opts: { timeout_ms?: number; env?: Record<string, string>; stdin?: Uint8Array } = {},
+  opts: { timeout_ms?: number; env?: Record<string, string>; stdin?: Uint8Array; cwd?: string; base_env?: Record<string, string | undefined> } = {},
 ): Promise<RunResult> {
   const p = Bun.spawn(cmd, {
     stdout: "pipe",
     stderr: "pipe",
     stdin: opts.stdin ?? "ignore",
-    env: { ...process.env, NO_COLOR: "1", ...opts.env },
+    cwd: opts.cwd,
+    env: { ...(opts.base_env ?? process.env), NO_COLOR: "1", ...opts.env },
   });
   const timer = setTimeout(() => p.kill("SIGKILL"), opts.timeout_ms ?? 60_000);
   const [stdout, stderr, code] = await Promise.all([

@@ -38,7 +38,7 @@ describe("allocator refusals", () => {
     ["capacity not multiple of 512", state, { name: "a", capacity_bytes: 1000, raid_level: "concatenated" }, "invalid", /multiple of 512/],
     ["too large", state, { name: "a", capacity_bytes: 31 * MiB, raid_level: "concatenated" }, "no_space", /not enough free space/],
     ["raid0 too large per column", state, { name: "a", capacity_bytes: 33 * MiB, raid_level: "0", stripe_width: 3 }, "no_space", /not enough free space/],
-    ["stripe_width > drives", state, { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 4 }, "no_space", /exceeds the 3 usable drives/],
+    ["stripe_width > drives", state, { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 4 }, "no_space", /needs 4 drives; the cluster has 3 usable drives/],
     ["stripe size not power of two", state, { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_size_bytes: 12288 }, "invalid", /power of two/],
     ["stripe size below 4 KiB", state, { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_size_bytes: 2048 }, "invalid", /power of two/],
     ["stripe_width 0", state, { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 0 }, "invalid", /positive integer/],
@@ -158,5 +158,154 @@ describe("debug-format volumes", () => {
     const a = allocate(state, { name: "d", capacity_bytes: 8 * MiB, raid_level: "concatenated", debug_format: true }, topo);
     expect(a.ok).toBe(false);
     if (!a.ok) expect(a.error).toMatch(/debug format/);
+  });
+});
+
+/** "at most 2560K fits" → bytes */
+function atMost(error: string): number {
+  const m = /at most (\d+)([KMGT]?) fits/.exec(error);
+  if (!m) throw new Error(`no "at most" in: ${error}`);
+  return Number(m[1]) * { "": 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[m[2]!]!;
+}
+
+function refusal(state: ClusterState, topo: Topology, req: Omit<VolumeRequest, "name">) {
+  const r = allocate(state, { name: "x", ...req }, topo);
+  if (r.ok) throw new Error(`allocated ${JSON.stringify(req)}`);
+  return r;
+}
+
+describe("allocator: why a volume does not fit", () => {
+  test("a mirror larger than the free space says so, with the free space and the most this layout can have", () => {
+    // The report that started this: 99T on a small pool used to blame the servers.
+    const { state, topo } = cluster([10, 10, 10]);
+    const r = refusal(state, topo, { capacity_bytes: 99 * 2 ** 40, raid_level: "1" });
+    expect(r.code).toBe("no_space");
+    expect(r.reason).toBe("space");
+    expect(r.error).toMatch(/^not enough free space for a RAID1 volume of 99T \(2 copies\): at most 10M fits in this layout, 30M is free/);
+    expect(r.error).toMatch(/Ask for less, or add drives \('nvmesh drive show'/);
+    expect(r.error).not.toMatch(/servers/);
+  });
+
+  // Each layout on pools of uneven drives: "at most X" is exact — X is allocated, X + 512 is not.
+  const layouts: [string, Omit<VolumeRequest, "name" | "capacity_bytes">][] = [
+    ["concatenated", { raid_level: "concatenated" }],
+    ["RAID0 of 3", { raid_level: "0", stripe_width: 3, stripe_size_bytes: 65536 }],
+    ["RAID0 of 2, 256K stripes", { raid_level: "0", stripe_width: 2, stripe_size_bytes: 256 * 1024 }],
+    ["RAID1", { raid_level: "1" }],
+    ["RAID1 × 3", { raid_level: "1", mirrors: 3 }],
+    ["RAID10 of 2 sets", { raid_level: "10", stripe_width: 2 }],
+    ["RAID1 debug format", { raid_level: "1", debug_format: true }],
+    ["RAID0 debug format", { raid_level: "0", stripe_width: 2, debug_format: true }],
+  ];
+  const pools: [string, number[], (i: number) => string][] = [
+    ["4 drives on 4 servers", [7, 12, 5, 9], (i) => `t${i}`],
+    ["5 drives on 3 servers", [20, 3, 11, 8, 6], (i) => `t${i % 3}`],
+  ];
+  for (const [pool, extents, targetOf] of pools) {
+    for (const [layout, req] of layouts) {
+      test(`${layout} on ${pool}: "at most X" fits and X + 512 does not`, () => {
+        const { state, topo } = cluster(extents, targetOf);
+        const r = refusal(state, topo, { capacity_bytes: 2 ** 40, ...req });
+        expect(r.reason).toBe("space");
+        const most = atMost(r.error);
+        expect(most).toBeGreaterThan(0);
+        expect(allocate(state, { name: "x", capacity_bytes: most, ...req }, topo).ok).toBe(true);
+        const over = allocate(state, { name: "x", capacity_bytes: most + 512, ...req }, topo);
+        expect(over.ok).toBe(false);
+        if (!over.ok) expect(over.reason).toBe("space");
+      });
+    }
+  }
+
+  test("full drives: nothing fits, and the free space elsewhere is still said", () => {
+    const { state, topo } = cluster([0, 0, 4]);
+    const r = refusal(state, topo, { capacity_bytes: MiB, raid_level: "1" });
+    expect(r.reason).toBe("space");
+    expect(r.error).toMatch(/nothing fits in this layout, 4M is free on the usable drives/);
+  });
+
+  test("a mirror on one server: needs drives on 2 servers, says how many there are and offers --allow-same-server", () => {
+    const { state, topo } = cluster([10, 10], () => "A");
+    const r = refusal(state, topo, { capacity_bytes: MiB, raid_level: "1" });
+    expect(r.reason).toBe("drives");
+    expect(r.error).toBe(
+      "a RAID1 volume of 1M (2 copies) needs 2 drives on different servers; the cluster has 2 usable drives on 1 server. Use copies on one server (--allow-same-server), or add drives",
+    );
+  });
+
+  test("3 copies on 2 drives: only fewer copies would fit, so --allow-same-server is not offered", () => {
+    const { state, topo } = cluster([10, 10]);
+    const r = refusal(state, topo, { capacity_bytes: MiB, raid_level: "1", mirrors: 3 });
+    expect(r.reason).toBe("drives");
+    expect(r.error).toMatch(/needs 3 drives on different servers; the cluster has 2 usable drives on 2 servers\. Use 2 copies \(--number-of-mirrors 2\), or add drives$/);
+  });
+
+  test("RAID10 wider than the cluster: the widest that fits is offered", () => {
+    const { state, topo } = cluster([10, 10, 10, 10, 10]);
+    const r = refusal(state, topo, { capacity_bytes: MiB, raid_level: "10", stripe_width: 4 });
+    expect(r.reason).toBe("drives");
+    expect(r.error).toMatch(/needs 8 drives, each set's 2 copies on different servers; the cluster has 5 usable drives on 5 servers\. Use --stripe-width 2 or less, or add drives$/);
+  });
+
+  test("RAID0 wider than the cluster", () => {
+    const { state, topo } = cluster([10, 10, 10]);
+    const r = refusal(state, topo, { capacity_bytes: MiB, raid_level: "0", stripe_width: 5 });
+    expect(r.reason).toBe("drives");
+    expect(r.error).toMatch(/striped over 5 drives needs 5 drives; the cluster has 3 usable drives on 3 servers\. Use --stripe-width 3 or less, or add drives$/);
+  });
+
+  test("unreachable drives are counted apart", () => {
+    const { state, topo } = cluster([10, 10, 10]);
+    const two: Topology = { ...topo, usable: new Set([uuid(1), uuid(2)]) };
+    const r = refusal(state, two, { capacity_bytes: MiB, raid_level: "1", mirrors: 3 });
+    expect(r.reason).toBe("drives");
+    expect(r.error).toMatch(/2 usable drives on 2 servers \(and 1 unreachable drive\)/);
+  });
+
+  describe("drives of mixed geometry", () => {
+    /** Drives 1, 2: 1 MiB extents; drive 3: 4 MiB extents. */
+    function mixed(): { state: ClusterState; topo: Topology } {
+      const { state, topo } = cluster([10, 10]);
+      const r = apply(state, { kind: "add_drive", drive: { drive_uuid: uuid(3), extent_size_bytes: 4 * MiB, extent_count: 10 } });
+      if (!r.ok) throw new Error(r.error);
+      return { state: r.state, topo: { usable: new Set([...topo.usable, uuid(3)]), target_of: new Map([...topo.target_of, [uuid(3), "t3"]]) } };
+    }
+
+    test("a RAID0 over drives of two extent sizes: named, with the width that fits", () => {
+      const { state, topo } = mixed();
+      const r = refusal(state, topo, { capacity_bytes: MiB, raid_level: "0", stripe_width: 3 });
+      expect(r.reason).toBe("geometry");
+      expect(r.error).toMatch(/needs 3 drives, all of one extent size; the cluster has 3 usable drives on 3 servers: 2 drives of 1M extents and 1 of 4M extents\. Use --stripe-width 2 or less, or drives formatted with one --extent-size$/);
+    });
+
+    test("a concatenated volume that fits the free space only across extent sizes", () => {
+      const { state, topo } = mixed();
+      const r = refusal(state, topo, { capacity_bytes: 50 * MiB, raid_level: "concatenated" });
+      expect(r.reason).toBe("geometry");
+      expect(r.error).toMatch(/free space is split between 2 drives of 1M extents and 1 of 4M extents: at most 40M fits on one kind/);
+      expect(allocate(state, { name: "x", capacity_bytes: 40 * MiB, raid_level: "concatenated" }, topo).ok).toBe(true);
+    });
+
+    test("larger than all the free space together: a plain shortage", () => {
+      const { state, topo } = mixed();
+      const r = refusal(state, topo, { capacity_bytes: 61 * MiB, raid_level: "concatenated" });
+      expect(r.reason).toBe("space");
+      expect(r.error).toMatch(/at most 40M fits in this layout, 60M is free/);
+    });
+  });
+
+  test("no drive at all, and no drive reachable", () => {
+    const empty = cluster([]);
+    expect(refusal(empty.state, empty.topo, { capacity_bytes: MiB, raid_level: "1" }).error).toMatch(/the cluster has no drives yet: serve formatted drives with 'nvmesh target serve'/);
+    const { state, topo } = cluster([10, 10]);
+    const none = refusal(state, { ...topo, usable: new Set() }, { capacity_bytes: MiB, raid_level: "concatenated" });
+    expect(none.code).toBe("no_space");
+    expect(none.error).toMatch(/none of the cluster's 2 drives is reachable \('nvmesh drive show' says why\)/);
+  });
+
+  test("invalid parameters are refused as invalid before the pool is looked at", () => {
+    const { state } = cluster([10]);
+    const r = refusal(state, { usable: new Set(), target_of: new Map() }, { capacity_bytes: MiB, raid_level: "1", mirrors: 4 });
+    expect(r.code).toBe("invalid");
   });
 });

@@ -3,17 +3,24 @@
  * glue and the typed client carry statuses and messages through unchanged.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import { type ClusterKey, clientKeyOf } from "../../src/engine/wire/cluster-key.ts";
 import { TomaApiError, tomaClient } from "../../src/toma/api-client.ts";
-import type { ApiHandler } from "../../src/toma/api.ts";
+import { managementApi } from "../../src/toma/api.ts";
+import { formatAuthorization, requestSignature } from "../../src/toma/api-auth.ts";
 import { serveTomaApi, type TomaHttpServer } from "../../src/toma/runtime/http-server.ts";
 import type { Toma } from "../../src/toma/toma.ts";
-import { MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
+import { MiB, startTargets, startToma, testEnv, type TestApi, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
 let targets: TestTarget[];
 let toma: Toma;
-let api: ApiHandler;
+let api: TestApi;
 let http: TomaHttpServer;
+/** The HTTP API is served with a key: requests over it are signed (api-auth.ts). */
+const SERVER_KEY = new Uint8Array(randomBytes(32));
+const ADMIN = { key: { kind: "server", key: SERVER_KEY } satisfies ClusterKey };
+const CLIENT_HOST = { key: { kind: "client", key: clientKeyOf(SERVER_KEY) } satisfies ClusterKey };
 
 beforeAll(async () => {
   targets = await startTargets(env, [1, 1]);
@@ -21,7 +28,7 @@ beforeAll(async () => {
   await toma.whenReady(5000);
   await until("2 member drives", () => toma.state?.drives.length === 2);
   expect((await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" })).status).toBe(201);
-  http = serveTomaApi(api);
+  http = serveTomaApi(managementApi(env, toma, SERVER_KEY));
 });
 
 afterAll(async () => {
@@ -46,7 +53,7 @@ describe("bad input is refused and changes nothing", () => {
     ["debug_format not a boolean", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", debug_format: "yes" }, 400, /debug_format must be true or false/],
     ["name taken", "POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }, 409, /already exists/],
     ["too large", "POST", "/v1/volumes", { name: "a", capacity_bytes: 1024 * MiB, raid_level: "concatenated" }, 507, /not enough free space/],
-    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /exceeds the 2 usable drives/],
+    ["width beyond drives", "POST", "/v1/volumes", { name: "a", capacity_bytes: MiB, raid_level: "0", stripe_width: 3 }, 507, /needs 3 drives; the cluster has 2 usable drives/],
     ["unknown volume", "GET", "/v1/volumes/nope", undefined, 404, /no volume named 'nope'/],
     ["delete unknown volume", "DELETE", "/v1/volumes/nope", undefined, 404, /no volume named/],
     ["attach unknown volume", "GET", "/v1/volumes/nope/attach", undefined, 404, /no volume named/],
@@ -68,7 +75,7 @@ describe("bad input is refused and changes nothing", () => {
 
 describe("over HTTP with the typed client", () => {
   test("create, list, attach and delete", async () => {
-    const c = tomaClient(http.url);
+    const c = tomaClient(http.url, ADMIN);
     const v = await c.createVolume({ name: "web", capacity_bytes: 2 * MiB, raid_level: "0", stripe_width: 2 });
     expect(v.columns.length).toBe(2);
     expect((await c.volumes()).map((x) => x.name).sort()).toEqual(["existing", "web"]);
@@ -87,7 +94,7 @@ describe("over HTTP with the typed client", () => {
   });
 
   test("a debug-format volume shows its flag, takes 4 × its capacity, and its layout says so", async () => {
-    const c = tomaClient(http.url);
+    const c = tomaClient(http.url, ADMIN);
     const before = (await c.cluster()).capacity.used_bytes;
     const v = await c.createVolume({ name: "dbg", capacity_bytes: MiB / 2, raid_level: "concatenated", debug_format: true });
     expect(v.debug_format).toBe(true);
@@ -99,15 +106,17 @@ describe("over HTTP with the typed client", () => {
   });
 
   test("errors carry the server's status and message", async () => {
-    const c = tomaClient(http.url.replace("http://", ""));
+    const c = tomaClient(http.url.replace("http://", ""), ADMIN);
     const e = await c.createVolume({ name: "existing", capacity_bytes: MiB, raid_level: "concatenated" }).catch((x) => x);
     expect(e).toBeInstanceOf(TomaApiError);
     expect(e.status).toBe(409);
     expect(e.message).toMatch(/already exists/);
   });
 
-  test("a body that is not JSON is a 400", async () => {
-    const r = await fetch(`${http.url}/v1/volumes`, { method: "POST", body: "{nope" });
+  test("a body that is not JSON is a 400 (once its signature is checked)", async () => {
+    const nonce = ((await (await fetch(`${http.url}/v1/nonce`)).json()) as { nonce: string }).nonce;
+    const authorization = formatAuthorization("server", nonce, requestSignature(SERVER_KEY, "server", nonce, "POST", "/v1/volumes", "{nope"));
+    const r = await fetch(`${http.url}/v1/volumes`, { method: "POST", body: "{nope", headers: { authorization } });
     expect(r.status).toBe(400);
     expect(((await r.json()) as { error: string }).error).toMatch(/not valid JSON/);
   });
@@ -116,7 +125,20 @@ describe("over HTTP with the typed client", () => {
     const e = await tomaClient("http://127.0.0.1:1").cluster().catch((x) => x);
     expect(e).toBeInstanceOf(TomaApiError);
     expect(e.status).toBe(0);
-    expect(e.message).toMatch(/cannot reach the TOMA/);
+    expect(e.message).toBe("cannot reach a TOMA at 127.0.0.1:1: connection refused (nothing listens there)");
+    expect(e.kind).toBe("unreachable");
+  });
+
+  test("an address that answers HTTP but is not a TOMA says so", async () => {
+    const other = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("not here", { status: 404 }) });
+    try {
+      const e = await tomaClient(`127.0.0.1:${other.port}`).cluster().catch((x) => x);
+      expect(e).toBeInstanceOf(TomaApiError);
+      expect(e.kind).toBe("not_toma");
+      expect(e.message).toBe(`127.0.0.1:${other.port} is not a TOMA: it answered HTTP 404 without the management API's JSON`);
+    } finally {
+      other.stop(true);
+    }
   });
 });
 
@@ -157,14 +179,17 @@ describe("client daemons' routes", () => {
     expect((await api("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`, undefined)).status).toBe(410);
   });
 
-  test("over HTTP a watch that knows everything is held until something changes (the query reaches the handler)", async () => {
-    const reg = await api("POST", "/v1/clients", { name: "watcher" });
-    const id = (reg.body as { client_id: number }).client_id;
-    expect((await api("POST", `/v1/clients/${id}/attach/existing`, {})).status).toBe(200);
+  test("over HTTP a watch that knows everything is held until something changes (the query reaches the handler, signed)", async () => {
+    // As a client daemon does it: the client key registers, the secret it is given signs the rest.
+    const c = tomaClient(http.url, CLIENT_HOST);
+    const reg = (await c.call("POST", "/v1/clients", { name: "watcher" })) as { client_id: number; secret: string };
+    const id = reg.client_id;
+    expect(reg.secret).toMatch(/^[0-9a-f]{64}$/);
+    expect(Buffer.from(reg.secret, "hex")).not.toEqual(Buffer.from(toma.mirror.clients.live(id)!.secret)); // sealed
+    await c.call("POST", `/v1/clients/${id}/attach/existing`, {});
     const mc = toma.mirror;
-    await api("POST", `/v1/clients/${id}/ack`, { generation: toma.state!.generation });
+    await c.call("POST", `/v1/clients/${id}/ack`, { generation: toma.state!.generation });
     await until("the watcher counted in the stable generation", () => mc.stable() === toma.state!.generation);
-    const c = tomaClient(http.url);
     // Knowing nothing: answered at once, with what there is to know.
     const fresh = (await c.call("GET", `/v1/clients/${id}/watch?known=-1&stable=-1`)) as { generation: number };
     expect(fresh.generation).toBe(toma.state!.generation);
@@ -179,6 +204,7 @@ describe("client daemons' routes", () => {
     mc.clients.notify();
     await held;
     expect(answered).toBe(true);
-    expect((await api("DELETE", `/v1/clients/${id}`, undefined)).status).toBe(200);
+    await c.call("DELETE", `/v1/clients/${id}`);
+    expect(mc.clients.live(id)).toBeUndefined();
   });
 });

@@ -4,9 +4,8 @@
  * targets over loopback, a TOMA with a short client timeout.
  */
 import { afterEach, expect, test } from "bun:test";
-import { makeApiHandler } from "../../src/toma/api.ts";
 import { Toma } from "../../src/toma/toma.ts";
-import { FAST, MiB, startTargets, testEnv, until } from "./harness.ts";
+import { FAST, MiB, adminApi, startTargets, testEnv, until } from "./harness.ts";
 
 const env = testEnv();
 let cleanup: (() => Promise<void> | void)[] = [];
@@ -21,7 +20,7 @@ test("a silent client whose volume was deleted stops holding the stable generati
   const toma = new Toma(env, { name: "toma-test", targets: targets.map((t) => t.address), timings: FAST, mirror_timings: { client_timeout_ms: 300 } });
   toma.start();
   cleanup.push(() => toma.stop());
-  const api = makeApiHandler(toma);
+  const api = adminApi(toma);
   await toma.whenReady(5000);
   await until("2 member drives", () => (toma.state?.drives.length ?? 0) === 2);
   const call = async (m: string, p: string, b?: unknown) => {

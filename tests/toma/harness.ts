@@ -12,7 +12,8 @@ import type { Listener } from "../../src/engine/net/conn.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
 import { uuidToString } from "../../src/engine/uuid.ts";
-import { type ApiHandler, makeApiHandler } from "../../src/toma/api.ts";
+import { type ApiResponse, makeApiHandler } from "../../src/toma/api.ts";
+import { INSECURE_CALLER } from "../../src/toma/api-auth.ts";
 import { Toma } from "../../src/toma/toma.ts";
 
 export const MiB = 1024 * 1024;
@@ -72,10 +73,19 @@ export async function startTargets(env: Env, drivesPerTarget: number[]): Promise
 
 export const FAST = { poll_ms: 30, sync_ms: 30, request_timeout_ms: 1000, backoff_min_ms: 20, backoff_max_ms: 100 };
 
-export function startToma(env: Env, targets: TestTarget[], opts: { cluster_uuid?: string } = {}): { toma: Toma; api: ApiHandler } {
+/** The routes (api.ts) as a test calls them, as an administrator of a TOMA without a key would. */
+export type TestApi = (method: string, path: string, body?: unknown) => Promise<ApiResponse>;
+
+/** The routes with every right (signatures and who may do what: api-auth.test.ts, api.test.ts). */
+export function adminApi(toma: Toma): TestApi {
+  const routes = makeApiHandler(toma);
+  return (method, path, body) => routes(method, path, body, INSECURE_CALLER);
+}
+
+export function startToma(env: Env, targets: TestTarget[], opts: { cluster_uuid?: string } = {}): { toma: Toma; api: TestApi } {
   const toma = new Toma(env, { name: "toma-test", targets: targets.map((t) => t.address), timings: FAST, ...opts });
   toma.start();
-  return { toma, api: makeApiHandler(toma) };
+  return { toma, api: adminApi(toma) };
 }
 
 /** Polls `cond` every 10 ms until true, or throws with `what` after timeout_ms. */

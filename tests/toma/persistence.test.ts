@@ -7,9 +7,8 @@ import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import type { ClusterJson, DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
 import { decodeState } from "../../src/toma/cluster-state.ts";
-import { makeApiHandler } from "../../src/toma/api.ts";
 import { Toma } from "../../src/toma/toma.ts";
-import { FAST, MiB, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
+import { FAST, MiB, adminApi, startTargets, startToma, testEnv, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
 let cleanup: (() => Promise<void> | void)[] = [];
@@ -228,7 +227,7 @@ test("a write that reaches only a minority is refused (503) and retracted once d
   const t = new Toma(env, { name: "flaky", targets: targets.map((x) => x.address), timings: FAST, connect });
   t.start();
   cleanup.push(() => t.stop());
-  const api = makeApiHandler(t);
+  const api = adminApi(t);
   await settled(t, 3);
   expect((await api("POST", "/v1/volumes", post("keep", MiB))).status).toBe(201);
 

@@ -84,7 +84,7 @@ beforeAll(async () => {
   const share = `${c.dir}/share`;
   mkdirSync(share);
   copyFileSync(NVMESH, `${share}/nvmesh`);
-  copyFileSync(c.keyEnv.NVMESH_KEY_FILE!, `${share}/cluster.key`); // the guest's client proves it too
+  copyFileSync(c.clientKeyEnv.NVMESH_KEY_FILE!, `${share}/client.key`); // a client host holds the client key
   pattern = new Uint8Array(RAW_BYTES);
   for (let i = 0; i < RAW_BYTES; i += 65536) crypto.getRandomValues(pattern.subarray(i, i + 65536));
   writeFileSync(`${share}/pattern.bin`, pattern);
@@ -92,7 +92,7 @@ beforeAll(async () => {
 
   g = await Guest.up(`nvmesh-nbd-${process.pid}`, { mem_mib: 1024, fwd: [...ports, toma_port], share });
   await g.ok(`echo '${GUEST_HOST_IP} ${name}' >> /etc/hosts && getent hosts ${name}`);
-  await g.ok(`mkdir -p /run/nvmesh && { NVMESH_KEY_FILE=/mnt/host/cluster.key setsid ${N} client serve -m ${name}:${toma_port} >/tmp/client.log 2>&1 </dev/null & echo $! >/tmp/client.pid; }`);
+  await g.ok(`mkdir -p /run/nvmesh && { NVMESH_KEY_FILE=/mnt/host/client.key setsid ${N} client serve -m ${name}:${toma_port} >/tmp/client.log 2>&1 </dev/null & echo $! >/tmp/client.pid; }`);
   await g.ok(`for i in $(seq 600); do grep -q 'client ready' /tmp/client.log && exit 0; sleep 0.1; done; cat /tmp/client.log; exit 1`);
 }, 1_200_000);
 

@@ -64,19 +64,19 @@ async function refuseExisting(store: DriveStore, foreignCheck: boolean): Promise
     case "found": {
       const owner = found.sb.cluster_uuid === NIL_UUID ? "unclaimed" : `member of cluster ${found.sb.cluster_uuid}`;
       throw new DriveFormatError(
-        `${store.describe} already holds nvmesh drive ${found.sb.drive_uuid} (${owner}); use force to reformat it and lose its data`,
+        `${store.describe} already holds nvmesh drive ${found.sb.drive_uuid} (${owner}); --force reformats it, and its data is lost`,
       );
     }
     case "damaged":
-      throw new DriveFormatError(`${store.describe} holds a damaged nvmesh drive: ${found.reason}; use force to reformat it`);
+      throw new DriveFormatError(`${store.describe} holds a damaged nvmesh drive: ${found.reason}; --force reformats it`);
     case "not-nvmesh":
       if (found.backup) {
         throw new DriveFormatError(
-          `${store.describe} ends with the backup superblock of nvmesh drive ${found.backup.drive_uuid}; use force to reformat it`,
+          `${store.describe} ends with the backup superblock of nvmesh drive ${found.backup.drive_uuid}; --force reformats it`,
         );
       }
       if (foreignCheck && found.foreign) {
-        throw new DriveFormatError(`${store.describe} looks like it holds a ${found.foreign}; use force to overwrite it`);
+        throw new DriveFormatError(`${store.describe} looks like it holds a ${found.foreign}; --force overwrites it`);
       }
   }
 }

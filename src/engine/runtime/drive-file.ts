@@ -78,7 +78,7 @@ async function lockExclusive(fd: number, path: string, wait_ms: number): Promise
     const err = c.flock(fd, LOCK_EX | LOCK_NB);
     if (err === 0) return;
     if (err !== EWOULDBLOCK) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
-    if (waited >= wait_ms) throw new DriveIoError(`${path} is already in use by another process (flock)`, "EIO");
+    if (waited >= wait_ms) throw new DriveIoError(`${path} is in use by another process, which holds its lock (a target serving it?): stop that process first`, "EIO");
     await Bun.sleep(LOCK_RETRY_MS);
   }
 }

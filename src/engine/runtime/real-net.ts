@@ -153,9 +153,13 @@ export class BunNetwork implements Network {
       try {
         unlinkSync(a.unix); // a stale socket file from a crashed run would make bind fail
       } catch {}
-      l = Bun.listen<BunConn | undefined>({ unix: a.unix, socket, data: undefined });
-    } else {
-      l = Bun.listen<BunConn | undefined>({ hostname: a.host, port: a.port, socket, data: undefined });
+    }
+    try {
+      l = "unix" in a
+        ? Bun.listen<BunConn | undefined>({ unix: a.unix, socket, data: undefined })
+        : Bun.listen<BunConn | undefined>({ hostname: a.host, port: a.port, socket, data: undefined });
+    } catch (e) {
+      throw new Error(listenFailure(address, e));
     }
     const bound = "unix" in a ? address : `${a.host}:${(l as TCPSocketListener<BunConn | undefined>).port}`;
     return {
@@ -163,4 +167,20 @@ export class BunNetwork implements Network {
       close: () => l.stop(true),
     };
   }
+}
+
+/**
+ * Why a socket could not listen on `address`, in words with what to do: Bun says only "Failed to
+ * listen at HOST", with the errno in `code`.
+ */
+export function listenFailure(address: string, e: unknown): string {
+  const code = (e as { code?: unknown }).code;
+  const why =
+    code === "EADDRINUSE" ? "the address is in use by another process (another nvmesh daemon?): stop it or choose another port"
+    : code === "EADDRNOTAVAIL" ? "that is not an address of this host: use one of its addresses, or 0.0.0.0 for all of them"
+    : code === "EACCES" ? "permission denied (ports below 1024 need root)"
+    : code === "ENOENT" ? "its directory does not exist"
+    : code === undefined ? `${(e as Error).message} (is the host name right?)`
+    : (e as Error).message;
+  return `cannot listen on ${address}: ${why}`;
 }

@@ -7,11 +7,12 @@
  * Nothing a peer sends can throw out of here: a malformed frame closes this connection only.
  */
 import type { Conn } from "../net/conn.ts";
-import { requesterProof, sameSecret, targetProof } from "../wire/cluster-key.ts";
 import { AuthRequest, HelloRequest, decodeBody, isInvalid } from "../wire/control.ts";
 import { Flag, FrameDecoder, type Header, Op, Status } from "../wire/header.ts";
 import { COPY_LIMIT_BYTES, SendBatcher } from "../wire/send-batcher.ts";
+import { type PendingAuth, admission, challengeFor } from "./capability.ts";
 import { type Requester, type TargetContext, execute } from "./execute.ts";
+import type { Role } from "./fence.ts";
 import { cborResponse, errorResponse, recycleFrame, takeBuffer } from "./reply.ts";
 
 /**
@@ -45,12 +46,15 @@ export class TargetConnection {
    */
   private state: "new" | "auth" | "waiting" | "ready" = "new";
   /** The HELLO and the challenge sent, while AUTH is expected. */
-  private pending: { hello: HelloRequest; challenge: Uint8Array; nonce: Uint8Array } | null = null;
+  private pending: PendingAuth | null = null;
   private closed = false;
   private drainWaiters: (() => void)[] = [];
   /** Raised when the connection ends: requests waiting inside the target (LOCK) give up. */
   private readonly ending = new AbortController();
-  /** Set by HELLO: the role every request of this connection is judged by (fencing). */
+  /**
+   * Set once admitted: the role every request of this connection is judged by (fencing); with a
+   * cluster key, the one the key it proved gives (capability.ts), not necessarily HELLO's.
+   */
   private requester: Requester | null = null;
   /** Requests executing, parked LOCKs included (drained() waits for all of them). */
   private inflight = 0;
@@ -126,34 +130,47 @@ export class TargetConnection {
       return this.fail(`invalid HELLO: ${req.invalid}`, "warn");
     }
     const auth = this.ctx.auth;
-    if (auth === null) return this.admit(h, req);
-    // Nothing is served, not even the drive list, before the requester proves it holds the key.
+    // No key (a target started --insecure, or the simulator's open cluster): HELLO's role is
+    // taken on trust.
+    if (auth === null) return this.admit(h, req, req.role);
+    // Nothing is served, not even the drive list, before the requester proves it holds a key.
     const challenge = new Uint8Array(16);
     auth.fill(challenge);
-    const nonce = req.nonce ?? new Uint8Array(16);
-    this.pending = { hello: req, challenge, nonce };
+    this.pending = { hello: req, challenge, nonce: req.nonce ?? new Uint8Array(16) };
     this.state = "auth";
     const info = this.ctx.info();
-    this.out.push(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: { challenge, proof: targetProof(auth.key, nonce, challenge) } }));
+    this.out.push(cborResponse(h, { target_name: info.target_name, version: info.version, drives: [], auth: challengeFor(auth.keys, this.pending) }));
   }
 
   private auth(h: Header, payload: Uint8Array): void {
     const p = this.pending!;
     const req = h.opcode === Op.AUTH && (h.flags & Flag.RESPONSE) === 0 ? decodeBody(AuthRequest, payload) : null;
-    const good = req !== null && !isInvalid(req) && sameSecret(req.proof, requesterProof(this.ctx.auth!.key, p.challenge, p.nonce, p.hello.role, p.hello.name));
-    if (!good) {
-      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, "this target requires the cluster key, and the requester did not prove it holds it"));
+    const a = admission(this.ctx.auth!.keys, p, req === null || isInvalid(req) ? null : req.proof);
+    if ("refused" in a) {
+      this.out.push(errorResponse(h, Status.NOT_AUTHENTICATED, a.refused));
       return this.fail(`requester ${p.hello.role} '${p.hello.name}' failed the cluster key check`, "warn");
     }
     this.pending = null;
-    this.admit(h, p.hello);
+    if (a.downgraded !== null) {
+      this.ctx.log.warn("requester named a role its key does not give: served as a client (fenced)", {
+        peer: this.conn.remote,
+        named: a.downgraded,
+        name: p.hello.name,
+      });
+    }
+    this.admit(h, p.hello, a.role);
   }
 
-  /** HELLO accepted (and AUTH, with a key): the requester is who it says; answer once ready. */
-  private admit(h: Header, req: HelloRequest): void {
+  /**
+   * HELLO accepted (and AUTH, with a key): served as `role` from now on; answered once ready.
+   * Superseding goes by the role served, so a client cannot close a TOMA's connection by naming
+   * its role and name.
+   */
+  private admit(h: Header, hello: HelloRequest, role: Role): void {
+    const req = { ...hello, role };
     this.state = "waiting";
     this.requester = {
-      role: req.role,
+      role,
       ended: this.ending.signal,
       park: () => {
         if (this.parked >= this.limits.max_parked_locks) return false;

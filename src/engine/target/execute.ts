@@ -8,6 +8,7 @@
 import { AlreadyClaimedError, StaleGenerationError } from "../drive/formatted-api.ts";
 import { DriveIoError } from "../drive/store.ts";
 import type { Logger } from "../env.ts";
+import type { ServerKeys } from "../wire/cluster-key.ts";
 import { NIL_UUID, uuidToString } from "../uuid.ts";
 import { ClaimRequest, FenceRequest, MetaSlot, type TargetInfo, decodeBody, isInvalid } from "../wire/control.ts";
 import {
@@ -39,8 +40,8 @@ export interface TargetContext {
   readonly log: Logger;
   /** Enforce client registrations and generations (fence.ts) on role "client" connections. */
   readonly fencing: boolean;
-  /** The cluster key and a source of challenges, or null: HELLO alone admits (no key). */
-  readonly auth: { key: Uint8Array; fill: (b: Uint8Array) => void } | null;
+  /** The cluster's keys and a source of challenges, or null: HELLO alone admits (--insecure). */
+  readonly auth: { keys: ServerKeys; fill: (b: Uint8Array) => void } | null;
   info(): TargetInfo;
 }
 
@@ -159,11 +160,14 @@ function dispatch(
     case Op.LIST_DRIVES:
       return Promise.resolve(cborResponse(h, ctx.info().drives));
     case Op.META_READ:
+      serverOnly(req, h);
       noPayload(h, payload);
       return doMetaRead(lookup(ctx, h), h);
     case Op.META_WRITE:
+      serverOnly(req, h);
       return doMetaWrite(lookup(ctx, h), h, controlBody(h, payload));
     case Op.CLAIM:
+      serverOnly(req, h);
       return doClaim(lookup(ctx, h), h, controlBody(h, payload));
     case Op.FENCE:
       tomaOnly(req, h);
@@ -231,6 +235,17 @@ function lookup(ctx: TargetContext, h: Header): ServedDrive {
 function tomaOnly(req: Requester, h: Header): void {
   if (req.role !== "toma") {
     throw new RequestError(Status.REFUSED, `${Op[h.opcode]} is accepted from a TOMA connection only, not from role "${req.role}"`);
+  }
+}
+
+/**
+ * Ops on a drive's metadata (META_READ, META_WRITE, CLAIM): a TOMA's or an administrator's, never
+ * a client's. With a cluster key, only a requester that proved the server key has those roles
+ * (capability.ts).
+ */
+function serverOnly(req: Requester, h: Header): void {
+  if (req.role === "client") {
+    throw new RequestError(Status.REFUSED, `${Op[h.opcode]} is accepted from a TOMA or admin connection only (the server key), not from a client`);
   }
 }
 

@@ -5,7 +5,8 @@
  * generation is older than the client's min_generation there, so a client working from a stale
  * topology can never write where the current topology does not expect it.
  *
- * By role of the connection's HELLO: "toma" is the authority and is never fenced; "admin" may not
+ * By the role the connection is served as (capability.ts: with a cluster key, the one the key it
+ * proved gives): "toma" is the authority and is never fenced; "admin" may not
  * send data-path requests at all; "client" is checked when enforcement is on.
  *
  * Registrations live in RAM only: after a target restart (or the drive being unplugged and

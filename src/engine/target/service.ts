@@ -8,6 +8,7 @@ import type { FormattedDrive } from "../drive/formatted-api.ts";
 import type { Env, TimerHandle } from "../env.ts";
 import type { Conn } from "../net/conn.ts";
 import type { TargetInfo } from "../wire/control.ts";
+import { serverKeys } from "../wire/cluster-key.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
 import type { HelloRequest } from "../wire/control.ts";
 import { type ConnectionLimits, TargetConnection } from "./connection.ts";
@@ -38,7 +39,11 @@ export interface TargetServiceOptions {
   fencing?: boolean;
   /** Period of the target's own flushes of drives with write-intent bits (WRITEBACK_MS). */
   writeback_ms?: number;
-  /** The cluster key: every requester must prove it holds it (HELLO, AUTH). None: anyone may. */
+  /**
+   * The cluster's server key: every requester must prove it holds it or the client key derived
+   * from it (HELLO, AUTH), and what it may do follows from which (capability.ts). None: anyone
+   * may do anything its HELLO claims (--insecure, labs only).
+   */
   cluster_key?: Uint8Array | null;
 }
 
@@ -85,7 +90,7 @@ export class TargetService {
       drives: this.drives,
       log: env.log,
       fencing: opts.fencing ?? false,
-      auth: key === null ? null : { key, fill: (b) => env.random.fill(b) },
+      auth: key === null ? null : { keys: serverKeys(key), fill: (b) => env.random.fill(b) },
       info: () => this.info(),
     };
     this.writeback = env.timers.every(opts.writeback_ms ?? WRITEBACK_MS, () => this.writeBack());

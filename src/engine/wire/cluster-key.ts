@@ -1,38 +1,65 @@
 /**
- * The cluster key: a 32-byte secret every daemon and admin of one cluster shares (a file written
- * by `nvmesh cluster genkey`). Nothing here reads files or draws random numbers: callers pass the
- * key and the nonces in, so the same code runs under the simulator.
+ * The cluster's keys. Nothing here reads files or draws random numbers: callers pass keys and
+ * nonces in, so the same code runs under the simulator.
  *
- * - Data path: a HELLO/AUTH challenge-response in both directions (docs/protocol.md,
- *   "Authentication"). The key never crosses the wire, and a recorded exchange cannot be
- *   replayed: each side's proof covers the other side's fresh nonce.
- * - Management API: a bearer token derived from the key. Over plain HTTP a listener on the
- *   network can replay it; confidentiality and replay protection there need TLS, not built.
+ * Two keys, and what a peer may do follows from which one it proved (docs/security.md):
+ * - the **server key** (32 bytes, `nvmesh cluster genkey`): targets, TOMAs and administrators.
+ *   It gives everything: raw metadata, CLAIM, FENCE, lock recovery, unfenced I/O, volume
+ *   creation and deletion.
+ * - the **client key**, derived from the server key one way (HMAC), so that every server can
+ *   check a client's proof without holding a second secret, while a client host that holds it
+ *   cannot work back to the server key (`nvmesh cluster client-key`). A requester that proved
+ *   the client key is a client: fenced on the data path, whatever role it names, and it cannot
+ *   create, delete, evict or fence through the management API.
+ *
+ * On the data path, HELLO/AUTH is a challenge-response in both directions with the key the
+ * requester names (connection.ts, capability.ts); the management API signs each request
+ * (src/toma/api-auth.ts). Every MAC here is HMAC-SHA256 over a label and length-prefixed parts.
  */
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 
 export const CLUSTER_KEY_BYTES = 32;
 export const NONCE_BYTES = 16;
 export const PROOF_BYTES = 32;
 
-/** A key file's text: 64 hex digits, surrounding whitespace allowed. Throws saying what is wrong. */
-export function parseClusterKey(text: string): Uint8Array {
+export type KeyKind = "server" | "client";
+
+/** A key and which one it is: what it proves on the wire follows from `kind`. */
+export interface ClusterKey {
+  readonly kind: KeyKind;
+  readonly key: Uint8Array;
+}
+
+/** A client key file starts with this; a server key file is the bare hex (as written since v1). */
+const CLIENT_PREFIX = "client:";
+
+/**
+ * A key file's text: 64 hex digits (the server key), or "client:" and 64 hex digits (a client
+ * key); surrounding whitespace allowed. Throws saying what is wrong.
+ */
+export function parseKeyFile(text: string): ClusterKey {
   const t = text.trim();
-  if (!/^[0-9a-fA-F]{64}$/.test(t)) {
-    throw new Error(`a cluster key is ${CLUSTER_KEY_BYTES * 2} hex digits (nvmesh cluster genkey writes one); found ${t.length} characters that are not`);
+  const kind: KeyKind = t.startsWith(CLIENT_PREFIX) ? "client" : "server";
+  const hex = kind === "client" ? t.slice(CLIENT_PREFIX.length) : t;
+  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
+    throw new Error(
+      `a key file holds ${CLUSTER_KEY_BYTES * 2} hex digits (a server key, from nvmesh cluster genkey) or '${CLIENT_PREFIX}' and ` +
+        `${CLUSTER_KEY_BYTES * 2} hex digits (a client key, from nvmesh cluster client-key); found ${t.length} characters that are neither`,
+    );
   }
-  return Uint8Array.from(Buffer.from(t, "hex"));
+  return { kind, key: Uint8Array.from(Buffer.from(hex, "hex")) };
 }
 
-export function formatClusterKey(key: Uint8Array): string {
-  return `${Buffer.from(key).toString("hex")}\n`;
+export function formatKeyFile(k: ClusterKey): string {
+  if (k.key.length !== CLUSTER_KEY_BYTES) throw new Error(`a cluster key is ${CLUSTER_KEY_BYTES} bytes, not ${k.key.length}`);
+  return `${k.kind === "client" ? CLIENT_PREFIX : ""}${Buffer.from(k.key).toString("hex")}\n`;
 }
 
-function mac(key: Uint8Array, label: string, parts: (Uint8Array | string)[]): Uint8Array {
+/** HMAC-SHA256 of a label and parts, each part length-prefixed so no two lists hash alike. */
+export function keyedDigest(key: Uint8Array, label: string, parts: (Uint8Array | string)[]): Uint8Array<ArrayBuffer> {
   const h = createHmac("sha256", key);
   h.update(label);
   for (const p of parts) {
-    // Length-prefixed, so that no two different lists of parts hash alike.
     const b = typeof p === "string" ? Buffer.from(p, "utf8") : p;
     const len = Buffer.alloc(4);
     len.writeUInt32LE(b.length);
@@ -42,22 +69,50 @@ function mac(key: Uint8Array, label: string, parts: (Uint8Array | string)[]): Ui
   return new Uint8Array(h.digest());
 }
 
-/** The target's proof that it holds the key: over the requester's nonce and its own challenge. */
-export function targetProof(key: Uint8Array, nonce: Uint8Array, challenge: Uint8Array): Uint8Array {
-  return mac(key, "nvmesh target proof v1", [nonce, challenge]);
+export function sha256(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(createHash("sha256").update(bytes).digest());
 }
 
-/** The requester's proof, bound to the role and name it said HELLO with. */
-export function requesterProof(key: Uint8Array, challenge: Uint8Array, nonce: Uint8Array, role: string, name: string): Uint8Array {
-  return mac(key, "nvmesh requester proof v1", [challenge, nonce, role, name]);
+/** The client key of a cluster: one-way from the server key. */
+export function clientKeyOf(server: Uint8Array): Uint8Array<ArrayBuffer> {
+  return keyedDigest(server, "nvmesh client key v1", []);
 }
 
-/** The management API's bearer token. */
-export function managementToken(key: Uint8Array): string {
-  return Buffer.from(mac(key, "nvmesh management token v1", [])).toString("hex");
+/** The key a client host uses: the client key, derived when given the server key. */
+export function asClientKey(k: ClusterKey): ClusterKey {
+  return k.kind === "client" ? k : { kind: "client", key: clientKeyOf(k.key) };
 }
 
-/** Constant-time comparison of two proofs or tokens. */
+/** What a server (target or TOMA) holds: its server key and the client key derived from it. */
+export interface ServerKeys {
+  readonly server: ClusterKey;
+  readonly client: ClusterKey;
+}
+
+export function serverKeys(server: Uint8Array): ServerKeys {
+  if (server.length !== CLUSTER_KEY_BYTES) throw new Error(`a cluster key is ${CLUSTER_KEY_BYTES} bytes, not ${server.length}`);
+  return { server: { kind: "server", key: server }, client: { kind: "client", key: clientKeyOf(server) } };
+}
+
+export function keyOfKind(keys: ServerKeys, kind: KeyKind): ClusterKey {
+  return kind === "server" ? keys.server : keys.client;
+}
+
+/**
+ * The target's proof that it holds the key the requester named, over the requester's nonce and
+ * its own challenge. To a client-key requester a target proves the client key: any client host
+ * could make that proof too (docs/security.md says what follows from it).
+ */
+export function targetProof(k: ClusterKey, nonce: Uint8Array, challenge: Uint8Array): Uint8Array<ArrayBuffer> {
+  return keyedDigest(k.key, "nvmesh target proof v2", [k.kind, nonce, challenge]);
+}
+
+/** The requester's proof, bound to the key kind, role and name it said HELLO with. */
+export function requesterProof(k: ClusterKey, challenge: Uint8Array, nonce: Uint8Array, role: string, name: string): Uint8Array<ArrayBuffer> {
+  return keyedDigest(k.key, "nvmesh requester proof v2", [k.kind, challenge, nonce, role, name]);
+}
+
+/** Constant-time comparison of two proofs or signatures. */
 export function sameSecret(a: Uint8Array | string, b: Uint8Array | string): boolean {
   const x = typeof a === "string" ? Buffer.from(a, "utf8") : Buffer.from(a);
   const y = typeof b === "string" ? Buffer.from(b, "utf8") : Buffer.from(b);

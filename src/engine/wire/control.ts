@@ -16,20 +16,25 @@ export const HelloRequest = v.object({
   version: v.literal(1),
   role: v.picklist(["client", "toma", "admin"]),
   name: v.pipe(v.string(), v.maxLength(256)),
-  /** The requester's fresh nonce, sent when it holds the cluster key (cluster-key.ts). */
+  /** The requester's fresh nonce, sent when it holds a cluster key (cluster-key.ts). */
   nonce: v.optional(bytesOf(16)),
+  /**
+   * Which key the requester will prove in AUTH (absent: the server key). What it may do follows
+   * from the key it proves, not from `role`: a client-key requester is served as a client.
+   */
+  key: v.optional(v.picklist(["server", "client"])),
 });
 export type HelloRequest = v.InferOutput<typeof HelloRequest>;
 
 /** A target with a cluster key answers HELLO with this, and serves nothing before AUTH. */
 export const AuthChallenge = v.object({
   challenge: bytesOf(16),
-  /** targetProof(key, the HELLO's nonce or 16 zero bytes, challenge). */
+  /** targetProof(the key HELLO named, the HELLO's nonce or 16 zero bytes, challenge). */
   proof: bytesOf(32),
 });
 export type AuthChallenge = v.InferOutput<typeof AuthChallenge>;
 
-/** AUTH: requesterProof(key, challenge, nonce, role, name). */
+/** AUTH: requesterProof(the key HELLO named, challenge, nonce, role, name). */
 export const AuthRequest = v.object({ proof: bytesOf(32) });
 export type AuthRequest = v.InferOutput<typeof AuthRequest>;
 

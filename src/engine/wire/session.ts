@@ -38,7 +38,7 @@ import {
   encodeHeader,
 } from "./header.ts";
 import { SendBatcher } from "./send-batcher.ts";
-import { NONCE_BYTES, requesterProof, sameSecret, targetProof } from "./cluster-key.ts";
+import { type ClusterKey, NONCE_BYTES, requesterProof, sameSecret, targetProof } from "./cluster-key.ts";
 import { AuthError, SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "./session-api.ts";
 import * as v from "valibot";
 
@@ -60,10 +60,12 @@ export interface SessionOptions {
   /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
   batch_sends?: boolean;
   /**
-   * The cluster key: HELLO then proves we hold it and checks that the target does too; a target
-   * without one is refused. None: only targets without a key can be used.
+   * The key this requester proves (the server key, or a client host's client key): HELLO names
+   * its kind, AUTH proves it, and the target's proof of the same key is checked; a target
+   * without a key is refused. What the target lets us do follows from the kind (a client key is
+   * served as a client whatever role HELLO names). None: only targets without a key (--insecure).
    */
-  cluster_key?: Uint8Array | null;
+  cluster_key?: ClusterKey | null;
 }
 
 export const DEFAULT_SESSION_MAX_INFLIGHT = 256;
@@ -125,12 +127,9 @@ export async function sessionOver(
   const s = new Session(conn, address, opts);
   try {
     const key = opts.cluster_key ?? null;
-    let nonce: Uint8Array<ArrayBuffer> | undefined;
-    if (key !== null) {
-      nonce = new Uint8Array(NONCE_BYTES);
-      env.random.fill(nonce);
-    }
-    await s.hello(nonce === undefined ? hello : { ...hello, nonce }, key);
+    const nonce = new Uint8Array(NONCE_BYTES);
+    if (key !== null) env.random.fill(nonce);
+    await s.hello(key === null ? hello : { ...hello, nonce, key: key.kind }, key);
   } catch (e) {
     s.close();
     throw e;
@@ -192,8 +191,11 @@ export class Session implements TargetSession {
     this.generation = generation;
   }
 
-  /** HELLO, and AUTH when the target asks (with `key`, `req.nonce` must be a fresh nonce). */
-  async hello(req: HelloRequest, key: Uint8Array | null = null): Promise<TargetInfo> {
+  /**
+   * HELLO, and AUTH when the target asks (with `key`, `req.nonce` must be a fresh nonce and
+   * `req.key` its kind).
+   */
+  async hello(req: HelloRequest, key: ClusterKey | null = null): Promise<TargetInfo> {
     let info = (await this.submit(Op.HELLO, 0, NO_DRIVE, 0, 0, encodeBody(req), null, parseTargetInfo)) as TargetInfo;
     const ch = info.auth;
     if (key === null && ch) {
@@ -203,6 +205,7 @@ export class Session implements TargetSession {
       throw new AuthError(`target ${this.address} has no cluster key, so it cannot prove it belongs to this cluster: start it with --key-file`);
     }
     if (key !== null && ch) {
+      if ((req.key ?? "server") !== key.kind) throw new Error(`HELLO names the ${req.key ?? "server"} key but proves the ${key.kind} key`);
       if (!sameSecret(ch.proof, targetProof(key, req.nonce!, ch.challenge))) {
         throw new AuthError(`target ${this.address} holds a different cluster key`);
       }

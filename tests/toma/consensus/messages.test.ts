@@ -1,0 +1,77 @@
+import { describe, expect, test } from "bun:test";
+import { encode } from "cbor-x";
+import { votersConfig } from "../../../src/toma/consensus/config.ts";
+import { decodeEnvelope, describeMessage, encodeEnvelope, type Envelope, MAX_ENVELOPE_BYTES } from "../../../src/toma/consensus/messages.ts";
+import type { Message } from "../../../src/toma/consensus/types.ts";
+
+const CLUSTER = "0c0c0c0c-0000-4000-8000-00000000c1c1";
+const A = "s1#00000000000000a1";
+const B = "s2#00000000000000b2";
+
+const app: Message = {
+  type: "app",
+  from: A,
+  to: B,
+  term: 3,
+  prev_index: 4,
+  prev_term: 2,
+  commit: 4,
+  entries: [
+    { kind: "normal", term: 3, index: 5, data: new Uint8Array([104, 105]) },
+    { kind: "conf", term: 3, index: 6, change: { op: "add_learner", node: "s3#00000000000000c3", address: "10.0.0.3:4000" } },
+  ],
+};
+const snap: Message = { type: "snap", from: A, to: B, term: 3, snapshot: { index: 9, term: 3, config: votersConfig([A, B]), data: new Uint8Array(10) } };
+const env = (msgs: Message[]): Envelope => ({ v: 1, cluster_uuid: CLUSTER, from: A, to: B, msgs });
+
+describe("wire envelope", () => {
+  test("round trip of every message type", () => {
+    const msgs: Message[] = [
+      { type: "pre_vote", from: A, to: B, term: 4, last_index: 9, last_term: 3 },
+      { type: "pre_vote_resp", from: A, to: B, term: 4, reject: false },
+      { type: "vote", from: A, to: B, term: 4, last_index: 9, last_term: 3 },
+      { type: "vote_resp", from: A, to: B, term: 4, reject: true },
+      app,
+      { type: "app_resp", from: A, to: B, term: 3, index: 4, reject: true, hint_index: 2, hint_term: 1 },
+      { type: "heartbeat", from: A, to: B, term: 3, commit: 4, read_round: 7 },
+      { type: "heartbeat_resp", from: A, to: B, term: 3, read_round: 7 },
+      snap,
+    ];
+    const d = decodeEnvelope(encodeEnvelope(env(msgs)));
+    expect(d.ok).toBe(true);
+    if (d.ok) expect(d.value).toEqual(env(msgs));
+  });
+
+  const bad: [string, unknown, RegExp][] = [
+    ["an unknown version", { ...env([app]), v: 2 }, /fails validation at 'v'/],
+    ["an unknown message type", { ...env([app]), msgs: [{ ...app, type: "timeout_now" }] }, /fails validation/],
+    ["an unknown field", { ...env([app]), msgs: [{ ...app, lease: 5 }] }, /fails validation/],
+    ["a negative term", { ...env([app]), msgs: [{ ...app, term: -1 }] }, /fails validation/],
+    ["a bad node id", { ...env([app]), from: "s1 x", msgs: [app] }, /fails validation at 'from'/],
+    ["no messages", { ...env([]) }, /fails validation at 'msgs'/],
+    ["a message from someone else", { ...env([{ ...app, from: "s9" }]) }, /inside an envelope/],
+    ["entries not contiguous", env([{ ...app, entries: [app.entries[1]!] } as Message]), /not contiguous/],
+    ["an unsorted configuration", env([{ ...snap, snapshot: { ...snap.snapshot, config: { members: [...votersConfig([A, B]).members].reverse() } } } as Message]), /not sorted/],
+    ["data that is not bytes", { ...env([app]), msgs: [{ ...app, entries: [{ kind: "normal", term: 3, index: 5, data: "hi" }] }] }, /bytes expected/],
+    ["too many messages", env(Array.from({ length: 257 }, () => app)), /fails validation at 'msgs'/],
+  ];
+  for (const [what, raw, why] of bad) {
+    test(`refuses ${what}`, () => {
+      const d = decodeEnvelope(encode(raw));
+      expect(d.ok).toBe(false);
+      if (!d.ok) expect(d.error).toMatch(why);
+    });
+  }
+
+  test("refuses garbage and oversized input without throwing", () => {
+    const g = decodeEnvelope(new Uint8Array([0x9f, 0x9f, 0x9f]));
+    expect(g.ok === false && g.error).toMatch(/not valid CBOR|fails validation/);
+    const big = decodeEnvelope(new Uint8Array(MAX_ENVELOPE_BYTES + 1));
+    expect(big.ok === false && big.error).toMatch(/exceeds/);
+  });
+
+  test("one line per message for logs", () => {
+    expect(describeMessage(app)).toBe(`${A}->${B} app term=3 prev=2/4 commit=4 entries=[3/5 "hi", 3/6 conf add_learner s3#00000000000000c3]`);
+    expect(describeMessage(snap)).toBe(`${A}->${B} snap term=3 snapshot=3/9 voters=(${A},${B})`);
+  });
+});
