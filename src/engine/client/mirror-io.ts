@@ -51,6 +51,8 @@ class LegFailed extends Error {
 class Refused extends Error {}
 
 const LOCKED_RETRY_MS = 2;
+const DONE: Promise<void> = Promise.resolve();
+function nothing(): void {}
 
 /** Writes one leg of a piece with the options given (`locked`: under the piece's locks). */
 type LegOp = (s: TargetSession, drive: Uint8Array, drive_offset: number, opts: WriteOptions, leg: number, locked: boolean) => Promise<number>;
@@ -64,7 +66,7 @@ export class MirrorIo {
   /** Which legs acknowledged our unflushed writes, under which cache epochs. */
   private readonly watch = new MirrorWatch();
   /** Tail of the chain of this client's writes per lock unit ("set:unit"). */
-  private readonly unitTail = new Map<string, Promise<void>>();
+  private readonly unitTail = new Map<number, Promise<void>>();
   /**
    * Lock units ("drive@offset") we may still hold: a LOCK whose answer, or an UNLOCK that, was
    * lost with its connection. Left held, our retry of the write would wait for our own lock for
@@ -314,7 +316,7 @@ export class MirrorIo {
         if (e instanceof TargetError && e.status === Status.LOCKED) {
           // Often our own lock, whose UNLOCK follows the write's acknowledgement: read again as
           // soon as the unit's writes of ours are over, or after the usual pause.
-          const ours = this.unitTail.get(`${p.set}:${p.unit}`);
+          const ours = this.unitTail.get(unitKey(p));
           await (ours ? Promise.race([ours, sleep(this.env, LOCKED_RETRY_MS)]) : sleep(this.env, LOCKED_RETRY_MS));
           continue;
         }
@@ -364,11 +366,14 @@ export class MirrorIo {
     const locked: number[] = [];
     const legAcks: [string, number][] = [];
     const writeLeg = async (leg: number, lock: boolean) => {
-      const s = await this.session(p, leg);
+      const s = this.pool.cached(p.legs[leg]!.drive_uuid) ?? (await this.session(p, leg));
       const { drive_uuid, drive_offset } = p.legs[leg]!;
       const drive = this.pool.driveId(drive_uuid);
       try {
-        if (lock) await this.lockLeg(s, p, leg, locked);
+        if (lock) {
+          const paid = this.lockLeg(s, p, leg, locked);
+          if (paid !== null) await paid;
+        }
         const epoch = await op(s, drive, drive_offset, this.flags(t, planned, lock), leg, underLock);
         this.watch.seen(drive_uuid, epoch);
         legAcks.push([drive_uuid, epoch]);
@@ -381,7 +386,8 @@ export class MirrorIo {
         if (leg === lockWrite) break;
         const s = await this.session(p, leg);
         try {
-          await this.lockLeg(s, p, leg, locked);
+          const paid = this.lockLeg(s, p, leg, locked);
+          if (paid !== null) await paid;
           const { drive_uuid, drive_offset } = p.legs[leg]!;
           await s.lock(this.pool.driveId(drive_uuid), drive_offset, p.length);
         } catch (e) {
@@ -402,29 +408,34 @@ export class MirrorIo {
   /**
    * Before a leg's lock is asked for (by LOCK or by a write that carries it): counts the leg as
    * locked before the answer — a lock whose answer was lost with its connection may be held, and
-   * UNLOCK of units we do not hold is harmless — and pays an unlock we owe for its unit.
+   * UNLOCK of units we do not hold is harmless — and pays an unlock we owe for its unit (the
+   * promise to await then; null, the common case, when nothing is owed).
    */
-  private async lockLeg(s: TargetSession, p: MirrorPiece, leg: number, locked: number[]): Promise<void> {
+  private lockLeg(s: TargetSession, p: MirrorPiece, leg: number, locked: number[]): Promise<void> | null {
     locked.push(leg);
+    if (this.owedUnlocks.size === 0) return null;
     const { drive_uuid, drive_offset } = p.legs[leg]!;
     const unit = drive_offset - (drive_offset % LOCK_UNIT_BYTES);
-    if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) await s.unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+    if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) return s.unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+    return null;
   }
 
   /** UNLOCK of the piece's locked legs; one that fails is owed (`owe`). Never rejects. */
-  private async unlockLegs(p: MirrorPiece, locked: number[]): Promise<void> {
-    await Promise.all(
-      locked.map(async (leg) => {
-        const { drive_uuid, drive_offset } = p.legs[leg]!;
-        try {
-          const s = this.pool.cached(drive_uuid);
-          if (!s) throw new Error("no session");
-          await s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length);
-        } catch {
-          this.owe(`${p.set}:${p.unit}`, drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
-        }
-      }),
-    );
+  private unlockLegs(p: MirrorPiece, locked: number[]): Promise<void> {
+    if (locked.length === 0) return DONE;
+    if (locked.length === 1) return this.unlockLeg(p, locked[0]!);
+    return Promise.all(locked.map((leg) => this.unlockLeg(p, leg))).then(nothing);
+  }
+
+  private unlockLeg(p: MirrorPiece, leg: number): Promise<void> {
+    const { drive_uuid, drive_offset } = p.legs[leg]!;
+    const owe = () => this.owe(unitKey(p), drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
+    const s = this.pool.cached(drive_uuid);
+    if (!s) {
+      owe();
+      return DONE;
+    }
+    return s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length).catch(owe);
   }
 
   private async session(p: MirrorPiece, leg: number): Promise<TargetSession> {
@@ -482,13 +493,13 @@ export class MirrorIo {
     }
   }
 
-  private owe(chain: string, drive_uuid: string, unit: number): void {
+  private owe(chain: number, drive_uuid: string, unit: number): void {
     this.owedUnlocks.add(`${drive_uuid}@${unit}`);
     this.payLater(chain, drive_uuid, unit, 50);
   }
 
   /** Pays an owed unlock in the unit's turn, trying again later while the drive is unreachable. */
-  private payLater(chain: string, drive_uuid: string, unit: number, delay_ms: number): void {
+  private payLater(chain: number, drive_uuid: string, unit: number, delay_ms: number): void {
     this.env.timers.after(delay_ms, () => {
       if (this.closed) return;
       void this.serialisedKey(chain, async () => {
@@ -505,14 +516,14 @@ export class MirrorIo {
   }
 
   private serialised(p: MirrorPiece, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
-    return this.serialisedKey(`${p.set}:${p.unit}`, fn);
+    return this.serialisedKey(unitKey(p), fn);
   }
 
   /**
    * Runs fn once the key's earlier turns are over. A turn is over when fn's promise settled and
    * whatever fn handed to `after` (its UNLOCKs) did; the caller only waits for fn's promise.
    */
-  private serialisedKey(key: string, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
+  private serialisedKey(key: number, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
     const prev = this.unitTail.get(key) ?? Promise.resolve();
     let trailing: Promise<void> = Promise.resolve();
     const mine = prev.then(() => fn((t) => (trailing = t)));
@@ -535,6 +546,7 @@ export class MirrorIo {
     const n = (this.inflight.get(g) ?? 1) - 1;
     if (n <= 0) this.inflight.delete(g);
     else this.inflight.set(g, n);
+    if (this.drainWaiters.length === 0) return;
     const w = this.drainWaiters;
     this.drainWaiters = [];
     for (const f of w) f();
@@ -581,6 +593,14 @@ function hasCompletePeer(info: AttachInfo, column: number): boolean {
   const set = Math.floor(column / m);
   return info.topology[set]!.legs.some((r, i) => set * m + i !== column && (r === "RWL" || r === "WL"));
 }
+
+/** The key of a piece's lock unit in its mirror set (a number: no string per write). */
+function unitKey(p: MirrorPiece): number {
+  return p.unit * MAX_SETS + p.set;
+}
+
+/** Mirror sets per volume that unitKey keeps apart (a volume has a few dozen at most). */
+const MAX_SETS = 65536;
 
 function part(buf: Uint8Array, p: MirrorPiece): Uint8Array {
   return p.request_offset === 0 && p.length === buf.length ? buf : buf.subarray(p.request_offset, p.request_offset + p.length);
