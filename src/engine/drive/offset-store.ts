@@ -3,7 +3,7 @@
  * area of a formatted drive. Offsets are checked against the window, so no request addressed to
  * the data area can reach the superblock, the metadata slots or the bitmap.
  */
-import { DriveIoError, type DriveStore, checkRange } from "./store.ts";
+import { DriveIoError, type DriveStore, checkRange, rangeRefused } from "./store.ts";
 
 export class OffsetStore implements DriveStore {
   private closed = false;
@@ -29,14 +29,8 @@ export class OffsetStore implements DriveStore {
     checkRange(this, this.closed, offset, length);
   }
 
-  /** The range check as a rejected promise; null when the range is fine. */
   private refused(offset: number, length: number): Promise<never> | null {
-    try {
-      this.check(offset, length);
-      return null;
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return rangeRefused(this, this.closed, offset, length);
   }
 
   // read and write hand back the base store's own promise: no wrapper on the data path.

@@ -58,3 +58,16 @@ export function checkRange(store: DriveStore, closed: boolean, offset: number, l
     throw new DriveIoError(`range ${offset}+${length} beyond ${store.describe} size ${store.size_bytes}`, "ERANGE");
   }
 }
+
+/**
+ * checkRange as a rejected promise (null when the range is fine), for the stores whose methods
+ * return their backend's promise instead of being async: they never throw.
+ */
+export function rangeRefused(store: DriveStore, closed: boolean, offset: number, length: number): Promise<never> | null {
+  try {
+    checkRange(store, closed, offset, length);
+    return null;
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}

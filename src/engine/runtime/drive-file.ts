@@ -5,7 +5,18 @@
  */
 import fs from "node:fs";
 import { crc32c } from "../crc32c.ts";
-import { EWOULDBLOCK, libc, LOCK_EX, LOCK_NB } from "../../ffi/libc.ts";
+import {
+  EAGAIN,
+  EOPNOTSUPP,
+  EWOULDBLOCK,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  libc,
+  LOCK_EX,
+  LOCK_NB,
+} from "../../ffi/libc.ts";
+import type { Logger } from "../env.ts";
 import { DriveIoError } from "../drive/store.ts";
 
 export interface DriveFileOptions {
@@ -104,4 +115,85 @@ export function bootEpoch(): number {
 }
 
 /** How writeZeroes reaches the backend; chosen on first use, logged once. */
-export type ZeroPath = "punch" | "zero-range" | "write";
+type ZeroPath = "punch" | "zero-range" | "write";
+
+const ZERO_MODES = {
+  punch: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+  "zero-range": FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+} as const;
+
+/**
+ * The way a store zeroes ranges: fallocate(PUNCH_HOLE|KEEP_SIZE), else ZERO_RANGE, else writing
+ * zero buffers. EOPNOTSUPP rules a path out for good (the fs or device cannot); any other error
+ * (EINVAL for a block device range not aligned to its sector) falls back to writing for that call
+ * only. The chosen path is logged once, at debug.
+ */
+export class ZeroPaths {
+  private chosen: ZeroPath | null = null;
+
+  constructor(
+    private readonly describe: string,
+    private readonly log: Logger | undefined,
+  ) {}
+
+  /**
+   * Zeroes the range by `fallocate(mode)` (which gives 0 or -errno) where a mode works; false when
+   * the caller must write zeroes.
+   */
+  async fallocated(fallocate: (mode: number) => number | Promise<number>): Promise<boolean> {
+    const order: ZeroPath[] = this.chosen === null ? ["punch", "zero-range", "write"] : [this.chosen];
+    for (const path of order) {
+      if (path === "write") break;
+      const res = await fallocate(ZERO_MODES[path]);
+      if (res === 0) {
+        this.choose(path);
+        return true;
+      }
+      if (res !== -EOPNOTSUPP) {
+        this.log?.debug("drive writeZeroes: fallocate failed, writing zeroes", { drive: this.describe, path, errno: -res });
+        return false;
+      }
+      this.chosen = null;
+    }
+    this.choose("write");
+    return false;
+  }
+
+  private choose(path: ZeroPath): void {
+    if (this.chosen === path) return;
+    this.chosen = path;
+    this.log?.debug("drive writeZeroes path", { drive: this.describe, path });
+  }
+}
+
+/**
+ * Reads of what the page cache holds, without waiting (preadv2 RWF_NOWAIT): the fast path of both
+ * stores. Turned off for good at the first answer that is not data, end of file or EAGAIN (a
+ * kernel or file system that cannot).
+ */
+export class CachedReads {
+  private on: boolean;
+
+  constructor(
+    private readonly fd: number,
+    enabled: boolean,
+  ) {
+    this.on = enabled && libc() !== null;
+  }
+
+  /** Bytes copied into dst's start from [offset, offset + dst.length) (0 when off). */
+  read(offset: number, dst: Uint8Array): number {
+    if (!this.on) return 0;
+    const c = libc()!;
+    let cached = 0;
+    while (cached < dst.length) {
+      const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
+      if (n <= 0) {
+        if (n !== -EAGAIN && n !== 0) this.on = false;
+        break;
+      }
+      cached += n;
+    }
+    return cached;
+  }
+}

@@ -11,10 +11,10 @@
  * so two processes of this host never serve the same drive.
  */
 import fs from "node:fs";
-import { EAGAIN, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, libc } from "../../ffi/libc.ts";
+import { EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, libc } from "../../ffi/libc.ts";
 import type { Logger } from "../env.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
-import { bootEpoch, type DriveFile, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
+import { bootEpoch, type DriveFileOptions, openDriveFile, CachedReads, ZeroPaths } from "./drive-file.ts";
 
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
@@ -32,13 +32,12 @@ export class FileStore implements DriveStore {
    * never reused by another open while a read or write of ours could still land on it. */
   private inflight = 0;
   private drained: (() => void) | null = null;
-  private zeroPath: ZeroPath | null = null;
-  /** preadv2(RWF_NOWAIT) works here; turned off at the first sign it does not. */
-  private nowait = libc() !== null;
+  private readonly cachedReads: CachedReads;
   private trimSupported = true;
   /** The kernel's boot: its page cache (our volatile cache) dies with it, and only with it. */
   readonly cache_epoch = bootEpoch();
   readonly io_path: string;
+  private readonly zeroPaths: ZeroPaths;
 
   private constructor(
     private readonly fd: number,
@@ -48,6 +47,8 @@ export class FileStore implements DriveStore {
     fallback_reason: string | undefined,
   ) {
     this.io_path = fallback_reason === undefined ? "thread pool" : `thread pool (io_uring: ${fallback_reason})`;
+    this.zeroPaths = new ZeroPaths(describe, log);
+    this.cachedReads = new CachedReads(fd, true);
   }
 
   /** Opens (or with create_size_bytes, creates) the file or block device at path. */
@@ -81,7 +82,7 @@ export class FileStore implements DriveStore {
     // Fast path: what is already in the page cache is copied at once, without a trip through the
     // threadpool (≈1 µs instead of ≈8 µs per 4 KiB); anything else goes async, so the event loop
     // never waits for the device.
-    const cached = this.readCached(offset, dst);
+    const cached = this.cachedReads.read(offset, dst);
     if (cached === dst.length) return;
     await this.tracked("read", offset, async () => {
       for (let done = cached; done < dst.length; ) {
@@ -95,23 +96,7 @@ export class FileStore implements DriveStore {
 
   readNow(offset: number, dst: Uint8Array): boolean {
     this.check(offset, dst.length);
-    return this.readCached(offset, dst) === dst.length;
-  }
-
-  /** Bytes copied from the page cache into dst's start without waiting (preadv2 RWF_NOWAIT). */
-  private readCached(offset: number, dst: Uint8Array): number {
-    if (!this.nowait) return 0;
-    const c = libc()!;
-    let cached = 0;
-    while (cached < dst.length) {
-      const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
-      if (n <= 0) {
-        if (n !== -EAGAIN && n !== 0) this.nowait = false; // unsupported here: stop trying
-        break;
-      }
-      cached += n;
-    }
-    return cached;
+    return this.cachedReads.read(offset, dst) === dst.length;
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
@@ -131,7 +116,10 @@ export class FileStore implements DriveStore {
     this.check(offset, length);
     if (length === 0) return;
     await this.tracked("writeZeroes", offset, async () => {
-      if (!this.fallocateZero(offset, length)) await this.writeZeroBuffers(offset, length);
+      const c = libc();
+      // libc answers errno (positive): ZeroPaths takes 0 or -errno; without libc, nothing punches.
+      const zeroed = await this.zeroPaths.fallocated((mode) => (c === null ? -EOPNOTSUPP : -c.fallocate(this.fd, mode, offset, length)));
+      if (!zeroed) await this.writeZeroBuffers(offset, length);
       if (fua) await fdatasyncAsync(this.fd);
     });
   }
@@ -153,38 +141,6 @@ export class FileStore implements DriveStore {
     this.closed = true;
     if (this.inflight > 0) await new Promise<void>((res) => (this.drained = res));
     fs.closeSync(this.fd);
-  }
-
-  /**
-   * Tries the fallocate paths in order of preference; false when the range must be written.
-   * EOPNOTSUPP rules a path out for good (the fs or device cannot); any other errno (EINVAL for a
-   * block device range not aligned to its sector) falls back to writing for this call only.
-   */
-  private fallocateZero(offset: number, length: number): boolean {
-    const c = libc();
-    const order: ZeroPath[] = this.zeroPath === null ? ["punch", "zero-range", "write"] : [this.zeroPath];
-    for (const path of order) {
-      if (path === "write" || c === null) break;
-      const mode = path === "punch" ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-      const err = c.fallocate(this.fd, mode, offset, length);
-      if (err === 0) {
-        this.choose(path);
-        return true;
-      }
-      if (err !== EOPNOTSUPP) {
-        this.log?.debug("drive writeZeroes: fallocate failed, writing zeroes", { drive: this.describe, path, errno: err });
-        return false;
-      }
-      this.zeroPath = null;
-    }
-    this.choose("write");
-    return false;
-  }
-
-  private choose(path: ZeroPath): void {
-    if (this.zeroPath === path) return;
-    this.zeroPath = path;
-    this.log?.debug("drive writeZeroes path", { drive: this.describe, path });
   }
 
   private async writeZeroBuffers(offset: number, length: number): Promise<void> {

@@ -39,21 +39,12 @@
  *
  * Durability: FUA = a write with RWF_DSYNC; flush = fdatasync (IORING_OP_FSYNC with DATASYNC).
  */
-import {
-  alignedBuffer,
-  EAGAIN,
-  EOPNOTSUPP,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  FALLOC_FL_ZERO_RANGE,
-  isAligned,
-  libc,
-} from "../../ffi/libc.ts";
+import { alignedBuffer, EAGAIN, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, isAligned } from "../../ffi/libc.ts";
 import { Ring, RWF_DSYNC } from "../../ffi/uring.ts";
 import fs from "node:fs";
 import type { Logger } from "../env.ts";
-import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
-import { bootEpoch, type DriveFile, type DriveFileOptions, openDriveFile, type ZeroPath } from "./drive-file.ts";
+import { checkRange, DriveIoError, type DriveStore, rangeRefused } from "../drive/store.ts";
+import { bootEpoch, CachedReads, type DriveFile, type DriveFileOptions, openDriveFile, ZeroPaths } from "./drive-file.ts";
 
 export interface UringStoreOptions extends DriveFileOptions {
   log?: Logger;
@@ -150,10 +141,9 @@ export class UringStore implements DriveStore {
   /** An op was started since the last idle check (the watch is kept while it is useful). */
   private busy = false;
   private readonly idleCheck: ReturnType<typeof setInterval>;
-  private zeroPath: ZeroPath | null = null;
+  private readonly zeroPaths: ZeroPaths;
   private trimSupported = true;
-  /** preadv2(RWF_NOWAIT) answers cached reads without a ring op; off at the first sign it cannot. */
-  private nowait: boolean;
+  private readonly cachedReads: CachedReads;
   private zeroChunk: Uint8Array | null = null;
   /** Until then (performance.now() ms), buffered writes go through the ring: one blocked. */
   private inlineResumeAt = 0;
@@ -178,9 +168,11 @@ export class UringStore implements DriveStore {
   ) {
     this.ops = new Array(ring.entries).fill(null);
     for (let i = ring.fixed.length - 1; i >= 0; i--) this.freeBounce.push(i);
-    this.nowait = directFd < 0 && libc() !== null;
+    // O_DIRECT: nothing is cached, and the direct descriptor must not go through the cache.
+    this.cachedReads = new CachedReads(fd, directFd < 0);
     this.inlineWrites = inlineWrites && directFd < 0;
     this.io_path = directFd >= 0 ? "io_uring, O_DIRECT" : this.inlineWrites ? "io_uring, buffered, inline writes" : "io_uring, buffered";
+    this.zeroPaths = new ZeroPaths(describe, log);
     this.idleCheck = setInterval(() => this.dropIdleWatch(), WATCH_LINGER_MS);
     this.idleCheck.unref();
   }
@@ -221,14 +213,8 @@ export class UringStore implements DriveStore {
     checkRange(this, this.closed, offset, length);
   }
 
-  /** The range check as a rejected promise (the DriveStore methods never throw). */
   private refused(offset: number, length: number): Promise<never> | null {
-    try {
-      this.check(offset, length);
-      return null;
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return rangeRefused(this, this.closed, offset, length);
   }
 
   read(offset: number, dst: Uint8Array): Promise<void> {
@@ -236,7 +222,7 @@ export class UringStore implements DriveStore {
     if (bad !== null) return bad;
     if (dst.length === 0) return Promise.resolve();
     // What the page cache holds is copied at once (≈1 µs, no ring op, no promise turn).
-    const cached = this.readCached(offset, dst);
+    const cached = this.cachedReads.read(offset, dst);
     if (cached === dst.length) return Promise.resolve();
     const rest = cached === 0 ? dst : dst.subarray(cached);
     return this.start(Kind.READ, this.fdFor(offset + cached, rest), rest, offset + cached, 0, 0) as Promise<unknown> as Promise<void>;
@@ -244,22 +230,7 @@ export class UringStore implements DriveStore {
 
   readNow(offset: number, dst: Uint8Array): boolean {
     this.check(offset, dst.length);
-    return this.readCached(offset, dst) === dst.length;
-  }
-
-  private readCached(offset: number, dst: Uint8Array): number {
-    if (!this.nowait) return 0;
-    const c = libc()!;
-    let cached = 0;
-    while (cached < dst.length) {
-      const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
-      if (n <= 0) {
-        if (n !== -EAGAIN && n !== 0) this.nowait = false;
-        break;
-      }
-      cached += n;
-    }
-    return cached;
+    return this.cachedReads.read(offset, dst) === dst.length;
   }
 
   write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
@@ -318,7 +289,7 @@ export class UringStore implements DriveStore {
   async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
     this.check(offset, length);
     if (length === 0) return;
-    if (!(await this.fallocateZero(offset, length))) await this.writeZeroBuffers(offset, length);
+    if (!(await this.zeroPaths.fallocated((mode) => this.fallocate(mode, offset, length)))) await this.writeZeroBuffers(offset, length);
     if (fua) await this.flush();
   }
 
@@ -506,37 +477,6 @@ export class UringStore implements DriveStore {
   /** The kernel's result of a fallocate ring op: 0 or -errno (never rejects for a refusal). */
   private fallocate(mode: number, offset: number, length: number): Promise<number> {
     return this.start(Kind.FALLOCATE, this.directFd >= 0 ? this.directFd : this.fd, EMPTY, offset, mode, length);
-  }
-
-  /**
-   * Tries the fallocate paths in order of preference; false when the range must be written.
-   * EOPNOTSUPP rules a path out for good (the fs or device cannot); any other errno (EINVAL for a
-   * block device range not aligned to its sector) falls back to writing for this call only.
-   */
-  private async fallocateZero(offset: number, length: number): Promise<boolean> {
-    const order: ZeroPath[] = this.zeroPath === null ? ["punch", "zero-range", "write"] : [this.zeroPath];
-    for (const path of order) {
-      if (path === "write") break;
-      const mode = path === "punch" ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-      const res = await this.fallocate(mode, offset, length);
-      if (res === 0) {
-        this.choose(path);
-        return true;
-      }
-      if (res !== -EOPNOTSUPP) {
-        this.log?.debug("drive writeZeroes: fallocate failed, writing zeroes", { drive: this.describe, path, errno: -res });
-        return false;
-      }
-      this.zeroPath = null;
-    }
-    this.choose("write");
-    return false;
-  }
-
-  private choose(path: ZeroPath): void {
-    if (this.zeroPath === path) return;
-    this.zeroPath = path;
-    this.log?.debug("drive writeZeroes path", { drive: this.describe, path });
   }
 
   private async writeZeroBuffers(offset: number, length: number): Promise<void> {
