@@ -313,6 +313,8 @@ class SimConn implements Conn {
   private inbox: InboxItem[] = [];
   private drainEvent: SimEvent | null = null;
   private closeFired = false;
+  /** pause(): data waits in the inbox (the simulated kernel buffer) until resume(). */
+  private paused = false;
   /** The connect() promise, while the handshake runs. */
   pending: { resolve: (c: Conn) => void; reject: (e: Error) => void } | null = null;
 
@@ -359,9 +361,19 @@ class SimConn implements Conn {
     this.conn.net.world.after(0, () => this.fireClose("closed"));
   }
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.inbox.length > 0) this.scheduleDrain();
+  }
+
   /** Data from the peer, in stream order. */
   receive(bytes: Uint8Array): void {
-    if (this.inbox.length === 0 && this.dataHandler) this.dataHandler(bytes);
+    if (this.inbox.length === 0 && this.dataHandler && !this.paused) this.dataHandler(bytes);
     else {
       // The chunk is only valid during a call, and this one is kept past it.
       this.inbox.push({ bytes: bytes.slice() });
@@ -409,6 +421,7 @@ class SimConn implements Conn {
   private drain(final: boolean): void {
     while (this.inbox.length > 0 && !this.closeFired && this.inc.alive) {
       const item = this.inbox[0]!;
+      if (this.paused && !("close" in item)) return; // resume() schedules the rest
       const handler = "close" in item ? this.onClose : this.dataHandler;
       if (!handler && !final) return this.scheduleDrain();
       this.inbox.shift();

@@ -141,6 +141,13 @@ export function parsePositiveInt(text: string | undefined, what: string): number
   return Number(text);
 }
 
+/** "30s", "500ms", "2m" → milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(text);
+  if (!m || Number(m[1]) === 0) throw new UsageError(`invalid ${what} '${text}': give a duration such as 30s, 500ms or 2m`);
+  return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "m" ? 60_000 : 1000);
+}
+
 export function formatBytes(n: number): string {
   for (const [u, f] of [["T", 2 ** 40], ["G", 2 ** 30], ["M", 2 ** 20], ["K", 2 ** 10]] as const) {
     if (n >= f) return `${(n / f).toFixed(n % f === 0 ? 0 : 1)}${u}`;

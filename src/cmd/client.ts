@@ -10,9 +10,16 @@ import { NbdServer } from "../engine/nbd/server.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { viaLocalTarget } from "../engine/client/local-target.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
+import type { FrameLink } from "../engine/net/frame-link.ts";
+import type { HelloRequest } from "../engine/wire/control.ts";
 import { tomaClient } from "../toma/api-client.ts";
-import { formatBytes, listenAddress, managementAddress, repeated, UsageError } from "./args.ts";
+import { formatBytes, listenAddress, managementAddress, parseDuration, parsePositiveInt, repeated, UsageError } from "./args.ts";
+import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
+import { DEFAULT_NBD_LIMITS } from "../engine/nbd/server.ts";
+import { DEFAULT_TARGET_PREAUTH } from "../engine/target/service.ts";
 import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { DEFAULT_TARGET_PORT } from "./target.ts";
 import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
@@ -26,13 +33,6 @@ import { asClientKey } from "../engine/wire/cluster-key.ts";
 const runDirArg = {
   "run-dir": { type: "string" as const, description: "sockets directory (default /run/nvmesh, or NVMESH_RUN_DIR)" },
 };
-
-/** "30s", "500ms", "2m" → milliseconds. */
-function parseDuration(text: string, what: string): number {
-  const m = /^(\d+)(ms|s|m)?$/.exec(text);
-  if (!m || Number(m[1]) === 0) throw new UsageError(`invalid ${what} '${text}': give a duration such as 30s, 500ms or 2m`);
-  return Number(m[1]) * (m[2] === "ms" ? 1 : m[2] === "m" ? 60_000 : 1000);
-}
 
 /**
  * TEST-ONLY: NVMESH_EVIL=kind[:every=N] makes this daemon corrupt its writes to debug-format
@@ -85,6 +85,10 @@ const serve = command({
     "target-listen": { type: "string", description: "with --drive: HOST:PORT the target listens on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     "target-name": { type: "string", description: "with --drive: target name (default: host name)" },
     ...driveIoArg,
+    ...payloadBudgetArg,
+    "handshake-timeout": { type: "string", description: "close an NBD client that has not finished its handshake after this long", default: "10s" },
+    "max-handshakes": { type: "string", description: "NBD connections in their handshake at once; more are refused (logged)" },
+    ...preauthArgs,
   },
   repeatable: ["drive"],
   async run({ args, rawArgs }) {
@@ -107,25 +111,30 @@ const serve = command({
     const target_key = paths.length === 0 ? null : serverKeyBytes(key, "serving drives (--drive)");
     const env = realEnv("client");
     const exports = new ExportRegistry();
-    const nbd = new NbdServer(env, exports);
+    const nbd = new NbdServer(env, exports, {
+      payload_budget_bytes: payloadBudget(args) ?? DEFAULT_NBD_LIMITS.payload_budget_bytes,
+      handshake_timeout_ms: parseDuration(args["handshake-timeout"], "--handshake-timeout"),
+      max_handshakes: parsePositiveInt(args["max-handshakes"], "--max-handshakes") ?? DEFAULT_NBD_LIMITS.max_handshakes,
+    });
     const target = paths.length === 0 ? null : await hostTarget(realEnv("target"), {
       paths,
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
       cluster_key: target_key,
       io: driveIoMode(args["drive-io"]),
+      limits: { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH) },
     });
     // A client is a client even on a server: it proves the client key, and is fenced like any.
     const cluster_key = key === null ? null : asClientKey(key);
     const toma = tomaClient(mgmt, { key: cluster_key });
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
+    const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });
+    // The target in this process first (no wire at all), then RDMA where the target offers it.
+    const local = target ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, over) : open;
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
-      openSession: target
-        ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, (e, conn, address, hello) =>
-            sessionOver(e, conn, address, hello, { cluster_key }))
-        : open,
+      openSession: viaRdma(local, realRdma, over),
       nbd,
       exports,
       socket_dir: dir,
@@ -208,6 +217,9 @@ const show = command({
     const list = await control<Attachment[]>(runDir(args["run-dir"]), "GET", "/v1/attachments");
     if (fmt === "json") return printJson(list);
     printTable(list.map((a) => ({ volume: a.volume, capacity: formatBytes(a.capacity_bytes), raid: a.raid_level, drives: a.drives, uri: a.uri, device: a.nbd_device ?? "-" })));
+    // Each target session, with the transport it uses and why.
+    const sessions = list.flatMap((a) => (a.sessions ?? []).map((s) => ({ volume: a.volume, target: s.target, transport: s.transport ?? "not connected" })));
+    if (sessions.length > 0) printTable(sessions);
   },
 });
 

@@ -5,11 +5,16 @@ import { parseAddress } from "../engine/net/conn.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenFailure } from "../engine/runtime/real-net.ts";
 import { managementApi } from "../toma/api.ts";
-import { serveTomaApi } from "../toma/runtime/http-server.ts";
+import { serveTomaApi, type TomaHttpServer } from "../toma/runtime/http-server.ts";
 import { Toma } from "../toma/toma.ts";
+import { viaRdma } from "../engine/client/rdma-upgrade.ts";
+import { realRdma } from "../engine/runtime/rdma-net.ts";
+import { openSession, sessionOver } from "../engine/wire/session.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { command, untilSignal } from "./command.ts";
 import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
+import { DEFAULT_HTTP_LIMITS } from "../toma/http-conn.ts";
+import { preauthArgs, preauthLimits } from "./limit-args.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
 
@@ -22,6 +27,7 @@ const run = command({
     cluster: { type: "string", description: "cluster UUID to adopt when drives of several clusters are found" },
     ...keyFileArg,
     ...insecureArg,
+    ...preauthArgs,
   },
   repeatable: ["target"],
   async run({ args, rawArgs }) {
@@ -36,10 +42,20 @@ const run = command({
     const listen = parseAddress(listenAddress(args.listen));
     if ("unix" in listen) throw new UsageError(`invalid --listen '${args.listen}': the management API listens on HOST:PORT (e.g. 0.0.0.0:${DEFAULT_TOMA_PORT}), not a unix socket`);
     const env = realEnv("toma");
-    const toma = new Toma(env, { name: args.name ?? hostname(), targets, cluster_uuid: args.cluster, cluster_key });
-    let http: ReturnType<typeof serveTomaApi>;
+    const name = args.name ?? hostname();
+    const hello = { version: 1 as const, role: "toma" as const, name };
+    const keyed = { cluster_key: cluster_key === null ? null : { kind: "server" as const, key: cluster_key } };
+    // Over RDMA where a target offers it, as the clients do (target show says which and why).
+    const open = viaRdma(
+      (e, address, h) => openSession(e, address, h, keyed),
+      realRdma,
+      (e, link, address, h) => sessionOver(e, link, address, h, keyed),
+    );
+    const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
+    const limits = preauthLimits(args, DEFAULT_HTTP_LIMITS);
+    let http: TomaHttpServer;
     try {
-      http = serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port });
+      http = await serveTomaApi(managementApi(env, toma, cluster_key), { hostname: listen.host, port: listen.port, env: realEnv("toma-api"), limits });
     } catch (e) {
       throw new Error(listenFailure(args.listen, e));
     }

@@ -1,6 +1,6 @@
 /**
  * The narrow libc facade: the few syscalls node:fs does not expose (fallocate, lseek, flock,
- * posix_fadvise) and 4096-aligned buffers for O_DIRECT. Pointers never leave this file; callers
+ * posix_fadvise, fcntl's O_NONBLOCK) and 4096-aligned buffers for O_DIRECT. Pointers never leave this file; callers
  * get numbers, errno values and Uint8Array views.
  *
  * Loading is lazy and may fail (no libc.so.6, e.g. musl): `libc()` then returns null and callers
@@ -18,6 +18,9 @@ export const LOCK_NB = 4;
 /** From <fcntl.h>. */
 export const POSIX_FADV_DONTNEED = 4;
 const SEEK_END = 2;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
 
 /** errno values we branch on (asm-generic/errno-base.h, errno.h on Linux). */
 export const EAGAIN = 11;
@@ -32,6 +35,7 @@ const SYMBOLS = {
   flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
   preadv2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
+  fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
   syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64], returns: FFIType.i64_fast },
 } as const;
@@ -85,6 +89,8 @@ export interface Libc {
    * 6.5). A range with neither dirty nor writeback pages has reached the device.
    */
   cacheState(fd: number, offset: number, length: number): { cached: number; dirty: number; writeback: number } | null;
+  /** Sets O_NONBLOCK on fd (e.g. an RDMA event channel's). Returns 0 or errno. */
+  setNonBlocking(fd: number): Errno;
 }
 
 /**
@@ -136,6 +142,11 @@ function makeFacade(l: Lib): Libc {
       const out = new Uint32Array(10); // five u64 counters; page counts fit in the low halves here
       if (Number(l.symbols.syscall(SYS_cachestat, fd, ptr(r32), ptr(out), 0)) !== 0) return null;
       return { cached: out[0]! + out[1]! * 0x1_0000_0000, dirty: out[2]! + out[3]! * 0x1_0000_0000, writeback: out[4]! + out[5]! * 0x1_0000_0000 };
+    },
+    setNonBlocking(fd) {
+      const flags = l.symbols.fcntl(fd, F_GETFL, 0);
+      if (flags < 0) return errno(l);
+      return l.symbols.fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ? errno(l) : 0;
     },
   };
 }

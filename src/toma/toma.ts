@@ -103,6 +103,13 @@ export interface TargetView {
   /** Local milliseconds since the last up/down transition (never a wall-clock time). */
   for_ms: number;
   last_error: string | null;
+  /**
+   * How this TOMA's session to the target carries its frames, and why: "tcp: no RDMA device on
+   * this host", "rdma: the target listens on rdma://…" (null while down).
+   */
+  transport: string | null;
+  /** The target's RDMA port when it listens on RDMA ("rdma://HOST:PORT"; HOST * for any address). */
+  rdma: string | null;
 }
 
 const unavailable = (error: string): Refusal => ({ ok: false, code: "unavailable", error });
@@ -245,6 +252,8 @@ export class Toma {
       io: [...new Set(l.drives.flatMap((d) => (d.io_path === undefined ? [] : [d.io_path])))].join("; ") || null,
       for_ms: Math.max(0, Math.round(now - l.since_ms)),
       last_error: l.last_error,
+      transport: l.session?.transport.why ?? null,
+      rdma: l.session?.info.rdma ? `rdma://${l.session.info.rdma.host ?? "*"}:${l.session.info.rdma.port}` : null,
     }));
   }
 

@@ -338,4 +338,101 @@ describe("nbd transmission", () => {
       expect(env.logged.filter((l) => l.level === "error")).toEqual([]);
     }
   });
+
+  test("a WRITE above 1 MiB is written in pieces cut at 1 MiB boundaries of the export, answered once all are", async () => {
+    const store = new SpyStore(8 * MiB);
+    const { client, server } = await connect({ store }, {}, 100_000);
+    const data = pattern(3 * MiB + 1000, 9);
+    client.request({ type: NBD_CMD_WRITE, cookie: 1, offset: MiB / 2, flags: NBD_CMD_FLAG_FUA }, data);
+    expect((await client.reply()).error).toBe(0);
+    expect(store.calls).toEqual([`write ${MiB / 2}+${MiB / 2} fua`, `write ${MiB}+${MiB} fua`, `write ${2 * MiB}+${MiB} fua`, `write ${3 * MiB}+${MiB / 2 + 1000} fua`]);
+    client.request({ type: NBD_CMD_READ, cookie: 2, offset: MiB / 2, length: data.length });
+    expect(Buffer.from((await client.reply(data.length)).data!).equals(Buffer.from(data))).toBe(true);
+    // Small writes crossing a boundary are not split.
+    client.request({ type: NBD_CMD_WRITE, cookie: 3, offset: MiB - 512 }, pattern(4096, 1));
+    expect((await client.reply()).error).toBe(0);
+    expect(store.calls.at(-1)).toBe(`write ${MiB - 512}+4096`);
+    expect(server.payload_bytes_in_flight).toBe(0);
+  });
+
+  test("a WRITE whose data stalls holds only the piece being filled, and nothing once written", async () => {
+    const store = new SpyStore(64 * MiB);
+    const { client, server } = await connect({ store });
+    const data = pattern(32 * MiB, 3);
+    const whole = new Uint8Array(28 + data.length);
+    whole.set(encodeRequestBytes(1, 0, data.length), 0);
+    whole.set(data, 28);
+    client.send(whole.subarray(0, 28)); // the header alone: nothing is reserved yet
+    await flushMicrotasks();
+    expect(server.payload_bytes_in_flight).toBe(0);
+    client.send(whole.subarray(28, 28 + 5 * MiB + 100)); // five pieces and a bit
+    await flushMicrotasks();
+    await flushMicrotasks();
+    expect(server.payload_bytes_in_flight).toBeLessThanOrEqual(MiB);
+    client.send(whole.subarray(28 + 5 * MiB + 100));
+    expect((await client.reply()).error).toBe(0);
+    expect(server.payload_bytes_in_flight).toBe(0);
+  });
+
+  test("two connections flooding a budget smaller than their demand both finish, in turn", async () => {
+    const env = testEnv();
+    const exports = new ExportRegistry();
+    const store = new SpyStore(16 * MiB);
+    exports.add("disk", { store });
+    const server = new NbdServer(env, exports, { payload_budget_bytes: 2 * MiB, max_inflight_bytes: 2 * MiB });
+    const clients = await Promise.all(
+      [0, 1].map(async () => {
+        const [c, s] = memConnPair(64 * 1024);
+        server.handle(s);
+        const client = new RawNbdClient(c);
+        await client.greet();
+        await client.go("disk");
+        return client;
+      }),
+    );
+    let peak = 0;
+    const watch = setInterval(() => (peak = Math.max(peak, server.payload_bytes_in_flight)), 0);
+    for (const [i, client] of clients.entries()) {
+      for (let k = 0; k < 20; k++) client.request({ type: NBD_CMD_WRITE, cookie: k, offset: (i * 20 + k) * 256 * 1024 }, pattern(256 * 1024, k));
+    }
+    for (const client of clients) for (let k = 0; k < 20; k++) expect((await client.reply()).error).toBe(0);
+    clearInterval(watch);
+    expect(peak).toBeLessThanOrEqual(2 * MiB);
+    expect(server.payload_bytes_in_flight).toBe(0);
+    await server.close();
+  });
+
+  test("a client that pipelines far beyond the bounds is paused, never disconnected: all 5000 answered", async () => {
+    const store = new SpyStore(8 * MiB);
+    store.hold = true;
+    const { client, server } = await connect({ store }, { max_inflight_requests: 4 });
+    const all = new Uint8Array(5000 * (28 + 4096));
+    for (let k = 0; k < 5000; k++) all.set(encodeRequestBytes(k, (k % 512) * 4096, 4096), k * (28 + 4096));
+    client.send(all);
+    await flushMicrotasks();
+    expect(store.executing).toBe(4);
+    for (let answered = 0; answered < 5000; ) {
+      store.release();
+      await flushMicrotasks();
+      while (client.pending_bytes >= 16) {
+        expect((await client.reply()).error).toBe(0);
+        answered++;
+      }
+    }
+    expect(client.closeReason).toBe(null);
+    expect(server.connection_count).toBe(1);
+  });
 });
+
+/** A WRITE request header (the data follows separately). */
+function encodeRequestBytes(cookie: number, offset: number, length: number): Uint8Array {
+  const b = new Uint8Array(28);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 0x25609513);
+  v.setUint16(6, NBD_CMD_WRITE);
+  v.setUint32(12, cookie);
+  v.setUint32(16, Math.floor(offset / 2 ** 32));
+  v.setUint32(20, offset >>> 0);
+  v.setUint32(24, length);
+  return b;
+}

@@ -78,7 +78,7 @@ export interface TargetHarness {
 
 export async function startTarget(
   drives: FormattedDrive[],
-  opts: { max_inflight_per_conn?: number; fencing?: boolean; writeback_ms?: number; cluster_key?: Uint8Array } = {},
+  opts: { max_inflight_per_conn?: number; fencing?: boolean; writeback_ms?: number; cluster_key?: Uint8Array; payload_budget_bytes?: number } = {},
 ): Promise<TargetHarness> {
   const logs: LogLine[] = [];
   const env = realEnv("target-test", recordingLogger(logs));

@@ -45,6 +45,11 @@ export interface GuestOptions {
   fwd?: number[];
   /** Host folder mounted at /mnt/host in the guest. */
   share?: string;
+  /**
+   * A second NIC (eth1): an L2 link to one other guest over 127.0.0.1:PORT, one side "listen",
+   * the other "connect" (boot the listening one first), with `ip1` (e.g. 192.168.77.1/24) on it.
+   */
+  link?: { mode: "listen" | "connect"; port: number; ip1: string };
 }
 
 export class Guest {
@@ -57,6 +62,7 @@ export class Guest {
     const args = ["up", name, "--mem", String(opts.mem_mib ?? 1024)];
     for (const p of opts.fwd ?? []) args.push("--fwd", String(p));
     if (opts.share) args.push("--share", opts.share);
+    if (opts.link) args.push("--link", `${opts.link.mode}:${opts.link.port}`, "--ip1", opts.link.ip1);
     const g = new Guest(name);
     const r = await vmlab(args, timeout_ms);
     if (r.code !== 0) {

@@ -10,7 +10,7 @@ import { managementApi } from "../../src/toma/api.ts";
 import { formatAuthorization, requestSignature } from "../../src/toma/api-auth.ts";
 import { serveTomaApi, type TomaHttpServer } from "../../src/toma/runtime/http-server.ts";
 import type { Toma } from "../../src/toma/toma.ts";
-import { MiB, startTargets, startToma, testEnv, type TestApi, type TestTarget, until } from "./harness.ts";
+import { apiFixture, MiB, testEnv, type TestApi, type TestTarget, until } from "./harness.ts";
 
 const env = testEnv();
 let targets: TestTarget[];
@@ -23,12 +23,8 @@ const ADMIN = { key: { kind: "server", key: SERVER_KEY } satisfies ClusterKey };
 const CLIENT_HOST = { key: { kind: "client", key: clientKeyOf(SERVER_KEY) } satisfies ClusterKey };
 
 beforeAll(async () => {
-  targets = await startTargets(env, [1, 1]);
-  ({ toma, api } = startToma(env, targets));
-  await toma.whenReady(5000);
-  await until("2 member drives", () => toma.state?.drives.length === 2);
-  expect((await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" })).status).toBe(201);
-  http = serveTomaApi(managementApi(env, toma, SERVER_KEY));
+  ({ targets, toma, api } = await apiFixture(env));
+  http = await serveTomaApi(managementApi(env, toma, SERVER_KEY));
 });
 
 afterAll(async () => {

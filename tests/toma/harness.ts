@@ -88,6 +88,20 @@ export function startToma(env: Env, targets: TestTarget[], opts: { cluster_uuid?
   return { toma, api: adminApi(toma) };
 }
 
+/**
+ * The management API's fixture: two targets of one drive each, a ready TOMA with both drives as
+ * members, and a volume "existing" of 1 MiB. Stop with toma.stop() and each target's kill().
+ */
+export async function apiFixture(env: Env): Promise<{ targets: TestTarget[]; toma: Toma; api: TestApi }> {
+  const targets = await startTargets(env, [1, 1]);
+  const { toma, api } = startToma(env, targets);
+  await toma.whenReady(5000);
+  await until("2 member drives", () => toma.state?.drives.length === 2);
+  const r = await api("POST", "/v1/volumes", { name: "existing", capacity_bytes: MiB, raid_level: "concatenated" });
+  if (r.status !== 201) throw new Error(`creating the fixture's volume answered ${r.status}: ${JSON.stringify(r.body)}`);
+  return { targets, toma, api };
+}
+
 /** Polls `cond` every 10 ms until true, or throws with `what` after timeout_ms. */
 export async function until(what: string, cond: () => boolean | Promise<boolean>, timeout_ms = 5000): Promise<void> {
   const end = performance.now() + timeout_ms;

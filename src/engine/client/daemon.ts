@@ -66,6 +66,12 @@ export interface Attachment {
   raid_level: string;
   drives: number;
   generation: number;
+  /**
+   * The targets this volume's drives are on, and how this client's session to each carries its
+   * frames and why ("rdma: the target listens on rdma://…", "tcp: no RDMA device on this host",
+   * "in-process: …"; null while not connected). Filled when listed.
+   */
+  sessions?: { target: string; transport: string | null }[];
 }
 
 export class AttachError extends Error {
@@ -185,7 +191,16 @@ export class ClientDaemon {
   }
 
   list(): Attachment[] {
-    return [...this.attached.values()].map((a) => a.info);
+    return [...this.attached.values()].map((a) => ({ ...a.info, sessions: this.sessionsOf(a.device.drives()) }));
+  }
+
+  private sessionsOf(drives: string[]): { target: string; transport: string | null }[] {
+    const seen = new Map<string, string | null>();
+    for (const d of drives) {
+      const r = this.pool.route(d);
+      if (r.target !== null && !seen.has(r.target)) seen.set(r.target, r.transport);
+    }
+    return [...seen].sort().map(([target, transport]) => ({ target, transport }));
   }
 
   async attach(req: AttachRequest): Promise<Attachment> {

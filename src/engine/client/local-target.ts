@@ -6,7 +6,7 @@
  * session is closed and a new one is opened in-process, with the same HELLO, AUTH and fencing.
  */
 import type { Env } from "../env.ts";
-import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
 import type { HelloRequest } from "../wire/control.ts";
 import type { TargetSession } from "../wire/session-api.ts";
 import type { OpenSession } from "./target-pool.ts";
@@ -14,11 +14,11 @@ import type { OpenSession } from "./target-pool.ts";
 export interface LocalTarget {
   /** TargetInfo.serving of the target in this process. */
   serving: string;
-  /** A new in-process connection to it (the other end handed to the target). */
-  connect(): Conn;
+  /** A new in-process link to it (the other end handed to the target). */
+  connect(): FrameLink;
 }
 
-export type SessionOver = (env: Env, conn: Conn, address: string, hello: HelloRequest) => Promise<TargetSession>;
+export type SessionOver = (env: Env, link: FrameLink, address: string, hello: HelloRequest) => Promise<TargetSession>;
 
 export function viaLocalTarget(open: OpenSession, local: LocalTarget, over: SessionOver): OpenSession {
   return async (env, address, hello) => {

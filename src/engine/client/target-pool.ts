@@ -89,6 +89,13 @@ export class TargetPool {
     return await p;
   }
 
+  /** Where a drive is served, and how our session there carries its frames (null: none open). */
+  route(drive_uuid: string): { target: string | null; transport: string | null } {
+    const target = this.location.get(drive_uuid) ?? null;
+    const s = target === null ? undefined : this.sessions.get(target);
+    return { target, transport: s && !s.closed ? s.transport.why : null };
+  }
+
   close(): void {
     for (const s of this.sessions.values()) s.close();
     this.sessions.clear();

@@ -100,6 +100,11 @@ export class VolumeDevice implements DriveStore {
   }
 
   /** Resolves once no I/O planned with a topology older than the volume's current one is in flight. */
+  /** The drives of the current layout (status output). */
+  drives(): string[] {
+    return volumeDrives(this.layout);
+  }
+
   drained(): Promise<void> {
     return this.mirror ? this.mirror.drained(this.mirror.topologyGeneration) : Promise.resolve();
   }

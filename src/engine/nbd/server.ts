@@ -6,25 +6,48 @@
  *   const listener = await env.net.listen("unix:/run/nvmesh/vol1.sock", (c) => server.handle(c));
  */
 import type { Env } from "../env.ts";
+import { ByteBudget } from "../limits/byte-budget.ts";
+import { admitConnection, PreAuthGate } from "../limits/preauth.ts";
 import type { Conn } from "../net/conn.ts";
 import { MAX_PAYLOAD_BYTES } from "./constants.ts";
 import type { ExportRegistry, NbdExport } from "./exports.ts";
 import { NbdSession, type SessionLimits } from "./session.ts";
+import { BufferPool } from "../wire/buffer-pool.ts";
+import type { TimerHandle } from "../env.ts";
 
-export type NbdServerOptions = Partial<SessionLimits>;
+/** How often the server's buffer pool lets go of what an idle period did not use. */
+const POOL_TRIM_MS = 5000;
 
-export const DEFAULT_NBD_LIMITS: SessionLimits = {
-  handshake_timeout_ms: 30_000,
+export interface NbdLimits extends SessionLimits {
+  /**
+   * Payload bytes in flight over all connections of the server (WRITE data received and not yet
+   * written, READ replies allocated and not yet sent); a connection that needs more waits, in
+   * arrival order, with its socket paused.
+   */
+  payload_budget_bytes: number;
+}
+
+export type NbdServerOptions = Partial<NbdLimits>;
+
+export const DEFAULT_NBD_LIMITS: NbdLimits = {
+  // qemu-nbd's default handshake limit; a client finishes its handshake in milliseconds.
+  handshake_timeout_ms: 10_000,
+  max_handshakes: 128,
   max_option_bytes: 64 * 1024,
   max_options: 1024,
   max_inflight_requests: 128,
-  max_inflight_bytes: 4 * MAX_PAYLOAD_BYTES,
-  max_backlog_bytes: 8 * MAX_PAYLOAD_BYTES,
+  max_inflight_bytes: 2 * MAX_PAYLOAD_BYTES,
+  payload_budget_bytes: 4 * MAX_PAYLOAD_BYTES,
 };
 
 export class NbdServer {
   private readonly sessions = new Set<NbdSession>();
-  private readonly limits: SessionLimits;
+  private readonly limits: NbdLimits;
+  private readonly budget: ByteBudget;
+  private readonly gate: PreAuthGate;
+  /** READ reply and WRITE data buffers for every connection: bounded once, not per connection. */
+  private readonly pool = new BufferPool(16 * 1024 * 1024);
+  private readonly trimmer: TimerHandle;
   private readonly unsubscribe: () => void;
   private closing = false;
 
@@ -37,6 +60,9 @@ export class NbdServer {
     if (this.limits.max_inflight_requests < 1 || this.limits.max_inflight_bytes < 1) {
       throw new Error("NBD in-flight limits must be at least 1");
     }
+    this.budget = new ByteBudget(this.limits.payload_budget_bytes);
+    this.trimmer = env.timers.every(POOL_TRIM_MS, () => this.pool.trim());
+    this.gate = new PreAuthGate(env, { max_unauthenticated: this.limits.max_handshakes, auth_timeout_ms: this.limits.handshake_timeout_ms }, "nbd");
     // Whoever removes an export (detach() or the registry's owner directly), its connections drain.
     this.unsubscribe = exports.onRemove((name, exp) => {
       for (const s of this.sessions) if (s.exp === exp) s.stop(`export '${name}' removed`);
@@ -49,7 +75,8 @@ export class NbdServer {
       conn.close();
       return;
     }
-    const session = new NbdSession(this.env, conn, this.exports, this.limits);
+    const session = admitConnection(this.gate, conn, (ticket) => new NbdSession(this.env, conn, this.exports, this.limits, this.budget, this.pool, ticket));
+    if (session === null) return; // refused (logged by the gate): too many connections in their handshake
     this.sessions.add(session);
     void session.finished.then(() => this.sessions.delete(session));
     session.start();
@@ -58,6 +85,16 @@ export class NbdServer {
   /** Live connections, in handshake or transmission. */
   get connection_count(): number {
     return this.sessions.size;
+  }
+
+  /** Connections still in their handshake. */
+  get handshake_count(): number {
+    return this.gate.unauthenticated;
+  }
+
+  /** Payload bytes held by requests in flight over all connections. */
+  get payload_bytes_in_flight(): number {
+    return this.budget.used;
   }
 
   /**
@@ -74,6 +111,7 @@ export class NbdServer {
   /** Stops serving: every connection drains its requests in flight and closes. */
   async close(): Promise<void> {
     this.closing = true;
+    this.trimmer.cancel();
     this.unsubscribe();
     const all = [...this.sessions];
     for (const s of all) s.stop("server shutting down");

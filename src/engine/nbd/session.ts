@@ -1,22 +1,27 @@
 /**
- * One client connection: handshake, then transmission. Owns the Conn's callbacks, the handshake
- * deadline and the backlog of bytes received while transmission is paused at its in-flight bound.
+ * One client connection: handshake, then transmission. Owns the Conn's callbacks, its place among
+ * the connections still in their handshake (limits/preauth.ts: how many at once, for how long),
+ * and the socket's pause while transmission cannot take more.
+ *
+ * While transmission is paused the socket is too (Conn.pause): the client meets TCP backpressure,
+ * as qemu-nbd and nbd-server do it, and what it sends waits in the kernel. Only the rest of the
+ * chunk being fed when the pause began is kept here.
  */
-import type { Env, TimerHandle } from "../env.ts";
+import type { Env } from "../env.ts";
+import type { ByteBudget } from "../limits/byte-budget.ts";
+import type { PreAuthTicket } from "../limits/preauth.ts";
 import type { Conn } from "../net/conn.ts";
 import type { ExportRegistry, NbdExport } from "./exports.ts";
 import { Handshake, type HandshakeLimits } from "./handshake.ts";
 import { Transmission, type TransmissionLimits } from "./transmission.ts";
 import { SendBatcher } from "../wire/send-batcher.ts";
+import type { BufferPool } from "../wire/buffer-pool.ts";
 
 export interface SessionLimits extends HandshakeLimits, TransmissionLimits {
   /** A client that has not entered transmission by then is closed. */
   handshake_timeout_ms: number;
-  /**
-   * Bytes kept while paused. Conn cannot stop the socket from reading, so a client that ignores
-   * its own queue depth would grow this without end; past the bound the connection is closed.
-   */
-  max_backlog_bytes: number;
+  /** Connections in their handshake at once; more are closed as they arrive (logged). */
+  max_handshakes: number;
 }
 
 type Phase = "handshake" | "transmission" | "closed";
@@ -32,9 +37,9 @@ export class NbdSession {
   private transmission: Transmission | null = null;
   /** Replies of one tick leave in one send (transmission phase only). */
   private out: SendBatcher | null = null;
-  private handshakeTimer: TimerHandle | null = null;
-  private backlog: Uint8Array[] = [];
-  private backlogBytes = 0;
+  /** What transmission did not consume yet of the chunk being fed when it paused. */
+  private rest: Uint8Array | null = null;
+  private paused = false;
   /** True once the store will not be called any more on behalf of this session. */
   private storeIdle = true;
   private isFinished = false;
@@ -44,6 +49,10 @@ export class NbdSession {
     private readonly conn: Conn,
     exports: ExportRegistry,
     private readonly limits: SessionLimits,
+    private readonly budget: ByteBudget,
+    private readonly pool: BufferPool,
+    /** This connection's place among those in their handshake, until it enters transmission. */
+    private readonly ticket: PreAuthTicket,
   ) {
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
     this.handshake = new Handshake(exports, (b) => this.conn.send(b), limits);
@@ -52,10 +61,12 @@ export class NbdSession {
   start(): void {
     this.conn.onData = (chunk) => this.onData(chunk);
     this.conn.onClose = (reason) => this.onConnClosed(reason);
-    this.handshakeTimer = this.env.timers.after(this.limits.handshake_timeout_ms, () => {
-      if (this.phase === "handshake") this.closeConn("handshake timed out", true);
-    });
     this.conn.send(this.handshake.greeting());
+  }
+
+  /** The handshake deadline passed (limits/preauth.ts). */
+  expire(_why: string): void {
+    if (this.phase === "handshake") this.closeConn(`handshake not finished within ${this.limits.handshake_timeout_ms} ms`, true);
   }
 
   /** Ends the session gracefully: requests in flight are answered, then the connection closes. */
@@ -67,12 +78,19 @@ export class NbdSession {
   private onData(chunk: Uint8Array): void {
     if (this.phase === "closed") return;
     this.guarded(() => {
-      if (this.backlog.length === 0) {
-        const used = this.feed(chunk, 0);
-        if (used < chunk.length && this.phase !== "closed") this.keep(chunk.slice(used)); // chunk is only lent to us
-      } else {
-        this.keep(chunk.slice());
-        this.pump();
+      if (this.rest !== null) {
+        // The transport handed over bytes although we paused (it may, for a chunk read before the
+        // pause took effect): they queue behind the rest, in order.
+        const both = new Uint8Array(this.rest.length + chunk.length);
+        both.set(this.rest);
+        both.set(chunk, this.rest.length);
+        this.rest = both;
+        return this.pump();
+      }
+      const used = this.feed(chunk, 0);
+      if (used < chunk.length && this.phase !== "closed") {
+        this.rest = chunk.slice(used); // chunk is only lent to us
+        this.pause();
       }
     });
   }
@@ -90,25 +108,28 @@ export class NbdSession {
     }
   }
 
-  private keep(bytes: Uint8Array): void {
-    this.backlog.push(bytes);
-    this.backlogBytes += bytes.length;
-    if (this.backlogBytes > this.limits.max_backlog_bytes) {
-      this.closeConn(`client sent over ${this.limits.max_backlog_bytes} bytes beyond the in-flight bound`, true);
-    }
+  /** feed() may close the session: read the phase again rather than trust a narrowed type. */
+  private get isClosed(): boolean {
+    return this.phase === "closed";
   }
 
-  /** Feeds kept bytes while the current phase consumes them. */
+  private pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.conn.pause();
+  }
+
+  /** Feeds the kept rest while the current phase consumes it; reads the socket again once all is. */
   private pump(): void {
-    while (this.backlog.length > 0 && this.phase !== "closed") {
-      const head = this.backlog[0]!;
-      const used = this.feed(head, 0);
-      this.backlogBytes -= used;
-      if (used < head.length) {
-        this.backlog[0] = head.subarray(used);
-        return;
-      }
-      this.backlog.shift();
+    const rest = this.rest;
+    if (rest !== null && this.phase !== "closed") {
+      const used = this.feed(rest, 0);
+      this.rest = used < rest.length && !this.isClosed ? rest.subarray(used) : null;
+    }
+    if (this.rest !== null) return this.pause();
+    if (this.paused && !this.isClosed) {
+      this.paused = false;
+      this.conn.resume();
     }
   }
 
@@ -136,8 +157,7 @@ export class NbdSession {
   }
 
   private enterTransmission(name: string, exp: NbdExport): void {
-    this.handshakeTimer?.cancel();
-    this.handshakeTimer = null;
+    this.ticket.authenticated();
     this.phase = "transmission";
     this.exp = exp;
     this.export_name = name;
@@ -158,6 +178,8 @@ export class NbdSession {
         },
       },
       this.limits,
+      this.budget,
+      this.pool,
       this.env.log,
     );
   }
@@ -182,10 +204,8 @@ export class NbdSession {
 
   private enterClosed(): void {
     this.phase = "closed";
-    this.handshakeTimer?.cancel();
-    this.handshakeTimer = null;
-    this.backlog = [];
-    this.backlogBytes = 0;
+    this.ticket.closed();
+    this.rest = null;
     this.transmission?.abandon();
   }
 

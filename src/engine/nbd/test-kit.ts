@@ -21,6 +21,9 @@ class MemConn implements Conn {
   onClose: ((reason: string) => void) | null = null;
   peer!: MemConn;
   closed = false;
+  /** Chunks held while paused, delivered in order on resume. */
+  private held: Uint8Array[] = [];
+  paused = false;
 
   constructor(
     readonly remote: string,
@@ -33,16 +36,33 @@ class MemConn implements Conn {
     const copy = bytes.slice();
     for (let at = 0; at < copy.length; at += this.max_chunk_bytes) {
       const piece = copy.subarray(at, at + this.max_chunk_bytes);
-      queueMicrotask(() => {
-        if (!this.peer.closed) this.peer.onData?.(piece);
-      });
+      queueMicrotask(() => this.peer.arrive(piece));
     }
     return true;
   }
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    queueMicrotask(() => {
+      while (this.held.length > 0 && !this.paused && !this.closed) this.onData?.(this.held.shift()!);
+    });
+  }
+
+  private arrive(piece: Uint8Array): void {
+    if (this.closed) return;
+    if (this.paused || this.held.length > 0) this.held.push(piece);
+    else this.onData?.(piece);
+  }
+
   close(): void {
     if (this.closed) return;
-    // Queued bytes are delivered first, as a real transport flushes before it ends.
+    // Queued bytes are delivered first, as a real transport flushes before it ends (held ones are
+    // dropped with the connection).
     queueMicrotask(() => {
       this.shut("closed");
       this.peer.shut("closed by peer");
@@ -68,40 +88,32 @@ export function memConnPair(max_chunk_bytes = 1 << 30): [Conn & { closed: boolea
   return [a, b];
 }
 
-/** A raw NBD client for tests: reads exact byte counts and speaks just enough protocol. */
-export class RawNbdClient {
+/**
+ * Bytes received in chunks, read back in exact counts: what a test client needs to take a
+ * protocol's fixed-size fields off a stream. One read at a time.
+ */
+export class ExactReader {
   private chunks: Uint8Array[] = [];
   private buffered = 0;
   private waiter: { n: number; resolve: (b: Uint8Array) => void; reject: (e: Error) => void } | null = null;
-  closeReason: string | null = null;
-  readonly closed: Promise<string>;
+  private failure: string | null = null;
 
-  constructor(readonly conn: Conn) {
-    let onClosed!: (r: string) => void;
-    this.closed = new Promise((r) => (onClosed = r));
-    conn.onData = (chunk) => {
-      this.chunks.push(chunk.slice());
-      this.buffered += chunk.length;
-      this.wake();
-    };
-    conn.onClose = (reason) => {
-      this.closeReason = reason;
-      onClosed(reason);
-      this.waiter?.reject(new Error(`connection closed (${reason}) while waiting for ${this.waiter.n} bytes`));
-      this.waiter = null;
-    };
+  /** A received chunk (copied: a chunk is only lent for the call). */
+  push(chunk: Uint8Array): void {
+    this.chunks.push(chunk.slice());
+    this.buffered += chunk.length;
+    this.wake();
   }
 
-  send(bytes: Uint8Array): void {
-    this.conn.send(bytes);
+  /** The stream ended: a read waiting for bytes that will never come is rejected. */
+  end(reason: string): void {
+    this.failure = reason;
+    this.wake();
   }
 
-  /** Resolves with exactly n bytes, or rejects if the connection closes first. */
+  /** Resolves with exactly n bytes, or rejects if the stream ends first. */
   read(n: number): Promise<Uint8Array> {
     if (this.waiter) throw new Error("one read at a time");
-    if (this.closeReason !== null && this.buffered < n) {
-      return Promise.reject(new Error(`connection closed (${this.closeReason})`));
-    }
     return new Promise((resolve, reject) => {
       this.waiter = { n, resolve, reject };
       this.wake();
@@ -114,7 +126,14 @@ export class RawNbdClient {
 
   private wake(): void {
     const w = this.waiter;
-    if (!w || this.buffered < w.n) return;
+    if (!w) return;
+    if (this.buffered < w.n) {
+      if (this.failure !== null) {
+        this.waiter = null;
+        w.reject(new Error(`connection closed (${this.failure}) while waiting for ${w.n} bytes`));
+      }
+      return;
+    }
     const out = new Uint8Array(w.n);
     let filled = 0;
     while (filled < w.n) {
@@ -128,6 +147,37 @@ export class RawNbdClient {
     this.buffered -= w.n;
     this.waiter = null;
     w.resolve(out);
+  }
+}
+
+/** A raw NBD client for tests: reads exact byte counts and speaks just enough protocol. */
+export class RawNbdClient {
+  private readonly reader = new ExactReader();
+  closeReason: string | null = null;
+  readonly closed: Promise<string>;
+
+  constructor(readonly conn: Conn) {
+    let onClosed!: (r: string) => void;
+    this.closed = new Promise((r) => (onClosed = r));
+    conn.onData = (chunk) => this.reader.push(chunk);
+    conn.onClose = (reason) => {
+      this.closeReason = reason;
+      onClosed(reason);
+      this.reader.end(reason);
+    };
+  }
+
+  send(bytes: Uint8Array): void {
+    this.conn.send(bytes);
+  }
+
+  /** Resolves with exactly n bytes, or rejects if the connection closes first. */
+  read(n: number): Promise<Uint8Array> {
+    return this.reader.read(n);
+  }
+
+  get pending_bytes(): number {
+    return this.reader.pending_bytes;
   }
 
   /** Reads the greeting and answers with fixed-newstyle + no-zeroes client flags. */

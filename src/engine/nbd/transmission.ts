@@ -3,11 +3,20 @@
  * DriveStore concurrently, and answers each with a simple reply as soon as it completes, so replies
  * leave in completion order, not request order.
  *
- * Backpressure: the Conn contract has no way to stop the socket reading, so when the in-flight
- * bound is reached this object stops *consuming* bytes (feed() returns early and `paused` is true)
- * and the session keeps the rest until resume(). Nothing is dropped.
+ * Backpressure: feed() stops consuming bytes (and `paused` is true) while this connection has
+ * `max_inflight_requests` requests or `max_inflight_bytes` of payload in flight, or while the
+ * server-wide byte budget has no room for the next payload; the session then pauses the socket
+ * (TCP pushes back on the client) and feeds again on resume(). Nothing is dropped, nobody is
+ * disconnected for sending fast.
+ *
+ * Memory is taken as bytes arrive, never as a header announces them: a WRITE's data is received
+ * into buffers of at most STREAM_PIECE_BYTES, each reserved against the budget when its first
+ * byte is there and written to the store as soon as it is full; the reply goes once every piece
+ * is written. So a client that announces a 32 MiB WRITE and stalls holds at most the piece it is
+ * filling, and a stream of large WRITEs never needs more than a piece per connection to move.
  */
 import type { Logger } from "../env.ts";
+import type { ByteBudget } from "../limits/byte-budget.ts";
 import {
   MAX_PAYLOAD_BYTES,
   NBD_CMD_DISC,
@@ -30,7 +39,13 @@ import type { NbdExport } from "./exports.ts";
 import { Gather } from "./gather.ts";
 import { decodeRequestHeader, encodeSimpleReply, type NbdRequest } from "./request.ts";
 import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
-import { BufferPool } from "../wire/buffer-pool.ts";
+import type { BufferPool } from "../wire/buffer-pool.ts";
+
+/**
+ * WRITEs above this are received and written in pieces of this size, cut at multiples of it in
+ * the export (so no block is ever split between two pieces); smaller ones arrive in one buffer.
+ */
+export const STREAM_PIECE_BYTES = 1024 * 1024;
 
 export interface TransmissionLimits {
   /** Requests executing at once on one connection; decoding pauses at this bound. */
@@ -58,25 +73,54 @@ export interface TransmissionHooks {
 /** Shared source of zeroes for NBD_CMD_FLAG_NO_HOLE; never written to. */
 const ZERO_CHUNK = new Uint8Array(1024 * 1024);
 
+/** A WRITE whose data is being received. */
+interface IncomingWrite {
+  req: NbdRequest;
+  /** Bytes of data received so far. */
+  received: number;
+  /** The piece being filled, and how much of it. */
+  piece: Uint8Array | null;
+  filled: number;
+  /** Pieces written to the store and not finished yet. */
+  writing: number;
+  /** The first error of a piece, or NBD_OK. */
+  error: number;
+}
+
 export class Transmission {
   private readonly header = new Gather();
   private readonly headerBytes = new Uint8Array(REQUEST_HEADER_BYTES);
-  private readonly payload = new Gather();
-  /** The WRITE whose payload is being collected, if any. */
-  private pendingWrite: NbdRequest | null = null;
+  /** The WRITE whose data is being received, if any. */
+  private write: IncomingWrite | null = null;
+  /** Data bytes still to skip: a WRITE refused before its data was read (the stream must stay in step). */
+  private discard = 0;
+  /** A READ decoded but waiting for room (this connection's bound or the server's budget). */
+  private waitingRead: NbdRequest | null = null;
   private inflightRequests = 0;
   private inflightBytes = 0;
+  /** Memory waited for: room on this connection, or the budget (a grant will come). */
+  private wants: "nothing" | "room" | "budget" = "nothing";
+  /** Bytes the budget granted for the reservation being waited for. */
+  private granted = 0;
+  private wantedBytes = 0;
+  private readonly onGrant = () => {
+    // Stopped while the grant travelled (a cancel came too late): no request will use it.
+    if (this.stopping) return this.budget.give(this.wantedBytes);
+    this.granted = this.wantedBytes;
+    this.wants = "nothing";
+    this.proceed();
+  };
   /** DISC received, export removed or server stopping: no new requests, close once idle. */
   private stopping = false;
   private stopReason = "";
   private closed = false;
-  /** READ reply and WRITE payload buffers, reused once nothing references them any more. */
-  private readonly pool = new BufferPool(8 * 1024 * 1024);
-
   constructor(
     private readonly exp: NbdExport,
     private readonly hooks: TransmissionHooks,
     private readonly limits: TransmissionLimits,
+    private readonly budget: ByteBudget,
+    /** READ reply and WRITE data buffers, reused once nothing references them; the server's. */
+    private readonly pool: BufferPool,
     private readonly log: Logger,
   ) {
     this.header.start(this.headerBytes);
@@ -86,13 +130,17 @@ export class Transmission {
     return this.inflightRequests;
   }
 
-  /** True while feed() will not consume: the in-flight bounds are reached. */
+  /** Payload bytes this connection holds now (WRITE pieces, READ replies). */
+  get inflight_bytes(): number {
+    return this.inflightBytes;
+  }
+
+  /** True while feed() will not consume: an in-flight bound is reached, or memory is waited for. */
   get paused(): boolean {
     if (this.stopping) return false; // stopping consumes and discards
-    return (
-      this.inflightRequests >= this.limits.max_inflight_requests ||
-      this.inflightBytes >= this.limits.max_inflight_bytes
-    );
+    if (this.wants !== "nothing") return true;
+    if (this.write !== null || this.discard > 0) return false; // data of a request already counted
+    return this.inflightRequests >= this.limits.max_inflight_requests || this.waitingRead !== null;
   }
 
   /**
@@ -103,6 +151,7 @@ export class Transmission {
     if (this.stopping) return;
     this.stopping = true;
     this.stopReason = reason;
+    this.dropWaits();
     if (this.inflightRequests === 0) this.becameIdle();
   }
 
@@ -111,7 +160,36 @@ export class Transmission {
     const wasStopping = this.stopping;
     this.closed = true;
     this.stopping = true;
+    this.dropWaits();
     if (!wasStopping && this.inflightRequests === 0) this.hooks.idle();
+  }
+
+  /**
+   * No request will be started any more: a wait for memory is withdrawn, memory granted and not
+   * used is given back, and a WRITE still being received is failed (its pieces already written
+   * finish on their own).
+   */
+  private dropWaits(): void {
+    // A grant already on its way (cancel too late) is given back by onGrant: stopping is set.
+    if (this.wants === "budget") this.budget.cancel(this.onGrant);
+    this.wants = "nothing";
+    if (this.granted > 0) {
+      this.budget.give(this.granted);
+      this.granted = 0;
+    }
+    if (this.waitingRead !== null) {
+      this.waitingRead = null;
+      this.inflightRequests--;
+    }
+    const w = this.write;
+    if (w !== null) {
+      this.write = null;
+      if (w.piece !== null) this.release(w.piece.length);
+      w.piece = null;
+      if (w.writing === 0) this.inflightRequests--; // else the last piece to finish ends it
+      else w.error = NBD_EIO;
+      w.received = -1; // never complete: no reply is owed on a connection that ends
+    }
   }
 
   /** Consumes bytes from src[pos..] until paused; returns the number of bytes consumed. */
@@ -119,12 +197,26 @@ export class Transmission {
     const start = pos;
     while (pos < src.length) {
       if (this.stopping) return src.length - start; // nothing after a stop is executed
-      if (this.pendingWrite) {
-        pos += this.payload.take(src, pos);
-        if (!this.payload.done) break;
-        const req = this.pendingWrite;
-        this.pendingWrite = null;
-        this.dispatch(req, this.payload.bytes);
+      if (this.discard > 0) {
+        const n = Math.min(this.discard, src.length - pos);
+        this.discard -= n;
+        pos += n;
+        continue;
+      }
+      if (this.write !== null) {
+        const w = this.write;
+        if (w.piece === null && !this.startPiece(w)) break;
+        const piece = w.piece!;
+        const n = Math.min(piece.length - w.filled, src.length - pos);
+        piece.set(src.subarray(pos, pos + n), w.filled);
+        w.filled += n;
+        w.received += n;
+        pos += n;
+        if (w.filled === piece.length) this.writePiece(w);
+        continue;
+      }
+      if (this.waitingRead !== null) {
+        if (!this.startRead(this.waitingRead)) break;
         continue;
       }
       if (this.paused) break;
@@ -142,25 +234,136 @@ export class Transmission {
         this.protocolError(decoded);
         return src.length - start;
       }
-      if (decoded.type === NBD_CMD_WRITE && decoded.length > 0) {
-        // The payload must be read whatever the request's validity, or the stream loses sync.
-        if (decoded.length > MAX_PAYLOAD_BYTES) {
-          this.protocolError(`write payload of ${decoded.length} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
-          return src.length - start;
-        }
-        this.pendingWrite = decoded;
-        // The one copy of a write's data: socket chunk → this buffer, then handed to the store.
-        this.payload.start(this.pool.take(decoded.length));
-        continue;
-      }
-      this.dispatch(decoded, null);
+      this.decoded(decoded);
     }
     return pos - start;
+  }
+
+  private decoded(req: NbdRequest): void {
+    if (req.type === NBD_CMD_WRITE && req.length > MAX_PAYLOAD_BYTES) {
+      // We will neither read nor allocate it: the stream cannot be kept in step cheaply.
+      return this.protocolError(`write payload of ${req.length} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
+    }
+    const error = this.check(req);
+    if (error !== NBD_OK) {
+      // A refused WRITE's data is still consumed, so the stream stays in step; it is never kept.
+      if (req.type === NBD_CMD_WRITE) this.discard = req.length;
+      return this.reply(req, error);
+    }
+    if (req.type === NBD_CMD_DISC) return this.stop("client disconnected");
+    this.inflightRequests++;
+    if (req.type === NBD_CMD_WRITE && req.length > 0) {
+      this.write = { req, received: 0, piece: null, filled: 0, writing: 0, error: NBD_OK };
+      return;
+    }
+    if (req.type === NBD_CMD_READ && req.length > 0) {
+      if (!this.startRead(req)) this.waitingRead = req;
+      return;
+    }
+    void this.execute(req).then(() => this.completed(0));
+  }
+
+  /**
+   * Takes n bytes for this connection: room under its own bound (one larger request goes alone)
+   * and in the server's budget. False when it must wait; feed() is called again once it may.
+   */
+  private reserve(n: number): boolean {
+    // Already queued at the budget for exactly this reservation: asking again would queue twice.
+    if (this.wants === "budget") return false;
+    if (this.granted > 0) {
+      // The grant is for exactly the reservation that waited, which is the one asked again.
+      if (this.granted !== n) throw new Error(`invariant: granted ${this.granted} bytes for a reservation of ${n}`);
+      this.granted = 0;
+      this.inflightBytes += n;
+      return true;
+    }
+    if (this.inflightBytes > 0 && this.inflightBytes + n > this.limits.max_inflight_bytes) {
+      this.wants = "room";
+      return false;
+    }
+    if (!this.budget.take(n, this.onGrant)) {
+      this.wants = "budget";
+      this.wantedBytes = n;
+      return false;
+    }
+    this.inflightBytes += n;
+    return true;
+  }
+
+  private release(n: number): void {
+    this.inflightBytes -= n;
+    this.budget.give(n);
+    if (this.inflightBytes < 0) throw new Error(`invariant: nbd connection holds ${this.inflightBytes} bytes`);
+  }
+
+  /** The length of the next piece of w: the whole WRITE when small, else up to the next boundary. */
+  private static pieceLength(w: IncomingWrite): number {
+    const left = w.req.length - w.received;
+    if (w.req.length <= STREAM_PIECE_BYTES) return left;
+    const at = w.req.offset + w.received;
+    return Math.min(left, STREAM_PIECE_BYTES - (at % STREAM_PIECE_BYTES));
+  }
+
+  private startPiece(w: IncomingWrite): boolean {
+    const n = Transmission.pieceLength(w);
+    if (!this.reserve(n)) return false;
+    w.piece = this.pool.take(n);
+    w.filled = 0;
+    return true;
+  }
+
+  /** A full piece goes to the store now; the reply waits for the last one. */
+  private writePiece(w: IncomingWrite): void {
+    const piece = w.piece!;
+    const offset = w.req.offset + w.received - piece.length;
+    w.piece = null;
+    w.filled = 0;
+    w.writing++;
+    const last = w.received === w.req.length;
+    if (last) this.write = null;
+    const fua = (w.req.flags & NBD_CMD_FLAG_FUA) !== 0;
+    this.exp.store.write(offset, piece, fua).then(
+      () => {
+        // Written: the store holds no reference any more, so the buffer is free. After a failure,
+        // parts may still wait in a session queue, so it is left to the GC.
+        if (piece.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(piece);
+        this.pieceDone(w, piece.length, NBD_OK);
+      },
+      (err: unknown) => {
+        this.log.warn("nbd store I/O failed", { type: w.req.type, offset, length: piece.length, error: err instanceof Error ? err.message : String(err) });
+        this.pieceDone(w, piece.length, NBD_EIO);
+      },
+    );
+  }
+
+  private pieceDone(w: IncomingWrite, bytes: number, error: number): void {
+    w.writing--;
+    if (w.error === NBD_OK) w.error = error;
+    this.release(bytes);
+    if (w.writing > 0 || w.received !== w.req.length) {
+      // Still receiving (or given up on: received is -1 and the last piece ends the request).
+      if (w.received === -1 && w.writing === 0) this.completed(0);
+      else this.wakeIfRoom();
+      return;
+    }
+    this.reply(w.req, w.error);
+    this.completed(0);
+  }
+
+  /** Starts a READ whose reply buffer fits now; false if it must wait. */
+  private startRead(req: NbdRequest): boolean {
+    const n = req.length; // payload bytes: the reply's 16-byte header is not counted
+
+    if (!this.reserve(n)) return false;
+    this.waitingRead = null;
+    void this.execute(req).then(() => this.completed(n));
+    return true;
   }
 
   private protocolError(reason: string): void {
     this.stopping = true;
     this.closed = true;
+    this.dropWaits();
     this.hooks.close(reason, true);
     if (this.inflightRequests === 0) this.hooks.idle();
   }
@@ -201,18 +404,8 @@ export class Transmission {
     return NBD_OK;
   }
 
-  private dispatch(req: NbdRequest, payload: Uint8Array | null): void {
-    const error = this.check(req);
-    if (error !== NBD_OK) return this.reply(req, error);
-    if (req.type === NBD_CMD_DISC) return this.stop("client disconnected");
-    const cost = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
-    this.inflightRequests++;
-    this.inflightBytes += cost;
-    void this.execute(req, payload).then(() => this.completed(cost));
-  }
-
-  /** Runs one request and sends its reply. Never rejects. */
-  private async execute(req: NbdRequest, payload: Uint8Array | null): Promise<void> {
+  /** Runs one request that carries no data to receive, and sends its reply. Never rejects. */
+  private async execute(req: NbdRequest): Promise<void> {
     const store = this.exp.store;
     const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
     try {
@@ -232,13 +425,7 @@ export class Transmission {
           return;
         }
         case NBD_CMD_WRITE:
-          if (payload) {
-            await store.write(req.offset, payload, fua);
-            // Written: every part of it was sent (or copied), so the buffer is free. After a
-            // failure, parts may still wait in a session queue, so it is left to the GC.
-            if (payload.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(payload);
-          }
-          break;
+          break; // a zero-length WRITE: nothing to write (data is received by feed())
         case NBD_CMD_FLUSH:
           await store.flush();
           break;
@@ -280,14 +467,31 @@ export class Transmission {
     this.hooks.send(b);
   }
 
-  private completed(cost: number): void {
-    const wasPaused = this.paused;
+  /** A request finished; `bytes` of its memory are given back (a READ's reply buffer). */
+  private completed(bytes: number): void {
     this.inflightRequests--;
-    this.inflightBytes -= cost;
+    if (bytes > 0) this.release(bytes);
+    if (this.inflightRequests < 0) throw new Error(`invariant: nbd connection has ${this.inflightRequests} requests in flight`);
     if (this.stopping) {
       if (this.inflightRequests === 0) this.becameIdle();
       return;
     }
-    if (wasPaused && !this.paused) this.hooks.resume();
+    this.wakeIfRoom();
+  }
+
+  /** Something was given back: feed() may consume again if it stopped for room or a request slot. */
+  private wakeIfRoom(): void {
+    if (this.stopping) return;
+    if (this.wants === "room") this.wants = "nothing";
+    if (this.wants === "nothing") this.proceed();
+  }
+
+  /**
+   * Room or memory may be there now: a READ that waited for it starts (it needs no more bytes),
+   * then the session feeds what it kept.
+   */
+  private proceed(): void {
+    if (this.waitingRead !== null && !this.startRead(this.waitingRead)) return;
+    this.hooks.resume();
   }
 }

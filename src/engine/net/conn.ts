@@ -1,6 +1,8 @@
 /**
  * Byte-stream connections as protocol code sees them. Real: TCP or unix sockets through Bun.
- * Simulated: links with per-direction faults. Framing is the protocol's job, not the transport's.
+ * Simulated: links with per-direction faults. Framing is not the transport's job: the data path
+ * reads frames through a FrameLink (frame-link.ts; stream-link.ts cuts a Conn's bytes into frames),
+ * NBD decodes its own.
  */
 
 /** "host:port" for TCP, "unix:/path" for a unix socket. */
@@ -15,9 +17,22 @@ export interface Conn {
   send(bytes: Uint8Array): boolean;
   /** Closes the connection; pending queued bytes are flushed first where possible. */
   close(): void;
+  /**
+   * Stops handing received bytes to onData until resume(). On a socket the kernel buffer then
+   * fills and the peer meets TCP backpressure: that, not a queue of ours, is how a server slows a
+   * client that sends faster than it is served. A chunk or two already read may still arrive
+   * after pause(). Idempotent.
+   */
+  pause(): void;
+  /** Hands received bytes to onData again (those that waited first, in order). Idempotent. */
+  resume(): void;
   /** Called with each chunk received. The chunk is only valid during the call (copy to keep). */
   onData: ((chunk: Uint8Array) => void) | null;
   onClose: ((reason: string) => void) | null;
+  /** Bytes accepted by send() that the kernel has not taken yet. Optional (0 when absent). */
+  readonly queued_bytes?: number;
+  /** Called when queued bytes have all been written. Optional. */
+  onDrain?: (() => void) | null;
 }
 
 export interface Listener {

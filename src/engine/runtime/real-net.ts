@@ -9,6 +9,13 @@ import type { CopyingConn } from "../wire/send-batcher.ts";
 
 /** Bytes queued beyond this on one connection are a bug or a stuck peer: close it. */
 const MAX_QUEUED_BYTES = 256 * 1024 * 1024;
+/**
+ * An accepted (server side) connection stops reading while more than this waits to be sent: a
+ * peer that does not read its answers may not send more requests. Only servers do it: if both
+ * ends stopped reading while their sends wait, each would wait for the other forever. A
+ * requester bounds what it has in flight instead (wire/session.ts).
+ */
+export const SERVER_UNSENT_PAUSE_BYTES = 4 * 1024 * 1024;
 
 /**
  * send() never keeps the caller's bytes: what the kernel does not take at once is copied into the
@@ -18,15 +25,63 @@ class BunConn implements CopyingConn {
   readonly send_copies = true as const;
   onData: ((chunk: Uint8Array) => void) | null = null;
   onClose: ((reason: string) => void) | null = null;
+  onDrain: (() => void) | null = null;
   private queue: Uint8Array[] = [];
   private queued = 0;
   private closed = false;
   private closing = false;
+  /** pause() was called (the protocol's bounds are reached). */
+  private appPaused = false;
+  /** Server side: the peer is not reading what we send (SERVER_UNSENT_PAUSE_BYTES). */
+  private sendPaused = false;
+  /** Whether the socket itself is told not to read. */
+  private sockPaused = false;
+  /** Chunks Bun had read already when the socket was paused: handed over on resume, in order. */
+  private held: Uint8Array[] = [];
+  private delivering = false;
 
   constructor(
     private readonly sock: Socket<BunConn | undefined>,
     readonly remote: string,
+    private readonly server: boolean,
   ) {}
+
+  pause(): void {
+    if (this.appPaused) return;
+    this.appPaused = true;
+    this.applyPause();
+  }
+
+  resume(): void {
+    if (!this.appPaused) return;
+    this.appPaused = false;
+    this.applyPause();
+    // Never re-entrantly: resume() is called from inside the protocol's own completion paths.
+    if (this.held.length > 0 && !this.delivering) {
+      this.delivering = true;
+      queueMicrotask(() => this.deliverHeld());
+    }
+  }
+
+  /** A chunk from the socket: to the protocol, or held while paused. */
+  received(chunk: Uint8Array): void {
+    if (this.closed) return;
+    if (this.appPaused || this.held.length > 0) this.held.push(chunk.slice()); // only lent to us
+    else this.onData?.(chunk);
+  }
+
+  private deliverHeld(): void {
+    this.delivering = false;
+    while (this.held.length > 0 && !this.appPaused && !this.closed) this.onData?.(this.held.shift()!);
+  }
+
+  private applyPause(): void {
+    const want = this.appPaused || this.sendPaused;
+    if (want === this.sockPaused || this.closed) return;
+    this.sockPaused = want;
+    if (want) this.sock.pause();
+    else this.sock.resume();
+  }
 
   send(bytes: Uint8Array): boolean {
     if (this.closed || this.closing) return false;
@@ -46,10 +101,19 @@ class BunConn implements CopyingConn {
       this.closeNow("send queue over limit");
       return false;
     }
+    if (this.server && !this.sendPaused && this.queued > SERVER_UNSENT_PAUSE_BYTES) {
+      this.sendPaused = true;
+      this.applyPause();
+    }
     return true;
   }
 
+  get queued_bytes(): number {
+    return this.queued;
+  }
+
   drain(): void {
+    const had = this.queue.length > 0;
     while (this.queue.length > 0) {
       const head = this.queue[0]!;
       const n = this.sock.write(head);
@@ -61,7 +125,12 @@ class BunConn implements CopyingConn {
       }
       this.queue.shift();
     }
+    if (this.sendPaused) {
+      this.sendPaused = false;
+      this.applyPause();
+    }
     if (this.closing) this.sock.end();
+    else if (had) this.onDrain?.();
   }
 
   close(): void {
@@ -81,6 +150,7 @@ class BunConn implements CopyingConn {
     this.closed = true;
     this.queue = [];
     this.queued = 0;
+    this.held = [];
     const cb = this.onClose;
     this.onClose = null;
     this.onData = null;
@@ -88,18 +158,18 @@ class BunConn implements CopyingConn {
   }
 }
 
-function handlers(onOpen: (c: BunConn) => void) {
+function handlers(onOpen: (c: BunConn) => void, server: boolean) {
   return {
     open(sock: Socket<BunConn | undefined>) {
-      const remote = sock.remoteAddress ? `${sock.remoteAddress}` : "unix";
+      const remote = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : "unix";
       // Frames are batched per tick already; Nagle would only hold the last one back.
       if (sock.remoteAddress) sock.setNoDelay?.(true);
-      const c = new BunConn(sock, remote);
+      const c = new BunConn(sock, remote, server);
       sock.data = c;
       onOpen(c);
     },
     data(sock: Socket<BunConn | undefined>, chunk: Uint8Array) {
-      sock.data?.onData?.(chunk);
+      sock.data?.received(chunk);
     },
     drain(sock: Socket<BunConn | undefined>) {
       sock.data?.drain();
@@ -124,7 +194,7 @@ export class BunNetwork implements Network {
       const h = handlers((c) => {
         opened = true;
         resolve(c);
-      });
+      }, false);
       const opts = {
         socket: {
           ...h,
@@ -147,7 +217,7 @@ export class BunNetwork implements Network {
 
   async listen(address: Address, onConn: (conn: Conn) => void): Promise<Listener> {
     const a = parseAddress(address);
-    const socket = handlers(onConn);
+    const socket = handlers(onConn, true);
     let l: TCPSocketListener<BunConn | undefined> | UnixSocketListener<BunConn | undefined>;
     if ("unix" in a) {
       try {

@@ -51,13 +51,13 @@ export interface Requester {
   /** Aborted when the connection ends: requests waiting inside the target (LOCK) give up. */
   readonly ended: AbortSignal;
   /**
-   * A LOCK about to wait gives its in-flight slot back (true), so that the UNLOCKs and writes
-   * that will free its units are not stuck behind waiting LOCKs of the same connection; false
-   * when the connection already has its maximum of waiting LOCKs (it then keeps the slot).
-   * unpark() when the wait is over.
+   * A LOCK about to wait gives its in-flight slot and its payload bytes back (true), so that the
+   * UNLOCKs and writes that will free its units are not stuck behind waiting LOCKs of the same
+   * connection, nor behind the memory they hold; false when the connection already has its
+   * maximum of waiting LOCKs (it then keeps both). unpark() with the same bytes when the wait is over.
    */
-  park(): boolean;
-  unpark(): void;
+  park(payload_bytes: number): boolean;
+  unpark(payload_bytes: number): void;
 }
 
 /**
@@ -503,11 +503,11 @@ async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admissio
   } else {
     const wait = d.locks.lock(h.client_id, first, last, req.ended, adm === null ? null : adm.generation);
     if (wait !== null) {
-      const parked = req.park();
+      const parked = req.park(h.payload_len);
       try {
         await wait;
       } finally {
-        if (parked) req.unpark();
+        if (parked) req.unpark(h.payload_len);
       }
     }
   }

@@ -52,7 +52,13 @@ export function readResponse(req: Header): Uint8Array {
   return out;
 }
 
+/** One pool for the process: its size bounds what every connection together keeps for reuse. */
 const pool = new BufferPool();
+
+/** Called periodically (the target's writeback tick): an idle pool gives its memory back. */
+export function trimBuffers(): void {
+  pool.trim();
+}
 
 /** Gives a frame back to the pool: only once nothing references it any more (sent or copied). */
 export function recycleFrame(frame: Uint8Array): void {

@@ -2,11 +2,16 @@
  * The target: serves the extents of its local drives to whoever completes HELLO. Blind to volumes.
  * Sans-I/O: it is handed connections (real sockets or simulated links) through handle() and
  * reaches the world only through Env and the drives it is given. The CLI wires
- * env.net.listen(address, (c) => service.handle(c)).
+ * env.net.listen(address, (c) => service.handle(c)), and handleLink() for frame links that are
+ * not byte streams (the in-process pipe, RDMA).
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
 import type { Env, TimerHandle } from "../env.ts";
+import { ByteBudget } from "../limits/byte-budget.ts";
+import { admitConnection, PreAuthGate, type PreAuthLimits } from "../limits/preauth.ts";
 import type { Conn } from "../net/conn.ts";
+import type { FrameLink } from "../net/frame-link.ts";
+import { streamLink } from "../net/stream-link.ts";
 import type { TargetInfo } from "../wire/control.ts";
 import { serverKeys } from "../wire/cluster-key.ts";
 import { MAX_PAYLOAD_BYTES } from "../wire/header.ts";
@@ -14,6 +19,7 @@ import type { HelloRequest } from "../wire/control.ts";
 import { type ConnectionLimits, TargetConnection } from "./connection.ts";
 import { DriveTable, type ServedDrive } from "./drive-table.ts";
 import { flushDrive, type TargetContext } from "./execute.ts";
+import { trimBuffers } from "./reply.ts";
 
 /** Reported in HELLO so a requester can tell which implementation it talks to. */
 export const TARGET_VERSION = "nvmesh-target/1";
@@ -24,6 +30,25 @@ export const DEFAULT_MAX_INFLIGHT_PER_CONN = 256;
  * session sends at most this many LOCKs at once by default: DEFAULT_SESSION_MAX_INFLIGHT_LOCKS).
  */
 export const MAX_PARKED_LOCKS_PER_CONN = 1024;
+
+/**
+ * Payload bytes one connection's executing requests may hold (one larger request runs alone). The
+ * same as a session's own bound (DEFAULT_SESSION_MAX_INFLIGHT_BYTES, tested equal), so a
+ * well-behaved requester never meets it and only one that ignores it is slowed down.
+ */
+export const DEFAULT_CONN_INFLIGHT_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Payload bytes in flight over all of a target's connections (WRITE data received, READ answers
+ * allocated) before every connection that wants more stops reading until some is given back.
+ */
+export const DEFAULT_TARGET_PAYLOAD_BUDGET_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Strangers: connections that have not passed HELLO (and AUTH) yet. A reconnecting cluster of a
+ * few hundred clients fits; a flood is refused beyond it, authenticated sessions untouched.
+ */
+export const DEFAULT_TARGET_PREAUTH: PreAuthLimits = { max_unauthenticated: 256, auth_timeout_ms: 10_000 };
 
 export interface TargetServiceOptions {
   name: string;
@@ -45,6 +70,10 @@ export interface TargetServiceOptions {
    * may do anything its HELLO claims (--insecure, labs only).
    */
   cluster_key?: Uint8Array | null;
+  /** Payload bytes in flight over all connections (DEFAULT_TARGET_PAYLOAD_BUDGET_BYTES). */
+  payload_budget_bytes?: number;
+  /** Connections that have not authenticated yet: how many, for how long (DEFAULT_TARGET_PREAUTH). */
+  preauth?: Partial<PreAuthLimits>;
 }
 
 /**
@@ -62,9 +91,13 @@ export class TargetService {
   private readonly byRequester = new Map<string, { conn: TargetConnection; quiet: Promise<void> | null }>();
   private readonly ctx: TargetContext;
   private readonly limits: ConnectionLimits;
+  private readonly budget: ByteBudget;
+  private readonly gate: PreAuthGate;
   private readonly writeback: TimerHandle;
   /** TargetInfo.serving: random per start of this service. */
   readonly serving: string;
+  /** Where this target also listens on RDMA, told to requesters in HELLO (setRdma). */
+  private rdma: TargetInfo["rdma"];
   /** Drives being flushed by the writeback now. */
   private readonly flushing = new Set<ServedDrive>();
 
@@ -80,11 +113,15 @@ export class TargetService {
     }
     this.limits = {
       max_inflight,
+      max_inflight_bytes: DEFAULT_CONN_INFLIGHT_BYTES,
       max_parked_locks: MAX_PARKED_LOCKS_PER_CONN,
-      // A well-behaved requester never queues here; these caps only stop a flooding peer.
+      // The connection is paused while anything is queued: only what was read before the pause
+      // lands here (a socket read or two). These caps stop a transport that does not pause.
       max_queued_frames: Math.max(4096, max_inflight * 16),
       max_queued_bytes: Math.max(128 * 1024 * 1024, 4 * MAX_PAYLOAD_BYTES),
     };
+    this.budget = new ByteBudget(opts.payload_budget_bytes ?? DEFAULT_TARGET_PAYLOAD_BUDGET_BYTES);
+    this.gate = new PreAuthGate(env, { ...DEFAULT_TARGET_PREAUTH, ...opts.preauth }, "target");
     const key = opts.cluster_key ?? null;
     this.ctx = {
       drives: this.drives,
@@ -97,6 +134,7 @@ export class TargetService {
   }
 
   private writeBack(): void {
+    trimBuffers(); // the same tick: buffers kept after a burst are let go once it is over
     for (const d of this.drives.all()) {
       if (!d.dirty.awaitingFlush || this.flushing.has(d)) continue;
       this.flushing.add(d);
@@ -106,16 +144,38 @@ export class TargetService {
     }
   }
 
-  /** Takes ownership of a freshly accepted connection. */
+  /** Takes ownership of a freshly accepted byte-stream connection (TCP, unix, simulated). */
   handle(conn: Conn): void {
-    const c = new TargetConnection(
-      this.ctx,
-      conn,
-      this.limits,
-      (ended) => this.conns.delete(ended),
-      (hello, by) => this.supersede(hello, by),
+    this.handleLink(streamLink(conn));
+  }
+
+  /** Takes ownership of a freshly accepted frame link. */
+  handleLink(link: FrameLink): void {
+    const c = admitConnection(
+      this.gate,
+      link,
+      (ticket) =>
+        new TargetConnection(
+          this.ctx,
+          link,
+          this.limits,
+          this.budget,
+          ticket,
+          (ended) => this.conns.delete(ended),
+          (hello, by) => this.supersede(hello, by),
+        ),
     );
-    this.conns.add(c);
+    if (c !== null) this.conns.add(c);
+  }
+
+  /** Connections that have not authenticated yet (status and tests). */
+  get unauthenticatedCount(): number {
+    return this.gate.unauthenticated;
+  }
+
+  /** Payload bytes held by requests in flight over all connections (status and tests). */
+  get payloadBytesInFlight(): number {
+    return this.budget.used;
   }
 
   /**
@@ -162,12 +222,26 @@ export class TargetService {
   }
 
   info(): TargetInfo {
-    return { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    const info: TargetInfo = { target_name: this.opts.name, version: TARGET_VERSION, drives: this.drives.infos(), serving: this.serving };
+    if (this.rdma !== undefined) info.rdma = this.rdma;
+    return info;
+  }
+
+  /** Offers RDMA on `port` (and `host`, or null: the address a requester reached us by). */
+  setRdma(offer: { host: string | null; port: number }): void {
+    this.rdma = offer;
   }
 
   /** Connections currently open (for status output and tests). */
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** Open connections by transport kind (status output). */
+  connectionsByTransport(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const c of this.conns) out[c.transport.kind] = (out[c.transport.kind] ?? 0) + 1;
+    return out;
   }
 
   /** Closes every connection (shutdown). Drives are the caller's to close. */

@@ -6,10 +6,14 @@
  *
  * A buffer from take() has exactly the asked length and unspecified contents. Only give back a
  * buffer nothing else still references; when in doubt, drop it (the GC takes it, as before).
+ *
+ * A pool does not keep a burst's memory for ever: its owner calls trim() periodically, and a pool
+ * nobody took from since the previous trim() lets go of everything it holds.
  */
 export class BufferPool {
   private readonly free = new Map<number, Uint8Array[]>();
   private bytes = 0;
+  private takenSinceTrim = false;
 
   constructor(
     /** Bytes kept at most, over all sizes. */
@@ -21,11 +25,26 @@ export class BufferPool {
   ) {}
 
   take(length: number): Uint8Array {
+    this.takenSinceTrim = true;
     const list = this.free.get(length);
     const b = list?.pop();
     if (b === undefined) return new Uint8Array(length);
     this.bytes -= length;
     return b;
+  }
+
+  /** Bytes held for reuse now. */
+  get held_bytes(): number {
+    return this.bytes;
+  }
+
+  /** Lets go of every buffer if none was taken since the previous trim (the burst is over). */
+  trim(): void {
+    if (!this.takenSinceTrim) {
+      this.free.clear();
+      this.bytes = 0;
+    }
+    this.takenSinceTrim = false;
   }
 
   give(b: Uint8Array): void {

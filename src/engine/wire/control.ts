@@ -73,6 +73,16 @@ export const TargetInfo = v.object({
    * that the address the TOMA gave it leads there (client/local-target.ts).
    */
   serving: v.optional(v.pipe(v.string(), v.maxLength(64))),
+  /**
+   * The target also listens on RDMA at this port: on `host`, or, when host is null, on the
+   * address the requester reached it by (client/rdma-upgrade.ts).
+   */
+  rdma: v.optional(
+    v.object({
+      host: v.nullable(v.pipe(v.string(), v.maxLength(256))),
+      port: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(65535)),
+    }),
+  ),
 });
 export type TargetInfo = v.InferOutput<typeof TargetInfo>;
 

@@ -274,12 +274,20 @@ export function decodeHeader(src: Uint8Array, at = 0, lastUuid: Uint8Array | nul
  * least DIRECT_MIN_BYTES and not yet complete, `sink(h)` may return the buffer the payload should
  * land in (exactly payload_len bytes); the decoder then copies each chunk straight into it and
  * hands it to onFrame with `owned` true. Returning null keeps the buffered path.
+ *
+ * `admit(h)`, when given, sees every header as soon as it is whole, before a byte of its payload
+ * is waited for, buffered or sunk: a reason string fails the decoder there (onError). This is
+ * how a connection that has not authenticated refuses a frame announcing a large payload
+ * without ever holding it.
  */
 export const DIRECT_MIN_BYTES = 16 * 1024;
 const EMPTY = new Uint8Array(0);
+/** The decoder's buffer starts this small and goes back to it once a burst has passed. */
+const DECODER_IDLE_BYTES = 64 * 1024;
 
 export class FrameDecoder {
-  private buf = new Uint8Array(64 * 1024);
+  /** Allocated at the first partial frame: a connection that sends nothing holds nothing. */
+  private buf: Uint8Array = EMPTY;
   private len = 0;
   private failed = false;
   /** The frame whose payload is being copied into a sink buffer, if any. */
@@ -293,6 +301,7 @@ export class FrameDecoder {
     private readonly onFrame: (h: Header, payload: Uint8Array, owned: boolean) => void,
     private readonly onError: (why: string) => void,
     private readonly sink: ((h: Header) => Uint8Array | null) | null = null,
+    private readonly admit: ((h: Header) => string | null) | null = null,
   ) {}
 
   push(chunk: Uint8Array): void {
@@ -313,12 +322,17 @@ export class FrameDecoder {
     while (end - pos >= HEADER_BYTES) {
       const h = decodeHeader(src, pos, this.lastUuid);
       if (typeof h === "string") {
-        this.failed = true;
-        this.len = 0;
-        this.onError(h);
+        this.fail(h);
         return;
       }
       this.lastUuid = h.drive_uuid;
+      if (this.admit !== null) {
+        const refused = this.admit(h);
+        if (refused !== null) {
+          this.fail(refused);
+          return;
+        }
+      }
       const total = HEADER_BYTES + h.payload_len;
       if (end - pos < total) {
         if (h.payload_len >= DIRECT_MIN_BYTES && this.sink !== null) {
@@ -340,9 +354,19 @@ export class FrameDecoder {
     if (src === this.buf) {
       this.buf.copyWithin(0, pos, this.len);
       this.len -= pos;
+      // A buffer grown for a large frame is not kept for the life of the connection.
+      if (this.len === 0 && this.buf.length > DECODER_IDLE_BYTES) this.buf = new Uint8Array(DECODER_IDLE_BYTES);
     } else if (pos < chunk.length) {
       this.append(chunk.subarray(pos));
     }
+  }
+
+  /** A frame cannot be trusted: nothing more is decoded, and nothing buffered is kept. */
+  private fail(why: string): void {
+    this.failed = true;
+    this.buf = EMPTY;
+    this.len = 0;
+    this.onError(why);
   }
 
   /** Stops decoding (used when the owner closes the connection). */
@@ -350,6 +374,8 @@ export class FrameDecoder {
     this.failed = true;
     this.direct = null;
     this.directDst = EMPTY;
+    this.buf = EMPTY; // nothing more is decoded: the memory goes with the connection's end
+    this.len = 0;
   }
 
   /** Copies what the sink frame still needs from chunk; delivers it when complete. */
@@ -369,7 +395,7 @@ export class FrameDecoder {
 
   private append(bytes: Uint8Array): void {
     if (this.len + bytes.length > this.buf.length) {
-      let cap = this.buf.length;
+      let cap = Math.max(this.buf.length, DECODER_IDLE_BYTES);
       while (cap < this.len + bytes.length) cap *= 2;
       const next = new Uint8Array(cap);
       next.set(this.buf.subarray(0, this.len));

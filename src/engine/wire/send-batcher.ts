@@ -28,7 +28,8 @@ const MAX_STAGING_BYTES = 1024 * 1024;
 export class SendBatcher {
   /** Parts ready to send, in order: cut staging runs and large parts (copying mode only). */
   private parts: Uint8Array[] = [];
-  private staging = new Uint8Array(64 * 1024);
+  /** Allocated at the first send: a connection that never answers anything holds nothing. */
+  private staging = new Uint8Array(0);
   private staged = 0;
   private scheduled = false;
   private readonly flushBound = () => this.flush();
@@ -121,7 +122,7 @@ export class SendBatcher {
       this.cut();
       if (n <= this.staging.length) return;
     }
-    let cap = this.staging.length;
+    let cap = Math.max(this.staging.length, 4096); // small until a burst needs more
     while (cap < this.staged + n) cap *= 2;
     const next = new Uint8Array(cap);
     next.set(this.staging.subarray(0, this.staged));

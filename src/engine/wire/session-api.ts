@@ -1,11 +1,12 @@
 /**
  * What a requester (client data path, TOMA) sees of one connection to a target.
- * Implemented by ./session.ts over an Env connection; requests are pipelined and complete out of
+ * Implemented by ./session.ts over a FrameLink (net/frame-link.ts); requests are pipelined and complete out of
  * order. Every method rejects with TargetError when the target answers a non-OK status, and with
  * SessionClosedError when the connection is gone (in-flight requests fail at once, never hang).
  */
 import type { DriveInfo, FenceRequest, LockEntry, MetaSlot, TargetInfo } from "./control.ts";
 import type { Status } from "./header.ts";
+import type { Transport } from "../net/frame-link.ts";
 
 /** The cluster key check of HELLO failed, either way: the message says which side lacks what. */
 export class AuthError extends Error {}
@@ -52,6 +53,8 @@ export interface TargetSession {
   /** From the HELLO exchange. */
   readonly info: TargetInfo;
   readonly closed: boolean;
+  /** How the session's frames travel (tcp, rdma, in-process), and why that way (set by who opened it). */
+  transport: Transport;
   /** Stamped in every request header: who we are and the topology generation we run (fencing; WriteOptions.generation overrides it per op). */
   client_id: number;
   generation: number;

@@ -9,7 +9,8 @@
  * In flight is bounded by count and bytes; requests beyond either wait in FIFO order, unsent.
  */
 import type { Env } from "../env.ts";
-import type { Conn } from "../net/conn.ts";
+import type { FrameLink, Transport } from "../net/frame-link.ts";
+import { streamLink } from "../net/stream-link.ts";
 import {
   DirtyList,
   DriveInfo,
@@ -26,8 +27,6 @@ import {
 } from "./control.ts";
 import {
   Flag,
-  FrameDecoder,
-  HEADER_BYTES,
   type Header,
   MAX_CONTROL_BYTES,
   MAX_IO_BYTES,
@@ -35,9 +34,7 @@ import {
   Op,
   Status,
   emptyHeader,
-  encodeHeader,
 } from "./header.ts";
-import { SendBatcher } from "./send-batcher.ts";
 import { type ClusterKey, NONCE_BYTES, requesterProof, sameSecret, targetProof } from "./cluster-key.ts";
 import { AuthError, SessionClosedError, TargetError, type TargetSession, type WriteOptions } from "./session-api.ts";
 import * as v from "valibot";
@@ -57,7 +54,7 @@ export interface SessionOptions {
   /** Fencing fields carried by every request (DESIGN.md §3); enforced by targets with fencing on. */
   client_id?: number;
   generation?: number;
-  /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
+  /** openSession's TCP link: coalesce the frames of one tick into one send (on by default; off for measurements). */
   batch_sends?: boolean;
   /**
    * The key this requester proves (the server key, or a client host's client key): HELLO names
@@ -113,18 +110,19 @@ export async function openSession(
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  return await sessionOver(env, await env.net.connect(address), address, hello, opts);
+  const link = streamLink(await env.net.connect(address), { batch: opts.batch_sends !== false });
+  return await sessionOver(env, link, address, hello, opts);
 }
 
-/** HELLO (and AUTH) over a connection already open; closes it if that fails. */
+/** HELLO (and AUTH) over a link already open; closes it if that fails. */
 export async function sessionOver(
   env: Env,
-  conn: Conn,
+  link: FrameLink,
   address: string,
   hello: HelloRequest,
   opts: SessionOptions = {},
 ): Promise<Session> {
-  const s = new Session(conn, address, opts);
+  const s = new Session(link, address, opts);
   try {
     const key = opts.cluster_key ?? null;
     const nonce = new Uint8Array(NONCE_BYTES);
@@ -142,10 +140,9 @@ export class Session implements TargetSession {
   onClose: ((reason: string) => void) | null = null;
   client_id: number;
   generation: number;
+  transport: Transport;
 
   private isClosed = false;
-  private readonly decoder: FrameDecoder;
-  private readonly out: SendBatcher | null;
   private readonly pending = new Map<number, Request>();
   private readonly waiting: Request[] = [];
   private waitingHead = 0;
@@ -162,7 +159,7 @@ export class Session implements TargetSession {
   private readonly hdr: Header = emptyHeader();
 
   constructor(
-    private readonly conn: Conn,
+    private readonly link: FrameLink,
     readonly address: string,
     opts: SessionOptions,
   ) {
@@ -171,19 +168,17 @@ export class Session implements TargetSession {
     this.max_inflight_locks = opts.max_inflight_locks ?? DEFAULT_SESSION_MAX_INFLIGHT_LOCKS;
     this.client_id = opts.client_id ?? 0;
     this.generation = opts.generation ?? 0;
-    this.out = opts.batch_sends === false ? null : new SendBatcher(conn);
-    this.decoder = new FrameDecoder(
-      (h, payload) => this.onFrame(h, payload),
-      (why) => this.fail(`malformed frame from target: ${why}`),
-      (h) => this.readDestination(h),
-    );
-    conn.onData = (chunk) => this.decoder.push(chunk);
-    conn.onClose = (reason) => this.fail(reason);
+    this.transport = link.transport;
+    link.onFrame = (h, payload) => this.onFrame(h, payload);
+    link.sink = (h) => this.readDestination(h);
+    link.onMalformed = (why) => this.fail(`malformed frame from target: ${why}`);
+    link.onClose = (reason) => this.fail(reason);
   }
 
   get closed(): boolean {
     return this.isClosed;
   }
+
 
   /** Requests issued from now on carry these fencing fields. */
   setFence(client_id: number, generation: number): void {
@@ -417,18 +412,7 @@ export class Session implements TargetSession {
     h.generation = r.gen >= 0 ? r.gen : this.generation;
     h.status = Status.OK;
     h.payload_len = r.payload?.length ?? 0;
-    const out = this.out;
-    if (out) {
-      // Encoded straight into the batcher's staging buffer: no allocation per request.
-      const at = out.reserve(HEADER_BYTES);
-      encodeHeader(h, out.buffer, at);
-      if (r.payload && r.payload.length > 0) out.push(r.payload);
-      return;
-    }
-    const head = new Uint8Array(HEADER_BYTES);
-    encodeHeader(h, head, 0);
-    this.conn.send(head);
-    if (r.payload && r.payload.length > 0) this.conn.send(r.payload);
+    this.link.send(h, r.payload);
   }
 
   /** A large READ response lands straight in the caller's buffer (see FrameDecoder's sink). */
@@ -509,9 +493,7 @@ export class Session implements TargetSession {
   private fail(reason: string): void {
     if (this.isClosed) return;
     this.isClosed = true;
-    this.decoder.stop();
-    this.out?.flush();
-    this.conn.close();
+    this.link.close();
     const err = new SessionClosedError(`session to ${this.address} closed: ${reason}`);
     const victims = [
       ...this.pending.values(),
