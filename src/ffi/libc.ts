@@ -6,7 +6,8 @@
  * Loading is lazy and may fail (no libc.so.6, e.g. musl): `libc()` then returns null and callers
  * take their documented fallback path.
  */
-import { dlopen, FFIType, ptr, read } from "bun:ffi";
+import { dlopen, FFIType, ptr } from "bun:ffi";
+import { errnoOf as errno, lazyLibrary } from "./dl.ts";
 
 /** From <linux/falloc.h>. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -47,23 +48,7 @@ const SYS_cachestat = 451;
 const RWF_NOWAIT = 0x08;
 
 type Lib = ReturnType<typeof dlopen<typeof SYMBOLS>>;
-let lib: Lib | null | undefined;
-
-function load(): Lib | null {
-  if (lib !== undefined) return lib;
-  try {
-    lib = dlopen("libc.so.6", SYMBOLS);
-  } catch {
-    lib = null;
-  }
-  return lib;
-}
-
-/** errno of the last failed call on this thread; read right after the call that failed. */
-function errno(l: Lib): number {
-  const p = l.symbols.__errno_location();
-  return p === null ? 0 : read.i32(p, 0);
-}
+const load = lazyLibrary(() => dlopen("libc.so.6", SYMBOLS));
 
 /** Result of a syscall: 0 on success, otherwise the positive errno. */
 export type Errno = number;

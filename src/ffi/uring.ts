@@ -18,7 +18,8 @@
  * Loading is lazy and may fail (no libc.so.6, a kernel without io_uring, io_uring disabled by
  * sysctl or seccomp): `openRing()` then returns the reason and the caller takes its fallback.
  */
-import { dlopen, FFIType, ptr, read, toArrayBuffer, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
+import { errnoOf as errno, lazyLibrary } from "./dl.ts";
 
 /** x86_64 and the generic table (aarch64, riscv64) agree on these. */
 const SYS_io_uring_setup = 425;
@@ -82,22 +83,7 @@ const SYMBOLS = {
 } as const;
 
 type Lib = ReturnType<typeof dlopen<typeof SYMBOLS>>;
-let lib: Lib | null | undefined;
-
-function load(): Lib | null {
-  if (lib !== undefined) return lib;
-  try {
-    lib = dlopen("libc.so.6", SYMBOLS);
-  } catch {
-    lib = null;
-  }
-  return lib;
-}
-
-function errno(l: Lib): number {
-  const p = l.symbols.__errno_location();
-  return p === null ? 0 : read.i32(p, 0);
-}
+const load = lazyLibrary(() => dlopen("libc.so.6", SYMBOLS));
 
 /** A syscall's result as the kernel gave it: >= 0, or -errno. */
 function sys(l: Lib, nr: number, a = 0, b = 0, c = 0, d = 0, e = 0, f = 0): number {

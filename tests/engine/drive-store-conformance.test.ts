@@ -59,6 +59,15 @@ function fileStore(io: FileBacked["io"], prefix: string): () => Promise<DriveSto
   };
 }
 
+/** The data area of a freshly formatted drive on the store `open` gives for a new file. */
+function dataArea(open: (path: string) => Promise<DriveStore>, prefix: string): () => Promise<DriveStore> {
+  return async () => {
+    const store = await open(path.join(tmp, `${prefix}${n++}.img`));
+    await formatDrive(store, { drive_uuid: crypto.randomUUID(), extent_size_bytes: 1 << 20 });
+    return (await openDrive(store, "test")).data;
+  };
+}
+
 const BACKENDS: [string, () => Promise<DriveStore>, FileBacked["io"] | null][] = [
   ["debug-format RAID1 volume over a target", () => debugVolume("1"), null],
   ["debug-format RAID0 volume over a target", () => debugVolume("0"), null],
@@ -67,24 +76,8 @@ const BACKENDS: [string, () => Promise<DriveStore>, FileBacked["io"] | null][] =
   ["UringStore, buffered", fileStore("io_uring", "u"), "io_uring"],
   ["UringStore, buffered, every write a ring op", fileStore("io_uring-ring-writes", "w"), "io_uring-ring-writes"],
   ["UringStore, O_DIRECT", fileStore("io_uring-direct", "o"), "io_uring-direct"],
-  [
-    "data area of a formatted FileStore",
-    async () => {
-      const store = await FileStore.open(path.join(tmp, `d${n++}.img`), { create_size_bytes: 16 << 20 });
-      await formatDrive(store, { drive_uuid: crypto.randomUUID(), extent_size_bytes: 1 << 20 });
-      return (await openDrive(store, "test")).data;
-    },
-    null,
-  ],
-  [
-    "data area of a formatted UringStore",
-    async () => {
-      const store = await UringStore.open(path.join(tmp, `e${n++}.img`), { create_size_bytes: 16 << 20 });
-      await formatDrive(store, { drive_uuid: crypto.randomUUID(), extent_size_bytes: 1 << 20 });
-      return (await openDrive(store, "test")).data;
-    },
-    null,
-  ],
+  ["data area of a formatted FileStore", dataArea((p) => FileStore.open(p, { create_size_bytes: 16 << 20 }), "d"), null],
+  ["data area of a formatted UringStore", dataArea((p) => UringStore.open(p, { create_size_bytes: 16 << 20 }), "e"), null],
 ];
 
 /** Pages of the file's range not yet on the device (dirty or under writeback), by cachestat(2). */
