@@ -1,4 +1,6 @@
 /** What the benchmarks share: `--name value` flags, the nbdkit peer, pre-filling an export, a markdown table. */
+import { readFileSync } from "node:fs";
+import { freePort } from "../tests/support/cluster.ts";
 import { Daemon, ok } from "../tests/support/proc.ts";
 
 const argv = process.argv.slice(2);
@@ -8,6 +10,17 @@ export function flag(name: string, dflt: string): string {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 && argv[i + 1] ? argv[i + 1]! : dflt;
 }
+
+/** CPU time (user + system) a process has used so far, in clock ticks (TICKS_PER_S). */
+export function cpuTicks(pid: number): number {
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+}
+
+/** USER_HZ: 100 on every Linux this runs on. */
+export const TICKS_PER_S = 100;
 
 /** Writes the whole export once (1 MiB sequential writes), so reads hit data, not holes. */
 export async function fill(uri: string): Promise<void> {
@@ -39,4 +52,21 @@ export async function startNbdkit(dir: string, size: string): Promise<{ daemon: 
   const daemon = new Daemon("nbdkit", ["nbdkit", "-f", "-U", sock, "file", file]);
   await Bun.sleep(500);
   return { daemon, uri: `nbd+unix:///?socket=${sock}` };
+}
+
+/**
+ * The two-hop C peer: nbdkit's `nbd` plugin on a unix socket, forwarding over TCP loopback to
+ * `nbdkit file` serving a new sparse file of `size`. The same shape as nvmesh's client daemon
+ * (NBD on a unix socket) → target (TCP), each hop in C.
+ */
+export async function startNbdkitTwoHop(dir: string, size: string): Promise<{ daemons: Daemon[]; uri: string }> {
+  const file = `${dir}/nbdkit2.img`;
+  await ok(["truncate", "-s", size, file]);
+  const port = await freePort();
+  const back = new Daemon("nbdkit file (TCP)", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", String(port), "file", file]);
+  await Bun.sleep(500);
+  const sock = `${dir}/nbdkit2.sock`;
+  const front = new Daemon("nbdkit nbd", ["nbdkit", "-f", "-U", sock, "nbd", "hostname=127.0.0.1", `port=${port}`]);
+  await Bun.sleep(500);
+  return { daemons: [front, back], uri: `nbd+unix:///?socket=${sock}` };
 }

@@ -1,21 +1,25 @@
 /**
- * The fio matrix through an nvmesh volume on one target, and in the same run through `nbdkit file`
- * serving the same kind of file: prints both and the ratios. nvmesh runs twice: with the target
- * in its own process, reached over TCP loopback (a remote target's path, minus the wire), and
- * with the target hosted by the client daemon (`client serve --drive`), reached in-process (a
- * converged host's path to its own drives). Usage:
+ * The fio matrix through an nvmesh volume on one target, and in the same run through two C
+ * peers serving the same kind of file: `nbdkit file` (one hop: fio → unix socket → nbdkit), and
+ * nbdkit's `nbd` plugin forwarding over TCP to `nbdkit file` (two hops, the shape of nvmesh's
+ * client daemon → target). nvmesh runs twice: with the target in its own process, reached over
+ * TCP loopback (a remote target's path, minus the wire), and with the target hosted by the client
+ * daemon (`client serve --drive`), reached in-process (a converged host's path to its own
+ * drives). Prints every side, the ratios, the CPU each daemon used per I/O (from /proc), and the
+ * goals as MET / NOT MET lines. Usage:
  *   npm run build && bun bench/fio-matrix.ts [--seconds 10] [--size 1G] [--rounds 3] [--only randread]
- * Both sides are pre-filled, so reads hit written data, not holes in a sparse file.
+ * Both sides are pre-filled, so reads hit written data, not holes in a sparse file. The drive I/O
+ * path of the targets follows NVMESH_DRIVE_IO (default auto: io_uring where the kernel allows).
  */
 import { mkdtempSync, rmSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { Cluster } from "../tests/support/cluster.ts";
 import { Daemon, ok, requireTool } from "../tests/support/proc.ts";
-import { fill, flag, printTable, startNbdkit, median } from "./common.ts";
+import { fill, flag, printTable, startNbdkit, startNbdkitTwoHop, median, cpuTicks, TICKS_PER_S } from "./common.ts";
 
 const SECONDS = Number(flag("seconds", "10"));
 const SIZE = flag("size", "1G");
-/** Runs only the workloads whose name contains this (e.g. "randread", "QD1"); the goals need both 4k randread rows. */
+/** Runs only the workloads whose name contains this (e.g. "randread", "QD1"). */
 const ONLY = flag("only", "");
 /**
  * Rounds of the whole matrix; each point's table entry is the median of its rounds. nbdkit's QD32
@@ -66,17 +70,20 @@ interface FioSide {
   lat_ns: { mean: number };
 }
 
-const SIDES = ["tcp", "inproc", "nbdkit"] as const;
-
+const SIDES = ["tcp", "inproc", "nbdkit", "nbdkit2"] as const;
 type Side = (typeof SIDES)[number];
+const SIDE_NAMES: Record<Side, string> = { tcp: "TCP", inproc: "in-process", nbdkit: "nbdkit", nbdkit2: "nbdkit 2-hop" };
+
+/** Each side's daemons, by name, whose CPU is sampled around every fio run. */
+type Procs = Record<Side, { name: string; pid: number }[]>;
 
 async function main(): Promise<void> {
   for (const t of ["fio", "nbdkit"]) requireTool(t);
   const dir = mkdtempSync(`${tmpdir()}/nvmesh-bench-`);
   const tcp = new Cluster({ targets: 1, drive_size: "4G" });
   const inproc = new Cluster({ targets: 1, drive_size: "4G", converged: true });
-  const results: { job: Job; r: Record<Side, Result> }[] = [];
-  let nbdkit: Daemon | null = null;
+  const results: { job: Job; r: Record<Side, Result>; cpu: Record<Side, Record<string, number>> }[] = [];
+  const daemons: Daemon[] = [];
   try {
     const uris = {} as Record<Side, string>;
     for (const [side, cluster] of [["tcp", tcp], ["inproc", inproc]] as const) {
@@ -84,60 +91,87 @@ async function main(): Promise<void> {
       await cluster.cli("volume", "create", "--name", "bench", "--capacity", SIZE, "--raid-level", "concatenated");
       uris[side] = await cluster.attach("bench");
     }
-    const peerd = await startNbdkit(dir, SIZE);
-    nbdkit = peerd.daemon;
-    uris.nbdkit = peerd.uri;
+    console.log(`target drive I/O: ${JSON.stringify((await tcp.cliJson<{ io: string | null }[]>("target", "show")).map((t) => t.io))}`);
+    const one = await startNbdkit(dir, SIZE);
+    daemons.push(one.daemon);
+    uris.nbdkit = one.uri;
+    const two = await startNbdkitTwoHop(dir, SIZE);
+    daemons.push(...two.daemons);
+    uris.nbdkit2 = two.uri;
+    const procs: Procs = {
+      tcp: [{ name: "client", pid: tcp.client!.proc.pid }, { name: "target", pid: tcp.targets[0]!.proc.pid }],
+      inproc: [{ name: "client+target", pid: inproc.client!.proc.pid }],
+      nbdkit: [{ name: "nbdkit", pid: one.daemon.proc.pid }],
+      nbdkit2: [{ name: "nbd plugin", pid: two.daemons[0]!.proc.pid }, { name: "file", pid: two.daemons[1]!.proc.pid }],
+    };
     console.log(`pre-filling ${SIZE} on every side…`);
     for (const side of SIDES) await fill(uris[side]);
-    const rounds = new Map<Job, Record<Side, Result>[]>();
+    const rounds = new Map<Job, { r: Record<Side, Result>; cpu: Record<Side, Record<string, number>> }[]>();
     for (let round = 0; round < ROUNDS; round++) {
       for (const [i, job] of MATRIX.entries()) {
         if (ONLY && !job.name.includes(ONLY)) continue;
         // Rotate which side goes first so page-cache warmth and noise do not favour one.
         const r = {} as Record<Side, Result>;
+        const cpu = {} as Record<Side, Record<string, number>>;
         for (let k = 0; k < SIDES.length; k++) {
           const side = SIDES[(i + k + round) % SIDES.length]!;
+          const before = procs[side].map((p) => cpuTicks(p.pid));
           r[side] = await fio(uris[side], job, dir, SECONDS);
+          // CPU microseconds per I/O of each daemon (ramp included, so slightly high).
+          const ios = r[side].iops * (SECONDS + 1);
+          cpu[side] = Object.fromEntries(procs[side].map((p, n) => [p.name, ((cpuTicks(p.pid) - before[n]!) / TICKS_PER_S) * 1e6 / ios]));
         }
-        rounds.set(job, [...(rounds.get(job) ?? []), r]);
+        rounds.set(job, [...(rounds.get(job) ?? []), { r, cpu }]);
         console.log(`${job.name}: ${SIDES.map((s) => `${s} ${r[s].iops.toFixed(0)} IOPS ${r[s].lat_us.toFixed(1)} us`).join(" | ")}`);
       }
     }
     for (const [job, rs] of rounds) {
       const r = {} as Record<Side, Result>;
+      const cpu = {} as Record<Side, Record<string, number>>;
       for (const side of SIDES) {
-        r[side] = { iops: median(rs.map((x) => x[side].iops)), mib_s: median(rs.map((x) => x[side].mib_s)), lat_us: median(rs.map((x) => x[side].lat_us)) };
+        r[side] = { iops: median(rs.map((x) => x.r[side].iops)), mib_s: median(rs.map((x) => x.r[side].mib_s)), lat_us: median(rs.map((x) => x.r[side].lat_us)) };
+        cpu[side] = Object.fromEntries(Object.keys(rs[0]!.cpu[side]).map((name) => [name, median(rs.map((x) => x.cpu[side][name]!))]));
       }
-      results.push({ job, r });
+      results.push({ job, r, cpu });
     }
   } finally {
-    await nbdkit?.stop();
+    for (const d of daemons) await d.stop();
     await tcp.destroy();
     await inproc.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
-  const rows = results.map(({ job, r }) => ({
-    workload: job.name,
-    "TCP IOPS": r.tcp.iops.toFixed(0),
-    "TCP lat us": r.tcp.lat_us.toFixed(1),
-    "in-process IOPS": r.inproc.iops.toFixed(0),
-    "in-process lat us": r.inproc.lat_us.toFixed(1),
-    "nbdkit IOPS": r.nbdkit.iops.toFixed(0),
-    "nbdkit MiB/s": r.nbdkit.mib_s.toFixed(0),
-    "nbdkit lat us": r.nbdkit.lat_us.toFixed(1),
-    "IOPS ratio TCP / in-proc": `${(r.tcp.iops / r.nbdkit.iops).toFixed(2)} / ${(r.inproc.iops / r.nbdkit.iops).toFixed(2)}`,
-    "lat ratio TCP / in-proc": `${(r.tcp.lat_us / r.nbdkit.lat_us).toFixed(2)} / ${(r.inproc.lat_us / r.nbdkit.lat_us).toFixed(2)}`,
-  }));
-  printTable(rows);
-  const qd1 = results.find((x) => x.job.name === "4k randread QD1");
-  const qd32 = results.find((x) => x.job.name === "4k randread QD32");
-  if (!qd1 || !qd32) return;
-  for (const [side, what] of [["tcp", "target over TCP"], ["inproc", "target in the client's process"]] as const) {
-    const lat = qd1.r[side].lat_us / qd1.r.nbdkit.lat_us;
-    const iops = qd32.r[side].iops / qd32.r.nbdkit.iops;
-    console.log(`\n${what}:`);
-    console.log(`  goal QD1 4k read latency <= 1.5x nbdkit: ${lat.toFixed(2)}x ${lat <= 1.5 ? "MET" : "NOT MET"}`);
-    console.log(`  goal QD32 4k read IOPS >= 0.7x nbdkit:   ${iops.toFixed(2)}x ${iops >= 0.7 ? "MET" : "NOT MET"}`);
+  const f0 = (x: number) => x.toFixed(0);
+  const f1 = (x: number) => x.toFixed(1);
+  const f2 = (x: number) => x.toFixed(2);
+  printTable(
+    results.map(({ job, r }) => ({
+      workload: job.name,
+      ...Object.fromEntries(SIDES.flatMap((s) => [[`${SIDE_NAMES[s]} IOPS`, f0(r[s].iops)], [`${SIDE_NAMES[s]} lat us`, f1(r[s].lat_us)]])),
+      "TCP / 2-hop IOPS (lat)": `${f2(r.tcp.iops / r.nbdkit2.iops)} (${f2(r.tcp.lat_us / r.nbdkit2.lat_us)})`,
+      "TCP / nbdkit IOPS": f2(r.tcp.iops / r.nbdkit.iops),
+      "in-proc / nbdkit IOPS (lat)": `${f2(r.inproc.iops / r.nbdkit.iops)} (${f2(r.inproc.lat_us / r.nbdkit.lat_us)})`,
+    })),
+  );
+  printTable(
+    results.map(({ job, cpu }) => ({
+      "CPU us per I/O": job.name,
+      ...Object.fromEntries(SIDES.flatMap((s) => Object.entries(cpu[s]).map(([name, us]) => [`${SIDE_NAMES[s]}: ${name}`, f1(us)]))),
+    })),
+  );
+  const of = ROUNDS > 1 ? ` (median of ${ROUNDS} rounds)` : "";
+  console.log(`\ngoals${of}:`);
+  const goal = (what: string, ratio: number, limit: number, atLeast: boolean) => {
+    const met = atLeast ? ratio >= limit : ratio <= limit;
+    console.log(`  ${what} ${atLeast ? ">=" : "<="} ${limit.toFixed(1)}x: ${ratio.toFixed(2)}x ${met ? "MET" : "NOT MET"}`);
+  };
+  for (const { job, r } of results) {
+    goal(`TCP ${job.name} IOPS vs nbdkit 2-hop`, r.tcp.iops / r.nbdkit2.iops, 1.0, true);
+    if (job.qd === 1) goal(`TCP ${job.name} latency vs nbdkit 2-hop`, r.tcp.lat_us / r.nbdkit2.lat_us, 1.0, false);
+    if ((job.bs === "4k" && job.qd === 32) || job.bs === "128k") goal(`TCP ${job.name} IOPS vs nbdkit`, r.tcp.iops / r.nbdkit.iops, 0.8, true);
+  }
+  for (const { job, r } of results) {
+    goal(`in-process ${job.name} IOPS vs nbdkit`, r.inproc.iops / r.nbdkit.iops, 1.0, true);
+    if (job.qd === 1) goal(`in-process ${job.name} latency vs nbdkit`, r.inproc.lat_us / r.nbdkit.lat_us, 1.2, false);
   }
 }
 

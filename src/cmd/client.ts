@@ -20,7 +20,7 @@ import { formatBytes, listenAddress, managementAddress, parseDuration, parsePosi
 import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
 import { DEFAULT_NBD_LIMITS } from "../engine/nbd/server.ts";
 import { DEFAULT_TARGET_PREAUTH } from "../engine/target/service.ts";
-import { hostTarget } from "./target-host.ts";
+import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { DEFAULT_TARGET_PORT } from "./target.ts";
 import { KernelNbdBindings, NBD_DEVICE, prepareKernelNbd } from "./kernel-nbd.ts";
 import { type Attachment, control, daemonAnswers, runDir, serveControl } from "./client-control.ts";
@@ -84,6 +84,7 @@ const serve = command({
     },
     "target-listen": { type: "string", description: "with --drive: HOST:PORT the target listens on", default: `0.0.0.0:${DEFAULT_TARGET_PORT}` },
     "target-name": { type: "string", description: "with --drive: target name (default: host name)" },
+    ...driveIoArg,
     ...payloadBudgetArg,
     "handshake-timeout": { type: "string", description: "close an NBD client that has not finished its handshake after this long", default: "10s" },
     "max-handshakes": { type: "string", description: "NBD connections in their handshake at once; more are refused (logged)" },
@@ -120,6 +121,7 @@ const serve = command({
       listen: listenAddress(args["target-listen"], "--target-listen"),
       name: args["target-name"] ?? hostname(),
       cluster_key: target_key,
+      io: driveIoMode(args["drive-io"]),
       limits: { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH) },
     });
     // A client is a client even on a server: it proves the client key, and is fenced like any.

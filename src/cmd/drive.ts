@@ -3,6 +3,7 @@ import { consola } from "consola";
 import { FileStore } from "../engine/runtime/file-store.ts";
 import { blankMetaSlots, formatDrive } from "../engine/drive/format.ts";
 import { openDrive } from "../engine/drive/formatted-drive.ts";
+import { openDriveStore } from "../engine/runtime/open-drive-store.ts";
 import { minDriveBytes } from "../engine/drive/superblock.ts";
 import { checkDrivePath } from "./drive-path.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
@@ -29,7 +30,7 @@ const format = command({
     }
     checkDrivePath(args.path, "read and write");
     const env = realEnv("drive");
-    const store = await FileStore.open(args.path, { log: env.log });
+    const store = await openDriveStore(args.path, { log: env.log });
     const min = Math.ceil(minDriveBytes(extent_size_bytes) / 2 ** 20) * 2 ** 20;
     if (store.size_bytes < min) {
       await store.close();

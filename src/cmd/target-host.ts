@@ -5,7 +5,7 @@ import { openDrive } from "../engine/drive/formatted-drive.ts";
 import type { Env } from "../engine/env.ts";
 import type { FrameLink } from "../engine/net/frame-link.ts";
 import { linkPair } from "../engine/net/pipe.ts";
-import { FileStore } from "../engine/runtime/file-store.ts";
+import { DRIVE_IO_MODES, type DriveIo, openDriveStore } from "../engine/runtime/open-drive-store.ts";
 import { TargetService, type TargetServiceOptions } from "../engine/target/service.ts";
 import { parseRdmaAddress, type RdmaListener, rdmaListen } from "../engine/runtime/rdma-net.ts";
 import { UsageError } from "./args.ts";
@@ -23,6 +23,22 @@ export interface HostedTarget {
   stop(): Promise<void>;
 }
 
+/** `--drive-io`: how drive I/O reaches the kernel (open-drive-store.ts); default NVMESH_DRIVE_IO or auto. */
+export const driveIoArg = {
+  "drive-io": {
+    type: "string",
+    description: `drive I/O path: ${DRIVE_IO_MODES.join(" | ")} (default: $NVMESH_DRIVE_IO or auto = io_uring where the kernel allows it, else the thread pool)`,
+  },
+} as const;
+
+export function driveIoMode(flag: string | undefined): DriveIo {
+  const v = flag ?? (process.env.NVMESH_DRIVE_IO || "auto");
+  if (!(DRIVE_IO_MODES as readonly string[]).includes(v)) {
+    throw new UsageError(`--drive-io must be one of ${DRIVE_IO_MODES.join(", ")}, got '${v}'`);
+  }
+  return v as DriveIo;
+}
+
 /** `cluster_key`: the server key (null: --insecure, already announced by the caller). */
 export async function hostTarget(
   env: Env,
@@ -32,6 +48,7 @@ export async function hostTarget(
     rdma?: string | null;
     name: string;
     cluster_key: Uint8Array | null;
+    io?: DriveIo;
     limits?: Pick<TargetServiceOptions, "preauth" | "payload_budget_bytes">;
   },
 ): Promise<HostedTarget> {
@@ -42,7 +59,7 @@ export async function hostTarget(
   for (const path of o.paths) {
     try {
       checkDrivePath(path, "read and write");
-      const store = await FileStore.open(path, { log: env.log });
+      const store = await openDriveStore(path, { log: env.log, io: o.io });
       try {
         const found = await locateSuperblock(store);
         if (found.kind === "not-nvmesh") {
@@ -88,7 +105,7 @@ export async function hostTarget(
     // On every address (0.0.0.0): requesters use the address they reached us by over TCP.
     service.setRdma({ host: host === "0.0.0.0" ? null : host, port: rdma.port });
   }
-  for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents)`);
+  for (const d of drives) consola.info(`serving drive ${d.info.drive_uuid} (${d.info.path}, ${d.info.extent_count} extents, ${d.data.io_path ?? "?"})`);
   return {
     service,
     address: listener.address,

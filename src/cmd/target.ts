@@ -4,7 +4,7 @@ import { consola } from "consola";
 import { realEnv } from "../engine/runtime/real-env.ts";
 import { listenAddress, repeated, UsageError } from "./args.ts";
 import { parseRdmaAddress } from "../engine/runtime/rdma-net.ts";
-import { hostTarget } from "./target-host.ts";
+import { driveIoArg, driveIoMode, hostTarget } from "./target-host.ts";
 import { command, untilSignal } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
@@ -24,6 +24,7 @@ const serve = command({
       default: `0.0.0.0:${DEFAULT_TARGET_PORT}`,
     },
     name: { type: "string", description: "target name (default: host name)" },
+    ...driveIoArg,
     ...keyFileArg,
     ...insecureArg,
     ...preauthArgs,
@@ -44,10 +45,11 @@ const serve = command({
         throw new UsageError((e as Error).message);
       }
     }
+    const io = driveIoMode(args["drive-io"]);
     const budget = payloadBudget(args);
     const limits = { preauth: preauthLimits(args, DEFAULT_TARGET_PREAUTH), ...(budget === undefined ? {} : { payload_budget_bytes: budget }) };
     const cluster_key = daemonKey(args, `the target on ${listen}`, true)?.key ?? null;
-    const target = await hostTarget(realEnv("target"), { paths, listen, rdma: rdma[0] ?? null, name: args.name ?? hostname(), cluster_key, limits });
+    const target = await hostTarget(realEnv("target"), { paths, listen, rdma: rdma[0] ?? null, name: args.name ?? hostname(), cluster_key, io, limits });
     consola.success(`target ready on ${target.address}${target.rdma ? ` and ${target.rdma}` : ""}`);
     const sig = await untilSignal();
     consola.info(`${sig}: stopping target`);

@@ -6,7 +6,8 @@
  * Loading is lazy and may fail (no libc.so.6, e.g. musl): `libc()` then returns null and callers
  * take their documented fallback path.
  */
-import { dlopen, FFIType, ptr, read } from "bun:ffi";
+import { dlopen, FFIType, ptr } from "bun:ffi";
+import { errnoOf as errno, lazyLibrary } from "./dl.ts";
 
 /** From <linux/falloc.h>. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -37,29 +38,17 @@ const SYMBOLS = {
   preadv2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
   fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
+  syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64], returns: FFIType.i64_fast },
 } as const;
+
+/** cachestat(2), Linux 6.5 (the generic syscall table: x86_64 and aarch64 alike). */
+const SYS_cachestat = 451;
 
 /** From <linux/fs.h>: fail with EAGAIN instead of waiting for the device. */
 const RWF_NOWAIT = 0x08;
 
 type Lib = ReturnType<typeof dlopen<typeof SYMBOLS>>;
-let lib: Lib | null | undefined;
-
-function load(): Lib | null {
-  if (lib !== undefined) return lib;
-  try {
-    lib = dlopen("libc.so.6", SYMBOLS);
-  } catch {
-    lib = null;
-  }
-  return lib;
-}
-
-/** errno of the last failed call on this thread; read right after the call that failed. */
-function errno(l: Lib): number {
-  const p = l.symbols.__errno_location();
-  return p === null ? 0 : read.i32(p, 0);
-}
+const load = lazyLibrary(() => dlopen("libc.so.6", SYMBOLS));
 
 /** Result of a syscall: 0 on success, otherwise the positive errno. */
 export type Errno = number;
@@ -79,6 +68,12 @@ export interface Libc {
    * nothing is cached, -EOPNOTSUPP where the kernel or file system cannot).
    */
   readCached(fd: number, dst: Uint8Array, offset: number): number;
+  /**
+   * The page-cache state of a file's byte range (cachestat(2)): pages cached, dirty (written,
+   * not yet written back) and under writeback. Null where the kernel has no cachestat (before
+   * 6.5). A range with neither dirty nor writeback pages has reached the device.
+   */
+  cacheState(fd: number, offset: number, length: number): { cached: number; dirty: number; writeback: number } | null;
   /** Sets O_NONBLOCK on fd (e.g. an RDMA event channel's). Returns 0 or errno. */
   setNonBlocking(fd: number): Errno;
 }
@@ -122,6 +117,17 @@ function makeFacade(l: Lib): Libc {
       const n = Number(preadv2(fd, iovecPtr, 1, offset, RWF_NOWAIT));
       return n >= 0 ? n : -errno(l);
     },
+    cacheState(fd, offset, length) {
+      const range = new Float64Array([0, 0]);
+      const r32 = new Uint32Array(range.buffer);
+      r32[0] = offset >>> 0;
+      r32[1] = Math.floor(offset / 0x1_0000_0000);
+      r32[2] = length >>> 0;
+      r32[3] = Math.floor(length / 0x1_0000_0000);
+      const out = new Uint32Array(10); // five u64 counters; page counts fit in the low halves here
+      if (Number(l.symbols.syscall(SYS_cachestat, fd, ptr(r32), ptr(out), 0)) !== 0) return null;
+      return { cached: out[0]! + out[1]! * 0x1_0000_0000, dirty: out[2]! + out[3]! * 0x1_0000_0000, writeback: out[4]! + out[5]! * 0x1_0000_0000 };
+    },
     setNonBlocking(fd) {
       const flags = l.symbols.fcntl(fd, F_GETFL, 0);
       if (flags < 0) return errno(l);
@@ -139,4 +145,9 @@ export function alignedBuffer(size: number, align = 4096): Uint8Array {
   const raw = new Uint8Array(size + align);
   const skew = ptr(raw) % align;
   return raw.subarray(skew === 0 ? 0 : align - skew, (skew === 0 ? 0 : align - skew) + size);
+}
+
+/** True when buf's first byte sits at a multiple of `align` (an empty view counts as aligned). */
+export function isAligned(buf: Uint8Array, align = 4096): boolean {
+  return buf.length === 0 || ptr(buf) % align === 0;
 }

@@ -104,6 +104,7 @@ export function targetView(l: TargetLink, now: number): TargetView {
     target_name: l.target_name,
     version: l.version,
     drives: l.drives.length,
+    io: [...new Set(l.drives.flatMap((d) => (d.io_path === undefined ? [] : [d.io_path])))].join("; ") || null,
     for_ms: Math.max(0, Math.round(now - l.since_ms)),
     last_error: l.last_error,
     transport: l.session?.transport.why ?? null,
@@ -117,6 +118,8 @@ export interface TargetView {
   target_name: string | null;
   version: string | null;
   drives: number;
+  /** How the target's I/O reaches its drives (each distinct DriveInfo.io_path), null if unknown. */
+  io: string | null;
   /** Local milliseconds since the last up/down transition (never a wall-clock time). */
   for_ms: number;
   last_error: string | null;

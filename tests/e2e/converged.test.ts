@@ -44,8 +44,10 @@ async function fioVerify(uri: string, size_mib: number): Promise<void> {
 
 describe("a client daemon that hosts a target", () => {
   test("the TOMA sees the hosted target over TCP; the client reaches it in-process and only it", async () => {
-    const targets = await c.cliJson<{ name?: string; target_name?: string; address?: string }[]>("target", "show");
+    const targets = await c.cliJson<{ name?: string; target_name?: string; address?: string; io?: string | null }[]>("target", "show");
     expect(JSON.stringify(targets)).toContain(c.target_addrs[0]!);
+    // Every drive, hosted or not, does its I/O through io_uring (this kernel allows it).
+    expect(targets.map((t) => t.io)).toEqual(targets.map(() => "io_uring, buffered, inline writes"));
     const out = c.client!.output;
     const inproc = [...out.matchAll(/target reached in-process target=(\S+)/g)].map((m) => m[1]);
     // One connection per attached volume (each bound to its volume), every one of them in-process.

@@ -47,6 +47,7 @@ test("a write stuck on a leg completes on the other once a topology drops the le
   const layout: VolumeLayout = {
     volume_uuid: randomUuidString(),
     name: "m",
+    incarnation: 1,
     capacity_bytes: 4 * MiB,
     raid_level: "1",
     columns: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, extents: [1, 2, 3, 4] })),
@@ -64,7 +65,7 @@ test("a write stuck on a leg completes on the other once a topology drops the le
     stable_generation: 5,
     topology: [{ legs: ["RWL", "RWL"], interleaved: true, dirty: false }],
   };
-  pool = new TargetPool(target.env, openSession, "mirror-drop");
+  pool = new TargetPool(target.env, openSession, "mirror-drop", { uuid: layout.volume_uuid, incarnation: layout.incarnation });
   pool.setIdentity(9, 5);
   pool.setLocations(normal.drives);
   const reports: number[] = [];

@@ -27,7 +27,7 @@
  * count: it can only end a mutual exclusion late, never early, and its data is on every leg.
  */
 import { DriveIoError } from "../drive/store.ts";
-import { type Env, sleep } from "../env.ts";
+import { type Env, sleep, type TimerHandle } from "../env.ts";
 import { lockLegsOf, readLeg } from "../layout/mirror-roles.ts";
 import { type MirrorPiece, planMirror } from "../layout/planner.ts";
 import type { AttachInfo, SetTopology } from "../layout/types.ts";
@@ -76,6 +76,9 @@ interface LegWait {
   reject: (e: Error) => void;
 }
 
+const DONE: Promise<void> = Promise.resolve();
+function nothing(): void {}
+
 /** Writes one leg of a piece with the options given (`locked`: under the piece's locks). */
 type LegOp = (s: TargetSession, drive: Uint8Array, drive_offset: number, opts: WriteOptions, leg: number, locked: boolean) => Promise<number>;
 
@@ -88,7 +91,7 @@ export class MirrorIo {
   /** Which legs acknowledged our unflushed writes, under which cache epochs. */
   private readonly watch = new MirrorWatch();
   /** Tail of the chain of this client's writes per lock unit ("set:unit"). */
-  private readonly unitTail = new Map<string, Promise<void>>();
+  private readonly unitTail = new Map<number, Promise<void>>();
   /**
    * Lock units ("drive@offset") we may still hold: a LOCK whose answer, or an UNLOCK that, was
    * lost with its connection. Left held, our retry of the write would wait for our own lock for
@@ -316,14 +319,19 @@ export class MirrorIo {
 
   /**
    * Runs `fn` against the view current at that moment, again against a newer one after a leg
-   * failed or a request was refused, then holds completion until its topology is stable.
+   * failed or a request was refused, then holds completion until its topology is stable. The
+   * io_timeout_ms bound runs from the first failure: a timer armed for every piece of every write
+   * cost the busy path a timer each, for the rare one that fails.
    */
   private async retrying(fn: (info: AttachInfo) => Promise<void>): Promise<void> {
     let expired = false;
-    const timer = this.env.timers.after(this.hooks.io_timeout_ms, () => {
-      expired = true;
-      this.wake("topo");
-    });
+    let timer: TimerHandle | null = null;
+    const arm = () => {
+      timer ??= this.env.timers.after(this.hooks.io_timeout_ms, () => {
+        expired = true;
+        this.wake("topo");
+      });
+    };
     try {
       for (;;) {
         if (this.closed) throw new DriveIoError("volume detached", "ECLOSED");
@@ -337,6 +345,7 @@ export class MirrorIo {
           return;
         } catch (e) {
           this.leave(g);
+          arm();
           if (e instanceof LegFailed) {
             if (e.unreachable_drive !== null) this.suspect(e.column, e.unreachable_drive, e.message);
             else if (e.report) this.hooks.report(e.column, e.message);
@@ -350,7 +359,7 @@ export class MirrorIo {
         }
       }
     } finally {
-      timer.cancel();
+      (timer as TimerHandle | null)?.cancel();
     }
   }
 
@@ -419,7 +428,7 @@ export class MirrorIo {
         if (e instanceof TargetError && e.status === Status.LOCKED) {
           // Often our own lock, whose UNLOCK follows the write's acknowledgement: read again as
           // soon as the unit's writes of ours are over, or after the usual pause.
-          const ours = this.unitTail.get(`${p.set}:${p.unit}`);
+          const ours = this.unitTail.get(unitKey(p));
           await (ours ? Promise.race([ours, sleep(this.env, LOCKED_RETRY_MS)]) : sleep(this.env, LOCKED_RETRY_MS));
           continue;
         }
@@ -470,11 +479,14 @@ export class MirrorIo {
     const legAcks: [string, number][] = [];
     const column = (leg: number) => p.set * this.info.layout.mirrors + leg;
     const writeLeg = async (leg: number, lock: boolean) => {
-      const s = await this.session(p, leg, planned);
+      const s = this.pool.cached(p.legs[leg]!.drive_uuid) ?? (await this.session(p, leg, planned));
       const { drive_uuid, drive_offset } = p.legs[leg]!;
       const drive = this.pool.driveId(drive_uuid);
       try {
-        if (lock) await this.guard(this.lockLeg(s, p, leg, locked), column(leg), drive_uuid, planned);
+        if (lock) {
+          const paid = this.lockLeg(s, p, leg, locked);
+          if (paid !== null) await this.guard(paid, column(leg), drive_uuid, planned);
+        }
         const epoch = await this.guard(op(s, drive, drive_offset, this.flags(t, planned, lock), leg, underLock), column(leg), drive_uuid, planned);
         this.watch.seen(drive_uuid, epoch);
         legAcks.push([drive_uuid, epoch]);
@@ -488,7 +500,8 @@ export class MirrorIo {
         const s = await this.session(p, leg, planned);
         try {
           const { drive_uuid, drive_offset } = p.legs[leg]!;
-          await this.guard(this.lockLeg(s, p, leg, locked), column(leg), drive_uuid, planned);
+          const paid = this.lockLeg(s, p, leg, locked);
+          if (paid !== null) await this.guard(paid, column(leg), drive_uuid, planned);
           await this.guard(s.lock(this.pool.driveId(drive_uuid), drive_offset, p.length), column(leg), drive_uuid, planned);
         } catch (e) {
           throw this.classify(e, p, leg);
@@ -508,31 +521,36 @@ export class MirrorIo {
   /**
    * Before a leg's lock is asked for (by LOCK or by a write that carries it): counts the leg as
    * locked before the answer — a lock whose answer was lost with its connection may be held, and
-   * UNLOCK of units we do not hold is harmless — and pays an unlock we owe for its unit.
+   * UNLOCK of units we do not hold is harmless — and pays an unlock we owe for its unit (the
+   * promise to await then; null, the common case, when nothing is owed).
    */
-  private async lockLeg(s: TargetSession, p: MirrorPiece, leg: number, locked: number[]): Promise<void> {
+  private lockLeg(s: TargetSession, p: MirrorPiece, leg: number, locked: number[]): Promise<void> | null {
     locked.push(leg);
+    if (this.owedUnlocks.size === 0) return null;
     const { drive_uuid, drive_offset } = p.legs[leg]!;
     const unit = drive_offset - (drive_offset % LOCK_UNIT_BYTES);
-    if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) await s.unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+    if (this.owedUnlocks.delete(`${drive_uuid}@${unit}`)) return s.unlock(this.pool.driveId(drive_uuid), unit, LOCK_UNIT_BYTES);
+    return null;
   }
 
   /** UNLOCK of the piece's locked legs; one that fails is owed (`owe`). Never rejects. */
-  private async unlockLegs(p: MirrorPiece, locked: number[], planned: number): Promise<void> {
-    await Promise.all(
-      locked.map(async (leg) => {
-        const { drive_uuid, drive_offset } = p.legs[leg]!;
-        try {
-          const s = this.pool.cached(drive_uuid);
-          if (!s) throw new Error("no session");
-          // A leg taken out meanwhile (a paused target) must not hold the unit's next write of
-          // ours: the unlock is owed instead, and paid once the drive answers again.
-          await this.guard(s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length), p.set * this.info.layout.mirrors + leg, drive_uuid, planned);
-        } catch {
-          this.owe(`${p.set}:${p.unit}`, drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
-        }
-      }),
-    );
+  private unlockLegs(p: MirrorPiece, locked: number[], planned: number): Promise<void> {
+    if (locked.length === 0) return DONE;
+    if (locked.length === 1) return this.unlockLeg(p, locked[0]!, planned);
+    return Promise.all(locked.map((leg) => this.unlockLeg(p, leg, planned))).then(nothing);
+  }
+
+  private unlockLeg(p: MirrorPiece, leg: number, planned: number): Promise<void> {
+    const { drive_uuid, drive_offset } = p.legs[leg]!;
+    const owe = () => this.owe(unitKey(p), drive_uuid, drive_offset - (drive_offset % LOCK_UNIT_BYTES));
+    const s = this.pool.cached(drive_uuid);
+    if (!s) {
+      owe();
+      return DONE;
+    }
+    // A leg taken out meanwhile (a paused target) must not hold the unit's next write of ours:
+    // the unlock is owed instead, and paid once the drive answers again.
+    return this.guard(s.unlock(this.pool.driveId(drive_uuid), drive_offset, p.length), p.set * this.info.layout.mirrors + leg, drive_uuid, planned).catch(owe);
   }
 
   private session(p: MirrorPiece, leg: number, planned: number): Promise<TargetSession> {
@@ -600,13 +618,13 @@ export class MirrorIo {
     }
   }
 
-  private owe(chain: string, drive_uuid: string, unit: number): void {
+  private owe(chain: number, drive_uuid: string, unit: number): void {
     this.owedUnlocks.add(`${drive_uuid}@${unit}`);
     this.payLater(chain, drive_uuid, unit, 50);
   }
 
   /** Pays an owed unlock in the unit's turn, trying again later while the drive is unreachable. */
-  private payLater(chain: string, drive_uuid: string, unit: number, delay_ms: number): void {
+  private payLater(chain: number, drive_uuid: string, unit: number, delay_ms: number): void {
     const key = `${drive_uuid}@${unit}`;
     const retry = () => {
       if (this.owedUnlocks.has(key)) this.payLater(chain, drive_uuid, unit, Math.min(2 * delay_ms, 2000));
@@ -632,14 +650,14 @@ export class MirrorIo {
   }
 
   private serialised(p: MirrorPiece, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
-    return this.serialisedKey(`${p.set}:${p.unit}`, fn);
+    return this.serialisedKey(unitKey(p), fn);
   }
 
   /**
    * Runs fn once the key's earlier turns are over. A turn is over when fn's promise settled and
    * whatever fn handed to `after` (its UNLOCKs) did; the caller only waits for fn's promise.
    */
-  private serialisedKey(key: string, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
+  private serialisedKey(key: number, fn: (after: (trailing: Promise<void>) => void) => Promise<void>): Promise<void> {
     const prev = this.unitTail.get(key) ?? Promise.resolve();
     let trailing: Promise<void> = Promise.resolve();
     const mine = prev.then(() => fn((t) => (trailing = t)));
@@ -662,6 +680,7 @@ export class MirrorIo {
     const n = (this.inflight.get(g) ?? 1) - 1;
     if (n <= 0) this.inflight.delete(g);
     else this.inflight.set(g, n);
+    if (this.drainWaiters.length === 0) return;
     const w = this.drainWaiters;
     this.drainWaiters = [];
     for (const f of w) f();
@@ -710,6 +729,14 @@ function hasCompletePeer(info: AttachInfo, column: number): boolean {
   const set = Math.floor(column / m);
   return info.topology[set]!.legs.some((r, i) => set * m + i !== column && (r === "RWL" || r === "WL"));
 }
+
+/** The key of a piece's lock unit in its mirror set (a number: no string per write). */
+function unitKey(p: MirrorPiece): number {
+  return p.unit * MAX_SETS + p.set;
+}
+
+/** Mirror sets per volume that unitKey keeps apart (a volume has a few dozen at most). */
+const MAX_SETS = 65536;
 
 function part(buf: Uint8Array, p: MirrorPiece): Uint8Array {
   return p.request_offset === 0 && p.length === buf.length ? buf : buf.subarray(p.request_offset, p.request_offset + p.length);

@@ -3,12 +3,13 @@
  * area of a formatted drive. Offsets are checked against the window, so no request addressed to
  * the data area can reach the superblock, the metadata slots or the bitmap.
  */
-import { DriveIoError, type DriveStore, checkRange } from "./store.ts";
+import { DriveIoError, type DriveStore, checkRange, rangeRefused } from "./store.ts";
 
 export class OffsetStore implements DriveStore {
   private closed = false;
   readonly describe: string;
   readonly cache_epoch?: number;
+  readonly io_path?: string;
 
   constructor(
     private readonly base: DriveStore,
@@ -20,6 +21,7 @@ export class OffsetStore implements DriveStore {
       throw new Error(`window ${base_offset}+${size_bytes} outside ${base.describe}`);
     }
     this.cache_epoch = base.cache_epoch;
+    this.io_path = base.io_path;
     this.describe = `${base.describe} ${what}`;
   }
 
@@ -27,9 +29,13 @@ export class OffsetStore implements DriveStore {
     checkRange(this, this.closed, offset, length);
   }
 
-  async read(offset: number, dst: Uint8Array): Promise<void> {
-    this.check(offset, dst.length);
-    await this.base.read(this.base_offset + offset, dst);
+  private refused(offset: number, length: number): Promise<never> | null {
+    return rangeRefused(this, this.closed, offset, length);
+  }
+
+  // read and write hand back the base store's own promise: no wrapper on the data path.
+  read(offset: number, dst: Uint8Array): Promise<void> {
+    return this.refused(offset, dst.length) ?? this.base.read(this.base_offset + offset, dst);
   }
 
   readNow(offset: number, dst: Uint8Array): boolean {
@@ -37,9 +43,8 @@ export class OffsetStore implements DriveStore {
     return this.base.readNow?.(this.base_offset + offset, dst) ?? false;
   }
 
-  async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
-    this.check(offset, src.length);
-    await this.base.write(this.base_offset + offset, src, fua);
+  write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
+    return this.refused(offset, src.length) ?? this.base.write(this.base_offset + offset, src, fua);
   }
 
   async flush(): Promise<void> {

@@ -17,6 +17,11 @@ export interface DriveStore {
    * page cache outlives it). Absent: nothing can be lost that way (memory). See client/cache-watch.ts.
    */
   readonly cache_epoch?: number;
+  /**
+   * How I/O reaches the backend, for people ("io_uring, buffered", "thread pool (io_uring: why
+   * not)"): listed per drive by the target. Absent: not a file or device (memory, a volume).
+   */
+  readonly io_path?: string;
   /** Reads exactly dst.length bytes at offset into dst. Rejects on I/O error. */
   read(offset: number, dst: Uint8Array): Promise<void>;
   /**
@@ -51,5 +56,18 @@ export function checkRange(store: DriveStore, closed: boolean, offset: number, l
   }
   if (offset + length > store.size_bytes) {
     throw new DriveIoError(`range ${offset}+${length} beyond ${store.describe} size ${store.size_bytes}`, "ERANGE");
+  }
+}
+
+/**
+ * checkRange as a rejected promise (null when the range is fine), for the stores whose methods
+ * return their backend's promise instead of being async: they never throw.
+ */
+export function rangeRefused(store: DriveStore, closed: boolean, offset: number, length: number): Promise<never> | null {
+  try {
+    checkRange(store, closed, offset, length);
+    return null;
+  } catch (e) {
+    return Promise.reject(e);
   }
 }

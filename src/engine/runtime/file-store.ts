@@ -10,55 +10,21 @@
  * Durability: FUA = write then fdatasync; flush = fdatasync. The fd is locked with flock(LOCK_EX)
  * so two processes of this host never serve the same drive.
  */
-import { crc32c } from "../crc32c.ts";
 import fs from "node:fs";
-import {
-  EAGAIN,
-  EOPNOTSUPP,
-  EWOULDBLOCK,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  FALLOC_FL_ZERO_RANGE,
-  libc,
-  LOCK_EX,
-  LOCK_NB,
-} from "../../ffi/libc.ts";
+import { EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, libc } from "../../ffi/libc.ts";
 import type { Logger } from "../env.ts";
 import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
+import { bootEpoch, type DriveFileOptions, openDriveFile, CachedReads, ZeroPaths } from "./drive-file.ts";
 
 /** Largest zero buffer written at once when the range cannot be punched. */
 const ZERO_CHUNK_BYTES = 1 << 20;
 let zeroChunk: Uint8Array | null = null;
 
-export interface FileStoreOptions {
-  /** Create a regular file of this size if the path does not exist (tests, file-backed drives). */
-  create_size_bytes?: number;
-  /** Skip flock (only for tests that open the same file twice on purpose). */
-  no_lock?: boolean;
+export interface FileStoreOptions extends DriveFileOptions {
   log?: Logger;
+  /** Why this store and not the io_uring one (shown in io_path, e.g. by `target show`). */
+  fallback_reason?: string;
 }
-
-let boot: number | null = null;
-
-/**
- * A number for this boot of the kernel (from /proc/sys/kernel/random/boot_id), never 0. A target
- * process that restarts keeps it, as the page cache keeps its dirty pages; a power loss changes it.
- * Where the boot id cannot be read, a random number per process: a restart then looks like a
- * possible loss, which is safe (the next flush reports EIO) but pessimistic.
- */
-function bootEpoch(): number {
-  if (boot === null) {
-    try {
-      boot = crc32c(new TextEncoder().encode(fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim())) || 1;
-    } catch {
-      boot = (crypto.getRandomValues(new Uint32Array(1))[0]! | 1) >>> 0;
-    }
-  }
-  return boot;
-}
-
-/** How writeZeroes/trim reach the backend; chosen on first use, logged once. */
-type ZeroPath = "punch" | "zero-range" | "write";
 
 export class FileStore implements DriveStore {
   private closed = false;
@@ -66,54 +32,29 @@ export class FileStore implements DriveStore {
    * never reused by another open while a read or write of ours could still land on it. */
   private inflight = 0;
   private drained: (() => void) | null = null;
-  private zeroPath: ZeroPath | null = null;
-  /** preadv2(RWF_NOWAIT) works here; turned off at the first sign it does not. */
-  private nowait = libc() !== null;
+  private readonly cachedReads: CachedReads;
   private trimSupported = true;
   /** The kernel's boot: its page cache (our volatile cache) dies with it, and only with it. */
   readonly cache_epoch = bootEpoch();
+  readonly io_path: string;
+  private readonly zeroPaths: ZeroPaths;
 
   private constructor(
     private readonly fd: number,
     readonly size_bytes: number,
     readonly describe: string,
     private readonly log: Logger | undefined,
-  ) {}
+    fallback_reason: string | undefined,
+  ) {
+    this.io_path = fallback_reason === undefined ? "thread pool" : `thread pool (io_uring: ${fallback_reason})`;
+    this.zeroPaths = new ZeroPaths(describe, log);
+    this.cachedReads = new CachedReads(fd, true);
+  }
 
   /** Opens (or with create_size_bytes, creates) the file or block device at path. */
   static async open(path: string, opts: FileStoreOptions = {}): Promise<FileStore> {
-    let fd: number;
-    try {
-      if (opts.create_size_bytes !== undefined && !fs.existsSync(path)) {
-        fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-        fs.ftruncateSync(fd, opts.create_size_bytes);
-      } else {
-        fd = fs.openSync(path, fs.constants.O_RDWR);
-      }
-    } catch (e) {
-      throw new DriveIoError(`cannot open ${path}: ${(e as Error).message}`, "EIO");
-    }
-    try {
-      const st = fs.fstatSync(fd);
-      let size: number;
-      let kind: string;
-      if (st.isBlockDevice()) {
-        const c = libc();
-        if (c === null) throw new DriveIoError(`${path}: block device size needs libc`, "EIO");
-        size = c.sizeBySeek(fd);
-        kind = "block device";
-      } else if (st.isFile()) {
-        size = st.size;
-        kind = "file";
-      } else {
-        throw new DriveIoError(`${path} is neither a regular file nor a block device`, "EIO");
-      }
-      if (!opts.no_lock) lockExclusive(fd, path);
-      return new FileStore(fd, size, `${kind} ${path}`, opts.log);
-    } catch (e) {
-      fs.closeSync(fd);
-      throw e instanceof DriveIoError ? e : new DriveIoError(`${path}: ${(e as Error).message}`, "EIO");
-    }
+    const f = await openDriveFile(path, opts);
+    return new FileStore(f.fd, f.size_bytes, f.describe, opts.log, opts.fallback_reason);
   }
 
   private check(offset: number, length: number): void {
@@ -141,7 +82,7 @@ export class FileStore implements DriveStore {
     // Fast path: what is already in the page cache is copied at once, without a trip through the
     // threadpool (≈1 µs instead of ≈8 µs per 4 KiB); anything else goes async, so the event loop
     // never waits for the device.
-    const cached = this.readCached(offset, dst);
+    const cached = this.cachedReads.read(offset, dst);
     if (cached === dst.length) return;
     await this.tracked("read", offset, async () => {
       for (let done = cached; done < dst.length; ) {
@@ -155,23 +96,7 @@ export class FileStore implements DriveStore {
 
   readNow(offset: number, dst: Uint8Array): boolean {
     this.check(offset, dst.length);
-    return this.readCached(offset, dst) === dst.length;
-  }
-
-  /** Bytes copied from the page cache into dst's start without waiting (preadv2 RWF_NOWAIT). */
-  private readCached(offset: number, dst: Uint8Array): number {
-    if (!this.nowait) return 0;
-    const c = libc()!;
-    let cached = 0;
-    while (cached < dst.length) {
-      const n = c.readCached(this.fd, cached === 0 ? dst : dst.subarray(cached), offset + cached);
-      if (n <= 0) {
-        if (n !== -EAGAIN && n !== 0) this.nowait = false; // unsupported here: stop trying
-        break;
-      }
-      cached += n;
-    }
-    return cached;
+    return this.cachedReads.read(offset, dst) === dst.length;
   }
 
   async write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
@@ -191,7 +116,10 @@ export class FileStore implements DriveStore {
     this.check(offset, length);
     if (length === 0) return;
     await this.tracked("writeZeroes", offset, async () => {
-      if (!this.fallocateZero(offset, length)) await this.writeZeroBuffers(offset, length);
+      const c = libc();
+      // libc answers errno (positive): ZeroPaths takes 0 or -errno; without libc, nothing punches.
+      const zeroed = await this.zeroPaths.fallocated((mode) => (c === null ? -EOPNOTSUPP : -c.fallocate(this.fd, mode, offset, length)));
+      if (!zeroed) await this.writeZeroBuffers(offset, length);
       if (fua) await fdatasyncAsync(this.fd);
     });
   }
@@ -215,38 +143,6 @@ export class FileStore implements DriveStore {
     fs.closeSync(this.fd);
   }
 
-  /**
-   * Tries the fallocate paths in order of preference; false when the range must be written.
-   * EOPNOTSUPP rules a path out for good (the fs or device cannot); any other errno (EINVAL for a
-   * block device range not aligned to its sector) falls back to writing for this call only.
-   */
-  private fallocateZero(offset: number, length: number): boolean {
-    const c = libc();
-    const order: ZeroPath[] = this.zeroPath === null ? ["punch", "zero-range", "write"] : [this.zeroPath];
-    for (const path of order) {
-      if (path === "write" || c === null) break;
-      const mode = path === "punch" ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-      const err = c.fallocate(this.fd, mode, offset, length);
-      if (err === 0) {
-        this.choose(path);
-        return true;
-      }
-      if (err !== EOPNOTSUPP) {
-        this.log?.debug("drive writeZeroes: fallocate failed, writing zeroes", { drive: this.describe, path, errno: err });
-        return false;
-      }
-      this.zeroPath = null;
-    }
-    this.choose("write");
-    return false;
-  }
-
-  private choose(path: ZeroPath): void {
-    if (this.zeroPath === path) return;
-    this.zeroPath = path;
-    this.log?.debug("drive writeZeroes path", { drive: this.describe, path });
-  }
-
   private async writeZeroBuffers(offset: number, length: number): Promise<void> {
     zeroChunk ??= new Uint8Array(ZERO_CHUNK_BYTES);
     for (let done = 0; done < length; ) {
@@ -254,14 +150,6 @@ export class FileStore implements DriveStore {
       done += await pwriteAsync(this.fd, zeroChunk.subarray(0, n), offset + done);
     }
   }
-}
-
-function lockExclusive(fd: number, path: string): void {
-  const c = libc();
-  if (c === null) return;
-  const err = c.flock(fd, LOCK_EX | LOCK_NB);
-  if (err === EWOULDBLOCK) throw new DriveIoError(`${path} is in use by another process, which holds its lock (a target serving it?): stop that process first`, "EIO");
-  if (err !== 0) throw new DriveIoError(`${path}: flock failed with errno ${err}`, "EIO");
 }
 
 function preadAsync(fd: number, dst: Uint8Array, position: number): Promise<number> {

@@ -127,6 +127,9 @@ export class DriveTable {
   }
 
   infos(): DriveInfo[] {
-    return Array.from(this.byKey.values(), (e) => ({ ...e.drive.info, cache_epoch: e.drive.data.cache_epoch ?? 0 }));
+    return Array.from(this.byKey.values(), (e) => {
+      const io_path = e.drive.data.io_path;
+      return { ...e.drive.info, cache_epoch: e.drive.data.cache_epoch ?? 0, ...(io_path === undefined ? {} : { io_path }) };
+    });
   }
 }

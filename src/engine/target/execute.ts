@@ -445,14 +445,19 @@ function locked(d: ServedDrive, h: Header, what: string): RequestError {
 
 /**
  * With DIRTY or INTENT, the bits of the regions the range touches are durable before the data op
- * runs, and the regions are tracked until flushed (dirty.ts); without, the op just runs.
+ * runs, and the regions are tracked until flushed (dirty.ts); without, the op just runs (its own
+ * promise: no wrapper, the commonest write is one promise from here to the drive).
  */
-async function marked(d: ServedDrive, h: Header, op: () => Promise<void>): Promise<void> {
+function marked(d: ServedDrive, h: Header, op: () => Promise<void>): Promise<void> {
   const kind = (h.flags & Flag.DIRTY) !== 0 ? "dirty" : (h.flags & Flag.INTENT) !== 0 ? "intent" : null;
-  if (kind === null || h.length === 0) {
-    if (h.length > 0) await op();
-    return;
-  }
+  if (h.length === 0) return DONE;
+  if (kind === null) return op();
+  return markedOp(d, h, kind, op);
+}
+
+const DONE = Promise.resolve();
+
+async function markedOp(d: ServedDrive, h: Header, kind: "dirty" | "intent", op: () => Promise<void>): Promise<void> {
   const bits = d.dirty.markForWrite(h.offset, h.length, kind);
   try {
     if (bits !== null) await bits;
@@ -462,12 +467,13 @@ async function marked(d: ServedDrive, h: Header, op: () => Promise<void>): Promi
   }
 }
 
-async function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
+function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
   if ((h.flags & Flag.LOSSY_COPY) !== 0) d.epoch_bumps++;
   const fua = (h.flags & Flag.FUA) !== 0 && !plantedBugs.ack_before_durable;
-  await marked(d, h, () => d.drive.data.write(h.offset, data, fua));
-  giveBuffer(data); // written: the drive holds no reference any more (after a failure: the GC's)
-  return durableResponse(d, h);
+  return marked(d, h, () => d.drive.data.write(h.offset, data, fua)).then(() => {
+    giveBuffer(data); // written: the drive holds no reference any more (after a failure: the GC's)
+    return durableResponse(d, h);
+  });
 }
 
 /**

@@ -73,6 +73,8 @@ export const DriveInfo = v.object({
    * the one the cluster recorded, the drive may have lost acknowledged writes from its cache.
    */
   cache_epoch: v.optional(Count),
+  /** How the target's I/O reaches the drive (DriveStore.io_path), for people. */
+  io_path: v.optional(v.pipe(v.string(), v.maxLength(256))),
 });
 export type DriveInfo = v.InferOutput<typeof DriveInfo>;
 
