@@ -12,6 +12,7 @@ import { uuidFromString } from "../../engine/uuid.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import type { SlotIo } from "./hard-state-io.ts";
 import type { Identity } from "./identity.ts";
+import { MembershipOps } from "./membership-ops.ts";
 import { TomaNode } from "./node.ts";
 import type { PeerPost } from "./peer-sender.ts";
 
@@ -31,6 +32,8 @@ export interface MemberOptions {
 export class ClusterMember {
   readonly links: TargetLink[];
   readonly node: TomaNode;
+  /** The operator's `cluster server add/remove`, run when this TOMA leads. */
+  readonly membership: MembershipOps;
 
   constructor(
     readonly env: Env,
@@ -45,6 +48,7 @@ export class ClusterMember {
       ask: opts.ask,
       grace_ms: opts.grace_ms,
     });
+    this.membership = new MembershipOps(env, this.node, opts.ask);
   }
 
   start(): void {
