@@ -30,7 +30,7 @@ export const AddServerSchema = v.strictObject({
 });
 
 export const NOT_MANAGED_YET =
-  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far elects a leader and replicates the cluster-state log only: " +
+  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far elects a leader, replicates the cluster-state log and changes membership only: " +
   "drives, volumes and clients are not managed in this mode yet (run one TOMA without --peers for that)";
 
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });

@@ -3,7 +3,8 @@
  * server's target(s), whose drives hold its hard state, and the consensus member (node.ts).
  *
  * What this mode does so far: the TOMAs found the cluster, elect a leader, replicate and persist
- * the cluster-state log, survive the loss of a minority. What it does not do yet: manage drives,
+ * the cluster-state log, survive the loss of a minority, and change membership on the operator's
+ * request (membership-ops.ts: a new server joins, a server is removed). What it does not do yet: manage drives,
  * volumes and clients (the single-TOMA controllers are not run here, so no two TOMAs ever act at
  * once); the management API refuses those routes with a message that says so (cluster-api.ts).
  */

@@ -5,8 +5,14 @@
  *
  * Start: wait for own drives; read both slots of each and decide trust (waiting a grace period
  * for drives the newest record lists); trusted → write the start record, continue as that node
- * id; blank → a new incarnation that founds the cluster with its peers (bootstrap.ts); anything
- * else → outside (joining an existing cluster as a new member is not built).
+ * id; blank → a new incarnation that founds the cluster with its peers (bootstrap.ts), or, when a
+ * peer answers as a member of an existing cluster, joins it as a non-member that waits to be added
+ * (membership-ops.ts on the leader); anything else → outside (an amnesic TOMA of an existing
+ * cluster rejoining is not built).
+ *
+ * Proposals (`propose`) wait in a queue the loop drains on its turn, so the core is never called
+ * between ready() and advance(); each is answered once its entry is committed and applied here,
+ * or failed with the reason and whether its outcome is known (ProposalError).
  *
  * Running, one loop: every tick of the steady clock `tick()`; each message `step()`; while
  * `hasReady()`: `ready()` → persist (awaited: nothing leaves before it is durable) → send →
