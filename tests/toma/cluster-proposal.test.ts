@@ -7,9 +7,13 @@
  * proposal as leadership lost, and the entry never takes effect once the new leader overwrites it;
  * a proposal that cannot commit times out; a fourth server joins as a learner, catches up by
  * snapshot and becomes a voter; removing a follower and then the leader itself leaves a cluster
- * that elects a new leader and goes on, and the removed TOMAs stop saying why.
+ * that elects a new leader and goes on, and the removed TOMAs stop saying why; a server whose
+ * drives were replaced joins as a new identity and takes the old one's place.
  */
 import { expect, test } from "bun:test";
+import { formatDrive } from "../../src/engine/drive/format.ts";
+import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
+import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
 import { encodeProposal } from "../../src/toma/consensus/proposal.ts";
 import { MembershipError, MembershipOps } from "../../src/toma/cluster/membership-ops.ts";
 import { type Committed, ProposalError, type TomaNode } from "../../src/toma/cluster/node.ts";
@@ -195,4 +199,30 @@ test("removing the last voter is refused and changes nothing", async () => {
   expect(leader.toma!.config()).toEqual(before);
   const none = await settle(c, ops(c, leader).remove("nosuch"), 1000);
   expect((none as { error: MembershipError }).error.status).toBe(404);
+});
+
+test("a server whose drives were replaced (blank, a new incarnation) joins and takes its old identity's place", async () => {
+  const { c, leader, followers } = await started(151);
+  const f = followers[0]!;
+  const old = f.toma!.view().node_id!;
+  f.machine.crash("process");
+  // New blank drives: the TOMA cannot be its old node id any more.
+  f.drives = [];
+  for (let k = 0; k < 2; k++) {
+    const store = new MemoryStore(8 * 1024 * 1024);
+    await formatDrive(store, { drive_uuid: `0000000e-0000-4000-8000-00000000000${k}`, extent_size_bytes: 1024 * 1024 });
+    f.drives.push(await openDrive(store, `new${k}`));
+  }
+  c.boot(f);
+  expect(await c.world.run(() => f.toma!.phase === "running", c.world.now + 10_000)).toBe("done");
+  const fresh = f.toma!.view().node_id!;
+  expect(fresh).not.toBe(old);
+  expect(f.toma!.view().membership).toBe("none");
+  const r = await settle(c, ops(c, leader).add(f.name, f.address), 40_000);
+  if (!r.ok) throw r.error;
+  // The old identity leaves before the new one votes: never 4 voters for 3 servers.
+  expect((r.value as { changes: string[] }).changes).toEqual([`add_learner ${fresh}`, `remove ${old}`, `promote ${fresh}`]);
+  expect(leader.toma!.config().members.map((m) => m.id).sort()).toEqual([leader.toma!.view().node_id!, followers[1]!.toma!.view().node_id!, fresh].sort());
+  expect(await c.world.run(() => f.toma!.view().membership === "voter" && f.toma!.view().leader?.address === leader.address, c.world.now + 5000)).toBe("done");
+  expect(c.world.failure).toBeNull();
 });
