@@ -115,7 +115,8 @@ test("a fourth TOMA joins and votes; the leader removed, the rest elect another;
   expect(add.stdout + add.stderr).toContain(`promote ${name(3)}#`);
   // Four voters: told that an odd number is enough.
   expect(add.stdout + add.stderr).toContain("4 voters survive as many server losses as 3");
-  const four = await agreed([0, 1, 2, 3], (vs) => vs.every((v) => voters(v).length === 4), 30_000);
+  // Caught up: it applied what the others applied (the snapshot, then the log).
+  const four = await agreed([0, 1, 2, 3], (vs) => vs.every((v) => voters(v).length === 4 && v.applied === vs[0]!.applied && v.applied! > 1), 30_000);
   expect(four.views[3]!.membership).toBe("voter");
   expect(four.views[3]!.role).toBe("follower");
   expect(four.views[3]!.leader?.address).toBe(four.leader);
