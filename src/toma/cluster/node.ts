@@ -293,7 +293,7 @@ export class TomaNode {
     const r = this.raft;
     const lead = r?.basics().lead ?? null;
     if (!r || lead === null) return null;
-    return { node_id: lead, address: member(r.config(), lead)?.address ?? "" };
+    return { node_id: lead, address: member(r.config(), lead)?.address ?? this.known.get(lead) ?? "" };
   }
 
   /** What this TOMA tells its peers about itself (GET /v1/raft/identity). */
@@ -345,7 +345,7 @@ export class TomaNode {
       cluster_uuid: this.cluster,
       role: s?.role ?? null,
       term: s?.term ?? null,
-      leader: s?.lead ? { node_id: s.lead, address: leadMember?.address ?? "" } : null,
+      leader: s?.lead ? { node_id: s.lead, address: leadMember?.address ?? this.known.get(s.lead) ?? "" } : null,
       leader_ready: r?.leaderReady() ?? false,
       commit: s?.commit ?? null,
       applied: s?.applied ?? null,
