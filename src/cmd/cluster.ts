@@ -36,7 +36,7 @@ const status = command({
       process.stdout.write("\n");
       printKeyValues({
         toma: `${c.toma_id} (${c.node_id ?? "no node id yet"}) at ${c.address ?? "?"}`,
-        "toma cluster": c.phase === "running" ? `${c.role}, term ${c.term}` : `${c.phase}: ${c.reason ?? ""}`,
+        "toma cluster": c.phase === "running" ? `${c.role}, term ${c.term}${c.reason ? ` (${c.reason})` : ""}` : `${c.phase}: ${c.reason ?? ""}`,
         leader: c.leader ? `${c.leader.address || c.leader.node_id}${c.role === "leader" && !c.leader_ready ? " (its first entry not applied yet)" : ""}` : "(none known)",
         log: c.commit === null ? "-" : `commit ${c.commit}, applied ${c.applied}, last ${c.last_index}`,
         "hard state": c.hard_state ? `record ${c.hard_state.seq} on ${c.hard_state.drives.length} drive(s)` : "-",

@@ -105,6 +105,9 @@ test("a fourth TOMA joins and votes; the leader removed, the rest elect another;
   // The fourth finds the cluster and waits to be added.
   startToma(3);
   await tomas[3]!.waitFor(/waiting to be added/, 20_000);
+  const waiting = await run([NVMESH, "cluster", "status", "-m", addrs[3]!], { env: c.keyEnv });
+  expect(waiting.stdout).toContain(`waiting to be added to the cluster: 'nvmesh cluster server add ${addrs[3]} --name ${name(3)}'`);
+  expect(waiting.stdout).toMatch(/membership +none/);
 
   // Sent to a follower: it names the leader and the CLI asks there.
   const follower = [0, 1, 2].find((i) => addrs[i] !== first.leader)!;

@@ -341,7 +341,11 @@ export class TomaNode {
       node_id: r?.id ?? null,
       address: this.my_address,
       phase: this.phase,
-      reason: this.reason,
+      reason:
+        this.reason ??
+        (this.phase === "running" && r !== null && !member(config, r.id)
+          ? `waiting to be added to the cluster: 'nvmesh cluster server add ${this.my_address ?? "THIS-ADDRESS"} --name ${this.opts.toma_id}' through any member`
+          : null),
       cluster_uuid: this.cluster,
       role: s?.role ?? null,
       term: s?.term ?? null,
