@@ -7,6 +7,7 @@ import { type OutputFormat, outputArg, outputFormat, printJson, printKeyValues, 
 import { management, toma } from "./volume.ts";
 import { DEFAULT_KEY_FILE, clusterKey, generateKeyFile, keyFileArg, writeClientKeyFile } from "./key-file.ts";
 import { consola } from "consola";
+import { atLeader } from "./at-leader.ts";
 
 const status = command({
   meta: { name: "status", description: "the cluster at a glance" },
@@ -107,24 +108,8 @@ function serverName(name: string): string {
   return name;
 }
 
-/**
- * Membership changes run on the leader: a TOMA that is not answers 421 naming it, and the request
- * goes there (a few hops at most: leadership may move while we ask).
- */
-async function atLeader(args: { management?: string; "key-file"?: string }, op: (t: TomaClient) => Promise<ServerChangeJson>): Promise<ServerChangeJson> {
-  let address = managementAddress(args.management);
-  const key = clusterKey(args["key-file"]);
-  for (let hop = 0; ; hop++) {
-    try {
-      // Adding waits for the new TOMA to catch up (up to 30 s) and for each change to commit.
-      return await op(tomaClient(address, { key, timeout_ms: 90_000 }));
-    } catch (e) {
-      if (!(e instanceof TomaApiError) || e.status !== 421 || !e.leader || hop >= 3) throw e;
-      consola.info(`${address} is not the leader; asking the leader at ${e.leader}`);
-      address = e.leader;
-    }
-  }
-}
+/** Adding waits for the new TOMA to catch up (up to 30 s) and for each change to commit. */
+const MEMBERSHIP_TIMEOUT_MS = 90_000;
 
 function printChange(r: ServerChangeJson, what: string, fmt: OutputFormat): void {
   if (fmt === "json") {
@@ -150,7 +135,7 @@ const serverAdd = command({
     const fmt = outputFormat(args.output);
     const address = managementAddress(args.address);
     const name = serverName(args.name);
-    printChange(await atLeader(args, (t) => t.addServer(name, address)), `add ${name}`, fmt);
+    printChange(await atLeader(args, (t) => t.addServer(name, address), MEMBERSHIP_TIMEOUT_MS), `add ${name}`, fmt);
   },
 });
 
@@ -164,7 +149,7 @@ const serverRemove = command({
   async run({ args }) {
     const fmt = outputFormat(args.output);
     const name = serverName(args.name);
-    printChange(await atLeader(args, (t) => t.removeServer(name)), `remove ${name}`, fmt);
+    printChange(await atLeader(args, (t) => t.removeServer(name), MEMBERSHIP_TIMEOUT_MS), `remove ${name}`, fmt);
   },
 });
 

@@ -102,6 +102,8 @@ const show = command({
       drives.map((d) => ({
         drive: d.uuid,
         state: d.state,
+        // A TOMA cluster: the server whose TOMA reports the drive (its target's address is as that server reaches it).
+        ...(drives.some((x) => x.server !== undefined) ? { server: d.server ?? null } : {}),
         target: d.target,
         path: d.path,
         size: d.size_bytes === null ? null : formatBytes(d.size_bytes),

@@ -15,7 +15,7 @@ import { command, untilSignal } from "./command.ts";
 import { daemonKey, insecureArg, keyFileArg } from "./key-file.ts";
 import { DEFAULT_HTTP_LIMITS, type HttpLimits } from "../toma/http-conn.ts";
 import { type TomaClient, tomaClient } from "../toma/api-client.ts";
-import { clusterMemberApi, IDENTITY_PATH, RAFT_PATH } from "../toma/cluster/cluster-api.ts";
+import { clusterMemberApi, DRIVE_REPORT_PATH, IDENTITY_PATH, RAFT_PATH } from "../toma/cluster/cluster-api.ts";
 import { parseIdentity } from "../toma/cluster/identity.ts";
 import { ClusterMember } from "../toma/cluster/member.ts";
 import type { Connect } from "../toma/target-link.ts";
@@ -146,6 +146,7 @@ async function runMember(o: {
       await client(address).call("POST", RAFT_PATH, { envelope: Buffer.from(bytes).toString("base64") });
     },
     ask: async (address) => parseIdentity(await client(address).call("GET", IDENTITY_PATH), address),
+    report: (address, report) => client(address).call("POST", DRIVE_REPORT_PATH, report),
   });
   let http: TomaHttpServer;
   try {
@@ -156,7 +157,7 @@ async function runMember(o: {
   member.start();
   const addr = `${o.listen.host === "0.0.0.0" ? "127.0.0.1" : o.listen.host}:${http.port}`;
   consola.info(`management API on ${addr}; TOMA cluster member '${o.name}' with peers ${peers.join(", ")}`);
-  consola.warn("the multi-TOMA mode elects a leader and replicates the cluster-state log; it does not manage drives, volumes or clients yet");
+  consola.warn("the multi-TOMA mode manages the pool and creates and deletes volumes; it does not attach volumes or serve client daemons yet");
   let last = "";
   const progress = env.timers.every(1000, () => {
     const v = member.node.view();

@@ -4,6 +4,7 @@ import { type TomaClient, tomaClient } from "../toma/api-client.ts";
 import type { VolumeJson } from "../toma/api-types.ts";
 import { isValidStripeSize, VOLUME_NAME_RE } from "../toma/cluster-state.ts";
 import { formatBytes, managementAddress, parsePositiveInt, parseSize, UsageError } from "./args.ts";
+import { atLeader } from "./at-leader.ts";
 import { command } from "./command.ts";
 import { clusterKey, keyFileArg } from "./key-file.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
@@ -69,7 +70,8 @@ const create = command({
     if (capacity_bytes % 512 !== 0) {
       throw new UsageError(`invalid --capacity '${args.capacity}': a volume is made of 512-byte sectors, and ${capacity_bytes} bytes is not a multiple of 512 (e.g. 1M)`);
     }
-    const vol = await toma(args).createVolume({
+    // A TOMA cluster: created by the leader (a follower answers 421 naming it).
+    const vol = await atLeader(args, (t) => t.createVolume({
       name: args.name,
       capacity_bytes,
       raid_level: level,
@@ -78,7 +80,7 @@ const create = command({
       ...(mirrors !== undefined ? { mirrors } : {}),
       ...(args["allow-same-server"] ? { allow_same_server: true } : {}),
       ...(args["debug-format"] ? { debug_format: true } : {}),
-    });
+    }));
     if (fmt === "json") return printJson(vol);
     const debug = vol.debug_format ? " in debug format" : "";
     consola.success(`volume ${vol.name} created: ${formatBytes(vol.capacity_bytes)} ${raidName(vol.raid_level)}${debug} over ${vol.columns.length} drive(s)`);
@@ -165,7 +167,7 @@ const remove = command({
       const sure = await consola.prompt(`Delete volume ${args.name} and all its data?`, { type: "confirm" });
       if (sure !== true) throw new UsageError(`volume ${args.name} not deleted`);
     }
-    await toma(args).deleteVolume(args.name, { force: args.force === true });
+    await atLeader(args, (t) => t.deleteVolume(args.name, { force: args.force === true }));
     consola.success(`volume ${args.name} deleted`);
   },
 });

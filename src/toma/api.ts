@@ -22,12 +22,13 @@ import {
   type ClusterJson,
   CreateVolumeBody,
   type DriveJson,
+  type LegView,
   type TargetJson,
   type VolumeJson,
   type WatchJson,
 } from "./api-types.ts";
 import { type RefusalCode, type VolumeRecord, VOLUME_NAME_RE } from "./cluster-state.ts";
-import type { Refusal, Toma } from "./toma.ts";
+import type { Refusal, Toma, VolumeState } from "./toma.ts";
 
 export type { ApiHandler, ApiResponse } from "./api-auth.ts";
 
@@ -50,7 +51,7 @@ function adminOnly(c: Caller, what: string): ApiResponse | null {
   return err(403, `${what} needs the server key (an administrator's); this request was signed with ${signedWith(c)}`);
 }
 
-const STATUS: Record<RefusalCode | "unavailable", number> = {
+export const STATUS: Record<RefusalCode | "unavailable", number> = {
   invalid: 400,
   not_found: 404,
   name_taken: 409,
@@ -63,8 +64,9 @@ const err = (status: number, error: string): ApiResponse => ({ status, body: { e
 const ok = (body: unknown, status = 200): ApiResponse => ({ status, body });
 const refused = (r: Refusal): ApiResponse => err(STATUS[r.code], r.error);
 
-export function makeApiHandler(toma: Toma): ApiHandler {
-  const volumeJson = (vol: VolumeRecord): VolumeJson => ({
+/** A volume as the API shows it: its record, its state now, and its legs' views (mirrored only). */
+export function volumeJsonOf(vol: VolumeRecord, state: VolumeState, leg_views: LegView[]): VolumeJson {
+  return {
     uuid: vol.uuid,
     name: vol.name,
     capacity_bytes: vol.capacity_bytes,
@@ -72,16 +74,20 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     stripe_width: vol.stripe_width,
     stripe_size_bytes: vol.stripe_size_bytes,
     extent_size_bytes: vol.extent_size_bytes,
-    state: toma.volumeState(vol),
+    state,
     created_seq: vol.created_seq,
     columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
     mirrors: vol.mirrors,
     legs: [...vol.legs],
     rebuild_blank: [...vol.rebuild_blank],
     topology_seq: vol.topology_seq,
-    leg_views: vol.mirrors > 1 ? toma.legViews(vol) : [],
+    leg_views,
     debug_format: vol.debug_format,
-  });
+  };
+}
+
+export function makeApiHandler(toma: Toma): ApiHandler {
+  const volumeJson = (vol: VolumeRecord): VolumeJson => volumeJsonOf(vol, toma.volumeState(vol), vol.mirrors > 1 ? toma.legViews(vol) : []);
 
   const cluster = (): ClusterJson => {
     const targets = toma.targetViews();

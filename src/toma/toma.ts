@@ -78,6 +78,8 @@ export type DriveState = "ok" | "missing" | "foreign" | "error";
 
 export interface DriveView {
   uuid: string;
+  /** A TOMA cluster: the server (TOMA name) whose target serves it, as last reported. */
+  server?: string | null;
   target: string | null;
   path: string | null;
   size_bytes: number | null;
@@ -94,6 +96,19 @@ export interface DriveView {
   metadata_generation: number | null;
   state: DriveState;
   error: string | null;
+}
+
+/** A volume's state from its leg states and which of its drives are reachable now (`up`). */
+export function volumeStateOf(vol: VolumeRecord, up: (drive_uuid: string) => boolean): VolumeState {
+  const at = (c: number) => up(vol.columns[c]!.drive_uuid);
+  // Concatenated and RAID0 hold one copy: any unreachable column makes data unreachable.
+  if (!isMirrored(vol)) return vol.columns.every((_, c) => at(c)) ? "online" : "offline";
+  for (let set = 0; set < vol.stripe_width; set++) {
+    if (!setColumns(vol, set).some((c) => vol.legs[c] === "ok" && at(c))) return "offline";
+  }
+  const m = mirrorState(vol);
+  if (m === "degraded" || vol.columns.some((_, c) => !at(c))) return "degraded";
+  return m === "normal" ? "online" : "rebuilding";
 }
 
 /** A target as the API shows it; `now` is this TOMA's local clock reading. */
@@ -376,15 +391,7 @@ export class Toma {
 
   volumeState(vol: VolumeRecord): VolumeState {
     const loc = this.locate();
-    const up = (c: number) => loc.get(vol.columns[c]!.drive_uuid)?.info.state === "ok";
-    // Concatenated and RAID0 hold one copy: any unreachable column makes data unreachable.
-    if (!isMirrored(vol)) return vol.columns.every((_, c) => up(c)) ? "online" : "offline";
-    for (let set = 0; set < vol.stripe_width; set++) {
-      if (!setColumns(vol, set).some((c) => vol.legs[c] === "ok" && up(c))) return "offline";
-    }
-    const m = mirrorState(vol);
-    if (m === "degraded" || vol.columns.some((_, c) => !up(c))) return "degraded";
-    return m === "normal" ? "online" : "rebuilding";
+    return volumeStateOf(vol, (d) => loc.get(d)?.info.state === "ok");
   }
 
   /**

@@ -1,22 +1,32 @@
 /**
  * The management API of a TOMA that runs as a member of a TOMA cluster (member.ts): the cluster
  * view with the consensus state, the targets, and the routes between TOMAs (identity, raft
- * messages). Volume, drive and client routes are refused with 503 and the reason: this mode does
- * not manage them yet. Sans-I/O like ../api.ts; behind the same signature check.
+ * messages), the membership changes, the servers' drive reports, and the pool and volumes: reads
+ * answered from the state applied here (any TOMA), volume creation and deletion on the leader (a
+ * follower answers 421 naming it). Attaching volumes and the client daemons' routes are refused
+ * with 503 and the reason: this mode does not serve clients yet. Sans-I/O like ../api.ts; behind
+ * the same signature check.
  */
 import * as v from "valibot";
 import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
-import type { ClusterJson, TargetJson } from "../api-types.ts";
-import { targetView } from "../toma.ts";
+import { NIL_UUID } from "../../engine/uuid.ts";
+import { volumeJsonOf } from "../api.ts";
+import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
+import { type ClusterState, usedExtents, type VolumeRecord, VOLUME_NAME_RE } from "../cluster-state.ts";
+import { targetView, volumeStateOf } from "../toma.ts";
+import { DriveReportSchema } from "./drive-pool.ts";
+import { LeaderOpError, leaderOnly } from "./leader-gate.ts";
 import type { ClusterMember } from "./member.ts";
-import { MembershipError, type MembershipResult } from "./membership-ops.ts";
+import type { MembershipResult } from "./membership-ops.ts";
 
 export const RAFT_PATH = "/v1/raft";
 export const IDENTITY_PATH = "/v1/raft/identity";
 /** POST {name, address}: add a server; DELETE /NAME: remove one. Leader only (421 elsewhere). */
 export const SERVERS_PATH = "/v1/cluster/servers";
+/** POST a server's drive report (drive-pool.ts) to the leader; answered with the pool. */
+export const DRIVE_REPORT_PATH = "/v1/cluster/drives";
 
 /** The body of POST /v1/cluster/servers. */
 export const AddServerSchema = v.strictObject({
@@ -30,8 +40,8 @@ export const AddServerSchema = v.strictObject({
 });
 
 export const NOT_MANAGED_YET =
-  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far elects a leader, replicates the cluster-state log and changes membership only: " +
-  "drives, volumes and clients are not managed in this mode yet (run one TOMA without --peers for that)";
+  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far manages the pool and creates and deletes volumes, but does not attach volumes or serve client daemons yet " +
+  "(run one TOMA without --peers for that)";
 
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
 
@@ -53,33 +63,105 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     const view = m.node.view();
     const up = m.links.filter((l) => l.up).length;
     const lead = view.leader ? `leader ${view.leader.address || view.leader.node_id}` : "no leader known";
+    const state = m.node.appliedState();
+    const drives = driveViews(m, state);
+    const members = drives.filter((d) => d.member);
+    const size = (d: DriveJson, n: number) => n * (d.extent_size_bytes ?? 0);
+    const total = members.reduce((n, d) => n + size(d, d.extents_total), 0);
+    const used = members.reduce((n, d) => n + size(d, d.extents_used), 0);
+    const count = (s: DriveJson["state"]) => drives.filter((d) => d.state === s).length;
+    const report = m.reporter.last_error === null ? "" : `; this TOMA's drive report did not reach the leader: ${m.reporter.last_error}`;
     return {
       cluster_uuid: view.cluster_uuid,
-      generation: view.applied,
+      // The state's generation: the index of the last command applied here.
+      generation: state?.generation ?? null,
       term: view.term,
       // No duty of a cluster member writes to targets yet: it stamps no control-plane version.
       version: 0,
-      ready: false,
+      ready: view.phase === "running" && state !== null && view.leader !== null,
       readiness:
         view.phase === "running"
-          ? `TOMA cluster member, ${view.role} in term ${view.term}, ${lead}; drives, volumes and clients are not managed in this mode yet`
+          ? `TOMA cluster member, ${view.role} in term ${view.term}, ${lead}; pool and volumes managed (create and delete through any TOMA), volumes cannot be attached in this mode yet${report}`
           : `TOMA cluster member ${view.phase}: ${view.reason ?? ""}`,
       targets: { total: m.links.length, up, down: m.links.length - up },
-      drives: { total: 0, ok: 0, missing: 0, foreign: 0, error: 0 },
-      capacity: { total_bytes: 0, used_bytes: 0, free_bytes: 0 },
-      volumes: 0,
+      drives: { total: drives.length, ok: count("ok"), missing: count("missing"), foreign: count("foreign"), error: count("error") },
+      capacity: { total_bytes: total, used_bytes: used, free_bytes: total - used },
+      volumes: state?.volumes.length ?? 0,
       consensus: view,
     };
   };
 
-  const answer = async (op: () => Promise<MembershipResult>): Promise<ApiResponse> => {
+  const volumeJson = (vol: VolumeRecord): VolumeJson => {
+    const up = (d: string) => view_cluster() !== null && m.pool.usable(d, view_cluster()!);
+    const legs: LegView[] = vol.mirrors > 1 ? vol.columns.map((c, i) => ({ column: i, set: Math.floor(i / vol.mirrors), drive_uuid: c.drive_uuid, state: vol.legs[i]!, reachable: up(c.drive_uuid), rebuild: null })) : [];
+    return volumeJsonOf(vol, volumeStateOf(vol, up), legs);
+  };
+  const view_cluster = () => m.node.appliedState()?.cluster_uuid ?? null;
+
+  /** The applied state, or the 503 that says why there is none here yet. */
+  const applied = (): ClusterState | ApiResponse => {
+    const st = m.node.appliedState();
+    if (st !== null) return st;
+    const view = m.node.view();
+    return err(503, `this TOMA has no cluster state applied yet (${view.phase}${view.reason ? `: ${view.reason}` : ""})`);
+  };
+
+  /** Resolves :name in the applied state; a response when bad, unknown, or no state yet. */
+  const findVolume = (raw: string): VolumeRecord | ApiResponse => {
+    let name: string;
     try {
-      return { status: 200, body: await op() };
+      name = decodeURIComponent(raw);
+    } catch {
+      return err(400, `bad volume name in path: '${raw}'`);
+    }
+    if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name.slice(0, 80)}': use 1 to 64 of [A-Za-z0-9._-]`);
+    const st = applied();
+    if ("status" in st) return st;
+    return st.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
+  };
+
+  /** A leader-only operation: its LeaderOpError becomes the answer (421 with the leader). */
+  const onLeader = async (op: () => Promise<unknown>, status = 200): Promise<ApiResponse> => {
+    try {
+      return { status, body: await op() };
     } catch (e) {
-      if (!(e instanceof MembershipError)) throw e;
+      if (!(e instanceof LeaderOpError)) throw e;
       return { status: e.status, body: e.leader === null ? { error: e.message } : { error: e.message, leader: e.leader } };
     }
   };
+
+  const volumes = async (mth: string, route: string, body: unknown, caller: Caller): Promise<ApiResponse> => {
+    const parts = route.split("/").slice(3);
+    if (parts.length === 0) {
+      if (mth === "GET") {
+        const st = applied();
+        return "status" in st ? st : { status: 200, body: st.volumes.map(volumeJson) };
+      }
+      if (mth !== "POST") return err(405, `${mth} not allowed on ${route}; use GET or POST`);
+      const no = adminOnly(caller, "creating a volume");
+      if (no) return no;
+      const r = v.safeParse(CreateVolumeBody, body);
+      if (!r.success) return err(400, `invalid volume request: ${r.issues.map((i) => i.message).join("; ")}`);
+      return onLeader(async () => volumeJson(await m.volumes.create(r.output)), 201);
+    }
+    if (parts.length === 2 && parts[1] === "attach") return err(503, `volumes cannot be attached in this mode yet: ${NOT_MANAGED_YET}`);
+    if (parts.length !== 1) return err(404, `no such route: ${mth} ${route}`);
+    if (mth === "GET") {
+      const vol = findVolume(parts[0]!);
+      return "status" in vol ? vol : { status: 200, body: volumeJson(vol) };
+    }
+    if (mth !== "DELETE") return err(405, `${mth} not allowed on ${route}; use GET or DELETE`);
+    const no = adminOnly(caller, "deleting a volume");
+    if (no) return no;
+    const vol = findVolume(parts[0]!);
+    if ("status" in vol) return vol;
+    return onLeader(async () => {
+      await m.volumes.delete(vol.name);
+      return { deleted: vol.name };
+    });
+  };
+
+  const answer = (op: () => Promise<MembershipResult>): Promise<ApiResponse> => onLeader(op);
 
   // Membership changes move Raft: the server key only, like the messages between TOMAs.
   const servers = (mth: string, route: string, body: unknown, caller: Caller): Promise<ApiResponse> | ApiResponse => {
@@ -126,7 +208,73 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       return r.ok ? { status: 204, body: null } : err(r.status, r.error);
     }
     if (route === SERVERS_PATH || route.startsWith(`${SERVERS_PATH}/`)) return servers(mth, route, body, caller);
+    if (route === DRIVE_REPORT_PATH) {
+      if (mth !== "POST") return err(405, `${mth} not allowed on ${route}; use POST`);
+      const no = serverOnly(caller);
+      if (no) return no;
+      const r = v.safeParse(DriveReportSchema, body);
+      if (!r.success) return err(400, `invalid drive report: ${r.issues.map((i) => `${i.path?.map((p) => String(p.key)).join(".") ?? ""}: ${i.message}`).join("; ")}`);
+      return onLeader(async () => {
+        leaderOnly(m.node);
+        return m.received(r.output);
+      });
+    }
+    if (route === "/v1/drives") {
+      if (mth !== "GET") return err(405, `${mth} not allowed on ${route}; use GET`);
+      return { status: 200, body: driveViews(m, m.node.appliedState()) satisfies DriveJson[] };
+    }
+    if (route === "/v1/volumes" || route.startsWith("/v1/volumes/")) return volumes(mth, route, body, caller);
     if (route.startsWith("/v1/")) return err(503, NOT_MANAGED_YET);
     return err(404, `no such route: ${method} ${path}`);
   };
+}
+
+/** Null when the caller may do `what`, which needs the server key (an administrator's). */
+function adminOnly(c: Caller, what: string): ApiResponse | null {
+  if (c.kind === "server" || c.kind === "insecure") return null;
+  return err(403, `${what} needs the server key (an administrator's); this request was signed with another key`);
+}
+
+/**
+ * The pool as this TOMA knows it: every drive of the applied state and every drive a server
+ * reported (claimed or not yet), each where its server last said it is served.
+ */
+export function driveViews(m: ClusterMember, state: ClusterState | null): DriveJson[] {
+  const cluster = state?.cluster_uuid ?? m.node.view().cluster_uuid;
+  const members = new Map((state?.drives ?? []).map((d) => [d.drive_uuid, d]));
+  const used = state ? usedExtents(state) : new Map<string, Set<number>>();
+  const retired = new Map<string, number>();
+  for (const r of state?.retired ?? []) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
+  const out: DriveJson[] = [];
+  for (const uuid of [...new Set([...members.keys(), ...m.pool.uuids()])].sort()) {
+    const rec = members.get(uuid);
+    const at = m.pool.locate(uuid);
+    const d = at?.drive ?? null;
+    let state_: DriveJson["state"] = "ok";
+    let error: string | null = d?.error ?? null;
+    if (!at) [state_, error] = ["missing", "no TOMA of the cluster has reported this drive (its server or target is down, or the report did not reach this TOMA)"];
+    else if (!at.fresh) [state_, error] = ["missing", `its server ${at.server} has not reported it for ${Math.round(at.heard_ms_ago / 1000)} s`];
+    else if (d!.state === "error") state_ = "error";
+    else if (d!.cluster_uuid !== cluster && d!.cluster_uuid !== NIL_UUID) [state_, error] = ["foreign", `claimed by cluster ${d!.cluster_uuid}`];
+    const total = rec?.extent_count ?? d?.extent_count ?? 0;
+    const u = used.get(uuid)?.size ?? 0;
+    out.push({
+      uuid,
+      server: at?.server ?? null,
+      target: d?.target ?? null,
+      path: d?.path ?? null,
+      size_bytes: d?.size_bytes ?? null,
+      member: rec !== undefined,
+      cluster_uuid: d?.cluster_uuid ?? null,
+      extent_size_bytes: rec?.extent_size_bytes ?? d?.extent_size_bytes ?? null,
+      extents_total: total,
+      extents_used: u,
+      extents_retired: retired.get(uuid) ?? 0,
+      extents_free: rec ? total - u : 0,
+      metadata_generation: null,
+      state: state_,
+      error,
+    });
+  }
+  return out;
 }

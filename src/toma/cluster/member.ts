@@ -4,18 +4,25 @@
  *
  * What this mode does so far: the TOMAs found the cluster, elect a leader, replicate and persist
  * the cluster-state log, survive the loss of a minority, and change membership on the operator's
- * request (membership-ops.ts: a new server joins, a server is removed). What it does not do yet: manage drives,
- * volumes and clients (the single-TOMA controllers are not run here, so no two TOMAs ever act at
+ * request (membership-ops.ts: a new server joins, a server is removed). Each TOMA claims and
+ * reports its own server's drives (drive-reporter.ts); the leader adds them to the state and
+ * creates and deletes volumes (volume-ops.ts); any TOMA answers reads from its applied state.
+ * What it does not do yet: attach volumes, run their topology (leg states, rebuilds) and serve
+ * client daemons (the single-TOMA controllers are not run here, so no two TOMAs ever act at
  * once); the management API refuses those routes with a message that says so (cluster-api.ts).
  */
 import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
+import { DrivePool, type DriveReport, type PoolView } from "./drive-pool.ts";
+import { DriveReporter } from "./drive-reporter.ts";
 import type { SlotIo } from "./hard-state-io.ts";
 import type { Identity } from "./identity.ts";
 import { MembershipOps } from "./membership-ops.ts";
 import { TomaNode } from "./node.ts";
 import type { PeerPost } from "./peer-sender.ts";
+import { VolumeOps } from "./volume-ops.ts";
+import { steadyClock } from "../../engine/steady-clock.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -27,6 +34,8 @@ export interface MemberOptions {
   connect: Connect;
   post: PeerPost;
   ask: (address: string) => Promise<Identity>;
+  /** POST this TOMA's drive report to the leader at `address` (drive-pool.ts); answers its body. */
+  report: (address: string, report: DriveReport) => Promise<unknown>;
   grace_ms?: number;
 }
 
@@ -35,6 +44,11 @@ export class ClusterMember {
   readonly node: TomaNode;
   /** The operator's `cluster server add/remove`, run when this TOMA leads. */
   readonly membership: MembershipOps;
+  /** The servers' drives as last reported (to the leader, or by it). */
+  readonly pool: DrivePool;
+  /** The leader's drive and volume commands. */
+  readonly volumes: VolumeOps;
+  readonly reporter: DriveReporter;
 
   constructor(
     readonly env: Env,
@@ -50,14 +64,27 @@ export class ClusterMember {
       grace_ms: opts.grace_ms,
     });
     this.membership = new MembershipOps(env, this.node, opts.ask);
+    const clock = steadyClock(env.clock);
+    this.pool = new DrivePool(() => clock.now_ms());
+    this.volumes = new VolumeOps(env, this.node, this.pool);
+    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported());
+  }
+
+  /** A server's report, on the leader: kept, the new drives added; answers the pool. */
+  received(r: DriveReport): PoolView {
+    this.pool.report(r);
+    this.volumes.addReported();
+    return this.pool.view();
   }
 
   start(): void {
     for (const l of this.links) l.start();
     void this.node.start();
+    this.reporter.start();
   }
 
   stop(): void {
+    this.reporter.stop();
     this.node.stop();
     for (const l of this.links) l.stop();
   }

@@ -18,7 +18,8 @@ import { describeChange, describeConfig, member, voterIds } from "../consensus/c
 import { membershipWarnings, type MembershipInput, nextMembershipChange, nodeId, tomaIdOf } from "../consensus/membership.ts";
 import type { ConfChange, Config } from "../consensus/types.ts";
 import type { Identity } from "./identity.ts";
-import { ProposalError, type TomaNode } from "./node.ts";
+import { LeaderOpError as MembershipError, leaderOnly, notLeader, proposalFailure } from "./leader-gate.ts";
+import type { TomaNode } from "./node.ts";
 
 export interface MembershipTimings {
   /** How long a new learner may take to catch up before the add gives up (it stays a learner). */
@@ -41,17 +42,8 @@ export interface MembershipResult {
   leader_removed: boolean;
 }
 
-/** A refusal with the HTTP status the management API answers it with. */
-export class MembershipError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    /** 421: the leader's management address, where to send the request instead. */
-    readonly leader: string | null = null,
-  ) {
-    super(message);
-  }
-}
+/** Membership's refusals: the leader-only operations' error (leader-gate.ts). */
+export { LeaderOpError as MembershipError } from "./leader-gate.ts";
 
 export class MembershipOps {
   private running: string | null = null;
@@ -150,10 +142,7 @@ export class MembershipOps {
     try {
       await this.node.propose({ kind: "conf", change: c }, this.timings.change_ms);
     } catch (e) {
-      if (!(e instanceof ProposalError)) throw e;
-      if (e.code === "not_leader") throw this.notLeader();
-      const status = e.code === "refused" ? 409 : e.code === "overwritten" ? 409 : 503;
-      throw new MembershipError(status, `${what}: ${e.message}`, e.leader?.address || null);
+      throw proposalFailure(this.node, what, e);
     }
     return what;
   }
@@ -164,16 +153,7 @@ export class MembershipOps {
   }
 
   private leaderOnly(): void {
-    const v = this.node.view();
-    if (v.phase !== "running") throw new MembershipError(503, `this TOMA is not running in a cluster (${v.phase}: ${v.reason ?? ""})`);
-    if (v.role !== "leader") throw this.notLeader();
-    if (!v.leader_ready) throw new MembershipError(503, "this TOMA was just elected and has not applied an entry of its term yet; retry in a moment");
-  }
-
-  private notLeader(): MembershipError {
-    const lead = this.node.leader();
-    if (!lead || lead.address === "") return new MembershipError(503, "this TOMA is not the leader and no leader is known now (an election may be under way); retry in a few seconds");
-    return new MembershipError(421, `this TOMA is not the leader; the leader is at ${lead.address}`, lead.address);
+    leaderOnly(this.node);
   }
 
   private async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {

@@ -1,0 +1,124 @@
+/**
+ * Each TOMA's duty for its own server's drives: every second, claim for the cluster the drives
+ * its target(s) serve that belong to no cluster yet (CLAIM, as the single TOMA does), and report
+ * them all to the leader (drive-pool.ts); the leader's answer, the whole pool, replaces what this
+ * TOMA shows. The leader reports to itself and adds the reported drives to the state
+ * (volume-ops.ts).
+ *
+ * Not fenced: CLAIM carries no control-plane version at the targets, so a TOMA that left the
+ * cluster could still claim a blank drive of its own server for the cluster it believes in. It
+ * claims only blank drives of its own target(s), and only for the cluster its own hard state
+ * names.
+ */
+import type { Env, TimerHandle } from "../../engine/env.ts";
+import { steadyClock } from "../../engine/steady-clock.ts";
+import { NIL_UUID, uuidFromString } from "../../engine/uuid.ts";
+import * as v from "valibot";
+import { type TargetLink, withTimeout } from "../target-link.ts";
+import { type DrivePool, type DriveReport, PoolViewSchema, REPORT_EVERY_MS, type ReportedDrive } from "./drive-pool.ts";
+import type { TomaNode } from "./node.ts";
+
+const CLAIM_TIMEOUT_MS = 5000;
+
+export class DriveReporter {
+  private timer: TimerHandle | null = null;
+  private busy = false;
+  private readonly clock;
+  /** Why the last report did not reach the leader (null: it did). */
+  last_error: string | null = null;
+  /** Claims that failed, by drive, with the reason (shown by drive show). */
+  readonly claim_errors = new Map<string, string>();
+
+  constructor(
+    private readonly env: Env,
+    private readonly name: string,
+    private readonly node: TomaNode,
+    private readonly links: readonly TargetLink[],
+    private readonly pool: DrivePool,
+    /** POST the report to the leader at `address`; answers the leader's pool view (unvalidated). */
+    private readonly send: (address: string, report: DriveReport) => Promise<unknown>,
+    /** On the leader: its own report arrived (add what is new). */
+    private readonly reported: () => void,
+  ) {
+    this.clock = steadyClock(env.clock);
+  }
+
+  start(): void {
+    this.timer = this.env.timers.every(REPORT_EVERY_MS, () => void this.round());
+  }
+
+  stop(): void {
+    this.timer?.cancel();
+  }
+
+  /** The drives the own target(s) serve now, as reported. */
+  own(): ReportedDrive[] {
+    return this.links.flatMap((l) =>
+      l.session === null
+        ? []
+        : l.drives.map((d) => ({
+            drive_uuid: d.drive_uuid,
+            target: l.address,
+            path: d.path,
+            size_bytes: d.size_bytes,
+            cluster_uuid: d.cluster_uuid,
+            extent_size_bytes: d.extent_size_bytes,
+            extent_count: d.extent_count,
+            ...(d.cache_epoch === undefined ? {} : { cache_epoch: d.cache_epoch }),
+            state: d.state,
+            error: d.error ?? this.claim_errors.get(d.drive_uuid) ?? null,
+          })),
+    );
+  }
+
+  private async round(): Promise<void> {
+    if (this.busy) return;
+    const view = this.node.view();
+    if (view.phase !== "running" || view.cluster_uuid === null || view.membership === "none") return;
+    this.busy = true;
+    try {
+      await this.claim(view.cluster_uuid);
+      const report: DriveReport = { server: this.name, drives: this.own() };
+      this.pool.report(report);
+      if (view.role === "leader") {
+        this.last_error = null;
+        return this.reported();
+      }
+      const lead = this.node.leader();
+      if (!lead || lead.address === "") {
+        this.last_error = "no leader known";
+        return;
+      }
+      const started = this.clock.now_ms();
+      const answer = v.safeParse(PoolViewSchema, await this.send(lead.address, report));
+      if (!answer.success) throw new Error(`the leader at ${lead.address} answered a pool view that is not valid: ${answer.issues[0]!.message}`);
+      // Ages as of the answer's arrival: the round trip is added, never a remote timestamp.
+      const rtt = this.clock.now_ms() - started;
+      this.pool.adopt({ servers: answer.output.servers.map((s) => ({ ...s, heard_ms_ago: s.heard_ms_ago + Math.round(rtt) })) }, this.name);
+      this.last_error = null;
+    } catch (e) {
+      this.last_error = (e as Error).message;
+      this.env.log.debug("drive report to the leader failed", { error: this.last_error });
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async claim(cluster_uuid: string): Promise<void> {
+    for (const l of this.links) {
+      const s = l.session;
+      if (s === null) continue;
+      for (const d of l.drives) {
+        if (d.state !== "ok" || d.cluster_uuid !== NIL_UUID) continue;
+        try {
+          await withTimeout(this.env, s.claim(uuidFromString(d.drive_uuid), cluster_uuid), CLAIM_TIMEOUT_MS, `claim drive ${d.drive_uuid}`);
+          l.patchDrive({ ...d, cluster_uuid });
+          this.claim_errors.delete(d.drive_uuid);
+          this.env.log.info("claimed drive for the TOMA cluster", { drive: d.drive_uuid, target: l.address, cluster: cluster_uuid });
+        } catch (e) {
+          this.claim_errors.set(d.drive_uuid, `claim failed: ${(e as Error).message}`);
+        }
+      }
+    }
+  }
+}

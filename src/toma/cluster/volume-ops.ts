@@ -1,0 +1,132 @@
+/**
+ * The leader's cluster-state commands for the pool and the volumes: adding the drives the TOMAs
+ * report (drive-pool.ts), creating a volume (the allocator of the single TOMA, with the server of
+ * a drive being the TOMA that reports it), deleting one. Each is computed from the leader's
+ * applied state, proposed through the member's proposal path and awaited until applied here
+ * before the next is computed: one at a time on this TOMA, so a command never races another of
+ * its own, and one computed from a view another changed is refused by every TOMA alike (stale
+ * `computed_at`) and computed again.
+ *
+ * No volume can be attached in this mode yet, so no client ever reached a volume's extents: a
+ * delete retires them all (docs/toma.md, "Deleting a volume"), and they stay retired, since no
+ * TOMA of a cluster zeroes and releases retired extents yet.
+ */
+import type { Env } from "../../engine/env.ts";
+import { randomUuid } from "../../engine/env.ts";
+import { uuidToString } from "../../engine/uuid.ts";
+import { allocate, type VolumeRequest } from "../allocator.ts";
+import { STATUS } from "../api.ts";
+import type { ClusterState, Command, VolumeRecord } from "../cluster-state.ts";
+import { encodeProposal } from "../consensus/proposal.ts";
+import type { DrivePool } from "./drive-pool.ts";
+import { LeaderOpError, leaderOnly, proposalFailure } from "./leader-gate.ts";
+import type { TomaNode } from "./node.ts";
+
+/** How often a command refused as computed from a stale view is computed again. */
+const STALE_RETRIES = 3;
+/** How long one command may take to commit and apply. */
+export const COMMAND_TIMEOUT_MS = 10_000;
+
+export class VolumeOps {
+  private queue: Promise<unknown> = Promise.resolve();
+  private adding = false;
+
+  constructor(
+    private readonly env: Env,
+    private readonly node: TomaNode,
+    private readonly pool: DrivePool,
+  ) {}
+
+  /** Creates a volume; answers its record as applied. */
+  create(req: VolumeRequest): Promise<VolumeRecord> {
+    return this.exclusive(async () => {
+      const uuid = uuidToString(randomUuid(this.env));
+      const st = await this.command(`create volume '${req.name}'`, (state) => {
+        const alloc = allocate(state, req, this.pool.topology(state));
+        if (!alloc.ok) throw new LeaderOpError(STATUS[alloc.code], alloc.error);
+        return {
+          kind: "create_volume",
+          uuid,
+          name: req.name,
+          capacity_bytes: req.capacity_bytes,
+          raid_level: req.raid_level,
+          ...alloc.alloc,
+          ...(req.debug_format ? { debug_format: true } : {}),
+        };
+      });
+      const vol = st.volumes.find((x) => x.uuid === uuid)!;
+      this.env.log.info("volume created", { volume: vol.name, uuid, drives: vol.columns.map((c) => c.drive_uuid).join(",") });
+      return vol;
+    });
+  }
+
+  /** Deletes the volume named `name` (by the uuid it has in the state the command is computed from). */
+  delete(name: string): Promise<void> {
+    return this.exclusive(async () => {
+      await this.command(`delete volume '${name}'`, (state) => {
+        const vol = state.volumes.find((x) => x.name === name);
+        if (!vol) throw new LeaderOpError(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
+        return { kind: "delete_volume", uuid: vol.uuid, released: [] };
+      });
+      this.env.log.info("volume deleted", { volume: name });
+    });
+  }
+
+  /**
+   * Adds every reported drive the state lacks, one command each. Runs after each report; a
+   * second call while one runs does nothing (the next report brings it back).
+   */
+  addReported(): void {
+    if (this.adding) return;
+    this.adding = true;
+    void this.exclusive(async () => {
+      for (;;) {
+        const state = this.node.appliedState();
+        if (state === null || this.node.view().role !== "leader" || !this.node.view().leader_ready) return;
+        const next = this.pool.toAdd(state)[0];
+        if (!next) return;
+        await this.command(`add drive ${next.drive_uuid}`, (s) => {
+          if (s.drives.some((d) => d.drive_uuid === next.drive_uuid)) throw new LeaderOpError(409, "already added");
+          return { kind: "add_drive", drive: next };
+        });
+        this.env.log.info("drive added to the cluster", { drive: next.drive_uuid, server: this.pool.locate(next.drive_uuid)?.server ?? "?" });
+      }
+    })
+      .catch((e) => this.env.log.warn("adding reported drives failed", { error: (e as Error).message }))
+      .finally(() => (this.adding = false));
+  }
+
+  /**
+   * Computes a command from the applied state, proposes it and waits until it is applied here;
+   * answers the state after it. A refusal by the state machine becomes the API's answer; a stale
+   * view is computed again (a few times).
+   */
+  private async command(what: string, compute: (state: ClusterState) => Command): Promise<ClusterState> {
+    for (let attempt = 0; ; attempt++) {
+      leaderOnly(this.node);
+      const state = this.node.appliedState();
+      if (state === null) throw new LeaderOpError(503, "this TOMA has no cluster state applied yet; retry in a moment");
+      const cmd = compute(state);
+      let done;
+      try {
+        done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at: state.generation, cmd }) }, COMMAND_TIMEOUT_MS);
+      } catch (e) {
+        throw proposalFailure(this.node, what, e);
+      }
+      const a = done.applied;
+      if (a?.kind === "applied") return a.state;
+      if (a?.kind === "refused" && a.code === "stale" && attempt < STALE_RETRIES) continue;
+      if (a?.kind === "refused") {
+        const status = a.code === "stale" ? 503 : a.code === "undecodable" ? 500 : STATUS[a.code];
+        throw new LeaderOpError(status, `${what}: ${a.error}`);
+      }
+      throw new LeaderOpError(500, `${what}: entry ${done.index} applied as ${a?.kind ?? "nothing"}`);
+    }
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+}
