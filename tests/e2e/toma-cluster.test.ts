@@ -3,7 +3,8 @@
  * 127.0.0.1: they found a cluster and elect a leader that `cluster status -o json` names the same
  * from every TOMA; kill -9 of the leader gives a new leader in a higher term within seconds; the
  * killed TOMA, restarted, takes its hard state back from its drive (same node id) and follows;
- * all three killed at once come back from their drives alone.
+ * all three killed at once come back from their drives alone; the client daemons' routes are
+ * refused saying why.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { ClusterJson } from "../../src/toma/api-types.ts";
@@ -105,10 +106,13 @@ test("three TOMAs elect one leader; kill -9 of it elects another in a higher ter
   expect(tomas[li]!.output).toContain("hard state trusted");
 }, 120_000);
 
-test("volume routes are refused in this mode with the reason; raft messages need the server key", async () => {
-  const r = await run([NVMESH, "volume", "create", "--name", "v1", "--capacity", "16M", "--raid-level", "1", "-m", addrs[0]!], { env: c.keyEnv });
-  expect(r.code).not.toBe(0);
-  expect(r.stderr + r.stdout).toContain("multi-TOMA mode");
+test("client daemons' routes are refused in this mode with the reason; raft messages need the server key", async () => {
+  const r = await run([NVMESH, "cluster", "status", "-m", addrs[0]!, "-o", "json"], { env: c.keyEnv });
+  expect(r.code).toBe(0);
+  const { tomaClient: admin } = await import("../../src/toma/api-client.ts");
+  const reg = await admin(addrs[0]!, { key: c.key }).call("POST", "/v1/clients", { name: "c1" }).catch((x: unknown) => x as { status: number; message: string });
+  expect((reg as { status: number }).status).toBe(503);
+  expect((reg as Error).message).toContain("multi-TOMA mode");
   // A client key's signature cannot post Raft messages.
   const client = await run([NVMESH, "cluster", "status", "-m", addrs[0]!, "-o", "json"], { env: c.clientKeyEnv });
   expect(client.code).toBe(0);

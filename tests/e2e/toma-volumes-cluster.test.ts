@@ -1,0 +1,159 @@
+/**
+ * The pool and volumes in a TOMA cluster, with real processes: three servers on 127.0.0.1, each a
+ * target with two file drives and a `toma run --peers` TOMA. Checked: every TOMA claims its own
+ * drives and the leader adds them (drive show through any TOMA lists all six, each with its
+ * server); a RAID1 volume created through a follower (the CLI follows the 421 to the leader) has
+ * its legs on two different servers, and `volume show` through every TOMA agrees on it; bad input
+ * is refused with the reason and changes nothing; attaching is refused saying why; kill -9 of the
+ * leader: the new leader lists the volume, and deleting it through a follower of the new leader
+ * works.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import type { ClusterJson, DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
+import { Cluster, freePort } from "../support/cluster.ts";
+import { Daemon, NVMESH, run } from "../support/proc.ts";
+
+let c: Cluster;
+const tomas: (Daemon | null)[] = [];
+const addrs: string[] = [];
+
+function startToma(i: number): Daemon {
+  const d = new Daemon(
+    `toma${i}`,
+    [NVMESH, "toma", "run", "--listen", addrs[i]!, "--target", c.target_addrs[i]!, "--name", `s${i}`, "--peers", addrs.join(","), ...c.insecure],
+    c.keyEnv,
+  );
+  tomas[i] = d;
+  return d;
+}
+
+async function json<T>(args: string[]): Promise<T | null> {
+  const r = await run([NVMESH, ...args, "-o", "json"], { env: c.keyEnv });
+  return r.code === 0 ? (JSON.parse(r.stdout) as T) : null;
+}
+
+const cluster = async (i: number) => (await json<{ cluster: ClusterJson }>(["cluster", "status", "-m", addrs[i]!]))?.cluster ?? null;
+const drives = (i: number) => json<DriveJson[]>(["drive", "show", "-m", addrs[i]!]);
+const volumes = (i: number) => json<VolumeJson[]>(["volume", "show", "-m", addrs[i]!]);
+
+async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeout_ms: number): Promise<T> {
+  const deadline = performance.now() + timeout_ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeout_ms} ms\n${tomas.map((t) => `--- ${t?.name}\n${t?.output.slice(-2500)}`).join("\n")}`);
+    await Bun.sleep(200);
+  }
+}
+
+/** The leader every given TOMA names (by management address), once they agree and it is ready. */
+async function leaderOf(which: number[], pred: (leader: string) => boolean, timeout_ms: number): Promise<number> {
+  return until(
+    "one agreed leader",
+    async () => {
+      const views = (await Promise.all(which.map(cluster))).map((s) => s?.consensus ?? null);
+      const l = views.find((v) => v?.role === "leader");
+      if (!l?.leader_ready || !views.every((v) => v?.leader?.address === l.address && v.term === l.term) || !pred(l.address!)) return null;
+      return addrs.indexOf(l.address!) + 1;
+    },
+    timeout_ms,
+  ).then((i) => i - 1);
+}
+
+beforeAll(async () => {
+  c = new Cluster({ targets: 3, drives_per_target: 2, drive_size: "64M" });
+  await c.formatDrives();
+  for (let t = 0; t < 3; t++) await c.startTarget(t);
+  for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
+  for (let i = 0; i < 3; i++) startToma(i);
+}, 60_000);
+
+afterAll(async () => {
+  for (const t of tomas) await t?.stop("SIGKILL");
+  await c.destroy();
+});
+
+test("drives join the pool; a RAID1 volume created through a follower has legs on two servers, every TOMA shows it; after kill -9 of the leader it is still there and deleted", async () => {
+  const li = await leaderOf([0, 1, 2], () => true, 30_000);
+
+  // Every TOMA lists the six drives as members of the pool, each with the server that serves it.
+  const pools = await until(
+    "six member drives on every TOMA",
+    async () => {
+      const all = await Promise.all([0, 1, 2].map(drives));
+      return all.every((d) => d !== null && d.length === 6 && d.every((x) => x.member && x.state === "ok" && x.server)) ? (all as DriveJson[][]) : null;
+    },
+    30_000,
+  );
+  const server = new Map(pools[0]!.map((d) => [d.uuid, d.server!]));
+  expect([...server.values()].sort()).toEqual(["s0", "s0", "s1", "s1", "s2", "s2"]);
+  for (const p of pools) expect(p.map((d) => [d.uuid, d.server])).toEqual(pools[0]!.map((d) => [d.uuid, d.server]));
+  const st = await cluster(li);
+  expect(st!.drives.ok).toBe(6);
+  expect(st!.capacity.total_bytes).toBeGreaterThan(0);
+
+  // Created through a follower: the CLI is sent to the leader.
+  const fi = [0, 1, 2].find((i) => i !== li)!;
+  const made = await run([NVMESH, "volume", "create", "--name", "m1", "--capacity", "16M", "--raid-level", "1", "-m", addrs[fi]!], { env: c.keyEnv });
+  expect(made.stderr + made.stdout).toContain("is not the leader; asking the leader");
+  expect(made.code).toBe(0);
+  const seen = await until(
+    "m1 on every TOMA",
+    async () => {
+      const all = await Promise.all([0, 1, 2].map(volumes));
+      return all.every((v) => v?.length === 1) ? (all as VolumeJson[][]) : null;
+    },
+    10_000,
+  );
+  const m1 = seen[0]![0]!;
+  for (const v of seen) expect(v[0]).toEqual(m1);
+  expect(m1.name).toBe("m1");
+  expect(m1.raid_level).toBe("1");
+  expect(m1.columns.length).toBe(2);
+  const legServers = m1.columns.map((col) => server.get(col.drive_uuid));
+  expect(new Set(legServers).size).toBe(2);
+  expect(m1.state).toBe("online");
+  console.log(`m1 legs on ${legServers.join(" and ")}`);
+
+  // Bad input: the reason, and nothing changes.
+  const taken = await run([NVMESH, "volume", "create", "--name", "m1", "--capacity", "16M", "-m", addrs[fi]!], { env: c.keyEnv });
+  expect(taken.code).not.toBe(0);
+  expect(taken.stderr + taken.stdout).toContain("already exists");
+  const big = await run([NVMESH, "volume", "create", "--name", "big", "--capacity", "1G", "--raid-level", "1", "-m", addrs[li]!], { env: c.keyEnv });
+  expect(big.code).not.toBe(0);
+  expect(big.stderr + big.stdout).toMatch(/space|fit|free/i);
+  const three = await run([NVMESH, "volume", "create", "--name", "m3", "--capacity", "8M", "--raid-level", "1", "--number-of-mirrors", "3", "-m", addrs[li]!], { env: c.keyEnv });
+  expect(three.code).toBe(0);
+  const m3 = (await volumes(li))!.find((v) => v.name === "m3")!;
+  expect(new Set(m3.columns.map((col) => server.get(col.drive_uuid))).size).toBe(3);
+  const gone = await run([NVMESH, "volume", "delete", "nope", "-y", "-m", addrs[fi]!], { env: c.keyEnv });
+  expect(gone.code).not.toBe(0);
+  expect(gone.stderr + gone.stdout).toContain("no volume named 'nope'");
+  const { tomaClient } = await import("../../src/toma/api-client.ts");
+  const admin = tomaClient(addrs[fi]!, { key: c.key });
+  const attach = await admin.call("GET", "/v1/volumes/m1/attach").catch((x: unknown) => x as { status: number; message: string });
+  expect((attach as { status: number }).status).toBe(503);
+  expect((attach as Error).message).toContain("cannot be attached in this mode yet");
+  const bad = await admin.call("POST", "/v1/cluster/drives", { server: "s9", drives: [{ drive_uuid: "nope" }] }).catch((x: unknown) => x as { status: number; message: string });
+  expect([400, 421]).toContain((bad as { status: number }).status);
+  expect((await volumes(li))!.map((v) => v.name).sort()).toEqual(["m1", "m3"]);
+
+  // The leader's whole TOMA dies: the new leader lists the volume, and a delete through the
+  // remaining follower goes to it.
+  const old = addrs[li]!;
+  await tomas[li]!.stop("SIGKILL");
+  const rest = [0, 1, 2].filter((i) => i !== li);
+  const ni = await leaderOf(rest, (l) => l !== old, 15_000);
+  const after = await volumes(ni);
+  expect(after!.find((v) => v.name === "m1")).toEqual({ ...m1, state: after!.find((v) => v.name === "m1")!.state });
+  const other = rest.find((i) => i !== ni)!;
+  const del = await run([NVMESH, "volume", "delete", "m1", "-y", "-m", addrs[other]!], { env: c.keyEnv });
+  expect(del.stderr + del.stdout).toContain("volume m1 deleted");
+  expect(del.code).toBe(0);
+  // Applied on the leader before it answered; the follower applies it soon after.
+  expect((await volumes(ni))!.map((v) => v.name)).toEqual(["m3"]);
+  await until("m1 gone on the follower", async () => ((await volumes(other)) ?? []).every((v) => v.name !== "m1") && ((await volumes(other)) ?? []).length === 1, 5000);
+  // The deleted volume's extents are retired (no TOMA of a cluster releases them yet).
+  const pool = (await drives(ni))!;
+  expect(pool.filter((d) => d.extents_retired > 0).map((d) => d.uuid).sort()).toEqual(m1.columns.map((col) => col.drive_uuid).sort());
+}, 120_000);
