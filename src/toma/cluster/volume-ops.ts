@@ -7,6 +7,12 @@
  * its own, and one computed from a view another changed is refused by every TOMA alike (stale
  * `computed_at`) and computed again.
  *
+ * Size bounds, until the state is sent in chunks and extents are stored as ranges: the state after
+ * a command must fit one snapshot message (a new or lagging member catches up by it, and a
+ * request between TOMAs carries at most 44 KiB), and a command must stay small enough that the
+ * log tail kept before compaction (64 entries) fits the hard-state record of a 1 MiB metadata
+ * slot with the state. A command beyond either is refused before it is proposed, saying why.
+ *
  * No volume can be attached in this mode yet, so no client ever reached a volume's extents: a
  * delete retires them all (docs/toma.md, "Deleting a volume"), and they stay retired, since no
  * TOMA of a cluster zeroes and releases retired extents yet.
@@ -16,7 +22,7 @@ import { randomUuid } from "../../engine/env.ts";
 import { uuidToString } from "../../engine/uuid.ts";
 import { allocate, type VolumeRequest } from "../allocator.ts";
 import { STATUS } from "../api.ts";
-import type { ClusterState, Command, VolumeRecord } from "../cluster-state.ts";
+import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
 import { encodeProposal } from "../consensus/proposal.ts";
 import type { DrivePool } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, proposalFailure } from "./leader-gate.ts";
@@ -26,6 +32,10 @@ import type { TomaNode } from "./node.ts";
 const STALE_RETRIES = 3;
 /** How long one command may take to commit and apply. */
 export const COMMAND_TIMEOUT_MS = 10_000;
+/** The encoded state after a command: one snapshot message, with its configuration, under 44 KiB. */
+export const MAX_STATE_BYTES = 40 * 1024;
+/** One encoded proposal: 64 of them and the state stay under the 1 MiB metadata slot. */
+export const MAX_COMMAND_BYTES = 12 * 1024;
 
 export class VolumeOps {
   private queue: Promise<unknown> = Promise.resolve();
@@ -107,9 +117,11 @@ export class VolumeOps {
       const state = this.node.appliedState();
       if (state === null) throw new LeaderOpError(503, "this TOMA has no cluster state applied yet; retry in a moment");
       const cmd = compute(state);
+      const data = encodeProposal({ computed_at: state.generation, cmd });
+      tooLarge(what, state, cmd, data);
       let done;
       try {
-        done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at: state.generation, cmd }) }, COMMAND_TIMEOUT_MS);
+        done = await this.node.propose({ kind: "normal", data }, COMMAND_TIMEOUT_MS);
       } catch (e) {
         throw proposalFailure(this.node, what, e);
       }
@@ -128,5 +140,26 @@ export class VolumeOps {
     const run = this.queue.then(fn, fn);
     this.queue = run.catch(() => {});
     return run;
+  }
+}
+
+/** Throws (507) when the command or the state after it would exceed what this mode can carry. */
+function tooLarge(what: string, state: ClusterState, cmd: Command, data: Uint8Array): void {
+  if (data.length > MAX_COMMAND_BYTES) {
+    throw new LeaderOpError(
+      507,
+      `${what}: its command would take ${data.length} bytes (it lists every extent of every leg), above the ${MAX_COMMAND_BYTES} a TOMA cluster's log entry may hold; ` +
+        "create a smaller volume, or format the drives with a larger --extent-size",
+    );
+  }
+  const after = apply(state, cmd);
+  if (!after.ok) return; // the state machine refuses it the same way when applied, saying why
+  const bytes = encodeState(after.state).length;
+  if (bytes > MAX_STATE_BYTES) {
+    throw new LeaderOpError(
+      507,
+      `${what}: the cluster state would take ${bytes} bytes, above the ${MAX_STATE_BYTES} a TOMA cluster can send a new or lagging member in one snapshot; ` +
+        "delete volumes, create fewer larger-extent ones (drives formatted with a larger --extent-size), or run one TOMA without --peers",
+    );
   }
 }

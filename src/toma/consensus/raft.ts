@@ -21,6 +21,7 @@ import {
   type Config,
   type DurableState,
   type Entry,
+  MAX_APPEND_DATA_BYTES,
   MAX_ENTRIES_PER_MSG,
   type Message,
   type NodeId,
@@ -791,7 +792,7 @@ export class Raft {
       pr.becomeSnapshot(s.index);
       return true;
     }
-    const entries = pr.next <= this.log.lastIndex() ? this.log.slice(pr.next, this.log.lastIndex() + 1, this.opts.max_entries_per_msg) : [];
+    const entries = pr.next <= this.log.lastIndex() ? withinBytes(this.log.slice(pr.next, this.log.lastIndex() + 1, this.opts.max_entries_per_msg), MAX_APPEND_DATA_BYTES) : [];
     if (entries.length === 0 && !send_if_empty) return false;
     this.send({ type: "app", to, term: this.term, prev_index, prev_term, entries, commit: this.log.committed });
     pr.sent(entries.length > 0 ? entries[entries.length - 1]!.index : prev_index);
@@ -833,3 +834,14 @@ export class Raft {
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** The longest prefix whose normal entries' payloads total at most `max` bytes; never empty if `entries` is not. */
+function withinBytes(entries: Entry[], max: number): Entry[] {
+  let bytes = 0;
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    bytes += e.kind === "normal" ? e.data.length : 0;
+    if (bytes > max && i > 0) return entries.slice(0, i);
+  }
+  return entries;
+}

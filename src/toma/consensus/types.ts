@@ -73,6 +73,13 @@ const Base = { from: NodeIdSchema, to: NodeIdSchema, term: Count };
 
 /** Entries per append message: bounds both the message and the follower's work per step. */
 export const MAX_ENTRIES_PER_MSG = 64;
+/**
+ * Payload bytes of the entries of one append message, beyond its first entry: an append of many
+ * entries must still fit one request between TOMAs (44 KiB, cluster/peer-sender.ts), or it is
+ * dropped and sent again the same way for ever. A single entry above it goes alone; the
+ * proposers keep every entry below it (cluster/volume-ops.ts).
+ */
+export const MAX_APPEND_DATA_BYTES = 32 * 1024;
 
 export const MessageSchema = v.variant("type", [
   /** "Would you vote for me at `term`?" (term = the sender's term + 1). Changes nobody's term. */

@@ -168,6 +168,31 @@ describe("one voter, restarts, limits", () => {
     expect(r.proposeConfChange({ op: "remove", node: "3" })).toMatchObject({ ok: false, reason: "the leader has not yet committed an entry of its term" });
   });
 
+  test("an append message carries entries of at most 32 KiB of payload beyond its first", () => {
+    const r = node("1", three);
+    drain(r);
+    r.campaign();
+    drain(r);
+    for (const m of ["2", "3"]) r.step({ type: "pre_vote_resp", from: m, to: "1", term: 2, reject: false });
+    drain(r);
+    for (const m of ["2", "3"]) r.step({ type: "vote_resp", from: m, to: "1", term: 2, reject: false });
+    drain(r);
+    expect(r.basics().role).toBe("leader");
+    for (let i = 0; i < 4; i++) expect(r.propose(new Uint8Array(20 * 1024)).ok).toBe(true);
+    drain(r);
+    // Follower 2 acknowledges the leader's no-op (the probe): the leader sends what fits of the rest.
+    r.step({ type: "app_resp", from: "2", to: "1", term: 2, index: 2, reject: false, hint_index: 0, hint_term: 0 });
+    const apps = drain(r).flatMap((rd) => rd.messages).filter((m) => m.type === "app" && m.to === "2");
+    expect(apps.length).toBeGreaterThan(0);
+    for (const m of apps) {
+      if (m.type !== "app") continue;
+      const bytes = m.entries.slice(1).reduce((n, e) => n + (e.kind === "normal" ? e.data.length : 0), m.entries[0]?.kind === "normal" ? m.entries[0].data.length : 0);
+      expect(m.entries.length === 1 || bytes <= 32 * 1024).toBe(true);
+    }
+    // One 20 KiB entry: a second would pass 32 KiB.
+    expect(apps[0]!.type === "app" && apps[0]!.entries.map((e) => (e.kind === "normal" ? e.data.length : -1))).toEqual([20 * 1024]);
+  });
+
   test("a follower refuses proposals and reads and names the leader", () => {
     const r = follower();
     expect(r.propose(enc.encode("a"))).toEqual({ ok: false, reason: "not the leader", lead: "1" });
