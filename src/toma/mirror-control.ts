@@ -184,9 +184,7 @@ export class MirrorControl {
     if (runs.some(([a, b]) => this.claims.claimed(drive_uuid, a, b - a))) return false;
     try {
       const id = uuidFromString(drive_uuid);
-      for (const [a, b] of runs) {
-        for (let off = a; off < b; off += ZERO_CHUNK_BYTES) await s.writeZeroes(id, off, Math.min(ZERO_CHUNK_BYTES, b - off), true);
-      }
+      await zeroRuns(s, id, runs);
       for (const l of await s.lockList(id)) {
         for (const [a, b] of runs) {
           const from = Math.max(a, l.offset);
@@ -588,3 +586,13 @@ async function legRegions(vol: VolumeRecord, extents: number[], list: (offset: n
   return n;
 }
 
+
+/**
+ * Zeroes byte ranges [from, to) of a drive's data area durably (WRITE_ZEROES with FUA), in
+ * chunks: a new owner of those extents never reads the old one's data.
+ */
+export async function zeroRuns(s: TargetSession, drive: Uint8Array, runs: readonly (readonly [number, number])[]): Promise<void> {
+  for (const [a, b] of runs) {
+    for (let off = a; off < b; off += ZERO_CHUNK_BYTES) await s.writeZeroes(drive, off, Math.min(ZERO_CHUNK_BYTES, b - off), true);
+  }
+}

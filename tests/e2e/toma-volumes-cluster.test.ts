@@ -6,7 +6,7 @@
  * its legs on two different servers, and `volume show` through every TOMA agrees on it; bad input
  * is refused with the reason and changes nothing; attaching is refused saying why; kill -9 of the
  * leader: the new leader lists the volume, and deleting it through a follower of the new leader
- * works.
+ * works; its extents are zeroed by each drive's own server and released.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { ClusterJson, DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
@@ -153,7 +153,20 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
   // Applied on the leader before it answered; the follower applies it soon after.
   expect((await volumes(ni))!.map((v) => v.name)).toEqual(["m3"]);
   await until("m1 gone on the follower", async () => ((await volumes(other)) ?? []).every((v) => v.name !== "m1") && ((await volumes(other)) ?? []).length === 1, 5000);
-  // The deleted volume's extents are retired (no TOMA of a cluster releases them yet).
-  const pool = (await drives(ni))!;
-  expect(pool.filter((d) => d.extents_retired > 0).map((d) => d.uuid).sort()).toEqual(m1.columns.map((col) => col.drive_uuid).sort());
+  // The deleted volume's extents: retired, zeroed by each drive's own server, then released by
+  // the leader, except on a drive of the killed server (nobody serves it now).
+  const dead = new Set(pools[0]!.filter((d) => d.server === `s${li}`).map((d) => d.uuid));
+  const stay = m1.columns.map((col) => col.drive_uuid).filter((d) => dead.has(d)).sort();
+  const released = await until(
+    "m1's extents released on the live servers' drives",
+    async () => {
+      const p = await drives(ni);
+      return p?.filter((d) => d.extents_retired > 0).map((d) => d.uuid).sort().join() === stay.join() ? p : null;
+    },
+    15_000,
+  );
+  const m3now = (await volumes(ni))!.find((v) => v.name === "m3")!;
+  for (const d of released) if (!dead.has(d.uuid)) expect(d.extents_used).toBe(m3now.columns.find((col) => col.drive_uuid === d.uuid)?.extents.length ?? 0);
+  const log = tomas.map((t) => t?.output ?? "").join("\n");
+  expect(log).toContain("zeroed a deleted volume's extents");
 }, 120_000);

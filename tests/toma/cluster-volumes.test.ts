@@ -55,6 +55,7 @@ function reportOf(s: Server, cluster_uuid: string): DriveReport {
       state: "ok" as const,
       error: null,
     })),
+    zeroed: [],
   };
 }
 
@@ -129,6 +130,7 @@ test("bad requests are refused with the reason and change nothing; two creates a
   const hugeReport = (name: string, n: number): DriveReport => ({
     server: name,
     drives: [{ drive_uuid: huge(n), target: "x:1", path: "/dev/huge", size_bytes: 16384 * MiB, cluster_uuid, extent_size_bytes: MiB, extent_count: 16384, state: "ok", error: null }],
+    zeroed: [],
   });
   pool.report(hugeReport("h0", 7));
   pool.report(hugeReport("h1", 8));
@@ -167,7 +169,22 @@ test("after the leader's crash the new leader, once the servers reported to it, 
   await ok(c, fresh.ops.delete("m1"));
   const st = next.toma!.appliedState()!;
   expect(st.volumes.map((v) => v.name)).toEqual([]);
-  // Its extents are retired (no TOMA of a cluster zeroes and releases them yet).
+  // Its extents are retired until each drive's own server says it zeroed them.
   expect(st.retired.map((r) => r.drive_uuid).sort()).toEqual(m1.columns.map((col) => col.drive_uuid).sort());
+  const [first, second] = m1.columns.map((col) => c.servers.find((s) => s.drives.some((d) => d.info.drive_uuid === col.drive_uuid))!);
+  // Another server's word for a drive it does not serve releases nothing.
+  const liar = running(c).find((s) => s !== first)!;
+  fresh.pool.report({ ...reportOf(liar, st.cluster_uuid), zeroed: [{ volume_uuid: m1.uuid, drive_uuid: m1.columns[0]!.drive_uuid }] });
+  fresh.ops.addReported();
+  await c.world.run(() => false, c.world.now + 2000);
+  expect(next.toma!.appliedState()!.retired.length).toBe(2);
+  for (const s of [first!, second!]) {
+    if (!s.machine.alive) continue;
+    fresh.pool.report({ ...reportOf(s, st.cluster_uuid), zeroed: m1.columns.filter((col) => s.drives.some((d) => d.info.drive_uuid === col.drive_uuid)).map((col) => ({ volume_uuid: m1.uuid, drive_uuid: col.drive_uuid })) });
+  }
+  fresh.ops.addReported();
+  // The crashed leader's drive (if it held a leg) stays retired: nobody serves it now.
+  const left = m1.columns.filter((col) => !c.servers.find((s) => s.drives.some((d) => d.info.drive_uuid === col.drive_uuid))!.machine.alive).length;
+  expect(await c.world.run(() => next.toma!.appliedState()!.retired.length === left, c.world.now + 10_000)).toBe("done");
   expect(c.world.failure).toBeNull();
 });

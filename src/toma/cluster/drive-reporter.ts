@@ -5,6 +5,11 @@
  * TOMA shows. The leader reports to itself and adds the reported drives to the state
  * (volume-ops.ts).
  *
+ * It also zeroes the retired extents (a deleted volume's, cluster-state.ts) on its own drives, and
+ * lists them in its report so that the leader releases them. Safe without a fence table because
+ * no volume can be attached in this mode yet: no client request can be in flight into them.
+ * Zeroing again what was zeroed is harmless (a report may be lost, a drive may move).
+ *
  * Not fenced: CLAIM carries no control-plane version at the targets, so a TOMA that left the
  * cluster could still claim a blank drive of its own server for the cluster it believes in. It
  * claims only blank drives of its own target(s), and only for the cluster its own hard state
@@ -14,11 +19,15 @@ import type { Env, TimerHandle } from "../../engine/env.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { NIL_UUID, uuidFromString } from "../../engine/uuid.ts";
 import * as v from "valibot";
+import { extentRuns } from "../fencing.ts";
+import { zeroRuns } from "../mirror-control.ts";
 import { type TargetLink, withTimeout } from "../target-link.ts";
 import { type DrivePool, type DriveReport, PoolViewSchema, REPORT_EVERY_MS, type ReportedDrive } from "./drive-pool.ts";
 import type { TomaNode } from "./node.ts";
 
 const CLAIM_TIMEOUT_MS = 5000;
+/** Zeroing a deleted volume's extents on one drive (a drive that cannot punch writes zeroes). */
+const ZERO_TIMEOUT_MS = 120_000;
 
 export class DriveReporter {
   private timer: TimerHandle | null = null;
@@ -28,6 +37,8 @@ export class DriveReporter {
   last_error: string | null = null;
   /** Claims that failed, by drive, with the reason (shown by drive show). */
   readonly claim_errors = new Map<string, string>();
+  /** Retired extents zeroed here, "volume/drive", still retired in the applied state. */
+  private readonly zeroed = new Set<string>();
 
   constructor(
     private readonly env: Env,
@@ -78,7 +89,8 @@ export class DriveReporter {
     this.busy = true;
     try {
       await this.claim(view.cluster_uuid);
-      const report: DriveReport = { server: this.name, drives: this.own() };
+      await this.zeroRetired();
+      const report: DriveReport = { server: this.name, drives: this.own(), zeroed: [...this.zeroed].map((k) => ({ volume_uuid: k.slice(0, 36), drive_uuid: k.slice(37) })) };
       this.pool.report(report);
       if (view.role === "leader") {
         this.last_error = null;
@@ -101,6 +113,28 @@ export class DriveReporter {
       this.env.log.debug("drive report to the leader failed", { error: this.last_error });
     } finally {
       this.busy = false;
+    }
+  }
+
+  /** Zeroes the retired extents of the applied state that lie on the own drives, once each. */
+  private async zeroRetired(): Promise<void> {
+    const state = this.node.appliedState();
+    const retired = new Set((state?.retired ?? []).map((r) => `${r.volume_uuid}/${r.drive_uuid}`));
+    for (const k of this.zeroed) if (!retired.has(k)) this.zeroed.delete(k);
+    for (const r of state?.retired ?? []) {
+      const key = `${r.volume_uuid}/${r.drive_uuid}`;
+      if (this.zeroed.has(key)) continue;
+      const l = this.links.find((x) => x.session !== null && x.drives.some((d) => d.drive_uuid === r.drive_uuid && d.state === "ok"));
+      const d = state!.drives.find((x) => x.drive_uuid === r.drive_uuid);
+      if (!l || !d) continue;
+      const runs = extentRuns(r.extents).map(([first, count]) => [first * d.extent_size_bytes, (first + count) * d.extent_size_bytes] as const);
+      try {
+        await withTimeout(this.env, zeroRuns(l.session!, uuidFromString(r.drive_uuid), runs), ZERO_TIMEOUT_MS, `zero the retired extents of volume ${r.volume_uuid} on drive ${r.drive_uuid}`);
+        this.zeroed.add(key);
+        this.env.log.info("zeroed a deleted volume's extents", { volume: r.volume_uuid, drive: r.drive_uuid, extents: r.extents.length });
+      } catch (e) {
+        this.env.log.warn("cannot zero a deleted volume's extents; retried in a second", { volume: r.volume_uuid, drive: r.drive_uuid, error: (e as Error).message });
+      }
     }
   }
 

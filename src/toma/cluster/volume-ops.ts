@@ -13,9 +13,10 @@
  * log tail kept before compaction (64 entries) fits the hard-state record of a 1 MiB metadata
  * slot with the state. A command beyond either is refused before it is proposed, saying why.
  *
- * No volume can be attached in this mode yet, so no client ever reached a volume's extents: a
- * delete retires them all (docs/toma.md, "Deleting a volume"), and they stay retired, since no
- * TOMA of a cluster zeroes and releases retired extents yet.
+ * A delete retires all of the volume's extents (docs/toma.md, "Deleting a volume"); each drive's
+ * own server zeroes them (drive-reporter.ts) and says so in its report, and the leader then
+ * releases them (release_extents). No volume can be attached in this mode yet, so no client holds
+ * a volume or a lock in its extents, and no fence table needs confirming first.
  */
 import type { Env } from "../../engine/env.ts";
 import { randomUuid } from "../../engine/env.ts";
@@ -83,8 +84,9 @@ export class VolumeOps {
   }
 
   /**
-   * Adds every reported drive the state lacks, one command each. Runs after each report; a
-   * second call while one runs does nothing (the next report brings it back).
+   * Releases every retired extent its drive's server zeroed, and adds every reported drive the
+   * state lacks, one command each. Runs after each report; a second call while one runs does
+   * nothing (the next report brings it back).
    */
   addReported(): void {
     if (this.adding) return;
@@ -93,6 +95,12 @@ export class VolumeOps {
       for (;;) {
         const state = this.node.appliedState();
         if (state === null || this.node.view().role !== "leader" || !this.node.view().leader_ready) return;
+        const free = this.pool.toRelease(state)[0];
+        if (free) {
+          await this.command(`release the retired extents of volume ${free.volume_uuid} on drive ${free.drive_uuid}`, () => ({ kind: "release_extents", ...free }));
+          this.env.log.info("retired extents released", free);
+          continue;
+        }
         const next = this.pool.toAdd(state)[0];
         if (!next) return;
         await this.command(`add drive ${next.drive_uuid}`, (s) => {
