@@ -103,7 +103,8 @@ const run = command({
 /**
  * `toma run --peers`: this TOMA as a member of a TOMA cluster (src/toma/cluster/). It founds the
  * cluster with its peers, takes part in elections, keeps its hard state on its own target's drives;
- * it does not manage drives, volumes or clients yet, and says so.
+ * it claims and reports its own drives, and creates and deletes volumes when it leads; it does not
+ * attach volumes or serve client daemons yet, and says so.
  */
 async function runMember(o: {
   name: string;

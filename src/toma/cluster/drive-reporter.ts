@@ -10,10 +10,12 @@
  * no volume can be attached in this mode yet: no client request can be in flight into them.
  * Zeroing again what was zeroed is harmless (a report may be lost, a drive may move).
  *
- * Not fenced: CLAIM carries no control-plane version at the targets, so a TOMA that left the
- * cluster could still claim a blank drive of its own server for the cluster it believes in. It
- * claims only blank drives of its own target(s), and only for the cluster its own hard state
- * names.
+ * Not fenced: CLAIM and WRITE_ZEROES from a member carry no control-plane version, so a TOMA
+ * that left the cluster could still claim a blank drive of its own server for the cluster it
+ * believes in, and a paused TOMA resuming with an old applied state could zero extents that were
+ * released and given to another volume meanwhile. Harmless while no volume can be attached (no
+ * volume holds data in this mode); attaching must not be built before the member's target
+ * sessions carry the version of its last applied entry and zeroing is refused below a newer one.
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
@@ -118,6 +120,11 @@ export class DriveReporter {
 
   /** Zeroes the retired extents of the applied state that lie on the own drives, once each. */
   private async zeroRetired(): Promise<void> {
+    // A TOMA still applying what it knows is committed (a restart replaying its log) holds an old
+    // view: extents it shows retired may have been released and taken by a volume since. This
+    // narrows the window; only a version at the targets closes it (see the module comment).
+    const v = this.node.view();
+    if (v.applied === null || v.applied !== v.commit) return;
     const state = this.node.appliedState();
     const retired = new Set((state?.retired ?? []).map((r) => `${r.volume_uuid}/${r.drive_uuid}`));
     for (const k of this.zeroed) if (!retired.has(k)) this.zeroed.delete(k);
