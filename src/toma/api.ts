@@ -86,6 +86,23 @@ export function volumeJsonOf(vol: VolumeRecord, state: VolumeState, leg_views: L
   };
 }
 
+/**
+ * The volume a path's :name names, among the volumes `known` gives (or the response it gives when
+ * there are none to look in); a response when the name is bad or unknown.
+ */
+export function volumeNamed(raw: string, known: () => readonly VolumeRecord[] | ApiResponse): VolumeRecord | ApiResponse {
+  let name: string;
+  try {
+    name = decodeURIComponent(raw);
+  } catch {
+    return err(400, `bad volume name in path: '${raw.slice(0, 80)}'`);
+  }
+  if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name.slice(0, 80)}': use 1 to 64 of [A-Za-z0-9._-]`);
+  const vols = known();
+  if ("status" in vols) return vols;
+  return vols.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
+}
+
 export function makeApiHandler(toma: Toma): ApiHandler {
   const volumeJson = (vol: VolumeRecord): VolumeJson => volumeJsonOf(vol, toma.volumeState(vol), vol.mirrors > 1 ? toma.legViews(vol) : []);
 
@@ -116,17 +133,8 @@ export function makeApiHandler(toma: Toma): ApiHandler {
   };
 
   /** Resolves :name; a response when the name is bad, unknown, or no state is known yet. */
-  const findVolume = (raw: string): VolumeRecord | ApiResponse => {
-    let name: string;
-    try {
-      name = decodeURIComponent(raw);
-    } catch {
-      return err(400, `bad volume name in path: '${raw}'`);
-    }
-    if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name}': use 1 to 64 of [A-Za-z0-9._-]`);
-    if (!toma.state) return err(503, `TOMA not ready: ${toma.readiness()}`);
-    return toma.state.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
-  };
+  const findVolume = (raw: string): VolumeRecord | ApiResponse =>
+    volumeNamed(raw, () => (toma.state ? toma.state.volumes : err(503, `TOMA not ready: ${toma.readiness()}`)));
 
   return async (method, path, body, caller) => {
     const parts = path.split("?")[0]!.split("/").filter((p) => p !== "");

@@ -117,3 +117,12 @@ export function agreedLeader(c: Cluster): { toma: string; term: number } | null 
   return { toma: l.toma_id, term: l.term! };
 }
 
+
+/** Runs the world until `p` settles (at most `ms` virtual ms), and says how it did. */
+export async function settle<T>(c: Cluster, p: Promise<T>, ms: number): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+  let out: { ok: true; value: T } | { ok: false; error: unknown } | null = null;
+  p.then((value) => (out = { ok: true, value }), (error) => (out = { ok: false, error }));
+  await c.world.run(() => out !== null, c.world.now + ms);
+  if (out === null) throw new Error(`not settled within ${ms} virtual ms`);
+  return out;
+}

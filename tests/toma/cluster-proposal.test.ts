@@ -18,7 +18,7 @@ import { encodeProposal } from "../../src/toma/consensus/proposal.ts";
 import { MembershipError, MembershipOps } from "../../src/toma/cluster/membership-ops.ts";
 import { type Committed, ProposalError, type TomaNode } from "../../src/toma/cluster/node.ts";
 import { parseIdentity } from "../../src/toma/cluster/identity.ts";
-import { agreedLeader, type Cluster, cluster, running, type Server } from "./cluster-fixture.ts";
+import { agreedLeader, type Cluster, cluster, running, type Server, settle } from "./cluster-fixture.ts";
 
 const DRIVE = (n: number) => `00000000-0000-4000-8000-${n.toString(16).padStart(12, "0")}`;
 
@@ -26,14 +26,6 @@ const DRIVE = (n: number) => `00000000-0000-4000-8000-${n.toString(16).padStart(
 function addDrive(node: TomaNode, n: number): Uint8Array {
   const st = node.appliedState()!;
   return encodeProposal({ computed_at: st.generation, cmd: { kind: "add_drive", drive: { drive_uuid: DRIVE(n), extent_size_bytes: 1 << 20, extent_count: 8 } } });
-}
-
-async function settle<T>(c: Cluster, p: Promise<T>, ms: number): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
-  let out: { ok: true; value: T } | { ok: false; error: unknown } | null = null;
-  p.then((value) => (out = { ok: true, value }), (error) => (out = { ok: false, error }));
-  await c.world.run(() => out !== null, c.world.now + ms);
-  if (out === null) throw new Error(`not settled within ${ms} virtual ms`);
-  return out;
 }
 
 async function started(seed: number, n = 3) {

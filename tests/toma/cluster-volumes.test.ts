@@ -14,17 +14,9 @@ import { DrivePool, type DriveReport } from "../../src/toma/cluster/drive-pool.t
 import { LeaderOpError } from "../../src/toma/cluster/leader-gate.ts";
 import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
 import { steadyClock } from "../../src/engine/steady-clock.ts";
-import { agreedLeader, type Cluster, cluster, running, type Server } from "./cluster-fixture.ts";
+import { agreedLeader, type Cluster, cluster, running, type Server, settle } from "./cluster-fixture.ts";
 
 const MiB = 1 << 20;
-
-async function settle<T>(c: Cluster, p: Promise<T>, ms: number): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
-  let out: { ok: true; value: T } | { ok: false; error: unknown } | null = null;
-  p.then((value) => (out = { ok: true, value }), (error) => (out = { ok: false, error }));
-  await c.world.run(() => out !== null, c.world.now + ms);
-  if (out === null) throw new Error(`not settled within ${ms} virtual ms`);
-  return out;
-}
 
 async function ok<T>(c: Cluster, p: Promise<T>): Promise<T> {
   const r = await settle(c, p, 15_000);

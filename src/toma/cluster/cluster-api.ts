@@ -12,9 +12,9 @@ import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
-import { volumeJsonOf } from "../api.ts";
+import { volumeJsonOf, volumeNamed } from "../api.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
-import { type ClusterState, usedExtents, type VolumeRecord, VOLUME_NAME_RE } from "../cluster-state.ts";
+import { type ClusterState, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
 import { DriveReportSchema } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly } from "./leader-gate.ts";
@@ -107,18 +107,11 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
   };
 
   /** Resolves :name in the applied state; a response when bad, unknown, or no state yet. */
-  const findVolume = (raw: string): VolumeRecord | ApiResponse => {
-    let name: string;
-    try {
-      name = decodeURIComponent(raw);
-    } catch {
-      return err(400, `bad volume name in path: '${raw}'`);
-    }
-    if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name.slice(0, 80)}': use 1 to 64 of [A-Za-z0-9._-]`);
-    const st = applied();
-    if ("status" in st) return st;
-    return st.volumes.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
-  };
+  const findVolume = (raw: string): VolumeRecord | ApiResponse =>
+    volumeNamed(raw, () => {
+      const st = applied();
+      return "status" in st ? st : st.volumes;
+    });
 
   /** A leader-only operation: its LeaderOpError becomes the answer (421 with the leader). */
   const onLeader = async (op: () => Promise<unknown>, status = 200): Promise<ApiResponse> => {

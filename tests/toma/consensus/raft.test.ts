@@ -25,6 +25,18 @@ function drain(r: Raft): Ready[] {
   return out;
 }
 
+/** Makes "1" of `three` the leader of term 2 (pre-vote, then vote, both granted by 2 and 3). */
+function elect(r: Raft): void {
+  drain(r);
+  r.campaign();
+  drain(r);
+  for (const m of ["2", "3"]) r.step({ type: "pre_vote_resp", from: m, to: "1", term: 2, reject: false });
+  drain(r);
+  for (const m of ["2", "3"]) r.step({ type: "vote_resp", from: m, to: "1", term: 2, reject: false });
+  drain(r);
+  expect(r.basics().role).toBe("leader");
+}
+
 const three = bootstrapDurableState(votersConfig(["1", "2", "3"]), enc.encode("s"));
 const normal = (term: number, index: number, s = ""): Entry => ({ kind: "normal", term, index, data: enc.encode(s) });
 
@@ -153,14 +165,7 @@ describe("one voter, restarts, limits", () => {
 
   test("a leader refuses proposals past its uncommitted limit", () => {
     const r = node("1", three, [], { max_uncommitted: 3 });
-    drain(r);
-    r.campaign();
-    drain(r);
-    for (const m of ["2", "3"]) r.step({ type: "pre_vote_resp", from: m, to: "1", term: 2, reject: false });
-    drain(r);
-    for (const m of ["2", "3"]) r.step({ type: "vote_resp", from: m, to: "1", term: 2, reject: false });
-    drain(r);
-    expect(r.basics().role).toBe("leader");
+    elect(r);
     expect(r.propose(enc.encode("a")).ok).toBe(true);
     expect(r.propose(enc.encode("b")).ok).toBe(true);
     const no = r.propose(enc.encode("c"));
@@ -170,14 +175,7 @@ describe("one voter, restarts, limits", () => {
 
   test("an append message carries entries of at most 32 KiB of payload beyond its first", () => {
     const r = node("1", three);
-    drain(r);
-    r.campaign();
-    drain(r);
-    for (const m of ["2", "3"]) r.step({ type: "pre_vote_resp", from: m, to: "1", term: 2, reject: false });
-    drain(r);
-    for (const m of ["2", "3"]) r.step({ type: "vote_resp", from: m, to: "1", term: 2, reject: false });
-    drain(r);
-    expect(r.basics().role).toBe("leader");
+    elect(r);
     for (let i = 0; i < 4; i++) expect(r.propose(new Uint8Array(20 * 1024)).ok).toBe(true);
     drain(r);
     // Follower 2 acknowledges the leader's no-op (the probe): the leader sends what fits of the rest.
