@@ -46,7 +46,7 @@ const signedWith = (c: Caller): string =>
   c.kind === "client-id" ? `the secret of client ${c.id}` : c.kind === "client" ? "the client key" : `the ${c.kind} key`;
 
 /** Null when the caller may do `what`, which needs the server key; else the 403 answer. */
-function adminOnly(c: Caller, what: string): ApiResponse | null {
+export function adminOnly(c: Caller, what: string): ApiResponse | null {
   if (c.kind === "server" || c.kind === "insecure") return null;
   return err(403, `${what} needs the server key (an administrator's); this request was signed with ${signedWith(c)}`);
 }

@@ -12,14 +12,13 @@ import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
-import { volumeJsonOf, volumeNamed } from "../api.ts";
+import { adminOnly, volumeJsonOf, volumeNamed } from "../api.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
 import { type ClusterState, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
 import { DriveReportSchema } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly } from "./leader-gate.ts";
 import type { ClusterMember } from "./member.ts";
-import type { MembershipResult } from "./membership-ops.ts";
 
 export const RAFT_PATH = "/v1/raft";
 export const IDENTITY_PATH = "/v1/raft/identity";
@@ -92,11 +91,11 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
   };
 
   const volumeJson = (vol: VolumeRecord): VolumeJson => {
-    const up = (d: string) => view_cluster() !== null && m.pool.usable(d, view_cluster()!);
+    const cluster_uuid = m.node.appliedState()?.cluster_uuid ?? null;
+    const up = (d: string) => cluster_uuid !== null && m.pool.usable(d, cluster_uuid);
     const legs: LegView[] = vol.mirrors > 1 ? vol.columns.map((c, i) => ({ column: i, set: Math.floor(i / vol.mirrors), drive_uuid: c.drive_uuid, state: vol.legs[i]!, reachable: up(c.drive_uuid), rebuild: null })) : [];
     return volumeJsonOf(vol, volumeStateOf(vol, up), legs);
   };
-  const view_cluster = () => m.node.appliedState()?.cluster_uuid ?? null;
 
   /** The applied state, or the 503 that says why there is none here yet. */
   const applied = (): ClusterState | ApiResponse => {
@@ -154,8 +153,6 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     });
   };
 
-  const answer = (op: () => Promise<MembershipResult>): Promise<ApiResponse> => onLeader(op);
-
   // Membership changes move Raft: the server key only, like the messages between TOMAs.
   const servers = (mth: string, route: string, body: unknown, caller: Caller): Promise<ApiResponse> | ApiResponse => {
     const no = serverOnly(caller);
@@ -164,7 +161,7 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       if (mth !== "POST") return err(405, `${mth} not allowed on ${route}; use POST to add a server, DELETE ${SERVERS_PATH}/NAME to remove one`);
       const b = v.safeParse(AddServerSchema, body);
       if (!b.success) return err(400, `invalid body: ${b.issues.map((i) => i.message).join("; ")} (expected {name, address})`);
-      return answer(() => m.membership.add(b.output.name, b.output.address));
+      return onLeader(() => m.membership.add(b.output.name, b.output.address));
     }
     if (mth !== "DELETE") return err(405, `${mth} not allowed on ${route}; use DELETE`);
     let name: string;
@@ -174,7 +171,7 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       return err(400, "the server's name is not valid percent-encoding");
     }
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) return err(400, `invalid server name '${name.slice(0, 80)}': 1 to 64 of [A-Za-z0-9._-]`);
-    return answer(() => m.membership.remove(name));
+    return onLeader(() => m.membership.remove(name));
   };
 
   return async (method, path, body, caller) => {
@@ -220,12 +217,6 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     if (route.startsWith("/v1/")) return err(503, NOT_MANAGED_YET);
     return err(404, `no such route: ${method} ${path}`);
   };
-}
-
-/** Null when the caller may do `what`, which needs the server key (an administrator's). */
-function adminOnly(c: Caller, what: string): ApiResponse | null {
-  if (c.kind === "server" || c.kind === "insecure") return null;
-  return err(403, `${what} needs the server key (an administrator's); this request was signed with another key`);
 }
 
 /**
