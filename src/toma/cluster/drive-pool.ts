@@ -62,6 +62,13 @@ export const PoolViewSchema = v.strictObject({
 });
 export type PoolView = v.InferOutput<typeof PoolViewSchema>;
 
+/** The answer to a report: the pool, and what the leader's state holds retired now. */
+export const ReportAnswerSchema = v.strictObject({
+  ...PoolViewSchema.entries,
+  retired: v.pipe(v.array(ZeroedSchema), v.maxLength(4096)),
+});
+export type ReportAnswer = v.InferOutput<typeof ReportAnswerSchema>;
+
 export interface Located {
   server: string;
   drive: ReportedDrive;

@@ -10,12 +10,17 @@
  * no volume can be attached in this mode yet: no client request can be in flight into them.
  * Zeroing again what was zeroed is harmless (a report may be lost, a drive may move).
  *
+ * Extents are released only on this server's word that it zeroed them, so a process zeroes only
+ * what it has not zeroed itself; a new process (after a restart) zeroes only once it applied all
+ * it knows committed and the leader's last answer still lists the extents retired. What remains
+ * open: the previous process's report, still in flight when it died, makes the leader release
+ * them after that answer, they go to a new volume, and the new process zeroes them.
+ *
  * Not fenced: CLAIM and WRITE_ZEROES from a member carry no control-plane version, so a TOMA
  * that left the cluster could still claim a blank drive of its own server for the cluster it
- * believes in, and a paused TOMA resuming with an old applied state could zero extents that were
- * released and given to another volume meanwhile. Harmless while no volume can be attached (no
- * volume holds data in this mode); attaching must not be built before the member's target
- * sessions carry the version of its last applied entry and zeroing is refused below a newer one.
+ * believes in. Both gaps are harmless while no volume can be attached (no volume holds data in
+ * this mode); attaching must close them first (the member's target sessions carrying the version
+ * of its last applied entry, and the release naming the process that zeroed).
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
@@ -24,7 +29,7 @@ import * as v from "valibot";
 import { extentRuns } from "../fencing.ts";
 import { zeroRuns } from "../mirror-control.ts";
 import { type TargetLink, withTimeout } from "../target-link.ts";
-import { type DrivePool, type DriveReport, PoolViewSchema, REPORT_EVERY_MS, type ReportedDrive } from "./drive-pool.ts";
+import { type DrivePool, type DriveReport, REPORT_EVERY_MS, ReportAnswerSchema, type ReportedDrive } from "./drive-pool.ts";
 import type { TomaNode } from "./node.ts";
 
 const CLAIM_TIMEOUT_MS = 5000;
@@ -41,6 +46,8 @@ export class DriveReporter {
   readonly claim_errors = new Map<string, string>();
   /** Retired extents zeroed here, "volume/drive", still retired in the applied state. */
   private readonly zeroed = new Set<string>();
+  /** A follower: what the leader's state held retired in its last answer ("volume/drive"). */
+  private leader_retired = new Set<string>();
 
   constructor(
     private readonly env: Env,
@@ -104,11 +111,12 @@ export class DriveReporter {
         return;
       }
       const started = this.clock.now_ms();
-      const answer = v.safeParse(PoolViewSchema, await this.send(lead.address, report));
+      const answer = v.safeParse(ReportAnswerSchema, await this.send(lead.address, report));
       if (!answer.success) throw new Error(`the leader at ${lead.address} answered a pool view that is not valid: ${answer.issues[0]!.message}`);
       // Ages as of the answer's arrival: the round trip is added, never a remote timestamp.
       const rtt = this.clock.now_ms() - started;
       this.pool.adopt({ servers: answer.output.servers.map((s) => ({ ...s, heard_ms_ago: s.heard_ms_ago + Math.round(rtt) })) }, this.name);
+      this.leader_retired = new Set(answer.output.retired.map((r) => `${r.volume_uuid}/${r.drive_uuid}`));
       this.last_error = null;
     } catch (e) {
       this.last_error = (e as Error).message;
@@ -121,16 +129,19 @@ export class DriveReporter {
   /** Zeroes the retired extents of the applied state that lie on the own drives, once each. */
   private async zeroRetired(): Promise<void> {
     // A TOMA still applying what it knows is committed (a restart replaying its log) holds an old
-    // view: extents it shows retired may have been released and taken by a volume since. This
-    // narrows the window; only a version at the targets closes it (see the module comment).
+    // view: extents it shows retired may have been released and taken by a volume since. These
+    // checks narrow the window without closing it (see the module comment).
     const v = this.node.view();
     if (v.applied === null || v.applied !== v.commit) return;
+    // A follower also needs the leader's word, from its last answer: extents still retired there.
+    // A leader that applied an entry of its term holds every commit.
+    const leading = v.role === "leader" && v.leader_ready;
     const state = this.node.appliedState();
     const retired = new Set((state?.retired ?? []).map((r) => `${r.volume_uuid}/${r.drive_uuid}`));
     for (const k of this.zeroed) if (!retired.has(k)) this.zeroed.delete(k);
     for (const r of state?.retired ?? []) {
       const key = `${r.volume_uuid}/${r.drive_uuid}`;
-      if (this.zeroed.has(key)) continue;
+      if (this.zeroed.has(key) || (!leading && !this.leader_retired.has(key))) continue;
       const l = this.links.find((x) => x.session !== null && x.drives.some((d) => d.drive_uuid === r.drive_uuid && d.state === "ok"));
       const d = state!.drives.find((x) => x.drive_uuid === r.drive_uuid);
       if (!l || !d) continue;

@@ -14,7 +14,7 @@
 import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
-import { DrivePool, type DriveReport, type PoolView } from "./drive-pool.ts";
+import { DrivePool, type DriveReport, type ReportAnswer } from "./drive-pool.ts";
 import { DriveReporter } from "./drive-reporter.ts";
 import type { SlotIo } from "./hard-state-io.ts";
 import type { Identity } from "./identity.ts";
@@ -70,11 +70,12 @@ export class ClusterMember {
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported());
   }
 
-  /** A server's report, on the leader: kept, the new drives added; answers the pool. */
-  received(r: DriveReport): PoolView {
+  /** A server's report, on the leader: kept, the new drives added; answers the pool and what is retired. */
+  received(r: DriveReport): ReportAnswer {
     this.pool.report(r);
     this.volumes.addReported();
-    return this.pool.view();
+    const retired = (this.node.appliedState()?.retired ?? []).map((x) => ({ volume_uuid: x.volume_uuid, drive_uuid: x.drive_uuid }));
+    return { ...this.pool.view(), retired };
   }
 
   start(): void {
