@@ -244,11 +244,33 @@ export class UringStore implements DriveStore {
     const bad = this.refused(offset, src.length);
     if (bad !== null) return bad;
     if (src.length === 0) return fua ? this.flush() : Promise.resolve();
-    if (this.inlineWrites && !fua && (offset | src.length) % PAGE_BYTES === 0 && src.length <= INLINE_MAX_BYTES && this.inlineFits(src.length)) {
-      const t0 = performance.now();
-      if (t0 >= this.inlineResumeAt) return this.writeInline(offset, src, t0);
+    if (!fua && this.inlineNow(offset, src.length)) {
+      try {
+        this.writeInline(offset, src);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return Promise.resolve();
     }
     return this.start(Kind.WRITE, this.fdFor(offset, src), src, offset, fua ? RWF_DSYNC : 0, 0) as Promise<unknown> as Promise<void>;
+  }
+
+  writeNow(offset: number, src: Uint8Array): boolean {
+    this.check(offset, src.length);
+    if (src.length === 0 || !this.inlineNow(offset, src.length)) return false;
+    this.writeInline(offset, src);
+    return true;
+  }
+
+  /** Whether a buffered write of n bytes at offset is to be done inline now (file comment). */
+  private inlineNow(offset: number, n: number): boolean {
+    return (
+      this.inlineWrites &&
+      (offset | n) % PAGE_BYTES === 0 &&
+      n <= INLINE_MAX_BYTES &&
+      this.inlineFits(n) &&
+      performance.now() >= this.inlineResumeAt
+    );
   }
 
   /**
@@ -271,11 +293,12 @@ export class UringStore implements DriveStore {
    * (dirty-page throttling, a journal commit) turns the inline path off for a while, so that the
    * event loop, and every connection of the target, waits at most once per period.
    */
-  private writeInline(offset: number, src: Uint8Array, t0: number): Promise<void> {
+  private writeInline(offset: number, src: Uint8Array): void {
+    const t0 = performance.now();
     try {
       for (let done = 0; done < src.length; ) done += fs.writeSync(this.fd, src, done, src.length - done, offset + done);
     } catch (e) {
-      return Promise.reject(new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO"));
+      throw new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO");
     }
     const took_ms = performance.now() - t0;
     if (took_ms > INLINE_SLOW_MS) {
@@ -286,7 +309,6 @@ export class UringStore implements DriveStore {
         pause_ms: INLINE_PAUSE_MS,
       });
     }
-    return Promise.resolve();
   }
 
   flush(): Promise<void> {
