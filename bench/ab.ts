@@ -5,7 +5,7 @@
  * the medians. What a change to the data path is judged by, on a machine too noisy for one run:
  *   npm run build && cp dist/nvmesh /tmp/nvmesh-B     # (and the build to compare, as A)
  *   bun bench/ab.ts --a /tmp/nvmesh-A --b /tmp/nvmesh-B [--rw randwrite] [--bs 4k] [--qd 32]
- *                   [--seconds 8] [--rounds 3] [--converged] [--raid-level 1]
+ *                   [--seconds 8] [--rounds 3] [--size 512M] [--drive-size 2G] [--converged] [--raid-level 1]
  * --converged: the client daemon hosts the target and reaches it in-process (the "in-process"
  * side of bench/fio-matrix.ts); the target's CPU is then the client's. --raid-level 1: a RAID1
  * volume with legs on two targets (bench/mirror.ts's shape); "target" is then both together.
@@ -22,6 +22,8 @@ const QD = flag("qd", "32");
 const SECONDS = Number(flag("seconds", "8"));
 const ROUNDS = Number(flag("rounds", "3"));
 const RAID = flag("raid-level", "concatenated");
+const SIZE = flag("size", "512M");
+const DRIVE_SIZE = flag("drive-size", "2G");
 const CONVERGED = process.argv.includes("--converged");
 if (!A || !B) throw new Error("usage: bun bench/ab.ts --a BINARY --b BINARY [--rw randwrite] [--bs 4k] [--qd 32] ...");
 
@@ -47,10 +49,10 @@ interface Point {
 
 async function one(bin: string): Promise<Point> {
   const targets = RAID === "1" ? 2 : 1;
-  const c = new BuildCluster(bin, { targets, drive_size: "2G", converged: CONVERGED });
+  const c = new BuildCluster(bin, { targets, drive_size: DRIVE_SIZE, converged: CONVERGED });
   try {
     await c.start();
-    await c.cli("volume", "create", "--name", "ab", "--capacity", "512M", "--raid-level", RAID);
+    await c.cli("volume", "create", "--name", "ab", "--capacity", SIZE, "--raid-level", RAID);
     const uri = await c.attach("ab");
     await fill(uri);
     const client = c.client!.proc.pid;
@@ -83,7 +85,7 @@ requireTool("fio");
 const results: Record<"A" | "B", Point[]> = { A: [], B: [] };
 const fmt = (p: Point) =>
   `${Math.round(p.iops)} IOPS, lat ${p.lat_us.toFixed(1)} us, CPU/IO target ${CONVERGED ? "-" : p.target_us.toFixed(1)} client ${p.client_us.toFixed(1)} us`;
-console.log(`${RW} ${BS} QD${QD} ${CONVERGED ? "in-process" : "TCP"}${RAID === "1" ? " RAID1" : ""}, ${SECONDS} s, ${ROUNDS} rounds\nA = ${A}\nB = ${B}`);
+console.log(`${RW} ${BS} QD${QD} ${CONVERGED ? "in-process" : "TCP"}${RAID === "1" ? " RAID1" : ""}, ${SIZE} volume, ${SECONDS} s, ${ROUNDS} rounds\nA = ${A}\nB = ${B}`);
 for (let r = 0; r < ROUNDS; r++) {
   const order: ("A" | "B")[] = r % 2 === 0 ? ["A", "B"] : ["B", "A"];
   for (const k of order) {
