@@ -14,15 +14,13 @@ import { formatDrive } from "../../src/engine/drive/format.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { UringStore } from "../../src/engine/runtime/uring-store.ts";
-import { answeredEpoch, DriveTable } from "../../src/engine/target/drive-table.ts";
-import { type Requester, type TargetContext, execute } from "../../src/engine/target/execute.ts";
+import { answeredEpoch } from "../../src/engine/target/drive-table.ts";
+import { execute } from "../../src/engine/target/execute.ts";
 import { HEADER_BYTES, type Header, Flag, Op, Status, decodeHeader, emptyHeader } from "../../src/engine/wire/header.ts";
-import { FIXTURE_VOLUME, memoryDrive, pattern, randomUuidString, uuidBytes, wholeDrive } from "./target-fixture.ts";
+import { executeContext, executeRequester, FIXTURE_VOLUME, memoryDrive, pattern, randomUuidString, uuidBytes, wholeDrive } from "./target-fixture.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nvmesh-write-now-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-const silent = { debug() {}, info() {}, warn() {}, error() {} };
 
 /** A formatted drive on UringStore (buffered, inline writes): the store that has writeNow. */
 async function uringDrive(name: string): Promise<FormattedDrive> {
@@ -30,17 +28,6 @@ async function uringDrive(name: string): Promise<FormattedDrive> {
   const store = await UringStore.open(p, { create_size_bytes: 8 << 20 });
   await formatDrive(store, { drive_uuid: randomUuidString(), extent_size_bytes: 1024 * 1024 });
   return await openDrive(store, p);
-}
-
-function context(drive: FormattedDrive, fencing = false): { ctx: TargetContext; table: DriveTable } {
-  const table = new DriveTable();
-  table.add(drive, 1);
-  const ctx: TargetContext = { drives: table, log: silent, fencing, auth: null, info: () => ({ target_name: "t", version: "1", drives: [] }) };
-  return { ctx, table };
-}
-
-function requester(role: "client" | "toma"): Requester {
-  return { role, volume: role === "client" ? FIXTURE_VOLUME : null, ended: new AbortController().signal, park: () => false, unpark() {} };
 }
 
 function header(drive: FormattedDrive, opcode: Op, offset: number, length: number, flags = 0, client_id = 0, generation = 0): Header {
@@ -62,10 +49,10 @@ async function readBack(drive: FormattedDrive, offset: number, length: number): 
 describe("WRITE written and answered at once", () => {
   test("a page-aligned write is a frame carrying the cache epoch; the payload is not kept", async () => {
     const drive = await uringDrive("plain.img");
-    const { ctx, table } = context(drive);
+    const { ctx, table } = executeContext(drive);
     const data = pattern(1, 8192);
     const sent = data.slice();
-    const r = execute(ctx, requester("toma"), header(drive, Op.WRITE, 65536, 8192), sent, false);
+    const r = execute(ctx, executeRequester("toma"), header(drive, Op.WRITE, 65536, 8192), sent, false);
     expect(r).toBeInstanceOf(Uint8Array);
     const { h } = answer(r as Uint8Array);
     expect(h.status).toBe(Status.OK);
@@ -79,7 +66,7 @@ describe("WRITE written and answered at once", () => {
 
   test("what must wait goes through the promise, and lands the same", async () => {
     const drive = await uringDrive("waits.img");
-    const { ctx } = context(drive);
+    const { ctx } = executeContext(drive);
     const cases: [string, number, number, number][] = [
       ["FUA", Flag.FUA, 0, 4096],
       ["DIRTY", Flag.DIRTY, 4096, 4096],
@@ -90,7 +77,7 @@ describe("WRITE written and answered at once", () => {
     for (const [what, flags, offset, length] of cases) {
       const data = pattern(2 + flags, length);
       const sent = data.slice();
-      const r = execute(ctx, requester("client"), header(drive, Op.WRITE, offset, length, flags, 3, 1), sent, false);
+      const r = execute(ctx, executeRequester("client"), header(drive, Op.WRITE, offset, length, flags, 3, 1), sent, false);
       expect(r, what).toBeInstanceOf(Promise);
       sent.fill(0); // the promise path copied what it needs before returning
       expect(answer(await r).h.status, what).toBe(Status.OK);
@@ -101,8 +88,8 @@ describe("WRITE written and answered at once", () => {
 
   test("a store without writeNow answers through the promise", async () => {
     const drive = await memoryDrive();
-    const { ctx } = context(drive);
-    const r = execute(ctx, requester("toma"), header(drive, Op.WRITE, 0, 4096), pattern(3, 4096), false);
+    const { ctx } = executeContext(drive);
+    const r = execute(ctx, executeRequester("toma"), header(drive, Op.WRITE, 0, 4096), pattern(3, 4096), false);
     expect(r).toBeInstanceOf(Promise);
     expect(answer(await r).h.status).toBe(Status.OK);
     expect(await readBack(drive, 0, 4096)).toEqual(pattern(3, 4096));
@@ -110,8 +97,8 @@ describe("WRITE written and answered at once", () => {
 
   test("an out-of-range WRITE is refused at once, as a frame", async () => {
     const drive = await uringDrive("range.img");
-    const { ctx } = context(drive);
-    const r = execute(ctx, requester("toma"), header(drive, Op.WRITE, drive.data.size_bytes, 4096), pattern(4, 4096), false);
+    const { ctx } = executeContext(drive);
+    const r = execute(ctx, executeRequester("toma"), header(drive, Op.WRITE, drive.data.size_bytes, 4096), pattern(4, 4096), false);
     expect(r).toBeInstanceOf(Uint8Array);
     expect(answer(r as Uint8Array).h.status).toBe(Status.OUT_OF_RANGE);
     await drive.close();
@@ -119,21 +106,21 @@ describe("WRITE written and answered at once", () => {
 
   test("a fenced client: unregistered is refused and writes nothing; registered is written and leaves nothing admitted", async () => {
     const drive = await uringDrive("fenced.img");
-    const { ctx, table } = context(drive, true);
+    const { ctx, table } = executeContext(drive, true);
     const before = await readBack(drive, 0, 4096);
-    const refused = execute(ctx, requester("client"), header(drive, Op.WRITE, 0, 4096, 0, 5, 1), pattern(5, 4096), false);
+    const refused = execute(ctx, executeRequester("client"), header(drive, Op.WRITE, 0, 4096, 0, 5, 1), pattern(5, 4096), false);
     expect(answer(refused as Uint8Array).h.status).toBe(Status.REFUSED);
     expect(await readBack(drive, 0, 4096)).toEqual(before);
     const d = table.get(uuidBytes(drive))!;
     expect(d.fence.apply({ replace: true, volumes: [wholeDrive(drive)], set: [{ client_id: 5, min_generation: 1, volumes: [FIXTURE_VOLUME.uuid] }], remove: [], remove_volumes: [] })).toBeNull();
-    const r = execute(ctx, requester("client"), header(drive, Op.WRITE, 0, 4096, 0, 5, 1), pattern(5, 4096), false);
+    const r = execute(ctx, executeRequester("client"), header(drive, Op.WRITE, 0, 4096, 0, 5, 1), pattern(5, 4096), false);
     expect(r).toBeInstanceOf(Uint8Array);
     expect(answer(r as Uint8Array).h.status).toBe(Status.OK);
     expect(await readBack(drive, 0, 4096)).toEqual(pattern(5, 4096));
     // A FENCE refusing generation 1 now has nothing to wait for.
     expect(d.admitted.drain(() => true)).toBeNull();
     // A stale generation is refused at once and writes nothing.
-    const stale = execute(ctx, requester("client"), header(drive, Op.WRITE, 0, 4096, 0, 5, 0), pattern(6, 4096), false);
+    const stale = execute(ctx, executeRequester("client"), header(drive, Op.WRITE, 0, 4096, 0, 5, 0), pattern(6, 4096), false);
     expect(answer(stale as Uint8Array).h.status).not.toBe(Status.OK);
     expect(await readBack(drive, 0, 4096)).toEqual(pattern(5, 4096));
     await drive.close();
