@@ -1,8 +1,9 @@
 /** `nvmesh cluster status`, and the cluster's keys: `cluster genkey`, `cluster client-key`. */
-import { TomaApiError } from "../toma/api-client.ts";
-import { UsageError, formatBytes } from "./args.ts";
+import { TomaApiError, type TomaClient, tomaClient } from "../toma/api-client.ts";
+import type { ServerChangeJson } from "../toma/api-types.ts";
+import { UsageError, formatBytes, managementAddress } from "./args.ts";
 import { command } from "./command.ts";
-import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
+import { type OutputFormat, outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
 import { DEFAULT_KEY_FILE, clusterKey, generateKeyFile, keyFileArg, writeClientKeyFile } from "./key-file.ts";
 import { consola } from "consola";
@@ -35,11 +36,13 @@ const status = command({
       process.stdout.write("\n");
       printKeyValues({
         toma: `${c.toma_id} (${c.node_id ?? "no node id yet"}) at ${c.address ?? "?"}`,
-        "toma cluster": c.phase === "running" ? `${c.role}, term ${c.term}` : `${c.phase}: ${c.reason ?? ""}`,
+        "toma cluster": c.phase === "running" ? `${c.role}, term ${c.term}${c.reason ? ` (${c.reason})` : ""}` : `${c.phase}: ${c.reason ?? ""}`,
         leader: c.leader ? `${c.leader.address || c.leader.node_id}${c.role === "leader" && !c.leader_ready ? " (its first entry not applied yet)" : ""}` : "(none known)",
         log: c.commit === null ? "-" : `commit ${c.commit}, applied ${c.applied}, last ${c.last_index}`,
         "hard state": c.hard_state ? `record ${c.hard_state.seq} on ${c.hard_state.drives.length} drive(s)` : "-",
+        membership: c.membership ?? "-",
       });
+      for (const w of c.warnings ?? []) consola.warn(w);
       process.stdout.write("\n");
       // Followers exchange Raft messages with the leader only; every TOMA asks every peer about
       // itself each second, which is what "says" shows.
@@ -98,7 +101,79 @@ const clientKey = command({
   },
 });
 
+const SERVER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+function serverName(name: string): string {
+  if (!SERVER_NAME.test(name)) throw new UsageError(`invalid server name '${name}': the TOMA's --name, 1 to 64 of [A-Za-z0-9._-]`);
+  return name;
+}
+
+/**
+ * Membership changes run on the leader: a TOMA that is not answers 421 naming it, and the request
+ * goes there (a few hops at most: leadership may move while we ask).
+ */
+async function atLeader(args: { management?: string; "key-file"?: string }, op: (t: TomaClient) => Promise<ServerChangeJson>): Promise<ServerChangeJson> {
+  let address = managementAddress(args.management);
+  const key = clusterKey(args["key-file"]);
+  for (let hop = 0; ; hop++) {
+    try {
+      // Adding waits for the new TOMA to catch up (up to 30 s) and for each change to commit.
+      return await op(tomaClient(address, { key, timeout_ms: 90_000 }));
+    } catch (e) {
+      if (!(e instanceof TomaApiError) || e.status !== 421 || !e.leader || hop >= 3) throw e;
+      consola.info(`${address} is not the leader; asking the leader at ${e.leader}`);
+      address = e.leader;
+    }
+  }
+}
+
+function printChange(r: ServerChangeJson, what: string, fmt: OutputFormat): void {
+  if (fmt === "json") {
+    printJson(r);
+    return;
+  }
+  if (r.changes.length === 0) consola.info(`${what}: nothing to change`);
+  for (const c of r.changes) consola.success(c);
+  consola.log(`configuration: ${r.describe}`);
+  if (r.leader_removed) consola.info("the leader removed itself: the remaining TOMAs elect a new leader");
+  for (const w of r.warnings) consola.warn(w);
+}
+
+const serverAdd = command({
+  meta: { name: "add", description: "add a server's TOMA to the TOMA cluster (a learner until it caught up, then a voter)" },
+  args: {
+    address: { type: "positional", description: "the new TOMA's management HOST:PORT", required: true },
+    name: { type: "string", description: "the new TOMA's --name", required: true },
+    ...management,
+    ...outputArg,
+  },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const address = managementAddress(args.address);
+    const name = serverName(args.name);
+    printChange(await atLeader(args, (t) => t.addServer(name, address)), `add ${name}`, fmt);
+  },
+});
+
+const serverRemove = command({
+  meta: { name: "remove", description: "remove a server's TOMA from the TOMA cluster (never the last voter)" },
+  args: {
+    name: { type: "positional", description: "the TOMA's --name", required: true },
+    ...management,
+    ...outputArg,
+  },
+  async run({ args }) {
+    const fmt = outputFormat(args.output);
+    const name = serverName(args.name);
+    printChange(await atLeader(args, (t) => t.removeServer(name)), `remove ${name}`, fmt);
+  },
+});
+
+const server = command({
+  meta: { name: "server", description: "membership of the TOMA cluster (toma run --peers)" },
+  subCommands: { add: serverAdd, remove: serverRemove },
+});
+
 export const clusterCommand = command({
-  meta: { name: "cluster", description: "cluster-wide status, the cluster's keys" },
-  subCommands: { status, genkey, "client-key": clientKey },
+  meta: { name: "cluster", description: "cluster-wide status, membership, the cluster's keys" },
+  subCommands: { status, server, genkey, "client-key": clientKey },
 });

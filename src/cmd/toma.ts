@@ -33,7 +33,8 @@ const run = command({
     peers: {
       type: "string",
       description:
-        "every TOMA's management HOST:PORT, this one's included, comma-separated, the same list on every server: run as a member of a TOMA cluster (so far: leader election and the replicated log only)",
+        "every TOMA's management HOST:PORT, this one's included, comma-separated, the same list on every founding server: run as a member of a TOMA cluster (so far: leader election, the replicated log and membership changes only). " +
+        "A server joining an existing cluster names itself and at least one member, and waits for 'nvmesh cluster server add'",
     },
     ...keyFileArg,
     ...insecureArg,
@@ -124,8 +125,8 @@ async function runMember(o: {
   if (peers.length < 3) {
     consola.warn(
       peers.length === 1
-        ? "a TOMA cluster of one cannot survive the loss of its server"
-        : "a TOMA cluster of two needs both TOMAs up to elect a leader: it survives the loss of no server; 3 or more survive one",
+        ? "if this founds a TOMA cluster, a cluster of one cannot survive the loss of its server (joining an existing cluster: ignore this)"
+        : "if this founds a TOMA cluster, a cluster of two needs both TOMAs up to elect a leader: it survives the loss of no server; 3 or more survive one (joining an existing cluster: ignore this)",
     );
   }
   const key = o.cluster_key === null ? null : { kind: "server" as const, key: o.cluster_key };

@@ -5,7 +5,7 @@
 import type { AttachInfo } from "../engine/layout/types.ts";
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
 import { ManagementSigner, type Transport } from "./api-auth.ts";
-import type { ClusterJson, CreateVolumeBody, DriveJson, TargetJson, VolumeJson } from "./api-types.ts";
+import type { ClusterJson, CreateVolumeBody, DriveJson, ServerChangeJson, TargetJson, VolumeJson } from "./api-types.ts";
 
 export class TomaApiError extends Error {
   constructor(
@@ -14,6 +14,8 @@ export class TomaApiError extends Error {
     message: string,
     /** The address answered nothing, or something that is not a TOMA's management API. */
     readonly kind?: "unreachable" | "not_toma",
+    /** 421 from a TOMA that is not the leader: the leader's management address. */
+    readonly leader?: string,
   ) {
     super(message);
   }
@@ -41,6 +43,9 @@ export interface TomaClient {
   /** `force`: even while clients have it attached (they are fenced out of it first). */
   deleteVolume(name: string, opts?: { force?: boolean }): Promise<void>;
   attach(name: string): Promise<AttachInfo>;
+  /** TOMA cluster, leader only (421 with the leader elsewhere): add the server whose TOMA is at `address`. */
+  addServer(name: string, address: string): Promise<ServerChangeJson>;
+  removeServer(name: string): Promise<ServerChangeJson>;
   /** Any route (the client daemon's routes go through this). */
   call(method: string, path: string, body?: unknown): Promise<unknown>;
 }
@@ -88,7 +93,8 @@ export function tomaClient(base: string, opts: { timeout_ms?: number; key?: Clus
       const msg = typeof json === "object" && json !== null && typeof (json as { error?: unknown }).error === "string"
         ? (json as { error: string }).error
         : `HTTP ${res.status}`;
-      throw new TomaApiError(res.status, msg);
+      const leader = typeof json === "object" && json !== null && typeof (json as { leader?: unknown }).leader === "string" ? (json as { leader: string }).leader : undefined;
+      throw new TomaApiError(res.status, msg, undefined, leader);
     }
     return res.body as T;
   }
@@ -106,6 +112,8 @@ export function tomaClient(base: string, opts: { timeout_ms?: number; key?: Clus
       await call("DELETE", opts?.force ? `${vol(name)}?force=true` : vol(name));
     },
     attach: (name) => call("GET", `${vol(name)}/attach`),
+    addServer: (name, address) => call("POST", "/v1/cluster/servers", { name, address }),
+    removeServer: (name) => call("DELETE", `/v1/cluster/servers/${encodeURIComponent(name)}`),
     call: (method, path, body) => call(method, path, body),
   };
 }

@@ -6,6 +6,7 @@ import type { VolumeRecord } from "./cluster-state.ts";
 import * as v from "valibot";
 import type { DriveView, TargetView, VolumeState } from "./toma.ts";
 import type { NodeView } from "./cluster/node.ts";
+import type { MembershipResult } from "./cluster/membership-ops.ts";
 
 export const CreateVolumeBody = v.strictObject({
   name: v.string("name must be a string"),
@@ -47,6 +48,9 @@ export interface ClusterJson {
    */
   consensus?: NodeView;
 }
+
+/** The answer to `cluster server add/remove` (POST, DELETE /v1/cluster/servers). */
+export type ServerChangeJson = MembershipResult;
 
 export type TargetJson = TargetView;
 export type DriveJson = DriveView;

@@ -131,6 +131,9 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       m === allowed ? fn() : err(405, `${m} not allowed on ${path}; use ${allowed}`);
 
     if (route.length === 1 && route[0] === "cluster") return only("GET", () => ok(cluster()));
+    if (route[0] === "cluster" && route[1] === "servers") {
+      return err(409, "this TOMA runs alone (toma run without --peers): 'cluster server add/remove' changes the membership of a TOMA cluster (toma run --peers on every server)");
+    }
     if (route.length === 1 && route[0] === "targets") return only("GET", () => ok(toma.targetViews() satisfies TargetJson[]));
     if (route.length === 1 && route[0] === "drives") return only("GET", () => ok(toma.driveViews() satisfies DriveJson[]));
     if (route.length === 1 && route[0] === "volumes") {

@@ -6,12 +6,11 @@
  * Real target, real sessions, memory drives (tests/engine/volume-fixture.ts's way).
  */
 import { afterEach, expect, test } from "bun:test";
-import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import { TargetPool } from "../../src/engine/client/target-pool.ts";
 import { VolumeDevice } from "../../src/engine/client/volume-device.ts";
 import type { AttachInfo, VolumeLayout } from "../../src/engine/layout/types.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
-import { memoryDrive, randomUuidString, startTarget, type TargetHarness } from "./target-fixture.ts";
+import { gatedDrive, memoryDrive, randomUuidString, startTarget, type TargetHarness } from "./target-fixture.ts";
 
 const MiB = 1024 * 1024;
 let target: TargetHarness | null = null;
@@ -24,25 +23,10 @@ afterEach(async () => {
   device = pool = target = null;
 });
 
-/** A drive whose writes wait until release() (its drive, not its target, is stuck). */
-async function stuckDrive(): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
-  const d = await memoryDrive(16);
-  const gate = Promise.withResolvers<void>();
-  let started = 0;
-  const data = Object.create(d.data) as typeof d.data;
-  data.write = async (offset, src, fua) => {
-    started++;
-    await gate.promise;
-    return d.data.write(offset, src, fua);
-  };
-  // The drive's own methods (bitmap, metadata) stay; only its data area is gated.
-  const drive = Object.create(d, { data: { value: data } }) as FormattedDrive;
-  return { drive, release: () => gate.resolve(), started: () => started };
-}
 
 test("a write stuck on a leg completes on the other once a topology drops the leg; the switch drains without it", async () => {
   const good = await memoryDrive(16);
-  const bad = await stuckDrive();
+  const bad = await gatedDrive(16);
   target = await startTarget([good, bad.drive]);
   const layout: VolumeLayout = {
     volume_uuid: randomUuidString(),

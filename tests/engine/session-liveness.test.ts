@@ -14,7 +14,7 @@ import { TargetService } from "../../src/engine/target/service.ts";
 import { Op, type Header } from "../../src/engine/wire/header.ts";
 import { sessionOver, type Session } from "../../src/engine/wire/session.ts";
 import { SessionClosedError } from "../../src/engine/wire/session-api.ts";
-import { memoryDrive, recordingLogger, uuidBytes } from "./target-fixture.ts";
+import { gatedDrive, memoryDrive, recordingLogger, uuidBytes } from "./target-fixture.ts";
 
 const LIVENESS = { quiet_ms: 100, idle_ms: 300, deadline_ms: 150, handshake_ms: 1000 };
 const HELLO = { version: 1 as const, role: "client" as const, name: "liveness-test" };
@@ -49,19 +49,6 @@ function cuttableLink(svc: TargetService): { link: FrameLink; cut: () => void; p
   return { link, cut: () => (cut = true), pings: () => pings };
 }
 
-/** A drive whose writes wait until release(). */
-async function slowDrive(): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
-  const d = await memoryDrive();
-  const gate = Promise.withResolvers<void>();
-  let started = 0;
-  const data = Object.create(d.data) as typeof d.data;
-  data.write = async (offset, src, fua) => {
-    started++;
-    await gate.promise;
-    return d.data.write(offset, src, fua);
-  };
-  return { drive: { ...d, info: d.info, data }, release: () => gate.resolve(), started: () => started };
-}
 
 /** Target and session both allow 2 requests on the connection: the session fills it. */
 async function open(drives: FormattedDrive[]): Promise<{ s: Session; cut: () => void; pings: () => number; reasons: string[] }> {
@@ -102,7 +89,7 @@ describe("session liveness", () => {
   });
 
   test("a slow drive holding every request slot for 10× the deadline does not close a target that answers PING", async () => {
-    const g = await slowDrive();
+    const g = await gatedDrive();
     const { s, pings } = await open([g.drive]);
     const data = new Uint8Array(4096).fill(7);
     // Both of the connection's slots held by writes the drive does not finish, a third waiting in

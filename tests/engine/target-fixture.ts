@@ -48,6 +48,21 @@ export async function memoryDrive(size_mib = 8): Promise<FormattedDrive> {
   return await openDrive(store, "memory");
 }
 
+/** A memory drive whose data-area writes wait until release(); its bitmap and metadata do not. */
+export async function gatedDrive(size_mib = 8): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
+  const d = await memoryDrive(size_mib);
+  const gate = Promise.withResolvers<void>();
+  let started = 0;
+  const data = Object.create(d.data) as typeof d.data;
+  data.write = async (offset, src, fua) => {
+    started++;
+    await gate.promise;
+    return d.data.write(offset, src, fua);
+  };
+  const drive = Object.create(d, { data: { value: data } }) as FormattedDrive;
+  return { drive, release: () => gate.resolve(), started: () => started };
+}
+
 /** A real formatted drive in a file (FileStore), created in dir. */
 export async function fileDrive(path: string, size_mib = 8): Promise<FormattedDrive> {
   const store = await FileStore.open(path, { create_size_bytes: size_mib * 1024 * 1024 });

@@ -14,7 +14,7 @@ import { expect, test } from "bun:test";
 import { DEFAULT_OPTIONS, runSoak } from "./soak.ts";
 
 /** Faults the product survives today, each drawn in the 2 minutes at seed 173. */
-const SURVIVED = ["kill", "toma-kill:toma", "stop:toma", "linkdown", "oneway:client-toma"];
+const SURVIVED = ["kill", "toma-kill:toma", "stop:toma", "stop:target", "linkdown", "oneway:client-toma", "oneway:client-target", "oneway:target-client"];
 const SEED = Number(process.env.NVMESH_SOAK_SEED ?? 173);
 const FAULTS = process.env.NVMESH_SOAK_FAULTS ? process.env.NVMESH_SOAK_FAULTS.split(",").map((f) => f.trim()) : SURVIVED;
 

@@ -55,6 +55,7 @@ describe("bad input is refused and changes nothing", () => {
     ["attach unknown volume", "GET", "/v1/volumes/nope/attach", undefined, 404, /no volume named/],
     ["bad name in path", "GET", "/v1/volumes/a%20b", undefined, 400, /bad volume name/],
     ["unknown route", "GET", "/v1/nothing", undefined, 404, /no such route/],
+    ["membership change on a TOMA that runs alone", "POST", "/v1/cluster/servers", { name: "s4", address: "h:1" }, 409, /this TOMA runs alone .*TOMA cluster/],
     ["wrong method", "PUT", "/v1/volumes", undefined, 405, /not allowed/],
   ];
   for (const [title, method, path, body, status, msg] of cases) {

@@ -4,18 +4,33 @@
  * messages). Volume, drive and client routes are refused with 503 and the reason: this mode does
  * not manage them yet. Sans-I/O like ../api.ts; behind the same signature check.
  */
+import * as v from "valibot";
 import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
 import type { ClusterJson, TargetJson } from "../api-types.ts";
 import { targetView } from "../toma.ts";
 import type { ClusterMember } from "./member.ts";
+import { MembershipError, type MembershipResult } from "./membership-ops.ts";
 
 export const RAFT_PATH = "/v1/raft";
 export const IDENTITY_PATH = "/v1/raft/identity";
+/** POST {name, address}: add a server; DELETE /NAME: remove one. Leader only (421 elsewhere). */
+export const SERVERS_PATH = "/v1/cluster/servers";
+
+/** The body of POST /v1/cluster/servers. */
+export const AddServerSchema = v.strictObject({
+  name: v.pipe(v.string("name must be a string"), v.regex(/^[A-Za-z0-9._-]{1,64}$/, "name must be 1 to 64 of [A-Za-z0-9._-]")),
+  address: v.pipe(
+    v.string("address must be a string"),
+    v.maxLength(256, "address is too long"),
+    v.regex(/^(?:[^:\s[\]]+|\[[0-9a-fA-F:]+\]):(?:[1-9]\d{0,4})$/, "address must be HOST:PORT (the TOMA's management address)"),
+    v.check((a) => Number(a.slice(a.lastIndexOf(":") + 1)) <= 65535, "address: port above 65535"),
+  ),
+});
 
 export const NOT_MANAGED_YET =
-  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far elects a leader and replicates the cluster-state log only: " +
+  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far elects a leader, replicates the cluster-state log and changes membership only: " +
   "drives, volumes and clients are not managed in this mode yet (run one TOMA without --peers for that)";
 
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
@@ -57,6 +72,36 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     };
   };
 
+  const answer = async (op: () => Promise<MembershipResult>): Promise<ApiResponse> => {
+    try {
+      return { status: 200, body: await op() };
+    } catch (e) {
+      if (!(e instanceof MembershipError)) throw e;
+      return { status: e.status, body: e.leader === null ? { error: e.message } : { error: e.message, leader: e.leader } };
+    }
+  };
+
+  // Membership changes move Raft: the server key only, like the messages between TOMAs.
+  const servers = (mth: string, route: string, body: unknown, caller: Caller): Promise<ApiResponse> | ApiResponse => {
+    const no = serverOnly(caller);
+    if (no) return no;
+    if (route === SERVERS_PATH) {
+      if (mth !== "POST") return err(405, `${mth} not allowed on ${route}; use POST to add a server, DELETE ${SERVERS_PATH}/NAME to remove one`);
+      const b = v.safeParse(AddServerSchema, body);
+      if (!b.success) return err(400, `invalid body: ${b.issues.map((i) => i.message).join("; ")} (expected {name, address})`);
+      return answer(() => m.membership.add(b.output.name, b.output.address));
+    }
+    if (mth !== "DELETE") return err(405, `${mth} not allowed on ${route}; use DELETE`);
+    let name: string;
+    try {
+      name = decodeURIComponent(route.slice(SERVERS_PATH.length + 1));
+    } catch {
+      return err(400, "the server's name is not valid percent-encoding");
+    }
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) return err(400, `invalid server name '${name.slice(0, 80)}': 1 to 64 of [A-Za-z0-9._-]`);
+    return answer(() => m.membership.remove(name));
+  };
+
   return async (method, path, body, caller) => {
     const route = path.split("?")[0]!;
     const mth = method.toUpperCase();
@@ -80,6 +125,7 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       // Answered at once: answers to the messages travel as messages the other way.
       return r.ok ? { status: 204, body: null } : err(r.status, r.error);
     }
+    if (route === SERVERS_PATH || route.startsWith(`${SERVERS_PATH}/`)) return servers(mth, route, body, caller);
     if (route.startsWith("/v1/")) return err(503, NOT_MANAGED_YET);
     return err(404, `no such route: ${method} ${path}`);
   };

@@ -33,6 +33,8 @@ export const IdentitySchema = v.strictObject({
       role: v.picklist(["follower", "pre_candidate", "candidate", "leader", "learner", "outside"]),
       term: Count,
       leader: v.nullable(NodeIdSchema),
+      /** The configuration it knows committed: how a removed member learns it is out. */
+      committed_config: v.optional(ConfigSchema),
     }),
   ),
 });
@@ -62,6 +64,10 @@ export function decideFromAnswers(
   answers: readonly Asked[],
 ): { decision: BootstrapDecision; my_address: string | null } {
   const wait = (reason: string, my_address: string | null = null) => ({ decision: { kind: "wait" as const, reason }, my_address });
+  // A cluster already exists: a new server joins it (its --peers need only name itself and one
+  // member that answers); the same list everywhere is needed only to found a cluster.
+  const joining = joinDecision(me, answers);
+  if (joining) return joining;
   const silent = answers.filter((a) => a.id === null);
   if (silent.length > 0) return wait(`waiting for ${silent.map((a) => `${a.address} (${a.error})`).join(", ")}`);
   const got = answers as readonly (Asked & { id: Identity })[];
@@ -78,15 +84,32 @@ export function decideFromAnswers(
   if (twice !== undefined) return wait(`two peers answer as TOMA ${twice}: give each server its own --name`, my_address);
   const waiting = got.filter((a) => a.id.status.kind === "starting" || a.id.status.kind === "outside" || a.id.incarnation === null);
   if (waiting.length > 0) return wait(`waiting for ${waiting.map((a) => `${a.address} (${a.id.status.kind})`).join(", ")}`, my_address);
-  const asPeer = (a: Asked & { id: Identity }): PeerAnswer => {
-    const s = a.id.status;
-    return {
-      toma_id: a.id.toma_id,
-      incarnation: a.id.incarnation!,
-      address: a.address,
-      proposal_uuid: a.id.proposal_uuid,
-      status: s.kind === "member" ? { kind: "member", cluster_uuid: s.cluster_uuid, config: s.config } : { kind: "blank" },
-    };
-  };
   return { decision: bootstrapDecision(asPeer(self[0]!), ids, got.map(asPeer)), my_address };
+}
+
+/** Some peer answers as a member of a cluster: the decision with the peers that answered, or null. */
+function joinDecision(
+  me: { toma_id: string; incarnation: string; peers: readonly string[] },
+  answers: readonly Asked[],
+): { decision: BootstrapDecision; my_address: string | null } | null {
+  const got = answers.filter((a): a is Asked & { id: Identity } => a.id !== null);
+  if (!got.some((a) => a.id.toma_id !== me.toma_id && a.id.status.kind === "member")) return null;
+  const self = got.filter((a) => a.id.toma_id === me.toma_id);
+  if (self.length !== 1 || self[0]!.id.incarnation !== me.incarnation) {
+    return { decision: { kind: "wait", reason: `--peers must list this TOMA's own address exactly once (found ${self.length} answers named ${me.toma_id})` }, my_address: null };
+  }
+  const my_address = self[0]!.address;
+  const answered = got.filter((a) => a.id.incarnation !== null && (a.id.status.kind === "member" || a.id.status.kind === "blank"));
+  return { decision: bootstrapDecision(asPeer(self[0]!), answered.map((a) => a.id.toma_id), answered.map(asPeer)), my_address };
+}
+
+function asPeer(a: Asked & { id: Identity }): PeerAnswer {
+  const s = a.id.status;
+  return {
+    toma_id: a.id.toma_id,
+    incarnation: a.id.incarnation!,
+    address: a.address,
+    proposal_uuid: a.id.proposal_uuid,
+    status: s.kind === "member" ? { kind: "member", cluster_uuid: s.cluster_uuid, config: s.config } : { kind: "blank" },
+  };
 }

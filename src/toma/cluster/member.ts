@@ -3,7 +3,8 @@
  * server's target(s), whose drives hold its hard state, and the consensus member (node.ts).
  *
  * What this mode does so far: the TOMAs found the cluster, elect a leader, replicate and persist
- * the cluster-state log, survive the loss of a minority. What it does not do yet: manage drives,
+ * the cluster-state log, survive the loss of a minority, and change membership on the operator's
+ * request (membership-ops.ts: a new server joins, a server is removed). What it does not do yet: manage drives,
  * volumes and clients (the single-TOMA controllers are not run here, so no two TOMAs ever act at
  * once); the management API refuses those routes with a message that says so (cluster-api.ts).
  */
@@ -12,6 +13,7 @@ import { uuidFromString } from "../../engine/uuid.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import type { SlotIo } from "./hard-state-io.ts";
 import type { Identity } from "./identity.ts";
+import { MembershipOps } from "./membership-ops.ts";
 import { TomaNode } from "./node.ts";
 import type { PeerPost } from "./peer-sender.ts";
 
@@ -31,6 +33,8 @@ export interface MemberOptions {
 export class ClusterMember {
   readonly links: TargetLink[];
   readonly node: TomaNode;
+  /** The operator's `cluster server add/remove`, run when this TOMA leads. */
+  readonly membership: MembershipOps;
 
   constructor(
     readonly env: Env,
@@ -45,6 +49,7 @@ export class ClusterMember {
       ask: opts.ask,
       grace_ms: opts.grace_ms,
     });
+    this.membership = new MembershipOps(env, this.node, opts.ask);
   }
 
   start(): void {

@@ -5,8 +5,14 @@
  *
  * Start: wait for own drives; read both slots of each and decide trust (waiting a grace period
  * for drives the newest record lists); trusted → write the start record, continue as that node
- * id; blank → a new incarnation that founds the cluster with its peers (bootstrap.ts); anything
- * else → outside (joining an existing cluster as a new member is not built).
+ * id; blank → a new incarnation that founds the cluster with its peers (bootstrap.ts), or, when a
+ * peer answers as a member of an existing cluster, joins it as a non-member that waits to be added
+ * (membership-ops.ts on the leader); anything else → outside (an amnesic TOMA of an existing
+ * cluster rejoining is not built).
+ *
+ * Proposals (`propose`) wait in a queue the loop drains on its turn, so the core is never called
+ * between ready() and advance(); each is answered once its entry is committed and applied here,
+ * or failed with the reason and whether its outcome is known (ProposalError).
  *
  * Running, one loop: every tick of the steady clock `tick()`; each message `step()`; while
  * `hasReady()`: `ready()` → persist (awaited: nothing leaves before it is durable) → send →
@@ -21,12 +27,13 @@ import { uuidToString } from "../../engine/uuid.ts";
 import { randomUuid } from "../../engine/env.ts";
 import { type ClusterState, decodeState, emptyState, encodeState } from "../cluster-state.ts";
 import type { BootstrapDecision } from "../consensus/bootstrap.ts";
-import { member } from "../consensus/config.ts";
+import { configAt, describeChange, member } from "../consensus/config.ts";
 import { durableOf, nodeIdOf } from "../consensus/hard-state-record.ts";
 import { decodeEnvelope, describeMessage } from "../consensus/messages.ts";
-import { applyProposal } from "../consensus/proposal.ts";
-import { bootstrapDurableState, Raft, type Ready, type Status } from "../consensus/raft.ts";
-import type { DurableState, Message, NodeId } from "../consensus/types.ts";
+import { membershipWarnings } from "../consensus/membership.ts";
+import { type Applied, applyProposal } from "../consensus/proposal.ts";
+import { blankDurableState, bootstrapDurableState, Raft, type Ready, type Status } from "../consensus/raft.ts";
+import type { ConfChange, Config, DurableState, Message, NodeId } from "../consensus/types.ts";
 import { DEFAULT_HARD_STATE_TIMINGS, type HardStateTimings, HardStateWriter, readOwnDrives, type SlotIo } from "./hard-state-io.ts";
 import { decideFromAnswers, type Identity } from "./identity.ts";
 import { type PeerPost, PeerSenders } from "./peer-sender.ts";
@@ -63,6 +70,58 @@ export const MAX_INBOX = 4096;
 export const COMPACT_AFTER_ENTRIES = 64;
 
 type Input = { kind: "msg"; m: Message } | { kind: "unreachable"; id: NodeId } | { kind: "snapshot"; id: NodeId; ok: boolean };
+
+/** Proposals waiting for the loop's turn at most; beyond this a proposal is refused at once. */
+export const MAX_PENDING_PROPOSALS = 256;
+/** How long a proposal may wait to be committed and applied, unless the caller says otherwise. */
+export const DEFAULT_PROPOSAL_TIMEOUT_MS = 10_000;
+
+/** What a proposal is: a cluster-state proposal's bytes (proposal.ts), or a configuration change. */
+export type ProposalBody = { kind: "normal"; data: Uint8Array } | { kind: "conf"; change: ConfChange };
+
+/** A proposal committed at (index, term) and applied here; for a normal entry, what the state machine did. */
+export interface Committed {
+  index: number;
+  term: number;
+  /** Normal entries: applied, refused by the state machine (the state unchanged), or a no-op. */
+  applied: Applied | null;
+}
+
+/**
+ * Why a proposal was not answered with its commit. The codes an operator or a caller acts on:
+ * - not_leader: nothing was appended; `leader` says where to go (null: none known).
+ * - refused: the leader refused it (one configuration change at a time, its own-term entry not
+ *   committed yet, backpressure, an invalid change); nothing was appended.
+ * - leadership_lost: appended, then this TOMA stopped being the leader of that term before the
+ *   entry was applied here. The outcome is unknown: a later leader may still commit it.
+ * - overwritten: the index was committed with another entry (a later leader's): it never will be.
+ * - timeout: appended, not applied within the time allowed; the outcome is unknown.
+ * - stopped: this TOMA left the cluster or stopped; the outcome is unknown.
+ */
+export type ProposalErrorCode = "not_leader" | "refused" | "leadership_lost" | "overwritten" | "timeout" | "stopped";
+
+export class ProposalError extends Error {
+  constructor(
+    readonly code: ProposalErrorCode,
+    message: string,
+    readonly leader: { node_id: NodeId; address: string } | null = null,
+  ) {
+    super(message);
+  }
+}
+
+interface ProposalInput {
+  body: ProposalBody;
+  timeout_ms: number;
+  resolve: (c: Committed) => void;
+  reject: (e: ProposalError) => void;
+}
+
+interface Waiter extends ProposalInput {
+  index: number;
+  term: number;
+  deadline: number;
+}
 
 export interface PeerView {
   node_id: NodeId;
@@ -105,6 +164,12 @@ export interface NodeView {
   /** The last record that reached every drive it lists. */
   hard_state: { seq: number; drives: string[] } | null;
   dropped_messages: number;
+  /** This TOMA's own place in its configuration: voter, learner, or not a member. */
+  membership: "voter" | "learner" | "none" | null;
+  /** Proposals appended and waiting to be applied here. */
+  proposals_waiting: number;
+  /** What an operator should know about the configuration (fewer than 3 voters, an even count). */
+  warnings: string[];
 }
 
 export class TomaNode {
@@ -138,6 +203,18 @@ export class TomaNode {
   reason: string | null = "waiting for own drives";
   /** Called after every ready() handled (tests, status watchers). */
   onAdvance: (() => void) | null = null;
+  /** Proposals given to propose() and not yet seen by the loop. */
+  private proposals: ProposalInput[] = [];
+  /** Proposals appended to the log, by index, waiting to be applied here. */
+  private readonly waiters = new Map<number, Waiter>();
+  /**
+   * The address of every node id seen in a configuration here, or announced by the members to a
+   * joining TOMA (which has no configuration yet): where answers go to a node no longer, or not
+   * yet, in this TOMA's configuration. One entry per node id ever seen here (a few per server).
+   */
+  private readonly known = new Map<NodeId, string>();
+  /** This node id has been a member of its own configuration (a removal then means it is out). */
+  private was_member = false;
 
   constructor(
     private readonly env: Env,
@@ -165,6 +242,58 @@ export class TomaNode {
     this.timer?.cancel();
     this.probe_timer?.cancel();
     this.senders?.stop();
+    this.failAll("stopped", "this TOMA stopped before the proposal was applied here; its outcome is unknown");
+  }
+
+  /**
+   * Proposes an entry: appended by the loop on its next turn if this TOMA is the leader (normal
+   * entries only once it applied an entry of its own term), then answered once the entry is
+   * committed and applied here, or failed with a ProposalError saying why and whether the outcome
+   * is known. Never calls the core itself: the proposal waits in the loop's queue, so the core is
+   * never entered between ready() and advance().
+   */
+  propose(body: ProposalBody, timeout_ms = DEFAULT_PROPOSAL_TIMEOUT_MS): Promise<Committed> {
+    return new Promise<Committed>((resolve, reject) => {
+      if (this.phase !== "running" || !this.raft) {
+        return reject(new ProposalError("not_leader", `this TOMA is not running in a cluster (${this.phase}${this.reason ? `: ${this.reason}` : ""})`));
+      }
+      if (this.proposals.length + this.waiters.size >= MAX_PENDING_PROPOSALS) {
+        return reject(new ProposalError("refused", `${MAX_PENDING_PROPOSALS} proposals are already waiting here`));
+      }
+      this.proposals.push({ body, timeout_ms, resolve, reject });
+      this.pump();
+    });
+  }
+
+  /** The cluster state applied here (what a leader computes its next command from); null before the first snapshot. */
+  appliedState(): ClusterState | null {
+    return this.state;
+  }
+
+  /** The configuration this TOMA acts on (the last in its log); empty before it runs. */
+  config(): Config {
+    return this.raft?.config() ?? { members: [] };
+  }
+
+  /** The configuration committed as far as this TOMA knows. */
+  committedConfig(): Config {
+    const r = this.raft;
+    if (!r) return { members: [] };
+    return configAt(r.snapshot(), r.entries(), r.basics().commit);
+  }
+
+  /** Leader: how much of `id`'s log matches its own, and its commit index. */
+  replication(id: NodeId): { match: number; commit: number } {
+    const r = this.raft;
+    return { match: r?.matchOf(id) ?? 0, commit: r?.basics().commit ?? 0 };
+  }
+
+  /** The leader as this TOMA knows it, with its address; null if none known. */
+  leader(): { node_id: NodeId; address: string } | null {
+    const r = this.raft;
+    const lead = r?.basics().lead ?? null;
+    if (!r || lead === null) return null;
+    return { node_id: lead, address: member(r.config(), lead)?.address ?? this.known.get(lead) ?? "" };
   }
 
   /** What this TOMA tells its peers about itself (GET /v1/raft/identity). */
@@ -172,7 +301,11 @@ export class TomaNode {
     const base = { toma_id: this.opts.toma_id, incarnation: this.incarnation, proposal_uuid: this.proposal_uuid, peers: [...this.opts.peers].sort() };
     if (this.phase === "running" && this.raft && this.cluster) {
       const st = this.raft.status();
-      return { ...base, status: { kind: "member", cluster_uuid: this.cluster, config: st.config }, raft: { role: st.role, term: st.term, leader: st.lead } };
+      return {
+        ...base,
+        status: { kind: "member", cluster_uuid: this.cluster, config: st.config },
+        raft: { role: st.role, term: st.term, leader: st.lead, committed_config: this.committedConfig() },
+      };
     }
     if (this.phase === "bootstrap") return { ...base, status: { kind: "blank" } };
     if (this.phase === "outside") return { ...base, status: { kind: "outside", reason: this.reason ?? "outside" } };
@@ -208,11 +341,15 @@ export class TomaNode {
       node_id: r?.id ?? null,
       address: this.my_address,
       phase: this.phase,
-      reason: this.reason,
+      reason:
+        this.reason ??
+        (this.phase === "running" && r !== null && !member(config, r.id)
+          ? `waiting to be added to the cluster: 'nvmesh cluster server add ${this.my_address ?? "THIS-ADDRESS"} --name ${this.opts.toma_id}' through any member`
+          : null),
       cluster_uuid: this.cluster,
       role: s?.role ?? null,
       term: s?.term ?? null,
-      leader: s?.lead ? { node_id: s.lead, address: leadMember?.address ?? "" } : null,
+      leader: s?.lead ? { node_id: s.lead, address: leadMember?.address ?? this.known.get(s.lead) ?? "" } : null,
       leader_ready: r?.leaderReady() ?? false,
       commit: s?.commit ?? null,
       applied: s?.applied ?? null,
@@ -234,6 +371,9 @@ export class TomaNode {
         }),
       hard_state: this.writer?.last ? { seq: this.writer.last.seq, drives: [...this.writer.last.drives] } : null,
       dropped_messages: this.dropped + (this.senders?.dropped ?? 0),
+      membership: r === null ? null : member(config, r.id) ? (member(config, r.id)!.voter ? "voter" : "learner") : "none",
+      proposals_waiting: this.waiters.size + this.proposals.length,
+      warnings: this.phase === "running" && config.members.length > 0 ? membershipWarnings(config) : [],
     };
   }
 
@@ -257,10 +397,34 @@ export class TomaNode {
       if (prev && prev.at < 0) continue; // still waiting for the last answer
       this.probes.set(m.address, { at: -1, id: prev?.id ?? null, error: prev?.error ?? null, answered_at: prev?.answered_at ?? null });
       this.opts.ask(m.address).then(
-        (id) => this.probes.set(m.address, { at: this.clock.now_ms(), id, error: null, answered_at: this.clock.now_ms() }),
+        (id) => {
+          this.probes.set(m.address, { at: this.clock.now_ms(), id, error: null, answered_at: this.clock.now_ms() });
+          this.removedBy(m.address, id);
+        },
         (e) => this.probes.set(m.address, { at: this.clock.now_ms(), id: null, error: (e as Error).message, answered_at: prev?.answered_at ?? null }),
       );
     }
+  }
+
+  /**
+   * A removed follower never hears the commit of its removal: the leader stops replicating to it
+   * as soon as the change is appended. It learns it here instead, from the leader's own answer:
+   * a leader of a term at least ours whose committed and last configurations both lack this node
+   * id, once this node id has been a member. Stopping is never a safety matter (it is a crash);
+   * only a node that is out for good should stop, hence both configurations.
+   */
+  private removedBy(address: string, id: Identity): void {
+    const r = this.raft;
+    if (!r || this.phase !== "running" || !this.was_member) return;
+    if (id.status.kind !== "member" || id.status.cluster_uuid !== this.cluster || id.raft?.role !== "leader") return;
+    if (id.raft.term < r.basics().term || !id.raft.committed_config) return;
+    if (member(id.raft.committed_config, r.id) || member(id.status.config, r.id)) return;
+    this.removed(`the leader at ${address} (term ${id.raft.term}) committed a configuration without this TOMA`);
+  }
+
+  private removed(how: string): void {
+    this.senders?.stop();
+    this.outside(`removed from the TOMA cluster: ${how}. This TOMA takes no part any more; stop it (bringing this server back as a new member is not built yet)`);
   }
 
   /** Leader with its own-term entry applied: the gate for every leader duty. */
@@ -318,13 +482,19 @@ export class TomaNode {
     if (founded === null) return;
     this.cluster = founded.cluster_uuid;
     this.writer = new HardStateWriter(this.env, this.opts.io, { cluster_uuid: founded.cluster_uuid, toma_id: this.opts.toma_id, incarnation: this.incarnation }, null, read.generations, this.opts.timings ?? DEFAULT_HARD_STATE_TIMINGS);
+    if (founded.kind === "join") {
+      // A new member: no configuration, no log, never a candidate. It waits for the leader to add
+      // it (cluster server add), which replicates the snapshot (with the configuration) first.
+      this.env.log.info("joining the TOMA cluster as a new member; waiting to be added (nvmesh cluster server add)", { cluster: founded.cluster_uuid, node: `${this.opts.toma_id}#${this.incarnation}` });
+      return this.begin(`${this.opts.toma_id}#${this.incarnation}`, blankDurableState());
+    }
     const durable = bootstrapDurableState(founded.config, encodeState(emptyState(founded.cluster_uuid)));
     this.env.log.info(founded.kind === "form" ? "founding the TOMA cluster" : "adopting the TOMA cluster a peer founded", { cluster: founded.cluster_uuid, voters: founded.config.members.map((m) => m.id).join(",") });
     return this.begin(`${this.opts.toma_id}#${this.incarnation}`, durable);
   }
 
   /** Asks every peer until they all answered and bootstrap.ts decides; null when stopped or outside. */
-  private async bootstrap(): Promise<Extract<BootstrapDecision, { kind: "form" | "adopt" }> | null> {
+  private async bootstrap(): Promise<Exclude<BootstrapDecision, { kind: "wait" }> | null> {
     const peers = [...this.opts.peers];
     for (;;) {
       if (this.phase !== "bootstrap") return null;
@@ -341,8 +511,13 @@ export class TomaNode {
       if (my_address !== null) this.my_address = my_address;
       if (decision.kind === "form" || decision.kind === "adopt") return decision;
       if (decision.kind === "join") {
-        this.outside(`cluster ${decision.cluster_uuid} exists without this TOMA's node id; joining as a new member is not built yet`);
-        return null;
+        // Until the leader's snapshot brings the configuration, answers go to the addresses the
+        // members announced.
+        for (const a of answers) {
+          const st = a.id?.status;
+          if (st?.kind === "member" && st.cluster_uuid === decision.cluster_uuid) for (const m of st.config.members) this.known.set(m.id, m.address);
+        }
+        return decision;
       }
       this.reason = decision.reason;
       await sleep(this.env, 500);
@@ -355,6 +530,22 @@ export class TomaNode {
     this.phase = "outside";
     this.reason = reason;
     this.env.log.error("TOMA outside the cluster", { reason });
+    this.failAll("stopped", `this TOMA left the cluster before the proposal was applied here (${reason}); its outcome is unknown`);
+  }
+
+  private failAll(code: ProposalErrorCode, why: string): void {
+    for (const p of this.proposals.splice(0)) p.reject(new ProposalError(code, why));
+    for (const w of this.waiters.values()) w.reject(new ProposalError(code, why, this.leader()));
+    this.waiters.clear();
+  }
+
+  /** Proposals past their deadline fail; their entries may still commit (the caller is told). */
+  private expire(now: number): void {
+    for (const [index, w] of this.waiters) {
+      if (now < w.deadline) continue;
+      this.waiters.delete(index);
+      w.reject(new ProposalError("timeout", `entry ${index} (term ${w.term}) not applied within ${w.timeout_ms / 1000} s; its outcome is unknown (it may still be committed)`, this.leader()));
+    }
   }
 
   /** W5: the start record first; then the core, the senders, the ticks. */
@@ -396,6 +587,7 @@ export class TomaNode {
       if (n <= 0) return;
       this.last_tick_ms += n * this.tick_ms;
       this.ticks_due = Math.min(this.ticks_due + n, this.election_ticks);
+      this.expire(now);
       this.pump();
     });
     this.probe_timer = this.env.timers.every(1000, () => {
@@ -452,7 +644,7 @@ export class TomaNode {
       () => {
         this.busy = false;
         // Inputs that arrived during the last await.
-        if (this.phase === "running" && (this.inbox.length > 0 || this.ticks_due > 0)) this.pump();
+        if (this.phase === "running" && (this.inbox.length > 0 || this.ticks_due > 0 || this.proposals.length > 0)) this.pump();
       },
       (e) => {
         this.busy = false;
@@ -472,9 +664,29 @@ export class TomaNode {
         else if (i.kind === "unreachable") r.reportUnreachable(i.id);
         else r.reportSnapshot(i.id, i.ok);
       }
+      for (const p of this.proposals.splice(0)) this.append(r, p);
       if (!r.hasReady()) return;
       await this.handle(r, r.ready());
     }
+  }
+
+  /** The loop's turn for one proposal: the core appends it, or says why not. */
+  private append(r: Raft, p: ProposalInput): void {
+    const b = r.basics();
+    if (b.role !== "leader") {
+      const lead = this.leader();
+      return p.reject(new ProposalError("not_leader", lead ? `this TOMA is not the leader; the leader is ${lead.address || lead.node_id}` : "this TOMA is not the leader, and no leader is known now", lead));
+    }
+    if (p.body.kind === "normal" && !r.leaderReady()) {
+      // A command is computed from the applied state: the leader's must include every commit.
+      return p.reject(new ProposalError("refused", "the leader has not applied an entry of its own term yet; retry shortly"));
+    }
+    const out = p.body.kind === "normal" ? r.propose(p.body.data) : r.proposeConfChange(p.body.change);
+    if (!out.ok) {
+      const what = p.body.kind === "conf" ? describeChange(p.body.change) : "proposal";
+      return p.reject(new ProposalError("refused", `${what} refused: ${out.reason}`, this.leader()));
+    }
+    this.waiters.set(out.index, { ...p, index: out.index, term: out.term, deadline: this.clock.now_ms() + p.timeout_ms });
   }
 
   private async handle(r: Raft, rd: Ready): Promise<void> {
@@ -490,16 +702,47 @@ export class TomaNode {
       }
     }
     const config = r.config();
-    this.senders!.send(rd.messages, (id) => member(config, id)?.address ?? null);
+    // A member removed by an entry appended here (effective on append) is still owed answers: a
+    // leader removing itself needs its followers' acknowledgements to commit that very removal.
+    for (const m of config.members) if (m.address !== "") this.known.set(m.id, m.address);
+    this.senders!.send(rd.messages, (id) => member(config, id)?.address ?? this.known.get(id) ?? null);
     for (const m of rd.messages) if (m.type === "snap") this.env.log.info("sending a snapshot", { msg: describeMessage(m) });
-    if (rd.snapshot) this.state = decodeState(rd.snapshot.data);
+    // Answers go out after advance(): whoever awaits them may propose again at once.
+    const settle: (() => void)[] = [];
+    if (rd.snapshot) {
+      // A new member starts from the blank snapshot (index 0, no state) until the leader's arrives.
+      this.state = rd.snapshot.index === 0 ? null : decodeState(rd.snapshot.data);
+      for (const [index, w] of this.waiters) {
+        if (index > rd.snapshot.index) continue;
+        this.waiters.delete(index);
+        settle.push(() => w.reject(new ProposalError("leadership_lost", `entry ${index} was replaced by a snapshot from another leader; its outcome is unknown`, this.leader())));
+      }
+    }
     for (const e of rd.committed) {
-      if (e.kind !== "normal" || this.state === null) continue;
-      const out = applyProposal(this.state, e);
-      if (out.kind === "applied") this.state = out.state;
-      else if (out.kind === "refused") this.env.log.warn("committed proposal refused by the state machine", { index: e.index, code: out.code, error: out.error });
+      let applied: Applied | null = null;
+      if (e.kind === "normal" && this.state !== null) {
+        applied = applyProposal(this.state, e);
+        if (applied.kind === "applied") this.state = applied.state;
+        else if (applied.kind === "refused") this.env.log.warn("committed proposal refused by the state machine", { index: e.index, code: applied.code, error: applied.error });
+      }
+      const w = this.waiters.get(e.index);
+      if (!w) continue;
+      this.waiters.delete(e.index);
+      if (e.term === w.term) settle.push(() => w.resolve({ index: e.index, term: e.term, applied }));
+      else settle.push(() => w.reject(new ProposalError("overwritten", `entry ${e.index} was committed with another leader's entry (term ${e.term}, not ${w.term}): the proposal never took effect`, this.leader())));
     }
     r.advance(rd);
+    // Appended in a term this TOMA no longer leads: someone else decides whether it commits.
+    const now = r.basics();
+    for (const [index, w] of this.waiters) {
+      if (now.role === "leader" && now.term === w.term) continue;
+      this.waiters.delete(index);
+      const lead = this.leader();
+      settle.push(() =>
+        w.reject(new ProposalError("leadership_lost", `this TOMA stopped leading term ${w.term} before entry ${index} was applied; its outcome is unknown (the leader now: ${lead ? lead.address || lead.node_id : "none known"})`, lead)),
+      );
+    }
+    for (const f of settle) f();
     if (rd.role !== before.role || rd.term !== before.term || rd.lead !== before.lead) {
       this.env.log.info("TOMA cluster role", { role: rd.role, term: rd.term, leader: rd.lead ?? "(none)" });
       this.view_basics = { role: rd.role, term: rd.term, lead: rd.lead };
@@ -509,6 +752,12 @@ export class TomaNode {
       r.compact(b.applied, encodeState(this.state));
     }
     this.onAdvance?.();
+    // Removed by a committed configuration (a leader that removed itself, or a member that heard
+    // the commit): it takes no part any more.
+    if (member(r.config(), r.id)) this.was_member = true;
+    else if (this.was_member && !member(this.committedConfig(), r.id) && this.phase === "running") {
+      this.removed(`a committed configuration change removed ${r.id}`);
+    }
   }
 
   private view_basics: { role: string; term: number; lead: NodeId | null } = { role: "", term: -1, lead: null };
