@@ -90,18 +90,24 @@ describe("in-process pipe", () => {
     expect(seen).toEqual(["5:5", "6:6", "7:7", "8:8", "9:9"]);
   });
 
-  test("a large payload lands in the receiver's sink", () => {
+  test("a large payload is delivered as sent, not copied into the receiver's sink", () => {
     const [a, b] = linkPair();
     const dst = new Uint8Array(64 * 1024);
-    b.sink = (h) => (h.payload_len === dst.length ? dst : null);
+    let asked = 0;
+    b.sink = () => {
+      asked++;
+      return dst;
+    };
+    const sent = new Uint8Array(dst.length).fill(5);
     let landed: Uint8Array | null = null;
     b.onFrame = (_h, p, owned) => {
-      expect(owned).toBe(true);
+      expect(owned).toBe(false);
       landed = p;
     };
-    a.send(header(1, dst.length), new Uint8Array(dst.length).fill(5));
-    expect(landed === dst).toBe(true);
-    expect(dst[100]).toBe(5);
+    a.send(header(1, dst.length), sent);
+    expect(landed === sent).toBe(true);
+    expect(asked).toBe(0);
+    expect(dst[100]).toBe(0);
   });
 
   test("close delivers what was sent, then both ends hear it; later sends are refused", async () => {

@@ -11,6 +11,8 @@ import type { Env, Logger } from "../../src/engine/env.ts";
 import type { Listener } from "../../src/engine/net/conn.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { TargetService } from "../../src/engine/target/service.ts";
+import { DriveTable } from "../../src/engine/target/drive-table.ts";
+import type { Requester, TargetContext } from "../../src/engine/target/execute.ts";
 import { uuidFromString, uuidToString } from "../../src/engine/uuid.ts";
 import { type Session, type SessionOptions, openSession } from "../../src/engine/wire/session.ts";
 import { TargetError } from "../../src/engine/wire/session-api.ts";
@@ -254,4 +256,18 @@ export async function statusOf(p: Promise<unknown>): Promise<Status | "ok"> {
     if (e instanceof TargetError) return e.status;
     throw e;
   }
+}
+
+/** A target context serving one drive, for calling execute() directly (no connection, no log). */
+export function executeContext(drive: FormattedDrive, fencing = false): { ctx: TargetContext; table: DriveTable } {
+  const table = new DriveTable();
+  table.add(drive, 1);
+  const silent = { debug() {}, info() {}, warn() {}, error() {} };
+  const ctx: TargetContext = { drives: table, log: silent, fencing, auth: null, info: () => ({ target_name: "t", version: "1", drives: [] }) };
+  return { ctx, table };
+}
+
+/** The requester execute() is called for: a client bound to FIXTURE_VOLUME, or a TOMA. */
+export function executeRequester(role: "client" | "toma"): Requester {
+  return { role, volume: role === "client" ? FIXTURE_VOLUME : null, ended: new AbortController().signal, park: () => false, unpark() {} };
 }

@@ -9,29 +9,15 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
-import { DriveTable } from "../../src/engine/target/drive-table.ts";
-import { type Requester, type TargetContext, execute } from "../../src/engine/target/execute.ts";
+import { execute } from "../../src/engine/target/execute.ts";
 import { HEADER_BYTES, type Header, Op, Status, decodeHeader, emptyHeader } from "../../src/engine/wire/header.ts";
 import { libc, POSIX_FADV_DONTNEED } from "../../src/ffi/libc.ts";
 import { FileStore } from "../../src/engine/runtime/file-store.ts";
 import { DriveIoError } from "../../src/engine/drive/store.ts";
-import { FIXTURE_VOLUME, fileDrive, memoryDrive, pattern, uuidBytes, wholeDrive } from "./target-fixture.ts";
+import { executeContext, executeRequester, FIXTURE_VOLUME, fileDrive, memoryDrive, pattern, uuidBytes, wholeDrive } from "./target-fixture.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nvmesh-read-now-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-const silent = { debug() {}, info() {}, warn() {}, error() {} };
-
-function context(drive: FormattedDrive, fencing = false): { ctx: TargetContext; table: DriveTable } {
-  const table = new DriveTable();
-  table.add(drive, 1);
-  const ctx: TargetContext = { drives: table, log: silent, fencing, auth: null, info: () => ({ target_name: "t", version: "1", drives: [] }) };
-  return { ctx, table };
-}
-
-function requester(role: "client" | "toma"): Requester {
-  return { role, volume: role === "client" ? FIXTURE_VOLUME : null, ended: new AbortController().signal, park: () => false, unpark() {} };
-}
 
 function readHeader(drive: FormattedDrive, offset: number, length: number, client_id = 0, generation = 0): Header {
   return { ...emptyHeader(), opcode: Op.READ, request_id: 7, offset, length, drive_uuid: uuidBytes(drive), client_id, generation };
@@ -48,8 +34,8 @@ describe("READ answered from the page cache", () => {
     const drive = await fileDrive(path.join(tmp, "cached.img"));
     const data = pattern(1, 8192);
     await drive.data.write(65536, data, false);
-    const { ctx } = context(drive);
-    const r = execute(ctx, requester("toma"), readHeader(drive, 65536, 8192), new Uint8Array(0), false);
+    const { ctx } = executeContext(drive);
+    const r = execute(ctx, executeRequester("toma"), readHeader(drive, 65536, 8192), new Uint8Array(0), false);
     expect(r).toBeInstanceOf(Uint8Array);
     const { h, payload } = answer(r as Uint8Array);
     expect(h.status).toBe(Status.OK);
@@ -62,16 +48,16 @@ describe("READ answered from the page cache", () => {
     const drive = await memoryDrive();
     const data = pattern(2, 4096);
     await drive.data.write(0, data, false);
-    const { ctx } = context(drive);
-    const r = execute(ctx, requester("toma"), readHeader(drive, 0, 4096), new Uint8Array(0), false);
+    const { ctx } = executeContext(drive);
+    const r = execute(ctx, executeRequester("toma"), readHeader(drive, 0, 4096), new Uint8Array(0), false);
     expect(r).toBeInstanceOf(Promise);
     expect(answer(await r).payload).toEqual(data);
   });
 
   test("an out-of-range READ is refused at once, as a frame", async () => {
     const drive = await fileDrive(path.join(tmp, "range.img"));
-    const { ctx } = context(drive);
-    const r = execute(ctx, requester("toma"), readHeader(drive, drive.data.size_bytes, 4096), new Uint8Array(0), false);
+    const { ctx } = executeContext(drive);
+    const r = execute(ctx, executeRequester("toma"), readHeader(drive, drive.data.size_bytes, 4096), new Uint8Array(0), false);
     expect(r).toBeInstanceOf(Uint8Array);
     expect(answer(r as Uint8Array).h.status).toBe(Status.OUT_OF_RANGE);
     await drive.close();
@@ -80,12 +66,12 @@ describe("READ answered from the page cache", () => {
   test("a fenced client: unregistered is refused at once; registered is served and leaves nothing admitted", async () => {
     const drive = await fileDrive(path.join(tmp, "fenced.img"));
     await drive.data.write(0, pattern(3, 4096), false);
-    const { ctx, table } = context(drive, true);
-    const refused = execute(ctx, requester("client"), readHeader(drive, 0, 4096, 5, 1), new Uint8Array(0), false);
+    const { ctx, table } = executeContext(drive, true);
+    const refused = execute(ctx, executeRequester("client"), readHeader(drive, 0, 4096, 5, 1), new Uint8Array(0), false);
     expect(answer(refused as Uint8Array).h.status).toBe(Status.REFUSED);
     const d = table.get(uuidBytes(drive))!;
     expect(d.fence.apply({ replace: true, volumes: [wholeDrive(drive)], set: [{ client_id: 5, min_generation: 1, volumes: [FIXTURE_VOLUME.uuid] }], remove: [], remove_volumes: [] })).toBeNull();
-    const r = execute(ctx, requester("client"), readHeader(drive, 0, 4096, 5, 1), new Uint8Array(0), false);
+    const r = execute(ctx, executeRequester("client"), readHeader(drive, 0, 4096, 5, 1), new Uint8Array(0), false);
     expect(r).toBeInstanceOf(Uint8Array);
     expect(answer(r as Uint8Array).payload).toEqual(pattern(3, 4096));
     // A FENCE refusing generation 1 now has nothing to wait for.

@@ -47,6 +47,11 @@ export class OffsetStore implements DriveStore {
     return this.refused(offset, src.length) ?? this.base.write(this.base_offset + offset, src, fua);
   }
 
+  writeNow(offset: number, src: Uint8Array): boolean {
+    this.check(offset, src.length);
+    return this.base.writeNow?.(this.base_offset + offset, src) ?? false;
+  }
+
   async flush(): Promise<void> {
     if (this.closed) throw new DriveIoError(`${this.describe}: store closed`, "ECLOSED");
     await this.base.flush();

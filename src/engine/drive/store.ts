@@ -31,6 +31,14 @@ export interface DriveStore {
    */
   readNow?(offset: number, dst: Uint8Array): boolean;
   write(offset: number, src: Uint8Array, fua: boolean): Promise<void>;
+  /**
+   * Writes the whole range now, without FUA, if that needs no waiting (a page-aligned write that
+   * only copies into a file's page cache) and returns true, done as write() would have done it;
+   * false, nothing written, when only write() can. Throws DriveIoError as write() rejects.
+   * Absent: never possible. The target then answers such a WRITE without copying its payload
+   * (src is read during the call only) and without a promise.
+   */
+  writeNow?(offset: number, src: Uint8Array): boolean;
   flush(): Promise<void>;
   /** Makes the range read as zeroes (punching holes where the backend can). */
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;

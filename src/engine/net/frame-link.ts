@@ -58,6 +58,8 @@ export interface FrameLink {
   /**
    * Optional: for a large payload (≥ 16 KiB) the receiver may name the buffer it should land in
    * (exactly payload_len bytes); the frame is then delivered with that buffer and `owned` true.
+   * A transport that holds the whole payload anyway (the in-process pipe) may deliver it as it is,
+   * not owned, instead: the receiver copies what it keeps, as for any small payload.
    */
   sink: ((h: Header) => Uint8Array | null) | null;
   /**

@@ -5,7 +5,8 @@
  * crossed a wire); only the kernel is left out, which on a 2-core machine is most of the cost of
  * a request (two socket hops and the wakeups they cause).
  *
- * send() hands the frame to the peer's onFrame at once, so the payload is not copied. A frame
+ * send() hands the frame to the peer's onFrame at once, so the payload is not copied; nor is a
+ * large one copied into the receiver's sink (see deliver). A frame
  * sent while a delivery is already running (the peer answering from inside its onFrame, or a
  * nested send), or while the peer is paused, is copied into the peer's backlog and delivered
  * later, in order: the caller may reuse its buffers as soon as send() returns, and no onFrame
@@ -13,7 +14,7 @@
  * while the other fills), so a burst of answers costs copies but no allocation per frame.
  */
 import type { FrameLink, Transport } from "./frame-link.ts";
-import { DIRECT_MIN_BYTES, HEADER_BYTES, type Header, decodeHeader, encodeHeader } from "../wire/header.ts";
+import { HEADER_BYTES, type Header, decodeHeader, encodeHeader } from "../wire/header.ts";
 
 interface Pair {
   delivering: boolean;
@@ -187,22 +188,18 @@ class PipeLink implements FrameLink {
     }
   }
 
+  /**
+   * The receiver's sink is not used: a socket needs it to collect a large payload spread over
+   * chunks, here the payload is whole and valid during onFrame, and the receiver copies it only if
+   * it must keep it (a target writing it into the page cache at once does not). Copying into the
+   * sink regardless cost every 128 KiB in-process WRITE one more copy on the one busy thread.
+   */
   private deliver(h: Header, payload: Uint8Array, owned: boolean): void {
     const to = this.onFrame;
     if (to === null) return;
-    let p = payload;
-    if (owned === false && p.length >= DIRECT_MIN_BYTES && this.sink !== null) {
-      // As a socket's decoder would: a large payload lands in the buffer the receiver names.
-      const dst = this.sink(h);
-      if (dst !== null && dst.length === p.length) {
-        dst.set(p);
-        p = dst;
-        owned = true;
-      }
-    }
     this.pair.delivering = true;
     try {
-      to(h, p, owned);
+      to(h, payload, owned);
     } catch (e) {
       // A bug on the receiving side: the link ends there, as a socket would, for both ends.
       const why = `receiver failed: ${(e as Error).message}`;

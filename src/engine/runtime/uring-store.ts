@@ -11,16 +11,18 @@
  *
  * Buffered writes are the exception. No file system here (ext4, tmpfs) nor a block device takes a
  * buffered write from io_uring without handing it to an io-wq worker thread, so a ring write
- * costs a kernel thread's wakeup and ours afterwards (measured: the target's CPU per 4 KiB write
- * went from about 10 µs to 20 µs). A page-aligned buffered write only copies into the page cache,
- * so the first one of each event-loop tick is done inline, by pwrite on this thread, like the
- * page-cache read below: at QD1 the thread would otherwise only wait for the worker. The rest of
- * a batch go to the ring, whose worker copies them on another core while this thread goes on
- * with the batch (in-process at QD32 the event loop's thread is the bottleneck). What could make
- * an inline write block (dirty-page throttling, a journal commit) is watched: one that took
- * longer than INLINE_SLOW_MS sends buffered writes through the ring for INLINE_PAUSE_MS, logged.
- * Unaligned writes (which may read the page first), FUA writes and very large writes always use
- * the ring.
+ * costs a kernel thread's wakeup and ours afterwards, and ext4 serialises a file's buffered
+ * writes in one worker, contending for the inode lock with any write made meanwhile on this
+ * thread. A page-aligned buffered write only copies into the page cache, so it is done inline, by
+ * pwrite on this thread, like the page-cache read below, up to INLINE_TICK_BYTES per microtask
+ * checkpoint (a bound on how long a batch holds the event loop); the rest of a batch goes to the
+ * ring. Measured end to end (bench/ab.ts, docs/performance.md): every write of a batch inline
+ * against only the first, 4k random writes at QD32 went from 78 k to 110 k IOPS over TCP (the
+ * target's CPU per write from 11.6 to 6.0 µs) and from 95 k to 115 k in-process; the io-wq
+ * worker's "second core" did not pay on 2 cores. What could make an inline write block
+ * (dirty-page throttling, a journal commit) is watched: one that took longer than INLINE_SLOW_MS
+ * sends buffered writes through the ring for INLINE_PAUSE_MS, logged. Unaligned writes (which may
+ * read the page first), FUA writes and very large writes always use the ring.
  *
  * Completions are reaped after every submission (what completed inline) and whenever the ring's
  * eventfd, which the kernel signals for every completion, becomes readable. Bun has no API to
@@ -73,6 +75,11 @@ const DEFAULT_ENTRIES = 256;
 const PAGE_BYTES = 4096;
 /** Larger buffered writes go through the ring: copying megabytes would hold the event loop. */
 const INLINE_MAX_BYTES = 1 << 20;
+/**
+ * Inline write bytes per microtask checkpoint before the rest of a batch goes to the ring: about
+ * half a millisecond of copying on this VM, so one batch cannot hold the event loop for long.
+ */
+const INLINE_TICK_BYTES = 4 << 20;
 /**
  * An inline write slower than this blocked on something other than the copy (dirty-page
  * throttling pauses for 10–200 ms). Not lower: on a loaded machine a thread descheduled in the
@@ -134,8 +141,8 @@ export class UringStore implements DriveStore {
   private pending = 0;
   private drained: (() => void) | null = null;
   private submitScheduled = false;
-  /** Writes started since our last microtask ran (firstWriteOfTick). */
-  private writesThisTick = 0;
+  /** Bytes written inline since our last microtask ran (inlineFits). */
+  private inlineBytesThisTick = 0;
   private readonly freeBounce: number[] = [];
   private reader: { read(): Promise<{ done: boolean }>; cancel(): Promise<void> } | null = null;
   /** An op was started since the last idle check (the watch is kept while it is useful). */
@@ -237,20 +244,43 @@ export class UringStore implements DriveStore {
     const bad = this.refused(offset, src.length);
     if (bad !== null) return bad;
     if (src.length === 0) return fua ? this.flush() : Promise.resolve();
-    if (this.inlineWrites && !fua && (offset | src.length) % PAGE_BYTES === 0 && src.length <= INLINE_MAX_BYTES && this.firstWriteOfTick()) {
-      const t0 = performance.now();
-      if (t0 >= this.inlineResumeAt) return this.writeInline(offset, src, t0);
+    if (!fua && this.inlineNow(offset, src.length)) {
+      try {
+        this.writeInline(offset, src);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return Promise.resolve();
     }
     return this.start(Kind.WRITE, this.fdFor(offset, src), src, offset, fua ? RWF_DSYNC : 0, 0) as Promise<unknown> as Promise<void>;
   }
 
+  writeNow(offset: number, src: Uint8Array): boolean {
+    this.check(offset, src.length);
+    if (src.length === 0 || !this.inlineNow(offset, src.length)) return false;
+    this.writeInline(offset, src);
+    return true;
+  }
+
+  /** Whether a buffered write of n bytes at offset is to be done inline now (file comment). */
+  private inlineNow(offset: number, n: number): boolean {
+    return (
+      this.inlineWrites &&
+      (offset | n) % PAGE_BYTES === 0 &&
+      n <= INLINE_MAX_BYTES &&
+      this.inlineFits(n) &&
+      performance.now() >= this.inlineResumeAt
+    );
+  }
+
   /**
-   * Whether this is the first write since the event loop last ran our microtask (see the file
-   * comment): one write inline, the rest of a batch to the ring, whose worker copies them on
-   * another core while this thread goes on with the batch.
+   * Whether a write of n bytes may be done inline: within INLINE_TICK_BYTES since the event loop
+   * last ran our microtask (see the file comment), or the first write since then.
    */
-  private firstWriteOfTick(): boolean {
-    if (this.writesThisTick++ > 0) return false;
+  private inlineFits(n: number): boolean {
+    const before = this.inlineBytesThisTick;
+    if (before > 0 && before + n > INLINE_TICK_BYTES) return false;
+    this.inlineBytesThisTick = before + n;
     if (!this.submitScheduled) {
       this.submitScheduled = true;
       queueMicrotask(this.submitBound);
@@ -263,11 +293,12 @@ export class UringStore implements DriveStore {
    * (dirty-page throttling, a journal commit) turns the inline path off for a while, so that the
    * event loop, and every connection of the target, waits at most once per period.
    */
-  private writeInline(offset: number, src: Uint8Array, t0: number): Promise<void> {
+  private writeInline(offset: number, src: Uint8Array): void {
+    const t0 = performance.now();
     try {
       for (let done = 0; done < src.length; ) done += fs.writeSync(this.fd, src, done, src.length - done, offset + done);
     } catch (e) {
-      return Promise.reject(new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO"));
+      throw new DriveIoError(`${this.describe}: write at ${offset}: ${(e as Error).message}`, "EIO");
     }
     const took_ms = performance.now() - t0;
     if (took_ms > INLINE_SLOW_MS) {
@@ -278,7 +309,6 @@ export class UringStore implements DriveStore {
         pause_ms: INLINE_PAUSE_MS,
       });
     }
-    return Promise.resolve();
   }
 
   flush(): Promise<void> {
@@ -382,7 +412,7 @@ export class UringStore implements DriveStore {
   /** Submits what this tick prepared, in one syscall; reaps what completed inline. */
   private submit(): void {
     this.submitScheduled = false;
-    this.writesThisTick = 0;
+    this.inlineBytesThisTick = 0;
     const r = this.ring.submit();
     if (r < 0 && r !== -EAGAIN && r !== -16 /* EBUSY */) {
       // The ring itself failed (not an op): nothing prepared can be trusted to run.

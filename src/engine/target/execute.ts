@@ -213,6 +213,7 @@ function dispatchOp(
     }
     case Op.WRITE: {
       const d = dataDrive(ctx, req, h, null, adm);
+      if ((h.flags & WRITE_NOW_BARRED) === 0 && writeNow(d, h, payload, owned)) return durableResponse(d, h);
       const data = owned ? payload : copyOf(payload);
       return locking(h) ? lockThen(d, req, h, adm, () => doWrite(d, h, data)) : doWrite(d, h, data);
     }
@@ -465,6 +466,24 @@ async function markedOp(d: ServedDrive, h: Header, kind: "dirty" | "intent", op:
   } finally {
     d.dirty.writeDone(h.offset, h.length);
   }
+}
+
+/**
+ * Flags whose WRITE must take the promise path: a lock to take first, dirty or intent bits to make
+ * durable first (marked), a FUA write to wait for, a copy that bumps the epoch (doWrite).
+ */
+const WRITE_NOW_BARRED = Flag.LOCK | Flag.DIRTY | Flag.INTENT | Flag.FUA | Flag.LOSSY_COPY;
+
+/**
+ * A plain WRITE the drive can take without waiting (DriveStore.writeNow: a page-aligned write into
+ * the page cache) is written here and now, straight from the payload as it arrived: no copy of it,
+ * no promise, the answer sent in the same turn. The commonest write of a busy volume; the response
+ * is the one doWrite gives.
+ */
+function writeNow(d: ServedDrive, h: Header, payload: Uint8Array, owned: boolean): boolean {
+  if (h.length === 0 || d.drive.data.writeNow === undefined || !d.drive.data.writeNow(h.offset, payload)) return false;
+  if (owned) giveBuffer(payload); // a buffer the link filled for us: written, nothing references it
+  return true;
 }
 
 function doWrite(d: ServedDrive, h: Header, data: Uint8Array): Promise<Uint8Array> {
