@@ -7,68 +7,31 @@
  * refused saying why.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { ClusterJson } from "../../src/toma/api-types.ts";
-import { Cluster, freePort } from "../support/cluster.ts";
-import { Daemon, NVMESH, run } from "../support/proc.ts";
+import { Cluster } from "../support/cluster.ts";
+import { TomaPeers } from "../support/toma-peers.ts";
+import { NVMESH, run } from "../support/proc.ts";
 
 let c: Cluster;
-const tomas: (Daemon | null)[] = [];
-const addrs: string[] = [];
-
-function startToma(i: number): Daemon {
-  const d = new Daemon(
-    `toma${i}`,
-    [NVMESH, "toma", "run", "--listen", addrs[i]!, "--target", c.target_addrs[i]!, "--name", `toma${i}`, "--peers", addrs.join(","), ...c.insecure],
-    c.keyEnv,
-  );
-  tomas[i] = d;
-  return d;
-}
-
-async function status(i: number): Promise<ClusterJson | null> {
-  const r = await run([NVMESH, "cluster", "status", "-m", addrs[i]!, "-o", "json"], { env: c.keyEnv });
-  if (r.code !== 0) return null;
-  return (JSON.parse(r.stdout) as { cluster: ClusterJson }).cluster;
-}
-
-/** Polls `cluster status` of the given TOMAs until they all name one ready leader in one term. */
-async function agreed(which: number[], pred: (leader: string, term: number) => boolean, timeout_ms: number) {
-  const deadline = performance.now() + timeout_ms;
-  let last: unknown = null;
-  while (performance.now() < deadline) {
-    const views = (await Promise.all(which.map(status))).map((s) => s?.consensus ?? null);
-    last = views.map((v) => v && { toma: v.toma_id, phase: v.phase, role: v.role, term: v.term, leader: v.leader?.address, reason: v.reason });
-    const leaders = views.filter((v) => v?.role === "leader");
-    if (views.every((v) => v !== null) && leaders.length === 1 && leaders[0]!.leader_ready) {
-      const l = leaders[0]!;
-      if (views.every((v) => v!.term === l.term && v!.leader?.address === l.address) && pred(l.address!, l.term!)) {
-        return { leader: l.address!, term: l.term!, views: views.map((v) => v!) };
-      }
-    }
-    await Bun.sleep(150);
-  }
-  throw new Error(`no agreement within ${timeout_ms} ms; last: ${JSON.stringify(last)}\n${tomas.map((t) => `--- ${t?.name}\n${t?.output.slice(-3000)}`).join("\n")}`);
-}
+let p: TomaPeers;
 
 beforeAll(async () => {
   c = new Cluster({ targets: 3, drive_size: "64M" });
   await c.formatDrives();
   for (let t = 0; t < 3; t++) await c.startTarget(t);
-  for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
-  for (let i = 0; i < 3; i++) startToma(i);
+  p = await TomaPeers.start(c, { count: 3 });
 }, 60_000);
 
 afterAll(async () => {
-  for (const t of tomas) await t?.stop("SIGKILL");
+  await p?.stopAll();
   await c.destroy();
 });
 
 test("three TOMAs elect one leader; kill -9 of it elects another in a higher term; restarted, it follows with its hard state", async () => {
-  const first = await agreed([0, 1, 2], () => true, 30_000);
+  const first = await p.agreed([0, 1, 2], () => true, 30_000);
   // Every TOMA shows the same cluster, and sees the two others as reachable members.
   expect(new Set(first.views.map((v) => v.cluster_uuid)).size).toBe(1);
   for (const v of first.views) {
-    expect(v.peers.map((p) => p.address).sort()).toEqual(addrs.filter((a) => a !== v.address).sort());
+    expect(v.peers.map((p) => p.address).sort()).toEqual(p.addrs.filter((a) => a !== v.address).sort());
     expect(v.peers.every((p) => p.voter)).toBe(true);
     expect(v.hard_state?.drives.length).toBe(1);
   }
@@ -78,56 +41,56 @@ test("three TOMAs elect one leader; kill -9 of it elects another in a higher ter
   while (!seen.views.every((v) => v.peers.every((p) => p.says !== null && p.says.term === seen.term && p.answered_ms_ago !== null))) {
     if (performance.now() > settle_by) throw new Error(`peers' answers never settled: ${JSON.stringify(seen.views.map((v) => v.peers))}`);
     await Bun.sleep(300);
-    seen = await agreed([0, 1, 2], () => true, 10_000);
+    seen = await p.agreed([0, 1, 2], () => true, 10_000);
   }
   expect(seen.leader).toBe(first.leader);
   const leaderNode = seen.views.find((v) => v.address === seen.leader)!.node_id;
   for (const v of seen.views) for (const p of v.peers) expect(p.says!.leader).toBe(leaderNode);
-  const li = addrs.indexOf(first.leader);
+  const li = p.addrs.indexOf(first.leader);
   expect(li).toBeGreaterThanOrEqual(0);
   const node_id = first.views[li]!.node_id;
 
   // The leader's whole process dies.
   const killed_at = performance.now();
-  await tomas[li]!.stop("SIGKILL");
+  await p.tomas[li]!.stop("SIGKILL");
   const rest = [0, 1, 2].filter((i) => i !== li);
-  const second = await agreed(rest, (leader, term) => leader !== first.leader && term > first.term, 15_000);
+  const second = await p.agreed(rest, (a) => a.leader !== first.leader && a.term > first.term, 15_000);
   const took = performance.now() - killed_at;
   console.log(`leader ${first.leader} (term ${first.term}) killed; ${second.leader} leads in term ${second.term} after ${Math.round(took)} ms`);
   expect(took).toBeLessThan(10_000);
 
   // Back from its drive: the same node id, a follower of the new leader.
-  startToma(li);
-  const third = await agreed([0, 1, 2], (_, term) => term >= second.term, 30_000);
+  p.start(li);
+  const third = await p.agreed([0, 1, 2], (a) => a.term >= second.term, 30_000);
   const back = third.views[li]!;
   expect(back.node_id).toBe(node_id);
   expect(back.role).toBe("follower");
   expect(back.term).toBeGreaterThanOrEqual(second.term);
-  expect(tomas[li]!.output).toContain("hard state trusted");
+  expect(p.tomas[li]!.output).toContain("hard state trusted");
 }, 120_000);
 
 test("client daemons' routes are refused in this mode with the reason; raft messages need the server key", async () => {
-  const r = await run([NVMESH, "cluster", "status", "-m", addrs[0]!, "-o", "json"], { env: c.keyEnv });
+  const r = await run([NVMESH, "cluster", "status", "-m", p.addrs[0]!, "-o", "json"], { env: c.keyEnv });
   expect(r.code).toBe(0);
   const { tomaClient: admin } = await import("../../src/toma/api-client.ts");
-  const reg = await admin(addrs[0]!, { key: c.key }).call("POST", "/v1/clients", { name: "c1" }).catch((x: unknown) => x as { status: number; message: string });
+  const reg = await admin(p.addrs[0]!, { key: c.key }).call("POST", "/v1/clients", { name: "c1" }).catch((x: unknown) => x as { status: number; message: string });
   expect((reg as { status: number }).status).toBe(503);
   expect((reg as Error).message).toContain("multi-TOMA mode");
   // A client key's signature cannot post Raft messages.
-  const client = await run([NVMESH, "cluster", "status", "-m", addrs[0]!, "-o", "json"], { env: c.clientKeyEnv });
+  const client = await run([NVMESH, "cluster", "status", "-m", p.addrs[0]!, "-o", "json"], { env: c.clientKeyEnv });
   expect(client.code).toBe(0);
   const { tomaClient } = await import("../../src/toma/api-client.ts");
-  const asClient = tomaClient(addrs[0]!, { key: c.clientKey });
+  const asClient = tomaClient(p.addrs[0]!, { key: c.clientKey });
   const e = await asClient.call("POST", "/v1/raft", { envelope: "" }).catch((x: unknown) => x as { status: number; message: string });
   expect((e as { status: number }).status).toBe(403);
   expect((e as Error).message).toContain("server key");
 }, 30_000);
 
 test("every TOMA killed at once: restarted, they come back from their drives alone, same node ids", async () => {
-  const before = await agreed([0, 1, 2], () => true, 30_000);
-  for (const t of tomas) await t?.stop("SIGKILL");
-  for (let i = 0; i < 3; i++) startToma(i);
-  const after = await agreed([0, 1, 2], (_, term) => term > before.term, 30_000);
+  const before = await p.agreed([0, 1, 2], () => true, 30_000);
+  await p.stopAll();
+  for (let i = 0; i < 3; i++) p.start(i);
+  const after = await p.agreed([0, 1, 2], (a) => a.term > before.term, 30_000);
   expect(after.views.map((v) => v.node_id)).toEqual(before.views.map((v) => v.node_id));
   expect(new Set(after.views.map((v) => v.cluster_uuid))).toEqual(new Set([before.views[0]!.cluster_uuid]));
 }, 90_000);

@@ -10,50 +10,14 @@
  * the cluster cannot survive; bad input is refused with a clear error.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { ClusterJson } from "../../src/toma/api-types.ts";
 import { Cluster, freePort } from "../support/cluster.ts";
-import { Daemon, NVMESH, run } from "../support/proc.ts";
+import { TomaPeers } from "../support/toma-peers.ts";
+import { NVMESH, run } from "../support/proc.ts";
 
 let c: Cluster;
-const tomas: (Daemon | null)[] = [];
-const addrs: string[] = [];
+let p: TomaPeers;
 const name = (i: number) => `toma${i}`;
-
-function startToma(i: number): Daemon {
-  // The founders name each other; the fourth names them and itself (it joins, it does not found).
-  const peers = i < 3 ? addrs.slice(0, 3) : [...addrs.slice(0, 3), addrs[i]!];
-  const d = new Daemon(
-    name(i),
-    [NVMESH, "toma", "run", "--listen", addrs[i]!, "--target", c.target_addrs[i]!, "--name", name(i), "--peers", peers.join(","), ...c.insecure],
-    c.keyEnv,
-  );
-  tomas[i] = d;
-  return d;
-}
-
-async function status(i: number): Promise<NonNullable<ClusterJson["consensus"]> | null> {
-  const r = await run([NVMESH, "cluster", "status", "-m", addrs[i]!, "-o", "json"], { env: c.keyEnv });
-  if (r.code !== 0) return null;
-  return (JSON.parse(r.stdout) as { cluster: ClusterJson }).cluster.consensus ?? null;
-}
-
-/** Polls the given TOMAs until every one runs and they name one ready leader in one term, and `pred` holds. */
-async function agreed(which: number[], pred: (views: NonNullable<Awaited<ReturnType<typeof status>>>[]) => boolean, timeout_ms: number) {
-  const deadline = performance.now() + timeout_ms;
-  let last: unknown = null;
-  while (performance.now() < deadline) {
-    const views = await Promise.all(which.map(status));
-    last = views.map((v) => v && { toma: v.toma_id, phase: v.phase, role: v.role, term: v.term, leader: v.leader?.address, membership: v.membership, reason: v.reason });
-    const leaders = views.filter((v) => v?.role === "leader");
-    if (views.every((v) => v?.phase === "running") && leaders.length === 1 && leaders[0]!.leader_ready) {
-      const l = leaders[0]!;
-      const vs = views.map((v) => v!);
-      if (vs.every((v) => v.term === l.term && v.leader?.address === l.address) && pred(vs)) return { leader: l.address!, term: l.term!, views: vs };
-    }
-    await Bun.sleep(150);
-  }
-  throw new Error(`no agreement within ${timeout_ms} ms; last: ${JSON.stringify(last)}\n${tomas.map((t) => `--- ${t?.name}\n${t?.output.slice(-2500)}`).join("\n")}`);
-}
+const status = (i: number) => p.consensus(i);
 
 const cli = (args: string[], timeout_ms = 60_000) => run([NVMESH, "cluster", "server", ...args], { env: c.keyEnv, timeout_ms });
 const voters = (v: { peers: { voter: boolean; node_id: string }[]; membership: string | null; node_id: string | null }) =>
@@ -63,61 +27,61 @@ beforeAll(async () => {
   c = new Cluster({ targets: 4, drive_size: "64M" });
   await c.formatDrives();
   for (let t = 0; t < 4; t++) await c.startTarget(t);
-  for (let i = 0; i < 4; i++) addrs.push(`127.0.0.1:${await freePort()}`);
-  for (let i = 0; i < 3; i++) startToma(i);
+  // The founders name each other; the fourth names them and itself (it joins, it does not found).
+  p = await TomaPeers.start(c, { count: 4, started: 3, name, peers: (i, addrs) => (i < 3 ? addrs.slice(0, 3) : [...addrs.slice(0, 3), addrs[i]!]) });
 }, 60_000);
 
 afterAll(async () => {
-  for (const t of tomas) await t?.stop("SIGKILL");
+  await p?.stopAll();
   await c.destroy();
 });
 
 test("bad input is refused with a clear error and changes nothing", async () => {
-  await agreed([0, 1, 2], () => true, 30_000);
-  const noPort = await cli(["add", "somehost", "--name", "x", "-m", addrs[0]!]);
+  await p.agreed([0, 1, 2], () => true, 30_000);
+  const noPort = await cli(["add", "somehost", "--name", "x", "-m", p.addrs[0]!]);
   expect(noPort.code).toBe(2);
   expect(noPort.stderr).toContain("expected HOST:PORT");
-  const badName = await cli(["remove", "bad/name", "-m", addrs[0]!]);
+  const badName = await cli(["remove", "bad/name", "-m", p.addrs[0]!]);
   expect(badName.code).toBe(2);
   expect(badName.stderr).toContain("invalid server name");
-  const unknown = await cli(["remove", "nosuch", "-m", addrs[0]!]);
+  const unknown = await cli(["remove", "nosuch", "-m", p.addrs[0]!]);
   expect(unknown.code).not.toBe(0);
   expect(unknown.stderr).toContain("no member of the TOMA cluster is named 'nosuch'");
   // Nothing listens there: the leader says it cannot ask it.
-  const nobody = await cli(["add", `127.0.0.1:${await freePort()}`, "--name", "ghost", "-m", addrs[0]!]);
+  const nobody = await cli(["add", `127.0.0.1:${await freePort()}`, "--name", "ghost", "-m", p.addrs[0]!]);
   expect(nobody.code).not.toBe(0);
   expect(nobody.stderr).toContain("cannot ask the TOMA at");
   // The routes themselves: validated bodies, the server key only.
   const { tomaClient } = await import("../../src/toma/api-client.ts");
-  const asServer = tomaClient(addrs[0]!, { key: c.key });
+  const asServer = tomaClient(p.addrs[0]!, { key: c.key });
   const bad = await asServer.call("POST", "/v1/cluster/servers", { name: "a b", address: "h:1", extra: 1 }).catch((x: unknown) => x as { status: number; message: string });
   expect((bad as { status: number }).status).toBe(400);
   expect((bad as Error).message).toContain("invalid body");
-  const asClient = tomaClient(addrs[0]!, { key: c.clientKey });
+  const asClient = tomaClient(p.addrs[0]!, { key: c.clientKey });
   const denied = await asClient.removeServer(name(1)).catch((x: unknown) => x as { status: number; message: string });
   expect((denied as { status: number }).status).toBe(403);
-  const after = await agreed([0, 1, 2], () => true, 10_000);
+  const after = await p.agreed([0, 1, 2], () => true, 10_000);
   for (const v of after.views) expect(voters(v).length).toBe(3);
 }, 60_000);
 
 test("a fourth TOMA joins and votes; the leader removed, the rest elect another; kill -9 of it keeps the new configuration", async () => {
-  const first = await agreed([0, 1, 2], () => true, 30_000);
+  const first = await p.agreed([0, 1, 2], () => true, 30_000);
   // The fourth finds the cluster and waits to be added.
-  startToma(3);
-  await tomas[3]!.waitFor(/waiting to be added/, 20_000);
+  p.start(3);
+  await p.tomas[3]!.waitFor(/waiting to be added/, 20_000);
   // The line is logged before the TOMA's start record is on its drive: status may still say
   // "bootstrap" for a moment on a loaded machine.
-  let waiting = await run([NVMESH, "cluster", "status", "-m", addrs[3]!], { env: c.keyEnv });
+  let waiting = await run([NVMESH, "cluster", "status", "-m", p.addrs[3]!], { env: c.keyEnv });
   for (let i = 0; i < 25 && waiting.stdout.includes("bootstrap: reading own drives"); i++) {
     await Bun.sleep(200);
-    waiting = await run([NVMESH, "cluster", "status", "-m", addrs[3]!], { env: c.keyEnv });
+    waiting = await run([NVMESH, "cluster", "status", "-m", p.addrs[3]!], { env: c.keyEnv });
   }
-  expect(waiting.stdout).toContain(`waiting to be added to the cluster: 'nvmesh cluster server add ${addrs[3]} --name ${name(3)}'`);
+  expect(waiting.stdout).toContain(`waiting to be added to the cluster: 'nvmesh cluster server add ${p.addrs[3]} --name ${name(3)}'`);
   expect(waiting.stdout).toMatch(/membership +none/);
 
   // Sent to a follower: it names the leader and the CLI asks there.
-  const follower = [0, 1, 2].find((i) => addrs[i] !== first.leader)!;
-  const add = await cli(["add", addrs[3]!, "--name", name(3), "-m", addrs[follower]!]);
+  const follower = [0, 1, 2].find((i) => p.addrs[i] !== first.leader)!;
+  const add = await cli(["add", p.addrs[3]!, "--name", name(3), "-m", p.addrs[follower]!]);
   expect(add.stderr + add.stdout).toContain("is not the leader");
   expect(add.code).toBe(0);
   expect(add.stdout + add.stderr).toContain(`add_learner ${name(3)}#`);
@@ -125,37 +89,37 @@ test("a fourth TOMA joins and votes; the leader removed, the rest elect another;
   // Four voters: told that an odd number is enough.
   expect(add.stdout + add.stderr).toContain("4 voters survive as many server losses as 3");
   // Caught up: it applied what the others applied (the snapshot, then the log).
-  const four = await agreed([0, 1, 2, 3], (vs) => vs.every((v) => voters(v).length === 4 && v.applied === vs[0]!.applied && v.applied! > 1), 30_000);
+  const four = await p.agreed([0, 1, 2, 3], ({ views: vs }) => vs.every((v) => voters(v).length === 4 && v.applied === vs[0]!.applied && v.applied! > 1), 30_000);
   expect(four.views[3]!.membership).toBe("voter");
   expect(four.views[3]!.role).toBe("follower");
   expect(four.views[3]!.leader?.address).toBe(four.leader);
 
   // Remove the current leader (through any TOMA): it stops, the three others elect a new one.
-  const li = addrs.indexOf(four.leader);
-  const rm = await cli(["remove", name(li), "-m", addrs[(li + 1) % 4]!]);
+  const li = p.addrs.indexOf(four.leader);
+  const rm = await cli(["remove", name(li), "-m", p.addrs[(li + 1) % 4]!]);
   expect(rm.code).toBe(0);
   expect(rm.stdout + rm.stderr).toContain("the leader removed itself");
   const rest = [0, 1, 2, 3].filter((i) => i !== li);
-  const three = await agreed(rest, (vs) => vs.every((v) => voters(v).length === 3 && !voters(v).some((x) => x.startsWith(`${name(li)}#`))), 30_000);
+  const three = await p.agreed(rest, ({ views: vs }) => vs.every((v) => voters(v).length === 3 && !voters(v).some((x) => x.startsWith(`${name(li)}#`))), 30_000);
   expect(three.term).toBeGreaterThan(four.term);
   const removed = await status(li);
   expect(removed?.phase).toBe("outside");
   expect(removed?.reason).toContain("removed from the TOMA cluster");
 
   // kill -9 the new leader: the two left are a majority of the new configuration.
-  const ni = addrs.indexOf(three.leader);
-  await tomas[ni]!.stop("SIGKILL");
+  const ni = p.addrs.indexOf(three.leader);
+  await p.tomas[ni]!.stop("SIGKILL");
   const two = rest.filter((i) => i !== ni);
-  const after = await agreed(two, (vs) => vs.every((v) => voters(v).length === 3), 30_000);
+  const after = await p.agreed(two, ({ views: vs }) => vs.every((v) => voters(v).length === 3), 30_000);
   expect(after.term).toBeGreaterThan(three.term);
   // Restarted, it comes back from its drive with the same configuration and follows.
-  startToma(ni);
-  const back = await agreed(rest, (vs) => vs.every((v) => voters(v).length === 3), 30_000);
+  p.start(ni);
+  const back = await p.agreed(rest, ({ views: vs }) => vs.every((v) => voters(v).length === 3), 30_000);
   expect(back.views.map((v) => voters(v).join(","))).toEqual(rest.map(() => voters(back.views[0]!).join(",")));
-  expect(tomas[ni]!.output).toContain("hard state trusted");
+  expect(p.tomas[ni]!.output).toContain("hard state trusted");
 
   // Down to two voters: the CLI says what that cannot survive; the last voter is never removed.
-  const drop = rest.find((i) => addrs[i] !== back.leader)!;
+  const drop = rest.find((i) => p.addrs[i] !== back.leader)!;
   const two_left = await cli(["remove", name(drop), "-m", back.leader]);
   expect(two_left.code).toBe(0);
   expect(two_left.stdout + two_left.stderr).toContain("with 2, both must be up");

@@ -9,67 +9,45 @@
  * works; its extents are zeroed by each drive's own server and released.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { ClusterJson, DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
-import { Cluster, freePort } from "../support/cluster.ts";
-import { Daemon, NVMESH, run } from "../support/proc.ts";
+import type { DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
+import { Cluster } from "../support/cluster.ts";
+import { TomaPeers } from "../support/toma-peers.ts";
+import { NVMESH, run } from "../support/proc.ts";
 
 let c: Cluster;
-const tomas: (Daemon | null)[] = [];
-const addrs: string[] = [];
-
-function startToma(i: number): Daemon {
-  const d = new Daemon(
-    `toma${i}`,
-    [NVMESH, "toma", "run", "--listen", addrs[i]!, "--target", c.target_addrs[i]!, "--name", `s${i}`, "--peers", addrs.join(","), ...c.insecure],
-    c.keyEnv,
-  );
-  tomas[i] = d;
-  return d;
-}
+let p: TomaPeers;
 
 async function json<T>(args: string[]): Promise<T | null> {
   const r = await run([NVMESH, ...args, "-o", "json"], { env: c.keyEnv });
   return r.code === 0 ? (JSON.parse(r.stdout) as T) : null;
 }
 
-const cluster = async (i: number) => (await json<{ cluster: ClusterJson }>(["cluster", "status", "-m", addrs[i]!]))?.cluster ?? null;
-const drives = (i: number) => json<DriveJson[]>(["drive", "show", "-m", addrs[i]!]);
-const volumes = (i: number) => json<VolumeJson[]>(["volume", "show", "-m", addrs[i]!]);
+const cluster = (i: number) => p.status(i);
+const drives = (i: number) => json<DriveJson[]>(["drive", "show", "-m", p.addrs[i]!]);
+const volumes = (i: number) => json<VolumeJson[]>(["volume", "show", "-m", p.addrs[i]!]);
 
 async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeout_ms: number): Promise<T> {
   const deadline = performance.now() + timeout_ms;
   for (;;) {
     const v = await fn();
     if (v) return v;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeout_ms} ms\n${tomas.map((t) => `--- ${t?.name}\n${t?.output.slice(-2500)}`).join("\n")}`);
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeout_ms} ms\n${p.logs()}`);
     await Bun.sleep(200);
   }
 }
 
-/** The leader every given TOMA names (by management address), once they agree and it is ready. */
-async function leaderOf(which: number[], pred: (leader: string) => boolean, timeout_ms: number): Promise<number> {
-  return until(
-    "one agreed leader",
-    async () => {
-      const views = (await Promise.all(which.map(cluster))).map((s) => s?.consensus ?? null);
-      const l = views.find((v) => v?.role === "leader");
-      if (!l?.leader_ready || !views.every((v) => v?.leader?.address === l.address && v.term === l.term) || !pred(l.address!)) return null;
-      return addrs.indexOf(l.address!) + 1;
-    },
-    timeout_ms,
-  ).then((i) => i - 1);
-}
+/** The TOMA every given TOMA names leader, once they agree and it is ready. */
+const leaderOf = async (which: number[], pred: (leader: string) => boolean, timeout_ms: number) => (await p.agreed(which, (a) => pred(a.leader), timeout_ms)).index;
 
 beforeAll(async () => {
   c = new Cluster({ targets: 3, drives_per_target: 2, drive_size: "64M" });
   await c.formatDrives();
   for (let t = 0; t < 3; t++) await c.startTarget(t);
-  for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
-  for (let i = 0; i < 3; i++) startToma(i);
+  p = await TomaPeers.start(c, { count: 3, name: (i) => `s${i}` });
 }, 60_000);
 
 afterAll(async () => {
-  for (const t of tomas) await t?.stop("SIGKILL");
+  await p?.stopAll();
   await c.destroy();
 });
 
@@ -94,7 +72,7 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
 
   // Created through a follower: the CLI is sent to the leader.
   const fi = [0, 1, 2].find((i) => i !== li)!;
-  const made = await run([NVMESH, "volume", "create", "--name", "m1", "--capacity", "16M", "--raid-level", "1", "-m", addrs[fi]!], { env: c.keyEnv });
+  const made = await run([NVMESH, "volume", "create", "--name", "m1", "--capacity", "16M", "--raid-level", "1", "-m", p.addrs[fi]!], { env: c.keyEnv });
   expect(made.stderr + made.stdout).toContain("is not the leader; asking the leader");
   expect(made.code).toBe(0);
   const seen = await until(
@@ -117,21 +95,21 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
   console.log(`m1 legs on ${legServers.join(" and ")}`);
 
   // Bad input: the reason, and nothing changes.
-  const taken = await run([NVMESH, "volume", "create", "--name", "m1", "--capacity", "16M", "-m", addrs[fi]!], { env: c.keyEnv });
+  const taken = await run([NVMESH, "volume", "create", "--name", "m1", "--capacity", "16M", "-m", p.addrs[fi]!], { env: c.keyEnv });
   expect(taken.code).not.toBe(0);
   expect(taken.stderr + taken.stdout).toContain("already exists");
-  const big = await run([NVMESH, "volume", "create", "--name", "big", "--capacity", "1G", "--raid-level", "1", "-m", addrs[li]!], { env: c.keyEnv });
+  const big = await run([NVMESH, "volume", "create", "--name", "big", "--capacity", "1G", "--raid-level", "1", "-m", p.addrs[li]!], { env: c.keyEnv });
   expect(big.code).not.toBe(0);
   expect(big.stderr + big.stdout).toMatch(/space|fit|free/i);
-  const three = await run([NVMESH, "volume", "create", "--name", "m3", "--capacity", "8M", "--raid-level", "1", "--number-of-mirrors", "3", "-m", addrs[li]!], { env: c.keyEnv });
+  const three = await run([NVMESH, "volume", "create", "--name", "m3", "--capacity", "8M", "--raid-level", "1", "--number-of-mirrors", "3", "-m", p.addrs[li]!], { env: c.keyEnv });
   expect(three.code).toBe(0);
   const m3 = (await volumes(li))!.find((v) => v.name === "m3")!;
   expect(new Set(m3.columns.map((col) => server.get(col.drive_uuid))).size).toBe(3);
-  const gone = await run([NVMESH, "volume", "delete", "nope", "-y", "-m", addrs[fi]!], { env: c.keyEnv });
+  const gone = await run([NVMESH, "volume", "delete", "nope", "-y", "-m", p.addrs[fi]!], { env: c.keyEnv });
   expect(gone.code).not.toBe(0);
   expect(gone.stderr + gone.stdout).toContain("no volume named 'nope'");
   const { tomaClient } = await import("../../src/toma/api-client.ts");
-  const admin = tomaClient(addrs[fi]!, { key: c.key });
+  const admin = tomaClient(p.addrs[fi]!, { key: c.key });
   const attach = await admin.call("GET", "/v1/volumes/m1/attach").catch((x: unknown) => x as { status: number; message: string });
   expect((attach as { status: number }).status).toBe(503);
   expect((attach as Error).message).toContain("cannot be attached in this mode yet");
@@ -141,8 +119,8 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
 
   // The leader's whole TOMA dies: the new leader lists the volume, and a delete through the
   // remaining follower goes to it.
-  const old = addrs[li]!;
-  await tomas[li]!.stop("SIGKILL");
+  const old = p.addrs[li]!;
+  await p.tomas[li]!.stop("SIGKILL");
   const rest = [0, 1, 2].filter((i) => i !== li);
   const ni = await leaderOf(rest, (l) => l !== old, 15_000);
   const after = await volumes(ni);
@@ -150,7 +128,7 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
   const record = ({ state: _s, leg_views: _l, ...rest }: VolumeJson) => rest;
   expect(record(after!.find((v) => v.name === "m1")!)).toEqual(record(m1));
   const other = rest.find((i) => i !== ni)!;
-  const del = await run([NVMESH, "volume", "delete", "m1", "-y", "-m", addrs[other]!], { env: c.keyEnv });
+  const del = await run([NVMESH, "volume", "delete", "m1", "-y", "-m", p.addrs[other]!], { env: c.keyEnv });
   expect(del.stderr + del.stdout).toContain("volume m1 deleted");
   expect(del.code).toBe(0);
   // Applied on the leader before it answered; the follower applies it soon after.
@@ -170,6 +148,6 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
   );
   const m3now = (await volumes(ni))!.find((v) => v.name === "m3")!;
   for (const d of released) if (!dead.has(d.uuid)) expect(d.extents_used).toBe(m3now.columns.find((col) => col.drive_uuid === d.uuid)?.extents.length ?? 0);
-  const log = tomas.map((t) => t?.output ?? "").join("\n");
+  const log = p.tomas.map((t) => t?.output ?? "").join("\n");
   expect(log).toContain("zeroed a deleted volume's extents");
 }, 120_000);
