@@ -268,8 +268,8 @@ export class UringStore implements DriveStore {
       this.inlineWrites &&
       (offset | n) % PAGE_BYTES === 0 &&
       n <= INLINE_MAX_BYTES &&
-      this.inlineFits(n) &&
-      performance.now() >= this.inlineResumeAt
+      performance.now() >= this.inlineResumeAt &&
+      this.inlineFits(n) // last: it counts the bytes as written inline
     );
   }
 
