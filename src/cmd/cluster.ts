@@ -1,5 +1,6 @@
 /** `nvmesh cluster status`, and the cluster's keys: `cluster genkey`, `cluster client-key`. */
-import { TomaApiError, type TomaClient, tomaClient } from "../toma/api-client.ts";
+import { TOMA_ID_RE } from "../toma/consensus/hard-state-record.ts";
+import { TomaApiError } from "../toma/api-client.ts";
 import type { ServerChangeJson } from "../toma/api-types.ts";
 import { UsageError, formatBytes, managementAddress } from "./args.ts";
 import { command } from "./command.ts";
@@ -102,9 +103,8 @@ const clientKey = command({
   },
 });
 
-const SERVER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 function serverName(name: string): string {
-  if (!SERVER_NAME.test(name)) throw new UsageError(`invalid server name '${name}': the TOMA's --name, 1 to 64 of [A-Za-z0-9._-]`);
+  if (!TOMA_ID_RE.test(name)) throw new UsageError(`invalid server name '${name}': the TOMA's --name, 1 to 64 of [A-Za-z0-9._-]`);
   return name;
 }
 

@@ -1,4 +1,5 @@
 /** `nvmesh toma run`: the topology manager and the management API of this server. */
+import { TOMA_ID_RE } from "../toma/consensus/hard-state-record.ts";
 import { hostname } from "node:os";
 import { consola } from "consola";
 import { parseAddress } from "../engine/net/conn.ts";
@@ -116,7 +117,7 @@ async function runMember(o: {
   connect: Connect;
   limits: Partial<HttpLimits>;
 }): Promise<void> {
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(o.name)) {
+  if (!TOMA_ID_RE.test(o.name)) {
     throw new UsageError(`TOMA name '${o.name}' is not usable in a TOMA cluster: give --name with 1 to 64 of [A-Za-z0-9._-]`);
   }
   const peers = o.peers.split(",").map((p) => p.trim()).filter((p) => p !== "").map((p) => listenAddress(p, "--peers"));

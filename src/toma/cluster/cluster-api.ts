@@ -7,12 +7,13 @@
  * with 503 and the reason: this mode does not serve clients yet. Sans-I/O like ../api.ts; behind
  * the same signature check.
  */
+import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
 import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
-import { adminOnly, volumeJsonOf, volumeNamed } from "../api.ts";
+import { adminOnly, volumeJsonOf, volumeNamed, volumeNameOf } from "../api.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
 import { type ClusterState, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
@@ -29,7 +30,7 @@ export const DRIVE_REPORT_PATH = "/v1/cluster/drives";
 
 /** The body of POST /v1/cluster/servers. */
 export const AddServerSchema = v.strictObject({
-  name: v.pipe(v.string("name must be a string"), v.regex(/^[A-Za-z0-9._-]{1,64}$/, "name must be 1 to 64 of [A-Za-z0-9._-]")),
+  name: v.pipe(v.string("name must be a string"), v.regex(TOMA_ID_RE, "name must be 1 to 64 of [A-Za-z0-9._-]")),
   address: v.pipe(
     v.string("address must be a string"),
     v.maxLength(256, "address is too long"),
@@ -145,11 +146,12 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     if (mth !== "DELETE") return err(405, `${mth} not allowed on ${route}; use GET or DELETE`);
     const no = adminOnly(caller, "deleting a volume");
     if (no) return no;
-    const vol = findVolume(parts[0]!);
-    if ("status" in vol) return vol;
+    // Looked up on the leader (VolumeOps.delete), not in this TOMA's applied state, which may lag.
+    const name = volumeNameOf(parts[0]!);
+    if (typeof name !== "string") return name;
     return onLeader(async () => {
-      await m.volumes.delete(vol.name);
-      return { deleted: vol.name };
+      await m.volumes.delete(name);
+      return { deleted: name };
     });
   };
 
@@ -170,7 +172,7 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     } catch {
       return err(400, "the server's name is not valid percent-encoding");
     }
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) return err(400, `invalid server name '${name.slice(0, 80)}': 1 to 64 of [A-Za-z0-9._-]`);
+    if (!TOMA_ID_RE.test(name)) return err(400, `invalid server name '${name.slice(0, 80)}': 1 to 64 of [A-Za-z0-9._-]`);
     return onLeader(() => m.membership.remove(name));
   };
 

@@ -12,6 +12,7 @@
  * what a drive is (uuid, geometry, cache epoch). Ages are measured on each TOMA's own steady
  * clock; an age crosses the wire, never a timestamp.
  */
+import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
 import type { Topology } from "../allocator.ts";
 import type { ClusterState, DriveRecord } from "../cluster-state.ts";
@@ -23,7 +24,7 @@ export const REPORT_EVERY_MS = 1000;
 export const REPORT_FRESH_MS = 5000;
 
 const Text = (max: number) => v.pipe(v.string(), v.maxLength(max));
-const ServerName = v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{1,64}$/, "server must be 1 to 64 of [A-Za-z0-9._-]"));
+const ServerName = v.pipe(v.string(), v.regex(TOMA_ID_RE, "server must be 1 to 64 of [A-Za-z0-9._-]"));
 
 export const ReportedDriveSchema = v.strictObject({
   drive_uuid: UuidSchema,

@@ -18,7 +18,7 @@ import { describeChange, describeConfig, member, voterIds } from "../consensus/c
 import { membershipWarnings, type MembershipInput, nextMembershipChange, nodeId, tomaIdOf } from "../consensus/membership.ts";
 import type { ConfChange, Config } from "../consensus/types.ts";
 import type { Identity } from "./identity.ts";
-import { LeaderOpError as MembershipError, leaderOnly, notLeader, proposalFailure } from "./leader-gate.ts";
+import { LeaderOpError as MembershipError, leaderOnly, proposalFailure } from "./leader-gate.ts";
 import type { TomaNode } from "./node.ts";
 
 export interface MembershipTimings {
@@ -61,7 +61,7 @@ export class MembershipOps {
   /** Adds the server whose TOMA answers at `address` as `name`: a learner first, then a voter. */
   add(name: string, address: string): Promise<MembershipResult> {
     return this.exclusive(`add ${name}`, async () => {
-      this.leaderOnly();
+      leaderOnly(this.node);
       let id: Identity;
       try {
         id = await this.ask(address);
@@ -95,7 +95,7 @@ export class MembershipOps {
         // A learner still catching up (the snapshot, then the log): wait for its match.
         const now = this.clock.now_ms();
         waiting_since ??= now;
-        this.leaderOnly();
+        leaderOnly(this.node);
         if (now - waiting_since > this.timings.catch_up_ms) {
           const r = this.node.replication(current);
           throw new MembershipError(
@@ -112,7 +112,7 @@ export class MembershipOps {
   /** Removes every member of the server `name` (its TOMA then stops taking part). */
   remove(name: string): Promise<MembershipResult> {
     return this.exclusive(`remove ${name}`, async () => {
-      this.leaderOnly();
+      leaderOnly(this.node);
       const config = this.node.config();
       const mine = config.members.filter((m) => tomaIdOf(m.id) === name);
       if (mine.length === 0) throw new MembershipError(404, `no member of the TOMA cluster is named '${name}' (${describeConfig(config)})`);
@@ -136,7 +136,7 @@ export class MembershipOps {
 
   /** One configuration change through the proposal path, awaited until applied here. */
   private async change(c: ConfChange): Promise<string> {
-    this.leaderOnly();
+    leaderOnly(this.node);
     const what = describeChange(c);
     this.env.log.info("membership change", { change: what });
     try {
@@ -152,9 +152,6 @@ export class MembershipOps {
     return { changes, config, describe: describeConfig(config), warnings: membershipWarnings(config), leader_removed };
   }
 
-  private leaderOnly(): void {
-    leaderOnly(this.node);
-  }
 
   private async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
     if (this.running !== null) throw new MembershipError(409, `a membership change is already running here (${this.running}); wait for it to finish`);

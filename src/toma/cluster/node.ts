@@ -335,7 +335,6 @@ export class TomaNode {
     const config = s?.config ?? { members: [] };
     const now = this.clock.now_ms();
     const timeout_ms = this.election_ticks * this.tick_ms;
-    const leadMember = s?.lead ? member(config, s.lead) : undefined;
     return {
       toma_id: this.opts.toma_id,
       node_id: r?.id ?? null,
@@ -349,7 +348,7 @@ export class TomaNode {
       cluster_uuid: this.cluster,
       role: s?.role ?? null,
       term: s?.term ?? null,
-      leader: s?.lead ? { node_id: s.lead, address: leadMember?.address ?? this.known.get(s.lead) ?? "" } : null,
+      leader: this.leader(),
       leader_ready: r?.leaderReady() ?? false,
       commit: s?.commit ?? null,
       applied: s?.applied ?? null,

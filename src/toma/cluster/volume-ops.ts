@@ -94,7 +94,7 @@ export class VolumeOps {
     void this.exclusive(async () => {
       for (;;) {
         const state = this.node.appliedState();
-        if (state === null || this.node.view().role !== "leader" || !this.node.view().leader_ready) return;
+        if (state === null || !this.node.leaderReady()) return;
         const free = this.pool.toRelease(state)[0];
         if (free) {
           await this.command(`release the retired extents of volume ${free.volume_uuid} on drive ${free.drive_uuid}`, () => ({ kind: "release_extents", ...free }));

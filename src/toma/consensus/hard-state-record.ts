@@ -32,7 +32,9 @@ export const MAX_RECORD_DRIVES = 256;
 /** The log tail a record may carry (the TOMA compacts far earlier). */
 export const MAX_RECORD_ENTRIES = 4096;
 
-export const TomaIdSchema = v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{1,64}$/));
+/** A TOMA's (a server's) name: what `toma run --name` and `cluster server add --name` take. */
+export const TOMA_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
+export const TomaIdSchema = v.pipe(v.string(), v.regex(TOMA_ID_RE));
 /** 64 random bits, hex: a new one each time a TOMA starts without trusted hard state. */
 export const IncarnationSchema = v.pipe(v.string(), v.regex(/^[0-9a-f]{16}$/));
 
