@@ -48,11 +48,6 @@ export class TargetPool {
     }
   }
 
-  /** Stamps a newer generation (never an older one: the fence admits what we acknowledged). */
-  raiseGeneration(generation: number): void {
-    if (generation > this.generation) this.setIdentity(this.client_id, generation);
-  }
-
   driveId(drive_uuid: string): Uint8Array {
     let b = this.driveBytes.get(drive_uuid);
     if (!b) {

@@ -11,7 +11,7 @@
 import type { Env } from "../env.ts";
 import { limitSegments, physicalBytes, plan, type Segment, volumeDrives } from "../layout/planner.ts";
 import type { AttachInfo, VolumeLayout } from "../layout/types.ts";
-import { checkRange, DriveIoError, type DriveStore } from "../drive/store.ts";
+import { checkRange, DriveIoError, type DriveStore, rangeRefused } from "../drive/store.ts";
 import { MAX_IO_BYTES, Status } from "../wire/header.ts";
 import { TargetError, type TargetSession } from "../wire/session-api.ts";
 import { plantedBugs } from "../planted-bugs.ts";
@@ -216,11 +216,8 @@ export class VolumeDevice implements DriveStore {
 
   /** Not async: a read of one segment is the session's own promise (see withRetry). */
   read(offset: number, dst: Uint8Array): Promise<void> {
-    try {
-      this.check(offset, dst.length);
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    const bad = rangeRefused(this, this.closed, offset, dst.length);
+    if (bad !== null) return bad;
     if (dst.length === 0) return Promise.resolve();
     if (this.mirror) return this.mirror.read(offset, dst);
     return this.each(offset, dst.length, (s, d, g) => s.read(d, g.drive_offset, part(dst, g)));
@@ -228,11 +225,8 @@ export class VolumeDevice implements DriveStore {
 
   /** Not async either: a single-segment write is the session's promise and one settle step. */
   write(offset: number, src: Uint8Array, fua: boolean): Promise<void> {
-    try {
-      this.check(offset, src.length);
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    const bad = rangeRefused(this, this.closed, offset, src.length);
+    if (bad !== null) return bad;
     if (src.length === 0) return Promise.resolve();
     if (this.mirror) return this.mirror.write(offset, src, fua);
     if (fua) return this.each(offset, src.length, (s, d, g) => s.write(d, g.drive_offset, part(src, g), true), true);

@@ -74,26 +74,30 @@ export class DriveFence {
     return this.clients.size;
   }
 
-  /**
-   * Returns null when a client request may proceed, or the reason to answer REFUSED. `range`:
-   * whether the op addresses a range (every data-path op but FLUSH); the range itself is checked
-   * with insideVolume() once it is known to lie within the data area.
-   */
+  /** Returns null when a client request may proceed, or the reason to answer REFUSED. */
   check(h: Header, role: Role, volume: VolumeBinding | null, enforce: boolean): string | null {
     if (role === "toma") return null;
     if (role === "admin") return `${Op[h.opcode]} is a data-path request, refused on an admin connection`;
     if (!enforce) return null;
-    const c = this.clients.get(h.client_id);
-    if (c === undefined) return `client ${h.client_id} is not registered on drive ${this.drive_uuid}`;
-    if (h.generation < c.min_generation) {
-      return `generation ${h.generation} is older than ${c.min_generation}, the minimum for client ${h.client_id} on drive ${this.drive_uuid}`;
+    return this.refusal(h.client_id, h.generation, volume, h.opcode);
+  }
+
+  /**
+   * What the table says of a client's request, for check() and for barred(): one rule for
+   * admitting a request and for the FENCE that must wait for those it now refuses.
+   */
+  private refusal(client_id: number, generation: number, volume: VolumeBinding | null, opcode: number): string | null {
+    const c = this.clients.get(client_id);
+    if (c === undefined) return `client ${client_id} is not registered on drive ${this.drive_uuid}`;
+    if (generation < c.min_generation) {
+      return `generation ${generation} is older than ${c.min_generation}, the minimum for client ${client_id} on drive ${this.drive_uuid}`;
     }
-    if (volume === null) return `${Op[h.opcode]} on a client connection bound to no volume: say HELLO with the volume it serves`;
+    if (volume === null) return `${Op[opcode]} on a client connection bound to no volume: say HELLO with the volume it serves`;
     const v = this.volumes.get(volume.uuid);
     if (v === undefined || v.incarnation !== volume.incarnation) {
       return `volume ${volume.uuid} (incarnation ${volume.incarnation}) has no extents on drive ${this.drive_uuid}: deleted, or moved away`;
     }
-    if (!c.volumes.has(volume.uuid)) return `client ${h.client_id} is not registered for volume ${volume.uuid} on drive ${this.drive_uuid}`;
+    if (!c.volumes.has(volume.uuid)) return `client ${client_id} is not registered for volume ${volume.uuid} on drive ${this.drive_uuid}`;
     return null;
   }
 
@@ -187,12 +191,8 @@ export class DriveFence {
    * request: the table refuses it now, or its volume's extents changed under it.
    */
   barred(a: Admission): boolean {
-    const c = this.clients.get(a.client_id);
-    if (c === undefined || a.generation < c.min_generation) return true;
-    if (a.volume === null) return true;
-    const v = this.volumes.get(a.volume.uuid);
-    if (v === undefined || v.incarnation !== a.volume.incarnation || !c.volumes.has(a.volume.uuid)) return true;
-    return this.changed.has(a.volume.uuid);
+    // The opcode only names the request in a reason, which barred() does not show.
+    return this.refusal(a.client_id, a.generation, a.volume, Op.WRITE) !== null || this.changed.has(a.volume!.uuid);
   }
 }
 
