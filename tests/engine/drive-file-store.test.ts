@@ -167,7 +167,11 @@ describe("UringStore beyond the shared cases", () => {
     const fuse = Bun.spawn(["nbdfuse", path.join(mnt, "disk"), `nbd+unix:///?socket=${sock}`], { stderr: "pipe" });
     try {
       const disk = path.join(mnt, "disk");
-      for (let i = 0; i < 200 && !(fs.existsSync(disk) && fs.statSync(disk).size === 16 << 20); i++) await Bun.sleep(50);
+      // nbdfuse mounts in well under a second when the machine is idle; a loaded CI machine has
+      // taken over 10 s. Waited for up to 30 s, and a mount that never came says so.
+      const mounted = () => fs.existsSync(disk) && fs.statSync(disk).size === 16 << 20;
+      for (let i = 0; i < 600 && !mounted(); i++) await Bun.sleep(50);
+      if (!mounted()) throw new Error(`nbdfuse did not mount ${disk} within 30 s (exit ${fuse.exitCode ?? "none yet"})`);
       const { log, lines } = recording();
       const s = await UringStore.open(disk, { log, no_lock: true });
       const block = new Uint8Array(4096).fill(3);
