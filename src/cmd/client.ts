@@ -3,6 +3,7 @@ import { accessSync, constants, mkdirSync } from "node:fs";
 import { hostname } from "node:os";
 import { consola } from "consola";
 import { tomaLinkOver } from "../engine/client/toma-link.ts";
+import { homedCall } from "../toma/homing.ts";
 import { ClientDaemon } from "../engine/client/daemon.ts";
 import { type EvilSwitch, parseEvil } from "../engine/client/debug-evil.ts";
 import { ExportRegistry } from "../engine/nbd/exports.ts";
@@ -74,6 +75,7 @@ const serve = command({
   meta: { name: "serve", description: "run the client daemon of this host" },
   args: {
     ...management,
+    management: { ...management.management, description: "the TOMA(s), HOST:PORT; several comma-separated, to re-home when one dies (or NVMESH_MANAGEMENT)" },
     ...insecureArg,
     ...runDirArg,
     "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
@@ -92,7 +94,10 @@ const serve = command({
   },
   repeatable: ["drive"],
   async run({ args, rawArgs }) {
-    const mgmt = managementAddress(args.management);
+    // One TOMA or several (comma-separated): the daemon homes on the one that serves clients.
+    const mgmts = (args.management ?? process.env.NVMESH_MANAGEMENT ?? "").split(",").map((a) => a.trim()).filter((a) => a !== "");
+    const homes = (mgmts.length === 0 ? [undefined] : mgmts).map((a) => managementAddress(a));
+    const mgmt = homes.join(",");
     const dir = runDir(args["run-dir"]);
     const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
     const evil = evilFromEnv();
@@ -126,14 +131,17 @@ const serve = command({
     });
     // A client is a client even on a server: it proves the client key, and is fenced like any.
     const cluster_key = key === null ? null : asClientKey(key);
-    const toma = tomaClient(mgmt, { key: cluster_key });
+    // A call held by the TOMA (a watch, 3 s) answers well within this; a dead TOMA's host does not.
+    const clients = new Map(homes.map((a) => [a, tomaClient(a, { key: cluster_key, timeout_ms: 15_000 })]));
+    const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { key: cluster_key, timeout_ms: 15_000 })).get(a)!;
+    const homing = homedCall(env, homes, clientOf);
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
     const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });
     // The target in this process first (no wire at all), then RDMA where the target offers it.
     const local = target ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, over) : open;
     const daemon = new ClientDaemon(env, {
-      toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
+      toma: tomaLinkOver(homing.call),
       openSession: viaRdma(local, realRdma, over),
       nbd,
       exports,
@@ -146,7 +154,7 @@ const serve = command({
     const ctl = serveControl(dir, daemon, kernel);
     consola.success(`client ready: control socket ${ctl.path}, TOMA ${mgmt}`);
     // A wrong -m or key shows at once, not at the first attach (the TOMA may also just be late).
-    toma.cluster().catch((e: Error) => consola.warn(`no volume can be attached until this is fixed: ${e.message}`));
+    clientOf(homes[0]!).cluster().catch((e: Error) => consola.warn(`no volume can be attached until this is fixed: ${e.message}`));
     const sig = await untilSignal();
     consola.info(`${sig}: detaching volumes`);
     ctl.stop();
