@@ -4,6 +4,7 @@ import { hostname } from "node:os";
 import { consola } from "consola";
 import { tomaLinkOver } from "../engine/client/toma-link.ts";
 import { homedCall } from "../toma/homing.ts";
+import { ManagementSigner } from "../toma/api-auth.ts";
 import { ClientDaemon } from "../engine/client/daemon.ts";
 import { type EvilSwitch, parseEvil } from "../engine/client/debug-evil.ts";
 import { ExportRegistry } from "../engine/nbd/exports.ts";
@@ -16,7 +17,7 @@ import { realRdma } from "../engine/runtime/rdma-net.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
 import type { FrameLink } from "../engine/net/frame-link.ts";
 import type { HelloRequest } from "../engine/wire/control.ts";
-import { tomaClient } from "../toma/api-client.ts";
+import { type TomaClient, tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, parseDuration, parsePositiveInt, repeated, UsageError } from "./args.ts";
 import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
 import { DEFAULT_NBD_LIMITS } from "../engine/nbd/server.ts";
@@ -132,8 +133,9 @@ const serve = command({
     // A client is a client even on a server: it proves the client key, and is fenced like any.
     const cluster_key = key === null ? null : asClientKey(key);
     // A call held by the TOMA (a watch, 3 s) answers well within this; a dead TOMA's host does not.
-    const clients = new Map(homes.map((a) => [a, tomaClient(a, { key: cluster_key, timeout_ms: 15_000 })]));
-    const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { key: cluster_key, timeout_ms: 15_000 })).get(a)!;
+    const signer = new ManagementSigner(cluster_key);
+    const clients = new Map<string, TomaClient>();
+    const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { signer, timeout_ms: 15_000 })).get(a)!;
     const homing = homedCall(env, homes, clientOf);
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
