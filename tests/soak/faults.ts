@@ -21,12 +21,21 @@ export type OneWay = (typeof ONE_WAY)[number];
  */
 export const FAULT_VARIANTS: Record<FaultKind, readonly string[]> = {
   kill: [],
-  // toma: the TOMA alone (a TOMA per server: the leader's whole server); leg: the TOMA, then a leg's target.
-  "toma-kill": ["toma", "leg"],
+  // toma: the TOMA (a TOMA per server: the leader's); server: the leader's whole server, TOMA and
+  // target; leg: the TOMA (the leader's) and a leg's target.
+  "toma-kill": ["toma", "server", "leg"],
   stop: ["target", "toma"],
   linkdown: [],
   oneway: ONE_WAY,
 };
+
+/** Variants that need a TOMA per server (--cluster): without one they are not drawn. */
+const CLUSTER_ONLY: readonly string[] = ["toma-kill:server", "oneway:toma-toma"];
+
+/** The variants of a kind that the mode has. */
+function variantsIn(kind: FaultKind, cluster_mode: boolean): string[] {
+  return FAULT_VARIANTS[kind].filter((v) => cluster_mode || !CLUSTER_ONLY.includes(`${kind}:${v}`));
+}
 
 /** Every selector: each kind, and each `kind:variant`. */
 export const FAULT_SELECTORS: readonly string[] = FAULT_KINDS.flatMap((k) => [k, ...FAULT_VARIANTS[k].map((v) => `${k}:${v}`)]);
@@ -35,9 +44,9 @@ export const FAULT_SELECTORS: readonly string[] = FAULT_KINDS.flatMap((k) => [k,
 export type FaultSelection = { kind: FaultKind; variants: string[] }[];
 
 /**
- * Parses selectors into a selection, kinds in FAULT_KINDS order. Unknown selectors and
- * `oneway:toma-toma` without a TOMA per server are errors; a bare `oneway` leaves toma-toma out
- * when there is one TOMA.
+ * Parses selectors into a selection, kinds in FAULT_KINDS order. Unknown selectors and a
+ * cluster-only variant (CLUSTER_ONLY) without a TOMA per server are errors; a bare kind leaves
+ * those out when there is one TOMA (so a seed of single mode draws what it drew before they came).
  */
 export function selectFaults(selectors: readonly string[], cluster_mode: boolean): FaultSelection {
   if (selectors.length === 0) throw new Error("no fault kinds to draw from");
@@ -45,9 +54,9 @@ export function selectFaults(selectors: readonly string[], cluster_mode: boolean
   for (const sel of selectors) {
     if (!FAULT_SELECTORS.includes(sel)) throw new Error(`fault '${sel}' is not one of ${FAULT_SELECTORS.join(", ")}`);
     const [kind, variant] = sel.split(":") as [FaultKind, string | undefined];
-    if (variant === "toma-toma" && !cluster_mode) throw new Error("fault 'oneway:toma-toma' needs a TOMA per server (--cluster)");
+    if (CLUSTER_ONLY.includes(sel) && !cluster_mode) throw new Error(`fault '${sel}' needs a TOMA per server (--cluster)`);
     const set = chosen.get(kind) ?? new Set<string>();
-    const all = FAULT_VARIANTS[kind].filter((v) => v !== "toma-toma" || cluster_mode);
+    const all = variantsIn(kind, cluster_mode);
     for (const v of variant === undefined ? all : [variant]) set.add(v);
     chosen.set(kind, set);
   }
@@ -57,7 +66,7 @@ export function selectFaults(selectors: readonly string[], cluster_mode: boolean
 /** The selection written back as the shortest list of selectors (a kind whose variants are all in). */
 export function faultSelectors(sel: FaultSelection, cluster_mode: boolean): string[] {
   return sel.flatMap(({ kind, variants }) => {
-    const all = FAULT_VARIANTS[kind].filter((v) => v !== "toma-toma" || cluster_mode);
+    const all = variantsIn(kind, cluster_mode);
     return variants.length === all.length ? [kind] : variants.map((v) => `${kind}:${v}`);
   });
 }
@@ -101,6 +110,8 @@ export interface FaultPlan {
   /** oneway: the direction cut; toma-toma also names the second server. */
   way?: OneWay;
   peer?: number;
+  /** oneway:toma-toma: the leader's TOMA is one end (found when injected): which way is cut. */
+  from_leader?: boolean;
   hold_ms: number;
 }
 
@@ -138,7 +149,8 @@ export class FaultDraw {
         return { kind, variant, server, hold_ms: span(this.times.restart_ms) };
       }
       case "stop": {
-        // Single mode: the TOMA lives in s1, so a paused TOMA is always s1's.
+        // Single mode: the TOMA lives in s1, so a paused TOMA is always s1's; a TOMA per server:
+        // the leader's, found when injected.
         const process = variantOf(variants) as "target" | "toma";
         return { kind, variant: process, server: process === "toma" && !this.cluster_mode ? 0 : server, process, hold_ms: this.times.pause_ms };
       }
@@ -147,9 +159,11 @@ export class FaultDraw {
       case "oneway": {
         const way = variantOf(variants) as OneWay;
         const peer = (server + r.int(1, this.servers)) % this.servers;
-        // client-toma: the client's TOMA is s1's (its -m address).
+        // client-toma: the client's TOMA is s1's (its -m address); a TOMA per server: the leader's,
+        // where the client daemon is homed, found when injected.
         const s = way === "client-toma" ? 0 : server;
-        return { kind, variant: way, server: s, way, ...(way === "toma-toma" ? { peer } : {}), hold_ms: this.times.cut_ms };
+        if (way === "toma-toma") return { kind, variant: way, server: s, way, peer, from_leader: r.int(0, 2) === 0, hold_ms: this.times.cut_ms };
+        return { kind, variant: way, server: s, way, hold_ms: this.times.cut_ms };
       }
     }
   }
@@ -181,22 +195,30 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
       const thost = c.server(tomaServer);
       const downTargets = new Set<number>();
       let label: string;
-      if (cluster) {
-        // A TOMA per server: the leader's whole server dies, TOMA and target.
-        await c.killTomaOn(tomaServer);
-        await c.killTarget(tomaServer);
-        downTargets.add(tomaServer);
-        label = `kill -9 leader ${thost} (TOMA and target)`;
-      } else {
+      if (!cluster) {
         await c.killToma();
         label = `kill -9 TOMA (${thost})`;
+      } else if (plan.variant === "server" || legServer === tomaServer) {
+        // The leader's whole server: its TOMA and its target, at once.
+        await Promise.all([c.killTomaOn(tomaServer), c.killTarget(tomaServer)]);
+        downTargets.add(tomaServer);
+        label = `kill -9 leader ${thost}'s TOMA and target${legServer === tomaServer ? ` (leg ${plan.leg})` : ""}`;
+      } else if (legServer !== null) {
+        // The leader's TOMA and a leg's target on another server, at once.
+        await Promise.all([c.killTomaOn(tomaServer), c.killTarget(legServer)]);
+        downTargets.add(legServer);
+        label = `kill -9 leader ${thost}'s TOMA and target ${c.server(legServer)} (leg ${plan.leg})`;
+      } else {
+        await c.killTomaOn(tomaServer);
+        label = `kill -9 leader ${thost}'s TOMA`;
       }
-      if (legServer !== null && !downTargets.has(legServer)) {
+      if (!cluster && legServer !== null) {
+        // One TOMA: the client notices its death alone first.
         await Bun.sleep(SECOND_KILL_MS);
         await c.killTarget(legServer);
         downTargets.add(legServer);
         label += `, then target ${c.server(legServer)} (leg ${plan.leg})`;
-      } else if (legServer !== null) label += ` (leg ${plan.leg}'s target among them)`;
+      }
       return {
         plan: { ...plan, server: legServer ?? tomaServer },
         label,
@@ -208,13 +230,15 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
       };
     }
     case "stop": {
-      const d = plan.process === "toma" ? (c.labOpts.cluster_mode ? c.tomas[plan.server] : c.toma) : c.targets[plan.server];
-      if (!d?.alive) throw new Error(`stop: ${plan.process} of ${host} is not running`);
+      const leader = plan.process === "toma" && c.labOpts.cluster_mode ? await c.leader() : null;
+      const server = leader ?? plan.server;
+      const d = plan.process === "toma" ? (leader !== null ? c.tomas[server] : c.toma) : c.targets[server];
+      if (!d?.alive) throw new Error(`stop: ${plan.process} of ${c.server(server)} is not running`);
       const pid = d.proc.pid;
       process.kill(pid, "SIGSTOP");
       return {
-        plan,
-        label: `SIGSTOP ${plan.process} ${host} for ${(plan.hold_ms / 1000).toFixed(0)} s`,
+        plan: { ...plan, server },
+        label: `SIGSTOP ${leader !== null ? "leader's " : ""}${plan.process} ${c.server(server)} for ${(plan.hold_ms / 1000).toFixed(0)} s`,
         heal: async () => {
           if (d.alive) process.kill(pid, "SIGCONT");
         },
@@ -226,6 +250,8 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
     }
     case "oneway": {
       let cuts: OneWayCut[];
+      let what: string | undefined;
+      let server = plan.server;
       switch (plan.way!) {
         case "client-target":
           cuts = [await c.lab.cutOneWay("client", host, { to_port: TARGET_PORT })];
@@ -233,19 +259,28 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
         case "target-client":
           cuts = [await c.lab.cutOneWay(host, "client", { from_port: TARGET_PORT })];
           break;
-        case "client-toma":
-          cuts = [await c.lab.cutOneWay("client", host, { to_port: TOMA_PORT })];
+        case "client-toma": {
+          // A TOMA per server: the client daemon is homed on the leader.
+          if (c.labOpts.cluster_mode) server = await c.leader();
+          cuts = [await c.lab.cutOneWay("client", c.server(server), { to_port: TOMA_PORT })];
           break;
+        }
         case "toma-toma": {
-          // Everything the TOMA of `host` says to the peer's TOMA: its requests and its answers.
-          const peer = c.server(plan.peer!);
-          cuts = [await c.lab.cutOneWay(host, peer, { to_port: TOMA_PORT }), await c.lab.cutOneWay(host, peer, { from_port: TOMA_PORT })];
+          // The leader's TOMA and another (the one drawn, or after the leader when it is the
+          // leader); everything one says to the other, its requests and its answers.
+          const leader = await c.leader();
+          const other = plan.server !== leader ? plan.server : plan.peer !== leader ? plan.peer! : (leader + 1) % c.serverCount();
+          const [from, to] = plan.from_leader ? [leader, other] : [other, leader];
+          server = from;
+          const [f, t] = [c.server(from), c.server(to)];
+          cuts = [await c.lab.cutOneWay(f, t, { to_port: TOMA_PORT }), await c.lab.cutOneWay(f, t, { from_port: TOMA_PORT })];
+          what = `TOMA ${f}${from === leader ? " (leader)" : ""} -> TOMA ${t}${to === leader ? " (leader)" : ""}`;
           break;
         }
       }
-      const what = plan.way === "toma-toma" ? `TOMA ${host} -> TOMA ${c.server(plan.peer!)}` : cuts[0]!.label;
+      what ??= plan.way === "client-toma" && c.labOpts.cluster_mode ? `${cuts[0]!.label} (the leader's TOMA)` : cuts[0]!.label;
       return {
-        plan,
+        plan: { ...plan, server },
         label: `one-way drop ${what}`,
         heal: async () => {
           for (const x of cuts) await c.lab.heal(x);

@@ -10,7 +10,10 @@ import { rmSync } from "node:fs";
 import { Daemon, NVMESH, ok, run } from "../support/proc.ts";
 import { Cluster } from "../support/cluster.ts";
 import { NetLab } from "../support/netns.ts";
-import type { VolumeJson } from "../../src/toma/api-types.ts";
+import type { ClusterJson, VolumeJson } from "../../src/toma/api-types.ts";
+
+/** One TOMA's view of the TOMA cluster (`cluster status -o json`'s `cluster.consensus`). */
+export type Consensus = NonNullable<ClusterJson["consensus"]>;
 
 export const TARGET_PORT = 4420;
 /** A TOMA cluster member that knows a leader (its progress line, printed on every change). */
@@ -83,7 +86,12 @@ export class LabCluster extends Cluster {
       await requirePeersFlag();
       for (let t = 0; t < hosts.length; t++) await this.startTomaOn(t, false);
       for (const d of this.tomas) await d!.waitFor(MEMBER_READY, 60_000);
-      this.toma_addr = this.tomaAddress(0);
+      // The client daemon homes on the leader and re-homes on another when it dies: every TOMA.
+      this.client_management = Array.from({ length: hosts.length }, (_, t) => this.tomaAddress(t)).join(",");
+      const agreed = await this.agreement(60_000);
+      if (agreed === null) throw new Error("the TOMAs did not agree on a leader within 60 s");
+      this.toma_addr = this.tomaAddress(agreed.leader);
+      await this.waitDrives(hosts.length, 60_000);
     } else {
       await this.startToma(this.tomaAddress(0));
     }
@@ -134,45 +142,95 @@ export class LabCluster extends Cluster {
     this.tomas[t] = null;
   }
 
-  /**
-   * Cluster mode: the server whose TOMA leads, from `cluster status -o json` asked of every TOMA
-   * in turn: `cluster.consensus.leader.address`, the leader's management address. A TOMA that
-   * knows no leader is asked no further; no answer naming one is an error, not a guess.
-   */
-  async leader(): Promise<number> {
-    const errors: string[] = [];
-    for (let t = 0; t < this.labOpts.servers; t++) {
-      if (!this.tomas[t]) continue;
-      const r = await run([...this.adminCommand(), "cluster", "status", "-o", "json"], { env: { ...this.adminEnv(), NVMESH_MANAGEMENT: this.tomaAddress(t) }, timeout_ms: 10_000 });
-      if (r.code !== 0) {
-        errors.push(`${this.server(t)}: exit ${r.code} ${r.stderr.trim().slice(0, 200)}`);
-        continue;
-      }
-      const j = JSON.parse(r.stdout) as { cluster?: { consensus?: { leader?: { address?: unknown } | null } } };
-      const addr = j.cluster?.consensus?.leader?.address;
-      if (typeof addr !== "string" || addr === "") {
-        errors.push(`${this.server(t)}: no leader known (cluster.consensus: ${JSON.stringify(j.cluster?.consensus ?? null).slice(0, 200)})`);
-        continue;
-      }
-      const host = this.lab.hostOf(addr.replace(/:\d+$/, ""));
-      const idx = host ? Number(host.slice(1)) - 1 : -1;
-      if (idx < 0) throw new Error(`leader ${addr} is none of the servers`);
-      return idx;
-    }
-    throw new Error(`no TOMA named a leader in cluster status: ${errors.join("; ")}`);
+  /** Cluster mode: TOMA t's view of the TOMA cluster, null when it does not answer within 5 s. */
+  async consensusOf(t: number): Promise<Consensus | null> {
+    if (!this.tomas[t]?.alive) return null;
+    const r = await run([...this.adminCommand(), "cluster", "status", "-o", "json"], { env: { ...this.adminEnv(), NVMESH_MANAGEMENT: this.tomaAddress(t) }, timeout_ms: 5_000 });
+    if (r.code !== 0) return null;
+    return (JSON.parse(r.stdout) as { cluster?: ClusterJson }).cluster?.consensus ?? null;
+  }
+
+  /** Cluster mode: every TOMA's view, asked at once (index = server; null: no answer). */
+  consensusAll(): Promise<(Consensus | null)[]> {
+    return Promise.all(Array.from({ length: this.labOpts.servers }, (_, t) => this.consensusOf(t)));
+  }
+
+  /** The server whose management address this is (`10.99.0.N:4000`), or -1. */
+  serverAt(address: string): number {
+    const host = this.lab.hostOf(address.replace(/:\d+$/, ""));
+    return host && /^s\d+$/.test(host) ? Number(host.slice(1)) - 1 : -1;
   }
 
   /**
-   * Cluster mode: asks each TOMA in turn until one answers (the one admin commands name may be
-   * the server that is down); single mode: the one TOMA.
+   * Cluster mode: polls until every TOMA runs and answers, exactly one claims to lead (ready, an
+   * entry of its term applied) and every one names it in that term; null after timeout_ms.
+   */
+  async agreement(timeout_ms: number): Promise<{ leader: number; term: number } | null> {
+    const deadline = performance.now() + timeout_ms;
+    while (performance.now() < deadline) {
+      const views = await this.consensusAll();
+      const leaders = views.filter((v) => v?.role === "leader");
+      const l = leaders[0];
+      if (views.every((v) => v?.phase === "running") && leaders.length === 1 && l!.leader_ready && views.every((v) => v!.term === l!.term && v!.leader?.address === l!.address)) {
+        const leader = this.serverAt(l!.address ?? "");
+        if (leader < 0) throw new Error(`leader ${l!.address} is none of the servers`);
+        return { leader, term: l!.term! };
+      }
+      await Bun.sleep(250);
+    }
+    return null;
+  }
+
+  /** Polls `drive show` until `count` drives are members of the pool. */
+  async waitDrives(count: number, timeout_ms: number): Promise<void> {
+    const deadline = performance.now() + timeout_ms;
+    let last = "";
+    while (performance.now() < deadline) {
+      const r = await this.cliWithin(10_000, "drive", "show", "-o", "json");
+      if (r.code === 0 && (JSON.parse(r.stdout) as { member: boolean }[]).filter((d) => d.member).length >= count) return;
+      last = r.code === 0 ? r.stdout.slice(0, 300) : r.stderr.slice(0, 300);
+      await Bun.sleep(250);
+    }
+    throw new Error(`fewer than ${count} drives in the pool after ${timeout_ms} ms: ${last}`);
+  }
+
+  /**
+   * Cluster mode: the server whose TOMA leads, as the TOMAs say in `cluster status -o json`:
+   * the one claiming the lead, else the leader the others name. No answer naming one is an
+   * error, not a guess.
+   */
+  async leader(): Promise<number> {
+    const views = await this.consensusAll();
+    const claim = views.find((v) => v?.role === "leader" && v.leader_ready) ?? views.find((v) => v?.leader?.address);
+    const addr = claim?.role === "leader" ? claim.address : claim?.leader?.address;
+    if (!addr) throw new Error(`no TOMA named a leader in cluster status: ${JSON.stringify(views.map((v) => v && { role: v.role, term: v.term, reason: v.reason }))}`);
+    const idx = this.serverAt(addr);
+    if (idx < 0) throw new Error(`leader ${addr} is none of the servers`);
+    this.toma_addr = this.tomaAddress(idx);
+    return idx;
+  }
+
+  /**
+   * Cluster mode: asks the last leader known first (reads answer from a TOMA's applied state: the
+   * leader's is the newest), then each other TOMA in turn until one answers (the one asked first
+   * may be the server that is down); single mode: the one TOMA.
    */
   override async cliWithin(timeout_ms: number, ...args: string[]) {
     if (!this.labOpts.cluster_mode) return await super.cliWithin(timeout_ms, ...args);
     let last = await super.cliWithin(timeout_ms, ...args);
-    for (let t = 1; t < this.labOpts.servers && last.code !== 0; t++) {
+    for (let t = 0; t < this.labOpts.servers && last.code !== 0; t++) {
+      if (this.tomaAddress(t) === this.toma_addr || !this.tomas[t]?.alive) continue;
       last = await run([...this.adminCommand(), ...args], { env: { ...this.adminEnv(), NVMESH_MANAGEMENT: this.tomaAddress(t) }, timeout_ms });
     }
     return last;
+  }
+
+  /** Cluster mode: `volume show NAME` from the leader known, else any TOMA that answers. */
+  override async volume(name: string): Promise<VolumeJson> {
+    if (!this.labOpts.cluster_mode) return await super.volume(name);
+    const r = await this.cliWithin(10_000, "volume", "show", name, "-o", "json");
+    if (r.code !== 0) throw new Error(`volume show ${name}: no TOMA answered: exit ${r.code} ${r.stderr.trim().slice(0, 300)}`);
+    return JSON.parse(r.stdout) as VolumeJson;
   }
 
   /** Every daemon that ran, alive or retired, with a name for its log file. */

@@ -19,6 +19,7 @@ import { requireNetnsTool } from "../support/netns.ts";
 import { ok, requireTool, run } from "../support/proc.ts";
 import { type ActiveFault, DEFAULT_TIMES, FAULT_KINDS, FaultDraw, type FaultTimes, faultSelectors, inject, selectFaults } from "./faults.ts";
 import { LabCluster, requirePeersFlag } from "./lab-cluster.ts";
+import { LeaderWatch } from "./leadership.ts";
 import { type ErrorRecord, type FaultRecord, type StateRecord, faultAt, secs, stallMiddle, stallsOver, stamp, summary } from "./report.ts";
 
 const MiB = 2 ** 20;
@@ -162,6 +163,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   const c = new LabCluster({ servers: opts.servers, drive_size: "512M", cluster_mode: opts.cluster_mode });
   let polling = true;
   let poller: Promise<void> = Promise.resolve();
+  let leaderPoller: Promise<void> = Promise.resolve();
+  const leaders = new LeaderWatch();
   let active: ActiveFault | null = null;
   let record: FaultRecord | null = null;
   let stopSampler = () => {};
@@ -199,6 +202,21 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       }
     };
     poller = poll();
+
+    // A TOMA per server: every TOMA's `cluster status`, every second. Checked: never two leaders
+    // claiming one term. The newest ready leader is where admin reads go first.
+    const pollLeaders = async () => {
+      while (polling) {
+        const at = now();
+        const views = await c.consensusAll();
+        for (const line of leaders.observe(at, views.map((v, server) => v && { server, role: v.role, term: v.term, address: v.address }))) log(line);
+        const top = Math.max(...views.map((v) => v?.term ?? 0));
+        const ready = views.find((v) => v?.role === "leader" && v.leader_ready && v.term === top);
+        if (ready?.address && c.serverAt(ready.address) >= 0) c.toma_addr = ready.address;
+        await Bun.sleep(Math.max(0, 1000 - (now() - at)));
+      }
+    };
+    if (opts.cluster_mode) leaderPoller = pollLeaders();
 
     let epoch = 0;
     /** When the running fio last completed an I/O (its status, sampled every second). */
@@ -331,6 +349,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     const normal = await waitBack(isNormal, healed_all, opts.recover_ms);
     if (normal === null && !stuck) failures.push(`the volume was not Normal within ${secs(opts.recover_ms)} after everything was healed`);
     else if (normal !== null) log("volume Normal, I/O going on");
+    if (opts.cluster_mode) {
+      const agreed = await c.agreement(opts.recover_ms);
+      if (agreed === null) failures.push(`the TOMAs did not agree on one leader within ${secs(opts.recover_ms)} after everything was healed`);
+      else log(`every TOMA names leader ${c.server(agreed.leader)} in term ${agreed.term}`);
+      checks.push(agreed === null ? "after the heal: the TOMAs did NOT agree on one leader" : `after the heal: every TOMA names one leader, ${c.server(agreed.leader)}, in term ${agreed.term}`);
+    }
     if (fioFailed() || stuck) await fioEnded();
     else {
       const o = await fio.stop();
@@ -385,6 +409,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
     }
     for (const f of fios) if (f.daemon.alive) f.daemon.proc.kill("SIGKILL");
     await poller.catch(() => {});
+    await leaderPoller.catch(() => {});
+    if (opts.cluster_mode) {
+      const conflicts = leaders.conflicts.map((x) => `term ${x.term}: ${x.addresses.join(" and ")} at ${stamp(x.at_ms)}`);
+      checks.push(`leadership: ${leaders.polls} polls of every TOMA's cluster status, ${leaders.terms()} term(s) with a leader, ${leaders.changes.length} leader change(s) seen; two leaders claiming one term: ${conflicts.length === 0 ? "never" : conflicts.join("; ")}`);
+      if (conflicts.length > 0) failures.push(`two leaders claimed one term: ${conflicts.join("; ")}`);
+    }
     mkdirSync(`${out}/logs`, { recursive: true });
     for (const [i, d] of c.allDaemons().entries()) writeFileSync(`${out}/logs/${i}-${d.name.replace(/\W+/g, "_")}.log`, d.output);
     await c.destroy(opts.keep).catch((e) => failures.push(`cleanup: ${(e as Error).message}`));
