@@ -16,7 +16,7 @@ import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { FioVerify } from "../support/fio.ts";
 import { parseSize } from "../../src/cmd/args.ts";
 import { requireNetnsTool } from "../support/netns.ts";
-import { ok, requireTool, run } from "../support/proc.ts";
+import { type Daemon, ok, requireTool, run } from "../support/proc.ts";
 import { type ActiveFault, DEFAULT_TIMES, FAULT_KINDS, FaultDraw, type FaultTimes, faultSelectors, inject, selectFaults } from "./faults.ts";
 import { LabCluster, requirePeersFlag } from "./lab-cluster.ts";
 import { LeaderWatch } from "./leadership.ts";
@@ -416,7 +416,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
       if (conflicts.length > 0) failures.push(`two leaders claimed one term: ${conflicts.join("; ")}`);
     }
     mkdirSync(`${out}/logs`, { recursive: true });
-    for (const [i, d] of c.allDaemons().entries()) writeFileSync(`${out}/logs/${i}-${d.name.replace(/\W+/g, "_")}.log`, d.output);
+    // Each line stamped with when it arrived on the soak's clock, to line it up with the faults.
+    for (const [i, d] of c.allDaemons().entries()) writeFileSync(`${out}/logs/${i}-${d.name.replace(/\W+/g, "_")}.log`, stampedOutput(d, t0));
     await c.destroy(opts.keep).catch((e) => failures.push(`cleanup: ${(e as Error).message}`));
     if (opts.keep) checks.push(`cluster folder kept: ${c.dir}`);
   }
@@ -444,6 +445,11 @@ async function healEverything(c: LabCluster): Promise<void> {
   if (c.labOpts.cluster_mode) {
     for (let t = 0; t < c.serverCount(); t++) if (!c.tomas[t]?.alive) await c.startTomaOn(t);
   } else if (!c.toma?.alive) await c.restartToma();
+}
+
+/** A daemon's output, each line prefixed with the soak time its chunk arrived at. */
+function stampedOutput(d: Daemon, t0: number): string {
+  return d.chunks.map((ch) => ch.text.split("\n").filter((l) => l.trim() !== "").map((l) => `[${stamp(ch.at_ms - t0).padStart(8)}] ${l}\n`).join("")).join("");
 }
 
 /** fio reading every block of the ranges and checking its verify header and checksum. */
