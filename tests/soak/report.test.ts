@@ -1,7 +1,8 @@
 /** The soak's bookkeeping: the fault draw replays by seed; stalls and IOPS from fio's logs. */
 import { describe, expect, test } from "bun:test";
 import { DEFAULT_TIMES, FaultDraw, faultSelectors, selectFaults } from "./faults.ts";
-import { type FaultRecord, faultAt, iopsSeries, longestGap, stallMiddle, stallsOver } from "./report.ts";
+import { LeaderWatch } from "./leadership.ts";
+import { type FaultRecord, faultAt, iopsSeries, longestGap, stallMiddle, stallsOver, worstGap } from "./report.ts";
 
 describe("fault draw", () => {
   test("a seed replays the same sequence; another seed gives another; only the kinds asked for", () => {
@@ -28,6 +29,8 @@ describe("fault draw", () => {
     const tt = Array.from({ length: 200 }, () => c.next()).filter((p) => p.way === "toma-toma");
     expect(tt.length).toBeGreaterThan(0);
     for (const p of tt) expect(p.peer).not.toBe(p.server);
+    // The cut runs from the leader or to it: both ways are drawn.
+    expect(new Set(tt.map((p) => p.from_leader))).toEqual(new Set([true, false]));
   });
 
   test("no kinds is an error", () => {
@@ -43,8 +46,12 @@ describe("fault draw", () => {
     expect([...variants(["toma-kill"])].sort()).toEqual(["toma-kill:leg", "toma-kill:toma"]);
     expect([...variants(["oneway"])].sort()).toEqual(["oneway:client-target", "oneway:client-toma", "oneway:target-client"]);
     expect(variants(["oneway"], true).has("oneway:toma-toma")).toBe(true);
+    expect([...variants(["toma-kill"], true)].sort()).toEqual(["toma-kill:leg", "toma-kill:server", "toma-kill:toma"]);
     expect(() => selectFaults(["stop:everything"], false)).toThrow(/not one of/);
     expect(() => selectFaults(["oneway:toma-toma"], false)).toThrow(/--cluster/);
+    expect(() => selectFaults(["toma-kill:server"], false)).toThrow(/--cluster/);
+    expect(faultSelectors(selectFaults(["toma-kill"], false), false)).toEqual(["toma-kill"]);
+    expect(faultSelectors(selectFaults(["toma-kill:toma", "toma-kill:leg"], true), true)).toEqual(["toma-kill:toma", "toma-kill:leg"]);
     expect(faultSelectors(selectFaults(["oneway", "stop:target", "kill", "stop:toma"], false), false)).toEqual(["kill", "stop", "oneway"]);
     expect(faultSelectors(selectFaults(["oneway:client-toma", "toma-kill:toma"], false), false)).toEqual(["toma-kill:toma", "oneway:client-toma"]);
   });
@@ -73,6 +80,14 @@ describe("stalls and IOPS", () => {
     expect(longestGap(times, 0, 1000, true, true)).toEqual({ gap_ms: 700, from_ms: 300 });
   });
 
+  test("the worst job's stall: a job stuck while the others go on is a stall", () => {
+    const busy = Float64Array.from({ length: 100 }, (_, i) => i * 100);
+    const stuck = Float64Array.from([100, 200, 300]);
+    expect(worstGap([busy, stuck], 0, 9_900)).toEqual({ gap_ms: 100, from_ms: 0, job: 0 });
+    expect(worstGap([busy, stuck], 0, 9_900, true)).toEqual({ gap_ms: 9_600, from_ms: 300, job: 1 });
+    expect(worstGap([], 0, 1000, true).gap_ms).toBe(0);
+  });
+
   test("every stall over a limit", () => {
     expect(stallsOver(times, 0, 9500, 1000)).toEqual([
       { gap_ms: 5000, from_ms: 300 },
@@ -91,5 +106,24 @@ describe("stalls and IOPS", () => {
   test("IOPS per bucket from windowed rates", () => {
     // Two 100 ms windows at 1000 IOPS in the first second (200 I/Os), none in the second.
     expect(iopsSeries([[100, 1000], [200, 1000]], 100, 2000, 1000)).toEqual([200, 0]);
+  });
+});
+
+describe("leadership", () => {
+  const v = (server: number, role: string, term: number) => ({ server, role, term, address: `10.99.0.${server + 1}:4000` });
+
+  test("leaders over time, and two leaders claiming one term caught, whenever each was seen", () => {
+    const w = new LeaderWatch();
+    expect(w.observe(0, [v(0, "leader", 2), v(1, "follower", 2), null])).toEqual(["leader 10.99.0.1:4000 in term 2"]);
+    // A paused ex-leader still says it leads in its old term: the same claim, not a conflict.
+    expect(w.observe(1000, [v(0, "leader", 2), v(1, "leader", 3), v(2, "follower", 3)])).toEqual(["leader 10.99.0.2:4000 in term 3"]);
+    expect(w.conflicts).toEqual([]);
+    expect(w.observe(2000, [v(2, "leader", 2)])).toEqual(["TWO LEADERS in term 2: 10.99.0.1:4000 and 10.99.0.3:4000"]);
+    expect(w.conflicts).toEqual([{ at_ms: 2000, term: 2, addresses: ["10.99.0.1:4000", "10.99.0.3:4000"] }]);
+    // Reported once.
+    expect(w.observe(3000, [v(2, "leader", 2)])).toEqual([]);
+    expect(w.terms()).toBe(2);
+    expect(w.changes.map((c) => c.term)).toEqual([2, 3]);
+    expect(w.polls).toBe(4);
   });
 });

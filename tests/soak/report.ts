@@ -62,6 +62,20 @@ export function longestGap(times: Float64Array, from: number, to: number, open_e
   return best;
 }
 
+/**
+ * longestGap of each fio job's completions (one sorted array per job): the longest, with its
+ * job. A job whose I/O is stuck is a stall for whoever waits on that range, though the other jobs
+ * go on, so jobs are never merged for this.
+ */
+export function worstGap(jobs: readonly Float64Array[], from: number, to: number, open_end = false, clip = false): Stall & { job: number } {
+  let best = { gap_ms: 0, from_ms: from, job: 0 };
+  for (const [job, times] of jobs.entries()) {
+    const g = longestGap(times, from, to, open_end, clip);
+    if (g.gap_ms > best.gap_ms) best = { ...g, job };
+  }
+  return best;
+}
+
 /** Every interval with no completion longer than limit_ms that begins within [from, to]. */
 export function stallsOver(times: Float64Array, from: number, to: number, limit_ms: number): Stall[] {
   const out: Stall[] = [];
@@ -112,8 +126,11 @@ export interface SummaryInput {
   faults: FaultRecord[];
   errors: ErrorRecord[];
   states: StateRecord[];
-  /** When I/O completed (or a log window with completions ended), ms since the soak began. */
-  times: Float64Array;
+  /**
+   * When I/O completed (or a log window with completions ended), ms since the soak began: one
+   * sorted array per fio job (job i of every fio run).
+   */
+  times: Float64Array[];
   /** IOPS samples (ms since the soak began, rate) over windows of window_ms. */
   iops: [number, number][];
   window_ms: number;
@@ -135,7 +152,7 @@ export function summary(s: SummaryInput): string {
   const stallOf = (f: FaultRecord) => {
     // A logged time is the end of a window with completions: the stall began up to a window later.
     const end = (f.recovered_ms ?? s.end_ms) - s.window_ms;
-    return longestGap(s.times, f.injected_ms - s.window_ms, end, true, true).gap_ms;
+    return worstGap(s.times, f.injected_ms - s.window_ms, end, true, true).gap_ms;
   };
   const byKind = new Map<string, FaultRecord[]>();
   for (const f of s.faults) byKind.set(f.kind, [...(byKind.get(f.kind) ?? []), f]);
@@ -157,9 +174,9 @@ export function summary(s: SummaryInput): string {
     const when = f === null ? "before any fault" : f.healed_ms !== null && f.healed_ms < e.at_ms ? `after fault #${f.n} (${f.label}), healed ${secs(e.at_ms - f.healed_ms)} before` : `during fault #${f.n} (${f.label}), injected ${secs(e.at_ms - f.injected_ms)} before`;
     out.push(`ERROR ${stamp(e.at_ms)} ${when}: ${e.what}`);
   }
-  const all = longestGap(s.times, s.io_from_ms, s.end_ms, true);
+  const all = worstGap(s.times, s.io_from_ms, s.end_ms, true);
   const during = faultAt(s.faults, stallMiddle(all));
-  out.push(`longest I/O stall (no fio completion, to ${s.window_ms} ms): ${secs(all.gap_ms)} from ${stamp(all.from_ms)}${during ? ` (after fault #${during.n}: ${during.label})` : ""}`);
+  out.push(`longest I/O stall (no completion in one of the ${s.times.length} fio jobs, to ${s.window_ms} ms): ${secs(all.gap_ms)} from ${stamp(all.from_ms)} (job ${all.job + 1})${during ? ` (after fault #${during.n}: ${during.label})` : ""}`);
   out.push(`volume states: ${s.states.map((x) => `${stamp(x.at_ms)} ${x.state}`).join("; ")}`);
   out.push(`write IOPS over time (${s.bucket_ms / 1000} s buckets, every fio job; faults in force by number):`);
   const series = iopsSeries(s.iops, s.window_ms, s.end_ms, s.bucket_ms);

@@ -425,10 +425,21 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   const times = mergedCompletions(fios, t0);
   const iops = fios.flatMap((f) => f.iopsLog().map(([t, v]): [number, number] => [t + f.started_ms - t0, v]));
   const io_from_ms = fios.length > 0 ? fios[0]!.started_ms - t0 : 0;
+  // A job with no completion for longer than the volume may take to come back had I/O stuck,
+  // though the other jobs went on (which the live check, on fio's summed progress, cannot see).
+  for (const [job, jt] of times.entries()) {
+    for (const st of stallsOver(jt, io_from_ms, end_ms, opts.recover_ms)) {
+      const f = faultAt(faults, st.from_ms + 1000);
+      errors.push({ at_ms: st.from_ms, what: `fio job ${job + 1}: no I/O completed for ${secs(st.gap_ms)} from ${stamp(st.from_ms)} (I/O stuck while the other jobs went on)`, after_fault: f?.n ?? null });
+      failures.push(`fio job ${job + 1}'s I/O stuck for ${secs(st.gap_ms)} from ${stamp(st.from_ms)}${f ? `, after fault #${f.n} (${f.label})` : ""}`);
+    }
+  }
   if (opts.max_stall_ms !== null) {
-    for (const st of stallsOver(times, io_from_ms, end_ms, opts.max_stall_ms)) {
-      const f = faultAt(faults, stallMiddle(st));
-      failures.push(`I/O stalled ${secs(st.gap_ms)} from ${stamp(st.from_ms)} (over --max-stall ${secs(opts.max_stall_ms)})${f ? `, after fault #${f.n} (${f.label})` : ""}`);
+    for (const [job, jt] of times.entries()) {
+      for (const st of stallsOver(jt, io_from_ms, end_ms, opts.max_stall_ms)) {
+        const f = faultAt(faults, stallMiddle(st));
+        failures.push(`fio job ${job + 1}'s I/O stalled ${secs(st.gap_ms)} from ${stamp(st.from_ms)} (over --max-stall ${secs(opts.max_stall_ms)})${f ? `, after fault #${f.n} (${f.label})` : ""}`);
+      }
     }
   }
   const text = summary({ command: opts.command, seed: opts.seed, setup, faults, errors, states, times, iops, window_ms: WINDOW_MS, io_from_ms, end_ms, fio_lines: fioLines, checks, failures, bucket_ms: opts.duration_ms > 300_000 ? 10_000 : 5_000 });
@@ -460,17 +471,12 @@ async function runReadback(wrap: string[], uri: string, bs: string, size: string
   return { ok: false, detail: line.trim() };
 }
 
-/** Every fio run's completions on the soak's clock, in order. */
-function mergedCompletions(fios: FioVerify[], t0: number): Float64Array {
-  const parts = fios.map((f) => {
+/** Every fio run's completions on the soak's clock, per job (job i of each run), in order. */
+function mergedCompletions(fios: FioVerify[], t0: number): Float64Array[] {
+  const jobs: number[][] = [];
+  for (const f of fios) {
     const base = f.started_ms - t0;
-    return f.completionTimes().map((t) => t + base);
-  });
-  const all = new Float64Array(parts.reduce((n, p) => n + p.length, 0));
-  let i = 0;
-  for (const p of parts) {
-    all.set(p, i);
-    i += p.length;
+    for (const [i, times] of f.jobCompletionTimes().entries()) (jobs[i] ??= []).push(...Array.from(times, (t) => t + base));
   }
-  return all.sort();
+  return jobs.map((ts) => Float64Array.from(ts).sort());
 }

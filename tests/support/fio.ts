@@ -161,6 +161,15 @@ export class FioVerify {
     return Float64Array.from(this.logEntries("lat").map(([t]) => t)).sort();
   }
 
+  /**
+   * With log_avg_ms: when each job's log windows with completions ended (ms since fio started),
+   * one sorted array per job in job order. fio writes one IOPS log per job (its latency log may
+   * be one for all), so a job whose I/O stopped while the others went on shows here only.
+   */
+  jobCompletionTimes(): Float64Array[] {
+    return this.logFiles("iops").map((f) => Float64Array.from(this.entries(f).map(([t]) => t)).sort());
+  }
+
   /** With log_avg_ms: (ms since fio started, I/Os completed per second in that window), every job's. */
   iopsLog(): [number, number][] {
     return this.logEntries("iops");
@@ -168,15 +177,25 @@ export class FioVerify {
 
   /** The first two columns (time, value) of every job's log of a kind. */
   private logEntries(kind: "lat" | "iops"): [number, number][] {
+    return this.logFiles(kind).flatMap((f) => this.entries(f));
+  }
+
+  /** The log files of a kind, in job order (fio names them PREFIX_KIND.JOB.log). */
+  private logFiles(kind: "lat" | "iops"): string[] {
     const dir = this.opts.dir;
     const base = this.lat_prefix.slice(dir.length + 1);
-    const files = readdirSync(dir).filter((f) => f.startsWith(`${base}_${kind}.`) && f.endsWith(".log"));
+    const job = (f: string) => Number(/\.(\d+)\.log$/.exec(f)?.[1] ?? 0);
+    return readdirSync(dir)
+      .filter((f) => f.startsWith(`${base}_${kind}.`) && f.endsWith(".log"))
+      .sort((a, b) => job(a) - job(b))
+      .map((f) => `${dir}/${f}`);
+  }
+
+  private entries(path: string): [number, number][] {
     const out: [number, number][] = [];
-    for (const f of files) {
-      for (const line of readFileSync(`${dir}/${f}`, "utf8").split("\n")) {
-        const [t, v] = line.split(",", 2);
-        if (v !== undefined) out.push([Number(t), Number(v)]);
-      }
+    for (const line of readFileSync(path, "utf8").split("\n")) {
+      const [t, v] = line.split(",", 2);
+      if (v !== undefined) out.push([Number(t), Number(v)]);
     }
     return out;
   }
