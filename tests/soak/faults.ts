@@ -189,25 +189,31 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
     }
     case "toma-kill": {
       const cluster = c.labOpts.cluster_mode;
-      // The leg's server is read while a TOMA still answers.
-      const legServer = plan.variant === "leg" ? c.serverOf(await c.volume(volume), plan.leg!) : null;
-      const tomaServer = cluster ? await c.leader() : 0;
+      // The legs' servers are read while a TOMA still answers.
+      const v = plan.variant === "leg" ? await c.volume(volume) : null;
+      const legServer = v ? c.serverOf(v, plan.leg!) : null;
+      const leader = cluster ? await c.leader() : 0;
+      // A TOMA per server, leg: the TOMA and the leg's target of one server, so that one server is
+      // impaired as with every fault: the leader's when it holds a leg of the volume (the TOMA
+      // that leads dies with a leg), else the drawn leg's. The leader's TOMA with a target of
+      // another server leaves a majority of TOMAs but only one with its drives: a TOMA without
+      // its drives cannot vote (its vote must be durable first), so no leader is elected until
+      // one of them is back (docs/soak.md, results).
+      const leaderLeg = cluster && v ? v.columns.findIndex((_, i) => c.serverOf(v, i) === leader) : -1;
+      const tomaServer = cluster && legServer !== null && leaderLeg < 0 ? legServer : leader;
+      const legOfVictim = leaderLeg >= 0 ? leaderLeg : plan.leg;
       const thost = c.server(tomaServer);
       const downTargets = new Set<number>();
       let label: string;
       if (!cluster) {
         await c.killToma();
         label = `kill -9 TOMA (${thost})`;
-      } else if (plan.variant === "server" || legServer === tomaServer) {
-        // The leader's whole server: its TOMA and its target, at once.
+      } else if (plan.variant === "server" || plan.variant === "leg") {
+        // A whole server: its TOMA and its target, at once.
         await Promise.all([c.killTomaOn(tomaServer), c.killTarget(tomaServer)]);
         downTargets.add(tomaServer);
-        label = `kill -9 leader ${thost}'s TOMA and target${legServer === tomaServer ? ` (leg ${plan.leg})` : ""}`;
-      } else if (legServer !== null) {
-        // The leader's TOMA and a leg's target on another server, at once.
-        await Promise.all([c.killTomaOn(tomaServer), c.killTarget(legServer)]);
-        downTargets.add(legServer);
-        label = `kill -9 leader ${thost}'s TOMA and target ${c.server(legServer)} (leg ${plan.leg})`;
+        const role = tomaServer === leader ? "leader" : "follower";
+        label = `kill -9 ${role} ${thost}'s TOMA and target${plan.variant === "leg" ? ` (leg ${legOfVictim})` : ""}`;
       } else {
         await c.killTomaOn(tomaServer);
         label = `kill -9 leader ${thost}'s TOMA`;
@@ -220,7 +226,7 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
         label += `, then target ${c.server(legServer)} (leg ${plan.leg})`;
       }
       return {
-        plan: { ...plan, server: legServer ?? tomaServer },
+        plan: { ...plan, server: cluster ? tomaServer : (legServer ?? tomaServer), ...(legOfVictim !== undefined ? { leg: legOfVictim } : {}) },
         label,
         heal: async () => {
           for (const t of downTargets) await c.restartTarget(t);
