@@ -165,6 +165,11 @@ export class ManagementGuard {
     private readonly keys: ServerKeys | null,
     /** The secret of a registered, live client daemon. */
     private readonly secretOf: (client_id: number) => Uint8Array | undefined,
+    /**
+     * A TOMA that does not serve client daemons (a follower of a TOMA cluster): its answer to a
+     * request signed by a client id, or null when it serves them (an unknown id is then gone).
+     */
+    private readonly clientsElsewhere: () => ApiResponse | null = () => null,
   ) {
     this.nonces = new NonceBook(env);
     this.log = env.log;
@@ -200,6 +205,12 @@ export class ManagementGuard {
     let key: ClusterKey | null = null;
     if (a.by.kind === "client-id") {
       const secret = this.secretOf(a.by.id);
+      // Not known here because client daemons are served elsewhere (421 naming the leader, or
+      // 503 while none is known): the daemon keeps its registration and goes there. A 410 would
+      // make it register again at the leader, which still holds the first registration (its
+      // locks, its acknowledgement) until that one expires.
+      const away = secret === undefined ? this.clientsElsewhere() : null;
+      if (away !== null) return away;
       // The daemon's cue to register again (as the routes answer an unknown id), not a refusal.
       if (secret === undefined) return denied(410, `client ${a.by.id} is not registered (expired or TOMA restarted): register again`);
       key = { kind: "client", key: secret };

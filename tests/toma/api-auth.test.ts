@@ -226,3 +226,18 @@ test("a TOMA started --insecure serves everyone as such, signed or not; nonces a
   expect(calls.map((c) => c.caller.kind)).toEqual(["insecure", "insecure"]);
   expect((await guard.serve({ method: "POST", path: "/v1/nonce", body: "", authorization: null }, routes)).status).toBe(405);
 });
+
+test("a TOMA that serves client daemons elsewhere (a follower) sends a client id's request on, keeping the registration; one that serves them answers 410", async () => {
+  const daemon = new ManagementSigner(CLIENT);
+  const reg = await daemon.call(send, "POST", "/v1/clients", { name: "host1" });
+  const { client_id } = reg.body as { client_id: number };
+  // A follower: it knows no client's secret, and names the leader.
+  const follower = new ManagementGuard(env, serverKeys(KEY), () => undefined, () => ({ status: 421, body: { error: "not the leader", leader: "10.0.0.3:4000" } }));
+  const before = calls.length;
+  const away = await daemon.call((req) => follower.serve(req, routes), "GET", `/v1/clients/${client_id}/watch?known=1&stable=1`);
+  expect(away).toEqual({ status: 421, body: { error: "not the leader", leader: "10.0.0.3:4000" } });
+  expect(calls.length).toBe(before); // never reached the routes
+  // The TOMA that serves client daemons and no longer knows the id: 410, register again.
+  const leader = new ManagementGuard(env, serverKeys(KEY), () => undefined, () => null);
+  expect((await daemon.call((req) => leader.serve(req, routes), "GET", `/v1/clients/${client_id}/watch?known=1&stable=1`)).status).toBe(410);
+});

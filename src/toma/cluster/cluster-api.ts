@@ -21,7 +21,7 @@ import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type 
 import { type ClusterState, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
 import { DriveReportSchema } from "./drive-pool.ts";
-import { LeaderOpError, leaderOnly } from "./leader-gate.ts";
+import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
 import type { ClusterMember } from "./member.ts";
 
 export const RAFT_PATH = "/v1/raft";
@@ -45,11 +45,28 @@ export const AddServerSchema = v.strictObject({
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
 
 export function clusterMemberApi(env: Env, m: ClusterMember, server_key: Uint8Array | null): Transport {
-  // Client daemons register with the leader's control: their secrets are there (a follower knows
-  // none, answers 410, and the daemon's registration again is sent on to the leader: 421).
-  const guard = new ManagementGuard(env, server_key === null ? null : serverKeys(server_key), (id) => m.control.active()?.mirror.clients.live(id)?.secret);
+  // Client daemons register with the leader's control: their secrets are there. Elsewhere a
+  // request signed by a client id is sent on to the leader (421), keeping its registration.
+  const guard = new ManagementGuard(
+    env,
+    server_key === null ? null : serverKeys(server_key),
+    (id) => m.control.active()?.mirror.clients.live(id)?.secret,
+    () => clientsElsewhere(m),
+  );
   const handler = makeClusterMemberHandler(env, m);
   return (req) => guard.serve(req, handler);
+}
+
+/**
+ * Where a client daemon's signed request goes when this TOMA's control does not serve clients:
+ * null while it does (an unknown id is gone: 410), 503 while it was just elected, else the
+ * follower's refusal (421 naming the leader, 503 when none is known).
+ */
+function clientsElsewhere(m: ClusterMember): ApiResponse | null {
+  if (m.control.active()) return null;
+  if (m.node.view().role === "leader") return err(503, "this TOMA was just elected and does not serve client daemons yet; retry in a moment");
+  const e = notLeader(m.node);
+  return { status: e.status, body: e.leader === null ? { error: e.message } : { error: e.message, leader: e.leader } };
 }
 
 /** Messages between TOMAs are signed with the server key; a client key must never move Raft. */
