@@ -144,7 +144,14 @@ export async function mirrorAct(d: MirrorActDeps): Promise<string> {
     if (writer.error) throw new Error(`the writer saw an I/O error: ${writer.error.message}`);
     return (writer.written_bytes - b0) / MiB / ((performance.now() - t0) / 1000);
   };
-  consola.info(`writing a check pattern through NBD, without pause, over the first ${formatBytes(writer.range_bytes)}: ${(await rate(2000)).toFixed(0)} MiB/s`);
+  // The rate is taken once writes flow: the volume's first writes wait for its legs' sessions.
+  const started_at = performance.now();
+  await until("the writer's first write", async () => {
+    if (writer.error) throw new CheckFailed(`the writer saw an I/O error: ${writer.error.message}`);
+    return writer.written_bytes > 0 ? true : null;
+  });
+  const first_s = ((performance.now() - started_at) / 1000).toFixed(1);
+  consola.info(`writing a check pattern through NBD, without pause, over the first ${formatBytes(writer.range_bytes)} (first write done after ${first_s} s): ${(await rate(2000)).toFixed(0)} MiB/s`);
 
   // The leader's whole server goes: its TOMA (the mirror control, the client daemon's home) and
   // its target. When it holds no leg, a leg's target goes with it, so that the mirror degrades.

@@ -205,13 +205,12 @@ export const demoCommand = command({
       if (stopped !== null || args.exit) {
         consola.start(`${stopped ?? "done"}: stopping the client, the TOMAs and the targets`);
         await cleanup();
-        if (process.env.DEMO_DEBUG_LOG) await Bun.write(process.env.DEMO_DEBUG_LOG, log.join("\n"));
         consola.success("cluster stopped and cleaned up");
         // Stopped in the middle, the script's loops are still pending: they must not keep us.
         process.exit(0);
       }
     } catch (e) {
-      if (log.length) consola.log(`last daemon output:\n${log.slice(-(Number(process.env.NVMESH_DEMO_LOG_LINES) || 20)).join("\n")}`);
+      if (log.length) consola.log(`last daemon output:\n${log.slice(-20).join("\n")}`);
       await cleanup();
       throw e;
     }
