@@ -174,7 +174,7 @@ export const demoCommand = command({
       consola.success(`wrote ${formatBytes(checkBytes)} (${wMiBs.toFixed(0)} MiB/s, flushed), read it back and verified every byte (${rMiBs.toFixed(0)} MiB/s)`);
 
       if (mirrorCapacity > 0 && nTargets < 3) {
-        consola.info("the mirror act needs 3 servers (a cluster change needs a majority of the drives while one is dead): skipped");
+        consola.info("the mirror act needs 3 servers (the TOMA cluster needs a majority of its TOMAs up while a server is dead): skipped");
       } else if (mirrorCapacity > 0) {
         mirrorUri = await mirrorAct({
           tomas,
