@@ -18,13 +18,22 @@ export class DemoTomas {
   private constructor(
     readonly names: readonly string[],
     private readonly targets: () => readonly string[],
+    /** Whether server i's target runs now. */
+    private readonly targetRuns: (i: number) => boolean,
     private readonly log: string[],
     private readonly onSpawn: (c: Child) => void,
   ) {}
 
   /** Chooses every TOMA's address; starts none. */
-  static async plan(names: readonly string[], targets: () => readonly string[], key: ClusterKey, log: string[], onSpawn: (c: Child) => void): Promise<DemoTomas> {
-    const t = new DemoTomas(names, targets, log, onSpawn);
+  static async plan(
+    names: readonly string[],
+    targets: () => readonly string[],
+    targetRuns: (i: number) => boolean,
+    key: ClusterKey,
+    log: string[],
+    onSpawn: (c: Child) => void,
+  ): Promise<DemoTomas> {
+    const t = new DemoTomas(names, targets, targetRuns, log, onSpawn);
     for (let i = 0; i < names.length; i++) {
       t.addresses.push(`127.0.0.1:${await freePort()}`);
       t.clients.push(tomaClient(t.addresses[i]!, { key, timeout_ms: 2000 }));
@@ -50,9 +59,13 @@ export class DemoTomas {
     this.children[i] = null;
   }
 
-  /** The indexes of the TOMAs running now. */
+  /**
+   * The indexes of the TOMAs running now with their own target. One whose target is down keeps
+   * its hard state nowhere: it neither votes nor follows until its drives are back, so it has no
+   * say in who leads.
+   */
   running(): number[] {
-    return this.names.map((_, i) => i).filter((i) => this.children[i] !== null);
+    return this.names.map((_, i) => i).filter((i) => this.children[i] !== null && this.targetRuns(i));
   }
 
   api(i: number): TomaClient {
@@ -64,7 +77,7 @@ export class DemoTomas {
     return (await this.clients[i]!.cluster().catch(() => null))?.consensus ?? null;
   }
 
-  /** Polls the running TOMAs until they agree on a ready leader and `pred` holds. */
+  /** Polls the running TOMAs (with their targets) until they agree on a ready leader and `pred` holds. */
   async agreed(pred: (a: Agreement) => boolean = () => true, timeout_ms = 60_000): Promise<Agreement> {
     const deadline = performance.now() + timeout_ms;
     let last = "";

@@ -100,6 +100,7 @@ export const demoCommand = command({
     const tomas = await DemoTomas.plan(
       Array.from({ length: nTargets }, (_, i) => `server${i + 1}`),
       () => servers.map((s) => s.address),
+      (i) => targetChildren[i]?.proc.exitCode === null && targetChildren[i]?.proc.signalCode === null,
       serverKey,
       log,
       (c) => children.push(c),
