@@ -204,7 +204,7 @@ export async function mirrorAct(d: MirrorActDeps): Promise<string> {
   for (const v of striped) consola.info(`volume ${v.name} is ${v.state}: it has no second copy, so it waits for ${down}`);
 
   consola.start(
-    `bringing ${name(victim)} back: ${holdsLeg ? "its target" : `its target and ${name(legServers[1]!)}'s`} (same drive, same address), ` +
+    `bringing ${name(victim)} back: ${holdsLeg ? "its target" : `its target and ${name(downTargets[1]!)}'s`} (same drive, same address), ` +
       `and its TOMA, which finds its identity and its log on its own drives and rejoins as the same node`,
   );
   const back_at = performance.now();
