@@ -97,6 +97,16 @@ export class DemoTomas {
     return this.api((await this.agreed(() => true, timeout_ms)).index);
   }
 
+  /**
+   * The TOMA that says it leads, with an entry of its term applied, among those that answer now
+   * (for the live view, where a TOMA may have been stopped behind the demo's back); null if none.
+   */
+  async leaderNow(): Promise<TomaClient | null> {
+    const views = await Promise.all(this.names.map((_, i) => this.consensus(i)));
+    const i = views.findIndex((v) => v?.role === "leader" && v.leader_ready);
+    return i < 0 ? null : this.clients[i]!;
+  }
+
   /** The server whose TOMA is at `address` (the name the demo gave it), or the address itself. */
   nameOf(address: string | null | undefined): string {
     const i = address ? this.addresses.indexOf(address) : -1;

@@ -197,7 +197,8 @@ export const demoCommand = command({
     };
     /** The drives and volumes as the leader sees them. */
     const volumesLine = async () => {
-      const api = await tomas.leaderApi(5000);
+      const api = await tomas.leaderNow();
+      if (api === null) throw new Error("no TOMA says it leads now (an election may be under way)");
       const [c, vs] = await Promise.all([api.cluster(), api.volumes()]);
       return `drives ${c.drives.ok} ok, ${c.drives.missing} missing · ${vs.map((v) => `${v.name} ${v.state}`).join(", ")} · ${formatBytes(c.capacity.used_bytes)} of ${formatBytes(c.capacity.total_bytes)} used`;
     };
@@ -249,7 +250,7 @@ export const demoCommand = command({
         if (line !== last) consola.info(line);
         last = line;
       } catch (e) {
-        const line = `no TOMA leader answers: ${(e as Error).message}`;
+        const line = `cannot read the volumes from the leader: ${(e as Error).message}`;
         if (line !== last) consola.warn(line);
         last = line;
       }
