@@ -18,6 +18,7 @@
  *   serve it, and its server's report is stale or does not list it healthy.
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
+import { withSteadyClock } from "../../engine/steady-clock.ts";
 import type { AttachInfo, DriveLocation } from "../../engine/layout/types.ts";
 import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
 import type { DriveInfo } from "../../engine/wire/control.ts";
@@ -52,13 +53,19 @@ export class LeaderControl {
   /** The term whose control a target deposed: not started again in that term. */
   private deposed_term = -1;
 
+  private readonly env: Env;
+
   constructor(
-    private readonly env: Env,
+    env: Env,
     private readonly node: TomaNode,
     private readonly pool: DrivePool,
     private readonly volumes: VolumeOps,
     private readonly opts: LeaderControlOptions,
-  ) {}
+  ) {
+    // Every local timeout of the control (client expiry, leg retry, target liveness) reads this
+    // clock: a wall clock jumping back would keep a silent client alive for as long as it jumped.
+    this.env = withSteadyClock(env);
+  }
 
   start(): void {
     this.timer = this.env.timers.every(CHECK_EVERY_MS, () => this.check());
