@@ -11,9 +11,7 @@ import { Daemon, NVMESH, ok, run } from "../support/proc.ts";
 import { Cluster } from "../support/cluster.ts";
 import { NetLab } from "../support/netns.ts";
 import type { ClusterJson, VolumeJson } from "../../src/toma/api-types.ts";
-
-/** One TOMA's view of the TOMA cluster (`cluster status -o json`'s `cluster.consensus`). */
-export type Consensus = NonNullable<ClusterJson["consensus"]>;
+import { agreement, type Consensus } from "../../src/toma/cluster/agreement.ts";
 
 export const TARGET_PORT = 4420;
 /** A TOMA cluster member that knows a leader (its progress line, printed on every change). */
@@ -167,14 +165,12 @@ export class LabCluster extends Cluster {
    */
   async agreement(timeout_ms: number): Promise<{ leader: number; term: number } | null> {
     const deadline = performance.now() + timeout_ms;
+    const addrs = Array.from({ length: this.labOpts.servers }, (_, t) => this.tomaAddress(t));
     while (performance.now() < deadline) {
-      const views = await this.consensusAll();
-      const leaders = views.filter((v) => v?.role === "leader");
-      const l = leaders[0];
-      if (views.every((v) => v?.phase === "running") && leaders.length === 1 && l!.leader_ready && views.every((v) => v!.term === l!.term && v!.leader?.address === l!.address)) {
-        const leader = this.serverAt(l!.address ?? "");
-        if (leader < 0) throw new Error(`leader ${l!.address} is none of the servers`);
-        return { leader, term: l!.term! };
+      const a = agreement(addrs, await this.consensusAll());
+      if (a !== null) {
+        if (a.index < 0) throw new Error(`leader ${a.address} is none of the servers`);
+        return { leader: a.index, term: a.term };
       }
       await Bun.sleep(250);
     }
