@@ -2,9 +2,10 @@
  * An nvmesh cluster whose servers are network namespaces on one switch (tests/support/netns.ts):
  * server sN runs `target serve` on a file drive at 10.99.0.N:4420; the TOMA runs in s1 (single
  * mode) or on every server (cluster mode, `toma run --peers`, each on its server's address); the
- * client host runs `client serve` holding only the client key (given every TOMA in cluster mode); the admin host runs admin commands with the
- * server key. Drive files stay in one folder of the root file system, so the legs of a mirror
- * are compared on them directly (Cluster.compareLegs).
+ * client host runs `client serve` holding only the client key (given every TOMA in cluster
+ * mode); the admin host runs admin commands with the server key. Drive files stay in one folder
+ * of the root file system, so the legs of a mirror are compared on them directly
+ * (Cluster.compareLegs).
  */
 import { rmSync } from "node:fs";
 import { Daemon, NVMESH, ok, run } from "../support/proc.ts";
