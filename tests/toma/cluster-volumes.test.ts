@@ -14,7 +14,7 @@ import { DrivePool, type DriveReport } from "../../src/toma/cluster/drive-pool.t
 import { LeaderOpError } from "../../src/toma/cluster/leader-gate.ts";
 import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
 import { steadyClock } from "../../src/engine/steady-clock.ts";
-import { agreedLeader, type Cluster, cluster, running, type Server, settle } from "./cluster-fixture.ts";
+import { agreedLeader, type Cluster, cluster, driveReport, running, type Server, settle } from "./cluster-fixture.ts";
 
 const MiB = 1 << 20;
 
@@ -30,25 +30,6 @@ async function refused(c: Cluster, p: Promise<unknown>): Promise<LeaderOpError> 
   const e = (r as { error: unknown }).error;
   expect(e).toBeInstanceOf(LeaderOpError);
   return e as LeaderOpError;
-}
-
-/** What server `s` reports: its own drives, claimed for the cluster. */
-function reportOf(s: Server, cluster_uuid: string): DriveReport {
-  return {
-    server: s.name,
-    drives: s.drives.map((d) => ({
-      drive_uuid: d.info.drive_uuid,
-      target: `${s.name}:4420`,
-      path: `/dev/${d.info.drive_uuid.slice(0, 8)}`,
-      size_bytes: d.info.size_bytes,
-      cluster_uuid,
-      extent_size_bytes: d.info.extent_size_bytes,
-      extent_count: d.info.extent_count,
-      state: "ok" as const,
-      error: null,
-    })),
-    zeroed: [],
-  };
 }
 
 /** The leader's pool and commands, as a member builds them, over the leader's Env. */
@@ -70,7 +51,7 @@ async function started(seed: number) {
 async function pooled(c: Cluster, leader: Server) {
   const { pool, ops } = opsOn(leader);
   const cluster_uuid = leader.toma!.view().cluster_uuid!;
-  for (const s of c.servers) pool.report(reportOf(s, cluster_uuid));
+  for (const s of c.servers) pool.report(driveReport(s, cluster_uuid));
   ops.addReported();
   const all = c.servers.flatMap((s) => s.drives.map((d) => d.info.drive_uuid)).sort();
   expect(await c.world.run(() => running(c).every((s) => s.toma!.appliedState()?.drives.map((d) => d.drive_uuid).sort().join() === all.join()), c.world.now + 20_000)).toBe("done");
@@ -157,7 +138,7 @@ test("after the leader's crash the new leader, once the servers reported to it, 
   // No server has reported to it yet: nothing is usable, and it says so.
   const none = await refused(c, fresh.ops.create({ name: "m2", capacity_bytes: MiB, raid_level: "1" }));
   expect([none.status, none.message]).toEqual([507, expect.stringContaining("no usable drive")]);
-  for (const s of running(c)) fresh.pool.report(reportOf(s, next.toma!.view().cluster_uuid!));
+  for (const s of running(c)) fresh.pool.report(driveReport(s, next.toma!.view().cluster_uuid!));
   await ok(c, fresh.ops.delete("m1"));
   const st = next.toma!.appliedState()!;
   expect(st.volumes.map((v) => v.name)).toEqual([]);
@@ -166,13 +147,13 @@ test("after the leader's crash the new leader, once the servers reported to it, 
   const [first, second] = m1.columns.map((col) => c.servers.find((s) => s.drives.some((d) => d.info.drive_uuid === col.drive_uuid))!);
   // Another server's word for a drive it does not serve releases nothing.
   const liar = running(c).find((s) => s !== first)!;
-  fresh.pool.report({ ...reportOf(liar, st.cluster_uuid), zeroed: [{ volume_uuid: m1.uuid, drive_uuid: m1.columns[0]!.drive_uuid }] });
+  fresh.pool.report({ ...driveReport(liar, st.cluster_uuid), zeroed: [{ volume_uuid: m1.uuid, drive_uuid: m1.columns[0]!.drive_uuid }] });
   fresh.ops.addReported();
   await c.world.run(() => false, c.world.now + 2000);
   expect(next.toma!.appliedState()!.retired.length).toBe(2);
   for (const s of [first!, second!]) {
     if (!s.machine.alive) continue;
-    fresh.pool.report({ ...reportOf(s, st.cluster_uuid), zeroed: m1.columns.filter((col) => s.drives.some((d) => d.info.drive_uuid === col.drive_uuid)).map((col) => ({ volume_uuid: m1.uuid, drive_uuid: col.drive_uuid })) });
+    fresh.pool.report({ ...driveReport(s, st.cluster_uuid), zeroed: m1.columns.filter((col) => s.drives.some((d) => d.info.drive_uuid === col.drive_uuid)).map((col) => ({ volume_uuid: m1.uuid, drive_uuid: col.drive_uuid })) });
   }
   fresh.ops.addReported();
   // The crashed leader's drive (if it held a leg) stays retired: nobody serves it now.

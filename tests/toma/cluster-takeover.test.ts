@@ -1,0 +1,105 @@
+/**
+ * A TOMA cluster taking over a cluster the single TOMA managed (docs/toma-cluster.md, "Taking over
+ * a single-TOMA cluster"). The single TOMA runs for real (src/toma/toma.ts over loopback targets
+ * with in-memory drives), creates a RAID1 volume and stops; the same drives then become the three
+ * servers' own drives of TOMA cluster members over the simulator's Env (cluster-fixture.ts).
+ * Checked: every member applies exactly the single TOMA's last state (same cluster uuid, same
+ * volume and legs), at a term above the single TOMA's and an index above its generation; the
+ * leader's next command applies on top of it; with the state on too few drives every TOMA waits,
+ * says why, and writes nothing over it.
+ */
+import { afterEach, expect, test } from "bun:test";
+import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
+import { type ClusterState, decodeState } from "../../src/toma/cluster-state.ts";
+import { fenceVersion } from "../../src/toma/consensus/proposal.ts";
+import { DrivePool } from "../../src/toma/cluster/drive-pool.ts";
+import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
+import { steadyClock } from "../../src/engine/steady-clock.ts";
+import { agreedLeader, cluster, driveReport, running, settle } from "./cluster-fixture.ts";
+import { adminApi, MiB, memoryDrive, startTargets, startToma, testEnv, until } from "./harness.ts";
+
+const env = testEnv();
+let cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f();
+  cleanup = [];
+});
+
+/** Three targets of one drive each, a single TOMA, a RAID1 volume; the TOMA stopped. */
+async function singleTomaCluster(): Promise<{ drives: FormattedDrive[][]; state: ClusterState }> {
+  const targets = await startTargets(env, [1, 1, 1]);
+  cleanup.push(() => targets.forEach((t) => t.kill()));
+  const { toma } = startToma(env, targets);
+  cleanup.push(() => toma.stop());
+  await toma.whenReady(5000);
+  await until("3 member drives", () => toma.state?.drives.length === 3);
+  const r = await adminApi(toma)("POST", "/v1/volumes", { name: "m", capacity_bytes: 2 * MiB, raid_level: "1" });
+  expect(r.status).toBe(201);
+  const state = toma.state!;
+  // What every drive holds once the TOMA stopped: its last state (written to all three).
+  await until("the state on every drive", async () => {
+    for (const t of targets) {
+      const slot = await t.drives[0]!.metaRead();
+      if (slot.generation !== state.generation) return false;
+    }
+    return true;
+  });
+  await toma.stop();
+  for (const t of targets) t.kill();
+  return { drives: targets.map((t) => t.drives), state };
+}
+
+test("the TOMAs of a single-TOMA cluster take its state over: same uuid, volumes and legs, at a term and index above it", async () => {
+  for (const seed of [701, 702]) {
+    const { drives, state } = await singleTomaCluster();
+    expect(state.volumes.map((v) => v.name)).toEqual(["m"]);
+    const c = await cluster(seed, 3, 3, (i) => drives[i]!);
+    for (const s of c.servers) c.boot(s);
+    expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, 30_000)).toBe("done");
+    for (const s of c.servers) {
+      expect(s.toma!.appliedState()).toEqual(state);
+      const v = s.toma!.view();
+      expect(v.cluster_uuid).toBe(state.cluster_uuid);
+      expect(v.term!).toBeGreaterThan(state.term ?? 0);
+      expect(v.applied!).toBeGreaterThan(state.generation);
+      // Every version the cluster's entries carry is above what the targets have seen.
+      expect(fenceVersion(v.term!, v.applied!)).toBeGreaterThan(fenceVersion(state.term ?? 0, state.generation));
+      // The own drive now holds this TOMA's record, above the single TOMA's slot generation.
+      expect(v.hard_state!.seq).toBeGreaterThan(state.generation);
+    }
+
+    // The leader's next command is computed from, and applied on top of, the taken-over state.
+    const leader = c.servers.find((s) => s.name === agreedLeader(c)!.toma)!;
+    const clock = steadyClock(leader.env!.clock);
+    const pool = new DrivePool(() => clock.now_ms());
+    for (const s of c.servers) pool.report(driveReport(s, state.cluster_uuid));
+    const ops = new VolumeOps(leader.env!, leader.toma!, pool);
+    const r = await settle(c, ops.create({ name: "m2", capacity_bytes: MiB, raid_level: "1" }), 15_000);
+    if (!r.ok) throw r.error;
+    const after = leader.toma!.appliedState()!;
+    expect(after.volumes.map((v) => v.name).sort()).toEqual(["m", "m2"]);
+    expect(after.volumes.find((v) => v.name === "m")).toEqual(state.volumes[0]!);
+    expect(after.generation).toBeGreaterThan(state.generation + 1);
+    expect(await c.world.run(() => running(c).every((s) => s.toma!.appliedState()?.generation === after.generation), c.world.now + 5000)).toBe("done");
+    expect(c.world.failure).toBeNull();
+  }
+});
+
+test("the single-TOMA state on too few of its drives: every TOMA waits, says why, and writes nothing over it", async () => {
+  const { drives, state } = await singleTomaCluster();
+  // Server 0 keeps its drive; servers 1 and 2 got blank drives: 1 of the state's 3 drives is read.
+  const mine = drives[0]![0]!;
+  const blank = [await memoryDrive("b1"), await memoryDrive("b2")];
+  const c = await cluster(703, 3, 3, (i) => (i === 0 ? [mine] : [blank[i - 1]!]));
+  for (const s of c.servers) c.boot(s);
+  await c.world.run(() => false, 20_000);
+  for (const s of c.servers) {
+    expect(s.toma!.phase).toBe("bootstrap");
+    expect(s.toma!.view().reason).toContain("lists 3 drive(s); the TOMAs read 1 of them, 2 needed");
+  }
+  const slot = await mine.metaRead();
+  expect(slot.generation).toBe(state.generation);
+  expect(decodeState(slot.payload!)).toEqual(state);
+  for (const d of blank) expect((await d.metaRead()).generation).toBe(0);
+});
+
