@@ -16,7 +16,7 @@
  */
 import * as v from "valibot";
 import { type ClusterState, decodeState, majority } from "../cluster-state.ts";
-import { decodeRecord } from "./hard-state-record.ts";
+import { decodeRecord, type HardStateRecord } from "./hard-state-record.ts";
 import { UuidSchema } from "./types.ts";
 
 /** Distinct states one TOMA may report (one per own drive at most). */
@@ -43,7 +43,7 @@ export interface CurrentSlot {
 /** What one own drive's current slot holds, for the takeover. */
 export type SlotKind =
   | { kind: "blank" }
-  | { kind: "record" }
+  | { kind: "record"; record: HardStateRecord }
   | { kind: "single_toma"; state: ClusterState }
   /** Neither a record nor a valid single-TOMA state (say why): never counted, never overwritten. */
   | { kind: "unknown"; error: string };
@@ -52,7 +52,7 @@ export function classifySlot(s: CurrentSlot): SlotKind {
   if (s.payload === null) return s.generation === 0 ? { kind: "blank" } : { kind: "unknown", error: `generation ${s.generation} without a payload` };
   const r = decodeRecord(s.payload, { slot_generation: s.generation, drive_uuid: s.drive_uuid });
   if (r.kind === "corrupt") return { kind: "unknown", error: r.error };
-  if (r.kind !== "other") return { kind: "record" };
+  if (r.kind !== "other") return { kind: "record", record: r.record };
   try {
     const state = decodeState(s.payload);
     // As the single TOMA checks: a state not written at its own generation was not written there.
