@@ -10,7 +10,8 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
-import { type ClusterState, decodeState } from "../../src/toma/cluster-state.ts";
+import { type ClusterState, decodeState, emptyState, encodeState } from "../../src/toma/cluster-state.ts";
+import { slotContents } from "../../src/toma/slot-contents.ts";
 import { fenceVersion } from "../../src/toma/consensus/proposal.ts";
 import { DrivePool } from "../../src/toma/cluster/drive-pool.ts";
 import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
@@ -103,3 +104,53 @@ test("the single-TOMA state on too few of its drives: every TOMA waits, says why
   for (const d of blank) expect((await d.metaRead()).generation).toBe(0);
 });
 
+
+test("after the takeover: an own drive still holding the state gets the record; another cluster's state is never written over", async () => {
+  const { drives, state } = await singleTomaCluster();
+  const c = await cluster(704, 3, 3, (i) => drives[i]!);
+  for (const s of c.servers) c.boot(s);
+  expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, 30_000)).toBe("done");
+
+  // A drive of this cluster that was not served when the start record went out, still holding
+  // the single TOMA's state: the restarted TOMA trusts its record and writes it there too.
+  const s0 = c.servers[0]!;
+  const node = s0.toma!.view().node_id;
+  s0.machine.crash("process");
+  const late = await memoryDrive("late");
+  await late.metaWrite(state.generation, encodeState(state));
+  s0.drives.push(late);
+  c.boot(s0);
+  expect(await c.world.run(() => s0.toma!.phase === "running" && agreedLeader(c) !== null, c.world.now + 10_000)).toBe("done");
+  expect(s0.toma!.view().node_id).toBe(node);
+  const held = slotContents({ drive_uuid: late.info.drive_uuid, ...(await late.metaRead()) });
+  expect(held.kind === "hard_state" && held.record.toma_id).toBe(s0.name);
+
+  // Another cluster's single-TOMA state on a drive: outside, naming it; the slot is untouched.
+  const s1 = c.servers[1]!;
+  s1.machine.crash("process");
+  const other = await memoryDrive("other");
+  const foreign = { ...emptyState("00000000-0000-4000-8000-00000000beef"), generation: 3 };
+  await other.metaWrite(3, encodeState(foreign));
+  s1.drives.push(other);
+  c.boot(s1);
+  expect(await c.world.run(() => s1.toma!.phase === "outside", c.world.now + 10_000)).toBe("done");
+  expect(s1.toma!.view().reason).toContain(`${other.info.drive_uuid} hold the single-TOMA state of another cluster`);
+  expect((await other.metaRead()).generation).toBe(3);
+});
+
+test("a founder whose drive holds neither a record nor a valid state goes outside naming it; the others wait for it", async () => {
+  const { drives } = await singleTomaCluster();
+  const odd = await memoryDrive("odd");
+  await odd.metaWrite(2, new Uint8Array([0xa1, 0x61, 0x78, 0x01])); // CBOR {x: 1}: not a state
+  const c = await cluster(705, 3, 3, (i) => (i === 2 ? [...drives[i]!, odd] : drives[i]!));
+  for (const s of c.servers) c.boot(s);
+  await c.world.run(() => false, 10_000);
+  const s2 = c.servers[2]!;
+  expect(s2.toma!.phase).toBe("outside");
+  expect(s2.toma!.view().reason).toContain(odd.info.drive_uuid);
+  for (const s of c.servers.slice(0, 2)) {
+    expect(s.toma!.phase).toBe("bootstrap");
+    expect(s.toma!.view().reason).toContain("(outside)");
+  }
+  expect((await odd.metaRead()).generation).toBe(2);
+});
