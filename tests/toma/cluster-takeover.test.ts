@@ -17,7 +17,7 @@ import { DrivePool } from "../../src/toma/cluster/drive-pool.ts";
 import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
 import { steadyClock } from "../../src/engine/steady-clock.ts";
 import { agreedLeader, cluster, driveReport, running, settle } from "./cluster-fixture.ts";
-import { adminApi, MiB, memoryDrive, startTargets, startToma, testEnv, until } from "./harness.ts";
+import { adminApi, MiB, memoryDrive, startTargets, startToma, type TestTarget, testEnv, until } from "./harness.ts";
 
 const env = testEnv();
 let cleanup: (() => Promise<void> | void)[] = [];
@@ -27,7 +27,7 @@ afterEach(async () => {
 });
 
 /** Three targets of one drive each, a single TOMA, a RAID1 volume; the TOMA stopped. */
-async function singleTomaCluster(): Promise<{ drives: FormattedDrive[][]; state: ClusterState }> {
+async function singleTomaCluster(): Promise<{ drives: FormattedDrive[][]; state: ClusterState; targets: TestTarget[] }> {
   const targets = await startTargets(env, [1, 1, 1]);
   cleanup.push(() => targets.forEach((t) => t.kill()));
   const { toma } = startToma(env, targets);
@@ -47,12 +47,12 @@ async function singleTomaCluster(): Promise<{ drives: FormattedDrive[][]; state:
   });
   await toma.stop();
   for (const t of targets) t.kill();
-  return { drives: targets.map((t) => t.drives), state };
+  return { drives: targets.map((t) => t.drives), state, targets };
 }
 
 test("the TOMAs of a single-TOMA cluster take its state over: same uuid, volumes and legs, at a term and index above it", async () => {
   for (const seed of [701, 702]) {
-    const { drives, state } = await singleTomaCluster();
+    const { drives, state, targets } = await singleTomaCluster();
     expect(state.volumes.map((v) => v.name)).toEqual(["m"]);
     const c = await cluster(seed, 3, 3, (i) => drives[i]!);
     for (const s of c.servers) c.boot(s);
@@ -83,6 +83,14 @@ test("the TOMAs of a single-TOMA cluster take its state over: same uuid, volumes
     expect(after.generation).toBeGreaterThan(state.generation + 1);
     expect(await c.world.run(() => running(c).every((s) => s.toma!.appliedState()?.generation === after.generation), c.world.now + 5000)).toBe("done");
     expect(c.world.failure).toBeNull();
+
+    // A single TOMA started again on these drives cannot take them back: it says why, writes nothing.
+    for (const s of c.servers) s.machine.crash("process");
+    for (const t of targets) await t.revive();
+    const { toma } = startToma(env, targets);
+    cleanup.push(() => toma.stop());
+    await until("the single TOMA read the slots", () => toma.driveViews().filter((d) => d.error?.includes("hard-state record")).length === 3);
+    expect(toma.ready).toBe(false);
   }
 });
 
