@@ -16,11 +16,13 @@
  * open: the previous process's report, still in flight when it died, makes the leader release
  * them after that answer, they go to a new volume, and the new process zeroes them.
  *
- * Not fenced: CLAIM and WRITE_ZEROES from a member carry no control-plane version, so a TOMA
- * that left the cluster could still claim a blank drive of its own server for the cluster it
- * believes in. Both gaps are harmless while no volume can be attached (no volume holds data in
- * this mode); attaching must close them first (the member's target sessions carrying the version
- * of its last applied entry, and the release naming the process that zeroed).
+ * WRITE_ZEROES carries the version of the applied state (fenceVersion of the last applied entry,
+ * node.appliedVersion); a TOMA's versions on its own drives only grow, and start above the single
+ * TOMA's when the cluster took one over. Not fenced: CLAIM carries no version, so a TOMA that left
+ * the cluster could still claim a blank drive of its own server for the cluster it believes in.
+ * Harmless while no volume can be attached (no volume holds data in this mode); attaching must
+ * close it first (the member's target sessions carrying the version of its last applied entry,
+ * and the release naming the process that zeroed).
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
@@ -147,7 +149,9 @@ export class DriveReporter {
       if (!l || !d) continue;
       const runs = extentRuns(r.extents).map(([first, count]) => [first * d.extent_size_bytes, (first + count) * d.extent_size_bytes] as const);
       try {
-        await withTimeout(this.env, zeroRuns(l.session!, uuidFromString(r.drive_uuid), runs), ZERO_TIMEOUT_MS, `zero the retired extents of volume ${r.volume_uuid} on drive ${r.drive_uuid}`);
+        // Stamped with the version of the applied state it acts on: the targets have seen the
+        // single TOMA's versions when the cluster took one over, and refuse anything older.
+        await withTimeout(this.env, zeroRuns(l.session!, uuidFromString(r.drive_uuid), runs, this.node.appliedVersion() ?? 0), ZERO_TIMEOUT_MS, `zero the retired extents of volume ${r.volume_uuid} on drive ${r.drive_uuid}`);
         this.zeroed.add(key);
         this.env.log.info("zeroed a deleted volume's extents", { volume: r.volume_uuid, drive: r.drive_uuid, extents: r.extents.length });
       } catch (e) {
