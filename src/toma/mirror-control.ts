@@ -589,12 +589,10 @@ async function legRegions(vol: VolumeRecord, extents: number[], list: (offset: n
 
 /**
  * Zeroes byte ranges [from, to) of a drive's data area durably (WRITE_ZEROES with FUA), in
- * chunks: a new owner of those extents never reads the old one's data. `generation`: the
- * control-plane version to stamp instead of the session's.
+ * chunks: a new owner of those extents never reads the old one's data.
  */
-export async function zeroRuns(s: TargetSession, drive: Uint8Array, runs: readonly (readonly [number, number])[], generation?: number): Promise<void> {
-  const opts = generation === undefined ? undefined : { generation };
+export async function zeroRuns(s: TargetSession, drive: Uint8Array, runs: readonly (readonly [number, number])[]): Promise<void> {
   for (const [a, b] of runs) {
-    for (let off = a; off < b; off += ZERO_CHUNK_BYTES) await s.writeZeroes(drive, off, Math.min(ZERO_CHUNK_BYTES, b - off), true, opts);
+    for (let off = a; off < b; off += ZERO_CHUNK_BYTES) await s.writeZeroes(drive, off, Math.min(ZERO_CHUNK_BYTES, b - off), true);
   }
 }

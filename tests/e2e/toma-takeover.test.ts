@@ -5,7 +5,7 @@
  * --peers`, one per target. Checked: they found the cluster from the single TOMA's state (its
  * log says so), keep its cluster uuid, and `volume show` through every TOMA lists the volume with
  * the same uuid, columns and legs; the term is above the single TOMA's; the data is still on both
- * legs, equal. The offline tools read both formats from the same drive files: `drive metadata`
+ * legs, equal, and a client daemon homed on the cluster reads it back. The offline tools read both formats from the same drive files: `drive metadata`
  * shows the single TOMA's state before, each TOMA's hard-state record after (its toma id, term,
  * commit, and the state at the commit with a volume created by the cluster); `forensics scan`
  * takes a debug-format volume's layout from a TOMA's record.
@@ -114,6 +114,15 @@ test("three `toma run --peers` take over the single TOMA's cluster: same uuid, t
     if (performance.now() > pooled) throw new Error(`the drives never joined the pool: ${JSON.stringify(all)}\n${p.logs()}`);
     await Bun.sleep(200);
   }
+  // A client daemon given the TOMAs' addresses attaches m1 through the cluster's leader and reads
+  // back what was written through the single TOMA.
+  c.toma_addr = a.leader;
+  c.client_management = p.addrs.join(",");
+  await c.startClient();
+  await ok(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 4M", await c.attach("m1")]);
+  await c.cli("client", "detach", "--volume", "m1");
+  await c.client!.stop("SIGTERM");
+
   // A TOMA persists its commit index only with its next change (a commit alone is not written),
   // so m3 comes after m2 for the records to show m2 committed.
   await ok([NVMESH, "volume", "create", "-m", p.addrs[0]!, "--name", "m2", "--capacity", "4M", "--raid-level", "1"], { env: c.keyEnv });
@@ -128,8 +137,8 @@ test("three `toma run --peers` take over the single TOMA's cluster: same uuid, t
   }
   expect(applied.every((g) => g === applied[0] && g > before.generation!)).toBe(true);
 
-  // Deleting a volume the single TOMA created: its extents are zeroed by their servers (the
-  // targets take the cluster's version, above the single TOMA's) and released.
+  // Deleting a volume the single TOMA created: its extents are zeroed under the leader's version
+  // (the targets saw the single TOMA's, and take only higher ones) and released.
   await ok([NVMESH, "volume", "delete", "-y", "-m", p.addrs[1]!, "m1"], { env: c.keyEnv });
   const released = performance.now() + 20_000;
   for (;;) {

@@ -147,7 +147,6 @@ export function driveReport(s: Server, cluster_uuid: string): DriveReport {
       state: "ok" as const,
       error: null,
     })),
-    zeroed: [],
   };
 }
 

@@ -31,7 +31,7 @@ import { configAt, describeChange, member } from "../consensus/config.ts";
 import { durableOf, nodeIdOf } from "../consensus/hard-state-record.ts";
 import { decodeEnvelope, describeMessage } from "../consensus/messages.ts";
 import { membershipWarnings } from "../consensus/membership.ts";
-import { type Applied, applyProposal, fenceVersion } from "../consensus/proposal.ts";
+import { type Applied, applyProposal } from "../consensus/proposal.ts";
 import { blankDurableState, bootstrapDurableState, Raft, type Ready, type Status } from "../consensus/raft.ts";
 import type { ConfChange, Config, DurableState, Message, NodeId } from "../consensus/types.ts";
 import { DEFAULT_HARD_STATE_TIMINGS, type HardStateTimings, HardStateWriter, readOwnDrives, type SlotIo } from "./hard-state-io.ts";
@@ -216,8 +216,6 @@ export class TomaNode {
   private readonly known = new Map<NodeId, string>();
   /** This node id has been a member of its own configuration (a removal then means it is out). */
   private was_member = false;
-  /** The (index, term) of the last entry or snapshot applied here: the version of what this TOMA acts on. */
-  private applied_at: { index: number; term: number } | null = null;
   /** What the own drives held at a blank start (single-toma-state.ts); null when started from a record. */
   private single_toma: SingleTomaReport | null = null;
 
@@ -435,15 +433,6 @@ export class TomaNode {
   private removed(how: string): void {
     this.senders?.stop();
     this.outside(`removed from the TOMA cluster: ${how}. This TOMA takes no part any more; stop it (bringing this server back as a new member is not built yet)`);
-  }
-
-  /**
-   * The control-plane version of the state applied here: fenceVersion(term, index) of the last
-   * entry (or snapshot) applied; null before any. What this TOMA stamps on what it writes to its
-   * targets on the strength of that state (docs/toma-cluster.md, "Fenced at the drives").
-   */
-  appliedVersion(): number | null {
-    return this.applied_at === null || this.state === null ? null : fenceVersion(this.applied_at.term, this.applied_at.index);
   }
 
   /** Leader with its own-term entry applied: the gate for every leader duty. */
@@ -750,7 +739,6 @@ export class TomaNode {
     if (rd.snapshot) {
       // A new member starts from the blank snapshot (index 0, no state) until the leader's arrives.
       this.state = rd.snapshot.index === 0 ? null : decodeState(rd.snapshot.data);
-      this.applied_at = { index: rd.snapshot.index, term: rd.snapshot.term };
       for (const [index, w] of this.waiters) {
         if (index > rd.snapshot.index) continue;
         this.waiters.delete(index);
@@ -758,7 +746,6 @@ export class TomaNode {
       }
     }
     for (const e of rd.committed) {
-      this.applied_at = { index: e.index, term: e.term };
       let applied: Applied | null = null;
       if (e.kind === "normal" && this.state !== null) {
         applied = applyProposal(this.state, e);

@@ -1,0 +1,90 @@
+/**
+ * A client daemon's home among the TOMAs: the management calls it makes go to one TOMA, its home,
+ * which in a TOMA cluster is the leader (the leader's mirror control serves the client daemons:
+ * cluster/leader-control.ts). A follower answers 421 naming the leader: the call goes there, and
+ * it is the new home. A home that does not answer, or has no leader to name (503), is left for the
+ * next known TOMA. The known TOMAs are the addresses given, and every TOMA a cluster member lists
+ * in its consensus view (learned once a TOMA answered, and again after each change of home), so
+ * one address is enough to find the others when it dies.
+ *
+ * Each call tries every known TOMA at most once, with a short pause once all failed, and then
+ * fails with the last error: the daemon's own loops retry, and its I/O does not wait on them.
+ */
+import type { MgmtCall } from "../engine/client/toma-link.ts";
+import type { Env } from "../engine/env.ts";
+import { sleep } from "../engine/env.ts";
+import type { ClusterJson } from "./api-types.ts";
+
+/**
+ * One management call to the TOMA at `address`. Rejects with an error carrying the HTTP `status`
+ * (0: unreachable) and, for 421, the `leader`'s address (api-client.ts TomaApiError; the
+ * simulator's management link the same).
+ */
+export type CallAt = (address: string, method: string, path: string, body?: unknown) => Promise<unknown>;
+
+type Refusal = { status?: unknown; leader?: unknown };
+
+/** How many 421 hops one call follows (leadership may move while it asks). */
+const MAX_HOPS = 4;
+
+export interface Homing {
+  call: MgmtCall;
+  /** The TOMA calls go to now. */
+  home(): string;
+  /** Every TOMA known. */
+  known(): string[];
+}
+
+export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt, who = "client daemon"): Homing {
+  if (addresses.length === 0) throw new Error("homedCall needs at least one TOMA address");
+  const known = [...new Set(addresses)];
+  let home = known[0]!;
+  let learned_for: string | null = null;
+
+  const learn = async (address: string) => {
+    learned_for = address;
+    try {
+      const c = (await callAt(address, "GET", "/v1/cluster")) as ClusterJson;
+      for (const p of c.consensus?.peers ?? []) if (p.address !== "" && !known.includes(p.address)) known.push(p.address);
+      const self = c.consensus?.address;
+      if (self && !known.includes(self)) known.push(self);
+    } catch {
+      learned_for = null; // asked again after the next success
+    }
+  };
+
+  const moveTo = (address: string) => {
+    if (!known.includes(address)) known.push(address);
+    if (address !== home) env.log.info(`${who} homed on another TOMA`, { from: home, to: address });
+    home = address;
+  };
+
+  const call: MgmtCall = async (method, path, body) => {
+    let last: unknown = null;
+    let hops = 0;
+    for (let tried = 0; tried < known.length; ) {
+      try {
+        const out = await callAt(home, method, path, body);
+        if (learned_for !== home) void learn(home);
+        return out;
+      } catch (e) {
+        last = e;
+        const { status, leader } = e as Refusal;
+        if (typeof status !== "number") throw e;
+        if (status === 421 && typeof leader === "string" && leader !== "" && hops < MAX_HOPS) {
+          hops++;
+          moveTo(leader);
+          continue;
+        }
+        if (status !== 0 && status !== 503 && status !== 421) throw e;
+        // Unreachable, no leader there, or hops exhausted: the next known TOMA.
+        tried++;
+        moveTo(known[(known.indexOf(home) + 1) % known.length]!);
+      }
+    }
+    await sleep(env, 200);
+    throw last;
+  };
+
+  return { call, home: () => home, known: () => [...known] };
+}
