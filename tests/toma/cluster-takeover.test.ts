@@ -162,3 +162,29 @@ test("a founder whose drive holds neither a record nor a valid state goes outsid
   }
   expect((await odd.metaRead()).generation).toBe(2);
 });
+
+test("a server joining later with a drive holding the taken-over state joins (its slot takes its record); one holding another cluster's state stays outside", async () => {
+  const { drives, state } = await singleTomaCluster();
+  const same = await memoryDrive("same");
+  await same.metaWrite(state.generation, encodeState(state));
+  const c = await cluster(706, 4, 3, (i) => (i < 3 ? drives[i]! : [same]));
+  for (const s of c.servers.slice(0, 3)) c.boot(s);
+  expect(await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null, 30_000)).toBe("done");
+  const joiner = c.servers[3]!;
+  c.boot(joiner);
+  expect(await c.world.run(() => joiner.toma!.phase === "running", c.world.now + 10_000)).toBe("done");
+  expect(joiner.toma!.view().cluster_uuid).toBe(state.cluster_uuid);
+  expect(joiner.toma!.view().membership).toBe("none");
+  const held = slotContents({ drive_uuid: same.info.drive_uuid, ...(await same.metaRead()) });
+  expect(held.kind === "hard_state" && held.record.toma_id).toBe(joiner.name);
+
+  // The same server with a drive of another cluster instead: outside, the slot untouched.
+  joiner.machine.crash("process");
+  const other = await memoryDrive("other");
+  await other.metaWrite(3, encodeState({ ...emptyState("00000000-0000-4000-8000-00000000beef"), generation: 3 }));
+  joiner.drives.splice(0, 1, other);
+  c.boot(joiner);
+  expect(await c.world.run(() => joiner.toma!.phase === "outside", c.world.now + 10_000)).toBe("done");
+  expect(joiner.toma!.view().reason).toContain(`own drive ${other.info.drive_uuid} holds the single-TOMA state of cluster 00000000-0000-4000-8000-00000000beef`);
+  expect((await other.metaRead()).generation).toBe(3);
+});
