@@ -17,6 +17,7 @@
 import * as v from "valibot";
 import { type ClusterState, decodeState, majority } from "../cluster-state.ts";
 import { decodeRecord, type HardStateRecord } from "./hard-state-record.ts";
+import { MAX_STATE_BYTES } from "./proposal.ts";
 import { UuidSchema } from "./types.ts";
 
 /** Distinct states one TOMA may report (one per own drive at most). */
@@ -133,6 +134,14 @@ export function decideTakeover(reports: readonly SingleTomaReport[]): TakeoverDe
         `the single-TOMA cluster state (cluster ${best.state.cluster_uuid}, generation ${best.state.generation}) lists ${list.length} drive(s); ` +
         `the TOMAs read ${n} of them, ${need} needed before it can be taken over (not read: ${missing.join(", ") || "none"}). ` +
         "Bring up the targets serving them and restart the TOMAs of their servers",
+    };
+  }
+  if (best.data.length > MAX_STATE_BYTES) {
+    return {
+      kind: "wait",
+      reason:
+        `the single-TOMA cluster state takes ${best.data.length} bytes, above the ${MAX_STATE_BYTES} a TOMA cluster can send a new or lagging member in one snapshot: ` +
+        "not taken over. Run the single TOMA again and delete volumes (or move them to drives with a larger --extent-size) first",
     };
   }
   return { kind: "adopt", state: best.state, data: best.data, snapshot_index: best.state.generation + 1, snapshot_term: (best.state.term ?? 0) + 1, heard: n, of: list.length };

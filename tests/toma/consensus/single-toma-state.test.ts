@@ -92,6 +92,15 @@ describe("decideTakeover", () => {
     expect(x.kind === "adopt" && x.state).toEqual(s5);
   });
 
+  test("a state larger than a TOMA cluster can carry in one snapshot: wait, saying so", () => {
+    const many = Array.from({ length: 700 }, (_, i) => uuid(0x10000 + i));
+    const big = stateOf(9, many);
+    const r = reportOf(many.slice(0, 351).map((u) => ({ drive_uuid: u, generation: 9, payload: encodeState(big) })));
+    const t = decideTakeover([r]);
+    expect(t.kind).toBe("wait");
+    expect((t as { reason: string }).reason).toContain("a TOMA cluster can send a new or lagging member in one snapshot");
+  });
+
   test("no state anywhere: none; states of two clusters: wait", () => {
     expect(decideTakeover([reportOf([slot(1, null)]), reportOf([])])).toEqual({ kind: "none" });
     const foreign = stateOf(7, [d(4)], 1, uuid(0xc2));
