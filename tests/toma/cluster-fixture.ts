@@ -69,11 +69,14 @@ export async function cluster(seed: number, n = 3, founders = n, drivesOf?: (i: 
   const byAddress = new Map(servers.map((s) => [s.address, s]));
   /** "A>B": requests from A to B never arrive (a link cut one way; B's requests to A still do). */
   const cuts = new Set<string>();
+  /** "A>B": requests from A to B are refused at once (B's port closed to A). */
+  const refused = new Set<string>();
   /** One link delay each way; a dead peer's request fails after it. */
   const reach = <T>(from: string, to: string, fn: (s: Server) => T): Promise<T> =>
     new Promise((resolve, reject) =>
       world.after(1 + world.prng.u32() % 3, () => {
         if (cuts.has(`${from}>${to}`)) return; // never answered: the sender's own timeout decides
+        if (refused.has(`${from}>${to}`)) return reject(new Error(`${to}: connection refused`));
         const s = byAddress.get(to);
         if (!s || !s.machine.alive || !s.toma) return reject(new Error(`${to}: connection refused`));
         try {
@@ -103,7 +106,7 @@ export async function cluster(seed: number, n = 3, founders = n, drivesOf?: (i: 
     });
     void s.toma.start();
   };
-  return { world, servers, boot, cuts };
+  return { world, servers, boot, cuts, refused };
 }
 
 export type Cluster = Awaited<ReturnType<typeof cluster>>;

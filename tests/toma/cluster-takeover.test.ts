@@ -16,7 +16,7 @@ import { fenceVersion } from "../../src/toma/consensus/proposal.ts";
 import { DrivePool } from "../../src/toma/cluster/drive-pool.ts";
 import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
 import { steadyClock } from "../../src/engine/steady-clock.ts";
-import { agreedLeader, cluster, driveReport, running, settle } from "./cluster-fixture.ts";
+import { agreedLeader, cluster, driveReport, running, type Server, settle } from "./cluster-fixture.ts";
 import { adminApi, MiB, memoryDrive, startTargets, startToma, type TestTarget, testEnv, until } from "./harness.ts";
 
 const env = testEnv();
@@ -187,4 +187,27 @@ test("a server joining later with a drive holding the taken-over state joins (it
   expect(await c.world.run(() => joiner.toma!.phase === "outside", c.world.now + 10_000)).toBe("done");
   expect(joiner.toma!.view().reason).toContain(`own drive ${other.info.drive_uuid} holds the single-TOMA state of cluster 00000000-0000-4000-8000-00000000beef`);
   expect((await other.metaRead()).generation).toBe(3);
+});
+
+test("a founder that adopts after another founder restarted (its report gone) starts with nothing and gets the taken-over state from the leader", async () => {
+  const { drives, state } = await singleTomaCluster();
+  const c = await cluster(707, 3, 3, (i) => drives[i]!);
+  const [s0, s1, s2] = c.servers as [Server, Server, Server];
+  // s2's questions are refused; its answers go out: s0 and s1 found the cluster with it.
+  c.refused.add(`${s2.address}>${s0.address}`);
+  c.refused.add(`${s2.address}>${s1.address}`);
+  for (const s of c.servers) c.boot(s);
+  expect(await c.world.run(() => s0.toma!.phase === "running" && s1.toma!.phase === "running", 30_000)).toBe("done");
+  s0.machine.crash("process");
+  c.boot(s0);
+  expect(await c.world.run(() => s0.toma!.phase === "running", c.world.now + 10_000)).toBe("done");
+  expect(s2.toma!.phase).toBe("bootstrap");
+  c.refused.clear();
+  const r = await c.world.run(() => running(c).length === 3 && agreedLeader(c) !== null && s2.toma!.appliedState() !== null, c.world.now + 30_000);
+  if (r !== "done") console.log(JSON.stringify(c.servers.map((s) => { const v = s.toma!.view(); return { n: s.name, phase: v.phase, reason: v.reason, role: v.role, term: v.term, m: v.membership, applied: v.applied, peers: v.peers.map((p) => [p.node_id, p.match]) }; })));
+  expect(r).toBe("done");
+  expect(s2.toma!.appliedState()).toEqual(s1.toma!.appliedState());
+  expect(s2.toma!.appliedState()!.volumes).toEqual(state.volumes);
+  expect(s2.toma!.view().membership).toBe("voter");
+  expect(c.world.failure).toBeNull();
 });

@@ -517,6 +517,13 @@ export class TomaNode {
       this.env.log.info("joining the TOMA cluster as a new member; waiting to be added (nvmesh cluster server add)", { cluster: founded.cluster_uuid, node: `${this.opts.toma_id}#${this.incarnation}` });
       return this.begin(`${this.opts.toma_id}#${this.incarnation}`, blankDurableState());
     }
+    if (founded.kind === "adopt_blank") {
+      // A founder's node id whose peers' reports are gone: it holds nothing (no vote, no entry)
+      // until the leader's snapshot brings the state and the configuration.
+      for (const m of founded.config.members) this.known.set(m.id, m.address);
+      this.env.log.info("adopting the TOMA cluster a peer founded, without its first snapshot (a founder restarted); the leader sends it", { cluster: founded.cluster_uuid, node: `${this.opts.toma_id}#${this.incarnation}` });
+      return this.begin(`${this.opts.toma_id}#${this.incarnation}`, blankDurableState());
+    }
     const t = founded.takeover;
     const durable = t
       ? bootstrapDurableState(founded.config, t.data, { index: t.snapshot_index, term: t.snapshot_term })
@@ -544,7 +551,7 @@ export class TomaNode {
       );
       const { decision, my_address } = decideFromAnswers({ toma_id: this.opts.toma_id, incarnation: this.incarnation!, peers: this.opts.peers }, answers);
       if (my_address !== null) this.my_address = my_address;
-      if (decision.kind === "form" || decision.kind === "adopt") return decision;
+      if (decision.kind === "form" || decision.kind === "adopt" || decision.kind === "adopt_blank") return decision;
       if (decision.kind === "join") {
         // Until the leader's snapshot brings the configuration, answers go to the addresses the
         // members announced.

@@ -36,6 +36,12 @@ export type BootstrapDecision =
   | { kind: "form"; cluster_uuid: string; config: Config; takeover: Takeover }
   /** A peer already founded it with my current node id: found it the same way. */
   | { kind: "adopt"; cluster_uuid: string; config: Config; takeover: Takeover }
+  /**
+   * A peer founded it with my current node id, but the founders' reports are not all there any
+   * more (one restarted): start as that node id with nothing, and take the first snapshot from
+   * the leader (a voter that holds nothing never campaigns and counts towards no commit).
+   */
+  | { kind: "adopt_blank"; cluster_uuid: string; config: Config }
   /** A cluster exists without my current node id: join it as a learner (a new node). */
   | { kind: "join"; cluster_uuid: string };
 
@@ -56,6 +62,7 @@ export function bootstrapDecision(me: PeerAnswer, peers: readonly string[], answ
     if (me.status.kind === "blank" && isVoter(founder.config, mine)) {
       // The founders decided from their reports; this TOMA must take over exactly what they did.
       const t = takeoverOf(founder.config.members.filter((m) => m.voter).map((m) => m.id), all);
+      if (t.kind === "unknown") return { kind: "adopt_blank", cluster_uuid: founder.cluster_uuid, config: founder.config };
       if (t.kind === "wait") return t;
       const uuid = t.takeover?.state.cluster_uuid ?? founder.cluster_uuid;
       if (uuid !== founder.cluster_uuid) return { kind: "wait", reason: `the founders' reports give cluster ${uuid}, but they founded ${founder.cluster_uuid}` };
@@ -73,7 +80,7 @@ export function bootstrapDecision(me: PeerAnswer, peers: readonly string[], answ
     (id) => founders.find((a) => nodeId(a.toma_id, a.incarnation) === id)!.address,
   );
   const t = takeoverOf(config.members.map((m) => m.id), all);
-  if (t.kind === "wait") return t;
+  if (t.kind !== "ok") return { kind: "wait", reason: t.reason };
   const cluster_uuid = t.takeover?.state.cluster_uuid ?? founders.map((a) => a.proposal_uuid).sort()[0]!;
   return { kind: "form", cluster_uuid, config, takeover: t.takeover };
 }
@@ -81,13 +88,17 @@ export function bootstrapDecision(me: PeerAnswer, peers: readonly string[], answ
 /**
  * The takeover decided from the reports of exactly these founders (node ids). Each node id stands
  * for one report (fixed for its process), so whoever computes it from those node ids gets the
- * same answer; a founder answering under another node id, or without its report, is waited for.
+ * same answer; a founder answering under another node id, or without its report (it restarted),
+ * makes it unknown.
  */
-function takeoverOf(founders: readonly string[], answers: ReadonlyMap<string, PeerAnswer>): { kind: "ok"; takeover: Takeover } | { kind: "wait"; reason: string } {
+function takeoverOf(
+  founders: readonly string[],
+  answers: ReadonlyMap<string, PeerAnswer>,
+): { kind: "ok"; takeover: Takeover } | { kind: "wait"; reason: string } | { kind: "unknown"; reason: string } {
   const reports: SingleTomaReport[] = [];
   for (const id of founders) {
     const a = [...answers.values()].find((x) => nodeId(x.toma_id, x.incarnation) === id);
-    if (!a?.single_toma) return { kind: "wait", reason: `waiting for founder ${id} to tell what its drives held at its start` };
+    if (!a?.single_toma) return { kind: "unknown", reason: `waiting for founder ${id} to tell what its drives held at its start` };
     reports.push(a.single_toma);
   }
   const d = decideTakeover(reports);
