@@ -10,7 +10,10 @@
  * - commit: write the next state to every reachable drive; success only when a majority of both
  *   the old and the new drive lists acknowledged; otherwise the change is refused (503), the
  *   in-memory state is kept and re-written under a higher generation to retract the partial write.
- * Every mutation and every maintenance step runs one at a time (`exclusive`).
+ *   The commit decides as soon as the answers so far decide it (quorum.ts); the writes still
+ *   unanswered then (a paused target's) finish behind it.
+ * Every mutation and every maintenance step runs one at a time (`exclusive`); only those
+ * straggling metadata writes outlive the step that sent them (why that is safe: `commit`).
  */
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
@@ -40,6 +43,7 @@ import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.t
 import { layoutOf } from "./volume-layout.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
+import { awaitQuorum } from "./quorum.ts";
 import { applyProposal, encodeProposal, fenceVersion } from "./consensus/proposal.ts";
 
 export interface TomaTimings extends LinkTimings {
@@ -171,6 +175,13 @@ export class Toma {
   private settled = false;
 
   private readonly seen = new Map<string, DriveSeen>();
+  /**
+   * Per drive, the highest generation of a metadata write sent and not answered yet (a commit's
+   * straggler, or a write-back): the write-back does not send the same state again meanwhile.
+   */
+  private readonly writing = new Map<string, number>();
+  /** Every metadata write not answered yet, for stop(). */
+  private readonly writes = new Set<Promise<boolean>>();
   private readonly timings: TomaTimings;
   /** The next write must use at least this generation (some drive may hold anything below). */
   private floor_generation = 1;
@@ -225,6 +236,8 @@ export class Toma {
     this.sync?.cancel();
     for (const l of this.links) l.stop();
     await this.queue.catch(() => {});
+    // Stragglers: their sessions are closed now, which fails them at once.
+    await Promise.allSettled([...this.writes]);
   }
 
   /** Resolves once mutations are allowed, or rejects after timeout_ms. For tests and startup. */
@@ -569,32 +582,75 @@ export class Toma {
     // From here on some drive may hold `next.generation`: never reuse it.
     this.floor_generation = Math.max(this.floor_generation, next.generation + 1);
     const payload = encodeState(next);
-    const results = await Promise.all(writable.map((u) => this.writeSlot(u, next.generation, payload)));
-    const acks = new Set(writable.filter((_, i) => results[i]));
-    for (const list of [oldList, newList]) {
-      if (shortOf(list, acks)) {
-        this.retract_needed = true;
-        const n = list.filter((u) => acks.has(u)).length;
-        this.env.log.warn("change not committed", { generation: next.generation, acks: n, of: list.length });
-        return unavailable(
-          `only ${n} of the cluster's ${list.length} drives acknowledged the change; ${majority(list.length)} needed; nothing changed`,
-        );
-      }
+    const writes = new Map(writable.map((u) => [u, this.writeSlot(u, next.generation, payload)] as const));
+    // Decided on the first answers that decide it: a paused target's drive does not hold every
+    // commit for request_timeout_ms. The writes still unanswered then go on (stragglers); each
+    // updates its drive's `seen` slot when it settles and nothing else: in particular a straggler
+    // that fails after the commit succeeded does not ask for a retraction (the change is on a
+    // majority of both lists; that drive is merely behind, and maintain() writes it back).
+    //
+    // Why a straggler landing late is safe (docs/toma.md, "Safety argument", point 7):
+    // - its generation is below `floor_generation` (raised above), so this TOMA never writes
+    //   another payload at that generation; the only other write at it is the write-back of the
+    //   same committed state (same bytes), which maintain() does not send while this one runs
+    //   (`writing`);
+    // - the next commit may write a newer generation to the same drive while the straggler is
+    //   still on its way. The target runs a drive's META_WRITEs one at a time and refuses one whose
+    //   generation is not newer than the slot's (STALE; formatted-drive.ts metaWrite), so an older
+    //   generation never lands after a newer one: it is refused. Its answer then never moves what
+    //   `seen` knows of that slot backwards (writeSlot);
+    // - a straggler of a refused commit is a partial write, as one whose answer timed out always
+    //   was: `retract_needed` is set here, the retraction writes a newer generation, and no
+    //   write-back runs before it succeeded.
+    const { ok, acks, failed, pending } = await awaitQuorum(writes, [oldList, newList]);
+    if (!ok) {
+      this.retract_needed = true;
+      // The list that can no longer reach a majority: too many of its drives failed (or were
+      // not written) for the rest to make one.
+      const failures = (list: string[]) => list.filter((u) => !writes.has(u) || failed.has(u)).length;
+      const lost = [oldList, newList].find((list) => list.length - failures(list) < majority(list.length))!;
+      const n = lost.filter((u) => acks.has(u)).length;
+      const down = failures(lost);
+      this.env.log.warn("change not committed", { generation: next.generation, acks: n, failed: down, of: lost.length, unanswered: pending });
+      return unavailable(
+        `${down} of the cluster's ${lost.length} drives failed to acknowledge the change (${n} acknowledged); ${majority(lost.length)} needed; nothing changed`,
+      );
     }
     this.state = next;
     this.retract_needed = false;
-    this.env.log.info("committed", { generation: next.generation, acks: acks.size });
+    this.env.log.info("committed", { generation: next.generation, acks: acks.size, unanswered: pending });
     // Requests from here on act on the new state: they carry its version.
     const version = this.version();
     for (const l of this.links) if (l.session) l.session.generation = version;
     return { ok: true, value: next };
   }
 
-  private async writeSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
+  /**
+   * Writes a drive's metadata slot; true when the drive acknowledged. May settle after the step
+   * that sent it (a commit's straggler): the answer then applies only while the drive is still
+   * served where it was written, and never makes `seen` know an older generation than it did.
+   */
+  private writeSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
+    this.writing.set(uuid, Math.max(generation, this.writing.get(uuid) ?? 0));
+    const w = this.sendSlot(uuid, generation, payload).finally(() => {
+      this.writes.delete(w);
+      if (this.writing.get(uuid) === generation) this.writing.delete(uuid);
+    });
+    this.writes.add(w);
+    return w;
+  }
+
+  private async sendSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
     const s = this.seen.get(uuid)!;
     const at = this.locate().get(uuid);
     const session = at?.link.session;
     if (!at || !session) return false;
+    // Whether this answer is still news: the drive is where it was written, and nothing newer is
+    // known of its slot (an older write answering after a newer one tells nothing).
+    const current = () => {
+      const known = knownGeneration(s.slot);
+      return s.target === at.address && (known === null || known < generation);
+    };
     try {
       await withTimeout(
         this.env,
@@ -602,14 +658,15 @@ export class Toma {
         this.timings.request_timeout_ms,
         `write metadata of drive ${uuid}`,
       );
-      s.slot = { kind: "written", generation };
-      s.error = null;
+      if (current()) s.slot = { kind: "written", generation };
+      if (s.target === at.address) s.error = null;
       return true;
     } catch (e) {
+      if (e instanceof TimeoutError) at.link.suspect(e.message, session);
+      if (!current()) return false;
       s.error = `metadata write failed: ${(e as Error).message}`;
       // STALE: the drive holds something at least as new; read it again before trusting anything.
       if (e instanceof TargetError && e.status === Status.STALE) s.slot = { kind: "unread" };
-      if (e instanceof TimeoutError) at.link.suspect(e.message);
       return false;
     }
   }
@@ -645,7 +702,7 @@ export class Toma {
       }
     } catch (e) {
       s.error = `metadata read failed: ${(e as Error).message}`;
-      if (e instanceof TimeoutError) at.link.suspect(e.message);
+      if (e instanceof TimeoutError) at.link.suspect(e.message, session);
     }
   }
 
@@ -795,7 +852,8 @@ export class Toma {
       .filter((s): s is DriveSeen => {
         if (!s || s.target === null) return false;
         const g = knownGeneration(s.slot);
-        return g !== null && g < cur.generation;
+        // A write of this state (or a newer one) still on its way: its answer updates the slot.
+        return g !== null && g < cur.generation && (this.writing.get(s.info.drive_uuid) ?? 0) < cur.generation;
       });
     await Promise.all(behind.map((s) => this.writeSlot(s.info.drive_uuid, cur.generation, payload)));
     this.settled = true;
