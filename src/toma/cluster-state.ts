@@ -290,6 +290,13 @@ export function usedExtents(state: ClusterState): Map<string, Set<number>> {
   return used;
 }
 
+/** How many extents each drive holds retired (given up by a volume, not yet free: docs/toma.md). */
+export function retiredCounts(state: ClusterState): Map<string, number> {
+  const retired = new Map<string, number>();
+  for (const r of state.retired) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
+  return retired;
+}
+
 /**
  * Checks a volume against the rest of the state: its columns name known drives of its extent
  * size, extents in range and free, and enough of them for its capacity. Used by apply() for a new

@@ -33,6 +33,8 @@ import {
   encodeState,
   majority,
   type RefusalCode,
+  retiredCounts,
+  usedExtents,
   type VolumeRecord,
 } from "./cluster-state.ts";
 import type { LegView } from "./api-types.ts";
@@ -356,12 +358,9 @@ export class Toma {
 
   driveViews(): DriveView[] {
     const loc = this.locate();
-    const used = new Map<string, number>();
-    for (const vol of this.state?.volumes ?? []) {
-      for (const c of vol.columns) used.set(c.drive_uuid, (used.get(c.drive_uuid) ?? 0) + c.extents.length);
-    }
-    const retired = new Map<string, number>();
-    for (const r of this.state?.retired ?? []) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
+    // In use: by a volume or retired (usedExtents counts both).
+    const used = this.state ? usedExtents(this.state) : new Map<string, Set<number>>();
+    const retired = this.state ? retiredCounts(this.state) : new Map<string, number>();
     const members = new Map((this.state?.drives ?? []).map((d) => [d.drive_uuid, d]));
     const uuids = new Set([...members.keys(), ...loc.keys(), ...this.seen.keys()]);
     const out: DriveView[] = [];
@@ -372,7 +371,7 @@ export class Toma {
       const info = at?.info ?? seen?.info ?? null;
       const total = rec?.extent_count ?? info?.extent_count ?? 0;
       const r = retired.get(uuid) ?? 0;
-      const u = (used.get(uuid) ?? 0) + r;
+      const u = used.get(uuid)?.size ?? 0;
       let state: DriveState = "ok";
       let error: string | null = null;
       const cluster = info?.cluster_uuid ?? null;
