@@ -26,7 +26,7 @@ import type { Env, TimerHandle } from "../../engine/env.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { NIL_UUID, uuidFromString } from "../../engine/uuid.ts";
 import * as v from "valibot";
-import { extentRuns } from "../fencing.ts";
+import { extentByteRuns } from "../fencing.ts";
 import { zeroRuns } from "../mirror-control.ts";
 import { type TargetLink, withTimeout } from "../target-link.ts";
 import { type DrivePool, type DriveReport, REPORT_EVERY_MS, ReportAnswerSchema, type ReportedDrive } from "./drive-pool.ts";
@@ -145,7 +145,7 @@ export class DriveReporter {
       const l = this.links.find((x) => x.session !== null && x.drives.some((d) => d.drive_uuid === r.drive_uuid && d.state === "ok"));
       const d = state!.drives.find((x) => x.drive_uuid === r.drive_uuid);
       if (!l || !d) continue;
-      const runs = extentRuns(r.extents).map(([first, count]) => [first * d.extent_size_bytes, (first + count) * d.extent_size_bytes] as const);
+      const runs = extentByteRuns(r.extents, d.extent_size_bytes);
       try {
         await withTimeout(this.env, zeroRuns(l.session!, uuidFromString(r.drive_uuid), runs), ZERO_TIMEOUT_MS, `zero the retired extents of volume ${r.volume_uuid} on drive ${r.drive_uuid}`);
         this.zeroed.add(key);
