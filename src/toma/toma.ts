@@ -10,7 +10,7 @@
  * - commit: write the next state to every reachable drive; success only when a majority of both
  *   the old and the new drive lists acknowledged; otherwise the change is refused (503), the
  *   in-memory state is kept and re-written under a higher generation to retract the partial write.
- *   The commit decides as soon as the answers so far decide it (quorum.ts); the writes still
+ *   The commit decides as soon as the answers so far decide it (awaitQuorum); the writes still
  *   unanswered then (a paused target's) finish behind it.
  * Every mutation and every maintenance step runs one at a time (`exclusive`); only those
  * straggling metadata writes outlive the step that sent them (why that is safe: `commit`).
@@ -45,7 +45,7 @@ import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.t
 import { layoutOf } from "./volume-layout.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
-import { awaitQuorum } from "./quorum.ts";
+import { awaitQuorum } from "./consensus/quorum.ts";
 import { applyProposal, encodeProposal, fenceVersion } from "./consensus/proposal.ts";
 
 export interface TomaTimings extends LinkTimings {
@@ -606,8 +606,9 @@ export class Toma {
       this.retract_needed = true;
       // The list that can no longer reach a majority: too many of its drives failed (or were
       // not written) for the rest to make one.
-      const failures = (list: string[]) => list.filter((u) => !writes.has(u) || failed.has(u)).length;
-      const lost = [oldList, newList].find((list) => list.length - failures(list) < majority(list.length))!;
+      const failures = (list: string[]) => list.filter((u) => failed.has(u)).length;
+      const lost = [oldList, newList].find((list) => list.length > 0 && list.length - failures(list) < majority(list.length));
+      assert(lost !== undefined, "a commit refused with every drive list still able to make a majority");
       const n = lost.filter((u) => acks.has(u)).length;
       const down = failures(lost);
       this.env.log.warn("change not committed", { generation: next.generation, acks: n, failed: down, of: lost.length, unanswered: pending });

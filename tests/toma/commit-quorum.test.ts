@@ -6,23 +6,17 @@
  * lets them go on to the target (or fails them, or the session closes).
  */
 import { afterEach, expect, test } from "bun:test";
-import type { Logger } from "../../src/engine/env.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { uuidToString } from "../../src/engine/uuid.ts";
 import { Status } from "../../src/engine/wire/header.ts";
 import { SessionClosedError, TargetError } from "../../src/engine/wire/session-api.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import { Toma } from "../../src/toma/toma.ts";
+import { type LogLine, recordingLogger } from "../engine/target-fixture.ts";
 import { FAST, MiB, adminApi, startTargets, type TestTarget, until } from "./harness.ts";
 
-const logged: { level: string; msg: string; fields?: Record<string, unknown> }[] = [];
-const log: Logger = {
-  debug() {},
-  info: (msg, fields) => void logged.push({ level: "info", msg, fields }),
-  warn: (msg, fields) => void logged.push({ level: "warn", msg, fields }),
-  error: (msg, fields) => void logged.push({ level: "error", msg, fields }),
-};
-const env = realEnv("commit-quorum-test", log);
+const logged: LogLine[] = [];
+const env = realEnv("commit-quorum-test", recordingLogger(logged));
 
 let cleanup: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -45,6 +39,8 @@ interface Held {
  * hold every META_WRITE to a drive in `holding`. The request timeout is long (a minute) unless
  * given: a commit that waited for a held write would outlast the test.
  */
+const volume = (name: string) => ({ name, capacity_bytes: MiB, raid_level: "concatenated" });
+
 async function fixture(request_timeout_ms = 60_000) {
   const targets = await startTargets(env, [1, 1, 1]);
   cleanup.push(() => targets.forEach((t) => t.kill()));
@@ -95,18 +91,20 @@ async function fixture(request_timeout_ms = 60_000) {
   await until("3 member drives", () => toma.state?.drives.length === 3);
   const driveOf = (t: TestTarget) => t.drives[0]!.info.drive_uuid;
   const view = (t: TestTarget) => toma.driveViews().find((d) => d.uuid === driveOf(t))!;
-  return { targets, toma, api: adminApi(toma), holding, held, driveOf, view };
+  const api = adminApi(toma);
+  /** Commits a volume with the third drive's write held: answers the drive's target and the generation. */
+  const straggle = async () => {
+    const slow = targets[2]!;
+    holding.add(driveOf(slow));
+    expect((await api("POST", "/v1/volumes", volume("a"))).status).toBe(201);
+    return { slow, g: toma.state!.generation };
+  };
+  return { targets, toma, api, holding, held, driveOf, view, straggle };
 }
 
-const volume = (name: string) => ({ name, capacity_bytes: MiB, raid_level: "concatenated" });
-
 test("a drive whose metadata write never answers does not hold a commit up; its write finishes behind it", async () => {
-  const { targets, toma, api, holding, held, driveOf, view } = await fixture();
-  const slow = targets[2]!;
-  holding.add(driveOf(slow));
-
-  expect((await api("POST", "/v1/volumes", volume("a"))).status).toBe(201);
-  const g = toma.state!.generation;
+  const { toma, api, holding, held, view, straggle } = await fixture();
+  const { slow, g } = await straggle();
   // Committed on the other two drives while the third drive's write is still out, unanswered.
   expect(held.map((h) => h.generation)).toEqual([g]);
   expect(view(slow).metadata_generation).toBeLessThan(g);
@@ -133,11 +131,8 @@ test("a drive whose metadata write never answers does not hold a commit up; its 
 }, 10_000);
 
 test("a straggler that fails after the commit succeeded asks for no retraction; the drive is written back", async () => {
-  const { targets, toma, api, holding, held, driveOf, view } = await fixture();
-  const slow = targets[2]!;
-  holding.add(driveOf(slow));
-  expect((await api("POST", "/v1/volumes", volume("a"))).status).toBe(201);
-  const g = toma.state!.generation;
+  const { toma, holding, held, view, straggle } = await fixture();
+  const { slow, g } = await straggle();
   expect(held.length).toBe(1);
 
   // The drive answers again from now on, and the held write fails.
@@ -175,10 +170,8 @@ test("a refusal is decided once a majority can no longer acknowledge, without wa
 }, 10_000);
 
 test("a straggler that times out suspects its target's link, and the link says why it went down", async () => {
-  const { targets, api, toma, holding, held, driveOf } = await fixture(400);
-  const slow = targets[2]!;
-  holding.add(driveOf(slow));
-  expect((await api("POST", "/v1/volumes", volume("a"))).status).toBe(201);
+  const { toma, held, driveOf, straggle } = await fixture(400);
+  const { slow } = await straggle();
   expect(held.length).toBe(1);
   const link = toma.links.find((l) => l.address === slow.address)!;
   await until("the link suspected", () => !link.up);

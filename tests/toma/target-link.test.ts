@@ -5,22 +5,16 @@
  * A real target over a loopback socket.
  */
 import { afterEach, expect, test } from "bun:test";
-import type { Logger } from "../../src/engine/env.ts";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
 import { SessionClosedError } from "../../src/engine/wire/session-api.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import { TargetLink } from "../../src/toma/target-link.ts";
+import { type LogLine, recordingLogger } from "../engine/target-fixture.ts";
 import { FAST, startTargets, until } from "./harness.ts";
 
-const logged: { msg: string; fields?: Record<string, unknown> }[] = [];
-const log: Logger = {
-  debug() {},
-  info: (msg, fields) => void logged.push({ msg, fields }),
-  warn: (msg, fields) => void logged.push({ msg, fields }),
-  error: (msg, fields) => void logged.push({ msg, fields }),
-};
-const env = realEnv("target-link-test", log);
+const logged: LogLine[] = [];
+const env = realEnv("target-link-test", recordingLogger(logged));
 
 let cleanup: (() => Promise<void> | void)[] = [];
 afterEach(async () => {

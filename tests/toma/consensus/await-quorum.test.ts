@@ -1,9 +1,9 @@
 /**
- * awaitQuorum decides a commit as soon as the answers decide it: a majority of every list
+ * awaitQuorum (consensus/quorum.ts) decides a commit as soon as the answers decide it: a majority of every list
  * acknowledged, or some list can no longer get one; answers still out then are not waited for.
  */
 import { expect, test } from "bun:test";
-import { awaitQuorum, type QuorumOutcome } from "../../src/toma/quorum.ts";
+import { awaitQuorum, type QuorumOutcome } from "../../../src/toma/consensus/quorum.ts";
 
 /** A write whose answer the test gives. */
 function answer() {
