@@ -12,7 +12,7 @@
  *   in-memory state is kept and re-written under a higher generation to retract the partial write.
  *   The commit decides as soon as the answers so far decide it (awaitQuorum); the writes still
  *   unanswered then (a paused target's) finish behind it.
- * Every mutation and every maintenance step runs one at a time (`exclusive`); only those
+ * Every mutation and every maintenance step runs one at a time (`steps`); only those
  * straggling metadata writes outlive the step that sent them (why that is safe: `commit`).
  */
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
@@ -45,6 +45,7 @@ import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.t
 import { layoutOf } from "./volume-layout.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
+import { Serial } from "../engine/serial.ts";
 import { awaitQuorum } from "./consensus/quorum.ts";
 import { applyProposal, encodeProposal, fenceVersion } from "./consensus/proposal.ts";
 
@@ -189,7 +190,8 @@ export class Toma {
   private floor_generation = 1;
   /** A write reached some drives but not a quorum: re-write the current state to retract it. */
   private retract_needed = false;
-  private queue: Promise<unknown> = Promise.resolve();
+  /** Mutations and maintenance passes, one at a time. */
+  private readonly steps = new Serial();
   private reconcile_queued = false;
   private sync: TimerHandle | null = null;
   private stopped = false;
@@ -237,7 +239,7 @@ export class Toma {
     this.stopped = true;
     this.sync?.cancel();
     for (const l of this.links) l.stop();
-    await this.queue.catch(() => {});
+    await this.steps.idle();
     // Stragglers: their sessions are closed now, which fails them at once.
     await Promise.allSettled([...this.writes]);
   }
@@ -256,7 +258,7 @@ export class Toma {
   kick(): void {
     if (this.reconcile_queued || this.stopped) return;
     this.reconcile_queued = true;
-    void this.exclusive(async () => {
+    void this.steps.run(async () => {
       this.reconcile_queued = false;
       if (!this.stopped) await this.reconcile();
     }).catch((e) => this.env.log.error("maintenance failed", { error: (e as Error).message }));
@@ -265,7 +267,7 @@ export class Toma {
   // ---- mutations -------------------------------------------------------------------------------
 
   createVolume(req: VolumeRequest): Promise<Outcome<VolumeRecord>> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const state = this.readyState();
       if (!state.ok) return state;
       const alloc = allocate(state.value, req, this.topology());
@@ -292,7 +294,7 @@ export class Toma {
    * on the others until they do (docs/toma.md, "Deleting a volume").
    */
   deleteVolume(name: string, force = false): Promise<Outcome<null>> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const state = this.readyState();
       if (!state.ok) return state;
       const vol = state.value.volumes.find((x) => x.name === name);
@@ -469,12 +471,6 @@ export class Toma {
   }
 
   // ---- internals -------------------------------------------------------------------------------
-
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
-  }
 
   /** Where each drive is served right now: the up target that lists it (last one wins). */
   private locate(): Map<string, { address: string; link: TargetLink; info: DriveInfo }> {

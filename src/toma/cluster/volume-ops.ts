@@ -20,6 +20,7 @@
  */
 import type { Env } from "../../engine/env.ts";
 import { randomUuid } from "../../engine/env.ts";
+import { Serial } from "../../engine/serial.ts";
 import { uuidToString } from "../../engine/uuid.ts";
 import { allocate, type VolumeRequest } from "../allocator.ts";
 import { STATUS } from "../api.ts";
@@ -39,7 +40,8 @@ export const MAX_STATE_BYTES = 40 * 1024;
 export const MAX_COMMAND_BYTES = 12 * 1024;
 
 export class VolumeOps {
-  private queue: Promise<unknown> = Promise.resolve();
+  /** Volume operations, one at a time. */
+  private readonly steps = new Serial();
   private adding = false;
 
   constructor(
@@ -50,7 +52,7 @@ export class VolumeOps {
 
   /** Creates a volume; answers its record as applied. */
   create(req: VolumeRequest): Promise<VolumeRecord> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const uuid = uuidToString(randomUuid(this.env));
       const st = await this.command(`create volume '${req.name}'`, (state) => {
         const alloc = allocate(state, req, this.pool.topology(state));
@@ -73,7 +75,7 @@ export class VolumeOps {
 
   /** Deletes the volume named `name` (by the uuid it has in the state the command is computed from). */
   delete(name: string): Promise<void> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       await this.command(`delete volume '${name}'`, (state) => {
         const vol = state.volumes.find((x) => x.name === name);
         if (!vol) throw new LeaderOpError(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
@@ -91,7 +93,7 @@ export class VolumeOps {
   addReported(): void {
     if (this.adding) return;
     this.adding = true;
-    void this.exclusive(async () => {
+    void this.steps.run(async () => {
       for (;;) {
         const state = this.node.appliedState();
         if (state === null || !this.node.leaderReady()) return;
@@ -142,12 +144,6 @@ export class VolumeOps {
       }
       throw new LeaderOpError(500, `${what}: entry ${done.index} applied as ${a?.kind ?? "nothing"}`);
     }
-  }
-
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
   }
 }
 
