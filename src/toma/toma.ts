@@ -24,7 +24,7 @@ import { Status } from "../engine/wire/header.ts";
 import { openSession } from "../engine/wire/session.ts";
 import { TargetError } from "../engine/wire/session-api.ts";
 import { assert } from "../engine/assert.ts";
-import { allocate, allocateLeg, type Topology, type VolumeRequest } from "./allocator.ts";
+import { allocate, allocateLeg, createVolumeCommand, type Topology, type VolumeRequest } from "./allocator.ts";
 import {
   type ClusterState,
   type Command,
@@ -272,15 +272,7 @@ export class Toma {
       if (!state.ok) return state;
       const alloc = allocate(state.value, req, this.topology());
       if (!alloc.ok) return alloc;
-      const cmd: Command = {
-        kind: "create_volume",
-        uuid: uuidToString(randomUuid(this.env)),
-        name: req.name,
-        capacity_bytes: req.capacity_bytes,
-        raid_level: req.raid_level,
-        ...alloc.alloc,
-        ...(req.debug_format ? { debug_format: true } : {}),
-      };
+      const cmd = createVolumeCommand(uuidToString(randomUuid(this.env)), req, alloc.alloc);
       const r = await this.propose(cmd, state.value.generation);
       if (!r.ok) return r;
       return { ok: true, value: r.value.volumes.find((x) => x.uuid === cmd.uuid)! };

@@ -22,7 +22,7 @@ import type { Env } from "../../engine/env.ts";
 import { randomUuid } from "../../engine/env.ts";
 import { Serial } from "../../engine/serial.ts";
 import { uuidToString } from "../../engine/uuid.ts";
-import { allocate, type VolumeRequest } from "../allocator.ts";
+import { allocate, createVolumeCommand, type VolumeRequest } from "../allocator.ts";
 import { STATUS } from "../api.ts";
 import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
 import { encodeProposal } from "../consensus/proposal.ts";
@@ -57,15 +57,7 @@ export class VolumeOps {
       const st = await this.command(`create volume '${req.name}'`, (state) => {
         const alloc = allocate(state, req, this.pool.topology(state));
         if (!alloc.ok) throw new LeaderOpError(STATUS[alloc.code], alloc.error);
-        return {
-          kind: "create_volume",
-          uuid,
-          name: req.name,
-          capacity_bytes: req.capacity_bytes,
-          raid_level: req.raid_level,
-          ...alloc.alloc,
-          ...(req.debug_format ? { debug_format: true } : {}),
-        };
+        return createVolumeCommand(uuid, req, alloc.alloc);
       });
       const vol = st.volumes.find((x) => x.uuid === uuid)!;
       this.env.log.info("volume created", { volume: vol.name, uuid, drives: vol.columns.map((c) => c.drive_uuid).join(",") });
