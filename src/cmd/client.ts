@@ -3,6 +3,8 @@ import { accessSync, constants, mkdirSync } from "node:fs";
 import { hostname } from "node:os";
 import { consola } from "consola";
 import { tomaLinkOver } from "../engine/client/toma-link.ts";
+import { homedCall } from "../toma/homing.ts";
+import { ManagementSigner } from "../toma/api-auth.ts";
 import { ClientDaemon } from "../engine/client/daemon.ts";
 import { type EvilSwitch, parseEvil } from "../engine/client/debug-evil.ts";
 import { ExportRegistry } from "../engine/nbd/exports.ts";
@@ -15,7 +17,7 @@ import { realRdma } from "../engine/runtime/rdma-net.ts";
 import type { OpenSession } from "../engine/client/target-pool.ts";
 import type { FrameLink } from "../engine/net/frame-link.ts";
 import type { HelloRequest } from "../engine/wire/control.ts";
-import { tomaClient } from "../toma/api-client.ts";
+import { type TomaClient, tomaClient } from "../toma/api-client.ts";
 import { formatBytes, listenAddress, managementAddress, parseDuration, parsePositiveInt, repeated, UsageError } from "./args.ts";
 import { payloadBudget, payloadBudgetArg, preauthArgs, preauthLimits } from "./limit-args.ts";
 import { DEFAULT_NBD_LIMITS } from "../engine/nbd/server.ts";
@@ -74,6 +76,7 @@ const serve = command({
   meta: { name: "serve", description: "run the client daemon of this host" },
   args: {
     ...management,
+    management: { ...management.management, description: "the TOMA(s), HOST:PORT; several comma-separated, to re-home when one dies (or NVMESH_MANAGEMENT)" },
     ...insecureArg,
     ...runDirArg,
     "io-timeout": { type: "string", description: "how long I/O waits for an unreachable drive before EIO", default: "30s" },
@@ -92,7 +95,10 @@ const serve = command({
   },
   repeatable: ["drive"],
   async run({ args, rawArgs }) {
-    const mgmt = managementAddress(args.management);
+    // One TOMA or several (comma-separated): the daemon homes on the one that serves clients.
+    const mgmts = (args.management ?? process.env.NVMESH_MANAGEMENT ?? "").split(",").map((a) => a.trim()).filter((a) => a !== "");
+    const homes = (mgmts.length === 0 ? [undefined] : mgmts).map((a) => managementAddress(a));
+    const mgmt = homes.join(",");
     const dir = runDir(args["run-dir"]);
     const io_timeout_ms = parseDuration(args["io-timeout"], "--io-timeout");
     const evil = evilFromEnv();
@@ -126,14 +132,18 @@ const serve = command({
     });
     // A client is a client even on a server: it proves the client key, and is fenced like any.
     const cluster_key = key === null ? null : asClientKey(key);
-    const toma = tomaClient(mgmt, { key: cluster_key });
+    // A call held by the TOMA (a watch, 3 s) answers well within this; a dead TOMA's host does not.
+    const signer = new ManagementSigner(cluster_key);
+    const clients = new Map<string, TomaClient>();
+    const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { signer, timeout_ms: 15_000 })).get(a)!;
+    const homing = homedCall(env, homes, clientOf);
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
     const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });
     // The target in this process first (no wire at all), then RDMA where the target offers it.
     const local = target ? viaLocalTarget(open, { serving: target.service.serving, connect: target.connect }, over) : open;
     const daemon = new ClientDaemon(env, {
-      toma: tomaLinkOver((method, path, body) => toma.call(method, path, body)),
+      toma: tomaLinkOver(homing.call),
       openSession: viaRdma(local, realRdma, over),
       nbd,
       exports,
@@ -146,7 +156,7 @@ const serve = command({
     const ctl = serveControl(dir, daemon, kernel);
     consola.success(`client ready: control socket ${ctl.path}, TOMA ${mgmt}`);
     // A wrong -m or key shows at once, not at the first attach (the TOMA may also just be late).
-    toma.cluster().catch((e: Error) => consola.warn(`no volume can be attached until this is fixed: ${e.message}`));
+    clientOf(homes[0]!).cluster().catch((e: Error) => consola.warn(`no volume can be attached until this is fixed: ${e.message}`));
     const sig = await untilSignal();
     consola.info(`${sig}: detaching volumes`);
     ctl.stop();

@@ -65,7 +65,20 @@ const run = command({
     );
     if (args.peers !== undefined) {
       if (args.cluster !== undefined) throw new UsageError("--cluster chooses among single-TOMA cluster states on the drives; a TOMA cluster (--peers) founds or finds its own");
-      return await runMember({ name, targets, peers: args.peers, listen, listenText: args.listen, cluster_key, connect: (address) => open(env, address, hello), limits: preauthLimits(args, DEFAULT_HTTP_LIMITS) });
+      // The leader's own sessions to every server's target go under another name: they must not
+      // supersede this TOMA's sessions to its own target, which write its hard state.
+      const leaderHello = { ...hello, name: `${name}/leader` };
+      return await runMember({
+        name,
+        targets,
+        peers: args.peers,
+        listen,
+        listenText: args.listen,
+        cluster_key,
+        connect: (address) => open(env, address, hello),
+        control_connect: (address) => open(env, address, leaderHello),
+        limits: preauthLimits(args, DEFAULT_HTTP_LIMITS),
+      });
     }
     const toma = new Toma(env, { name, targets, cluster_uuid: args.cluster, cluster_key, connect: (address) => open(env, address, hello) });
     const limits = preauthLimits(args, DEFAULT_HTTP_LIMITS);
@@ -104,8 +117,8 @@ const run = command({
 /**
  * `toma run --peers`: this TOMA as a member of a TOMA cluster (src/toma/cluster/). It founds the
  * cluster with its peers, takes part in elections, keeps its hard state on its own target's drives;
- * it claims and reports its own drives, and creates and deletes volumes when it leads; it does not
- * attach volumes or serve client daemons yet, and says so.
+ * it claims and reports its own drives; when it leads, it creates and deletes volumes, runs the
+ * mirror control and serves the client daemons.
  */
 async function runMember(o: {
   name: string;
@@ -115,6 +128,7 @@ async function runMember(o: {
   listenText: string;
   cluster_key: Uint8Array | null;
   connect: Connect;
+  control_connect: Connect;
   limits: Partial<HttpLimits>;
 }): Promise<void> {
   if (!TOMA_ID_RE.test(o.name)) {
@@ -144,6 +158,7 @@ async function runMember(o: {
     targets: o.targets,
     peers,
     connect: o.connect,
+    control_connect: o.control_connect,
     post: async (address, bytes) => {
       await client(address).call("POST", RAFT_PATH, { envelope: Buffer.from(bytes).toString("base64") });
     },
@@ -159,7 +174,6 @@ async function runMember(o: {
   member.start();
   const addr = `${o.listen.host === "0.0.0.0" ? "127.0.0.1" : o.listen.host}:${http.port}`;
   consola.info(`management API on ${addr}; TOMA cluster member '${o.name}' with peers ${peers.join(", ")}`);
-  consola.warn("the multi-TOMA mode manages the pool and creates and deletes volumes; it does not attach volumes or serve client daemons yet");
   let last = "";
   const progress = env.timers.every(1000, () => {
     const v = member.node.view();

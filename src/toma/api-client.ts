@@ -52,12 +52,16 @@ export interface TomaClient {
 
 /**
  * `base` is "http://HOST:PORT"; a bare "HOST:PORT" is accepted too. `key`: the key that signs
- * every request (api-auth.ts); none: only a TOMA started --insecure will answer.
+ * every request (api-auth.ts); none: only a TOMA started --insecure will answer. `signer`: one
+ * shared with other clients (it holds the client secrets learned at registration; it then
+ * replaces `key`).
  */
-export function tomaClient(base: string, opts: { timeout_ms?: number; key?: ClusterKey | null } = {}): TomaClient {
+export function tomaClient(base: string, opts: { timeout_ms?: number; key?: ClusterKey | null; signer?: ManagementSigner } = {}): TomaClient {
   const root = (/^https?:\/\//.test(base) ? base : `http://${base}`).replace(/\/+$/, "");
   const timeout_ms = opts.timeout_ms ?? 30_000;
-  const signer = new ManagementSigner(opts.key ?? null);
+  // Shared by the clients of one daemon (homing.ts): the secret a TOMA gave it at registration
+  // signs its requests to whichever TOMA serves it now.
+  const signer = opts.signer ?? new ManagementSigner(opts.key ?? null);
   const where = root.replace(/^https?:\/\//, "");
 
   const send: Transport = async (req) => {

@@ -27,7 +27,9 @@ import {
   type VolumeJson,
   type WatchJson,
 } from "./api-types.ts";
-import { type RefusalCode, type VolumeRecord, VOLUME_NAME_RE } from "./cluster-state.ts";
+import { type ClientHost, clientRoutes, signedWith } from "./client-routes.ts";
+import type { RefusalCode, VolumeRecord } from "./cluster-state.ts";
+import { volumeNamed } from "./volume-lookup.ts";
 import type { Refusal, Toma, VolumeState } from "./toma.ts";
 
 export type { ApiHandler, ApiResponse } from "./api-auth.ts";
@@ -42,8 +44,6 @@ export function managementApi(env: Env, toma: Toma, server_key: Uint8Array | nul
   return (req) => guard.serve(req, handler);
 }
 
-const signedWith = (c: Caller): string =>
-  c.kind === "client-id" ? `the secret of client ${c.id}` : c.kind === "client" ? "the client key" : `the ${c.kind} key`;
 
 /** Null when the caller may do `what`, which needs the server key; else the 403 answer. */
 export function adminOnly(c: Caller, what: string): ApiResponse | null {
@@ -86,31 +86,14 @@ export function volumeJsonOf(vol: VolumeRecord, state: VolumeState, leg_views: L
   };
 }
 
-/**
- * The volume a path's :name names, among the volumes `known` gives (or the response it gives when
- * there are none to look in); a response when the name is bad or unknown.
- */
-/** The volume name a route's path segment holds, or the 400 for one that is not a volume name. */
-export function volumeNameOf(raw: string): string | ApiResponse {
-  let name: string;
-  try {
-    name = decodeURIComponent(raw);
-  } catch {
-    return err(400, `bad volume name in path: '${raw.slice(0, 80)}'`);
-  }
-  if (!VOLUME_NAME_RE.test(name)) return err(400, `bad volume name '${name.slice(0, 80)}': use 1 to 64 of [A-Za-z0-9._-]`);
-  return name;
-}
-
-export function volumeNamed(raw: string, known: () => readonly VolumeRecord[] | ApiResponse): VolumeRecord | ApiResponse {
-  const name = volumeNameOf(raw);
-  if (typeof name !== "string") return name;
-  const vols = known();
-  if ("status" in vols) return vols;
-  return vols.find((x) => x.name === name) ?? err(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
-}
-
 export function makeApiHandler(toma: Toma): ApiHandler {
+  const host: ClientHost = {
+    mirror: toma.mirror,
+    state: () => (toma.ready ? toma.state : null),
+    notReady: () => toma.readiness(),
+    kick: () => toma.kick(),
+    attachInfo: (vol) => toma.attachInfo(vol),
+  };
   const volumeJson = (vol: VolumeRecord): VolumeJson => volumeJsonOf(vol, toma.volumeState(vol), vol.mirrors > 1 ? toma.legViews(vol) : []);
 
   const cluster = (): ClusterJson => {
@@ -189,7 +172,7 @@ export function makeApiHandler(toma: Toma): ApiHandler {
       }
       return err(405, `${m} not allowed on ${path}; use GET or DELETE`);
     }
-    if (route[0] === "clients") return clients(m, path, route.slice(1), body, caller);
+    if (route[0] === "clients") return clientRoutes(host, m, path, route.slice(1), body, caller);
     if (route.length === 3 && route[0] === "drives" && route[2] === "evict") {
       if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
       const no = adminOnly(caller, "evicting a drive");
@@ -206,108 +189,4 @@ export function makeApiHandler(toma: Toma): ApiHandler {
     return err(404, `no such route: ${method} ${path}`);
   };
 
-  /**
-   * The client daemons' routes: register (one id per daemon incarnation), attach (registers it on
-   * the volume's drives first), watch (long poll for new generations), ack, report a failing leg,
-   * leave (DELETE: it has no volume attached any more).
-   * An unknown or expired client id is answered 410: the daemon registers again.
-   *
-   * Registering takes the client key (or the server key); the answer carries the new client's
-   * secret, sealed for the signer. A client's own routes then take that secret: the client key
-   * alone cannot act for (e.g. fence out) another client; the server key can.
-   */
-  async function clients(m: string, path: string, route: string[], body: unknown, caller: Caller): Promise<ApiResponse> {
-    const mc = toma.mirror;
-    if (route.length === 0) {
-      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
-      if (caller.kind === "client-id") return err(403, `register with the client key, not with ${signedWith(caller)}`);
-      const r = v.safeParse(ClientRegisterBody, body);
-      if (!r.success) return err(400, `invalid client registration: ${r.issues.map((i) => i.message).join("; ")}`);
-      if (!toma.state || !toma.ready) return err(503, `TOMA not ready: ${toma.readiness()}`);
-      const c = mc.register(r.output.name);
-      const secret = caller.kind === "insecure" ? {} : { secret: caller.seal(c.secret, c.id) };
-      return ok({ client_id: c.id, generation: c.acked, ...secret }, 201);
-    }
-    const id = Number(route[0]);
-    if (caller.kind === "client" || (caller.kind === "client-id" && caller.id !== id)) {
-      return err(403, `only client ${route[0]} itself (with the secret it was given when it registered) or an administrator may do this; this request was signed with ${signedWith(caller)}`);
-    }
-    const c = Number.isSafeInteger(id) ? mc.clients.live(id) : undefined;
-    if (!c) return err(410, `client ${route[0]} is not registered (expired or TOMA restarted): register again`);
-    mc.clients.heard(c);
-    if (route.length === 1) {
-      if (m !== "DELETE") return err(405, `${m} not allowed on ${path}; use DELETE`);
-      // The daemon detached its last volume or stops: fenced out now, not after client_timeout_ms
-      // of holding every topology step back.
-      const state = toma.state;
-      const drives = [...c.volumes].flatMap((u) => state?.volumes.find((x) => x.uuid === u)?.columns.map((k) => k.drive_uuid) ?? []);
-      mc.clients.expire(c, drives, "client left: fencing it out");
-      toma.kick();
-      return ok({ left: c.id });
-    }
-    if (route.length === 3 && route[1] === "attach") {
-      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
-      const r = v.safeParse(ClientAttachBody, body ?? {});
-      if (!r.success) return err(400, `invalid attach: ${r.issues.map((i) => i.message).join("; ")}`);
-      const vol = findVolume(route[2]!);
-      if ("status" in vol) return vol;
-      const want = r.output.volume_uuid;
-      if (want !== undefined && vol.uuid !== want) {
-        return err(404, `volume ${want} no longer exists (the volume named '${vol.name}' now is ${vol.uuid}, another one)`);
-      }
-      if (mc.isDeleting(vol.uuid)) return err(409, `volume '${vol.name}' is being deleted`);
-      // Without a volume it has no I/O at all: it is switched to the current generation already
-      // (so counting it from now on never takes the stable generation back).
-      if (c.volumes.size === 0 && toma.state) mc.clients.ack(c, toma.state.generation);
-      await mc.attach(c, vol.uuid);
-      // Looked up again, by uuid: the volume may have been deleted while the registration awaited
-      // the drives (attachInfo itself answers the state's current record of it).
-      const now = toma.state?.volumes.find((x) => x.uuid === vol.uuid);
-      if (!now) {
-        c.volumes.delete(vol.uuid);
-        return err(404, `volume '${vol.name}' was deleted while being attached`);
-      }
-      return ok(toma.attachInfo(now) satisfies AttachInfo);
-    }
-    if (route.length === 2 && route[1] === "watch") {
-      if (m !== "GET") return err(405, `${m} not allowed on ${path}; use GET`);
-      const q = new URLSearchParams(path.split("?")[1] ?? "");
-      const known = Number(q.get("known") ?? "-1");
-      const known_stable = Number(q.get("stable") ?? "-1");
-      // Held until something the client does not know yet happens (or a heartbeat's time).
-      if ((toma.state?.generation ?? 0) <= known && mc.stable() <= known_stable) await mc.clients.changed();
-      mc.clients.heard(c);
-      const state = toma.state;
-      // By uuid: a volume deleted (or taken out of this client by a forced delete) is absent, and
-      // a newer one that took its name is not it. The daemon tears down what is absent.
-      const vols = state ? [...c.volumes].map((u) => state.volumes.find((x) => x.uuid === u)).filter((x) => x !== undefined) : [];
-      return ok({
-        generation: state?.generation ?? 0,
-        stable_generation: mc.stable(),
-        volumes: vols.map((x) => toma.attachInfo(x)),
-      } satisfies WatchJson);
-    }
-    if (route.length === 2 && route[1] === "ack") {
-      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
-      const r = v.safeParse(ClientAckBody, body);
-      if (!r.success) return err(400, `invalid ack: ${r.issues.map((i) => i.message).join("; ")}`);
-      if (r.output.generation > (toma.state?.generation ?? 0)) return err(400, `generation ${r.output.generation} does not exist yet`);
-      mc.clients.ack(c, r.output.generation);
-      toma.kick();
-      return ok({ acked: c.acked });
-    }
-    if (route.length === 2 && route[1] === "report") {
-      if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);
-      const r = v.safeParse(ClientReportBody, body);
-      if (!r.success) return err(400, `invalid report: ${r.issues.map((i) => i.message).join("; ")}`);
-      const vol = findVolume(r.output.volume);
-      if ("status" in vol) return vol;
-      if (r.output.volume_uuid !== undefined && r.output.volume_uuid !== vol.uuid) return err(404, `volume ${r.output.volume_uuid} no longer exists`);
-      if (r.output.column >= vol.columns.length) return err(400, `volume ${vol.name} has ${vol.columns.length} legs`);
-      mc.reportFailure(vol, r.output.column, `client ${c.id}: ${r.output.error}`);
-      toma.kick();
-      return ok({ reported: true });
-    }
-    return err(404, `no such route: ${m} ${path}`);
-  }
 }

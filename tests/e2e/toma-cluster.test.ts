@@ -3,8 +3,8 @@
  * 127.0.0.1: they found a cluster and elect a leader that `cluster status -o json` names the same
  * from every TOMA; kill -9 of the leader gives a new leader in a higher term within seconds; the
  * killed TOMA, restarted, takes its hard state back from its drive (same node id) and follows;
- * all three killed at once come back from their drives alone; the client daemons' routes are
- * refused saying why.
+ * all three killed at once come back from their drives alone; a follower sends a client daemon's
+ * registration on to the leader (421 naming it), which registers it.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Cluster } from "../support/cluster.ts";
@@ -69,13 +69,15 @@ test("three TOMAs elect one leader; kill -9 of it elects another in a higher ter
   expect(p.tomas[li]!.output).toContain("hard state trusted");
 }, 120_000);
 
-test("client daemons' routes are refused in this mode with the reason; raft messages need the server key", async () => {
-  const r = await run([NVMESH, "cluster", "status", "-m", p.addrs[0]!, "-o", "json"], { env: c.keyEnv });
-  expect(r.code).toBe(0);
+test("a follower sends client daemons to the leader (421), which registers them; raft messages need the server key", async () => {
+  const a = await p.agreed([0, 1, 2], () => true, 30_000);
+  const fi = [0, 1, 2].find((i) => i !== a.index)!;
   const { tomaClient: admin } = await import("../../src/toma/api-client.ts");
-  const reg = await admin(p.addrs[0]!, { key: c.key }).call("POST", "/v1/clients", { name: "c1" }).catch((x: unknown) => x as { status: number; message: string });
-  expect((reg as { status: number }).status).toBe(503);
-  expect((reg as Error).message).toContain("multi-TOMA mode");
+  const reg = await admin(p.addrs[fi]!, { key: c.clientKey }).call("POST", "/v1/clients", { name: "c1" }).catch((x: unknown) => x as { status: number; message: string; leader?: string });
+  expect((reg as { status: number }).status).toBe(421);
+  expect((reg as { leader?: string }).leader).toBe(a.leader);
+  const ok = (await admin(a.leader, { key: c.clientKey }).call("POST", "/v1/clients", { name: "c1" })) as { client_id: number };
+  expect(ok.client_id).toBeGreaterThan(0);
   // A client key's signature cannot post Raft messages.
   const client = await run([NVMESH, "cluster", "status", "-m", p.addrs[0]!, "-o", "json"], { env: c.clientKeyEnv });
   expect(client.code).toBe(0);

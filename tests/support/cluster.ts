@@ -57,6 +57,8 @@ export class Cluster {
   target_addrs: string[] = [];
   toma: Daemon | null = null;
   toma_addr = "";
+  /** The client daemons' -m when not toma_addr (a TOMA cluster: every TOMA, comma-separated). */
+  client_management: string | null = null;
   client: Daemon | null = null;
   extraClients: ExtraClient[] = [];
 
@@ -264,7 +266,7 @@ export class Cluster {
     this.clientArgs = extra;
     // A client host holds the client key; a converged one (--drive) also serves drives: the server key.
     const keys = extra.includes("--drive") ? this.keyEnv : this.clientKeyEnv;
-    this.client = new Daemon("client", [...this.nvmesh("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.toma_addr, ...this.insecure, ...extra], keys);
+    this.client = new Daemon("client", [...this.nvmesh("client"), "client", "serve", "--run-dir", this.runDir, "-m", this.client_management ?? this.toma_addr, ...this.insecure, ...extra], keys);
     await this.client.waitFor(/client ready/);
   }
 
@@ -274,7 +276,7 @@ export class Cluster {
    */
   async startExtraClient(name: string, env: Record<string, string> = {}): Promise<ExtraClient> {
     const runDir = `${this.dir}/run-${name}`;
-    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.toma_addr, "--name", name, ...this.insecure], { ...this.clientKeyEnv, ...env });
+    const daemon = new Daemon(`client ${name}`, [NVMESH, "client", "serve", "--run-dir", runDir, "-m", this.client_management ?? this.toma_addr, "--name", name, ...this.insecure], { ...this.clientKeyEnv, ...env });
     await daemon.waitFor(/client ready/);
     const c = { name, runDir, daemon };
     this.extraClients.push(c);

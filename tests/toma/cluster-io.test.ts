@@ -63,21 +63,32 @@ test("a drive that refuses every write is left out; the record lands on the othe
   if (read.decision.kind === "trusted") expect(read.decision.record.term).toBe(2);
 });
 
-test("no drive left: amnesic at once, and every later persist says so", async () => {
+test("no drive left: the write waits (nothing is lost, nothing sent) and completes once the drive is back", async () => {
   const world = new World(2);
   const env = envOf(world);
-  const ds = await drives(1);
-  let present = true;
-  const io = slotIo(world, () => (present ? ds : []));
+  const ds = await drives(2);
+  let present = [true, true];
+  const io = slotIo(world, () => ds.filter((_, i) => present[i]));
   const who = { cluster_uuid: "0000000c-0000-4000-8000-000000000000", toma_id: "s1", incarnation: "00000000000000aa" };
-  const w = new HardStateWriter(env, io, who, null, new Map([[ds[0]!.info.drive_uuid, 0]]));
+  const w = new HardStateWriter(env, io, who, null, new Map(ds.map((d) => [d.info.drive_uuid, 0])));
   const state = bootstrapDurableState(votersConfig(["s1#00000000000000aa"]), new Uint8Array([1]));
   expect((await settle(world, w.persist(state))).ok).toBe(true);
-  present = false;
-  const r = await settle(world, w.persist({ ...state, term: 2 }));
-  expect(r).toEqual({ ok: false, amnesic: "no own drive left to write to" });
-  present = true;
-  expect((await settle(world, w.persist({ ...state, term: 3 }))).ok).toBe(false);
+  present = [false, false];
+  let done = false;
+  const p = w.persist({ ...state, term: 2 }).finally(() => (done = true));
+  await world.run(() => done, world.now + 20_000);
+  expect(done).toBe(false);
+  expect(w.waiting).toBe("no own drive left to write to");
+  // The target is back with one of the two drives: the record goes there, and is complete.
+  present = [false, true];
+  expect((await settle(world, p)).ok).toBe(true);
+  expect(w.waiting).toBeNull();
+  expect(w.last!.drives).toEqual([ds[1]!.info.drive_uuid]);
+  expect(w.amnesia).toBeNull();
+  // A restart trusts it, from that drive alone.
+  const read = await settle(world, readOwnDrives(env, io, "s1", null));
+  expect(read.decision.kind).toBe("trusted");
+  if (read.decision.kind === "trusted") expect(read.decision.record.term).toBe(2);
 });
 
 test("peer senders: one request in flight per peer, the rest batched; a dead peer's backlog is dropped and reported", async () => {

@@ -3,9 +3,9 @@
  * view with the consensus state, the targets, and the routes between TOMAs (identity, raft
  * messages), the membership changes, the servers' drive reports, and the pool and volumes: reads
  * answered from the state applied here (any TOMA), volume creation and deletion on the leader (a
- * follower answers 421 naming it). Attaching volumes and the client daemons' routes are refused
- * with 503 and the reason: this mode does not serve clients yet. Sans-I/O like ../api.ts; behind
- * the same signature check.
+ * follower answers 421 naming it), and the client daemons' routes on the leader, whose mirror
+ * control serves them (leader-control.ts; a follower answers 421 and the daemon goes there).
+ * Sans-I/O like ../api.ts; behind the same signature check.
  */
 import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
@@ -13,7 +13,10 @@ import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
-import { adminOnly, volumeJsonOf, volumeNamed, volumeNameOf } from "../api.ts";
+import { adminOnly, volumeJsonOf } from "../api.ts";
+import { volumeNamed, volumeNameOf } from "../volume-lookup.ts";
+import type { AttachInfo } from "../../engine/layout/types.ts";
+import { clientRoutes } from "../client-routes.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
 import { type ClusterState, retiredCounts, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
@@ -39,15 +42,12 @@ export const AddServerSchema = v.strictObject({
   ),
 });
 
-export const NOT_MANAGED_YET =
-  "this TOMA runs in the multi-TOMA mode (toma run --peers), which so far manages the pool and creates and deletes volumes, but does not attach volumes or serve client daemons yet " +
-  "(run one TOMA without --peers for that)";
-
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
 
 export function clusterMemberApi(env: Env, m: ClusterMember, server_key: Uint8Array | null): Transport {
-  // No client daemon registers with this mode: no client secrets to look up.
-  const guard = new ManagementGuard(env, server_key === null ? null : serverKeys(server_key), () => undefined);
+  // Client daemons register with the leader's control: their secrets are there (a follower knows
+  // none, answers 410, and the daemon's registration again is sent on to the leader: 421).
+  const guard = new ManagementGuard(env, server_key === null ? null : serverKeys(server_key), (id) => m.control.active()?.mirror.clients.live(id)?.secret);
   const handler = makeClusterMemberHandler(env, m);
   return (req) => guard.serve(req, handler);
 }
@@ -76,12 +76,12 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       // The state's generation: the index of the last command applied here.
       generation: state?.generation ?? null,
       term: view.term,
-      // No duty of a cluster member writes to targets yet: it stamps no control-plane version.
-      version: 0,
+      // The version the leader's control stamps on targets; 0 on a follower (it writes none).
+      version: m.control.active()?.version() ?? 0,
       ready: view.phase === "running" && state !== null && view.leader !== null,
       readiness:
         view.phase === "running"
-          ? `TOMA cluster member, ${view.role} in term ${view.term}, ${lead}; pool and volumes managed (create and delete through any TOMA), volumes cannot be attached in this mode yet${report}`
+          ? `TOMA cluster member, ${view.role} in term ${view.term}, ${lead}${m.control.active() ? "; this TOMA runs the mirror control and serves the client daemons" : ""}${report}`
           : `TOMA cluster member ${view.phase}: ${view.reason ?? ""}`,
       targets: { total: m.links.length, up, down: m.links.length - up },
       drives: { total: drives.length, ok: count("ok"), missing: count("missing"), foreign: count("foreign"), error: count("error") },
@@ -92,6 +92,8 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
   };
 
   const volumeJson = (vol: VolumeRecord): VolumeJson => {
+    const ctl = m.control.active();
+    if (ctl) return volumeJsonOf(vol, ctl.volumeState(vol), vol.mirrors > 1 ? ctl.legViews(vol) : []);
     const cluster_uuid = m.node.appliedState()?.cluster_uuid ?? null;
     const up = (d: string) => cluster_uuid !== null && m.pool.usable(d, cluster_uuid);
     const legs: LegView[] = vol.mirrors > 1 ? vol.columns.map((c, i) => ({ column: i, set: Math.floor(i / vol.mirrors), drive_uuid: c.drive_uuid, state: vol.legs[i]!, reachable: up(c.drive_uuid), rebuild: null })) : [];
@@ -123,7 +125,8 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     }
   };
 
-  const volumes = async (mth: string, route: string, body: unknown, caller: Caller): Promise<ApiResponse> => {
+  const volumes = async (mth: string, path: string, body: unknown, caller: Caller): Promise<ApiResponse> => {
+    const route = path.split("?")[0]!;
     const parts = route.split("/").slice(3);
     if (parts.length === 0) {
       if (mth === "GET") {
@@ -137,7 +140,15 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       if (!r.success) return err(400, `invalid volume request: ${r.issues.map((i) => i.message).join("; ")}`);
       return onLeader(async () => volumeJson(await m.volumes.create(r.output)), 201);
     }
-    if (parts.length === 2 && parts[1] === "attach") return err(503, `volumes cannot be attached in this mode yet: ${NOT_MANAGED_YET}`);
+    if (parts.length === 2 && parts[1] === "attach") {
+      if (mth !== "GET") return err(405, `${mth} not allowed on ${route}; use GET`);
+      return onLeader(async () => {
+        const ctl = m.control.activeOrRefuse();
+        const vol = findVolume(parts[0]!);
+        if ("status" in vol) throw new LeaderOpError(vol.status, (vol.body as { error: string }).error);
+        return ctl.attachInfo(vol) satisfies AttachInfo;
+      });
+    }
     if (parts.length !== 1) return err(404, `no such route: ${mth} ${route}`);
     if (mth === "GET") {
       const vol = findVolume(parts[0]!);
@@ -146,11 +157,13 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     if (mth !== "DELETE") return err(405, `${mth} not allowed on ${route}; use GET or DELETE`);
     const no = adminOnly(caller, "deleting a volume");
     if (no) return no;
-    // Looked up on the leader (VolumeOps.delete), not in this TOMA's applied state, which may lag.
+    // Looked up on the leader (ControlTerm.deleteVolume), not in this TOMA's applied state, which may lag.
     const name = volumeNameOf(parts[0]!);
     if (typeof name !== "string") return name;
+    const force = new URLSearchParams(path.split("?")[1] ?? "").get("force");
+    if (force !== null && force !== "true" && force !== "false") return err(400, `force must be true or false, not '${force}'`);
     return onLeader(async () => {
-      await m.volumes.delete(name);
+      await m.control.activeOrRefuse().deleteVolume(name, force === "true");
       return { deleted: name };
     });
   };
@@ -215,8 +228,22 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
       if (mth !== "GET") return err(405, `${mth} not allowed on ${route}; use GET`);
       return { status: 200, body: driveViews(m, m.node.appliedState()) satisfies DriveJson[] };
     }
-    if (route === "/v1/volumes" || route.startsWith("/v1/volumes/")) return volumes(mth, route, body, caller);
-    if (route.startsWith("/v1/")) return err(503, NOT_MANAGED_YET);
+    if (route === "/v1/volumes" || route.startsWith("/v1/volumes/")) return volumes(mth, path, body, caller);
+    if (route === "/v1/clients" || route.startsWith("/v1/clients/")) {
+      const ctl = m.control.active();
+      if (!ctl) return onLeader(async () => m.control.activeOrRefuse());
+      return clientRoutes(ctl, mth, path, route.split("/").slice(3), body, caller);
+    }
+    if (/^\/v1\/drives\/[^/]+\/evict$/.test(route)) {
+      if (mth !== "POST") return err(405, `${mth} not allowed on ${route}; use POST`);
+      const no = adminOnly(caller, "evicting a drive");
+      if (no) return no;
+      const uuid = route.split("/")[3]!.toLowerCase();
+      return onLeader(async () => {
+        m.control.activeOrRefuse().evictDrive(uuid);
+        return { evicted: uuid };
+      });
+    }
     return err(404, `no such route: ${method} ${path}`);
   };
 }

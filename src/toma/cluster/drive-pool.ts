@@ -42,15 +42,10 @@ export const ReportedDriveSchema = v.strictObject({
 });
 export type ReportedDrive = v.InferOutput<typeof ReportedDriveSchema>;
 
-/** A deleted volume's retired extents on a drive, zeroed by the drive's own server. */
-export const ZeroedSchema = v.strictObject({ volume_uuid: UuidSchema, drive_uuid: UuidSchema });
-
 /** The body of POST /v1/cluster/drives. */
 export const DriveReportSchema = v.strictObject({
   server: ServerName,
   drives: v.pipe(v.array(ReportedDriveSchema), v.maxLength(1024, "at most 1024 drives per server")),
-  /** Retired extents (cluster-state.ts) on its own drives that the server zeroed: free to release. */
-  zeroed: v.pipe(v.array(ZeroedSchema), v.maxLength(4096, "at most 4096 zeroed entries")),
 });
 export type DriveReport = v.InferOutput<typeof DriveReportSchema>;
 
@@ -63,12 +58,9 @@ export const PoolViewSchema = v.strictObject({
 });
 export type PoolView = v.InferOutput<typeof PoolViewSchema>;
 
-/** The answer to a report: the pool, and what the leader's state holds retired now. */
-export const ReportAnswerSchema = v.strictObject({
-  ...PoolViewSchema.entries,
-  retired: v.pipe(v.array(ZeroedSchema), v.maxLength(4096)),
-});
-export type ReportAnswer = v.InferOutput<typeof ReportAnswerSchema>;
+/** The answer to a report: the pool as the leader knows it. */
+export const ReportAnswerSchema = PoolViewSchema;
+export type ReportAnswer = PoolView;
 
 export interface Located {
   server: string;
@@ -80,28 +72,12 @@ export interface Located {
 export class DrivePool {
   /** By server: its last report, and when it arrived on this TOMA's steady clock. */
   private readonly reports = new Map<string, { drives: ReportedDrive[]; at: number }>();
-  /** By server: the retired extents it last said it zeroed on its own drives. */
-  private readonly zeroed = new Map<string, { volume_uuid: string; drive_uuid: string }[]>();
 
   constructor(private readonly now: () => number) {}
 
   /** A server's report of its own drives (on the leader; a follower's own, as it sent it). */
   report(r: DriveReport): void {
     this.reports.set(r.server, { drives: r.drives, at: this.now() });
-    this.zeroed.set(r.server, r.zeroed);
-  }
-
-  /**
-   * Retired extents of the state that may be released: zeroed by the server that serves their
-   * drive now, by its latest report (a drive that moved is zeroed again by its new server).
-   */
-  toRelease(state: ClusterState): { volume_uuid: string; drive_uuid: string }[] {
-    return state.retired
-      .filter((r) => {
-        const at = this.locate(r.drive_uuid);
-        return at !== null && at.fresh && (this.zeroed.get(at.server) ?? []).some((z) => z.volume_uuid === r.volume_uuid && z.drive_uuid === r.drive_uuid);
-      })
-      .map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid }));
   }
 
   /** The leader's view, answered to a report: taken whole, except this TOMA's own fresher one. */

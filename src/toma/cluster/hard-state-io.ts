@@ -105,6 +105,9 @@ export class HardStateWriter {
     this.generations = new Map(generations);
   }
 
+  /** Why the last write waits for own drives to come back (null: it does not). */
+  waiting: string | null = null;
+
   get amnesia(): string | null {
     return this.amnesic;
   }
@@ -127,7 +130,19 @@ export class HardStateWriter {
         const listed = new Set(this.io.drives().filter((d) => !skip.has(d)));
         const live = new Map([...listed].map((d) => [d, this.generations.get(d) ?? 0] as const));
         const plan = this.writer.plan(live);
-        if (!plan.ok) return this.becomeAmnesic(plan.reason);
+        if (!plan.ok && !plan.wait) return this.becomeAmnesic(plan.reason);
+        if (!plan.ok) {
+          // The own target restarting, most often: the same drives come back and the write goes
+          // on. Nothing leaves meanwhile (the loop awaits this), so waiting is safe however long.
+          if (this.waiting !== plan.reason) this.env.log.warn("hard state waits for own drives (this TOMA takes no part meanwhile)", { reason: plan.reason });
+          this.waiting = plan.reason;
+          await sleep(this.env, backoff);
+          backoff = Math.min(backoff * 2, this.timings.retry_max_ms);
+          skip = new Set();
+          continue;
+        }
+        if (this.waiting !== null) this.env.log.info("own drives back: hard state written again", { drives: plan.drives.join(",") });
+        this.waiting = null;
         const record: HardStateRecord = {
           kind: "nvmesh.toma.hard-state",
           format: 1,

@@ -2,14 +2,12 @@
  * A TOMA running as a member of a TOMA cluster (`nvmesh toma run --peers`): sessions to its own
  * server's target(s), whose drives hold its hard state, and the consensus member (node.ts).
  *
- * What this mode does so far: the TOMAs found the cluster, elect a leader, replicate and persist
- * the cluster-state log, survive the loss of a minority, and change membership on the operator's
- * request (membership-ops.ts: a new server joins, a server is removed). Each TOMA claims and
- * reports its own server's drives (drive-reporter.ts); the leader adds them to the state and
- * creates and deletes volumes (volume-ops.ts); any TOMA answers reads from its applied state.
- * What it does not do yet: attach volumes, run their topology (leg states, rebuilds) and serve
- * client daemons (the single-TOMA controllers are not run here, so no two TOMAs ever act at
- * once); the management API refuses those routes with a message that says so (cluster-api.ts).
+ * The TOMAs found the cluster, elect a leader, replicate and persist the cluster-state log,
+ * survive the loss of a minority, and change membership on the operator's request
+ * (membership-ops.ts). Each TOMA claims and reports its own server's drives (drive-reporter.ts);
+ * the leader adds them to the state and creates volumes (volume-ops.ts), and runs the mirror
+ * control and serves the client daemons while it leads (leader-control.ts); any TOMA answers
+ * reads from its applied state.
  */
 import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
@@ -22,6 +20,8 @@ import { MembershipOps } from "./membership-ops.ts";
 import { TomaNode } from "./node.ts";
 import type { PeerPost } from "./peer-sender.ts";
 import { VolumeOps } from "./volume-ops.ts";
+import { LeaderControl } from "./leader-control.ts";
+import type { MirrorTimings } from "../mirror-control.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 
 export interface MemberOptions {
@@ -36,6 +36,9 @@ export interface MemberOptions {
   ask: (address: string) => Promise<Identity>;
   /** POST this TOMA's drive report to the leader at `address` (drive-pool.ts); answers its body. */
   report: (address: string, report: DriveReport) => Promise<unknown>;
+  /** Opens the leader's own session to any server's target (leader-control.ts). */
+  control_connect: Connect;
+  mirror_timings?: Partial<MirrorTimings>;
   grace_ms?: number;
 }
 
@@ -49,6 +52,8 @@ export class ClusterMember {
   /** The leader's drive and volume commands. */
   readonly volumes: VolumeOps;
   readonly reporter: DriveReporter;
+  /** The leader's mirror control and client service, while this TOMA leads. */
+  readonly control: LeaderControl;
 
   constructor(
     readonly env: Env,
@@ -68,23 +73,25 @@ export class ClusterMember {
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported());
+    this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings });
   }
 
-  /** A server's report, on the leader: kept, the new drives added; answers the pool and what is retired. */
+  /** A server's report, on the leader: kept, the new drives added; answers the pool. */
   received(r: DriveReport): ReportAnswer {
     this.pool.report(r);
     this.volumes.addReported();
-    const retired = (this.node.appliedState()?.retired ?? []).map((x) => ({ volume_uuid: x.volume_uuid, drive_uuid: x.drive_uuid }));
-    return { ...this.pool.view(), retired };
+    return this.pool.view();
   }
 
   start(): void {
     for (const l of this.links) l.start();
     void this.node.start();
     this.reporter.start();
+    this.control.start();
   }
 
   stop(): void {
+    this.control.stop();
     this.reporter.stop();
     this.node.stop();
     for (const l of this.links) l.stop();

@@ -13,10 +13,8 @@
  * log tail kept before compaction (64 entries) fits the hard-state record of a 1 MiB metadata
  * slot with the state. A command beyond either is refused before it is proposed, saying why.
  *
- * A delete retires all of the volume's extents (docs/toma.md, "Deleting a volume"); each drive's
- * own server zeroes them (drive-reporter.ts) and says so in its report, and the leader then
- * releases them (release_extents). No volume can be attached in this mode yet, so no client holds
- * a volume or a lock in its extents, and no fence table needs confirming first.
+ * Deleting a volume, and everything that touches its extents or clients, is the leader's mirror
+ * control's (leader-control.ts), which computes its commands through `command` here.
  */
 import type { Env } from "../../engine/env.ts";
 import { randomUuid } from "../../engine/env.ts";
@@ -65,22 +63,9 @@ export class VolumeOps {
     });
   }
 
-  /** Deletes the volume named `name` (by the uuid it has in the state the command is computed from). */
-  delete(name: string): Promise<void> {
-    return this.steps.run(async () => {
-      await this.command(`delete volume '${name}'`, (state) => {
-        const vol = state.volumes.find((x) => x.name === name);
-        if (!vol) throw new LeaderOpError(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
-        return { kind: "delete_volume", uuid: vol.uuid, released: [] };
-      });
-      this.env.log.info("volume deleted", { volume: name });
-    });
-  }
-
   /**
-   * Releases every retired extent its drive's server zeroed, and adds every reported drive the
-   * state lacks, one command each. Runs after each report; a second call while one runs does
-   * nothing (the next report brings it back).
+   * Adds every reported drive the state lacks, one command each. Runs after each report; a second
+   * call while one runs does nothing (the next report brings it back).
    */
   addReported(): void {
     if (this.adding) return;
@@ -89,12 +74,6 @@ export class VolumeOps {
       for (;;) {
         const state = this.node.appliedState();
         if (state === null || !this.node.leaderReady()) return;
-        const free = this.pool.toRelease(state)[0];
-        if (free) {
-          await this.command(`release the retired extents of volume ${free.volume_uuid} on drive ${free.drive_uuid}`, () => ({ kind: "release_extents", ...free }));
-          this.env.log.info("retired extents released", free);
-          continue;
-        }
         const next = this.pool.toAdd(state)[0];
         if (!next) return;
         await this.command(`add drive ${next.drive_uuid}`, (s) => {
@@ -113,7 +92,7 @@ export class VolumeOps {
    * answers the state after it. A refusal by the state machine becomes the API's answer; a stale
    * view is computed again (a few times).
    */
-  private async command(what: string, compute: (state: ClusterState) => Command): Promise<ClusterState> {
+  async command(what: string, compute: (state: ClusterState) => Command): Promise<ClusterState> {
     for (let attempt = 0; ; attempt++) {
       leaderOnly(this.node);
       const state = this.node.appliedState();

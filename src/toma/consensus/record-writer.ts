@@ -23,7 +23,13 @@ export const MAX_PENDING = 32;
 
 export type Plan =
   | { ok: true; seq: number; drives: string[]; anchor_seq: number }
-  | { ok: false; reason: string };
+  /**
+   * No record can be written now. `wait`: because drives the rule needs are absent (every own
+   * drive, or every drive of a record the next must meet): the same drives coming back (a target
+   * restarting) make it writable again, and waiting is safe (nothing is sent meanwhile). Else
+   * the TOMA must become amnesic now.
+   */
+  | { ok: false; reason: string; wait: boolean };
 
 export type WriteOutcome =
   /** Landed on every planned drive: the new anchor; messages depending on it may go. */
@@ -65,18 +71,18 @@ export class RecordWriter {
   plan(live: ReadonlyMap<string, number>): Plan {
     assert(this.in_flight === null, "a record write is already in flight");
     const drives = [...live].filter(([, g]) => g < GENERATION_LIMIT).map(([d]) => d).sort();
-    if (drives.length === 0) return { ok: false, reason: "no own drive left to write to" };
+    if (drives.length === 0) return { ok: false, reason: "no own drive left to write to", wait: true };
     // Forgetting a pending record would be unsafe; keeping an unbounded list is not allowed either.
-    if (this.pending.length > MAX_PENDING) return { ok: false, reason: `${this.pending.length} record writes in a row did not complete` };
+    if (this.pending.length > MAX_PENDING) return { ok: false, reason: `${this.pending.length} record writes in a row did not complete`, wait: false };
     const chosen = new Set(drives);
     const uncovered = [...(this.start_cover ?? [])].filter((d) => !chosen.has(d));
-    if (uncovered.length > 0) return { ok: false, reason: `the start record cannot reach drive(s) ${uncovered.join(", ")} of the trusted record` };
+    if (uncovered.length > 0) return { ok: false, reason: `the start record cannot reach drive(s) ${uncovered.join(", ")} of the trusted record`, wait: false };
     const must_meet = plantedBugs.record_intersect_previous_only
       ? [this.pending[this.pending.length - 1] ?? this.anchor].filter((x) => x !== null)
       : [...(this.anchor ? [this.anchor] : []), ...this.pending];
     for (const w of must_meet) {
       if (!w.drives.some((d) => chosen.has(d))) {
-        return { ok: false, reason: `no live drive holds record ${w.seq} (drives ${w.drives.join(", ")})` };
+        return { ok: false, reason: `no live drive holds record ${w.seq} (drives ${w.drives.join(", ")})`, wait: true };
       }
     }
     const seq = Math.max(this.last_seq, ...drives.map((d) => live.get(d)!)) + 1;

@@ -1,0 +1,335 @@
+/**
+ * The leader's mirror control in a TOMA cluster: while this TOMA leads (and applied an entry of
+ * its own term), it runs the single TOMA's controllers (mirror-control.ts: client registrations
+ * and switch rounds, fence tables, one topology step at a time, rebuilds, stale-lock recovery,
+ * the release of retired extents) over the replicated state, and serves the client daemons. One
+ * `ControlTerm` per term led: a new term starts from nothing but the applied state, exactly as a
+ * restarted single TOMA does (docs/toma-cluster.md, "Volumes in a TOMA cluster").
+ *
+ * - Every command goes through the Raft log (the member's proposal path), computed from the
+ *   applied state and refused by every TOMA alike when that state moved on (`computed_at`).
+ * - Every request to a target carries `fenceVersion(term, generation)`: a target that has seen a
+ *   later leader's version refuses it (STALE), so a deposed leader, paused or cut off, changes
+ *   nothing on a drive a newer leader has touched; a STALE naming a later term stops this one.
+ * - The leader reaches every server's target at the address its TOMA reports (drive-pool.ts),
+ *   over sessions of its own (HELLO as role toma, name `<toma id>/leader`, so they never
+ *   supersede the member's own sessions that write its hard state).
+ * - A drive is declared unreachable only when two paths agree: the leader's own session does not
+ *   serve it, and its server's report is stale or does not list it healthy.
+ */
+import type { Env, TimerHandle } from "../../engine/env.ts";
+import type { AttachInfo, DriveLocation } from "../../engine/layout/types.ts";
+import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
+import type { DriveInfo } from "../../engine/wire/control.ts";
+import { allocateLeg } from "../allocator.ts";
+import type { LegView } from "../api-types.ts";
+import type { ClientHost } from "../client-routes.ts";
+import type { ClusterState, Command, VolumeRecord } from "../cluster-state.ts";
+import { encodeProposal, fenceVersion } from "../consensus/proposal.ts";
+import { type MirrorTimings, MirrorControl } from "../mirror-control.ts";
+import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
+import { setTopologies } from "../topology.ts";
+import { type VolumeState, volumeStateOf } from "../toma.ts";
+import { layoutOf } from "../volume-layout.ts";
+import type { DrivePool } from "./drive-pool.ts";
+import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
+import { ProposalError, type TomaNode } from "./node.ts";
+import { COMMAND_TIMEOUT_MS, type VolumeOps } from "./volume-ops.ts";
+
+/** How often leadership is checked, and how often a pass of the mirror control runs at least. */
+const CHECK_EVERY_MS = 200;
+const PASS_EVERY_MS = 1000;
+
+export interface LeaderControlOptions {
+  /** Opens the leader's own session to a target (HELLO as role toma under `<toma id>/leader`). */
+  connect: Connect;
+  mirror_timings?: Partial<MirrorTimings>;
+}
+
+export class LeaderControl {
+  private current: ControlTerm | null = null;
+  private timer: TimerHandle | null = null;
+  /** The term whose control a target deposed: not started again in that term. */
+  private deposed_term = -1;
+
+  constructor(
+    private readonly env: Env,
+    private readonly node: TomaNode,
+    private readonly pool: DrivePool,
+    private readonly volumes: VolumeOps,
+    private readonly opts: LeaderControlOptions,
+  ) {}
+
+  start(): void {
+    this.timer = this.env.timers.every(CHECK_EVERY_MS, () => this.check());
+  }
+
+  stop(): void {
+    this.timer?.cancel();
+    this.current?.stop();
+    this.current = null;
+  }
+
+  /** The control of the term this TOMA leads now, or null (not leading, not ready, deposed). */
+  active(): ControlTerm | null {
+    this.check();
+    return this.current;
+  }
+
+  /** The control, or the refusal a follower answers (421 naming the leader, or 503). */
+  activeOrRefuse(): ControlTerm {
+    const c = this.active();
+    if (c) return c;
+    leaderOnly(this.node);
+    throw notLeader(this.node);
+  }
+
+  private check(): void {
+    const v = this.node.view();
+    const leading = v.phase === "running" && v.role === "leader" && v.leader_ready && v.term !== null && this.node.appliedState() !== null;
+    if (this.current && (!leading || this.current.term !== v.term || this.current.deposed)) {
+      if (this.current.deposed) this.deposed_term = this.current.term;
+      this.env.log.info("leader control stops", { term: this.current.term, why: this.current.deposed ? "deposed at a target" : "no longer leading" });
+      this.current.stop();
+      this.current = null;
+    }
+    if (!this.current && leading && v.term !== this.deposed_term) {
+      this.current = new ControlTerm(this.env, this.node, this.pool, this.volumes, v.term!, this.opts);
+      this.env.log.info("leader control starts", { term: v.term });
+      this.current.start();
+    }
+  }
+}
+
+/** The leader's duties for one term. */
+export class ControlTerm implements ClientHost {
+  readonly mirror: MirrorControl;
+  /** A target named a version of a later term: this term acts no more. */
+  deposed = false;
+  private readonly links = new Map<string, TargetLink>();
+  private timer: TimerHandle | null = null;
+  private queue: Promise<unknown> = Promise.resolve();
+  private queued = false;
+  private stopped = false;
+
+  constructor(
+    private readonly env: Env,
+    private readonly node: TomaNode,
+    private readonly pool: DrivePool,
+    private readonly volumes: VolumeOps,
+    readonly term: number,
+    private readonly opts: LeaderControlOptions,
+  ) {
+    this.mirror = new MirrorControl(
+      {
+        env,
+        state: () => this.state(),
+        propose: (cmd, computed_at) => this.propose(cmd, computed_at),
+        sessionOf: (d) => this.locate(d)?.link.session ?? null,
+        version: () => this.version(),
+        deposed: (newest) => this.deposedBy(newest),
+        regionBytes: () => BITMAP_REGION_BYTES,
+        cacheEpochOf: (d) => this.locate(d)?.info.cache_epoch,
+        replacement: (vol, column) => {
+          const st = this.state();
+          return st ? allocateLeg(st, vol, column, this.pool.topology(st), new Set()) : null;
+        },
+      },
+      opts.mirror_timings,
+    );
+  }
+
+  start(): void {
+    this.refreshLinks();
+    this.timer = this.env.timers.every(PASS_EVERY_MS, () => this.kick());
+    this.kick();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.timer?.cancel();
+    for (const l of this.links.values()) l.stop();
+    // Held watches answer now: their daemons find the next leader.
+    this.mirror.clients.notify();
+  }
+
+  // ---- ClientHost ------------------------------------------------------------------------------
+
+  /** The applied state while this term's control may act on it; null otherwise. */
+  state(): ClusterState | null {
+    if (this.stopped || this.deposed) return null;
+    const v = this.node.view();
+    if (v.role !== "leader" || v.term !== this.term) return null;
+    return this.node.appliedState();
+  }
+
+  notReady(): string {
+    if (this.deposed) return `this TOMA's leadership of term ${this.term} was deposed by a newer leader at a target`;
+    return `this TOMA no longer leads term ${this.term}`;
+  }
+
+  kick(): void {
+    if (this.queued || this.stopped) return;
+    this.queued = true;
+    void this.exclusive(async () => {
+      this.queued = false;
+      if (this.stopped) return;
+      this.refreshLinks();
+      if (this.state()) await this.mirror.tick((d) => this.reachable(d));
+    }).catch((e) => this.env.log.error("leader control pass failed", { error: (e as Error).message }));
+  }
+
+  attachInfo(given: VolumeRecord): AttachInfo {
+    const st = this.state();
+    const vol = st?.volumes.find((x) => x.uuid === given.uuid) ?? given;
+    const drives: DriveLocation[] = vol.columns.map((c) => ({
+      drive_uuid: c.drive_uuid,
+      target: this.locate(c.drive_uuid)?.link.address ?? this.pool.locate(c.drive_uuid)?.drive.target ?? null,
+    }));
+    return {
+      layout: layoutOf(vol),
+      drives,
+      generation: st?.generation ?? vol.created_seq,
+      topology_generation: vol.topology_seq,
+      stable_generation: this.mirror.stable(),
+      topology: setTopologies(vol),
+    };
+  }
+
+  // ---- views and commands of the management API -------------------------------------------------
+
+  volumeState(vol: VolumeRecord): VolumeState {
+    return volumeStateOf(vol, (d) => this.reachable(d));
+  }
+
+  legViews(vol: VolumeRecord): LegView[] {
+    return vol.columns.map((c, i) => ({
+      column: i,
+      set: Math.floor(i / vol.mirrors),
+      drive_uuid: c.drive_uuid,
+      state: vol.legs[i]!,
+      reachable: this.reachable(c.drive_uuid),
+      rebuild: vol.legs[i] === "syncing" ? this.mirror.progress(vol, i) : null,
+    }));
+  }
+
+  /**
+   * Deletes a volume as the single TOMA does (toma.ts deleteVolume): refused while a live client
+   * has it attached unless `force`, its clients fenced out of it first; its extents freed at once
+   * on each drive that confirmed a table without it, retired on the others (released later by the
+   * mirror control's pass, once zeroed under a confirmed table).
+   */
+  deleteVolume(name: string, force: boolean): Promise<void> {
+    return this.exclusive(async () => {
+      const st = this.state();
+      if (!st) throw new LeaderOpError(503, this.notReady());
+      const vol = st.volumes.find((x) => x.name === name);
+      if (!vol) throw new LeaderOpError(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
+      const users = this.mirror.attachedBy(vol.uuid);
+      if (users.length > 0 && !force) {
+        const who = users.map((c) => `${c.name} (client ${c.id})`).join(", ");
+        throw new LeaderOpError(409, `volume '${name}' is attached by ${who}: detach it there first, or delete with --force (which fences those clients out of it and removes their exports)`);
+      }
+      const { released, done } = await this.mirror.fenceOut(vol, force);
+      try {
+        await this.volumes.command(`delete volume '${name}'`, (now) => {
+          if (!now.volumes.some((x) => x.uuid === vol.uuid)) throw new LeaderOpError(404, `volume '${name}' was deleted meanwhile`);
+          return { kind: "delete_volume", uuid: vol.uuid, released };
+        });
+        this.mirror.forgetVolume(name);
+        this.env.log.info("volume deleted", { volume: name, uuid: vol.uuid, forced: force, drives_released: released.length, drives_retired: vol.columns.length - released.length });
+      } finally {
+        done();
+      }
+    });
+  }
+
+  /** Takes a drive out: its mirror legs go dead and are replaced by blank ones elsewhere. */
+  evictDrive(uuid: string): void {
+    const st = this.state();
+    if (!st) throw new LeaderOpError(503, this.notReady());
+    if (!st.drives.some((d) => d.drive_uuid === uuid)) throw new LeaderOpError(404, `no drive ${uuid} in the cluster`);
+    const single = st.volumes.filter((v) => v.mirrors === 1 && v.columns.some((c) => c.drive_uuid === uuid));
+    if (single.length > 0) throw new LeaderOpError(400, `drive holds unmirrored volume(s) ${single.map((v) => v.name).join(", ")}: delete them first`);
+    this.mirror.evict(uuid);
+    this.kick();
+  }
+
+  /** The control-plane version stamped on every request of this control. */
+  version(): number {
+    const st = this.state();
+    return st ? fenceVersion(this.term, st.generation) : 0;
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string }> {
+    if (!this.state()) return { ok: false, error: this.notReady() };
+    try {
+      const done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at, cmd }) }, COMMAND_TIMEOUT_MS);
+      if (done.applied?.kind === "applied") return { ok: true };
+      const why = done.applied?.kind === "refused" ? done.applied.error : `applied as ${done.applied?.kind ?? "nothing"}`;
+      return { ok: false, error: why };
+    } catch (e) {
+      if (e instanceof ProposalError) return { ok: false, error: e.message };
+      throw e;
+    }
+  }
+
+  /** A target refused a request as older than `newest`: a later term's leader acts there. */
+  private deposedBy(newest: number): void {
+    const term = Math.floor(newest / 2 ** 32);
+    // A version of this very term is one of our own requests that overtook another: no news.
+    if (term <= this.term || this.deposed) return;
+    this.deposed = true;
+    this.env.log.error("deposed: a leader of a later term acts on this cluster's drives; this TOMA's leader control stops", { term: this.term, newest_term: term });
+    this.mirror.clients.notify();
+  }
+
+  /** A session to every target some server reports (new addresses only; links are kept). */
+  private refreshLinks(): void {
+    if (this.stopped) return;
+    for (const s of this.pool.view().servers) {
+      for (const d of s.drives) {
+        if (this.links.has(d.target)) continue;
+        const l = new TargetLink(this.env, d.target, this.opts.connect, DEFAULT_LINK_TIMINGS);
+        l.onChange = () => this.kick();
+        this.links.set(d.target, l);
+        l.start();
+      }
+    }
+  }
+
+  /** Where the leader's own sessions reach a drive now (the last up link listing it). */
+  private locate(drive_uuid: string): { link: TargetLink; info: DriveInfo } | null {
+    let found: { link: TargetLink; info: DriveInfo } | null = null;
+    for (const link of this.links.values()) {
+      if (!link.up) continue;
+      const info = link.drives.find((d) => d.drive_uuid === drive_uuid);
+      if (info) found = { link, info };
+    }
+    return found;
+  }
+
+  /**
+   * Whether a drive counts as reachable for the topology. Served by the leader's own session: as
+   * that session lists it. Otherwise a live leg on it is declared unreachable only when a second
+   * path agrees (its server's report is stale or does not list it healthy): a leader cut off from
+   * one target alone does not take from the clients a leg they still reach (they report it if they
+   * do not). A dead leg comes back only through the leader's own session, which its rebuild needs.
+   */
+  private reachable(drive_uuid: string): boolean {
+    const st = this.node.appliedState();
+    if (!st) return false;
+    const at = this.locate(drive_uuid);
+    if (at) return at.info.state === "ok" && at.info.cluster_uuid === st.cluster_uuid;
+    const holdsDeadLeg = st.volumes.some((v) => v.columns.some((c, i) => c.drive_uuid === drive_uuid && v.legs[i] === "dead"));
+    return !holdsDeadLeg && this.pool.usable(drive_uuid, st.cluster_uuid);
+  }
+}
