@@ -192,7 +192,13 @@ export class Toma {
   private retract_needed = false;
   /** Mutations and maintenance passes, one at a time. */
   private readonly steps = new Serial();
-  private reconcile_queued = false;
+  /** A maintenance pass, coalesced: asked for by every change of a link and every sync tick. */
+  private readonly maintenance = this.steps.coalesced(
+    async () => {
+      if (!this.stopped) await this.reconcile();
+    },
+    (e) => this.env.log.error("maintenance failed", { error: (e as Error).message }),
+  );
   private sync: TimerHandle | null = null;
   private stopped = false;
   private warned_clusters = "";
@@ -256,12 +262,7 @@ export class Toma {
 
   /** Runs a maintenance pass now (coalesced). */
   kick(): void {
-    if (this.reconcile_queued || this.stopped) return;
-    this.reconcile_queued = true;
-    void this.steps.run(async () => {
-      this.reconcile_queued = false;
-      if (!this.stopped) await this.reconcile();
-    }).catch((e) => this.env.log.error("maintenance failed", { error: (e as Error).message }));
+    if (!this.stopped) this.maintenance();
   }
 
   // ---- mutations -------------------------------------------------------------------------------

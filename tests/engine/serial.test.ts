@@ -37,3 +37,29 @@ test("idle settles once every step given so far has, and never rejects", async (
   expect(done).toBe(true);
   await q.idle();
 });
+
+test("a coalesced pass asked for while one waits its turn runs once for all who asked; one asked for while it runs runs again after", async () => {
+  const q = new Serial();
+  let runs = 0;
+  const errors: unknown[] = [];
+  const pass = q.coalesced(async () => {
+    runs++;
+    await Bun.sleep(5);
+    if (runs === 3) throw new Error("third run failed");
+  }, (e) => errors.push(e));
+  // Something else holds the queue: three asks meanwhile make one run.
+  const busy = q.run(() => Bun.sleep(10));
+  pass();
+  pass();
+  pass();
+  await busy;
+  await q.idle();
+  expect(runs).toBe(1);
+  // Asked for while a run is under way: it runs once more, after it.
+  pass();
+  await Bun.sleep(1);
+  pass();
+  await q.idle();
+  expect(runs).toBe(3);
+  expect(errors.map((e) => (e as Error).message)).toEqual(["third run failed"]);
+});
