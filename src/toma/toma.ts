@@ -844,7 +844,10 @@ export class Toma {
         // A write of this state (or a newer one) still on its way: its answer updates the slot.
         return g !== null && g < cur.generation && (this.writing.get(s.info.drive_uuid) ?? 0) < cur.generation;
       });
-    await Promise.all(behind.map((s) => this.writeSlot(s.info.drive_uuid, cur.generation, payload)));
+    // Not waited for, as a commit's stragglers are not: a drive whose target was paused just now
+    // would hold every step queued behind this pass for request_timeout_ms. Each answer updates
+    // the drive's slot when it comes; a failed one is tried again by a later pass.
+    for (const s of behind) void this.writeSlot(s.info.drive_uuid, cur.generation, payload);
     this.settled = true;
   }
 

@@ -148,6 +148,23 @@ test("a straggler that fails after the commit succeeded asks for no retraction; 
   expect(logged.filter((l) => l.msg === "change not committed")).toEqual([]);
 }, 10_000);
 
+test("a write-back that never answers holds no step up", async () => {
+  const { toma, api, held, view, straggle } = await fixture();
+  const { slow, g } = await straggle();
+  // The commit's write to the drive fails; the next pass writes the state back, and that write
+  // is held too (the drive's target paused again).
+  held[0]!.fail(new Error("injected I/O error"));
+  await until("the write-back sent", () => held.length === 2);
+  expect(held[1]!.generation).toBe(g);
+  // The next commit runs at once, not after the write-back's timeout.
+  expect((await api("POST", "/v1/volumes", volume("b"))).status).toBe(201);
+  const g2 = toma.state!.generation;
+  expect(held.map((h) => h.generation)).toEqual([g, g, g2]);
+  expect(await held[2]!.release()).toBe("ok");
+  expect(await held[1]!.release()).toBe("STALE");
+  await until("the drive known to hold the newest state", () => view(slow).metadata_generation === g2);
+}, 10_000);
+
 test("a refusal is decided once a majority can no longer acknowledge, without waiting for a drive that does not answer", async () => {
   const { targets, toma, api, holding, held, driveOf } = await fixture();
   const before = toma.state!.generation;
