@@ -23,6 +23,11 @@ import type { VolumeRequest } from "../src/toma/allocator.ts";
 import { managementApi } from "../src/toma/api.ts";
 import { ManagementSigner } from "../src/toma/api-auth.ts";
 import { Toma, type TomaTimings } from "../src/toma/toma.ts";
+import type { ClusterState } from "../src/toma/cluster-state.ts";
+import { ClusterMember } from "../src/toma/cluster/member.ts";
+import { clusterMemberApi, DRIVE_REPORT_PATH, IDENTITY_PATH, RAFT_PATH } from "../src/toma/cluster/cluster-api.ts";
+import { parseIdentity } from "../src/toma/cluster/identity.ts";
+import { homedCall } from "../src/toma/homing.ts";
 import { Checker } from "./checker.ts";
 import { type DriveProfile, openSimDrive, quietDriveProfile, SimMedium } from "./drive.ts";
 import { callMgmt, serveMgmt } from "./mgmt-rpc.ts";
@@ -51,6 +56,11 @@ export interface ClusterSpec {
   settle_ms: number;
   /** Per-node clock rate range (1 = exact). */
   clock_rate: [number, number];
+  /**
+   * A TOMA on every server (`toma run --peers`: src/toma/cluster/), the leader running the mirror
+   * control; clients home on it. Off: one TOMA, on the first server.
+   */
+  toma_cluster: boolean;
 }
 
 /**
@@ -76,6 +86,7 @@ export function defaultSpec(): ClusterSpec {
     toma_timings: { poll_ms: 500, sync_ms: 500, request_timeout_ms: 2000, backoff_max_ms: 2000 },
     settle_ms: 2000,
     clock_rate: [0.9, 1.1],
+    toma_cluster: false,
   };
 }
 
@@ -85,6 +96,8 @@ export interface ServerSim {
   media: SimMedium[];
   target: TargetService | null;
   toma: Toma | null;
+  /** With spec.toma_cluster: this server's TOMA, a member of the TOMA cluster. */
+  member: ClusterMember | null;
   inc: Incarnation | null;
   /** Drives plugged in while this incarnation was still booting: added once its target is up. */
   plugged_while_booting: FormattedDrive[];
@@ -131,7 +144,7 @@ export class SimCluster {
     };
     for (let i = 1; i <= spec.servers; i++) {
       const name = `s${i}`;
-      const s: ServerSim = { name, node: new SimNode(world, name, this.net, clockFor(name)), media: [], target: null, toma: null, inc: null, plugged_while_booting: [] };
+      const s: ServerSim = { name, node: new SimNode(world, name, this.net, clockFor(name)), media: [], target: null, toma: null, member: null, inc: null, plugged_while_booting: [] };
       for (let d = 0; d < spec.drives_per_server; d++) {
         const m = new SimMedium(world, { name: `${name}-d${d + 1}`, size_bytes: spec.drive_bytes, profile: spec.drive });
         s.media.push(m);
@@ -155,6 +168,29 @@ export class SimCluster {
 
   get mgmtAddress(): string {
     return `${this.tomaServer.name}:${MGMT_PORT}`;
+  }
+
+  /** Every TOMA's management address (one, or every server's with a TOMA cluster). */
+  get mgmtAddresses(): string[] {
+    return this.spec.toma_cluster ? this.servers.map((s) => `${s.name}:${MGMT_PORT}`) : [this.mgmtAddress];
+  }
+
+  /** The member that leads with its control running now, if any (a TOMA cluster). */
+  leaderMember(): ClusterMember | null {
+    let best: ClusterMember | null = null;
+    for (const s of this.servers) {
+      const m = s.node.alive ? s.member : null;
+      const v = m?.node.view();
+      if (!m || v?.role !== "leader" || !m.control.active()) continue;
+      if (!best || (v.term ?? 0) > (best.node.view().term ?? 0)) best = m;
+    }
+    return best;
+  }
+
+  /** The cluster state the TOMA acts on now (the single TOMA's, or the leader's applied state). */
+  clusterState(): ClusterState | null {
+    if (!this.spec.toma_cluster) return this.tomaServer.toma?.state ?? null;
+    return this.leaderMember()?.node.appliedState() ?? null;
   }
 
   /** The drives holding a sector: one, or every leg of its mirror set. */
@@ -185,6 +221,13 @@ export class SimCluster {
     await this.runUntil(() => formatted === this.media.length, 60_000, "formatting drives");
     installer.crash("process");
     for (const s of this.servers) this.bootServer(s);
+    if (this.spec.toma_cluster) await this.createVolumesOnLeader();
+    else await this.createVolumesOnToma();
+    for (const c of this.clients) this.bootClient(c);
+    await this.runUntil(() => this.clients.every((c) => c.ready), 60_000, "clients attached");
+  }
+
+  private async createVolumesOnToma(): Promise<void> {
     const toma = () => this.tomaServer.toma;
     await this.runUntil(() => toma() !== null, 60_000, "TOMA started");
     let ready = false;
@@ -205,8 +248,26 @@ export class SimCluster {
       const vol = toma()!.state!.volumes.find((v) => v.name === req.name)!;
       return toma()!.attachInfo(vol).layout;
     });
-    for (const c of this.clients) this.bootClient(c);
-    await this.runUntil(() => this.clients.every((c) => c.ready), 60_000, "clients attached");
+  }
+
+  /** A TOMA cluster: once a leader runs its control with every drive in the pool, it creates the volumes. */
+  private async createVolumesOnLeader(): Promise<void> {
+    const drives = this.media.length;
+    await this.runUntil(() => (this.leaderMember()?.node.appliedState()?.drives.length ?? 0) === drives, 60_000, "a leader with every drive in the pool");
+    for (const req of this.spec.volumes) {
+      let done = false;
+      const leader = this.leaderMember()!;
+      leader.volumes.create(req).then(
+        () => (done = true),
+        (e) => this.world.fail(`cannot create volume ${req.name}: ${(e as Error).message}`),
+      );
+      await this.runUntil(() => done, 60_000, `create volume ${req.name}`);
+    }
+    const leader = this.leaderMember()!;
+    this.layouts = this.spec.volumes.map((req) => {
+      const vol = leader.node.appliedState()!.volumes.find((v) => v.name === req.name)!;
+      return leader.control.active()!.attachInfo(vol).layout;
+    });
   }
 
   private readonly envs = new Map<Incarnation, Env>();
@@ -228,6 +289,7 @@ export class SimCluster {
     this.envs.set(inc, env);
     s.target = null;
     s.toma = null;
+    s.member = null;
     s.plugged_while_booting = [];
     const prng = this.prng.fork(`${s.name}#${inc.number}`);
     // The drives present at power-on; plug() takes care of any that arrive during the boot.
@@ -247,7 +309,8 @@ export class SimCluster {
       await env.net.listen(`${s.name}:${TARGET_PORT}`, (c) => target.handle(c));
       s.target = target;
       for (const d of s.plugged_while_booting.splice(0)) target.addDrive(d);
-      if (s === this.tomaServer) {
+      if (this.spec.toma_cluster) await this.bootMember(s, env);
+      else if (s === this.tomaServer) {
         const toma = new Toma(env, {
           name: `toma-${s.name}`,
           targets: this.servers.map((x) => `${x.name}:${TARGET_PORT}`),
@@ -262,12 +325,36 @@ export class SimCluster {
     })().catch((e) => this.world.fail(`server ${s.name} failed to boot: ${(e as Error).stack}`));
   }
 
+  /** The server's TOMA as a member of the TOMA cluster, over the simulated network. */
+  private async bootMember(s: ServerSim, env: Env): Promise<void> {
+    const signer = new ManagementSigner({ kind: "server", key: this.key });
+    const call = (address: string, method: string, path: string, body?: unknown) => callMgmt(env, address, signer, method, path, 3000, body);
+    const keyed = { cluster_key: { kind: "server" as const, key: this.key } };
+    const member = new ClusterMember(env, {
+      name: s.name,
+      targets: [`${s.name}:${TARGET_PORT}`],
+      peers: this.mgmtAddresses,
+      connect: (address) => openSession(env, address, { version: 1, role: "toma", name: s.name }, keyed),
+      control_connect: (address) => openSession(env, address, { version: 1, role: "toma", name: `${s.name}/leader` }, keyed),
+      post: async (address, bytes) => {
+        await call(address, "POST", RAFT_PATH, { envelope: Buffer.from(bytes).toString("base64") });
+      },
+      ask: async (address) => parseIdentity(await call(address, "GET", IDENTITY_PATH), address),
+      report: (address, report) => call(address, "POST", DRIVE_REPORT_PATH, report),
+    });
+    member.start();
+    s.member = member;
+    const api = clusterMemberApi(env, member, this.key);
+    await serveMgmt(env, `${s.name}:${MGMT_PORT}`, () => api);
+  }
+
   crashServer(s: ServerSim, kind: CrashKind): void {
     if (!s.node.alive) return;
     if (kind === "power") for (const m of s.media) if (m.plugged) this.checker.powerLoss(this.uuidOf.get(m)!);
     s.node.crash(kind);
     s.target = null;
     s.toma = null;
+    s.member = null;
   }
 
   /** Pulls a drive out of its server (a power loss for that drive). */
@@ -334,9 +421,13 @@ export class SimCluster {
     // the management API (src/engine/target/capability.ts, src/toma/api-auth.ts).
     const key = asClientKey({ kind: "server", key: this.key });
     const signer = new ManagementSigner(key);
+    // A watch is held up to 3 s by the TOMA: give it longer than that. Homed on the TOMA that
+    // serves clients (the leader of a TOMA cluster), re-homed when it dies (src/toma/homing.ts).
+    const homing = homedCall(env, this.mgmtAddresses, (address, method, path, body) =>
+      callMgmt(env, address, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body),
+    );
     const daemon = new ClientDaemon(env, {
-      // A watch is held up to 3 s by the TOMA: give it longer than that.
-      toma: tomaLinkOver((method, path, body) => callMgmt(env, this.mgmtAddress, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body)),
+      toma: tomaLinkOver(homing.call),
       openSession: (e, address, hello) => openSession(e, address, hello, { cluster_key: key }),
       nbd,
       exports,

@@ -195,6 +195,18 @@ export class FaultInjector {
         const from = c.serverOf(m)!;
         c.unplug(m);
         const to = kind === "drive_move" ? p.pick(c.servers.filter((s) => s !== from)) : from;
+        if (kind === "drive_move" && c.spec.toma_cluster) {
+          // A TOMA cluster keeps each TOMA's hard state on its own server's drives: a drive that
+          // never comes home leaves that TOMA waiting for it (replacing the server is an
+          // operator's act, not modelled here). It is moved away, served there, and brought back.
+          c.plug(m, to);
+          this.later(() => {
+            if (!m.plugged || c.serverOf(m) === from) return;
+            c.unplug(m);
+            c.plug(m, from);
+          });
+          return;
+        }
         this.later(() => {
           if (!m.plugged) c.plug(m, to);
         });

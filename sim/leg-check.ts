@@ -11,7 +11,7 @@ import type { SimCluster } from "./cluster.ts";
 import type { SimMedium } from "./drive.ts";
 
 export async function checkLegsEqual(cluster: SimCluster): Promise<void> {
-  const state = () => cluster.tomaServer.toma?.state ?? null;
+  const state = () => cluster.clusterState();
   await cluster.runUntil(
     () => state()?.volumes.filter(isMirrored).every((v) => v.legs.every((l) => l === "ok")) ?? false,
     60_000,

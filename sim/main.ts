@@ -6,6 +6,7 @@
  *   --long                           nightly-style: 4x the virtual time under faults per seed
  *   --mirror                         adds a RAID1 volume to the workload (mirroring, in progress)
  *   --pause                          adds processes paused (SIGSTOP) for 5–20 s to the random faults
+ *   --toma-cluster                   a TOMA on every server (Raft; the leader runs the mirror control)
  *   --bug NAME                       plant a known bug (src/engine/planted-bugs.ts): the checker must bite
  */
 import { isPlantedBug, plantedBugs } from "../src/engine/planted-bugs.ts";
@@ -40,7 +41,12 @@ if (bug !== undefined) {
 
 const opts = defaultRunOptions();
 if (has("long")) opts.fault_ms *= 4;
-if (has("mirror")) opts.tweak = (spec) => spec.volumes.push(MIRROR_VOLUME);
+if (has("mirror") || has("toma-cluster")) {
+  opts.tweak = (spec) => {
+    if (has("mirror")) spec.volumes.push(MIRROR_VOLUME);
+    if (has("toma-cluster")) spec.toma_cluster = true;
+  };
+}
 if (has("pause")) opts.faults = { ...opts.faults, weights: { ...opts.faults.weights, process_pause: PAUSE_FAULT_WEIGHT } };
 opts.full_trace = has("trace");
 
@@ -54,7 +60,7 @@ function summary(r: RunResult): string {
 }
 
 function replayLine(seed: number): string {
-  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${has("mirror") ? " --mirror" : ""}${has("pause") ? " --pause" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
+  return `bun run sim --seed ${seed}${has("long") ? " --long" : ""}${has("mirror") ? " --mirror" : ""}${has("pause") ? " --pause" : ""}${has("toma-cluster") ? " --toma-cluster" : ""}${bug !== undefined ? ` --bug ${bug}` : ""}`;
 }
 
 if (flag("seed") !== undefined) {

@@ -57,11 +57,12 @@ export async function serveMgmt(env: Env, address: string, api: () => Transport 
   });
 }
 
-/** A refusal from the API, with its HTTP status. */
+/** A refusal from the API, with its HTTP status (and for 421, the leader's address). */
 export class MgmtError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    readonly leader?: string,
   ) {
     super(message);
   }
@@ -108,7 +109,14 @@ export async function callMgmt<T>(
   timeout_ms: number,
   body?: unknown,
 ): Promise<T> {
-  const res = await signer.call((req) => exchange(env, address, req, timeout_ms), method, path, body);
+  let res: ApiResponse;
+  try {
+    res = await signer.call((req) => exchange(env, address, req, timeout_ms), method, path, body);
+  } catch (e) {
+    // Nothing answered (refused, reset, timed out): status 0, as the HTTP client says it.
+    throw new MgmtError(0, (e as Error).message);
+  }
   if (res.status >= 200 && res.status < 300) return res.body as T;
-  throw new MgmtError(res.status, `management ${address}: ${res.status} ${(res.body as { error?: string })?.error ?? ""}`);
+  const b = res.body as { error?: string; leader?: unknown } | null;
+  throw new MgmtError(res.status, `management ${address}: ${res.status} ${b?.error ?? ""}`, typeof b?.leader === "string" ? b.leader : undefined);
 }

@@ -136,7 +136,7 @@ const serve = command({
     const signer = new ManagementSigner(cluster_key);
     const clients = new Map<string, TomaClient>();
     const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { signer, timeout_ms: 15_000 })).get(a)!;
-    const homing = homedCall(env, homes, clientOf);
+    const homing = homedCall(env, homes, (a, method, path, body) => clientOf(a).call(method, path, body));
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
     const over = (e: typeof env, link: FrameLink, address: string, hello: HelloRequest) => sessionOver(e, link, address, hello, { cluster_key });

@@ -92,7 +92,11 @@ export async function clientRoutes(
     await mc.attach(c, vol.uuid);
     // Looked up again, by uuid: the volume may have been deleted while the registration awaited
     // the drives (attachInfo itself answers the state's current record of it).
-    const now = host.state()?.volumes.find((x) => x.uuid === vol.uuid);
+    // No state to answer from any more (this TOMA stopped leading, or was deposed) is not a
+    // delete: 503, and the daemon asks again where it is homed next.
+    const after = host.state();
+    if (!after) return err(503, `TOMA not ready: ${host.notReady()}`);
+    const now = after.volumes.find((x) => x.uuid === vol.uuid);
     if (!now) {
       c.volumes.delete(vol.uuid);
       return err(404, `volume '${vol.name}' was deleted while being attached`);

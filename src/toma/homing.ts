@@ -13,7 +13,16 @@
 import type { MgmtCall } from "../engine/client/toma-link.ts";
 import type { Env } from "../engine/env.ts";
 import { sleep } from "../engine/env.ts";
-import { TomaApiError, type TomaClient } from "./api-client.ts";
+import type { ClusterJson } from "./api-types.ts";
+
+/**
+ * One management call to the TOMA at `address`. Rejects with an error carrying the HTTP `status`
+ * (0: unreachable) and, for 421, the `leader`'s address (api-client.ts TomaApiError; the
+ * simulator's management link the same).
+ */
+export type CallAt = (address: string, method: string, path: string, body?: unknown) => Promise<unknown>;
+
+type Refusal = { status?: unknown; leader?: unknown };
 
 /** How many 421 hops one call follows (leadership may move while it asks). */
 const MAX_HOPS = 4;
@@ -26,7 +35,7 @@ export interface Homing {
   known(): string[];
 }
 
-export function homedCall(env: Env, addresses: readonly string[], clientOf: (address: string) => TomaClient): Homing {
+export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt, who = "client daemon"): Homing {
   if (addresses.length === 0) throw new Error("homedCall needs at least one TOMA address");
   const known = [...new Set(addresses)];
   let home = known[0]!;
@@ -35,7 +44,7 @@ export function homedCall(env: Env, addresses: readonly string[], clientOf: (add
   const learn = async (address: string) => {
     learned_for = address;
     try {
-      const c = await clientOf(address).cluster();
+      const c = (await callAt(address, "GET", "/v1/cluster")) as ClusterJson;
       for (const p of c.consensus?.peers ?? []) if (p.address !== "" && !known.includes(p.address)) known.push(p.address);
       const self = c.consensus?.address;
       if (self && !known.includes(self)) known.push(self);
@@ -46,7 +55,7 @@ export function homedCall(env: Env, addresses: readonly string[], clientOf: (add
 
   const moveTo = (address: string) => {
     if (!known.includes(address)) known.push(address);
-    if (address !== home) env.log.info("client daemon homed on another TOMA", { from: home, to: address });
+    if (address !== home) env.log.info(`${who} homed on another TOMA`, { from: home, to: address });
     home = address;
   };
 
@@ -55,18 +64,19 @@ export function homedCall(env: Env, addresses: readonly string[], clientOf: (add
     let hops = 0;
     for (let tried = 0; tried < known.length; ) {
       try {
-        const out = await clientOf(home).call(method, path, body);
+        const out = await callAt(home, method, path, body);
         if (learned_for !== home) void learn(home);
         return out;
       } catch (e) {
         last = e;
-        if (!(e instanceof TomaApiError)) throw e;
-        if (e.status === 421 && e.leader && hops < MAX_HOPS) {
+        const { status, leader } = e as Refusal;
+        if (typeof status !== "number") throw e;
+        if (status === 421 && typeof leader === "string" && leader !== "" && hops < MAX_HOPS) {
           hops++;
-          moveTo(e.leader);
+          moveTo(leader);
           continue;
         }
-        if (e.status !== 0 && e.status !== 503 && e.status !== 421) throw e;
+        if (status !== 0 && status !== 503 && status !== 421) throw e;
         // Unreachable, no leader there, or hops exhausted: the next known TOMA.
         tried++;
         moveTo(known[(known.indexOf(home) + 1) % known.length]!);

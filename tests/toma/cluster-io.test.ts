@@ -34,11 +34,18 @@ function envOf(world: World) {
   return new SimNode(world, "s", { forIncarnation: () => NO_NET }, { offset_ms: 0, rate: 1 }).boot().env;
 }
 
-/** Runs the world until p settles. */
+/**
+ * Runs the world until p settles. A world with no event queued is idle at once, though p may be
+ * about to queue one (after a few awaits of its own): let those run and go on.
+ */
 async function settle<T>(world: World, p: Promise<T>): Promise<T> {
   let done = false;
   p.finally(() => (done = true)).catch(() => {});
-  await world.run(() => done, world.now + 60_000);
+  const until = world.now + 60_000;
+  for (let idle = 0; !done && idle < 100; idle++) {
+    if ((await world.run(() => done, until)) !== "idle") break;
+    await new Promise((r) => setTimeout(r, 0));
+  }
   return await p;
 }
 
@@ -76,7 +83,10 @@ test("no drive left: the write waits (nothing is lost, nothing sent) and complet
   present = [false, false];
   let done = false;
   const p = w.persist({ ...state, term: 2 }).finally(() => (done = true));
-  await world.run(() => done, world.now + 20_000);
+  for (let i = 0; i < 100 && world.now < 20_000; i++) {
+    await world.run(() => done, 20_000);
+    await new Promise((r) => setTimeout(r, 0));
+  }
   expect(done).toBe(false);
   expect(w.waiting).toBe("no own drive left to write to");
   // The target is back with one of the two drives: the record goes there, and is complete.
@@ -89,6 +99,27 @@ test("no drive left: the write waits (nothing is lost, nothing sent) and complet
   const read = await settle(world, readOwnDrives(env, io, "s1", null));
   expect(read.decision.kind).toBe("trusted");
   if (read.decision.kind === "trusted") expect(read.decision.record.term).toBe(2);
+});
+
+test("a drive holding another TOMA's hard state of this cluster (it came from that server) is never written over", async () => {
+  const world = new World(3);
+  const env = envOf(world);
+  const ds = await drives(2);
+  const cluster_uuid = "0000000c-0000-4000-8000-000000000000";
+  // Drive 1 was s2's: it holds s2's record.
+  const s2io = slotIo(world, () => [ds[1]!]);
+  const s2 = new HardStateWriter(env, s2io, { cluster_uuid, toma_id: "s2", incarnation: "00000000000000bb" }, null, new Map([[ds[1]!.info.drive_uuid, 0]]));
+  const s2state = bootstrapDurableState(votersConfig(["s2#00000000000000bb"]), new Uint8Array([2]));
+  expect((await settle(world, s2.persist(s2state))).ok).toBe(true);
+  // Now both drives are served on s1's server.
+  const io = slotIo(world, () => ds);
+  const w = new HardStateWriter(env, io, { cluster_uuid, toma_id: "s1", incarnation: "00000000000000aa" }, null, new Map(ds.map((d) => [d.info.drive_uuid, 0])));
+  const state = bootstrapDurableState(votersConfig(["s1#00000000000000aa"]), new Uint8Array([1]));
+  expect((await settle(world, w.persist(state))).ok).toBe(true);
+  expect(w.last!.drives).toEqual([ds[0]!.info.drive_uuid]);
+  // Drive 1 goes home: s2 trusts its record there.
+  const home = await settle(world, readOwnDrives(env, s2io, "s2", null));
+  expect(home.decision.kind).toBe("trusted");
 });
 
 test("peer senders: one request in flight per peer, the rest batched; a dead peer's backlog is dropped and reported", async () => {

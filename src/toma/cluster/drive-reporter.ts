@@ -22,6 +22,7 @@ import * as v from "valibot";
 import { type TargetLink, withTimeout } from "../target-link.ts";
 import { type DrivePool, type DriveReport, REPORT_EVERY_MS, ReportAnswerSchema, type ReportedDrive } from "./drive-pool.ts";
 import type { TomaNode } from "./node.ts";
+import { type Homing, homedCall } from "../homing.ts";
 
 const CLAIM_TIMEOUT_MS = 5000;
 
@@ -44,9 +45,14 @@ export class DriveReporter {
     private readonly send: (address: string, report: DriveReport) => Promise<unknown>,
     /** On the leader: its own report arrived (add what is new). */
     private readonly reported: () => void,
+    /** Every TOMA's management address: where a TOMA that knows no leader sends its report. */
+    peers: readonly string[],
   ) {
     this.clock = steadyClock(env.clock);
+    this.homing = homedCall(env, peers, (address, _method, _path, body) => this.send(address, body as DriveReport), "drive report");
   }
+
+  private readonly homing: Homing;
 
   start(): void {
     this.timer = this.env.timers.every(REPORT_EVERY_MS, () => void this.round());
@@ -79,24 +85,26 @@ export class DriveReporter {
   private async round(): Promise<void> {
     if (this.busy) return;
     const view = this.node.view();
-    if (view.phase !== "running" || view.cluster_uuid === null || view.membership === "none") return;
+    if (view.phase === "stopped") return;
     this.busy = true;
     try {
-      await this.claim(view.cluster_uuid);
+      // Claiming for a cluster is a member's act; reporting is not: a TOMA outside the cluster
+      // (amnesic, not yet added) still tells the leader where its server's drives are served, or
+      // nobody would find a live target whose TOMA cannot take part.
+      const member = view.phase === "running" && view.cluster_uuid !== null && view.membership !== "none";
+      if (member) await this.claim(view.cluster_uuid!);
       const report: DriveReport = { server: this.name, drives: this.own() };
       this.pool.report(report);
-      if (view.role === "leader") {
+      if (member && view.role === "leader") {
         this.last_error = null;
         return this.reported();
       }
-      const lead = this.node.leader();
-      if (!lead || lead.address === "") {
-        this.last_error = "no leader known";
-        return;
-      }
       const started = this.clock.now_ms();
-      const answer = v.safeParse(ReportAnswerSchema, await this.send(lead.address, report));
-      if (!answer.success) throw new Error(`the leader at ${lead.address} answered a pool view that is not valid: ${answer.issues[0]!.message}`);
+      // To the leader as this TOMA knows it; else through the peers, following their 421.
+      const lead = member ? this.node.leader() : null;
+      const raw = lead && lead.address !== "" ? await this.send(lead.address, report) : await this.homing.call("POST", "", report);
+      const answer = v.safeParse(ReportAnswerSchema, raw);
+      if (!answer.success) throw new Error(`the leader answered a pool view that is not valid: ${answer.issues[0]!.message}`);
       // Ages as of the answer's arrival: the round trip is added, never a remote timestamp.
       const rtt = this.clock.now_ms() - started;
       this.pool.adopt({ servers: answer.output.servers.map((s) => ({ ...s, heard_ms_ago: s.heard_ms_ago + Math.round(rtt) })) }, this.name);

@@ -127,7 +127,7 @@ export class HardStateWriter {
       // one (a drive refusing every write, e.g. an unreadable slot, must not hold the TOMA up).
       let skip = new Set<string>();
       for (;;) {
-        const listed = new Set(this.io.drives().filter((d) => !skip.has(d)));
+        const listed = new Set((await this.usable()).filter((d) => !skip.has(d)));
         const live = new Map([...listed].map((d) => [d, this.generations.get(d) ?? 0] as const));
         const plan = this.writer.plan(live);
         if (!plan.ok && !plan.wait) return this.becomeAmnesic(plan.reason);
@@ -185,6 +185,43 @@ export class HardStateWriter {
       this.writing = false;
     }
   }
+
+  /**
+   * The live own drives this TOMA may write its records to: every one but those holding another
+   * TOMA's record of this cluster. Such a drive came from another server (moved, to be moved back,
+   * or the other server's TOMA still needs what is on it); writing over it would cost that TOMA
+   * its hard state, which it may need when the drive goes home (simulator seed 431 with
+   * --toma-cluster: two of three TOMAs lost theirs that way and the cluster could not elect). Each
+   * drive is read once when it appears (again when it comes back).
+   */
+  private async usable(): Promise<string[]> {
+    const live = this.io.drives();
+    for (const d of [...this.checked]) if (!live.includes(d)) this.checked.delete(d);
+    for (const d of [...this.foreign.keys()]) if (!live.includes(d)) this.foreign.delete(d);
+    await Promise.all(
+      live
+        .filter((d) => !this.checked.has(d))
+        .map(async (d) => {
+          try {
+            const a = await withTimeout(this.env, this.io.read(d), this.timings.request_timeout_ms, `META_READ of drive ${d}`);
+            const view = viewSlot({ drive_uuid: d, current: { generation: a.generation, payload: a.payload }, other: a.other ?? "unreadable" }, this.who.toma_id);
+            this.generations.set(d, Math.max(this.generations.get(d) ?? 0, a.generation));
+            if (view.foreign?.cluster_uuid === this.who.cluster_uuid) {
+              this.foreign.set(d, view.foreign.toma_id);
+              this.env.log.warn("own drive holds another TOMA's hard state of this cluster: not written over (it came from that server)", { drive: d, toma: view.foreign.toma_id });
+            }
+            this.checked.add(d);
+          } catch {
+            // Unread: not written this time (its generation is unknown); read again next time.
+          }
+        }),
+    );
+    return live.filter((d) => this.checked.has(d) && !this.foreign.has(d));
+  }
+
+  /** Drives read since they appeared, and those holding another TOMA's record of this cluster. */
+  private readonly checked = new Set<string>();
+  private readonly foreign = new Map<string, string>();
 
   private becomeAmnesic(reason: string): PersistOutcome {
     this.amnesic = reason;

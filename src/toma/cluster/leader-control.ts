@@ -18,6 +18,7 @@
  *   serve it, and its server's report is stale or does not list it healthy.
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
+import { withSteadyClock } from "../../engine/steady-clock.ts";
 import type { AttachInfo, DriveLocation } from "../../engine/layout/types.ts";
 import { Serial } from "../../engine/serial.ts";
 import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
@@ -40,6 +41,8 @@ import { COMMAND_TIMEOUT_MS, type VolumeOps } from "./volume-ops.ts";
 /** How often leadership is checked, and how often a pass of the mirror control runs at least. */
 const CHECK_EVERY_MS = 200;
 const PASS_EVERY_MS = 1000;
+/** Longest a new term waits for its sessions to the targets before its first step (a connect's timeout). */
+const LINK_GRACE_MS = DEFAULT_LINK_TIMINGS.request_timeout_ms;
 
 export interface LeaderControlOptions {
   /** Opens the leader's own session to a target (HELLO as role toma under `<toma id>/leader`). */
@@ -53,13 +56,19 @@ export class LeaderControl {
   /** The term whose control a target deposed: not started again in that term. */
   private deposed_term = -1;
 
+  private readonly env: Env;
+
   constructor(
-    private readonly env: Env,
+    env: Env,
     private readonly node: TomaNode,
     private readonly pool: DrivePool,
     private readonly volumes: VolumeOps,
     private readonly opts: LeaderControlOptions,
-  ) {}
+  ) {
+    // Every local timeout of the control (client expiry, leg retry, target liveness) reads this
+    // clock: a wall clock jumping back would keep a silent client alive for as long as it jumped.
+    this.env = withSteadyClock(env);
+  }
 
   start(): void {
     this.timer = this.env.timers.every(CHECK_EVERY_MS, () => this.check());
@@ -115,11 +124,12 @@ export class ControlTerm implements ClientHost {
     async () => {
       if (this.stopped) return;
       this.refreshLinks();
-      if (this.state()) await this.mirror.tick((d) => this.reachable(d));
+      if (this.state() && this.linksSettled()) await this.mirror.tick((d) => this.reachable(d));
     },
     (e) => this.env.log.error("leader control pass failed", { error: (e as Error).message }),
   );
   private stopped = false;
+  private readonly started_ms: number;
 
   constructor(
     private readonly env: Env,
@@ -129,6 +139,7 @@ export class ControlTerm implements ClientHost {
     readonly term: number,
     private readonly opts: LeaderControlOptions,
   ) {
+    this.started_ms = env.clock.now_ms();
     this.mirror = new MirrorControl(
       {
         env,
@@ -288,6 +299,19 @@ export class ControlTerm implements ClientHost {
     this.mirror.clients.notify();
   }
 
+  /**
+   * Whether every target some server reports has been tried once by this term's own sessions
+   * (connected, or failed), or LINK_GRACE_MS passed. Until then the control takes no step: a
+   * drive it has not reached yet is neither judged unreachable on the pool's word alone nor
+   * counted as a survivor whose cache epoch and write-intent bits it could not check (simulator
+   * seed 539 with --toma-cluster: a new leader, 100 ms into its term, declared a healthy leg dead
+   * and kept the one whose drive had just lost its cache).
+   */
+  private linksSettled(): boolean {
+    if (this.env.clock.now_ms() - this.started_ms >= LINK_GRACE_MS) return true;
+    return [...this.links.values()].every((l) => l.ever_up || l.last_error !== null);
+  }
+
   /** A session to every target some server reports (new addresses only; links are kept). */
   private refreshLinks(): void {
     if (this.stopped) return;
@@ -318,7 +342,8 @@ export class ControlTerm implements ClientHost {
    * that session lists it. Otherwise a live leg on it is declared unreachable only when a second
    * path agrees (its server's report is stale or does not list it healthy): a leader cut off from
    * one target alone does not take from the clients a leg they still reach (they report it if they
-   * do not). A dead leg comes back only through the leader's own session, which its rebuild needs.
+   * do not). A dead leg comes back only through the leader's own session, which its rebuild needs,
+   * and so does a drive whose cache epoch changed.
    */
   private reachable(drive_uuid: string): boolean {
     const st = this.node.appliedState();
@@ -326,6 +351,10 @@ export class ControlTerm implements ClientHost {
     const at = this.locate(drive_uuid);
     if (at) return at.info.state === "ok" && at.info.cluster_uuid === st.cluster_uuid;
     const holdsDeadLeg = st.volumes.some((v) => v.columns.some((c, i) => c.drive_uuid === drive_uuid && v.legs[i] === "dead"));
-    return !holdsDeadLeg && this.pool.usable(drive_uuid, st.cluster_uuid);
+    if (holdsDeadLeg || !this.pool.usable(drive_uuid, st.cluster_uuid)) return false;
+    // A drive whose cache epoch moved may have lost acknowledged writes: only the leader's own
+    // session can read its write-intent bits (checkCacheEpochs), so the report alone is not enough.
+    const recorded = st.drives.find((d) => d.drive_uuid === drive_uuid)?.cache_epoch;
+    return this.pool.locate(drive_uuid)!.drive.cache_epoch === recorded;
   }
 }

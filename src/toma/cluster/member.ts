@@ -72,7 +72,7 @@ export class ClusterMember {
     const clock = steadyClock(env.clock);
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
-    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported());
+    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers);
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings });
   }
 

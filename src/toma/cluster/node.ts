@@ -443,10 +443,18 @@ export class TomaNode {
     this.reason = "reading own drives";
     const began = this.clock.now_ms();
     let read = await readOwnDrives(this.env, this.opts.io, this.opts.toma_id, null, this.opts.timings);
-    // Drives the newest record lists may still be coming (a target starting): wait a while.
-    while (read.decision.kind === "amnesic" && read.decision.missing.length > 0 && this.clock.now_ms() - began < grace_ms) {
+    // Drives the newest record lists may still be coming (a target starting), or may come back
+    // (moved to another server and back): wait for them, however long. Deciding amnesia instead
+    // would cost this server its identity for good; waiting costs nothing (nothing is sent).
+    let warned = false;
+    while (read.decision.kind === "amnesic" && read.decision.missing.length > 0) {
       if (this.phase === "stopped") return;
-      this.reason = `waiting up to ${grace_ms / 1000} s for own drive(s) ${read.decision.missing.join(", ")}`;
+      const missing = read.decision.missing.join(", ");
+      this.reason = `waiting for own drive(s) ${missing}, which this TOMA's newest hard-state record lists`;
+      if (!warned && this.clock.now_ms() - began >= grace_ms) {
+        warned = true;
+        this.env.log.warn("own drives the hard state needs are still absent; waiting for them (if they are gone for good, replace this server: docs/toma-cluster.md, Membership)", { missing });
+      }
       await sleep(this.env, 500);
       read = await readOwnDrives(this.env, this.opts.io, this.opts.toma_id, null, this.opts.timings);
     }

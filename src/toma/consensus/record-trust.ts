@@ -35,6 +35,8 @@ export interface SlotView {
   /** Why the slot is not an own record, when it is not: blank, foreign, corrupt, unreadable. */
   note: string | null;
   corrupt: boolean;
+  /** A valid hard-state record of another toma id: whose, and of which cluster. */
+  foreign?: { toma_id: string; cluster_uuid: string };
 }
 
 export interface WrittenSet {
@@ -69,7 +71,9 @@ export function viewSlot(read: SlotRead, toma_id: string): SlotView {
   const d = decodeRecord(payload, { slot_generation: generation, drive_uuid: read.drive_uuid });
   if (d.kind === "corrupt") return { ...base, generation, note: `corrupt hard-state record: ${d.error}`, corrupt: true };
   if (d.kind === "other") return { ...base, generation, note: "not a hard-state record (cluster state of the single-TOMA format, or another payload)" };
-  if (d.record.toma_id !== toma_id) return { ...base, generation, note: `record of toma ${d.record.toma_id}` };
+  if (d.record.toma_id !== toma_id) {
+    return { ...base, generation, note: `record of toma ${d.record.toma_id}`, foreign: { toma_id: d.record.toma_id, cluster_uuid: d.record.cluster_uuid } };
+  }
   return { ...base, generation, own: { record: d.record, bytes: payload }, note: null };
 }
 

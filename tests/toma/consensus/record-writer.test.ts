@@ -42,16 +42,21 @@ describe("record writer", () => {
     if (!q.ok) expect(q.reason).toMatch(/no live drive holds record 5/);
   });
 
-  test("amnesic when the anchor's drives are gone", () => {
+  test("no record while the anchor's drives are gone: wait (they may come back), never write elsewhere", () => {
     const w = started(1, 2);
-    expect(w.plan(gens([3, 0])).ok).toBe(false);
-    expect(started(1).plan(new Map()).ok).toBe(false);
+    const away = w.plan(gens([3, 0]));
+    expect(away.ok === false && away.wait).toBe(true);
+    const none = started(1).plan(new Map());
+    expect(none.ok === false && none.wait).toBe(true);
+    // Back: the next record goes to it (and the new drive).
+    expect(w.plan(gens([1, 1], [3, 0])).ok).toBe(true);
   });
 
   test("start write must reach every drive of the trusted record and its anchor", () => {
     const trusted = { anchor: { seq: 4, drives: [drive(1), drive(2)] }, pending: [{ seq: 5, drives: [drive(2), drive(3)] }] };
     const missing = new RecordWriter(trusted, 5).plan(gens([1, 5], [2, 5]));
     expect(missing.ok === false && missing.reason).toMatch(/cannot reach drive/);
+    expect(missing.ok === false && missing.wait).toBe(false);
     const w = new RecordWriter(trusted, 5);
     const p = planned(w, gens([1, 5], [2, 5], [3, 5], [4, 0]));
     // d4 is new: its failure only makes the start write pending; d3's failure makes the TOMA amnesic.
