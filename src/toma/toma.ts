@@ -426,14 +426,7 @@ export class Toma {
 
   legViews(vol: VolumeRecord): LegView[] {
     const loc = this.locate();
-    return vol.columns.map((c, i) => ({
-      column: i,
-      set: Math.floor(i / vol.mirrors),
-      drive_uuid: c.drive_uuid,
-      state: vol.legs[i]!,
-      reachable: loc.get(c.drive_uuid)?.info.state === "ok",
-      rebuild: vol.legs[i] === "syncing" ? this.mirror.progress(vol, i) : null,
-    }));
+    return this.mirror.legViews(vol, (d) => loc.get(d)?.info.state === "ok");
   }
 
   /** Takes a drive out: its mirror legs go dead and are replaced by blank ones elsewhere. */

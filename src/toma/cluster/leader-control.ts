@@ -216,14 +216,7 @@ export class ControlTerm implements ClientHost {
   }
 
   legViews(vol: VolumeRecord): LegView[] {
-    return vol.columns.map((c, i) => ({
-      column: i,
-      set: Math.floor(i / vol.mirrors),
-      drive_uuid: c.drive_uuid,
-      state: vol.legs[i]!,
-      reachable: this.reachable(c.drive_uuid),
-      rebuild: vol.legs[i] === "syncing" ? this.mirror.progress(vol, i) : null,
-    }));
+    return this.mirror.legViews(vol, (d) => this.reachable(d));
   }
 
   /**
