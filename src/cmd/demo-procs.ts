@@ -3,6 +3,7 @@
  * (and the last lines shown when something fails), and nvmesh admin commands run to completion.
  */
 import type { Subprocess } from "bun";
+import { createServer } from "node:net";
 import { selfCommand } from "./self.ts";
 
 export interface Child {
@@ -62,4 +63,19 @@ export function pattern(offset: number, length: number, seed: number): Uint8Arra
     dv.setUint32(i + 4, (pos * 2654435761 + seed) >>> 0, true);
   }
   return b;
+}
+
+/**
+ * A 127.0.0.1 port free now, for a daemon whose address others must know before it starts (a TOMA
+ * of a TOMA cluster is given every TOMA's address).
+ */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

@@ -1,9 +1,10 @@
 /**
- * `nvmesh demo`: a whole cluster on this machine, on files in a temp folder: three targets, a
- * TOMA and a client daemon as real child processes; a striped volume attached as an NBD export, a
- * check pattern written and verified through NBD; then a mirrored volume that survives one of its
- * servers killed while it is written, and rebuilds when it returns (demo-mirror.ts); then the
- * cluster's state, live, until Ctrl-C (or, with --exit, the cluster is stopped at once).
+ * `nvmesh demo`: a whole cluster on this machine, on files in a temp folder: three servers, each a
+ * target and a TOMA of a TOMA cluster (`toma run --peers`), and a client daemon given every TOMA,
+ * as real child processes; a striped volume attached as an NBD export, a check pattern written and
+ * verified through NBD; then a mirrored volume that survives the leader's server killed while it
+ * is written (a new leader takes over), and rebuilds when the server returns (demo-mirror.ts);
+ * then the cluster's state, live, until Ctrl-C (or, with --exit, the cluster is stopped at once).
  */
 import { clusterKey, generateKeyFile, writeClientKeyFile } from "./key-file.ts";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -11,7 +12,6 @@ import { tmpdir } from "node:os";
 import { consola } from "consola";
 import { connectNbd } from "../engine/nbd/client.ts";
 import { realEnv } from "../engine/runtime/real-env.ts";
-import { tomaClient } from "../toma/api-client.ts";
 import { exactSize } from "../toma/allocator.ts";
 import { formatBytes, parsePositiveInt, parseSize, UsageError } from "./args.ts";
 import { computeGeometry, DEFAULT_EXTENT_SIZE_BYTES, isInvalid, minDriveBytes } from "../engine/drive/superblock.ts";
@@ -19,6 +19,8 @@ import { command, untilSignal } from "./command.ts";
 import { type DemoServer, mirrorAct } from "./demo-mirror.ts";
 import { type Child, pattern, runNvmesh as run, spawnChild as spawn, waitForOutput as waitFor } from "./demo-procs.ts";
 import { selfCommand } from "./self.ts";
+import { atLeader } from "./at-leader.ts";
+import { DemoTomas } from "./demo-toma.ts";
 
 /**
  * Refuses sizes the demo's cluster cannot hold before anything starts: drives of --drive-size
@@ -40,10 +42,10 @@ function checkDemoSizes(targets: number, drive_bytes: number, capacity: number, 
 }
 
 export const demoCommand = command({
-  meta: { name: "demo", description: "a local cluster on files: a striped volume, a mirror surviving a killed server, live" },
+  meta: { name: "demo", description: "a local cluster on files: a striped volume, a mirror surviving the leader's server killed, live" },
   args: {
     dir: { type: "string", description: "folder for drive files and sockets (default: a new temp folder)" },
-    targets: { type: "string", description: "number of targets, one drive each", default: "3" },
+    targets: { type: "string", description: "number of servers (a target with one drive and a TOMA each)", default: "3" },
     "drive-size": { type: "string", description: "size of each drive file", default: "1G" },
     capacity: { type: "string", description: "striped volume capacity", default: "2G" },
     "check-size": { type: "string", description: "bytes of check pattern written and verified", default: "64M" },
@@ -74,7 +76,6 @@ export const demoCommand = command({
     process.env.NVMESH_KEY_FILE = keyFile;
     const serverKey = clusterKey(keyFile)!;
     writeClientKeyFile(serverKey, clientKeyFile, true);
-    const keyed = { key: serverKey };
     const log: string[] = [];
     const children: Child[] = [];
     const cleanup = async () => {
@@ -96,12 +97,22 @@ export const demoCommand = command({
       targetChildren[i] = child;
       s.address = (await waitFor(child, /target ready on (\S+)/))[1]!;
     };
-    let mgmt = "";
+    const tomas = await DemoTomas.plan(
+      Array.from({ length: nTargets }, (_, i) => `server${i + 1}`),
+      () => servers.map((s) => s.address),
+      (i) => targetChildren[i]?.proc.exitCode === null && targetChildren[i]?.proc.signalCode === null,
+      serverKey,
+      log,
+      (c) => children.push(c),
+    );
+    let client: Child | null = null;
+    // The last status lines printed (the live view prints them again only when they change).
+    let [lastTomas, last] = ["", ""];
     let runDir = "";
     let demoUri = "";
     let mirrorUri = "";
     const script = async () => {
-      consola.start(`a ${nTargets}-target cluster on files in ${dir}`);
+      consola.start(`a ${nTargets}-server cluster on files in ${dir}`);
       for (let t = 1; t <= nTargets; t++) {
         const path = `${dir}/server${t}-drive1.img`;
         await Bun.write(path, "");
@@ -112,20 +123,29 @@ export const demoCommand = command({
         await startTarget(t - 1, "127.0.0.1:0");
         consola.success(`server${t}: target on ${servers[t - 1]!.address} serving drive ${sb.drive_uuid} (${formatBytes(driveSize)})`);
       }
-      const toma = spawn("toma", ["toma", "run", "--listen", "127.0.0.1:0", ...servers.flatMap((s) => ["--target", s.address])], log);
-      children.push(toma);
-      const tm = await waitFor(toma, /toma ready on (\S+) \(cluster (\S+)\)/);
-      mgmt = tm[1]!;
-      consola.success(`TOMA on ${mgmt}: cluster ${tm[2]} created on the drives themselves`);
+      // A TOMA on every server, each given its own target and every TOMA's address: they found
+      // the cluster together, elect a leader, and keep their state on their own drives.
+      for (let i = 0; i < nTargets; i++) await tomas.start(i);
+      const first = await tomas.agreed();
+      consola.success(
+        `TOMA cluster of ${nTargets}: ${tomas.names.map((n, i) => `${n} on ${tomas.addresses[i]}`).join(", ")}; ` +
+          `cluster ${first.views[0]!.cluster_uuid} founded on the drives themselves, leader ${tomas.names[first.index]} in term ${first.term}`,
+      );
+      // Each TOMA reports its own drives to the leader, which takes them into the pool.
+      const deadline = performance.now() + 60_000;
+      while ((await (await tomas.leaderApi()).drives().catch(() => [])).filter((d) => d.member).length < nTargets) {
+        if (performance.now() > deadline) throw new Error(`the leader did not take every drive into the pool within 60 s`);
+        await Bun.sleep(200);
+      }
       runDir = `${dir}/run`;
-      const client = spawn("client", ["client", "serve", "-m", mgmt, "--run-dir", runDir, "--key-file", clientKeyFile], log);
+      client = spawn("client", ["client", "serve", "-m", tomas.addresses.join(","), "--run-dir", runDir, "--key-file", clientKeyFile], log);
       children.push(client);
       await waitFor(client, /client ready/);
-      consola.success("client daemon ready");
+      consola.success("client daemon ready, given every TOMA: it is served by the leader, whichever that is");
 
-      const api = tomaClient(mgmt, keyed);
       const attach = async (volume: string) => (await run(["client", "attach", "--volume", volume, "--run-dir", runDir])).trim().split("\n").pop()!;
-      const vol = await api.createVolume({ name: "demo", capacity_bytes: capacity, raid_level: "0", stripe_width: nTargets });
+      // Created by the leader; a TOMA that is not (leadership may move) names it, and we go there.
+      const vol = await atLeader({ management: first.address }, (t) => t.createVolume({ name: "demo", capacity_bytes: capacity, raid_level: "0", stripe_width: nTargets }));
       consola.success(`volume demo: ${formatBytes(vol.capacity_bytes)} RAID0 striped over ${vol.columns.length} drives, ${vol.stripe_size_bytes / 1024}K stripe unit`);
       demoUri = await attach("demo");
       consola.success(`attached: ${demoUri}`);
@@ -155,22 +175,37 @@ export const demoCommand = command({
       consola.success(`wrote ${formatBytes(checkBytes)} (${wMiBs.toFixed(0)} MiB/s, flushed), read it back and verified every byte (${rMiBs.toFixed(0)} MiB/s)`);
 
       if (mirrorCapacity > 0 && nTargets < 3) {
-        consola.info("the mirror act needs 3 servers (a cluster change needs a majority of the drives while one is dead): skipped");
+        consola.info("the mirror act needs 3 servers (the TOMA cluster needs a majority of its TOMAs up while a server is dead): skipped");
       } else if (mirrorCapacity > 0) {
         mirrorUri = await mirrorAct({
-          api,
+          tomas,
           servers,
-          killTarget: (i) => targetChildren[i]!.proc.kill("SIGKILL"),
+          killTarget: async (i) => {
+            targetChildren[i]!.proc.kill("SIGKILL");
+            await targetChildren[i]!.proc.exited;
+          },
           startTarget: (i) => startTarget(i, servers[i]!.address),
+          clientOutput: () => client!.output,
           attach,
           capacity_bytes: mirrorCapacity,
         });
       }
+      lastTomas = await tomas.statusLine();
+      consola.info(lastTomas);
+      last = await volumesLine();
+      consola.info(last);
+    };
+    /** The drives and volumes as the leader sees them. */
+    const volumesLine = async () => {
+      const api = await tomas.leaderNow();
+      if (api === null) throw new Error("no TOMA says it leads now (an election may be under way)");
+      const [c, vs] = await Promise.all([api.cluster(), api.volumes()]);
+      return `drives ${c.drives.ok} ok, ${c.drives.missing} missing · ${vs.map((v) => `${v.name} ${v.state}`).join(", ")} · ${formatBytes(c.capacity.used_bytes)} of ${formatBytes(c.capacity.total_bytes)} used`;
     };
     try {
       const stopped = await Promise.race([script().then(() => null), signal]);
       if (stopped !== null || args.exit) {
-        consola.start(`${stopped ?? "done"}: stopping the client, the TOMA and the targets`);
+        consola.start(`${stopped ?? "done"}: stopping the client, the TOMAs and the targets`);
         await cleanup();
         consola.success("cluster stopped and cleaned up");
         // Stopped in the middle, the script's loops are still pending: they must not keep us.
@@ -194,33 +229,37 @@ export const demoCommand = command({
         `  mkdir -p ${dir}/fuse && nbdfuse ${dir}/fuse '${demoUri}' &`,
         `  losetup -f --show ${dir}/fuse/nbd   # then mkfs.ext4 and mount the loop device`,
         "",
-        `  export NVMESH_MANAGEMENT=${mgmt} NVMESH_KEY_FILE=${keyFile}`,
-        `  ${self} cluster status`,
+        `  export NVMESH_MANAGEMENT=${tomas.addresses[0]} NVMESH_KEY_FILE=${keyFile}`,
+        `  ${self} cluster status   # any TOMA answers: ${tomas.addresses.join(", ")}`,
         `  ${self} volume show ${mirrorUri ? "mirror" : "demo"}`,
         "",
         "Ctrl-C stops the cluster and removes the temp folder.",
       ].join("\n"),
     );
 
-    // Live: print the cluster's state whenever it changes.
-    const api = tomaClient(mgmt, keyed);
-    let last = "";
+    // Live: print the TOMA cluster and the cluster's state whenever they change.
+    let busy = false;
     const watch = setInterval(async () => {
+      if (busy) return;
+      busy = true;
+      const t = await tomas.statusLine();
+      if (t !== lastTomas) consola.info(t);
+      lastTomas = t;
       try {
-        const [c, vs] = await Promise.all([api.cluster(), api.volumes()]);
-        const line = `targets ${c.targets.up} up / ${c.targets.down} down · drives ${c.drives.ok} ok, ${c.drives.missing} missing · ${vs.map((v) => `${v.name} ${v.state}`).join(", ")} · ${formatBytes(c.capacity.used_bytes)} of ${formatBytes(c.capacity.total_bytes)} used`;
+        const line = await volumesLine();
         if (line !== last) consola.info(line);
         last = line;
       } catch (e) {
-        const line = `TOMA unreachable: ${(e as Error).message}`;
+        const line = `cannot read the volumes from the leader: ${(e as Error).message}`;
         if (line !== last) consola.warn(line);
         last = line;
       }
+      busy = false;
     }, 1000);
     await signal;
     clearInterval(watch);
     // Ctrl-C reached every child too; each stops cleanly on its own (the client flushes first).
-    consola.start("stopping the client, the TOMA and the targets");
+    consola.start("stopping the client, the TOMAs and the targets");
     await cleanup();
     consola.success("cluster stopped and cleaned up");
     // Leftover timers (the cleanup's own, the HTTP client's) must not hold the shell prompt back.

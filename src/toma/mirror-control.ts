@@ -11,7 +11,6 @@ import type { Env } from "../engine/env.ts";
 import { uuidFromString } from "../engine/uuid.ts";
 import { Status } from "../engine/wire/header.ts";
 import { TargetError, type TargetSession } from "../engine/wire/session-api.ts";
-import type { LegView } from "./api-types.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
 import { extentByteRuns, FenceSync } from "./fencing.ts";
@@ -262,20 +261,8 @@ export class MirrorControl {
     this.evicted.add(drive_uuid);
   }
 
-  private progress(vol: VolumeRecord, column: number): RebuildProgress | null {
+  progress(vol: VolumeRecord, column: number): RebuildProgress | null {
     return this.jobs.get(`${vol.name}/${column}`)?.progress ?? null;
-  }
-
-  /** The volume's legs as the API shows them: state, whether `reachable` now, a rebuild's progress. */
-  legViews(vol: VolumeRecord, reachable: (drive_uuid: string) => boolean): LegView[] {
-    return vol.columns.map((c, i) => ({
-      column: i,
-      set: Math.floor(i / vol.mirrors),
-      drive_uuid: c.drive_uuid,
-      state: vol.legs[i]!,
-      reachable: reachable(c.drive_uuid),
-      rebuild: vol.legs[i] === "syncing" ? this.progress(vol, i) : null,
-    }));
   }
 
   /** One pass: expire, fence, recover locks, and at most one topology step. */

@@ -17,7 +17,7 @@
  */
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
-import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
+import type { AttachInfo } from "../engine/layout/types.ts";
 import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
 import type { DriveInfo } from "../engine/wire/control.ts";
 import { Status } from "../engine/wire/header.ts";
@@ -41,8 +41,8 @@ import type { LegView } from "./api-types.ts";
 import { type DriveSeen, heard, knownGeneration } from "./drive-slots.ts";
 import { BITMAP_REGION_BYTES } from "../engine/drive/superblock.ts";
 import { type MirrorTimings, MirrorControl } from "./mirror-control.ts";
-import { isMirrored, mirrorState, setColumns, setTopologies } from "./topology.ts";
-import { layoutOf } from "./volume-layout.ts";
+import { isMirrored, mirrorState, setColumns } from "./topology.ts";
+import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "./volume-views.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
 import { Serial } from "../engine/serial.ts";
@@ -293,14 +293,7 @@ export class Toma {
       const vol = state.value.volumes.find((x) => x.name === name);
       if (!vol) return { ok: false, code: "not_found", error: `no volume named '${name}'` };
       const users = this.mirror.attachedBy(vol.uuid);
-      if (users.length > 0 && !force) {
-        const who = users.map((c) => `${c.name} (client ${c.id})`).join(", ");
-        return {
-          ok: false,
-          code: "in_use",
-          error: `volume '${name}' is attached by ${who}: detach it there first, or delete with --force (which fences those clients out of it and removes their exports)`,
-        };
-      }
+      if (users.length > 0 && !force) return { ok: false, code: "in_use", error: inUseError(name, users) };
       const { released, done } = await this.mirror.fenceOut(vol, force);
       try {
         // Computed from the state as it is now, after the fencing: whatever changed meanwhile, a
@@ -401,41 +394,21 @@ export class Toma {
     return volumeStateOf(vol, (d) => loc.get(d)?.info.state === "ok");
   }
 
-  /**
-   * What a client needs to do I/O on the volume, all of it as of the current state: the topology
-   * and the generation it carries must be of one state, or a client would acknowledge a
-   * generation it does not run. The record given may be older (read before an await): the
-   * state's own record of the volume is used where there is one.
-   */
+  /** What a client needs to do I/O on the volume (volume-views.ts), as of the current state. */
   attachInfo(given: VolumeRecord): AttachInfo {
-    const vol = this.state?.volumes.find((x) => x.uuid === given.uuid) ?? given;
     const loc = this.locate();
-    const drives: DriveLocation[] = vol.columns.map((c) => ({
-      drive_uuid: c.drive_uuid,
-      target: loc.get(c.drive_uuid)?.address ?? null,
-    }));
-    return {
-      layout: layoutOf(vol),
-      drives,
-      generation: this.state?.generation ?? vol.created_seq,
-      topology_generation: vol.topology_seq,
-      stable_generation: this.mirror.stable(),
-      topology: setTopologies(vol),
-    };
+    return attachInfoOf(given, this.state, (d) => loc.get(d)?.address ?? null, this.mirror.stable());
   }
 
   legViews(vol: VolumeRecord): LegView[] {
     const loc = this.locate();
-    return this.mirror.legViews(vol, (d) => loc.get(d)?.info.state === "ok");
+    return legViewsOf(vol, (d) => loc.get(d)?.info.state === "ok", (c) => this.mirror.progress(vol, c));
   }
 
   /** Takes a drive out: its mirror legs go dead and are replaced by blank ones elsewhere. */
   evictDrive(uuid: string): Outcome<null> {
-    if (!this.state?.drives.some((d) => d.drive_uuid === uuid)) return { ok: false, code: "not_found", error: `no drive ${uuid} in the cluster` };
-    const single = this.state.volumes.filter((v) => !isMirrored(v) && v.columns.some((c) => c.drive_uuid === uuid));
-    if (single.length > 0) {
-      return { ok: false, code: "invalid", error: `drive holds unmirrored volume(s) ${single.map((v) => v.name).join(", ")}: delete them first` };
-    }
+    const no = evictRefusal(this.state, uuid);
+    if (no) return { ok: false, ...no };
     this.mirror.evict(uuid);
     this.kick();
     return { ok: true, value: null };

@@ -6,9 +6,9 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, openSync, closeSync, readFileSync, readSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { realEnv } from "../../src/engine/runtime/real-env.ts";
+import { freePort } from "../../src/cmd/demo-procs.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
 import type { LockEntry } from "../../src/engine/wire/control.ts";
 import { type ClusterKey, clientKeyOf, formatKeyFile, parseKeyFile } from "../../src/engine/wire/cluster-key.ts";
@@ -394,13 +394,4 @@ export function socketOf(uri: string): string {
 }
 
 /** A TCP port free on 127.0.0.1 right now (bound and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };

@@ -4,10 +4,11 @@
  * `cluster status` until they agree on a leader.
  */
 import type { ClusterJson } from "../../src/toma/api-types.ts";
+import { agreement, type Consensus } from "../../src/toma/cluster/agreement.ts";
 import { type Cluster, freePort } from "./cluster.ts";
 import { Daemon, NVMESH, run } from "./proc.ts";
 
-export type Consensus = NonNullable<ClusterJson["consensus"]>;
+export type { Consensus };
 
 /** One ready leader named by every TOMA asked, in one term; `index` is the leader's TOMA. */
 export interface Agreement {
@@ -82,14 +83,10 @@ export class TomaPeers {
     while (performance.now() < deadline) {
       const views = await Promise.all(which.map((i) => this.consensus(i)));
       last = views.map((v) => v && { toma: v.toma_id, phase: v.phase, role: v.role, term: v.term, leader: v.leader?.address, membership: v.membership, reason: v.reason });
-      const leaders = views.filter((v) => v?.role === "leader");
-      if (views.every((v) => v?.phase === "running") && leaders.length === 1 && leaders[0]!.leader_ready) {
-        const l = leaders[0]!;
-        const vs = views.map((v) => v!);
-        if (vs.every((v) => v.term === l.term && v.leader?.address === l.address)) {
-          const a = { leader: l.address!, term: l.term!, index: this.addrs.indexOf(l.address!), views: vs };
-          if (pred(a)) return a;
-        }
+      const found = agreement(this.addrs, views);
+      if (found) {
+        const a = { leader: found.address, term: found.term, index: found.index, views: found.views };
+        if (pred(a)) return a;
       }
       await Bun.sleep(150);
     }

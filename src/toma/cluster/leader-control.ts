@@ -19,7 +19,7 @@
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
 import { withSteadyClock } from "../../engine/steady-clock.ts";
-import type { AttachInfo, DriveLocation } from "../../engine/layout/types.ts";
+import type { AttachInfo } from "../../engine/layout/types.ts";
 import { Serial } from "../../engine/serial.ts";
 import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
 import type { DriveInfo } from "../../engine/wire/control.ts";
@@ -30,9 +30,9 @@ import type { ClusterState, Command, VolumeRecord } from "../cluster-state.ts";
 import { encodeProposal, fenceVersion } from "../consensus/proposal.ts";
 import { type MirrorTimings, MirrorControl } from "../mirror-control.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
-import { setTopologies } from "../topology.ts";
 import { type VolumeState, volumeStateOf } from "../toma.ts";
-import { layoutOf } from "../volume-layout.ts";
+import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "../volume-views.ts";
+import { STATUS } from "../api.ts";
 import type { DrivePool } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
 import { ProposalError, type TomaNode } from "./node.ts";
@@ -193,20 +193,8 @@ export class ControlTerm implements ClientHost {
   }
 
   attachInfo(given: VolumeRecord): AttachInfo {
-    const st = this.state();
-    const vol = st?.volumes.find((x) => x.uuid === given.uuid) ?? given;
-    const drives: DriveLocation[] = vol.columns.map((c) => ({
-      drive_uuid: c.drive_uuid,
-      target: this.locate(c.drive_uuid)?.link.address ?? this.pool.locate(c.drive_uuid)?.drive.target ?? null,
-    }));
-    return {
-      layout: layoutOf(vol),
-      drives,
-      generation: st?.generation ?? vol.created_seq,
-      topology_generation: vol.topology_seq,
-      stable_generation: this.mirror.stable(),
-      topology: setTopologies(vol),
-    };
+    const where = (d: string) => this.locate(d)?.link.address ?? this.pool.locate(d)?.drive.target ?? null;
+    return attachInfoOf(given, this.state(), where, this.mirror.stable());
   }
 
   // ---- views and commands of the management API -------------------------------------------------
@@ -216,7 +204,7 @@ export class ControlTerm implements ClientHost {
   }
 
   legViews(vol: VolumeRecord): LegView[] {
-    return this.mirror.legViews(vol, (d) => this.reachable(d));
+    return legViewsOf(vol, (d) => this.reachable(d), (c) => this.mirror.progress(vol, c));
   }
 
   /**
@@ -232,10 +220,7 @@ export class ControlTerm implements ClientHost {
       const vol = st.volumes.find((x) => x.name === name);
       if (!vol) throw new LeaderOpError(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
       const users = this.mirror.attachedBy(vol.uuid);
-      if (users.length > 0 && !force) {
-        const who = users.map((c) => `${c.name} (client ${c.id})`).join(", ");
-        throw new LeaderOpError(409, `volume '${name}' is attached by ${who}: detach it there first, or delete with --force (which fences those clients out of it and removes their exports)`);
-      }
+      if (users.length > 0 && !force) throw new LeaderOpError(409, inUseError(name, users));
       const { released, done } = await this.mirror.fenceOut(vol, force);
       try {
         await this.volumes.command(`delete volume '${name}'`, (now) => {
@@ -254,9 +239,8 @@ export class ControlTerm implements ClientHost {
   evictDrive(uuid: string): void {
     const st = this.state();
     if (!st) throw new LeaderOpError(503, this.notReady());
-    if (!st.drives.some((d) => d.drive_uuid === uuid)) throw new LeaderOpError(404, `no drive ${uuid} in the cluster`);
-    const single = st.volumes.filter((v) => v.mirrors === 1 && v.columns.some((c) => c.drive_uuid === uuid));
-    if (single.length > 0) throw new LeaderOpError(400, `drive holds unmirrored volume(s) ${single.map((v) => v.name).join(", ")}: delete them first`);
+    const no = evictRefusal(st, uuid);
+    if (no) throw new LeaderOpError(STATUS[no.code], no.error);
     this.mirror.evict(uuid);
     this.kick();
   }

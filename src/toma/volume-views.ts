@@ -1,0 +1,56 @@
+/**
+ * What a volume looks like to clients and operators, computed the same way by whoever runs the
+ * mirror control (the single TOMA, toma.ts; a TOMA cluster's leader, cluster/leader-control.ts):
+ * the attach information, the legs' views, and the refusals of delete and evict.
+ */
+import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
+import type { LegView } from "./api-types.ts";
+import type { ClientRecord } from "./clients.ts";
+import type { ClusterState, RefusalCode, VolumeRecord } from "./cluster-state.ts";
+import type { RebuildProgress } from "./rebuild.ts";
+import { isMirrored, setTopologies } from "./topology.ts";
+import { layoutOf } from "./volume-layout.ts";
+
+/**
+ * What a client needs to do I/O on the volume, all of it as of `state`: the topology and the
+ * generation it carries must be of one state, or a client would acknowledge a generation it does
+ * not run. The record given may be older (read before an await): the state's own record of the
+ * volume is used where there is one.
+ */
+export function attachInfoOf(given: VolumeRecord, state: ClusterState | null, targetOf: (drive_uuid: string) => string | null, stable: number): AttachInfo {
+  const vol = state?.volumes.find((x) => x.uuid === given.uuid) ?? given;
+  const drives: DriveLocation[] = vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, target: targetOf(c.drive_uuid) }));
+  return {
+    layout: layoutOf(vol),
+    drives,
+    generation: state?.generation ?? vol.created_seq,
+    topology_generation: vol.topology_seq,
+    stable_generation: stable,
+    topology: setTopologies(vol),
+  };
+}
+
+export function legViewsOf(vol: VolumeRecord, reachable: (drive_uuid: string) => boolean, progress: (column: number) => RebuildProgress | null): LegView[] {
+  return vol.columns.map((c, i) => ({
+    column: i,
+    set: Math.floor(i / vol.mirrors),
+    drive_uuid: c.drive_uuid,
+    state: vol.legs[i]!,
+    reachable: reachable(c.drive_uuid),
+    rebuild: vol.legs[i] === "syncing" ? progress(i) : null,
+  }));
+}
+
+/** Why a volume its live clients hold attached is not deleted without --force. */
+export function inUseError(name: string, users: readonly ClientRecord[]): string {
+  const who = users.map((c) => `${c.name} (client ${c.id})`).join(", ");
+  return `volume '${name}' is attached by ${who}: detach it there first, or delete with --force (which fences those clients out of it and removes their exports)`;
+}
+
+/** Why a drive may not be evicted (null: it may). */
+export function evictRefusal(state: ClusterState | null, uuid: string): { code: RefusalCode; error: string } | null {
+  if (!state?.drives.some((d) => d.drive_uuid === uuid)) return { code: "not_found", error: `no drive ${uuid} in the cluster` };
+  const single = state.volumes.filter((v) => !isMirrored(v) && v.columns.some((c) => c.drive_uuid === uuid));
+  if (single.length > 0) return { code: "invalid", error: `drive holds unmirrored volume(s) ${single.map((v) => v.name).join(", ")}: delete them first` };
+  return null;
+}
