@@ -13,6 +13,7 @@ import { formatBytes, parseSize, UsageError } from "./args.ts";
 import { command, hinted } from "./command.ts";
 import { outputArg, outputFormat, printJson, printTable } from "./output.ts";
 import { management, toma } from "./volume.ts";
+import { metadataCommand } from "./drive-metadata.ts";
 
 const format = command({
   meta: { name: "format", description: "format a drive file or block device for nvmesh" },
@@ -131,5 +132,5 @@ const evict = command({
 
 export const driveCommand = command({
   meta: { name: "drive", description: "format and list drives" },
-  subCommands: { format, show, evict, "repair-metadata": repairMetadata },
+  subCommands: { format, show, evict, metadata: metadataCommand, "repair-metadata": repairMetadata },
 });

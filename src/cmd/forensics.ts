@@ -111,7 +111,7 @@ const scanCommand = command({
             ...result,
             files: result.files.map((f, i) => ({ ...f, drive_uuid: opened[i]!.located.drive_uuid, cluster_uuid: opened[i]!.located.cluster_uuid, superblock: opened[i]!.located.superblock })),
             volume_filter: volume_uuid ?? null,
-            placement: "placement" in layouts ? { exact: true, source: layouts.source, volumes: layouts.volumes } : { exact: false, why: layouts.why },
+            placement: "placement" in layouts ? { exact: true, source: layouts.source, found: layouts.found, volumes: layouts.volumes } : { exact: false, why: layouts.why },
             elapsed_ms: Math.round(elapsed_ms),
             warnings,
           });

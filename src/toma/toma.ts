@@ -48,6 +48,7 @@ import { withSteadyClock } from "../engine/steady-clock.ts";
 import { Serial } from "../engine/serial.ts";
 import { awaitQuorum } from "./consensus/quorum.ts";
 import { applyProposal, encodeProposal, fenceVersion } from "./consensus/proposal.ts";
+import { decodeRecord } from "./consensus/hard-state-record.ts";
 
 export interface TomaTimings extends LinkTimings {
   /** How often the TOMA re-checks drives: write-back, claims, retries of a retraction. */
@@ -643,6 +644,10 @@ export class Toma {
         return;
       }
       try {
+        if (decodeRecord(slot.payload, { slot_generation: slot.generation, drive_uuid: s.info.drive_uuid }).kind === "record") {
+          // Taken over by a TOMA cluster: never ours again (and never written over: corrupt to us).
+          throw new Error("holds a TOMA cluster member's hard-state record: this cluster is run by 'nvmesh toma run --peers' now");
+        }
         const state = decodeState(slot.payload);
         if (state.generation !== slot.generation) {
           throw new Error(`state generation ${state.generation} differs from slot generation ${slot.generation}`);

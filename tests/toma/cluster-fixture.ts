@@ -3,6 +3,7 @@ import type { Env } from "../../src/engine/env.ts";
 import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import type { Network } from "../../src/engine/net/conn.ts";
 import type { SlotIo } from "../../src/toma/cluster/hard-state-io.ts";
+import type { DriveReport } from "../../src/toma/cluster/drive-pool.ts";
 import { formatDrive } from "../../src/engine/drive/format.ts";
 import { openDrive } from "../../src/engine/drive/formatted-drive.ts";
 import { MemoryStore } from "../../src/engine/drive/memory-store.ts";
@@ -46,13 +47,17 @@ export interface Server {
   env: Env | null;
 }
 
-/** `founders`: the first servers found the cluster; the others' --peers name them and themselves (they join). */
-export async function cluster(seed: number, n = 3, founders = n) {
+/**
+ * `founders`: the first servers found the cluster; the others' --peers name them and themselves
+ * (they join). `drivesOf(i)`: server i's drives, when given (e.g. drives a single TOMA wrote);
+ * otherwise two blank ones each.
+ */
+export async function cluster(seed: number, n = 3, founders = n, drivesOf?: (i: number) => FormattedDrive[]) {
   const world = new World(seed);
   const servers: Server[] = [];
   for (let i = 0; i < n; i++) {
-    const drives: FormattedDrive[] = [];
-    for (let k = 0; k < 2; k++) {
+    const drives: FormattedDrive[] = drivesOf ? drivesOf(i) : [];
+    for (let k = 0; k < (drivesOf ? 0 : 2); k++) {
       const store = new MemoryStore(8 * 1024 * 1024);
       const uuid = `0000000${i}-0000-4000-8000-00000000000${k}`;
       await formatDrive(store, { drive_uuid: uuid, extent_size_bytes: 1024 * 1024 });
@@ -64,11 +69,14 @@ export async function cluster(seed: number, n = 3, founders = n) {
   const byAddress = new Map(servers.map((s) => [s.address, s]));
   /** "A>B": requests from A to B never arrive (a link cut one way; B's requests to A still do). */
   const cuts = new Set<string>();
+  /** "A>B": requests from A to B are refused at once (B's port closed to A). */
+  const refused = new Set<string>();
   /** One link delay each way; a dead peer's request fails after it. */
   const reach = <T>(from: string, to: string, fn: (s: Server) => T): Promise<T> =>
     new Promise((resolve, reject) =>
       world.after(1 + world.prng.u32() % 3, () => {
         if (cuts.has(`${from}>${to}`)) return; // never answered: the sender's own timeout decides
+        if (refused.has(`${from}>${to}`)) return reject(new Error(`${to}: connection refused`));
         const s = byAddress.get(to);
         if (!s || !s.machine.alive || !s.toma) return reject(new Error(`${to}: connection refused`));
         try {
@@ -98,7 +106,7 @@ export async function cluster(seed: number, n = 3, founders = n) {
     });
     void s.toma.start();
   };
-  return { world, servers, boot, cuts };
+  return { world, servers, boot, cuts, refused };
 }
 
 export type Cluster = Awaited<ReturnType<typeof cluster>>;
@@ -126,3 +134,22 @@ export async function settle<T>(c: Cluster, p: Promise<T>, ms: number): Promise<
   if (out === null) throw new Error(`not settled within ${ms} virtual ms`);
   return out;
 }
+
+/** What server `s` reports: its own drives, claimed for the cluster. */
+export function driveReport(s: Server, cluster_uuid: string): DriveReport {
+  return {
+    server: s.name,
+    drives: s.drives.map((d) => ({
+      drive_uuid: d.info.drive_uuid,
+      target: `${s.name}:4420`,
+      path: `/dev/${d.info.drive_uuid.slice(0, 8)}`,
+      size_bytes: d.info.size_bytes,
+      cluster_uuid,
+      extent_size_bytes: d.info.extent_size_bytes,
+      extent_count: d.info.extent_count,
+      state: "ok" as const,
+      error: null,
+    })),
+  };
+}
+

@@ -15,7 +15,7 @@ import { DrivePool, type DriveReport } from "../../src/toma/cluster/drive-pool.t
 import { LeaderOpError } from "../../src/toma/cluster/leader-gate.ts";
 import { VolumeOps } from "../../src/toma/cluster/volume-ops.ts";
 import { steadyClock } from "../../src/engine/steady-clock.ts";
-import { agreedLeader, type Cluster, cluster, running, type Server, settle } from "./cluster-fixture.ts";
+import { agreedLeader, type Cluster, cluster, driveReport, running, type Server, settle } from "./cluster-fixture.ts";
 
 const MiB = 1 << 20;
 
@@ -31,24 +31,6 @@ async function refused(c: Cluster, p: Promise<unknown>): Promise<LeaderOpError> 
   const e = (r as { error: unknown }).error;
   expect(e).toBeInstanceOf(LeaderOpError);
   return e as LeaderOpError;
-}
-
-/** What server `s` reports: its own drives, claimed for the cluster. */
-function reportOf(s: Server, cluster_uuid: string): DriveReport {
-  return {
-    server: s.name,
-    drives: s.drives.map((d) => ({
-      drive_uuid: d.info.drive_uuid,
-      target: `${s.name}:4420`,
-      path: `/dev/${d.info.drive_uuid.slice(0, 8)}`,
-      size_bytes: d.info.size_bytes,
-      cluster_uuid,
-      extent_size_bytes: d.info.extent_size_bytes,
-      extent_count: d.info.extent_count,
-      state: "ok" as const,
-      error: null,
-    })),
-  };
 }
 
 /** The leader's pool and commands, as a member builds them, over the leader's Env. */
@@ -70,7 +52,7 @@ async function started(seed: number) {
 async function pooled(c: Cluster, leader: Server) {
   const { pool, ops } = opsOn(leader);
   const cluster_uuid = leader.toma!.view().cluster_uuid!;
-  for (const s of c.servers) pool.report(reportOf(s, cluster_uuid));
+  for (const s of c.servers) pool.report(driveReport(s, cluster_uuid));
   ops.addReported();
   const all = c.servers.flatMap((s) => s.drives.map((d) => d.info.drive_uuid)).sort();
   expect(await c.world.run(() => running(c).every((s) => s.toma!.appliedState()?.drives.map((d) => d.drive_uuid).sort().join() === all.join()), c.world.now + 20_000)).toBe("done");
@@ -154,7 +136,7 @@ test("after the leader's crash the new leader, once the servers reported to it, 
   // No server has reported to it yet: nothing is usable, and it says so.
   const none = await refused(c, fresh.ops.create({ name: "m2", capacity_bytes: MiB, raid_level: "1" }));
   expect([none.status, none.message]).toEqual([507, expect.stringContaining("no usable drive")]);
-  for (const s of running(c)) fresh.pool.report(reportOf(s, next.toma!.view().cluster_uuid!));
+  for (const s of running(c)) fresh.pool.report(driveReport(s, next.toma!.view().cluster_uuid!));
   const m2 = await ok(c, fresh.ops.create({ name: "m2", capacity_bytes: MiB, raid_level: "1" }));
   expect(next.toma!.appliedState()!.volumes.map((v) => v.name)).toEqual(["m1", "m2"]);
   // Its legs are on the servers that reported, never on the crashed leader's drives.

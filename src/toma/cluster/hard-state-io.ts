@@ -13,6 +13,7 @@ import { withTimeout } from "../target-link.ts";
 import { encodeRecord, type HardStateRecord } from "../consensus/hard-state-record.ts";
 import { decideTrust, type SlotRead, type SlotView, type TrustDecision, viewSlot } from "../consensus/record-trust.ts";
 import { RecordWriter } from "../consensus/record-writer.ts";
+import type { CurrentSlot } from "../consensus/single-toma-state.ts";
 import type { DurableState } from "../consensus/types.ts";
 
 /** The own server's drives, as the TOMA reaches them (its own target's session). */
@@ -41,6 +42,8 @@ export interface StartRead {
   generations: Map<string, number>;
   /** Own drives listed whose slots could not be read. */
   failed: string[];
+  /** The current slot of every drive read (the single-TOMA takeover looks at them). */
+  current: CurrentSlot[];
 }
 
 /** Reads both slots of every own drive; a drive whose read fails is absent for the trust rule. */
@@ -59,6 +62,7 @@ export async function readOwnDrives(env: Env, io: SlotIo, toma_id: string, clust
   const views: SlotView[] = [];
   const generations = new Map<string, number>();
   const failed: string[] = [];
+  const current: CurrentSlot[] = [];
   for (const [i, x] of answers.entries()) {
     if (x === null) {
       failed.push(drives[i]!);
@@ -72,8 +76,9 @@ export async function readOwnDrives(env: Env, io: SlotIo, toma_id: string, clust
     };
     views.push(viewSlot(read, toma_id));
     generations.set(x.d, x.a.generation);
+    current.push({ drive_uuid: x.d, generation: x.a.generation, payload: x.a.payload });
   }
-  return { decision: decideTrust(views, { cluster_uuid }), views, generations, failed };
+  return { decision: decideTrust(views, { cluster_uuid }), views, generations, failed, current };
 }
 
 export type PersistOutcome = { ok: true; seq: number } | { ok: false; amnesic: string };

@@ -7,6 +7,7 @@
 import * as v from "valibot";
 import { type BootstrapDecision, bootstrapDecision, type PeerAnswer } from "../consensus/bootstrap.ts";
 import { IncarnationSchema, TomaIdSchema } from "../consensus/hard-state-record.ts";
+import { SingleTomaReportSchema } from "../consensus/single-toma-state.ts";
 import { ConfigSchema, Count, NodeIdSchema, UuidSchema } from "../consensus/types.ts";
 
 const Address = v.pipe(v.string(), v.minLength(1), v.maxLength(256));
@@ -27,6 +28,12 @@ export const IdentitySchema = v.strictObject({
     v.strictObject({ kind: v.literal("blank") }),
     v.strictObject({ kind: v.literal("member"), cluster_uuid: UuidSchema, config: ConfigSchema }),
   ]),
+  /**
+   * What its own drives held when it started blank (single-TOMA states and the drives heard):
+   * founders take over a single-TOMA cluster from these. Absent for a TOMA that started from its
+   * own record.
+   */
+  single_toma: v.optional(SingleTomaReportSchema),
   /** A member's consensus state as it sees it (what its peers show as their view of it). */
   raft: v.optional(
     v.strictObject({
@@ -111,5 +118,6 @@ function asPeer(a: Asked & { id: Identity }): PeerAnswer {
     address: a.address,
     proposal_uuid: a.id.proposal_uuid,
     status: s.kind === "member" ? { kind: "member", cluster_uuid: s.cluster_uuid, config: s.config } : { kind: "blank" },
+    ...(a.id.single_toma ? { single_toma: a.id.single_toma } : {}),
   };
 }

@@ -33,7 +33,7 @@ import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.t
 import { type VolumeState, volumeStateOf } from "../toma.ts";
 import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "../volume-views.ts";
 import { STATUS } from "../api.ts";
-import type { DrivePool } from "./drive-pool.ts";
+import { type DrivePool, REPORT_FRESH_MS } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
 import { ProposalError, type TomaNode } from "./node.ts";
 import { COMMAND_TIMEOUT_MS, type VolumeOps } from "./volume-ops.ts";
@@ -285,8 +285,21 @@ export class ControlTerm implements ClientHost {
    * and kept the one whose drive had just lost its cache).
    */
   private linksSettled(): boolean {
-    if (this.env.clock.now_ms() - this.started_ms >= LINK_GRACE_MS) return true;
+    const age = this.env.clock.now_ms() - this.started_ms;
+    // A leg's drive that neither a report nor an own session has named yet, this term younger
+    // than a report's freshness: nothing has been heard of it, so no step (a cluster just founded,
+    // e.g. on a taken-over single-TOMA state, has no report at all; a step now would judge its
+    // legs dead on silence alone).
+    if (age < REPORT_FRESH_MS && this.unheardLegDrive() !== null) return false;
+    if (age >= LINK_GRACE_MS) return true;
     return [...this.links.values()].every((l) => l.ever_up || l.last_error !== null);
+  }
+
+  /** A drive holding a leg that no report and no own session has named yet; null if none. */
+  private unheardLegDrive(): string | null {
+    const st = this.node.appliedState();
+    for (const v of st?.volumes ?? []) for (const c of v.columns) if (!this.locate(c.drive_uuid) && this.pool.locate(c.drive_uuid) === null) return c.drive_uuid;
+    return null;
   }
 
   /** A session to every target some server reports (new addresses only; links are kept). */

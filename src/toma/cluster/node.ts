@@ -37,6 +37,7 @@ import type { ConfChange, Config, DurableState, Message, NodeId } from "../conse
 import { DEFAULT_HARD_STATE_TIMINGS, type HardStateTimings, HardStateWriter, readOwnDrives, type SlotIo } from "./hard-state-io.ts";
 import { decideFromAnswers, type Identity } from "./identity.ts";
 import { type PeerPost, PeerSenders } from "./peer-sender.ts";
+import { classifySlot, reportOf, type SingleTomaReport } from "../consensus/single-toma-state.ts";
 
 export interface NodeOptions {
   toma_id: string;
@@ -215,6 +216,8 @@ export class TomaNode {
   private readonly known = new Map<NodeId, string>();
   /** This node id has been a member of its own configuration (a removal then means it is out). */
   private was_member = false;
+  /** What the own drives held at a blank start (single-toma-state.ts); null when started from a record. */
+  private single_toma: SingleTomaReport | null = null;
 
   constructor(
     private readonly env: Env,
@@ -298,7 +301,13 @@ export class TomaNode {
 
   /** What this TOMA tells its peers about itself (GET /v1/raft/identity). */
   identity(): Identity {
-    const base = { toma_id: this.opts.toma_id, incarnation: this.incarnation, proposal_uuid: this.proposal_uuid, peers: [...this.opts.peers].sort() };
+    const base = {
+      toma_id: this.opts.toma_id,
+      incarnation: this.incarnation,
+      proposal_uuid: this.proposal_uuid,
+      peers: [...this.opts.peers].sort(),
+      ...(this.single_toma ? { single_toma: this.single_toma } : {}),
+    };
     if (this.phase === "running" && this.raft && this.cluster) {
       const st = this.raft.status();
       return {
@@ -458,13 +467,17 @@ export class TomaNode {
       await sleep(this.env, 500);
       read = await readOwnDrives(this.env, this.opts.io, this.opts.toma_id, null, this.opts.timings);
     }
-    const legacy = read.views.filter((x) => x.note?.startsWith("not a hard-state record"));
-    if (legacy.length > 0) {
-      // Migrating the single-TOMA format into the first snapshot is not built: never write over it.
-      return this.outside(
-        `drive(s) ${legacy.map((x) => x.drive_uuid).join(", ")} hold the cluster state of the single-TOMA mode; ` +
-          "a TOMA cluster cannot take it over yet (run 'nvmesh toma run' without --peers on these drives)",
-      );
+    const slots = read.current.map((c) => ({ drive_uuid: c.drive_uuid, ...classifySlot(c) }));
+    const single = slots.flatMap((x) => (x.kind === "single_toma" ? [{ drive_uuid: x.drive_uuid, cluster_uuid: x.state.cluster_uuid }] : []));
+    const trusted = read.decision.kind === "trusted" ? read.decision.record : null;
+    if (single.length > 0 && trusted) {
+      // A drive of our own cluster not yet overwritten by the takeover (it was not served when the
+      // start record went out): the start record goes there now. Another cluster's state is not
+      // ours to overwrite.
+      const foreign = single.filter((x) => x.cluster_uuid !== trusted.cluster_uuid);
+      if (foreign.length > 0) {
+        return this.outside(`drive(s) ${foreign.map((x) => x.drive_uuid).join(", ")} hold the single-TOMA state of another cluster (${foreign[0]!.cluster_uuid}); remove them from this server`);
+      }
     }
     const d = read.decision;
     if (d.kind === "trusted") {
@@ -480,13 +493,22 @@ export class TomaNode {
       // A drive we cannot read may hold our newest record: never found a cluster as if blank.
       return this.outside(`amnesic (${d.reason}), and own drive(s) ${read.failed.join(", ")} could not be read`);
     }
-    const blank = read.views.every((x) => x.note === "blank");
-    if (!blank) {
-      return this.outside(`amnesic (${d.reason}); rejoining a cluster as a new member is not built yet`);
+    // Blank, or a single-TOMA cluster's drives (blank or holding its state): a founder, which tells
+    // its peers what it read (fixed for this process: a node id stands for one report).
+    const unknown = slots.filter((x) => x.kind === "record" || x.kind === "unknown");
+    if (unknown.length > 0) {
+      const why = unknown.map((x) => `${x.drive_uuid}: ${x.kind === "unknown" ? x.error : "a hard-state record, not of this TOMA's"}`).join("; ");
+      return this.outside(`amnesic (${d.reason}); rejoining a cluster as a new member is not built yet (${why})`);
     }
+    this.single_toma = reportOf(read.current);
+    if (single.length > 0) this.env.log.info("own drives hold a single-TOMA cluster state: reporting it to the peers to take it over", { drives: single.map((x) => x.drive_uuid).join(",") });
     this.phase = "bootstrap";
     const founded = await this.bootstrap();
     if (founded === null) return;
+    const other = single.find((x) => x.cluster_uuid !== founded.cluster_uuid);
+    if (other) {
+      return this.outside(`own drive ${other.drive_uuid} holds the single-TOMA state of cluster ${other.cluster_uuid}, not of cluster ${founded.cluster_uuid} this TOMA would join; remove it from this server`);
+    }
     this.cluster = founded.cluster_uuid;
     this.writer = new HardStateWriter(this.env, this.opts.io, { cluster_uuid: founded.cluster_uuid, toma_id: this.opts.toma_id, incarnation: this.incarnation }, null, read.generations, this.opts.timings ?? DEFAULT_HARD_STATE_TIMINGS);
     if (founded.kind === "join") {
@@ -495,8 +517,21 @@ export class TomaNode {
       this.env.log.info("joining the TOMA cluster as a new member; waiting to be added (nvmesh cluster server add)", { cluster: founded.cluster_uuid, node: `${this.opts.toma_id}#${this.incarnation}` });
       return this.begin(`${this.opts.toma_id}#${this.incarnation}`, blankDurableState());
     }
-    const durable = bootstrapDurableState(founded.config, encodeState(emptyState(founded.cluster_uuid)));
+    if (founded.kind === "adopt_blank") {
+      // A founder's node id whose peers' reports are gone: it holds nothing (no vote, no entry)
+      // until the leader's snapshot brings the state and the configuration.
+      for (const m of founded.config.members) this.known.set(m.id, m.address);
+      this.env.log.info("adopting the TOMA cluster a peer founded, without its first snapshot (a founder restarted); the leader sends it", { cluster: founded.cluster_uuid, node: `${this.opts.toma_id}#${this.incarnation}` });
+      return this.begin(`${this.opts.toma_id}#${this.incarnation}`, blankDurableState());
+    }
+    const t = founded.takeover;
+    const durable = t
+      ? bootstrapDurableState(founded.config, t.data, { index: t.snapshot_index, term: t.snapshot_term })
+      : bootstrapDurableState(founded.config, encodeState(emptyState(founded.cluster_uuid)));
     this.env.log.info(founded.kind === "form" ? "founding the TOMA cluster" : "adopting the TOMA cluster a peer founded", { cluster: founded.cluster_uuid, voters: founded.config.members.map((m) => m.id).join(",") });
+    if (t) {
+      this.env.log.info("taking over the single-TOMA cluster state", { generation: t.state.generation, single_toma_term: t.state.term ?? 0, drives_read: `${t.heard} of ${t.of}`, snapshot_index: t.snapshot_index, snapshot_term: t.snapshot_term });
+    }
     return this.begin(`${this.opts.toma_id}#${this.incarnation}`, durable);
   }
 
@@ -516,7 +551,7 @@ export class TomaNode {
       );
       const { decision, my_address } = decideFromAnswers({ toma_id: this.opts.toma_id, incarnation: this.incarnation!, peers: this.opts.peers }, answers);
       if (my_address !== null) this.my_address = my_address;
-      if (decision.kind === "form" || decision.kind === "adopt") return decision;
+      if (decision.kind === "form" || decision.kind === "adopt" || decision.kind === "adopt_blank") return decision;
       if (decision.kind === "join") {
         // Until the leader's snapshot brings the configuration, answers go to the addresses the
         // members announced.

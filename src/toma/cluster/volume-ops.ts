@@ -23,7 +23,7 @@ import { uuidToString } from "../../engine/uuid.ts";
 import { allocate, createVolumeCommand, type VolumeRequest } from "../allocator.ts";
 import { STATUS } from "../api.ts";
 import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
-import { encodeProposal } from "../consensus/proposal.ts";
+import { encodeProposal, MAX_STATE_BYTES } from "../consensus/proposal.ts";
 import type { DrivePool } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, proposalFailure } from "./leader-gate.ts";
 import type { TomaNode } from "./node.ts";
@@ -32,8 +32,6 @@ import type { TomaNode } from "./node.ts";
 const STALE_RETRIES = 3;
 /** How long one command may take to commit and apply. */
 export const COMMAND_TIMEOUT_MS = 10_000;
-/** The encoded state after a command: one snapshot message, with its configuration, under 44 KiB. */
-export const MAX_STATE_BYTES = 40 * 1024;
 /** One encoded proposal: 64 of them and the state stay under the 1 MiB metadata slot. */
 export const MAX_COMMAND_BYTES = 12 * 1024;
 

@@ -51,6 +51,14 @@ type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 const schemaMatchesCommand: Same<v.InferOutput<typeof CommandSchema>, Command> = true;
 void schemaMatchesCommand;
 
+/**
+ * The encoded cluster state a TOMA cluster carries at most: one snapshot message to a new or
+ * lagging member, with its configuration, under the transport's 44 KiB (state transfer in chunks
+ * is not built). The leader refuses a command that would grow the state beyond it, and a
+ * single-TOMA state beyond it is not taken over.
+ */
+export const MAX_STATE_BYTES = 40 * 1024;
+
 const ProposalSchema = v.strictObject({ computed_at: Count, cmd: CommandSchema });
 export type Proposal = { computed_at: number; cmd: Command };
 

@@ -94,10 +94,12 @@ export function blankDurableState(): DurableState {
  * The durable state every founding member of a new cluster starts from (bootstrap.ts decides
  * when): the first configuration and the initial application state as a snapshot at index 1,
  * term 1, so that a blank node (index 0) can never match a founder's log and always gets a
- * snapshot (with the configuration) first.
+ * snapshot (with the configuration) first. A cluster taking over a single-TOMA state starts
+ * higher (`at`): above the versions the targets have already seen (single-toma-state.ts).
  */
-export function bootstrapDurableState(config: Config, data: Uint8Array): DurableState {
-  return { term: 1, vote: null, commit: 1, snapshot: { index: 1, term: 1, config, data }, entries: [] };
+export function bootstrapDurableState(config: Config, data: Uint8Array, at: { index: number; term: number } = { index: 1, term: 1 }): DurableState {
+  assert(at.index >= 1 && at.term >= 1, "a founding snapshot is at index and term 1 or above");
+  return { term: at.term, vote: null, commit: at.index, snapshot: { index: at.index, term: at.term, config, data }, entries: [] };
 }
 
 const noop = (): void => {};

@@ -9,6 +9,7 @@ const blank = (t: string, inc: string, proposal: number): PeerAnswer => ({
   address: `${t}:4000`,
   proposal_uuid: uuid(proposal),
   status: { kind: "blank" },
+  single_toma: { heard: [], states: [] },
 });
 const peers = ["s1", "s2", "s3"];
 const a1 = blank("s1", "00000000000000a1", 7);
@@ -38,7 +39,7 @@ describe("bootstrap", () => {
   test("a peer already formed it with my current node id: adopt", () => {
     const config = votersConfig(["s1#00000000000000a1", "s2#00000000000000a2", "s3#00000000000000a3"]);
     const formed: PeerAnswer = { ...a1, status: { kind: "member", cluster_uuid: uuid(3), config } };
-    expect(bootstrapDecision(a3, peers, [formed, a2])).toEqual({ kind: "adopt", cluster_uuid: uuid(3), config });
+    expect(bootstrapDecision(a3, peers, [formed, a2])).toEqual({ kind: "adopt", cluster_uuid: uuid(3), config, takeover: null });
   });
 
   test("I restarted during bootstrap (new incarnation): join as a learner", () => {
