@@ -7,6 +7,7 @@ import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
 import {
   type ClusterState,
+  type Command,
   type DriveRecord,
   type RefusalCode,
   isValidStripeSize,
@@ -38,6 +39,19 @@ export interface Allocation {
   stripe_size_bytes: number;
   extent_size_bytes: number;
   columns: Column[];
+}
+
+/** The command that creates the volume `req` asks for, as `uuid`, where `alloc` placed it. */
+export function createVolumeCommand(uuid: string, req: VolumeRequest, alloc: Allocation): Extract<Command, { kind: "create_volume" }> {
+  return {
+    kind: "create_volume",
+    uuid,
+    name: req.name,
+    capacity_bytes: req.capacity_bytes,
+    raid_level: req.raid_level,
+    ...alloc,
+    ...(req.debug_format ? { debug_format: true } : {}),
+  };
 }
 
 export interface Topology {

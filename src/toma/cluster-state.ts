@@ -7,10 +7,11 @@
  * The state is stored as CBOR in the metadata slot of every data drive. A slot's bytes are never
  * trusted: decodeState() validates every field and every cross-field invariant.
  */
-import { decode, encode } from "cbor-x";
+import { encode } from "cbor-x";
 import * as v from "valibot";
 import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
+import { parseCbor } from "./parse-cbor.ts";
 
 export const STATE_FORMAT = 1;
 export const VOLUME_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -290,6 +291,13 @@ export function usedExtents(state: ClusterState): Map<string, Set<number>> {
   return used;
 }
 
+/** How many extents each drive holds retired (given up by a volume, not yet free: docs/toma.md). */
+export function retiredCounts(state: ClusterState): Map<string, number> {
+  const retired = new Map<string, number>();
+  for (const r of state.retired) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
+  return retired;
+}
+
 /**
  * Checks a volume against the rest of the state: its columns name known drives of its extent
  * size, extents in range and free, and enough of them for its capacity. Used by apply() for a new
@@ -413,19 +421,9 @@ export class CorruptStateError extends Error {}
 
 /** Decodes and fully validates a slot payload. Throws CorruptStateError saying why. */
 export function decodeState(bytes: Uint8Array): ClusterState {
-  let raw: unknown;
-  try {
-    raw = decode(bytes);
-  } catch (e) {
-    throw new CorruptStateError(`cluster state is not valid CBOR: ${(e as Error).message}`);
-  }
-  const r = v.safeParse(ClusterStateSchema, raw);
-  if (!r.success) {
-    const i = r.issues[0]!;
-    const where = i.path?.map((p) => String(p.key)).join(".") ?? "";
-    throw new CorruptStateError(`cluster state fails validation at '${where}': ${i.message}`);
-  }
-  const state = r.output;
+  const r = parseCbor(bytes, ClusterStateSchema, "cluster state");
+  if (!r.ok) throw new CorruptStateError(r.error);
+  const state = r.value;
   const drive_ids = new Set<string>();
   for (const d of state.drives) {
     if (drive_ids.has(d.drive_uuid)) throw new CorruptStateError(`drive ${d.drive_uuid} listed twice`);

@@ -63,6 +63,11 @@ export function extentRuns(extents: readonly number[]): [number, number][] {
   return out;
 }
 
+/** Extent indices as [start, end) byte ranges of runs of consecutive extents, ascending. */
+export function extentByteRuns(extents: readonly number[], extent_bytes: number): (readonly [number, number])[] {
+  return extentRuns(extents).map(([first, count]) => [first * extent_bytes, (first + count) * extent_bytes] as const);
+}
+
 export class FenceSync {
   /** What each drive confirmed last, and over which session (a new session means a new target). */
   private readonly confirmed = new Map<string, { session: TargetSession; key: string }>();

@@ -13,7 +13,7 @@ import { Status } from "../engine/wire/header.ts";
 import { TargetError, type TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
-import { extentRuns, FenceSync } from "./fencing.ts";
+import { extentByteRuns, FenceSync } from "./fencing.ts";
 import { plantedBugs } from "../engine/planted-bugs.ts";
 import { RangeClaims } from "./range-claims.ts";
 import { copyLeg, type HeldLock, LegUnavailable, type RebuildProgress, recoverSetLocks, type StaleLock } from "./rebuild.ts";
@@ -180,7 +180,7 @@ export class MirrorControl {
     if (!this.fences.inSync(drive_uuid) || (this.working.get(volume_uuid) ?? 0) > 0) return false;
     const s = this.deps.sessionOf(drive_uuid);
     if (!s) return false;
-    const runs = extentRuns(extents).map(([first, count]) => [first * extent_bytes, (first + count) * extent_bytes] as const);
+    const runs = extentByteRuns(extents, extent_bytes);
     if (runs.some(([a, b]) => this.claims.claimed(drive_uuid, a, b - a))) return false;
     try {
       const id = uuidFromString(drive_uuid);

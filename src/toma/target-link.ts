@@ -96,10 +96,18 @@ export class TargetLink {
     this.drives = this.drives.map((d) => (d.drive_uuid === info.drive_uuid ? info : d));
   }
 
-  /** Declares the session dead (e.g. a request timed out) and reconnects. */
-  suspect(reason: string): void {
-    this.session?.close();
+  /**
+   * Declares the session dead (e.g. a request timed out) and reconnects. The reason is recorded
+   * (last_error, the "target down" log line) before the session is closed: closing it calls its
+   * onClose, which would otherwise record "closed by the requester" instead of the cause.
+   * `of`: the session the unanswered request went on; once the link has a newer one (a request
+   * sent before a reconnect timing out after it), there is nothing to suspect.
+   */
+  suspect(reason: string, of: TargetSession | null = this.session): void {
+    const s = this.session;
+    if (s === null || s !== of) return;
     this.lost(reason);
+    s.close(reason);
   }
 
   private async attempt(): Promise<void> {
@@ -142,7 +150,7 @@ export class TargetLink {
       this.drives = drives;
       if (changed) this.onChange?.();
     } catch (e) {
-      if (this.session === s) this.suspect((e as Error).message);
+      this.suspect((e as Error).message, s);
     } finally {
       this.polling = false;
     }

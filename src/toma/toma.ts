@@ -10,7 +10,10 @@
  * - commit: write the next state to every reachable drive; success only when a majority of both
  *   the old and the new drive lists acknowledged; otherwise the change is refused (503), the
  *   in-memory state is kept and re-written under a higher generation to retract the partial write.
- * Every mutation and every maintenance step runs one at a time (`exclusive`).
+ *   The commit decides as soon as the answers so far decide it (awaitQuorum); the writes still
+ *   unanswered then (a paused target's) finish behind it.
+ * Every mutation and every maintenance step runs one at a time (`steps`); only those
+ * straggling metadata writes outlive the step that sent them (why that is safe: `commit`).
  */
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
@@ -21,7 +24,7 @@ import { Status } from "../engine/wire/header.ts";
 import { openSession } from "../engine/wire/session.ts";
 import { TargetError } from "../engine/wire/session-api.ts";
 import { assert } from "../engine/assert.ts";
-import { allocate, allocateLeg, type Topology, type VolumeRequest } from "./allocator.ts";
+import { allocate, allocateLeg, createVolumeCommand, type Topology, type VolumeRequest } from "./allocator.ts";
 import {
   type ClusterState,
   type Command,
@@ -30,6 +33,8 @@ import {
   encodeState,
   majority,
   type RefusalCode,
+  retiredCounts,
+  usedExtents,
   type VolumeRecord,
 } from "./cluster-state.ts";
 import type { LegView } from "./api-types.ts";
@@ -40,6 +45,8 @@ import { isMirrored, mirrorState, setColumns } from "./topology.ts";
 import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "./volume-views.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
+import { Serial } from "../engine/serial.ts";
+import { awaitQuorum } from "./consensus/quorum.ts";
 import { applyProposal, encodeProposal, fenceVersion } from "./consensus/proposal.ts";
 import { decodeRecord } from "./consensus/hard-state-record.ts";
 
@@ -172,13 +179,27 @@ export class Toma {
   private settled = false;
 
   private readonly seen = new Map<string, DriveSeen>();
+  /**
+   * Per drive, the highest generation of a metadata write sent and not answered yet (a commit's
+   * straggler, or a write-back): the write-back does not send the same state again meanwhile.
+   */
+  private readonly writing = new Map<string, number>();
+  /** Every metadata write not answered yet, for stop(). */
+  private readonly writes = new Set<Promise<boolean>>();
   private readonly timings: TomaTimings;
   /** The next write must use at least this generation (some drive may hold anything below). */
   private floor_generation = 1;
   /** A write reached some drives but not a quorum: re-write the current state to retract it. */
   private retract_needed = false;
-  private queue: Promise<unknown> = Promise.resolve();
-  private reconcile_queued = false;
+  /** Mutations and maintenance passes, one at a time. */
+  private readonly steps = new Serial();
+  /** A maintenance pass, coalesced: asked for by every change of a link and every sync tick. */
+  private readonly maintenance = this.steps.coalesced(
+    async () => {
+      if (!this.stopped) await this.reconcile();
+    },
+    (e) => this.env.log.error("maintenance failed", { error: (e as Error).message }),
+  );
   private sync: TimerHandle | null = null;
   private stopped = false;
   private warned_clusters = "";
@@ -225,7 +246,9 @@ export class Toma {
     this.stopped = true;
     this.sync?.cancel();
     for (const l of this.links) l.stop();
-    await this.queue.catch(() => {});
+    await this.steps.idle();
+    // Stragglers: their sessions are closed now, which fails them at once.
+    await Promise.allSettled([...this.writes]);
   }
 
   /** Resolves once mutations are allowed, or rejects after timeout_ms. For tests and startup. */
@@ -240,31 +263,18 @@ export class Toma {
 
   /** Runs a maintenance pass now (coalesced). */
   kick(): void {
-    if (this.reconcile_queued || this.stopped) return;
-    this.reconcile_queued = true;
-    void this.exclusive(async () => {
-      this.reconcile_queued = false;
-      if (!this.stopped) await this.reconcile();
-    }).catch((e) => this.env.log.error("maintenance failed", { error: (e as Error).message }));
+    if (!this.stopped) this.maintenance();
   }
 
   // ---- mutations -------------------------------------------------------------------------------
 
   createVolume(req: VolumeRequest): Promise<Outcome<VolumeRecord>> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const state = this.readyState();
       if (!state.ok) return state;
       const alloc = allocate(state.value, req, this.topology());
       if (!alloc.ok) return alloc;
-      const cmd: Command = {
-        kind: "create_volume",
-        uuid: uuidToString(randomUuid(this.env)),
-        name: req.name,
-        capacity_bytes: req.capacity_bytes,
-        raid_level: req.raid_level,
-        ...alloc.alloc,
-        ...(req.debug_format ? { debug_format: true } : {}),
-      };
+      const cmd = createVolumeCommand(uuidToString(randomUuid(this.env)), req, alloc.alloc);
       const r = await this.propose(cmd, state.value.generation);
       if (!r.ok) return r;
       return { ok: true, value: r.value.volumes.find((x) => x.uuid === cmd.uuid)! };
@@ -278,7 +288,7 @@ export class Toma {
    * on the others until they do (docs/toma.md, "Deleting a volume").
    */
   deleteVolume(name: string, force = false): Promise<Outcome<null>> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const state = this.readyState();
       if (!state.ok) return state;
       const vol = state.value.volumes.find((x) => x.name === name);
@@ -337,12 +347,9 @@ export class Toma {
 
   driveViews(): DriveView[] {
     const loc = this.locate();
-    const used = new Map<string, number>();
-    for (const vol of this.state?.volumes ?? []) {
-      for (const c of vol.columns) used.set(c.drive_uuid, (used.get(c.drive_uuid) ?? 0) + c.extents.length);
-    }
-    const retired = new Map<string, number>();
-    for (const r of this.state?.retired ?? []) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
+    // In use: by a volume or retired (usedExtents counts both).
+    const used = this.state ? usedExtents(this.state) : new Map<string, Set<number>>();
+    const retired = this.state ? retiredCounts(this.state) : new Map<string, number>();
     const members = new Map((this.state?.drives ?? []).map((d) => [d.drive_uuid, d]));
     const uuids = new Set([...members.keys(), ...loc.keys(), ...this.seen.keys()]);
     const out: DriveView[] = [];
@@ -353,7 +360,7 @@ export class Toma {
       const info = at?.info ?? seen?.info ?? null;
       const total = rec?.extent_count ?? info?.extent_count ?? 0;
       const r = retired.get(uuid) ?? 0;
-      const u = (used.get(uuid) ?? 0) + r;
+      const u = used.get(uuid)?.size ?? 0;
       let state: DriveState = "ok";
       let error: string | null = null;
       const cluster = info?.cluster_uuid ?? null;
@@ -424,12 +431,6 @@ export class Toma {
   }
 
   // ---- internals -------------------------------------------------------------------------------
-
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
-  }
 
   /** Where each drive is served right now: the up target that lists it (last one wins). */
   private locate(): Map<string, { address: string; link: TargetLink; info: DriveInfo }> {
@@ -536,32 +537,76 @@ export class Toma {
     // From here on some drive may hold `next.generation`: never reuse it.
     this.floor_generation = Math.max(this.floor_generation, next.generation + 1);
     const payload = encodeState(next);
-    const results = await Promise.all(writable.map((u) => this.writeSlot(u, next.generation, payload)));
-    const acks = new Set(writable.filter((_, i) => results[i]));
-    for (const list of [oldList, newList]) {
-      if (shortOf(list, acks)) {
-        this.retract_needed = true;
-        const n = list.filter((u) => acks.has(u)).length;
-        this.env.log.warn("change not committed", { generation: next.generation, acks: n, of: list.length });
-        return unavailable(
-          `only ${n} of the cluster's ${list.length} drives acknowledged the change; ${majority(list.length)} needed; nothing changed`,
-        );
-      }
+    const writes = new Map(writable.map((u) => [u, this.writeSlot(u, next.generation, payload)] as const));
+    // Decided on the first answers that decide it: a paused target's drive does not hold every
+    // commit for request_timeout_ms. The writes still unanswered then go on (stragglers); each
+    // updates its drive's `seen` slot when it settles and nothing else: in particular a straggler
+    // that fails after the commit succeeded does not ask for a retraction (the change is on a
+    // majority of both lists; that drive is merely behind, and maintain() writes it back).
+    //
+    // Why a straggler landing late is safe (docs/toma.md, "Safety argument", point 7):
+    // - its generation is below `floor_generation` (raised above), so this TOMA never writes
+    //   another payload at that generation; the only other write at it is the write-back of the
+    //   same committed state (same bytes), which maintain() does not send while this one runs
+    //   (`writing`);
+    // - the next commit may write a newer generation to the same drive while the straggler is
+    //   still on its way. The target runs a drive's META_WRITEs one at a time and refuses one whose
+    //   generation is not newer than the slot's (STALE; formatted-drive.ts metaWrite), so an older
+    //   generation never lands after a newer one: it is refused. Its answer then never moves what
+    //   `seen` knows of that slot backwards (writeSlot);
+    // - a straggler of a refused commit is a partial write, as one whose answer timed out always
+    //   was: `retract_needed` is set here, the retraction writes a newer generation, and no
+    //   write-back runs before it succeeded.
+    const { ok, acks, failed, pending } = await awaitQuorum(writes, [oldList, newList]);
+    if (!ok) {
+      this.retract_needed = true;
+      // The list that can no longer reach a majority: too many of its drives failed (or were
+      // not written) for the rest to make one.
+      const failures = (list: string[]) => list.filter((u) => failed.has(u)).length;
+      const lost = [oldList, newList].find((list) => list.length > 0 && list.length - failures(list) < majority(list.length));
+      assert(lost !== undefined, "a commit refused with every drive list still able to make a majority");
+      const n = lost.filter((u) => acks.has(u)).length;
+      const down = failures(lost);
+      this.env.log.warn("change not committed", { generation: next.generation, acks: n, failed: down, of: lost.length, unanswered: pending });
+      return unavailable(
+        `${down} of the cluster's ${lost.length} drives failed to acknowledge the change (${n} acknowledged); ${majority(lost.length)} needed; nothing changed`,
+      );
     }
     this.state = next;
     this.retract_needed = false;
-    this.env.log.info("committed", { generation: next.generation, acks: acks.size });
+    this.env.log.info("committed", { generation: next.generation, acks: acks.size, unanswered: pending });
     // Requests from here on act on the new state: they carry its version.
     const version = this.version();
     for (const l of this.links) if (l.session) l.session.generation = version;
     return { ok: true, value: next };
   }
 
-  private async writeSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
+  /**
+   * Writes a drive's metadata slot; true when the drive acknowledged. May settle after the step
+   * that sent it (a commit's straggler): the answer then applies only while the drive is still
+   * served where it was written, and never makes `seen` know an older generation than it did.
+   */
+  private writeSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
+    this.writing.set(uuid, Math.max(generation, this.writing.get(uuid) ?? 0));
+    const w = this.sendSlot(uuid, generation, payload).finally(() => {
+      this.writes.delete(w);
+      if (this.writing.get(uuid) === generation) this.writing.delete(uuid);
+    });
+    this.writes.add(w);
+    return w;
+  }
+
+  private async sendSlot(uuid: string, generation: number, payload: Uint8Array): Promise<boolean> {
     const s = this.seen.get(uuid)!;
     const at = this.locate().get(uuid);
     const session = at?.link.session;
     if (!at || !session) return false;
+    // Whether this answer is still news: the drive is where it was written, and nothing newer is
+    // known of its slot (an older write answering after a newer one tells nothing).
+    const current = () => {
+      const known = knownGeneration(s.slot);
+      return s.target === at.address && (known === null || known < generation);
+    };
     try {
       await withTimeout(
         this.env,
@@ -569,14 +614,15 @@ export class Toma {
         this.timings.request_timeout_ms,
         `write metadata of drive ${uuid}`,
       );
-      s.slot = { kind: "written", generation };
-      s.error = null;
+      if (current()) s.slot = { kind: "written", generation };
+      if (s.target === at.address) s.error = null;
       return true;
     } catch (e) {
+      if (e instanceof TimeoutError) at.link.suspect(e.message, session);
+      if (!current()) return false;
       s.error = `metadata write failed: ${(e as Error).message}`;
       // STALE: the drive holds something at least as new; read it again before trusting anything.
       if (e instanceof TargetError && e.status === Status.STALE) s.slot = { kind: "unread" };
-      if (e instanceof TimeoutError) at.link.suspect(e.message);
       return false;
     }
   }
@@ -616,7 +662,7 @@ export class Toma {
       }
     } catch (e) {
       s.error = `metadata read failed: ${(e as Error).message}`;
-      if (e instanceof TimeoutError) at.link.suspect(e.message);
+      if (e instanceof TimeoutError) at.link.suspect(e.message, session);
     }
   }
 
@@ -766,9 +812,13 @@ export class Toma {
       .filter((s): s is DriveSeen => {
         if (!s || s.target === null) return false;
         const g = knownGeneration(s.slot);
-        return g !== null && g < cur.generation;
+        // A write of this state (or a newer one) still on its way: its answer updates the slot.
+        return g !== null && g < cur.generation && (this.writing.get(s.info.drive_uuid) ?? 0) < cur.generation;
       });
-    await Promise.all(behind.map((s) => this.writeSlot(s.info.drive_uuid, cur.generation, payload)));
+    // Not waited for, as a commit's stragglers are not: a drive whose target was paused just now
+    // would hold every step queued behind this pass for request_timeout_ms. Each answer updates
+    // the drive's slot when it comes; a failed one is tried again by a later pass.
+    for (const s of behind) void this.writeSlot(s.info.drive_uuid, cur.generation, payload);
     this.settled = true;
   }
 

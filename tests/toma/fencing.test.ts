@@ -4,7 +4,7 @@ import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import type { TargetSession } from "../../src/engine/wire/session-api.ts";
 import { ClientRegistry } from "../../src/toma/clients.ts";
 import type { Retired, VolumeRecord } from "../../src/toma/cluster-state.ts";
-import { extentRuns, type FenceTable, FenceSync } from "../../src/toma/fencing.ts";
+import { extentByteRuns, extentRuns, type FenceTable, FenceSync } from "../../src/toma/fencing.ts";
 import { quietLogger } from "./harness.ts";
 
 const M = "11111111-1111-4111-8111-111111111111";
@@ -57,6 +57,13 @@ test("extent runs: consecutive extents merge, any order", () => {
     [1, 2],
     [4, 3],
     [9, 1],
+  ]);
+  // The same runs as [start, end) byte ranges, for zeroing and unlocking them.
+  expect(extentByteRuns([], 4096)).toEqual([]);
+  expect(extentByteRuns([4, 5, 6, 9, 1, 2], 4096)).toEqual([
+    [4096, 3 * 4096],
+    [4 * 4096, 7 * 4096],
+    [9 * 4096, 10 * 4096],
   ]);
 });
 

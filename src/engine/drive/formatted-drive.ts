@@ -4,6 +4,7 @@
  * serialised, so two concurrent metaWrite calls cannot pick the same slot.
  */
 import type { Logger } from "../env.ts";
+import { Serial } from "../serial.ts";
 import { isNilUuid, NIL_UUID, uuidFromString } from "../uuid.ts";
 import type { DriveInfo, MetaReadAnswer, OtherSlot } from "../wire/control.ts";
 import { AlreadyClaimedError, DriveFormatError, type FormattedDrive, StaleGenerationError, UnreadableSlotError } from "./formatted-api.ts";
@@ -89,14 +90,14 @@ class Drive implements FormattedDrive {
   readonly data: DriveStore;
   readonly bitmap_region_bytes: number;
   private sb: Superblock;
-  /** Tail of the chain that serialises metaWrite and claim. */
-  private queue: Promise<unknown> = Promise.resolve();
+  /** Serialises metaWrite and claim. */
+  private readonly slots = new Serial();
   /** Bitmap writes not finished yet: close() waits for them. */
   private readonly bitmapWrites = new Set<Promise<unknown>>();
   control_version: number;
   /** The control-version copy the next write goes to (never the one holding the current value). */
   private cv_next: 0 | 1;
-  private cvWrite: Promise<unknown> = Promise.resolve();
+  private readonly cvWrites = new Serial();
 
   constructor(
     private readonly store: DriveStore,
@@ -126,12 +127,6 @@ class Drive implements FormattedDrive {
       format_version: sb.format_version,
       state: "ok",
     };
-  }
-
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
   }
 
   private ctx(slot_index: 0 | 1): SlotContext {
@@ -178,7 +173,7 @@ class Drive implements FormattedDrive {
   }
 
   metaWrite(generation: number, payload: Uint8Array): Promise<void> {
-    return this.serial(async () => {
+    return this.slots.run(async () => {
       if (!Number.isSafeInteger(generation) || generation < 1) throw new RangeError(`metadata generation must be a positive integer, got ${generation}`);
       const max = maxMetaPayloadBytes(this.sb.meta_slot_bytes);
       if (payload.length > max) throw new RangeError(`metadata payload of ${payload.length} bytes exceeds the slot's ${max}`);
@@ -201,7 +196,7 @@ class Drive implements FormattedDrive {
   }
 
   claim(cluster_uuid: string): Promise<void> {
-    return this.serial(async () => {
+    return this.slots.run(async () => {
       const raw = uuidFromString(cluster_uuid);
       if (isNilUuid(raw)) throw new RangeError("cannot claim a drive for the nil cluster uuid");
       if (this.sb.cluster_uuid !== NIL_UUID) {
@@ -232,7 +227,7 @@ class Drive implements FormattedDrive {
   persistControlVersion(version: number): Promise<void> {
     if (!Number.isSafeInteger(version) || version < 0) return Promise.reject(new RangeError(`bad control-plane version ${version}`));
     // One write at a time, each to the copy not holding the current version.
-    const run = this.cvWrite.then(async () => {
+    return this.cvWrites.run(async () => {
       if (version <= this.control_version) return;
       if (this.sb.meta_offset < CONTROL_VERSION_END) {
         throw new RangeError(`drive ${this.sb.drive_uuid}: metadata at ${this.sb.meta_offset} leaves no room for the control-version record`);
@@ -242,13 +237,11 @@ class Drive implements FormattedDrive {
       this.control_version = version;
       this.cv_next = at === 0 ? 1 : 0;
     });
-    this.cvWrite = run.catch(() => {});
-    return run;
   }
 
   async close(): Promise<void> {
-    await this.queue;
-    await this.cvWrite;
+    await this.slots.idle();
+    await this.cvWrites.idle();
     await Promise.all(this.bitmapWrites);
     await this.data.close();
     await this.store.close();

@@ -15,13 +15,14 @@
  * can still land on the drive.
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
+import { Serial } from "../serial.ts";
 import { Status } from "../wire/header.ts";
 import { RequestError } from "./reply.ts";
 
 export class ControlVersionGate {
   /** The highest version any request carried (RAM); never below the drive's record. */
   private highest: number;
-  private tail: Promise<void> = Promise.resolve();
+  private readonly writes = new Serial();
   /** Admitted requests not finished yet, by version. */
   private readonly running = new Map<number, number>();
   private drained: { below: number; resolve: () => void }[] = [];
@@ -54,15 +55,13 @@ export class ControlVersionGate {
       this.highest = version;
       onRaise();
     }
-    const run = this.tail.then(async () => {
+    return this.writes.run(async () => {
       if (this.durable >= version) return;
       // One write covers every version that arrived while the previous one was written.
       const target = this.highest;
       await this.drainBelow(target);
       if (this.durable < target) await this.drive.persistControlVersion(target);
     });
-    this.tail = run.catch(() => {});
-    return run;
   }
 
   /** Throws STALE when `version` is older than the newest seen. */

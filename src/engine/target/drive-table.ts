@@ -4,6 +4,7 @@
  * already running on a removed drive finish against the drive object they started with.
  */
 import type { FormattedDrive } from "../drive/formatted-api.ts";
+import { Serial } from "../serial.ts";
 import { uuidFromString } from "../uuid.ts";
 import type { DriveInfo } from "../wire/control.ts";
 import { LOCK_UNIT_BYTES, Status } from "../wire/header.ts";
@@ -21,7 +22,7 @@ export interface ServedDrive {
    * Metadata writes and claims of this drive run one at a time, so two connections racing on
    * the same slot can never both see the old generation and both "win".
    */
-  metaChain: Promise<unknown>;
+  metaChain: Serial;
   /**
    * Fencing: which extents belong to which volume, and which clients may reach which volume, set
    * by FENCE (fence.ts). RAM only, and per served instance: a drive plugged again starts empty.
@@ -87,7 +88,7 @@ export class DriveTable {
     this.byKey.set(key, {
       drive,
       data_bytes,
-      metaChain: Promise.resolve(),
+      metaChain: new Serial(),
       fence: new DriveFence(drive.info.drive_uuid, drive.info.extent_size_bytes, drive.info.extent_count),
       admitted: new AdmittedRequests(),
       locks,

@@ -645,9 +645,7 @@ async function doDirtyClear(d: ServedDrive, h: Header): Promise<Uint8Array> {
 
 /** Runs fn after every earlier metadata op of this drive has finished. */
 function serialized<T>(d: ServedDrive, fn: () => Promise<T>): Promise<T> {
-  const run = d.metaChain.then(fn, fn);
-  d.metaChain = run.catch(() => undefined);
-  return run;
+  return d.metaChain.run(fn);
 }
 
 function statusOf(e: unknown): Status {

@@ -107,5 +107,6 @@ export interface TargetSession {
   metaWrite(drive: Uint8Array, generation: number, payload: Uint8Array): Promise<void>;
   claim(drive: Uint8Array, cluster_uuid: string): Promise<void>;
 
-  close(): void;
+  /** Ends the session: every request not answered yet fails now, naming `reason` (why it was given up). */
+  close(reason?: string): void;
 }

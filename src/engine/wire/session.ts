@@ -409,8 +409,8 @@ export class Session implements TargetSession {
     return this.submit(Op.CLAIM, 0, drive, 0, 0, body, null, null) as Promise<void>;
   }
 
-  close(): void {
-    this.fail("closed by the requester");
+  close(reason?: string): void {
+    this.fail(reason === undefined ? "closed by the requester" : `closed by the requester: ${reason}`);
   }
 
   /** Requests on the wire now (tests and status output). */

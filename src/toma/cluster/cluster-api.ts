@@ -18,7 +18,7 @@ import { volumeNamed, volumeNameOf } from "../volume-lookup.ts";
 import type { AttachInfo } from "../../engine/layout/types.ts";
 import { clientRoutes } from "../client-routes.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
-import { type ClusterState, usedExtents, type VolumeRecord } from "../cluster-state.ts";
+import { type ClusterState, retiredCounts, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
 import { DriveReportSchema } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
@@ -273,8 +273,7 @@ export function driveViews(m: ClusterMember, state: ClusterState | null): DriveJ
   const cluster = state?.cluster_uuid ?? m.node.view().cluster_uuid;
   const members = new Map((state?.drives ?? []).map((d) => [d.drive_uuid, d]));
   const used = state ? usedExtents(state) : new Map<string, Set<number>>();
-  const retired = new Map<string, number>();
-  for (const r of state?.retired ?? []) retired.set(r.drive_uuid, (retired.get(r.drive_uuid) ?? 0) + r.extents.length);
+  const retired = state ? retiredCounts(state) : new Map<string, number>();
   const out: DriveJson[] = [];
   for (const uuid of [...new Set([...members.keys(), ...m.pool.uuids()])].sort()) {
     const rec = members.get(uuid);

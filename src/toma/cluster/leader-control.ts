@@ -20,6 +20,7 @@
 import type { Env, TimerHandle } from "../../engine/env.ts";
 import { withSteadyClock } from "../../engine/steady-clock.ts";
 import type { AttachInfo } from "../../engine/layout/types.ts";
+import { Serial } from "../../engine/serial.ts";
 import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
 import type { DriveInfo } from "../../engine/wire/control.ts";
 import { allocateLeg } from "../allocator.ts";
@@ -117,8 +118,16 @@ export class ControlTerm implements ClientHost {
   deposed = false;
   private readonly links = new Map<string, TargetLink>();
   private timer: TimerHandle | null = null;
-  private queue: Promise<unknown> = Promise.resolve();
-  private queued = false;
+  /** Passes and mutations, one at a time. */
+  private readonly steps = new Serial();
+  private readonly pass = this.steps.coalesced(
+    async () => {
+      if (this.stopped) return;
+      this.refreshLinks();
+      if (this.state() && this.linksSettled()) await this.mirror.tick((d) => this.reachable(d));
+    },
+    (e) => this.env.log.error("leader control pass failed", { error: (e as Error).message }),
+  );
   private stopped = false;
   private readonly started_ms: number;
 
@@ -180,14 +189,7 @@ export class ControlTerm implements ClientHost {
   }
 
   kick(): void {
-    if (this.queued || this.stopped) return;
-    this.queued = true;
-    void this.exclusive(async () => {
-      this.queued = false;
-      if (this.stopped) return;
-      this.refreshLinks();
-      if (this.state() && this.linksSettled()) await this.mirror.tick((d) => this.reachable(d));
-    }).catch((e) => this.env.log.error("leader control pass failed", { error: (e as Error).message }));
+    if (!this.stopped) this.pass();
   }
 
   attachInfo(given: VolumeRecord): AttachInfo {
@@ -212,7 +214,7 @@ export class ControlTerm implements ClientHost {
    * mirror control's pass, once zeroed under a confirmed table).
    */
   deleteVolume(name: string, force: boolean): Promise<void> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const st = this.state();
       if (!st) throw new LeaderOpError(503, this.notReady());
       const vol = st.volumes.find((x) => x.name === name);
@@ -250,12 +252,6 @@ export class ControlTerm implements ClientHost {
   }
 
   // ---- internals -------------------------------------------------------------------------------
-
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
-  }
 
   private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string }> {
     if (!this.state()) return { ok: false, error: this.notReady() };

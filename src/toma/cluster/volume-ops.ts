@@ -18,8 +18,9 @@
  */
 import type { Env } from "../../engine/env.ts";
 import { randomUuid } from "../../engine/env.ts";
+import { Serial } from "../../engine/serial.ts";
 import { uuidToString } from "../../engine/uuid.ts";
-import { allocate, type VolumeRequest } from "../allocator.ts";
+import { allocate, createVolumeCommand, type VolumeRequest } from "../allocator.ts";
 import { STATUS } from "../api.ts";
 import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
 import { encodeProposal, MAX_STATE_BYTES } from "../consensus/proposal.ts";
@@ -35,7 +36,8 @@ export const COMMAND_TIMEOUT_MS = 10_000;
 export const MAX_COMMAND_BYTES = 12 * 1024;
 
 export class VolumeOps {
-  private queue: Promise<unknown> = Promise.resolve();
+  /** Volume operations, one at a time. */
+  private readonly steps = new Serial();
   private adding = false;
 
   constructor(
@@ -46,20 +48,12 @@ export class VolumeOps {
 
   /** Creates a volume; answers its record as applied. */
   create(req: VolumeRequest): Promise<VolumeRecord> {
-    return this.exclusive(async () => {
+    return this.steps.run(async () => {
       const uuid = uuidToString(randomUuid(this.env));
       const st = await this.command(`create volume '${req.name}'`, (state) => {
         const alloc = allocate(state, req, this.pool.topology(state));
         if (!alloc.ok) throw new LeaderOpError(STATUS[alloc.code], alloc.error);
-        return {
-          kind: "create_volume",
-          uuid,
-          name: req.name,
-          capacity_bytes: req.capacity_bytes,
-          raid_level: req.raid_level,
-          ...alloc.alloc,
-          ...(req.debug_format ? { debug_format: true } : {}),
-        };
+        return createVolumeCommand(uuid, req, alloc.alloc);
       });
       const vol = st.volumes.find((x) => x.uuid === uuid)!;
       this.env.log.info("volume created", { volume: vol.name, uuid, drives: vol.columns.map((c) => c.drive_uuid).join(",") });
@@ -74,7 +68,7 @@ export class VolumeOps {
   addReported(): void {
     if (this.adding) return;
     this.adding = true;
-    void this.exclusive(async () => {
+    void this.steps.run(async () => {
       for (;;) {
         const state = this.node.appliedState();
         if (state === null || !this.node.leaderReady()) return;
@@ -119,12 +113,6 @@ export class VolumeOps {
       }
       throw new LeaderOpError(500, `${what}: entry ${done.index} applied as ${a?.kind ?? "nothing"}`);
     }
-  }
-
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
   }
 }
 

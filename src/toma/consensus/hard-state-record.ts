@@ -11,7 +11,7 @@
 import { decode, encode } from "cbor-x";
 import * as v from "valibot";
 import { applyChange, changeProblem, configProblem } from "./config.ts";
-import { issueText } from "./messages.ts";
+import { issueText } from "../parse-cbor.ts";
 import {
   Count,
   type DurableState,

@@ -8,8 +8,9 @@
  *
  * Also the one-line descriptions of messages and entries that logs and transcripts print.
  */
-import { decode, encode } from "cbor-x";
+import { encode } from "cbor-x";
 import * as v from "valibot";
+import { type Decoded, parseCbor } from "../parse-cbor.ts";
 import { configProblem, describeChange, describeConfig } from "./config.ts";
 import { type Entry, type Message, MessageSchema, NodeIdSchema, UuidSchema } from "./types.ts";
 
@@ -33,8 +34,6 @@ export function encodeEnvelope(e: Envelope): Uint8Array {
   return bytes;
 }
 
-export type Decoded<T> = { ok: true; value: T } | { ok: false; error: string };
-
 /** Decodes and validates an envelope; never throws. Says why a bad one is refused. */
 export function decodeEnvelope(bytes: Uint8Array): Decoded<Envelope> {
   if (bytes.length > MAX_ENVELOPE_BYTES) return { ok: false, error: `envelope of ${bytes.length} bytes exceeds ${MAX_ENVELOPE_BYTES}` };
@@ -49,19 +48,6 @@ export function decodeEnvelope(bytes: Uint8Array): Decoded<Envelope> {
   return { ok: true, value: env };
 }
 
-/** CBOR bytes checked against a schema; never throws. `what` names the thing in the error. */
-export function parseCbor<S extends v.GenericSchema>(bytes: Uint8Array, schema: S, what: string): Decoded<v.InferOutput<S>> {
-  let raw: unknown;
-  try {
-    raw = decode(bytes);
-  } catch (e) {
-    return { ok: false, error: `${what} is not valid CBOR: ${(e as Error).message}` };
-  }
-  const r = v.safeParse(schema, raw);
-  if (!r.success) return { ok: false, error: `${what} fails validation${issueText(r.issues)}` };
-  return { ok: true, value: r.output };
-}
-
 /** Cross-field checks the schema cannot express. */
 function messageProblem(m: Message): string | null {
   if (m.type === "snap") return configProblem(m.snapshot.config);
@@ -70,13 +56,6 @@ function messageProblem(m: Message): string | null {
     for (const e of m.entries) if (e.index !== ++index) return "entries are not contiguous after prev_index";
   }
   return null;
-}
-
-/** " at 'path': message" of a valibot failure, to follow "fails validation". */
-export function issueText(issues: readonly v.BaseIssue<unknown>[]): string {
-  const i = issues[0]!;
-  const where = i.path?.map((p) => String(p.key)).join(".") ?? "";
-  return `${where ? ` at '${where}'` : ""}: ${i.message}`;
 }
 
 // ---- descriptions (logs, transcripts) -------------------------------------------------------------

@@ -17,7 +17,7 @@ import { encode } from "cbor-x";
 import * as v from "valibot";
 import { assert } from "../../engine/assert.ts";
 import { apply, type ClusterState, type Command, DriveRecordSchema, LegStateSchema, type RefusalCode } from "../cluster-state.ts";
-import { type Decoded, parseCbor } from "./messages.ts";
+import { type Decoded, parseCbor } from "../parse-cbor.ts";
 import { Count, UuidSchema } from "./types.ts";
 
 const Name = v.pipe(v.string(), v.maxLength(256));

@@ -1,7 +1,8 @@
 /**
- * Majority arithmetic, in one place: what a majority of voters has reached, and how an election
- * stands. Both the commit index and the confirmed read round are "the largest value that a majority
- * of voters has reached" (quorumValue).
+ * Majority arithmetic, in one place: what a majority of voters has reached, how an election
+ * stands, and when a write sent to several drives is decided. Both the commit index and the
+ * confirmed read round are "the largest value that a majority of voters has reached"
+ * (quorumValue); an election and a single TOMA's commit (awaitQuorum) are decided by voteResult.
  */
 import { plantedBugs } from "../../engine/planted-bugs.ts";
 import { assert } from "../../engine/assert.ts";
@@ -36,4 +37,51 @@ export function voteResult(voters: readonly NodeId[], votes: ReadonlyMap<NodeId,
   if (granted >= need) return "won";
   if (granted + missing >= need) return "pending";
   return "lost";
+}
+
+export interface QuorumOutcome {
+  /** Every non-empty list won (a majority of it acknowledged). */
+  ok: boolean;
+  /** Who had acknowledged when the outcome was decided. */
+  acks: Set<string>;
+  /** Who had failed when it was decided: refused, timed out, or not sent to at all. */
+  failed: Set<string>;
+  /** Writes still unanswered when it was decided (they go on: stragglers). */
+  pending: number;
+}
+
+/**
+ * Decides a write sent to several drives as soon as the answers so far decide it (voteResult of
+ * each list): committed once a majority of every list acknowledged, refused once some list can
+ * no longer get one; the writes unanswered then are not waited for. `writes`: who was sent the
+ * write → resolves true on an acknowledgement, false or a rejection on a failure; a member of a
+ * list with no write counts as failed. An empty list (a cluster without drives yet) needs nothing.
+ */
+export function awaitQuorum(writes: ReadonlyMap<string, Promise<boolean>>, lists: readonly (readonly string[])[]): Promise<QuorumOutcome> {
+  const answers = new Map<string, boolean>();
+  for (const list of lists) for (const u of list) if (!writes.has(u)) answers.set(u, false);
+  const voting = lists.filter((list) => list.length > 0);
+  let pending = writes.size;
+  return new Promise((resolve) => {
+    let decided = false;
+    const decide = () => {
+      if (decided) return;
+      const results = voting.map((list) => voteResult(list, answers));
+      const lost = results.includes("lost");
+      if (!lost && !results.every((r) => r === "won")) return;
+      decided = true;
+      const who = (ok: boolean) => new Set([...answers].flatMap(([u, a]) => (a === ok ? [u] : [])));
+      resolve({ ok: !lost, acks: who(true), failed: who(false), pending });
+    };
+    for (const [u, w] of writes) {
+      const settle = (ok: boolean) => {
+        pending--;
+        answers.set(u, ok);
+        decide();
+      };
+      w.then(settle, () => settle(false));
+    }
+    // Already decided by who was not sent the write (or nothing to wait for).
+    decide();
+  });
 }

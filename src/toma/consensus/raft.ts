@@ -455,21 +455,25 @@ export class Raft {
   private hup(): void {
     if (this.role === "leader" || !this.promotable()) return;
     this.becomePreCandidate();
-    this.poll(this.id, "pre_vote_resp", true);
-    if (this.role !== "pre_candidate") return;
-    for (const to of voterIds(this.config())) {
-      if (to === this.id) continue;
-      this.send({ type: "pre_vote", to, term: this.term + 1, last_index: this.log.lastIndex(), last_term: this.log.lastTerm() });
-    }
+    this.askVotes("pre_vote", this.term + 1);
   }
 
   private campaignForReal(): void {
     this.becomeCandidate();
-    this.poll(this.id, "vote_resp", true);
-    if (this.role !== "candidate") return;
+    this.askVotes("vote", this.term);
+  }
+
+  /**
+   * Votes for itself, then, unless that alone decided the election (a single voter), asks every
+   * other voter for its vote in `term` (a pre-vote asks for the term it would start).
+   */
+  private askVotes(type: "pre_vote" | "vote", term: number): void {
+    const role = this.role;
+    this.poll(this.id, type === "pre_vote" ? "pre_vote_resp" : "vote_resp", true);
+    if (this.role !== role) return;
     for (const to of voterIds(this.config())) {
       if (to === this.id) continue;
-      this.send({ type: "vote", to, term: this.term, last_index: this.log.lastIndex(), last_term: this.log.lastTerm() });
+      this.send({ type, to, term, last_index: this.log.lastIndex(), last_term: this.log.lastTerm() });
     }
   }
 
