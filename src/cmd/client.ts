@@ -132,10 +132,11 @@ const serve = command({
     });
     // A client is a client even on a server: it proves the client key, and is fenced like any.
     const cluster_key = key === null ? null : asClientKey(key);
-    // A call held by the TOMA (a watch, 3 s) answers well within this; a dead TOMA's host does not.
+    // A call held by the TOMA (a watch, 3 s) answers well within this; a paused or dead TOMA does
+    // not, and the daemon moves on to the next TOMA only once it gives up: what a leader pause costs.
     const signer = new ManagementSigner(cluster_key);
     const clients = new Map<string, TomaClient>();
-    const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { signer, timeout_ms: 15_000 })).get(a)!;
+    const clientOf = (a: string) => clients.get(a) ?? clients.set(a, tomaClient(a, { signer, timeout_ms: 10_000 })).get(a)!;
     const homing = homedCall(env, homes, (a, method, path, body) => clientOf(a).call(method, path, body));
     if (target) consola.success(`target ready on ${target.address}`);
     const open: OpenSession = (e, address, hello) => openSession(e, address, hello, { cluster_key });
