@@ -56,7 +56,10 @@ export function bootstrapDecision(me: PeerAnswer, peers: readonly string[], answ
   const clusters = new Set(members.map((a) => (a.status as { cluster_uuid: string }).cluster_uuid));
   if (clusters.size > 1) return { kind: "wait", reason: `peers belong to different clusters: ${[...clusters].sort().join(", ")}` };
   if (clusters.size === 1) {
-    const founder = members[0]!.status as { cluster_uuid: string; config: Config };
+    // A member that adopted holding nothing (adopt_blank) answers with an empty configuration
+    // until the leader's snapshot comes: the founders' configuration is the one with voters.
+    const founder = (members.map((a) => a.status as { cluster_uuid: string; config: Config }).find((st) => st.config.members.some((m) => m.voter)) ??
+      members[0]!.status) as { cluster_uuid: string; config: Config };
     const mine = nodeId(me.toma_id, me.incarnation);
     // This process has written and sent nothing as `mine` yet, so it may still become that node.
     if (me.status.kind === "blank" && isVoter(founder.config, mine)) {
@@ -98,6 +101,10 @@ function takeoverOf(
   const reports: SingleTomaReport[] = [];
   for (const id of founders) {
     const a = [...answers.values()].find((x) => nodeId(x.toma_id, x.incarnation) === id);
+    // Not answered yet (still starting, or not asked): wait for it. Answered under another node
+    // id, or without its report: it restarted, and what it held is gone.
+    const answeredAs = [...answers.values()].some((x) => id.startsWith(`${x.toma_id}#`));
+    if (!a && !answeredAs) return { kind: "wait", reason: `waiting for founder ${id} to answer` };
     if (!a?.single_toma) return { kind: "unknown", reason: `waiting for founder ${id} to tell what its drives held at its start` };
     reports.push(a.single_toma);
   }
