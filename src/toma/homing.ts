@@ -82,7 +82,8 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
         moveTo(known[(known.indexOf(home) + 1) % known.length]!);
       }
     }
-    await sleep(env, 200);
+    // Several TOMAs, none answering: a breath before the caller's own retry asks them all again.
+    if (known.length > 1) await sleep(env, 200);
     throw last;
   };
 
