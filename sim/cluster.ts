@@ -221,6 +221,7 @@ export class SimCluster {
     await this.runUntil(() => formatted === this.media.length, 60_000, "formatting drives");
     installer.crash("process");
     for (const s of this.servers) this.bootServer(s);
+    if (this.spec.toma_cluster) this.watchLeaders();
     if (this.spec.toma_cluster) await this.createVolumesOnLeader();
     else await this.createVolumesOnToma();
     for (const c of this.clients) this.bootClient(c);
@@ -248,6 +249,25 @@ export class SimCluster {
       const vol = toma()!.state!.volumes.find((v) => v.name === req.name)!;
       return toma()!.attachInfo(vol).layout;
     });
+  }
+
+  /**
+   * Raft's election safety, checked on the real members all along the run: every 20 ms of virtual
+   * time, each live member that says it leads names its term, and no term ever has two leaders.
+   */
+  private watchLeaders(): void {
+    const leaderOf = new Map<number, string>();
+    const check = () => {
+      for (const s of this.servers) {
+        const v = s.node.alive ? s.member?.node.view() : undefined;
+        if (v?.role !== "leader" || v.term === null || v.node_id === null) continue;
+        const other = leaderOf.get(v.term);
+        if (other === undefined) leaderOf.set(v.term, v.node_id);
+        else if (other !== v.node_id) this.world.fail(`two leaders in term ${v.term}: ${other} and ${v.node_id}`);
+      }
+      this.world.after(20, check);
+    };
+    this.world.after(20, check);
   }
 
   /** A TOMA cluster: once a leader runs its control with every drive in the pool, it creates the volumes. */
