@@ -118,3 +118,47 @@ describe("mirror scenarios: a cache lost on the last complete leg", () => {
     expect(seen.slice(back).filter((s) => s.includes("dead"))).toEqual([]);
   });
 });
+
+/**
+ * The same with a TOMA on every server: the leader's whole server (its TOMA and its target) is
+ * stopped at each step of the return of a leg, and restarted 1.5 s later. The leg taken out is on
+ * another server than the first leader's; while it is down, the leader's crash leaves one server
+ * of three, so nothing steps until one is back, and then the leg still comes back.
+ */
+describe("mirror scenarios with a TOMA on every server", () => {
+  const inCluster = { fault_ms: 20_000, tweak: (spec: ClusterSpec) => {
+    spec.volumes.push(MIRROR_VOLUME);
+    spec.toma_cluster = true;
+  } };
+  const leaderServer = (c: SimCluster) => c.servers.find((s) => s.member !== null && s.member === c.leaderMember());
+  const at: [string, string][] = [
+    ["Degraded", "dead"],
+    ["Rebuild", "syncing"],
+    ["Dual lock", "synced"],
+  ];
+  for (const [step, state] of at) {
+    test(`the leader's server crashes in ${step}: a new leader, the leg still comes back, legs equal`, async () => {
+      let crashed = false;
+      const r = await scenario((c) => {
+        let leg = -1;
+        when(c, 2000, () => mirror(c) !== undefined && leaderServer(c) !== undefined, () => {
+          leg = legServer(c, 1) !== leaderServer(c) ? 1 : 0;
+          const s = legServer(c, leg);
+          c.crashServer(s, "process");
+          c.world.after(5000, () => boot(c, s));
+        });
+        when(c, 2001, () => leg >= 0 && mirror(c)?.legs[leg] === state && leaderServer(c) !== undefined, () => {
+          crashed = true;
+          const s = leaderServer(c)!;
+          c.crashServer(s, "process");
+          c.world.after(1500, () => boot(c, s));
+        });
+      }, inCluster);
+      expect(crashed).toBe(true);
+      // A leader of a later term took over the control.
+      const terms = r.full_trace.filter((l) => l.includes("leader control starts")).map((l) => Number(l.split("term=")[1]));
+      expect(new Set(terms).size).toBeGreaterThanOrEqual(2);
+      expect(steps(r).at(-1)).toBe("ok,ok");
+    });
+  }
+});

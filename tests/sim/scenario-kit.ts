@@ -45,8 +45,8 @@ export function when(c: SimCluster, at_ms: number, ready: () => boolean, fn: () 
   c.world.after(at_ms, poll);
 }
 
-/** The mirror volume's record in the TOMA's state (undefined before it exists). */
-export const mirror = (c: SimCluster) => c.tomaServer.toma?.state?.volumes.find((v) => v.name === MIRROR_VOLUME.name);
+/** The mirror volume's record in the state the TOMA acts on (undefined before it exists). */
+export const mirror = (c: SimCluster) => c.clusterState()?.volumes.find((v) => v.name === MIRROR_VOLUME.name);
 
 /** The server holding the drive of column `column` of the mirror now. */
 export function legServer(c: SimCluster, column: number): ServerSim {
