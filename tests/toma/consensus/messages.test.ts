@@ -21,7 +21,7 @@ const app: Message = {
     { kind: "conf", term: 3, index: 6, change: { op: "add_learner", node: "s3#00000000000000c3", address: "10.0.0.3:4000" } },
   ],
 };
-const snap: Message = { type: "snap", from: A, to: B, term: 3, snapshot: { index: 9, term: 3, config: votersConfig([A, B]), data: new Uint8Array(10) } };
+const snap = { type: "snap", from: A, to: B, term: 3, snapshot: { index: 9, term: 3, config: votersConfig([A, B]) }, total: 100, offset: 40, data: new Uint8Array(10) } satisfies Message;
 const env = (msgs: Message[]): Envelope => ({ v: 1, cluster_uuid: CLUSTER, from: A, to: B, msgs });
 
 describe("wire envelope", () => {
@@ -36,6 +36,7 @@ describe("wire envelope", () => {
       { type: "heartbeat", from: A, to: B, term: 3, commit: 4, read_round: 7 },
       { type: "heartbeat_resp", from: A, to: B, term: 3, read_round: 7 },
       snap,
+      { type: "snap_resp", from: A, to: B, term: 3, index: 9, offset: 50, reject: false },
     ];
     const d = decodeEnvelope(encodeEnvelope(env(msgs)));
     expect(d.ok).toBe(true);
@@ -53,6 +54,10 @@ describe("wire envelope", () => {
     ["entries not contiguous", env([{ ...app, entries: [app.entries[1]!] } as Message]), /not contiguous/],
     ["an unsorted configuration", env([{ ...snap, snapshot: { ...snap.snapshot, config: { members: [...votersConfig([A, B]).members].reverse() } } } as Message]), /not sorted/],
     ["data that is not bytes", { ...env([app]), msgs: [{ ...app, entries: [{ kind: "normal", term: 3, index: 5, data: "hi" }] }] }, /bytes expected/],
+    ["a chunk beyond the snapshot's size", env([{ ...snap, offset: 95 }]), /beyond the snapshot's 100 bytes/],
+    ["an empty chunk of a snapshot with data", env([{ ...snap, data: new Uint8Array() }]), /empty chunk/],
+    ["a snapshot larger than a metadata slot", env([{ ...snap, total: 2 * 1024 * 1024 }]), /fails validation at 'msgs.0.total'/],
+    ["a chunk larger than a chunk may be", env([{ ...snap, total: 64 * 1024, offset: 0, data: new Uint8Array(33 * 1024) }]), /fails validation at 'msgs.0.data'/],
     ["too many messages", env(Array.from({ length: 257 }, () => app)), /fails validation at 'msgs'/],
   ];
   for (const [what, raw, why] of bad) {
@@ -72,6 +77,6 @@ describe("wire envelope", () => {
 
   test("one line per message for logs", () => {
     expect(describeMessage(app)).toBe(`${A}->${B} app term=3 prev=2/4 commit=4 entries=[3/5 "hi", 3/6 conf add_learner s3#00000000000000c3]`);
-    expect(describeMessage(snap)).toBe(`${A}->${B} snap term=3 snapshot=3/9 voters=(${A},${B})`);
+    expect(describeMessage(snap)).toBe(`${A}->${B} snap term=3 snapshot=3/9 voters=(${A},${B}) bytes=40+10/100`);
   });
 });
