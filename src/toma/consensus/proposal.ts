@@ -69,12 +69,15 @@ const schemaMatchesCommand: Same<v.InferOutput<typeof CommandSchema>, Command> =
 void schemaMatchesCommand;
 
 /**
- * The encoded cluster state a TOMA cluster carries at most: one snapshot message to a new or
- * lagging member, with its configuration, under the transport's 44 KiB (state transfer in chunks
- * is not built). The leader refuses a command that would grow the state beyond it, and a
- * single-TOMA state beyond it is not taken over.
+ * The encoded cluster state a TOMA cluster carries at most. Each TOMA's hard-state record holds
+ * the state (its snapshot) and the log tail kept before compaction (COMPACT_AFTER_ENTRIES, each
+ * at most MAX_COMMAND_BYTES, cluster/volume-ops.ts) in one metadata slot of 1 MiB: 512 KiB + 65
+ * × 4 KiB leave more than 200 KiB for the rest of the record and a longer tail. A new or lagging
+ * member gets it in chunks (MAX_SNAPSHOT_CHUNK_BYTES), so no message bounds it. The leader refuses
+ * a command that would grow the state beyond it, and a single-TOMA state beyond it is not taken
+ * over.
  */
-export const MAX_STATE_BYTES = 40 * 1024;
+export const MAX_STATE_BYTES = 512 * 1024;
 
 const ProposalWireSchema = v.strictObject({ computed_at: Count, cmd: CommandWireSchema });
 export type Proposal = { computed_at: number; cmd: Command };

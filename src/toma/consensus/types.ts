@@ -60,10 +60,10 @@ export const SnapshotMetaSchema = v.strictObject({ index: Count, term: Count, co
 
 /**
  * Bytes of snapshot data per `snap` message: a snapshot (up to a slot, MAX_DATA_BYTES) goes to a
- * new or lagging member in chunks, each with its configuration, in one request between TOMAs
- * (44 KiB, cluster/peer-sender.ts).
+ * new or lagging member in chunks, each with its configuration (up to 64 members with their
+ * addresses, about 24 KiB at most), in one request between TOMAs (44 KiB, cluster/peer-sender.ts).
  */
-export const MAX_SNAPSHOT_CHUNK_BYTES = 32 * 1024;
+export const MAX_SNAPSHOT_CHUNK_BYTES = 16 * 1024;
 const Chunk = v.pipe(
   v.custom<Uint8Array>((x) => x instanceof Uint8Array, "bytes expected"),
   v.maxLength(MAX_SNAPSHOT_CHUNK_BYTES),

@@ -46,7 +46,7 @@ import { assert } from "../../../src/engine/assert.ts";
 import { describeConfig, votersConfig } from "../../../src/toma/consensus/config.ts";
 import { describeEntry, describeMessage } from "../../../src/toma/consensus/messages.ts";
 import { blankDurableState, bootstrapDurableState, Raft, type Ready } from "../../../src/toma/consensus/raft.ts";
-import type { ConfChange, DurableState, Message, NodeId } from "../../../src/toma/consensus/types.ts";
+import { type ConfChange, type DurableState, MAX_SNAPSHOT_CHUNK_BYTES, type Message, type NodeId } from "../../../src/toma/consensus/types.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -85,7 +85,7 @@ export class TranscriptWorld {
   private election = 10;
   private heartbeat = 1;
   private max_entries = 64;
-  private chunk = 32 * 1024;
+  private chunk = MAX_SNAPSHOT_CHUNK_BYTES;
 
   run(cmd: string): string {
     this.out = [];
@@ -97,7 +97,7 @@ export class TranscriptWorld {
         this.election = Number(kv.election ?? 10);
         this.heartbeat = Number(kv.heartbeat ?? 1);
         this.max_entries = Number(kv["max-entries"] ?? 64);
-        this.chunk = Number(kv.chunk ?? 32 * 1024);
+        this.chunk = Number(kv.chunk ?? MAX_SNAPSHOT_CHUNK_BYTES);
         const voters = list(kv.voters);
         const learners = list(kv.learners);
         const config = votersConfig(voters);
