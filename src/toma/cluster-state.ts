@@ -11,7 +11,7 @@ import { encode } from "cbor-x";
 import * as v from "valibot";
 import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
-import { expandAll, MAX_RUN_NUMBERS, toRuns } from "./extent-runs.ts";
+import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "./extent-runs.ts";
 import { parseCbor } from "./parse-cbor.ts";
 
 /**
@@ -219,7 +219,7 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (state.volumes.some((x) => x.uuid === cmd.uuid)) {
         return refuse("invalid", `volume uuid ${cmd.uuid} already in use`);
       }
-      const why = volumeProblem(state, vol);
+      const why = extentsBeyondBound(state, vol.columns) ?? volumeProblem(state, vol);
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
     }
@@ -260,11 +260,28 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
         topology_seq: generation,
       };
       const others = { ...state, volumes: state.volumes.filter((_, j) => j !== i), retired };
-      const why = volumeProblem(others, next);
+      const why = extentsBeyondBound(state, [cmd.with]) ?? volumeProblem(others, next);
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next), retired } };
     }
   }
+}
+
+/**
+ * Every extent a state lists is held in memory as a number wherever the state is decoded, so a
+ * state lists at most MAX_DECODED_EXTENTS (extent-runs.ts) in all: what apply() accepts always
+ * decodes again.
+ */
+function extentsBeyondBound(state: ClusterState, added: readonly { extents: readonly number[] }[]): { code: RefusalCode; error: string } | null {
+  let n = 0;
+  for (const x of state.volumes) for (const c of x.columns) n += c.extents.length;
+  for (const r of state.retired) n += r.extents.length;
+  const more = added.reduce((k, c) => k + c.extents.length, 0);
+  if (n + more <= MAX_DECODED_EXTENTS) return null;
+  return {
+    code: "no_space",
+    error: `the cluster state would list ${n + more} extents, above the ${MAX_DECODED_EXTENTS} it may hold (each is held in memory); use drives formatted with a larger --extent-size`,
+  };
 }
 
 /**

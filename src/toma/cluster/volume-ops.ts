@@ -128,7 +128,7 @@ function runsOf(cmd: Command): number {
 }
 
 /** Throws (507) when the command or the state after it would exceed what this mode can carry. */
-function tooLarge(what: string, state: ClusterState, cmd: Command, data: Uint8Array): void {
+export function tooLarge(what: string, state: ClusterState, cmd: Command, data: Uint8Array): void {
   if (data.length > MAX_COMMAND_BYTES) {
     throw new LeaderOpError(
       507,
