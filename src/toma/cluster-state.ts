@@ -11,6 +11,7 @@ import { encode } from "cbor-x";
 import * as v from "valibot";
 import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
+import { ExtentSet } from "./extent-set.ts";
 import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "./extent-runs.ts";
 import { parseCbor } from "./parse-cbor.ts";
 
@@ -313,12 +314,12 @@ function retire(vol: VolumeRecord, c: Column): Retired {
  * The extents in use on each drive, computed from the volumes and the retired extents (never
  * stored twice): a retired extent is not free.
  */
-export function usedExtents(state: ClusterState): Map<string, Set<number>> {
-  const used = new Map<string, Set<number>>();
-  for (const d of state.drives) used.set(d.drive_uuid, new Set());
+export function usedExtents(state: ClusterState): Map<string, ExtentSet> {
+  const used = new Map<string, ExtentSet>();
+  for (const d of state.drives) used.set(d.drive_uuid, new ExtentSet());
   const add = (c: { drive_uuid: string; extents: number[] }) => {
     let s = used.get(c.drive_uuid);
-    if (!s) used.set(c.drive_uuid, (s = new Set()));
+    if (!s) used.set(c.drive_uuid, (s = new ExtentSet()));
     for (const e of c.extents) s.add(e);
   };
   for (const vol of state.volumes) for (const c of vol.columns) add(c);
@@ -341,7 +342,7 @@ export function retiredCounts(state: ClusterState): Map<string, number> {
 function volumeProblem(
   state: ClusterState,
   vol: VolumeRecord,
-  used: Map<string, Set<number>> = usedExtents(state),
+  used: Map<string, ExtentSet> = usedExtents(state),
 ): { code: RefusalCode; error: string } | null {
   const invalid = (error: string) => ({ code: "invalid" as const, error: `volume '${vol.name}': ${error}` });
   if (!Number.isSafeInteger(vol.capacity_bytes) || vol.capacity_bytes <= 0 || vol.capacity_bytes % 512 !== 0) {
@@ -378,7 +379,7 @@ function volumeProblem(
     if (seen.has(c.drive_uuid)) return invalid(`two columns on drive ${c.drive_uuid}`);
     seen.add(c.drive_uuid);
     if (c.extents.length === 0) return invalid(`empty column on drive ${c.drive_uuid}`);
-    const mine = new Set<number>();
+    const mine = new ExtentSet();
     for (const e of c.extents) {
       if (!Number.isInteger(e) || e < 0 || e >= d.extent_count) return invalid(`extent ${e} outside drive ${c.drive_uuid}`);
       if (mine.has(e) || used.get(c.drive_uuid)?.has(e)) {
