@@ -2,7 +2,8 @@ import { describe, expect, test } from "bun:test";
 import { encode } from "cbor-x";
 import { votersConfig } from "../../../src/toma/consensus/config.ts";
 import { decodeEnvelope, describeMessage, encodeEnvelope, type Envelope, MAX_ENVELOPE_BYTES } from "../../../src/toma/consensus/messages.ts";
-import type { Message } from "../../../src/toma/consensus/types.ts";
+import { MAX_MEMBERS, MAX_SNAPSHOT_CHUNK_BYTES, type Message } from "../../../src/toma/consensus/types.ts";
+import { MAX_POSTED_ENVELOPE_BYTES } from "../../../src/toma/cluster/peer-sender.ts";
 
 const CLUSTER = "0c0c0c0c-0000-4000-8000-00000000c1c1";
 const A = "s1#00000000000000a1";
@@ -73,6 +74,15 @@ describe("wire envelope", () => {
     expect(g.ok === false && g.error).toMatch(/not valid CBOR|fails validation/);
     const big = decodeEnvelope(new Uint8Array(MAX_ENVELOPE_BYTES + 1));
     expect(big.ok === false && big.error).toMatch(/exceeds/);
+  });
+
+  test("a snapshot chunk of the largest size, with the largest configuration, fits one request between TOMAs", () => {
+    const id = (i: number) => `${"s".repeat(60)}${String(i).padStart(4, "0")}#${"f".repeat(32)}`;
+    const members = Array.from({ length: MAX_MEMBERS }, (_, i) => ({ id: id(i), voter: true, address: "a".repeat(256) }));
+    const m: Message = { type: "snap", from: id(0), to: id(1), term: 2 ** 40, snapshot: { index: 2 ** 50, term: 2 ** 40, config: { members } }, total: 1 << 20, offset: (1 << 20) - MAX_SNAPSHOT_CHUNK_BYTES, data: new Uint8Array(MAX_SNAPSHOT_CHUNK_BYTES).fill(0xff) };
+    const bytes = encodeEnvelope({ v: 1, cluster_uuid: CLUSTER, from: id(0), to: id(1), msgs: [m] });
+    expect(bytes.length).toBeLessThanOrEqual(MAX_POSTED_ENVELOPE_BYTES);
+    expect(decodeEnvelope(bytes).ok).toBe(true);
   });
 
   test("one line per message for logs", () => {
