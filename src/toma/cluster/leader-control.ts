@@ -342,11 +342,25 @@ export class ControlTerm implements ClientHost {
     if (!st) return false;
     const at = this.locate(drive_uuid);
     if (at) return at.info.state === "ok" && at.info.cluster_uuid === st.cluster_uuid;
-    const holdsDeadLeg = st.volumes.some((v) => v.columns.some((c, i) => c.drive_uuid === drive_uuid && v.legs[i] === "dead"));
-    if (holdsDeadLeg || !this.pool.usable(drive_uuid, st.cluster_uuid)) return false;
+    if (deadLegDrives(st).has(drive_uuid) || !this.pool.usable(drive_uuid, st.cluster_uuid)) return false;
     // A drive whose cache epoch moved may have lost acknowledged writes: only the leader's own
     // session can read its write-intent bits (checkCacheEpochs), so the report alone is not enough.
     const recorded = st.drives.find((d) => d.drive_uuid === drive_uuid)?.cache_epoch;
     return this.pool.locate(drive_uuid)!.drive.cache_epoch === recorded;
   }
+}
+
+/**
+ * The drives holding a dead leg of some volume in `st`. Asked for every drive on every pass and
+ * every view, so computed once per applied state: a state is never changed in place (apply()
+ * answers a new one), so its identity stands for its contents.
+ */
+const dead_leg_drives = new WeakMap<ClusterState, ReadonlySet<string>>();
+function deadLegDrives(st: ClusterState): ReadonlySet<string> {
+  let set = dead_leg_drives.get(st);
+  if (!set) {
+    set = new Set(st.volumes.flatMap((v) => v.columns.filter((_, i) => v.legs[i] === "dead").map((c) => c.drive_uuid)));
+    dead_leg_drives.set(st, set);
+  }
+  return set;
 }
