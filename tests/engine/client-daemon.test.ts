@@ -186,14 +186,20 @@ async function settle(cond: () => boolean): Promise<void> {
   expect(cond()).toBe(true);
 }
 
-test("a volume the TOMA no longer lists for us is torn down: export and socket gone, list() without it; the other stays", async () => {
-  const s = scripted();
+/** Volumes a and b, both attached. */
+async function attachTwo(s: ReturnType<typeof scripted>) {
   const a = volumeOf("a", "aaaaaaaa-0000-4000-8000-00000000000a");
   const b = volumeOf("b", "bbbbbbbb-0000-4000-8000-00000000000b");
   s.views.set("a", a);
   s.views.set("b", b);
   const att = await s.d.attach({ volume: "a" });
   await s.d.attach({ volume: "b" });
+  return { a, b, att };
+}
+
+test("a volume the TOMA no longer lists for us is torn down: export and socket gone, list() without it; the other stays", async () => {
+  const s = scripted();
+  const { a, b, att } = await attachTwo(s);
   expect(att.volume_uuid).toBe(a.layout.volume_uuid);
   expect(att.exports).toEqual(["a"]);
   // Both attached before this watch was sent: it lists both.
@@ -247,12 +253,7 @@ test("registered again under a new id, a volume not yet attached again under it 
 
 test("a refresh that finds our id unknown registers again and attaches each volume once under the new id", async () => {
   const s = scripted();
-  const a = volumeOf("a", "aaaaaaaa-0000-4000-8000-00000000000a");
-  const b = volumeOf("b", "bbbbbbbb-0000-4000-8000-00000000000b");
-  s.views.set("a", a);
-  s.views.set("b", b);
-  await s.d.attach({ volume: "a" });
-  await s.d.attach({ volume: "b" });
+  const { b } = await attachTwo(s);
   s.forgotten.add(42);
   // What a volume device's refresh runs when its I/O is refused (the `refresh` hook of attach()).
   const refresh = (s.d as unknown as { fetchAttach(volume: string, uuid: string): Promise<AttachInfo> }).fetchAttach.bind(s.d);
