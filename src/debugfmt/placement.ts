@@ -4,6 +4,7 @@
  * sector's place exactly instead of from its neighbours, which a systematic misdirection in a
  * sparsely written area can fool (docs/debug-format.md, "Placement").
  */
+import { forEachExtent, RunIndex } from "../engine/layout/extent-runs.ts";
 import { extentOwners, placeOnDrive } from "../engine/layout/inverse.ts";
 import type { VolumeLayout } from "../engine/layout/types.ts";
 import { SECTOR_BYTES } from "./sector.ts";
@@ -32,7 +33,11 @@ export function layoutPeerPosition(from: PlacedFile, to: PlacedFile, layouts: Vo
       const set = Math.floor(column / l.mirrors);
       const peer = l.columns.slice(set * l.mirrors, (set + 1) * l.mirrors).find((x) => x.drive_uuid === to.drive_uuid);
       if (peer === undefined) return;
-      c.extents.forEach((e, k) => map.set(e, peer.extents[k]!));
+      const theirs = RunIndex.of(peer.runs);
+      forEachExtent(c.runs, (e, k) => {
+        const t = theirs.at(k);
+        if (t !== undefined) map.set(e, t.extent);
+      });
     });
   }
   const per = E / SECTOR_BYTES;

@@ -4,7 +4,7 @@
  * drives live (their target) is runtime knowledge that apply() must not depend on.
  */
 import { physicalBytes } from "../engine/layout/planner.ts";
-import type { Column, RaidLevel } from "../engine/layout/types.ts";
+import type { RaidLevel } from "../engine/layout/types.ts";
 import {
   type ClusterState,
   type Command,
@@ -13,6 +13,7 @@ import {
   isValidStripeSize,
   usedExtents,
   VOLUME_NAME_RE,
+  type Column,
 } from "./cluster-state.ts";
 
 export const DEFAULT_STRIPE_SIZE_BYTES = 64 * 1024;

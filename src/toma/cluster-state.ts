@@ -10,9 +10,9 @@
 import { encode } from "cbor-x";
 import * as v from "valibot";
 import { physicalBytes } from "../engine/layout/planner.ts";
-import type { Column, RaidLevel } from "../engine/layout/types.ts";
+import type { RaidLevel } from "../engine/layout/types.ts";
 import { ExtentSet } from "./extent-set.ts";
-import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "./extent-runs.ts";
+import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "../engine/layout/extent-runs.ts";
 import { parseCbor } from "./parse-cbor.ts";
 
 /**
@@ -43,6 +43,11 @@ const ColumnSchema = v.strictObject({
   drive_uuid: Uuid,
   extents: v.array(Count),
 });
+/**
+ * One column of a volume as the state holds it in memory: its plain extent list, which the
+ * allocator and the topology index (runs only where it is encoded; a client's layout carries runs).
+ */
+export type Column = v.InferOutput<typeof ColumnSchema>;
 
 /**
  * The persisted state of one mirror leg (one column of a mirrored volume); the roles clients use

@@ -4,8 +4,9 @@
  */
 import { decode } from "cbor-x";
 import * as v from "valibot";
+import type { Decoded } from "../engine/layout/extent-runs.ts";
 
-export type Decoded<T> = { ok: true; value: T } | { ok: false; error: string };
+export type { Decoded };
 
 /** CBOR bytes checked against a schema; never throws. `what` names the thing in the error. */
 export function parseCbor<S extends v.GenericSchema>(bytes: Uint8Array, schema: S, what: string): Decoded<v.InferOutput<S>> {

@@ -36,7 +36,7 @@ function raid1(name: string, roles: LegRole[]): AttachInfo {
       name,
       capacity_bytes: MiB,
       raid_level: "1",
-      columns: [live, DEAD_DRIVE].map((drive_uuid) => ({ drive_uuid, extents: [0] })),
+      columns: [live, DEAD_DRIVE].map((drive_uuid) => ({ drive_uuid, runs: [0, 1] })),
       stripe_size_bytes: 0,
       extent_size_bytes: MiB,
       block_size: 512,
@@ -118,6 +118,29 @@ test("detaching the last volume tells the TOMA the client left; the next attach 
   expect(calls.registered).toEqual([42, 43]);
   await d.close();
   expect(calls.unregistered).toEqual([42, 43]);
+});
+
+test("an attach view whose runs are malformed is refused with the reason, and nothing is exported", async () => {
+  const bad = (runs: number[]) => {
+    const v = raid1("bad", ["RWL", "DEAD"]);
+    v.layout.columns[1]!.runs = runs;
+    return v;
+  };
+  for (const [runs, why] of [
+    [[0], /column 1: 1 numbers: runs are \(start, count\) pairs/],
+    [[0, 0], /column 1: run 0 \(0, 0\) is not a start and a positive count/],
+    [[5, 1, 6, 1], /column 1: run 1 continues the one before it/],
+    [[-1, 1], /column 1: run 0 \(-1, 1\)/],
+    [[0, 2 ** 53], /column 1: run 0 .* ends beyond any drive/],
+  ] as const) {
+    const d = daemon({ bad: bad([...runs]) });
+    const e = await d.attach({ volume: "bad" }).catch((x) => x);
+    expect(e).toBeInstanceOf(AttachError);
+    expect((e as AttachError).code).toBe("invalid");
+    expect((e as Error).message).toMatch(why);
+    expect(d.list()).toEqual([]);
+    await d.close();
+  }
 });
 
 /** A daemon whose TOMA link is driven by the test: each watch and attach waits for its answer. */

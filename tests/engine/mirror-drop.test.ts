@@ -34,7 +34,7 @@ test("a write stuck on a leg completes on the other once a topology drops the le
     incarnation: 1,
     capacity_bytes: 4 * MiB,
     raid_level: "1",
-    columns: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, extents: [1, 2, 3, 4] })),
+    columns: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, runs: [1, 4] })),
     stripe_size_bytes: 0,
     mirrors: 2,
     extent_size_bytes: MiB,

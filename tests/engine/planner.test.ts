@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { extentOwners, placeOnDrive, volumeOffsetOf } from "../../src/engine/layout/inverse.ts";
 import { layoutProblem, limitSegments, physicalBytes, plan, planMirror } from "../../src/engine/layout/planner.ts";
+import { fromRuns, toRuns } from "../../src/engine/layout/extent-runs.ts";
 import type { VolumeLayout } from "../../src/engine/layout/types.ts";
 
 const E = 64; // tiny extents make every boundary reachable in a brute-force check
@@ -12,7 +13,7 @@ function layout(raid_level: "concatenated" | "0", columns: number[][], capacity:
     name: "v",
     capacity_bytes: capacity,
     raid_level,
-    columns: columns.map((extents, i) => ({ drive_uuid: `d${i}`, extents })),
+    columns: columns.map((extents, i) => ({ drive_uuid: `d${i}`, runs: toRuns(extents) })),
     stripe_size_bytes: stripe,
     extent_size_bytes: E,
     block_size: 512,
@@ -31,13 +32,13 @@ function whereIs(l: VolumeLayout, o: number): [string, number] {
   } else {
     column = 0;
     col_off = o;
-    while (col_off >= l.columns[column]!.extents.length * E) {
-      col_off -= l.columns[column]!.extents.length * E;
+    while (col_off >= fromRuns(l.columns[column]!.runs).length * E) {
+      col_off -= fromRuns(l.columns[column]!.runs).length * E;
       column++;
     }
   }
   const c = l.columns[column]!;
-  return [c.drive_uuid, c.extents[Math.floor(col_off / E)]! * E + (col_off % E)];
+  return [c.drive_uuid, fromRuns(c.runs)[Math.floor(col_off / E)]! * E + (col_off % E)];
 }
 
 function checkAgainstReference(l: VolumeLayout, offset: number, length: number): void {
@@ -104,7 +105,7 @@ describe("the planner read backwards (inverse.ts)", () => {
     name: "m",
     capacity_bytes: sets * extents * E,
     raid_level,
-    columns: Array.from({ length: sets * 2 }, (_, i) => ({ drive_uuid: `d${i}`, extents: Array.from({ length: extents }, (_, k) => 3 * k + (i % 3)) })),
+    columns: Array.from({ length: sets * 2 }, (_, i) => ({ drive_uuid: `d${i}`, runs: toRuns(Array.from({ length: extents }, (_, k) => 3 * k + (i % 3))) })),
     stripe_size_bytes: raid_level === "10" ? 16 : 0,
     extent_size_bytes: E,
     block_size: 512,
@@ -134,7 +135,7 @@ describe("the planner read backwards (inverse.ts)", () => {
       }
       // Past the end of the volume: nothing.
       const lastCol = l.columns.length - 1;
-      const colEnd = l.columns[lastCol]!.extents.length * E;
+      const colEnd = fromRuns(l.columns[lastCol]!.runs).length * E;
       const tail = volumeOffsetOf(l, lastCol, colEnd - 1);
       if (tail !== null) expect(tail).toBeLessThan(end);
     });

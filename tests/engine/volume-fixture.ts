@@ -77,7 +77,7 @@ export async function startVolume(
     name: `v-${raid_level}`,
     capacity_bytes: opts.capacity_bytes,
     raid_level,
-    columns: drives.map((d, c) => ({ drive_uuid: d.info.drive_uuid, extents: Array.from({ length: extents }, (_, k) => k + 1 + c * skew) })),
+    columns: drives.map((d, c) => ({ drive_uuid: d.info.drive_uuid, runs: [1 + c * skew, extents] })),
     stripe_size_bytes: raid_level === "0" || raid_level === "10" ? STRIPE : 0,
     mirrors,
     extent_size_bytes: MiB,

@@ -6,7 +6,7 @@
  */
 import { expect, test } from "bun:test";
 import { apply, type ClusterState, type Command, emptyState } from "../../src/toma/cluster-state.ts";
-import { MAX_DECODED_EXTENTS } from "../../src/toma/extent-runs.ts";
+import { MAX_DECODED_EXTENTS } from "../../src/engine/layout/extent-runs.ts";
 import { encodeProposal, MAX_STATE_BYTES } from "../../src/toma/consensus/proposal.ts";
 import { LeaderOpError } from "../../src/toma/cluster/leader-gate.ts";
 import { MAX_COMMAND_BYTES, tooLarge } from "../../src/toma/cluster/volume-ops.ts";

@@ -8,6 +8,7 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { type Server, type Socket, createServer, connect } from "node:net";
+import { fromRuns } from "../../src/engine/layout/extent-runs.ts";
 import type { AttachInfo } from "../../src/engine/layout/types.ts";
 import { uuidFromString } from "../../src/engine/uuid.ts";
 import { type Session, openSession } from "../../src/engine/wire/session.ts";
@@ -103,7 +104,7 @@ async function attachAs(w: World, client_id: number, volume: string): Promise<{ 
 /** Drive offset of the first byte of a column's first extent. */
 function at(info: AttachInfo, column: number): { drive: Uint8Array; offset: number } {
   const c = info.layout.columns[column]!;
-  return { drive: uuidFromString(c.drive_uuid), offset: c.extents[0]! * info.layout.extent_size_bytes };
+  return { drive: uuidFromString(c.drive_uuid), offset: c.runs[0]! * info.layout.extent_size_bytes };
 }
 
 const bytes = (fill: number) => new Uint8Array(4096).fill(fill);
@@ -181,7 +182,7 @@ test("a drive the TOMA cannot reach at delete time keeps the volume's extents re
   await until("the TOMA sees t2 down", () => w.toma.targetViews().filter((t) => t.state === "down").length === 1, 10_000);
   expect((await w.call("DELETE", "/v1/volumes/v?force=true")).status).toBe(200);
   const drive2 = v.info.layout.columns[col]!.drive_uuid;
-  expect(w.toma.state!.retired).toEqual([{ volume_uuid: v.info.layout.volume_uuid, drive_uuid: drive2, extents: v.info.layout.columns[col]!.extents }]);
+  expect(w.toma.state!.retired).toEqual([{ volume_uuid: v.info.layout.volume_uuid, drive_uuid: drive2, extents: fromRuns(v.info.layout.columns[col]!.runs) }]);
   // Retired extents are in use, not free, until released.
   const view = w.toma.driveViews().find((d) => d.uuid === drive2)!;
   expect(view).toMatchObject({ extents_retired: 1, extents_used: 1, extents_free: view.extents_total - 1 });
@@ -195,7 +196,7 @@ test("a drive the TOMA cannot reach at delete time keeps the volume's extents re
   expect(await outcome(s2.write(p.drive, p.offset, bytes(0x22), true))).toMatch(/^REFUSED: client \d+ is not registered on drive/);
   await w.ok("POST", "/v1/volumes", { name: "w", capacity_bytes: 3 * MiB, raid_level: "0", stripe_width: 3 });
   const wv = w.toma.state!.volumes.find((x) => x.name === "w")!;
-  expect(wv.columns.find((c) => c.drive_uuid === drive2)!.extents).toEqual(v.info.layout.columns[col]!.extents);
+  expect(wv.columns.find((c) => c.drive_uuid === drive2)!.extents).toEqual(fromRuns(v.info.layout.columns[col]!.runs));
   // Its client attaches the new volume: registered on t2 again, and still nothing of the old one.
   const nv = await attachAs(w, client_id as number, "w");
   expect(nv.info.layout.columns[col]).toEqual(v.info.layout.columns[col]);

@@ -120,6 +120,18 @@ interface Attached {
 
 export const VOLUME_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
+/**
+ * A view from the TOMA, checked before anything plans I/O with it (its layout's runs included:
+ * planner.ts layoutProblem); AttachError "invalid" naming the volume otherwise.
+ */
+function checkedView(info: AttachInfo): AttachInfo {
+  const layout = (info as Partial<AttachInfo> | null)?.layout;
+  if (typeof layout !== "object" || layout === null) throw new AttachError("the TOMA's attach view has no layout", "invalid");
+  const problem = layoutProblem(layout);
+  if (problem) throw new AttachError(`volume ${String(layout.name)} has an invalid layout: ${problem}`, "invalid");
+  return info;
+}
+
 /** The volume this daemon attached no longer exists (deleted, or its name now names another). */
 function isGone(e: unknown): boolean {
   return e instanceof AttachError && e.code === "not_found";
@@ -200,7 +212,7 @@ export class ClientDaemon {
       for (let attempt = 0; ; attempt++) {
         const id = await this.id();
         try {
-          const info = await this.deps.toma.attach(id, volume, uuid);
+          const info = checkedView(await this.deps.toma.attach(id, volume, uuid));
           if (uuid !== undefined && info.layout.volume_uuid !== uuid) {
             throw new AttachError(`volume ${uuid} no longer exists: '${volume}' now names ${info.layout.volume_uuid}`, "not_found");
           }
@@ -243,6 +255,8 @@ export class ClientDaemon {
           const w = await this.deps.toma.watch(id, this.known, this.known_stable);
           if (id !== this.client_id) continue;
           this.raiseGeneration(w.generation);
+          // Every view checked before any is installed: a bad one leaves the generation unacknowledged.
+          for (const info of w.volumes) checkedView(info);
           const listed = new Set(w.volumes.map((info) => info.layout.volume_uuid));
           for (const info of w.volumes) {
             const a = this.attached.get(info.layout.name);
@@ -267,7 +281,8 @@ export class ClientDaemon {
             // Registering again attaches every volume again (id()).
             await this.id().catch(() => {});
           } else {
-            this.env.log.debug("watch failed; retrying", { error: String(e) });
+            if (e instanceof AttachError && e.code === "invalid") this.env.log.warn("the TOMA sent an invalid view; not installed", { error: e.message });
+            else this.env.log.debug("watch failed; retrying", { error: String(e) });
             await new Promise<void>((r) => this.env.timers.after(500, r));
           }
         }
@@ -294,8 +309,6 @@ export class ClientDaemon {
     let pool: TargetPool | null = null;
     try {
       const { info, id: attached_as } = await this.fetchAttachAs(volume);
-      const problem = layoutProblem(info.layout);
-      if (problem) throw new AttachError(`volume ${volume} has an invalid layout: ${problem}`, "invalid");
       const uuid = info.layout.volume_uuid;
       pool = new TargetPool(this.env, this.deps.openSession, this.deps.client_name, { uuid, incarnation: info.layout.incarnation });
       pool.setIdentity(this.identity.client_id, this.identity.generation);

@@ -3,6 +3,7 @@
  * uses it to know exactly which block belongs at each place of a drive (no guessing from the
  * neighbours). Pure; the inverse of plan() and planMirror() (tests/engine/planner.test.ts).
  */
+import { forEachExtent } from "./extent-runs.ts";
 import { columnBytes, physicalBytes } from "./planner.ts";
 import type { VolumeLayout } from "./types.ts";
 
@@ -34,7 +35,7 @@ export function extentOwners(layouts: VolumeLayout[], drive_uuid: string): Map<n
   for (const layout of layouts) {
     layout.columns.forEach((c, column) => {
       if (c.drive_uuid !== drive_uuid) return;
-      c.extents.forEach((e, index) => out.set(e, { layout, column, index }));
+      forEachExtent(c.runs, (e, index) => out.set(e, { layout, column, index }));
     });
   }
   return out;

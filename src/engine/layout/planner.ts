@@ -4,6 +4,7 @@
  * need not be contiguous on the drive) nor, for RAID0, a stripe unit.
  */
 import { SECTOR_RATIO } from "../../debugfmt/sector.ts";
+import { MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, RunIndex, runsCount } from "./extent-runs.ts";
 import { LOCK_UNIT_BYTES, type VolumeLayout } from "./types.ts";
 
 export interface Segment {
@@ -25,7 +26,26 @@ export function physicalBytes(layout: Pick<VolumeLayout, "capacity_bytes" | "deb
 }
 
 export function columnBytes(layout: VolumeLayout, column: number): number {
-  return layout.columns[column]!.extents.length * layout.extent_size_bytes;
+  return RunIndex.of(layout.columns[column]!.runs).count * layout.extent_size_bytes;
+}
+
+/**
+ * Why the layout's columns are not canonical runs (extent-runs.ts), bounded before anything is
+ * indexed: a list too long, malformed, or more extents in all than a cluster state may list.
+ */
+function runsProblem(layout: VolumeLayout): string | null {
+  let total = 0;
+  for (const [i, c] of layout.columns.entries()) {
+    if (typeof c?.drive_uuid !== "string") return `column ${i} names no drive`;
+    if (!Array.isArray(c.runs)) return `column ${i} has no runs list`;
+    if (c.runs.length > MAX_RUN_NUMBERS) return `column ${i}: ${c.runs.length} numbers in its runs, above ${MAX_RUN_NUMBERS}`;
+    if (c.runs.length === 0) return `column ${i} has no extents`;
+    const n = runsCount(c.runs);
+    if (!n.ok) return `column ${i}: ${n.error}`;
+    total += n.value;
+    if (total > MAX_DECODED_EXTENTS) return `columns list more than ${MAX_DECODED_EXTENTS} extents in all`;
+  }
+  return null;
 }
 
 /** Checks the invariants a layout must hold before any I/O is planned with it. */
@@ -33,7 +53,9 @@ export function layoutProblem(layout: VolumeLayout): string | null {
   const E = layout.extent_size_bytes;
   if (!Number.isInteger(E) || E <= 0) return "extent size must be a positive integer";
   if (!Number.isSafeInteger(layout.incarnation) || layout.incarnation < 1) return `incarnation ${layout.incarnation} is not a positive integer`;
-  if (layout.columns.length === 0) return "layout has no columns";
+  if (!Array.isArray(layout.columns) || layout.columns.length === 0) return "layout has no columns";
+  const runs = runsProblem(layout);
+  if (runs !== null) return runs;
   const capacity = physicalBytes(layout);
   if (layout.raid_level === "1" || layout.raid_level === "10") {
     const m = layout.mirrors;
@@ -71,11 +93,13 @@ function mapColumn(
 ): void {
   const E = layout.extent_size_bytes;
   const col = layout.columns[column]!;
+  const index = RunIndex.of(col.runs);
   while (length > 0) {
     const idx = Math.floor(col_offset / E);
     const within = col_offset - idx * E;
-    const extent = col.extents[idx];
-    if (extent === undefined) throw new Error(`column ${column} offset ${col_offset} beyond its extents`);
+    const at = index.at(idx);
+    if (at === undefined) throw new Error(`column ${column} offset ${col_offset} beyond its extents`);
+    const extent = at.extent;
     const n = Math.min(length, E - within);
     const last = out[out.length - 1];
     const drive_offset = extent * E + within;
@@ -192,7 +216,7 @@ export function planMirror(layout: VolumeLayout, offset: number, length: number)
     room = Math.min(room, E - (set_offset % E), LOCK_UNIT_BYTES - (set_offset % LOCK_UNIT_BYTES));
     const idx = Math.floor(set_offset / E);
     const legs = layout.columns.slice(set * m, set * m + m).map((c) => {
-      const extent = c.extents[idx];
+      const extent = RunIndex.of(c.runs).at(idx)?.extent;
       if (extent === undefined) throw new Error(`set ${set} offset ${set_offset} beyond its extents`);
       return { drive_uuid: c.drive_uuid, drive_offset: extent * E + (set_offset % E) };
     });

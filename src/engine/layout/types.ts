@@ -25,13 +25,19 @@ export interface SetTopology {
 }
 
 /**
- * One column: a run of extents on one drive, addressed as one contiguous byte space of
- * extents.length * extent_size_bytes. Extent i of the column is extent `extents[i]` of the drive's
- * data area, i.e. drive data offset extents[i] * extent_size_bytes.
+ * One column: extents of one drive, addressed as one contiguous byte space of
+ * (extent count) * extent_size_bytes. Extent i of the column is the i-th extent its runs list, of
+ * the drive's data area (drive data offset extent * extent_size_bytes).
  */
 export interface Column {
   drive_uuid: string;
-  extents: number[];
+  /**
+   * The column's extents as canonical runs [start, count, start, count, ...] (extent-runs.ts):
+   * a leg of any size is usually one run, so the layout a client receives and holds grows with
+   * the number of legs, not their size. Read through extent-runs.ts (runsLength, extentAt,
+   * RunIndex), never expanded.
+   */
+  runs: number[];
 }
 
 export interface VolumeLayout {

@@ -24,7 +24,7 @@ import { allocate, createVolumeCommand, type VolumeRequest } from "../allocator.
 import { STATUS } from "../api.ts";
 import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
 import { encodeProposal, MAX_STATE_BYTES } from "../consensus/proposal.ts";
-import { toRuns } from "../extent-runs.ts";
+import { toRuns } from "../../engine/layout/extent-runs.ts";
 import type { DrivePool } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, proposalFailure } from "./leader-gate.ts";
 import type { TomaNode } from "./node.ts";

@@ -16,9 +16,8 @@
 import { encode } from "cbor-x";
 import * as v from "valibot";
 import { assert } from "../../engine/assert.ts";
-import { apply, type ClusterState, type Command, DriveRecordSchema, LegStateSchema, type RefusalCode } from "../cluster-state.ts";
-import type { Column } from "../../engine/layout/types.ts";
-import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "../extent-runs.ts";
+import { apply, type ClusterState, type Column, type Command, DriveRecordSchema, LegStateSchema, type RefusalCode } from "../cluster-state.ts";
+import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "../../engine/layout/extent-runs.ts";
 import { type Decoded, parseCbor } from "../parse-cbor.ts";
 import { Count, UuidSchema } from "./types.ts";
 
