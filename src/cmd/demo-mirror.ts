@@ -16,6 +16,7 @@ import { atLeader } from "./at-leader.ts";
 import type { DemoTomas } from "./demo-toma.ts";
 import { pattern } from "./demo-procs.ts";
 import { progressBar } from "./volume.ts";
+import { fromRuns } from "../engine/layout/extent-runs.ts";
 
 /** One server of the demo: its drive file and where its target listens. */
 export interface DemoServer {
@@ -274,7 +275,7 @@ function compareLegs(servers: DemoServer[], vol: VolumeJson): number {
   const E = vol.extent_size_bytes;
   const legs = vol.columns.map((c) => {
     const s = servers.find((x) => x.drive_uuid === c.drive_uuid)!;
-    return { s, extents: c.extents, fd: openSync(s.drive_path, "r"), buf: new Uint8Array(MiB) };
+    return { s, extents: fromRuns(c.runs), fd: openSync(s.drive_path, "r"), buf: new Uint8Array(MiB) };
   });
   try {
     for (let x = 0; x < legs[0]!.extents.length; x++) {

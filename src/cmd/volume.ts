@@ -8,6 +8,7 @@ import { atLeader } from "./at-leader.ts";
 import { command } from "./command.ts";
 import { clusterKey, keyFileArg } from "./key-file.ts";
 import { outputArg, outputFormat, printJson, printKeyValues, printTable } from "./output.ts";
+import { runsLength } from "../engine/layout/extent-runs.ts";
 
 export const management = {
   management: { type: "string" as const, alias: ["m"], description: "any TOMA, HOST:PORT (or NVMESH_MANAGEMENT)" },
@@ -128,8 +129,8 @@ const show = command({
             ...(leg ? { set: leg.set, leg: legLabel(leg.state), reachable: leg.reachable ? "yes" : "no" } : {}),
             ...(leg ? { rebuild: r && r.total_bytes > 0 ? progressBar(r.done_bytes, r.total_bytes) : "-" } : {}),
             drive: c.drive_uuid,
-            extents: c.extents.length,
-            first_extent: c.extents[0],
+            extents: runsLength(c.runs),
+            first_extent: c.runs[0],
           };
         }),
       );

@@ -55,8 +55,13 @@ export type ServerChangeJson = MembershipResult;
 export type TargetJson = TargetView;
 export type DriveJson = DriveView;
 
-/** A volume as the API shows it: the persisted record plus its state, derived at read time. */
-export type VolumeJson = VolumeRecord & {
+/**
+ * A volume as the API shows it: the persisted record plus its state, derived at read time. Its
+ * columns list their extents as runs, as the layout a client attaches with does
+ * (src/engine/layout/extent-runs.ts): a leg of any size is a pair of numbers or a few.
+ */
+export type VolumeJson = Omit<VolumeRecord, "columns"> & {
+  columns: import("../engine/layout/types.ts").Column[];
   state: VolumeState;
   /** Mirrored volumes: per leg, where it is and how its rebuild goes. */
   leg_views: LegView[];

@@ -12,6 +12,7 @@
 import * as v from "valibot";
 import type { Env } from "../engine/env.ts";
 import type { AttachInfo } from "../engine/layout/types.ts";
+import { toRuns } from "../engine/layout/extent-runs.ts";
 import { serverKeys } from "../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "./api-auth.ts";
 import {
@@ -76,7 +77,7 @@ export function volumeJsonOf(vol: VolumeRecord, state: VolumeState, leg_views: L
     extent_size_bytes: vol.extent_size_bytes,
     state,
     created_seq: vol.created_seq,
-    columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+    columns: vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, runs: toRuns(c.extents) })),
     mirrors: vol.mirrors,
     legs: [...vol.legs],
     rebuild_blank: [...vol.rebuild_blank],

@@ -17,7 +17,7 @@ interface VolumeJson {
   capacity_bytes: number;
   debug_format: boolean;
   mirrors: number;
-  columns: { drive_uuid: string; extents: number[] }[];
+  columns: { drive_uuid: string; runs: number[] }[];
 }
 
 interface ScanJson {

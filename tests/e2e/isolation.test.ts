@@ -266,7 +266,7 @@ describe("a client host's own connection to a target reaches only the volume it 
 
   /** The drive byte offset of the first extent a volume has on a drive. */
   function extentOn(vol: VolumeJson, drive_uuid: string): number {
-    return vol.columns.find((col) => col.drive_uuid === drive_uuid)!.extents[0]! * vol.extent_size_bytes;
+    return vol.columns.find((col) => col.drive_uuid === drive_uuid)!.runs[0]! * vol.extent_size_bytes;
   }
 
   test("raw READ and WRITE with the client key and the daemon's client id: its own volume's extents only, never a neighbour's or a deleted one's", async () => {

@@ -17,6 +17,7 @@ import { Cluster } from "../support/cluster.ts";
 import { TomaPeers } from "../support/toma-peers.ts";
 import { NVMESH, ok, requireTool, run } from "../support/proc.ts";
 import type { SlotContents } from "../../src/toma/slot-contents.ts";
+import { toRuns } from "../../src/engine/layout/extent-runs.ts";
 
 interface MetadataJson {
   drive_uuid: string;
@@ -93,7 +94,7 @@ test("three `toma run --peers` take over the single TOMA's cluster: same uuid, t
   const fd = openSync(f.path, "r");
   const buf = new Uint8Array(4096);
   try {
-    readSync(fd, buf, 0, buf.length, f.data_offset + col.extents[0]! * vol.extent_size_bytes);
+    readSync(fd, buf, 0, buf.length, f.data_offset + col.runs[0]! * vol.extent_size_bytes);
   } finally {
     closeSync(fd);
   }
@@ -164,7 +165,7 @@ test("three `toma run --peers` take over the single TOMA's cluster: same uuid, t
     expect(m.contents.state!.cluster_uuid).toBe(before.cluster_uuid!);
     expect(m.contents.state!.volumes.map((v) => v.name).sort()).toEqual(expect.arrayContaining(["dbg", "m2"]));
     expect(r.commit).toBeGreaterThan(r.snapshot.index);
-    expect(m.contents.state!.volumes.find((v) => v.name === "dbg")!.columns).toEqual(dbg.columns);
+    expect(m.contents.state!.volumes.find((v) => v.name === "dbg")!.columns.map((c) => ({ drive_uuid: c.drive_uuid, runs: toRuns(c.extents) }))).toEqual(dbg.columns);
     const text = await ok([NVMESH, "drive", "metadata", path]);
     expect(text).toContain(`the hard-state record of TOMA toma${i}`);
     expect(text).toContain("m2");

@@ -13,6 +13,7 @@ import type { DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
 import { Cluster } from "../support/cluster.ts";
 import { TomaPeers } from "../support/toma-peers.ts";
 import { NVMESH, run } from "../support/proc.ts";
+import { runsLength } from "../../src/engine/layout/extent-runs.ts";
 
 let c: Cluster;
 let p: TomaPeers;
@@ -149,7 +150,7 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
     15_000,
   );
   const m3now = (await volumes(ni))!.find((v) => v.name === "m3")!;
-  for (const d of released) expect(d.extents_used).toBe(m3now.columns.find((col) => col.drive_uuid === d.uuid)?.extents.length ?? 0);
+  for (const d of released) expect(d.extents_used).toBe(runsLength(m3now.columns.find((col) => col.drive_uuid === d.uuid)?.runs ?? []));
   const log = p.tomas.map((t) => t?.output ?? "").join("\n");
   expect(log).toContain("volume deleted");
 }, 120_000);

@@ -15,6 +15,7 @@ import { type ClusterKey, clientKeyOf, formatKeyFile, parseKeyFile } from "../..
 import { openSession } from "../../src/engine/wire/session.ts";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { Daemon, NVMESH, ok, requireBinary, run } from "./proc.ts";
+import { fromRuns } from "../../src/engine/layout/extent-runs.ts";
 
 /** A formatted drive file: where its data area starts (drive offset 0 of the wire protocol). */
 export interface DriveFile {
@@ -208,7 +209,7 @@ export class Cluster {
       const files = legs.map((c) => {
         const col = vol.columns[c]!;
         const f = this.driveFile(col.drive_uuid);
-        return { col, f, fd: openSync(f.path, "r") };
+        return { col: { extents: fromRuns(col.runs) }, f, fd: openSync(f.path, "r") };
       });
       try {
         const n = files[0]!.col.extents.length;
