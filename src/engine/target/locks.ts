@@ -113,7 +113,7 @@ export class LockTable<T = unknown> {
 
   /**
    * Releases the units of first..last held by owner, and withdraws owner's requests still waiting
-   * for any of them (answered BUSY); others' units and requests are left alone.
+   * for any of them (answered BUSY; returns how many); others' units and requests are left alone.
    *
    * Why withdraw: a requester unlocks a range only once it wants nothing of it any more (a client
    * serialises its own writes of a unit, UNLOCK included), so a request of its own still waiting
@@ -122,7 +122,7 @@ export class LockTable<T = unknown> {
    * the units with nobody left to free them: the owner is alive (no stale-lock recovery), and
    * its own next write of the unit waits for it for ever (simulator seed 353 with --mirror).
    */
-  unlock(owner: number, first: number, last: number): void {
+  unlock(owner: number, first: number, last: number): number {
     let released = false;
     for (let u = first; u <= last; u++) {
       if (this.owners.get(u) === owner) {
@@ -142,6 +142,7 @@ export class LockTable<T = unknown> {
     for (const w of this.waiters) {
       if (w.owner === owner && w.first <= last && first <= w.last) throw new Error(`invariant: client ${owner}'s request for units ${w.first}..${w.last} still waits after its UNLOCK of ${first}..${last}`);
     }
+    return gone.length;
   }
 
   /** True if any unit of first..last is held. */
