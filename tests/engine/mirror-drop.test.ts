@@ -8,6 +8,7 @@
 import { afterEach, expect, test } from "bun:test";
 import { TargetPool } from "../../src/engine/client/target-pool.ts";
 import { VolumeDevice } from "../../src/engine/client/volume-device.ts";
+import type { FormattedDrive } from "../../src/engine/drive/formatted-api.ts";
 import type { AttachInfo, VolumeLayout } from "../../src/engine/layout/types.ts";
 import { openSession } from "../../src/engine/wire/session.ts";
 import { gatedDrive, memoryDrive, randomUuidString, startTarget, type TargetHarness } from "./target-fixture.ts";
@@ -23,32 +24,37 @@ afterEach(async () => {
   device = pool = target = null;
 });
 
-
-test("a write stuck on a leg completes on the other once a topology drops the leg; the switch drains without it", async () => {
-  const good = await memoryDrive(16);
-  const bad = await gatedDrive(16);
-  target = await startTarget([good, bad.drive]);
+/** A 4 MiB RAID1 over two drives of the target at `address` (extents 1..4 of each), in Normal at generation 5. */
+function raid1(drives: FormattedDrive[], address: string): AttachInfo {
   const layout: VolumeLayout = {
     volume_uuid: randomUuidString(),
     name: "m",
     incarnation: 1,
     capacity_bytes: 4 * MiB,
     raid_level: "1",
-    columns: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, extents: [1, 2, 3, 4] })),
+    columns: drives.map((d) => ({ drive_uuid: d.info.drive_uuid, extents: [1, 2, 3, 4] })),
     stripe_size_bytes: 0,
     mirrors: 2,
     extent_size_bytes: MiB,
     block_size: 512,
     debug_format: false,
   };
-  const normal: AttachInfo = {
+  return {
     layout,
-    drives: [good, bad.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, target: target!.address })),
+    drives: drives.map((d) => ({ drive_uuid: d.info.drive_uuid, target: address })),
     generation: 5,
     topology_generation: 5,
     stable_generation: 5,
     topology: [{ legs: ["RWL", "RWL"], interleaved: true, dirty: false }],
   };
+}
+
+test("a write stuck on a leg completes on the other once a topology drops the leg; the switch drains without it", async () => {
+  const good = await memoryDrive(16);
+  const bad = await gatedDrive(16);
+  target = await startTarget([good, bad.drive]);
+  const normal = raid1([good, bad.drive], target.address);
+  const { layout } = normal;
   pool = new TargetPool(target.env, openSession, "mirror-drop", { uuid: layout.volume_uuid, incarnation: layout.incarnation });
   pool.setIdentity(9, 5);
   pool.setLocations(normal.drives);
@@ -86,27 +92,8 @@ test("a lock-taking write given up on a dropped leg never holds the unit: its UN
   const lock = await memoryDrive(16);
   const slow = await gatedDrive(16, 1);
   target = await startTarget([lock, slow.drive]);
-  const layout: VolumeLayout = {
-    volume_uuid: randomUuidString(),
-    name: "m",
-    incarnation: 1,
-    capacity_bytes: 4 * MiB,
-    raid_level: "1",
-    columns: [lock, slow.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, extents: [1, 2, 3, 4] })),
-    stripe_size_bytes: 0,
-    mirrors: 2,
-    extent_size_bytes: MiB,
-    block_size: 512,
-    debug_format: false,
-  };
-  const normal: AttachInfo = {
-    layout,
-    drives: [lock, slow.drive].map((d) => ({ drive_uuid: d.info.drive_uuid, target: target!.address })),
-    generation: 5,
-    topology_generation: 5,
-    stable_generation: 5,
-    topology: [{ legs: ["RWL", "RWL"], interleaved: true, dirty: false }],
-  };
+  const normal = raid1([lock, slow.drive], target.address);
+  const { layout } = normal;
   const client = (id: number) => {
     const p = new TargetPool(target!.env, openSession, `client-${id}`, { uuid: layout.volume_uuid, incarnation: layout.incarnation });
     p.setIdentity(id, 5);
