@@ -361,6 +361,7 @@ export class SimCluster {
       },
       ask: async (address) => parseIdentity(await call(address, "GET", IDENTITY_PATH), address),
       report: (address, report) => call(address, "POST", DRIVE_REPORT_PATH, report),
+      server_key: this.key,
     });
     member.start();
     s.member = member;

@@ -164,6 +164,7 @@ async function runMember(o: {
     },
     ask: async (address) => parseIdentity(await client(address).call("GET", IDENTITY_PATH), address),
     report: (address, report) => client(address).call("POST", DRIVE_REPORT_PATH, report),
+    server_key: o.cluster_key,
   });
   let http: TomaHttpServer;
   try {

@@ -11,7 +11,7 @@ import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
 import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
-import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
+import { type ApiHandler, type ApiResponse, type Caller, clientSecret, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
 import { adminOnly, volumeJsonOf } from "../api.ts";
 import { volumeNamed, volumeNameOf } from "../volume-lookup.ts";
@@ -45,12 +45,13 @@ export const AddServerSchema = v.strictObject({
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
 
 export function clusterMemberApi(env: Env, m: ClusterMember, server_key: Uint8Array | null): Transport {
-  // Client daemons register with the leader's control: their secrets are there. Elsewhere a
-  // request signed by a client id is sent on to the leader (421), keeping its registration.
+  // Every TOMA checks the signature of a client daemon its applied state lists: the secret is
+  // derived from the server key and the id (api-auth.ts clientSecret). One it does not list (not
+  // registered, or this TOMA lags) is sent on to the leader (421), keeping its registration.
   const guard = new ManagementGuard(
     env,
     server_key === null ? null : serverKeys(server_key),
-    (id) => m.control.active()?.mirror.clients.live(id)?.secret,
+    (id) => (server_key !== null && m.node.appliedState()?.clients.some((c) => c.id === id) ? clientSecret(server_key, id) : undefined),
     () => clientsElsewhere(m),
   );
   const handler = makeClusterMemberHandler(env, m);
@@ -209,6 +210,11 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
   return async (method, path, body, caller) => {
     const route = path.split("?")[0]!;
     const mth = method.toUpperCase();
+    // Heard, whatever this TOMA answers: the leader learns it from the next drive report. Without
+    // a key (--insecure) anyone may act for any client anyway: the route's id is taken as said.
+    const own = /^\/v1\/clients\/(\d{1,16})(?:\/|$)/.exec(route)?.[1];
+    if (caller.kind === "client-id") m.hearing.heard(caller.id);
+    else if (caller.kind === "insecure" && own !== undefined && Number.isSafeInteger(Number(own))) m.hearing.heard(Number(own));
     if (route === "/v1/cluster") return mth === "GET" ? { status: 200, body: cluster() } : err(405, `${mth} not allowed on ${route}; use GET`);
     if (route === "/v1/targets") {
       if (mth !== "GET") return err(405, `${mth} not allowed on ${route}; use GET`);

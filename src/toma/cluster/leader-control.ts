@@ -31,6 +31,7 @@ import { encodeProposal, fenceVersion } from "../consensus/proposal.ts";
 import { type MirrorTimings, MirrorControl } from "../mirror-control.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import { type VolumeState, volumeStateOf } from "../toma.ts";
+import { clientSecret } from "../api-auth.ts";
 import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "../volume-views.ts";
 import { STATUS } from "../api.ts";
 import { type DrivePool, REPORT_FRESH_MS } from "./drive-pool.ts";
@@ -47,6 +48,8 @@ const LINK_GRACE_MS = DEFAULT_LINK_TIMINGS.request_timeout_ms;
 export interface LeaderControlOptions {
   /** Opens the leader's own session to a target (HELLO as role toma under `<toma id>/leader`). */
   connect: Connect;
+  /** The cluster's server key (null: --insecure): each client's secret derives from it and its id. */
+  server_key: Uint8Array | null;
   mirror_timings?: Partial<MirrorTimings>;
 }
 
@@ -154,12 +157,15 @@ export class ControlTerm implements ClientHost {
           const st = this.state();
           return st ? allocateLeg(st, vol, column, this.pool.topology(st), new Set()) : null;
         },
+        replicated_clients: { secretOf: opts.server_key ? (id) => clientSecret(opts.server_key!, id) : null },
       },
       opts.mirror_timings,
     );
   }
 
   start(): void {
+    // Before any client daemon is served: every registered client keeps its id under this term.
+    this.mirror.restoreClients();
     this.refreshLinks();
     this.timer = this.env.timers.every(PASS_EVERY_MS, () => this.kick());
     this.kick();
@@ -253,13 +259,16 @@ export class ControlTerm implements ClientHost {
 
   // ---- internals -------------------------------------------------------------------------------
 
-  private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string }> {
+  private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string; stale?: boolean }> {
     if (!this.state()) return { ok: false, error: this.notReady() };
     try {
-      const done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at, cmd }) }, COMMAND_TIMEOUT_MS);
+      // Every command carries this term's stable generation: what the next leader may assume every
+      // client acknowledged (mirror-control.ts restoreClients).
+      const stable = Math.min(this.mirror.stable(), computed_at);
+      const done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at, cmd, stable }) }, COMMAND_TIMEOUT_MS);
       if (done.applied?.kind === "applied") return { ok: true };
       const why = done.applied?.kind === "refused" ? done.applied.error : `applied as ${done.applied?.kind ?? "nothing"}`;
-      return { ok: false, error: why };
+      return { ok: false, error: why, stale: done.applied?.kind === "refused" && done.applied.code === "stale" };
     } catch (e) {
       if (e instanceof ProposalError) return { ok: false, error: e.message };
       throw e;

@@ -44,6 +44,9 @@ export const CommandSchema = v.variant("kind", [
   v.strictObject({ kind: v.literal("set_legs"), uuid: UuidSchema, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
   v.strictObject({ kind: v.literal("replace_leg"), uuid: UuidSchema, column: Count, with: ColumnSchema }),
   v.strictObject({ kind: v.literal("set_cache_epoch"), drive_uuid: UuidSchema, cache_epoch: Count }),
+  v.strictObject({ kind: v.literal("register_client"), id: Count, name: Name }),
+  v.strictObject({ kind: v.literal("attach_client"), id: Count, volume_uuid: UuidSchema }),
+  v.strictObject({ kind: v.literal("remove_client"), id: Count }),
 ]);
 
 // The schema and the Command type must describe the same thing: each is assignable to the other.
@@ -59,11 +62,16 @@ void schemaMatchesCommand;
  */
 export const MAX_STATE_BYTES = 40 * 1024;
 
-const ProposalSchema = v.strictObject({ computed_at: Count, cmd: CommandSchema });
-export type Proposal = { computed_at: number; cmd: Command };
+const ProposalSchema = v.strictObject({ computed_at: Count, cmd: CommandSchema, stable: v.optional(Count) });
+/**
+ * `stable`: the proposer's stable generation when it computed the command (every client it knows
+ * had acknowledged it); the state keeps the highest (ClusterState.stable). Never above
+ * `computed_at`.
+ */
+export type Proposal = { computed_at: number; cmd: Command; stable?: number };
 
 export function encodeProposal(p: Proposal): Uint8Array {
-  return encode({ computed_at: p.computed_at, cmd: p.cmd });
+  return encode(p.stable === undefined ? { computed_at: p.computed_at, cmd: p.cmd } : { computed_at: p.computed_at, cmd: p.cmd, stable: p.stable });
 }
 
 export function decodeProposal(bytes: Uint8Array): Decoded<Proposal> {
@@ -93,8 +101,12 @@ export function applyProposal(state: ClusterState, entry: { index: number; data:
       error: `computed from generation ${p.computed_at}, but the state is at generation ${state.generation}`,
     };
   }
+  if (p.stable !== undefined && p.stable > p.computed_at) {
+    return { kind: "refused", code: "invalid", error: `stable generation ${p.stable} above the generation ${p.computed_at} it was computed from` };
+  }
   const r = apply({ ...state, generation: entry.index - 1 }, p.cmd);
   if (!r.ok) return { kind: "refused", code: r.code, error: r.error };
+  if (p.stable !== undefined && p.stable > r.state.stable) return { kind: "applied", state: { ...r.state, stable: p.stable } };
   return { kind: "applied", state: r.state };
 }
 
