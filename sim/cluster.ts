@@ -349,6 +349,8 @@ export class SimCluster {
   private async bootMember(s: ServerSim, env: Env): Promise<void> {
     const signer = new ManagementSigner({ kind: "server", key: this.key });
     const call = (address: string, method: string, path: string, body?: unknown) => callMgmt(env, address, signer, method, path, 3000, body);
+    // A client daemon's call relayed to the leader: shorter than the daemon's own (10 s), longer than a held watch (3 s).
+    const call8 = (address: string, method: string, path: string, body?: unknown) => callMgmt(env, address, signer, method, path, 8000, body);
     const keyed = { cluster_key: { kind: "server" as const, key: this.key } };
     const member = new ClusterMember(env, {
       name: s.name,
@@ -362,6 +364,7 @@ export class SimCluster {
       ask: async (address) => parseIdentity(await call(address, "GET", IDENTITY_PATH), address),
       report: (address, report) => call(address, "POST", DRIVE_REPORT_PATH, report),
       server_key: this.key,
+      relay: (address, method, path, body) => call8(address, method, path, body),
     });
     member.start();
     s.member = member;
@@ -444,7 +447,12 @@ export class SimCluster {
     const signer = new ManagementSigner(key);
     // A watch is held up to 3 s by the TOMA: give it longer than that. Homed on the TOMA that
     // serves clients (the leader of a TOMA cluster), re-homed when it dies (src/toma/homing.ts).
-    const homing = homedCall(env, this.mgmtAddresses, (address, method, path, body) =>
+    // With a TOMA on every server, each client starts on another one (its "own server's"): the
+    // TOMAs that are not the leader relay its calls (src/toma/cluster/client-relay.ts).
+    const all = this.mgmtAddresses;
+    const first = this.clients.indexOf(c) % all.length;
+    const homes = [...all.slice(first), ...all.slice(0, first)];
+    const homing = homedCall(env, homes, (address, method, path, body) =>
       callMgmt(env, address, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body),
     );
     const daemon = new ClientDaemon(env, {

@@ -17,6 +17,7 @@ import { adminOnly, volumeJsonOf } from "../api.ts";
 import { volumeNamed, volumeNameOf } from "../volume-lookup.ts";
 import type { AttachInfo } from "../../engine/layout/types.ts";
 import { clientRoutes } from "../client-routes.ts";
+import { relayClientRoute } from "./client-relay.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
 import { type ClusterState, retiredCounts, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
@@ -54,7 +55,7 @@ export function clusterMemberApi(env: Env, m: ClusterMember, server_key: Uint8Ar
     (id) => (server_key !== null && m.node.appliedState()?.clients.some((c) => c.id === id) ? clientSecret(server_key, id) : undefined),
     () => clientsElsewhere(m),
   );
-  const handler = makeClusterMemberHandler(env, m);
+  const handler = makeClusterMemberHandler(env, m, server_key);
   return (req) => guard.serve(req, handler);
 }
 
@@ -76,7 +77,7 @@ function serverOnly(c: Caller): ApiResponse | null {
   return err(403, "messages between TOMAs need the server key; this request was signed with a client's key");
 }
 
-export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler {
+export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key: Uint8Array | null): ApiHandler {
   const cluster = (): ClusterJson => {
     const view = m.node.view();
     const up = m.links.filter((l) => l.up).length;
@@ -254,7 +255,8 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     if (route === "/v1/volumes" || route.startsWith("/v1/volumes/")) return volumes(mth, path, body, caller);
     if (route === "/v1/clients" || route.startsWith("/v1/clients/")) {
       const ctl = m.control.active();
-      if (!ctl) return onLeader(async () => m.control.activeOrRefuse());
+      // Elsewhere than on the leader's control, relayed to the leader: the daemon stays homed here.
+      if (!ctl) return relayClientRoute(env, m.node, m.relay, server_key, mth, path, body, caller);
       return clientRoutes(ctl, mth, path, route.split("/").slice(3), body, caller);
     }
     if (/^\/v1\/drives\/[^/]+\/evict$/.test(route)) {

@@ -24,6 +24,7 @@ import { LeaderControl } from "./leader-control.ts";
 import type { MirrorTimings } from "../mirror-control.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
+import type { Relay } from "./client-relay.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -43,6 +44,8 @@ export interface MemberOptions {
   grace_ms?: number;
   /** The cluster's server key (null: --insecure): client daemons' secrets derive from it. */
   server_key: Uint8Array | null;
+  /** A client daemon's call relayed to the leader, signed with the server key (client-relay.ts). */
+  relay: Relay;
 }
 
 export class ClusterMember {
@@ -59,6 +62,8 @@ export class ClusterMember {
   readonly control: LeaderControl;
   /** The client daemons this TOMA heard, reported to the leader (their liveness by more than one path). */
   readonly hearing: ClientHearing;
+  /** Relays a client daemon's call to the leader (client-relay.ts). */
+  readonly relay: Relay;
 
   constructor(
     readonly env: Env,
@@ -78,6 +83,7 @@ export class ClusterMember {
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
+    this.relay = opts.relay;
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
   }
