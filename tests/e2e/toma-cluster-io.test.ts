@@ -1,10 +1,11 @@
 /**
  * I/O through a TOMA cluster, with real processes: three servers on 127.0.0.1, each a target with
  * one file drive and a `toma run --peers` TOMA, and a client daemon given every TOMA's address.
- * A RAID1 volume is attached (the daemon homes on the leader) and fio writes and verifies through
+ * A RAID1 volume is attached (the daemon homed on the leader) and fio writes and verifies through
  * it while the leader's whole server (its TOMA and its target, which holds one leg of the
  * three-copy mirror) is killed with -9. Checked: a new leader takes over, the volume goes Degraded,
- * fio sees no error (the daemon re-homes on the new leader), and once the killed processes are
+ * fio sees no error (the daemon re-homes on another TOMA and keeps its client id: the new leader
+ * restored its registration from the cluster state), and once the killed processes are
  * back the leg is rebuilt, the volume is Normal, and the legs are equal on the drive files.
  * Timings are printed, never asserted.
  */
@@ -68,7 +69,8 @@ test("kill -9 of the leader's server (TOMA and a leg's target) while fio verifie
   // the leader's TOMA and another server's target would take two servers of three: that server's
   // TOMA keeps its state on its own target's drives, so no majority would be left to elect.)
   await c.cli("volume", "create", "--name", "m1", "--capacity", "128M", "--raid-level", "1", "--number-of-mirrors", "3");
-  c.client_management = p.addrs.join(",");
+  // Homed on the leader first, so that killing it makes the daemon move to another TOMA.
+  c.client_management = [first.leader, ...p.addrs.filter((a) => a !== first.leader)].join(",");
   await c.startClient();
   const uri = await c.attach("m1");
   console.log(`  ${el()}: m1 attached through the leader s${first.index}: ${uri}`);
@@ -103,8 +105,15 @@ test("kill -9 of the leader's server (TOMA and a leg's target) while fio verifie
   expect(r.error).toBe(0);
   expect(r.write.io_bytes).toBeGreaterThan(0);
   expect(r.read.io_bytes).toBeGreaterThanOrEqual(r.write.io_bytes - 256 * 64 * 1024);
-  // The daemon's home moved from the killed leader to the new one.
+  // The daemon's home moved from the killed leader to another TOMA...
   expect(c.client!.output).toContain("client daemon homed on another TOMA");
+  // ...and it kept its registration: the new leader restored it from the cluster state (one
+  // registration, never again, the same client id all along).
+  const registrations = c.client!.output.split("\n").filter((l) => l.includes("registered with the TOMA"));
+  console.log(`  client registrations: ${registrations.length} (${registrations.map((l) => /client=(\d+)/.exec(l)?.[1]).join(", ")})`);
+  expect(registrations.length).toBe(1);
+  expect(c.client!.output).not.toContain("registering again");
+  expect(p.logs(100_000)).toContain("client restored from the cluster state");
   const cmp = c.compareLegs(normal);
   console.log(`  legs compared on the drive files: ${cmp.bytes / MiB} MiB each, ${cmp.differences.length} differences`);
   expect(cmp.differences).toEqual([]);
