@@ -26,8 +26,8 @@ import type { DriveInfo } from "../../engine/wire/control.ts";
 import { allocateLeg } from "../allocator.ts";
 import type { LegView } from "../api-types.ts";
 import type { ClientHost } from "../client-routes.ts";
-import type { ClusterState, Command, VolumeRecord } from "../cluster-state.ts";
-import { encodeProposal, fenceVersion } from "../consensus/proposal.ts";
+import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
+import { encodeProposal, fenceVersion, MAX_STATE_BYTES } from "../consensus/proposal.ts";
 import { type MirrorTimings, MirrorControl } from "../mirror-control.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import { type VolumeState, volumeStateOf } from "../toma.ts";
@@ -260,7 +260,14 @@ export class ControlTerm implements ClientHost {
   // ---- internals -------------------------------------------------------------------------------
 
   private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string; stale?: boolean }> {
-    if (!this.state()) return { ok: false, error: this.notReady() };
+    const st = this.state();
+    if (!st) return { ok: false, error: this.notReady() };
+    if (cmd.kind === "register_client" || cmd.kind === "attach_client") {
+      // Like a volume's command (volume-ops.ts): never a state a lagging member cannot be sent.
+      const after = apply(st, cmd);
+      const bytes = after.ok ? encodeState(after.state).length : 0;
+      if (bytes > MAX_STATE_BYTES) return { ok: false, error: `the cluster state would take ${bytes} bytes with this client, above the ${MAX_STATE_BYTES} a TOMA cluster can send a new or lagging member in one snapshot` };
+    }
     try {
       // Every command carries this term's stable generation: what the next leader may assume every
       // client acknowledged (mirror-control.ts restoreClients).
