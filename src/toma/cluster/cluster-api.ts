@@ -3,8 +3,8 @@
  * view with the consensus state, the targets, and the routes between TOMAs (identity, raft
  * messages), the membership changes, the servers' drive reports, and the pool and volumes: reads
  * answered from the state applied here (any TOMA), volume creation and deletion on the leader (a
- * follower answers 421 naming it), and the client daemons' routes on the leader, whose mirror
- * control serves them (leader-control.ts; a follower answers 421 and the daemon goes there).
+ * follower answers 421 naming it), and the client daemons' routes on any TOMA: the leader's mirror
+ * control serves them (leader-control.ts), any other TOMA relays them there (client-relay.ts).
  * Sans-I/O like ../api.ts; behind the same signature check.
  */
 import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";

@@ -2,9 +2,10 @@
  * The leader's mirror control in a TOMA cluster: while this TOMA leads (and applied an entry of
  * its own term), it runs the single TOMA's controllers (mirror-control.ts: client registrations
  * and switch rounds, fence tables, one topology step at a time, rebuilds, stale-lock recovery,
- * the release of retired extents) over the replicated state, and serves the client daemons. One
- * `ControlTerm` per term led: a new term starts from nothing but the applied state, exactly as a
- * restarted single TOMA does (docs/toma-cluster.md, "Volumes in a TOMA cluster").
+ * the release of retired extents) over the replicated state, and serves the client daemons (the
+ * other TOMAs relay their calls here). One `ControlTerm` per term led: a new term starts from the
+ * applied state, every registered client restored from it (docs/toma-cluster.md, "Clients in a
+ * TOMA cluster").
  *
  * - Every command goes through the Raft log (the member's proposal path), computed from the
  *   applied state and refused by every TOMA alike when that state moved on (`computed_at`).
