@@ -61,6 +61,11 @@ export interface ClusterSpec {
    * control; clients home on it. Off: one TOMA, on the first server.
    */
   toma_cluster: boolean;
+  /**
+   * With toma_cluster: every client daemon is given the TOMAs in the same order (all homed on the
+   * first server's TOMA) instead of each starting on another server's.
+   */
+  clients_home_first?: boolean;
 }
 
 /**
@@ -450,7 +455,7 @@ export class SimCluster {
     // With a TOMA on every server, each client starts on another one (its "own server's"): the
     // TOMAs that are not the leader relay its calls (src/toma/cluster/client-relay.ts).
     const all = this.mgmtAddresses;
-    const first = this.clients.indexOf(c) % all.length;
+    const first = this.spec.clients_home_first ? 0 : this.clients.indexOf(c) % all.length;
     const homes = [...all.slice(first), ...all.slice(0, first)];
     const homing = homedCall(env, homes, (address, method, path, body) =>
       callMgmt(env, address, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body),
