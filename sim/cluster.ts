@@ -66,6 +66,11 @@ export interface ClusterSpec {
    * first server's TOMA) instead of each starting on another server's.
    */
   clients_home_first?: boolean;
+  /**
+   * With toma_cluster: the TOMAs that do not lead refer client daemons to the leader (421)
+   * instead of relaying their calls, so every daemon is homed on the leader itself.
+   */
+  clients_on_leader?: boolean;
 }
 
 /**
@@ -369,7 +374,7 @@ export class SimCluster {
       ask: async (address) => parseIdentity(await call(address, "GET", IDENTITY_PATH), address),
       report: (address, report) => call(address, "POST", DRIVE_REPORT_PATH, report),
       server_key: this.key,
-      relay: (address, method, path, body) => call8(address, method, path, body),
+      relay: this.spec.clients_on_leader ? null : (address, method, path, body) => call8(address, method, path, body),
     });
     member.start();
     s.member = member;

@@ -256,7 +256,7 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key:
     if (route === "/v1/clients" || route.startsWith("/v1/clients/")) {
       const ctl = m.control.active();
       // Elsewhere than on the leader's control, relayed to the leader: the daemon stays homed here.
-      if (!ctl) return relayClientRoute(env, m.node, m.relay, server_key, mth, path, body, caller);
+      if (!ctl) return m.relay ? relayClientRoute(env, m.node, m.relay, server_key, mth, path, body, caller) : onLeader(async () => m.control.activeOrRefuse());
       return clientRoutes(ctl, mth, path, route.split("/").slice(3), body, caller);
     }
     if (/^\/v1\/drives\/[^/]+\/evict$/.test(route)) {

@@ -44,8 +44,11 @@ export interface MemberOptions {
   grace_ms?: number;
   /** The cluster's server key (null: --insecure): client daemons' secrets derive from it. */
   server_key: Uint8Array | null;
-  /** A client daemon's call relayed to the leader, signed with the server key (client-relay.ts). */
-  relay: Relay;
+  /**
+   * A client daemon's call relayed to the leader, signed with the server key (client-relay.ts);
+   * null: refer the daemon to the leader instead (421 naming it).
+   */
+  relay: Relay | null;
 }
 
 export class ClusterMember {
@@ -62,8 +65,8 @@ export class ClusterMember {
   readonly control: LeaderControl;
   /** The client daemons this TOMA heard, reported to the leader (their liveness by more than one path). */
   readonly hearing: ClientHearing;
-  /** Relays a client daemon's call to the leader (client-relay.ts). */
-  readonly relay: Relay;
+  /** Relays a client daemon's call to the leader (client-relay.ts); null: 421 naming it. */
+  readonly relay: Relay | null;
 
   constructor(
     readonly env: Env,
