@@ -354,6 +354,8 @@ export class MirrorControl {
     await this.fences.sync();
     await this.releaseRetired(state);
     const stable = this.stable();
+    const last = Math.max(0, ...state.volumes.map((v) => v.topology_seq));
+    if (stable < last) this.deps.env.log.debug("switch round waits", { stable, last_change: last, acks: this.clients.all().filter((c) => c.volumes.size > 0).map((c) => `${c.id}:${c.acked}${c.expired ? "x" : ""}${c.gone ? "g" : ""}`).join(",") });
     if (stable !== this.last_stable) {
       this.last_stable = stable;
       this.clients.notify();
