@@ -3,9 +3,10 @@
  * network with a RAID1 volume in the workload:
  * - the leader's whole server crashes while the clients write: a new leader restores every client
  *   from the replicated state, and no client registers again (same id, no re-attach);
- * - a client cut off from the leader's TOMA alone (its requests, then its answers, each for longer
- *   than client_timeout_ms), which still reaches the other TOMAs and every target: heard by the
- *   other TOMAs, it is never expired or fenced, and its I/O goes on through the cut.
+ * - a client cut off from the leader's TOMA alone (its requests, or the answers, for longer than
+ *   client_timeout_ms), which still reaches the other TOMAs and every target: its calls relayed
+ *   by its home, or (homed on the leader itself, the others answering 421) heard by the other
+ *   TOMAs and reported to the leader, it is never expired or fenced, and its I/O goes on.
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type ClusterSpec, MGMT_PORT, MIRROR_VOLUME, type SimCluster } from "../../sim/cluster.ts";
@@ -51,8 +52,11 @@ describe("clients in a TOMA cluster", () => {
     for (const cl of ["c1", "c2"]) expect(lines(r, new RegExp(`^${cl}$`), /write #\d+ ok/).some((l) => timeOf(l) > crashed_at + 3000)).toBe(true);
   });
 
-  for (const dir of ["to", "from"] as const) {
-    test(`a client cut off from the leader's TOMA alone (${dir === "to" ? "its requests" : "the answers"}) for longer than client_timeout_ms keeps its I/O`, async () => {
+  // Relayed (the default), or homed on the leader itself with the other TOMAs answering 421
+  // (`clients_on_leader`): then nothing of it reaches the leader during the cut, and only the
+  // other TOMAs' reports that they heard it keep it from being expired.
+  for (const [dir, on_leader] of [["to", false], ["from", false], ["to", true], ["from", true]] as const) {
+    test(`a client cut off from the leader's TOMA alone (${dir === "to" ? "its requests" : "the answers"}${on_leader ? ", homed on the leader" : ""}) for longer than client_timeout_ms keeps its I/O`, async () => {
       const cut_ms = DEFAULT_CLIENT_TIMINGS.client_timeout_ms + 5000;
       let cut_at = -1;
       let leader = "";
@@ -63,7 +67,10 @@ describe("clients in a TOMA cluster", () => {
           c.net.cutService("c1", `${leader}:${MGMT_PORT}`, dir, true);
           c.world.after(cut_ms, () => c.net.cutService("c1", `${leader}:${MGMT_PORT}`, dir, false));
         });
-      }, inCluster(cut_ms + 8000));
+      }, { ...inCluster(cut_ms + 8000), tweak: (spec: ClusterSpec) => {
+        inCluster(0).tweak(spec);
+        spec.clients_on_leader = on_leader;
+      } });
       expect(cut_at).toBeGreaterThan(0);
       // The leader did not change (a client's cut moves nothing between the TOMAs)...
       const starts = r.full_trace.filter((l) => l.includes("leader control starts"));
