@@ -266,10 +266,10 @@ export class ControlTerm implements ClientHost {
     const st = this.state();
     if (!st) return { ok: false, error: this.notReady() };
     if (cmd.kind === "register_client" || cmd.kind === "attach_client") {
-      // Like a volume's command (volume-ops.ts): never a state a lagging member cannot be sent.
+      // Like a volume's command (volume-ops.ts): never a state beyond what a TOMA cluster holds.
       const after = apply(st, cmd);
       const bytes = after.ok ? encodeState(after.state).length : 0;
-      if (bytes > MAX_STATE_BYTES) return { ok: false, error: `the cluster state would take ${bytes} bytes with this client, above the ${MAX_STATE_BYTES} a TOMA cluster can send a new or lagging member in one snapshot` };
+      if (bytes > MAX_STATE_BYTES) return { ok: false, error: `the cluster state would take ${bytes} bytes with this client, above the ${MAX_STATE_BYTES} a TOMA cluster's state may take` };
     }
     try {
       // Every command carries this term's stable generation: what the next leader may assume every
