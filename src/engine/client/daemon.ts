@@ -41,6 +41,12 @@ export interface TomaLink {
 export interface WatchInfo {
   generation: number;
   stable_generation: number;
+  /**
+   * The generation the TOMA holds as our acknowledgement (absent from older TOMAs). Below
+   * `generation` after we acknowledged it: a new leader of a TOMA cluster restored us from the
+   * cluster state without our acknowledgement, and asks for it again.
+   */
+  acked?: number;
   volumes: AttachInfo[];
 }
 
@@ -256,7 +262,7 @@ export class ClientDaemon {
           }
           this.known = w.generation;
           this.known_stable = w.stable_generation;
-          if (w.generation > this.acked) {
+          if (w.generation > this.acked || (w.acked !== undefined && w.acked < w.generation)) {
             await Promise.all([...this.attached.values()].map((a) => a.device.drained()));
             await this.deps.toma.ack(id, w.generation);
             this.acked = w.generation;

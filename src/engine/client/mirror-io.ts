@@ -132,7 +132,10 @@ export class MirrorIo {
   install(info: AttachInfo): void {
     if (info.generation < this.info.generation) return;
     const newTopology = info.topology_generation !== this.info.topology_generation;
-    this.info = info;
+    // A stable generation is a fact once reached (every client had switched; later ones start
+    // above it): a lower one, from a new leader of a TOMA cluster that restored its clients
+    // without their acknowledgements yet, is not news, and must not hold writes back again.
+    this.info = info.stable_generation < this.info.stable_generation ? { ...info, stable_generation: this.info.stable_generation } : info;
     if (newTopology) this.abandonDroppedLegs();
     if (newTopology) this.wake("topo");
     this.wake("stable");
