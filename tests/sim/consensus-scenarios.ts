@@ -108,14 +108,15 @@ export const oneWayCutIntoLeader: { script: (c: SimCluster) => void; options: Sc
  * The Raft paper's figure 8 on three TOMAs. The leader A is cut off and appends 70 entries of its
  * term t no one else gets (proposals computed from a stale view, which every TOMA refuses when
  * applying them: the state never changes). B and C elect B in a later term; B is cut off at once,
- * before the entry of its term leaves (slowFlushes). A and C, connected again, elect A in a
- * term after B's; A brings C up to date, 64 entries per append. With its own-term entry not on C
- * yet, those entries of term t are on a majority (A, C) and still not committed: B, whose last
- * entry's term beats C's, can still be elected by C and overwrite them. As soon as A's commit moves
- * A is cut off again, and B and C are connected. A TOMA that counts replicas of an earlier term's
- * entries (raft_commit_old_term_by_counting) has committed and applied entries that B then
- * overwrites on C: two TOMAs apply different entries at one index (state machine safety). A
- * correct one moves its commit only once its own-term entry is on C, which B can then not beat.
+ * before the entry of its term leaves (slowFlushes: it is first made durable). A and C, connected
+ * again, elect A in a term after B's; A brings C up to date, 64 entries per append, the first of
+ * them all of term t. As soon as A has C's acknowledgement of those, A→C goes down, so the entry of
+ * A's own term never reaches C; a second later (or once A's commit moves) A is cut off and B and C
+ * are connected. The term-t entries were on a majority (A, C) but not committed: B, whose last
+ * entry's term beats C's, is elected by C and overwrites them. A TOMA that counts replicas of an
+ * earlier term's entries (raft_commit_old_term_by_counting) has committed and applied them: two
+ * TOMAs apply different entries at one index (state machine safety). A correct one never moved
+ * its commit, and nobody applied what B overwrites.
  */
 export const figure8: { script: (c: SimCluster) => void; options: ScenarioOptions } = {
   options: { fault_ms: 20_000, tweak: slowFlushes },
