@@ -15,12 +15,6 @@ import { boot, leaderServer, type ScenarioOptions, when } from "./scenario-kit.t
 const view = (s: ServerSim) => (s.node.alive ? (s.member?.node.view() ?? null) : null);
 const names = (ss: ServerSim[]) => ss.map((s) => s.name);
 
-/** Polls `ready` every virtual millisecond from now on; runs `fn` once it holds. */
-function once(c: SimCluster, ready: () => boolean, fn: () => void): void {
-  const poll = () => (ready() ? fn() : c.world.after(1, poll));
-  poll();
-}
-
 /**
  * Slow drives (every hard-state record is a FUA write: a write, then a flush): 100 ms between a
  * TOMA deciding something and that decision being durable, a window a scripted fault can aim at.
@@ -54,11 +48,11 @@ export const forgottenVote: { script: (c: SimCluster) => void; options: Scenario
       const term = view(a)!.term!;
       const others = c.servers.filter((s) => s !== a);
       c.net.partition([a.name], names(others));
-      once(c, () => others.some((s) => view(s)?.role === "candidate" && view(s)!.term! > term), () => {
+      when(c, 0, () => others.some((s) => view(s)?.role === "candidate" && view(s)!.term! > term), () => {
         const b = others.find((s) => view(s)?.role === "candidate")!;
         const voter = others.find((s) => s !== b)!;
         const t = view(b)!.term!;
-        once(c, () => view(voter)?.term === t, () => {
+        when(c, 0, () => view(voter)?.term === t, () => {
           c.world.after(20, () => {
             c.world.log("sim", `scenario: ${voter.name} loses power while its vote in term ${t} is on its way to its drives`);
             c.crashServer(voter, "power");
@@ -129,13 +123,13 @@ export const figure8: { script: (c: SimCluster) => void; options: ScenarioOption
       const stale = encodeProposal({ computed_at: 0, cmd: { kind: "set_cache_epoch", drive_uuid: c.uuidOf.get(c.media[0]!)!, cache_epoch: 1 } });
       for (let i = 0; i < 70; i++) a.member!.node.propose({ kind: "normal", data: stale }).catch(() => {});
       c.world.log("sim", `scenario: ${a.name}, cut off, leads term ${t} with 70 more entries`);
-      once(c, () => others.some((s) => view(s)?.role === "leader"), () => {
+      when(c, 0, () => others.some((s) => view(s)?.role === "leader"), () => {
         const b = others.find((s) => view(s)?.role === "leader")!;
         const other = others.find((s) => s !== b)!;
         c.world.log("sim", `scenario: ${b.name} leads term ${view(b)!.term}: cut off before its entry leaves`);
         c.net.heal();
         c.net.partition([b.name], [a.name, other.name]);
-        once(c, () => view(a)?.role === "leader" && view(a)!.term! > view(b)!.term!, () => {
+        when(c, 0, () => view(a)?.role === "leader" && view(a)!.term! > view(b)!.term!, () => {
           const commit = view(a)!.commit!;
           const held = view(other)?.last_index ?? 0;
           c.world.log("sim", `scenario: ${a.name} leads term ${view(a)!.term} at commit ${commit}; ${other.name} holds ${held} entries`);
@@ -149,7 +143,7 @@ export const figure8: { script: (c: SimCluster) => void; options: ScenarioOption
             node.onAdvance = null;
             c.net.setDirection(a.name, other.name, false);
             const since = c.world.now;
-            once(c, () => view(a)?.role !== "leader" || view(a)!.commit! > commit || c.world.now - since >= 1000, () => {
+            when(c, 0, () => view(a)?.role !== "leader" || view(a)!.commit! > commit || c.world.now - since >= 1000, () => {
               c.world.log("sim", `scenario: ${a.name} at commit ${view(a)?.commit}: cut off; ${b.name} and ${other.name} connected`);
               c.net.heal();
               c.net.partition([a.name], [b.name, other.name]);
