@@ -13,7 +13,7 @@ import { expect, test } from "bun:test";
 const PROCESSES = 2;
 const MIRROR_SEEDS = 400;
 const CLUSTER_SEEDS = 200;
-const CLUSTER_DEFAULT_SEEDS = 250;
+const CLUSTER_DEFAULT_SEEDS = 500;
 
 async function sweep(seeds: number, extra: string[]): Promise<void> {
   const per = Math.ceil(seeds / PROCESSES);
