@@ -75,6 +75,13 @@ function restartedHome(sent: Sent[]) {
 }
 
 const settle = () => new Promise<void>((r) => setImmediate(r));
+/** The pending timers fire `times` times (each a probe's delay), each followed by what it set off. */
+async function fire(env: ReturnType<typeof fakeEnv>, times = 1) {
+  for (let i = 0; i < times; i++) {
+    env.fireTimers();
+    await settle();
+  }
+}
 const probes = (sent: Sent[]) => sent.filter((x) => x.address === "a" && x.path === "/v1/cluster").length;
 
 test("homed elsewhere, the daemon goes back to its own TOMA once it answered ready twice in a row, without cutting a watch short", async () => {
@@ -89,15 +96,13 @@ test("homed elsewhere, the daemon goes back to its own TOMA once it answered rea
   // Dead, starting, running without a leader, the leader without its control yet: not ready.
   for (const state of ["dead", "starting", "no-leader", "leader-without-control"] as const) {
     s.a = state;
-    env.fireTimers();
-    await settle();
+    await fire(env);
     expect(h.home()).toBe("b");
   }
   // Ready once, then not, then ready once: no move (it must answer ready twice in a row).
   for (const state of ["ready", "no-leader", "ready"] as const) {
     s.a = state;
-    env.fireTimers();
-    await settle();
+    await fire(env);
     expect(h.home()).toBe("b");
   }
   expect(back()).toEqual([]);
@@ -106,8 +111,7 @@ test("homed elsewhere, the daemon goes back to its own TOMA once it answered rea
   // A watch held by `b` while the home moves: it finishes there, the next call goes to `a`.
   const watch = h.call("GET", "/v1/clients/5/watch");
   await settle();
-  env.fireTimers();
-  await settle();
+  await fire(env);
   expect(h.home()).toBe("a");
   expect(back().map((l) => l.msg)).toEqual(["client daemon homed back on a"]);
   s.held.shift()!();
@@ -118,19 +122,16 @@ test("homed elsewhere, the daemon goes back to its own TOMA once it answered rea
   // Home again: no more probes (the one GET since is the home's view, learned once per home).
   await settle();
   const asked = probes(sent);
-  env.fireTimers();
-  await settle();
+  await fire(env);
   expect(probes(sent)).toBe(asked);
 
   // Its own TOMA dies again: away, and back once it is ready twice.
   s.a = "dead";
   expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "b" });
   s.a = "ready";
-  env.fireTimers();
-  await settle();
+  await fire(env);
   expect(h.home()).toBe("b");
-  env.fireTimers();
-  await settle();
+  await fire(env);
   expect(h.home()).toBe("a");
   expect(back().length).toBe(2);
 });
@@ -142,10 +143,7 @@ test("a caller that does not ask TOMAs for their view (the drive reporter) never
   const h = homedCall(env, ["a", "b"], callAt, { who: "drive report", learn_peers: false });
   expect(await h.call("POST", "", {})).toEqual({ ok: "b" });
   s.a = "ready";
-  for (let i = 0; i < 4; i++) {
-    env.fireTimers();
-    await settle();
-  }
+  await fire(env, 4);
   expect(h.home()).toBe("b");
   expect(probes(sent)).toBe(0);
 });
@@ -158,10 +156,7 @@ test("stop() ends the probing", async () => {
   await h.call("POST", "/v1/clients", {});
   h.stop();
   s.a = "ready";
-  for (let i = 0; i < 3; i++) {
-    env.fireTimers();
-    await settle();
-  }
+  await fire(env, 3);
   expect(h.home()).toBe("b");
   expect(probes(sent)).toBe(0);
 });
