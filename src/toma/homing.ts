@@ -90,7 +90,9 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
   let home = preferred;
   let learned_for: string | null = null;
   const return_home = opts.return_home ?? opts.learn_peers !== false;
+  /** The armed probe of the current chain (null while none is armed, or one is in flight). */
   let probe: TimerHandle | null = null;
+  let probe_chain = 0;
   let ready_in_a_row = 0;
   let stopped = false;
 
@@ -110,33 +112,37 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
     if (!known.includes(address)) known.push(address);
     if (address !== home) env.log.info(`${who} homed on another TOMA`, { from: home, to: address });
     home = address;
-    if (home === preferred) {
-      probe?.cancel();
-      probe = null;
-      ready_in_a_row = 0;
-    } else if (return_home && probe === null && !stopped) {
-      probe = env.timers.after(HOME_PROBE_MS, () => void probeHome());
+    if (home === preferred) endProbes();
+    else if (return_home && probe === null && !stopped) {
+      const chain = ++probe_chain;
+      probe = env.timers.after(HOME_PROBE_MS, () => void probeHome(chain));
     }
   };
 
+  const endProbes = () => {
+    probe?.cancel();
+    probe = null;
+    probe_chain++; // a probe still in flight is ignored when it answers
+    ready_in_a_row = 0;
+  };
+
   // One probe at a time: the next is armed only once this one answered (or failed).
-  const probeHome = async () => {
+  const probeHome = async (chain: number) => {
     let ready = false;
     try {
       ready = servesClients(await callAt(preferred, "GET", "/v1/cluster"));
     } catch {
       // Not answering is not ready.
     }
-    probe = null;
-    if (stopped || home === preferred) return; // back already (a 421 or a failover led there)
+    if (chain !== probe_chain || stopped || home === preferred) return; // ended meanwhile
     ready_in_a_row = ready ? ready_in_a_row + 1 : 0;
     if (ready_in_a_row < HOME_PROBES_NEEDED) {
-      probe = env.timers.after(HOME_PROBE_MS, () => void probeHome());
+      probe = env.timers.after(HOME_PROBE_MS, () => void probeHome(chain));
       return;
     }
+    endProbes();
     env.log.info(`${who} homed back on ${preferred}`, { from: home, to: preferred });
     home = preferred;
-    ready_in_a_row = 0;
   };
 
   const call: MgmtCall = async (method, path, body) => {
@@ -172,8 +178,7 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
 
   const stop = () => {
     stopped = true;
-    probe?.cancel();
-    probe = null;
+    endProbes();
   };
   return { call, home: () => home, known: () => [...known], stop };
 }
