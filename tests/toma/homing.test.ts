@@ -50,6 +50,13 @@ function restartedHome(sent: Sent[]) {
   const s = {
     a: "dead" as "dead" | "starting" | "no-leader" | "leader-without-control" | "ready",
     held: [] as (() => void)[],
+    /** GET /v1/cluster on `a` is held (until released from `held_probes`). */
+    hold_probes: false,
+    held_probes: [] as (() => void)[],
+    /** `a` answers the client routes 421 naming `b` (it has not applied the registration yet). */
+    lagging: false,
+    /** How many of the next client calls `b` fails as unreachable. */
+    b_fails: 0,
   };
   const view = (state: typeof s.a) => {
     const running = state !== "starting";
@@ -64,10 +71,18 @@ function restartedHome(sent: Sent[]) {
     sent.push({ address, method, path });
     if (address === "a") {
       if (s.a === "dead") throw Object.assign(new Error("connection refused"), { status: 0 });
-      if (path === "/v1/cluster") return view(s.a);
+      if (path === "/v1/cluster") {
+        if (s.hold_probes) await new Promise<void>((r) => s.held_probes.push(r));
+        return view(s.a);
+      }
+      if (s.lagging) throw Object.assign(new Error("not applied here yet"), { status: 421, leader: "b" });
       return { ok: "a" };
     }
     if (path === "/v1/cluster") return { ready: true, version: 7, consensus: { phase: "running", role: "leader", leader: { node_id: 2, address: "b" }, address: "b", peers: [{ address: "a" }, { address: "b" }] } };
+    if (s.b_fails > 0) {
+      s.b_fails--;
+      throw Object.assign(new Error("connection refused"), { status: 0 });
+    }
     if (path.endsWith("/watch")) await new Promise<void>((r) => s.held.push(r));
     return { ok: "b" };
   };
@@ -159,4 +174,34 @@ test("stop() ends the probing", async () => {
   await fire(env, 3);
   expect(h.home()).toBe("b");
   expect(probes(sent)).toBe(0);
+});
+
+test("a probe still in flight when its chain ended (home reached another way, and left again) is ignored: one probe at a time", async () => {
+  const env = fakeEnv();
+  const sent: Sent[] = [];
+  const { s, callAt } = restartedHome(sent);
+  const h = homedCall(env, ["a", "b"], callAt);
+  await h.call("POST", "/v1/clients", {});
+  s.a = "ready";
+  s.hold_probes = true;
+  await fire(env);
+  expect(s.held_probes.length).toBe(1);
+  s.hold_probes = false;
+  // `b` fails one call: the daemon moves to `a` (ending the chain), which lags and names `b` (421).
+  s.b_fails = 1;
+  s.lagging = true;
+  expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "b" });
+  expect(h.home()).toBe("b");
+  // The old chain's answer arrives: ignored, it counts nothing and arms nothing.
+  s.held_probes.shift()!();
+  await settle();
+  const asked = probes(sent);
+  await fire(env);
+  expect(probes(sent)).toBe(asked + 1); // the new chain's first probe only
+  expect(h.home()).toBe("b");
+  s.lagging = false;
+  await fire(env);
+  expect(probes(sent)).toBe(asked + 2);
+  expect(h.home()).toBe("a");
+  expect(env.logged.filter((l) => l.msg.includes("homed back")).length).toBe(1);
 });
