@@ -151,30 +151,24 @@ test("homed elsewhere, the daemon goes back to its own TOMA once it answered rea
   expect(back().length).toBe(2);
 });
 
-test("a caller that does not ask TOMAs for their view (the drive reporter) never probes its first TOMA", async () => {
-  const env = fakeEnv();
-  const sent: Sent[] = [];
-  const { s, callAt } = restartedHome(sent);
-  const h = homedCall(env, ["a", "b"], callAt, { who: "drive report", learn_peers: false });
-  expect(await h.call("POST", "", {})).toEqual({ ok: "b" });
-  s.a = "ready";
-  await fire(env, 4);
-  expect(h.home()).toBe("b");
-  expect(probes(sent)).toBe(0);
-});
-
-test("stop() ends the probing", async () => {
-  const env = fakeEnv();
-  const sent: Sent[] = [];
-  const { s, callAt } = restartedHome(sent);
-  const h = homedCall(env, ["a", "b"], callAt);
-  await h.call("POST", "/v1/clients", {});
-  h.stop();
-  s.a = "ready";
-  await fire(env, 3);
-  expect(h.home()).toBe("b");
-  expect(probes(sent)).toBe(0);
-});
+// The drive reporter (it asks no TOMA for its view), and a daemon shutting down (stop()).
+for (const [what, opts, stop] of [
+  ["a caller that does not ask TOMAs for their view never probes its first TOMA", { who: "drive report", learn_peers: false }, false],
+  ["stop() ends the probing", {}, true],
+] as const) {
+  test(what, async () => {
+    const env = fakeEnv();
+    const sent: Sent[] = [];
+    const { s, callAt } = restartedHome(sent);
+    const h = homedCall(env, ["a", "b"], callAt, opts);
+    expect(await h.call("POST", "/v1/clients", {})).toEqual({ ok: "b" });
+    if (stop) h.stop();
+    s.a = "ready";
+    await fire(env, 4);
+    expect(h.home()).toBe("b");
+    expect(probes(sent)).toBe(0);
+  });
+}
 
 test("a probe still in flight when its chain ended (home reached another way, and left again) is ignored: one probe at a time", async () => {
   const env = fakeEnv();
