@@ -482,8 +482,12 @@ export class SimCluster {
     const all = this.mgmtAddresses;
     const first = this.spec.clients_home_first ? 0 : this.clients.indexOf(c) % all.length;
     const homes = [...all.slice(first), ...all.slice(0, first)];
-    const homing = homedCall(env, homes, (address, method, path, body) =>
-      callMgmt(env, address, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body),
+    // Without the relay only the leader serves clients: its "own" TOMA is no home to go back to.
+    const homing = homedCall(
+      env,
+      homes,
+      (address, method, path, body) => callMgmt(env, address, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body),
+      { return_home: !this.spec.clients_on_leader },
     );
     const daemon = new ClientDaemon(env, {
       toma: tomaLinkOver(homing.call),

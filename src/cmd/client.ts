@@ -163,6 +163,7 @@ const serve = command({
     ctl.stop();
     // Nothing serves a bound /dev/nbdN once we are gone: disconnect it rather than leave it dangling.
     await kernel.unbindAll((msg) => consola.warn(msg));
+    homing.stop();
     await daemon.close();
     await nbd.close();
     await target?.stop();

@@ -10,9 +10,17 @@
  *
  * Each call tries every known TOMA at most once, with a short pause once all failed, and then
  * fails with the last error: the daemon's own loops retry, and its I/O does not wait on them.
+ *
+ * Homed elsewhere than the first address (its preferred home: its own server's TOMA), it asks
+ * that TOMA every few seconds whether it serves client daemons again (GET /v1/cluster: running,
+ * with a leader it can relay to), and goes back once it answered so twice in a row: after a
+ * server restart its clients return to it rather than crowd the TOMA they fled to, and one answer
+ * from a TOMA still starting (or about to fail again) does not move them. The home changes for
+ * the next call only; a call in flight (a held watch) finishes where it went. The registration is
+ * replicated, so nothing is registered again.
  */
 import type { MgmtCall } from "../engine/client/toma-link.ts";
-import type { Env } from "../engine/env.ts";
+import type { Env, TimerHandle } from "../engine/env.ts";
 import { sleep } from "../engine/env.ts";
 import type { ClusterJson } from "./api-types.ts";
 
@@ -27,6 +35,10 @@ type Refusal = { status?: unknown; leader?: unknown };
 
 /** How many 421 hops one call follows (leadership may move while it asks). */
 const MAX_HOPS = 4;
+/** How often a caller homed away from its preferred TOMA asks whether it is back. */
+export const HOME_PROBE_MS = 3000;
+/** Ready answers in a row before it goes back (one answer may come from a TOMA still settling). */
+export const HOME_PROBES_NEEDED = 2;
 
 export interface Homing {
   call: MgmtCall;
@@ -34,25 +46,55 @@ export interface Homing {
   home(): string;
   /** Every TOMA known. */
   known(): string[];
+  /** Stops asking whether the preferred home is back (the caller shuts down). */
+  stop(): void;
 }
 
 export interface HomingOptions {
   /** Who calls, for the log. */
   who?: string;
   /**
-   * Whether to learn the other TOMAs from a home's GET /v1/cluster (default true). Off for a
-   * caller that was given every TOMA already and whose `callAt` makes one kind of call only,
-   * whatever the method and path (the drive reporter's: it POSTs a report).
+   * Whether to ask TOMAs GET /v1/cluster (default true): to learn the other TOMAs from a home's
+   * view, and to go back to the preferred home once it is ready again. Off for a caller that was
+   * given every TOMA already and whose `callAt` makes one kind of call only, whatever the method
+   * and path (the drive reporter's: it POSTs a report).
    */
   learn_peers?: boolean;
+  /**
+   * Whether to go back to the preferred home once it is ready again (default: as `learn_peers`).
+   * Off where a TOMA other than the leader does not serve client daemons (a simulated cluster
+   * without the relay answers them 421): there the preferred home is never where calls are served.
+   */
+  return_home?: boolean;
+}
+
+/**
+ * Whether a TOMA's GET /v1/cluster says it serves client daemons now: a single TOMA that is ready;
+ * a cluster member running with its state, a leader it can relay to (a follower), or the leader's
+ * control running (the leader: its fence version is 0 until then).
+ */
+export function servesClients(view: unknown): boolean {
+  const c = view as Partial<ClusterJson> | null;
+  if (c === null || typeof c !== "object" || c.ready !== true) return false;
+  const n = c.consensus;
+  if (n === undefined) return true;
+  if (n.phase !== "running" || n.leader === null || n.leader.address === "") return false;
+  return n.role !== "leader" || (typeof c.version === "number" && c.version > 0);
 }
 
 export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt, opts: HomingOptions = {}): Homing {
   const who = opts.who ?? "client daemon";
   if (addresses.length === 0) throw new Error("homedCall needs at least one TOMA address");
   const known = [...new Set(addresses)];
-  let home = known[0]!;
+  const preferred = known[0]!;
+  let home = preferred;
   let learned_for: string | null = null;
+  const return_home = opts.return_home ?? opts.learn_peers !== false;
+  /** The armed probe of the current chain (null while none is armed, or one is in flight). */
+  let probe: TimerHandle | null = null;
+  let probe_chain = 0;
+  let ready_in_a_row = 0;
+  let stopped = false;
 
   const learn = async (address: string) => {
     learned_for = address;
@@ -70,15 +112,48 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
     if (!known.includes(address)) known.push(address);
     if (address !== home) env.log.info(`${who} homed on another TOMA`, { from: home, to: address });
     home = address;
+    if (home === preferred) endProbes();
+    else if (return_home && probe === null && !stopped) {
+      const chain = ++probe_chain;
+      probe = env.timers.after(HOME_PROBE_MS, () => void probeHome(chain));
+    }
+  };
+
+  const endProbes = () => {
+    probe?.cancel();
+    probe = null;
+    probe_chain++; // a probe still in flight is ignored when it answers
+    ready_in_a_row = 0;
+  };
+
+  // One probe at a time: the next is armed only once this one answered (or failed).
+  const probeHome = async (chain: number) => {
+    let ready = false;
+    try {
+      ready = servesClients(await callAt(preferred, "GET", "/v1/cluster"));
+    } catch {
+      // Not answering is not ready.
+    }
+    if (chain !== probe_chain || stopped || home === preferred) return; // ended meanwhile
+    ready_in_a_row = ready ? ready_in_a_row + 1 : 0;
+    if (ready_in_a_row < HOME_PROBES_NEEDED) {
+      probe = env.timers.after(HOME_PROBE_MS, () => void probeHome(chain));
+      return;
+    }
+    endProbes();
+    env.log.info(`${who} homed back on ${preferred}`, { from: home, to: preferred });
+    home = preferred;
   };
 
   const call: MgmtCall = async (method, path, body) => {
     let last: unknown = null;
     let hops = 0;
     for (let tried = 0; tried < known.length; ) {
+      // The home this attempt goes to: it may change while the call is in flight (a held watch).
+      const at = home;
       try {
-        const out = await callAt(home, method, path, body);
-        if (opts.learn_peers !== false && learned_for !== home) void learn(home);
+        const out = await callAt(at, method, path, body);
+        if (opts.learn_peers !== false && learned_for !== at) void learn(at);
         return out;
       } catch (e) {
         last = e;
@@ -90,9 +165,10 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
           continue;
         }
         if (status !== 0 && status !== 503 && status !== 421) throw e;
-        // Unreachable, no leader there, or hops exhausted: the next known TOMA.
+        // Unreachable, no leader there, or hops exhausted: the next known TOMA (unless the home
+        // changed meanwhile: then that one is tried next).
         tried++;
-        moveTo(known[(known.indexOf(home) + 1) % known.length]!);
+        if (home === at) moveTo(known[(known.indexOf(at) + 1) % known.length]!);
       }
     }
     // Several TOMAs, none answering: a breath before the caller's own retry asks them all again.
@@ -100,5 +176,9 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
     throw last;
   };
 
-  return { call, home: () => home, known: () => [...known] };
+  const stop = () => {
+    stopped = true;
+    endProbes();
+  };
+  return { call, home: () => home, known: () => [...known], stop };
 }

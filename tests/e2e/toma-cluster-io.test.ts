@@ -6,7 +6,8 @@
  * three-copy mirror) is killed with -9. Checked: a new leader takes over, the volume goes Degraded,
  * fio sees no error (the daemon re-homes on another TOMA and keeps its client id: the new leader
  * restored its registration from the cluster state), and once the killed processes are
- * back the leg is rebuilt, the volume is Normal, and the legs are equal on the drive files.
+ * back the leg is rebuilt, the volume is Normal, the daemon homes back on its first TOMA (once), and
+ * the legs are equal on the drive files.
  * Then the leader's TOMA alone is paused (SIGSTOP) for 35 s under fio: a new leader, no I/O
  * error, and the client keeps its registration.
  * Timings are printed, never asserted.
@@ -111,6 +112,12 @@ test("kill -9 of the leader's server (TOMA and a leg's target) while fio verifie
   expect(r.read.io_bytes).toBeGreaterThanOrEqual(r.write.io_bytes - 256 * 64 * 1024);
   // The daemon's home moved from the killed leader to another TOMA...
   expect(c.client!.output).toContain("client daemon homed on another TOMA");
+  // ...and back on its first TOMA once that one, restarted, served clients again.
+  const back = `client daemon homed back on ${first.leader}`;
+  for (const until = performance.now() + 30_000; !c.client!.output.includes(back) && performance.now() < until; ) await Bun.sleep(200);
+  console.log(`  ${el()}: ${c.client!.output.includes(back) ? back : "the daemon did not home back"}`);
+  expect(c.client!.output).toContain(back);
+  expect(c.client!.output.split(back).length - 1).toBe(1);
   // ...and it kept its registration: the new leader restored it from the cluster state (one
   // registration, never again, the same client id all along).
   const registrations = c.client!.output.split("\n").filter((l) => l.includes("registered with the TOMA"));

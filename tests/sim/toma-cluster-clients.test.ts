@@ -6,7 +6,9 @@
  * - a client cut off from the leader's TOMA alone (its requests, or the answers, for longer than
  *   client_timeout_ms), which still reaches the other TOMAs and every target: its calls relayed
  *   by its home, or (homed on the leader itself, the others answering 421) heard by the other
- *   TOMAs and reported to the leader, it is never expired or fenced, and its I/O goes on.
+ *   TOMAs and reported to the leader, it is never expired or fenced, and its I/O goes on;
+ * - a client's own server (its preferred home) crashes and comes back: the client moves to another
+ *   TOMA, then back to its own once that serves clients again, once, without registering again.
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type ClusterSpec, MGMT_PORT, MIRROR_VOLUME, type SimCluster } from "../../sim/cluster.ts";
@@ -50,6 +52,38 @@ describe("clients in a TOMA cluster", () => {
     expect(restored.length).toBeGreaterThanOrEqual(2);
     // Both clients wrote after the new leader took over.
     for (const cl of ["c1", "c2"]) expect(lines(r, new RegExp(`^${cl}$`), /write #\d+ ok/).some((l) => timeOf(l) > crashed_at + 3000)).toBe(true);
+  });
+
+  test("a client's own server crashes and restarts: the client homes elsewhere, then back on its own TOMA, once", async () => {
+    let crashed_at = -1;
+    let booted_at = -1;
+    let own = "";
+    const r = await scenario((c) => {
+      when(c, 3000, () => leaderServer(c) !== undefined && (c.clusterState()?.clients.length ?? 0) >= 2, () => {
+        // c1 is the first client: its preferred home is the first server's TOMA.
+        const s = c.servers[0]!;
+        own = c.mgmtAddresses[0]!;
+        crashed_at = c.world.now;
+        c.crashServer(s, "process");
+        c.world.after(1500, () => {
+          booted_at = c.world.now;
+          if (!s.node.alive) c.bootServer(s);
+        });
+      });
+    }, inCluster(25_000));
+    expect(crashed_at).toBeGreaterThan(0);
+    const away = lines(r, /^c1$/, /homed on another TOMA/).filter((l) => timeOf(l) > crashed_at);
+    expect(away.length).toBeGreaterThanOrEqual(1);
+    const back = lines(r, /^c1$/, /homed back on/);
+    expect(back.length).toBe(1);
+    expect(back[0]).toContain(`homed back on ${own}`);
+    const back_at = timeOf(back[0]!);
+    expect(back_at).toBeGreaterThan(booted_at);
+    // Not homed away again once back (no flapping), no new registration, and it writes on.
+    expect(lines(r, /^c1$/, /homed on another TOMA/).filter((l) => timeOf(l) > back_at)).toEqual([]);
+    expect(lines(r, /^c\d/, /registered with the TOMA/).length).toBe(2);
+    expect(lines(r, /^c\d/, /registering again/)).toEqual([]);
+    expect(lines(r, /^c1$/, /write #\d+ ok/).some((l) => timeOf(l) > back_at + 1000)).toBe(true);
   });
 
   // Relayed (the default), or homed on the leader itself with the other TOMAs answering 421

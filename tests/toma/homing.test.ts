@@ -1,9 +1,11 @@
 /**
  * homedCall over a scripted set of TOMAs (the call function is its seam: the daemon's passes the
  * real management client, the simulator its own link): following a 421 to the leader, and
- * learning the other TOMAs from a home's cluster view only where the caller asks for it.
+ * learning the other TOMAs from a home's cluster view only where the caller asks for it; going
+ * back to the preferred home once it serves clients again (on a fake env whose timers fire on demand).
  */
 import { expect, test } from "bun:test";
+import { testEnv as fakeEnv } from "../../src/engine/nbd/test-kit.ts";
 import { homedCall } from "../../src/toma/homing.ts";
 import { testEnv } from "./harness.ts";
 
@@ -37,4 +39,163 @@ test("learn_peers off: only the calls themselves are sent (a caller whose call i
   await Bun.sleep(20);
   expect(sent.map((s) => `${s.address} ${s.method} ${s.path}`)).toEqual(["a POST ", "b POST ", "b POST "]);
   expect(h.known()).toEqual(["a", "b"]);
+});
+
+/**
+ * `a` is the preferred home (the daemon's own server's TOMA), `b` another member. What `a`
+ * answers to GET /v1/cluster is scripted per probe; every other call to `a` or `b` answers its
+ * address. Calls to `b` on a `/watch` path are held until released, as a TOMA holds a watch.
+ */
+function restartedHome(sent: Sent[]) {
+  const s = {
+    a: "dead" as "dead" | "starting" | "no-leader" | "leader-without-control" | "ready",
+    held: [] as (() => void)[],
+    /** GET /v1/cluster on `a` is held (until released from `held_probes`). */
+    hold_probes: false,
+    held_probes: [] as (() => void)[],
+    /** `a` answers the client routes 421 naming `b` (it has not applied the registration yet). */
+    lagging: false,
+    /** How many of the next client calls `b` fails as unreachable. */
+    b_fails: 0,
+  };
+  const view = (state: typeof s.a) => {
+    const running = state !== "starting";
+    const leader = state === "no-leader" ? null : { node_id: 1, address: state === "leader-without-control" ? "a" : "b" };
+    return {
+      ready: running && leader !== null,
+      version: 0,
+      consensus: { phase: running ? "running" : "starting", role: state === "leader-without-control" ? "leader" : "follower", leader, address: "a", peers: [{ address: "a" }, { address: "b" }] },
+    };
+  };
+  const callAt = async (address: string, method: string, path: string): Promise<unknown> => {
+    sent.push({ address, method, path });
+    if (address === "a") {
+      if (s.a === "dead") throw Object.assign(new Error("connection refused"), { status: 0 });
+      if (path === "/v1/cluster") {
+        if (s.hold_probes) await new Promise<void>((r) => s.held_probes.push(r));
+        return view(s.a);
+      }
+      if (s.lagging) throw Object.assign(new Error("not applied here yet"), { status: 421, leader: "b" });
+      return { ok: "a" };
+    }
+    if (path === "/v1/cluster") return { ready: true, version: 7, consensus: { phase: "running", role: "leader", leader: { node_id: 2, address: "b" }, address: "b", peers: [{ address: "a" }, { address: "b" }] } };
+    if (s.b_fails > 0) {
+      s.b_fails--;
+      throw Object.assign(new Error("connection refused"), { status: 0 });
+    }
+    if (path.endsWith("/watch")) await new Promise<void>((r) => s.held.push(r));
+    return { ok: "b" };
+  };
+  return { s, callAt };
+}
+
+const settle = () => new Promise<void>((r) => setImmediate(r));
+/** The pending timers fire `times` times (each a probe's delay), each followed by what it set off. */
+async function fire(env: ReturnType<typeof fakeEnv>, times = 1) {
+  for (let i = 0; i < times; i++) {
+    env.fireTimers();
+    await settle();
+  }
+}
+const probes = (sent: Sent[]) => sent.filter((x) => x.address === "a" && x.path === "/v1/cluster").length;
+
+test("homed elsewhere, the daemon goes back to its own TOMA once it answered ready twice in a row, without cutting a watch short", async () => {
+  const env = fakeEnv();
+  const sent: Sent[] = [];
+  const { s, callAt } = restartedHome(sent);
+  const h = homedCall(env, ["a", "b"], callAt);
+  expect(await h.call("POST", "/v1/clients", {})).toEqual({ ok: "b" });
+  expect(h.home()).toBe("b");
+  const back = () => env.logged.filter((l) => l.msg.includes("homed back"));
+
+  // Dead, starting, running without a leader, the leader without its control yet: not ready.
+  for (const state of ["dead", "starting", "no-leader", "leader-without-control"] as const) {
+    s.a = state;
+    await fire(env);
+    expect(h.home()).toBe("b");
+  }
+  // Ready once, then not, then ready once: no move (it must answer ready twice in a row).
+  for (const state of ["ready", "no-leader", "ready"] as const) {
+    s.a = state;
+    await fire(env);
+    expect(h.home()).toBe("b");
+  }
+  expect(back()).toEqual([]);
+  expect(probes(sent)).toBe(7);
+
+  // A watch held by `b` while the home moves: it finishes there, the next call goes to `a`.
+  const watch = h.call("GET", "/v1/clients/5/watch");
+  await settle();
+  await fire(env);
+  expect(h.home()).toBe("a");
+  expect(back().map((l) => l.msg)).toEqual(["client daemon homed back on a"]);
+  s.held.shift()!();
+  expect(await watch).toEqual({ ok: "b" });
+  expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "a" });
+  expect(h.home()).toBe("a");
+
+  // Home again: no more probes (the one GET since is the home's view, learned once per home).
+  await settle();
+  const asked = probes(sent);
+  await fire(env);
+  expect(probes(sent)).toBe(asked);
+
+  // Its own TOMA dies again: away, and back once it is ready twice.
+  s.a = "dead";
+  expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "b" });
+  s.a = "ready";
+  await fire(env);
+  expect(h.home()).toBe("b");
+  await fire(env);
+  expect(h.home()).toBe("a");
+  expect(back().length).toBe(2);
+});
+
+// The drive reporter (it asks no TOMA for its view), and a daemon shutting down (stop()).
+for (const [what, opts, stop] of [
+  ["a caller that does not ask TOMAs for their view never probes its first TOMA", { who: "drive report", learn_peers: false }, false],
+  ["stop() ends the probing", {}, true],
+] as const) {
+  test(what, async () => {
+    const env = fakeEnv();
+    const sent: Sent[] = [];
+    const { s, callAt } = restartedHome(sent);
+    const h = homedCall(env, ["a", "b"], callAt, opts);
+    expect(await h.call("POST", "/v1/clients", {})).toEqual({ ok: "b" });
+    if (stop) h.stop();
+    s.a = "ready";
+    await fire(env, 4);
+    expect(h.home()).toBe("b");
+    expect(probes(sent)).toBe(0);
+  });
+}
+
+test("a probe still in flight when its chain ended (home reached another way, and left again) is ignored: one probe at a time", async () => {
+  const env = fakeEnv();
+  const sent: Sent[] = [];
+  const { s, callAt } = restartedHome(sent);
+  const h = homedCall(env, ["a", "b"], callAt);
+  await h.call("POST", "/v1/clients", {});
+  s.a = "ready";
+  s.hold_probes = true;
+  await fire(env);
+  expect(s.held_probes.length).toBe(1);
+  s.hold_probes = false;
+  // `b` fails one call: the daemon moves to `a` (ending the chain), which lags and names `b` (421).
+  s.b_fails = 1;
+  s.lagging = true;
+  expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "b" });
+  expect(h.home()).toBe("b");
+  // The old chain's answer arrives: ignored, it counts nothing and arms nothing.
+  s.held_probes.shift()!();
+  await settle();
+  const asked = probes(sent);
+  await fire(env);
+  expect(probes(sent)).toBe(asked + 1); // the new chain's first probe only
+  expect(h.home()).toBe("b");
+  s.lagging = false;
+  await fire(env);
+  expect(probes(sent)).toBe(asked + 2);
+  expect(h.home()).toBe("a");
+  expect(env.logged.filter((l) => l.msg.includes("homed back")).length).toBe(1);
 });
