@@ -15,6 +15,13 @@
  * through it; target ta is killed (-9) and restarted; the volume rebuilds, fio's data reads
  * back, and every session is RDMA again. Emulated guests (TCG) are 5–20× slower than this host:
  * this is a test of function, never of speed.
+ *
+ * A guest starved of CPU stops as a whole for seconds (its vCPU thread does not run; its clock
+ * runs on), and CI's load once did that to guest A. The test does it on purpose (Guest.freeze):
+ * guest A, the TOMA included, frozen 10 s under fio, and again 15 s right after ta died. A pause
+ * must cost a pause, never an I/O error. soft-RoCE retries an RC queue pair's unacknowledged
+ * sends for ever with retry_count 7 (rxe reads 7 as "infinite", as the spec does for the RNR
+ * count only), so a frozen peer kills no queue pair; the sessions' own deadlines decide.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
