@@ -117,6 +117,16 @@ async function volumeState(): Promise<string> {
   return Array.isArray(v) ? v[0]!.state : v.state;
 }
 
+/** Waits (up to 5 min) for the volume to be online again; returns the state last seen. */
+async function waitOnline(): Promise<string> {
+  let state = "";
+  for (let i = 0; i < 300 && state !== "online"; i++) {
+    state = await volumeState();
+    if (state !== "online") await Bun.sleep(1000);
+  }
+  return state;
+}
+
 /** The two write phases; `--verify_only` replays one (same seed and sizes) as reads that verify. */
 const PHASE1 = "--rw=randwrite --bsrange=4k-256k --iodepth=8 --size=48M --verify=crc32c --verify_fatal=1 --randseed=11";
 const PHASE2 = "--rw=randwrite --bs=64k --iodepth=4 --size=16M --offset=48M --verify=crc32c --verify_fatal=1 --randseed=12";
@@ -192,12 +202,7 @@ describe("RDMA in VMs (soft-RoCE): a mirrored volume over rdma://", () => {
       console.log(await guestLogs());
       for (const g of [a!, b!]) console.log(g.name, await g.sh("rdma statistic show link rxe0/1 2>&1 | tr ' ' '\\n' | paste - - | grep -E 'retry|rnr|err|seq|drop' | tr '\\n' ' '", 30_000).then((r) => r.stdout));
     }
-    let state = "";
-    for (let i = 0; i < 300 && state !== "online"; i++) {
-      state = await volumeState();
-      if (state !== "online") await Bun.sleep(1000);
-    }
-    expect(state).toBe("online");
+    expect(await waitOnline()).toBe("online");
   }, 900_000);
 
   test("target ta killed and guest A frozen 15 s at once: the volume goes on degraded over RDMA; ta restarted: rebuilt, data verified, sessions RDMA again", async () => {
@@ -213,12 +218,7 @@ describe("RDMA in VMs (soft-RoCE): a mirrored volume over rdma://", () => {
     expect(await on(a!, "grep -c 'client expired' /tmp/toma.log || true")).toBe("0\n");
     expect(["degraded", "rebuilding"]).toContain(await volumeState());
     await target(a!, "ta", A_IP, ["ta"]);
-    let state = "";
-    for (let i = 0; i < 300 && state !== "online"; i++) {
-      state = await volumeState();
-      if (state !== "online") await Bun.sleep(1000);
-    }
-    expect(state).toBe("online");
+    expect(await waitOnline()).toBe("online");
     // Everything fio wrote reads back and verifies, both phases (reads alternate between the legs).
     await fio(`${PHASE1} --verify_only`, 900_000);
     await fio(`${PHASE2} --verify_only`, 900_000);
