@@ -11,9 +11,16 @@ import { encode } from "cbor-x";
 import * as v from "valibot";
 import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
+import { ExtentSet } from "./extent-set.ts";
+import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "./extent-runs.ts";
 import { parseCbor } from "./parse-cbor.ts";
 
-export const STATE_FORMAT = 1;
+/**
+ * 2: every column's and retired list's extents as runs (extent-runs.ts). 1: as plain extent
+ * lists, as nvmesh wrote them before; still read (a drive may hold one), never written.
+ */
+export const STATE_FORMAT = 2;
+export const STATE_FORMATS_READ = [1, 2] as const;
 export const VOLUME_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 const Uuid = v.pipe(v.string(), v.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/));
@@ -89,8 +96,22 @@ export const RetiredSchema = v.strictObject({
 });
 export type Retired = v.InferOutput<typeof RetiredSchema>;
 
+/**
+ * A client daemon registered with a TOMA cluster (replicated, so that a new leader knows it:
+ * docs/toma-cluster.md, "Clients in a TOMA cluster"). Its secret is never stored: any TOMA
+ * derives it from the server key and the id (api-auth.ts clientSecret).
+ */
+export const ClientEntrySchema = v.strictObject({
+  id: Positive,
+  name: v.pipe(v.string(), v.maxLength(256)),
+  /** Uuids of the volumes it attached, ascending. */
+  volumes: v.array(Uuid),
+});
+export type ClientEntry = v.InferOutput<typeof ClientEntrySchema>;
+
 export const ClusterStateSchema = v.strictObject({
-  format: v.literal(STATE_FORMAT),
+  /** The format it was read in (STATE_FORMAT when built here); encodeState writes STATE_FORMAT. */
+  format: v.picklist(STATE_FORMATS_READ),
   cluster_uuid: Uuid,
   /** Bumped by every applied command and by every rewrite; equals the metadata slot generation. */
   generation: Count,
@@ -104,8 +125,30 @@ export const ClusterStateSchema = v.strictObject({
   volumes: v.array(VolumeRecordSchema),
   /** Absent (empty) in states written before it, and whenever nothing is retired. */
   retired: v.optional(v.array(RetiredSchema), []),
+  /**
+   * The registered client daemons of a TOMA cluster (the single TOMA keeps its clients in memory:
+   * always empty there). Absent (empty) in states written before it, and whenever there is none.
+   */
+  clients: v.optional(v.array(ClientEntrySchema), []),
+  /**
+   * A generation every registered client had acknowledged when a leader last proposed a command
+   * (its stable generation then): what a new leader may assume of a client it has not heard
+   * acknowledge yet. Absent (0) in the single TOMA's states and before it existed.
+   */
+  stable: v.optional(Count, 0),
 });
 export type ClusterState = v.InferOutput<typeof ClusterStateSchema>;
+
+/** What a state holds on a drive, in either format; decodeState expands runs into extent lists. */
+const RunList = v.pipe(v.array(Count), v.maxLength(MAX_RUN_NUMBERS));
+const StateV1Schema = v.strictObject({ ...ClusterStateSchema.entries, format: v.literal(1) });
+const StateV2Schema = v.strictObject({
+  ...ClusterStateSchema.entries,
+  format: v.literal(2),
+  volumes: v.array(v.strictObject({ ...VolumeRecordSchema.entries, columns: v.array(v.strictObject({ drive_uuid: Uuid, runs: RunList })) })),
+  retired: v.optional(v.array(v.strictObject({ volume_uuid: Uuid, drive_uuid: Uuid, runs: RunList })), []),
+});
+const StateWireSchema = v.variant("format", [StateV1Schema, StateV2Schema]);
 
 export type Command =
   | { kind: "add_drive"; drive: DriveRecord }
@@ -135,14 +178,23 @@ export type Command =
   /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
   | { kind: "replace_leg"; uuid: string; column: number; with: Column }
   /** Accepts a drive's new cache epoch, once whatever it may have lost is taken care of. */
-  | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number };
+  | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number }
+  /** A client daemon registered with the leader under a new random id (TOMA cluster only). */
+  | { kind: "register_client"; id: number; name: string }
+  /** A registered client attached a volume (by uuid): the fences admit it there. */
+  | { kind: "attach_client"; id: number; volume_uuid: string }
+  /** A client left, or expired and was fenced out of every drive of its volumes. */
+  | { kind: "remove_client"; id: number };
+
+/** How many client daemons a TOMA cluster's state holds at most. */
+export const MAX_CLIENTS = 256;
 
 /** Why a command was refused; the API maps each code to an HTTP status. */
 export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space" | "in_use";
 export type ApplyResult = { ok: true; state: ClusterState } | { ok: false; code: RefusalCode; error: string };
 
 export function emptyState(cluster_uuid: string): ClusterState {
-  return { format: STATE_FORMAT, cluster_uuid, generation: 0, term: 0, drives: [], volumes: [], retired: [] };
+  return { format: STATE_FORMAT, cluster_uuid, generation: 0, term: 0, drives: [], volumes: [], retired: [], clients: [], stable: 0 };
 }
 
 function refuse(code: RefusalCode, error: string): ApplyResult {
@@ -166,7 +218,9 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (!vol) return refuse("not_found", `no volume ${cmd.uuid}`);
       const released = new Set(cmd.released ?? []);
       const retired = [...state.retired, ...vol.columns.filter((c) => !released.has(c.drive_uuid)).map((c) => retire(vol, c))];
-      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((x) => x !== vol), retired } };
+      // Its clients no longer have it attached: the fences leave them out of it.
+      const clients = state.clients.map((c) => (c.volumes.includes(vol.uuid) ? { ...c, volumes: c.volumes.filter((u) => u !== vol.uuid) } : c));
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((x) => x !== vol), retired, clients } };
     }
     case "release_extents": {
       const keep = state.retired.filter((r) => r.volume_uuid !== cmd.volume_uuid || r.drive_uuid !== cmd.drive_uuid);
@@ -201,7 +255,7 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (state.volumes.some((x) => x.uuid === cmd.uuid)) {
         return refuse("invalid", `volume uuid ${cmd.uuid} already in use`);
       }
-      const why = volumeProblem(state, vol);
+      const why = extentsBeyondBound(state, vol.columns) ?? volumeProblem(state, vol);
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
     }
@@ -226,6 +280,26 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       const drives = state.drives.with(i, { ...state.drives[i]!, cache_epoch: cmd.cache_epoch });
       return { ok: true, state: { ...state, generation, drives } };
     }
+    case "register_client": {
+      if (!v.is(Positive, cmd.id) || cmd.id > 2 ** 48) return refuse("invalid", `bad client id ${cmd.id}`);
+      if (typeof cmd.name !== "string" || cmd.name.length > 256) return refuse("invalid", "bad client name");
+      if (state.clients.some((c) => c.id === cmd.id)) return refuse("invalid", `client id ${cmd.id} is already registered`);
+      if (state.clients.length >= MAX_CLIENTS) return refuse("no_space", `the cluster has ${MAX_CLIENTS} client daemons registered already`);
+      return { ok: true, state: { ...state, generation, clients: [...state.clients, { id: cmd.id, name: cmd.name, volumes: [] }] } };
+    }
+    case "attach_client": {
+      const i = state.clients.findIndex((c) => c.id === cmd.id);
+      if (i < 0) return refuse("not_found", `client ${cmd.id} is not registered`);
+      if (!state.volumes.some((x) => x.uuid === cmd.volume_uuid)) return refuse("not_found", `no volume ${cmd.volume_uuid}`);
+      const c = state.clients[i]!;
+      if (c.volumes.includes(cmd.volume_uuid)) return refuse("invalid", `client ${cmd.id} has volume ${cmd.volume_uuid} attached already`);
+      const volumes = [...c.volumes, cmd.volume_uuid].sort();
+      return { ok: true, state: { ...state, generation, clients: state.clients.with(i, { ...c, volumes }) } };
+    }
+    case "remove_client": {
+      if (!state.clients.some((c) => c.id === cmd.id)) return refuse("not_found", `client ${cmd.id} is not registered`);
+      return { ok: true, state: { ...state, generation, clients: state.clients.filter((c) => c.id !== cmd.id) } };
+    }
     case "replace_leg": {
       const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
       if (i < 0) return refuse("not_found", `no volume ${cmd.uuid}`);
@@ -242,11 +316,28 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
         topology_seq: generation,
       };
       const others = { ...state, volumes: state.volumes.filter((_, j) => j !== i), retired };
-      const why = volumeProblem(others, next);
+      const why = extentsBeyondBound(state, [cmd.with]) ?? volumeProblem(others, next);
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next), retired } };
     }
   }
+}
+
+/**
+ * Every extent a state lists is held in memory as a number wherever the state is decoded, so a
+ * state lists at most MAX_DECODED_EXTENTS (extent-runs.ts) in all: what apply() accepts always
+ * decodes again.
+ */
+function extentsBeyondBound(state: ClusterState, added: readonly { extents: readonly number[] }[]): { code: RefusalCode; error: string } | null {
+  let n = 0;
+  for (const x of state.volumes) for (const c of x.columns) n += c.extents.length;
+  for (const r of state.retired) n += r.extents.length;
+  const more = added.reduce((k, c) => k + c.extents.length, 0);
+  if (n + more <= MAX_DECODED_EXTENTS) return null;
+  return {
+    code: "no_space",
+    error: `the cluster state would list ${n + more} extents, above the ${MAX_DECODED_EXTENTS} it may hold (each is held in memory); use drives formatted with a larger --extent-size`,
+  };
 }
 
 /**
@@ -278,12 +369,12 @@ function retire(vol: VolumeRecord, c: Column): Retired {
  * The extents in use on each drive, computed from the volumes and the retired extents (never
  * stored twice): a retired extent is not free.
  */
-export function usedExtents(state: ClusterState): Map<string, Set<number>> {
-  const used = new Map<string, Set<number>>();
-  for (const d of state.drives) used.set(d.drive_uuid, new Set());
+export function usedExtents(state: ClusterState): Map<string, ExtentSet> {
+  const used = new Map<string, ExtentSet>();
+  for (const d of state.drives) used.set(d.drive_uuid, new ExtentSet());
   const add = (c: { drive_uuid: string; extents: number[] }) => {
     let s = used.get(c.drive_uuid);
-    if (!s) used.set(c.drive_uuid, (s = new Set()));
+    if (!s) used.set(c.drive_uuid, (s = new ExtentSet()));
     for (const e of c.extents) s.add(e);
   };
   for (const vol of state.volumes) for (const c of vol.columns) add(c);
@@ -306,7 +397,7 @@ export function retiredCounts(state: ClusterState): Map<string, number> {
 function volumeProblem(
   state: ClusterState,
   vol: VolumeRecord,
-  used: Map<string, Set<number>> = usedExtents(state),
+  used: Map<string, ExtentSet> = usedExtents(state),
 ): { code: RefusalCode; error: string } | null {
   const invalid = (error: string) => ({ code: "invalid" as const, error: `volume '${vol.name}': ${error}` });
   if (!Number.isSafeInteger(vol.capacity_bytes) || vol.capacity_bytes <= 0 || vol.capacity_bytes % 512 !== 0) {
@@ -343,7 +434,7 @@ function volumeProblem(
     if (seen.has(c.drive_uuid)) return invalid(`two columns on drive ${c.drive_uuid}`);
     seen.add(c.drive_uuid);
     if (c.extents.length === 0) return invalid(`empty column on drive ${c.drive_uuid}`);
-    const mine = new Set<number>();
+    const mine = new ExtentSet();
     for (const e of c.extents) {
       if (!Number.isInteger(e) || e < 0 || e >= d.extent_count) return invalid(`extent ${e} outside drive ${c.drive_uuid}`);
       if (mine.has(e) || used.get(c.drive_uuid)?.has(e)) {
@@ -376,11 +467,11 @@ export function isValidStripeSize(s: number): boolean {
   return Number.isSafeInteger(s) && s >= 4096 && (s & (s - 1)) === 0 && s <= 2 ** 30;
 }
 
-/** Canonical CBOR of a state: keys in schema order, so equal states give equal bytes. */
+/** Canonical CBOR of a state, format STATE_FORMAT: keys in schema order, so equal states give equal bytes. */
 export function encodeState(state: ClusterState): Uint8Array {
   // The volumes' optional keys are left out when at their default: v.InferInput, not the output.
-  const canonical: v.InferInput<typeof ClusterStateSchema> = {
-    format: STATE_FORMAT,
+  const canonical: v.InferInput<typeof StateV2Schema> = {
+    format: 2,
     cluster_uuid: state.cluster_uuid,
     generation: state.generation,
     // Only once taken, so that the bytes of states written before the term existed stay as they were.
@@ -400,7 +491,7 @@ export function encodeState(state: ClusterState): Uint8Array {
       stripe_width: x.stripe_width,
       stripe_size_bytes: x.stripe_size_bytes,
       extent_size_bytes: x.extent_size_bytes,
-      columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+      columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, runs: toRuns(c.extents) })),
       mirrors: x.mirrors,
       legs: [...x.legs],
       rebuild_blank: [...x.rebuild_blank],
@@ -411,36 +502,45 @@ export function encodeState(state: ClusterState): Uint8Array {
     })),
     // Likewise only when something is retired.
     ...(state.retired.length > 0
-      ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, extents: [...r.extents] })) }
+      ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, runs: toRuns(r.extents) })) }
       : {}),
+    // Both only in a TOMA cluster's states: the single TOMA's bytes stay as they were.
+    ...(state.clients.length > 0 ? { clients: state.clients.map((c) => ({ id: c.id, name: c.name, volumes: [...c.volumes] })) } : {}),
+    ...(state.stable > 0 ? { stable: state.stable } : {}),
   };
   return encode(canonical);
 }
 
 export class CorruptStateError extends Error {}
 
-/** Decodes and fully validates a slot payload. Throws CorruptStateError saying why. */
+/**
+ * Decodes and fully validates a slot payload, in either format (STATE_FORMATS_READ). Throws
+ * CorruptStateError saying why.
+ */
 export function decodeState(bytes: Uint8Array): ClusterState {
-  const r = parseCbor(bytes, ClusterStateSchema, "cluster state");
+  const r = parseCbor(bytes, StateWireSchema, "cluster state");
   if (!r.ok) throw new CorruptStateError(r.error);
-  const state = r.value;
+  const state = r.value.format === 1 ? r.value : expandState(r.value);
   const drive_ids = new Set<string>();
   for (const d of state.drives) {
     if (drive_ids.has(d.drive_uuid)) throw new CorruptStateError(`drive ${d.drive_uuid} listed twice`);
     drive_ids.add(d.drive_uuid);
   }
   // Re-admit volumes one by one: catches overlapping extents, unknown drives and bad geometry.
+  // The extents in use grow with each admitted volume (linear, not recomputed per volume).
   const names = new Set<string>();
-  let acc: ClusterState = { ...state, volumes: [], retired: [] };
+  const acc: ClusterState = { ...state, volumes: [], retired: [] };
+  const in_use = usedExtents(acc);
   for (const vol of state.volumes) {
     if (names.has(vol.name)) throw new CorruptStateError(`volume name '${vol.name}' used twice`);
     names.add(vol.name);
     if (vol.created_seq > state.generation) {
       throw new CorruptStateError(`volume '${vol.name}' created after the state's generation`);
     }
-    const why = volumeProblem(acc, vol);
+    const why = volumeProblem(acc, vol, in_use);
     if (why) throw new CorruptStateError(why.error);
-    acc = { ...acc, volumes: [...acc.volumes, vol] };
+    acc.volumes.push(vol);
+    for (const c of vol.columns) for (const e of c.extents) in_use.get(c.drive_uuid)!.add(e);
   }
   // Retired extents: on member drives, in range, and shared with nothing else.
   const drives = new Map(state.drives.map((d) => [d.drive_uuid, d]));
@@ -450,16 +550,35 @@ export function decodeState(bytes: Uint8Array): ClusterState {
     if (acc.volumes.some((x) => x.uuid === r.volume_uuid && x.columns.some((c) => c.drive_uuid === r.drive_uuid))) {
       throw new CorruptStateError(`volume ${r.volume_uuid} both holds and retired extents on drive ${r.drive_uuid}`);
     }
-    const used = usedExtents(acc).get(r.drive_uuid)!;
-    const mine = new Set<number>();
+    const used = in_use.get(r.drive_uuid)!;
     for (const e of r.extents) {
       if (e >= d.extent_count) throw new CorruptStateError(`retired extent ${e} outside drive ${r.drive_uuid}`);
-      if (used.has(e) || mine.has(e)) throw new CorruptStateError(`retired extent ${e} of drive ${r.drive_uuid} is also in use`);
-      mine.add(e);
+      if (used.has(e)) throw new CorruptStateError(`retired extent ${e} of drive ${r.drive_uuid} is also in use`);
+      used.add(e);
     }
-    acc = { ...acc, retired: [...acc.retired, r] };
+  }
+  if (state.stable > state.generation) throw new CorruptStateError(`stable generation ${state.stable} above the state's generation ${state.generation}`);
+  const client_ids = new Set<number>();
+  for (const c of state.clients) {
+    if (client_ids.has(c.id)) throw new CorruptStateError(`client ${c.id} listed twice`);
+    client_ids.add(c.id);
+    for (const u of c.volumes) if (!state.volumes.some((x) => x.uuid === u)) throw new CorruptStateError(`client ${c.id} attached unknown volume ${u}`);
   }
   return state;
+}
+
+/** A format-2 state with its runs expanded into extent lists; throws CorruptStateError. */
+function expandState(w: v.InferOutput<typeof StateV2Schema>): ClusterState {
+  const lists = [
+    ...w.volumes.flatMap((x) => x.columns.map((c) => ({ what: `volume '${x.name}' column on drive ${c.drive_uuid}`, runs: c.runs }))),
+    ...w.retired.map((r) => ({ what: `retired extents of volume ${r.volume_uuid} on drive ${r.drive_uuid}`, runs: r.runs })),
+  ];
+  const e = expandAll(lists);
+  if (!e.ok) throw new CorruptStateError(`cluster state: ${e.error}`);
+  let i = 0;
+  const volumes = w.volumes.map((x) => ({ ...x, columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: e.value[i++]! })) }));
+  const retired = w.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, extents: e.value[i++]! }));
+  return { ...w, volumes, retired };
 }
 
 export function majority(n: number): number {

@@ -16,6 +16,7 @@
  * straggling metadata writes outlive the step that sent them (why that is safe: `commit`).
  */
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
+import { ExtentSet } from "./extent-set.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
 import type { AttachInfo } from "../engine/layout/types.ts";
 import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
@@ -352,7 +353,7 @@ export class Toma {
   driveViews(): DriveView[] {
     const loc = this.locate();
     // In use: by a volume or retired (usedExtents counts both).
-    const used = this.state ? usedExtents(this.state) : new Map<string, Set<number>>();
+    const used = this.state ? usedExtents(this.state) : new Map<string, ExtentSet>();
     const retired = this.state ? retiredCounts(this.state) : new Map<string, number>();
     const members = new Map((this.state?.drives ?? []).map((d) => [d.drive_uuid, d]));
     const uuids = new Set([...members.keys(), ...loc.keys(), ...this.seen.keys()]);
