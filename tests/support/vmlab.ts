@@ -8,7 +8,7 @@
  * host 127.0.0.1:PORT; `share` is mounted read-write at /mnt/host in the guest (9p).
  * Emulated guests are 5–20× slower than the host: use them for function, never for timings.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { ROOT, run, type RunResult } from "./proc.ts";
 
 /** The address of the host as the guest sees it (slirp's guestfwd). */
@@ -84,23 +84,6 @@ export class Guest {
       throw new Error(`in guest ${this.name}: ${snippet}\nexited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
     }
     return r.stdout;
-  }
-
-  /**
-   * Freezes the whole guest for `ms` (its QEMU process stopped, then continued): every process in
-   * it stops at once, as when the host starves an emulated guest of CPU. Its clock does not stop
-   * (TCG's virtual clock follows the host's), so on waking its timers see the time gone by.
-   */
-  async freeze(ms: number): Promise<void> {
-    const dir = process.env.VMLAB_DIR ?? "/var/tmp/vmlab";
-    const pid = Number(readFileSync(`${dir}/run/${this.name}/qemu.pid`, "utf8").trim());
-    if (!Number.isInteger(pid) || pid <= 1) throw new Error(`guest ${this.name}: no QEMU pid in ${dir}/run/${this.name}/qemu.pid`);
-    process.kill(pid, "SIGSTOP");
-    try {
-      await Bun.sleep(ms);
-    } finally {
-      process.kill(pid, "SIGCONT");
-    }
   }
 
   /** Stops the guest (idempotent; never throws). */
