@@ -46,6 +46,7 @@ import { isMirrored, mirrorState, setColumns } from "./topology.ts";
 import { attachInfoOf, evictRefusal, legViewsOf } from "./volume-views.ts";
 import { deleteVolume } from "./volume-delete.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
+import { LISTEN_SLACK_MS, ListeningClock } from "../engine/listening-clock.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
 import { Serial } from "../engine/serial.ts";
 import { awaitQuorum } from "./consensus/quorum.ts";
@@ -207,14 +208,19 @@ export class Toma {
   private warned_clusters = "";
 
   private readonly env: Env;
+  private readonly listening: ListeningClock;
 
   constructor(
     env: Env,
     private readonly opts: TomaOptions,
   ) {
-    // Every local timeout of the TOMA (target liveness, client expiry, leg retry) reads this clock.
-    this.env = env = withSteadyClock(env);
     this.timings = { ...DEFAULT_TOMA_TIMINGS, ...opts.timings };
+    // Every local timeout of the TOMA (target liveness, client expiry, leg retry) reads this clock:
+    // steady (a wall clock jumping back would keep a silent client alive that long), and standing
+    // still while this process does not run (a TOMA stopped for 10 s expired every client on waking).
+    const steady = withSteadyClock(env);
+    this.listening = new ListeningClock(steady.clock, this.timings.sync_ms, LISTEN_SLACK_MS);
+    this.env = env = { ...steady, clock: this.listening };
     const hello = { version: 1 as const, role: "toma" as const, name: opts.name };
     const serverKey: ClusterKey | null = opts.cluster_key ? { kind: "server", key: opts.cluster_key } : null;
     const connect = opts.connect ?? ((address: string) => openSession(env, address, hello, { cluster_key: serverKey }));
@@ -241,12 +247,17 @@ export class Toma {
       l.onChange = () => this.kick();
       l.start();
     }
-    this.sync = this.env.timers.every(this.timings.sync_ms, () => this.kick());
+    this.listening.tick();
+    this.sync = this.env.timers.every(this.timings.sync_ms, () => {
+      this.listening.tick();
+      this.kick();
+    });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     this.sync?.cancel();
+    this.listening.stop();
     for (const l of this.links) l.stop();
     await this.steps.idle();
     // Stragglers: their sessions are closed now, which fails them at once.

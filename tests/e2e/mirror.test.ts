@@ -151,6 +151,38 @@ describe("RAID1 with real processes", () => {
     expectLegsEqual(c, await c.volume("m1"));
   }, 200_000);
 
+  test("a leg's target killed and the TOMA stopped (SIGSTOP) 20 s at once: the client is not expired for the TOMA's own stop; Degraded, no I/O error; restarted: Normal, legs equal", async () => {
+    const { c, uri } = await raid1();
+    let v = await c.volume("m1");
+    const victim = targetOf(c, v, 1);
+    const el = clock();
+    const fio = new FioVerify({ uri, dir: c.dir, name: "tomastop", size: "48M", runtime_s: 45 });
+    await Bun.sleep(3000);
+    // A whole server stopped (its target dies, the TOMA beside it stands still), as an emulated
+    // guest starved of CPU. On waking, the TOMA's timers run before it reads what its clients
+    // sent meanwhile: judged by the raw clock, the client had been silent past its timeout, was
+    // expired, and could never be fenced out of the dead target's drive, so nothing completed
+    // until that target came back.
+    console.log(`  ${el()}: kill -9 target t${victim} (leg 1), SIGSTOP the TOMA for 20 s`);
+    await c.killTarget(victim);
+    const toma = c.toma!.proc.pid;
+    process.kill(toma, "SIGSTOP");
+    try {
+      await Bun.sleep(20_000);
+    } finally {
+      process.kill(toma, "SIGCONT");
+    }
+    console.log(`  ${el()}: SIGCONT the TOMA`);
+    v = await c.waitVolume("m1", "degraded", isDegraded);
+    console.log(`  ${el()}: volume ${v.state}, legs ${v.legs.join(",")}`);
+    await expectFioClean(fio, "through the kill and the TOMA's stop");
+    expect(c.toma!.output).not.toContain("client expired");
+    await c.restartTarget(victim);
+    v = await c.waitVolume("m1", "Normal again", isNormal, 90_000);
+    console.log(`  ${el()}: volume ${v.state}, legs ${v.legs.join(",")}`);
+    expectLegsEqual(c, await c.volume("m1"));
+  }, 300_000);
+
   test("a blank drive replaces the dead one (drive evict): full rebuild with progress in volume show, legs equal; an idle client daemon holds nothing back", async () => {
     const { c, uri } = await raid1();
     // A client daemon whose only attach failed (no such volume) stays up: it has no I/O, so it

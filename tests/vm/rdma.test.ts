@@ -15,6 +15,15 @@
  * through it; target ta is killed (-9) and restarted; the volume rebuilds, fio's data reads
  * back, and every session is RDMA again. Emulated guests (TCG) are 5–20× slower than this host:
  * this is a test of function, never of speed.
+ *
+ * On failure every step shows both guests' daemon logs (each line stamped with the guest's time)
+ * and kernel messages, the emulated link's included: the link between the guests (QEMU's socket
+ * netdev) has been seen to stop carrying guest B's frames for good under load ("NETDEV WATCHDOG:
+ * eth1: transmit queue 0 timed out" in B's kernel, for over 80 s). With the TOMA on A and the
+ * client on B, nothing may then move the volume Degraded (the client cannot reach the TOMA), so
+ * fio's writes to ta's leg fail after --io-timeout: that is the lab's link down, not the product.
+ * soft-RoCE retries an RC queue pair's unacknowledged sends for ever with retry_count 7 (rxe reads
+ * 7 as "infinite"), so a paused peer kills no queue pair; the sessions' own deadlines decide.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -41,19 +50,37 @@ function freePort(): number {
   return p;
 }
 
-/** Runs a snippet in a guest; when it fails, the error carries the guest's daemon logs. */
+/**
+ * The daemons' last log lines and the kernel's, from every guest: a failure in one guest is often
+ * explained by the other (fio on B fails because ta or the TOMA on A stopped answering).
+ */
+async function guestLogs(): Promise<string> {
+  const out: string[] = [];
+  for (const g of [a, b]) {
+    if (g === null) continue;
+    const r = await g
+      .sh("date +'now %T'; for f in /tmp/*.log; do echo \"--- $f\"; tail -n 60 $f; done; echo '--- dmesg (link watchdog, then the last lines)'; dmesg | grep -E 'NETDEV WATCHDOG|TX timeout' | tail -n 3; dmesg | tail -n 20", 30_000)
+      .catch(() => null);
+    out.push(`=== ${g.name}:\n${r?.stdout ?? "(unavailable)"}`);
+  }
+  return out.join("\n");
+}
+
+/** Runs a snippet in a guest; when it fails, the error carries both guests' daemon logs. */
 async function on(g: Guest, snippet: string, timeout_ms = 120_000): Promise<string> {
   try {
     return await g.ok(snippet, timeout_ms);
   } catch (e) {
-    const more = await g.sh("for f in /tmp/*.log; do echo \"--- $f\"; tail -n 30 $f; done; dmesg | tail -n 10", 30_000).catch(() => null);
-    throw new Error(`${(e as Error).message}\n--- ${g.name}: logs:\n${more?.stdout ?? "(unavailable)"}`);
+    throw new Error(`${(e as Error).message}\n${await guestLogs()}`);
   }
 }
 
 /** Starts `cmd` detached in the guest, its output in /tmp/NAME.log, its pid in /tmp/NAME.pid. */
 async function daemon(g: Guest, name: string, cmd: string, ready: string): Promise<void> {
-  await on(g, `{ setsid ${cmd} >/tmp/${name}.log 2>&1 </dev/null & echo $! >/tmp/${name}.pid; }`);
+  // Each line stamped with the guest's time (bash's printf builtin: no process per line).
+  // `exec` so the stamping shell keeps no copy of the ssh session's output open (ssh waits for it).
+  const stamp = `exec >/tmp/${name}.log 2>&1; while IFS= read -r l; do printf '%(%T)T %s\\n' -1 "$l"; done`;
+  await on(g, `{ setsid ${cmd} > >(${stamp}) 2>&1 </dev/null & echo $! >/tmp/${name}.pid; }`);
   await on(g, `for i in $(seq 1200); do grep -q '${ready}' /tmp/${name}.log && exit 0; kill -0 $(cat /tmp/${name}.pid) || break; sleep 0.1; done; cat /tmp/${name}.log; exit 1`, 180_000);
 }
 
@@ -90,6 +117,16 @@ async function expectRdmaSessions(): Promise<void> {
 async function volumeState(): Promise<string> {
   const v = JSON.parse(await on(b!, `${N} volume show m1 -m ${TOMA} -o json`)) as { state: string } | { state: string }[];
   return Array.isArray(v) ? v[0]!.state : v.state;
+}
+
+/** Waits (up to 5 min) for the volume to be online again; returns the state last seen. */
+async function waitOnline(): Promise<string> {
+  let state = "";
+  for (let i = 0; i < 300 && state !== "online"; i++) {
+    state = await volumeState();
+    if (state !== "online") await Bun.sleep(1000);
+  }
+  return state;
 }
 
 /** The two write phases; `--verify_only` replays one (same seed and sizes) as reads that verify. */
@@ -159,12 +196,7 @@ describe("RDMA in VMs (soft-RoCE): a mirrored volume over rdma://", () => {
     await fio(`${PHASE2} --do_verify=1`, 900_000);
     expect(["degraded", "rebuilding"]).toContain(await volumeState());
     await target(a!, "ta", A_IP, ["ta"]);
-    let state = "";
-    for (let i = 0; i < 300 && state !== "online"; i++) {
-      state = await volumeState();
-      if (state !== "online") await Bun.sleep(1000);
-    }
-    expect(state).toBe("online");
+    expect(await waitOnline()).toBe("online");
     // Everything fio wrote reads back and verifies, both phases (reads alternate between the legs).
     await fio(`${PHASE1} --verify_only`, 900_000);
     await fio(`${PHASE2} --verify_only`, 900_000);

@@ -26,9 +26,14 @@
  * deadline while other connections hold the whole budget; the session then closes and retries,
  * which costs time, not data.
  *
+ * Judged on a clock that stands still while this process does not run (../listening-clock.ts):
+ * a requester stopped for 10 s finds, on waking, its check due before the answers waiting in its
+ * sockets, and would otherwise give up every target it had a PING out to.
+ *
  * Sans-I/O: the timer and the clock come from the injected Env.
  */
 import type { Env, TimerHandle } from "../env.ts";
+import { LISTEN_SLACK_MS, ListeningClock } from "../listening-clock.ts";
 import { steadyClock } from "../steady-clock.ts";
 
 export interface LivenessOptions {
@@ -66,7 +71,7 @@ export interface LivenessHooks {
 }
 
 export class Liveness {
-  private readonly clock;
+  private readonly clock: ListeningClock;
   private readonly timer: TimerHandle;
   private readonly started: number;
   private lastHeard: number;
@@ -84,9 +89,10 @@ export class Liveness {
     for (const [k, v] of Object.entries(opts)) {
       if (!Number.isFinite(v) || v < 0 || (v === 0 && k !== "idle_ms")) throw new RangeError(`liveness ${k} must be positive, got ${v}`);
     }
-    this.clock = steadyClock(env.clock);
-    this.started = this.lastHeard = this.clock.now_ms();
     const period = Math.max(10, Math.min(opts.quiet_ms, opts.deadline_ms) / 4);
+    this.clock = new ListeningClock(steadyClock(env.clock), period, LISTEN_SLACK_MS);
+    this.clock.tick();
+    this.started = this.lastHeard = this.clock.now_ms();
     this.timer = env.timers.every(period, () => this.check());
   }
 
@@ -103,6 +109,7 @@ export class Liveness {
 
   private check(): void {
     if (this.stopped) return;
+    this.clock.tick();
     const now = this.clock.now_ms();
     if (this.heardSinceCheck) {
       this.heardSinceCheck = false;

@@ -19,6 +19,7 @@
  *   serve it, and its server's report is stale or does not list it healthy.
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
+import { LISTEN_SLACK_MS, ListeningClock } from "../../engine/listening-clock.ts";
 import { withSteadyClock } from "../../engine/steady-clock.ts";
 import type { AttachInfo } from "../../engine/layout/types.ts";
 import { Serial } from "../../engine/serial.ts";
@@ -62,6 +63,7 @@ export class LeaderControl {
   private deposed_term = -1;
 
   private readonly env: Env;
+  private readonly listening: ListeningClock;
 
   constructor(
     env: Env,
@@ -71,16 +73,24 @@ export class LeaderControl {
     private readonly opts: LeaderControlOptions,
   ) {
     // Every local timeout of the control (client expiry, leg retry, target liveness) reads this
-    // clock: a wall clock jumping back would keep a silent client alive for as long as it jumped.
-    this.env = withSteadyClock(env);
+    // clock: a wall clock jumping back would keep a silent client alive for as long as it jumped,
+    // and time this process did not run is no one's silence (listening-clock.ts).
+    const steady = withSteadyClock(env);
+    this.listening = new ListeningClock(steady.clock, CHECK_EVERY_MS, LISTEN_SLACK_MS);
+    this.env = { ...steady, clock: this.listening };
   }
 
   start(): void {
-    this.timer = this.env.timers.every(CHECK_EVERY_MS, () => this.check());
+    this.listening.tick();
+    this.timer = this.env.timers.every(CHECK_EVERY_MS, () => {
+      this.listening.tick();
+      this.check();
+    });
   }
 
   stop(): void {
     this.timer?.cancel();
+    this.listening.stop();
     this.current?.stop();
     this.current = null;
   }

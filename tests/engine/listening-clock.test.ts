@@ -1,0 +1,67 @@
+/**
+ * The clock that stands still while this process does not run (src/engine/listening-clock.ts),
+ * driven by hand: a raw clock we move, and the owner's periodic tick.
+ */
+import { expect, test } from "bun:test";
+import { ListeningClock } from "../../src/engine/listening-clock.ts";
+
+function raw(): { now: number; now_ms(): number } {
+  return {
+    now: 1000,
+    now_ms() {
+      return this.now;
+    },
+  };
+}
+
+test("before ticking starts, and while ticks come on time, it reads the raw clock", () => {
+  const r = raw();
+  const c = new ListeningClock(r, 1000, 1000);
+  r.now += 50_000;
+  expect(c.now_ms()).toBe(51_000);
+  c.tick();
+  for (let i = 0; i < 10; i++) {
+    r.now += 1000 + (i % 3) * 400; // late within the slack: a busy loop, not a stall
+    c.tick();
+  }
+  expect(c.now_ms()).toBe(r.now);
+});
+
+test("a stop of 10 s is taken off: readings stand still through it, before and after the late tick", () => {
+  const r = raw();
+  const c = new ListeningClock(r, 1000, 1000);
+  c.tick();
+  r.now += 1000;
+  c.tick();
+  const before = c.now_ms();
+  r.now += 10_000; // the process (or its VM) did not run
+  // Read before the late tick runs (another timer of the process came first): already discounted.
+  const early = c.now_ms();
+  expect(early - before).toBe(2000); // the period and the slack: what a running process may miss
+  c.tick();
+  expect(c.now_ms()).toBe(early);
+  r.now += 500;
+  expect(c.now_ms()).toBe(early + 500);
+  r.now += 500;
+  c.tick();
+  expect(c.now_ms()).toBe(early + 1000);
+});
+
+test("never runs backward; stop() goes back to the raw pace without a step back", () => {
+  const r = raw();
+  const c = new ListeningClock(r, 200, 1000);
+  c.tick();
+  let last = c.now_ms();
+  for (const step of [100, 5000, 100, 100, 30_000, 200, 200]) {
+    r.now += step;
+    const mid = c.now_ms();
+    expect(mid).toBeGreaterThanOrEqual(last);
+    c.tick();
+    expect(c.now_ms()).toBe(mid);
+    last = mid;
+  }
+  c.stop();
+  expect(c.now_ms()).toBeGreaterThanOrEqual(last);
+  r.now += 100;
+  expect(c.now_ms() - last).toBeGreaterThanOrEqual(100);
+});
