@@ -91,6 +91,13 @@ class StreamLink implements FrameLink {
     return true;
   }
 
+  sendFrameOwned(frame: Uint8Array, give: (frame: Uint8Array) => void): boolean {
+    if (this.ended) return false;
+    if (this.out !== null) this.out.pushOwned(frame, give);
+    else return this.conn.send(frame); // kept by the Conn: never given back
+    return true;
+  }
+
   pause(): void {
     if (this.paused) return;
     this.paused = true;
