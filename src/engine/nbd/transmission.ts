@@ -40,6 +40,7 @@ import { Gather } from "./gather.ts";
 import { decodeRequestHeader, encodeSimpleReply, type NbdRequest } from "./request.ts";
 import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
 import type { BufferPool } from "../wire/buffer-pool.ts";
+import { giveWithRoom, takeWithRoom } from "../wire/headroom.ts";
 
 /**
  * WRITEs above this are received and written in pieces of this size, cut at multiples of it in
@@ -316,7 +317,9 @@ export class Transmission {
   private startPiece(w: IncomingWrite): boolean {
     const n = Transmission.pieceLength(w);
     if (!this.reserve(n)) return false;
-    w.piece = this.pool.take(n);
+    // Room for the data path's frame header in front: a large piece then leaves for a target in
+    // one socket write (wire/headroom.ts).
+    w.piece = takeWithRoom(this.pool, n);
     w.filled = 0;
     return true;
   }
@@ -335,7 +338,7 @@ export class Transmission {
       () => {
         // Written: the store holds no reference any more, so the buffer is free. After a failure,
         // parts may still wait in a session queue, so it is left to the GC.
-        if (piece.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(piece);
+        if (piece.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) giveWithRoom(this.pool, piece);
         this.pieceDone(w, piece.length, NBD_OK);
       },
       (err: unknown) => {
