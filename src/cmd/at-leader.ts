@@ -2,6 +2,12 @@
  * Requests that run on the leader of a TOMA cluster (membership changes, volume creation and
  * deletion): a TOMA that is not the leader answers 421 naming it, and the request goes there (a
  * few hops at most: leadership may move while we ask). A single TOMA never answers 421.
+ *
+ * Not the daemons' homedCall (toma/homing.ts), on purpose: that one moves on to the next TOMA when
+ * one does not answer or has no leader (503), and sends the call again there. Right for a
+ * daemon's watches and reports; wrong for an operator's command, which may have been committed by
+ * a leader that then timed out (a create sent again answers "name taken", a server added twice),
+ * and whose 503 the operator should see. Here only a 421, which changed nothing, is followed.
  */
 import { consola } from "consola";
 import { TomaApiError, type TomaClient, tomaClient } from "../toma/api-client.ts";

@@ -11,9 +11,16 @@ import { encode } from "cbor-x";
 import * as v from "valibot";
 import { physicalBytes } from "../engine/layout/planner.ts";
 import type { Column, RaidLevel } from "../engine/layout/types.ts";
+import { ExtentSet } from "./extent-set.ts";
+import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "./extent-runs.ts";
 import { parseCbor } from "./parse-cbor.ts";
 
-export const STATE_FORMAT = 1;
+/**
+ * 2: every column's and retired list's extents as runs (extent-runs.ts). 1: as plain extent
+ * lists, as nvmesh wrote them before; still read (a drive may hold one), never written.
+ */
+export const STATE_FORMAT = 2;
+export const STATE_FORMATS_READ = [1, 2] as const;
 export const VOLUME_NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 
 const Uuid = v.pipe(v.string(), v.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/));
@@ -90,7 +97,8 @@ export const RetiredSchema = v.strictObject({
 export type Retired = v.InferOutput<typeof RetiredSchema>;
 
 export const ClusterStateSchema = v.strictObject({
-  format: v.literal(STATE_FORMAT),
+  /** The format it was read in (STATE_FORMAT when built here); encodeState writes STATE_FORMAT. */
+  format: v.picklist(STATE_FORMATS_READ),
   cluster_uuid: Uuid,
   /** Bumped by every applied command and by every rewrite; equals the metadata slot generation. */
   generation: Count,
@@ -106,6 +114,17 @@ export const ClusterStateSchema = v.strictObject({
   retired: v.optional(v.array(RetiredSchema), []),
 });
 export type ClusterState = v.InferOutput<typeof ClusterStateSchema>;
+
+/** What a state holds on a drive, in either format; decodeState expands runs into extent lists. */
+const RunList = v.pipe(v.array(Count), v.maxLength(MAX_RUN_NUMBERS));
+const StateV1Schema = v.strictObject({ ...ClusterStateSchema.entries, format: v.literal(1) });
+const StateV2Schema = v.strictObject({
+  ...ClusterStateSchema.entries,
+  format: v.literal(2),
+  volumes: v.array(v.strictObject({ ...VolumeRecordSchema.entries, columns: v.array(v.strictObject({ drive_uuid: Uuid, runs: RunList })) })),
+  retired: v.optional(v.array(v.strictObject({ volume_uuid: Uuid, drive_uuid: Uuid, runs: RunList })), []),
+});
+const StateWireSchema = v.variant("format", [StateV1Schema, StateV2Schema]);
 
 export type Command =
   | { kind: "add_drive"; drive: DriveRecord }
@@ -201,7 +220,7 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (state.volumes.some((x) => x.uuid === cmd.uuid)) {
         return refuse("invalid", `volume uuid ${cmd.uuid} already in use`);
       }
-      const why = volumeProblem(state, vol);
+      const why = extentsBeyondBound(state, vol.columns) ?? volumeProblem(state, vol);
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: [...state.volumes, vol] } };
     }
@@ -242,11 +261,28 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
         topology_seq: generation,
       };
       const others = { ...state, volumes: state.volumes.filter((_, j) => j !== i), retired };
-      const why = volumeProblem(others, next);
+      const why = extentsBeyondBound(state, [cmd.with]) ?? volumeProblem(others, next);
       if (why) return refuse(why.code, why.error);
       return { ok: true, state: { ...state, generation, volumes: state.volumes.with(i, next), retired } };
     }
   }
+}
+
+/**
+ * Every extent a state lists is held in memory as a number wherever the state is decoded, so a
+ * state lists at most MAX_DECODED_EXTENTS (extent-runs.ts) in all: what apply() accepts always
+ * decodes again.
+ */
+function extentsBeyondBound(state: ClusterState, added: readonly { extents: readonly number[] }[]): { code: RefusalCode; error: string } | null {
+  let n = 0;
+  for (const x of state.volumes) for (const c of x.columns) n += c.extents.length;
+  for (const r of state.retired) n += r.extents.length;
+  const more = added.reduce((k, c) => k + c.extents.length, 0);
+  if (n + more <= MAX_DECODED_EXTENTS) return null;
+  return {
+    code: "no_space",
+    error: `the cluster state would list ${n + more} extents, above the ${MAX_DECODED_EXTENTS} it may hold (each is held in memory); use drives formatted with a larger --extent-size`,
+  };
 }
 
 /**
@@ -278,12 +314,12 @@ function retire(vol: VolumeRecord, c: Column): Retired {
  * The extents in use on each drive, computed from the volumes and the retired extents (never
  * stored twice): a retired extent is not free.
  */
-export function usedExtents(state: ClusterState): Map<string, Set<number>> {
-  const used = new Map<string, Set<number>>();
-  for (const d of state.drives) used.set(d.drive_uuid, new Set());
+export function usedExtents(state: ClusterState): Map<string, ExtentSet> {
+  const used = new Map<string, ExtentSet>();
+  for (const d of state.drives) used.set(d.drive_uuid, new ExtentSet());
   const add = (c: { drive_uuid: string; extents: number[] }) => {
     let s = used.get(c.drive_uuid);
-    if (!s) used.set(c.drive_uuid, (s = new Set()));
+    if (!s) used.set(c.drive_uuid, (s = new ExtentSet()));
     for (const e of c.extents) s.add(e);
   };
   for (const vol of state.volumes) for (const c of vol.columns) add(c);
@@ -306,7 +342,7 @@ export function retiredCounts(state: ClusterState): Map<string, number> {
 function volumeProblem(
   state: ClusterState,
   vol: VolumeRecord,
-  used: Map<string, Set<number>> = usedExtents(state),
+  used: Map<string, ExtentSet> = usedExtents(state),
 ): { code: RefusalCode; error: string } | null {
   const invalid = (error: string) => ({ code: "invalid" as const, error: `volume '${vol.name}': ${error}` });
   if (!Number.isSafeInteger(vol.capacity_bytes) || vol.capacity_bytes <= 0 || vol.capacity_bytes % 512 !== 0) {
@@ -343,7 +379,7 @@ function volumeProblem(
     if (seen.has(c.drive_uuid)) return invalid(`two columns on drive ${c.drive_uuid}`);
     seen.add(c.drive_uuid);
     if (c.extents.length === 0) return invalid(`empty column on drive ${c.drive_uuid}`);
-    const mine = new Set<number>();
+    const mine = new ExtentSet();
     for (const e of c.extents) {
       if (!Number.isInteger(e) || e < 0 || e >= d.extent_count) return invalid(`extent ${e} outside drive ${c.drive_uuid}`);
       if (mine.has(e) || used.get(c.drive_uuid)?.has(e)) {
@@ -376,11 +412,11 @@ export function isValidStripeSize(s: number): boolean {
   return Number.isSafeInteger(s) && s >= 4096 && (s & (s - 1)) === 0 && s <= 2 ** 30;
 }
 
-/** Canonical CBOR of a state: keys in schema order, so equal states give equal bytes. */
+/** Canonical CBOR of a state, format STATE_FORMAT: keys in schema order, so equal states give equal bytes. */
 export function encodeState(state: ClusterState): Uint8Array {
   // The volumes' optional keys are left out when at their default: v.InferInput, not the output.
-  const canonical: v.InferInput<typeof ClusterStateSchema> = {
-    format: STATE_FORMAT,
+  const canonical: v.InferInput<typeof StateV2Schema> = {
+    format: 2,
     cluster_uuid: state.cluster_uuid,
     generation: state.generation,
     // Only once taken, so that the bytes of states written before the term existed stay as they were.
@@ -400,7 +436,7 @@ export function encodeState(state: ClusterState): Uint8Array {
       stripe_width: x.stripe_width,
       stripe_size_bytes: x.stripe_size_bytes,
       extent_size_bytes: x.extent_size_bytes,
-      columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: [...c.extents] })),
+      columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, runs: toRuns(c.extents) })),
       mirrors: x.mirrors,
       legs: [...x.legs],
       rebuild_blank: [...x.rebuild_blank],
@@ -411,7 +447,7 @@ export function encodeState(state: ClusterState): Uint8Array {
     })),
     // Likewise only when something is retired.
     ...(state.retired.length > 0
-      ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, extents: [...r.extents] })) }
+      ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, runs: toRuns(r.extents) })) }
       : {}),
   };
   return encode(canonical);
@@ -419,28 +455,34 @@ export function encodeState(state: ClusterState): Uint8Array {
 
 export class CorruptStateError extends Error {}
 
-/** Decodes and fully validates a slot payload. Throws CorruptStateError saying why. */
+/**
+ * Decodes and fully validates a slot payload, in either format (STATE_FORMATS_READ). Throws
+ * CorruptStateError saying why.
+ */
 export function decodeState(bytes: Uint8Array): ClusterState {
-  const r = parseCbor(bytes, ClusterStateSchema, "cluster state");
+  const r = parseCbor(bytes, StateWireSchema, "cluster state");
   if (!r.ok) throw new CorruptStateError(r.error);
-  const state = r.value;
+  const state = r.value.format === 1 ? r.value : expandState(r.value);
   const drive_ids = new Set<string>();
   for (const d of state.drives) {
     if (drive_ids.has(d.drive_uuid)) throw new CorruptStateError(`drive ${d.drive_uuid} listed twice`);
     drive_ids.add(d.drive_uuid);
   }
   // Re-admit volumes one by one: catches overlapping extents, unknown drives and bad geometry.
+  // The extents in use grow with each admitted volume (linear, not recomputed per volume).
   const names = new Set<string>();
-  let acc: ClusterState = { ...state, volumes: [], retired: [] };
+  const acc: ClusterState = { ...state, volumes: [], retired: [] };
+  const in_use = usedExtents(acc);
   for (const vol of state.volumes) {
     if (names.has(vol.name)) throw new CorruptStateError(`volume name '${vol.name}' used twice`);
     names.add(vol.name);
     if (vol.created_seq > state.generation) {
       throw new CorruptStateError(`volume '${vol.name}' created after the state's generation`);
     }
-    const why = volumeProblem(acc, vol);
+    const why = volumeProblem(acc, vol, in_use);
     if (why) throw new CorruptStateError(why.error);
-    acc = { ...acc, volumes: [...acc.volumes, vol] };
+    acc.volumes.push(vol);
+    for (const c of vol.columns) for (const e of c.extents) in_use.get(c.drive_uuid)!.add(e);
   }
   // Retired extents: on member drives, in range, and shared with nothing else.
   const drives = new Map(state.drives.map((d) => [d.drive_uuid, d]));
@@ -450,16 +492,28 @@ export function decodeState(bytes: Uint8Array): ClusterState {
     if (acc.volumes.some((x) => x.uuid === r.volume_uuid && x.columns.some((c) => c.drive_uuid === r.drive_uuid))) {
       throw new CorruptStateError(`volume ${r.volume_uuid} both holds and retired extents on drive ${r.drive_uuid}`);
     }
-    const used = usedExtents(acc).get(r.drive_uuid)!;
-    const mine = new Set<number>();
+    const used = in_use.get(r.drive_uuid)!;
     for (const e of r.extents) {
       if (e >= d.extent_count) throw new CorruptStateError(`retired extent ${e} outside drive ${r.drive_uuid}`);
-      if (used.has(e) || mine.has(e)) throw new CorruptStateError(`retired extent ${e} of drive ${r.drive_uuid} is also in use`);
-      mine.add(e);
+      if (used.has(e)) throw new CorruptStateError(`retired extent ${e} of drive ${r.drive_uuid} is also in use`);
+      used.add(e);
     }
-    acc = { ...acc, retired: [...acc.retired, r] };
   }
   return state;
+}
+
+/** A format-2 state with its runs expanded into extent lists; throws CorruptStateError. */
+function expandState(w: v.InferOutput<typeof StateV2Schema>): ClusterState {
+  const lists = [
+    ...w.volumes.flatMap((x) => x.columns.map((c) => ({ what: `volume '${x.name}' column on drive ${c.drive_uuid}`, runs: c.runs }))),
+    ...w.retired.map((r) => ({ what: `retired extents of volume ${r.volume_uuid} on drive ${r.drive_uuid}`, runs: r.runs })),
+  ];
+  const e = expandAll(lists);
+  if (!e.ok) throw new CorruptStateError(`cluster state: ${e.error}`);
+  let i = 0;
+  const volumes = w.volumes.map((x) => ({ ...x, columns: x.columns.map((c) => ({ drive_uuid: c.drive_uuid, extents: e.value[i++]! })) }));
+  const retired = w.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, extents: e.value[i++]! }));
+  return { ...w, volumes, retired };
 }
 
 export function majority(n: number): number {

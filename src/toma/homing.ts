@@ -35,7 +35,19 @@ export interface Homing {
   known(): string[];
 }
 
-export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt, who = "client daemon"): Homing {
+export interface HomingOptions {
+  /** Who calls, for the log. */
+  who?: string;
+  /**
+   * Whether to learn the other TOMAs from a home's GET /v1/cluster (default true). Off for a
+   * caller that was given every TOMA already and whose `callAt` makes one kind of call only,
+   * whatever the method and path (the drive reporter's: it POSTs a report).
+   */
+  learn_peers?: boolean;
+}
+
+export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt, opts: HomingOptions = {}): Homing {
+  const who = opts.who ?? "client daemon";
   if (addresses.length === 0) throw new Error("homedCall needs at least one TOMA address");
   const known = [...new Set(addresses)];
   let home = known[0]!;
@@ -65,7 +77,7 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
     for (let tried = 0; tried < known.length; ) {
       try {
         const out = await callAt(home, method, path, body);
-        if (learned_for !== home) void learn(home);
+        if (opts.learn_peers !== false && learned_for !== home) void learn(home);
         return out;
       } catch (e) {
         last = e;

@@ -16,6 +16,7 @@
  * straggling metadata writes outlive the step that sent them (why that is safe: `commit`).
  */
 import type { ClusterKey } from "../engine/wire/cluster-key.ts";
+import { ExtentSet } from "./extent-set.ts";
 import { type Env, randomUuid, type TimerHandle } from "../engine/env.ts";
 import type { AttachInfo } from "../engine/layout/types.ts";
 import { NIL_UUID, uuidFromString, uuidToString } from "../engine/uuid.ts";
@@ -42,7 +43,8 @@ import { type DriveSeen, heard, knownGeneration } from "./drive-slots.ts";
 import { BITMAP_REGION_BYTES } from "../engine/drive/superblock.ts";
 import { type MirrorTimings, MirrorControl } from "./mirror-control.ts";
 import { isMirrored, mirrorState, setColumns } from "./topology.ts";
-import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "./volume-views.ts";
+import { attachInfoOf, evictRefusal, legViewsOf } from "./volume-views.ts";
+import { deleteVolume } from "./volume-delete.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, type LinkTimings, TargetLink, TimeoutError, withTimeout } from "./target-link.ts";
 import { withSteadyClock } from "../engine/steady-clock.ts";
 import { Serial } from "../engine/serial.ts";
@@ -285,33 +287,25 @@ export class Toma {
    * Deletes a volume. Refused while a live client has it attached, unless `force`: its clients
    * are then fenced out of it first (their daemons see it gone and tear its exports down). Its
    * extents are free at once on every drive that confirmed a fence table without it, and retired
-   * on the others until they do (docs/toma.md, "Deleting a volume").
+   * on the others until they do (docs/toma.md, "Deleting a volume"). The flow is volume-delete.ts;
+   * its command is written to the drives' quorum.
    */
   deleteVolume(name: string, force = false): Promise<Outcome<null>> {
-    return this.steps.run(async () => {
-      const state = this.readyState();
-      if (!state.ok) return state;
-      const vol = state.value.volumes.find((x) => x.name === name);
-      if (!vol) return { ok: false, code: "not_found", error: `no volume named '${name}'` };
-      const users = this.mirror.attachedBy(vol.uuid);
-      if (users.length > 0 && !force) return { ok: false, code: "in_use", error: inUseError(name, users) };
-      const { released, done } = await this.mirror.fenceOut(vol, force);
-      try {
-        // Computed from the state as it is now, after the fencing: whatever changed meanwhile, a
-        // drive in `released` confirmed a table without the volume (its extents of it there were
-        // zeroed and unlocked), and apply() retires the volume's extents on every other drive.
-        const now = this.readyState();
-        if (!now.ok) return now;
-        const r = await this.propose({ kind: "delete_volume", uuid: vol.uuid, released }, now.value.generation);
-        if (!r.ok) return r;
-        this.mirror.forgetVolume(name);
-        const retired = vol.columns.length - released.length;
-        this.env.log.info("volume deleted", { volume: name, uuid: vol.uuid, forced: force, drives_released: released.length, drives_retired: retired });
-        return { ok: true, value: null };
-      } finally {
-        done();
-      }
-    });
+    return this.steps.run(() =>
+      deleteVolume(
+        {
+          env: this.env,
+          mirror: this.mirror,
+          state: () => this.readyState(),
+          commit: (_vol, cmd) => {
+            const now = this.readyState();
+            return now.ok ? this.propose(cmd, now.value.generation) : Promise.resolve(now);
+          },
+        },
+        name,
+        force,
+      ),
+    );
   }
 
   /**
@@ -348,7 +342,7 @@ export class Toma {
   driveViews(): DriveView[] {
     const loc = this.locate();
     // In use: by a volume or retired (usedExtents counts both).
-    const used = this.state ? usedExtents(this.state) : new Map<string, Set<number>>();
+    const used = this.state ? usedExtents(this.state) : new Map<string, ExtentSet>();
     const retired = this.state ? retiredCounts(this.state) : new Map<string, number>();
     const members = new Map((this.state?.drives ?? []).map((d) => [d.drive_uuid, d]));
     const uuids = new Set([...members.keys(), ...loc.keys(), ...this.seen.keys()]);

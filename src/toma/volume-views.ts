@@ -1,11 +1,10 @@
 /**
  * What a volume looks like to clients and operators, computed the same way by whoever runs the
  * mirror control (the single TOMA, toma.ts; a TOMA cluster's leader, cluster/leader-control.ts):
- * the attach information, the legs' views, and the refusals of delete and evict.
+ * the attach information, the legs' views, and the refusal of evict (a delete's: volume-delete.ts).
  */
 import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
 import type { LegView } from "./api-types.ts";
-import type { ClientRecord } from "./clients.ts";
 import type { ClusterState, RefusalCode, VolumeRecord } from "./cluster-state.ts";
 import type { RebuildProgress } from "./rebuild.ts";
 import { isMirrored, setTopologies } from "./topology.ts";
@@ -39,12 +38,6 @@ export function legViewsOf(vol: VolumeRecord, reachable: (drive_uuid: string) =>
     reachable: reachable(c.drive_uuid),
     rebuild: vol.legs[i] === "syncing" ? progress(i) : null,
   }));
-}
-
-/** Why a volume its live clients hold attached is not deleted without --force. */
-export function inUseError(name: string, users: readonly ClientRecord[]): string {
-  const who = users.map((c) => `${c.name} (client ${c.id})`).join(", ");
-  return `volume '${name}' is attached by ${who}: detach it there first, or delete with --force (which fences those clients out of it and removes their exports)`;
 }
 
 /** Why a drive may not be evicted (null: it may). */

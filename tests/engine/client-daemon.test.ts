@@ -128,11 +128,14 @@ function scripted() {
   const attaches: { id: number; volume: string; uuid: string | undefined }[] = [];
   let holdAttach: Promise<void> | null = null;
   let nextId = 42;
+  /** Ids the TOMA no longer knows (it expired them, or restarted). */
+  const forgotten = new Set<number>();
   const views = new Map<string, AttachInfo>();
   const toma: TomaLink = {
     register: async () => ({ client_id: nextId++, generation: 7 }),
     attach: async (id, volume, uuid) => {
       attaches.push({ id, volume, uuid });
+      if (forgotten.has(id)) throw new UnknownClientError(`no client ${id}`);
       if (holdAttach) await holdAttach;
       const v = views.get(volume);
       if (!v || (uuid !== undefined && v.layout.volume_uuid !== uuid)) throw new AttachError(`no volume ${volume}`, "not_found");
@@ -151,6 +154,7 @@ function scripted() {
     exports,
     views,
     attaches,
+    forgotten,
     /** Answers the oldest pending watch (waiting for one to be sent). */
     async answer(w: WatchInfo | Error): Promise<number> {
       for (let i = 0; i < 500 && watches.length === 0; i++) await Bun.sleep(2);
@@ -182,14 +186,20 @@ async function settle(cond: () => boolean): Promise<void> {
   expect(cond()).toBe(true);
 }
 
-test("a volume the TOMA no longer lists for us is torn down: export and socket gone, list() without it; the other stays", async () => {
-  const s = scripted();
+/** Volumes a and b, both attached. */
+async function attachTwo(s: ReturnType<typeof scripted>) {
   const a = volumeOf("a", "aaaaaaaa-0000-4000-8000-00000000000a");
   const b = volumeOf("b", "bbbbbbbb-0000-4000-8000-00000000000b");
   s.views.set("a", a);
   s.views.set("b", b);
   const att = await s.d.attach({ volume: "a" });
   await s.d.attach({ volume: "b" });
+  return { a, b, att };
+}
+
+test("a volume the TOMA no longer lists for us is torn down: export and socket gone, list() without it; the other stays", async () => {
+  const s = scripted();
+  const { a, b, att } = await attachTwo(s);
   expect(att.volume_uuid).toBe(a.layout.volume_uuid);
   expect(att.exports).toEqual(["a"]);
   // Both attached before this watch was sent: it lists both.
@@ -238,5 +248,20 @@ test("registered again under a new id, a volume not yet attached again under it 
   expect(s.d.list().map((x) => x.volume)).toEqual(["a"]);
   expect(await s.answer(watchOf())).toBe(43);
   await settle(() => s.d.list().length === 0);
+  await s.d.close();
+});
+
+test("a refresh that finds our id unknown registers again and attaches each volume once under the new id", async () => {
+  const s = scripted();
+  const { b } = await attachTwo(s);
+  s.forgotten.add(42);
+  // What a volume device's refresh runs when its I/O is refused (the `refresh` hook of attach()).
+  const refresh = (s.d as unknown as { fetchAttach(volume: string, uuid: string): Promise<AttachInfo> }).fetchAttach.bind(s.d);
+  const info = await refresh("b", b.layout.volume_uuid);
+  expect(info.layout.volume_uuid).toBe(b.layout.volume_uuid);
+  await settle(() => s.attaches.some((x) => x.id === 43 && x.volume === "a"));
+  await Bun.sleep(50);
+  const under43 = s.attaches.filter((x) => x.id === 43).map((x) => x.volume).sort();
+  expect(under43).toEqual(["a", "b"]);
   await s.d.close();
 });

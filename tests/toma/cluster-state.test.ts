@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { encode } from "cbor-x";
+import { decode, encode } from "cbor-x";
 import {
   apply,
   type ClusterState,
@@ -102,17 +102,95 @@ describe("encode/decode", () => {
     expect(back).toEqual(r2.state);
   });
 
+  // The plain form nvmesh wrote before runs (format 1): every extent listed.
+  const v1 = { ...s, format: 1 };
   const corrupt: [string, Uint8Array, RegExp][] = [
     ["not CBOR", new Uint8Array([0xff, 0xff, 0x00]), /not valid CBOR|fails validation/],
     ["a number", encode(42), /fails validation/],
-    ["unknown format", encode({ ...s, format: 2 }), /fails validation at 'format'/],
-    ["bad uuid", encode({ ...s, cluster_uuid: "x" }), /cluster_uuid/],
-    ["extra field", encode({ ...s, evil: 1 }), /fails validation/],
-    ["negative generation", encode({ ...s, generation: -1 }), /generation/],
-    ["volume on unknown drive", encode({ ...s, drives: s.drives.slice(1) }), /unknown drive/],
-    ["overlapping volumes", encode({ ...s, volumes: [s.volumes[0], { ...s.volumes[0], name: "b", uuid: uuid(77) }] }), /already in use/],
-    ["duplicate drive", encode({ ...s, drives: [s.drives[0], s.drives[0]] }), /listed twice/],
-    ["created after generation", encode({ ...s, generation: 1 }), /created after/],
+    ["unknown format", encode({ ...v1, format: 3 }), /fails validation at 'format'/],
+    ["bad uuid", encode({ ...v1, cluster_uuid: "x" }), /cluster_uuid/],
+    ["extra field", encode({ ...v1, evil: 1 }), /fails validation/],
+    ["negative generation", encode({ ...v1, generation: -1 }), /generation/],
+    ["volume on unknown drive", encode({ ...v1, drives: s.drives.slice(1) }), /unknown drive/],
+    ["overlapping volumes", encode({ ...v1, volumes: [s.volumes[0], { ...s.volumes[0], name: "b", uuid: uuid(77) }] }), /already in use/],
+    ["duplicate drive", encode({ ...v1, drives: [s.drives[0], s.drives[0]] }), /listed twice/],
+    ["created after generation", encode({ ...v1, generation: 1 }), /created after/],
+  ];
+  for (const [title, bytes, msg] of corrupt) {
+    test(`rejects a corrupt state: ${title}`, () => {
+      expect(() => decodeState(bytes)).toThrow(CorruptStateError);
+      expect(() => decodeState(bytes)).toThrow(msg);
+    });
+  }
+});
+
+describe("extents as runs (format 2)", () => {
+  // Three drives of 64 extents; a volume whose column is non-contiguous, and a retired list.
+  let st = emptyState(uuid(0xc2));
+  for (const d of [D1, D2, uuid(3)]) {
+    const r = apply(st, { kind: "add_drive", drive: { drive_uuid: d, extent_size_bytes: MiB, extent_count: 64 } });
+    if (!r.ok) throw new Error(r.error);
+    st = r.state;
+  }
+  const cols = [
+    { drive_uuid: D1, extents: [5, 6, 7, 8, 2, 3, 40] },
+    { drive_uuid: D2, extents: [0, 1, 2, 3, 4, 5, 6] },
+  ];
+  const made = apply(st, vol("m", cols, { raid_level: "1", stripe_width: 1, mirrors: 2, capacity_bytes: 7 * MiB }));
+  if (!made.ok) throw new Error(made.error);
+  const gone = apply(made.state, vol("g", [{ drive_uuid: uuid(3), extents: [10, 11, 12, 30] }]));
+  if (!gone.ok) throw new Error(gone.error);
+  const del = apply(gone.state, { kind: "delete_volume", uuid: gone.state.volumes[1]!.uuid });
+  if (!del.ok) throw new Error(del.error);
+  const s = del.state;
+  const wire = () => decode(encodeState(s)) as { format: number; volumes: { columns: { drive_uuid: string; runs: number[] }[] }[]; retired: { runs: number[] }[] };
+
+  test("round trip; the encoding lists runs in the column's order, maximal, never sorted", () => {
+    const bytes = encodeState(s);
+    expect(decodeState(bytes)).toEqual(s);
+    expect(encodeState(decodeState(bytes))).toEqual(bytes);
+    const w = wire();
+    expect(w.format).toBe(2);
+    expect(w.volumes[0]!.columns.map((c) => c.runs)).toEqual([[5, 4, 2, 2, 40, 1], [0, 7]]);
+    expect(w.retired[0]!.runs).toEqual([10, 3, 30, 1]);
+  });
+
+  test("a leg's size costs nothing: a 65536-extent column encodes in a few bytes", () => {
+    const big = [{ drive_uuid: D1, extent_size_bytes: MiB, extent_count: 1 << 17 }];
+    let b = emptyState(uuid(0xc3));
+    const r0 = apply(b, { kind: "add_drive", drive: big[0]! });
+    if (!r0.ok) throw new Error(r0.error);
+    b = r0.state;
+    const extents = Array.from({ length: 1 << 16 }, (_, i) => i + 7);
+    const r = apply(b, vol("big", [{ drive_uuid: D1, extents }], { capacity_bytes: (1 << 16) * MiB }));
+    if (!r.ok) throw new Error(r.error);
+    const bytes = encodeState(r.state);
+    expect(bytes.length).toBeLessThan(600); // the plain form took over 190000
+    expect(decodeState(bytes)).toEqual(r.state);
+  });
+
+  test("a state written in the plain form (format 1) is still read, and written back as runs", () => {
+    const old = encode({ ...s, format: 1 });
+    const back = decodeState(old);
+    expect(back.format).toBe(1);
+    expect({ ...back, format: 2 }).toEqual(s);
+    expect(decode(encodeState(back)).format).toBe(2);
+  });
+
+  const w = wire();
+  const withRuns = (runs: unknown) => encode({ ...w, volumes: [{ ...w.volumes[0], columns: [{ drive_uuid: D1, runs }, w.volumes[0]!.columns[1]] }] });
+  const corrupt: [string, Uint8Array, RegExp][] = [
+    ["an odd count of numbers", withRuns([5, 4, 2]), /\(start, count\) pairs/],
+    ["a run of no extent", withRuns([5, 0, 2, 7]), /positive count/],
+    ["a negative start", withRuns([-1, 8]), /fails validation/],
+    ["runs that are not maximal", withRuns([5, 2, 7, 2, 2, 2, 40, 1]), /maximal/],
+    ["a run beyond any drive", withRuns([2 ** 53 - 2, 4]), /beyond any drive/],
+    ["a run of 2^40 extents (no memory is spent on it)", withRuns([0, 2 ** 40]), /more than 16777216 extents/],
+    ["many runs adding up beyond the bound", encode({ ...w, retired: Array.from({ length: 20 }, () => ({ volume_uuid: uuid(9), drive_uuid: D2, runs: [0, 1 << 20] })) }), /more than 16777216 extents in all/],
+    ["runs outside the drive", withRuns([60, 7]), /outside drive/],
+    ["runs overlapping each other", withRuns([5, 4, 2, 5]), /already in use/],
+    ["plain extent lists in format 2", encode({ ...w, volumes: [{ ...w.volumes[0], columns: cols }] }), /fails validation/],
+    ["runs in format 1", encode({ ...w, format: 1 }), /fails validation/],
   ];
   for (const [title, bytes, msg] of corrupt) {
     test(`rejects a corrupt state: ${title}`, () => {

@@ -133,6 +133,12 @@ export class ClientDaemon {
   /** Bumped by each completed attach (Attached.seq). */
   private attachSeq = 0;
   private readonly pending = new Set<string>();
+  /**
+   * Volumes (count of calls) whose attach call found our id unknown and attaches them again under
+   * the new id itself (fetchAttachAs): reattachAll leaves them to it, or they would be attached
+   * twice.
+   */
+  private readonly rejoining = new Map<string, number>();
   /** Our id at the TOMA; null until registered (again). */
   private client_id: number | null = null;
   private registering: Promise<number> | null = null;
@@ -189,23 +195,35 @@ export class ClientDaemon {
 
   /** fetchAttach, and the client id the TOMA registered the volume for. */
   private async fetchAttachAs(volume: string, uuid?: string): Promise<{ info: AttachInfo; id: number }> {
-    for (let attempt = 0; ; attempt++) {
-      const id = await this.id();
-      try {
-        const info = await this.deps.toma.attach(id, volume, uuid);
-        if (uuid !== undefined && info.layout.volume_uuid !== uuid) {
-          throw new AttachError(`volume ${uuid} no longer exists: '${volume}' now names ${info.layout.volume_uuid}`, "not_found");
+    let rejoining = false;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const id = await this.id();
+        try {
+          const info = await this.deps.toma.attach(id, volume, uuid);
+          if (uuid !== undefined && info.layout.volume_uuid !== uuid) {
+            throw new AttachError(`volume ${uuid} no longer exists: '${volume}' now names ${info.layout.volume_uuid}`, "not_found");
+          }
+          if (id === this.client_id) this.raiseGeneration(info.generation);
+          const a = this.attached.get(volume);
+          if (a !== undefined && a.info.volume_uuid === info.layout.volume_uuid) {
+            a.attached_as = id;
+            a.seq = ++this.attachSeq;
+          }
+          return { info, id };
+        } catch (e) {
+          if (!(e instanceof UnknownClientError) || attempt > 0) throw e;
+          if (this.client_id === id) this.client_id = null;
+          // This call attaches the volume again under the new id itself: reattachAll leaves it.
+          if (!rejoining) this.rejoining.set(volume, (this.rejoining.get(volume) ?? 0) + 1);
+          rejoining = true;
         }
-        if (id === this.client_id) this.raiseGeneration(info.generation);
-        const a = this.attached.get(volume);
-        if (a !== undefined && a.info.volume_uuid === info.layout.volume_uuid) {
-          a.attached_as = id;
-          a.seq = ++this.attachSeq;
-        }
-        return { info, id };
-      } catch (e) {
-        if (!(e instanceof UnknownClientError) || attempt > 0) throw e;
-        if (this.client_id === id) this.client_id = null;
+      }
+    } finally {
+      if (rejoining) {
+        const n = this.rejoining.get(volume)! - 1;
+        if (n === 0) this.rejoining.delete(volume);
+        else this.rejoining.set(volume, n);
       }
     }
   }
@@ -343,8 +361,11 @@ export class ClientDaemon {
    * for what it attached. One that no longer exists goes.
    */
   private async reattachAll(): Promise<void> {
+    // Taken now: a call that was attaching one again may be done by the time the loop reaches it.
+    const theirs = new Set(this.rejoining.keys());
     for (const a of [...this.attached.values()]) {
-      if (this.attached.get(a.info.volume) !== a) continue;
+      if (this.attached.get(a.info.volume) !== a || theirs.has(a.info.volume)) continue;
+      if (this.client_id !== null && a.attached_as === this.client_id) continue; // attached under the new id already
       await this.fetchAttach(a.info.volume, a.info.volume_uuid).then(
         (info) => this.attached.get(a.info.volume)?.device.install(info),
         (e) => {

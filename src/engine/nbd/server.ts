@@ -42,8 +42,6 @@ export const DEFAULT_NBD_LIMITS: NbdLimits = {
 
 export class NbdServer {
   private readonly sessions = new Set<NbdSession>();
-  /** The view each session was accepted through. */
-  private readonly views = new Map<NbdSession, ExportLookup>();
   private readonly limits: NbdLimits;
   private readonly budget: ByteBudget;
   private readonly gate: PreAuthGate;
@@ -83,17 +81,13 @@ export class NbdServer {
     const session = admitConnection(this.gate, conn, (ticket) => new NbdSession(this.env, conn, view, this.limits, this.budget, this.pool, ticket));
     if (session === null) return; // refused (logged by the gate): too many connections in their handshake
     this.sessions.add(session);
-    this.views.set(session, view);
-    void session.finished.then(() => {
-      this.sessions.delete(session);
-      this.views.delete(session);
-    });
+    void session.finished.then(() => this.sessions.delete(session));
     session.start();
   }
 
   /** Stops every connection accepted through `view` (its listener went away): they drain and close. */
   stopView(view: ExportLookup, why: string): void {
-    for (const [s, v] of this.views) if (v === view) s.stop(why);
+    for (const s of this.sessions) if (s.view === view) s.stop(why);
   }
 
   /** Live connections, in handshake or transmission. */

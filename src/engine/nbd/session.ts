@@ -47,7 +47,8 @@ export class NbdSession {
   constructor(
     private readonly env: Env,
     private readonly conn: Conn,
-    exports: ExportLookup,
+    /** What this connection may see: the exports of the listener it was accepted through. */
+    readonly view: ExportLookup,
     private readonly limits: SessionLimits,
     private readonly budget: ByteBudget,
     private readonly pool: BufferPool,
@@ -55,7 +56,7 @@ export class NbdSession {
     private readonly ticket: PreAuthTicket,
   ) {
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
-    this.handshake = new Handshake(exports, (b) => this.conn.send(b), limits);
+    this.handshake = new Handshake(view, (b) => this.conn.send(b), limits);
   }
 
   start(): void {

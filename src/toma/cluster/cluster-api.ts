@@ -7,6 +7,7 @@
  * control serves them (leader-control.ts; a follower answers 421 and the daemon goes there).
  * Sans-I/O like ../api.ts; behind the same signature check.
  */
+import { ExtentSet } from "../extent-set.ts";
 import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
 import type { Env } from "../../engine/env.ts";
@@ -272,7 +273,7 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
 export function driveViews(m: ClusterMember, state: ClusterState | null): DriveJson[] {
   const cluster = state?.cluster_uuid ?? m.node.view().cluster_uuid;
   const members = new Map((state?.drives ?? []).map((d) => [d.drive_uuid, d]));
-  const used = state ? usedExtents(state) : new Map<string, Set<number>>();
+  const used = state ? usedExtents(state) : new Map<string, ExtentSet>();
   const retired = state ? retiredCounts(state) : new Map<string, number>();
   const out: DriveJson[] = [];
   for (const uuid of [...new Set([...members.keys(), ...m.pool.uuids()])].sort()) {

@@ -49,7 +49,11 @@ export class DriveReporter {
     peers: readonly string[],
   ) {
     this.clock = steadyClock(env.clock);
-    this.homing = homedCall(env, peers, (address, _method, _path, body) => this.send(address, body as DriveReport), "drive report");
+    this.homing = homedCall(env, peers, (address, _method, _path, body) => this.send(address, body as DriveReport), {
+      who: "drive report",
+      // Every TOMA is among `peers`; and a GET of the cluster through `send` would POST no report.
+      learn_peers: false,
+    });
   }
 
   private readonly homing: Homing;

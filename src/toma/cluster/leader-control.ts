@@ -31,7 +31,8 @@ import { encodeProposal, fenceVersion } from "../consensus/proposal.ts";
 import { type MirrorTimings, MirrorControl } from "../mirror-control.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import { type VolumeState, volumeStateOf } from "../toma.ts";
-import { attachInfoOf, evictRefusal, inUseError, legViewsOf } from "../volume-views.ts";
+import { deleteVolume } from "../volume-delete.ts";
+import { attachInfoOf, evictRefusal, legViewsOf } from "../volume-views.ts";
 import { STATUS } from "../api.ts";
 import { type DrivePool, REPORT_FRESH_MS } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
@@ -208,30 +209,31 @@ export class ControlTerm implements ClientHost {
   }
 
   /**
-   * Deletes a volume as the single TOMA does (toma.ts deleteVolume): refused while a live client
-   * has it attached unless `force`, its clients fenced out of it first; its extents freed at once
-   * on each drive that confirmed a table without it, retired on the others (released later by the
-   * mirror control's pass, once zeroed under a confirmed table).
+   * Deletes a volume as the single TOMA does (volume-delete.ts), its command proposed through the
+   * Raft log; a refusal becomes the management API's answer.
    */
   deleteVolume(name: string, force: boolean): Promise<void> {
     return this.steps.run(async () => {
-      const st = this.state();
-      if (!st) throw new LeaderOpError(503, this.notReady());
-      const vol = st.volumes.find((x) => x.name === name);
-      if (!vol) throw new LeaderOpError(404, `no volume named '${name}' ('nvmesh volume show' lists them)`);
-      const users = this.mirror.attachedBy(vol.uuid);
-      if (users.length > 0 && !force) throw new LeaderOpError(409, inUseError(name, users));
-      const { released, done } = await this.mirror.fenceOut(vol, force);
-      try {
-        await this.volumes.command(`delete volume '${name}'`, (now) => {
-          if (!now.volumes.some((x) => x.uuid === vol.uuid)) throw new LeaderOpError(404, `volume '${name}' was deleted meanwhile`);
-          return { kind: "delete_volume", uuid: vol.uuid, released };
-        });
-        this.mirror.forgetVolume(name);
-        this.env.log.info("volume deleted", { volume: name, uuid: vol.uuid, forced: force, drives_released: released.length, drives_retired: vol.columns.length - released.length });
-      } finally {
-        done();
-      }
+      const out = await deleteVolume(
+        {
+          env: this.env,
+          mirror: this.mirror,
+          state: () => {
+            const st = this.state();
+            return st ? { ok: true, value: st } : { ok: false, code: "unavailable", error: this.notReady() };
+          },
+          commit: async (vol, cmd) => {
+            await this.volumes.command(`delete volume '${name}'`, (now) => {
+              if (!now.volumes.some((x) => x.uuid === vol.uuid)) throw new LeaderOpError(404, `volume '${name}' was deleted meanwhile`);
+              return cmd;
+            });
+            return { ok: true, value: null };
+          },
+        },
+        name,
+        force,
+      );
+      if (!out.ok) throw new LeaderOpError(STATUS[out.code], out.error);
     });
   }
 
@@ -340,11 +342,25 @@ export class ControlTerm implements ClientHost {
     if (!st) return false;
     const at = this.locate(drive_uuid);
     if (at) return at.info.state === "ok" && at.info.cluster_uuid === st.cluster_uuid;
-    const holdsDeadLeg = st.volumes.some((v) => v.columns.some((c, i) => c.drive_uuid === drive_uuid && v.legs[i] === "dead"));
-    if (holdsDeadLeg || !this.pool.usable(drive_uuid, st.cluster_uuid)) return false;
+    if (deadLegDrives(st).has(drive_uuid) || !this.pool.usable(drive_uuid, st.cluster_uuid)) return false;
     // A drive whose cache epoch moved may have lost acknowledged writes: only the leader's own
     // session can read its write-intent bits (checkCacheEpochs), so the report alone is not enough.
     const recorded = st.drives.find((d) => d.drive_uuid === drive_uuid)?.cache_epoch;
     return this.pool.locate(drive_uuid)!.drive.cache_epoch === recorded;
   }
+}
+
+/**
+ * The drives holding a dead leg of some volume in `st`. Asked for every drive on every pass and
+ * every view, so computed once per applied state: a state is never changed in place (apply()
+ * answers a new one), so its identity stands for its contents.
+ */
+const dead_leg_drives = new WeakMap<ClusterState, ReadonlySet<string>>();
+function deadLegDrives(st: ClusterState): ReadonlySet<string> {
+  let set = dead_leg_drives.get(st);
+  if (!set) {
+    set = new Set(st.volumes.flatMap((v) => v.columns.filter((_, i) => v.legs[i] === "dead").map((c) => c.drive_uuid)));
+    dead_leg_drives.set(st, set);
+  }
+  return set;
 }

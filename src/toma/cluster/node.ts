@@ -748,7 +748,7 @@ export class TomaNode {
     // leader removing itself needs its followers' acknowledgements to commit that very removal.
     for (const m of config.members) if (m.address !== "") this.known.set(m.id, m.address);
     this.senders!.send(rd.messages, (id) => member(config, id)?.address ?? this.known.get(id) ?? null);
-    for (const m of rd.messages) if (m.type === "snap") this.env.log.info("sending a snapshot", { msg: describeMessage(m) });
+    for (const m of rd.messages) if (m.type === "snap" && m.offset === 0) this.env.log.info("sending a snapshot", { msg: describeMessage(m) });
     // Answers go out after advance(): whoever awaits them may propose again at once.
     const settle: (() => void)[] = [];
     if (rd.snapshot) {

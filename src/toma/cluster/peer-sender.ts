@@ -92,8 +92,8 @@ export class PeerSenders {
         const { bytes, count } = this.envelope(to, q.msgs);
         const batch = q.msgs.splice(0, count);
         if (bytes === null) {
-          // One message alone is larger than an envelope may be: only a snapshot of a large
-          // state can be (sending state in chunks is not built).
+          // One message alone is larger than an envelope may be: the core bounds every message
+          // below it (entries, snapshot chunks), so this is a bug; dropped, never sent for ever.
           this.dropped++;
           this.env.log.error("raft message too large for one request: dropped", { to, type: batch[0]!.type });
           if (batch[0]!.type === "snap") this.events.snapshot(to, false);

@@ -7,11 +7,11 @@
  * its own, and one computed from a view another changed is refused by every TOMA alike (stale
  * `computed_at`) and computed again.
  *
- * Size bounds, until the state is sent in chunks and extents are stored as ranges: the state after
- * a command must fit one snapshot message (a new or lagging member catches up by it, and a
- * request between TOMAs carries at most 44 KiB), and a command must stay small enough that the
- * log tail kept before compaction (64 entries) fits the hard-state record of a 1 MiB metadata
- * slot with the state. A command beyond either is refused before it is proposed, saying why.
+ * Size bounds: the state after a command (its extents as runs) must stay within MAX_STATE_BYTES,
+ * and a command within MAX_COMMAND_BYTES, so that the state and the log tail kept before
+ * compaction (64 entries) fit the hard-state record of a 1 MiB metadata slot; a new or lagging
+ * member gets the state in chunks, so no message bounds it. A command beyond either is refused
+ * before it is proposed (507), saying why.
  *
  * Deleting a volume, and everything that touches its extents or clients, is the leader's mirror
  * control's (leader-control.ts), which computes its commands through `command` here.
@@ -24,6 +24,7 @@ import { allocate, createVolumeCommand, type VolumeRequest } from "../allocator.
 import { STATUS } from "../api.ts";
 import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
 import { encodeProposal, MAX_STATE_BYTES } from "../consensus/proposal.ts";
+import { toRuns } from "../extent-runs.ts";
 import type { DrivePool } from "./drive-pool.ts";
 import { LeaderOpError, leaderOnly, proposalFailure } from "./leader-gate.ts";
 import type { TomaNode } from "./node.ts";
@@ -32,8 +33,12 @@ import type { TomaNode } from "./node.ts";
 const STALE_RETRIES = 3;
 /** How long one command may take to commit and apply. */
 export const COMMAND_TIMEOUT_MS = 10_000;
-/** One encoded proposal: 64 of them and the state stay under the 1 MiB metadata slot. */
-export const MAX_COMMAND_BYTES = 12 * 1024;
+/**
+ * One encoded proposal: 65 of them and the state (MAX_STATE_BYTES) stay well under the 1 MiB
+ * metadata slot. Columns travel as runs, so a leg of any size takes a few bytes unless its
+ * extents are scattered (about 5 bytes per run).
+ */
+export const MAX_COMMAND_BYTES = 4 * 1024;
 
 export class VolumeOps {
   /** Volume operations, one at a time. */
@@ -116,13 +121,19 @@ export class VolumeOps {
   }
 }
 
+/** Extent runs the command's columns take (what makes a command large). */
+function runsOf(cmd: Command): number {
+  const cols = cmd.kind === "create_volume" ? cmd.columns : cmd.kind === "replace_leg" ? [cmd.with] : [];
+  return cols.reduce((n, c) => n + toRuns(c.extents).length / 2, 0);
+}
+
 /** Throws (507) when the command or the state after it would exceed what this mode can carry. */
-function tooLarge(what: string, state: ClusterState, cmd: Command, data: Uint8Array): void {
+export function tooLarge(what: string, state: ClusterState, cmd: Command, data: Uint8Array): void {
   if (data.length > MAX_COMMAND_BYTES) {
     throw new LeaderOpError(
       507,
-      `${what}: its command would take ${data.length} bytes (it lists every extent of every leg), above the ${MAX_COMMAND_BYTES} a TOMA cluster's log entry may hold; ` +
-        "create a smaller volume, or format the drives with a larger --extent-size",
+      `${what}: its command would take ${data.length} bytes (its legs' extents are scattered over ${runsOf(cmd)} runs), above the ${MAX_COMMAND_BYTES} a TOMA cluster's log entry may hold; ` +
+        "create a volume with fewer columns or a smaller one, or free contiguous space by deleting volumes",
     );
   }
   const after = apply(state, cmd);
@@ -131,8 +142,8 @@ function tooLarge(what: string, state: ClusterState, cmd: Command, data: Uint8Ar
   if (bytes > MAX_STATE_BYTES) {
     throw new LeaderOpError(
       507,
-      `${what}: the cluster state would take ${bytes} bytes, above the ${MAX_STATE_BYTES} a TOMA cluster can send a new or lagging member in one snapshot; ` +
-        "delete volumes, create fewer larger-extent ones (drives formatted with a larger --extent-size), or run one TOMA without --peers",
+      `${what}: the cluster state would take ${bytes} bytes, above the ${MAX_STATE_BYTES} a TOMA cluster's state may take (it must fit, with the log tail, each TOMA's 1 MiB metadata slot); ` +
+        "delete volumes, or create fewer, larger ones",
     );
   }
 }

@@ -16,7 +16,7 @@ import { type Entry, type Message, MessageSchema, NodeIdSchema, UuidSchema } fro
 
 export const ENVELOPE_VERSION = 1;
 export const MAX_MESSAGES_PER_ENVELOPE = 256;
-/** A snapshot (up to a slot, 1 MiB) plus a batch of messages fits with room to spare. */
+/** A batch of messages (chunks of a snapshot, appends) fits with room to spare. */
 export const MAX_ENVELOPE_BYTES = 4 * 1024 * 1024;
 
 const EnvelopeSchema = v.strictObject({
@@ -50,7 +50,11 @@ export function decodeEnvelope(bytes: Uint8Array): Decoded<Envelope> {
 
 /** Cross-field checks the schema cannot express. */
 function messageProblem(m: Message): string | null {
-  if (m.type === "snap") return configProblem(m.snapshot.config);
+  if (m.type === "snap") {
+    if (m.offset + m.data.length > m.total) return `chunk [${m.offset}, ${m.offset + m.data.length}) beyond the snapshot's ${m.total} bytes`;
+    if (m.data.length === 0 && m.total > 0) return "an empty chunk of a snapshot that has data";
+    return configProblem(m.snapshot.config);
+  }
   if (m.type === "app") {
     let index = m.prev_index;
     for (const e of m.entries) if (e.index !== ++index) return "entries are not contiguous after prev_index";
@@ -94,6 +98,8 @@ export function describeMessage(m: Message): string {
     case "heartbeat_resp":
       return head + (m.read_round ? ` read=${m.read_round}` : "");
     case "snap":
-      return `${head} snapshot=${m.snapshot.term}/${m.snapshot.index} ${describeConfig(m.snapshot.config)}`;
+      return `${head} snapshot=${m.snapshot.term}/${m.snapshot.index} ${describeConfig(m.snapshot.config)} bytes=${m.offset}+${m.data.length}/${m.total}`;
+    case "snap_resp":
+      return `${head} snapshot=${m.index} ${m.reject ? "rejected, holds" : "holds"} ${m.offset}`;
   }
 }

@@ -3,10 +3,13 @@
  * send next, and how:
  *   probe      one append per heartbeat until one is accepted (after a rejection or a restart);
  *   replicate  appends pipelined, at most `max_inflight` unanswered;
- *   snapshot   a snapshot was sent; nothing else until it is answered, or until an election timeout
- *              of ticks passes without an answer (the snapshot or its answer was lost): then probe.
+ *   snapshot   a snapshot is being sent, one chunk at a time, each after the answer to the one
+ *              before it; nothing else until its last chunk is answered, or until an election
+ *              timeout of ticks passes without an answer (a chunk or its answer was lost): then
+ *              probe, and the next snapshot starts from its first chunk.
  */
 import { assert } from "../../engine/assert.ts";
+import type { Snapshot } from "./types.ts";
 
 export type ProgressState = "probe" | "replicate" | "snapshot";
 
@@ -18,9 +21,16 @@ export class Progress {
   state: ProgressState = "probe";
   /** Probe: an append was sent and not answered; wait for a heartbeat answer before the next. */
   probe_sent = false;
-  /** Snapshot: the index of the snapshot sent, and ticks spent waiting for its answer. */
+  /** Snapshot: the index of the snapshot sent, and ticks spent waiting for an answer to a chunk. */
   pending_snapshot = 0;
   snapshot_ticks = 0;
+  /**
+   * Snapshot: the one being sent (kept, so that a compaction meanwhile cannot mix two snapshots'
+   * bytes), and the chunk in flight [chunk_offset, chunk_end).
+   */
+  sending: Snapshot | null = null;
+  chunk_offset = 0;
+  chunk_end = 0;
   /** Replicate: the last index of each append in flight, oldest first. */
   inflight: number[] = [];
   /** Heard from since the last CheckQuorum. */
@@ -39,6 +49,7 @@ export class Progress {
     this.next = from_snapshot ? Math.max(this.match + 1, this.pending_snapshot + 1) : this.match + 1;
     this.probe_sent = false;
     this.pending_snapshot = 0;
+    this.sending = null;
     this.inflight = [];
   }
 
@@ -46,14 +57,26 @@ export class Progress {
     this.state = "replicate";
     this.next = this.match + 1;
     this.pending_snapshot = 0;
+    this.sending = null;
     this.inflight = [];
   }
 
-  becomeSnapshot(index: number): void {
+  becomeSnapshot(s: Snapshot): void {
     this.state = "snapshot";
-    this.pending_snapshot = index;
+    this.pending_snapshot = s.index;
+    this.sending = s;
     this.snapshot_ticks = 0;
+    this.chunk_offset = 0;
+    this.chunk_end = 0;
     this.inflight = [];
+  }
+
+  /** The chunk [offset, end) of the snapshot being sent went out. */
+  chunkSent(offset: number, end: number): void {
+    assert(this.state === "snapshot" && this.sending !== null && offset <= end && end <= this.sending.data.length, "bad snapshot chunk");
+    this.chunk_offset = offset;
+    this.chunk_end = end;
+    this.snapshot_ticks = 0;
   }
 
   /** An append up to `index` was accepted. Returns whether anything advanced. */

@@ -17,14 +17,27 @@ import { encode } from "cbor-x";
 import * as v from "valibot";
 import { assert } from "../../engine/assert.ts";
 import { apply, type ClusterState, type Command, DriveRecordSchema, LegStateSchema, type RefusalCode } from "../cluster-state.ts";
+import type { Column } from "../../engine/layout/types.ts";
+import { expandAll, MAX_DECODED_EXTENTS, MAX_RUN_NUMBERS, toRuns } from "../extent-runs.ts";
 import { type Decoded, parseCbor } from "../parse-cbor.ts";
 import { Count, UuidSchema } from "./types.ts";
 
 const Name = v.pipe(v.string(), v.maxLength(256));
-const ColumnSchema = v.strictObject({ drive_uuid: UuidSchema, extents: v.pipe(v.array(Count), v.maxLength(1 << 20)) });
+/**
+ * A column as a log entry carries it: its extents as runs (extent-runs.ts), or, in entries written
+ * before runs, as a plain list (a hard-state record on a drive may still hold such an entry).
+ */
+const ColumnWireSchema = v.union([
+  v.strictObject({ drive_uuid: UuidSchema, runs: v.pipe(v.array(Count), v.maxLength(MAX_RUN_NUMBERS)) }),
+  v.strictObject({ drive_uuid: UuidSchema, extents: v.pipe(v.array(Count), v.maxLength(1 << 20)) }),
+]);
+type ColumnWire = v.InferOutput<typeof ColumnWireSchema>;
+/** A column as the state machine takes it. */
+const ColumnSchema = v.strictObject({ drive_uuid: UuidSchema, extents: v.array(Count) });
 
-/** Every command of cluster-state.ts, as it may arrive in a log entry. */
-export const CommandSchema = v.variant("kind", [
+/** Every command of cluster-state.ts, with its columns given by `column`. */
+function commandSchema<C extends typeof ColumnSchema | typeof ColumnWireSchema>(column: C) {
+  return v.variant("kind", [
   v.strictObject({ kind: v.literal("add_drive"), drive: DriveRecordSchema }),
   v.strictObject({
     kind: v.literal("create_volume"),
@@ -35,16 +48,20 @@ export const CommandSchema = v.variant("kind", [
     stripe_width: Count,
     stripe_size_bytes: Count,
     extent_size_bytes: Count,
-    columns: v.pipe(v.array(ColumnSchema), v.maxLength(4096)),
+    columns: v.pipe(v.array(column), v.maxLength(4096)),
     mirrors: Count,
     debug_format: v.optional(v.boolean()),
   }),
   v.strictObject({ kind: v.literal("delete_volume"), uuid: UuidSchema, released: v.optional(v.pipe(v.array(UuidSchema), v.maxLength(4096))) }),
   v.strictObject({ kind: v.literal("release_extents"), volume_uuid: UuidSchema, drive_uuid: UuidSchema }),
   v.strictObject({ kind: v.literal("set_legs"), uuid: UuidSchema, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
-  v.strictObject({ kind: v.literal("replace_leg"), uuid: UuidSchema, column: Count, with: ColumnSchema }),
+  v.strictObject({ kind: v.literal("replace_leg"), uuid: UuidSchema, column: Count, with: column }),
   v.strictObject({ kind: v.literal("set_cache_epoch"), drive_uuid: UuidSchema, cache_epoch: Count }),
-]);
+  ]);
+}
+/** Every command of cluster-state.ts, as the state machine takes it. */
+export const CommandSchema = commandSchema(ColumnSchema);
+const CommandWireSchema = commandSchema(ColumnWireSchema);
 
 // The schema and the Command type must describe the same thing: each is assignable to the other.
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
@@ -52,22 +69,49 @@ const schemaMatchesCommand: Same<v.InferOutput<typeof CommandSchema>, Command> =
 void schemaMatchesCommand;
 
 /**
- * The encoded cluster state a TOMA cluster carries at most: one snapshot message to a new or
- * lagging member, with its configuration, under the transport's 44 KiB (state transfer in chunks
- * is not built). The leader refuses a command that would grow the state beyond it, and a
- * single-TOMA state beyond it is not taken over.
+ * The encoded cluster state a TOMA cluster carries at most. Each TOMA's hard-state record holds
+ * the state (its snapshot) and the log tail kept before compaction (COMPACT_AFTER_ENTRIES, each
+ * at most MAX_COMMAND_BYTES, cluster/volume-ops.ts) in one metadata slot of 1 MiB: 512 KiB + 65
+ * × 4 KiB leave more than 200 KiB for the rest of the record and a longer tail. A new or lagging
+ * member gets it in chunks (MAX_SNAPSHOT_CHUNK_BYTES), so no message bounds it. The leader refuses
+ * a command that would grow the state beyond it, and a single-TOMA state beyond it is not taken
+ * over.
  */
-export const MAX_STATE_BYTES = 40 * 1024;
+export const MAX_STATE_BYTES = 512 * 1024;
 
-const ProposalSchema = v.strictObject({ computed_at: Count, cmd: CommandSchema });
+const ProposalWireSchema = v.strictObject({ computed_at: Count, cmd: CommandWireSchema });
 export type Proposal = { computed_at: number; cmd: Command };
 
+/** The command with every column's extents as runs: a leg of any size takes a few bytes. */
 export function encodeProposal(p: Proposal): Uint8Array {
-  return encode({ computed_at: p.computed_at, cmd: p.cmd });
+  const wire = (c: Column) => ({ drive_uuid: c.drive_uuid, runs: toRuns(c.extents) });
+  const cmd = p.cmd;
+  const out = cmd.kind === "create_volume" ? { ...cmd, columns: cmd.columns.map(wire) } : cmd.kind === "replace_leg" ? { ...cmd, with: wire(cmd.with) } : cmd;
+  return encode({ computed_at: p.computed_at, cmd: out });
 }
 
+/** Decodes a proposal, its columns given as runs or (older entries) as plain extent lists. */
 export function decodeProposal(bytes: Uint8Array): Decoded<Proposal> {
-  return parseCbor(bytes, ProposalSchema, "proposal") as Decoded<Proposal>;
+  const d = parseCbor(bytes, ProposalWireSchema, "proposal");
+  if (!d.ok) return d;
+  const cmd = d.value.cmd;
+  if (cmd.kind !== "create_volume" && cmd.kind !== "replace_leg") return { ok: true, value: { computed_at: d.value.computed_at, cmd } };
+  const wires: ColumnWire[] = cmd.kind === "create_volume" ? cmd.columns : [cmd.with];
+  const cols = columnsOf(wires);
+  if (!cols.ok) return { ok: false, error: `proposal: ${cols.error}` };
+  const out: Command = cmd.kind === "create_volume" ? { ...cmd, columns: cols.value } : { ...cmd, with: cols.value[0]! };
+  return { ok: true, value: { computed_at: d.value.computed_at, cmd: out } };
+}
+
+/** Columns with their runs expanded, bounded in all (extent-runs.ts). */
+function columnsOf(wires: ColumnWire[]): Decoded<Column[]> {
+  let listed = 0;
+  for (const w of wires) if ("extents" in w) listed += w.extents.length;
+  const runs = wires.map((w) => ({ what: `column on drive ${w.drive_uuid}`, runs: "runs" in w ? w.runs : [] }));
+  const e = expandAll(runs);
+  if (!e.ok) return e;
+  if (listed + e.value.reduce((n, x) => n + x.length, 0) > MAX_DECODED_EXTENTS) return { ok: false, error: `lists more than ${MAX_DECODED_EXTENTS} extents in all` };
+  return { ok: true, value: wires.map((w, i) => ({ drive_uuid: w.drive_uuid, extents: "runs" in w ? e.value[i]! : [...w.extents] })) };
 }
 
 export type Applied =

@@ -11,7 +11,7 @@
  */
 import { assert } from "../../engine/assert.ts";
 import { plantedBugs } from "../../engine/planted-bugs.ts";
-import { applyChange, changeProblem, configAt, describeChange, isVoter, member, memberIds, voterIds } from "./config.ts";
+import { applyChange, changeProblem, configAt, describeChange, describeConfig, isVoter, member, memberIds, voterIds } from "./config.ts";
 import { Progress } from "./progress.ts";
 import { quorumValue, voteResult } from "./quorum.ts";
 import { ProtocolViolation, RaftLog } from "./raft-log.ts";
@@ -23,6 +23,7 @@ import {
   type Entry,
   MAX_APPEND_DATA_BYTES,
   MAX_ENTRIES_PER_MSG,
+  MAX_SNAPSHOT_CHUNK_BYTES,
   type Message,
   type NodeId,
   type ReadState,
@@ -40,6 +41,8 @@ export interface RaftOptions {
   /** A uniform integer in [0, n): the injected source of the election jitter. */
   random: (n: number) => number;
   max_entries_per_msg?: number;
+  /** Snapshot bytes per chunk (transcripts send small ones to exercise the transfer). */
+  max_snapshot_chunk_bytes?: number;
   /** Unanswered appends per follower while replicating. */
   max_inflight?: number;
   /** Proposals refused while this many entries are uncommitted (the leader's backpressure). */
@@ -131,6 +134,11 @@ export class Raft {
   /** Term, vote, log or snapshot changed since the last persist handed out. */
   private durable_dirty = false;
   private snapshot_to_install: Snapshot | null = null;
+  /**
+   * Follower: the snapshot being received, chunk by chunk, from `from` leading `term`; at most one
+   * (a new one replaces it), at most MAX_DATA_BYTES, never persisted: a restart starts it over.
+   */
+  private incoming: { from: NodeId; term: number; meta: string; index: number; data: Uint8Array; have: number } | null = null;
   private config_cache: Config | null = null;
   private ready_out: { last_index: number; applied_to: number; persisted: boolean } | null = null;
   /** Planted bug raft_send_before_persist: the durable state handed out one Ready late. */
@@ -140,6 +148,7 @@ export class Raft {
     this.id = options.id;
     this.opts = {
       max_entries_per_msg: MAX_ENTRIES_PER_MSG,
+      max_snapshot_chunk_bytes: MAX_SNAPSHOT_CHUNK_BYTES,
       max_inflight: 16,
       max_uncommitted: 256,
       ...options,
@@ -150,6 +159,10 @@ export class Raft {
       "need 1 <= heartbeat_ticks < election_ticks",
     );
     assert(this.opts.max_entries_per_msg >= 1 && this.opts.max_entries_per_msg <= MAX_ENTRIES_PER_MSG, "bad max_entries_per_msg");
+    assert(
+      this.opts.max_snapshot_chunk_bytes >= 1 && this.opts.max_snapshot_chunk_bytes <= MAX_SNAPSHOT_CHUNK_BYTES,
+      "bad max_snapshot_chunk_bytes",
+    );
     this.log = new RaftLog(start.snapshot, start.entries, start.commit);
     this.term = start.term;
     this.vote = start.vote;
@@ -260,14 +273,17 @@ export class Raft {
     if (this.role === "leader" && pr && pr.state === "replicate") pr.becomeProbe();
   }
 
-  /** The transport knows whether the snapshot sent to `id` arrived. */
+  /**
+   * The transport knows whether a chunk of the snapshot sent to `id` arrived. A delivered chunk
+   * changes nothing (the follower's answer moves the transfer on); a lost one ends the transfer
+   * at once rather than after a timeout: probe, and the next snapshot starts over.
+   */
   reportSnapshot(id: NodeId, ok: boolean): void {
     this.assertIdle();
     const pr = this.prs.get(id);
-    if (this.role !== "leader" || !pr || pr.state !== "snapshot") return;
-    if (!ok) pr.pending_snapshot = 0;
+    if (this.role !== "leader" || !pr || pr.state !== "snapshot" || ok) return;
+    pr.pending_snapshot = 0;
     pr.becomeProbe();
-    pr.probe_sent = ok; // on success, wait for the follower's answer before sending more
   }
 
   // ---- output -----------------------------------------------------------------------------------
@@ -385,7 +401,10 @@ export class Raft {
 
   private becomeFollower(term: number, lead: NodeId | null): void {
     const was = this.role;
-    if (term !== this.term) this.setTerm(term);
+    if (term !== this.term) {
+      this.setTerm(term);
+      this.incoming = null; // its leader led an earlier term
+    }
     this.role = "follower";
     this.lead = lead;
     this.resetTimers();
@@ -408,6 +427,7 @@ export class Raft {
     this.setVote(this.id);
     this.role = "candidate";
     this.lead = null;
+    this.incoming = null;
     this.votes = new Map();
     this.resetTimers();
     this.trace(`became candidate at term ${this.term}`);
@@ -629,24 +649,59 @@ export class Raft {
     this.send({ type: "heartbeat_resp", to: m.from, term: this.term, read_round: m.read_round });
   }
 
+  /**
+   * One chunk of a snapshot. Chunks are taken in order only: a duplicate (already held) is
+   * answered with what is held, a chunk beyond it with a rejection naming where to resume, and a
+   * first chunk of another snapshot (or from another leader or term) starts over. Once every byte
+   * arrived the snapshot is installed exactly as a whole one was.
+   */
   private handleSnapshot(m: Extract<Message, { type: "snap" }>): void {
     const s = m.snapshot;
     if (s.term > m.term) throw new ProtocolViolation("snapshot of a later term than its sender's");
+    if (m.offset + m.data.length > m.total) throw new ProtocolViolation("snapshot chunk beyond the snapshot's size");
     if (s.index <= this.log.committed) {
+      this.incoming = null;
       this.sendAppResp(m.from, this.log.committed, false);
       return;
     }
     if (this.log.matchTerm(s.index, s.term)) {
       // We hold that entry: the snapshot only tells us it is committed.
+      this.incoming = null;
       this.log.commitTo(s.index);
       this.sendAppResp(m.from, this.log.lastIndex(), false);
       return;
     }
+    const meta = `${s.term}/${s.index} ${m.total} ${describeConfig(s.config)}`;
+    let inc = this.incoming;
+    if (inc === null || inc.from !== m.from || inc.term !== m.term || inc.meta !== meta) {
+      if (m.offset !== 0) {
+        this.trace(`rejected snapshot chunk at ${m.offset} of ${s.term}/${s.index} from ${m.from}: not receiving it`);
+        this.send({ type: "snap_resp", to: m.from, term: this.term, index: s.index, offset: 0, reject: true });
+        return;
+      }
+      inc = this.incoming = { from: m.from, term: m.term, meta, index: s.index, data: new Uint8Array(m.total), have: 0 };
+    }
+    if (m.offset > inc.have) {
+      this.trace(`rejected snapshot chunk at ${m.offset} of ${s.term}/${s.index} from ${m.from}: holds ${inc.have}`);
+      this.send({ type: "snap_resp", to: m.from, term: this.term, index: s.index, offset: inc.have, reject: true });
+      return;
+    }
+    const end = m.offset + m.data.length;
+    if (end > inc.have) {
+      inc.data.set(m.data.subarray(inc.have - m.offset), inc.have);
+      inc.have = end;
+    }
+    if (inc.have < m.total) {
+      this.send({ type: "snap_resp", to: m.from, term: this.term, index: s.index, offset: inc.have, reject: false });
+      return;
+    }
+    this.incoming = null;
+    const whole: Snapshot = { index: s.index, term: s.term, config: s.config, data: inc.data };
     this.trace(`installed snapshot ${s.term}/${s.index} from ${m.from}`);
-    this.log.restore(s);
+    this.log.restore(whole);
     this.config_cache = null;
     this.durable_dirty = true;
-    this.snapshot_to_install = s;
+    this.snapshot_to_install = whole;
     this.sendAppResp(m.from, s.index, false);
   }
 
@@ -702,6 +757,10 @@ export class Raft {
         if (this.maybeCommit()) this.bcastAppend();
         else while (this.role === "leader" && this.sendAppend(m.from, false));
         return;
+      case "snap_resp":
+        if (!pr) return;
+        pr.recent_active = true;
+        return this.continueSnapshot(m.from, pr, m);
       case "heartbeat_resp":
         if (!pr) return;
         pr.recent_active = true;
@@ -793,9 +852,8 @@ export class Raft {
     const prev_index = pr.next - 1;
     const prev_term = this.log.term(prev_index);
     if (prev_term === undefined) {
-      const s = this.log.snapshot;
-      this.send({ type: "snap", to, term: this.term, snapshot: s });
-      pr.becomeSnapshot(s.index);
+      pr.becomeSnapshot(this.log.snapshot);
+      this.sendChunk(to, pr, 0);
       return true;
     }
     const entries = pr.next <= this.log.lastIndex() ? withinBytes(this.log.slice(pr.next, this.log.lastIndex() + 1, this.opts.max_entries_per_msg), MAX_APPEND_DATA_BYTES) : [];
@@ -803,6 +861,26 @@ export class Raft {
     this.send({ type: "app", to, term: this.term, prev_index, prev_term, entries, commit: this.log.committed });
     pr.sent(entries.length > 0 ? entries[entries.length - 1]!.index : prev_index);
     return true;
+  }
+
+  /** Sends the chunk of the snapshot being sent to `to` that starts at `offset`. */
+  private sendChunk(to: NodeId, pr: Progress, offset: number): void {
+    const s = pr.sending!;
+    const end = Math.min(s.data.length, offset + this.opts.max_snapshot_chunk_bytes);
+    const snapshot = { index: s.index, term: s.term, config: s.config };
+    this.send({ type: "snap", to, term: this.term, snapshot, total: s.data.length, offset, data: s.data.subarray(offset, end) });
+    pr.chunkSent(offset, end);
+  }
+
+  /**
+   * The follower holds `m.offset` bytes of the snapshot being sent: send the next chunk. Only an
+   * answer to the chunk in flight (or beyond it) moves the transfer on, so a duplicated or late
+   * answer sends nothing twice; a rejection resends from where the follower is.
+   */
+  private continueSnapshot(to: NodeId, pr: Progress, m: Extract<Message, { type: "snap_resp" }>): void {
+    if (pr.state !== "snapshot" || pr.sending === null || m.index !== pr.pending_snapshot) return;
+    if (m.offset >= pr.sending.data.length) return; // all of it is there: its app_resp moves on
+    if (m.reject || m.offset >= pr.chunk_end) this.sendChunk(to, pr, m.offset);
   }
 
   private releaseReads(): void {

@@ -15,7 +15,7 @@
  * Pure: no I/O, no clock.
  */
 import * as v from "valibot";
-import { type ClusterState, decodeState, majority } from "../cluster-state.ts";
+import { type ClusterState, decodeState, encodeState, majority } from "../cluster-state.ts";
 import { decodeRecord, type HardStateRecord } from "./hard-state-record.ts";
 import { MAX_STATE_BYTES } from "./proposal.ts";
 import { UuidSchema } from "./types.ts";
@@ -136,13 +136,16 @@ export function decideTakeover(reports: readonly SingleTomaReport[]): TakeoverDe
         "Bring up the targets serving them and restart the TOMAs of their servers",
     };
   }
-  if (best.data.length > MAX_STATE_BYTES) {
+  // Taken over in the current encoding (extents as runs), whichever the single TOMA wrote: every
+  // founder re-encodes the same decoded state to the same bytes.
+  const data = encodeState(best.state);
+  if (data.length > MAX_STATE_BYTES) {
     return {
       kind: "wait",
       reason:
-        `the single-TOMA cluster state takes ${best.data.length} bytes, above the ${MAX_STATE_BYTES} a TOMA cluster can send a new or lagging member in one snapshot: ` +
+        `the single-TOMA cluster state takes ${data.length} bytes, above the ${MAX_STATE_BYTES} a TOMA cluster's state may take (it must fit, with the log tail, a 1 MiB metadata slot): ` +
         "not taken over. Run the single TOMA again and delete volumes (or move them to drives with a larger --extent-size) first",
     };
   }
-  return { kind: "adopt", state: best.state, data: best.data, snapshot_index: best.state.generation + 1, snapshot_term: (best.state.term ?? 0) + 1, heard: n, of: list.length };
+  return { kind: "adopt", state: best.state, data, snapshot_index: best.state.generation + 1, snapshot_term: (best.state.term ?? 0) + 1, heard: n, of: list.length };
 }

@@ -55,6 +55,19 @@ export type Entry = v.InferOutput<typeof EntrySchema>;
 /** The state after applying every entry up to `index`, and the configuration in force there. */
 export const SnapshotSchema = v.strictObject({ index: Count, term: Count, config: ConfigSchema, data: Bytes });
 export type Snapshot = v.InferOutput<typeof SnapshotSchema>;
+/** A snapshot without its data: what names it in each chunk of its transfer. */
+export const SnapshotMetaSchema = v.strictObject({ index: Count, term: Count, config: ConfigSchema });
+
+/**
+ * Bytes of snapshot data per `snap` message: a snapshot (up to a slot, MAX_DATA_BYTES) goes to a
+ * new or lagging member in chunks, each with its configuration (up to 64 members with their
+ * addresses, about 24 KiB at most), in one request between TOMAs (44 KiB, cluster/peer-sender.ts).
+ */
+export const MAX_SNAPSHOT_CHUNK_BYTES = 16 * 1024;
+const Chunk = v.pipe(
+  v.custom<Uint8Array>((x) => x instanceof Uint8Array, "bytes expected"),
+  v.maxLength(MAX_SNAPSHOT_CHUNK_BYTES),
+);
 
 /**
  * What a node must have on stable storage before it sends anything that depends on it: Raft's
@@ -112,7 +125,25 @@ export const MessageSchema = v.variant("type", [
   /** commit: what the leader knows the receiver holds of its commit; read_round: see raft.ts. */
   v.strictObject({ type: v.literal("heartbeat"), ...Base, commit: Count, read_round: Count }),
   v.strictObject({ type: v.literal("heartbeat_resp"), ...Base, read_round: Count }),
-  v.strictObject({ type: v.literal("snap"), ...Base, snapshot: SnapshotSchema }),
+  /**
+   * One chunk of a snapshot of `total` bytes: data[offset, offset + data.length). The last chunk
+   * (offset + data.length = total) is answered by an app_resp once installed; every other by a
+   * snap_resp. Chunks are sent one at a time, each after the answer to the one before it.
+   */
+  v.strictObject({
+    type: v.literal("snap"),
+    ...Base,
+    snapshot: SnapshotMetaSchema,
+    total: v.pipe(Count, v.maxValue(MAX_DATA_BYTES)),
+    offset: Count,
+    data: Chunk,
+  }),
+  /**
+   * The receiver holds `offset` bytes of the snapshot at `index` from this leader in this term:
+   * send from there. reject: a chunk arrived beyond what it holds (one was lost, or it lost what
+   * it had) and `offset` is where to resume.
+   */
+  v.strictObject({ type: v.literal("snap_resp"), ...Base, index: Count, offset: Count, reject: v.boolean() }),
 ]);
 export type Message = v.InferOutput<typeof MessageSchema>;
 

@@ -3,6 +3,13 @@ import { encode } from "cbor-x";
 import { emptyState, encodeState } from "../../../src/toma/cluster-state.ts";
 import { decodeRecord, durableOf, encodeRecord, nodeIdOf } from "../../../src/toma/consensus/hard-state-record.ts";
 import { CLUSTER, drive, record } from "./record-fixtures.ts";
+import { MAX_RECORD_DRIVES } from "../../../src/toma/consensus/hard-state-record.ts";
+import { MAX_MEMBERS } from "../../../src/toma/consensus/types.ts";
+import { MAX_STATE_BYTES } from "../../../src/toma/consensus/proposal.ts";
+import { MAX_COMMAND_BYTES } from "../../../src/toma/cluster/volume-ops.ts";
+import { COMPACT_AFTER_ENTRIES } from "../../../src/toma/cluster/node.ts";
+import { maxMetaPayloadBytes } from "../../../src/engine/drive/meta-slot.ts";
+import { META_SLOT_BYTES } from "../../../src/engine/drive/superblock.ts";
 
 const at = (seq: number, n = 1) => ({ slot_generation: seq, drive_uuid: drive(n) });
 
@@ -19,6 +26,26 @@ describe("hard-state record codec", () => {
     // Key order in the source object does not change the bytes.
     const shuffled = Object.fromEntries(Object.entries(r).reverse()) as typeof r;
     expect(encodeRecord(shuffled)).toEqual(bytes);
+  });
+
+  test("the largest record the size bounds allow fits a 1 MiB metadata slot", () => {
+    // The state at its bound, the log tail compaction keeps plus one, every entry a command at its
+    // bound, the most drives and members, the longest ids and addresses.
+    const id = (i: number) => `${"s".repeat(60)}${String(i).padStart(4, "0")}#${"f".repeat(32)}`;
+    const members = Array.from({ length: MAX_MEMBERS }, (_, i) => ({ id: id(i), voter: true, address: "a".repeat(256) })).sort((a, b) => (a.id < b.id ? -1 : 1));
+    const big = 2 ** 50;
+    const entries = Array.from({ length: COMPACT_AFTER_ENTRIES + 1 }, (_, i) => ({ kind: "normal" as const, term: big, index: big + 1 + i, data: new Uint8Array(MAX_COMMAND_BYTES).fill(0xff) }));
+    const r = record(big, Array.from({ length: MAX_RECORD_DRIVES }, (_, i) => i + 1), {
+      term: big,
+      vote: id(0),
+      commit: big,
+      anchor_seq: big - 1,
+      snapshot: { index: big, term: big, config: { members }, data: new Uint8Array(MAX_STATE_BYTES).fill(0xff) },
+      entries,
+    });
+    const bytes = encodeRecord(r);
+    expect(bytes.length).toBeLessThanOrEqual(maxMetaPayloadBytes(META_SLOT_BYTES));
+    console.log(`largest record: ${bytes.length} of ${maxMetaPayloadBytes(META_SLOT_BYTES)} bytes`);
   });
 
   test("a cluster state of the single-TOMA format is 'other', not corrupt", () => {

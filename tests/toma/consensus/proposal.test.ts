@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { encode } from "cbor-x";
+import { decode, encode } from "cbor-x";
 import { apply, type Command, emptyState } from "../../../src/toma/cluster-state.ts";
 import { applyProposal, decodeProposal, encodeProposal, fenceVersion, MAX_FENCE_TERM } from "../../../src/toma/consensus/proposal.ts";
 
@@ -32,6 +32,51 @@ describe("proposals", () => {
       const d = decodeProposal(encodeProposal({ computed_at: 7, cmd }));
       expect(d).toEqual({ ok: true, value: { computed_at: 7, cmd } });
     }
+  });
+
+  test("columns travel as runs; an entry written with plain extent lists (before runs) still decodes", () => {
+    const cmd: Command = {
+      kind: "create_volume",
+      uuid: uuid(51),
+      name: "big",
+      capacity_bytes: 4096 * MiB,
+      raid_level: "1",
+      stripe_width: 1,
+      stripe_size_bytes: 0,
+      extent_size_bytes: MiB,
+      columns: [
+        { drive_uuid: uuid(1), extents: Array.from({ length: 4096 }, (_, i) => i) },
+        { drive_uuid: uuid(2), extents: [...Array.from({ length: 4000 }, (_, i) => 100 + i), ...Array.from({ length: 96 }, (_, i) => i)] },
+      ],
+      mirrors: 2,
+    };
+    const bytes = encodeProposal({ computed_at: 3, cmd });
+    expect(bytes.length).toBeLessThan(400); // the plain form took over 24000
+    const wire = decode(bytes) as { cmd: { columns: { runs: number[] }[] } };
+    expect(wire.cmd.columns.map((c) => c.runs)).toEqual([[0, 4096], [100, 4000, 0, 96]]);
+    expect(decodeProposal(bytes)).toEqual({ ok: true, value: { computed_at: 3, cmd } });
+    const replace: Command = { kind: "replace_leg", uuid: uuid(51), column: 1, with: { drive_uuid: uuid(3), extents: [7, 8, 9] } };
+    expect(decode(encodeProposal({ computed_at: 4, cmd: replace })).cmd.with).toEqual({ drive_uuid: uuid(3), runs: [7, 3] });
+    // The plain form, as a hard-state record on a drive may still hold it.
+    for (const c of [cmd, replace]) expect(decodeProposal(encode({ computed_at: 5, cmd: c }))).toEqual({ ok: true, value: { computed_at: 5, cmd: c } });
+  });
+
+  test("bad runs in a proposal are refused saying why, and a huge count allocates nothing", () => {
+    const col = (runs: unknown) => encode({ computed_at: 1, cmd: { kind: "replace_leg", uuid: uuid(51), column: 0, with: { drive_uuid: uuid(3), runs } } });
+    const cases: [unknown, RegExp][] = [
+      [[1, 2, 3], /\(start, count\) pairs/],
+      [[1, 0], /positive count/],
+      [[1, 2, 3, 1], /maximal/],
+      [[0, 2 ** 40], /more than 16777216 extents/],
+      ["x", /fails validation/],
+    ];
+    for (const [runs, why] of cases) {
+      const d = decodeProposal(col(runs));
+      expect(d.ok).toBe(false);
+      if (!d.ok) expect(d.error).toMatch(why);
+    }
+    const both = encode({ computed_at: 1, cmd: { kind: "replace_leg", uuid: uuid(51), column: 0, with: { drive_uuid: uuid(3), runs: [1, 1], extents: [1] } } });
+    expect(decodeProposal(both).ok).toBe(false);
   });
 
   test("a committed proposal sets the state's generation to the entry's index", () => {

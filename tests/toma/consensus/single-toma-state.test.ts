@@ -8,7 +8,8 @@ import { type PeerAnswer, bootstrapDecision } from "../../../src/toma/consensus/
 import { votersConfig } from "../../../src/toma/consensus/config.ts";
 import { encodeRecord } from "../../../src/toma/consensus/hard-state-record.ts";
 import { classifySlot, decideTakeover, reportOf, type SingleTomaReport } from "../../../src/toma/consensus/single-toma-state.ts";
-import { type ClusterState, emptyState, encodeState } from "../../../src/toma/cluster-state.ts";
+import { encode } from "cbor-x";
+import { type ClusterState, decodeState, emptyState, encodeState } from "../../../src/toma/cluster-state.ts";
 
 const uuid = (n: number) => `00000000-0000-4000-8000-${n.toString(16).padStart(12, "0")}`;
 const CLUSTER = uuid(0xc1);
@@ -92,13 +93,52 @@ describe("decideTakeover", () => {
     expect(x.kind === "adopt" && x.state).toEqual(s5);
   });
 
-  test("a state larger than a TOMA cluster can carry in one snapshot: wait, saying so", () => {
-    const many = Array.from({ length: 700 }, (_, i) => uuid(0x10000 + i));
-    const big = stateOf(9, many);
-    const r = reportOf(many.slice(0, 351).map((u) => ({ drive_uuid: u, generation: 9, payload: encodeState(big) })));
+  // One volume on one drive whose extents are scattered (every other one): one run per extent.
+  function scattered(generation: number, n: number): ClusterState {
+    const st = stateOf(generation, [d(1)]);
+    st.drives = [{ drive_uuid: d(1), extent_size_bytes: 1 << 20, extent_count: 2 * n }];
+    const extents = Array.from({ length: n }, (_, i) => 2 * i);
+    st.volumes = [
+      {
+        uuid: uuid(0x77),
+        name: "v",
+        capacity_bytes: n * (1 << 20),
+        raid_level: "concatenated",
+        stripe_width: 1,
+        stripe_size_bytes: 0,
+        extent_size_bytes: 1 << 20,
+        columns: [{ drive_uuid: d(1), extents }],
+        mirrors: 1,
+        legs: ["ok"],
+        rebuild_blank: [false],
+        topology_seq: 1,
+        created_seq: 1,
+        debug_format: false,
+      },
+    ];
+    return st;
+  }
+
+  test("a state larger than a TOMA cluster's state may take: wait, saying so", () => {
+    const big = scattered(9, 120_000);
+    const r = reportOf([{ drive_uuid: d(1), generation: 9, payload: encodeState(big) }]);
     const t = decideTakeover([r]);
     expect(t.kind).toBe("wait");
-    expect((t as { reason: string }).reason).toContain("a TOMA cluster can send a new or lagging member in one snapshot");
+    expect((t as { reason: string }).reason).toMatch(/takes \d+ bytes, above the 524288 a TOMA cluster's state may take/);
+  });
+
+  test("a state the single TOMA wrote with plain extent lists (format 1) is taken over as runs", () => {
+    const st = scattered(9, 10);
+    st.volumes[0]!.columns[0]!.extents = Array.from({ length: 5000 }, (_, i) => i);
+    st.drives[0]!.extent_count = 5000;
+    st.volumes[0]!.capacity_bytes = 5000 * (1 << 20);
+    const old = encode({ ...st, format: 1 });
+    const t = decideTakeover([reportOf([{ drive_uuid: d(1), generation: 9, payload: old }])]);
+    expect(t.kind).toBe("adopt");
+    if (t.kind !== "adopt") return;
+    expect(t.data).toEqual(encodeState(st));
+    expect(t.data.length).toBeLessThan(old.length / 20);
+    expect({ ...decodeState(t.data), format: 1 }).toEqual({ ...st, format: 1 });
   });
 
   test("no state anywhere: none; states of two clusters: wait", () => {

@@ -4,8 +4,9 @@
  * the expected output up to a blank line. Lines starting with `#` between blocks are comments.
  *
  * Commands (ids are node ids; lists are comma-separated):
- *   init voters=1,2,3 [learners=4] [election=10] [heartbeat=1] [max-entries=64]
- *                                    founders from one bootstrap snapshot
+ *   init voters=1,2,3 [learners=4] [election=10] [heartbeat=1] [max-entries=64] [chunk=BYTES]
+ *                                    founders from one bootstrap snapshot; chunk: snapshot bytes
+ *                                    per message (small, so that a snapshot takes several)
  *   add-node ID                      a blank node in no configuration (a new or amnesic TOMA)
  *   tick IDS [xN]                    N ticks on each node, its Ready handled after each
  *   campaign ID                      start an election now (through PreVote)
@@ -21,6 +22,10 @@
  *                                    only the nodes' trace lines (a network that delivers promptly)
  *   deliver FROM->TO                 deliver what is queued on one link (and handle the receiver)
  *   drop FROM->TO                    discard what is queued on one link
+ *   drop FROM->TO N                  discard the Nth message (from 1) queued on one link
+ *   dup FROM->TO                     what is queued on one link is queued twice (each message again, after)
+ *   reverse FROM->TO                 what is queued on one link arrives in the reverse order
+ *   snapshot-lost ID TO              the transport tells leader ID that a snapshot chunk to TO was lost
  *   queued FROM->TO                  print what is queued on one link, without delivering it
  *   cut FROM->TO                     from now on, messages FROM->TO are lost (one way)
  *   partition A,B|C,D[|...]          only these cuts from now: every link between the groups, both ways
@@ -41,7 +46,7 @@ import { assert } from "../../../src/engine/assert.ts";
 import { describeConfig, votersConfig } from "../../../src/toma/consensus/config.ts";
 import { describeEntry, describeMessage } from "../../../src/toma/consensus/messages.ts";
 import { blankDurableState, bootstrapDurableState, Raft, type Ready } from "../../../src/toma/consensus/raft.ts";
-import type { ConfChange, DurableState, Message, NodeId } from "../../../src/toma/consensus/types.ts";
+import { type ConfChange, type DurableState, MAX_SNAPSHOT_CHUNK_BYTES, type Message, type NodeId } from "../../../src/toma/consensus/types.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -80,6 +85,7 @@ export class TranscriptWorld {
   private election = 10;
   private heartbeat = 1;
   private max_entries = 64;
+  private chunk = MAX_SNAPSHOT_CHUNK_BYTES;
 
   run(cmd: string): string {
     this.out = [];
@@ -91,6 +97,7 @@ export class TranscriptWorld {
         this.election = Number(kv.election ?? 10);
         this.heartbeat = Number(kv.heartbeat ?? 1);
         this.max_entries = Number(kv["max-entries"] ?? 64);
+        this.chunk = Number(kv.chunk ?? MAX_SNAPSHOT_CHUNK_BYTES);
         const voters = list(kv.voters);
         const learners = list(kv.learners);
         const config = votersConfig(voters);
@@ -194,7 +201,20 @@ export class TranscriptWorld {
         break;
       }
       case "drop":
-        this.queues.delete(pos[0]!);
+        if (pos[1] === undefined) this.queues.delete(pos[0]!);
+        else this.queues.get(pos[0]!)?.splice(Number(pos[1]) - 1, 1);
+        break;
+      case "dup": {
+        const q = this.queues.get(pos[0]!);
+        if (q) q.push(...q);
+        break;
+      }
+      case "reverse":
+        this.queues.get(pos[0]!)?.reverse();
+        break;
+      case "snapshot-lost":
+        this.live(pos[0]!).reportSnapshot(pos[1]!, false);
+        this.handleReady(pos[0]!);
         break;
       case "queued":
         for (const m of this.queues.get(pos[0]!) ?? []) this.print(describeMessage(m));
@@ -279,6 +299,7 @@ export class TranscriptWorld {
         election_ticks: this.election,
         heartbeat_ticks: this.heartbeat,
         max_entries_per_msg: this.max_entries,
+        max_snapshot_chunk_bytes: this.chunk,
         random: (n) => Math.min(node.random, n - 1),
         trace: (line) => this.print(`${node.id}: ${line}`),
       },
