@@ -190,7 +190,7 @@ describe("target under bad input", () => {
       r.conn.send(HELLO);
       const u = uuidBytes(h!.drives[0]!);
       const flags = [Flag.DIRTY, Flag.INTENT, Flag.LOCK, Flag.INTENT | Flag.LOCK];
-      flags.forEach((flags, i) => r.conn.send(encodeFrame({ ...emptyHeader(), opcode: Op.FLUSH, flags, request_id: 2 + i, drive_uuid: u }, null)));
+      flags.forEach((flags, i) => r.conn.send(encodeFrame({ ...emptyHeader(), opcode: Op.FLUSH, flags, request_id: 2 + i, drive_uuid: u })));
       await Bun.sleep(50);
       const bytes = r.received();
       const errors: string[] = [];
