@@ -61,6 +61,16 @@ export interface ClusterSpec {
    * control; clients home on it. Off: one TOMA, on the first server.
    */
   toma_cluster: boolean;
+  /**
+   * With toma_cluster: every client daemon is given the TOMAs in the same order (all homed on the
+   * first server's TOMA) instead of each starting on another server's.
+   */
+  clients_home_first?: boolean;
+  /**
+   * With toma_cluster: the TOMAs that do not lead refer client daemons to the leader (421)
+   * instead of relaying their calls, so every daemon is homed on the leader itself.
+   */
+  clients_on_leader?: boolean;
 }
 
 /**
@@ -349,6 +359,8 @@ export class SimCluster {
   private async bootMember(s: ServerSim, env: Env): Promise<void> {
     const signer = new ManagementSigner({ kind: "server", key: this.key });
     const call = (address: string, method: string, path: string, body?: unknown) => callMgmt(env, address, signer, method, path, 3000, body);
+    // A client daemon's call relayed to the leader: shorter than the daemon's own (10 s), longer than a held watch (3 s).
+    const call8 = (address: string, method: string, path: string, body?: unknown) => callMgmt(env, address, signer, method, path, 8000, body);
     const keyed = { cluster_key: { kind: "server" as const, key: this.key } };
     const member = new ClusterMember(env, {
       name: s.name,
@@ -361,6 +373,8 @@ export class SimCluster {
       },
       ask: async (address) => parseIdentity(await call(address, "GET", IDENTITY_PATH), address),
       report: (address, report) => call(address, "POST", DRIVE_REPORT_PATH, report),
+      server_key: this.key,
+      relay: this.spec.clients_on_leader ? null : (address, method, path, body) => call8(address, method, path, body),
     });
     member.start();
     s.member = member;
@@ -443,7 +457,12 @@ export class SimCluster {
     const signer = new ManagementSigner(key);
     // A watch is held up to 3 s by the TOMA: give it longer than that. Homed on the TOMA that
     // serves clients (the leader of a TOMA cluster), re-homed when it dies (src/toma/homing.ts).
-    const homing = homedCall(env, this.mgmtAddresses, (address, method, path, body) =>
+    // With a TOMA on every server, each client starts on another one (its "own server's"): the
+    // TOMAs that are not the leader relay its calls (src/toma/cluster/client-relay.ts).
+    const all = this.mgmtAddresses;
+    const first = this.spec.clients_home_first ? 0 : this.clients.indexOf(c) % all.length;
+    const homes = [...all.slice(first), ...all.slice(0, first)];
+    const homing = homedCall(env, homes, (address, method, path, body) =>
       callMgmt(env, address, signer, method, path, path.includes("/watch") ? 10_000 : 3000, body),
     );
     const daemon = new ClientDaemon(env, {

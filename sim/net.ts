@@ -232,7 +232,7 @@ class Pipe {
     const net = this.net;
     const now = net.world.now;
     while (this.queue.length > 0 && this.queue[0]!.due <= now) {
-      if (!this.conn.local && !net.passable(this.from, this.to)) {
+      if (!this.conn.local && !net.pipePassable(this)) {
         this.held = true;
         net.world.log("net", `hold ${this.conn.label(this.dir)} (${this.queue.length} segments)`);
         break;
@@ -483,6 +483,7 @@ interface IncState {
 }
 
 const linkKey = (from: string, to: string) => `${from}>${to}`;
+const serviceKey = (client: string, service: string, dir: "to" | "from") => `${client}>${service}>${dir}`;
 
 export class SimNetwork implements SimNetworkLike {
   readonly prng: Prng;
@@ -490,6 +491,8 @@ export class SimNetwork implements SimNetworkLike {
   private readonly incs = new WeakMap<Incarnation, IncState>();
   /** Directions currently down (by partition or setDirection) and clogged (by clog). */
   private readonly down = new Set<string>();
+  /** Services cut off from one client host, by direction (cutService). */
+  private readonly serviceDown = new Set<string>();
   private readonly clogged = new Set<string>();
   /** Pipes with work per direction, so link changes find what to release or acknowledge. */
   private readonly active = new Map<string, Set<Pipe>>();
@@ -520,6 +523,36 @@ export class SimNetwork implements SimNetworkLike {
     return !this.down.has(k) && !this.clogged.has(k);
   }
 
+  /**
+   * Whether a pipe's segments can cross now: its hosts' direction, and its connection's service
+   * (the server's port) in that direction (cutService).
+   */
+  pipePassable(pipe: Pipe): boolean {
+    if (!this.passable(pipe.from, pipe.to)) return false;
+    const t = pipe.conn.target;
+    if (this.serviceDown.size === 0 || "unix" in t) return true;
+    return !this.serviceDown.has(serviceKey(pipe.conn.fromHost, `${pipe.conn.toHost}:${t.port}`, pipe.dir === 0 ? "to" : "from"));
+  }
+
+  /**
+   * Cuts (or restores) the connections of host `client` to the service at `service` (host:port)
+   * in one direction ("to": the requests, "from": the answers) or both, and no other traffic
+   * between the two hosts: a client cut off from one server's TOMA but not from its target.
+   */
+  cutService(client: string, service: string, dir: "to" | "from" | "both", down: boolean): void {
+    for (const d of dir === "both" ? (["to", "from"] as const) : [dir]) {
+      const k = serviceKey(client, service, d);
+      if (down) this.serviceDown.add(k);
+      else this.serviceDown.delete(k);
+    }
+    this.world.log("net", `service ${client}→${service} ${dir} ${down ? "down" : "up"}`);
+    const host = service.slice(0, service.lastIndexOf(":"));
+    if (!down) {
+      this.linkChanged(client, host);
+      this.linkChanged(host, client);
+    }
+  }
+
   isUp(from: string, to: string): boolean {
     return from === to || !this.down.has(linkKey(from, to));
   }
@@ -548,6 +581,10 @@ export class SimNetwork implements SimNetworkLike {
   /** Brings every direction up. Clogs are a scenario's business and stay until unclogged. */
   heal(): void {
     this.world.log("net", "heal");
+    for (const k of [...this.serviceDown]) {
+      const [client, service, dir] = k.split(">") as [string, string, "to" | "from"];
+      this.cutService(client, service, dir, false);
+    }
     for (const k of [...this.down]) {
       const [from, to] = k.split(">") as [string, string];
       this.setDirection(from, to, true);
@@ -747,7 +784,7 @@ export class SimNetwork implements SimNetworkLike {
 
   private acknowledge(pipe: Pipe, segs: Segment[]): void {
     for (const s of segs) s.delivered = true;
-    if (pipe.conn.local || this.passable(pipe.to, pipe.from)) pipe.ack();
+    if (pipe.conn.local || this.pipePassable(pipe.reverse)) pipe.ack();
   }
 
   /** A direction became passable (or not): release what it held, let acks through the other way. */

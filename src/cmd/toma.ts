@@ -152,6 +152,12 @@ async function runMember(o: {
     if (!c) clients.set(address, (c = tomaClient(address, { key, timeout_ms: 3000 })));
     return c;
   };
+  const relays = new Map<string, TomaClient>();
+  const relayClient = (address: string) => {
+    let c = relays.get(address);
+    if (!c) relays.set(address, (c = tomaClient(address, { key, timeout_ms: 8000 })));
+    return c;
+  };
   const env = realEnv("toma");
   const member = new ClusterMember(env, {
     name: o.name,
@@ -164,6 +170,9 @@ async function runMember(o: {
     },
     ask: async (address) => parseIdentity(await client(address).call("GET", IDENTITY_PATH), address),
     report: (address, report) => client(address).call("POST", DRIVE_REPORT_PATH, report),
+    server_key: o.cluster_key,
+    // Shorter than a client daemon's own call (10 s), longer than a held watch (3 s).
+    relay: (address, method, path, body) => relayClient(address).call(method, path, body),
   });
   let http: TomaHttpServer;
   try {

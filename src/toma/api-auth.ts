@@ -107,6 +107,17 @@ export function sealSecret(key: Uint8Array, nonce: string, client_id: number, se
 }
 
 /**
+ * The secret of client daemon `client_id` in a TOMA cluster: derived from the server key and the
+ * id, so that every TOMA holding the key can check that client's signature (whichever TOMA it is
+ * homed on, whichever leads) and none has to store or replicate it. Only the TOMAs (and the
+ * administrators) hold the server key; a client host learns its own secret, sealed, when it
+ * registers, and cannot derive another's (HMAC). The single TOMA keeps random secrets in memory.
+ */
+export function clientSecret(server_key: Uint8Array, client_id: number): Uint8Array {
+  return keyedDigest(server_key, "nvmesh client secret by id v1", [String(client_id)]);
+}
+
+/**
  * The nonces this TOMA issued and that are still unused: each is accepted once, within
  * NONCE_TTL_MS of its issue on this TOMA's own steady clock, and only while among the
  * MAX_OUTSTANDING_NONCES most recent. A restarted TOMA knows none of its predecessor's.

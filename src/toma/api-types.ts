@@ -92,6 +92,8 @@ export const ClientReportBody = v.strictObject({
 export interface WatchJson {
   generation: number;
   stable_generation: number;
+  /** The generation this TOMA holds as the client's acknowledgement: below `generation`, ack again. */
+  acked?: number;
   volumes: import("../engine/layout/types.ts").AttachInfo[];
 }
 

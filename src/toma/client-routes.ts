@@ -53,7 +53,8 @@ export async function clientRoutes(
     const r = v.safeParse(ClientRegisterBody, body);
     if (!r.success) return err(400, `invalid client registration: ${r.issues.map((i) => i.message).join("; ")}`);
     if (!host.state()) return err(503, `TOMA not ready: ${host.notReady()}`);
-    const c = mc.register(r.output.name);
+    const c = await mc.register(r.output.name);
+    if (typeof c === "string") return err(503, `cannot register the client now: ${c}`);
     const secret = caller.kind === "insecure" ? {} : { secret: caller.seal(c.secret, c.id) };
     return ok({ client_id: c.id, generation: c.acked, ...secret }, 201);
   }
@@ -89,7 +90,8 @@ export async function clientRoutes(
     // (so counting it from now on never takes the stable generation back).
     const st = host.state();
     if (c.volumes.size === 0 && st) mc.clients.ack(c, st.generation);
-    await mc.attach(c, vol.uuid);
+    const why = await mc.attach(c, vol.uuid);
+    if (why !== null) return err(503, `cannot attach volume '${vol.name}' now: ${why}`);
     // Looked up again, by uuid: the volume may have been deleted while the registration awaited
     // the drives (attachInfo itself answers the state's current record of it).
     // No state to answer from any more (this TOMA stopped leading, or was deposed) is not a
@@ -111,7 +113,9 @@ export async function clientRoutes(
     // Held until something the client does not know yet happens (or a heartbeat's time).
     const before = host.state();
     if (!before) return err(503, `TOMA not ready: ${host.notReady()}`);
-    if (before.generation <= known && mc.stable() <= known_stable) await mc.clients.changed();
+    // Not held while we hold an acknowledgement older than the generation (a new leader that
+    // restored this client from the cluster state): the answer's `acked` asks for it again.
+    if (before.generation <= known && mc.stable() <= known_stable && c.acked >= before.generation) await mc.clients.changed();
     mc.clients.heard(c);
     // Never an empty list for want of a state (the daemon would tear its exports down): 503.
     const state = host.state();
@@ -122,6 +126,7 @@ export async function clientRoutes(
     return ok({
       generation: state.generation,
       stable_generation: mc.stable(),
+      acked: c.acked,
       volumes: vols.map((x) => host.attachInfo(x)),
     } satisfies WatchJson);
   }

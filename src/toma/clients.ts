@@ -6,7 +6,14 @@
  * dropped its registration (fencing), so it can no longer read or write anything.
  *
  * Liveness is judged by local timers only (the time since we last heard from the client on our own
- * clock); nothing here compares clocks across machines. Sans-I/O: time comes from Env.
+ * clock, or since another TOMA heard it by *its* own clock, as it reports an age); nothing here
+ * compares clocks across machines. Sans-I/O: time comes from Env.
+ *
+ * In a TOMA cluster (`replicated`) the set of clients and their volumes is part of the replicated
+ * state (cluster-state.ts `clients`): the leader records a registration or an attachment through
+ * the log before it acts on it, a new leader restores every client from the state, and a client
+ * fenced out everywhere stays counted (as `gone`) until its removal is committed
+ * (docs/toma-cluster.md, "Clients in a TOMA cluster").
  */
 import type { Env } from "../engine/env.ts";
 
@@ -27,6 +34,18 @@ export interface ClientRecord {
   /** Expired: no longer trusted; `unfenced` lists drives that may still accept its I/O. */
   expired: boolean;
   unfenced: Set<string>;
+  /**
+   * Expired and fenced out everywhere, kept until its removal from the replicated state is
+   * committed (TOMA cluster only): until then a new leader would restore it, so it still counts.
+   */
+  gone: boolean;
+}
+
+export interface RegistryOptions {
+  /** The secret of client `id` (derived from the server key in a TOMA cluster); random if absent. */
+  secretOf?: (id: number) => Uint8Array;
+  /** The clients are part of the replicated state (TOMA cluster): see `gone`. */
+  replicated?: boolean;
 }
 
 export interface ClientTimings {
@@ -54,27 +73,57 @@ export class ClientRegistry {
   constructor(
     private readonly env: Env,
     readonly timings: ClientTimings,
+    private readonly opts: RegistryOptions = {},
   ) {}
 
-  register(name: string, generation: number): ClientRecord {
+  /** An id no client of this registry holds. */
+  newId(): number {
     let id = randomClientId(this.env);
     while (this.clients.has(id)) id = randomClientId(this.env);
-    const secret = new Uint8Array(32);
-    this.env.random.fill(secret);
+    return id;
+  }
+
+  register(name: string, generation: number): ClientRecord {
+    const c = this.add(this.newId(), name, [], generation);
+    this.env.log.info("client registered", { client: c.id, name });
+    return c;
+  }
+
+  /**
+   * Adds a client heard just now: a new registration (it starts on the current generation: it
+   * has no older I/O at all), or one restored from the replicated state, whose acknowledgement
+   * this TOMA has not heard yet (`acked`: a generation it is known to have acknowledged).
+   */
+  add(id: number, name: string, volumes: readonly string[], acked: number): ClientRecord {
+    let secret: Uint8Array;
+    if (this.opts.secretOf) secret = this.opts.secretOf(id);
+    else {
+      secret = new Uint8Array(32);
+      this.env.random.fill(secret);
+    }
     const c: ClientRecord = {
       id,
       name,
       secret,
-      volumes: new Set(),
-      // A new client starts on the current generation: it has no older I/O at all.
-      acked: generation,
+      volumes: new Set(volumes),
+      acked,
       heard_ms: this.env.clock.now_ms(),
       expired: false,
       unfenced: new Set(),
+      gone: false,
     };
     this.clients.set(id, c);
-    this.env.log.info("client registered", { client: id, name });
     return c;
+  }
+
+  /** Any client of this registry by id, expired or not. */
+  get(id: number): ClientRecord | undefined {
+    return this.clients.get(id);
+  }
+
+  /** Forgets a gone client, once its removal from the replicated state is committed. */
+  drop(c: ClientRecord): void {
+    if (this.clients.get(c.id) === c && this.clients.delete(c.id)) this.notify();
   }
 
   /** A live client by id (expired ones must register again). */
@@ -89,6 +138,18 @@ export class ClientRegistry {
 
   heard(c: ClientRecord): void {
     c.heard_ms = this.env.clock.now_ms();
+  }
+
+  /**
+   * Another TOMA heard the client `ago_ms` before its report arrived (by that TOMA's own clock):
+   * the client counts as heard then, if that is later than we heard it ourselves. An age, never a
+   * timestamp, crosses the wire; the report's time in transit makes the hearing look that much
+   * fresher, which only delays an expiry (suspicion), never what is safe (fencing).
+   */
+  heardVia(id: number, ago_ms: number): void {
+    const c = this.clients.get(id);
+    if (!c || c.expired) return;
+    c.heard_ms = Math.max(c.heard_ms, this.env.clock.now_ms() - Math.max(0, ago_ms));
   }
 
   ack(c: ClientRecord, generation: number): void {
@@ -124,16 +185,22 @@ export class ClientRegistry {
     c.expired = true;
     for (const d of drives) c.unfenced.add(d);
     this.env.log.warn(why, { client: c.id, name: c.name, drives: c.unfenced.size });
-    if (c.unfenced.size === 0 && this.clients.delete(c.id)) this.notify();
+    if (c.unfenced.size === 0) this.fencedEverywhere(c);
   }
 
   /** A drive confirmed a registration table without expired client `c`. */
   fenced(c: ClientRecord, drive_uuid: string): void {
     c.unfenced.delete(drive_uuid);
-    if (c.expired && c.unfenced.size === 0 && this.clients.delete(c.id)) {
+    if (c.expired && c.unfenced.size === 0 && !c.gone && this.clients.get(c.id) === c) {
       this.env.log.info("expired client fenced out everywhere", { client: c.id, name: c.name });
-      this.notify();
+      this.fencedEverywhere(c);
     }
+  }
+
+  /** Forgotten at once, or (replicated) kept as gone until its removal is committed. */
+  private fencedEverywhere(c: ClientRecord): void {
+    if (this.opts.replicated) c.gone = true;
+    else if (this.clients.delete(c.id)) this.notify();
   }
 
   /**

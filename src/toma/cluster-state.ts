@@ -96,6 +96,19 @@ export const RetiredSchema = v.strictObject({
 });
 export type Retired = v.InferOutput<typeof RetiredSchema>;
 
+/**
+ * A client daemon registered with a TOMA cluster (replicated, so that a new leader knows it:
+ * docs/toma-cluster.md, "Clients in a TOMA cluster"). Its secret is never stored: any TOMA
+ * derives it from the server key and the id (api-auth.ts clientSecret).
+ */
+export const ClientEntrySchema = v.strictObject({
+  id: Positive,
+  name: v.pipe(v.string(), v.maxLength(256)),
+  /** Uuids of the volumes it attached, ascending. */
+  volumes: v.array(Uuid),
+});
+export type ClientEntry = v.InferOutput<typeof ClientEntrySchema>;
+
 export const ClusterStateSchema = v.strictObject({
   /** The format it was read in (STATE_FORMAT when built here); encodeState writes STATE_FORMAT. */
   format: v.picklist(STATE_FORMATS_READ),
@@ -112,6 +125,17 @@ export const ClusterStateSchema = v.strictObject({
   volumes: v.array(VolumeRecordSchema),
   /** Absent (empty) in states written before it, and whenever nothing is retired. */
   retired: v.optional(v.array(RetiredSchema), []),
+  /**
+   * The registered client daemons of a TOMA cluster (the single TOMA keeps its clients in memory:
+   * always empty there). Absent (empty) in states written before it, and whenever there is none.
+   */
+  clients: v.optional(v.array(ClientEntrySchema), []),
+  /**
+   * A generation every registered client had acknowledged when a leader last proposed a command
+   * (its stable generation then): what a new leader may assume of a client it has not heard
+   * acknowledge yet. Absent (0) in the single TOMA's states and before it existed.
+   */
+  stable: v.optional(Count, 0),
 });
 export type ClusterState = v.InferOutput<typeof ClusterStateSchema>;
 
@@ -154,14 +178,23 @@ export type Command =
   /** Puts a blank leg (new extents on another drive) in place of a dead one; it starts syncing. */
   | { kind: "replace_leg"; uuid: string; column: number; with: Column }
   /** Accepts a drive's new cache epoch, once whatever it may have lost is taken care of. */
-  | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number };
+  | { kind: "set_cache_epoch"; drive_uuid: string; cache_epoch: number }
+  /** A client daemon registered with the leader under a new random id (TOMA cluster only). */
+  | { kind: "register_client"; id: number; name: string }
+  /** A registered client attached a volume (by uuid): the fences admit it there. */
+  | { kind: "attach_client"; id: number; volume_uuid: string }
+  /** A client left, or expired and was fenced out of every drive of its volumes. */
+  | { kind: "remove_client"; id: number };
+
+/** How many client daemons a TOMA cluster's state holds at most. */
+export const MAX_CLIENTS = 256;
 
 /** Why a command was refused; the API maps each code to an HTTP status. */
 export type RefusalCode = "invalid" | "not_found" | "name_taken" | "no_space" | "in_use";
 export type ApplyResult = { ok: true; state: ClusterState } | { ok: false; code: RefusalCode; error: string };
 
 export function emptyState(cluster_uuid: string): ClusterState {
-  return { format: STATE_FORMAT, cluster_uuid, generation: 0, term: 0, drives: [], volumes: [], retired: [] };
+  return { format: STATE_FORMAT, cluster_uuid, generation: 0, term: 0, drives: [], volumes: [], retired: [], clients: [], stable: 0 };
 }
 
 function refuse(code: RefusalCode, error: string): ApplyResult {
@@ -185,7 +218,9 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (!vol) return refuse("not_found", `no volume ${cmd.uuid}`);
       const released = new Set(cmd.released ?? []);
       const retired = [...state.retired, ...vol.columns.filter((c) => !released.has(c.drive_uuid)).map((c) => retire(vol, c))];
-      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((x) => x !== vol), retired } };
+      // Its clients no longer have it attached: the fences leave them out of it.
+      const clients = state.clients.map((c) => (c.volumes.includes(vol.uuid) ? { ...c, volumes: c.volumes.filter((u) => u !== vol.uuid) } : c));
+      return { ok: true, state: { ...state, generation, volumes: state.volumes.filter((x) => x !== vol), retired, clients } };
     }
     case "release_extents": {
       const keep = state.retired.filter((r) => r.volume_uuid !== cmd.volume_uuid || r.drive_uuid !== cmd.drive_uuid);
@@ -244,6 +279,26 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (!v.is(Count, cmd.cache_epoch)) return refuse("invalid", `bad cache epoch ${cmd.cache_epoch}`);
       const drives = state.drives.with(i, { ...state.drives[i]!, cache_epoch: cmd.cache_epoch });
       return { ok: true, state: { ...state, generation, drives } };
+    }
+    case "register_client": {
+      if (!v.is(Positive, cmd.id) || cmd.id > 2 ** 48) return refuse("invalid", `bad client id ${cmd.id}`);
+      if (typeof cmd.name !== "string" || cmd.name.length > 256) return refuse("invalid", "bad client name");
+      if (state.clients.some((c) => c.id === cmd.id)) return refuse("invalid", `client id ${cmd.id} is already registered`);
+      if (state.clients.length >= MAX_CLIENTS) return refuse("no_space", `the cluster has ${MAX_CLIENTS} client daemons registered already`);
+      return { ok: true, state: { ...state, generation, clients: [...state.clients, { id: cmd.id, name: cmd.name, volumes: [] }] } };
+    }
+    case "attach_client": {
+      const i = state.clients.findIndex((c) => c.id === cmd.id);
+      if (i < 0) return refuse("not_found", `client ${cmd.id} is not registered`);
+      if (!state.volumes.some((x) => x.uuid === cmd.volume_uuid)) return refuse("not_found", `no volume ${cmd.volume_uuid}`);
+      const c = state.clients[i]!;
+      if (c.volumes.includes(cmd.volume_uuid)) return refuse("invalid", `client ${cmd.id} has volume ${cmd.volume_uuid} attached already`);
+      const volumes = [...c.volumes, cmd.volume_uuid].sort();
+      return { ok: true, state: { ...state, generation, clients: state.clients.with(i, { ...c, volumes }) } };
+    }
+    case "remove_client": {
+      if (!state.clients.some((c) => c.id === cmd.id)) return refuse("not_found", `client ${cmd.id} is not registered`);
+      return { ok: true, state: { ...state, generation, clients: state.clients.filter((c) => c.id !== cmd.id) } };
     }
     case "replace_leg": {
       const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
@@ -449,6 +504,9 @@ export function encodeState(state: ClusterState): Uint8Array {
     ...(state.retired.length > 0
       ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, runs: toRuns(r.extents) })) }
       : {}),
+    // Both only in a TOMA cluster's states: the single TOMA's bytes stay as they were.
+    ...(state.clients.length > 0 ? { clients: state.clients.map((c) => ({ id: c.id, name: c.name, volumes: [...c.volumes] })) } : {}),
+    ...(state.stable > 0 ? { stable: state.stable } : {}),
   };
   return encode(canonical);
 }
@@ -498,6 +556,13 @@ export function decodeState(bytes: Uint8Array): ClusterState {
       if (used.has(e)) throw new CorruptStateError(`retired extent ${e} of drive ${r.drive_uuid} is also in use`);
       used.add(e);
     }
+  }
+  if (state.stable > state.generation) throw new CorruptStateError(`stable generation ${state.stable} above the state's generation ${state.generation}`);
+  const client_ids = new Set<number>();
+  for (const c of state.clients) {
+    if (client_ids.has(c.id)) throw new CorruptStateError(`client ${c.id} listed twice`);
+    client_ids.add(c.id);
+    for (const u of c.volumes) if (!state.volumes.some((x) => x.uuid === u)) throw new CorruptStateError(`client ${c.id} attached unknown volume ${u}`);
   }
   return state;
 }

@@ -1,9 +1,10 @@
 /**
  * A client daemon's home among the TOMAs: the management calls it makes go to one TOMA, its home,
- * which in a TOMA cluster is the leader (the leader's mirror control serves the client daemons:
- * cluster/leader-control.ts). A follower answers 421 naming the leader: the call goes there, and
- * it is the new home. A home that does not answer, or has no leader to name (503), is left for the
- * next known TOMA. The known TOMAs are the addresses given, and every TOMA a cluster member lists
+ * the first address given that answers (its own server's). In a TOMA cluster any TOMA serves it,
+ * relaying to the leader (cluster/client-relay.ts). A 421 (a TOMA that has not applied its
+ * registration yet, or a volume route on a follower) names the leader: the call goes there, and
+ * it is the new home. A home that does not answer, or cannot reach a leader (503), is left for
+ * the next known TOMA. The known TOMAs are the addresses given, and every TOMA a cluster member lists
  * in its consensus view (learned once a TOMA answered, and again after each change of home), so
  * one address is enough to find the others when it dies.
  *

@@ -42,7 +42,7 @@ export interface MirrorDeps {
    * Commits a command computed from the state of generation `computed_at`; refused, changing
    * nothing, when the state has moved on since (consensus/proposal.ts).
    */
-  propose: (cmd: Command, computed_at: number) => Promise<{ ok: boolean; error?: string }>;
+  propose: (cmd: Command, computed_at: number) => Promise<{ ok: boolean; error?: string; stale?: boolean }>;
   sessionOf: (drive_uuid: string) => TargetSession | null;
   /**
    * The control-plane version of the state this TOMA acts on (0 while it has none): stamped on
@@ -56,7 +56,16 @@ export interface MirrorDeps {
   cacheEpochOf: (drive_uuid: string) => number | undefined;
   /** Allocates a blank leg for a dead column of vol (another drive, another server if possible). */
   replacement: (vol: VolumeRecord, column: number) => { drive_uuid: string; extents: number[] } | null;
+  /**
+   * A TOMA cluster: the clients are part of the replicated state (cluster-state.ts `clients`),
+   * and each one's secret is `secretOf(id)` (derived from the server key; null: --insecure).
+   * Absent for the single TOMA, which keeps its clients in memory only.
+   */
+  replicated_clients?: { secretOf: ((id: number) => Uint8Array) | null };
 }
+
+/** How many times a client command refused as computed from a stale view is computed again. */
+const CLIENT_COMMAND_TRIES = 8;
 
 interface Job {
   progress: RebuildProgress;
@@ -90,7 +99,8 @@ export class MirrorControl {
 
   constructor(deps: MirrorDeps, timings: Partial<MirrorTimings> = {}) {
     this.timings = { ...DEFAULT_MIRROR_TIMINGS, ...timings };
-    this.clients = new ClientRegistry(deps.env, this.timings);
+    const rc = deps.replicated_clients;
+    this.clients = new ClientRegistry(deps.env, this.timings, rc ? { replicated: true, ...(rc.secretOf ? { secretOf: rc.secretOf } : {}) } : {});
     // The TOMA locks like a client but is not one that must switch: it acts only while stable.
     this.owner_id = randomClientId(deps.env);
     // Every session it uses carries that id, so its own locks are known as its own (a rebuild's
@@ -240,15 +250,78 @@ export class MirrorControl {
     return st ? this.clients.stable(st.generation) : 0;
   }
 
-  register(name: string): ClientRecord {
-    return this.clients.register(name, this.deps.state()?.generation ?? 0);
+  /**
+   * A new client daemon. In a TOMA cluster its registration is committed first, so that every
+   * later leader knows it; a string says why it could not be.
+   */
+  async register(name: string): Promise<ClientRecord | string> {
+    if (!this.deps.replicated_clients) return this.clients.register(name, this.deps.state()?.generation ?? 0);
+    const id = this.clients.newId();
+    const why = await this.clientCommand({ kind: "register_client", id, name });
+    if (why !== null) return why;
+    const st = this.deps.state();
+    if (!st) return "no longer leading";
+    const c = this.clients.add(id, name, [], st.generation);
+    this.deps.env.log.info("client registered", { client: id, name });
+    return c;
   }
 
-  /** Registers the client on the volume's drives (by volume uuid) before it may do any I/O there. */
-  async attach(c: ClientRecord, volume_uuid: string): Promise<void> {
+  /**
+   * Registers the client on the volume's drives (by volume uuid) before it may do any I/O there.
+   * In a TOMA cluster the attachment is committed first: no fence admits a client for a volume
+   * that a later leader would not know it holds. A string says why it could not be.
+   */
+  async attach(c: ClientRecord, volume_uuid: string): Promise<string | null> {
+    if (this.deps.replicated_clients && !this.deps.state()?.clients.find((x) => x.id === c.id)?.volumes.includes(volume_uuid)) {
+      const why = await this.clientCommand({ kind: "attach_client", id: c.id, volume_uuid });
+      if (why !== null) return why;
+    }
     c.volumes.add(volume_uuid);
     this.clients.heard(c);
     await this.fences.sync();
+    return null;
+  }
+
+  /** Commits a client command (TOMA cluster), computed again while refused as stale; null when done. */
+  private async clientCommand(cmd: Command): Promise<string | null> {
+    let why = "not tried";
+    for (let i = 0; i < CLIENT_COMMAND_TRIES; i++) {
+      const st = this.deps.state();
+      if (!st) return "no longer leading";
+      const r = await this.deps.propose(cmd, st.generation);
+      if (r.ok) return null;
+      why = r.error ?? "refused";
+      if (!r.stale) return why;
+    }
+    return why;
+  }
+
+  /** The restoring half of syncClients, run at once when a leader's control starts. */
+  restoreClients(): void {
+    const st = this.deps.state();
+    if (!this.deps.replicated_clients || !st) return;
+    for (const e of st.clients) {
+      if (this.clients.get(e.id)) continue;
+      this.clients.add(e.id, e.name, e.volumes, st.stable);
+      this.deps.env.log.info("client restored from the cluster state", { client: e.id, name: e.name, volumes: e.volumes.length, acked: st.stable });
+    }
+  }
+
+  /**
+   * TOMA cluster: every client of the replicated state that this control does not know yet is
+   * restored, heard now (a full client_timeout_ms from this term's start before it may expire),
+   * acknowledged as far as the state's stable generation says; and every client gone (fenced
+   * out everywhere) has its removal committed before it stops counting.
+   */
+  async syncClients(): Promise<void> {
+    if (!this.deps.replicated_clients) return;
+    this.restoreClients();
+    for (const c of this.clients.all()) {
+      if (!c.gone) continue;
+      const listed = this.deps.state()?.clients.some((x) => x.id === c.id);
+      if (listed && (await this.clientCommand({ kind: "remove_client", id: c.id })) !== null) continue;
+      this.clients.drop(c);
+    }
   }
 
   reportFailure(vol: VolumeRecord, column: number, why: string): void {
@@ -267,6 +340,7 @@ export class MirrorControl {
 
   /** One pass: expire, fence, recover locks, and at most one topology step. */
   async tick(reachable: (drive_uuid: string) => boolean): Promise<void> {
+    await this.syncClients();
     const state = this.deps.state();
     if (!state) return;
     // A client whose volumes were all deleted may still be registered on their drives: with no
@@ -280,6 +354,8 @@ export class MirrorControl {
     await this.fences.sync();
     await this.releaseRetired(state);
     const stable = this.stable();
+    const last = Math.max(0, ...state.volumes.map((v) => v.topology_seq));
+    if (stable < last) this.deps.env.log.debug("switch round waits", { stable, last_change: last, acks: this.clients.all().filter((c) => c.volumes.size > 0).map((c) => `${c.id}:${c.acked}${c.expired ? "x" : ""}${c.gone ? "g" : ""}`).join(",") });
     if (stable !== this.last_stable) {
       this.last_stable = stable;
       this.clients.notify();

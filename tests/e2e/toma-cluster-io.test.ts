@@ -1,11 +1,14 @@
 /**
  * I/O through a TOMA cluster, with real processes: three servers on 127.0.0.1, each a target with
  * one file drive and a `toma run --peers` TOMA, and a client daemon given every TOMA's address.
- * A RAID1 volume is attached (the daemon homes on the leader) and fio writes and verifies through
+ * A RAID1 volume is attached (the daemon homed on the leader) and fio writes and verifies through
  * it while the leader's whole server (its TOMA and its target, which holds one leg of the
  * three-copy mirror) is killed with -9. Checked: a new leader takes over, the volume goes Degraded,
- * fio sees no error (the daemon re-homes on the new leader), and once the killed processes are
+ * fio sees no error (the daemon re-homes on another TOMA and keeps its client id: the new leader
+ * restored its registration from the cluster state), and once the killed processes are
  * back the leg is rebuilt, the volume is Normal, and the legs are equal on the drive files.
+ * Then the leader's TOMA alone is paused (SIGSTOP) for 35 s under fio: a new leader, no I/O
+ * error, and the client keeps its registration.
  * Timings are printed, never asserted.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
@@ -18,6 +21,8 @@ import { TomaPeers } from "../support/toma-peers.ts";
 const MiB = 2 ** 20;
 let c: Cluster;
 let p: TomaPeers;
+/** The NBD URI of m1, attached by the first test and kept for the next. */
+let uri = "";
 
 async function volumeOn(i: number, name: string): Promise<VolumeJson | null> {
   const r = await run([NVMESH, "volume", "show", "-m", p.addrs[i]!, "-o", "json"], { env: c.keyEnv });
@@ -68,9 +73,10 @@ test("kill -9 of the leader's server (TOMA and a leg's target) while fio verifie
   // the leader's TOMA and another server's target would take two servers of three: that server's
   // TOMA keeps its state on its own target's drives, so no majority would be left to elect.)
   await c.cli("volume", "create", "--name", "m1", "--capacity", "128M", "--raid-level", "1", "--number-of-mirrors", "3");
-  c.client_management = p.addrs.join(",");
+  // Homed on the leader first, so that killing it makes the daemon move to another TOMA.
+  c.client_management = [first.leader, ...p.addrs.filter((a) => a !== first.leader)].join(",");
   await c.startClient();
-  const uri = await c.attach("m1");
+  uri = await c.attach("m1");
   console.log(`  ${el()}: m1 attached through the leader s${first.index}: ${uri}`);
 
   const v0 = (await volumeOn(first.index, "m1"))!;
@@ -103,10 +109,46 @@ test("kill -9 of the leader's server (TOMA and a leg's target) while fio verifie
   expect(r.error).toBe(0);
   expect(r.write.io_bytes).toBeGreaterThan(0);
   expect(r.read.io_bytes).toBeGreaterThanOrEqual(r.write.io_bytes - 256 * 64 * 1024);
-  // The daemon's home moved from the killed leader to the new one.
+  // The daemon's home moved from the killed leader to another TOMA...
   expect(c.client!.output).toContain("client daemon homed on another TOMA");
+  // ...and it kept its registration: the new leader restored it from the cluster state (one
+  // registration, never again, the same client id all along).
+  const registrations = c.client!.output.split("\n").filter((l) => l.includes("registered with the TOMA"));
+  console.log(`  client registrations: ${registrations.length} (${registrations.map((l) => /client=(\d+)/.exec(l)?.[1]).join(", ")})`);
+  expect(registrations.length).toBe(1);
+  expect(c.client!.output).not.toContain("registering again");
+  expect(p.logs(100_000)).toContain("client restored from the cluster state");
   const cmp = c.compareLegs(normal);
   console.log(`  legs compared on the drive files: ${cmp.bytes / MiB} MiB each, ${cmp.differences.length} differences`);
   expect(cmp.differences).toEqual([]);
   expect(cmp.bytes).toBe(normal.capacity_bytes);
 }, 240_000);
+
+test("SIGSTOP of the leader's TOMA for 35 s while fio verifies: a new leader, no I/O error, the client keeps its registration", async () => {
+  expect(uri).not.toBe("");
+  const t0 = performance.now();
+  const el = () => `${((performance.now() - t0) / 1000).toFixed(2)} s`;
+  const first = await p.agreed([0, 1, 2], () => true, 30_000);
+  const before = c.client!.output.split("\n").filter((l) => l.includes("registered with the TOMA")).length;
+  const fio = new FioVerify({ uri, dir: c.dir, name: "leader-stop", size: "48M", runtime_s: 50 });
+  await Bun.sleep(3000);
+  console.log(`  ${el()}: SIGSTOP TOMA s${first.index} (leader, term ${first.term}) for 35 s`);
+  p.tomas[first.index]!.proc.kill("SIGSTOP");
+  try {
+    const rest = [0, 1, 2].filter((i) => i !== first.index);
+    const next = await p.agreed(rest, (a) => a.leader !== first.leader, 20_000);
+    console.log(`  ${el()}: new leader s${next.index} in term ${next.term}`);
+    await Bun.sleep(35_000 - (performance.now() - t0 - 3000));
+  } finally {
+    p.tomas[first.index]!.proc.kill("SIGCONT");
+  }
+  console.log(`  ${el()}: SIGCONT TOMA s${first.index}`);
+  const r = await fio.result().catch((e: Error) => {
+    throw new Error(`${e.message}\n--- client\n${c.client?.output.slice(-6000)}\n${p.logs(4000)}`);
+  });
+  const stall = fio.longestStall();
+  console.log(`  fio wrote ${(r.write.io_bytes / MiB).toFixed(0)} MiB, verified ${(r.read.io_bytes / MiB).toFixed(0)} MiB; longest stall ${stall.gap_ms} ms at ${(stall.at_ms / 1000).toFixed(2)} s`);
+  expect(r.error).toBe(0);
+  // No new registration: the new leader restored the client, the paused one was never needed again.
+  expect(c.client!.output.split("\n").filter((l) => l.includes("registered with the TOMA")).length).toBe(before);
+}, 180_000);

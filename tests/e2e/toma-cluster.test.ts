@@ -3,8 +3,8 @@
  * 127.0.0.1: they found a cluster and elect a leader that `cluster status -o json` names the same
  * from every TOMA; kill -9 of the leader gives a new leader in a higher term within seconds; the
  * killed TOMA, restarted, takes its hard state back from its drive (same node id) and follows;
- * all three killed at once come back from their drives alone; a follower sends a client daemon's
- * registration on to the leader (421 naming it), which registers it.
+ * all three killed at once come back from their drives alone; a follower relays a client daemon's
+ * calls to the leader, and both check the secret the follower sealed for it.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Cluster } from "../support/cluster.ts";
@@ -69,15 +69,28 @@ test("three TOMAs elect one leader; kill -9 of it elects another in a higher ter
   expect(p.tomas[li]!.output).toContain("hard state trusted");
 }, 120_000);
 
-test("a follower sends client daemons to the leader (421), which registers them; raft messages need the server key", async () => {
+test("a follower relays a client daemon's calls to the leader, signed with the secret it sealed for it; raft messages need the server key", async () => {
   const a = await p.agreed([0, 1, 2], () => true, 30_000);
   const fi = [0, 1, 2].find((i) => i !== a.index)!;
   const { tomaClient: admin } = await import("../../src/toma/api-client.ts");
-  const reg = await admin(p.addrs[fi]!, { key: c.clientKey }).call("POST", "/v1/clients", { name: "c1" }).catch((x: unknown) => x as { status: number; message: string; leader?: string });
-  expect((reg as { status: number }).status).toBe(421);
-  expect((reg as { leader?: string }).leader).toBe(a.leader);
-  const ok = (await admin(a.leader, { key: c.clientKey }).call("POST", "/v1/clients", { name: "c1" })) as { client_id: number };
-  expect(ok.client_id).toBeGreaterThan(0);
+  const { ManagementSigner } = await import("../../src/toma/api-auth.ts");
+  // One daemon's signer, as homing.ts shares it between the TOMAs it calls.
+  const signer = new ManagementSigner(c.clientKey);
+  const viaFollower = admin(p.addrs[fi]!, { signer });
+  const viaLeader = admin(a.leader, { signer });
+  // Registered through a follower (which relays it to the leader and seals the secret for us)...
+  const reg = (await viaFollower.call("POST", "/v1/clients", { name: "c1" })) as { client_id: number };
+  expect(reg.client_id).toBeGreaterThan(0);
+  // ...known by the leader, which checks the same secret (derived from the server key and the id)...
+  const acked = (await viaLeader.call("POST", `/v1/clients/${reg.client_id}/ack`, { generation: 0 })) as { acked: number };
+  expect(acked.acked).toBeGreaterThanOrEqual(0);
+  // ...and its own calls through the follower are relayed: it leaves, and is gone for both.
+  expect(((await viaFollower.call("DELETE", `/v1/clients/${reg.client_id}`)) as { left: number }).left).toBe(reg.client_id);
+  const gone = await viaLeader.call("POST", `/v1/clients/${reg.client_id}/ack`, { generation: 0 }).catch((x: unknown) => x as { status: number });
+  expect((gone as { status: number }).status).toBe(410);
+  // The client key alone cannot act for that client, on any TOMA.
+  const other = await admin(p.addrs[fi]!, { key: c.clientKey }).call("POST", `/v1/clients/${reg.client_id}/ack`, { generation: 0 }).catch((x: unknown) => x as { status: number });
+  expect((other as { status: number }).status).toBe(403);
   // A client key's signature cannot post Raft messages.
   const client = await run([NVMESH, "cluster", "status", "-m", p.addrs[0]!, "-o", "json"], { env: c.clientKeyEnv });
   expect(client.code).toBe(0);

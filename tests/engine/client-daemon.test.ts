@@ -155,6 +155,13 @@ function scripted() {
     views,
     attaches,
     forgotten,
+    /** The id of the oldest pending watch (waiting for one to be sent), left pending. */
+    async pendingWatch(): Promise<number> {
+      for (let i = 0; i < 500 && watches.length === 0; i++) await Bun.sleep(2);
+      return watches[0]?.id ?? -1;
+    },
+    /** The ids registered so far. */
+    registered: () => Array.from({ length: nextId - 42 }, (_, i) => 42 + i),
     /** Answers the oldest pending watch (waiting for one to be sent). */
     async answer(w: WatchInfo | Error): Promise<number> {
       for (let i = 0; i < 500 && watches.length === 0; i++) await Bun.sleep(2);
@@ -263,5 +270,28 @@ test("a refresh that finds our id unknown registers again and attaches each volu
   await Bun.sleep(50);
   const under43 = s.attaches.filter((x) => x.id === 43).map((x) => x.volume).sort();
   expect(under43).toEqual(["a", "b"]);
+  await s.d.close();
+});
+
+test("a watch refused for an id we already replaced keeps the new id: no third registration", async () => {
+  const s = scripted();
+  const a = volumeOf("a", "aaaaaaaa-0000-4000-8000-00000000000a");
+  const b = volumeOf("b", "bbbbbbbb-0000-4000-8000-00000000000b");
+  s.views.set("a", a);
+  s.views.set("b", b);
+  await s.d.attach({ volume: "a" });
+  expect(await s.answer(watchOf(a))).toBe(42);
+  expect(await s.pendingWatch()).toBe(42);
+  // The TOMA forgot 42 while a watch of 42 is out. An attach finds out first and registers 43.
+  s.forgotten.add(42);
+  await s.d.attach({ volume: "b" });
+  expect(s.registered()).toEqual([42, 43]);
+  // Then the watch of 42 is refused. Only 42 is unknown: 43 stays ours. (Dropping it registered
+  // a third id and left 43 registered, unused, holding every mirror step back until the TOMA
+  // expired it.)
+  expect(await s.answer(new UnknownClientError("client 42 is not registered"))).toBe(42);
+  expect(await s.answer(watchOf(a, b))).toBe(43);
+  expect(s.registered()).toEqual([42, 43]);
+  expect(s.d.list().map((x) => x.volume).sort()).toEqual(["a", "b"]);
   await s.d.close();
 });

@@ -39,21 +39,23 @@ describe("the target's payload budget", () => {
     h = await startTarget([d], { payload_budget_bytes: 1024 * KiB });
     const u = uuidBytes(d);
     const holder = await h.session({ client_id: 1 });
-    const waiter = await h.session({ client_id: 2 });
+    // Four clients (an UNLOCK withdraws its own client's other waiting requests for the range).
+    const waiters = [];
+    for (const client_id of [2, 3, 4, 5]) waiters.push(await h.session({ client_id }));
     await holder.lock(u, 0, 64 * KiB);
     // Four 256 KiB writes that need the held unit: they wait inside the target, and without
     // giving their bytes back they would hold the whole budget.
-    const waiting = Array.from({ length: 4 }, (_, k) => waiter.write(u, k * 16 * KiB, pattern(k, 256 * KiB), false, { lock: true }));
-    // A probe behind them on the same connection: its answer proves the target has started them
-    // (and so parked them: the unit is held).
-    await waiter.listDrives();
+    const waiting = waiters.map((w, k) => w.write(u, k * 16 * KiB, pattern(k, 256 * KiB), false, { lock: true }));
+    // A probe behind each on the same connection: its answer proves the target has started it
+    // (and so parked it: the unit is held).
+    await Promise.all(waiters.map((w) => w.listDrives()));
     // A write of the holder needs budget; its UNLOCK comes after it on the same connection.
     await holder.write(u, 8 * 1024 * KiB, pattern(9, 512 * KiB), false);
     await holder.unlock(u, 0, 64 * KiB);
-    // Each waiting write takes the lock in turn (they overlap); unlock after each.
-    for (const w of waiting) {
+    // Each waiting write takes the lock in turn (they overlap); unlocked after each.
+    for (const [k, w] of waiting.entries()) {
       await w;
-      await waiter.unlock(u, 0, 512 * KiB);
+      await waiters[k]!.unlock(u, 0, 512 * KiB);
     }
     expect(h.service.payloadBytesInFlight).toBe(0);
   });

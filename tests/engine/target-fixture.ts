@@ -49,14 +49,14 @@ export async function memoryDrive(size_mib = 8): Promise<FormattedDrive> {
 }
 
 /** A memory drive whose data-area writes wait until release(); its bitmap and metadata do not. */
-export async function gatedDrive(size_mib = 8): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
+export async function gatedDrive(size_mib = 8, held = Infinity): Promise<{ drive: FormattedDrive; release: () => void; started: () => number }> {
   const d = await memoryDrive(size_mib);
   const gate = Promise.withResolvers<void>();
   let started = 0;
   const data = Object.create(d.data) as typeof d.data;
   data.write = async (offset, src, fua) => {
-    started++;
-    await gate.promise;
+    // The first `held` writes wait for release(); later ones run at once.
+    if (++started <= held) await gate.promise;
     return d.data.write(offset, src, fua);
   };
   const drive = Object.create(d, { data: { value: data } }) as FormattedDrive;

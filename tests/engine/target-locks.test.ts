@@ -1,7 +1,8 @@
 /**
  * The lock table of a drive over real sockets: LOCK is all or nothing over 64 KiB units and waits
- * inside the target; waiters are served in order among those that overlap; UNLOCK is idempotent
- * and, from a TOMA, frees a dead client's locks; LOCK_LIST shows who holds what; and a READ with
+ * inside the target; waiters are served in order among those that overlap; UNLOCK is idempotent,
+ * withdraws its owner's requests still waiting for the range and, from a TOMA, frees a dead
+ * client's locks; LOCK_LIST shows who holds what; and a READ with
  * TEST_LOCK sees a lock held now or taken during the read.
  *
  * "Still waiting" is established without timing: the waiting LOCK is sent before a probe request
@@ -82,15 +83,77 @@ describe("LOCK and UNLOCK", () => {
     expect(await held()).toEqual([{ client_id: 2, offset: 0, length: U }]);
   });
 
-  test("the same owner waits for its own lock (a client serialises its overlapping writes)", async () => {
+  test("the same owner waits for its own lock; its UNLOCK of the range withdraws that request", async () => {
     const { u, a, held } = await setup();
     await a.lock(u, 3 * U, U);
     const again = watch(a.lock(u, 3 * U + 100, 10));
     await probe(a, u);
     expect(again.done).toBe(false);
+    // A client unlocks a unit only once it wants nothing of it: a request of its own still
+    // waiting for it is one it gave up on, and must not be granted after the UNLOCK.
     await a.unlock(u, 3 * U, U);
-    await again.p;
+    expect(await statusOf(again.p)).toBe(Status.BUSY);
+    expect(await held()).toEqual([]);
+    await a.lock(u, 3 * U, U); // the next LOCK of the unit is served at once
     expect(await held()).toEqual([{ client_id: 1, offset: 3 * U, length: U }]);
+  });
+
+  test("a LOCK given up while it waits, then unlocked, is never granted: the unit is free once its holder unlocks", async () => {
+    // A mirror client's LOCK waits on a leg behind another client's lock; a newer topology takes
+    // the leg out, the client gives the LOCK up and unlocks the unit at once (its UNLOCK finds
+    // nothing held yet). Granted later, the LOCK would hold the unit with nobody to free it, and
+    // the client's own next write of the unit would wait for it for ever (simulator seed 353).
+    const { u, a, b, c, held } = await setup();
+    await a.lock(u, 0, U);
+    await c.lock(u, U, U);
+    const given_up = watch(b.lock(u, 5120, 1536));
+    const write_given_up = watch(b.write(u, U, pattern(3, 4096), false, { lock: true, intent: true }));
+    await probe(b, u);
+    expect(write_given_up.done).toBe(false);
+    expect(given_up.done).toBe(false);
+    await b.unlock(u, 0, U); // the unit as a whole, as an owed unlock is paid
+    await b.unlock(u, U, 4096);
+    expect(await statusOf(given_up.p)).toBe(Status.BUSY);
+    expect(await statusOf(write_given_up.p)).toBe(Status.BUSY);
+    await a.unlock(u, 0, U);
+    await c.unlock(u, U, U);
+    expect(await held()).toEqual([]);
+    const got = new Uint8Array(4096);
+    await a.read(u, U, got);
+    expect(got).toEqual(new Uint8Array(4096)); // the withdrawn write wrote nothing
+    await b.lock(u, 0, 2 * U); // served at once: nothing of b's is left behind
+    expect(await held()).toEqual([{ client_id: 2, offset: 0, length: 2 * U }]);
+  });
+
+  test("an UNLOCK withdraws only its owner's waiting requests that want a unit of its range", async () => {
+    const { u, a, b, c, held } = await setup();
+    await a.lock(u, 0, 2 * U);
+    const bOther = watch(b.lock(u, U, U)); // b, another unit
+    const cSame = watch(c.lock(u, 0, U)); // another client, the same unit
+    await probe(b, u);
+    await probe(c, u);
+    await b.unlock(u, 0, U);
+    await probe(b, u);
+    expect(bOther.done).toBe(false);
+    expect(cSame.done).toBe(false);
+    await a.unlock(u, 0, 2 * U);
+    await bOther.p;
+    await cSame.p;
+    expect(await held()).toEqual([
+      { client_id: 3, offset: 0, length: U },
+      { client_id: 2, offset: U, length: U },
+    ]);
+  });
+
+  test("a TOMA's UNLOCK for a client withdraws that client's waiting requests too", async () => {
+    const { u, a, b, toma, held } = await setup();
+    await a.lock(u, 0, U);
+    const wb = watch(b.lock(u, 0, U));
+    await probe(b, u);
+    await toma.unlockFor(u, 0, U, 2);
+    expect(await statusOf(wb.p)).toBe(Status.BUSY);
+    await a.unlock(u, 0, U);
+    expect(await held()).toEqual([]);
   });
 
   test("all or nothing: a request waiting for one unit holds none of the others", async () => {
@@ -422,5 +485,45 @@ describe("READ with TEST_LOCK", () => {
     expect(ok.body.length).toBe(4);
     expect(raw.closed).toBe(false);
     raw.close();
+  });
+});
+
+describe("the session keeps a requester's LOCKs and UNLOCKs of a unit in order", () => {
+  test("an UNLOCK withdraws the LOCKs of its range still queued in the session", async () => {
+    const { u, a, held } = await setup();
+    const b = await h!.session({ client_id: 2, max_inflight_locks: 1 });
+    await a.lock(u, 0, 2 * U);
+    const first = watch(b.lock(u, U, U)); // on the wire, waiting at the target
+    const queued = watch(b.lock(u, 0, U)); // queued in the session: the one lock slot is taken
+    await probe(b, u);
+    // Given up (its leg was taken out), then unlocked: it must never reach the target now.
+    await b.unlock(u, 0, U);
+    expect(await statusOf(queued.p)).toBe(Status.BUSY);
+    expect(first.done).toBe(false);
+    await a.unlock(u, 0, 2 * U);
+    await first.p;
+    await probe(b, u);
+    expect(await held()).toEqual([{ client_id: 2, offset: U, length: U }]);
+  });
+
+  test("a LOCK never overtakes an UNLOCK of the same requester queued before it", async () => {
+    const { store, u, b } = await gatedSetup();
+    const toma = await h!.toma();
+    const c = await h!.session({ client_id: 2, max_inflight: 1 });
+    await c.lock(u, 0, U); // an owed unlock: c holds unit 0 from a write whose answer was lost
+    store.gated = true;
+    const got = new Uint8Array(512);
+    const read = c.read(u, 2 * U, got); // takes c's one slot
+    await until(() => store.blocked > 0);
+    const unlocked = watch(c.unlock(u, 0, U)); // queued behind the read
+    const relock = watch(c.lock(u, 0, U)); // the unit's next write of ours locks it again
+    await probe(b, u);
+    expect(unlocked.done).toBe(false);
+    store.open();
+    await read;
+    await unlocked.p;
+    // Sent ahead of the UNLOCK it would have waited for c's own lock, then been withdrawn by it.
+    await relock.p;
+    expect(await toma.lockList(u)).toEqual([{ client_id: 2, offset: 0, length: U }]);
   });
 });

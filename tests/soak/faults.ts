@@ -266,7 +266,8 @@ export async function inject(c: LabCluster, plan: FaultPlan, volume: string): Pr
           cuts = [await c.lab.cutOneWay(host, "client", { from_port: TARGET_PORT })];
           break;
         case "client-toma": {
-          // A TOMA per server: the client daemon is homed on the leader.
+          // A TOMA per server: the client is cut off from the leader's TOMA (its home relays its
+          // calls there, or it is its home); the other TOMAs still hear it.
           if (c.labOpts.cluster_mode) server = await c.leader();
           cuts = [await c.lab.cutOneWay("client", c.server(server), { to_port: TOMA_PORT })];
           break;

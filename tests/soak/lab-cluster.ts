@@ -85,7 +85,8 @@ export class LabCluster extends Cluster {
       await requirePeersFlag();
       for (let t = 0; t < hosts.length; t++) await this.startTomaOn(t, false);
       for (const d of this.tomas) await d!.waitFor(MEMBER_READY, 60_000);
-      // The client daemon homes on the leader and re-homes on another when it dies: every TOMA.
+      // The client daemon homes on the first TOMA that answers (which relays its calls to the
+      // leader) and re-homes on another when it dies: every TOMA.
       this.client_management = Array.from({ length: hosts.length }, (_, t) => this.tomaAddress(t)).join(",");
       const agreed = await this.agreement(60_000);
       if (agreed === null) throw new Error("the TOMAs did not agree on a leader within 60 s");

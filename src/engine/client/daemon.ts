@@ -41,6 +41,12 @@ export interface TomaLink {
 export interface WatchInfo {
   generation: number;
   stable_generation: number;
+  /**
+   * The generation the TOMA holds as our acknowledgement (absent from older TOMAs). Below
+   * `generation` after we acknowledged it: a new leader of a TOMA cluster restored us from the
+   * cluster state without our acknowledgement, and asks for it again.
+   */
+  acked?: number;
   volumes: AttachInfo[];
 }
 
@@ -237,8 +243,9 @@ export class ClientDaemon {
     this.watching = true;
     try {
       while (!this.closed && this.attached.size > 0) {
+        let id: number | null = null;
         try {
-          const id = await this.id();
+          id = await this.id();
           const sent = this.attachSeq;
           const w = await this.deps.toma.watch(id, this.known, this.known_stable);
           if (id !== this.client_id) continue;
@@ -255,15 +262,19 @@ export class ClientDaemon {
           }
           this.known = w.generation;
           this.known_stable = w.stable_generation;
-          if (w.generation > this.acked) {
+          if (w.generation > this.acked || (w.acked !== undefined && w.acked < w.generation)) {
             await Promise.all([...this.attached.values()].map((a) => a.device.drained()));
             await this.deps.toma.ack(id, w.generation);
             this.acked = w.generation;
           }
         } catch (e) {
           if (e instanceof UnknownClientError) {
-            this.env.log.warn("the TOMA no longer knows this client: registering again", {});
-            this.client_id = null;
+            this.env.log.warn("the TOMA no longer knows this client: registering again", { client: id });
+            // Only the id this watch was sent with is unknown: one registered since (an attach
+            // or refresh found the old id unknown first) is kept. Dropping it registered us a
+            // third time and left that id registered, unused, holding every mirror step back
+            // until the TOMA expired it (mirror seed 353: "unanswered" acknowledgements).
+            if (this.client_id === id) this.client_id = null;
             // Registering again attaches every volume again (id()).
             await this.id().catch(() => {});
           } else {

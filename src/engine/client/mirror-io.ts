@@ -19,6 +19,10 @@
  *   for it. Its answer, if it ever comes, is ignored; its write, if it lands, lands on a leg no one
  *   reads, and before the leg is rebuilt the TOMA raises the fence there above the generation it was
  *   planned under (a FENCE waits for what it refuses), so it lands before the copy or not at all.
+ *   A given-up request that takes a lock is unlocked like any other (`unlockLegs`, or owed): that
+ *   UNLOCK also withdraws it if it still waits for the unit, at the target or in the session's
+ *   queue (docs/protocol.md, UNLOCK), so it can never be granted after it and hold the unit for
+ *   good, which our own next write of the unit would wait for.
  * - an I/O done under a topology newer than the stable generation completes only once that
  *   topology is stable: until every client has switched, someone may still read the old way.
  *
@@ -128,7 +132,10 @@ export class MirrorIo {
   install(info: AttachInfo): void {
     if (info.generation < this.info.generation) return;
     const newTopology = info.topology_generation !== this.info.topology_generation;
-    this.info = info;
+    // A stable generation is a fact once reached (every client had switched; later ones start
+    // above it): a lower one, from a new leader of a TOMA cluster that restored its clients
+    // without their acknowledgements yet, is not news, and must not hold writes back again.
+    this.info = info.stable_generation < this.info.stable_generation ? { ...info, stable_generation: this.info.stable_generation } : info;
     if (newTopology) this.abandonDroppedLegs();
     if (newTopology) this.wake("topo");
     this.wake("stable");

@@ -252,7 +252,7 @@ function dispatchOp(
     case Op.LOCK:
       return doLock(lockRange(ctx, req, h, payload, adm), req, h, adm);
     case Op.UNLOCK:
-      return doUnlock(dataDrive(ctx, req, h, payload, adm), h);
+      return doUnlock(ctx, dataDrive(ctx, req, h, payload, adm), h);
     case Op.LOCK_LIST:
       tomaOnly(req, h);
       noPayload(h, payload);
@@ -629,9 +629,11 @@ async function takeLock(d: ServedDrive, req: Requester, h: Header, adm: Admitted
   if (marked !== null) await marked;
 }
 
-async function doUnlock(d: ServedDrive, h: Header): Promise<Uint8Array> {
+async function doUnlock(ctx: TargetContext, d: ServedDrive, h: Header): Promise<Uint8Array> {
   if (h.length > 0) {
-    d.locks.unlock(h.client_id, firstUnit(h), lastUnit(h));
+    // Also withdraws the client's requests still waiting for the range: ones it gave up on.
+    const withdrawn = d.locks.unlock(h.client_id, firstUnit(h), lastUnit(h));
+    if (withdrawn > 0) ctx.log.debug("UNLOCK withdrew requests still waiting for the range", { client: h.client_id, drive: d.drive.info.drive_uuid, offset: h.offset, length: h.length, withdrawn });
   }
   return okResponse(h);
 }

@@ -111,8 +111,18 @@ export class LockTable<T = unknown> {
     return true;
   }
 
-  /** Releases the units of first..last held by owner; others' units are left alone. */
-  unlock(owner: number, first: number, last: number): void {
+  /**
+   * Releases the units of first..last held by owner, and withdraws owner's requests still waiting
+   * for any of them (answered BUSY; returns how many); others' units and requests are left alone.
+   *
+   * Why withdraw: a requester unlocks a range only once it wants nothing of it any more (a client
+   * serialises its own writes of a unit, UNLOCK included), so a request of its own still waiting
+   * there is one it gave up on — a mirror client gives up a LOCK waiting on a leg that a newer
+   * topology took out, and unlocks at once. Granted after this UNLOCK, that request would hold
+   * the units with nobody left to free them: the owner is alive (no stale-lock recovery), and
+   * its own next write of the unit waits for it for ever (simulator seed 353 with --mirror).
+   */
+  unlock(owner: number, first: number, last: number): number {
     let released = false;
     for (let u = first; u <= last; u++) {
       if (this.owners.get(u) === owner) {
@@ -120,7 +130,19 @@ export class LockTable<T = unknown> {
         released = true;
       }
     }
-    if (released && this.waiters.length > 0) this.grantWaiting();
+    const gone = this.waiters.filter((w) => w.owner === owner && w.first <= last && first <= w.last);
+    if (gone.length > 0) {
+      this.waiters = this.waiters.filter((w) => !gone.includes(w));
+      for (const w of gone) {
+        w.detach();
+        w.reject(new RequestError(Status.BUSY, `withdrawn: client ${owner} unlocked the range while this request waited for it`));
+      }
+    }
+    if ((released || gone.length > 0) && this.waiters.length > 0) this.grantWaiting();
+    for (const w of this.waiters) {
+      if (w.owner === owner && w.first <= last && first <= w.last) throw new Error(`invariant: client ${owner}'s request for units ${w.first}..${w.last} still waits after its UNLOCK of ${first}..${last}`);
+    }
+    return gone.length;
   }
 
   /** True if any unit of first..last is held. */

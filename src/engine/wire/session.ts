@@ -36,6 +36,7 @@ import {
   type Header,
   MAX_CONTROL_BYTES,
   MAX_IO_BYTES,
+  LOCK_UNIT_BYTES,
   MAX_LOCK_BYTES,
   Op,
   Status,
@@ -188,6 +189,8 @@ export class Session implements TargetSession {
   private readonly waitingLocks: Request[] = [];
   private waitingLocksHead = 0;
   private inflightLocks = 0;
+  /** UNLOCKs in `waiting`: no LOCK is sent while there are any (see pump). */
+  private queuedUnlocks = 0;
   private readonly max_inflight_locks: number;
   private nextId = 1;
   private inflightBytes = 0;
@@ -434,11 +437,15 @@ export class Session implements TargetSession {
     return new Promise((resolve, reject) => {
       const bytes = (payload?.length ?? 0) + (dst?.length ?? 0);
       const r: Request = { op, flags, drive, offset, length, payload, dst, parse, bytes, client, gen, resolve, reject };
+      if (op === Op.UNLOCK) this.withdrawQueuedLocks(r);
       if (locking(r)) {
-        if (this.waitingLocksHead === this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks) this.send(r);
+        if (this.waitingLocksHead === this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks && this.queuedUnlocks === 0) this.send(r);
         else this.waitingLocks.push(r);
       } else if (this.waitingHead === this.waiting.length && this.hasRoom(bytes)) this.send(r);
-      else this.waiting.push(r);
+      else {
+        this.waiting.push(r);
+        if (op === Op.UNLOCK) this.queuedUnlocks++;
+      }
     });
   }
 
@@ -546,7 +553,36 @@ export class Session implements TargetSession {
     r.resolve(h.generation);
   }
 
+  /**
+   * An UNLOCK withdraws the requests of the same owner, still queued here, that would take a unit
+   * of its range, exactly as the target withdraws those already waiting there (docs/protocol.md,
+   * UNLOCK): sent after it, such a request would be granted with nobody left to free it.
+   */
+  private withdrawQueuedLocks(unlock: Request): void {
+    if (unlock.length === 0 || this.waitingLocksHead === this.waitingLocks.length) return;
+    const owner = unlock.client >= 0 ? unlock.client : this.client_id;
+    const first = Math.floor(unlock.offset / LOCK_UNIT_BYTES);
+    const last = Math.floor((unlock.offset + unlock.length - 1) / LOCK_UNIT_BYTES);
+    const keep: Request[] = [];
+    const gone: Request[] = [];
+    for (let i = this.waitingLocksHead; i < this.waitingLocks.length; i++) {
+      const r = this.waitingLocks[i]!;
+      const mine = r.length > 0 && (r.client >= 0 ? r.client : this.client_id) === owner && sameDrive(r.drive, unlock.drive);
+      const overlaps = mine && Math.floor(r.offset / LOCK_UNIT_BYTES) <= last && first <= Math.floor((r.offset + r.length - 1) / LOCK_UNIT_BYTES);
+      (overlaps ? gone : keep).push(r);
+    }
+    if (gone.length === 0) return;
+    this.waitingLocks.length = 0;
+    this.waitingLocks.push(...keep);
+    this.waitingLocksHead = 0;
+    for (const r of gone) r.reject(new TargetError(Status.BUSY, "withdrawn: an UNLOCK of its range was sent before it", null));
+  }
+
   private pump(): void {
+    // Queued UNLOCKs first, and no LOCK while one is queued: a LOCK sent ahead of an UNLOCK of
+    // ours submitted before it would be withdrawn by that UNLOCK at the target.
+    this.pumpWaiting();
+    if (this.queuedUnlocks > 0) return;
     while (this.waitingLocksHead < this.waitingLocks.length && this.inflightLocks < this.max_inflight_locks) {
       const next = this.waitingLocks[this.waitingLocksHead]!;
       this.waitingLocks[this.waitingLocksHead++] = undefined as unknown as Request;
@@ -559,6 +595,10 @@ export class Session implements TargetSession {
       this.waitingLocks.splice(0, this.waitingLocksHead);
       this.waitingLocksHead = 0;
     }
+  }
+
+  /** Sends the queued requests other than LOCKs, in order, while they have room. */
+  private pumpWaiting(): void {
     while (this.waitingHead < this.waiting.length) {
       const next = this.waiting[this.waitingHead]!;
       if (!this.hasRoom(next.bytes)) {
@@ -569,6 +609,7 @@ export class Session implements TargetSession {
         return;
       }
       this.waiting[this.waitingHead++] = undefined as unknown as Request;
+      if (next.op === Op.UNLOCK) this.queuedUnlocks--;
       this.send(next);
     }
     this.waiting.length = 0;
@@ -594,6 +635,7 @@ export class Session implements TargetSession {
     this.waitingLocksHead = 0;
     this.inflightBytes = 0;
     this.inflightLocks = 0;
+    this.queuedUnlocks = 0;
     for (const r of victims) r.reject(err);
     const cb = this.onClose;
     this.onClose = null;
@@ -617,6 +659,11 @@ function checkIo(drive: Uint8Array, offset: number, length: number, maxLength: n
 function markFlags(opts: WriteOptions | undefined): number {
   if (!opts) return 0;
   return (opts.dirty ? Flag.DIRTY : 0) | (opts.intent ? Flag.INTENT : 0) | (opts.lossy ? Flag.LOSSY_COPY : 0) | (opts.lock ? Flag.LOCK : 0);
+}
+
+function sameDrive(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 0; i < 16; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** A request that may wait inside the target for a lock: counted against max_inflight_locks. */

@@ -3,8 +3,8 @@
  * view with the consensus state, the targets, and the routes between TOMAs (identity, raft
  * messages), the membership changes, the servers' drive reports, and the pool and volumes: reads
  * answered from the state applied here (any TOMA), volume creation and deletion on the leader (a
- * follower answers 421 naming it), and the client daemons' routes on the leader, whose mirror
- * control serves them (leader-control.ts; a follower answers 421 and the daemon goes there).
+ * follower answers 421 naming it), and the client daemons' routes on any TOMA: the leader's mirror
+ * control serves them (leader-control.ts), any other TOMA relays them there (client-relay.ts).
  * Sans-I/O like ../api.ts; behind the same signature check.
  */
 import { ExtentSet } from "../extent-set.ts";
@@ -12,12 +12,13 @@ import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
 import type { Env } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
-import { type ApiHandler, type ApiResponse, type Caller, ManagementGuard, type Transport } from "../api-auth.ts";
+import { type ApiHandler, type ApiResponse, type Caller, clientSecret, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
 import { adminOnly, volumeJsonOf } from "../api.ts";
 import { volumeNamed, volumeNameOf } from "../volume-lookup.ts";
 import type { AttachInfo } from "../../engine/layout/types.ts";
 import { clientRoutes } from "../client-routes.ts";
+import { relayClientRoute } from "./client-relay.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
 import { type ClusterState, retiredCounts, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
@@ -46,15 +47,16 @@ export const AddServerSchema = v.strictObject({
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
 
 export function clusterMemberApi(env: Env, m: ClusterMember, server_key: Uint8Array | null): Transport {
-  // Client daemons register with the leader's control: their secrets are there. Elsewhere a
-  // request signed by a client id is sent on to the leader (421), keeping its registration.
+  // Every TOMA checks the signature of a client daemon its applied state lists: the secret is
+  // derived from the server key and the id (api-auth.ts clientSecret). One it does not list (not
+  // registered, or this TOMA lags) is sent on to the leader (421), keeping its registration.
   const guard = new ManagementGuard(
     env,
     server_key === null ? null : serverKeys(server_key),
-    (id) => m.control.active()?.mirror.clients.live(id)?.secret,
+    (id) => (server_key !== null && m.node.appliedState()?.clients.some((c) => c.id === id) ? clientSecret(server_key, id) : undefined),
     () => clientsElsewhere(m),
   );
-  const handler = makeClusterMemberHandler(env, m);
+  const handler = makeClusterMemberHandler(env, m, server_key);
   return (req) => guard.serve(req, handler);
 }
 
@@ -76,7 +78,7 @@ function serverOnly(c: Caller): ApiResponse | null {
   return err(403, "messages between TOMAs need the server key; this request was signed with a client's key");
 }
 
-export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler {
+export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key: Uint8Array | null): ApiHandler {
   const cluster = (): ClusterJson => {
     const view = m.node.view();
     const up = m.links.filter((l) => l.up).length;
@@ -210,6 +212,11 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
   return async (method, path, body, caller) => {
     const route = path.split("?")[0]!;
     const mth = method.toUpperCase();
+    // Heard, whatever this TOMA answers: the leader learns it from the next drive report. Without
+    // a key (--insecure) anyone may act for any client anyway: the route's id is taken as said.
+    const own = /^\/v1\/clients\/(\d{1,16})(?:\/|$)/.exec(route)?.[1];
+    if (caller.kind === "client-id") m.hearing.heard(caller.id);
+    else if (caller.kind === "insecure" && own !== undefined && Number.isSafeInteger(Number(own))) m.hearing.heard(Number(own));
     if (route === "/v1/cluster") return mth === "GET" ? { status: 200, body: cluster() } : err(405, `${mth} not allowed on ${route}; use GET`);
     if (route === "/v1/targets") {
       if (mth !== "GET") return err(405, `${mth} not allowed on ${route}; use GET`);
@@ -249,7 +256,8 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember): ApiHandler
     if (route === "/v1/volumes" || route.startsWith("/v1/volumes/")) return volumes(mth, path, body, caller);
     if (route === "/v1/clients" || route.startsWith("/v1/clients/")) {
       const ctl = m.control.active();
-      if (!ctl) return onLeader(async () => m.control.activeOrRefuse());
+      // Elsewhere than on the leader's control, relayed to the leader: the daemon stays homed here.
+      if (!ctl) return m.relay ? relayClientRoute(env, m.node, m.relay, server_key, mth, path, body, caller) : onLeader(async () => m.control.activeOrRefuse());
       return clientRoutes(ctl, mth, path, route.split("/").slice(3), body, caller);
     }
     if (/^\/v1\/drives\/[^/]+\/evict$/.test(route)) {

@@ -17,6 +17,7 @@ import * as v from "valibot";
 import type { Topology } from "../allocator.ts";
 import type { ClusterState, DriveRecord } from "../cluster-state.ts";
 import { Count, UuidSchema } from "../consensus/types.ts";
+import { HeardClientSchema, MAX_HEARD } from "./client-hearing.ts";
 
 /** How often each TOMA reports its drives. */
 export const REPORT_EVERY_MS = 1000;
@@ -46,6 +47,8 @@ export type ReportedDrive = v.InferOutput<typeof ReportedDriveSchema>;
 export const DriveReportSchema = v.strictObject({
   server: ServerName,
   drives: v.pipe(v.array(ReportedDriveSchema), v.maxLength(1024, "at most 1024 drives per server")),
+  /** The client daemons this TOMA heard lately, and how long ago by its own clock (client-hearing.ts). */
+  clients: v.optional(v.pipe(v.array(HeardClientSchema), v.maxLength(MAX_HEARD, `at most ${MAX_HEARD} clients`))),
 });
 export type DriveReport = v.InferOutput<typeof DriveReportSchema>;
 

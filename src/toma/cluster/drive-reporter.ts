@@ -23,6 +23,7 @@ import { type TargetLink, withTimeout } from "../target-link.ts";
 import { type DrivePool, type DriveReport, REPORT_EVERY_MS, ReportAnswerSchema, type ReportedDrive } from "./drive-pool.ts";
 import type { TomaNode } from "./node.ts";
 import { type Homing, homedCall } from "../homing.ts";
+import type { HeardClient } from "./client-hearing.ts";
 
 const CLAIM_TIMEOUT_MS = 5000;
 
@@ -47,6 +48,8 @@ export class DriveReporter {
     private readonly reported: () => void,
     /** Every TOMA's management address: where a TOMA that knows no leader sends its report. */
     peers: readonly string[],
+    /** The client daemons this TOMA heard lately (client-hearing.ts), carried by each report. */
+    private readonly heardClients: () => HeardClient[] = () => [],
   ) {
     this.clock = steadyClock(env.clock);
     this.homing = homedCall(env, peers, (address, _method, _path, body) => this.send(address, body as DriveReport), {
@@ -97,7 +100,8 @@ export class DriveReporter {
       // nobody would find a live target whose TOMA cannot take part.
       const member = view.phase === "running" && view.cluster_uuid !== null && view.membership !== "none";
       if (member) await this.claim(view.cluster_uuid!);
-      const report: DriveReport = { server: this.name, drives: this.own() };
+      const heard = this.heardClients();
+      const report: DriveReport = { server: this.name, drives: this.own(), ...(heard.length > 0 ? { clients: heard } : {}) };
       this.pool.report(report);
       if (member && view.role === "leader") {
         this.last_error = null;

@@ -2,9 +2,10 @@
  * The leader's mirror control in a TOMA cluster: while this TOMA leads (and applied an entry of
  * its own term), it runs the single TOMA's controllers (mirror-control.ts: client registrations
  * and switch rounds, fence tables, one topology step at a time, rebuilds, stale-lock recovery,
- * the release of retired extents) over the replicated state, and serves the client daemons. One
- * `ControlTerm` per term led: a new term starts from nothing but the applied state, exactly as a
- * restarted single TOMA does (docs/toma-cluster.md, "Volumes in a TOMA cluster").
+ * the release of retired extents) over the replicated state, and serves the client daemons (the
+ * other TOMAs relay their calls here). One `ControlTerm` per term led: a new term starts from the
+ * applied state, every registered client restored from it (docs/toma-cluster.md, "Clients in a
+ * TOMA cluster").
  *
  * - Every command goes through the Raft log (the member's proposal path), computed from the
  *   applied state and refused by every TOMA alike when that state moved on (`computed_at`).
@@ -26,11 +27,12 @@ import type { DriveInfo } from "../../engine/wire/control.ts";
 import { allocateLeg } from "../allocator.ts";
 import type { LegView } from "../api-types.ts";
 import type { ClientHost } from "../client-routes.ts";
-import type { ClusterState, Command, VolumeRecord } from "../cluster-state.ts";
-import { encodeProposal, fenceVersion } from "../consensus/proposal.ts";
+import { apply, type ClusterState, type Command, encodeState, type VolumeRecord } from "../cluster-state.ts";
+import { encodeProposal, fenceVersion, MAX_STATE_BYTES } from "../consensus/proposal.ts";
 import { type MirrorTimings, MirrorControl } from "../mirror-control.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import { type VolumeState, volumeStateOf } from "../toma.ts";
+import { clientSecret } from "../api-auth.ts";
 import { deleteVolume } from "../volume-delete.ts";
 import { attachInfoOf, evictRefusal, legViewsOf } from "../volume-views.ts";
 import { STATUS } from "../api.ts";
@@ -48,6 +50,8 @@ const LINK_GRACE_MS = DEFAULT_LINK_TIMINGS.request_timeout_ms;
 export interface LeaderControlOptions {
   /** Opens the leader's own session to a target (HELLO as role toma under `<toma id>/leader`). */
   connect: Connect;
+  /** The cluster's server key (null: --insecure): each client's secret derives from it and its id. */
+  server_key: Uint8Array | null;
   mirror_timings?: Partial<MirrorTimings>;
 }
 
@@ -155,12 +159,15 @@ export class ControlTerm implements ClientHost {
           const st = this.state();
           return st ? allocateLeg(st, vol, column, this.pool.topology(st), new Set()) : null;
         },
+        replicated_clients: { secretOf: opts.server_key ? (id) => clientSecret(opts.server_key!, id) : null },
       },
       opts.mirror_timings,
     );
   }
 
   start(): void {
+    // Before any client daemon is served: every registered client keeps its id under this term.
+    this.mirror.restoreClients();
     this.refreshLinks();
     this.timer = this.env.timers.every(PASS_EVERY_MS, () => this.kick());
     this.kick();
@@ -255,13 +262,23 @@ export class ControlTerm implements ClientHost {
 
   // ---- internals -------------------------------------------------------------------------------
 
-  private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string }> {
-    if (!this.state()) return { ok: false, error: this.notReady() };
+  private async propose(cmd: Command, computed_at: number): Promise<{ ok: boolean; error?: string; stale?: boolean }> {
+    const st = this.state();
+    if (!st) return { ok: false, error: this.notReady() };
+    if (cmd.kind === "register_client" || cmd.kind === "attach_client") {
+      // Like a volume's command (volume-ops.ts): never a state beyond what a TOMA cluster holds.
+      const after = apply(st, cmd);
+      const bytes = after.ok ? encodeState(after.state).length : 0;
+      if (bytes > MAX_STATE_BYTES) return { ok: false, error: `the cluster state would take ${bytes} bytes with this client, above the ${MAX_STATE_BYTES} a TOMA cluster's state may take` };
+    }
     try {
-      const done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at, cmd }) }, COMMAND_TIMEOUT_MS);
+      // Every command carries this term's stable generation: what the next leader may assume every
+      // client acknowledged (mirror-control.ts restoreClients).
+      const stable = Math.min(this.mirror.stable(), computed_at);
+      const done = await this.node.propose({ kind: "normal", data: encodeProposal({ computed_at, cmd, stable }) }, COMMAND_TIMEOUT_MS);
       if (done.applied?.kind === "applied") return { ok: true };
       const why = done.applied?.kind === "refused" ? done.applied.error : `applied as ${done.applied?.kind ?? "nothing"}`;
-      return { ok: false, error: why };
+      return { ok: false, error: why, stale: done.applied?.kind === "refused" && done.applied.code === "stale" };
     } catch (e) {
       if (e instanceof ProposalError) return { ok: false, error: e.message };
       throw e;

@@ -23,6 +23,8 @@ import { VolumeOps } from "./volume-ops.ts";
 import { LeaderControl } from "./leader-control.ts";
 import type { MirrorTimings } from "../mirror-control.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
+import { ClientHearing } from "./client-hearing.ts";
+import type { Relay } from "./client-relay.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -40,6 +42,13 @@ export interface MemberOptions {
   control_connect: Connect;
   mirror_timings?: Partial<MirrorTimings>;
   grace_ms?: number;
+  /** The cluster's server key (null: --insecure): client daemons' secrets derive from it. */
+  server_key: Uint8Array | null;
+  /**
+   * A client daemon's call relayed to the leader, signed with the server key (client-relay.ts);
+   * null: refer the daemon to the leader instead (421 naming it).
+   */
+  relay: Relay | null;
 }
 
 export class ClusterMember {
@@ -54,6 +63,10 @@ export class ClusterMember {
   readonly reporter: DriveReporter;
   /** The leader's mirror control and client service, while this TOMA leads. */
   readonly control: LeaderControl;
+  /** The client daemons this TOMA heard, reported to the leader (their liveness by more than one path). */
+  readonly hearing: ClientHearing;
+  /** Relays a client daemon's call to the leader (client-relay.ts); null: 421 naming it. */
+  readonly relay: Relay | null;
 
   constructor(
     readonly env: Env,
@@ -72,13 +85,17 @@ export class ClusterMember {
     const clock = steadyClock(env.clock);
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
-    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers);
-    this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings });
+    this.hearing = new ClientHearing(() => clock.now_ms());
+    this.relay = opts.relay;
+    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
+    this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
   }
 
   /** A server's report, on the leader: kept, the new drives added; answers the pool. */
   received(r: DriveReport): ReportAnswer {
     this.pool.report(r);
+    const clients = this.control.active()?.mirror.clients;
+    for (const h of r.clients ?? []) clients?.heardVia(h.id, h.heard_ms_ago);
     this.volumes.addReported();
     return this.pool.view();
   }

@@ -57,6 +57,9 @@ function commandSchema<C extends typeof ColumnSchema | typeof ColumnWireSchema>(
   v.strictObject({ kind: v.literal("set_legs"), uuid: UuidSchema, legs: v.pipe(v.array(LegStateSchema), v.maxLength(4096)) }),
   v.strictObject({ kind: v.literal("replace_leg"), uuid: UuidSchema, column: Count, with: column }),
   v.strictObject({ kind: v.literal("set_cache_epoch"), drive_uuid: UuidSchema, cache_epoch: Count }),
+  v.strictObject({ kind: v.literal("register_client"), id: Count, name: Name }),
+  v.strictObject({ kind: v.literal("attach_client"), id: Count, volume_uuid: UuidSchema }),
+  v.strictObject({ kind: v.literal("remove_client"), id: Count }),
   ]);
 }
 /** Every command of cluster-state.ts, as the state machine takes it. */
@@ -79,15 +82,20 @@ void schemaMatchesCommand;
  */
 export const MAX_STATE_BYTES = 512 * 1024;
 
-const ProposalWireSchema = v.strictObject({ computed_at: Count, cmd: CommandWireSchema });
-export type Proposal = { computed_at: number; cmd: Command };
+const ProposalWireSchema = v.strictObject({ computed_at: Count, cmd: CommandWireSchema, stable: v.optional(Count) });
+/**
+ * `stable`: the proposer's stable generation when it computed the command (every client it knows
+ * had acknowledged it); the state keeps the highest (ClusterState.stable). Never above
+ * `computed_at`.
+ */
+export type Proposal = { computed_at: number; cmd: Command; stable?: number };
 
 /** The command with every column's extents as runs: a leg of any size takes a few bytes. */
 export function encodeProposal(p: Proposal): Uint8Array {
   const wire = (c: Column) => ({ drive_uuid: c.drive_uuid, runs: toRuns(c.extents) });
   const cmd = p.cmd;
   const out = cmd.kind === "create_volume" ? { ...cmd, columns: cmd.columns.map(wire) } : cmd.kind === "replace_leg" ? { ...cmd, with: wire(cmd.with) } : cmd;
-  return encode({ computed_at: p.computed_at, cmd: out });
+  return encode(p.stable === undefined ? { computed_at: p.computed_at, cmd: out } : { computed_at: p.computed_at, cmd: out, stable: p.stable });
 }
 
 /** Decodes a proposal, its columns given as runs or (older entries) as plain extent lists. */
@@ -95,12 +103,13 @@ export function decodeProposal(bytes: Uint8Array): Decoded<Proposal> {
   const d = parseCbor(bytes, ProposalWireSchema, "proposal");
   if (!d.ok) return d;
   const cmd = d.value.cmd;
-  if (cmd.kind !== "create_volume" && cmd.kind !== "replace_leg") return { ok: true, value: { computed_at: d.value.computed_at, cmd } };
+  const stable = d.value.stable === undefined ? {} : { stable: d.value.stable };
+  if (cmd.kind !== "create_volume" && cmd.kind !== "replace_leg") return { ok: true, value: { computed_at: d.value.computed_at, cmd, ...stable } };
   const wires: ColumnWire[] = cmd.kind === "create_volume" ? cmd.columns : [cmd.with];
   const cols = columnsOf(wires);
   if (!cols.ok) return { ok: false, error: `proposal: ${cols.error}` };
   const out: Command = cmd.kind === "create_volume" ? { ...cmd, columns: cols.value } : { ...cmd, with: cols.value[0]! };
-  return { ok: true, value: { computed_at: d.value.computed_at, cmd: out } };
+  return { ok: true, value: { computed_at: d.value.computed_at, cmd: out, ...stable } };
 }
 
 /** Columns with their runs expanded, bounded in all (extent-runs.ts). */
@@ -137,8 +146,12 @@ export function applyProposal(state: ClusterState, entry: { index: number; data:
       error: `computed from generation ${p.computed_at}, but the state is at generation ${state.generation}`,
     };
   }
+  if (p.stable !== undefined && p.stable > p.computed_at) {
+    return { kind: "refused", code: "invalid", error: `stable generation ${p.stable} above the generation ${p.computed_at} it was computed from` };
+  }
   const r = apply({ ...state, generation: entry.index - 1 }, p.cmd);
   if (!r.ok) return { kind: "refused", code: r.code, error: r.error };
+  if (p.stable !== undefined && p.stable > r.state.stable) return { kind: "applied", state: { ...r.state, stable: p.stable } };
   return { kind: "applied", state: r.state };
 }
 
