@@ -280,6 +280,25 @@ export class SimCluster {
     this.world.after(20, check);
   }
 
+  /** Index → the term of the entry first applied there, and by whom. */
+  private readonly appliedAt = new Map<number, { term: number; by: string }>();
+
+  /**
+   * Raft's state machine safety, checked on the real members as they apply: an applied entry is
+   * named by (index, term) (log matching), and no two members, nor two lifetimes of one, ever apply
+   * different entries at one index.
+   */
+  private watchApplied(s: ServerSim, member: ClusterMember): void {
+    member.node.onApply = (index, term) => {
+      const by = `${s.name} (${member.node.view().node_id})`;
+      const first = this.appliedAt.get(index);
+      if (first === undefined) this.appliedAt.set(index, { term, by });
+      else if (first.term !== term) {
+        this.world.fail(`state machine safety: ${by} applied the entry of term ${term} at index ${index}, where ${first.by} applied the entry of term ${first.term}`);
+      }
+    };
+  }
+
   /** A TOMA cluster: once a leader runs its control with every drive in the pool, it creates the volumes. */
   private async createVolumesOnLeader(): Promise<void> {
     const drives = this.media.length;
@@ -376,6 +395,7 @@ export class SimCluster {
       server_key: this.key,
       relay: this.spec.clients_on_leader ? null : (address, method, path, body) => call8(address, method, path, body),
     });
+    this.watchApplied(s, member);
     member.start();
     s.member = member;
     const api = clusterMemberApi(env, member, this.key);

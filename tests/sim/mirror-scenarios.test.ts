@@ -7,7 +7,7 @@
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type ClusterSpec, MIRROR_VOLUME, type ServerSim, type SimCluster } from "../../sim/cluster.ts";
-import { legAwayFromToma, legServer, mirror, scenario, steps, when } from "./scenario-kit.ts";
+import { boot, leaderServer, legAwayFromToma, legServer, mirror, scenario, steps, when } from "./scenario-kit.ts";
 
 setDefaultTimeout(120_000);
 
@@ -15,9 +15,6 @@ const withMirror = { fault_ms: 20_000, tweak: (spec: ClusterSpec) => spec.volume
 
 /** The column to take out and bring back: a leg not on the TOMA's server. */
 const returning = legAwayFromToma;
-
-/** A server already down is booted (not twice). */
-const boot = (c: SimCluster, s: ServerSim) => s.node.alive || c.bootServer(s);
 
 /**
  * At 2 s into the fault phase, the returning leg's server stops (process crash) and boots again
@@ -130,7 +127,6 @@ describe("mirror scenarios with a TOMA on every server", () => {
     spec.volumes.push(MIRROR_VOLUME);
     spec.toma_cluster = true;
   } };
-  const leaderServer = (c: SimCluster) => c.servers.find((s) => s.member !== null && s.member === c.leaderMember());
   const at: [string, string][] = [
     ["Degraded", "dead"],
     ["Rebuild", "syncing"],

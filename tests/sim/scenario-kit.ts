@@ -19,6 +19,17 @@ export interface ScenarioOptions {
 }
 
 export async function scenario(script: (c: SimCluster) => void, o: ScenarioOptions = {}): Promise<RunResult> {
+  const r = await runScenario(script, o);
+  if (!r.ok || (!o.expectErrors && r.errors.length > 0)) {
+    console.log([r.failure, ...r.full_trace.filter((l) => / (warn|error|info) /.test(l) && !/ net /.test(l)), ...r.last_trace].join("\n"));
+  }
+  expect(r.failure).toBeNull();
+  if (!o.expectErrors) expect(r.errors).toEqual([]);
+  return r;
+}
+
+/** The same run, its result returned as it is (a planted bug's scenario must fail). */
+export async function runScenario(script: (c: SimCluster) => void, o: ScenarioOptions = {}): Promise<RunResult> {
   const opts = defaultRunOptions();
   opts.fault_ms = o.fault_ms ?? 15_000;
   opts.faults = { ...opts.faults, weights: {} };
@@ -30,13 +41,7 @@ export async function scenario(script: (c: SimCluster) => void, o: ScenarioOptio
     o.tweak?.(spec);
   };
   opts.script = script;
-  const r = await runSeed(o.seed ?? 1, opts);
-  if (!r.ok || (!o.expectErrors && r.errors.length > 0)) {
-    console.log([r.failure, ...r.full_trace.filter((l) => / (warn|error|info) /.test(l) && !/ net /.test(l)), ...r.last_trace].join("\n"));
-  }
-  expect(r.failure).toBeNull();
-  if (!o.expectErrors) expect(r.errors).toEqual([]);
-  return r;
+  return runSeed(o.seed ?? 1, opts);
 }
 
 /** Runs `fn` at `at_ms` after the fault phase starts, once `ready()` holds (polled every ms). */
@@ -60,3 +65,9 @@ export const legAwayFromToma = (c: SimCluster) => (legServer(c, 1) !== c.tomaSer
 
 /** The mirror's topology steps, in order ("ok,dead", ...). */
 export const steps = (r: RunResult) => r.full_trace.filter((l) => l.includes("topology step volume=mirror")).map((l) => l.split("legs=")[1]!);
+
+/** The server whose TOMA leads with its control running (a TOMA cluster), if any. */
+export const leaderServer = (c: SimCluster) => c.servers.find((s) => s.member !== null && s.member === c.leaderMember());
+
+/** A server already down is booted (not twice). */
+export const boot = (c: SimCluster, s: ServerSim) => s.node.alive || c.bootServer(s);

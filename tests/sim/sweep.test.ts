@@ -1,17 +1,19 @@
 /**
  * The seed sweeps CI runs, each split over two processes (the CI machine has two cores): seeds
  * 1..500 under the default fault schedule, and seeds 1..MIRROR_SEEDS with a RAID1 volume in the
- * workload (`--mirror`: topology steps, rebuilds, stale locks, the end-of-run leg check), and
- * seeds 1..CLUSTER_SEEDS with the RAID1 volume and a TOMA on every server (`--toma-cluster`:
- * elections, the leader's control, clients re-homing). Every seed must pass; a failure prints its
- * replay line. Longer runs: `bun run sim --seeds 5000 --long`, `bun run sim --seeds 5000 --mirror`,
- * `bun run sim --seeds 2000 --mirror --toma-cluster`.
+ * workload (`--mirror`: topology steps, rebuilds, stale locks, the end-of-run leg check), each
+ * with one TOMA and again with a TOMA on every server (`--toma-cluster`: elections, the leader's
+ * control, clients re-homing, Raft's election and state machine safety checked on the members).
+ * Every seed must pass; a failure prints its replay line. Longer runs:
+ * `bun run sim --seeds 5000 --long`, `bun run sim --seeds 5000 --mirror`,
+ * `bun run sim --seeds 3000 --mirror --toma-cluster`, `bun run sim --seeds 2000 --toma-cluster`.
  */
 import { expect, test } from "bun:test";
 
 const PROCESSES = 2;
 const MIRROR_SEEDS = 400;
 const CLUSTER_SEEDS = 200;
+const CLUSTER_DEFAULT_SEEDS = 500;
 
 async function sweep(seeds: number, extra: string[]): Promise<void> {
   const per = Math.ceil(seeds / PROCESSES);
@@ -37,6 +39,8 @@ async function sweep(seeds: number, extra: string[]): Promise<void> {
 }
 
 test("simulator: seeds 1..500 all pass", () => sweep(500, []), 15 * 60_000);
+
+test(`simulator with a TOMA on every server: seeds 1..${CLUSTER_DEFAULT_SEEDS} all pass`, () => sweep(CLUSTER_DEFAULT_SEEDS, ["--toma-cluster"]), 15 * 60_000);
 
 test(`simulator with a RAID1 volume: seeds 1..${MIRROR_SEEDS} all pass`, () => sweep(MIRROR_SEEDS, ["--mirror"]), 15 * 60_000);
 

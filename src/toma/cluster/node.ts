@@ -204,6 +204,12 @@ export class TomaNode {
   reason: string | null = "waiting for own drives";
   /** Called after every ready() handled (tests, status watchers). */
   onAdvance: (() => void) | null = null;
+  /**
+   * Called for each committed entry as it is applied here, by its index and term (which name one
+   * entry, by Raft's log matching): the simulator checks that no two TOMAs apply different entries
+   * at one index.
+   */
+  onApply: ((index: number, term: number) => void) | null = null;
   /** Proposals given to propose() and not yet seen by the loop. */
   private proposals: ProposalInput[] = [];
   /** Proposals appended to the log, by index, waiting to be applied here. */
@@ -761,6 +767,7 @@ export class TomaNode {
       }
     }
     for (const e of rd.committed) {
+      this.onApply?.(e.index, e.term);
       let applied: Applied | null = null;
       if (e.kind === "normal" && this.state !== null) {
         applied = applyProposal(this.state, e);
