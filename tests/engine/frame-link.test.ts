@@ -90,6 +90,64 @@ describe("in-process pipe", () => {
     expect(seen).toEqual(["5:5", "6:6", "7:7", "8:8", "9:9"]);
   });
 
+  test("an owned frame answered from inside onFrame waits by reference, in order with copies, and is given back once delivered", async () => {
+    const [a, b] = linkPair();
+    const given: Uint8Array[] = [];
+    const big = encodeFrame(header(11, 64 * 1024), new Uint8Array(64 * 1024).fill(3));
+    b.onFrame = (h) => {
+      if (h.request_id !== 1) return;
+      b.send(header(10, 1), new Uint8Array([7]));
+      b.sendFrameOwned!(big, (f) => given.push(f));
+      b.send(header(12, 1), new Uint8Array([9]));
+    };
+    const seen: string[] = [];
+    a.onFrame = (h, p, owned) => {
+      seen.push(`${h.request_id}:${p[0]}:${p.length}:${owned}`);
+      if (h.request_id === 11) expect(p.buffer === big.buffer).toBe(true); // not a copy
+      if (h.request_id === 11) expect(given).toEqual([]); // not given back before its delivery
+    };
+    a.send(header(1), null);
+    expect(given).toEqual([]);
+    await tick();
+    expect(seen).toEqual(["10:7:1:false", `11:3:${64 * 1024}:false`, "12:9:1:false"]);
+    expect(given).toEqual([big]);
+    // Sent outside a delivery: delivered at once, given back at once.
+    const again = encodeFrame(header(13, 64 * 1024), new Uint8Array(64 * 1024).fill(4));
+    b.sendFrameOwned!(again, (f) => given.push(f));
+    expect(seen.at(-1)).toBe(`13:4:${64 * 1024}:false`);
+    expect(given).toEqual([big, again]);
+  });
+
+  test("owned frames held by a pause keep their order when the pause comes part way; none is given back after the link ended", async () => {
+    const [a, b] = linkPair();
+    const given: number[] = [];
+    const seen: number[] = [];
+    a.onFrame = (h) => {
+      seen.push(h.request_id);
+      if (h.request_id === 2) a.pause();
+    };
+    a.pause();
+    for (let i = 1; i <= 4; i++) {
+      if (i % 2 === 0) b.sendFrameOwned!(encodeFrame(header(i, 32 * 1024), new Uint8Array(32 * 1024)), () => given.push(i));
+      else b.send(header(i, 1), new Uint8Array([i]));
+    }
+    a.resume();
+    await tick();
+    expect(seen).toEqual([1, 2]);
+    expect(given).toEqual([2]);
+    b.send(header(5, 1), new Uint8Array([5]));
+    a.resume();
+    await tick();
+    expect(seen).toEqual([1, 2, 3, 4, 5]);
+    expect(given).toEqual([2, 4]);
+    a.pause();
+    b.sendFrameOwned!(encodeFrame(header(6, 32 * 1024), new Uint8Array(32 * 1024)), () => given.push(6));
+    a.close();
+    await tick();
+    await tick();
+    expect(given).toEqual([2, 4]);
+  });
+
   test("a large payload is delivered as sent, not copied into the receiver's sink", () => {
     const [a, b] = linkPair();
     const dst = new Uint8Array(64 * 1024);

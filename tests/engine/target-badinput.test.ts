@@ -184,6 +184,35 @@ describe("target under bad input", () => {
     });
   });
 
+  test("DIRTY, INTENT or LOCK on an op that changes no data is INVALID, named, without closing the connection", async () => {
+    await survives(async () => {
+      const r = await rawConn(h!.address);
+      r.conn.send(HELLO);
+      const u = uuidBytes(h!.drives[0]!);
+      const flags = [Flag.DIRTY, Flag.INTENT, Flag.LOCK, Flag.INTENT | Flag.LOCK];
+      flags.forEach((flags, i) => r.conn.send(encodeFrame({ ...emptyHeader(), opcode: Op.FLUSH, flags, request_id: 2 + i, drive_uuid: u })));
+      await Bun.sleep(50);
+      const bytes = r.received();
+      const errors: string[] = [];
+      for (let at = 0; at < bytes.length; ) {
+        const resp = decodeHeader(bytes, at);
+        if (typeof resp === "string") throw new Error(resp);
+        if (resp.opcode !== Op.HELLO) {
+          expect(resp.status).toBe(Status.INVALID);
+          errors.push(new TextDecoder().decode(bytes.subarray(at + HEADER_BYTES, at + HEADER_BYTES + resp.payload_len)));
+        }
+        at += HEADER_BYTES + resp.payload_len;
+      }
+      expect(errors.length).toBe(4);
+      for (const [i, name] of ["DIRTY", "INTENT", "LOCK", "INTENT"].entries()) {
+        expect(errors[i]).toContain(`the ${name} flag applies to WRITE, WRITE_ZEROES and TRIM only, not FLUSH`);
+      }
+      expect(h!.service.connectionCount).toBe(2);
+      r.conn.close();
+      await r.closed;
+    });
+  });
+
   test("a peer that floods far beyond the in-flight limit is slowed by backpressure, not disconnected; others unaffected", async () => {
     const d = await memoryDrive();
     // A drive that never completes flushes: every FLUSH stays in flight.

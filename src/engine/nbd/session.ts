@@ -171,6 +171,7 @@ export class NbdSession {
       {
         send: (b) => out.push(b),
         sendCopies: out.copies,
+        sendOwned: (b, give) => out.pushOwned(b, give),
         resume: () => this.guarded(() => this.pump()),
         close: (reason, misbehaved) => this.closeConn(reason, misbehaved),
         idle: () => {

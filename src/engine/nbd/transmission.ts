@@ -40,6 +40,7 @@ import { Gather } from "./gather.ts";
 import { decodeRequestHeader, encodeSimpleReply, type NbdRequest } from "./request.ts";
 import { COPY_LIMIT_BYTES } from "../wire/send-batcher.ts";
 import type { BufferPool } from "../wire/buffer-pool.ts";
+import { giveWithRoom, takeWithRoom } from "../wire/headroom.ts";
 
 /**
  * WRITEs above this are received and written in pieces of this size, cut at multiples of it in
@@ -59,6 +60,12 @@ export interface TransmissionHooks {
   send(bytes: Uint8Array): void;
   /** True when send() is done with bytes of any size when it returns (SendBatcher.copies). */
   readonly sendCopies: boolean;
+  /**
+   * Queues bytes and calls give(bytes) once nothing references them any more: at once when
+   * copied, once written when kept by reference, never if the connection ends first
+   * (SendBatcher.pushOwned).
+   */
+  sendOwned(bytes: Uint8Array, give: (b: Uint8Array) => void): void;
   /** In-flight work dropped below the bounds: feed() will consume again. */
   resume(): void;
   /**
@@ -125,6 +132,9 @@ export class Transmission {
   ) {
     this.header.start(this.headerBytes);
   }
+
+  /** Where a sent READ reply buffer goes once nothing references it. */
+  private readonly giveBack = (b: Uint8Array): void => this.pool.give(b);
 
   get inflight(): number {
     return this.inflightRequests;
@@ -307,7 +317,9 @@ export class Transmission {
   private startPiece(w: IncomingWrite): boolean {
     const n = Transmission.pieceLength(w);
     if (!this.reserve(n)) return false;
-    w.piece = this.pool.take(n);
+    // Room for the data path's frame header in front: a large piece then leaves for a target in
+    // one socket write (wire/headroom.ts).
+    w.piece = takeWithRoom(this.pool, n);
     w.filled = 0;
     return true;
   }
@@ -326,7 +338,7 @@ export class Transmission {
       () => {
         // Written: the store holds no reference any more, so the buffer is free. After a failure,
         // parts may still wait in a session queue, so it is left to the GC.
-        if (piece.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(piece);
+        if (piece.length < COPY_LIMIT_BYTES || this.hooks.sendCopies) giveWithRoom(this.pool, piece);
         this.pieceDone(w, piece.length, NBD_OK);
       },
       (err: unknown) => {
@@ -412,16 +424,15 @@ export class Transmission {
       switch (req.type) {
         case NBD_CMD_READ: {
           // Header and data in one buffer: the store reads straight into the bytes we send. The
-          // buffer goes back to the pool once send() has copied it (always when small, and for
-          // any size on a copying socket), and only after a read that succeeded: a failed
-          // multi-segment read may still have parts landing in it.
+          // buffer goes back to the pool once nothing references it (copied, or written when
+          // the socket keeps a large one by reference), and only after a read that succeeded:
+          // a failed multi-segment read may still have parts landing in it.
           const n = SIMPLE_REPLY_BYTES + req.length;
           const out = this.pool.take(n);
           if (req.length > 0) await store.read(req.offset, out.subarray(SIMPLE_REPLY_BYTES));
           encodeSimpleReply(out, NBD_OK, req);
           if (this.closed) return;
-          this.hooks.send(out);
-          if (n < COPY_LIMIT_BYTES || this.hooks.sendCopies) this.pool.give(out);
+          this.hooks.sendOwned(out, this.giveBack);
           return;
         }
         case NBD_CMD_WRITE:

@@ -45,6 +45,13 @@ export interface FrameLink {
   send(h: Header, payload: Uint8Array | null): boolean;
   /** Queues one frame already encoded: a header at frame[0..64) followed by its payload. */
   sendFrame(frame: Uint8Array): boolean;
+  /**
+   * Optional: sendFrame() for a buffer the caller wants back (a pooled READ response): the link
+   * may keep it by reference instead of copying it, and calls give(frame) once nothing of its
+   * own references it any more (at once when it was written or copied; never if the link ends
+   * first). The caller must not touch frame until then.
+   */
+  sendFrameOwned?(frame: Uint8Array, give: (frame: Uint8Array) => void): boolean;
   /** Stops delivering received frames until resume() (receive backpressure). */
   pause(): void;
   resume(): void;

@@ -11,7 +11,9 @@
  * nested send), or while the peer is paused, is copied into the peer's backlog and delivered
  * later, in order: the caller may reuse its buffers as soon as send() returns, and no onFrame
  * runs inside another. The backlog is two byte arenas per end, used in turn (one being delivered
- * while the other fills), so a burst of answers costs copies but no allocation per frame.
+ * while the other fills), so a burst of answers costs copies but no allocation per frame; a
+ * large frame sent with sendFrameOwned waits there by reference instead, and is given back to
+ * its sender once delivered.
  */
 import type { FrameLink, Transport } from "./frame-link.ts";
 import { HEADER_BYTES, type Header, decodeHeader, encodeHeader } from "../wire/header.ts";
@@ -20,12 +22,20 @@ interface Pair {
   delivering: boolean;
 }
 
-/** Frames waiting for delivery, back to back in one growable buffer (header, then payload). */
+/**
+ * Frames waiting for delivery, in order: copies back to back in one growable buffer (header, then
+ * payload), or large frames kept by reference (sendFrameOwned), given back once delivered.
+ */
 class Arena {
   buf = new Uint8Array(64 * 1024);
   used = 0;
-  /** Start of each frame in buf. */
+  /** Start of each frame in buf (copies), or -1 (a frame kept by reference). */
   starts: number[] = [];
+  /** End of each frame in buf; unused for frames kept by reference. */
+  ends: number[] = [];
+  /** Per frame: the frame kept by reference and where it goes once delivered, or null (a copy). */
+  frames: (Uint8Array | null)[] = [];
+  gives: (((frame: Uint8Array) => void) | null)[] = [];
 
   add(head: Uint8Array, payload: Uint8Array): void {
     const n = HEADER_BYTES + payload.length;
@@ -40,24 +50,38 @@ class Arena {
     this.buf.set(payload, this.used + HEADER_BYTES);
     this.starts.push(this.used);
     this.used += n;
+    this.ends.push(this.used);
+    this.frames.push(null);
+    this.gives.push(null);
   }
 
-  /** Where frame i ends in buf. */
-  end(i: number): number {
-    return i + 1 < this.starts.length ? this.starts[i + 1]! : this.used;
+  /** A whole encoded frame, by reference. */
+  keep(frame: Uint8Array, give: (frame: Uint8Array) => void): void {
+    this.starts.push(-1);
+    this.ends.push(-1);
+    this.frames.push(frame);
+    this.gives.push(give);
   }
 
   /** Appends frames i.. of `from`, in order. */
   addFrom(from: Arena, i: number): void {
     for (let k = i; k < from.starts.length; k++) {
+      const f = from.frames[k]!;
+      if (f !== null) {
+        this.keep(f, from.gives[k]!);
+        continue;
+      }
       const at = from.starts[k]!;
-      this.add(from.buf.subarray(at, at + HEADER_BYTES), from.buf.subarray(at + HEADER_BYTES, from.end(k)));
+      this.add(from.buf.subarray(at, at + HEADER_BYTES), from.buf.subarray(at + HEADER_BYTES, from.ends[k]!));
     }
   }
 
   clear(): void {
     this.used = 0;
     this.starts.length = 0;
+    this.ends.length = 0;
+    this.frames.length = 0;
+    this.gives.length = 0;
   }
 }
 
@@ -106,6 +130,18 @@ class PipeLink implements FrameLink {
     return true;
   }
 
+  /**
+   * A frame the sender wants back: delivered at once when it can be, else kept by reference in
+   * the backlog (no copy) and given back once delivered. The target's READ answers come here,
+   * and most are sent from inside the delivery of their request, so they wait for the next turn:
+   * copying each into the backlog cost a 128 KiB read one of its four copies.
+   */
+  sendFrameOwned(frame: Uint8Array, give: (frame: Uint8Array) => void): boolean {
+    if (this.closed) return false;
+    this.peer.receiveOwned(frame, give);
+    return true;
+  }
+
   pause(): void {
     this.paused = true;
   }
@@ -136,6 +172,17 @@ class PipeLink implements FrameLink {
       return;
     }
     this.decodeAndDeliver(head, 0, payload);
+  }
+
+  private receiveOwned(frame: Uint8Array, give: (frame: Uint8Array) => void): void {
+    if (this.closed && this.onFrame === null) return;
+    if (this.pair.delivering || this.paused || this.backlog.starts.length > 0) {
+      this.backlog.keep(frame, give);
+      this.schedule();
+      return;
+    }
+    this.decodeAndDeliver(frame, 0, frame.subarray(HEADER_BYTES));
+    give(frame); // delivered not owned: the receiver kept no reference
   }
 
   /** Checks the header at head[at..] as a receiver of wire bytes would, then delivers. */
@@ -174,8 +221,14 @@ class PipeLink implements FrameLink {
       this.spare = a;
       let i = 0;
       for (; i < a.starts.length && !this.paused; i++) {
+        const f = a.frames[i]!;
+        if (f !== null) {
+          this.decodeAndDeliver(f, 0, f.subarray(HEADER_BYTES));
+          a.gives[i]!(f);
+          continue;
+        }
         const at = a.starts[i]!;
-        this.decodeAndDeliver(a.buf, at, a.buf.subarray(at + HEADER_BYTES, a.end(i)));
+        this.decodeAndDeliver(a.buf, at, a.buf.subarray(at + HEADER_BYTES, a.ends[i]!));
       }
       if (i < a.starts.length) {
         // Paused part way: what is left goes first, before what arrived meanwhile.

@@ -7,7 +7,8 @@
 import type { Conn } from "./conn.ts";
 import type { FrameLink, Transport } from "./frame-link.ts";
 import { FrameDecoder, HEADER_BYTES, type Header, encodeHeader } from "../wire/header.ts";
-import { SendBatcher, type CopyingConn } from "../wire/send-batcher.ts";
+import { COPY_LIMIT_BYTES, SendBatcher, type CopyingConn } from "../wire/send-batcher.ts";
+import { frameAround } from "../wire/headroom.ts";
 
 export interface StreamLinkOptions {
   /** Coalesce the frames of one tick into one send (on by default; off for measurements). */
@@ -72,6 +73,15 @@ class StreamLink implements FrameLink {
     if (this.ended) return false;
     const out = this.out;
     if (out !== null) {
+      // A large payload with room for the header in front: one write for the whole frame.
+      if (n >= COPY_LIMIT_BYTES && out.copies) {
+        const frame = frameAround(payload!);
+        if (frame !== null) {
+          encodeHeader(h, frame, 0);
+          out.push(frame);
+          return true;
+        }
+      }
       // Encoded straight into the batcher's staging buffer: no allocation per frame.
       const at = out.reserve(HEADER_BYTES);
       encodeHeader(h, out.buffer, at);
@@ -88,6 +98,13 @@ class StreamLink implements FrameLink {
     if (this.ended) return false;
     if (this.out !== null) this.out.push(frame);
     else return this.conn.send(frame);
+    return true;
+  }
+
+  sendFrameOwned(frame: Uint8Array, give: (frame: Uint8Array) => void): boolean {
+    if (this.ended) return false;
+    if (this.out !== null) this.out.pushOwned(frame, give);
+    else return this.conn.send(frame); // kept by the Conn: never given back
     return true;
   }
 

@@ -27,6 +27,12 @@ class BunConn implements CopyingConn {
   onClose: ((reason: string) => void) | null = null;
   onDrain: (() => void) | null = null;
   private queue: Uint8Array[] = [];
+  /**
+   * Per queue entry: for a buffer sent with sendOwned(), the whole buffer and what to give it
+   * back to once written; null for the copies send() makes.
+   */
+  private owned: (Uint8Array | null)[] = [];
+  private givers: (((b: Uint8Array) => void) | null)[] = [];
   private queued = 0;
   private closed = false;
   private closing = false;
@@ -94,8 +100,38 @@ class BunConn implements CopyingConn {
       }
       bytes = bytes.subarray(Math.max(0, n));
     }
-    bytes = bytes.slice(); // the caller may reuse its buffer as soon as we return
+    return this.enqueue(bytes.slice(), null, null); // the caller may reuse its buffer as soon as we return
+  }
+
+  /**
+   * send() without the copy: what the kernel does not take at once is queued by reference, and
+   * give(bytes) is called once all of it is written (at once when the kernel took it all; never
+   * if the connection ends first). The caller must not touch bytes until then. For large reply
+   * buffers from a pool: copying the part a unix socket to fio does not take cost 10 % of the
+   * client daemon at 128k reads.
+   */
+  sendOwned(bytes: Uint8Array, give: (b: Uint8Array) => void): boolean {
+    if (this.closed || this.closing) return false;
+    let rest = bytes;
+    if (this.queue.length === 0) {
+      const n = this.sock.write(bytes);
+      if (n === bytes.length) {
+        give(bytes);
+        return true;
+      }
+      if (n < 0) {
+        this.closeNow("write failed");
+        return false;
+      }
+      rest = bytes.subarray(Math.max(0, n));
+    }
+    return this.enqueue(rest, bytes, give);
+  }
+
+  private enqueue(bytes: Uint8Array, whole: Uint8Array | null, give: ((b: Uint8Array) => void) | null): boolean {
     this.queue.push(bytes);
+    this.owned.push(whole);
+    this.givers.push(give);
     this.queued += bytes.length;
     if (this.queued > MAX_QUEUED_BYTES) {
       this.closeNow("send queue over limit");
@@ -124,6 +160,9 @@ class BunConn implements CopyingConn {
         return;
       }
       this.queue.shift();
+      const whole = this.owned.shift()!;
+      const give = this.givers.shift()!;
+      if (give !== null) give(whole!);
     }
     if (this.sendPaused) {
       this.sendPaused = false;
@@ -149,6 +188,8 @@ class BunConn implements CopyingConn {
     if (this.closed) return;
     this.closed = true;
     this.queue = [];
+    this.owned = [];
+    this.givers = []; // buffers still queued are left to the GC, never given back
     this.queued = 0;
     this.held = [];
     const cb = this.onClose;

@@ -344,9 +344,15 @@ export class TargetConnection {
       if (this.inflight === 0) this.wakeDrainWaiters();
       return;
     }
-    this.link.sendFrame(frame);
-    // Small frames are always copied by the link; large ones too when the link says so.
-    if (frame.length < COPY_LIMIT_BYTES || this.link.copies) recycleFrame(frame);
+    if (frame.length >= COPY_LIMIT_BYTES && this.link.sendFrameOwned !== undefined) {
+      // A large answer (a READ's data) is kept by reference until sent, not copied, and comes
+      // back to the pool then.
+      this.link.sendFrameOwned(frame, recycleFrame);
+    } else {
+      this.link.sendFrame(frame);
+      // Small frames are always copied by the link; large ones too when the link says so.
+      if (frame.length < COPY_LIMIT_BYTES || this.link.copies) recycleFrame(frame);
+    }
     this.pump();
   }
 

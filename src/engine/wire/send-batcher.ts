@@ -18,6 +18,12 @@ import type { Conn } from "../net/conn.ts";
  */
 export interface CopyingConn extends Conn {
   readonly send_copies: true;
+  /**
+   * send() that keeps a large buffer by reference instead of copying what the kernel does not
+   * take at once, and calls give(bytes) once it is all written (never if the connection ends
+   * first). Optional.
+   */
+  sendOwned?(bytes: Uint8Array, give: (b: Uint8Array) => void): boolean;
 }
 
 /** Parts at least this big are sent without copying (and kept by reference until sent). */
@@ -36,7 +42,7 @@ export class SendBatcher {
   /** The Conn copies: the staging buffer is sent as a view and reused, no allocation per flush. */
   private readonly reuse: boolean;
 
-  constructor(private readonly conn: Conn) {
+  constructor(private readonly conn: Conn & Partial<Pick<CopyingConn, "sendOwned">>) {
     this.reuse = (conn as Partial<CopyingConn>).send_copies === true;
   }
 
@@ -56,6 +62,23 @@ export class SendBatcher {
       this.parts.push(bytes);
       this.schedule();
     }
+  }
+
+  /**
+   * push() for a buffer the caller gets back: give(bytes) is called once nothing here or in the
+   * Conn references it any more, at once when it was copied (small parts, or a Conn that copies
+   * and has no sendOwned), when written otherwise (a large part kept by reference, never if the
+   * connection ends first). Without a copying Conn a large part is never given back: the
+   * simulator's links keep what they are sent.
+   */
+  pushOwned(bytes: Uint8Array, give: (b: Uint8Array) => void): void {
+    if (bytes.length >= COPY_LIMIT_BYTES && this.reuse && this.conn.sendOwned !== undefined) {
+      this.sendStaged(); // what was queued before goes first
+      this.conn.sendOwned(bytes, give);
+      return;
+    }
+    this.push(bytes);
+    if (bytes.length < COPY_LIMIT_BYTES || this.reuse) give(bytes);
   }
 
   /**
