@@ -6,10 +6,11 @@
 import * as v from "valibot";
 import type { AttachInfo } from "../engine/layout/types.ts";
 import type { ApiResponse, Caller } from "./api-auth.ts";
-import { ClientAckBody, ClientAttachBody, ClientRegisterBody, ClientReportBody, type WatchJson } from "./api-types.ts";
+import { ClientAckBody, ClientAttachBody, ClientRegisterBody, ClientReportBody } from "./api-types.ts";
 import type { ClusterState, VolumeRecord } from "./cluster-state.ts";
 import type { MirrorControl } from "./mirror-control.ts";
 import { volumeNamed } from "./volume-lookup.ts";
+import { watchAnswerOf } from "./volume-views.ts";
 
 /** What serves the client daemons: the mirror control and the state it acts on. */
 export interface ClientHost {
@@ -122,13 +123,7 @@ export async function clientRoutes(
     if (!state) return err(503, `TOMA not ready: ${host.notReady()}`);
     // By uuid: a volume deleted (or taken out of this client by a forced delete) is absent, and
     // a newer one that took its name is not it. The daemon tears down what is absent.
-    const vols = [...c.volumes].map((u) => state.volumes.find((x) => x.uuid === u)).filter((x) => x !== undefined);
-    return ok({
-      generation: state.generation,
-      stable_generation: mc.stable(),
-      acked: c.acked,
-      volumes: vols.map((x) => host.attachInfo(x)),
-    } satisfies WatchJson);
+    return ok(watchAnswerOf(state, c.volumes, c.acked, mc.stable(), (x) => host.attachInfo(x)));
   }
   if (route.length === 2 && route[1] === "ack") {
     if (m !== "POST") return err(405, `${m} not allowed on ${path}; use POST`);

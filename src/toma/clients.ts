@@ -152,8 +152,13 @@ export class ClientRegistry {
     c.heard_ms = Math.max(c.heard_ms, this.env.clock.now_ms() - Math.max(0, ago_ms));
   }
 
-  ack(c: ClientRecord, generation: number): void {
-    this.heard(c);
+  /**
+   * The client acknowledged `generation`: no I/O of an older topology in flight. `heard`: false
+   * when the acknowledgement comes in another TOMA's report (home-clients.ts), which may repeat it
+   * long after it was made: a hearing comes only from the reports' ages (heardVia).
+   */
+  ack(c: ClientRecord, generation: number, heard = true): void {
+    if (heard) this.heard(c);
     if (generation > c.acked) {
       c.acked = generation;
       this.notify();

@@ -4,7 +4,7 @@
  * the attach information, the legs' views, and the refusal of evict (a delete's: volume-delete.ts).
  */
 import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
-import type { LegView } from "./api-types.ts";
+import type { LegView, WatchJson } from "./api-types.ts";
 import type { ClusterState, RefusalCode, VolumeRecord } from "./cluster-state.ts";
 import type { RebuildProgress } from "./rebuild.ts";
 import { isMirrored, setTopologies } from "./topology.ts";
@@ -27,6 +27,18 @@ export function attachInfoOf(given: VolumeRecord, state: ClusterState | null, ta
     stable_generation: stable,
     topology: setTopologies(vol),
   };
+}
+
+/**
+ * The answer to a client's watch, all of it as of `state`: its generation, the stable generation,
+ * the acknowledgement held for the client, and the client's volumes (by uuid: a deleted one is
+ * absent, and a newer one that took its name is not it). Served by whoever runs the mirror
+ * control (client-routes.ts) and by a TOMA cluster's home TOMA from its applied state
+ * (cluster/home-clients.ts).
+ */
+export function watchAnswerOf(state: ClusterState, volumes: Iterable<string>, acked: number, stable: number, attachInfo: (vol: VolumeRecord) => AttachInfo): WatchJson {
+  const vols = [...volumes].map((u) => state.volumes.find((x) => x.uuid === u)).filter((x) => x !== undefined);
+  return { generation: state.generation, stable_generation: stable, acked, volumes: vols.map(attachInfo) };
 }
 
 export function legViewsOf(vol: VolumeRecord, reachable: (drive_uuid: string) => boolean, progress: (column: number) => RebuildProgress | null): LegView[] {

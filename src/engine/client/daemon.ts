@@ -122,6 +122,12 @@ interface Attached {
    */
   attached_as: number;
   seq: number;
+  /**
+   * The generation of the state that attach answered from. A watch answered from an older state
+   * (a TOMA cluster's home TOMA that has not applied the attachment yet) does not list it, and
+   * says nothing about it.
+   */
+  attached_gen: number;
 }
 
 export const VOLUME_NAME = /^[A-Za-z0-9._-]{1,64}$/;
@@ -227,6 +233,7 @@ export class ClientDaemon {
           if (a !== undefined && a.info.volume_uuid === info.layout.volume_uuid) {
             a.attached_as = id;
             a.seq = ++this.attachSeq;
+            a.attached_gen = info.generation;
           }
           return { info, id };
         } catch (e) {
@@ -272,7 +279,7 @@ export class ClientDaemon {
           // Attached under this id before this watch was sent, so the TOMA had it on our record:
           // absent now means deleted, or taken from us by a forced delete. Its export goes.
           for (const a of [...this.attached.values()]) {
-            if (a.attached_as === id && a.seq <= sent && !listed.has(a.info.volume_uuid)) this.gone(a, "the TOMA no longer lists it for this client");
+            if (a.attached_as === id && a.seq <= sent && w.generation >= a.attached_gen && !listed.has(a.info.volume_uuid)) this.gone(a, "the TOMA no longer lists it for this client");
           }
           this.known = w.generation;
           this.known_stable = w.stable_generation;
@@ -369,7 +376,7 @@ export class ClientDaemon {
         drives: drives.length,
         generation: info.generation,
       };
-      this.attached.set(volume, { info: attachment, device, store, listener, view, pool, attached_as, seq: ++this.attachSeq });
+      this.attached.set(volume, { info: attachment, device, store, listener, view, pool, attached_as, seq: ++this.attachSeq, attached_gen: info.generation });
       pool = null;
       this.env.log.info("volume attached", { volume, uuid, uri });
       void this.watchLoop();

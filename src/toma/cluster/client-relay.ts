@@ -26,6 +26,20 @@ const APPLY_WAIT_MS = 2000;
 
 const err = (status: number, error: string, leader?: string): ApiResponse => ({ status, body: leader === undefined ? { error } : { error, leader } });
 
+/**
+ * What the leader can no longer see once a client route is re-signed with the server key: that
+ * only the client itself (with its secret) or an administrator acts on a client's routes, and
+ * that a registration takes the client key. Null: allowed.
+ */
+export function clientRouteRefusal(route: readonly string[], caller: Caller): ApiResponse | null {
+  if (route.length === 0) {
+    if (caller.kind === "client-id") return err(403, `register with the client key, not with ${signedWith(caller)}`);
+  } else if (caller.kind === "client" || (caller.kind === "client-id" && caller.id !== Number(route[0]))) {
+    return err(403, `only client ${route[0]} itself (with the secret it was given when it registered) or an administrator may do this; this request was signed with ${signedWith(caller)}`);
+  }
+  return null;
+}
+
 export async function relayClientRoute(
   env: Env,
   node: TomaNode,
@@ -37,11 +51,8 @@ export async function relayClientRoute(
   caller: Caller,
 ): Promise<ApiResponse> {
   const route = path.split("?")[0]!.split("/").slice(3);
-  if (route.length === 0) {
-    if (caller.kind === "client-id") return err(403, `register with the client key, not with ${signedWith(caller)}`);
-  } else if (caller.kind === "client" || (caller.kind === "client-id" && caller.id !== Number(route[0]))) {
-    return err(403, `only client ${route[0]} itself (with the secret it was given when it registered) or an administrator may do this; this request was signed with ${signedWith(caller)}`);
-  }
+  const no = clientRouteRefusal(route, caller);
+  if (no) return no;
   const lead = node.leader();
   const view = node.view();
   if (view.role === "leader") return err(503, "this TOMA was just elected and does not serve client daemons yet; retry in a moment");

@@ -19,6 +19,8 @@ import { volumeNamed, volumeNameOf } from "../volume-lookup.ts";
 import type { AttachInfo } from "../../engine/layout/types.ts";
 import { clientRoutes } from "../client-routes.ts";
 import { relayClientRoute } from "./client-relay.ts";
+import { receiveSwitched, SWITCHED_PATH, SwitchedReportSchema } from "./switched.ts";
+import { steadyClock } from "../../engine/steady-clock.ts";
 import { type ClusterJson, CreateVolumeBody, type DriveJson, type LegView, type TargetJson, type VolumeJson } from "../api-types.ts";
 import { type ClusterState, retiredCounts, usedExtents, type VolumeRecord } from "../cluster-state.ts";
 import { targetView, volumeStateOf } from "../toma.ts";
@@ -79,6 +81,7 @@ function serverOnly(c: Caller): ApiResponse | null {
 }
 
 export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key: Uint8Array | null): ApiHandler {
+  const steady = steadyClock(env.clock);
   const cluster = (): ClusterJson => {
     const view = m.node.view();
     const up = m.links.filter((l) => l.up).length;
@@ -249,6 +252,15 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key:
         return m.received(r.output);
       });
     }
+    if (route === SWITCHED_PATH) {
+      if (mth !== "POST") return err(405, `${mth} not allowed on ${route}; use POST`);
+      const no = serverOnly(caller);
+      if (no) return no;
+      const r = v.safeParse(SwitchedReportSchema, body);
+      if (!r.success) return err(400, `invalid switched report: ${r.issues.map((i) => `${i.path?.map((p) => String(p.key)).join(".") ?? ""}: ${i.message}`).join("; ")}`);
+      const ctl = m.control.active();
+      return ctl ? receiveSwitched(ctl, r.output, () => steady.now_ms()) : onLeader(async () => m.control.activeOrRefuse());
+    }
     if (route === "/v1/drives") {
       if (mth !== "GET") return err(405, `${mth} not allowed on ${route}; use GET`);
       return { status: 200, body: driveViews(m, m.node.appliedState()) satisfies DriveJson[] };
@@ -257,7 +269,12 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key:
     if (route === "/v1/clients" || route.startsWith("/v1/clients/")) {
       const ctl = m.control.active();
       // Elsewhere than on the leader's control, relayed to the leader: the daemon stays homed here.
-      if (!ctl) return m.relay ? relayClientRoute(env, m.node, m.relay, server_key, mth, path, body, caller) : onLeader(async () => m.control.activeOrRefuse());
+      if (!ctl) {
+        if (!m.relay) return onLeader(async () => m.control.activeOrRefuse());
+        // A watch or an acknowledgement served here, its home (home-clients.ts); the rest relayed.
+        const here = await m.home?.serve(mth, path, route.split("/").slice(3), body, caller);
+        return here ?? relayClientRoute(env, m.node, m.relay, server_key, mth, path, body, caller);
+      }
       return clientRoutes(ctl, mth, path, route.split("/").slice(3), body, caller);
     }
     if (/^\/v1\/drives\/[^/]+\/evict$/.test(route)) {

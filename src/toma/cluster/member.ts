@@ -25,6 +25,7 @@ import type { MirrorTimings } from "../mirror-control.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
 import type { Relay } from "./client-relay.ts";
+import { HomeClients } from "./home-clients.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -67,6 +68,8 @@ export class ClusterMember {
   readonly hearing: ClientHearing;
   /** Relays a client daemon's call to the leader (client-relay.ts); null: 421 naming it. */
   readonly relay: Relay | null;
+  /** Serves this TOMA's own client daemons' watches and acknowledgements (with a relay only). */
+  readonly home: HomeClients | null;
 
   constructor(
     readonly env: Env,
@@ -87,6 +90,7 @@ export class ClusterMember {
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
     this.relay = opts.relay;
+    this.home = opts.relay ? new HomeClients(env, this.node, this.pool, { name: opts.name, relay: opts.relay, watch_hold_ms: opts.mirror_timings?.watch_hold_ms }) : null;
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
   }
@@ -105,9 +109,11 @@ export class ClusterMember {
     void this.node.start();
     this.reporter.start();
     this.control.start();
+    this.home?.start();
   }
 
   stop(): void {
+    this.home?.stop();
     this.control.stop();
     this.reporter.stop();
     this.node.stop();

@@ -210,6 +210,8 @@ export class TomaNode {
    * at one index.
    */
   onApply: ((index: number, term: number) => void) | null = null;
+  /** Called after each ready() that changed the applied state (home-clients.ts wakes its held watches). */
+  readonly stateListeners = new Set<() => void>();
   /** Proposals given to propose() and not yet seen by the loop. */
   private proposals: ProposalInput[] = [];
   /** Proposals appended to the log, by index, waiting to be applied here. */
@@ -739,6 +741,7 @@ export class TomaNode {
 
   private async handle(r: Raft, rd: Ready): Promise<void> {
     const before = this.view_basics;
+    const state_before = this.state;
     if (rd.persist) {
       const w = await this.writer!.persist(rd.persist);
       if (w.ok) this.durable = rd.persist;
@@ -801,6 +804,7 @@ export class TomaNode {
       r.compact(b.applied, encodeState(this.state));
     }
     this.onAdvance?.();
+    if (this.state !== state_before) for (const f of [...this.stateListeners]) f();
     // Removed by a committed configuration (a leader that removed itself, or a member that heard
     // the commit): it takes no part any more.
     if (member(r.config(), r.id)) this.was_member = true;
