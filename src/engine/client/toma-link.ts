@@ -3,8 +3,20 @@
  * routes (HTTP in production, the simulator's management links in simulation). One place knows
  * the routes; a 410 answer means the TOMA no longer knows our id.
  */
+import * as v from "valibot";
 import type { AttachInfo } from "../layout/types.ts";
 import { AttachError, type TomaLink, UnknownClientError, type WatchInfo } from "./daemon.ts";
+
+const Generation = v.pipe(v.number(), v.safeInteger(), v.minValue(0));
+/**
+ * A watch answer's numbers, checked before the daemon acts on them (its volumes' views are checked
+ * one by one: daemon.ts checkedView). In a TOMA cluster any TOMA may answer a watch: a stable
+ * generation above the generation answered would let I/O of a topology not yet stable complete.
+ */
+const WatchSchema = v.pipe(
+  v.object({ generation: Generation, stable_generation: Generation, acked: v.optional(Generation), volumes: v.array(v.unknown()) }),
+  v.check((w) => w.stable_generation <= w.generation, "its stable generation is above its generation"),
+);
 
 /** Performs one API call; rejects with an error whose `status` is the HTTP status (0: unreachable). */
 export type MgmtCall = (method: string, path: string, body?: unknown) => Promise<unknown>;
@@ -31,7 +43,12 @@ export function tomaLinkOver(call: MgmtCall): TomaLink {
         throw e;
       }
     },
-    watch: (id, known, stable) => c<WatchInfo>("GET", `/v1/clients/${id}/watch?known=${known}&stable=${stable}`),
+    watch: async (id, known, stable) => {
+      const raw = await c<unknown>("GET", `/v1/clients/${id}/watch?known=${known}&stable=${stable}`);
+      const w = v.safeParse(WatchSchema, raw);
+      if (!w.success) throw new AttachError(`the TOMA answered a watch that is not valid: ${w.issues[0]!.message}`, "invalid");
+      return raw as WatchInfo;
+    },
     ack: async (id, generation) => {
       await c("POST", `/v1/clients/${id}/ack`, { generation });
     },
