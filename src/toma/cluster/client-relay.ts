@@ -1,11 +1,12 @@
 /**
  * A client daemon's routes on a TOMA that does not run the leader's control (a follower, or a
- * leader just elected): relayed to the leader at once, signed with the server key, so that a
+ * leader just elected), but for the watches and acknowledgements its home serves itself
+ * (home-clients.ts): relayed to the leader at once, signed with the server key, so that a
  * daemon stays homed on the TOMA it reaches (its own server's) while the leader alone decides
- * (registrations and attachments through the log; acknowledgements, failure reports and the
- * stable generation at the leader's mirror control). A client cut off from the leader, one way
- * or both, still acknowledges, reports and watches through its home, and its home's drive
- * reports carry that it was heard (client-hearing.ts).
+ * (registrations and attachments through the log; failure reports at the leader's mirror
+ * control). A client cut off from the leader, one way or both, still acknowledges, reports and
+ * watches through its home, and its home's drive reports carry that it was heard
+ * (client-hearing.ts).
  *
  * The relay checks what the leader cannot see any more once the request is re-signed: that only
  * the client itself (with its secret) or an administrator acts on a client's routes. A

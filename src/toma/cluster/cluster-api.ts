@@ -4,7 +4,9 @@
  * messages), the membership changes, the servers' drive reports, and the pool and volumes: reads
  * answered from the state applied here (any TOMA), volume creation and deletion on the leader (a
  * follower answers 421 naming it), and the client daemons' routes on any TOMA: the leader's mirror
- * control serves them (leader-control.ts), any other TOMA relays them there (client-relay.ts).
+ * control serves them (leader-control.ts); any other TOMA serves its own clients' watches and
+ * acknowledgements (home-clients.ts, reported to the leader: switched.ts) and relays the rest
+ * there (client-relay.ts).
  * Sans-I/O like ../api.ts; behind the same signature check.
  */
 import { ExtentSet } from "../extent-set.ts";

@@ -6,8 +6,9 @@
  * survive the loss of a minority, and change membership on the operator's request
  * (membership-ops.ts). Each TOMA claims and reports its own server's drives (drive-reporter.ts);
  * the leader adds them to the state and creates volumes (volume-ops.ts), and runs the mirror
- * control and serves the client daemons while it leads (leader-control.ts); any TOMA answers
- * reads from its applied state.
+ * control and serves the client daemons while it leads (leader-control.ts); every other TOMA
+ * serves its own client daemons' watches and acknowledgements and reports them switched to the
+ * leader (home-clients.ts); any TOMA answers reads from its applied state.
  */
 import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
