@@ -176,7 +176,11 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
           moved = true;
           continue;
         }
-        if (status !== 0 && status !== 503 && status !== 421) throw e;
+        if (status !== 0 && status !== 503 && status !== 421) {
+          // Its own answer (a refusal, 410, ...): it answered, so it serves; the caller decides.
+          if (moved) moveTo(at);
+          throw e;
+        }
         // Unreachable, no leader there, or hops exhausted: the next known TOMA (unless the home
         // changed meanwhile, another call having found one that answers: then that one next).
         tried++;
