@@ -48,6 +48,10 @@ import { SWITCHED_PATH, SwitchedAnswerSchema, type SwitchedReport } from "./swit
 const RETRY_MS = 500;
 /** Longest an acknowledgement waits for the report carrying it (the daemon's own call gives up at 3 s). */
 const ACK_WAIT_MS = 2000;
+/** How often the leader is looked at while a report is in flight. */
+const LEADER_POLL_MS = 100;
+/** A report abandoned for a new leader (untilLeaderChanges). */
+const LEFT = Symbol("left for a new leader");
 
 const err = (status: number, error: string): ApiResponse => ({ status, body: { error } });
 
@@ -188,29 +192,35 @@ export class HomeClients {
   private reported(): Promise<boolean> {
     const want = this.seq;
     return new Promise((resolve) => {
-      let settled = false;
-      const t = this.env.timers.after(ACK_WAIT_MS, () => done(false));
-      const done = (ok: boolean) => {
-        if (settled) return;
-        settled = true;
-        t.cancel();
-        resolve(ok);
+      const w = {
+        want,
+        done: (ok: boolean) => {
+          const i = this.ack_waiters.indexOf(w);
+          if (i < 0) return;
+          this.ack_waiters.splice(i, 1);
+          t.cancel();
+          resolve(ok);
+        },
       };
-      this.ack_waiters.push({ want, done });
+      const t = this.env.timers.after(ACK_WAIT_MS, () => w.done(false));
+      this.ack_waiters.push(w);
       void this.sendAcks();
     });
   }
 
-  /** Sends the acknowledgements taken since the last report, one report at a time (answered at once). */
+  /**
+   * Sends the acknowledgements taken since the last report, one report at a time (answered at
+   * once); a report the leader did not take is made again (to the leader known then) while an
+   * acknowledgement still waits for it: a change of leader costs the daemon no move of its home.
+   */
   private async sendAcks(): Promise<void> {
     if (this.sending) return;
     this.sending = true;
     try {
       while (!this.stopped && this.ack_waiters.length > 0) {
         const carried = this.seq;
-        const ok = await this.exchange(false);
-        this.settleAcks(carried, ok);
-        if (!ok) break;
+        if (await this.exchange(false)) this.settleAcks(carried, true);
+        else await sleep(this.env, LEADER_POLL_MS);
       }
     } finally {
       this.sending = false;
@@ -218,12 +228,7 @@ export class HomeClients {
   }
 
   private settleAcks(carried: number, ok: boolean): void {
-    for (let i = this.ack_waiters.length - 1; i >= 0; i--) {
-      const w = this.ack_waiters[i]!;
-      if (w.want > carried) continue;
-      this.ack_waiters.splice(i, 1);
-      w.done(ok);
-    }
+    for (const w of this.ack_waiters.filter((x) => x.want <= carried)) w.done(ok);
   }
 
   /** The exchange held at the leader, sent again as soon as it is answered. */
@@ -250,7 +255,8 @@ export class HomeClients {
       ...(hold ? { known_stable: this.leader_stable } : {}),
     };
     try {
-      const raw = await this.opts.relay(lead.address, "POST", SWITCHED_PATH, report);
+      const raw = await this.untilLeaderChanges(this.opts.relay(lead.address, "POST", SWITCHED_PATH, report), lead.address, view.term);
+      if (raw === LEFT) return false;
       const a = v.safeParse(SwitchedAnswerSchema, raw);
       if (!a.success) throw new Error(`the leader answered a switched report with ${a.issues[0]!.message}`);
       if (a.output.stable > this.leader_stable) {
@@ -263,6 +269,23 @@ export class HomeClients {
       this.env.log.debug("switched report to the leader failed", { leader: lead.address, error: (e as Error).message });
       return false;
     }
+  }
+
+  /**
+   * `call`'s outcome, or LEFT as soon as this TOMA knows another leader or term than the one it
+   * was sent to: a report held at a leader whose server was then cut off would wait out the
+   * transport's timeout (8 s), while the new leader, elected within about 2 s, waits for these
+   * clients' acknowledgements and they for its stable generation. Its late answer is ignored.
+   */
+  private async untilLeaderChanges(call: Promise<unknown>, address: string, term: number): Promise<unknown> {
+    let settled = false;
+    const out = call.finally(() => (settled = true));
+    out.catch(() => {}); // abandoned: its failure is nobody's news
+    const left = (async () => {
+      while (!settled && !this.stopped && this.node.leader()?.address === address && this.node.view().term === term) await sleep(this.env, LEADER_POLL_MS);
+      return LEFT;
+    })();
+    return await Promise.race([out, left]);
   }
 
   private changed(ms: number): Promise<void> {

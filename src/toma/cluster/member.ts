@@ -27,6 +27,7 @@ import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
 import type { Relay } from "./client-relay.ts";
 import { HomeClients } from "./home-clients.ts";
+import { followLeader } from "./relay-follow.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -90,7 +91,10 @@ export class ClusterMember {
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
-    this.relay = opts.relay;
+    // A relayed call follows the leader: sent again to a new one rather than waiting out the old.
+    this.relay = opts.relay === null ? null : followLeader(env, () => this.node.leader(), opts.relay);
+    // Its switched reports go to one leader each, tagged with the term they are sent in (a new
+    // leader would refuse one of an older term): made again rather than followed.
     this.home = opts.relay ? new HomeClients(env, this.node, this.pool, { name: opts.name, relay: opts.relay, watch_hold_ms: opts.mirror_timings?.watch_hold_ms }) : null;
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
