@@ -59,18 +59,23 @@ async function setup(seed: number) {
   ctl.start();
   const gen = leader.toma!.appliedState()!.generation;
   expect(await c.world.run(() => followers.every((f) => f.toma!.appliedState()?.generation === gen), c.world.now + 5000)).toBe("done");
-  /** Requests from a home to the leader are lost while set. */
+  /** Requests from a home to the leader are refused while set. */
   const cut = { on: false };
+  /** The leader's control by its address (a new leader's is added by the test); silent: never answers. */
+  const ctls = new Map<string, ControlTerm>([[leader.address, ctl]]);
+  const silent = new Set<string>();
   /** Every report the leader answered. */
   const answered: ApiResponse[] = [];
   const relay: Relay = async (address, method, path, body) => {
     await new Promise<void>((r) => c.world.after(1, r));
-    if (cut.on || address !== leader.address) throw Object.assign(new Error(`${address}: connection refused`), { status: 0 });
+    if (silent.has(address)) return await new Promise<never>(() => {});
+    const to = ctls.get(address);
+    if (cut.on || !to) throw Object.assign(new Error(`${address}: connection refused`), { status: 0 });
     expect(method).toBe("POST");
     expect(path).toBe(SWITCHED_PATH);
     const r = v.safeParse(SwitchedReportSchema, JSON.parse(JSON.stringify(body)));
     if (!r.success) throw Object.assign(new Error(r.issues[0]!.message), { status: 400 });
-    const ans = await receiveSwitched(ctl, r.output, () => clock.now_ms());
+    const ans = await receiveSwitched(to, r.output, () => clock.now_ms());
     answered.push(ans);
     await new Promise<void>((res) => c.world.after(1, res));
     if (ans.status !== 200) throw Object.assign(new Error(String((ans.body as { error: string }).error)), { status: ans.status });
@@ -82,7 +87,7 @@ async function setup(seed: number) {
     h.start();
     return h;
   };
-  return { c, leader, followers, ctl, vol, cut, answered, homeOn, clock };
+  return { c, leader, followers, ctl, vol, cut, answered, homeOn, clock, ctls, silent };
 }
 
 const watch = (h: HomeClients, known: number, stable: number) => h.serve("GET", `/v1/clients/${ID}/watch?known=${known}&stable=${stable}`, [String(ID), "watch"], undefined, INSECURE);
@@ -217,5 +222,37 @@ test("a home never answers a watch from a state older than the client holds, nor
   expect(bad.status).toBe(400);
   home.stop();
   ctl.stop();
+  expect(c.world.failure).toBeNull();
+});
+
+test("the leader's server goes silent: the home's held report leaves it for the new leader, and an acknowledgement is taken there", async () => {
+  const { c, leader, followers, ctl, homeOn, ctls, silent } = await setup(405);
+  const homes = followers.map((x) => homeOn(x));
+  expect(await c.world.run(() => homes.every((h) => h.serving()), c.world.now + 5000)).toBe("done");
+  // Its requests to the old leader are never answered (the server cut off, not refused).
+  silent.add(leader.address);
+  ctl.stop();
+  leader.machine.crash("process");
+  expect(await c.world.run(() => agreedLeader(c) !== null && agreedLeader(c)!.toma !== leader.name, c.world.now + 20_000)).toBe("done");
+  const next = c.servers.find((s) => s.name === agreedLeader(c)!.toma)!;
+  const clock = steadyClock(next.env!.clock);
+  const pool = new DrivePool(() => clock.now_ms());
+  const ctl2 = new ControlTerm(next.env!, next.toma!, pool, new VolumeOps(next.env!, next.toma!, pool), agreedLeader(c)!.term, {
+    connect: () => Promise.reject(new Error("no target runs in this test")),
+    server_key: null,
+  });
+  ctl2.start();
+  ctls.set(next.address, ctl2);
+  // The follower that is still one: in touch with the new leader within moments, not stuck on
+  // the held report nobody answers (without leaving it, it would wait for good here).
+  const f = followers.find((x) => x !== next)!;
+  const home = homes[followers.indexOf(f)]!;
+  expect(await c.world.run(() => home.serving(), c.world.now + 3000)).toBe("done");
+  const gen = f.toma!.appliedState()!.generation;
+  const a = (await ok(c, ack(home, gen)))!;
+  expect(a.status).toBe(200);
+  expect(ctl2.mirror.clients.get(ID)!.acked).toBe(gen);
+  for (const h of homes) h.stop();
+  ctl2.stop();
   expect(c.world.failure).toBeNull();
 });

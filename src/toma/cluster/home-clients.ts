@@ -252,7 +252,10 @@ export class HomeClients {
       server: this.opts.name,
       term: view.term,
       clients: [...this.acks].map(([id, acked]) => ({ id, acked })),
-      ...(hold ? { known_stable: this.leader_stable } : {}),
+      // Held only at a leader already in touch: a new one answers at once, so this TOMA serves
+      // its clients again without waiting a hold (its stable generation, restored lower, would
+      // hold the report that long).
+      ...(hold && this.contact?.term === view.term && this.contact.address === lead.address ? { known_stable: this.leader_stable } : {}),
     };
     try {
       const raw = await this.untilLeaderChanges(this.opts.relay(lead.address, "POST", SWITCHED_PATH, report), lead.address, view.term);
