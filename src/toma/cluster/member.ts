@@ -94,7 +94,7 @@ export class ClusterMember {
     this.hearing = new ClientHearing(() => clock.now_ms());
     this.relay = opts.relay;
     const pause_ms = opts.mirror_timings?.rebuild_pause_ms ?? DEFAULT_MIRROR_TIMINGS.rebuild_pause_ms;
-    this.rebuilds = new RebuildRunner(env, this.node, this.pool, this.links, opts.rebuild_connect, pause_ms);
+    this.rebuilds = new RebuildRunner(env, { term: () => this.node.view().term, state: () => this.node.appliedState() }, this.pool, this.links, opts.rebuild_connect, pause_ms);
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), this.rebuilds);
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key, name: opts.name });
   }

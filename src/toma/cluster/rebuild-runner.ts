@@ -18,16 +18,21 @@ import type { Env } from "../../engine/env.ts";
 import { sleep } from "../../engine/env.ts";
 import type { TargetSession } from "../../engine/wire/session-api.ts";
 import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
-import type { VolumeRecord } from "../cluster-state.ts";
+import type { ClusterState, VolumeRecord } from "../cluster-state.ts";
 import { RangeClaims } from "../range-claims.ts";
 import { copyLeg, LegUnavailable, type RebuildProgress } from "../rebuild.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import type { DrivePool } from "./drive-pool.ts";
-import type { TomaNode } from "./node.ts";
 import { MAX_REBUILD_JOBS, type RebuildJob, type RebuildOrder } from "./rebuild-wire.ts";
 
 /** Opens a session to a target under `<toma id>/rebuild/<tag>`. */
 export type RebuildConnect = (address: string, tag: string) => Promise<TargetSession>;
+
+/** What the runner reads of this TOMA's consensus member: the term it is in and the state it applied. */
+export interface AppliedView {
+  term(): number | null;
+  state(): ClusterState | null;
+}
 
 /** How long a copy waits for its sessions to come up before it fails. */
 const LINK_WAIT_MS = 2 * DEFAULT_LINK_TIMINGS.request_timeout_ms;
@@ -52,7 +57,7 @@ export class RebuildRunner {
 
   constructor(
     private readonly env: Env,
-    private readonly node: TomaNode,
+    private readonly node: AppliedView,
     private readonly pool: DrivePool,
     /** This server's own target(s), as the member reaches them: which drives are ours. */
     private readonly own: readonly TargetLink[],
@@ -95,15 +100,15 @@ export class RebuildRunner {
 
   /** Whether the order still stands here: not withdrawn, same term, the volume at its topology. */
   private current(r: Run): boolean {
-    if (this.stopped || r.withdrawn || this.node.view().term !== r.order.term) return false;
-    const vol = this.node.appliedState()?.volumes.find((x) => x.uuid === r.order.volume_uuid);
+    if (this.stopped || r.withdrawn || this.node.term() !== r.order.term) return false;
+    const vol = this.node.state()?.volumes.find((x) => x.uuid === r.order.volume_uuid);
     return vol !== undefined && vol.topology_seq === r.order.topology_seq;
   }
 
   private start(o: RebuildOrder): void {
     const fail = (error: string) => this.runs.set(o.owner_id, { order: o, state: "failed", progress: { done_bytes: 0, total_bytes: 0 }, from_epoch: null, error, withdrawn: false, running: false });
-    const term = this.node.view().term;
-    const vol = this.node.appliedState()?.volumes.find((x) => x.uuid === o.volume_uuid);
+    const term = this.node.term();
+    const vol = this.node.state()?.volumes.find((x) => x.uuid === o.volume_uuid);
     // Not applied here yet (the order's topology or term): taken up at a later answer.
     if (term === null || term < o.term || (vol !== undefined && vol.topology_seq < o.topology_seq)) return;
     if (term > o.term) return void fail(`ordered in term ${o.term}, this TOMA is in term ${term}`);
@@ -173,7 +178,7 @@ export class RebuildRunner {
           claims: this.claims,
           lossy: (d) => {
             const epoch = epochOf(d);
-            return epoch === undefined || epoch !== this.node.appliedState()?.drives.find((x) => x.drive_uuid === d)?.cache_epoch;
+            return epoch === undefined || epoch !== this.node.state()?.drives.find((x) => x.drive_uuid === d)?.cache_epoch;
           },
         },
         vol,
