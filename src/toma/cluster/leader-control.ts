@@ -15,6 +15,8 @@
  * - The leader reaches every server's target at the address its TOMA reports (drive-pool.ts),
  *   over sessions of its own (HELLO as role toma, name `<toma id>/leader`, so they never
  *   supersede the member's own sessions that write its hard state).
+ * - A syncing leg's copy is handed to the TOMA serving its drive (rebuild-orders.ts), and taken
+ *   back when that TOMA is silent; the leader still commits every step.
  * - A drive is declared unreachable only when two paths agree: the leader's own session does not
  *   serve it, and its server's report is stale or does not list it healthy.
  */
