@@ -9,7 +9,7 @@ import { realEnv } from "../../src/engine/runtime/real-env.ts";
 import { apply, type ClusterState } from "../../src/toma/cluster-state.ts";
 import { fenceVersion } from "../../src/toma/consensus/proposal.ts";
 import { DrivePool, REPORT_FRESH_MS, type ReportedDrive } from "../../src/toma/cluster/drive-pool.ts";
-import { RebuildDelegation } from "../../src/toma/cluster/rebuild-orders.ts";
+import { RebuildDelegation, SHUN_MS } from "../../src/toma/cluster/rebuild-orders.ts";
 import type { RebuildJob } from "../../src/toma/cluster/rebuild-wire.ts";
 import type { RebuildOutcome } from "../../src/toma/mirror-control.ts";
 import { MiB, quietLogger } from "./harness.ts";
@@ -141,9 +141,15 @@ test("a silent TOMA loses its order; the leg goes out and back only while the le
   expect(f.d.owners().has(owner)).toBe(true);
   f.commit();
   expect(f.d.owners().has(owner)).toBe(false);
-  // Handed again once s2 reports, and a version already past the order's needs no step.
+  // s2 reports again: handed nothing for SHUN_MS (a TOMA that reports but never runs an order
+  // would otherwise make the leg go out and back at every generation), then handed again.
   f.report("s2", D(2));
-  expect(f.hand()).toBe(false); // two failures counted for this generation: the leader copies
+  expect(f.hand()).toBe(false);
+  f.advance(SHUN_MS);
+  f.report("s1", D(1));
+  f.report("s2", D(2));
+  expect(f.hand()).toBe(true);
+  // A version already past the order's needs no step.
   const g = fixture();
   g.hand();
   g.d.received("s2", [g.job()]);

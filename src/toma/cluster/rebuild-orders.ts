@@ -52,6 +52,13 @@ export class RebuildDelegation implements RebuildDelegate {
   private readonly ended = new Map<number, { version: number; volume_uuid: string }>();
   /** "volume uuid/column@topology_seq" → failures its server reported; at FAILS_BEFORE_LEADER the leader copies. */
   private readonly failures = new Map<string, number>();
+  /**
+   * Server → local time until which it is handed nothing: an order was taken back from it as
+   * silent. Without this, a TOMA that reports but never runs an order (one outside the cluster,
+   * or far behind) would get every new generation's order again and the leg would go out and
+   * back for ever.
+   */
+  private readonly shunned = new Map<string, number>();
 
   constructor(
     private readonly env: Env,
@@ -70,6 +77,10 @@ export class RebuildDelegation implements RebuildDelegate {
     const key = `${vol.uuid}/${column}`;
     if (!at.fresh) {
       this.env.log.warn("the TOMA serving a rebuilding leg's drive is silent: the leader copies the leg itself", { volume: vol.name, column, server: at.server, heard_ms_ago: at.heard_ms_ago });
+      return false;
+    }
+    if ((this.shunned.get(at.server) ?? -Infinity) > this.env.clock.now_ms()) {
+      this.env.log.info("the TOMA serving a rebuilding leg's drive was silent lately: the leader copies the leg itself", { volume: vol.name, column, server: at.server });
       return false;
     }
     if ((this.failures.get(`${key}@${vol.topology_seq}`) ?? 0) >= FAILS_BEFORE_LEADER) {
@@ -133,8 +144,7 @@ export class RebuildDelegation implements RebuildDelegate {
         heard_ms_ago: at?.heard_ms_ago ?? null,
         leg_out_and_back: report,
       });
-      const fk = `${key}@${h.order.topology_seq}`;
-      this.failures.set(fk, FAILS_BEFORE_LEADER);
+      this.shunned.set(h.server, now + SHUN_MS);
       this.end(key, h, { ok: false, error: `the TOMA of server ${h.server} is silent`, report });
     }
     const version = this.version();
@@ -175,3 +185,5 @@ export class RebuildDelegation implements RebuildDelegate {
 
 /** Failures a server reports for one leg and generation before the leader copies it itself. */
 const FAILS_BEFORE_LEADER = 2;
+/** How long a server an order was taken back from is handed nothing. */
+export const SHUN_MS = 30_000;
