@@ -25,7 +25,7 @@ afterEach(() => {
   cleanup = [];
 });
 
-async function setup() {
+async function setup(term: () => number | null = () => TERM) {
   const env = testEnv();
   const targets: TestTarget[] = await startTargets(env, [1, 1]);
   cleanup.push(() => targets.forEach((t) => t.kill()));
@@ -65,7 +65,7 @@ async function setup() {
   for (const [i, d] of [A!, B!].entries()) {
     pool.report({ server: `s${i}`, drives: [{ drive_uuid: d.drive_uuid, target: targets[i]!.address, path: "mem", size_bytes: d.size_bytes, cluster_uuid: d.cluster_uuid, extent_size_bytes: d.extent_size_bytes, extent_count: d.extent_count, state: "ok", error: null }] });
   }
-  const runner = new RebuildRunner(env, { term: () => TERM, state: () => state }, pool, [own], (a, tag) => openSession(env, a, { version: 1, role: "toma", name: `s1/rebuild/${tag}` }), 0);
+  const runner = new RebuildRunner(env, { term, state: () => state }, pool, [own], (a, tag) => openSession(env, a, { version: 1, role: "toma", name: `s1/rebuild/${tag}` }), 0);
   cleanup.push(() => runner.stop());
   const vol = state.volumes[0]!;
   const order: RebuildOrder = { volume_uuid: uuid, column: 1, source: 0, topology_seq: vol.topology_seq, term: TERM, version, owner_id: OWNER, clear_bits: true };
@@ -127,4 +127,14 @@ test("an order for a topology the volume moved past, or not about a syncing leg,
   f.runner.ordered([]);
   f.runner.ordered([{ ...f.order, owner_id: 8, topology_seq: f.order.topology_seq + 1 }]);
   expect(f.runner.report()).toEqual([]);
+  // ...for a while: then it fails, and the leader copies the leg itself.
+  await Bun.sleep(2100);
+  f.runner.ordered([{ ...f.order, owner_id: 8, topology_seq: f.order.topology_seq + 1 }]);
+  expect(f.runner.report()).toMatchObject([{ owner_id: 8, state: "failed", error: expect.stringContaining("has not applied") }]);
+});
+
+test("a TOMA not running in the cluster (starting, outside, waiting for its drives) fails an order at once", async () => {
+  const f = await setup(() => null);
+  f.runner.ordered([f.order]);
+  expect(f.runner.report()).toMatchObject([{ state: "failed", error: expect.stringContaining("not running in the cluster") }]);
 });

@@ -16,6 +16,7 @@
  */
 import type { Env } from "../../engine/env.ts";
 import { sleep } from "../../engine/env.ts";
+import { steadyClock } from "../../engine/steady-clock.ts";
 import type { TargetSession } from "../../engine/wire/session-api.ts";
 import { BITMAP_REGION_BYTES } from "../../engine/drive/superblock.ts";
 import type { ClusterState, VolumeRecord } from "../cluster-state.ts";
@@ -37,6 +38,8 @@ export interface AppliedView {
 /** How long a copy waits for its sessions to come up before it fails. */
 const LINK_WAIT_MS = 2 * DEFAULT_LINK_TIMINGS.request_timeout_ms;
 const LINK_POLL_MS = 50;
+/** How long an order may wait for this TOMA to apply its term and topology before it fails. */
+const PENDING_MS = 2000;
 
 interface Run {
   order: RebuildOrder;
@@ -54,6 +57,9 @@ export class RebuildRunner {
   private readonly runs = new Map<number, Run>();
   private readonly claims = new RangeClaims();
   private stopped = false;
+  /** Orders not applicable here yet (owner id → when first seen, steady clock). */
+  private readonly pending = new Map<number, number>();
+  private readonly clock;
 
   constructor(
     private readonly env: Env,
@@ -63,12 +69,15 @@ export class RebuildRunner {
     private readonly own: readonly TargetLink[],
     private readonly connect: RebuildConnect,
     private readonly pause_ms: number,
-  ) {}
+  ) {
+    this.clock = steadyClock(env.clock);
+  }
 
   /** The leader's orders for this server, as its last answer carried them. */
   ordered(orders: readonly RebuildOrder[]): void {
     if (this.stopped) return;
     const live = new Set(orders.map((o) => o.owner_id));
+    for (const id of [...this.pending.keys()]) if (!live.has(id)) this.pending.delete(id);
     for (const [id, r] of [...this.runs]) {
       if (live.has(id)) continue;
       r.withdrawn = true;
@@ -109,8 +118,16 @@ export class RebuildRunner {
     const fail = (error: string) => this.runs.set(o.owner_id, { order: o, state: "failed", progress: { done_bytes: 0, total_bytes: 0 }, from_epoch: null, error, withdrawn: false, running: false });
     const term = this.node.term();
     const vol = this.node.state()?.volumes.find((x) => x.uuid === o.volume_uuid);
-    // Not applied here yet (the order's topology or term): taken up at a later answer.
-    if (term === null || term < o.term || (vol !== undefined && vol.topology_seq < o.topology_seq)) return;
+    // Said at once, so that the leader copies the leg itself without waiting for our silence.
+    if (term === null) return void fail("this TOMA is not running in the cluster (starting, outside, or waiting for its own drives)");
+    if (term < o.term || (vol !== undefined && vol.topology_seq < o.topology_seq)) {
+      // Not applied here yet (the order's term or topology): taken up at a later answer, for a while.
+      const first = this.pending.get(o.owner_id) ?? this.clock.now_ms();
+      this.pending.set(o.owner_id, first);
+      if (this.clock.now_ms() - first > PENDING_MS) fail(`this TOMA has not applied term ${o.term} and topology ${o.topology_seq} within ${PENDING_MS} ms of the order`);
+      return;
+    }
+    this.pending.delete(o.owner_id);
     if (term > o.term) return void fail(`ordered in term ${o.term}, this TOMA is in term ${term}`);
     if (!vol || vol.topology_seq > o.topology_seq) return void fail(`the volume's topology moved past ${o.topology_seq}`);
     const dst = vol.columns[o.column]?.drive_uuid;
