@@ -27,6 +27,7 @@ import { type RebuildConnect, RebuildRunner } from "./rebuild-runner.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
 import type { Relay } from "./client-relay.ts";
+import { followLeader } from "./relay-follow.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -92,7 +93,8 @@ export class ClusterMember {
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
-    this.relay = opts.relay;
+    // A relayed call follows the leader: sent again to a new one rather than waiting out the old.
+    this.relay = opts.relay === null ? null : followLeader(env, () => this.node.leader(), opts.relay);
     const pause_ms = opts.mirror_timings?.rebuild_pause_ms ?? DEFAULT_MIRROR_TIMINGS.rebuild_pause_ms;
     this.rebuilds = new RebuildRunner(env, { term: () => this.node.view().term, state: () => this.node.appliedState() }, this.pool, this.links, opts.rebuild_connect, pause_ms);
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), this.rebuilds);
