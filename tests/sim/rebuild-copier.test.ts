@@ -8,19 +8,11 @@
  *   again, legs equal (the run's own checks).
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { type ClusterSpec, MIRROR_VOLUME, type ServerSim, type SimCluster } from "../../sim/cluster.ts";
+import type { ServerSim, SimCluster } from "../../sim/cluster.ts";
 import type { RunResult } from "../../sim/run.ts";
-import { boot, leaderServer, legServer, mirror, scenario, steps, when } from "./scenario-kit.ts";
+import { boot, inCluster, leaderServer, legServer, mirror, scenario, steps, when } from "./scenario-kit.ts";
 
 setDefaultTimeout(180_000);
-
-const inCluster = (fault_ms: number) => ({
-  fault_ms,
-  tweak: (spec: ClusterSpec) => {
-    spec.volumes.push(MIRROR_VOLUME);
-    spec.toma_cluster = true;
-  },
-});
 
 /** Trace lines of one node whose message matches. */
 const lines = (r: RunResult, node: string, msg: RegExp) => r.full_trace.filter((l) => l.trim().split(/\s+/)[1] === node && msg.test(l));
