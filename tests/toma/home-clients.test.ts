@@ -55,7 +55,7 @@ async function setup(seed: number) {
   await ok(c, ops.command("register", () => ({ kind: "register_client", id: ID, name: "c1" })));
   await ok(c, ops.command("attach", () => ({ kind: "attach_client", id: ID, volume_uuid: vol.uuid })));
   const term = agreedLeader(c)!.term;
-  const ctl = new ControlTerm(leader.env!, leader.toma!, pool, ops, term, { connect: () => Promise.reject(new Error("no target runs in this test")), server_key: null });
+  const ctl = new ControlTerm(leader.env!, leader.toma!, pool, ops, term, { connect: () => Promise.reject(new Error("no target runs in this test")), server_key: null, name: leader.name });
   ctl.start();
   const gen = leader.toma!.appliedState()!.generation;
   expect(await c.world.run(() => followers.every((f) => f.toma!.appliedState()?.generation === gen), c.world.now + 5000)).toBe("done");
@@ -240,6 +240,7 @@ test("the leader's server goes silent: the home's held report leaves it for the 
   const ctl2 = new ControlTerm(next.env!, next.toma!, pool, new VolumeOps(next.env!, next.toma!, pool), agreedLeader(c)!.term, {
     connect: () => Promise.reject(new Error("no target runs in this test")),
     server_key: null,
+    name: next.name,
   });
   ctl2.start();
   ctls.set(next.address, ctl2);
