@@ -20,6 +20,16 @@ function listening(r: { now_ms(): number }, period_ms: number, slack_ms: number)
   return new ListeningClock(steadyClock(r), period_ms, slack_ms);
 }
 
+/** A raw clock and a ListeningClock on it (period and slack 1 s) after two ticks on time. */
+function ticking(): { r: ReturnType<typeof raw>; c: ListeningClock; before: number } {
+  const r = raw();
+  const c = listening(r, 1000, 1000);
+  c.tick();
+  r.now += 1000;
+  c.tick();
+  return { r, c, before: c.now_ms() };
+}
+
 test("before ticking starts, and while ticks come on time, it reads the raw clock", () => {
   const r = raw();
   const c = listening(r, 1000, 1000);
@@ -34,12 +44,7 @@ test("before ticking starts, and while ticks come on time, it reads the raw cloc
 });
 
 test("a stop of 10 s is taken off: readings stand still through it, before and after the late tick", () => {
-  const r = raw();
-  const c = listening(r, 1000, 1000);
-  c.tick();
-  r.now += 1000;
-  c.tick();
-  const before = c.now_ms();
+  const { r, c, before } = ticking();
   r.now += 10_000; // the process (or its VM) did not run
   // Read before the late tick runs (another timer of the process came first): already discounted.
   const early = c.now_ms();
@@ -81,12 +86,7 @@ test("a raw clock is refused, by the compiler and when it starts", () => {
 });
 
 test("a raw clock jumping back an hour: the readings stand still, then go on at the raw pace, nothing discounted", () => {
-  const r = raw();
-  const c = listening(r, 1000, 1000);
-  c.tick();
-  r.now += 1000;
-  c.tick();
-  const before = c.now_ms();
+  const { r, c, before } = ticking();
   r.now -= 3_600_000;
   expect(c.now_ms()).toBe(before);
   c.tick();
