@@ -99,7 +99,7 @@ export class LinkScenario {
       await s.run();
       return;
     } catch (e) {
-      if (this.repeated !== null) throw this.secondRunFailed(e);
+      if (this.repeated !== null) throw await this.secondRunFailed(e);
       const ends = this.ends();
       const wedge = ends === null ? null : await linkWedged(ends);
       if (wedge === null) throw e;
@@ -121,13 +121,19 @@ export class LinkScenario {
     }
     for (let j = 0; j <= i; j++) {
       console.warn(`[repeat after the link wedged] step "${this.steps[j]!.name}"`);
-      await this.steps[j]!.run().catch((e: unknown) => {
-        throw this.secondRunFailed(e);
+      await this.steps[j]!.run().catch(async (e: unknown) => {
+        throw await this.secondRunFailed(e);
       });
     }
   }
 
-  private secondRunFailed(e: unknown): Error {
-    return new Error(`${(e as Error).message}\n(in the scenario's second run, repeated once after the emulated link wedged:\n${this.repeated})`);
+  /** The second run's failure, with the link's state now (shown, never acted on: no third run). */
+  private async secondRunFailed(e: unknown): Promise<Error> {
+    const ends = this.ends();
+    const now = ends === null ? null : await linkWedged(ends);
+    return new Error(
+      `${(e as Error).message}\n(in the scenario's second run, repeated once after the emulated link wedged:\n${this.repeated})\n` +
+        (now === null ? "(the link of the second run is not wedged now)" : `(the link of the second run is wedged too; not repeated again:\n${now})`),
+    );
   }
 }

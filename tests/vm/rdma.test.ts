@@ -64,7 +64,7 @@ async function guestLogs(): Promise<string> {
   for (const g of [a, b]) {
     if (g === null) continue;
     const r = await g
-      .sh("date +'now %T'; for f in /tmp/*.log; do echo \"--- $f\"; tail -n 60 $f; done; echo '--- dmesg (link watchdog, then the last lines)'; dmesg | grep -E 'NETDEV WATCHDOG|TX timeout' | tail -n 3; dmesg | tail -n 20", 30_000)
+      .sh("date +'now %T'; for f in /tmp/*.log; do echo \"--- $f\"; tail -n 60 $f; done; echo '--- dmesg (link watchdog, then the last lines)'; dmesg | grep -E 'NETDEV WATCHDOG|TX timeout' | tail -n 3; dmesg | grep -v 'speed is unknown' | tail -n 60", 30_000)
       .catch(() => null);
     out.push(`=== ${g.name}:\n${r?.stdout ?? "(unavailable)"}`);
   }
