@@ -217,7 +217,7 @@ const scenario = new LinkScenario(
   () => (a && b ? { a, a_ip: A_IP, b, b_ip: B_IP, port: link_port } : null),
 );
 
-// Timeouts: each step's own, twice over (a repeat runs the steps before it again).
+// Timeouts: room for a repeat, which runs the set-up and every step before the failed one again.
 beforeAll(async () => {
   await buildVmlab();
   dir = mkdtempSync(`${tmpdir()}/nvmesh-rdma-`);
@@ -241,9 +241,9 @@ describe("RDMA in VMs (soft-RoCE): a mirrored volume over rdma://", () => {
 
   test("fio writes and verifies through the mirror over RDMA (4k to 256k, QD 8)", async () => {
     await scenario.step(2);
-  }, 3_600_000);
+  }, 2_400_000);
 
   test("target ta killed: the volume goes on degraded over RDMA; ta restarted: rebuilt, data verified, sessions RDMA again", async () => {
     await scenario.step(3);
-  }, 7_200_000);
+  }, 3_600_000);
 });
