@@ -25,6 +25,7 @@ import type { MirrorTimings } from "../mirror-control.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
 import type { Relay } from "./client-relay.ts";
+import { followLeader } from "./relay-follow.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -86,7 +87,8 @@ export class ClusterMember {
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
-    this.relay = opts.relay;
+    // A relayed call follows the leader: sent again to a new one rather than waiting out the old.
+    this.relay = opts.relay === null ? null : followLeader(env, () => this.node.leader(), opts.relay);
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
   }
