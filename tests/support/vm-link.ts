@@ -108,7 +108,7 @@ export class LinkScenario {
         [
           "",
           "#".repeat(100),
-          `# THE EMULATED LINK BETWEEN THE GUESTS WEDGED during step "${s.name}" (QEMU's socket netdev, not the product):`,
+          `# THE EMULATED LINK BETWEEN THE GUESTS WEDGED during step "${s.name}" (the lab's emulated network, not the product):`,
           "# the scenario is repeated ONCE from the start on fresh guests; a failure of the repeat fails the test.",
           "# The evidence:",
           wedge,
