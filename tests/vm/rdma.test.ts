@@ -19,9 +19,10 @@
  * On failure every step shows both guests' daemon logs (each line stamped with the guest's time)
  * and kernel messages, the emulated link's included: the link between the guests (QEMU's socket
  * netdev) has been seen to stop carrying one guest's frames for good under load ("NETDEV WATCHDOG:
- * eth1: transmit queue 0 timed out" in that guest's kernel, for over 80 s; B's mostly, once A's). With the TOMA on A and the
- * client on B, nothing may then move the volume Degraded (the client cannot reach the TOMA), so
- * fio's writes to ta's leg fail after --io-timeout: that is the lab's link down, not the product.
+ * eth1: transmit queue 0 timed out" in that guest's kernel, for over 80 s; B's mostly, once A's).
+ * With the TOMA on A and the client on B, nothing may then move the volume Degraded (the client
+ * cannot reach the TOMA), so fio's writes to ta's leg fail after --io-timeout: that is the lab's
+ * link down, not the product.
  * So the steps run as one scenario (tests/support/vm-link.ts): a step that fails while the link
  * is wedged *now* (B's watchdog in the last 30 s, or no ping answer over eth1 while ssh over eth0
  * works) is reported loudly with that evidence, and the scenario runs once more from the start on
