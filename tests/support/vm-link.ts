@@ -5,10 +5,10 @@
  * Under load that link has been seen to stop carrying one guest's frames for good: the guest's
  * kernel logs "NETDEV WATCHDOG: eth1 (virtio_net): transmit queue 0 timed out" every 5 s from then
  * on, a ping over eth1 gets no answer, while ssh over eth0 (slirp) still works. It does not come
- * back by itself (watched for over 80 s). It has been seen on either guest, and with the link's TCP connection on
- * the host idle (Recv-Q and Send-Q 0 at both ends): the frames stop in the guest's virtio NIC, not in
- * the socket. A test that meets it has seen the product do the right thing with a dead
- * network (EIO after --io-timeout), not what it meant to check.
+ * back by itself (watched for over 80 s). It has been seen on either guest, and with the link's TCP
+ * connection on the host idle (Recv-Q and Send-Q 0 at both ends): the frames stop in the guest's
+ * virtio NIC, not in the socket. A test that meets it has seen the product do the right thing with
+ * a dead network (EIO after --io-timeout), not what it meant to check.
  *
  * `LinkScenario` runs a test file's steps in order on one lab; when a step fails and the link is
  * wedged *now* (a watchdog line for eth1 in the last 30 s of a guest's uptime, or no ping answer
