@@ -18,7 +18,7 @@
 import type { FenceVolume } from "../engine/wire/control.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClientRecord, ClientRegistry } from "./clients.ts";
-import type { Retired, VolumeRecord } from "./cluster-state.ts";
+import type { ClusterState, Retired, VolumeRecord } from "./cluster-state.ts";
 
 export interface FenceEntry {
   client_id: number;
@@ -35,6 +35,12 @@ export interface FenceTable {
 
 export interface FenceDeps {
   clients: ClientRegistry;
+  /**
+   * The table a drive must hold, when it is a function of the applied replicated state alone (a
+   * TOMA cluster: stateFenceTable; null while there is no state to act on, and then nothing is
+   * pushed). Absent: the single TOMA's table from its own registry.
+   */
+  table?: (drive_uuid: string) => FenceTable | null;
   /** The volumes of the current state. */
   volumes: () => VolumeRecord[];
   /**
@@ -49,6 +55,61 @@ export interface FenceDeps {
   /** Sends the table (replace) to the drive; rejects on any failure. */
   push: (session: TargetSession, drive_uuid: string, table: FenceTable) => Promise<void>;
   onError: (drive_uuid: string, error: unknown) => void;
+}
+
+/** A client as a fence table admits it: its id, the volumes it attached, its minimum generation. */
+interface Admitted {
+  id: number;
+  volumes: Iterable<string>;
+  acked: number;
+}
+
+/** The table of `drive_uuid`: the volumes' extents on it but those left out, and `clients` there. */
+function fenceTable(vols: readonly VolumeRecord[], leftOut: (uuid: string) => boolean, clients: readonly Admitted[], drive_uuid: string): FenceTable {
+  const volumes: FenceVolume[] = [];
+  const here = new Set<string>();
+  for (const vol of vols) {
+    // Every column the volume has here (the allocator gives each its own drive, but the table
+    // must not depend on it: a column left out would be refused its own I/O).
+    const extents = vol.columns.filter((c) => c.drive_uuid === drive_uuid).flatMap((c) => c.extents);
+    if (extents.length === 0 || leftOut(vol.uuid)) continue;
+    here.add(vol.uuid);
+    volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(extents) });
+  }
+  const set: FenceEntry[] = [];
+  for (const c of clients) {
+    const mine = [...c.volumes].filter((u) => here.has(u)).sort();
+    if (mine.length > 0) set.push({ client_id: c.id, min_generation: c.acked, volumes: mine });
+  }
+  volumes.sort((a, b) => (a.volume_uuid < b.volume_uuid ? -1 : 1));
+  set.sort((a, b) => a.client_id - b.client_id);
+  return { volumes, set };
+}
+
+/**
+ * A TOMA cluster's fence table for a drive: a pure function of the applied replicated state, so
+ * that every TOMA that applied a state pushes the same table, stamped with that state's version
+ * (docs/toma-cluster.md, "Each TOMA's own drives"). Its volumes' extents on the drive; every
+ * client of the state not expired, for its volumes there, with the state's stable generation as
+ * its minimum: every client the state lists had acknowledged at least that generation when it
+ * was proposed (clients registered later start above it), so no live client is refused a
+ * request it may still send, and nothing older than the stable generation is admitted.
+ */
+export function stateFenceTable(state: ClusterState, drive_uuid: string): FenceTable {
+  const clients = state.clients.filter((c) => !c.expired).map((c) => ({ id: c.id, volumes: c.volumes, acked: state.stable }));
+  return fenceTable(state.volumes, () => false, clients, drive_uuid);
+}
+
+/**
+ * The drives a state's fence tables matter on: every volume's drives (an empty table confirmed
+ * there is what lets a stale-lock recovery of a dead last client go on) and those of retired
+ * extents (their release waits for a table without their volume).
+ */
+export function stateFenceDrives(state: ClusterState): Set<string> {
+  const out = new Set<string>();
+  for (const vol of state.volumes) for (const c of vol.columns) out.add(c.drive_uuid);
+  for (const r of state.retired) out.add(r.drive_uuid);
+  return out;
 }
 
 /** Extent indices as [first, count] runs of consecutive extents, ascending. */
@@ -76,27 +137,11 @@ export class FenceSync {
 
   constructor(private readonly deps: FenceDeps) {}
 
-  /** The table a drive must hold now. */
-  tableFor(drive_uuid: string): FenceTable {
-    const volumes: FenceVolume[] = [];
-    const here = new Set<string>();
-    for (const vol of this.deps.volumes()) {
-      // Every column the volume has here (the allocator gives each its own drive, but the table
-      // must not depend on it: a column left out would be refused its own I/O).
-      const extents = vol.columns.filter((c) => c.drive_uuid === drive_uuid).flatMap((c) => c.extents);
-      if (extents.length === 0 || this.deps.leftOut(vol.uuid)) continue;
-      here.add(vol.uuid);
-      volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(extents) });
-    }
-    const set: FenceEntry[] = [];
-    for (const c of this.deps.clients.all()) {
-      if (c.expired) continue;
-      const mine = [...c.volumes].filter((u) => here.has(u)).sort();
-      if (mine.length > 0) set.push({ client_id: c.id, min_generation: c.acked, volumes: mine });
-    }
-    volumes.sort((a, b) => (a.volume_uuid < b.volume_uuid ? -1 : 1));
-    set.sort((a, b) => a.client_id - b.client_id);
-    return { volumes, set };
+  /** The table a drive must hold now (null: no state to derive it from; nothing is pushed). */
+  tableFor(drive_uuid: string): FenceTable | null {
+    if (this.deps.table) return this.deps.table(drive_uuid);
+    const live = this.deps.clients.all().filter((c) => !c.expired);
+    return fenceTable(this.deps.volumes(), this.deps.leftOut, live, drive_uuid);
   }
 
   /**
@@ -117,7 +162,8 @@ export class FenceSync {
   inSync(drive_uuid: string): boolean {
     const s = this.deps.sessionOf(drive_uuid);
     const c = this.confirmed.get(drive_uuid);
-    return s !== null && c !== undefined && c.session === s && c.key === JSON.stringify(this.tableFor(drive_uuid));
+    const t = this.tableFor(drive_uuid);
+    return s !== null && t !== null && c !== undefined && c.session === s && c.key === JSON.stringify(t);
   }
 
   /**
@@ -150,6 +196,7 @@ export class FenceSync {
     const session = this.deps.sessionOf(drive_uuid);
     if (!session) return;
     const table = this.tableFor(drive_uuid);
+    if (!table) return;
     const key = JSON.stringify(table);
     const prev = this.confirmed.get(drive_uuid);
     if (!prev || prev.session !== session || prev.key !== key) {

@@ -75,7 +75,7 @@ test("a drive's table: the extents of every volume on it, and each client with t
   const c2 = clients.register("c2", 6);
   c2.volumes.add(N);
   await fences.sync();
-  const a = fences.tableFor("A");
+  const a = fences.tableFor("A")!;
   expect(a.volumes).toEqual(
     [
       { volume_uuid: M, incarnation: 3, extents: [[0, 3]] },
@@ -136,7 +136,7 @@ test("the drives of a volume whose last client expired keep a confirmed empty ta
   c.volumes.add(M);
   await fences.sync();
   expect(fences.inSync("A") && fences.inSync("B")).toBe(true);
-  expect(fences.tableFor("A").set).toEqual([{ client_id: c.id, min_generation: 5, volumes: [M] }]);
+  expect(fences.tableFor("A")!.set).toEqual([{ client_id: c.id, min_generation: 5, volumes: [M] }]);
 
   // It dies: expired, then fenced out of both drives, then forgotten by the registry.
   await Bun.sleep(2);
@@ -153,5 +153,5 @@ test("the drives of a volume whose last client expired keep a confirmed empty ta
   await fences.sync();
   expect(fences.inSync("A")).toBe(true);
   expect(fences.inSync("B")).toBe(true);
-  expect(fences.tableFor("A").set).toEqual([]);
+  expect(fences.tableFor("A")!.set).toEqual([]);
 });
