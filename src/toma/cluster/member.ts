@@ -13,6 +13,7 @@ import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import { DrivePool, type DriveReport, type ReportAnswer } from "./drive-pool.ts";
+import { LocalFences } from "./local-fences.ts";
 import { DriveReporter } from "./drive-reporter.ts";
 import type { SlotIo } from "./hard-state-io.ts";
 import type { Identity } from "./identity.ts";
@@ -67,6 +68,8 @@ export class ClusterMember {
   readonly hearing: ClientHearing;
   /** Relays a client daemon's call to the leader (client-relay.ts); null: 421 naming it. */
   readonly relay: Relay | null;
+  /** The fence tables of this server's own drives, from the applied state (local-fences.ts). */
+  readonly fences: LocalFences;
 
   constructor(
     readonly env: Env,
@@ -87,6 +90,15 @@ export class ClusterMember {
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
     this.relay = opts.relay;
+    this.fences = new LocalFences({
+      env,
+      links: this.links,
+      applied: () => {
+        const st = this.node.appliedState();
+        const version = this.node.appliedVersion();
+        return st !== null && version !== null && this.node.phase === "running" ? { state: st, version } : null;
+      },
+    });
     this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
   }
@@ -104,11 +116,13 @@ export class ClusterMember {
     for (const l of this.links) l.start();
     void this.node.start();
     this.reporter.start();
+    this.fences.start();
     this.control.start();
   }
 
   stop(): void {
     this.control.stop();
+    this.fences.stop();
     this.reporter.stop();
     this.node.stop();
     for (const l of this.links) l.stop();
