@@ -16,6 +16,7 @@
  * and the push fails with that TargetError (docs/protocol.md, "The control-plane version").
  */
 import type { FenceVolume } from "../engine/wire/control.ts";
+import { sha256 } from "../engine/wire/cluster-key.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClientRecord, ClientRegistry } from "./clients.ts";
 import type { ClusterState, Retired, VolumeRecord } from "./cluster-state.ts";
@@ -50,6 +51,13 @@ export interface FenceDeps {
   leftOut: (volume_uuid: string) => boolean;
   /** Extents given up and not yet released: their drives need a confirmed table too. */
   retired: () => Retired[];
+  /**
+   * A TOMA cluster: who keeps the drive's table now (local-fences.ts). "confirmed": the drive's
+   * own TOMA reports, freshly, that the drive confirmed exactly `table` (its digest); "owner": its
+   * own TOMA is on it (reported fresh, not yet confirmed); "self": its TOMA is silent, or has not
+   * confirmed for too long: this control pushes it itself. Absent: always "self".
+   */
+  keeper?: (drive_uuid: string, table_key: string) => "confirmed" | "owner" | "self";
   /** The session of the target serving the drive now, or null. */
   sessionOf: (drive_uuid: string) => TargetSession | null;
   /** Sends the table (replace) to the drive; rejects on any failure. */
@@ -112,6 +120,11 @@ export function stateFenceDrives(state: ClusterState): Set<string> {
   return out;
 }
 
+/** A short digest of a table's key (JSON of the table): what a drive report says a drive confirmed. */
+export function tableDigest(key: string): string {
+  return Buffer.from(sha256(Buffer.from(key, "utf8")).subarray(0, 16)).toString("hex");
+}
+
 /** Extent indices as [first, count] runs of consecutive extents, ascending. */
 export function extentRuns(extents: readonly number[]): [number, number][] {
   const sorted = [...extents].sort((a, b) => a - b);
@@ -163,7 +176,10 @@ export class FenceSync {
     const s = this.deps.sessionOf(drive_uuid);
     const c = this.confirmed.get(drive_uuid);
     const t = this.tableFor(drive_uuid);
-    return s !== null && t !== null && c !== undefined && c.session === s && c.key === JSON.stringify(t);
+    if (t === null) return false;
+    const key = JSON.stringify(t);
+    if (this.deps.keeper?.(drive_uuid, key) === "confirmed") return true;
+    return s !== null && c !== undefined && c.session === s && c.key === key;
   }
 
   /**
@@ -193,13 +209,15 @@ export class FenceSync {
   }
 
   private async syncDrive(drive_uuid: string): Promise<void> {
-    const session = this.deps.sessionOf(drive_uuid);
-    if (!session) return;
     const table = this.tableFor(drive_uuid);
     if (!table) return;
     const key = JSON.stringify(table);
+    const keeper = this.deps.keeper?.(drive_uuid, key) ?? "self";
+    if (keeper === "owner") return;
+    const session = this.deps.sessionOf(drive_uuid);
+    if (keeper === "self" && !session) return;
     const prev = this.confirmed.get(drive_uuid);
-    if (!prev || prev.session !== session || prev.key !== key) {
+    if (keeper === "self" && session && (!prev || prev.session !== session || prev.key !== key)) {
       try {
         await this.deps.push(session, drive_uuid, table);
       } catch (e) {

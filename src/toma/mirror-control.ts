@@ -62,6 +62,8 @@ export interface MirrorDeps {
    * Absent for the single TOMA, which keeps its clients in memory only.
    */
   replicated_clients?: { secretOf: ((id: number) => Uint8Array) | null };
+  /** A TOMA cluster: who keeps each drive's fence table (fencing.ts FenceDeps.keeper). */
+  fenceKeeper?: (drive_uuid: string, table_key: string) => "confirmed" | "owner" | "self";
 }
 
 /** How many times a client command refused as computed from a stale view is computed again. */
@@ -125,6 +127,7 @@ export class MirrorControl {
         const st = this.deps.state();
         return st ? stateFenceTable(st, d) : null;
       } } : {}),
+      ...(deps.fenceKeeper ? { keeper: deps.fenceKeeper } : {}),
       volumes: () => this.deps.state()?.volumes ?? [],
       leftOut: (uuid) => this.deleting.has(uuid),
       retired: () => this.deps.state()?.retired ?? [],

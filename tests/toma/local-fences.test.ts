@@ -13,7 +13,7 @@ import { type Session, openSession } from "../../src/engine/wire/session.ts";
 import { apply, type ClusterState, type Command, emptyState } from "../../src/toma/cluster-state.ts";
 import { LocalFences } from "../../src/toma/cluster/local-fences.ts";
 import { fenceVersion } from "../../src/toma/consensus/proposal.ts";
-import { stateFenceTable } from "../../src/toma/fencing.ts";
+import { stateFenceTable, tableDigest } from "../../src/toma/fencing.ts";
 import { TargetLink } from "../../src/toma/target-link.ts";
 import { FAST, MiB, startTargets, testEnv, type TestTarget, until } from "./harness.ts";
 
@@ -94,7 +94,7 @@ test("each applied state's table reaches the own drive, stamped with that state'
   cleanup.push(() => local.stop());
 
   await until("the first table confirmed", () => local.confirmed(drive) !== null);
-  expect(local.confirmed(drive)).toEqual({ version: applied.version, generation: st0.generation });
+  expect(local.confirmed(drive)).toEqual({ version: applied.version, generation: st0.generation, table: tableDigest(JSON.stringify(stateFenceTable(st0, drive))) });
   expect(t.drives[0]!.control_version).toBe(applied.version);
   expect(await admits(t, drive, st0, st0.stable)).toBe(true);
 
@@ -130,7 +130,7 @@ test("a lagging TOMA's older table is refused STALE and changes nothing; it push
   // Caught up: the same table at the same version as the leader's, accepted.
   applied = { state: st1, version: newer };
   await local.sync();
-  expect(local.confirmed(drive)).toEqual({ version: newer, generation: st1.generation });
+  expect(local.confirmed(drive)).toEqual({ version: newer, generation: st1.generation, table: tableDigest(JSON.stringify(table)) });
   expect(await admits(t, drive, st1, 0)).toBe(false);
 });
 

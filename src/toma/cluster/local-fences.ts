@@ -16,22 +16,26 @@
  * sessions come from Env and the links.
  */
 import type { Env, TimerHandle } from "../../engine/env.ts";
+import { steadyClock } from "../../engine/steady-clock.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
 import { Status } from "../../engine/wire/header.ts";
 import { TargetError, type TargetSession } from "../../engine/wire/session-api.ts";
 import type { ClusterState } from "../cluster-state.ts";
-import { type FenceTable, stateFenceDrives, stateFenceTable } from "../fencing.ts";
+import { type FenceTable, stateFenceDrives, stateFenceTable, tableDigest } from "../fencing.ts";
 import { type TargetLink, withTimeout } from "../target-link.ts";
 
 /** How often the applied state and the links are looked at (a change is pushed within this). */
 export const LOCAL_FENCE_EVERY_MS = 100;
+/** Every own drive's table is pushed again this often, changed or not (as the leader's FenceSync does). */
+const REPUSH_EVERY_MS = 1000;
 /** A push not answered within this is abandoned and tried again. */
 const PUSH_TIMEOUT_MS = 5000;
 
-/** What a drive confirmed: the table of the state of this version and generation. */
+/** What a drive confirmed: the table (its digest) of the state of this version and generation. */
 export interface ConfirmedFence {
   version: number;
   generation: number;
+  table: string;
 }
 
 export interface LocalFenceDeps {
@@ -60,8 +64,15 @@ export class LocalFences {
   private settled: unknown[] | null = null;
   /** A push of the current pass failed (not STALE): the next pass tries again. */
   private failed = false;
+  private settled_at = -Infinity;
+  private readonly clock;
 
-  constructor(private readonly deps: LocalFenceDeps) {}
+  /** Called when a drive confirmed a new table (the drive report goes out at once). */
+  onConfirmed: (() => void) | null = null;
+
+  constructor(private readonly deps: LocalFenceDeps) {
+    this.clock = steadyClock(deps.env.clock);
+  }
 
   start(): void {
     this.timer = this.deps.env.timers.every(LOCAL_FENCE_EVERY_MS, () => void this.sync());
@@ -104,8 +115,12 @@ export class LocalFences {
     const a = this.deps.applied();
     if (!a || this.stopped) return;
     // Nothing changed since a pass that left every drive settled: nothing to push.
+    // Every REPUSH_EVERY_MS anyway: a drive pulled and plugged back into the same target between
+    // two polls comes back with an empty table over the same session, which nothing else reveals.
     const seen = [a.state, a.version, ...this.deps.links.flatMap((l) => [l.session, l.drives])];
-    if (this.settled !== null && seen.length === this.settled.length && seen.every((x, i) => x === this.settled![i])) return;
+    const now = this.clock.now_ms();
+    if (now - this.settled_at < REPUSH_EVERY_MS && this.settled !== null && seen.length === this.settled.length && seen.every((x, i) => x === this.settled![i])) return;
+    const again = now - this.settled_at >= REPUSH_EVERY_MS;
     this.settled = null;
     this.failed = false;
     const wanted = stateFenceDrives(a.state);
@@ -115,23 +130,27 @@ export class LocalFences {
       if (s === null) continue;
       for (const d of l.drives) {
         if (d.state !== "ok" || d.cluster_uuid !== a.state.cluster_uuid || !wanted.has(d.drive_uuid)) continue;
-        work.push(this.syncDrive(s, d.drive_uuid, a.state, a.version));
+        work.push(this.syncDrive(s, d.drive_uuid, a.state, a.version, again));
       }
     }
     await Promise.all(work);
-    if (!this.failed) this.settled = seen;
+    if (!this.failed) {
+      this.settled = seen;
+      this.settled_at = now;
+    }
   }
 
-  private async syncDrive(s: TargetSession, drive_uuid: string, state: ClusterState, version: number): Promise<void> {
+  private async syncDrive(s: TargetSession, drive_uuid: string, state: ClusterState, version: number, again: boolean): Promise<void> {
     const table = stateFenceTable(state, drive_uuid);
     const key = JSON.stringify(table);
     const h = this.held.get(drive_uuid);
-    if (h && h.session === s && h.key === key) return;
+    if (!again && h && h.session === s && h.key === key) return;
     if ((this.refused.get(drive_uuid) ?? -1) >= version) return;
     try {
       s.generation = version;
       await withTimeout(this.deps.env, push(s, drive_uuid, table), PUSH_TIMEOUT_MS, `fence table of drive ${drive_uuid}`);
-      this.held.set(drive_uuid, { session: s, key, fence: { version, generation: state.generation } });
+      this.held.set(drive_uuid, { session: s, key, fence: { version, generation: state.generation, table: tableDigest(key) } });
+      this.onConfirmed?.();
       this.refused.delete(drive_uuid);
     } catch (e) {
       this.held.delete(drive_uuid);

@@ -99,7 +99,8 @@ export class ClusterMember {
         return st !== null && version !== null && this.node.phase === "running" ? { state: st, version } : null;
       },
     });
-    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report());
+    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), (d) => this.fences.confirmed(d));
+    this.fences.onConfirmed = () => this.reporter.kick();
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
   }
 
