@@ -29,7 +29,7 @@ function volume(uuid: string, created_seq: number, columns: [string, number[]][]
   };
 }
 
-function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () => []) {
+function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () => [], keeper?: (drive: string, key: string) => "confirmed" | "owner" | "self") {
   const left = new Set<string>();
   const env = realEnv("fence-test", quietLogger);
   const clients = new ClientRegistry(env, { client_timeout_ms: 0, watch_hold_ms: 1000 });
@@ -41,6 +41,7 @@ function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () =>
     leftOut: (uuid) => left.has(uuid),
     retired,
     sessionOf: () => session,
+    ...(keeper ? { keeper } : {}),
     push: async (_s, drive, table) => {
       pushed.push({ drive, table });
     },
@@ -154,4 +155,26 @@ test("the drives of a volume whose last client expired keep a confirmed empty ta
   expect(fences.inSync("A")).toBe(true);
   expect(fences.inSync("B")).toBe(true);
   expect(fences.tableFor("A")!.set).toEqual([]);
+});
+
+test("a TOMA cluster: a drive its own TOMA reports confirmed counts as in sync, pushed nothing, and fences an expired client out; one its TOMA is on is neither", async () => {
+  const vols = [volume(M, 3, [["A", [0]], ["B", [0]]])];
+  const who = new Map<string, "confirmed" | "owner" | "self">([["A", "confirmed"], ["B", "owner"]]);
+  const { clients, fences, pushed } = harness(() => vols, () => [], (d) => who.get(d) ?? "self");
+  const c = clients.register("client-1", 5);
+  c.volumes.add(M);
+  await Bun.sleep(2);
+  expect(clients.expireSilent(() => ["A", "B"])).toEqual([c]);
+  await fences.sync();
+  expect(pushed).toEqual([]);
+  expect(fences.inSync("A")).toBe(true);
+  expect(fences.inSync("B")).toBe(false);
+  // Fenced out of A by its TOMA's confirmation; B still owes one.
+  expect([...c.unfenced]).toEqual(["B"]);
+  // B's TOMA fell silent: the leader pushes B's table itself.
+  who.set("B", "self");
+  await fences.sync();
+  expect(pushed.map((p) => p.drive)).toEqual(["B"]);
+  expect(fences.inSync("B")).toBe(true);
+  expect(clients.all()).toEqual([]);
 });
