@@ -109,12 +109,13 @@ export function stateFenceTable(state: ClusterState, drive_uuid: string): FenceT
 }
 
 /**
- * The drives a state's fence tables matter on: every volume's drives (an empty table confirmed
- * there is what lets a stale-lock recovery of a dead last client go on) and those of retired
- * extents (their release waits for a table without their volume).
+ * The drives a state's fence tables are kept on: every drive of the state. Those of volumes and
+ * of retired extents need theirs (a confirmed table is what a stale-lock recovery and a release
+ * wait for), and any drive may be one an expired client whose volumes are all gone must be
+ * fenced out of (mirror-control.ts expiryDrives); an empty table costs nothing.
  */
 export function stateFenceDrives(state: ClusterState): Set<string> {
-  const out = new Set<string>();
+  const out = new Set<string>(state.drives.map((d) => d.drive_uuid));
   for (const vol of state.volumes) for (const c of vol.columns) out.add(c.drive_uuid);
   for (const r of state.retired) out.add(r.drive_uuid);
   return out;
