@@ -10,6 +10,9 @@
  *
  * Each call tries every known TOMA at most once, with a short pause once all failed, and then
  * fails with the last error: the daemon's own loops retry, and its I/O does not wait on them.
+ * A TOMA becomes the home only once it answered a call; one that was only tried (or that
+ * answered 421, naming the leader) is not, so that the next calls do not queue behind a TOMA
+ * nobody reached.
  *
  * Homed elsewhere than the first address (its preferred home: its own server's TOMA), it asks
  * that TOMA every few seconds whether it serves client daemons again (GET /v1/cluster: running,
@@ -148,11 +151,18 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
   const call: MgmtCall = async (method, path, body) => {
     let last: unknown = null;
     let hops = 0;
+    // The TOMA this attempt goes to. It becomes the home only once it answered: a TOMA tried
+    // after the home failed may be as unreachable as the home (the server that was cut off), and
+    // the other calls must not follow this one there before it is known to answer.
+    let at = home;
+    let home_then = home;
+    let moved = false;
     for (let tried = 0; tried < known.length; ) {
-      // The home this attempt goes to: it may change while the call is in flight (a held watch).
-      const at = home;
       try {
         const out = await callAt(at, method, path, body);
+        // Answered where the home failed it (or where a 421 pointed): the home is there now. An
+        // answer of the home itself moves nothing (the home may have changed while it was held).
+        if (moved) moveTo(at);
         if (opts.learn_peers !== false && learned_for !== at) void learn(at);
         return out;
       } catch (e) {
@@ -161,14 +171,22 @@ export function homedCall(env: Env, addresses: readonly string[], callAt: CallAt
         if (typeof status !== "number") throw e;
         if (status === 421 && typeof leader === "string" && leader !== "" && hops < MAX_HOPS) {
           hops++;
-          moveTo(leader);
+          if (!known.includes(leader)) known.push(leader);
+          at = leader;
+          moved = true;
           continue;
         }
-        if (status !== 0 && status !== 503 && status !== 421) throw e;
+        if (status !== 0 && status !== 503 && status !== 421) {
+          // Its own answer (a refusal, 410, ...): it answered, so it serves; the caller decides.
+          if (moved) moveTo(at);
+          throw e;
+        }
         // Unreachable, no leader there, or hops exhausted: the next known TOMA (unless the home
-        // changed meanwhile: then that one is tried next).
+        // changed meanwhile, another call having found one that answers: then that one next).
         tried++;
-        if (home === at) moveTo(known[(known.indexOf(at) + 1) % known.length]!);
+        at = home !== home_then ? home : known[(known.indexOf(at) + 1) % known.length]!;
+        home_then = home;
+        moved = true;
       }
     }
     // Several TOMAs, none answering: a breath before the caller's own retry asks them all again.

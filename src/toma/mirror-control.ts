@@ -393,7 +393,12 @@ export class MirrorControl {
       });
       if (legs) {
         const r = await this.deps.propose({ kind: "set_legs", uuid: vol.uuid, legs }, state.generation);
-        if (r.ok) this.deps.env.log.info("topology step", { volume: vol.name, legs: legs.join(",") });
+        if (r.ok) {
+          this.deps.env.log.info("topology step", { volume: vol.name, legs: legs.join(",") });
+          // Held watches answer now: a client waiting on a leg just declared dead resumes with
+          // the new topology at once, not when its watch's hold ends (up to watch_hold_ms later).
+          this.clients.notify();
+        }
         return;
       }
       // A dead leg on an evicted drive is replaced by a blank one.

@@ -181,11 +181,16 @@ test("a probe still in flight when its chain ended (home reached another way, an
   await fire(env);
   expect(s.held_probes.length).toBe(1);
   s.hold_probes = false;
-  // `b` fails one call: the daemon moves to `a` (ending the chain), which lags and names `b` (421).
+  // `b` fails one call: the daemon moves to `a`, which answers (ending the chain); then `a` dies
+  // again and the daemon is back on `b` (a new chain).
   s.b_fails = 1;
-  s.lagging = true;
+  expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "a" });
+  expect(h.home()).toBe("a");
+  s.a = "dead";
   expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "b" });
   expect(h.home()).toBe("b");
+  s.a = "ready";
+  s.lagging = true;
   // The old chain's answer arrives: ignored, it counts nothing and arms nothing.
   s.held_probes.shift()!();
   await settle();
@@ -198,4 +203,41 @@ test("a probe still in flight when its chain ended (home reached another way, an
   expect(probes(sent)).toBe(asked + 2);
   expect(h.home()).toBe("a");
   expect(env.logged.filter((l) => l.msg.includes("homed back")).length).toBe(1);
+});
+
+test("a TOMA tried after the home failed becomes the home only once it answered: calls meanwhile stay home, an unreachable TOMA is never the home", async () => {
+  const env = fakeEnv();
+  const sent: Sent[] = [];
+  // `a` (the home) cannot reach a leader for the first call only (503); `b` was cut off: a call
+  // there hangs until released, then fails as unreachable; `c` answers.
+  let a_refuses = 1;
+  const b_hung: (() => void)[] = [];
+  const callAt = async (address: string, method: string, path: string): Promise<unknown> => {
+    sent.push({ address, method, path });
+    if (address === "a" && a_refuses > 0) {
+      a_refuses--;
+      throw Object.assign(new Error("the leader does not answer"), { status: 503 });
+    }
+    if (address === "b") {
+      await new Promise<void>((r) => b_hung.push(r));
+      throw Object.assign(new Error("no answer within 10 s"), { status: 0 });
+    }
+    return { ok: address };
+  };
+  const h = homedCall(env, ["a", "b", "c"], callAt, { learn_peers: false });
+  const first = h.call("POST", "/v1/clients/5/report", {});
+  await settle();
+  expect(b_hung.length).toBe(1);
+  // While the first call waits on `b`, the home is still `a`: the next call is answered there.
+  expect(h.home()).toBe("a");
+  expect(await h.call("POST", "/v1/clients/5/ack", {})).toEqual({ ok: "a" });
+  b_hung.shift()!();
+  expect(await first).toEqual({ ok: "c" });
+  // `c` answered where `a` and `b` did not: the home now; `b` never was.
+  expect(h.home()).toBe("c");
+  const moves = env.logged.filter((l) => l.msg.includes("homed on another TOMA")).map((l) => JSON.stringify(l));
+  expect(moves.length).toBe(1);
+  expect(moves.some((m) => m.includes('"to":"b"'))).toBe(false);
+  expect(sent.map((x) => x.address)).toEqual(["a", "b", "a", "c"]);
+  h.stop();
 });

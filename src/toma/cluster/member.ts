@@ -26,6 +26,7 @@ import type { MirrorTimings } from "../mirror-control.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
 import type { Relay } from "./client-relay.ts";
+import { followLeader } from "./relay-follow.ts";
 
 export interface MemberOptions {
   /** This server's TOMA id (toma run --name). */
@@ -89,7 +90,8 @@ export class ClusterMember {
     this.pool = new DrivePool(() => clock.now_ms());
     this.volumes = new VolumeOps(env, this.node, this.pool);
     this.hearing = new ClientHearing(() => clock.now_ms());
-    this.relay = opts.relay;
+    // A relayed call follows the leader: sent again to a new one rather than waiting out the old.
+    this.relay = opts.relay === null ? null : followLeader(env, () => this.node.leader(), opts.relay);
     this.fences = new LocalFences({
       env,
       links: this.links,
