@@ -387,6 +387,7 @@ export class SimCluster {
       peers: this.mgmtAddresses,
       connect: (address) => openSession(env, address, { version: 1, role: "toma", name: s.name }, keyed),
       control_connect: (address) => openSession(env, address, { version: 1, role: "toma", name: `${s.name}/leader` }, keyed),
+      rebuild_connect: (address, tag) => openSession(env, address, { version: 1, role: "toma", name: `${s.name}/rebuild/${tag}` }, keyed),
       post: async (address, bytes) => {
         await call(address, "POST", RAFT_PATH, { envelope: Buffer.from(bytes).toString("base64") });
       },

@@ -20,6 +20,7 @@ import { clusterMemberApi, DRIVE_REPORT_PATH, IDENTITY_PATH, RAFT_PATH } from ".
 import { parseIdentity } from "../toma/cluster/identity.ts";
 import { ClusterMember } from "../toma/cluster/member.ts";
 import type { Connect } from "../toma/target-link.ts";
+import type { RebuildConnect } from "../toma/cluster/rebuild-runner.ts";
 import { preauthArgs, preauthLimits } from "./limit-args.ts";
 
 export const DEFAULT_TOMA_PORT = 4000;
@@ -77,6 +78,8 @@ const run = command({
         cluster_key,
         connect: (address) => open(env, address, hello),
         control_connect: (address) => open(env, address, leaderHello),
+        // Each rebuild copy the leader hands to this TOMA under a name of its own (rebuild-runner.ts).
+        rebuild_connect: (address, tag) => open(env, address, { ...hello, name: `${name}/rebuild/${tag}` }),
         limits: preauthLimits(args, DEFAULT_HTTP_LIMITS),
       });
     }
@@ -129,6 +132,7 @@ async function runMember(o: {
   cluster_key: Uint8Array | null;
   connect: Connect;
   control_connect: Connect;
+  rebuild_connect: RebuildConnect;
   limits: Partial<HttpLimits>;
 }): Promise<void> {
   if (!TOMA_ID_RE.test(o.name)) {
@@ -165,6 +169,7 @@ async function runMember(o: {
     peers,
     connect: o.connect,
     control_connect: o.control_connect,
+    rebuild_connect: o.rebuild_connect,
     post: async (address, bytes) => {
       await client(address).call("POST", RAFT_PATH, { envelope: Buffer.from(bytes).toString("base64") });
     },

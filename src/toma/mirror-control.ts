@@ -64,6 +64,30 @@ export interface MirrorDeps {
   replicated_clients?: { secretOf: ((id: number) => Uint8Array) | null };
   /** A TOMA cluster: who keeps each drive's fence table (fencing.ts FenceDeps.keeper). */
   fenceKeeper?: (drive_uuid: string, table_key: string) => "confirmed" | "owner" | "self";
+  /**
+   * A TOMA cluster: the copy of a syncing leg may be handed to the TOMA serving its drive
+   * (cluster/rebuild-orders.ts). Absent for the single TOMA, which copies every leg itself.
+   */
+  delegate?: RebuildDelegate;
+}
+
+/** How a rebuild handed to another TOMA ended. */
+export type RebuildOutcome = { ok: true; from_epoch: number | null } | { ok: false; error: string; report: boolean };
+
+/** Rebuild copies run elsewhere than in this control (cluster/rebuild-orders.ts). */
+export interface RebuildDelegate {
+  /**
+   * Hands the copy of `column` from `source` to the TOMA serving the column's drive; false: this
+   * control copies it. `progress` is updated in place; `onEnd` is called once (`report`: the leg
+   * is to be reported failing).
+   */
+  hand(vol: VolumeRecord, column: number, source: number, clear_bits: boolean, progress: RebuildProgress, onEnd: (out: RebuildOutcome) => void): boolean;
+  /** Each pass: orders whose TOMA went silent are taken back. */
+  check(): void;
+  /** Lock owners of copies handed out whose requests a drive may still admit: never stale. */
+  owners(): ReadonlySet<number>;
+  /** Whether a copy handed out may still write in the volume's extents. */
+  busyOn(volume_uuid: string): boolean;
 }
 
 /** How many times a client command refused as computed from a stale view is computed again. */
@@ -199,7 +223,7 @@ export class MirrorControl {
    * that a new owner's writers never wait for them.
    */
   private async releasable(volume_uuid: string, drive_uuid: string, extents: number[], extent_bytes: number): Promise<boolean> {
-    if (!this.fences.inSync(drive_uuid) || (this.working.get(volume_uuid) ?? 0) > 0) return false;
+    if (!this.fences.inSync(drive_uuid) || (this.working.get(volume_uuid) ?? 0) > 0 || this.deps.delegate?.busyOn(volume_uuid)) return false;
     const s = this.deps.sessionOf(drive_uuid);
     if (!s) return false;
     const runs = extentByteRuns(extents, extent_bytes);
@@ -374,6 +398,7 @@ export class MirrorControl {
       this.last_stable = stable;
       this.clients.notify();
     }
+    this.deps.delegate?.check();
     void this.recoverStaleLocks(state);
     void this.checkLostLocks(state);
     if (await this.checkCacheEpochs(state)) return;
@@ -569,6 +594,7 @@ export class MirrorControl {
       const now = this.deps.state()?.volumes.find((x) => x.name === vol.name);
       return !now || now.topology_seq !== j.generation;
     };
+    if (!this.deleting.has(vol.uuid) && this.deps.delegate?.hand(vol, column, source, clearBits, j.progress, (out) => this.handedEnded(vol, column, source, j, cancelled, out))) return;
     this.deps.env.log.info("rebuild started", { volume: vol.name, column, source });
     this.workOn(vol.uuid, () => copyLeg(this.rebuildDeps(), vol, column, source, clearBits, job.progress, cancelled))
       .then(() => {
@@ -585,6 +611,19 @@ export class MirrorControl {
       .finally(() => {
         j.running = false;
       });
+  }
+
+  /** A copy handed to another TOMA ended: as the end of one run here (startRebuild). */
+  private handedEnded(vol: VolumeRecord, column: number, source: number, j: Job, cancelled: () => boolean, out: RebuildOutcome): void {
+    j.running = false;
+    if (cancelled()) return;
+    if (out.ok) {
+      j.done = true;
+      if (out.from_epoch !== null) j.from = { column: source, epoch: out.from_epoch };
+      return;
+    }
+    this.deps.env.log.warn("rebuild handed out ended unfinished; it resumes from the dirty bits", { volume: vol.name, column, error: out.error });
+    if (out.report) this.reportFailure(vol, column, out.error);
   }
 
   private rebuildDeps() {
@@ -659,7 +698,9 @@ export class MirrorControl {
             }
             const admitted = new Set(table.set.map((e) => e.client_id));
             await this.freeOwnStaleLocks(s, d, listed.filter((l) => l.client_id === this.owner_id));
-            for (const l of listed) if (!admitted.has(l.client_id) && l.client_id !== this.owner_id) stale.push({ ...l, drive_uuid: d });
+            // A copy handed to another TOMA locks under its own id: never a dead client's (rebuild-orders.ts).
+            const tomas = this.deps.delegate?.owners();
+            for (const l of listed) if (!admitted.has(l.client_id) && l.client_id !== this.owner_id && !tomas?.has(l.client_id)) stale.push({ ...l, drive_uuid: d });
           }
           // A unit's dead locks are recovered together (recoverSetLocks): with a leg unlisted,
           // one of them could be freed while another is held, and a writer slip in between.

@@ -6,7 +6,8 @@
  * three-copy mirror) is killed with -9. Checked: a new leader takes over, the volume goes Degraded,
  * fio sees no error (the daemon re-homes on another TOMA and keeps its client id: the new leader
  * restored its registration from the cluster state), and once the killed processes are
- * back the leg is rebuilt, the volume is Normal, the daemon homes back on its first TOMA (once), and
+ * back the leg is rebuilt (copied by the restarted server's own TOMA, on the new leader's order),
+ * the volume is Normal, the daemon homes back on its first TOMA (once), and
  * the legs are equal on the drive files.
  * Then the leader's TOMA alone is paused (SIGSTOP) for 35 s under fio: a new leader, no I/O
  * error, and the client keeps its registration.
@@ -101,6 +102,14 @@ test("kill -9 of the leader's server (TOMA and a leg's target) while fio verifie
   console.log(`  ${el()}: target t${victimTarget} and TOMA s${first.index} restarted`);
   const normal = await waitOn([0, 1, 2], "Normal again", (v) => v.state === "online" && v.legs.every((l) => l === "ok"), 90_000);
   console.log(`  ${el()}: volume ${normal.state}, legs ${normal.legs.join(",")}`);
+  // The leg on the restarted server was copied by that server's own TOMA, on the leader's order.
+  const copier = p.tomas[first.index]!.output;
+  const leaderLog = p.tomas[next.index]!.output;
+  console.log(`  rebuild: ${leaderLog.includes("rebuild handed to the TOMA serving the leg's drive") ? `handed to s${first.index}` : "not handed out"}; s${first.index} ${copier.includes("rebuild copy done for the leader") ? "copied it" : "did not copy it"}`);
+  expect(leaderLog).toContain("rebuild handed to the TOMA serving the leg's drive");
+  expect(leaderLog).toContain("rebuild copied by the TOMA serving the leg's drive");
+  expect(copier).toContain("rebuild copy started for the leader");
+  expect(copier).toContain("rebuild copy done for the leader");
 
   const r = await fio.result().catch((e: Error) => {
     throw new Error(`${e.message}\n--- client\n${c.client?.output.slice(-6000)}\n${p.logs(4000)}`);

@@ -164,6 +164,10 @@ describe("UringStore beyond the shared cases", () => {
     const mnt = path.join(dir, "mnt");
     fs.mkdirSync(mnt);
     const nbd = Bun.spawn(["nbdkit", "-f", "-U", sock, "--filter=delay", "memory", "16M", "wdelay=30ms"], { stderr: "pipe" });
+    // nbdfuse connects once, at start: it must not start before nbdkit listens (a loaded machine
+    // took seconds to get there, and nbdfuse then exited 1).
+    for (let i = 0; i < 600 && !fs.existsSync(sock); i++) await Bun.sleep(50);
+    if (!fs.existsSync(sock)) throw new Error(`nbdkit did not listen on ${sock} within 30 s (exit ${nbd.exitCode ?? "none yet"})`);
     const fuse = Bun.spawn(["nbdfuse", path.join(mnt, "disk"), `nbd+unix:///?socket=${sock}`], { stderr: "pipe" });
     try {
       const disk = path.join(mnt, "disk");

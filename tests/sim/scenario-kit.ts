@@ -71,3 +71,12 @@ export const leaderServer = (c: SimCluster) => c.servers.find((s) => s.member !=
 
 /** A server already down is booted (not twice). */
 export const boot = (c: SimCluster, s: ServerSim) => s.node.alive || c.bootServer(s);
+
+/** A TOMA on every server, with the mirror volume in the workload; the fault phase lasts `fault_ms`. */
+export const inCluster = (fault_ms: number) => ({
+  fault_ms,
+  tweak: (spec: ClusterSpec) => {
+    spec.volumes.push(MIRROR_VOLUME);
+    spec.toma_cluster = true;
+  },
+});

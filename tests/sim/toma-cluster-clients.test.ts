@@ -11,20 +11,12 @@
  *   TOMA, then back to its own once that serves clients again, once, without registering again.
  */
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
-import { type ClusterSpec, MGMT_PORT, MIRROR_VOLUME, type SimCluster } from "../../sim/cluster.ts";
+import { type ClusterSpec, MGMT_PORT, type SimCluster } from "../../sim/cluster.ts";
 import type { RunResult } from "../../sim/run.ts";
 import { DEFAULT_CLIENT_TIMINGS } from "../../src/toma/clients.ts";
-import { scenario, when } from "./scenario-kit.ts";
+import { inCluster, scenario, when } from "./scenario-kit.ts";
 
 setDefaultTimeout(180_000);
-
-const inCluster = (fault_ms: number) => ({
-  fault_ms,
-  tweak: (spec: ClusterSpec) => {
-    spec.volumes.push(MIRROR_VOLUME);
-    spec.toma_cluster = true;
-  },
-});
 
 const leaderServer = (c: SimCluster) => c.servers.find((s) => s.member !== null && s.member === c.leaderMember());
 /** Trace lines of one node whose message matches. */

@@ -18,6 +18,7 @@ import type { Topology } from "../allocator.ts";
 import type { ClusterState, DriveRecord } from "../cluster-state.ts";
 import { Count, UuidSchema } from "../consensus/types.ts";
 import { HeardClientSchema, MAX_HEARD } from "./client-hearing.ts";
+import { MAX_REBUILD_JOBS, RebuildJobSchema, RebuildOrderSchema } from "./rebuild-wire.ts";
 
 /** How often each TOMA reports its drives. */
 export const REPORT_EVERY_MS = 1000;
@@ -55,6 +56,8 @@ export const DriveReportSchema = v.strictObject({
   drives: v.pipe(v.array(ReportedDriveSchema), v.maxLength(1024, "at most 1024 drives per server")),
   /** The client daemons this TOMA heard lately, and how long ago by its own clock (client-hearing.ts). */
   clients: v.optional(v.pipe(v.array(HeardClientSchema), v.maxLength(MAX_HEARD, `at most ${MAX_HEARD} clients`))),
+  /** The rebuild copies the leader handed to this TOMA, and how far each is (rebuild-runner.ts). */
+  rebuilds: v.optional(v.pipe(v.array(RebuildJobSchema), v.maxLength(MAX_REBUILD_JOBS, `at most ${MAX_REBUILD_JOBS} rebuilds`))),
 });
 export type DriveReport = v.InferOutput<typeof DriveReportSchema>;
 
@@ -67,8 +70,11 @@ export const PoolViewSchema = v.strictObject({
 });
 export type PoolView = v.InferOutput<typeof PoolViewSchema>;
 
-/** The answer to a report: the pool as the leader knows it. */
-export const ReportAnswerSchema = PoolViewSchema;
+/** The answer to a report: the pool as the leader knows it, and the rebuild copies it hands to the reporting TOMA. */
+export const ReportAnswerSchema = v.strictObject({
+  ...PoolViewSchema.entries,
+  rebuild_orders: v.optional(v.pipe(v.array(RebuildOrderSchema), v.maxLength(MAX_REBUILD_JOBS))),
+});
 export type ReportAnswer = PoolView;
 
 export interface Located {

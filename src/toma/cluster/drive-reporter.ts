@@ -24,6 +24,7 @@ import { type DrivePool, type DriveReport, REPORT_EVERY_MS, ReportAnswerSchema, 
 import type { TomaNode } from "./node.ts";
 import { type Homing, homedCall } from "../homing.ts";
 import type { HeardClient } from "./client-hearing.ts";
+import type { RebuildJob, RebuildOrder } from "./rebuild-wire.ts";
 
 const CLAIM_TIMEOUT_MS = 5000;
 
@@ -50,6 +51,8 @@ export class DriveReporter {
     peers: readonly string[],
     /** The client daemons this TOMA heard lately (client-hearing.ts), carried by each report. */
     private readonly heardClients: () => HeardClient[] = () => [],
+    /** The rebuild copies this TOMA runs for the leader (rebuild-runner.ts): reported, and ordered by the answer. */
+    private readonly rebuilds: { report(): RebuildJob[]; ordered(orders: readonly RebuildOrder[]): void } | null = null,
     /** The fence table each own drive confirmed of this TOMA's pushes (local-fences.ts). */
     private readonly fenceOf: (drive_uuid: string) => ReportedDrive["fence"] | null = () => null,
   ) {
@@ -115,9 +118,12 @@ export class DriveReporter {
       const member = view.phase === "running" && view.cluster_uuid !== null && view.membership !== "none";
       if (member) await this.claim(view.cluster_uuid!);
       const heard = this.heardClients();
-      const report: DriveReport = { server: this.name, drives: this.own(), ...(heard.length > 0 ? { clients: heard } : {}) };
+      const jobs = this.rebuilds?.report() ?? [];
+      const report: DriveReport = { server: this.name, drives: this.own(), ...(heard.length > 0 ? { clients: heard } : {}), ...(jobs.length > 0 ? { rebuilds: jobs } : {}) };
       this.pool.report(report);
       if (member && view.role === "leader") {
+        // The leader copies its own drives' legs itself: nothing ordered to it stands.
+        this.rebuilds?.ordered([]);
         this.last_error = null;
         return this.reported();
       }
@@ -130,6 +136,7 @@ export class DriveReporter {
       // Ages as of the answer's arrival: the round trip is added, never a remote timestamp.
       const rtt = this.clock.now_ms() - started;
       this.pool.adopt({ servers: answer.output.servers.map((s) => ({ ...s, heard_ms_ago: s.heard_ms_ago + Math.round(rtt) })) }, this.name);
+      this.rebuilds?.ordered(answer.output.rebuild_orders ?? []);
       this.last_error = null;
     } catch (e) {
       this.last_error = (e as Error).message;

@@ -15,6 +15,8 @@
  * - The leader reaches every server's target at the address its TOMA reports (drive-pool.ts),
  *   over sessions of its own (HELLO as role toma, name `<toma id>/leader`, so they never
  *   supersede the member's own sessions that write its hard state).
+ * - A syncing leg's copy is handed to the TOMA serving its drive (rebuild-orders.ts), and taken
+ *   back when that TOMA is silent; the leader still commits every step.
  * - A drive is declared unreachable only when two paths agree: the leader's own session does not
  *   serve it, and its server's report is stale or does not list it healthy.
  */
@@ -40,6 +42,7 @@ import { STATUS } from "../api.ts";
 import { type DrivePool, REPORT_FRESH_MS } from "./drive-pool.ts";
 import { FenceDuty } from "./fence-duty.ts";
 import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
+import { RebuildDelegation } from "./rebuild-orders.ts";
 import { ProposalError, type TomaNode } from "./node.ts";
 import { COMMAND_TIMEOUT_MS, type VolumeOps } from "./volume-ops.ts";
 
@@ -55,6 +58,8 @@ export interface LeaderControlOptions {
   /** The cluster's server key (null: --insecure): each client's secret derives from it and its id. */
   server_key: Uint8Array | null;
   mirror_timings?: Partial<MirrorTimings>;
+  /** This TOMA's server name (as its drive reports say): rebuilds of its own drives' legs are copied here. */
+  name: string;
 }
 
 export class LeaderControl {
@@ -130,6 +135,8 @@ export class LeaderControl {
 /** The leader's duties for one term. */
 export class ControlTerm implements ClientHost {
   readonly mirror: MirrorControl;
+  /** The copies handed to the TOMAs serving the rebuilding legs' drives (rebuild-orders.ts). */
+  readonly delegation: RebuildDelegation;
   /** A target named a version of a later term: this term acts no more. */
   deposed = false;
   private readonly links = new Map<string, TargetLink>();
@@ -158,6 +165,7 @@ export class ControlTerm implements ClientHost {
   ) {
     this.started_ms = env.clock.now_ms();
     this.fenceDuty = new FenceDuty(env, pool);
+    this.delegation = new RebuildDelegation(env, opts.name, pool, term, () => this.version());
     this.mirror = new MirrorControl(
       {
         env,
@@ -175,6 +183,7 @@ export class ControlTerm implements ClientHost {
         replicated_clients: { secretOf: opts.server_key ? (id) => clientSecret(opts.server_key!, id) : null },
         // Each drive's own TOMA keeps its table; this control only for a silent one (fence-duty.ts).
         fenceKeeper: (d, key) => this.fenceDuty.keeper(d, key),
+        delegate: this.delegation,
       },
       opts.mirror_timings,
     );
@@ -191,6 +200,7 @@ export class ControlTerm implements ClientHost {
   stop(): void {
     this.stopped = true;
     this.timer?.cancel();
+    this.delegation.stop();
     for (const l of this.links.values()) l.stop();
     // Held watches answer now: their daemons find the next leader.
     this.mirror.clients.notify();

@@ -6,8 +6,9 @@
  * survive the loss of a minority, and change membership on the operator's request
  * (membership-ops.ts). Each TOMA claims and reports its own server's drives (drive-reporter.ts);
  * the leader adds them to the state and creates volumes (volume-ops.ts), and runs the mirror
- * control and serves the client daemons while it leads (leader-control.ts); any TOMA answers
- * reads from its applied state.
+ * control and serves the client daemons while it leads (leader-control.ts); each TOMA copies the
+ * rebuilding legs of its own drives that the leader hands to it (rebuild-runner.ts); any TOMA
+ * answers reads from its applied state.
  */
 import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
@@ -22,7 +23,8 @@ import { TomaNode } from "./node.ts";
 import type { PeerPost } from "./peer-sender.ts";
 import { VolumeOps } from "./volume-ops.ts";
 import { LeaderControl } from "./leader-control.ts";
-import type { MirrorTimings } from "../mirror-control.ts";
+import { DEFAULT_MIRROR_TIMINGS, type MirrorTimings } from "../mirror-control.ts";
+import { type RebuildConnect, RebuildRunner } from "./rebuild-runner.ts";
 import { steadyClock } from "../../engine/steady-clock.ts";
 import { ClientHearing } from "./client-hearing.ts";
 import type { Relay } from "./client-relay.ts";
@@ -42,6 +44,8 @@ export interface MemberOptions {
   report: (address: string, report: DriveReport) => Promise<unknown>;
   /** Opens the leader's own session to any server's target (leader-control.ts). */
   control_connect: Connect;
+  /** Opens a session of a rebuild copy the leader handed to this TOMA (rebuild-runner.ts). */
+  rebuild_connect: RebuildConnect;
   mirror_timings?: Partial<MirrorTimings>;
   grace_ms?: number;
   /** The cluster's server key (null: --insecure): client daemons' secrets derive from it. */
@@ -69,6 +73,8 @@ export class ClusterMember {
   readonly hearing: ClientHearing;
   /** Relays a client daemon's call to the leader (client-relay.ts); null: 421 naming it. */
   readonly relay: Relay | null;
+  /** The rebuild copies the leader handed to this TOMA (rebuild-runner.ts). */
+  readonly rebuilds: RebuildRunner;
   /** The fence tables of this server's own drives, from the applied state (local-fences.ts). */
   readonly fences: LocalFences;
 
@@ -92,6 +98,8 @@ export class ClusterMember {
     this.hearing = new ClientHearing(() => clock.now_ms());
     // A relayed call follows the leader: sent again to a new one rather than waiting out the old.
     this.relay = opts.relay === null ? null : followLeader(env, () => this.node.leader(), opts.relay);
+    const pause_ms = opts.mirror_timings?.rebuild_pause_ms ?? DEFAULT_MIRROR_TIMINGS.rebuild_pause_ms;
+    this.rebuilds = new RebuildRunner(env, { term: () => this.node.view().term, state: () => this.node.appliedState() }, this.pool, this.links, opts.rebuild_connect, pause_ms);
     this.fences = new LocalFences({
       env,
       links: this.links,
@@ -101,18 +109,21 @@ export class ClusterMember {
         return st !== null && version !== null && this.node.phase === "running" ? { state: st, version } : null;
       },
     });
-    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), (d) => this.fences.confirmed(d));
+    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), this.rebuilds, (d) => this.fences.confirmed(d));
     this.fences.onConfirmed = () => this.reporter.kick();
-    this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key });
+    this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key, name: opts.name });
   }
 
-  /** A server's report, on the leader: kept, the new drives added; answers the pool. */
+  /** A server's report, on the leader: kept, the new drives added; answers the pool and the rebuilds handed to it. */
   received(r: DriveReport): ReportAnswer {
     this.pool.report(r);
-    const clients = this.control.active()?.mirror.clients;
+    const ctl = this.control.active();
+    const clients = ctl?.mirror.clients;
     for (const h of r.clients ?? []) clients?.heardVia(h.id, h.heard_ms_ago);
     this.volumes.addReported();
-    return this.pool.view();
+    ctl?.delegation.received(r.server, r.rebuilds ?? []);
+    const orders = ctl?.delegation.ordersFor(r.server) ?? [];
+    return { ...this.pool.view(), ...(orders.length > 0 ? { rebuild_orders: orders } : {}) };
   }
 
   start(): void {
@@ -125,6 +136,7 @@ export class ClusterMember {
 
   stop(): void {
     this.control.stop();
+    this.rebuilds.stop();
     this.fences.stop();
     this.reporter.stop();
     this.node.stop();
