@@ -12,7 +12,13 @@
  * readings taken before the late tick stand still too. Discounting can only make us suspect later,
  * never sooner; what local time decides here is suspicion only (a suspected client is fenced out,
  * not trusted to stop), so it costs at most a later recovery, never safety.
+ *
+ * It reads a steady clock (steady-clock.ts), never the raw one, and asserts it: a local clock may
+ * jump either way (the simulator jumps them on purpose), and a backward jump read raw would take
+ * these readings back as far, so that every silence looked that much shorter until the clock
+ * caught up. Only the steady clock's forward jumps reach it, and those it discounts as a stall.
  */
+import type { SteadyClock } from "./steady-clock.ts";
 import type { Clock } from "./env.ts";
 
 /** A tick this much late is still a running process (a busy event loop, a garbage collection). */
@@ -25,15 +31,18 @@ export class ListeningClock implements Clock {
   private last = Number.NaN;
 
   constructor(
-    private readonly clock: Clock,
+    private readonly clock: SteadyClock,
     private readonly period_ms: number,
     /** Lateness of a tick that is still normal (a busy event loop, a garbage collection). */
     private readonly slack_ms: number,
-  ) {}
+  ) {
+    if (clock.steady !== true) throw new Error("invariant: a ListeningClock reads a steady clock (steadyClock), never a raw one");
+  }
 
   /** Called by the owner's periodic timer, every period_ms. */
   tick(): void {
     const now = this.clock.now_ms();
+    if (now < this.last) throw new Error(`invariant: the steady clock under a ListeningClock ran backward (${this.last} → ${now} ms)`);
     this.stalled += this.overdue(now);
     this.last = now;
   }

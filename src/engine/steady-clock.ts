@@ -7,10 +7,20 @@
  */
 import type { Clock, Env } from "./env.ts";
 
-export function steadyClock(clock: Clock): Clock {
+/**
+ * A clock read through steadyClock: it never runs backward. The mark is a real property, so that
+ * what must read a steady clock (ListeningClock) can check it when it starts, not only the
+ * compiler: only steadyClock makes one.
+ */
+export interface SteadyClock extends Clock {
+  readonly steady: true;
+}
+
+export function steadyClock(clock: Clock): SteadyClock {
   let last = -Infinity;
   let offset = 0;
   return {
+    steady: true,
     now_ms() {
       const t = clock.now_ms() + offset;
       if (t < last) {
@@ -24,6 +34,6 @@ export function steadyClock(clock: Clock): Clock {
 }
 
 /** The same environment, its clock read through steadyClock. */
-export function withSteadyClock(env: Env): Env {
+export function withSteadyClock(env: Env): Env & { clock: SteadyClock } {
   return { ...env, clock: steadyClock(env.clock) };
 }

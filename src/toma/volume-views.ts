@@ -3,7 +3,7 @@
  * mirror control (the single TOMA, toma.ts; a TOMA cluster's leader, cluster/leader-control.ts):
  * the attach information, the legs' views, and the refusal of evict (a delete's: volume-delete.ts).
  */
-import type { AttachInfo, DriveLocation } from "../engine/layout/types.ts";
+import type { AttachInfo, DriveLocation, VolumeLayout } from "../engine/layout/types.ts";
 import type { LegView } from "./api-types.ts";
 import type { ClusterState, RefusalCode, VolumeRecord } from "./cluster-state.ts";
 import type { RebuildProgress } from "./rebuild.ts";
@@ -17,16 +17,43 @@ import { layoutOf } from "./volume-layout.ts";
  * volume is used where there is one.
  */
 export function attachInfoOf(given: VolumeRecord, state: ClusterState | null, targetOf: (drive_uuid: string) => string | null, stable: number): AttachInfo {
-  const vol = state?.volumes.find((x) => x.uuid === given.uuid) ?? given;
+  const own = state?.volumes.find((x) => x.uuid === given.uuid);
+  const vol = own ?? given;
   const drives: DriveLocation[] = vol.columns.map((c) => ({ drive_uuid: c.drive_uuid, target: targetOf(c.drive_uuid) }));
   return {
-    layout: layoutOf(vol),
+    layout: own ? layoutIn(state!, own) : layoutOf(vol),
     drives,
     generation: state?.generation ?? vol.created_seq,
     topology_generation: vol.topology_seq,
     stable_generation: stable,
     topology: setTopologies(vol),
   };
+}
+
+/**
+ * The layouts of an applied state's volumes, each worked out once: layoutOf walks every extent of
+ * every column to make runs (655360 a leg for 10 TiB at 16 MiB extents), and every attach and
+ * every watch answer of every client asks for it, the same answer for all of them until the state
+ * changes. A state is never changed in place (apply() answers a new one), so its identity stands
+ * for its contents: a new state is a new key and can never be served an older state's layout.
+ * Frozen, since every answer shares it: a reader that changed it would change it for all.
+ */
+const layouts = new WeakMap<ClusterState, Map<VolumeRecord, VolumeLayout>>();
+function layoutIn(state: ClusterState, vol: VolumeRecord): VolumeLayout {
+  let of = layouts.get(state);
+  if (!of) layouts.set(state, (of = new Map()));
+  let layout = of.get(vol);
+  if (!layout) {
+    layout = frozen(layoutOf(vol));
+    of.set(vol, layout);
+  }
+  return layout;
+}
+
+function frozen(l: VolumeLayout): VolumeLayout {
+  for (const c of l.columns) Object.freeze(Object.freeze(c).runs);
+  Object.freeze(l.columns);
+  return Object.freeze(l);
 }
 
 export function legViewsOf(vol: VolumeRecord, reachable: (drive_uuid: string) => boolean, progress: (column: number) => RebuildProgress | null): LegView[] {

@@ -5,44 +5,17 @@
  * leader (the leader compacts its log meanwhile), then started again. Checked: it shows exactly
  * the leader's volumes, and the leader logged a snapshot of more than one chunk to it.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import type { VolumeJson } from "../../src/toma/api-types.ts";
 import { MAX_SNAPSHOT_CHUNK_BYTES } from "../../src/toma/consensus/types.ts";
-import { Cluster } from "../support/cluster.ts";
-import { TomaPeers } from "../support/toma-peers.ts";
+import { tomaClusterFixture } from "../support/toma-cluster-fixture.ts";
 import { NVMESH, run } from "../support/proc.ts";
 
-let c: Cluster;
-let p: TomaPeers;
-
-const volumes = async (i: number): Promise<VolumeJson[] | null> => {
-  const r = await run([NVMESH, "volume", "show", "-m", p.addrs[i]!, "-o", "json"], { env: c.keyEnv });
-  return r.code === 0 ? (JSON.parse(r.stdout) as VolumeJson[]) : null;
-};
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeout_ms: number): Promise<T> {
-  const deadline = performance.now() + timeout_ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeout_ms} ms\n${p.logs()}`);
-    await Bun.sleep(200);
-  }
-}
-
-beforeAll(async () => {
-  c = new Cluster({ targets: 3, drives_per_target: 2, drive_size: "256M", extent_size: "1M" });
-  await c.formatDrives();
-  for (let t = 0; t < 3; t++) await c.startTarget(t);
-  p = await TomaPeers.start(c, { count: 3, name: (i) => `s${i}` });
-}, 60_000);
-
-afterAll(async () => {
-  await p?.stopAll();
-  await c.destroy();
-});
+const f = tomaClusterFixture({ drive_size: "256M", extent_size: "1M" });
+const { volumes, until } = f;
 
 test("a TOMA killed while 70 volumes are created catches up by a snapshot in chunks and shows the leader's volumes", async () => {
+  const { c, p } = f;
   const li = (await p.agreed([0, 1, 2], () => true, 30_000)).index;
   await until("six member drives", async () => (await p.status(li))?.drives.ok === 6, 30_000);
   const away = [0, 1, 2].find((i) => i !== li)!;

@@ -8,51 +8,21 @@
  * -9 of the leader: the new leader lists the volume, and deleting it through a follower of the new
  * leader works; its extents are zeroed and released by the new leader.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import type { DriveJson, VolumeJson } from "../../src/toma/api-types.ts";
-import { Cluster } from "../support/cluster.ts";
-import { TomaPeers } from "../support/toma-peers.ts";
+import { tomaClusterFixture } from "../support/toma-cluster-fixture.ts";
 import { NVMESH, run } from "../support/proc.ts";
 import { runsLength } from "../../src/engine/layout/extent-runs.ts";
 
-let c: Cluster;
-let p: TomaPeers;
-
-async function json<T>(args: string[]): Promise<T | null> {
-  const r = await run([NVMESH, ...args, "-o", "json"], { env: c.keyEnv });
-  return r.code === 0 ? (JSON.parse(r.stdout) as T) : null;
-}
-
-const cluster = (i: number) => p.status(i);
-const drives = (i: number) => json<DriveJson[]>(["drive", "show", "-m", p.addrs[i]!]);
-const volumes = (i: number) => json<VolumeJson[]>(["volume", "show", "-m", p.addrs[i]!]);
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeout_ms: number): Promise<T> {
-  const deadline = performance.now() + timeout_ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeout_ms} ms\n${p.logs()}`);
-    await Bun.sleep(200);
-  }
-}
+const f = tomaClusterFixture({ drive_size: "64M" });
+const { json, volumes, until } = f;
+const drives = (i: number) => json<DriveJson[]>(["drive", "show", "-m", f.p.addrs[i]!]);
 
 /** The TOMA every given TOMA names leader, once they agree and it is ready. */
-const leaderOf = async (which: number[], pred: (leader: string) => boolean, timeout_ms: number) => (await p.agreed(which, (a) => pred(a.leader), timeout_ms)).index;
-
-beforeAll(async () => {
-  c = new Cluster({ targets: 3, drives_per_target: 2, drive_size: "64M" });
-  await c.formatDrives();
-  for (let t = 0; t < 3; t++) await c.startTarget(t);
-  p = await TomaPeers.start(c, { count: 3, name: (i) => `s${i}` });
-}, 60_000);
-
-afterAll(async () => {
-  await p?.stopAll();
-  await c.destroy();
-});
+const leaderOf = async (which: number[], pred: (leader: string) => boolean, timeout_ms: number) => (await f.p.agreed(which, (a) => pred(a.leader), timeout_ms)).index;
 
 test("drives join the pool; a RAID1 volume created through a follower has legs on two servers, every TOMA shows it; after kill -9 of the leader it is still there and deleted", async () => {
+  const { c, p } = f;
   const li = await leaderOf([0, 1, 2], () => true, 30_000);
 
   // Every TOMA lists the six drives as members of the pool, each with the server that serves it.
@@ -67,7 +37,7 @@ test("drives join the pool; a RAID1 volume created through a follower has legs o
   const server = new Map(pools[0]!.map((d) => [d.uuid, d.server!]));
   expect([...server.values()].sort()).toEqual(["s0", "s0", "s1", "s1", "s2", "s2"]);
   for (const p of pools) expect(p.map((d) => [d.uuid, d.server])).toEqual(pools[0]!.map((d) => [d.uuid, d.server]));
-  const st = await cluster(li);
+  const st = await p.status(li);
   expect(st!.drives.ok).toBe(6);
   expect(st!.capacity.total_bytes).toBeGreaterThan(0);
 

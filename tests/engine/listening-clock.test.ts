@@ -1,9 +1,11 @@
 /**
  * The clock that stands still while this process does not run (src/engine/listening-clock.ts),
- * driven by hand: a raw clock we move, and the owner's periodic tick.
+ * driven by hand: a raw clock we move, read through the steady clock as every owner reads it, and
+ * the owner's periodic tick.
  */
 import { expect, test } from "bun:test";
 import { ListeningClock } from "../../src/engine/listening-clock.ts";
+import { type SteadyClock, steadyClock } from "../../src/engine/steady-clock.ts";
 
 function raw(): { now: number; now_ms(): number } {
   return {
@@ -14,9 +16,23 @@ function raw(): { now: number; now_ms(): number } {
   };
 }
 
+function listening(r: { now_ms(): number }, period_ms: number, slack_ms: number): ListeningClock {
+  return new ListeningClock(steadyClock(r), period_ms, slack_ms);
+}
+
+/** A raw clock and a ListeningClock on it (period and slack 1 s) after two ticks on time. */
+function ticking(): { r: ReturnType<typeof raw>; c: ListeningClock; before: number } {
+  const r = raw();
+  const c = listening(r, 1000, 1000);
+  c.tick();
+  r.now += 1000;
+  c.tick();
+  return { r, c, before: c.now_ms() };
+}
+
 test("before ticking starts, and while ticks come on time, it reads the raw clock", () => {
   const r = raw();
-  const c = new ListeningClock(r, 1000, 1000);
+  const c = listening(r, 1000, 1000);
   r.now += 50_000;
   expect(c.now_ms()).toBe(51_000);
   c.tick();
@@ -28,12 +44,7 @@ test("before ticking starts, and while ticks come on time, it reads the raw cloc
 });
 
 test("a stop of 10 s is taken off: readings stand still through it, before and after the late tick", () => {
-  const r = raw();
-  const c = new ListeningClock(r, 1000, 1000);
-  c.tick();
-  r.now += 1000;
-  c.tick();
-  const before = c.now_ms();
+  const { r, c, before } = ticking();
   r.now += 10_000; // the process (or its VM) did not run
   // Read before the late tick runs (another timer of the process came first): already discounted.
   const early = c.now_ms();
@@ -49,7 +60,7 @@ test("a stop of 10 s is taken off: readings stand still through it, before and a
 
 test("never runs backward; stop() goes back to the raw pace without a step back", () => {
   const r = raw();
-  const c = new ListeningClock(r, 200, 1000);
+  const c = listening(r, 200, 1000);
   c.tick();
   let last = c.now_ms();
   for (const step of [100, 5000, 100, 100, 30_000, 200, 200]) {
@@ -64,4 +75,33 @@ test("never runs backward; stop() goes back to the raw pace without a step back"
   expect(c.now_ms()).toBeGreaterThanOrEqual(last);
   r.now += 100;
   expect(c.now_ms() - last).toBeGreaterThanOrEqual(100);
+});
+
+test("a raw clock is refused, by the compiler and when it starts", () => {
+  const r = raw();
+  // @ts-expect-error a raw clock is not a SteadyClock
+  expect(() => new ListeningClock(r, 1000, 1000)).toThrow("invariant: a ListeningClock reads a steady clock");
+  // A mark forged past the compiler without the property: still refused.
+  expect(() => new ListeningClock(r as unknown as SteadyClock, 1000, 1000)).toThrow("steady clock");
+});
+
+test("a raw clock jumping back an hour: the readings stand still, then go on at the raw pace, nothing discounted", () => {
+  const { r, c, before } = ticking();
+  r.now -= 3_600_000;
+  expect(c.now_ms()).toBe(before);
+  c.tick();
+  for (let i = 0; i < 5; i++) {
+    r.now += 1000;
+    c.tick();
+  }
+  expect(c.now_ms()).toBe(before + 5000);
+});
+
+test("a clock marked steady that runs backward all the same stops the ticks: an invariant, not a stall", () => {
+  let now = 5000;
+  const liar: SteadyClock = { steady: true, now_ms: () => now };
+  const c = new ListeningClock(liar, 1000, 1000);
+  c.tick();
+  now -= 10;
+  expect(() => c.tick()).toThrow("ran backward");
 });
