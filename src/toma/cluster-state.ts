@@ -111,6 +111,12 @@ export const ClientEntrySchema = v.strictObject({
   name: v.pipe(v.string(), v.maxLength(256)),
   /** Uuids of the volumes it attached, ascending. */
   volumes: v.array(Uuid),
+  /**
+   * Expired by the leader (silent past its timeout): left out of every fence table derived from
+   * the state, so every TOMA fences it out of its own drives; removed once fenced out everywhere.
+   * Absent (false) until then.
+   */
+  expired: v.optional(v.literal(true)),
 });
 export type ClientEntry = v.InferOutput<typeof ClientEntrySchema>;
 
@@ -189,7 +195,14 @@ export type Command =
   /** A registered client attached a volume (by uuid): the fences admit it there. */
   | { kind: "attach_client"; id: number; volume_uuid: string }
   /** A client left, or expired and was fenced out of every drive of its volumes. */
-  | { kind: "remove_client"; id: number };
+  | { kind: "remove_client"; id: number }
+  /** A client no longer trusted (silent past its timeout): every fence table leaves it out. */
+  | { kind: "expire_client"; id: number }
+  /**
+   * Changes nothing but the generation: it carries the proposer's stable generation (consensus/
+   * proposal.ts), which every fence table takes as its clients' minimum (fencing.ts stateFenceTable).
+   */
+  | { kind: "note_stable" };
 
 /** How many client daemons a TOMA cluster's state holds at most. */
 export const MAX_CLIENTS = 256;
@@ -305,6 +318,14 @@ export function apply(state: ClusterState, cmd: Command): ApplyResult {
       if (!state.clients.some((c) => c.id === cmd.id)) return refuse("not_found", `client ${cmd.id} is not registered`);
       return { ok: true, state: { ...state, generation, clients: state.clients.filter((c) => c.id !== cmd.id) } };
     }
+    case "expire_client": {
+      const i = state.clients.findIndex((c) => c.id === cmd.id);
+      if (i < 0) return refuse("not_found", `client ${cmd.id} is not registered`);
+      if (state.clients[i]!.expired) return refuse("invalid", `client ${cmd.id} is expired already`);
+      return { ok: true, state: { ...state, generation, clients: state.clients.with(i, { ...state.clients[i]!, expired: true }) } };
+    }
+    case "note_stable":
+      return { ok: true, state: { ...state, generation } };
     case "replace_leg": {
       const i = state.volumes.findIndex((x) => x.uuid === cmd.uuid);
       if (i < 0) return refuse("not_found", `no volume ${cmd.uuid}`);
@@ -510,7 +531,7 @@ export function encodeState(state: ClusterState): Uint8Array {
       ? { retired: state.retired.map((r) => ({ volume_uuid: r.volume_uuid, drive_uuid: r.drive_uuid, runs: toRuns(r.extents) })) }
       : {}),
     // Both only in a TOMA cluster's states: the single TOMA's bytes stay as they were.
-    ...(state.clients.length > 0 ? { clients: state.clients.map((c) => ({ id: c.id, name: c.name, volumes: [...c.volumes] })) } : {}),
+    ...(state.clients.length > 0 ? { clients: state.clients.map((c) => ({ id: c.id, name: c.name, volumes: [...c.volumes], ...(c.expired ? { expired: true } : {}) })) } : {}),
     ...(state.stable > 0 ? { stable: state.stable } : {}),
   };
   return encode(canonical);

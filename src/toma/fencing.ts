@@ -16,9 +16,10 @@
  * and the push fails with that TargetError (docs/protocol.md, "The control-plane version").
  */
 import type { FenceVolume } from "../engine/wire/control.ts";
+import { sha256 } from "../engine/wire/cluster-key.ts";
 import type { TargetSession } from "../engine/wire/session-api.ts";
 import type { ClientRecord, ClientRegistry } from "./clients.ts";
-import type { Retired, VolumeRecord } from "./cluster-state.ts";
+import type { ClusterState, Retired, VolumeRecord } from "./cluster-state.ts";
 
 export interface FenceEntry {
   client_id: number;
@@ -35,6 +36,12 @@ export interface FenceTable {
 
 export interface FenceDeps {
   clients: ClientRegistry;
+  /**
+   * The table a drive must hold, when it is a function of the applied replicated state alone (a
+   * TOMA cluster: stateFenceTable; null while there is no state to act on, and then nothing is
+   * pushed). Absent: the single TOMA's table from its own registry.
+   */
+  table?: (drive_uuid: string) => FenceTable | null;
   /** The volumes of the current state. */
   volumes: () => VolumeRecord[];
   /**
@@ -44,11 +51,79 @@ export interface FenceDeps {
   leftOut: (volume_uuid: string) => boolean;
   /** Extents given up and not yet released: their drives need a confirmed table too. */
   retired: () => Retired[];
+  /**
+   * A TOMA cluster: who keeps the drive's table now (local-fences.ts). "confirmed": the drive's
+   * own TOMA reports, freshly, that the drive confirmed exactly `table` (its digest); "owner": its
+   * own TOMA is on it (reported fresh, not yet confirmed); "self": its TOMA is silent, or has not
+   * confirmed for too long: this control pushes it itself. Absent: always "self".
+   */
+  keeper?: (drive_uuid: string, table_key: string) => "confirmed" | "owner" | "self";
   /** The session of the target serving the drive now, or null. */
   sessionOf: (drive_uuid: string) => TargetSession | null;
   /** Sends the table (replace) to the drive; rejects on any failure. */
   push: (session: TargetSession, drive_uuid: string, table: FenceTable) => Promise<void>;
   onError: (drive_uuid: string, error: unknown) => void;
+}
+
+/** A client as a fence table admits it: its id, the volumes it attached, its minimum generation. */
+interface Admitted {
+  id: number;
+  volumes: Iterable<string>;
+  acked: number;
+}
+
+/** The table of `drive_uuid`: the volumes' extents on it but those left out, and `clients` there. */
+function fenceTable(vols: readonly VolumeRecord[], leftOut: (uuid: string) => boolean, clients: readonly Admitted[], drive_uuid: string): FenceTable {
+  const volumes: FenceVolume[] = [];
+  const here = new Set<string>();
+  for (const vol of vols) {
+    // Every column the volume has here (the allocator gives each its own drive, but the table
+    // must not depend on it: a column left out would be refused its own I/O).
+    const extents = vol.columns.filter((c) => c.drive_uuid === drive_uuid).flatMap((c) => c.extents);
+    if (extents.length === 0 || leftOut(vol.uuid)) continue;
+    here.add(vol.uuid);
+    volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(extents) });
+  }
+  const set: FenceEntry[] = [];
+  for (const c of clients) {
+    const mine = [...c.volumes].filter((u) => here.has(u)).sort();
+    if (mine.length > 0) set.push({ client_id: c.id, min_generation: c.acked, volumes: mine });
+  }
+  volumes.sort((a, b) => (a.volume_uuid < b.volume_uuid ? -1 : 1));
+  set.sort((a, b) => a.client_id - b.client_id);
+  return { volumes, set };
+}
+
+/**
+ * A TOMA cluster's fence table for a drive: a pure function of the applied replicated state, so
+ * that every TOMA that applied a state pushes the same table, stamped with that state's version
+ * (docs/toma-cluster.md, "Each TOMA's own drives"). Its volumes' extents on the drive; every
+ * client of the state not expired, for its volumes there, with the state's stable generation as
+ * its minimum: every client the state lists had acknowledged at least that generation when it
+ * was proposed (clients registered later start above it), so no live client is refused a
+ * request it may still send, and nothing older than the stable generation is admitted.
+ */
+export function stateFenceTable(state: ClusterState, drive_uuid: string): FenceTable {
+  const clients = state.clients.filter((c) => !c.expired).map((c) => ({ id: c.id, volumes: c.volumes, acked: state.stable }));
+  return fenceTable(state.volumes, () => false, clients, drive_uuid);
+}
+
+/**
+ * The drives a state's fence tables are kept on: every drive of the state. Those of volumes and
+ * of retired extents need theirs (a confirmed table is what a stale-lock recovery and a release
+ * wait for), and any drive may be one an expired client whose volumes are all gone must be
+ * fenced out of (mirror-control.ts expiryDrives); an empty table costs nothing.
+ */
+export function stateFenceDrives(state: ClusterState): Set<string> {
+  const out = new Set<string>(state.drives.map((d) => d.drive_uuid));
+  for (const vol of state.volumes) for (const c of vol.columns) out.add(c.drive_uuid);
+  for (const r of state.retired) out.add(r.drive_uuid);
+  return out;
+}
+
+/** A short digest of a table's key (JSON of the table): what a drive report says a drive confirmed. */
+export function tableDigest(key: string): string {
+  return Buffer.from(sha256(Buffer.from(key, "utf8")).subarray(0, 16)).toString("hex");
 }
 
 /** Extent indices as [first, count] runs of consecutive extents, ascending. */
@@ -76,27 +151,11 @@ export class FenceSync {
 
   constructor(private readonly deps: FenceDeps) {}
 
-  /** The table a drive must hold now. */
-  tableFor(drive_uuid: string): FenceTable {
-    const volumes: FenceVolume[] = [];
-    const here = new Set<string>();
-    for (const vol of this.deps.volumes()) {
-      // Every column the volume has here (the allocator gives each its own drive, but the table
-      // must not depend on it: a column left out would be refused its own I/O).
-      const extents = vol.columns.filter((c) => c.drive_uuid === drive_uuid).flatMap((c) => c.extents);
-      if (extents.length === 0 || this.deps.leftOut(vol.uuid)) continue;
-      here.add(vol.uuid);
-      volumes.push({ volume_uuid: vol.uuid, incarnation: vol.created_seq, extents: extentRuns(extents) });
-    }
-    const set: FenceEntry[] = [];
-    for (const c of this.deps.clients.all()) {
-      if (c.expired) continue;
-      const mine = [...c.volumes].filter((u) => here.has(u)).sort();
-      if (mine.length > 0) set.push({ client_id: c.id, min_generation: c.acked, volumes: mine });
-    }
-    volumes.sort((a, b) => (a.volume_uuid < b.volume_uuid ? -1 : 1));
-    set.sort((a, b) => a.client_id - b.client_id);
-    return { volumes, set };
+  /** The table a drive must hold now (null: no state to derive it from; nothing is pushed). */
+  tableFor(drive_uuid: string): FenceTable | null {
+    if (this.deps.table) return this.deps.table(drive_uuid);
+    const live = this.deps.clients.all().filter((c) => !c.expired);
+    return fenceTable(this.deps.volumes(), this.deps.leftOut, live, drive_uuid);
   }
 
   /**
@@ -117,7 +176,11 @@ export class FenceSync {
   inSync(drive_uuid: string): boolean {
     const s = this.deps.sessionOf(drive_uuid);
     const c = this.confirmed.get(drive_uuid);
-    return s !== null && c !== undefined && c.session === s && c.key === JSON.stringify(this.tableFor(drive_uuid));
+    const t = this.tableFor(drive_uuid);
+    if (t === null) return false;
+    const key = JSON.stringify(t);
+    if (this.deps.keeper?.(drive_uuid, key) === "confirmed") return true;
+    return s !== null && c !== undefined && c.session === s && c.key === key;
   }
 
   /**
@@ -147,12 +210,15 @@ export class FenceSync {
   }
 
   private async syncDrive(drive_uuid: string): Promise<void> {
-    const session = this.deps.sessionOf(drive_uuid);
-    if (!session) return;
     const table = this.tableFor(drive_uuid);
+    if (!table) return;
     const key = JSON.stringify(table);
+    const keeper = this.deps.keeper?.(drive_uuid, key) ?? "self";
+    if (keeper === "owner") return;
+    const session = this.deps.sessionOf(drive_uuid);
+    if (keeper === "self" && !session) return;
     const prev = this.confirmed.get(drive_uuid);
-    if (!prev || prev.session !== session || prev.key !== key) {
+    if (keeper === "self" && session && (!prev || prev.session !== session || prev.key !== key)) {
       try {
         await this.deps.push(session, drive_uuid, table);
       } catch (e) {

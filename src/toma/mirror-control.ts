@@ -13,7 +13,7 @@ import { Status } from "../engine/wire/header.ts";
 import { TargetError, type TargetSession } from "../engine/wire/session-api.ts";
 import type { ClusterState, Command, VolumeRecord } from "./cluster-state.ts";
 import { type ClientRecord, ClientRegistry, type ClientTimings, DEFAULT_CLIENT_TIMINGS, randomClientId } from "./clients.ts";
-import { extentByteRuns, FenceSync } from "./fencing.ts";
+import { extentByteRuns, FenceSync, stateFenceTable } from "./fencing.ts";
 import { plantedBugs } from "../engine/planted-bugs.ts";
 import { RangeClaims } from "./range-claims.ts";
 import { copyLeg, type HeldLock, LegUnavailable, type RebuildProgress, recoverSetLocks, type StaleLock } from "./rebuild.ts";
@@ -62,6 +62,8 @@ export interface MirrorDeps {
    * Absent for the single TOMA, which keeps its clients in memory only.
    */
   replicated_clients?: { secretOf: ((id: number) => Uint8Array) | null };
+  /** A TOMA cluster: who keeps each drive's fence table (fencing.ts FenceDeps.keeper). */
+  fenceKeeper?: (drive_uuid: string, table_key: string) => "confirmed" | "owner" | "self";
   /**
    * A TOMA cluster: the copy of a syncing leg may be handed to the TOMA serving its drive
    * (cluster/rebuild-orders.ts). Absent for the single TOMA, which copies every leg itself.
@@ -143,6 +145,13 @@ export class MirrorControl {
     };
     this.fences = new FenceSync({
       clients: this.clients,
+      // A TOMA cluster: the table every TOMA derives from the applied state (the leader's pushes
+      // and each member's own, cluster/local-fences.ts, must never differ at one version).
+      ...(rc ? { table: (d: string) => {
+        const st = this.deps.state();
+        return st ? stateFenceTable(st, d) : null;
+      } } : {}),
+      ...(deps.fenceKeeper ? { keeper: deps.fenceKeeper } : {}),
       volumes: () => this.deps.state()?.volumes ?? [],
       leftOut: (uuid) => this.deleting.has(uuid),
       retired: () => this.deps.state()?.retired ?? [],
@@ -189,6 +198,9 @@ export class MirrorControl {
         this.deps.env.log.warn("volume deleted with --force: fencing its client out of it", { volume: vol.name, client: c.id, name: c.name });
       }
       this.clients.notify();
+      // A TOMA cluster's tables are the committed state's: the volume leaves them with its
+      // delete, every extent of it retired and released once its drive confirmed such a table.
+      if (this.deps.replicated_clients) return { released: [], done };
       this.fences.forget();
       await this.fences.sync();
       const released: string[] = [];
@@ -326,8 +338,10 @@ export class MirrorControl {
     if (!this.deps.replicated_clients || !st) return;
     for (const e of st.clients) {
       if (this.clients.get(e.id)) continue;
-      this.clients.add(e.id, e.name, e.volumes, st.stable);
-      this.deps.env.log.info("client restored from the cluster state", { client: e.id, name: e.name, volumes: e.volumes.length, acked: st.stable });
+      const c = this.clients.add(e.id, e.name, e.volumes, st.stable);
+      this.deps.env.log.info("client restored from the cluster state", { client: e.id, name: e.name, volumes: e.volumes.length, acked: st.stable, ...(e.expired ? { expired: true } : {}) });
+      // Its expiry is committed: counted until every drive of its volumes confirmed a table without it.
+      if (e.expired) this.clients.expire(c, expiryDrives(st, c), "client restored expired: fencing it out");
     }
   }
 
@@ -341,6 +355,9 @@ export class MirrorControl {
     if (!this.deps.replicated_clients) return;
     this.restoreClients();
     for (const c of this.clients.all()) {
+      // Expired here: committed before any table leaves it out (the tables are the state's).
+      const entry = this.deps.state()?.clients.find((x) => x.id === c.id);
+      if (c.expired && entry && !entry.expired) await this.clientCommand({ kind: "expire_client", id: c.id });
       if (!c.gone) continue;
       const listed = this.deps.state()?.clients.some((x) => x.id === c.id);
       if (listed && (await this.clientCommand({ kind: "remove_client", id: c.id })) !== null) continue;
@@ -370,10 +387,7 @@ export class MirrorControl {
     // A client whose volumes were all deleted may still be registered on their drives: with no
     // volume left to name them, every drive must confirm a table without it (else it would hold
     // the stable generation back forever, and with it every mirror write of the cluster).
-    this.clients.expireSilent((c) => {
-      const drives = [...c.volumes].flatMap((v) => state.volumes.find((x) => x.uuid === v)?.columns.map((k) => k.drive_uuid) ?? []);
-      return drives.length > 0 ? drives : state.drives.map((d) => d.drive_uuid);
-    });
+    this.clients.expireSilent((c) => expiryDrives(state, c));
     this.fences.forget();
     await this.fences.sync();
     await this.releaseRetired(state);
@@ -432,6 +446,13 @@ export class MirrorControl {
         // client gave up on while the leg was out (a paused target, a cut path) has landed by
         // now or never will: it cannot land over a region the copy already wrote.
         if (!this.fences.inSync(drive(c))) continue;
+        // A TOMA cluster's tables take the committed stable generation as every client's
+        // minimum: it must reach this topology first, which one command carries.
+        if (this.deps.replicated_clients && state.stable < vol.topology_seq) {
+          const r = await this.deps.propose({ kind: "note_stable" }, state.generation);
+          if (r.ok) this.deps.env.log.info("stable generation committed before a rebuild", { volume: vol.name, column: c, stable: this.stable() });
+          return;
+        }
         this.startRebuild(vol, c);
       }
     }
@@ -670,7 +691,12 @@ export class MirrorControl {
               listedAll = false;
               break;
             }
-            const admitted = new Set(this.fences.tableFor(d).set.map((e) => e.client_id));
+            const table = this.fences.tableFor(d);
+            if (!table) {
+              listedAll = false;
+              break;
+            }
+            const admitted = new Set(table.set.map((e) => e.client_id));
             await this.freeOwnStaleLocks(s, d, listed.filter((l) => l.client_id === this.owner_id));
             // A copy handed to another TOMA locks under its own id: never a dead client's (rebuild-orders.ts).
             const tomas = this.deps.delegate?.owners();
@@ -698,6 +724,16 @@ export class MirrorControl {
       this.recovering = false;
     }
   }
+}
+
+/**
+ * The drives an expired client must be fenced out of: those of its volumes, or every drive when
+ * none is left (with no volume to name it, every drive must confirm a table without it, else it
+ * would hold the stable generation back forever, and with it every mirror write of the cluster).
+ */
+function expiryDrives(state: ClusterState, c: { volumes: Iterable<string> }): string[] {
+  const drives = [...c.volumes].flatMap((v) => state.volumes.find((x) => x.uuid === v)?.columns.map((k) => k.drive_uuid) ?? []);
+  return drives.length > 0 ? drives : state.drives.map((d) => d.drive_uuid);
 }
 
 /** How many bitmap regions `list` (DIRTY_GET or DIRTY_INHERITED of the leg's drive) names in a leg's extents. */

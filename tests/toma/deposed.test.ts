@@ -94,13 +94,13 @@ test("a paused TOMA, deposed by one that took a newer term, is refused at every 
     const newest = d.control_version;
     // What A still has queued: its fence table, a resync's DIRTY_CLEAR, a stale-lock recovery, a rebuild copy.
     const stale = `STALE newest=${newest}`;
-    expect(await outcome(sa.fence(id, { replace: true, ...a.mirror.fences.tableFor(d.info.drive_uuid), remove: [] }))).toBe(stale);
+    expect(await outcome(sa.fence(id, { replace: true, ...a.mirror.fences.tableFor(d.info.drive_uuid)!, remove: [] }))).toBe(stale);
     expect(await outcome(sa.dirtyClear(id, 0, MiB))).toBe(stale);
     expect(await outcome(sa.tryLock(id, 0, 1))).toBe(stale);
     expect(await outcome(sa.unlockFor(id, 0, 1, 12345))).toBe(stale);
     expect(await outcome(sa.write(id, 0, new Uint8Array(4096), true))).toBe(stale);
     // The newer TOMA's own requests pass.
-    expect(await outcome(sb.fence(id, { replace: true, ...b.mirror.fences.tableFor(d.info.drive_uuid), remove: [] }))).toBe("ok");
+    expect(await outcome(sb.fence(id, { replace: true, ...b.mirror.fences.tableFor(d.info.drive_uuid)!, remove: [] }))).toBe("ok");
     expect(await outcome(sb.dirtyClear(id, 0, 0))).toBe("ok");
   }
   await b.stop();

@@ -29,7 +29,7 @@ function volume(uuid: string, created_seq: number, columns: [string, number[]][]
   };
 }
 
-function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () => []) {
+function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () => [], keeper?: (drive: string, key: string) => "confirmed" | "owner" | "self") {
   const left = new Set<string>();
   const env = realEnv("fence-test", quietLogger);
   const clients = new ClientRegistry(env, { client_timeout_ms: 0, watch_hold_ms: 1000 });
@@ -41,6 +41,7 @@ function harness(volumes: () => VolumeRecord[], retired: () => Retired[] = () =>
     leftOut: (uuid) => left.has(uuid),
     retired,
     sessionOf: () => session,
+    ...(keeper ? { keeper } : {}),
     push: async (_s, drive, table) => {
       pushed.push({ drive, table });
     },
@@ -75,7 +76,7 @@ test("a drive's table: the extents of every volume on it, and each client with t
   const c2 = clients.register("c2", 6);
   c2.volumes.add(N);
   await fences.sync();
-  const a = fences.tableFor("A");
+  const a = fences.tableFor("A")!;
   expect(a.volumes).toEqual(
     [
       { volume_uuid: M, incarnation: 3, extents: [[0, 3]] },
@@ -136,7 +137,7 @@ test("the drives of a volume whose last client expired keep a confirmed empty ta
   c.volumes.add(M);
   await fences.sync();
   expect(fences.inSync("A") && fences.inSync("B")).toBe(true);
-  expect(fences.tableFor("A").set).toEqual([{ client_id: c.id, min_generation: 5, volumes: [M] }]);
+  expect(fences.tableFor("A")!.set).toEqual([{ client_id: c.id, min_generation: 5, volumes: [M] }]);
 
   // It dies: expired, then fenced out of both drives, then forgotten by the registry.
   await Bun.sleep(2);
@@ -153,5 +154,27 @@ test("the drives of a volume whose last client expired keep a confirmed empty ta
   await fences.sync();
   expect(fences.inSync("A")).toBe(true);
   expect(fences.inSync("B")).toBe(true);
-  expect(fences.tableFor("A").set).toEqual([]);
+  expect(fences.tableFor("A")!.set).toEqual([]);
+});
+
+test("a TOMA cluster: a drive its own TOMA reports confirmed counts as in sync, pushed nothing, and fences an expired client out; one its TOMA is on is neither", async () => {
+  const vols = [volume(M, 3, [["A", [0]], ["B", [0]]])];
+  const who = new Map<string, "confirmed" | "owner" | "self">([["A", "confirmed"], ["B", "owner"]]);
+  const { clients, fences, pushed } = harness(() => vols, () => [], (d) => who.get(d) ?? "self");
+  const c = clients.register("client-1", 5);
+  c.volumes.add(M);
+  await Bun.sleep(2);
+  expect(clients.expireSilent(() => ["A", "B"])).toEqual([c]);
+  await fences.sync();
+  expect(pushed).toEqual([]);
+  expect(fences.inSync("A")).toBe(true);
+  expect(fences.inSync("B")).toBe(false);
+  // Fenced out of A by its TOMA's confirmation; B still owes one.
+  expect([...c.unfenced]).toEqual(["B"]);
+  // B's TOMA fell silent: the leader pushes B's table itself.
+  who.set("B", "self");
+  await fences.sync();
+  expect(pushed.map((p) => p.drive)).toEqual(["B"]);
+  expect(fences.inSync("B")).toBe(true);
+  expect(clients.all()).toEqual([]);
 });

@@ -41,6 +41,12 @@ export const ReportedDriveSchema = v.strictObject({
   cache_epoch: v.optional(Count),
   state: v.picklist(["ok", "error"]),
   error: v.nullable(Text(4096)),
+  /**
+   * The fence table this server's TOMA pushed and the drive confirmed (local-fences.ts): of the
+   * applied state of this generation, at this control-plane version, and its digest
+   * (fencing.ts tableDigest). Absent: none confirmed, or a TOMA that does not keep its drives' tables.
+   */
+  fence: v.optional(v.strictObject({ version: Count, generation: Count, table: v.pipe(v.string(), v.regex(/^[0-9a-f]{32}$/)) })),
 });
 export type ReportedDrive = v.InferOutput<typeof ReportedDriveSchema>;
 

@@ -53,6 +53,8 @@ export class DriveReporter {
     private readonly heardClients: () => HeardClient[] = () => [],
     /** The rebuild copies this TOMA runs for the leader (rebuild-runner.ts): reported, and ordered by the answer. */
     private readonly rebuilds: { report(): RebuildJob[]; ordered(orders: readonly RebuildOrder[]): void } | null = null,
+    /** The fence table each own drive confirmed of this TOMA's pushes (local-fences.ts). */
+    private readonly fenceOf: (drive_uuid: string) => ReportedDrive["fence"] | null = () => null,
   ) {
     this.clock = steadyClock(env.clock);
     this.homing = homedCall(env, peers, (address, _method, _path, body) => this.send(address, body as DriveReport), {
@@ -88,9 +90,21 @@ export class DriveReporter {
             ...(d.cache_epoch === undefined ? {} : { cache_epoch: d.cache_epoch }),
             state: d.state,
             error: d.error ?? this.claim_errors.get(d.drive_uuid) ?? null,
+            ...fenceField(this.fenceOf(d.drive_uuid)),
           })),
     );
   }
+
+  /**
+   * A report now (a drive confirmed a new fence table: the leader waits for that news), or as
+   * soon as the one under way is answered.
+   */
+  kick(): void {
+    if (this.busy) this.kicked = true;
+    else void this.round();
+  }
+
+  private kicked = false;
 
   private async round(): Promise<void> {
     if (this.busy) return;
@@ -129,6 +143,10 @@ export class DriveReporter {
       this.env.log.debug("drive report to the leader failed", { error: this.last_error });
     } finally {
       this.busy = false;
+      if (this.kicked) {
+        this.kicked = false;
+        void this.round();
+      }
     }
   }
 
@@ -149,4 +167,8 @@ export class DriveReporter {
       }
     }
   }
+}
+
+function fenceField(f: ReportedDrive["fence"] | null): { fence?: NonNullable<ReportedDrive["fence"]> } {
+  return f ? { fence: { version: f.version, generation: f.generation, table: f.table } } : {};
 }

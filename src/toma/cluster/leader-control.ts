@@ -40,6 +40,7 @@ import { deleteVolume } from "../volume-delete.ts";
 import { attachInfoOf, evictRefusal, legViewsOf } from "../volume-views.ts";
 import { STATUS } from "../api.ts";
 import { type DrivePool, REPORT_FRESH_MS } from "./drive-pool.ts";
+import { FenceDuty } from "./fence-duty.ts";
 import { LeaderOpError, leaderOnly, notLeader } from "./leader-gate.ts";
 import { RebuildDelegation } from "./rebuild-orders.ts";
 import { ProposalError, type TomaNode } from "./node.ts";
@@ -152,6 +153,7 @@ export class ControlTerm implements ClientHost {
   );
   private stopped = false;
   private readonly started_ms: number;
+  readonly fenceDuty: FenceDuty;
 
   constructor(
     private readonly env: Env,
@@ -162,6 +164,7 @@ export class ControlTerm implements ClientHost {
     private readonly opts: LeaderControlOptions,
   ) {
     this.started_ms = env.clock.now_ms();
+    this.fenceDuty = new FenceDuty(env, pool);
     this.delegation = new RebuildDelegation(env, opts.name, pool, term, () => this.version());
     this.mirror = new MirrorControl(
       {
@@ -178,6 +181,8 @@ export class ControlTerm implements ClientHost {
           return st ? allocateLeg(st, vol, column, this.pool.topology(st), new Set()) : null;
         },
         replicated_clients: { secretOf: opts.server_key ? (id) => clientSecret(opts.server_key!, id) : null },
+        // Each drive's own TOMA keeps its table; this control only for a silent one (fence-duty.ts).
+        fenceKeeper: (d, key) => this.fenceDuty.keeper(d, key),
         delegate: this.delegation,
       },
       opts.mirror_timings,

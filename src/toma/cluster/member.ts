@@ -15,6 +15,7 @@ import type { Env } from "../../engine/env.ts";
 import { uuidFromString } from "../../engine/uuid.ts";
 import { type Connect, DEFAULT_LINK_TIMINGS, TargetLink } from "../target-link.ts";
 import { DrivePool, type DriveReport, type ReportAnswer } from "./drive-pool.ts";
+import { LocalFences } from "./local-fences.ts";
 import { DriveReporter } from "./drive-reporter.ts";
 import type { SlotIo } from "./hard-state-io.ts";
 import type { Identity } from "./identity.ts";
@@ -78,6 +79,8 @@ export class ClusterMember {
   readonly home: HomeClients | null;
   /** The rebuild copies the leader handed to this TOMA (rebuild-runner.ts). */
   readonly rebuilds: RebuildRunner;
+  /** The fence tables of this server's own drives, from the applied state (local-fences.ts). */
+  readonly fences: LocalFences;
 
   constructor(
     readonly env: Env,
@@ -104,7 +107,17 @@ export class ClusterMember {
     this.home = opts.relay ? new HomeClients(env, this.node, this.pool, { name: opts.name, relay: opts.relay, watch_hold_ms: opts.mirror_timings?.watch_hold_ms }) : null;
     const pause_ms = opts.mirror_timings?.rebuild_pause_ms ?? DEFAULT_MIRROR_TIMINGS.rebuild_pause_ms;
     this.rebuilds = new RebuildRunner(env, { term: () => this.node.view().term, state: () => this.node.appliedState() }, this.pool, this.links, opts.rebuild_connect, pause_ms);
-    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), this.rebuilds);
+    this.fences = new LocalFences({
+      env,
+      links: this.links,
+      applied: () => {
+        const st = this.node.appliedState();
+        const version = this.node.appliedVersion();
+        return st !== null && version !== null && this.node.phase === "running" ? { state: st, version } : null;
+      },
+    });
+    this.reporter = new DriveReporter(env, opts.name, this.node, this.links, this.pool, opts.report, () => this.volumes.addReported(), opts.peers, () => this.hearing.report(), this.rebuilds, (d) => this.fences.confirmed(d));
+    this.fences.onConfirmed = () => this.reporter.kick();
     this.control = new LeaderControl(env, this.node, this.pool, this.volumes, { connect: opts.control_connect, mirror_timings: opts.mirror_timings, server_key: opts.server_key, name: opts.name });
   }
 
@@ -124,6 +137,7 @@ export class ClusterMember {
     for (const l of this.links) l.start();
     void this.node.start();
     this.reporter.start();
+    this.fences.start();
     this.control.start();
     this.home?.start();
   }
@@ -132,6 +146,7 @@ export class ClusterMember {
     this.home?.stop();
     this.control.stop();
     this.rebuilds.stop();
+    this.fences.stop();
     this.reporter.stop();
     this.node.stop();
     for (const l of this.links) l.stop();

@@ -31,7 +31,7 @@ import { configAt, describeChange, member } from "../consensus/config.ts";
 import { durableOf, nodeIdOf } from "../consensus/hard-state-record.ts";
 import { decodeEnvelope, describeMessage } from "../consensus/messages.ts";
 import { membershipWarnings } from "../consensus/membership.ts";
-import { type Applied, applyProposal } from "../consensus/proposal.ts";
+import { type Applied, applyProposal, fenceVersion } from "../consensus/proposal.ts";
 import { blankDurableState, bootstrapDurableState, Raft, type Ready, type Status } from "../consensus/raft.ts";
 import type { ConfChange, Config, DurableState, Message, NodeId } from "../consensus/types.ts";
 import { DEFAULT_HARD_STATE_TIMINGS, type HardStateTimings, HardStateWriter, readOwnDrives, type SlotIo } from "./hard-state-io.ts";
@@ -185,6 +185,8 @@ export class TomaNode {
   private incarnation: string | null = null;
   private cluster: string | null = null;
   private state: ClusterState | null = null;
+  /** The term of the last entry (or snapshot) applied here. */
+  private applied_term = 0;
   private inbox: Input[] = [];
   private dropped = 0;
   private ticks_due = 0;
@@ -279,6 +281,15 @@ export class TomaNode {
   /** The cluster state applied here (what a leader computes its next command from); null before the first snapshot. */
   appliedState(): ClusterState | null {
     return this.state;
+  }
+
+  /**
+   * The control-plane version of the applied state: `fenceVersion(term of the last entry applied
+   * here, generation)`. A leader that applied its own term's entry has its term there, so this is
+   * the very version its control stamps on that state; null before the first snapshot.
+   */
+  appliedVersion(): number | null {
+    return this.state === null ? null : fenceVersion(this.applied_term, this.state.generation);
   }
 
   /** The configuration this TOMA acts on (the last in its log); empty before it runs. */
@@ -763,6 +774,7 @@ export class TomaNode {
     if (rd.snapshot) {
       // A new member starts from the blank snapshot (index 0, no state) until the leader's arrives.
       this.state = rd.snapshot.index === 0 ? null : decodeState(rd.snapshot.data);
+      this.applied_term = rd.snapshot.term;
       for (const [index, w] of this.waiters) {
         if (index > rd.snapshot.index) continue;
         this.waiters.delete(index);
@@ -771,6 +783,7 @@ export class TomaNode {
     }
     for (const e of rd.committed) {
       this.onApply?.(e.index, e.term);
+      this.applied_term = e.term;
       let applied: Applied | null = null;
       if (e.kind === "normal" && this.state !== null) {
         applied = applyProposal(this.state, e);

@@ -59,6 +59,8 @@ function commandSchema<C extends typeof ColumnSchema | typeof ColumnWireSchema>(
   v.strictObject({ kind: v.literal("register_client"), id: Count, name: Name }),
   v.strictObject({ kind: v.literal("attach_client"), id: Count, volume_uuid: UuidSchema }),
   v.strictObject({ kind: v.literal("remove_client"), id: Count }),
+  v.strictObject({ kind: v.literal("expire_client"), id: Count }),
+  v.strictObject({ kind: v.literal("note_stable") }),
   ]);
 }
 /** Every command of cluster-state.ts, as the state machine takes it. */
