@@ -12,7 +12,7 @@
 import { ExtentSet } from "../extent-set.ts";
 import { TOMA_ID_RE } from "../consensus/hard-state-record.ts";
 import * as v from "valibot";
-import type { Env } from "../../engine/env.ts";
+import { type Env, sleep } from "../../engine/env.ts";
 import { serverKeys } from "../../engine/wire/cluster-key.ts";
 import { type ApiHandler, type ApiResponse, type Caller, clientSecret, ManagementGuard, type Transport } from "../api-auth.ts";
 import { NIL_UUID } from "../../engine/uuid.ts";
@@ -84,6 +84,15 @@ function serverOnly(c: Caller): ApiResponse | null {
 
 export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key: Uint8Array | null): ApiHandler {
   const steady = steadyClock(env.clock);
+  // A client daemon's call during an election waits for its outcome (ELECTED_WAIT_MS).
+  const untilLeaderKnown = async (): Promise<void> => {
+    for (let waited = 0; waited < ELECTED_WAIT_MS; waited += ELECTED_POLL_MS) {
+      if (m.control.active()) return;
+      const lead = m.node.leader();
+      if (m.node.view().role !== "leader" && lead !== null && lead.address !== "") return;
+      await sleep(env, ELECTED_POLL_MS);
+    }
+  };
   const cluster = (): ClusterJson => {
     const view = m.node.view();
     const up = m.links.filter((l) => l.up).length;
@@ -269,7 +278,11 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key:
     }
     if (route === "/v1/volumes" || route.startsWith("/v1/volumes/")) return volumes(mth, path, body, caller);
     if (route === "/v1/clients" || route.startsWith("/v1/clients/")) {
-      const ctl = m.control.active();
+      let ctl = m.control.active();
+      if (!ctl) {
+        await untilLeaderKnown();
+        ctl = m.control.active();
+      }
       // Elsewhere than on the leader's control, relayed to the leader: the daemon stays homed here.
       if (!ctl) {
         if (!m.relay) return onLeader(async () => m.control.activeOrRefuse());
@@ -292,6 +305,16 @@ export function makeClusterMemberHandler(env: Env, m: ClusterMember, server_key:
     return err(404, `no such route: ${method} ${path}`);
   };
 }
+
+/**
+ * A client daemon's call that reaches a TOMA knowing no leader (an election under way) or just
+ * elected (its control starts once it applied an entry of its own term: leader-control.ts) waits
+ * up to this long for the outcome, rather than being answered 503 at once, which sends the daemon
+ * away from its home (the home itself may be the one elected). Longer than an election, shorter
+ * than the daemon's own call (10 s).
+ */
+const ELECTED_WAIT_MS = 4000;
+const ELECTED_POLL_MS = 50;
 
 /**
  * The pool as this TOMA knows it: every drive of the applied state and every drive a server

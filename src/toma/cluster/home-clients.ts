@@ -42,12 +42,17 @@ import { attachInfoOf, watchAnswerOf } from "../volume-views.ts";
 import { clientRouteRefusal, type Relay } from "./client-relay.ts";
 import type { DrivePool } from "./drive-pool.ts";
 import type { TomaNode } from "./node.ts";
+import { DEFAULT_FOLLOW_TIMINGS } from "./relay-follow.ts";
 import { SWITCHED_PATH, SwitchedAnswerSchema, type SwitchedReport } from "./switched.ts";
 
 /** Pause after a failed exchange with the leader before the next. */
 const RETRY_MS = 500;
-/** Longest an acknowledgement waits for the report carrying it (the daemon's own call gives up at 3 s). */
-const ACK_WAIT_MS = 2000;
+/**
+ * Longest an acknowledgement waits for the report carrying it: as long as a relayed call waits for
+ * a leader (relay-follow.ts), so that an election, this TOMA's own included, is waited out here
+ * rather than answered 503, which sends the daemon away from its home (its own call gives up at 10 s).
+ */
+const ACK_WAIT_MS = DEFAULT_FOLLOW_TIMINGS.budget_ms;
 /** How often the leader is looked at while a report is in flight. */
 const LEADER_POLL_MS = 100;
 /** A report abandoned for a new leader (untilLeaderChanges). */
